@@ -1,0 +1,44 @@
+# payswitch: `make run` brings the whole system up; `make test` runs the suite. Both create .venv.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: run test lint fmt bench demo clean help
+
+help:
+	@echo "make run    start PostgreSQL, hsm_sim, host and switch (Ctrl-C stops them)"
+	@echo "make test   run the whole test suite against a throwaway PostgreSQL"
+	@echo "make lint   ruff + mypy"
+	@echo "make bench  run the benchmarks in bench/ and print their figures"
+	@echo "make clean  stop the embedded PostgreSQL and remove .venv and var/"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "payswitch needs Python 3.11 or newer")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/payswitch run
+
+demo: $(STAMP)
+	$(VENV)/bin/payswitch demo tour
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean:
+	-[ -x $(VENV)/bin/payswitch ] && $(VENV)/bin/payswitch db down
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -1,0 +1,232 @@
+"""A private PostgreSQL cluster for development, `make run` and the test suite.
+
+initdb and pg_ctl come from PATH or /usr/lib/postgresql/<newest>/bin. PostgreSQL refuses to run as
+root, so under root the server runs as an unprivileged user (``postgres`` if it exists, else
+``nobody``); that user may not be able to enter the checkout's parent folders (/root is 0700), so its
+data lives in a folder it owns under /var/tmp and ``var/pg`` is a symlink to it. The server listens on
+127.0.0.1 only, on a free port chosen at first start and kept in ``payswitch.conf`` inside the data
+folder (the one place the port is written), with trust authentication: a development cluster that
+nothing off this machine can reach.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+SUPERUSER = "payswitch"
+_INCLUDE_LINE = "include_if_exists 'payswitch.conf'\n"
+
+
+class EmbeddedPostgresError(Exception):
+    """The private cluster could not be found, created, started or stopped; str() says why."""
+
+
+@dataclass(frozen=True)
+class Status:
+    data_dir: Path
+    initialised: bool
+    running: bool
+    port: int | None
+
+    def url(self, database: str) -> str:
+        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+
+
+def find_bindir() -> Path:
+    """The folder holding initdb and pg_ctl: PATH first, then the newest /usr/lib/postgresql/*/bin."""
+    on_path = shutil.which("pg_ctl")
+    if on_path and shutil.which("initdb"):
+        return Path(on_path).resolve().parent
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"),
+        key=lambda p: [int(x) for x in Path(p).parent.name.split(".") if x.isdigit()],
+        reverse=True,
+    )
+    for candidate in candidates:
+        if (Path(candidate) / "pg_ctl").exists() and (Path(candidate) / "initdb").exists():
+            return Path(candidate)
+    raise EmbeddedPostgresError(
+        "PostgreSQL server binaries not found: install them (Debian: apt-get install postgresql) "
+        "or set PAYSWITCH_DATABASE_URL to an existing server"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class EmbeddedPostgres:
+    """One cluster in ``data_dir``; every operation is idempotent."""
+
+    def __init__(self, data_dir: str | Path, *, durable: bool = True) -> None:
+        self.link = Path(data_dir).absolute()
+        self.durable = durable  # tests turn fsync off; a developer's ledger keeps it
+        self.bindir = find_bindir()
+        self.run_as = _server_user()
+
+    # -- queries ---------------------------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return self.link.resolve() if self.link.is_symlink() else self.link
+
+    def status(self) -> Status:
+        data = self.data_dir
+        initialised = (data / "PG_VERSION").exists()
+        running = initialised and self._pg_ctl("status", check=False).returncode == 0
+        return Status(data, initialised, running, self._configured_port())
+
+    # -- actions ---------------------------------------------------------------------------------
+    def up(self) -> Status:
+        """Create the cluster if needed and start it if it is not running; return its status."""
+        status = self.status()
+        if status.running:
+            return status
+        if not status.initialised:
+            self._initdb()
+        port = self._configured_port()
+        if port is None or not _port_free(port):
+            port = free_port()
+        self._write_conf(port)
+        log = self.data_dir / "server.log"
+        result = self._pg_ctl("start", "-w", "-t", "60", "-l", str(log), check=False)
+        if result.returncode != 0:
+            tail = _tail(log)
+            raise EmbeddedPostgresError(f"PostgreSQL did not start (pg_ctl: {result.stderr.strip()}); {tail}")
+        return self.status()
+
+    def down(self) -> Status:
+        if self.status().running:
+            self._pg_ctl("stop", "-m", "fast", "-w", "-t", "60")
+        return self.status()
+
+    def destroy(self) -> None:
+        """Stop and delete the cluster (tests' throwaway clusters)."""
+        self.down()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        if self.link.is_symlink():
+            self.link.unlink()
+
+    # -- internals -------------------------------------------------------------------------------
+    def _initdb(self) -> None:
+        data = self._prepare_data_dir()
+        argv = [str(self.bindir / "initdb"), "-D", str(data), "-U", SUPERUSER, "--auth=trust",
+                "--encoding=UTF8", "--no-locale"]
+        if not self.durable:
+            argv.append("--no-sync")
+        result = self._run(argv, check=False)
+        if result.returncode != 0:
+            raise EmbeddedPostgresError(f"initdb failed: {result.stderr.strip() or result.stdout.strip()}")
+        with open(data / "postgresql.conf", "a") as conf:
+            conf.write("\n" + _INCLUDE_LINE)
+
+    def _prepare_data_dir(self) -> Path:
+        """Make an empty data folder the server user owns and can reach; return its real path."""
+        if self.run_as is None:
+            self.link.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.link, 0o700)
+            return self.link
+        # Root: the server user may not traverse our parents. Give it a folder of its own in /var/tmp,
+        # named after the checkout so two checkouts never share a cluster, and link var/pg to it.
+        digest = hashlib.sha256(str(self.link).encode()).hexdigest()[:12]
+        base = Path(tempfile.gettempdir() if not Path("/var/tmp").is_dir() else "/var/tmp")
+        real = base / f"payswitch-pg-{digest}"
+        if real.exists() and not (real / "PG_VERSION").exists():
+            shutil.rmtree(real)
+        real.mkdir(mode=0o700)
+        os.chown(real, self.run_as.pw_uid, self.run_as.pw_gid)
+        self.link.parent.mkdir(parents=True, exist_ok=True)
+        if self.link.is_symlink() or self.link.exists():
+            if self.link.is_symlink():
+                self.link.unlink()
+            else:
+                shutil.rmtree(self.link)
+        self.link.symlink_to(real)
+        return real
+
+    def _write_conf(self, port: int) -> None:
+        settings = {
+            "port": str(port),
+            "listen_addresses": "'127.0.0.1'",
+            "unix_socket_directories": f"'{self.data_dir}'",
+            "max_connections": "200",
+            "shared_buffers": "'128MB'",
+        }
+        if not self.durable:
+            settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+        text = "".join(f"{k} = {v}\n" for k, v in settings.items())
+        path = self.data_dir / "payswitch.conf"
+        path.write_text("# written by payswitch; the port is chosen at first start\n" + text)
+        if self.run_as is not None:
+            os.chown(path, self.run_as.pw_uid, self.run_as.pw_gid)
+
+    def _configured_port(self) -> int | None:
+        try:
+            text = (self.data_dir / "payswitch.conf").read_text()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "port":
+                return int(value.strip())
+        return None
+
+    def _pg_ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self._run([str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), *args], check=check)
+
+    def _run(self, argv: list[str], *, check: bool) -> subprocess.CompletedProcess[str]:
+        kwargs: dict[str, object] = {}
+        if self.run_as is not None:
+            kwargs = {"user": self.run_as.pw_uid, "group": self.run_as.pw_gid, "extra_groups": []}
+        result = subprocess.run(
+            argv, capture_output=True, text=True, cwd="/", env=_server_env(), check=False, **kwargs  # type: ignore[call-overload]
+        )
+        if check and result.returncode != 0:
+            raise EmbeddedPostgresError(f"{Path(argv[0]).name} {argv[-1]} failed: {result.stderr.strip()}")
+        return result
+
+
+def _server_user() -> pwd.struct_passwd | None:
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    raise EmbeddedPostgresError("running as root and no unprivileged user (postgres, nobody) to run PostgreSQL")
+
+
+def _server_env() -> dict[str, str]:
+    keep = ("PATH", "LANG", "LC_ALL", "TZ")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env.setdefault("LC_ALL", "C")
+    return env
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _tail(log: Path, lines: int = 5) -> str:
+    try:
+        text = log.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no server log"
+    return "server log: " + " | ".join(text[-lines:])

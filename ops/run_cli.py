@@ -1,0 +1,133 @@
+"""`payswitch run`: the whole system on one machine for development and demos.
+
+Brings up the database (embedded unless PAYSWITCH_DATABASE_URL is set), migrates, seeds the demo
+programme when the host provides one, then starts each service as a child process, waits until each
+listens, prints what runs where, and on Ctrl-C (or SIGTERM) stops them in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from types import FrameType
+
+import click
+
+from ops import migrate as migrate_mod
+from ops.cli import COMMANDS, AppContext, pass_app
+from ops.config import Config
+from ops.db import database_url, ensure_database
+from ops.pgembed import EmbeddedPostgres
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    argv: tuple[str, ...]
+    ports: tuple[tuple[str, int], ...]  # (what, port): the first one is awaited before going on
+
+
+def services(config: Config) -> list[Service]:
+    """Services in start order; only those whose command exists in this build."""
+    wanted = [
+        Service("hsm", ("hsm", "serve"), (("HSM commands", config.hsm.port),
+                                          ("metrics", config.hsm.metrics_port))),
+        Service("host", ("host", "serve"), (("H2H", config.host.port),
+                                            ("metrics", config.host.metrics_port))),
+        Service("switch", ("switch", "serve"), (
+            ("POS 3des", config.switch.pos_3des_port), ("POS sm4", config.switch.pos_sm4_port),
+            ("H2H acquirers", config.switch.h2h_port), ("metrics", config.switch.metrics_port))),
+    ]
+    return [s for s in wanted if s.name in COMMANDS]
+
+
+@click.command()
+@click.option("--no-seed", is_flag=True, help="Do not seed the demo programme.")
+@pass_app
+def run(app: AppContext, no_seed: bool) -> None:
+    """Start PostgreSQL, migrate, seed the demo, then run hsm_sim, host and switch until Ctrl-C."""
+    config = app.config
+    cluster = None
+    started_db = False
+    if not config.database.url:
+        cluster = EmbeddedPostgres(config.database.data_dir)
+        started_db = not cluster.status().running
+        status = cluster.up()
+        asyncio.run(ensure_database(status.url("postgres"), config.database.name))
+        click.echo(f"PostgreSQL      127.0.0.1:{status.port}  (embedded, data {status.data_dir})")
+    url = database_url(config)
+    applied = asyncio.run(migrate_mod.migrate_url(url))
+    click.echo(f"migrations      {len(applied)} applied" if applied else "migrations      up to date")
+    if not no_seed and "demo" in COMMANDS:
+        _child(("demo", "seed"), app).wait()
+
+    children: list[tuple[Service, subprocess.Popen[bytes]]] = []
+    stopping = False
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        for service in services(config):
+            proc = _child(service.argv, app)
+            children.append((service, proc))
+            _await_port(service, proc)
+            for what, port in service.ports:
+                if port:
+                    click.echo(f"{service.name:<7} {what:<14} 127.0.0.1:{port}")
+        click.echo("running; press Ctrl-C to stop")
+        while not stopping:
+            for service, proc in children:
+                if proc.poll() is not None:
+                    raise click.ClickException(f"{service.name} exited with status {proc.returncode}")
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _stop_all(children)
+        if cluster is not None and started_db:
+            cluster.down()
+            click.echo("PostgreSQL stopped")
+    click.echo("stopped")
+
+
+def _child(argv: tuple[str, ...], app: AppContext) -> subprocess.Popen[bytes]:
+    prefix = [sys.executable, "-m", "ops"]
+    if app.config_path:
+        prefix += ["--config", app.config_path]
+    # Children ignore the terminal's Ctrl-C: this supervisor stops them in order.
+    return subprocess.Popen([*prefix, *argv], start_new_session=True)
+
+
+def _await_port(service: Service, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    port = service.ports[0][1]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise click.ClickException(f"{service.name} exited with status {proc.returncode} at start")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise click.ClickException(f"{service.name} did not listen on port {port} within {timeout:.0f}s")
+
+
+def _stop_all(children: list[tuple[Service, subprocess.Popen[bytes]]]) -> None:
+    for service, proc in reversed(children):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                click.echo(f"{service.name} did not stop in 15 s; killing it", err=True)
+                proc.kill()
+                proc.wait()
+        click.echo(f"{service.name} stopped")
