@@ -39,8 +39,6 @@ def setting(
     return field(metadata={"help": help, "choices": choices, "min": min, "max": max, "pattern": pattern})
 
 
-PORT = {"min": 1, "max": 65535}
-METRICS_PORT = {"min": 0, "max": 65535}  # 0 disables the /metrics endpoint
 
 
 @dataclass(frozen=True)
@@ -61,11 +59,11 @@ class LogConfig:
 @dataclass(frozen=True)
 class HsmConfig:
     listen: str = setting("address the HSM service binds")
-    port: int = setting("HSM service TCP port", **PORT)
+    port: int = setting("HSM service TCP port", min=1, max=65535)
     header_length: int = setting("message header length in characters", min=0, max=32)
     lmk_file: str = setting("LMK file written by `payswitch hsm init`")
     test_lmk: bool = setting("use the published payShield test LMK set (development only)")
-    metrics_port: int = setting("HSM /metrics port, 0 = off", **METRICS_PORT)
+    metrics_port: int = setting("HSM /metrics port, 0 = off", min=0, max=65535)
     host: str = setting("address clients use to reach the HSM")
     timeout_ms: int = setting("client timeout per command", min=1, max=600_000)
     connections: int = setting("client connections to the HSM", min=1, max=64)
@@ -74,18 +72,18 @@ class HsmConfig:
 @dataclass(frozen=True)
 class HostConfig:
     listen: str = setting("address the authorization host binds")
-    port: int = setting("H2H listener port", **PORT)
-    metrics_port: int = setting("host /metrics port, 0 = off", **METRICS_PORT)
+    port: int = setting("H2H listener port", min=1, max=65535)
+    metrics_port: int = setting("host /metrics port, 0 = off", min=0, max=65535)
     institution_id: str = setting("issuer institution id", pattern=r"\d{1,11}")
 
 
 @dataclass(frozen=True)
 class SwitchConfig:
     listen: str = setting("address the switch binds")
-    pos_3des_port: int = setting("POS listener, 3des profile", **PORT)
-    pos_sm4_port: int = setting("POS listener, sm4 profile", **PORT)
-    h2h_port: int = setting("inbound acquirer (H2H) listener", **PORT)
-    metrics_port: int = setting("switch /metrics port, 0 = off", **METRICS_PORT)
+    pos_3des_port: int = setting("POS listener, 3des profile", min=1, max=65535)
+    pos_sm4_port: int = setting("POS listener, sm4 profile", min=1, max=65535)
+    h2h_port: int = setting("inbound acquirer (H2H) listener", min=1, max=65535)
+    metrics_port: int = setting("switch /metrics port, 0 = off", min=0, max=65535)
     institution_id: str = setting("acquiring institution id (DE32)", pattern=r"\d{1,11}")
 
 
@@ -229,7 +227,7 @@ def _convert(dotted: str, raw: Any, kind: Any, meta: Mapping[str, Any]) -> Any:
     if kind is int:
         lo, hi = meta["min"], meta["max"]
         try:
-            if isinstance(raw, bool) or isinstance(raw, float):
+            if isinstance(raw, bool | float):
                 raise ValueError
             value = int(raw)
         except (TypeError, ValueError):

@@ -96,7 +96,10 @@ def configure(format: str = "console", level: str = "info", service: str | None 
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(name)s: %(message)s")
+    # Libraries' own stdlib loggers: warnings and above only, to stderr.
+    logging.basicConfig(
+        level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(name)s: %(message)s"
+    )
 
 
 def _bind_service(service: str) -> Any:

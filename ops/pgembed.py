@@ -189,8 +189,8 @@ class EmbeddedPostgres:
         kwargs: dict[str, object] = {}
         if self.run_as is not None:
             kwargs = {"user": self.run_as.pw_uid, "group": self.run_as.pw_gid, "extra_groups": []}
-        result = subprocess.run(
-            argv, capture_output=True, text=True, cwd="/", env=_server_env(), check=False, **kwargs  # type: ignore[call-overload]
+        result: subprocess.CompletedProcess[str] = subprocess.run(  # type: ignore[call-overload]
+            argv, capture_output=True, text=True, cwd="/", env=_server_env(), check=False, **kwargs
         )
         if check and result.returncode != 0:
             raise EmbeddedPostgresError(f"{Path(argv[0]).name} {argv[-1]} failed: {result.stderr.strip()}")
@@ -205,7 +205,9 @@ def _server_user() -> pwd.struct_passwd | None:
             return pwd.getpwnam(name)
         except KeyError:
             continue
-    raise EmbeddedPostgresError("running as root and no unprivileged user (postgres, nobody) to run PostgreSQL")
+    raise EmbeddedPostgresError(
+        "running as root and no unprivileged user (postgres, nobody) to run PostgreSQL"
+    )
 
 
 def _server_env() -> dict[str, str]:

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import structlog
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ops import logs
+
+PAN = "6212345678901234567"
+TRACK2 = "6212345678901234567=30121010000012345"
+
+
+def _render(capsys: pytest.CaptureFixture[str], **event: object) -> str:
+    logs.configure(format="json", level="debug", service="test")
+    structlog.get_logger("t").info("authorised", **event)
+    return capsys.readouterr().err
+
+
+def test_json_line_masks_pan_and_drops_every_secret(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _render(
+        capsys,
+        pan=PAN,
+        pin_block="2BD127874D206D2E",
+        pinBlock=b"\x2b\xd1\x27\x87\x4d\x20\x6d\x2e",
+        clear_key="0123456789ABCDEFFEDCBA9876543210",
+        tmk="0123456789ABCDEFFEDCBA9876543210",
+        key="U1234",
+        track2=TRACK2,
+        de35=TRACK2,
+        note=f"card {PAN} swiped with track {TRACK2} done",
+        message={"2": PAN, "52": b"\x00" * 8, "nested": [PAN]},
+        raw=b"\x01\x02\x03",
+    )
+    line = json.loads(out.strip().splitlines()[-1])
+    text = out
+    assert PAN not in text
+    assert "2BD127874D206D2E" not in text
+    assert "0123456789ABCDEFFEDCBA9876543210" not in text
+    assert "30121010000012345" not in text
+    assert line["pan"] == "621234*********4567"
+    for secret in ("pin_block", "pinBlock", "clear_key", "tmk", "key", "track2", "de35"):
+        assert line[secret] == "[redacted]"
+    assert line["note"] == "card 621234*********4567 swiped with track 621234*********4567 done"
+    assert line["message"]["2"] == "621234*********4567"
+    assert line["message"]["nested"] == ["621234*********4567"]
+    assert line["raw"] == "<3 bytes>"
+    assert line["service"] == "test" and line["level"] == "info"
+
+
+def test_console_format_is_redacted_too(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.configure(format="console", level="info")
+    structlog.get_logger().warning("x", pan=PAN, pin="1234")
+    out = capsys.readouterr().err
+    assert PAN not in out and "1234" not in out.replace("621234", "")
+
+
+def test_mask_pan() -> None:
+    assert logs.mask_pan("6212345678901234") == "621234******1234"
+    assert logs.mask_pan("1234") == "****"
+
+
+@given(st.text(alphabet="0123456789", min_size=13, max_size=19), st.text(max_size=20))
+def test_no_pan_survives_in_text(pan: str, around: str) -> None:
+    text = logs.redact_text(f"{around} {pan} {around}")
+    assert pan not in text

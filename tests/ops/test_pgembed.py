@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from pathlib import Path
+
+import asyncpg
+
+from ops.pgembed import EmbeddedPostgres, Status
+
+
+def test_session_cluster_is_running_and_reachable(pg_cluster: Status) -> None:
+    assert pg_cluster.running and pg_cluster.port
+
+    async def ping() -> int:
+        conn = await asyncpg.connect(pg_cluster.url("postgres"))
+        try:
+            value: int = await conn.fetchval("SELECT 1")
+            return value
+        finally:
+            await conn.close()
+
+    assert asyncio.run(ping()) == 1
+
+
+def test_up_is_idempotent_and_down_keeps_data(tmp_path: Path) -> None:
+    cluster = EmbeddedPostgres(tmp_path / "pg", durable=False)
+    try:
+        first = cluster.up()
+        again = cluster.up()
+        assert again.running and again.port == first.port
+        data = cluster.data_dir
+        assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
+        if os.geteuid() == 0:  # the server runs as an unprivileged user in a folder it owns
+            assert (tmp_path / "pg").is_symlink()
+            assert os.stat(data).st_uid != 0
+        stopped = cluster.down()
+        assert not stopped.running and stopped.initialised
+        restarted = cluster.up()
+        assert restarted.running
+    finally:
+        cluster.destroy()
+    assert not cluster.status().initialised
