@@ -1,1 +1,1 @@
-"""POS terminal simulator, load generator and the end-to-end demo: a client of the switch, like a real terminal."""
+"""POS terminal simulator, load generator and end-to-end demo: a client of the switch, like a terminal."""
