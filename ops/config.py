@@ -113,7 +113,7 @@ class Config:
 def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Defaults, then the user file (explicit path, $PAYSWITCH_CONFIG or ./payswitch.toml), then env."""
     env = os.environ if env is None else env
-    merged = _read_toml(resources.files("ops").joinpath("payswitch.default.toml").read_text(), "defaults")
+    merged = _shipped()
     user_path = _user_file(path, env)
     if user_path is not None:
         try:
@@ -123,6 +123,15 @@ def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -
         _overlay(merged, _read_toml(text, str(user_path)), str(user_path))
     _overlay_env(merged, env)
     return _build(merged)
+
+
+def defaults() -> Config:
+    """The shipped defaults alone, ignoring any user file and the environment."""
+    return _build(_shipped())
+
+
+def _shipped() -> dict[str, Any]:
+    return _read_toml(resources.files("ops").joinpath("payswitch.default.toml").read_text(), "defaults")
 
 
 def env_name(section: str, key: str) -> str:

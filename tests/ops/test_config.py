@@ -8,7 +8,7 @@ from ops import config
 
 
 def test_shipped_defaults_validate_and_cover_every_key() -> None:
-    cfg = config.load(path=None, env={})
+    cfg = config.defaults()
     assert cfg.hsm.port == 1500
     assert cfg.host.port == 9583
     assert cfg.switch.pos_3des_port == 8583
@@ -72,3 +72,11 @@ def test_file_value_of_wrong_type(tmp_path: Path) -> None:
     f.write_text("[hsm]\nport = true\n")
     with pytest.raises(config.ConfigError, match=r"config hsm\.port = True"):
         config.load(f, env={})
+
+
+def test_readme_config_table_is_current() -> None:
+    from ops import config_docs
+
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    text = readme.read_text()
+    assert config_docs.render(text) == text, "README config table is stale: run python -m ops.config_docs"
