@@ -97,6 +97,10 @@ class ClearingConfig:
 @dataclass(frozen=True)
 class SettlementConfig:
     output_dir: str = setting("folder settlement reports and payout files go to")
+    default_cycle: str = setting("payout cycle of merchants without their own",
+                                 choices=("daily", "weekly", "monthly"))
+    default_cycle_day: int = setting("weekly: ISO weekday 1-7 (1 = Monday); monthly: day 1-31; daily: 0",
+                                     min=0, max=31)
 
 
 @dataclass(frozen=True)
