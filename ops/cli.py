@@ -23,7 +23,11 @@ from ops import logs
 COMMANDS: dict[str, str] = {
     "config": "ops.config_cli:config",
     "db": "ops.db_cli:db",
+    "hsm": "hsm_sim.cli:hsm",
     "run": "ops.run_cli:run",
+    "settle": "settlement.cli:settle",
+    "settlement": "settlement.cli:settlement",
+    "pos": "pos.cli:pos",
 }
 
 

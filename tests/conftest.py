@@ -9,4 +9,4 @@ settings.register_profile(
 )
 settings.load_profile("payswitch")
 
-pytest_plugins = ["tests.fixtures.pg"]
+pytest_plugins = ["tests.fixtures.pg", "tests.fixtures.hsm"]

@@ -1,0 +1,594 @@
+"""Trio client for the payswitch HSM — the only part of ``hsm_sim`` that switch and host import.
+
+Usage::
+
+    from hsm_sim.client import HsmClient, HsmCommandError, account_from_pan
+
+    async with HsmClient.from_config(config.hsm) as hsm:          # or HsmClient("127.0.0.1", 1500)
+        keys = await hsm.generate_key("002", "U", under=tmk, under_tmk=True, export_scheme="X")
+        mac = await hsm.pos_mac(mak, mac_block)                  # b"69DB66D5"
+
+The client keeps a small pool of TCP connections (opened on first use, reopened after a failure). Any
+number of trio tasks may call it at once: requests are pipelined on the shared connections, each
+tagged with a unique header, and a receiver task per connection hands each response to its caller.
+Every call has a timeout (``timeout`` seconds, default from config ``hsm.timeout_ms``).
+
+Errors: a non-00 answer raises ``HsmCommandError`` (``.command``, ``.code`` e.g. "10", ``.meaning``),
+except that verification calls return ``False`` for 01. ``HsmTimeout`` when no answer came in time,
+``HsmUnavailable`` when the HSM cannot be reached or the connection broke with the request in flight
+(the request may or may not have run; every command is safe to repeat). All derive from ``HsmError``.
+
+Keys are passed and returned as the HSM's wire tokens (str): ``U``+32H / ``T``+48H (3DES under LMK),
+``S``+32H (SM4 under LMK), 16H (single DES, scheme Z); under a ZMK/TMK ``X``+32H / ``U``+32H / 16H for
+3DES and plain 32H for SM4. Check values come back as 16H (callers show 6 or 8). Accounts are the 12N
+account number (``account_from_pan``). Where a method serves both algorithms it picks the command from
+the key's prefix (``S`` → SM4).
+
+API (all ``async`` unless marked):
+- ``HsmClient(host="127.0.0.1", port=1500, *, header_length=4, connections=2, timeout=2.0)``;
+  ``HsmClient.from_config(hsm_config)`` (plain method); ``async with`` to start and stop.
+- ``request(command, fields) -> Reply`` raw: ``Reply(error, fields)``, never raises for error codes.
+- ``diagnostics() -> Diagnostics(lmk_check_value, firmware)`` NC; ``echo(data) -> bytes`` B2.
+- ``generate_key(key_type, scheme="U", *, under=None, under_tmk=True, export_scheme="X") -> GeneratedKey``
+  A0 (``under``: the ZMK/TMK under LMK to also export under), ``generate_sm4_key(key_type, *, under=None,
+  under_tmk=True) -> GeneratedKey`` WI.
+- ``form_key(key_type, components, scheme="U") -> Key`` A4 / ``form_sm4_key(key_type, components)`` WK.
+- ``import_key(key_type, zmk, key_under_zmk, scheme="U", *, tmk=False) -> Key`` A6;
+  ``export_key(key_type, zmk, key, export_scheme="X", *, tmk=False) -> ExportedKey`` A8;
+  ``import_sm4_key(key_type, zmk, key_under_zmk, *, tmk=False) -> Key`` SV;
+  ``export_sm4_key(key_type, zmk, key, *, tmk=False) -> ExportedKey`` ST.
+- ``check_value(key, key_type) -> str`` BU (16H).
+- ``pos_mac(mak, data, key_type="003") -> bytes`` MU: the 8 ASCII MAC bytes for DE64 (SM4 for ``S``);
+  ``verify_pos_mac(mak, data, mac) -> bool`` (generates and compares in constant time).
+- ``generate_mac(key, data, *, algorithm=3, size=16, key_type="008") -> str`` M6 (X9.19 = 3, ISO 9797-1
+  alg 1 = 1; size 8 or 16 hex characters); ``verify_mac(key, data, mac, *, algorithm=3, key_type="008")
+  -> bool`` M8; ``sm4_mac(key, data, key_type="008") -> str`` WM (16H); ``verify_sm4_mac(...) -> bool``;
+  ``h2h_mac(zak, data) -> str`` / ``verify_h2h_mac(zak, data, mac) -> bool``: X9.19 for a 3DES ZAK, SM4
+  for an ``S`` ZAK (the H2H DE128).
+- ``translate_pin_tpk(tpk, zpk, pin_block, account, *, src_format="01", dst_format="01",
+  max_pin_length=12) -> PinBlock`` CA; ``translate_pin_zpk(src_zpk, dst_zpk, ...) -> PinBlock`` CC;
+  ``translate_pin(src_key, dst_zpk, pin_block, account, *, src_key_type="002") -> PinBlock`` W8
+  (3DES/SM4 either side, chosen by the key prefixes).
+- ``verify_pin(zpk, pvk, pin_block, account, pvki, pvv, *, pin_format="01") -> bool`` EC (3DES ZPK) /
+  WV (``S`` ZPK); ``generate_pvv(pvk, pin_under_lmk, account, pvki) -> str`` DG;
+  ``random_pin(account, length=6) -> str`` JA (``L``+32H: the PIN under LMK).
+- ``encrypt_data(key, data, *, iv=None) -> bytes`` M0 / ``decrypt_data(key, data, *, iv=None) -> bytes``
+  M2: binary, ECB without ``iv``, CBC with it; ``data`` a whole number of blocks (8 for 3DES, 16 SM4).
+- ``account_from_pan(pan) -> str`` (plain function).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol
+
+import trio
+
+from hsm_sim.errors import MEANINGS
+
+__all__ = [
+    "Diagnostics", "ExportedKey", "GeneratedKey", "HsmClient", "HsmCommandError", "HsmError",
+    "HsmTimeout", "HsmUnavailable", "Key", "PinBlock", "Reply", "account_from_pan",
+]
+
+MAX_TOMBSTONES = 1000  # late answers we still wait to discard before the connection is recycled
+
+
+class HsmError(Exception):
+    """Base of every error the client raises."""
+
+
+class HsmCommandError(HsmError):
+    """The HSM answered with an error code other than 00."""
+
+    def __init__(self, command: str, code: str) -> None:
+        self.command = command
+        self.code = code
+        self.meaning = MEANINGS.get(code, "error")
+        super().__init__(f"HSM {command} error {code}: {self.meaning}")
+
+
+class HsmTimeout(HsmError):
+    """No answer within the timeout."""
+
+
+class HsmUnavailable(HsmError):
+    """The HSM could not be reached, or the connection broke while the request was in flight."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    error: str
+    fields: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostics:
+    lmk_check_value: str
+    firmware: str
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    under_lmk: str
+    check_value: str
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedKey:
+    under_lmk: str
+    under_kek: str | None  # under the ZMK/TMK when asked (A0/WI mode 1)
+    check_value: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExportedKey:
+    under_kek: str
+    check_value: str
+
+
+@dataclass(frozen=True, slots=True)
+class PinBlock:
+    pin_length: int
+    pin_block: str
+    format: str  # "01" etc.; empty for W8
+
+
+class HsmConfigLike(Protocol):
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def header_length(self) -> int: ...
+    @property
+    def connections(self) -> int: ...
+    @property
+    def timeout_ms(self) -> int: ...
+
+
+def account_from_pan(pan: str) -> str:
+    """The 12 rightmost PAN digits excluding the check digit, left-padded with 0."""
+    return pan[:-1][-12:].rjust(12, "0")
+
+
+def _key_len(token: str) -> int:
+    """Characters of a key token under the LMK at the start of ``token``."""
+    return {"U": 33, "T": 49, "S": 33}.get(token[:1], 16)
+
+
+def _is_sm4(key: str) -> bool:
+    return key[:1] == "S"
+
+
+class _Slot:
+    __slots__ = ("body", "event")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.body: bytes | None = None
+
+
+class _Connection:
+    """One TCP connection: a writer task batching frames, a reader task dispatching by header."""
+
+    def __init__(self, client: HsmClient) -> None:
+        self.client = client
+        self.stream: trio.SocketStream | None = None
+        self.pending: dict[bytes, _Slot | None] = {}
+        self.tombstones = 0
+        self._out = bytearray()
+        self._wake = trio.Event()
+        self._ids = itertools.count()
+        self._connect_lock = trio.Lock()
+        self._serial = trio.Lock()  # header_length 0: one request at a time
+        self._cancel: trio.CancelScope | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.stream is not None
+
+    async def ensure(self) -> None:
+        if self.stream is not None:
+            return
+        async with self._connect_lock:
+            if self.stream is not None:
+                return
+            try:
+                with trio.fail_after(self.client.timeout):
+                    stream = await trio.open_tcp_stream(self.client.host, self.client.port)
+            except (OSError, trio.TooSlowError) as exc:
+                raise HsmUnavailable(
+                    f"HSM {self.client.host}:{self.client.port} unreachable: {exc}") from None
+            self.stream = stream
+            self.pending = {}
+            self.tombstones = 0
+            self._out = bytearray()
+            self._wake = trio.Event()
+            ready = trio.Event()
+            self.client.nursery.start_soon(self._run, stream, ready)
+            await ready.wait()
+
+    async def _run(self, stream: trio.SocketStream, ready: trio.Event) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._cancel = nursery.cancel_scope
+                nursery.start_soon(self._writer, stream)
+                nursery.start_soon(self._reader, stream)
+                ready.set()
+        except Exception:  # a broken connection: _fail below reports it to every caller waiting
+            pass
+        finally:
+            ready.set()
+            self._fail(stream)
+
+    def _fail(self, stream: trio.SocketStream) -> None:
+        if self.stream is stream:
+            self.stream = None
+        pending, self.pending = self.pending, {}
+        for slot in pending.values():
+            if slot is not None:
+                slot.event.set()  # body None: the caller raises HsmUnavailable
+        with contextlib.suppress(Exception):
+            stream.socket.close()
+
+    def close(self) -> None:
+        if self._cancel is not None:
+            self._cancel.cancel()
+
+    async def _writer(self, stream: trio.SocketStream) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            if self._out:
+                data = bytes(self._out)
+                self._out.clear()
+                await stream.send_all(data)
+
+    async def _reader(self, stream: trio.SocketStream) -> None:
+        h = self.client.header_length
+        buf = bytearray()
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                raise HsmUnavailable("HSM closed the connection")
+            buf += data
+            pos, end = 0, len(buf)
+            while end - pos >= 2:
+                length = (buf[pos] << 8) | buf[pos + 1]
+                if end - pos - 2 < length:
+                    break
+                body = bytes(buf[pos + 2:pos + 2 + length])
+                pos += 2 + length
+                slot = self.pending.pop(body[:h], None)
+                if slot is None:
+                    self.tombstones = max(0, self.tombstones - 1)
+                    continue
+                slot.body = body
+                slot.event.set()
+            del buf[:pos]
+
+    def next_header(self) -> bytes:
+        h = self.client.header_length
+        if h == 0:
+            return b""
+        space = 10 ** min(h, 9)
+        if len(self.pending) >= space:
+            raise HsmUnavailable("too many requests in flight on one HSM connection")
+        while True:
+            header = str(next(self._ids) % space).zfill(h).encode("ascii")
+            if header not in self.pending:
+                return header
+
+    async def exchange(self, command: bytes, fields: bytes) -> bytes:
+        if self.client.header_length == 0:
+            async with self._serial:
+                return await self._exchange(command, fields)
+        return await self._exchange(command, fields)
+
+    async def _exchange(self, command: bytes, fields: bytes) -> bytes:
+        stream = self.stream
+        if stream is None:
+            raise HsmUnavailable("HSM connection is closed")
+        header = self.next_header()
+        body_len = len(header) + 2 + len(fields)
+        if body_len > 0xFFFF:
+            raise ValueError("HSM request longer than 65535 bytes")
+        slot = _Slot()
+        self.pending[header] = slot
+        self._out += body_len.to_bytes(2, "big") + header + command + fields
+        self._wake.set()
+        with trio.move_on_after(self.client.timeout) as scope:
+            await slot.event.wait()
+        if scope.cancelled_caught:
+            if self.pending.get(header) is slot:
+                self.pending[header] = None  # tombstone: its late answer must not reach a later caller
+                self.tombstones += 1
+                if self.tombstones > MAX_TOMBSTONES:
+                    self.close()
+            raise HsmTimeout(f"HSM {command.decode()} timed out after {self.client.timeout:g}s")
+        if slot.body is None:
+            raise HsmUnavailable("HSM connection broke with the request in flight")
+        return slot.body
+
+
+class HsmClient:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 1500, *, header_length: int = 4,
+        connections: int = 2, timeout: float = 2.0,
+    ) -> None:
+        if connections < 1:
+            raise ValueError("connections must be at least 1")
+        self.host = host
+        self.port = port
+        self.header_length = header_length
+        self.timeout = timeout
+        self._pool = [_Connection(self) for _ in range(connections)]
+        self._next = itertools.cycle(range(connections))
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._nursery: trio.Nursery | None = None
+
+    @classmethod
+    def from_config(cls, hsm: HsmConfigLike) -> HsmClient:
+        """From the ``[hsm]`` config section (``ops.config.HsmConfig``)."""
+        return cls(hsm.host, hsm.port, header_length=hsm.header_length, connections=hsm.connections,
+                   timeout=hsm.timeout_ms / 1000)
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        if self._nursery is None:
+            raise RuntimeError("use HsmClient inside `async with`")
+        return self._nursery
+
+    async def __aenter__(self) -> HsmClient:
+        self._stack = contextlib.AsyncExitStack()
+        self._nursery = await self._stack.enter_async_context(trio.open_nursery())
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._stack is not None and self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+        stack, self._stack, self._nursery = self._stack, None, None
+        return await stack.__aexit__(exc_type, exc, tb)
+
+    # -- transport --------------------------------------------------------------------------------
+    async def _connection(self) -> _Connection:
+        first: HsmUnavailable | None = None
+        for _ in range(len(self._pool)):
+            conn = self._pool[next(self._next)]
+            try:
+                await conn.ensure()
+                return conn
+            except HsmUnavailable as exc:
+                first = first or exc
+        assert first is not None
+        raise first
+
+    async def request(self, command: str, fields: bytes | str = b"") -> Reply:
+        """Send one command; the reply's error code and fields, whatever the error code."""
+        if isinstance(fields, str):
+            fields = fields.encode("ascii")
+        cmd = command.encode("ascii")
+        conn = await self._connection()
+        body = await conn.exchange(cmd, fields)
+        h = self.header_length
+        code = body[h:h + 2]
+        error = body[h + 2:h + 4].decode("ascii", "replace")
+        if code == b"ZZ":
+            return Reply(error, b"")
+        if len(body) < h + 4 or code != cmd[:1] + bytes([cmd[1] + 1]):
+            raise HsmError(f"HSM answered {code!r} to {command}")
+        return Reply(error, body[h + 4:])
+
+    async def call(self, command: str, fields: bytes | str = b"") -> bytes:
+        """Send one command; its response fields, or ``HsmCommandError`` for an error code."""
+        reply = await self.request(command, fields)
+        if reply.error != "00":
+            raise HsmCommandError(command, reply.error)
+        return reply.fields
+
+    async def _verify(self, command: str, fields: bytes | str) -> bool:
+        reply = await self.request(command, fields)
+        if reply.error == "00":
+            return True
+        if reply.error == "01":
+            return False
+        raise HsmCommandError(command, reply.error)
+
+    # -- diagnostics ------------------------------------------------------------------------------
+    async def diagnostics(self) -> Diagnostics:
+        out = (await self.call("NC")).decode("ascii")
+        return Diagnostics(out[:16], out[16:])
+
+    async def echo(self, data: bytes) -> bytes:
+        return await self.call("B2", b"%04X" % len(data) + data)
+
+    # -- keys -------------------------------------------------------------------------------------
+    async def generate_key(
+        self, key_type: str, scheme: str = "U", *, under: str | None = None, under_tmk: bool = True,
+        export_scheme: str = "X",
+    ) -> GeneratedKey:
+        """A0: a new 3DES key (scheme Z/U/T) under the LMK, and under ``under`` (a ZMK or TMK under LMK)."""
+        if under is None:
+            out = (await self.call("A0", f"0{key_type}{scheme}")).decode("ascii")
+            n = _key_len(scheme)
+            return GeneratedKey(out[:n], None, out[n:n + 16])
+        flag = "1" if under_tmk else "0"
+        out = (await self.call("A0", f"1{key_type}{scheme};{flag}{under}{export_scheme}")).decode("ascii")
+        n = _key_len(scheme)
+        m = 16 if export_scheme == "Z" else 33
+        return GeneratedKey(out[:n], out[n:n + m], out[n + m:n + m + 16])
+
+    async def generate_sm4_key(
+        self, key_type: str, *, under: str | None = None, under_tmk: bool = True,
+    ) -> GeneratedKey:
+        """WI: a new SM4 key under the LMK, and (plain SM4-ECB) under ``under`` when given."""
+        if under is None:
+            out = (await self.call("WI", f"0{key_type}")).decode("ascii")
+            return GeneratedKey(out[:33], None, out[33:49])
+        flag = "1" if under_tmk else "0"
+        out = (await self.call("WI", f"1{key_type};{flag}{under}")).decode("ascii")
+        return GeneratedKey(out[:33], out[33:65], out[65:81])
+
+    async def form_key(self, key_type: str, components: Sequence[str], scheme: str = "U") -> Key:
+        """A4: XOR of clear components (32H each for U, 48H for T) under the LMK."""
+        out = (await self.call("A4", f"{len(components)}{key_type}{scheme}{''.join(components)}")).decode()
+        n = _key_len(scheme)
+        return Key(out[:n], out[n:n + 16])
+
+    async def form_sm4_key(self, key_type: str, components: Sequence[str]) -> Key:
+        out = (await self.call("WK", f"{len(components)}{key_type}{''.join(components)}")).decode()
+        return Key(out[:33], out[33:49])
+
+    async def import_key(
+        self, key_type: str, zmk: str, key_under_zmk: str, scheme: str = "U", *, tmk: bool = False,
+    ) -> Key:
+        """A6: a key under a ZMK (``X``/``U``+32H, 16H) to under the LMK (``tmk``: the KEK is a TMK)."""
+        suffix = ";1" if tmk else ""
+        out = (await self.call("A6", f"{key_type}{zmk}{key_under_zmk}{scheme}{suffix}")).decode()
+        n = _key_len(scheme)
+        return Key(out[:n], out[n:n + 16])
+
+    async def export_key(
+        self, key_type: str, zmk: str, key: str, export_scheme: str = "X", *, tmk: bool = False,
+    ) -> ExportedKey:
+        suffix = ";1" if tmk else ""
+        out = (await self.call("A8", f"{key_type}{zmk}{key}{export_scheme}{suffix}")).decode()
+        m = 16 if export_scheme == "Z" else (49 if export_scheme in "TY" else 33)
+        return ExportedKey(out[:m], out[m:m + 16])
+
+    async def import_sm4_key(self, key_type: str, zmk: str, key_under_zmk: str, *, tmk: bool = False) -> Key:
+        suffix = ";1" if tmk else ""
+        out = (await self.call("SV", f"{key_type}{zmk}{key_under_zmk}{suffix}")).decode()
+        return Key(out[:33], out[33:49])
+
+    async def export_sm4_key(self, key_type: str, zmk: str, key: str, *, tmk: bool = False) -> ExportedKey:
+        suffix = ";1" if tmk else ""
+        out = (await self.call("ST", f"{key_type}{zmk}{key}{suffix}")).decode()
+        return ExportedKey(out[:32], out[32:48])
+
+    async def check_value(self, key: str, key_type: str) -> str:
+        """BU: the key's check value (16H)."""
+        flag = {"U": "1", "S": "1", "T": "2"}.get(key[:1], "0")
+        fields = f"{key_type[1:]}{flag}{key}" if key_type[0] == "0" else f"FF{flag}{key};{key_type}"
+        return (await self.call("BU", fields)).decode()
+
+    # -- MAC --------------------------------------------------------------------------------------
+    async def pos_mac(self, mak: str, data: bytes, key_type: str = "003") -> bytes:
+        """MU: the UnionPay POS MAC, 8 ASCII bytes (DES for a 16H key, 3DES ``U``, SM4 ``S``)."""
+        alg = "2" if _is_sm4(mak) else "1"
+        return await self.call("MU", b"%b%b%b%04X%b" % (
+            alg.encode(), key_type.encode(), mak.encode(), len(data), data))
+
+    async def verify_pos_mac(self, mak: str, data: bytes, mac: bytes, key_type: str = "003") -> bool:
+        return hmac.compare_digest(await self.pos_mac(mak, data, key_type), bytes(mac).upper())
+
+    async def generate_mac(
+        self, key: str, data: bytes, *, algorithm: int = 3, size: int = 16, key_type: str = "008",
+    ) -> str:
+        """M6: X9.19 (algorithm 3) or ISO 9797-1 alg 1 (1), zero padding; ``size`` 8 or 16 hex chars."""
+        size_flag = "1" if size == 16 else "0"
+        head = f"00{size_flag}{algorithm}1{key_type}{key}".encode()
+        return (await self.call("M6", head + b"%04X" % len(data) + data)).decode()
+
+    async def verify_mac(
+        self, key: str, data: bytes, mac: str, *, algorithm: int = 3, key_type: str = "008",
+    ) -> bool:
+        size_flag = "1" if len(mac) == 16 else "0"
+        head = f"00{size_flag}{algorithm}1{key_type}{key}".encode()
+        return await self._verify("M8", head + b"%04X" % len(data) + data + mac.encode())
+
+    async def sm4_mac(self, key: str, data: bytes, key_type: str = "008") -> str:
+        """WM: SM4 ISO 9797-1 alg 1 MAC, leftmost 8 bytes as 16H."""
+        return (await self.call("WM", b"11" + f"{key_type}{key}".encode() + b"%04X" % len(data) + data)
+                ).decode()
+
+    async def verify_sm4_mac(self, key: str, data: bytes, mac: str, key_type: str = "008") -> bool:
+        return await self._verify(
+            "WM", b"21" + f"{key_type}{key}".encode() + b"%04X" % len(data) + data + mac.encode())
+
+    async def h2h_mac(self, zak: str, data: bytes) -> str:
+        """The H2H DE128 MAC: X9.19 with a 3DES ZAK, SM4 alg 1 (first 8 bytes) with an ``S`` ZAK."""
+        if _is_sm4(zak):
+            return await self.sm4_mac(zak, data)
+        return await self.generate_mac(zak, data)
+
+    async def verify_h2h_mac(self, zak: str, data: bytes, mac: str) -> bool:
+        if _is_sm4(zak):
+            return await self.verify_sm4_mac(zak, data, mac)
+        return await self.verify_mac(zak, data, mac)
+
+    # -- PIN --------------------------------------------------------------------------------------
+    @staticmethod
+    def _pin_reply(out: bytes) -> PinBlock:
+        text = out.decode("ascii")
+        return PinBlock(int(text[:2]), text[2:18], text[18:20])
+
+    async def translate_pin_tpk(
+        self, tpk: str, zpk: str, pin_block: str, account: str, *, src_format: str = "01",
+        dst_format: str = "01", max_pin_length: int = 12,
+    ) -> PinBlock:
+        """CA: PIN block under a TPK (terminal PIK) to under a ZPK."""
+        return self._pin_reply(await self.call(
+            "CA", f"{tpk}{zpk}{max_pin_length:02d}{pin_block}{src_format}{dst_format}{account}"))
+
+    async def translate_pin_zpk(
+        self, src_zpk: str, dst_zpk: str, pin_block: str, account: str, *, src_format: str = "01",
+        dst_format: str = "01", max_pin_length: int = 12,
+    ) -> PinBlock:
+        """CC: PIN block from under one ZPK to under another."""
+        return self._pin_reply(await self.call(
+            "CC", f"{src_zpk}{dst_zpk}{max_pin_length:02d}{pin_block}{src_format}{dst_format}{account}"))
+
+    async def translate_pin(
+        self, src_key: str, dst_zpk: str, pin_block: str, account: str, *, src_key_type: str = "002",
+    ) -> PinBlock:
+        """W8: across algorithms (3DES format 0 ↔ SM4 format 0 + FF), chosen by the key prefixes."""
+        src_alg = "2" if _is_sm4(src_key) else "1"
+        dst_alg = "2" if _is_sm4(dst_zpk) else "1"
+        out = (await self.call(
+            "W8", f"{src_alg}{src_key_type}{src_key}{dst_alg}{dst_zpk}{pin_block}{account}")).decode()
+        return PinBlock(int(out[:2]), out[2:], "")
+
+    async def verify_pin(
+        self, zpk: str, pvk: str, pin_block: str, account: str, pvki: str, pvv: str, *,
+        pin_format: str = "01",
+    ) -> bool:
+        """EC (3DES ZPK) or WV (``S`` ZPK): does the PIN match the Visa PVV?"""
+        if _is_sm4(zpk):
+            return await self._verify("WV", f"{zpk}{pvk}{pin_block}{account}{pvki}{pvv}")
+        return await self._verify("EC", f"{zpk}{pvk}{pin_block}{pin_format}{account}{pvki}{pvv}")
+
+    async def generate_pvv(self, pvk: str, pin_under_lmk: str, account: str, pvki: str) -> str:
+        """DG: the Visa PVV (4N) of a PIN under LMK."""
+        return (await self.call("DG", f"{pvk}{pin_under_lmk}{account}{pvki}")).decode()
+
+    async def random_pin(self, account: str, length: int = 6) -> str:
+        """JA: a random PIN of ``length`` digits, under the LMK (``L``+32H)."""
+        return (await self.call("JA", f"{account}{length:02d}")).decode()
+
+    # -- data -------------------------------------------------------------------------------------
+    async def _data(self, command: str, key: str, data: bytes, iv: bytes | None, key_type: str) -> bytes:
+        mode = "00" if iv is None else "01"
+        head = f"{mode}00{key_type}{key}".encode() + (b"" if iv is None else iv.hex().upper().encode())
+        out = await self.call(command, head + b"%04X" % len(data) + data)
+        skip = 0 if iv is None else 2 * len(iv)
+        n = int(out[skip:skip + 4], 16)
+        return out[skip + 4:skip + 4 + n]
+
+    async def encrypt_data(self, key: str, data: bytes, *, iv: bytes | None = None,
+                           key_type: str = "00A") -> bytes:
+        """M0: ECB (no ``iv``) or CBC; ``data`` a whole number of blocks; returns the ciphertext."""
+        return await self._data("M0", key, data, iv, key_type)
+
+    async def decrypt_data(self, key: str, data: bytes, *, iv: bytes | None = None,
+                           key_type: str = "00A") -> bytes:
+        """M2: the inverse of ``encrypt_data``."""
+        return await self._data("M2", key, data, iv, key_type)
