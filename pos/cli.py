@@ -1,0 +1,424 @@
+"""`payswitch pos`: a POS terminal simulator speaking the POS dialect to the switch.
+
+Each terminal keeps a state file (default ``var/pos/<terminal id>.json``, mode 0600: it holds the TMK
+and working keys in clear, like a terminal's secure element). Create it once with ``pos init`` (the
+TMK is the one given to ``payswitch terminal add``), then ``pos signon`` and transact. Amounts are
+yuan (``12.50``). The PIN is asked without echo unless given with ``--pin`` or left out with
+``--no-pin``. ``--trace`` dumps every message field by field (PAN masked, PIN block, tracks and keys
+never shown) on stderr; the root ``--json`` prints the receipt as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import trio
+
+from ops.cli import AppContext, pass_app
+from pos import state as state_mod
+from pos import terminal
+from pos.client import Connection, Session, TerminalError
+from pos.crypto import TerminalCryptoError
+from pos.messages import Card, CardError
+from pos.state import JournalEntry, StateError, TerminalState
+from pos.trace import render
+from specs.codec import codec_for
+from specs.errors import EncodeError
+
+F = TypeVar("F", bound=Callable[..., Any])
+DEMO_CARDS = Path("var/pos/demo-cards.json")
+
+
+def terminal_options(func: F) -> F:
+    """--terminal, --state, --trace, --timeout on every transaction command."""
+    func = click.option(
+        "--timeout",
+        type=click.FloatRange(0.1, 600),
+        default=30.0,
+        show_default=True,
+        help="Seconds to wait for the switch's answer before reversing.",
+    )(func)
+    func = click.option("--trace", is_flag=True, help="Show every message field by field (stderr).")(func)
+    func = click.option(
+        "--state",
+        "state_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Terminal state file (default var/pos/<terminal id>.json).",
+    )(func)
+    func = click.option(
+        "-t",
+        "--terminal",
+        "terminal_id",
+        envvar="PAYSWITCH_POS_TERMINAL",
+        metavar="TID",
+        help="Terminal id (default: the only terminal in var/pos/).",
+    )(func)
+    return func
+
+
+def card_options(func: F) -> F:
+    func = click.option("--no-pin", is_flag=True, help="No PIN entered (entry mode xx2).")(func)
+    func = click.option("--pin", metavar="PIN", help="The PIN (asked without echo when left out).")(func)
+    func = click.option("--track2", metavar="PAN=YYMM...", help="Swipe: track 2 data instead of --card.")(
+        func
+    )
+    func = click.option("--expiry", metavar="YYMM", help="Expiry date for keyed entry.")(func)
+    func = click.option("--card", metavar="PAN", help="Card number (keyed entry), or a demo card name.")(func)
+    return func
+
+
+def state_path(terminal_id: str | None, state_file: Path | None) -> Path:
+    if state_file is not None:
+        return state_file
+    if terminal_id:
+        return state_mod.default_path(terminal_id)
+    found = sorted(p for p in state_mod.DEFAULT_DIR.glob("*.json") if p != DEMO_CARDS)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise click.ClickException(
+            "no terminal yet: create one with `payswitch pos init` (or give --terminal)"
+        )
+    names = ", ".join(p.stem for p in found)
+    raise click.ClickException(f"several terminals ({names}): choose one with --terminal")
+
+
+def _run(
+    app: AppContext, opts: dict[str, Any], action: Callable[[Session], Awaitable[terminal.Receipt]]
+) -> None:
+    """Load the state, connect, run ``action``, save the state (always), print the receipt.
+
+    ``opts`` holds the values of ``terminal_options``.
+    """
+    trace: bool = opts["trace"]
+    timeout: float = opts["timeout"]
+    path = state_path(opts["terminal_id"], opts["state_file"])
+    try:
+        state = state_mod.load(path)
+    except StateError as exc:
+        raise click.ClickException(str(exc)) from None
+    tracer = None
+    if trace:
+
+        def tracer(direction: str, msg: dict[str, Any]) -> None:
+            click.echo(render(direction, msg, state.scheme), err=True)
+
+    async def main() -> terminal.Receipt:
+        conn = await Connection.open(state.host, state.port, timeout=min(timeout, 10.0))
+        try:
+            session = Session(state, codec_for("pos", state.scheme), conn, timeout=timeout, tracer=tracer)
+            return await action(session)
+        finally:
+            await conn.aclose()
+
+    try:
+        receipt = trio.run(main)
+    except (TerminalError, StateError, CardError, TerminalCryptoError, EncodeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        if state.path is not None:
+            state_mod.save(state)
+    app.emit(receipt.as_dict(), receipt.render())
+    if not receipt.approved:
+        raise SystemExit(2)
+
+
+def _card(card: str | None, expiry: str | None, track2: str | None) -> Card:
+    try:
+        if track2:
+            if card:
+                raise click.UsageError("give either --card or --track2, not both")
+            return Card.swiped(track2)
+        if not card:
+            raise click.UsageError("give the card with --card PAN --expiry YYMM (or --track2)")
+        if not card.isdigit():
+            return _demo_card(card)
+        if not expiry:
+            raise click.UsageError("a keyed card needs --expiry YYMM")
+        return Card.keyed(card, expiry)
+    except CardError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _demo_card(name: str) -> Card:
+    """A card from the demo programme (``payswitch demo seed``), by name, e.g. ``alice``."""
+    try:
+        cards = json.loads(DEMO_CARDS.read_text())["cards"]
+    except (OSError, ValueError, KeyError):
+        raise click.ClickException(f"{name!r} is not a card number and no demo cards are seeded") from None
+    for c in cards:
+        if c["name"] == name:
+            return Card.keyed(c["pan"], c["expiry"])
+    raise click.ClickException(f"no demo card named {name!r} (known: {', '.join(c['name'] for c in cards)})")
+
+
+def _demo_pin(name: str | None) -> str | None:
+    if not name or name.isdigit():
+        return None
+    try:
+        for c in json.loads(DEMO_CARDS.read_text())["cards"]:
+            if c["name"] == name:
+                return str(c["pin"])
+    except (OSError, ValueError, KeyError):
+        return None
+    return None
+
+
+def _pin(pin: str | None, no_pin: bool, card: str | None, required: bool) -> str | None:
+    if no_pin:
+        return None
+    if pin is None:
+        pin = _demo_pin(card)
+    if pin is None:
+        if not required:
+            return None
+        pin = click.prompt("PIN", hide_input=True, err=True)
+    if not (pin.isdigit() and 4 <= len(pin) <= 12):
+        raise click.ClickException("a PIN is 4 to 12 digits")
+    return pin
+
+
+def _original(state: TerminalState, stan: str, kinds: tuple[str, ...]) -> JournalEntry:
+    if not stan.isdigit() or len(stan) > 6:
+        raise click.ClickException("--stan is the original's trace number (up to 6 digits)")
+    entry = state.find(stan)
+    if entry is None:
+        raise click.ClickException(
+            f"no approved transaction with trace {stan.zfill(6)} in this or the last batch"
+        )
+    if entry.kind not in kinds:
+        raise click.ClickException(f"trace {entry.stan} is a {entry.kind}, not a {' or '.join(kinds)}")
+    if entry.reversed or entry.voided:
+        raise click.ClickException(
+            f"trace {entry.stan} was already {'reversed' if entry.reversed else 'voided'}"
+        )
+    return entry
+
+
+def _amount(text: str) -> int:
+    try:
+        return terminal.parse_amount(text)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+def pos() -> None:
+    """POS terminal simulator: sign on, transact and settle like a real terminal.
+
+    \b
+    payswitch pos init -t T0000001 --merchant 898330160120001 --scheme 3des --tmk HEX
+    payswitch pos signon
+    payswitch pos purchase 12.50 --card 6212345678901234567 --expiry 3012 --pin 123456
+    payswitch pos settle
+    """
+
+
+@pos.command()
+@click.option("-t", "--terminal", "terminal_id", required=True, metavar="TID", help="Terminal id (DE41).")
+@click.option("--merchant", required=True, metavar="MID", help="Merchant id (DE42).")
+@click.option("--scheme", type=click.Choice(["3des", "sm4"]), default="3des", show_default=True)
+@click.option(
+    "--tmk", metavar="HEX", help="Terminal master key, 32 hex digits (asked without echo if left out)."
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Switch address.")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), help="Switch POS port (default: by scheme, from config)."
+)
+@click.option("--state", "state_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace an existing state file.")
+@pass_app
+def init(
+    app: AppContext,
+    terminal_id: str,
+    merchant: str,
+    scheme: str,
+    tmk: str | None,
+    host: str,
+    port: int | None,
+    state_file: Path | None,
+    force: bool,
+) -> None:
+    """Create a terminal's state file with its TMK (from the key ceremony)."""
+    path = state_file or state_mod.default_path(terminal_id)
+    if path.exists() and not force:
+        raise click.ClickException(f"{path} exists: use --force to replace it")
+    if tmk is None:
+        tmk = click.prompt("TMK (32 hex digits)", hide_input=True, err=True)
+    if port is None:
+        sw = app.config.switch
+        port = sw.pos_3des_port if scheme == "3des" else sw.pos_sm4_port
+    try:
+        state = state_mod.new_state(terminal_id, merchant, scheme, tmk.strip(), host, port)
+    except StateError as exc:
+        raise click.ClickException(str(exc)) from None
+    state_mod.save(state, path)
+    summary = {**state.summary(), "state_file": str(path)}
+    app.emit(
+        summary,
+        f"terminal {terminal_id} ({scheme}) ready in {path}, TMK check value "
+        f"{summary['tmk_check_value']}; next: payswitch pos signon -t {terminal_id}",
+    )
+
+
+@pos.command()
+@terminal_options
+@pass_app
+def show(app: AppContext, /, **opts: Any) -> None:
+    """The terminal's state (check values, not keys) and its batch journal."""
+    try:
+        state = state_mod.load(state_path(opts["terminal_id"], opts["state_file"]))
+    except StateError as exc:
+        raise click.ClickException(str(exc)) from None
+    data = state.summary()
+    data["journal"] = [{k: v for k, v in e.__dict__.items() if k != "pan_enc"} for e in state.journal]
+    lines = [f"{k:<26} {v}" for k, v in data.items() if k != "journal"]
+    lines.append("journal:" if state.journal else "journal: empty")
+    for e in state.journal:
+        flags = " reversed" if e.reversed else " voided" if e.voided else ""
+        lines.append(
+            f"  {e.stan} {e.kind:<13} {e.pan_masked:<19} {terminal.format_amount(e.amount):>12} "
+            f"rrn {e.rrn} auth {e.auth_id}{flags}"
+        )
+    app.emit(data, "\n".join(lines))
+
+
+def _net_command(name: str, help_text: str, action: Callable[[Session], Awaitable[terminal.Receipt]]) -> None:
+    @terminal_options
+    @pass_app
+    def command(app: AppContext, /, **opts: Any) -> None:
+        _run(app, opts, action)
+
+    command.__doc__ = help_text
+    pos.command(name)(command)
+
+
+_net_command("signon", "Sign on (0800): load working keys and the batch number.", terminal.signon)
+_net_command("signoff", "Sign off (0820, 60.3 002).", terminal.signoff)
+_net_command("echo", "Echo test (0820, 60.3 301).", terminal.echo)
+_net_command(
+    "settle", "Settle the batch (0500; 0320 upload when the switch's totals differ).", terminal.settle
+)
+
+
+def _card_command(name: str, kind: str, help_text: str, *, amount: bool, pin_required: bool) -> None:
+    @card_options
+    @terminal_options
+    @pass_app
+    def command(
+        app: AppContext,
+        /,
+        card: str | None,
+        expiry: str | None,
+        track2: str | None,
+        pin: str | None,
+        no_pin: bool,
+        **opts: Any,
+    ) -> None:
+        value = _amount(opts.pop("amount")) if amount else None
+        the_card = _card(card, expiry, track2)
+        the_pin = _pin(pin, no_pin, card, pin_required)
+
+        async def action(session: Session) -> terminal.Receipt:
+            return await terminal.financial(session, kind, the_card, value, the_pin)
+
+        _run(app, opts, action)
+
+    command.__doc__ = help_text
+    if amount:
+        command = click.argument("amount")(command)
+    pos.command(name)(command)
+
+
+_card_command("balance", "balance", "Balance inquiry (0200, 31).", amount=False, pin_required=True)
+_card_command(
+    "purchase", "purchase", "Purchase (0200, 00): AMOUNT in yuan, e.g. 12.50.", amount=True, pin_required=True
+)
+_card_command(
+    "topup", "topup", "Top-up, a cash load (0200, 21): AMOUNT in yuan.", amount=True, pin_required=False
+)
+_card_command(
+    "preauth", "preauth", "Pre-authorization hold (0100, 03): AMOUNT in yuan.", amount=True, pin_required=True
+)
+
+
+def _reference_command(name: str, help_text: str, kinds: tuple[str, ...], *, amount: bool) -> None:
+    @click.option("--pin", metavar="PIN", help="PIN, if the card programme asks for one.")
+    @click.option("--stan", required=True, metavar="TRACE", help="Trace number (STAN) of the original.")
+    @terminal_options
+    @pass_app
+    def command(app: AppContext, /, stan: str, pin: str | None, **opts: Any) -> None:
+        path = state_path(opts["terminal_id"], opts["state_file"])
+        try:
+            original = _original(state_mod.load(path), stan, kinds)
+        except StateError as exc:
+            raise click.ClickException(str(exc)) from None
+        given = opts.pop("amount", None)
+        value = _amount(given) if given else None
+        if pin is not None and not (pin.isdigit() and 4 <= len(pin) <= 12):
+            raise click.ClickException("a PIN is 4 to 12 digits")
+
+        async def action(session: Session) -> terminal.Receipt:
+            entry = session.state.find(original.stan)
+            assert entry is not None
+            kind = _reference_kind(name, entry)
+            due = value
+            if due is None:
+                due = entry.amount - entry.refunded if kind == "refund" else entry.amount
+            if kind == "refund" and due > entry.amount - entry.refunded:
+                raise TerminalError(
+                    f"refund exceeds what is left of the original "
+                    f"({terminal.format_amount(entry.amount - entry.refunded)})"
+                )
+            if due <= 0:
+                raise TerminalError("nothing left to refund on that original")
+            card = terminal.journal_card(session, entry)
+            return await terminal.financial(session, kind, card, due, pin, original=entry)
+
+        _run(app, opts, action)
+
+    command.__doc__ = help_text
+    if amount:
+        command = click.option("--amount", metavar="AMOUNT", help="Amount in yuan (default: all of it).")(
+            command
+        )
+    pos.command(name)(command)
+
+
+def _reference_kind(command: str, entry: JournalEntry) -> str:
+    if command == "void":
+        return "preauth_void" if entry.kind == "preauth" else "void"
+    return "completion" if command == "complete" else "refund"
+
+
+_reference_command(
+    "void",
+    "Void a purchase, top-up or pre-auth of the batch by its trace number.",
+    ("purchase", "topup", "completion", "preauth"),
+    amount=False,
+)
+_reference_command(
+    "refund",
+    "Refund (0220) all or part of an earlier purchase by its trace number.",
+    ("purchase", "completion"),
+    amount=True,
+)
+_reference_command(
+    "complete", "Complete a pre-authorization (0200, 06) by its trace number.", ("preauth",), amount=True
+)
+
+
+@pos.command()
+@terminal_options
+@pass_app
+def reverse(app: AppContext, /, **opts: Any) -> None:
+    """Reverse (0400) the pending unanswered transaction, else the last approved one.
+
+    A terminal reverses an approved transaction it could not complete (receipt not printed, card
+    pulled out early).
+    """
+    _run(app, opts, terminal.reverse_last)

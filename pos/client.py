@@ -1,0 +1,263 @@
+"""The terminal's async client core (trio): one connection, a request out, its answer back.
+
+``Connection`` reads and writes POS frames (LEN 2 + TPDU 5 + header 6 + message) on one TCP stream.
+``Session`` is a signed-on terminal on a connection: it MACs requests with the MAK, sends them, waits
+for the answer with the same STAN with a timeout, checks the answer's MAC, and, as a real terminal
+does, reverses a financial request that got no answer (0400, DE39 98; A0 when the answer's MAC is
+wrong). A reversal that itself goes unanswered stays in the terminal state and is sent before the
+next transaction. The load generator (pos.load) drives the same ``Session`` objects.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from pos import messages
+from pos.crypto import KeyCipher
+from pos.messages import Message
+from pos.state import TerminalState
+
+MAX_FRAME = 2048
+HEADER_LEN = 11  # TPDU 5 + header 6
+
+
+class Codec(Protocol):
+    def encode(self, msg: Message) -> bytes: ...
+    def decode(self, data: bytes) -> Message: ...
+
+
+class TerminalError(Exception):
+    """The exchange failed in a way the operator must see (no connection, broken frame); one line."""
+
+
+class NoAnswer(TerminalError):
+    """No answer within the timeout."""
+
+
+Tracer = Callable[[str, Message], None]
+
+
+def tpdu(dest: str, src: str) -> bytes:
+    return b"\x60" + bytes.fromhex(dest) + bytes.fromhex(src)
+
+
+def header(version: str) -> bytes:
+    return bytes.fromhex("603100" + version)
+
+
+def frame(prefix: bytes, body: bytes) -> bytes:
+    n = len(prefix) + len(body)
+    return n.to_bytes(2, "big") + prefix + body
+
+
+@dataclass(frozen=True)
+class FrameHead:
+    """TPDU and header of a received frame."""
+
+    tpdu: bytes
+    header: bytes
+
+    @property
+    def must_sign_on(self) -> bool:
+        return (self.header[2] & 0x0F) == 3
+
+
+class Connection:
+    """One TCP connection to the switch, frames in and out."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self._buf = bytearray()
+
+    @classmethod
+    async def open(cls, host: str, port: int, timeout: float = 5.0) -> Connection:
+        try:
+            with trio.fail_after(timeout):
+                stream = await trio.open_tcp_stream(host, port)
+        except (OSError, trio.TooSlowError) as exc:
+            raise TerminalError(f"cannot connect to the switch at {host}:{port} ({_why(exc)})") from None
+        stream.setsockopt(6, 1, 1)  # TCP_NODELAY: one small frame per request
+        return cls(stream)
+
+    async def send(self, data: bytes) -> None:
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise TerminalError(f"connection to the switch lost ({_why(exc)})") from None
+
+    async def receive(self) -> bytes:
+        """The next frame without its LEN prefix (TPDU + header + message)."""
+        buf = self._buf
+        while True:
+            if len(buf) >= 2:
+                n = int.from_bytes(buf[:2], "big")
+                if n == 0 or n > MAX_FRAME:
+                    raise TerminalError(f"the switch sent a frame length of {n}")
+                if len(buf) >= 2 + n:
+                    data = bytes(buf[2 : 2 + n])
+                    del buf[: 2 + n]
+                    return data
+            try:
+                chunk = await self.stream.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                raise TerminalError(f"connection to the switch lost ({_why(exc)})") from None
+            if not chunk:
+                raise TerminalError("the switch closed the connection")
+            buf += chunk
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+@dataclass
+class Answer:
+    """A decoded answer with what the terminal checked."""
+
+    msg: Message
+    head: FrameHead
+    mac_ok: bool | None  # None: the answer carries no MAC (08xx, 05xx, 03xx, or 30/A0)
+    latency: float  # seconds from send to answer
+
+    @property
+    def code(self) -> str:
+        return str(self.msg.get("39", "")).strip()
+
+    @property
+    def approved(self) -> bool:
+        return self.code == "00"
+
+
+class Session:
+    """A terminal on one connection. Not safe for two concurrent exchanges (a terminal is serial)."""
+
+    def __init__(
+        self,
+        state: TerminalState,
+        codec: Codec,
+        conn: Connection,
+        *,
+        timeout: float = 30.0,
+        tracer: Tracer | None = None,
+    ) -> None:
+        self.state = state
+        self.codec = codec
+        self.conn = conn
+        self.timeout = timeout
+        self.tracer = tracer
+        self.prefix = tpdu(state.tpdu_dest, state.tpdu_src) + header(state.version)
+        self._mak: KeyCipher | None = None
+        self._pik: KeyCipher | None = None
+
+    # -- keys ------------------------------------------------------------------------------------
+    def refresh_keys(self) -> None:
+        keys = self.state.working_keys()
+        self._mak = KeyCipher(self.state.scheme, keys.mak)
+        self._pik = KeyCipher(self.state.scheme, keys.pik)
+
+    @property
+    def mak(self) -> KeyCipher:
+        if self._mak is None:
+            self.refresh_keys()
+        assert self._mak is not None
+        return self._mak
+
+    @property
+    def pik(self) -> KeyCipher:
+        if self._pik is None:
+            self.refresh_keys()
+        assert self._pik is not None
+        return self._pik
+
+    # -- one exchange ----------------------------------------------------------------------------
+    def encode(self, msg: Message) -> bytes:
+        """The message bytes (MTI onwards), MACed when it carries DE64."""
+        body = self.codec.encode(msg)
+        if "64" in msg:
+            body = body[:-8] + self.mak.pos_mac(body[:-8])
+        return body
+
+    async def exchange(self, msg: Message, *, timeout: float | None = None) -> Answer:
+        """Send ``msg`` and return its answer; raises NoAnswer after the timeout (no reversal here)."""
+        body = self.encode(msg)
+        if self.tracer:
+            self.tracer(">>", msg)
+        started = time.perf_counter()
+        await self.conn.send(frame(self.prefix, body))
+        want_mti = messages.response_mti(str(msg["t"]))
+        want_stan = msg.get("11")
+        with trio.move_on_after(self.timeout if timeout is None else timeout):
+            while True:
+                data = await self.conn.receive()
+                answer = self._decode(data, started)
+                if answer.msg.get("t") == want_mti and answer.msg.get("11") == want_stan:
+                    if self.tracer:
+                        self.tracer("<<", answer.msg)
+                    if answer.head.must_sign_on:
+                        self.state.require_sign_on()
+                    return answer
+                # An answer to an earlier request that timed out: a real terminal discards it.
+        raise NoAnswer(f"no answer from the switch within {self.timeout if timeout is None else timeout:g} s")
+
+    def _decode(self, data: bytes, started: float) -> Answer:
+        if len(data) < HEADER_LEN + 10:
+            raise TerminalError("the switch sent a frame too short to hold a message")
+        head = FrameHead(data[:5], data[5:11])
+        body = data[HEADER_LEN:]
+        try:
+            msg = self.codec.decode(body)
+        except ValueError as exc:
+            raise TerminalError(f"the switch's answer does not parse: {exc}") from None
+        mac_ok: bool | None = None
+        if "64" in msg:
+            mac_ok = self._mak is not None and self.mak.pos_mac(body[:-8]) == bytes(msg["64"])
+        return Answer(msg, head, mac_ok, time.perf_counter() - started)
+
+    async def transact(self, msg: Message) -> Answer:
+        """A financial request: the exchange plus a reversal when it goes unanswered or the MAC is bad.
+
+        Raises NoAnswer when there was no answer (the reversal has been tried; if that was unanswered
+        too, it stays pending in the state).
+        """
+        await self.flush_reversal()
+        try:
+            answer = await self.exchange(msg)
+        except NoAnswer:
+            await self.reverse(msg, "98")
+            raise
+        if answer.approved and answer.mac_ok is False:
+            await self.reverse(msg, "A0")
+        return answer
+
+    async def reverse(self, original: Message, reason: str) -> Answer | None:
+        rev = messages.reversal_of(original, reason)
+        self.state.pending_reversal = self.state.storable(rev)
+        return await self.flush_reversal()
+
+    async def flush_reversal(self) -> Answer | None:
+        """Send the pending reversal, if any; keep it pending unless the switch answers it."""
+        pending = self.state.pending_reversal
+        if pending is None:
+            return None
+        rev: Message = self.state.restore(pending)
+        rev["64"] = messages.MAC_PLACEHOLDER
+        try:
+            answer = await self.exchange(rev)
+        except NoAnswer:
+            return None
+        if answer.code not in ("A0", "30", "97"):
+            # Any other answer (00, 25 unknown original, ...) settles the reversal for the terminal.
+            self.state.pending_reversal = None
+            self.state.mark_reversed(str(rev.get("11", "")))
+        return answer
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out"
+    text = getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__
+    return str(text)

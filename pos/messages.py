@@ -1,0 +1,197 @@
+"""POS dialect requests a terminal builds, in pyiso8583 dict form (``"t"`` MTI, ``"2"``... fields).
+
+Binary fields (DE52, DE62, DE64) are ``bytes``, as in ``specs.codec``. The
+table ``KINDS`` is the transaction list of the contract ("Transactions"): MTI, DE3, DE25 and 60.1 per
+kind. Builders here are pure: they take the card, the amount and the STAN and return the dict; the
+client (pos.client) adds the MAC and sends it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pos.crypto import KeyCipher, Scheme, pin_block
+
+Message = dict[str, Any]
+CURRENCY = "156"
+MAC_PLACEHOLDER = bytes(8)  # replaced by the MAC once the message is encoded
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    mti: str
+    proc: str
+    cond: str
+    type_code: str
+    financial: bool  # carries an amount and a MAC, enters the batch journal when approved
+    label: str
+
+
+KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in (
+        Kind("balance", "0200", "310000", "00", "01", False, "BALANCE INQUIRY"),
+        Kind("purchase", "0200", "000000", "00", "22", True, "PURCHASE"),
+        Kind("topup", "0200", "210000", "00", "40", True, "TOP-UP"),
+        Kind("void", "0200", "200000", "00", "23", True, "VOID"),
+        Kind("refund", "0220", "200000", "00", "25", True, "REFUND"),
+        Kind("preauth", "0100", "030000", "06", "10", True, "PRE-AUTHORIZATION"),
+        Kind("preauth_void", "0100", "200000", "06", "11", True, "PRE-AUTH VOID"),
+        Kind("completion", "0200", "000000", "06", "20", True, "PRE-AUTH COMPLETION"),
+    )
+}
+
+# Fields a reversal must not carry (contract: "no DE35/36/52/53/26").
+REVERSAL_DROPS = ("26", "35", "36", "52", "53", "64")
+
+
+class CardError(ValueError):
+    """Card data given to the terminal is unusable; str() says why (never the PAN)."""
+
+
+@dataclass(frozen=True)
+class Card:
+    """How the card was presented: keyed (PAN + expiry) or swiped (track 2)."""
+
+    pan: str
+    expiry: str = ""  # YYMM, keyed entry
+    track2: str = ""  # PAN=YYMM..., swipe
+
+    @staticmethod
+    def keyed(pan: str, expiry: str) -> Card:
+        if not (pan.isdigit() and 12 <= len(pan) <= 19):
+            raise CardError("a card number is 12 to 19 digits")
+        if not (expiry.isdigit() and len(expiry) == 4 and 1 <= int(expiry[2:]) <= 12):
+            raise CardError("an expiry date is YYMM, e.g. 3012")
+        return Card(pan, expiry=expiry)
+
+    @staticmethod
+    def swiped(track2: str) -> Card:
+        t = track2.upper().replace("D", "=")
+        pan, sep, rest = t.partition("=")
+        if not sep or not (pan.isdigit() and 12 <= len(pan) <= 19) or not rest.isdigit() or len(t) > 37:
+            raise CardError("track 2 is PAN=YYMM followed by digits, at most 37 characters")
+        return Card(pan, track2=t)
+
+    @property
+    def entry_prefix(self) -> str:
+        return "02" if self.track2 else "01"
+
+
+def base(kind: Kind, stan: str, batch: str, terminal_id: str, merchant_id: str) -> Message:
+    return {
+        "t": kind.mti,
+        "3": kind.proc,
+        "11": stan,
+        "25": kind.cond,
+        "41": terminal_id.ljust(8),
+        "42": merchant_id.ljust(15),
+        "49": CURRENCY,
+        "60": f"{kind.type_code}{batch}000",
+    }
+
+
+def financial_request(
+    kind: Kind,
+    *,
+    stan: str,
+    batch: str,
+    terminal_id: str,
+    merchant_id: str,
+    scheme: Scheme,
+    card: Card,
+    amount: int | None,
+    pin: str | None = None,
+    pik: KeyCipher | None = None,
+    pin_block_bytes: bytes | None = None,
+    original: dict[str, str] | None = None,
+) -> Message:
+    """A 0100/0200/0220 request. ``original`` holds ``rrn``, ``auth_id``, ``batch``, ``stan``, ``date``."""
+    msg = base(kind, stan, batch, terminal_id, merchant_id)
+    if amount is not None:
+        if not 0 < amount <= 999_999_999_999:
+            raise CardError("the amount must be positive and at most 12 digits of minor units")
+        msg["4"] = f"{amount:012d}"
+    if card.track2:
+        msg["35"] = card.track2
+    else:
+        msg["2"] = card.pan
+        msg["14"] = card.expiry
+    has_pin = pin is not None or pin_block_bytes is not None
+    msg["22"] = card.entry_prefix + ("1" if has_pin else "2")
+    if has_pin:
+        if pin_block_bytes is None:
+            assert pin is not None and pik is not None
+            pin_block_bytes = pin_block(pik, pin, card.pan)
+        msg["26"] = "12"
+        msg["52"] = pin_block_bytes
+        msg["53"] = "2" + ("6" if scheme == "3des" else "4") + "0" + "0" * 13
+    if original is not None:
+        if kind.name in ("void", "refund"):
+            msg["37"] = original["rrn"].ljust(12)
+        if kind.name == "void":
+            msg["38"] = original["auth_id"].ljust(6)
+        with_date = kind.name in ("refund", "completion")
+        msg["61"] = original["batch"] + original["stan"] + (original["date"] if with_date else "")
+    msg["64"] = MAC_PLACEHOLDER
+    return msg
+
+
+def reversal_of(request: Message, reason: str = "98") -> Message:
+    """The 0400 for an unanswered request: a copy including DE11, DE39 = reason, no PIN/track data.
+
+    DE2/DE14 are kept when the original was keyed; a swiped original's PAN goes in DE2 (the track
+    may not be repeated), taken from track 2.
+    """
+    rev = {k: v for k, v in request.items() if k not in REVERSAL_DROPS}
+    if "35" in request and "2" not in rev:
+        rev["2"] = str(request["35"]).split("=")[0].split("D")[0]
+    rev["t"] = "0400"
+    rev["39"] = reason
+    rev["64"] = MAC_PLACEHOLDER
+    return rev
+
+
+def network(mti: str, code: str, stan: str, batch: str, terminal_id: str, merchant_id: str) -> Message:
+    """0800 sign-on / 0820 sign-off or echo: 60.1 = 00, 60.3 = ``code``. 63 = operator 01."""
+    return {
+        "t": mti,
+        "11": stan,
+        "41": terminal_id.ljust(8),
+        "42": merchant_id.ljust(15),
+        "60": f"00{batch}{code}",
+        "63": "01 ",
+    }
+
+
+def settlement(stan: str, batch: str, terminal_id: str, merchant_id: str, totals: str) -> Message:
+    msg = network("0500", "201", stan, batch, terminal_id, merchant_id)
+    msg["48"] = totals
+    msg["49"] = CURRENCY
+    del msg["63"]
+    return msg
+
+
+def batch_upload(
+    stan: str, batch: str, terminal_id: str, merchant_id: str, records: list[tuple[str, str, int]], last: bool
+) -> Message:
+    """0320 with up to 8 records (STAN, PAN, amount); 60.3 = 202 on the last message of the upload."""
+    if not 1 <= len(records) <= 8:
+        raise ValueError("a batch upload message carries 1 to 8 records")
+    body = f"{len(records):02d}" + "".join(f"00{s}{p.rjust(20, '0')}{a:012d}" for s, p, a in records)
+    msg = network("0320", "202" if last else "201", stan, batch, terminal_id, merchant_id)
+    msg["48"] = body
+    del msg["63"]
+    return msg
+
+
+def totals_field(debit_amount: int, debit_count: int, credit_amount: int, credit_count: int) -> str:
+    """DE48 of the 0500: domestic totals, result 0, then 31 zero digits for foreign cards."""
+    domestic = f"{debit_amount:012d}{debit_count:03d}{credit_amount:012d}{credit_count:03d}0"
+    return domestic + "0" * 31
+
+
+def response_mti(mti: str) -> str:
+    return f"{int(mti) + 10:04d}"

@@ -1,0 +1,391 @@
+"""What the terminal does for each key the cashier presses: the transactions of the POS dialect.
+
+Each operation takes a ``Session`` (pos.client), builds the request (pos.messages), exchanges it,
+updates the terminal state (keys, batch, journal) and returns a ``Receipt``: the data a receipt
+prints, safe to show (masked PAN, no keys, no PIN).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ops.logs import mask_pan
+from pos import messages
+from pos.client import Answer, NoAnswer, Session, TerminalError
+from pos.crypto import TerminalCryptoError, unwrap_working_keys
+from pos.messages import KINDS, Card, Message
+from pos.state import JournalEntry
+
+RESPONSE_TEXT = {
+    "00": "APPROVED",
+    "03": "INVALID MERCHANT",
+    "05": "DO NOT HONOUR",
+    "12": "INVALID TRANSACTION",
+    "13": "INVALID AMOUNT",
+    "14": "INVALID CARD NUMBER",
+    "22": "SUSPECTED MALFUNCTION",
+    "25": "ORIGINAL NOT FOUND",
+    "30": "FORMAT ERROR",
+    "41": "LOST CARD",
+    "43": "STOLEN CARD",
+    "51": "INSUFFICIENT FUNDS",
+    "54": "EXPIRED CARD",
+    "55": "INCORRECT PIN",
+    "57": "NOT PERMITTED TO CARD",
+    "58": "NOT PERMITTED TO TERMINAL",
+    "61": "EXCEEDS AMOUNT LIMIT",
+    "64": "ORIGINAL AMOUNT INCORRECT",
+    "65": "EXCEEDS FREQUENCY LIMIT",
+    "75": "PIN TRIES EXCEEDED",
+    "77": "BATCH NUMBER DIFFERS, SIGN ON",
+    "91": "ISSUER UNAVAILABLE",
+    "94": "DUPLICATE TRANSMISSION",
+    "96": "SYSTEM MALFUNCTION",
+    "97": "TERMINAL NOT REGISTERED",
+    "98": "ISSUER TIMEOUT",
+    "99": "PIN FORMAT ERROR",
+    "A0": "MAC FAILED, SIGN ON AGAIN",
+}
+
+
+@dataclass
+class Receipt:
+    transaction: str
+    terminal_id: str
+    merchant_id: str
+    code: str
+    stan: str = ""
+    batch: str = ""
+    pan: str = ""  # masked
+    amount: int | None = None
+    rrn: str = ""
+    auth_id: str = ""
+    date: str = ""
+    time: str = ""
+    balance: int | None = None
+    latency_ms: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def approved(self) -> bool:
+        return self.code == "00"
+
+    @property
+    def text(self) -> str:
+        return RESPONSE_TEXT.get(self.code, "DECLINED")
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items() if v not in ("", None, [])}
+        data["approved"] = self.approved
+        data["result"] = self.text
+        return data
+
+    def render(self) -> str:
+        lines = [f"--- {self.transaction} ---", f"TERMINAL {self.terminal_id}  MERCHANT {self.merchant_id}"]
+        if self.pan:
+            lines.append(f"CARD     {self.pan}")
+        if self.batch or self.stan:
+            lines.append(f"BATCH    {self.batch}  TRACE {self.stan}")
+        if self.date or self.time:
+            d, t = self.date, self.time
+            lines.append(f"DATE     {d[:2]}/{d[2:]}  TIME {t[:2]}:{t[2:4]}:{t[4:]}")
+        if self.rrn:
+            lines.append(f"REF      {self.rrn}" + (f"  AUTH {self.auth_id}" if self.auth_id else ""))
+        if self.amount is not None:
+            lines.append(f"AMOUNT   CNY {format_amount(self.amount)}")
+        if self.balance is not None:
+            lines.append(f"BALANCE  CNY {format_amount(self.balance)}")
+        lines.append(f"RESULT   {self.code} {self.text}")
+        lines.extend(f"NOTE     {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+def format_amount(minor: int) -> str:
+    sign = "-" if minor < 0 else ""
+    return f"{sign}{abs(minor) // 100}.{abs(minor) % 100:02d}"
+
+
+def parse_amount(text: str) -> int:
+    """'123.45' or '123' (yuan) into fen; raises ValueError with a one-line reason."""
+    t = text.strip()
+    whole, dot, frac = t.partition(".")
+    if not whole.isdigit() or (dot and not (frac.isdigit() and len(frac) <= 2)):
+        raise ValueError(f"an amount is yuan with up to two decimals, e.g. 12.50, not {text!r}")
+    value = int(whole) * 100 + (int(frac.ljust(2, "0")) if frac else 0)
+    if not 0 < value <= 999_999_999_999:
+        raise ValueError("the amount must be more than zero and at most 12 digits of fen")
+    return value
+
+
+def parse_balance(de54: str) -> int | None:
+    """The available balance of DE54: ``10`` ``02`` ``156`` ``C``/``D`` + 12 digits (several may follow)."""
+    for i in range(0, len(de54) - 19, 20):
+        item = de54[i : i + 20]
+        if item[2:4] == "02" and item[8:].isdigit():
+            value = int(item[8:])
+            return -value if item[7] == "D" else value
+    return None
+
+
+def _receipt(session: Session, title: str, request: Message, answer: Answer | None, code: str) -> Receipt:
+    state = session.state
+    r = Receipt(title, state.terminal_id, state.merchant_id, code, stan=str(request.get("11", "")))
+    r.batch = str(request.get("60", ""))[2:8]
+    pan = str(request.get("2") or str(request.get("35", "")).split("=")[0])
+    r.pan = mask_pan(pan) if pan else ""
+    if "4" in request:
+        r.amount = int(request["4"])
+    if answer is not None:
+        m = answer.msg
+        r.rrn = str(m.get("37", "")).strip()
+        r.auth_id = str(m.get("38", "")).strip()
+        r.date, r.time = str(m.get("13", "")), str(m.get("12", ""))
+        r.latency_ms = round(answer.latency * 1000, 2)
+        if "54" in m:
+            r.balance = parse_balance(str(m["54"]))
+        if answer.mac_ok is False:
+            r.notes.append("the answer's MAC is wrong: transaction reversed (A0)")
+        if answer.head.must_sign_on:
+            r.notes.append("the switch asks this terminal to sign on again")
+    return r
+
+
+# -- network management ------------------------------------------------------------------------------
+async def signon(session: Session) -> Receipt:
+    state = session.state
+    code = "004" if state.scheme == "3des" else "005"
+    req = messages.network("0800", code, state.next_stan(), state.batch, state.terminal_id, state.merchant_id)
+    answer = await session.exchange(req)
+    r = _receipt(session, "SIGN-ON", req, answer, answer.code)
+    if answer.approved:
+        de62 = answer.msg.get("62")
+        if not isinstance(de62, bytes | bytearray):
+            raise TerminalError("the sign-on answer carries no working keys (DE62)")
+        try:
+            keys = unwrap_working_keys(state.scheme, bytes.fromhex(state.tmk), bytes(de62))
+        except TerminalCryptoError as exc:
+            raise TerminalError(str(exc)) from None
+        batch = str(answer.msg.get("60", ""))[2:8]
+        if not (len(batch) == 6 and batch.isdigit()):
+            raise TerminalError("the sign-on answer carries no batch number (60.2)")
+        state.set_working_keys(keys, batch)
+        session.refresh_keys()
+        r.batch = batch
+        r.notes.append(
+            "working keys loaded, check values "
+            + " ".join(f"{k.upper()} {v}" for k, v in keys.check_values().items())
+        )
+    return r
+
+
+async def echo(session: Session) -> Receipt:
+    state = session.state
+    req = messages.network(
+        "0820", "301", state.next_stan(), state.batch, state.terminal_id, state.merchant_id
+    )
+    answer = await session.exchange(req)
+    return _receipt(session, "ECHO TEST", req, answer, answer.code)
+
+
+async def signoff(session: Session) -> Receipt:
+    state = session.state
+    req = messages.network(
+        "0820", "002", state.next_stan(), state.batch, state.terminal_id, state.merchant_id
+    )
+    answer = await session.exchange(req)
+    if answer.approved:
+        state.require_sign_on()
+    return _receipt(session, "SIGN-OFF", req, answer, answer.code)
+
+
+# -- financial ---------------------------------------------------------------------------------------
+async def financial(
+    session: Session,
+    kind_name: str,
+    card: Card,
+    amount: int | None,
+    pin: str | None,
+    original: JournalEntry | None = None,
+) -> Receipt:
+    state = session.state
+    kind = KINDS[kind_name]
+    state.working_keys()  # raises StateError when not signed on
+    orig = None
+    if original is not None:
+        orig = {
+            "rrn": original.rrn,
+            "auth_id": original.auth_id,
+            "batch": original.batch,
+            "stan": original.stan,
+            "date": original.date,
+        }
+    req = messages.financial_request(
+        kind,
+        stan=state.next_stan(),
+        batch=state.batch,
+        terminal_id=state.terminal_id,
+        merchant_id=state.merchant_id,
+        scheme=state.scheme,
+        card=card,
+        amount=amount,
+        pin=pin,
+        pik=session.pik if pin is not None else None,
+        original=orig,
+    )
+    try:
+        answer = await session.transact(req)
+    except NoAnswer:
+        r = _receipt(session, kind.label, req, None, "98")
+        if state.pending_reversal is None:
+            r.notes.append("no answer: the transaction was reversed")
+        else:
+            r.notes.append("no answer: reversal pending, sent before the next transaction")
+        return r
+    r = _receipt(session, kind.label, req, answer, answer.code)
+    if answer.approved and answer.mac_ok is not False and kind.financial:
+        _journal(session, kind_name, card, req, answer, original)
+    return r
+
+
+def _journal(
+    session: Session, kind_name: str, card: Card, req: Message, answer: Answer, original: JournalEntry | None
+) -> None:
+    state = session.state
+    m = answer.msg
+    entry = JournalEntry(
+        kind=kind_name,
+        stan=str(req["11"]),
+        batch=state.batch,
+        amount=int(req.get("4", 0)),
+        pan_masked=mask_pan(card.pan),
+        pan_enc=state.seal_pan(f"{card.pan}={card_expiry(card)}"),
+        rrn=str(m.get("37", "")).strip(),
+        auth_id=str(m.get("38", "")).strip(),
+        date=str(m.get("13", "")),
+        time=str(m.get("12", "")),
+        orig_stan=original.stan if original else "",
+    )
+    state.journal.append(entry)
+    state.last_approved = state.storable(messages.reversal_of(req))
+    if original is not None:
+        if kind_name in ("void", "preauth_void"):
+            original.voided = True
+        elif kind_name == "refund":
+            original.refunded += entry.amount
+
+
+def card_expiry(card: Card) -> str:
+    return card.expiry or card.track2.partition("=")[2][:4]
+
+
+def journal_card(session: Session, entry: JournalEntry) -> Card:
+    """The card of a journal entry, as keyed entry (what a void/refund/completion is sent with)."""
+    pan, expiry = session.state.open_card(entry.pan_enc)
+    return Card(pan, expiry=expiry or "4912")
+
+
+async def reverse_last(session: Session) -> Receipt:
+    """Operator-initiated reversal of the last approved financial transaction of the batch (0400 98)."""
+    state = session.state
+    if state.pending_reversal is not None:
+        req: Message = state.restore(state.pending_reversal)
+        answer = await session.flush_reversal()
+        return _receipt(session, "REVERSAL (PENDING)", req, answer, answer.code if answer else "98")
+    last = state.last_approved
+    entry = state.find(str(last.get("11", ""))) if last else None
+    if last is None or entry is None or entry.reversed or entry.batch != state.batch:
+        raise TerminalError("nothing to reverse: no approved transaction left in this batch")
+    req = state.restore(last)
+    answer = await session.reverse(req, "98")
+    if answer is None:
+        r = _receipt(session, "REVERSAL", req, None, "98")
+        r.notes.append("no answer: reversal pending, sent before the next transaction")
+        return r
+    state.last_approved = None
+    r = _receipt(session, "REVERSAL", req, answer, answer.code)
+    r.notes.append(f"reverses the {entry.kind} with trace {entry.stan}")
+    return r
+
+
+# -- settlement --------------------------------------------------------------------------------------
+def batch_totals(journal: list[JournalEntry]) -> tuple[int, int, int, int]:
+    """(debit amount, debit count, credit amount, credit count) of the live entries of a batch.
+
+    Debits: purchases and completions; credits: refunds. Voids are left out, and so is what they
+    voided; reversed entries are left out.
+    """
+    da = dc = ca = cc = 0
+    for e in journal:
+        if e.reversed or e.voided:
+            continue
+        if e.kind in ("purchase", "completion"):
+            da += e.amount
+            dc += 1
+        elif e.kind == "refund":
+            ca += e.amount
+            cc += 1
+    return da, dc, ca, cc
+
+
+async def settle(session: Session) -> Receipt:
+    state = session.state
+    da, dc, ca, cc = batch_totals(state.journal)
+    req = messages.settlement(
+        state.next_stan(),
+        state.batch,
+        state.terminal_id,
+        state.merchant_id,
+        messages.totals_field(da, dc, ca, cc),
+    )
+    await session.flush_reversal()
+    answer = await session.exchange(req)
+    r = _receipt(session, "SETTLEMENT", req, answer, answer.code)
+    r.batch = state.batch
+    r.notes.append(f"debits {dc} CNY {format_amount(da)}, credits {cc} CNY {format_amount(ca)}")
+    if not answer.approved:
+        return r
+    result = str(answer.msg.get("48", ""))[30:31]
+    if result == "2":
+        r.notes.append("totals not balanced with the switch: batch uploaded (0320)")
+        uploaded = await upload(session)
+        r.notes.append(f"{uploaded} records uploaded")
+    else:
+        r.notes.append("totals balanced")
+    next_batch = str(answer.msg.get("60", ""))[2:8]
+    closed = state.batch
+    if next_batch.isdigit() and len(next_batch) == 6 and next_batch != closed:
+        state.close_batch(next_batch)
+        r.notes.append(f"batch {closed} closed, next batch {next_batch}")
+    else:
+        state.close_batch(closed)
+        state.require_sign_on()
+        r.notes.append(f"batch {closed} closed; sign on to get the next batch number")
+    return r
+
+
+async def upload(session: Session) -> int:
+    state = session.state
+    records = [
+        (e.stan, state.open_pan(e.pan_enc), e.amount)
+        for e in state.journal
+        if not (e.reversed or e.voided) and e.kind in ("purchase", "completion", "refund")
+    ]
+    chunks = [records[i : i + 8] for i in range(0, len(records), 8)] or [[]]
+    sent = 0
+    for i, chunk in enumerate(chunks):
+        if not chunk:
+            break
+        req = messages.batch_upload(
+            state.next_stan(),
+            state.batch,
+            state.terminal_id,
+            state.merchant_id,
+            chunk,
+            last=i == len(chunks) - 1,
+        )
+        answer = await session.exchange(req)
+        if not answer.approved:
+            raise TerminalError(f"batch upload refused by the switch ({answer.code})")
+        sent += len(chunk)
+    return sent

@@ -1,0 +1,148 @@
+"""A minimal switch stand-in for the terminal's own tests: the POS side of the contract only.
+
+It signs terminals on (working keys under their TMK, batch number), checks request MACs (A0 with
+the re-sign-on nibble when wrong), approves everything else with an RRN and auth id, answers
+balance inquiries, compares 0500 totals with what it approved, and can be told to stay silent for
+given STANs (to exercise the terminal's timeout reversal). It runs in a thread with its own trio loop
+so click's CliRunner can drive the real CLI against it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from pos.crypto import KeyCipher, Scheme
+from specs.codec import codec_for
+
+
+@dataclass
+class FakeSwitch:
+    scheme: Scheme
+    tmks: dict[str, bytes]
+    batch: str = "000001"
+    silent: set[tuple[str, str]] = field(default_factory=set)  # (MTI, STAN) left unanswered
+    seen: list[dict[str, Any]] = field(default_factory=list)
+    approved_totals: dict[str, int] = field(default_factory=lambda: {"debit": 0, "credit": 0})
+    port: int = 0
+    _mak: dict[str, KeyCipher] = field(default_factory=dict)
+    _rrn: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _ready: threading.Event = field(default_factory=threading.Event)
+    _stop: trio.Event | None = None
+    _token: Any = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> FakeSwitch:
+        self._thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
+        self._thread.start()
+        assert self._ready.wait(5)
+        return self
+
+    def stop(self) -> None:
+        if self._token is not None and self._stop is not None:
+            self._token.run_sync_soon(self._stop.set)
+        self._thread.join(5)
+
+    async def _main(self) -> None:
+        self._stop = trio.Event()
+        self._token = trio.lowlevel.current_trio_token()
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        self._ready.set()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, self._serve, listeners)
+            await self._stop.wait()
+            nursery.cancel_scope.cancel()
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        buf = bytearray()
+        try:
+            while True:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return
+                buf += chunk
+                while len(buf) >= 2 and len(buf) >= 2 + int.from_bytes(buf[:2], "big"):
+                    n = int.from_bytes(buf[:2], "big")
+                    data = bytes(buf[2 : 2 + n])
+                    del buf[: 2 + n]
+                    reply = self.handle(data)
+                    if reply is not None:
+                        await stream.send_all(len(reply).to_bytes(2, "big") + reply)
+        except trio.BrokenResourceError:
+            return
+
+    # -- the POS side ----------------------------------------------------------------------------
+    def handle(self, data: bytes) -> bytes | None:
+        tpdu, head, body = data[:5], data[5:11], data[11:]
+        codec = codec_for("pos", self.scheme)
+        msg = codec.decode(body)
+        self.seen.append(msg)
+        if (msg["t"], msg.get("11")) in self.silent:
+            return None
+        tid = str(msg["41"]).strip()
+        out: dict[str, Any] = {
+            "t": f"{int(msg['t']) + 10:04d}",
+            "11": msg["11"],
+            "41": msg["41"],
+            "42": msg["42"],
+            "12": "101010",
+            "13": "1125",
+        }
+        nibble = 0
+        if msg["t"] == "0800":
+            out.update({"39": "00", "60": msg["60"][:2] + self.batch + msg["60"][8:], "62": self._keys(tid)})
+        elif msg["t"] in ("0820", "0320"):
+            out.update({"39": "00", "60": msg["60"]})
+        elif msg["t"] == "0500":
+            totals = str(msg["48"])
+            balanced = (
+                int(totals[0:12]) == self.approved_totals["debit"]
+                and int(totals[15:27]) == self.approved_totals["credit"]
+            )
+            out.update(
+                {"39": "00", "60": msg["60"], "48": totals[:30] + ("1" if balanced else "2") + totals[31:]}
+            )
+        else:
+            mak = self._mak.get(tid)
+            if mak is None or mak.pos_mac(body[:-8]) != msg["64"]:
+                out.update({"39": "A0", "60": msg["60"]})
+                nibble = 3
+            else:
+                out.update({k: msg[k] for k in ("2", "3", "4", "25", "49", "60", "61") if k in msg})
+                out.update({"39": "00", "32": "48880000", "37": f"{next(self._rrn):012d}", "38": "A12345"})
+                kind = (msg["t"], msg["3"], msg.get("25"))
+                amount = int(msg.get("4", "0"))
+                if kind == ("0200", "000000", "00") or kind == ("0200", "000000", "06"):
+                    self.approved_totals["debit"] += amount
+                elif kind[0] == "0220":
+                    self.approved_totals["credit"] += amount
+                if msg["3"] == "310000":
+                    out["54"] = "1002156C000000098766"
+                out["64"] = bytes(8)
+                raw = codec.encode(out)
+                return self._frame(tpdu, head, nibble, raw[:-8] + mak.pos_mac(raw[:-8]))
+        return self._frame(tpdu, head, nibble, codec.encode(out))
+
+    def _frame(self, tpdu: bytes, head: bytes, nibble: int, body: bytes) -> bytes:
+        swapped = tpdu[:1] + tpdu[3:5] + tpdu[1:3]
+        return swapped + bytes([0x60, 0x31, nibble]) + head[3:6] + body
+
+    def _keys(self, tid: str) -> bytes:
+        tmk = KeyCipher(self.scheme, self.tmks[tid])
+        bs = 8 if self.scheme == "3des" else 16
+        pik, tdk = os.urandom(16), os.urandom(16)
+        mak = os.urandom(8 if self.scheme == "3des" else 16)
+        self._mak[tid] = KeyCipher(self.scheme, mak)
+        parts = []
+        for key in (pik, mak, tdk):
+            enc = tmk.encrypt(key)
+            if self.scheme == "3des" and len(key) == 8:
+                enc += bytes(8)
+            parts.append(enc + KeyCipher(self.scheme, key).encrypt(bytes(bs))[:4])
+        return b"".join(parts)

@@ -1,0 +1,166 @@
+"""The terminal simulator end to end against a stand-in switch: CLI, state file, journal, reversal."""
+
+from __future__ import annotations
+
+import json
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from ops.cli import cli
+from pos import state as state_mod
+from tests.pos.fakeswitch import FakeSwitch
+
+TMK = "0123456789ABCDEFFEDCBA9876543210"
+PAN = "6212345678901234567"
+
+
+@pytest.fixture(params=["3des", "sm4"])
+def switch(request: pytest.FixtureRequest) -> Iterator[FakeSwitch]:
+    fake = FakeSwitch(request.param, {"T0000001": bytes.fromhex(TMK)}).start()
+    yield fake
+    fake.stop()
+
+
+def run(state: Path, *args: str, json_out: bool = True) -> Result:
+    root = ["--json"] if json_out else []
+    cmd, rest = args[0], args[1:]
+    return CliRunner().invoke(cli, [*root, "pos", cmd, "--state", str(state), *rest], catch_exceptions=False)
+
+
+def init(state: Path, switch: FakeSwitch) -> None:
+    result = CliRunner().invoke(
+        cli,
+        [
+            "pos",
+            "init",
+            "-t",
+            "T0000001",
+            "--merchant",
+            "898330160120001",
+            "--scheme",
+            switch.scheme,
+            "--tmk",
+            TMK,
+            "--port",
+            str(switch.port),
+            "--state",
+            str(state),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_sign_on_purchase_void_refund_settle(tmp_path: Path, switch: FakeSwitch) -> None:
+    state = tmp_path / "T0000001.json"
+    init(state, switch)
+    assert stat.S_IMODE(state.stat().st_mode) == 0o600
+    r = run(state, "signon")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["approved"]
+    saved = state.read_text()
+    assert TMK in saved  # the secure-element stand-in holds it...
+    assert TMK not in r.output  # ...but never shows it
+
+    card = ["--card", PAN, "--expiry", "3012"]
+    r = run(state, "purchase", "123.45", *card, "--pin", "123456", "--trace")
+    assert r.exit_code == 0, r.output
+    receipt = json.loads(r.stdout)
+    assert receipt["amount"] == 12345 and receipt["pan"] == "621234*********4567"
+    assert PAN not in r.output and "123456" not in r.stderr
+    assert "[pin data, " in r.stderr and "DE52" in r.stderr
+
+    r = run(state, "purchase", "10", *card, "--pin", "123456")
+    second = json.loads(r.stdout)["stan"]
+    r = run(state, "balance", *card, "--pin", "123456")
+    assert json.loads(r.stdout)["balance"] == 98766
+
+    r = run(state, "void", "--stan", second)
+    assert r.exit_code == 0, r.output
+    r = run(state, "refund", "--stan", receipt["stan"], "--amount", "0.45")
+    assert r.exit_code == 0, r.output
+    r = run(state, "refund", "--stan", receipt["stan"], "--amount", "200")
+    assert r.exit_code == 1 and "exceeds" in r.output
+
+    st = state_mod.load(state)
+    assert [e.kind for e in st.journal] == ["purchase", "purchase", "void", "refund"]
+    assert st.stan == 6  # sign-on, 2 purchases, balance, void, refund; the refused refund used none
+
+    r = run(state, "settle")
+    assert r.exit_code == 0, r.output
+    notes = " ".join(json.loads(r.stdout)["notes"])
+    assert "balanced" in notes and "debits 1 CNY 123.45, credits 1 CNY 0.45" in notes
+    st = state_mod.load(state)
+    assert st.journal == [] and len(st.previous) == 4
+
+
+def test_unanswered_purchase_is_reversed_and_pending_reversal_survives(
+    tmp_path: Path, switch: FakeSwitch
+) -> None:
+    state = tmp_path / "t.json"
+    init(state, switch)
+    assert run(state, "signon").exit_code == 0
+    switch.silent.add(("0200", "000002"))
+    card = ["--card", PAN, "--expiry", "3012", "--no-pin", "--timeout", "0.3"]
+    r = run(state, "purchase", "5", *card)
+    assert r.exit_code == 2
+    assert json.loads(r.stdout)["code"] == "98"
+    rev = [m for m in switch.seen if m["t"] == "0400"]
+    assert len(rev) == 1 and rev[0]["11"] == "000002" and rev[0]["39"] == "98"
+    assert "52" not in rev[0] and "64" in rev[0] and rev[0]["4"] == "000000000500"
+    assert state_mod.load(state).pending_reversal is None
+
+    # The reversal unanswered too: it stays pending (PAN sealed in the file) and goes out first next time.
+    switch.silent |= {("0200", "000003"), ("0400", "000003")}
+    r = run(state, "purchase", "6", *card)
+    assert "pending" in " ".join(json.loads(r.stdout)["notes"])
+    assert state_mod.load(state).pending_reversal is not None
+    assert PAN not in state.read_text()
+    switch.silent.clear()
+    r = run(state, "purchase", "7", *card)
+    assert r.exit_code == 0, r.output
+    assert [(m["t"], m["11"]) for m in switch.seen[-2:]] == [("0400", "000003"), ("0200", "000004")]
+    assert state_mod.load(state).pending_reversal is None
+
+
+def test_settle_uploads_when_unbalanced(tmp_path: Path, switch: FakeSwitch) -> None:
+    state = tmp_path / "t.json"
+    init(state, switch)
+    run(state, "signon")
+    run(state, "purchase", "1.00", "--card", PAN, "--expiry", "3012", "--no-pin")
+    switch.approved_totals["debit"] += 1  # the switch disagrees
+    r = run(state, "settle")
+    assert r.exit_code == 0, r.output
+    assert any("uploaded" in n for n in json.loads(r.stdout)["notes"])
+    upload = [m for m in switch.seen if m["t"] == "0320"]
+    assert len(upload) == 1 and upload[0]["60"].endswith("202")
+    assert upload[0]["48"] == "01" + "00" + "000002" + PAN.rjust(20, "0") + "000000000100"
+
+
+def test_bad_input_gives_one_line_and_non_zero_exit(tmp_path: Path) -> None:
+    state = tmp_path / "t.json"
+    runner = CliRunner()
+    r = runner.invoke(
+        cli, ["pos", "init", "-t", "T1", "--merchant", "M", "--tmk", "XYZ", "--state", str(state)]
+    )
+    assert r.exit_code == 1 and r.output.count("\n") == 1 and "TMK" in r.output
+    r = runner.invoke(
+        cli, ["pos", "init", "-t", "T1", "--merchant", "M", "--tmk", TMK, "--state", str(state)]
+    )
+    assert r.exit_code == 0
+    for args in (
+        ["purchase", "12.345", "--card", PAN, "--expiry", "3012", "--pin", "1234"],
+        ["purchase", "abc", "--card", PAN, "--expiry", "3012", "--pin", "1234"],
+        ["purchase", "1", "--card", "12ab", "--expiry", "3012", "--pin", "1234"],
+        ["purchase", "1", "--card", PAN, "--expiry", "3013", "--pin", "1234"],
+        ["purchase", "1", "--card", PAN, "--expiry", "3012", "--pin", "12"],
+        ["purchase", "1", "--card", PAN, "--expiry", "3012", "--pin", "1234"],  # not signed on
+        ["void", "--stan", "000009"],
+    ):
+        r = run(state, *args, json_out=False)
+        assert r.exit_code == 1, (args, r.output)
+        assert r.output.count("\n") == 1, (args, r.output)
+        assert PAN not in r.output
