@@ -211,3 +211,38 @@ KNOWN_MTIS: dict[str, frozenset[str]] = {
 
 # The field whose trailing bytes are the MAC, per dialect.
 MAC_FIELD: dict[str, str] = {"pos": "64", "h2h": "128"}
+
+
+def to_pyiso8583(msg: dict[str, Any], spec: Spec) -> dict[str, str]:
+    """A codec message as pyiso8583 wants it: bytes as upper-case hex, ``=`` as ``D`` in BCD tracks,
+    short fixed an/ans padded. Keys the spec lacks and None values are dropped."""
+    doc: dict[str, str] = {}
+    for key, value in msg.items():
+        fs = spec.get(key)
+        if fs is None or value is None or key in ("p", "1", "h"):
+            continue
+        if isinstance(value, bytes | bytearray):
+            doc[key] = value.hex().upper()
+        elif fs.get("kind") == "z" and fs["data_enc"] == "b":
+            doc[key] = value.replace("=", "D")
+        elif "pad" in fs and len(value) < fs["max_len"]:
+            doc[key] = value.ljust(fs["max_len"], fs["pad"])
+        else:
+            doc[key] = str(value)
+    return doc
+
+
+def from_pyiso8583(doc: dict[str, str], spec: Spec) -> dict[str, Any]:
+    """The inverse of :func:`to_pyiso8583` (bitmaps and header dropped)."""
+    msg: dict[str, Any] = {}
+    for key, value in doc.items():
+        if key in ("p", "1", "h"):
+            continue
+        kind = spec[key].get("kind")
+        if key != "t" and kind in ("b", "hex"):
+            msg[key] = bytes.fromhex(value)
+        elif kind == "z" and spec[key]["data_enc"] == "b":
+            msg[key] = value.replace("D", "=")
+        else:
+            msg[key] = value
+    return msg

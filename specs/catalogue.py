@@ -1,0 +1,394 @@
+"""The transaction catalogue shared by switch and host: what a message is, and how to answer it.
+
+- :class:`TxnType` and :data:`POS_TRANSACTIONS` / :data:`H2H_TRANSACTIONS`: the contract's
+  transaction tables as data. :func:`classify_pos` / :func:`classify_h2h` map a request (or response)
+  to its type; :data:`POS_TRANSACTIONS` ``[t]`` gives the MTI, DE3, DE25, 60.1, 60.3 to build one.
+- :class:`ProcessingCode`, :class:`ResponseCode` (``StrEnum``: members *are* the wire strings, so
+  ``msg["39"] = ResponseCode.APPROVED`` works) and :data:`RESPONSE_CODES` (meanings, per-dialect use,
+  whether the terminal must sign on again).
+- :func:`response_mti`, :func:`mac_required`, :func:`echoed_fields` / :func:`response_skeleton`
+  (which request fields a response carries back), :func:`format_error_response` (the 30 answer).
+- Sub-field helpers for the structured POS fields: :class:`De60`, :class:`De61`, :func:`balance_de54`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from specs.errors import DecodeError
+
+
+class TxnType(StrEnum):
+    SIGN_ON = "sign_on"
+    SIGN_OFF = "sign_off"
+    ECHO = "echo"
+    KEY_CHANGE = "key_change"  # H2H only
+    BALANCE_INQUIRY = "balance_inquiry"
+    PURCHASE = "purchase"
+    TOP_UP = "top_up"
+    VOID = "void"
+    REFUND = "refund"
+    PRE_AUTH = "pre_auth"
+    PRE_AUTH_VOID = "pre_auth_void"
+    PRE_AUTH_COMPLETION = "pre_auth_completion"
+    REVERSAL = "reversal"
+    BATCH_SETTLEMENT = "batch_settlement"
+    BATCH_UPLOAD = "batch_upload"
+
+
+class ProcessingCode(StrEnum):
+    """DE3 values used by both dialects (the first two digits are the ISO transaction type)."""
+
+    GOODS = "000000"  # purchase, pre-auth completion
+    PRE_AUTH = "030000"
+    RETURN = "200000"  # void, refund, pre-auth void
+    DEPOSIT = "210000"  # top-up (cash load)
+    BALANCE_INQUIRY = "310000"
+
+
+class ConditionCode(StrEnum):
+    """DE25."""
+
+    NORMAL = "00"
+    PRE_AUTH = "06"
+
+
+@dataclass(frozen=True, slots=True)
+class PosTxn:
+    """One row of the POS transaction table. None = the field is not used (network/batch messages)."""
+
+    type: TxnType
+    mti: str
+    de3: str | None
+    de25: str | None
+    de60_1: str
+    de60_3: tuple[str, ...] = ("000",)  # network management codes that select this row
+
+    @property
+    def key(self) -> tuple[str, str | None, str | None, str]:
+        return (self.mti, self.de3, self.de25, self.de60_1)
+
+
+PC, CC = ProcessingCode, ConditionCode
+
+POS_TRANSACTIONS: dict[TxnType, PosTxn] = {row.type: row for row in (
+    PosTxn(TxnType.SIGN_ON, "0800", None, None, "00", ("004", "005")),  # 004 3DES, 005 SM4
+    PosTxn(TxnType.SIGN_OFF, "0820", None, None, "00", ("002",)),
+    PosTxn(TxnType.ECHO, "0820", None, None, "00", ("301",)),
+    PosTxn(TxnType.BALANCE_INQUIRY, "0200", PC.BALANCE_INQUIRY, CC.NORMAL, "01"),
+    PosTxn(TxnType.PURCHASE, "0200", PC.GOODS, CC.NORMAL, "22"),
+    PosTxn(TxnType.TOP_UP, "0200", PC.DEPOSIT, CC.NORMAL, "40"),
+    PosTxn(TxnType.VOID, "0200", PC.RETURN, CC.NORMAL, "23"),
+    PosTxn(TxnType.REFUND, "0220", PC.RETURN, CC.NORMAL, "25"),
+    PosTxn(TxnType.PRE_AUTH, "0100", PC.PRE_AUTH, CC.PRE_AUTH, "10"),
+    PosTxn(TxnType.PRE_AUTH_VOID, "0100", PC.RETURN, CC.PRE_AUTH, "11"),
+    PosTxn(TxnType.PRE_AUTH_COMPLETION, "0200", PC.GOODS, CC.PRE_AUTH, "20"),
+    PosTxn(TxnType.BATCH_SETTLEMENT, "0500", None, None, "00", ("201",)),
+    PosTxn(TxnType.BATCH_UPLOAD, "0320", None, None, "00", ("201", "202")),  # 202 = end of upload
+)}
+"""TxnType -> how a terminal sends it. A reversal (0400) copies the original's DE3/DE25/DE60."""
+
+# Financial rows by (DE3, DE25, 60.1): unique, so a 0400 tells which type it reverses.
+_POS_FINANCIAL: dict[tuple[str | None, str | None, str | None], PosTxn] = {
+    (r.de3, r.de25, r.de60_1): r for r in POS_TRANSACTIONS.values() if r.de3 is not None
+}
+_POS_NETWORK = {(r.mti, code): r for r in POS_TRANSACTIONS.values() if r.de3 is None for code in r.de60_3}
+
+# H2H: (MTI, DE3, DE25) for financial messages, (MTI, DE70) for network management.
+H2H_TRANSACTIONS: dict[tuple[str, str, str], TxnType] = {
+    ("0100", PC.PRE_AUTH, CC.PRE_AUTH): TxnType.PRE_AUTH,
+    ("0100", PC.RETURN, CC.PRE_AUTH): TxnType.PRE_AUTH_VOID,
+    ("0200", PC.GOODS, CC.NORMAL): TxnType.PURCHASE,
+    ("0200", PC.BALANCE_INQUIRY, CC.NORMAL): TxnType.BALANCE_INQUIRY,
+    ("0200", PC.DEPOSIT, CC.NORMAL): TxnType.TOP_UP,
+    ("0200", PC.RETURN, CC.NORMAL): TxnType.VOID,
+    ("0200", PC.GOODS, CC.PRE_AUTH): TxnType.PRE_AUTH_COMPLETION,
+    ("0220", PC.RETURN, CC.NORMAL): TxnType.REFUND,
+    ("0220", PC.GOODS, CC.PRE_AUTH): TxnType.PRE_AUTH_COMPLETION,  # completion advice (SAF)
+}
+H2H_NETWORK: dict[str, TxnType] = {
+    "001": TxnType.SIGN_ON, "002": TxnType.SIGN_OFF, "101": TxnType.KEY_CHANGE, "301": TxnType.ECHO,
+}
+H2H_REVERSAL_MTIS = frozenset({"0400", "0410", "0420", "0421", "0430"})
+
+
+class UnknownTransaction(ValueError):
+    """The message is well-formed but matches no catalogue row (answer 12 invalid transaction)."""
+
+
+def request_mti(mti: str) -> str:
+    """The request MTI a message belongs to: 0210 -> 0200, 0230 -> 0220, 0221 -> 0220."""
+    klass = int(mti[2])
+    return mti[:2] + str(klass - klass % 2) + "0"
+
+
+def response_mti(mti: str) -> str:
+    """The response MTI of a request: class digit + 1, repeat digit cleared (0200 -> 0210, 0221 -> 0230)."""
+    klass = int(mti[2])
+    if klass % 2:
+        raise ValueError(f"{mti} is already a response")
+    return mti[:2] + str(klass + 1) + "0"
+
+
+def is_response(mti: str) -> bool:
+    return int(mti[2]) % 2 == 1
+
+
+def classify_pos(mti: str, de3: str | None, de25: str | None, de60: str | None) -> TxnType:
+    """The transaction type of a POS request or response (its MTI, DE3, DE25 and whole DE60).
+
+    0400/0410 give REVERSAL; :func:`reversed_pos_type` says what they reverse.
+    Raises :class:`UnknownTransaction`.
+    """
+    base = request_mti(mti)
+    if base == "0400":
+        return TxnType.REVERSAL
+    fields = De60.parse(de60) if de60 else None
+    if de3 is None:
+        row = _POS_NETWORK.get((base, fields.network_code if fields else ""))
+        if row is not None and fields is not None and fields.type_code == row.de60_1:
+            return row.type
+    else:
+        row = _POS_FINANCIAL.get((de3, de25, fields.type_code if fields else None))
+        if row is not None and row.mti == base:
+            return row.type
+    raise UnknownTransaction(f"no POS transaction for MTI {mti}, DE3 {de3}, DE25 {de25}, DE60 {de60}")
+
+
+def reversed_pos_type(de3: str | None, de25: str | None, de60: str | None) -> TxnType:
+    """The type of the original transaction a POS 0400 reverses (from its copied DE3/DE25/60.1)."""
+    row = _POS_FINANCIAL.get((de3, de25, De60.parse(de60).type_code if de60 else None))
+    if row is None:
+        raise UnknownTransaction(f"no reversible POS transaction for DE3 {de3}, DE25 {de25}")
+    return row.type
+
+
+def classify_h2h(mti: str, de3: str | None, de25: str | None, de70: str | None = None) -> TxnType:
+    """The transaction type of an H2H message (0400/0420/0421 and responses give REVERSAL)."""
+    if mti in H2H_REVERSAL_MTIS:
+        return TxnType.REVERSAL
+    base = request_mti(mti)
+    network = base == "0800"
+    t = H2H_NETWORK.get(de70 or "") if network else H2H_TRANSACTIONS.get((base, de3 or "", de25 or ""))
+    if t is None:
+        raise UnknownTransaction(f"no H2H transaction for MTI {mti}, DE3 {de3}, DE25 {de25}, DE70 {de70}")
+    return t
+
+
+def h2h_key(t: TxnType) -> tuple[str, str, str]:
+    """(MTI, DE3, DE25) of an H2H financial request of type ``t`` (the request form, not the advice)."""
+    for key, value in H2H_TRANSACTIONS.items():
+        if value is t:
+            return key
+    raise KeyError(t)
+
+
+# --- response codes -------------------------------------------------------------------------------------
+
+class ResponseCode(StrEnum):
+    APPROVED = "00"
+    INVALID_MERCHANT = "03"
+    DO_NOT_HONOUR = "05"
+    INVALID_TRANSACTION = "12"
+    INVALID_AMOUNT = "13"
+    INVALID_CARD_NUMBER = "14"
+    SUSPECTED_MALFUNCTION = "22"
+    ORIGINAL_NOT_FOUND = "25"
+    FORMAT_ERROR = "30"
+    LOST_CARD = "41"
+    STOLEN_CARD = "43"
+    INSUFFICIENT_FUNDS = "51"
+    EXPIRED_CARD = "54"
+    INCORRECT_PIN = "55"
+    NOT_PERMITTED_CARDHOLDER = "57"
+    NOT_PERMITTED_TERMINAL = "58"
+    EXCEEDS_AMOUNT_LIMIT = "61"
+    ORIGINAL_AMOUNT_INCORRECT = "64"
+    EXCEEDS_FREQUENCY_LIMIT = "65"
+    PIN_TRIES_EXCEEDED = "75"
+    BATCH_NUMBER_DIFFERS = "77"
+    ISSUER_UNAVAILABLE = "91"
+    DUPLICATE_TRANSMISSION = "94"
+    SYSTEM_MALFUNCTION = "96"
+    TERMINAL_NOT_REGISTERED = "97"
+    ISSUER_TIMEOUT = "98"
+    PIN_FORMAT_ERROR = "99"
+    MAC_FAILURE = "A0"
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseCodeInfo:
+    code: ResponseCode
+    meaning: str
+    h2h: bool = True  # used on H2H links too (all are used on POS)
+    sign_on_again: bool = False  # POS: processing-requirement nibble 3
+
+    @property
+    def approved(self) -> bool:
+        return self.code is ResponseCode.APPROVED
+
+    @property
+    def requirement(self) -> int:
+        """The POS response header's processing-requirement nibble."""
+        return 3 if self.sign_on_again else 0
+
+
+RC = ResponseCode
+RESPONSE_CODES: dict[str, ResponseCodeInfo] = {i.code.value: i for i in (
+    ResponseCodeInfo(RC.APPROVED, "approved"),
+    ResponseCodeInfo(RC.INVALID_MERCHANT, "invalid merchant"),
+    ResponseCodeInfo(RC.DO_NOT_HONOUR, "do not honour"),
+    ResponseCodeInfo(RC.INVALID_TRANSACTION, "invalid transaction"),
+    ResponseCodeInfo(RC.INVALID_AMOUNT, "invalid amount"),
+    ResponseCodeInfo(RC.INVALID_CARD_NUMBER, "invalid card number"),
+    ResponseCodeInfo(RC.SUSPECTED_MALFUNCTION, "suspected malfunction"),
+    ResponseCodeInfo(RC.ORIGINAL_NOT_FOUND, "original not found"),
+    ResponseCodeInfo(RC.FORMAT_ERROR, "format error"),
+    ResponseCodeInfo(RC.LOST_CARD, "lost card"),
+    ResponseCodeInfo(RC.STOLEN_CARD, "stolen card"),
+    ResponseCodeInfo(RC.INSUFFICIENT_FUNDS, "insufficient funds"),
+    ResponseCodeInfo(RC.EXPIRED_CARD, "expired card"),
+    ResponseCodeInfo(RC.INCORRECT_PIN, "incorrect PIN"),
+    ResponseCodeInfo(RC.NOT_PERMITTED_CARDHOLDER, "transaction not permitted to cardholder"),
+    ResponseCodeInfo(RC.NOT_PERMITTED_TERMINAL, "transaction not permitted to terminal"),
+    ResponseCodeInfo(RC.EXCEEDS_AMOUNT_LIMIT, "exceeds amount limit"),
+    ResponseCodeInfo(RC.ORIGINAL_AMOUNT_INCORRECT, "original amount incorrect"),
+    ResponseCodeInfo(RC.EXCEEDS_FREQUENCY_LIMIT, "exceeds frequency limit"),
+    ResponseCodeInfo(RC.PIN_TRIES_EXCEEDED, "PIN tries exceeded"),
+    ResponseCodeInfo(RC.BATCH_NUMBER_DIFFERS, "batch number differs from the one given at sign-on",
+                     sign_on_again=True),
+    ResponseCodeInfo(RC.ISSUER_UNAVAILABLE, "issuer unavailable"),
+    ResponseCodeInfo(RC.DUPLICATE_TRANSMISSION, "duplicate transmission"),
+    ResponseCodeInfo(RC.SYSTEM_MALFUNCTION, "system malfunction"),
+    ResponseCodeInfo(RC.TERMINAL_NOT_REGISTERED, "terminal not registered", h2h=False),
+    ResponseCodeInfo(RC.ISSUER_TIMEOUT, "issuer timeout"),
+    ResponseCodeInfo(RC.PIN_FORMAT_ERROR, "PIN format error", h2h=False),
+    ResponseCodeInfo(RC.MAC_FAILURE, "MAC verification failed (sign on again)", h2h=False,
+                     sign_on_again=True),
+)}
+
+
+def describe_response_code(code: str) -> str:
+    info = RESPONSE_CODES.get(code)
+    return info.meaning if info else "unknown response code"
+
+
+# --- MAC and field presence -----------------------------------------------------------------------------
+
+POS_MAC_MTIS = frozenset({"0100", "0110", "0200", "0210", "0220", "0230", "0400", "0410"})
+
+
+def mac_required(mti: str, response_code: str | None = None) -> bool:
+    """Whether a POS message carries DE64: 0100/0200/0220/0400 and their responses, except responses
+    answering A0 or 30."""
+    if mti not in POS_MAC_MTIS:
+        return False
+    return not (is_response(mti) and response_code in (RC.MAC_FAILURE, RC.FORMAT_ERROR))
+
+
+# Request fields a POS response carries back when the request had them (contract "Field presence").
+_POS_ECHO_FINANCIAL = ("2", "3", "4", "11", "25", "41", "42", "49", "55", "60", "61")
+_POS_ECHO_REVERSAL = ("2", "3", "4", "11", "25", "41", "42", "49", "60", "61")
+_POS_ECHO_NETWORK = ("11", "41", "42", "60")
+# H2H: the matching keys and the transaction data.
+_H2H_ECHO = ("2", "3", "4", "7", "11", "12", "13", "22", "25", "32", "33", "37", "41", "42", "49", "60",
+             "70", "90", "95", "100", "102")
+
+
+def echoed_fields(dialect: str, mti: str) -> tuple[str, ...]:
+    """The fields a response to request ``mti`` copies from the request when present.
+
+    POS 0810/0830/0510/0330 echo 60 whole; the sender then sets 60.2 (sign-on batch) or keeps it.
+    Response-only fields (12, 13, 32, 37, 38, 39, 54, 62, 64 ...) are the responder's to set.
+    """
+    if dialect == "h2h":
+        return _H2H_ECHO
+    base = request_mti(mti)
+    if base == "0400":
+        return _POS_ECHO_REVERSAL
+    if base in ("0100", "0200", "0220"):
+        return _POS_ECHO_FINANCIAL
+    return _POS_ECHO_NETWORK + (("48",) if base in ("0500", "0320") else ())
+
+
+def response_skeleton(dialect: str, request: dict[str, Any], response_code: str) -> dict[str, Any]:
+    """The response MTI, the echoed request fields and DE39: the start of every answer."""
+    resp: dict[str, Any] = {"t": response_mti(request["t"])}
+    for key in echoed_fields(dialect, request["t"]):
+        if key in request:
+            resp[key] = request[key]
+    resp["39"] = str(response_code)
+    return resp
+
+
+def format_error_response(dialect: str, error: DecodeError) -> dict[str, Any] | None:
+    """The DE39 = 30 answer to an unparseable message, or None when it cannot be answered.
+
+    POS needs the MTI, DE11 and DE41 (answer: DE11, DE41, DE42 if read, DE39, no DE64); H2H needs the
+    MTI and DE11 (answer: the matching keys that were read, DE39). Responses are never answered.
+    """
+    mti = error.mti
+    if mti is None or is_response(mti) or "11" not in error.partial:
+        return None
+    if dialect == "pos":
+        if "41" not in error.partial:
+            return None
+        keep: tuple[str, ...] = ("11", "41", "42")
+    else:
+        keep = ("7", "11", "32", "41")
+    resp: dict[str, Any] = {"t": response_mti(mti)}
+    resp.update((k, error.partial[k]) for k in keep if k in error.partial)
+    resp["39"] = RC.FORMAT_ERROR.value
+    return resp
+
+
+# --- structured POS sub-fields --------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class De60:
+    """POS DE60: 60.1 type code n2, 60.2 batch n6, 60.3 network management code n3 [, 60.4 n1, 60.5 n1]."""
+
+    type_code: str
+    batch: str
+    network_code: str = "000"
+    extra: str = ""  # 60.4 + 60.5, both or neither
+
+    @classmethod
+    def parse(cls, value: str) -> De60:
+        if len(value) not in (11, 13) or not value.isdigit():
+            raise ValueError("DE60 is 11 or 13 digits")
+        return cls(value[0:2], value[2:8], value[8:11], value[11:])
+
+    def __str__(self) -> str:
+        return self.type_code + self.batch + self.network_code + self.extra
+
+
+@dataclass(frozen=True, slots=True)
+class De61:
+    """POS DE61: original batch n6 + original STAN n6 [+ original date MMDD]."""
+
+    batch: str
+    stan: str
+    date: str = ""
+
+    @classmethod
+    def parse(cls, value: str) -> De61:
+        if len(value) not in (12, 16) or not value.isdigit():
+            raise ValueError("DE61 is 12 or 16 digits")
+        return cls(value[0:6], value[6:12], value[12:])
+
+    def __str__(self) -> str:
+        return self.batch + self.stan + self.date
+
+
+def balance_de54(available_fen: int, currency: str = "156") -> str:
+    """POS DE54: ``10`` account + ``02`` available + currency + C/D + 12-digit amount in fen."""
+    sign = "C" if available_fen >= 0 else "D"
+    return f"1002{currency}{sign}{abs(available_fen):012d}"
+
+
+def h2h_de90(mti: str, stan: str, de7: str, acquirer: str, forwarding: str = "") -> str:
+    """H2H DE90: original MTI n4, STAN n6, DE7 n10, acquirer id n11, forwarding id n11 (zero-padded)."""
+    return f"{mti:0>4}{stan:0>6}{de7:0>10}{acquirer:0>11}{forwarding:0>11}"
