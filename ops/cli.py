@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "settle": "settlement.cli:settle",
     "settlement": "settlement.cli:settlement",
     "pos": "pos.cli:pos",
+    "load": "pos.load_cli:load",
 }
 
 

@@ -1,0 +1,248 @@
+"""`payswitch settle FILE...` and `payswitch settlement ...` (rate cards, cycles, checks, reports).
+
+Operator mistakes and bad files end in one line on stderr and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import click
+
+from ops.cli import AppContext, pass_app
+from ops.config import Config
+from ops.db import connect, database_url
+from settlement.cycles import Cycle
+from settlement.errors import SettlementError
+from settlement.fees import FeeSchedule
+from settlement.importer import ImportResult, import_file
+from settlement.postings import check_postings
+from settlement.reports import money, write_run_outputs
+from settlement.run import RunResult, run_settlement
+from settlement.schedules import add_fee_schedule, list_fee_schedules, set_merchant
+
+T = TypeVar("T")
+
+
+def _db(app: AppContext, work: Callable[[Any], Awaitable[T]]) -> T:
+    async def go() -> T:
+        conn = await connect(database_url(app.config))
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    try:
+        return asyncio.run(go())
+    except SettlementError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def default_cycle(config: Config) -> Cycle:
+    s = config.settlement
+    try:
+        return Cycle(s.default_cycle, s.default_cycle_day or None)
+    except ValueError as exc:
+        raise click.ClickException(f"config settlement.default_cycle/default_cycle_day: {exc}") from None
+
+
+def business_today(config: Config) -> date:
+    try:
+        return datetime.now(ZoneInfo(config.clearing.timezone)).date()
+    except ZoneInfoNotFoundError:
+        raise click.ClickException(f"config clearing.timezone = {config.clearing.timezone!r}: "
+                                   "not a known IANA time zone") from None
+
+
+def _progress(enabled: bool, length: int, label: str) -> AbstractContextManager[Any]:
+    if enabled and sys.stderr.isatty():
+        return click.progressbar(length=length, label=label, file=sys.stderr)
+    return nullcontext(None)
+
+
+@click.command()
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--as-of", "as_of", type=click.DateTime(["%Y-%m-%d"]), metavar="YYYY-MM-DD",
+              help="Settle what is due on this date (default: today in clearing.timezone).")
+@click.option("--no-run", is_flag=True, help="Verify and import the files only; pay nothing out.")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where reports and the payout file go (default: settlement.output_dir).")
+@pass_app
+def settle(app: AppContext, files: tuple[Path, ...], as_of: datetime | None, no_run: bool,
+           output_dir: Path | None) -> None:
+    """Verify and import clearing FILEs, then pay out every merchant whose cycle is due.
+
+    A file is refused, with nothing imported, if its trailer does not match its details (count, totals,
+    SHA-256) or any record breaks the clearing-file contract. A file settled before is skipped.
+    """
+    run_date = as_of.date() if as_of else business_today(app.config)
+    cycle = default_cycle(app.config)
+    out = output_dir or Path(app.config.settlement.output_dir)
+
+    async def work(conn: Any) -> tuple[list[ImportResult], RunResult | None, list[str]]:
+        imported = []
+        for path in files:
+            size = path.stat().st_size if path.is_file() else 0
+            with _progress(not app.json_output, size, path.name) as bar:
+                imported.append(await import_file(conn, path, progress=bar.update if bar else None))
+        if no_run:
+            return imported, None, []
+        result = await run_settlement(conn, run_date, cycle)
+        written = []
+        if result.run_id is not None:
+            written = [str(p) for p in await write_run_outputs(conn, result.run_id, out)]
+        return imported, result, written
+
+    imported, result, written = _db(app, work)
+    app.emit(_summary(imported, result, written), _human(imported, result, written))
+
+
+def _summary(imported: list[ImportResult], result: RunResult | None, written: list[str]) -> dict[str, Any]:
+    data: dict[str, Any] = {"files": [
+        {"name": r.name, "sha256": r.sha256, "imported": r.imported, "note": r.note, "details": r.details,
+         "business_date": r.business_date, "total_debit": r.total_debit, "total_credit": r.total_credit,
+         "merchant_fee": r.merchant_fee}
+        for r in imported
+    ]}
+    if result is not None:
+        data["run"] = {
+            "run_id": result.run_id, "as_of": str(result.as_of), "payout_total": result.payout_total,
+            "payouts": [{"merchant_id": p.merchant_id, "reference": p.reference, "gross": p.gross,
+                         "fee": p.fee, "net": p.net, "business_dates": [str(d) for d in p.business_dates]}
+                        for p in result.payouts],
+            "carried": [{"merchant_id": c.merchant_id, "reason": c.reason, "gross": c.gross, "fee": c.fee}
+                        for c in result.carried],
+            "outputs": written,
+        }
+    return data
+
+
+def _human(imported: list[ImportResult], result: RunResult | None, written: list[str]) -> str:
+    lines = []
+    for r in imported:
+        if r.imported:
+            lines.append(f"{r.name}: {r.details} details, debits {money(r.total_debit)}, credits "
+                         f"{money(r.total_credit)}, merchant fees {money(r.merchant_fee)}")
+        else:
+            lines.append(f"{r.name}: {r.note}")
+    if result is not None:
+        if result.run_id is None:
+            lines.append(f"nothing due on {result.as_of}")
+        else:
+            lines.append(f"run {result.run_id} as of {result.as_of}: {len(result.payouts)} payouts, "
+                         f"{money(result.payout_total)} in all")
+            lines += [f"  {p.reference}: gross {money(p.gross)} fee {money(p.fee)} net {money(p.net)}"
+                      for p in result.payouts]
+        lines += [f"  carried {c.merchant_id}: {c.reason}" for c in result.carried]
+        if written:
+            lines.append(f"reports in {Path(written[0]).parent}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# `payswitch settlement`: administration
+
+
+@click.group()
+def settlement() -> None:
+    """Settlement administration: rate cards, merchant cycles, checks, reports, reconciliation."""
+
+
+@settlement.command("fee-add")
+@click.argument("merchant_id")
+@click.argument("version")
+@click.option("--from", "effective_from", required=True, type=click.DateTime(["%Y-%m-%d"]),
+              metavar="YYYY-MM-DD", help="First business date the version applies to.")
+@click.option("--rate-bp", type=click.IntRange(0, 10000), required=True, help="Basis points of the amount.")
+@click.option("--fixed", "fixed_fee", type=click.IntRange(0), default=0,
+              help="Fixed fee per sale (minor units).")
+@click.option("--min", "min_fee", type=click.IntRange(0), default=0, help="Minimum fee per sale.")
+@click.option("--max", "max_fee", type=click.IntRange(0), default=None, help="Maximum fee per sale.")
+@click.option("--refund", "refund_rule", type=click.Choice(["none", "percent", "full"]), default="none",
+              help="What a refund returns: nothing, the percentage part, or the full fee.")
+@click.option("--shares", default="0/0/10000", metavar="ISSUER/ACQUIRER/PLATFORM",
+              help="Fee split in basis points, adding up to 10000.")
+@pass_app
+def fee_add(app: AppContext, merchant_id: str, version: str, effective_from: datetime, rate_bp: int,
+            fixed_fee: int, min_fee: int, max_fee: int | None, refund_rule: str, shares: str) -> None:
+    """Add fee schedule VERSION for MERCHANT_ID ('*' = every merchant without its own)."""
+    parts = shares.split("/")
+    if len(parts) != 3 or not all(x.isdigit() for x in parts):
+        raise click.ClickException(f"--shares {shares!r}: expected three integers like 2000/3000/5000")
+    try:
+        schedule = FeeSchedule(merchant_id, version, effective_from.date(), rate_bp, fixed_fee, min_fee,
+                               max_fee, refund_rule, int(parts[0]), int(parts[1]), int(parts[2]))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    _db(app, lambda conn: add_fee_schedule(conn, schedule))
+    app.emit({"added": version}, f"fee schedule {merchant_id}/{version} effective {schedule.effective_from}")
+
+
+@settlement.command("fees")
+@click.argument("merchant_id", required=False)
+@pass_app
+def fees(app: AppContext, merchant_id: str | None) -> None:
+    """List fee schedules (of one merchant, or all)."""
+    rows = _db(app, lambda conn: list_fee_schedules(conn, merchant_id))
+    app.emit([_schedule_dict(s) for s in rows],
+             "\n".join(f"{s.merchant_id} {s.version} from {s.effective_from}: {s.rate_bp} bp + "
+                       f"{s.fixed_fee}, min {s.min_fee} max {s.max_fee}, refunds {s.refund_rule}, shares "
+                       f"{s.issuer_share_bp}/{s.acquirer_share_bp}/{s.platform_share_bp}" for s in rows)
+             or "no fee schedules")
+
+
+def _schedule_dict(s: FeeSchedule) -> dict[str, Any]:
+    return {name: getattr(s, name) for name in FeeSchedule.__slots__}
+
+
+@settlement.command("merchant")
+@click.argument("merchant_id")
+@click.option("--cycle", type=click.Choice(["daily", "weekly", "monthly"]), required=True)
+@click.option("--day", type=int, default=None, help="weekly: ISO weekday 1-7 (1 = Monday); monthly: 1-31.")
+@click.option("--account", default=None, help="Payout account.")
+@click.option("--name", default=None, help="Merchant name for reports.")
+@pass_app
+def merchant(app: AppContext, merchant_id: str, cycle: str, day: int | None, account: str | None,
+             name: str | None) -> None:
+    """Set MERCHANT_ID's settlement cycle and payout account."""
+    try:
+        c = Cycle(cycle, day)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    _db(app, lambda conn: set_merchant(conn, merchant_id, c, account, name))
+    app.emit({"merchant_id": merchant_id, "cycle": cycle, "day": day}, f"{merchant_id}: {c}")
+
+
+@settlement.command("check")
+@pass_app
+def check(app: AppContext) -> None:
+    """Prove the settlement postings balance and agree with payouts and accruals."""
+    problems = _db(app, check_postings)
+    if problems:
+        raise click.ClickException(f"{len(problems)} problem(s); first: {problems[0]}")
+    app.emit({"ok": True}, "settlement postings balance")
+
+
+@settlement.command("report")
+@click.argument("run_id", type=int)
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path))
+@pass_app
+def report(app: AppContext, run_id: int, output_dir: Path | None) -> None:
+    """Write run RUN_ID's reports and payout file again (same bytes)."""
+    out = output_dir or Path(app.config.settlement.output_dir)
+
+    async def work(conn: Any) -> list[Path]:
+        try:
+            return await write_run_outputs(conn, run_id, out)
+        except LookupError as exc:
+            raise SettlementError(str(exc)) from None
+
+    written = _db(app, work)
+    app.emit([str(p) for p in written], "\n".join(str(p) for p in written))

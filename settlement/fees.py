@@ -1,0 +1,134 @@
+"""Merchant service fees: the rate card, the fee of one transaction and the exact profit split.
+
+A schedule is versioned and takes effect on a business date; the one in force for a transaction is the
+merchant's own newest schedule whose ``effective_from`` is on or before the file's business date, else
+the default schedule (merchant ``*``), else no fee.
+
+Fee of a sale = round-half-up(amount * rate_bp / 10000) + fixed_fee, then raised to ``min_fee`` and
+lowered to ``max_fee``, and never more than the amount itself. Money is integers in minor units.
+
+What each transaction type does to the merchant's fee:
+- PURCHASE, COMPLETION: the fee of a sale.
+- REFUND: the schedule's refund rule says what comes back: ``none`` nothing, ``percent`` the basis-point
+  part only (the fixed fee is kept), ``full`` the fee of a sale of the refunded amount.
+- VOID, a REVERSAL of a debit: the transaction never happened, so its fee is returned in full. The import
+  replaces the estimate below with the exact negated fee of the original when the original was settled.
+- a REVERSAL of a credit (a refund undone): the refund's returned fee is charged again.
+- TOPUP: money loaded by the issuer, not merchant business: no fee.
+
+Profit sharing: each fee is divided between issuer, acquirer and platform by ``split_exact``, the
+largest-remainder method, so the shares are integers that always add up to the fee exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Final
+
+BP: Final = 10_000  # basis points in a whole
+REFUND_RULES: Final = ("none", "percent", "full")
+NO_FEE_VERSION: Final = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FeeSchedule:
+    merchant_id: str  # "*" is the default for merchants without a schedule of their own
+    version: str
+    effective_from: date
+    rate_bp: int
+    fixed_fee: int = 0
+    min_fee: int = 0
+    max_fee: int | None = None
+    refund_rule: str = "none"
+    issuer_share_bp: int = 0
+    acquirer_share_bp: int = 0
+    platform_share_bp: int = BP
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0 <= self.rate_bp <= BP:
+            problems.append(f"rate_bp {self.rate_bp} is not 0-{BP}")
+        if self.fixed_fee < 0 or self.min_fee < 0:
+            problems.append("fixed_fee and min_fee must not be negative")
+        if self.max_fee is not None and self.max_fee < self.min_fee:
+            problems.append(f"max_fee {self.max_fee} is below min_fee {self.min_fee}")
+        if self.refund_rule not in REFUND_RULES:
+            problems.append(f"refund_rule {self.refund_rule!r} is not one of {', '.join(REFUND_RULES)}")
+        shares = (self.issuer_share_bp, self.acquirer_share_bp, self.platform_share_bp)
+        if min(shares) < 0 or sum(shares) != BP:
+            problems.append(f"shares {shares} must be non-negative and add up to {BP}")
+        if not self.version or not self.merchant_id:
+            problems.append("merchant_id and version must not be empty")
+        if problems:
+            raise ValueError(f"fee schedule {self.merchant_id}/{self.version}: " + "; ".join(problems))
+
+    @property
+    def weights(self) -> tuple[int, int, int]:
+        return (self.issuer_share_bp, self.acquirer_share_bp, self.platform_share_bp)
+
+
+def _round_bp(amount: int, rate_bp: int) -> int:
+    return (amount * rate_bp + BP // 2) // BP  # half up; amounts are non-negative
+
+
+def sale_fee(amount: int, s: FeeSchedule) -> int:
+    fee = _round_bp(amount, s.rate_bp) + s.fixed_fee
+    fee = max(fee, s.min_fee)
+    if s.max_fee is not None:
+        fee = min(fee, s.max_fee)
+    return min(fee, amount)
+
+
+def refund_fee(amount: int, s: FeeSchedule) -> int:
+    """The (positive) fee a refund of ``amount`` gives back to the merchant under the refund rule."""
+    if s.refund_rule == "full":
+        return sale_fee(amount, s)
+    if s.refund_rule == "percent":
+        return min(_round_bp(amount, s.rate_bp), amount)
+    return 0
+
+
+def transaction_fee(txn_type: str, sign: str, amount: int, s: FeeSchedule | None) -> int:
+    """The merchant's fee for one clearing detail, signed: positive charged, negative returned."""
+    if s is None or txn_type == "TOPUP":
+        return 0
+    if txn_type in ("PURCHASE", "COMPLETION"):
+        return sale_fee(amount, s)
+    if txn_type == "REFUND":
+        return -refund_fee(amount, s)
+    if txn_type == "VOID" or (txn_type == "REVERSAL" and sign == "C"):
+        return -sale_fee(amount, s)
+    if txn_type == "REVERSAL":  # sign D: a refund or void undone
+        return refund_fee(amount, s)
+    raise ValueError(f"unknown transaction type {txn_type!r}")
+
+
+def split_exact(total: int, weights: Sequence[int]) -> list[int]:
+    """Divide ``total`` in proportion to ``weights`` into integers that add up to ``total`` exactly.
+
+    Largest remainder: everyone gets the floor of their exact share; the units left over go one each to
+    the largest fractional remainders, ties to the earlier party. A negative total is split as its
+    absolute value and negated, so a returned fee undoes exactly the shares it was charged with.
+    """
+    if total < 0:
+        return [-s for s in split_exact(-total, weights)]
+    whole = sum(weights)
+    if whole <= 0 or min(weights) < 0:
+        raise ValueError("weights must be non-negative and not all zero")
+    shares = [total * w // whole for w in weights]
+    left = total - sum(shares)
+    by_remainder = sorted(range(len(weights)), key=lambda i: (-(total * weights[i] % whole), i))
+    for i in by_remainder[:left]:
+        shares[i] += 1
+    return shares
+
+
+def schedule_for(schedules: Sequence[FeeSchedule], business_date: date) -> FeeSchedule | None:
+    """The schedule in force on ``business_date`` among one merchant's schedules (any order)."""
+    best: FeeSchedule | None = None
+    for s in schedules:
+        if s.effective_from <= business_date and (best is None or s.effective_from > best.effective_from):
+            best = s
+    return best

@@ -1,0 +1,226 @@
+"""Import one clearing file: verify it, price every detail, store the details and per-store accruals.
+
+One pass over the file and one transaction: details are read, checked and priced as they stream and
+copied to ``settlement_items`` in batches (``copy_records_to_table``), so memory stays flat whatever the
+file's size. Only when the trailer has been verified (count, totals, SHA-256) are the exact fees of
+voids and reversals filled in, the accruals summed per merchant, store, acquirer and business date, and
+the transaction committed; a bad file leaves nothing behind.
+
+A file is remembered by name and by the SHA-256 of its bytes: the same file again is skipped (settled
+nothing twice), a different file under a settled name is refused, and a posting that was already
+settled from another file makes the whole file refused (the primary key on issuer + posting id).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import asyncpg
+
+from settlement.errors import SettlementError
+from settlement.fees import BP, FeeSchedule, split_exact, transaction_fee
+from settlement.schedules import DEFAULT_MERCHANT, schedules_in_force
+from specs.clearing import DEBIT_TYPES, ClearingFormatError, ClearingReader
+
+BATCH: Final = 20_000
+_LOCK_ID: Final = 0x5345_544C  # "SETL": one settlement writer at a time
+FILE_FEE_SHARES: Final = (0, 0, BP)  # no rate card at all: the host's fee in the file, all to the platform
+
+ITEM_COLUMNS: Final = (
+    "issuer_id", "posting_id", "file_id", "business_date", "txn_type", "original_posting_id", "acquirer_id",
+    "merchant_id", "store_id", "terminal_id", "amount", "sign", "merchant_amount", "file_fee", "fee",
+    "fee_version", "issuer_share", "acquirer_share", "platform_share", "rrn", "stan", "auth_id",
+)
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    name: str
+    sha256: str
+    imported: bool  # False: this exact file was settled before, nothing done
+    note: str
+    file_id: int | None = None
+    business_date: str = ""
+    details: int = 0
+    total_debit: int = 0
+    total_credit: int = 0
+    merchant_fee: int = 0
+    accruals: int = 0
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+async def _already(conn: Any, name: str, sha: str) -> ImportResult | None:
+    rows = await conn.fetch("SELECT id, name, sha256 FROM settlement_files WHERE name = $1 OR sha256 = $2",
+                            name, sha)
+    for r in rows:
+        if r["name"] == name and r["sha256"] == sha:
+            return ImportResult(name, sha, False, "already settled: skipped", file_id=r["id"])
+    for r in rows:
+        if r["name"] == name:
+            raise SettlementError(
+                f"{name}: a different file of this name was settled before (SHA-256 {r['sha256'][:12]}..., "
+                f"this one {sha[:12]}...); refusing it"
+            )
+    for r in rows:
+        return ImportResult(name, sha, False, f"already settled as {r['name']} (same SHA-256): skipped",
+                            file_id=r["id"])
+    return None
+
+
+async def import_file(conn: Any, path: str | Path, *, progress: Callable[[int], None] | None = None,
+                      batch: int = BATCH) -> ImportResult:
+    """Verify and import ``path``; ``progress(bytes)`` is called as it is read. Raises SettlementError."""
+    path = Path(path)
+    if not path.is_file():
+        raise SettlementError(f"{path}: no such file")
+    sha = file_sha256(path)
+    done = await _already(conn, path.name, sha)
+    if done is not None:
+        return done
+    try:
+        reader = ClearingReader(path)
+    except ClearingFormatError as exc:
+        raise SettlementError(f"refused {exc}") from None
+    with reader:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_ID)
+            done = await _already(conn, path.name, sha)  # another job may have won the race
+            if done is not None:
+                return done
+            try:
+                return await _import(conn, reader, sha, progress, batch)
+            except ClearingFormatError as exc:
+                raise SettlementError(f"refused {exc}") from None
+            except asyncpg.UniqueViolationError as exc:
+                raise SettlementError(
+                    f"refused {path.name}: it repeats a posting already settled from another file "
+                    f"({exc.detail or exc})"
+                ) from None
+
+
+async def _import(conn: Any, reader: ClearingReader, sha: str, progress: Callable[[int], None] | None,
+                  batch: int) -> ImportResult:
+    h = reader.header
+    file_id: int = await conn.fetchval(
+        "INSERT INTO settlement_files (name, sha256, issuer_id, business_date, sequence, currency, "
+        "detail_count, total_debit, total_credit, total_fee) VALUES ($1,$2,$3,$4,$5,$6,0,0,0,0) RETURNING id",
+        reader.name, sha, h.issuer_id, h.business_date, h.sequence, h.currency,
+    )
+    in_force = await schedules_in_force(conn, h.business_date)
+    default = in_force.get(DEFAULT_MERCHANT)
+    # merchant -> (schedule or None, version label, share weights); built once per merchant per file
+    pricing: dict[str, tuple[FeeSchedule | None, str, tuple[int, int, int]]] = {}
+    rows: list[tuple[Any, ...]] = []
+    issuer, bdate = h.issuer_id, h.business_date
+    merchant_fee = 0
+    last_reported = 0
+    for d in reader.details():
+        m = d.merchant_id
+        price = pricing.get(m)
+        if price is None:
+            s = in_force.get(m, default) if m else None
+            price = (s, s.version, s.weights) if s is not None else (None, "file:" + d.fee_rate_version,
+                                                                     FILE_FEE_SHARES)
+            pricing[m] = price
+        schedule, version, weights = price
+        if d.txn_type == "TOPUP" or not m:
+            fee, merchant_amount, version = 0, 0, ""
+        else:
+            merchant_amount = d.amount if d.sign == "D" else -d.amount
+            if schedule is not None:
+                fee = transaction_fee(d.txn_type, d.sign, d.amount, schedule)
+            else:  # the host's flat-rate fee from the file: charged on debits, returned on credits
+                fee = d.fee if d.txn_type in DEBIT_TYPES or d.sign == "D" else -d.fee
+        if fee:
+            shares = split_exact(fee, weights)
+            i_share, a_share, p_share = shares[0], shares[1], shares[2]
+        else:
+            i_share = a_share = p_share = 0
+        merchant_fee += fee
+        rows.append((issuer, d.posting_id, file_id, bdate, d.txn_type, d.original_posting_id, d.acquirer_id,
+                     m, d.store_id, d.terminal_id, d.amount, d.sign, merchant_amount, d.fee, fee, version,
+                     i_share, a_share, p_share, d.rrn, d.stan, d.auth_id))
+        if len(rows) >= batch:
+            await conn.copy_records_to_table("settlement_items", records=rows, columns=ITEM_COLUMNS)
+            rows = []
+            if progress is not None:
+                progress(reader.bytes_read - last_reported)
+                last_reported = reader.bytes_read
+    if rows:
+        await conn.copy_records_to_table("settlement_items", records=rows, columns=ITEM_COLUMNS)
+    if progress is not None:
+        progress(reader.bytes_read - last_reported)
+    t = reader.trailer
+    assert t is not None  # details() returned normally: the trailer matched
+    merchant_fee += await _exact_returned_fees(conn, file_id)
+    accruals = await _accrue(conn, file_id)
+    await conn.execute(
+        "UPDATE settlement_files SET detail_count = $2, total_debit = $3, total_credit = $4, total_fee = $5 "
+        "WHERE id = $1", file_id, t.count, t.total_debit, t.total_credit, t.total_fee,
+    )
+    return ImportResult(reader.name, sha, True, "imported", file_id=file_id, business_date=str(bdate),
+                        details=t.count, total_debit=t.total_debit, total_credit=t.total_credit,
+                        merchant_fee=merchant_fee, accruals=accruals)
+
+
+async def _exact_returned_fees(conn: Any, file_id: int) -> int:
+    """A void or full reversal returns exactly the fee (and shares) its original was charged.
+
+    The estimate made while streaming used today's rate card; the original may have been priced under
+    another version. Repeated so that a reversal of a void in the same file sees the void's exact fee.
+    Returns the change in this file's total merchant fee.
+    """
+    delta = 0
+    for _ in range(8):
+        changed = await conn.fetch(
+            """
+            WITH fix AS (
+                SELECT r.issuer_id, r.posting_id, r.fee AS old_fee, -o.fee AS fee, -o.issuer_share AS i,
+                       -o.acquirer_share AS a, -o.platform_share AS p, o.fee_version
+                FROM settlement_items r
+                JOIN settlement_items o ON o.issuer_id = r.issuer_id AND o.posting_id = r.original_posting_id
+                WHERE r.file_id = $1 AND r.txn_type IN ('VOID', 'REVERSAL') AND o.amount = r.amount
+                  AND o.merchant_id = r.merchant_id AND o.sign <> r.sign
+                  AND (r.fee, r.issuer_share, r.acquirer_share, r.platform_share)
+                      IS DISTINCT FROM (-o.fee, -o.issuer_share, -o.acquirer_share, -o.platform_share)
+            )
+            UPDATE settlement_items t SET fee = fix.fee, issuer_share = fix.i, acquirer_share = fix.a,
+                   platform_share = fix.p, fee_version = fix.fee_version
+            FROM fix WHERE t.issuer_id = fix.issuer_id AND t.posting_id = fix.posting_id
+            RETURNING fix.fee - fix.old_fee AS delta
+            """,
+            file_id,
+        )
+        if not changed:
+            break
+        delta += sum(r["delta"] for r in changed)
+    return delta
+
+
+async def _accrue(conn: Any, file_id: int) -> int:
+    status: str = await conn.execute(
+        """
+        INSERT INTO settlement_accruals (file_id, merchant_id, store_id, acquirer_id, business_date,
+            txn_count, sales, returns, fee, issuer_share, acquirer_share, platform_share)
+        SELECT file_id, merchant_id, store_id, acquirer_id, business_date, count(*),
+               coalesce(sum(amount) FILTER (WHERE sign = 'D'), 0),
+               coalesce(sum(amount) FILTER (WHERE sign = 'C'), 0),
+               sum(fee), sum(issuer_share), sum(acquirer_share), sum(platform_share)
+        FROM settlement_items
+        WHERE file_id = $1 AND merchant_id <> '' AND txn_type <> 'TOPUP'
+        GROUP BY file_id, merchant_id, store_id, acquirer_id, business_date
+        """,
+        file_id,
+    )
+    return int(status.rsplit(" ", 1)[-1])

@@ -1,0 +1,185 @@
+"""Run outputs, rebuilt from the database: per-merchant CSV and HTML, a store CSV, the payout file.
+
+Written to ``<output_dir>/run_<id>/``, each file under a temporary name then renamed, so a reader
+never sees half a report and writing them again gives the same bytes:
+
+- ``payouts_<id>.csv``: the payout instruction file, one line per merchant (reference, account, amount);
+- ``stores_<id>.csv``: every merchant x store x business date paid in the run;
+- ``merchant_<merchant>.csv`` and ``.html``: that merchant's stores and dates with totals, and a bar
+  chart (inline SVG) of net per store.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import html
+import io
+import os
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class StoreLine:
+    merchant_id: str
+    store_id: str
+    business_date: str
+    txn_count: int
+    sales: int
+    returns: int
+    fee: int
+
+    @property
+    def gross(self) -> int:
+        return self.sales - self.returns
+
+    @property
+    def net(self) -> int:
+        return self.gross - self.fee
+
+
+def money(minor: int) -> str:
+    """Minor units as a decimal string (2 places) for people; files keep integers."""
+    sign = "-" if minor < 0 else ""
+    return f"{sign}{abs(minor) // 100:,}.{abs(minor) % 100:02d}"
+
+
+def safe_name(merchant_id: str) -> str:
+    clean = re.sub(r"[^A-Za-z0-9_-]", "_", merchant_id)
+    if clean != merchant_id:
+        clean += "-" + hashlib.sha256(merchant_id.encode()).hexdigest()[:8]
+    return clean
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8", newline="")
+    os.replace(tmp, path)
+
+
+def _csv(rows: list[list[Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+async def write_run_outputs(conn: Any, run_id: int, output_dir: str | Path) -> list[Path]:
+    run = await conn.fetchrow("SELECT id, as_of FROM settlement_runs WHERE id = $1", run_id)
+    if run is None:
+        raise LookupError(f"no settlement run {run_id}")
+    payouts = await conn.fetch(
+        "SELECT id, merchant_id, payout_account, reference, gross, fee, net FROM settlement_payouts "
+        "WHERE run_id = $1 ORDER BY merchant_id", run_id)
+    lines = [
+        StoreLine(r["merchant_id"], r["store_id"], str(r["business_date"]), r["txn_count"], r["sales"],
+                  r["returns"], r["fee"])
+        for r in await conn.fetch(
+            "SELECT merchant_id, store_id, business_date, sum(txn_count)::bigint AS txn_count, "
+            "sum(sales)::bigint AS sales, sum(returns)::bigint AS returns, sum(fee)::bigint AS fee "
+            "FROM settlement_accruals WHERE run_id = $1 "
+            "GROUP BY merchant_id, store_id, business_date ORDER BY merchant_id, store_id, business_date",
+            run_id)
+    ]
+    folder = Path(output_dir) / f"run_{run_id}"
+    folder.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    payout_rows: list[list[Any]] = [["reference", "merchant_id", "payout_account", "amount", "value_date"]]
+    payout_rows += [[p["reference"], p["merchant_id"], p["payout_account"], p["net"], run["as_of"]]
+                    for p in payouts]
+    written.append(folder / f"payouts_{run_id}.csv")
+    _write(written[-1], _csv(payout_rows))
+
+    header = ["merchant_id", "store_id", "business_date", "txn_count", "sales", "returns", "gross", "fee",
+              "net"]
+    written.append(folder / f"stores_{run_id}.csv")
+    _write(written[-1], _csv([header] + [_row(x) for x in lines]))
+
+    by_merchant: dict[str, list[StoreLine]] = defaultdict(list)
+    for x in lines:
+        by_merchant[x.merchant_id].append(x)
+    for p in payouts:
+        mine = by_merchant[p["merchant_id"]]
+        stem = folder / f"merchant_{safe_name(p['merchant_id'])}"
+        totals = _totals(p["merchant_id"], "TOTAL", mine)
+        _write(stem.with_suffix(".csv"), _csv([header] + [_row(x) for x in mine] + [_row(totals)]))
+        _write(stem.with_suffix(".html"), merchant_html(p, run["as_of"], mine, totals))
+        written += [stem.with_suffix(".csv"), stem.with_suffix(".html")]
+    return written
+
+
+def _row(x: StoreLine) -> list[Any]:
+    return [x.merchant_id, x.store_id, x.business_date, x.txn_count, x.sales, x.returns, x.gross, x.fee,
+            x.net]
+
+
+def _totals(merchant: str, label: str, xs: list[StoreLine]) -> StoreLine:
+    return StoreLine(merchant, label, "", sum(x.txn_count for x in xs), sum(x.sales for x in xs),
+                     sum(x.returns for x in xs), sum(x.fee for x in xs))
+
+
+def bar_chart(values: list[tuple[str, int]], width: int = 480, bar: int = 22) -> str:
+    """A horizontal bar chart as inline SVG (no scripts, no external files)."""
+    if not values:
+        return ""
+    label_w = 110
+    top = max(max(abs(v) for _, v in values), 1)
+    height = bar * len(values) + 8
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+             f'aria-label="net by store">']
+    for i, (label, v) in enumerate(values):
+        y = 4 + i * bar
+        w = max(1, (width - label_w - 90) * abs(v) // top)
+        colour = "#2f7d4f" if v >= 0 else "#b23b3b"
+        parts.append(f'<text x="0" y="{y + bar * 0.7:.0f}" font-size="12">{html.escape(label)}</text>'
+                     f'<rect x="{label_w}" y="{y + 2}" width="{w}" height="{bar - 6}" fill="{colour}"/>'
+                     f'<text x="{label_w + w + 4}" y="{y + bar * 0.7:.0f}" font-size="12">{money(v)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def merchant_html(p: Any, as_of: Any, lines: list[StoreLine], totals: StoreLine) -> str:
+    store_totals: dict[str, list[StoreLine]] = defaultdict(list)
+    for x in lines:
+        store_totals[x.store_id].append(x)
+    per_store = [_totals(totals.merchant_id, s or "(no store)", xs) for s, xs in sorted(store_totals.items())]
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{e(x.store_id)}</td><td>{e(x.business_date)}</td><td>{x.txn_count}</td>"
+        f"<td>{money(x.sales)}</td><td>{money(x.returns)}</td><td>{money(x.fee)}</td><td>{money(x.net)}</td></tr>"
+        for x in lines
+    )
+    store_rows = "".join(
+        f"<tr><td>{e(x.store_id)}</td><td>{x.txn_count}</td><td>{money(x.sales)}</td>"
+        f"<td>{money(x.returns)}</td><td>{money(x.fee)}</td><td>{money(x.net)}</td></tr>"
+        for x in per_store
+    )
+    chart = bar_chart([(x.store_id, x.net) for x in per_store])
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Settlement {e(p['reference'])}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
+td:first-child,th:first-child{{text-align:left}}
+.total{{font-weight:bold}}</style></head><body>
+<h1>Settlement for merchant {e(p['merchant_id'])}</h1>
+<p>Reference <b>{e(p['reference'])}</b>, value date {e(str(as_of))}, paid to account
+{e(p['payout_account'] or '(not set)')}.</p>
+<table><tr><th>Sales</th><th>Returns</th><th>Gross</th><th>Fee</th><th>Net paid</th><th>Transactions</th></tr>
+<tr class="total"><td>{money(totals.sales)}</td><td>{money(totals.returns)}</td><td>{money(totals.gross)}</td>
+<td>{money(totals.fee)}</td><td>{money(totals.net)}</td><td>{totals.txn_count}</td></tr></table>
+<h2>Net by store</h2>
+{chart}
+<table><tr><th>Store</th><th>Transactions</th><th>Sales</th><th>Returns</th><th>Fee</th><th>Net</th></tr>
+{store_rows}</table>
+<h2>By store and business date</h2>
+<table><tr><th>Store</th><th>Business date</th><th>Transactions</th><th>Sales</th><th>Returns</th><th>Fee</th>
+<th>Net</th></tr>
+{rows}</table>
+<p>Amounts in the file currency's main unit; the CSV beside this page has them in minor units.</p>
+</body></html>
+"""

@@ -1,0 +1,121 @@
+"""A settlement run: pay out every merchant whose accrued business dates are due; carry the rest.
+
+Due per the merchant's cycle (settlement.cycles). For each merchant with due dates, gross = sales -
+returns and fee are summed over them; a positive net = gross - fee becomes one payout (one line of the
+payout instruction file) with its balanced postings, and the accruals are stamped with the run. A
+merchant whose due net is zero or negative is carried (its refunds wait for later sales), as are dates
+not yet due. Everything happens in one transaction; the reports are written from the database after.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from settlement.cycles import Cycle, settlement_date
+from settlement.importer import _LOCK_ID
+from settlement.postings import payout_entries, post_payout
+from settlement.schedules import merchant_settings
+
+
+@dataclass(frozen=True)
+class Payout:
+    payout_id: int
+    merchant_id: str
+    reference: str
+    gross: int
+    fee: int
+    net: int
+    business_dates: tuple[date, ...]
+
+
+@dataclass(frozen=True)
+class Carried:
+    merchant_id: str
+    reason: str
+    gross: int
+    fee: int
+
+
+@dataclass
+class RunResult:
+    as_of: date
+    run_id: int | None = None
+    payouts: list[Payout] = field(default_factory=list)
+    carried: list[Carried] = field(default_factory=list)
+
+    @property
+    def payout_total(self) -> int:
+        return sum(p.net for p in self.payouts)
+
+
+def payout_reference(run_id: int, merchant_id: str) -> str:
+    return f"STL{run_id:08d}-{merchant_id}"
+
+
+async def run_settlement(conn: Any, as_of: date, default_cycle: Cycle) -> RunResult:
+    result = RunResult(as_of)
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_ID)
+        settings = await merchant_settings(conn)
+        open_rows = await conn.fetch(
+            """
+            SELECT merchant_id, business_date, sum(sales - returns)::bigint AS gross, sum(fee)::bigint AS fee
+            FROM settlement_accruals WHERE run_id IS NULL
+            GROUP BY merchant_id, business_date ORDER BY merchant_id, business_date
+            """
+        )
+        by_merchant: dict[str, list[Any]] = defaultdict(list)
+        for r in open_rows:
+            by_merchant[r["merchant_id"]].append(r)
+        plans: list[tuple[str, list[date], int, int]] = []
+        for merchant, rows in by_merchant.items():
+            cycle = settings[merchant][0] if merchant in settings else default_cycle
+            due = [r for r in rows if settlement_date(r["business_date"], cycle) <= as_of]
+            later = [r for r in rows if r not in due]
+            if later:
+                next_due = min(settlement_date(r["business_date"], cycle) for r in later)
+                result.carried.append(Carried(
+                    merchant, f"{len(later)} business date(s) not due until {next_due} ({cycle})",
+                    sum(r["gross"] for r in later), sum(r["fee"] for r in later)))
+            if not due:
+                continue
+            gross, fee = sum(r["gross"] for r in due), sum(r["fee"] for r in due)
+            if gross - fee <= 0:
+                result.carried.append(Carried(
+                    merchant, f"net {gross - fee} is not positive: carried until sales cover it", gross, fee))
+                continue
+            plans.append((merchant, [r["business_date"] for r in due], gross, fee))
+        if not plans:
+            return result
+        run_id: int = await conn.fetchval(
+            "INSERT INTO settlement_runs (as_of, carried_count) VALUES ($1, $2) RETURNING id",
+            as_of, len(result.carried))
+        result.run_id = run_id
+        for merchant, dates, gross, fee in plans:
+            account = settings[merchant][1] if merchant in settings else ""
+            reference = payout_reference(run_id, merchant)
+            payout_id: int = await conn.fetchval(
+                "INSERT INTO settlement_payouts (run_id, merchant_id, payout_account, reference, gross, fee, "
+                "net, first_business_date, last_business_date) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) "
+                "RETURNING id",
+                run_id, merchant, account, reference, gross, fee, gross - fee, min(dates), max(dates))
+            shares = await conn.fetch(
+                "UPDATE settlement_accruals SET run_id = $1, payout_id = $2 "
+                "WHERE merchant_id = $3 AND run_id IS NULL AND business_date = ANY($4::date[]) "
+                "RETURNING acquirer_id, issuer_share, acquirer_share, platform_share",
+                run_id, payout_id, merchant, dates)
+            acquirer: dict[str, int] = defaultdict(int)
+            for s in shares:
+                acquirer[s["acquirer_id"]] += s["acquirer_share"]
+            entries = payout_entries(merchant, gross, gross - fee, sum(s["issuer_share"] for s in shares),
+                                     acquirer, sum(s["platform_share"] for s in shares))
+            await post_payout(conn, run_id, payout_id, entries)
+            result.payouts.append(Payout(payout_id, merchant, reference, gross, fee, gross - fee,
+                                         tuple(dates)))
+        await conn.execute(
+            "UPDATE settlement_runs SET payout_count = $2, payout_total = $3 WHERE id = $1",
+            run_id, len(result.payouts), result.payout_total)
+    return result

@@ -1,0 +1,79 @@
+"""Rate cards and merchant cycles as stored in PostgreSQL (settlement_fee_schedules, _merchants)."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from settlement.cycles import Cycle
+from settlement.errors import SettlementError
+from settlement.fees import FeeSchedule
+
+DEFAULT_MERCHANT = "*"
+
+_COLUMNS = ("merchant_id, version, effective_from, rate_bp, fixed_fee, min_fee, max_fee, refund_rule, "
+            "issuer_share_bp, acquirer_share_bp, platform_share_bp")
+
+
+def _schedule(row: Any) -> FeeSchedule:
+    return FeeSchedule(**dict(row))
+
+
+async def add_fee_schedule(conn: Any, s: FeeSchedule) -> None:
+    """Add a rate-card version. Versions are never changed in place: a new one takes effect later."""
+    clash = await conn.fetchrow(
+        "SELECT version, effective_from FROM settlement_fee_schedules "
+        "WHERE merchant_id = $1 AND (version = $2 OR effective_from = $3)",
+        s.merchant_id, s.version, s.effective_from,
+    )
+    if clash is not None:
+        raise SettlementError(
+            f"merchant {s.merchant_id} already has fee schedule {clash['version']} effective "
+            f"{clash['effective_from']}; add a new version with another date"
+        )
+    await conn.execute(
+        f"INSERT INTO settlement_fee_schedules ({_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+        s.merchant_id, s.version, s.effective_from, s.rate_bp, s.fixed_fee, s.min_fee, s.max_fee,
+        s.refund_rule, s.issuer_share_bp, s.acquirer_share_bp, s.platform_share_bp,
+    )
+
+
+async def list_fee_schedules(conn: Any, merchant_id: str | None = None) -> list[FeeSchedule]:
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM settlement_fee_schedules WHERE $1::text IS NULL OR merchant_id = $1 "
+        "ORDER BY merchant_id, effective_from",
+        merchant_id,
+    )
+    return [_schedule(r) for r in rows]
+
+
+async def schedules_in_force(conn: Any, business_date: date) -> dict[str, FeeSchedule]:
+    """merchant id -> the schedule in force on ``business_date`` (``*`` for the default)."""
+    rows = await conn.fetch(
+        f"SELECT DISTINCT ON (merchant_id) {_COLUMNS} FROM settlement_fee_schedules "
+        "WHERE effective_from <= $1 ORDER BY merchant_id, effective_from DESC",
+        business_date,
+    )
+    return {r["merchant_id"]: _schedule(r) for r in rows}
+
+
+async def set_merchant(conn: Any, merchant_id: str, cycle: Cycle, payout_account: str | None = None,
+                       name: str | None = None) -> None:
+    await conn.execute(
+        "INSERT INTO settlement_merchants (merchant_id, cycle, cycle_day, payout_account, name) "
+        "VALUES ($1, $2, $3, coalesce($4, ''), coalesce($5, '')) "
+        "ON CONFLICT (merchant_id) DO UPDATE SET cycle = $2, cycle_day = $3, "
+        "payout_account = coalesce($4, settlement_merchants.payout_account), "
+        "name = coalesce($5, settlement_merchants.name), updated_at = now()",
+        merchant_id, cycle.kind, cycle.day, payout_account, name,
+    )
+
+
+async def merchant_settings(conn: Any) -> dict[str, tuple[Cycle, str, str]]:
+    """merchant id -> (cycle, payout account, name)."""
+    rows = await conn.fetch(
+        "SELECT merchant_id, cycle, cycle_day, payout_account, name FROM settlement_merchants"
+    )
+    return {
+        r["merchant_id"]: (Cycle(r["cycle"], r["cycle_day"]), r["payout_account"], r["name"]) for r in rows
+    }
