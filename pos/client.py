@@ -21,9 +21,8 @@ from pos import messages
 from pos.crypto import KeyCipher
 from pos.messages import Message
 from pos.state import TerminalState
-
-MAX_FRAME = 2048
-HEADER_LEN = 11  # TPDU 5 + header 6
+from specs.errors import FrameError
+from specs.framing import REQUIREMENT_SIGN_ON, PosFrame, frame, pos_splitter
 
 
 class Codec(Protocol):
@@ -50,29 +49,13 @@ def header(version: str) -> bytes:
     return bytes.fromhex("603100" + version)
 
 
-def frame(prefix: bytes, body: bytes) -> bytes:
-    n = len(prefix) + len(body)
-    return n.to_bytes(2, "big") + prefix + body
-
-
-@dataclass(frozen=True)
-class FrameHead:
-    """TPDU and header of a received frame."""
-
-    tpdu: bytes
-    header: bytes
-
-    @property
-    def must_sign_on(self) -> bool:
-        return (self.header[2] & 0x0F) == 3
-
-
 class Connection:
     """One TCP connection to the switch, frames in and out."""
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
-        self._buf = bytearray()
+        self._splitter = pos_splitter()
+        self._frames: list[bytes] = []
 
     @classmethod
     async def open(cls, host: str, port: int, timeout: float = 5.0) -> Connection:
@@ -92,23 +75,18 @@ class Connection:
 
     async def receive(self) -> bytes:
         """The next frame without its LEN prefix (TPDU + header + message)."""
-        buf = self._buf
-        while True:
-            if len(buf) >= 2:
-                n = int.from_bytes(buf[:2], "big")
-                if n == 0 or n > MAX_FRAME:
-                    raise TerminalError(f"the switch sent a frame length of {n}")
-                if len(buf) >= 2 + n:
-                    data = bytes(buf[2 : 2 + n])
-                    del buf[: 2 + n]
-                    return data
+        while not self._frames:
             try:
                 chunk = await self.stream.receive_some(65536)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise TerminalError(f"connection to the switch lost ({_why(exc)})") from None
             if not chunk:
                 raise TerminalError("the switch closed the connection")
-            buf += chunk
+            try:
+                self._frames = self._splitter.feed(chunk)
+            except FrameError as exc:
+                raise TerminalError(f"the switch sent a broken frame ({exc})") from None
+        return self._frames.pop(0)
 
     async def aclose(self) -> None:
         await self.stream.aclose()
@@ -119,7 +97,7 @@ class Answer:
     """A decoded answer with what the terminal checked."""
 
     msg: Message
-    head: FrameHead
+    head: PosFrame
     mac_ok: bool | None  # None: the answer carries no MAC (08xx, 05xx, 03xx, or 30/A0)
     latency: float  # seconds from send to answer
 
@@ -187,7 +165,7 @@ class Session:
         if self.tracer:
             self.tracer(">>", msg)
         started = time.perf_counter()
-        await self.conn.send(frame(self.prefix, body))
+        await self.conn.send(frame(self.prefix + body))
         want_mti = messages.response_mti(str(msg["t"]))
         want_stan = msg.get("11")
         with trio.move_on_after(self.timeout if timeout is None else timeout):
@@ -197,18 +175,16 @@ class Session:
                 if answer.msg.get("t") == want_mti and answer.msg.get("11") == want_stan:
                     if self.tracer:
                         self.tracer("<<", answer.msg)
-                    if answer.head.must_sign_on:
+                    if answer.head.requirement == REQUIREMENT_SIGN_ON:
                         self.state.require_sign_on()
                     return answer
                 # An answer to an earlier request that timed out: a real terminal discards it.
         raise NoAnswer(f"no answer from the switch within {self.timeout if timeout is None else timeout:g} s")
 
     def _decode(self, data: bytes, started: float) -> Answer:
-        if len(data) < HEADER_LEN + 10:
-            raise TerminalError("the switch sent a frame too short to hold a message")
-        head = FrameHead(data[:5], data[5:11])
-        body = data[HEADER_LEN:]
         try:
+            head = PosFrame.parse(data)
+            body = head.message
             msg = self.codec.decode(body)
         except ValueError as exc:
             raise TerminalError(f"the switch's answer does not parse: {exc}") from None

@@ -16,6 +16,7 @@ from pos.client import Answer, NoAnswer, Session, TerminalError
 from pos.crypto import TerminalCryptoError, unwrap_working_keys
 from pos.messages import KINDS, Card, Message
 from pos.state import JournalEntry
+from specs.framing import REQUIREMENT_SIGN_ON
 
 RESPONSE_TEXT = {
     "00": "APPROVED",
@@ -146,7 +147,7 @@ def _receipt(session: Session, title: str, request: Message, answer: Answer | No
             r.balance = parse_balance(str(m["54"]))
         if answer.mac_ok is False:
             r.notes.append("the answer's MAC is wrong: transaction reversed (A0)")
-        if answer.head.must_sign_on:
+        if answer.head.requirement == REQUIREMENT_SIGN_ON:
             r.notes.append("the switch asks this terminal to sign on again")
     return r
 

@@ -1,0 +1,72 @@
+"""The load generator against the stand-in switch: counts, mix, report, pool and mix validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import trio
+
+from pos.load import LoadError, LoadPlan, parse_mix, read_pool, run_load
+from tests.pos.fakeswitch import FakeSwitch
+
+TMK = "0123456789ABCDEFFEDCBA9876543210"
+
+
+def write_pool(path: Path, fake: FakeSwitch, terminals: list[str]) -> None:
+    pool = {
+        "terminals": [
+            {
+                "terminal_id": t,
+                "merchant_id": "898330160120001",
+                "scheme": fake.scheme,
+                "tmk": TMK,
+                "host": "127.0.0.1",
+                "port": fake.port,
+            }
+            for t in terminals
+        ],
+        "cards": [{"pan": f"62123456789012{i:05d}", "expiry": "3012", "pin": "123456"} for i in range(5)],
+    }
+    path.write_text(json.dumps(pool))
+
+
+@pytest.mark.parametrize("scheme", ["3des", "sm4"])
+def test_load_runs_the_mix_and_reports(tmp_path: Path, scheme: str) -> None:
+    tids = [f"L{i:07d}" for i in range(4)]
+    fake = FakeSwitch(scheme, {t: bytes.fromhex(TMK) for t in tids}).start()  # type: ignore[arg-type]
+    try:
+        write_pool(tmp_path / "pool.json", fake, tids)
+        plan = LoadPlan(
+            pool=read_pool(tmp_path / "pool.json"),
+            terminals=4,
+            mix=parse_mix("purchase=80,balance=10,echo=5,preauth=5"),
+            duration=None,
+            count=300,
+        )
+        progress: list[dict[str, object]] = []
+        report = trio.run(run_load, plan, progress.append)
+    finally:
+        fake.stop()
+    data = report.as_dict()
+    assert data["signed_on"] == 4
+    assert data["requests"] >= 300 and data["answered"] == data["requests"]
+    assert data["response_codes"] == {"00": data["answered"]}
+    assert data["latency_ms"]["p50"] <= data["latency_ms"]["p99"] <= data["latency_ms"]["max"]
+    assert set(data["by_transaction"]) <= {"purchase", "balance", "echo", "preauth", "completion"}
+    macs = [m for m in fake.seen if m["t"] == "0200"]
+    assert macs and all("52" in m for m in macs if m["3"] == "000000" and m["25"] == "00")
+    assert "approved purchases" in report.render()
+
+
+def test_bad_mix_and_pool_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(LoadError, match="unknown transaction"):
+        parse_mix("purchase=1,steal=2")
+    with pytest.raises(LoadError, match="number"):
+        parse_mix("purchase=x")
+    with pytest.raises(LoadError, match="demo seed"):
+        read_pool(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(LoadError, match="not usable"):
+        read_pool(tmp_path / "bad.json")
