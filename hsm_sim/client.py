@@ -356,7 +356,11 @@ class HsmClient:
         assert self._stack is not None and self._nursery is not None
         self._nursery.cancel_scope.cancel()
         stack, self._stack, self._nursery = self._stack, None, None
-        return await stack.__aexit__(exc_type, exc, tb)
+        # The body's own exception is not handed to the nursery, so callers see it as raised (an
+        # HsmCommandError stays an HsmCommandError, not an ExceptionGroup); the connection tasks
+        # never raise, so the nursery has nothing of its own to report.
+        await stack.__aexit__(None, None, None)
+        return None
 
     # -- transport --------------------------------------------------------------------------------
     async def _connection(self) -> _Connection:
