@@ -7,7 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from specs.clearing import (
     ClearingFormatError,
@@ -200,3 +201,26 @@ def test_type_and_sign_rules() -> None:
         format_detail(replace(detail(1, "REFUND"), sign="D"))
     assert format_detail(replace(detail(2, "REVERSAL", original_posting_id=1), sign="D"))
     assert format_detail(detail(3, "TOPUP", acquirer_id=""))
+
+
+_nasty = st.lists(st.sampled_from([*"0123456789DC*|-:TZ aZ_é", "24", "00", "99", "PURCHASE", "VOID"]),
+                  max_size=20).map("".join)
+
+
+@settings(max_examples=400)
+@given(detail_lists(max_size=1).filter(bool), st.integers(0, 18), _nasty)
+def test_fast_parser_agrees_with_the_field_by_field_one(ds: list[Detail], index: int, value: str) -> None:
+    from specs.clearing import format_detail, parse_detail, parse_detail_checked
+
+    parts = format_detail(ds[0]).split("|")
+    parts[index] = value
+    line = "|".join(parts)
+    try:
+        expected: Detail | str = parse_detail_checked(line)
+    except ClearingFormatError as exc:
+        expected = str(exc)
+    try:
+        got: Detail | str = parse_detail(line)
+    except ClearingFormatError as exc:
+        got = str(exc)
+    assert got == expected
