@@ -1,0 +1,350 @@
+"""Reference data and card records: the database side of the admin commands (asyncpg, one connection).
+
+Nothing here talks to the HSM: callers pass PAN hashes, encrypted PANs and PVVs already computed by
+host.keys, so no clear PAN or PIN ever reaches these functions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from host.rules import TRANSITIONS
+
+
+class CatalogError(Exception):
+    """An operator request that cannot be done; str() is one line saying why."""
+
+
+@dataclass(frozen=True)
+class ProductSpec:
+    code: str
+    kind: str
+    currency: str = "156"
+    name: str = ""
+    max_balance: int = 500_000
+    initial_amount: int = 0
+    uses: int | None = None
+    per_txn_limit: int = 100_000
+    daily_amount_limit: int = 300_000
+    daily_count_limit: int = 50
+    validity_months: int = 36
+    pin_required: bool = True
+    pin_scheme: str = "3des"
+    allowed_mccs: list[str] | None = None
+    allowed_groups: list[str] | None = None
+
+
+async def partitions(conn: Any) -> int:
+    value: int = await conn.fetchval("SELECT partitions FROM ledger_settings")
+    return value
+
+
+async def add_product(conn: Any, spec: ProductSpec, bin_prefix: str, pan_length: int = 19) -> int:
+    async with conn.transaction():
+        try:
+            pid: int = await conn.fetchval(
+                """INSERT INTO products (code, name, kind, currency, max_balance, initial_amount, uses,
+                       per_txn_limit, daily_amount_limit, daily_count_limit, validity_months, pin_required,
+                       pin_scheme, allowed_mccs, allowed_groups)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id""",
+                spec.code,
+                spec.name,
+                spec.kind,
+                spec.currency,
+                spec.max_balance,
+                spec.initial_amount,
+                spec.uses,
+                spec.per_txn_limit,
+                spec.daily_amount_limit,
+                spec.daily_count_limit,
+                spec.validity_months,
+                spec.pin_required,
+                spec.pin_scheme,
+                spec.allowed_mccs,
+                spec.allowed_groups,
+            )
+            await conn.execute(
+                "INSERT INTO bin_ranges (bin, pan_length, product_id) VALUES ($1, $2, $3)",
+                bin_prefix,
+                pan_length,
+                pid,
+            )
+        except Exception as exc:
+            raise CatalogError(f"product {spec.code}: {_reason(exc)}") from None
+        return pid
+
+
+async def product(conn: Any, code: str) -> dict[str, Any]:
+    row = await conn.fetchrow(
+        """SELECT p.*, b.bin, b.pan_length FROM products p LEFT JOIN bin_ranges b ON b.product_id = p.id
+           WHERE p.code = $1 ORDER BY b.bin LIMIT 1""",
+        code,
+    )
+    if row is None:
+        raise CatalogError(f"no product {code!r}")
+    return dict(row)
+
+
+async def list_products(conn: Any) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """SELECT p.code, p.kind, p.currency, p.max_balance, p.per_txn_limit, p.pin_required,
+                  (SELECT string_agg(bin, ',') FROM bin_ranges WHERE product_id = p.id) AS bins,
+                  (SELECT count(*) FROM cards WHERE product_id = p.id) AS cards
+           FROM products p ORDER BY p.code"""
+    )
+    return [dict(r) for r in rows]
+
+
+async def add_merchant(
+    conn: Any,
+    merchant_id: str,
+    name: str,
+    mcc: str,
+    *,
+    group: str | None = None,
+    acquirer_id: str = "",
+    currency: str = "156",
+    fee_rate_bps: int = 0,
+) -> int:
+    """A merchant and its payable sub-accounts, one per ledger partition."""
+    async with conn.transaction():
+        try:
+            if group is not None:
+                await conn.execute(
+                    "INSERT INTO merchant_groups (code) VALUES ($1) ON CONFLICT DO NOTHING", group
+                )
+            await conn.execute("INSERT INTO mcc (code) VALUES ($1) ON CONFLICT DO NOTHING", mcc)
+            mid: int = await conn.fetchval(
+                """INSERT INTO merchants
+                       (merchant_id, name, mcc, group_code, acquirer_id, currency, fee_rate_bps)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id""",
+                merchant_id,
+                name,
+                mcc,
+                group,
+                acquirer_id,
+                currency,
+                fee_rate_bps,
+            )
+            await conn.execute(
+                """INSERT INTO accounts (kind, currency, part, merchant_id, no_overdraft)
+                   SELECT 'merchant', $1, p, $2, false FROM generate_series(0, $3 - 1) AS p""",
+                currency,
+                mid,
+                await partitions(conn),
+            )
+        except Exception as exc:
+            raise CatalogError(f"merchant {merchant_id}: {_reason(exc)}") from None
+        return mid
+
+
+async def merchant_ref(conn: Any, merchant_id: str) -> int:
+    mid = await conn.fetchval("SELECT id FROM merchants WHERE merchant_id = $1", merchant_id)
+    if mid is None:
+        raise CatalogError(f"no merchant {merchant_id!r}")
+    return int(mid)
+
+
+async def add_store(conn: Any, merchant_id: str, code: str, name: str = "", address: str = "") -> int:
+    mref = await merchant_ref(conn, merchant_id)
+    try:
+        sid: int = await conn.fetchval(
+            "INSERT INTO stores (merchant_id, code, name, address) VALUES ($1, $2, $3, $4) RETURNING id",
+            mref,
+            code,
+            name,
+            address,
+        )
+    except Exception as exc:
+        raise CatalogError(f"store {code}: {_reason(exc)}") from None
+    return sid
+
+
+async def add_terminal(
+    conn: Any,
+    terminal_id: str,
+    merchant_id: str,
+    scheme: str,
+    tmk: str,
+    tmk_check: str,
+    store: str | None = None,
+) -> int:
+    mref = await merchant_ref(conn, merchant_id)
+    store_ref = None
+    if store is not None:
+        store_ref = await conn.fetchval(
+            "SELECT id FROM stores WHERE merchant_id = $1 AND code = $2", mref, store
+        )
+        if store_ref is None:
+            raise CatalogError(f"no store {store!r} at merchant {merchant_id!r}")
+    try:
+        tid: int = await conn.fetchval(
+            """INSERT INTO terminals (terminal_id, merchant_id, store_id, scheme, tmk, tmk_check)
+               VALUES ($1, $2, $3, $4, $5, $6) RETURNING id""",
+            terminal_id,
+            mref,
+            store_ref,
+            scheme,
+            tmk,
+            tmk_check,
+        )
+    except Exception as exc:
+        raise CatalogError(f"terminal {terminal_id}: {_reason(exc)}") from None
+    return tid
+
+
+@dataclass(frozen=True)
+class NewCard:
+    pan_hash: str
+    pan_enc: str
+    pan_masked: str
+    pvv: str
+    part: int
+
+
+def expiry_for(today: dt.date, validity_months: int) -> str:
+    months = today.year * 12 + today.month - 1 + validity_months
+    return f"{(months // 12) % 100:02d}{months % 12 + 1:02d}"
+
+
+async def insert_cards(
+    conn: Any,
+    product_code: str,
+    cards: list[NewCard],
+    *,
+    batch: str = "",
+    state: str = "inventory",
+    today: dt.date | None = None,
+) -> list[int]:
+    """Card rows and their accounts in one transaction. Fixed-amount cards are loaded at activation."""
+    p = await product(conn, product_code)
+    expiry = expiry_for(today or dt.date.today(), p["validity_months"])
+    async with conn.transaction():
+        accounts = await conn.fetch(
+            """INSERT INTO accounts (kind, currency, part, no_overdraft)
+               SELECT 'card', $1, part, true FROM unnest($2::smallint[]) WITH ORDINALITY AS u(part, n)
+               ORDER BY n RETURNING id""",
+            p["currency"],
+            [c.part for c in cards],
+        )
+        try:
+            rows = await conn.fetch(
+                """INSERT INTO cards (product_id, account_id, pan_hash, pan_enc, pan_masked, expiry, pvv,
+                       state,
+                       part, uses_left, issue_batch)
+                   SELECT $1, a, h, e, m, $2, v, $3, pt, $4, $5
+                   FROM unnest($6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[], $11::smallint[])
+                        AS u(a, h, e, m, v, pt)
+                   RETURNING id""",
+                p["id"],
+                expiry,
+                state,
+                p["uses"],
+                batch,
+                [a["id"] for a in accounts],
+                [c.pan_hash for c in cards],
+                [c.pan_enc for c in cards],
+                [c.pan_masked for c in cards],
+                [c.pvv for c in cards],
+                [c.part for c in cards],
+            )
+        except Exception as exc:
+            raise CatalogError(f"cards: {_reason(exc)}") from None
+    return [r["id"] for r in rows]
+
+
+async def card_by_hash(conn: Any, pan_hash: str) -> int:
+    cid = await conn.fetchval("SELECT id FROM cards WHERE pan_hash = $1", pan_hash)
+    if cid is None:
+        raise CatalogError("no card with that PAN")
+    return int(cid)
+
+
+async def card_info(conn: Any, card_id: int) -> dict[str, Any]:
+    row = await conn.fetchrow(
+        """SELECT c.id, c.pan_masked, c.expiry, c.state, c.part, c.uses_left, c.pin_tries, c.issue_batch,
+                  c.issued_at, p.code AS product, p.kind, a.id AS account_id, a.currency,
+                  a.credits_posted - a.debits_posted AS balance,
+                  a.credits_posted - a.debits_posted - a.debits_pending AS available,
+                  a.debits_pending AS held
+           FROM cards c JOIN products p ON p.id = c.product_id JOIN accounts a ON a.id = c.account_id
+           WHERE c.id = $1""",
+        card_id,
+    )
+    if row is None:
+        raise CatalogError(f"no card {card_id}")
+    return dict(row)
+
+
+async def set_card_state(conn: Any, card_id: int, new_state: str) -> tuple[str, str]:
+    """Move a card along its state machine (host.rules.TRANSITIONS); returns (old, new)."""
+    async with conn.transaction():
+        old = await conn.fetchval("SELECT state FROM cards WHERE id = $1 FOR UPDATE", card_id)
+        if old is None:
+            raise CatalogError(f"no card {card_id}")
+        if new_state not in TRANSITIONS[old]:
+            raise CatalogError(f"card {card_id} is {old}: cannot become {new_state}")
+        await conn.execute(
+            "UPDATE cards SET state = $2, updated_at = now() WHERE id = $1", card_id, new_state
+        )
+    return old, new_state
+
+
+async def card_history(conn: Any, card_id: int, limit: int = 100) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """SELECT r.received_at AS at, r.txn, r.mti, r.amount, r.response_code AS rc, r.auth_id, r.rrn,
+                  r.terminal_id, r.merchant_id, t.id AS posting_id, t.phase
+           FROM auth_requests r LEFT JOIN transfers t ON t.key = r.key
+           WHERE r.card_id = $1
+           UNION ALL
+           SELECT t.created_at, t.code, '', t.amount, '00', '', '', '', '', t.id, t.phase
+           FROM transfers t WHERE t.card_id = $1 AND t.code = 'expiry'
+           ORDER BY 1 DESC LIMIT $2""",
+        card_id,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+async def get_key(conn: Any, name: str) -> tuple[str, str] | None:
+    row = await conn.fetchrow("SELECT key_lmk, check_value FROM host_keys WHERE name = $1", name)
+    return None if row is None else (row["key_lmk"], row["check_value"])
+
+
+async def put_key(conn: Any, name: str, key_lmk: str, check_value: str) -> None:
+    await conn.execute(
+        "INSERT INTO host_keys (name, key_lmk, check_value) VALUES ($1, $2, $3)"
+        " ON CONFLICT (name) DO NOTHING",
+        name,
+        key_lmk,
+        check_value,
+    )
+
+
+async def set_link(
+    conn: Any,
+    institution_id: str,
+    profile: str,
+    *,
+    zmk: str | None = None,
+    zpk: str | None = None,
+    zpk_check: str | None = None,
+) -> None:
+    await conn.execute(
+        """INSERT INTO links (institution_id, profile, zmk, zpk, zpk_check) VALUES ($1, $2, $3, $4, $5)
+           ON CONFLICT (institution_id) DO UPDATE SET profile = EXCLUDED.profile,
+               zmk = coalesce(EXCLUDED.zmk, links.zmk), zpk = coalesce(EXCLUDED.zpk, links.zpk),
+               zpk_check = coalesce(EXCLUDED.zpk_check, links.zpk_check), updated_at = now()""",
+        institution_id,
+        profile,
+        zmk,
+        zpk,
+        zpk_check,
+    )
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text

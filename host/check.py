@@ -1,0 +1,101 @@
+"""`payswitch ledger check`: the ledger's invariants, each a query returning the offending ids.
+
+All run in one REPEATABLE READ snapshot, so the check can run while the host is posting.
+
+- ``transfers_balance``: every transfer's two legs (ledger_entries) sum to zero, its accounts exist and
+  are in its currency, and a completion / release resolves an existing hold between the same accounts
+  (a release for exactly the hold's amount).
+- ``accounts_match_entries``: each account's four sums equal the sums recomputed from its transfers.
+- ``ledger_sums_to_zero``: over all accounts, credits minus debits is zero (posted and pending).
+- ``prepaid_not_negative``: no prepaid (no-overdraft) account has debits posted + pending above its
+  credits posted.
+- ``one_transfer_per_approved_request``: every approved financial request made exactly one transfer
+  (key = request key); every request marked posted has one; every transfer that is not the sweeper's
+  belongs to an approved, posted request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+CHECKS: dict[str, str] = {
+    "transfers_balance": """
+        SELECT DISTINCT t.key FROM transfers t
+        LEFT JOIN accounts d ON d.id = t.debit_account_id
+        LEFT JOIN accounts c ON c.id = t.credit_account_id
+        LEFT JOIN transfers p ON p.key = t.pending_key
+        WHERE d.id IS NULL OR c.id IS NULL OR d.currency <> t.currency OR c.currency <> t.currency
+           OR t.amount <= 0 OR t.debit_account_id = t.credit_account_id
+           OR (t.pending_key IS NOT NULL AND (p.key IS NULL OR p.phase <> 'pending'
+               OR p.debit_account_id <> t.debit_account_id OR p.credit_account_id <> t.credit_account_id
+               OR (t.phase = 'void_pending' AND t.amount <> p.amount)))
+        UNION
+        SELECT key FROM ledger_entries GROUP BY transfer_id, key HAVING sum(amount) <> 0 OR count(*) <> 2
+        ORDER BY 1 LIMIT 1000""",
+    "accounts_match_entries": """
+        WITH t AS (
+            SELECT t.debit_account_id AS dr, t.credit_account_id AS cr,
+                   CASE WHEN t.phase IN ('single', 'post_pending') THEN t.amount ELSE 0 END AS posted,
+                   CASE WHEN t.phase = 'pending' THEN t.amount
+                        WHEN t.phase IN ('post_pending', 'void_pending') THEN -coalesce(p.amount, 0)
+                        ELSE 0 END AS pending
+            FROM transfers t LEFT JOIN transfers p ON p.key = t.pending_key
+        ), sums AS (
+            SELECT account, sum(dpe) AS dpe, sum(dpo) AS dpo, sum(cpe) AS cpe, sum(cpo) AS cpo FROM (
+                SELECT dr AS account, pending AS dpe, posted AS dpo, 0 AS cpe, 0 AS cpo FROM t
+                UNION ALL
+                SELECT cr, 0, 0, pending, posted FROM t
+            ) legs GROUP BY account
+        )
+        SELECT a.id::text FROM accounts a LEFT JOIN sums s ON s.account = a.id
+        WHERE a.debits_pending <> coalesce(s.dpe, 0) OR a.debits_posted <> coalesce(s.dpo, 0)
+           OR a.credits_pending <> coalesce(s.cpe, 0) OR a.credits_posted <> coalesce(s.cpo, 0)
+        ORDER BY a.id LIMIT 1000""",
+    "ledger_sums_to_zero": """
+        SELECT currency FROM accounts GROUP BY currency
+        HAVING sum(credits_posted - debits_posted) <> 0 OR sum(credits_pending - debits_pending) <> 0""",
+    "prepaid_not_negative": """
+        SELECT id::text FROM accounts
+        WHERE no_overdraft AND debits_posted + debits_pending > credits_posted
+        ORDER BY id LIMIT 1000""",
+    "one_transfer_per_approved_request": """
+        WITH n AS (SELECT key, count(*) AS transfers FROM transfers GROUP BY key)
+        SELECT r.key FROM auth_requests r LEFT JOIN n ON n.key = r.key
+        WHERE (r.response_code = '00' AND r.txn IN ('purchase', 'topup', 'void', 'refund', 'preauth',
+                                                    'preauth_void', 'completion', 'admin_load')
+               AND (NOT r.posted OR coalesce(n.transfers, 0) <> 1))
+           OR (r.posted AND (r.response_code <> '00' OR coalesce(n.transfers, 0) <> 1))
+           OR (NOT r.posted AND coalesce(n.transfers, 0) <> 0)
+        UNION
+        SELECT t.key FROM transfers t LEFT JOIN auth_requests r ON r.key = t.key
+        WHERE t.code <> 'expiry' AND (r.key IS NULL OR NOT r.posted OR r.response_code <> '00')
+        ORDER BY 1 LIMIT 1000""",
+}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    offenders: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.offenders
+
+
+async def run_checks(conn: Any) -> list[CheckResult]:
+    results = []
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        for name, sql in CHECKS.items():
+            rows = await conn.fetch(sql)
+            results.append(CheckResult(name, [str(r[0]) for r in rows]))
+    return results
+
+
+async def counts(conn: Any) -> dict[str, int]:
+    row = await conn.fetchrow(
+        "SELECT (SELECT count(*) FROM transfers) AS transfers, (SELECT count(*) FROM accounts) AS accounts,"
+        " (SELECT count(*) FROM auth_requests) AS requests"
+    )
+    return dict(row)

@@ -1,0 +1,826 @@
+"""The posting engine: decide a batch of requests and post them to the ledger in one transaction.
+
+``Ledger.post_batch(conn, requests)`` runs on the asyncio side (through ops.pgpool) or, for the CLI,
+on a plain asyncpg connection. One batch is one transaction:
+
+1. read: which keys were already answered (duplicates get the stored answer back), the cards and
+   merchants, and the originals that voids, refunds, completions and reversals refer to;
+2. lock the touched card and card-account rows in id order (``FOR UPDATE``), so two writers can never
+   deadlock on cards and a card's balance cannot change under the decision;
+3. decide each request in arrival order in Python against the locked balances (host.rules), editing
+   the in-memory balances as it goes, so request n+1 sees request n's effect;
+4. write everything in bulk: auth_requests and transfers with one INSERT ... unnest each, the account
+   sums and card counters with one UPDATE ... unnest each; commit; only then are answers released.
+
+If a batch fails (a unique key raced with another writer, a constraint, a lost connection) it is rolled
+back and its requests are retried one per transaction, so one bad request cannot fail the others; a
+request that still fails is answered 96 and nothing of it is stored.
+
+Partitions: every card has a partition (cards.part); a purchase credits the merchant's payable
+sub-account of the card's partition, so the hot merchant's rows are spread over all partitions and a
+partition is posted by one writer at a time (host.engine). No row is touched by every purchase.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from host import rules
+from host.model import (
+    FINANCIAL,
+    TOMBSTONE,
+    CardState,
+    Decision,
+    Merchant,
+    Product,
+    Rc,
+    Request,
+    Txn,
+)
+from ops.logs import get_logger
+
+log = get_logger(__name__)
+
+MERCHANT_CACHE_SECONDS = 30.0
+
+
+@dataclass
+class TransferRow:
+    key: str
+    debit: int
+    credit: int
+    amount: int
+    phase: str
+    code: str
+    card_id: int
+    currency: str
+    pending_key: str | None = None
+    hold_of: str | None = None
+    original_key: str | None = None
+    expires_at: dt.datetime | None = None
+
+
+@dataclass
+class Original:
+    """A request that a later one refers to, with what has happened to it since."""
+
+    key: str
+    txn: str
+    code: str
+    posted: bool
+    card_id: int | None
+    amount: int
+    rrn: str
+    transfer: TransferRow | None = None  # the transfer it made
+    undone: bool = False  # voided or reversed (its transfer undone)
+    reversed: bool = False  # an approved reversal names it
+    refunded: int = 0
+    hold: TransferRow | None = None  # pre-auth: its hold while still pending
+    hold_state: str = ""  # pre-auth: pending / posted / voided / expired
+
+
+@dataclass
+class _Batch:
+    now: dt.datetime
+    today: dt.date
+    cards: dict[int, CardState] = field(default_factory=dict)
+    done: dict[str, Decision] = field(default_factory=dict)
+    originals: dict[str, Original] = field(default_factory=dict)
+    by_rrn: dict[tuple[int, str], list[Original]] = field(default_factory=dict)
+    deltas: dict[int, list[int]] = field(default_factory=dict)  # account -> [dpend, dpost, cpend, cpost]
+    auth_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    transfers: list[TransferRow] = field(default_factory=list)
+
+
+class Ledger:
+    """Posting engine state that outlives a batch: caches of static lookups and the rule settings."""
+
+    def __init__(self, *, pin_tries: int = 3, hold_days: int = 7, completion_tolerance_pct: int = 0) -> None:
+        self.pin_tries = pin_tries
+        self.hold_days = hold_days
+        self.completion_tolerance_pct = completion_tolerance_pct
+        self._card_ids: dict[str, int] = {}  # pan_hash -> card id (never changes)
+        self._merchants: dict[str, tuple[float, Merchant | None]] = {}
+        self._funding: dict[tuple[str, int], int] = {}
+
+    # -- entry point ----------------------------------------------------------------------------
+    async def post_batch(
+        self, conn: Any, reqs: list[Request], now: dt.datetime | None = None
+    ) -> list[Decision]:
+        now = now or dt.datetime.now(dt.UTC)
+        try:
+            async with conn.transaction():
+                return await self._run_batch(conn, reqs, now)
+        except Exception as exc:
+            if len(reqs) == 1:
+                log.error("posting failed", key=reqs[0].key, txn=str(reqs[0].txn), error=repr(exc))
+                return [Decision(Rc.SYSTEM_ERROR)]
+            log.warning("batch failed; retrying one by one", size=len(reqs), error=repr(exc))
+            out: list[Decision] = []
+            for req in reqs:
+                out.extend(await self.post_batch(conn, [req], now))
+            return out
+
+    async def card_id_for(self, conn: Any, pan_hash: str) -> int | None:
+        if pan_hash not in self._card_ids:
+            await self._load_card_ids(conn, [pan_hash])
+        return self._card_ids.get(pan_hash)
+
+    # -- the batch ------------------------------------------------------------------------------
+    async def _run_batch(self, conn: Any, reqs: list[Request], now: dt.datetime) -> list[Decision]:
+        b = _Batch(now=now, today=now.date())
+        keys = list({r.key for r in reqs})
+        for row in await conn.fetch(
+            "SELECT key, response_code, auth_id, balance_field FROM auth_requests"
+            " WHERE key = ANY($1::text[])",
+            keys,
+        ):
+            b.done[row["key"]] = Decision(
+                row["response_code"], row["auth_id"], row["balance_field"], duplicate=True
+            )
+
+        await self._load_card_ids(conn, [r.pan_hash for r in reqs if r.card_id is None and r.pan_hash])
+        for r in reqs:
+            if r.card_id is None and r.pan_hash:
+                r.card_id = self._card_ids.get(r.pan_hash)
+        merchants = await self._merchants_for(conn, {r.merchant_id for r in reqs if r.merchant_id})
+        await self._load_originals(conn, b, [r for r in reqs if r.key not in b.done])
+        card_ids = sorted(
+            {r.card_id for r in reqs if r.card_id is not None}
+            | {o.card_id for o in b.originals.values() if o.card_id is not None}
+        )
+        if card_ids:
+            await self._lock_cards(conn, b, card_ids)
+
+        decisions = []
+        for r in reqs:
+            d = b.done.get(r.key)
+            if d is None:
+                d = await self._decide(conn, b, r, merchants.get(r.merchant_id))
+                b.done[r.key] = d
+            elif not d.duplicate:
+                d = Decision(d.code, d.auth_id, d.balance_field, duplicate=True)
+            decisions.append(d)
+        await self._write(conn, b)
+        return decisions
+
+    async def _load_card_ids(self, conn: Any, pan_hashes: list[str]) -> None:
+        missing = [h for h in set(pan_hashes) if h not in self._card_ids]
+        if missing:
+            for row in await conn.fetch(
+                "SELECT id, pan_hash FROM cards WHERE pan_hash = ANY($1::text[])", missing
+            ):
+                self._card_ids[row["pan_hash"]] = row["id"]
+
+    async def _merchants_for(self, conn: Any, ids: set[str]) -> dict[str, Merchant]:
+        clock = time.monotonic()
+        missing = [m for m in ids if m not in self._merchants or self._merchants[m][0] < clock]
+        if missing:
+            rows = await conn.fetch(
+                """SELECT m.id, m.merchant_id, m.mcc, m.group_code, m.currency, m.state,
+                          array_agg(a.part) FILTER (WHERE a.id IS NOT NULL) AS parts,
+                          array_agg(a.id) FILTER (WHERE a.id IS NOT NULL) AS accounts
+                   FROM merchants m LEFT JOIN accounts a ON a.merchant_id = m.id AND a.kind = 'merchant'
+                   WHERE m.merchant_id = ANY($1::text[]) GROUP BY m.id""",
+                missing,
+            )
+            found = {
+                row["merchant_id"]: Merchant(
+                    row["id"],
+                    row["merchant_id"],
+                    row["mcc"],
+                    row["group_code"],
+                    row["currency"],
+                    row["state"],
+                    dict(zip(row["parts"] or [], row["accounts"] or [], strict=True)),
+                )
+                for row in rows
+            }
+            for m in missing:
+                self._merchants[m] = (clock + MERCHANT_CACHE_SECONDS, found.get(m))
+        return {m: merchant for m in ids if (merchant := self._merchants[m][1]) is not None}
+
+    async def _load_originals(self, conn: Any, b: _Batch, reqs: list[Request]) -> None:
+        rev_keys = [r.original_key for r in reqs if r.txn is Txn.REVERSAL and r.original_key]
+        rrn_pairs = [
+            (r.card_id, r.original_rrn)
+            for r in reqs
+            if r.original_rrn
+            and r.card_id is not None
+            and r.txn in (Txn.VOID, Txn.REFUND, Txn.COMPLETION, Txn.PREAUTH_VOID)
+        ]
+        hold_keys = [r.hold_key for r in reqs if r.txn is Txn.EXPIRY and r.hold_key]
+        if not (rev_keys or rrn_pairs or hold_keys):
+            return
+        cols = "key, txn, response_code, posted, card_id, amount, rrn"
+        rows = list(
+            await conn.fetch(f"SELECT {cols} FROM auth_requests WHERE key = ANY($1::text[])", rev_keys)
+        )
+        if rrn_pairs:
+            rows += await conn.fetch(
+                f"""SELECT {cols} FROM auth_requests
+                    WHERE (card_id, rrn) IN (SELECT * FROM unnest($1::bigint[], $2::text[]))
+                      AND response_code = '00' AND txn = ANY($3::text[])
+                    ORDER BY received_at""",
+                [p[0] for p in rrn_pairs],
+                [p[1] for p in rrn_pairs],
+                [Txn.PURCHASE, Txn.COMPLETION, Txn.PREAUTH],
+            )
+        for row in rows:
+            if row["key"] not in b.originals:
+                o = Original(
+                    row["key"],
+                    row["txn"],
+                    row["response_code"],
+                    row["posted"],
+                    row["card_id"],
+                    row["amount"],
+                    row["rrn"],
+                )
+                self._register(b, o)
+        for row in await conn.fetch(
+            "SELECT reversal_of FROM auth_requests"
+            " WHERE reversal_of = ANY($1::text[]) AND response_code = '00'",
+            rev_keys,
+        ):
+            if (rev := b.originals.get(row["reversal_of"])) is not None:
+                rev.reversed = True
+        okeys = list(b.originals)
+        trows = await conn.fetch(
+            """SELECT key, debit_account_id, credit_account_id, amount, phase, code, card_id, currency,
+                      pending_key, hold_of, original_key, expires_at
+               FROM transfers
+               WHERE key = ANY($1::text[]) OR original_key = ANY($1::text[]) OR hold_of = ANY($1::text[])
+                  OR key = ANY($2::text[])
+               ORDER BY id""",
+            okeys,
+            hold_keys,
+        )
+        pending: dict[str, TransferRow] = {}
+        for t in trows:
+            tr = _transfer_from_row(t)
+            if (own := b.originals.get(tr.key)) is not None:
+                own.transfer = tr
+            if tr.original_key and (ref := b.originals.get(tr.original_key)) is not None:
+                if tr.code in (Txn.VOID, Txn.REVERSAL):
+                    ref.undone = True
+                elif tr.code == Txn.REFUND:
+                    ref.refunded += tr.amount
+            if tr.phase == "pending":
+                pending[tr.key] = tr
+        if pending:
+            resolved = {
+                row["pending_key"]: row["state"]
+                for row in await conn.fetch(
+                    """SELECT pending_key, CASE WHEN phase = 'post_pending' THEN 'posted'
+                                                WHEN code = 'expiry' THEN 'expired' ELSE 'voided' END AS state
+                       FROM transfers WHERE pending_key = ANY($1::text[])""",
+                    list(pending),
+                )
+            }
+            for pkey, tr in pending.items():
+                owner = b.originals.get(tr.hold_of or "")
+                state = resolved.get(pkey, "pending")
+                if owner is not None:
+                    if state == "pending":
+                        owner.hold = tr
+                        owner.hold_state = "pending"
+                    elif owner.hold is None:
+                        owner.hold_state = state
+                if tr.key in hold_keys and state == "pending":
+                    b.originals.setdefault(
+                        "hold:" + tr.key,
+                        Original(
+                            "hold:" + tr.key,
+                            "hold",
+                            Rc.APPROVED,
+                            True,
+                            tr.card_id,
+                            tr.amount,
+                            "",
+                            hold=tr,
+                            hold_state="pending",
+                        ),
+                    )
+
+    def _register(self, b: _Batch, o: Original) -> None:
+        b.originals[o.key] = o
+        if o.card_id is not None and o.rrn:
+            b.by_rrn.setdefault((o.card_id, o.rrn), []).append(o)
+
+    async def _lock_cards(self, conn: Any, b: _Batch, card_ids: list[int]) -> None:
+        rows = await conn.fetch(
+            """SELECT c.id, c.account_id, c.state, c.expiry, c.part, c.uses_left, c.pin_tries, c.day,
+                      c.day_amount, c.day_count, a.debits_pending, a.debits_posted, a.credits_pending,
+                      a.credits_posted, p.id AS product_id, p.code, p.kind, p.currency, p.max_balance,
+                      p.per_txn_limit, p.daily_amount_limit, p.daily_count_limit, p.pin_required,
+                      p.allowed_mccs, p.allowed_groups
+               FROM cards c JOIN accounts a ON a.id = c.account_id JOIN products p ON p.id = c.product_id
+               WHERE c.id = ANY($1::bigint[]) ORDER BY c.id FOR UPDATE OF c, a""",
+            card_ids,
+        )
+        for row in rows:
+            product = Product(
+                row["product_id"],
+                row["code"],
+                row["kind"],
+                row["currency"],
+                row["max_balance"],
+                row["per_txn_limit"],
+                row["daily_amount_limit"],
+                row["daily_count_limit"],
+                row["pin_required"],
+                tuple(row["allowed_mccs"]) if row["allowed_mccs"] is not None else None,
+                tuple(row["allowed_groups"]) if row["allowed_groups"] is not None else None,
+            )
+            b.cards[row["id"]] = CardState(
+                row["id"],
+                row["account_id"],
+                product,
+                row["state"],
+                row["expiry"],
+                row["part"],
+                row["uses_left"],
+                row["pin_tries"],
+                row["day"],
+                row["day_amount"],
+                row["day_count"],
+                row["debits_pending"],
+                row["debits_posted"],
+                row["credits_pending"],
+                row["credits_posted"],
+            )
+
+    # -- deciding -------------------------------------------------------------------------------
+    async def _decide(self, conn: Any, b: _Batch, r: Request, merchant: Merchant | None) -> Decision:
+        if r.txn is Txn.EXPIRY:
+            return self._expire(b, r)
+        if r.txn is Txn.REVERSAL:
+            d = self._reverse(b, r)
+            self._record(b, r, d, original_key=r.original_key, reversal_of=r.original_key)
+            return d
+        card = b.cards.get(r.card_id) if r.card_id is not None else None
+        original: Original | None = None
+        if card is None:
+            d = Decision(Rc.INVALID_CARD)
+        else:
+            if r.txn in (Txn.VOID, Txn.REFUND, Txn.COMPLETION, Txn.PREAUTH_VOID):
+                original = self._find_by_rrn(b, r, card.card_id)
+            d = await self._decide_card(conn, b, r, card, merchant, original)
+        self._record(b, r, d, original_key=original.key if original else None)
+        if r.txn in FINANCIAL or r.txn is Txn.BALANCE:
+            self._register(b, Original(r.key, r.txn, d.code, d.posted, r.card_id, r.amount, r.rrn))
+            if d.posted and b.transfers and b.transfers[-1].key == r.key:
+                o = b.originals[r.key]
+                o.transfer = b.transfers[-1]
+                if o.transfer.phase == "pending":
+                    o.hold, o.hold_state = o.transfer, "pending"
+        return d
+
+    def _find_by_rrn(self, b: _Batch, r: Request, card_id: int) -> Original | None:
+        wanted = {
+            Txn.VOID: (Txn.PURCHASE, Txn.COMPLETION),
+            Txn.REFUND: (Txn.PURCHASE, Txn.COMPLETION),
+            Txn.COMPLETION: (Txn.PREAUTH,),
+            Txn.PREAUTH_VOID: (Txn.PREAUTH,),
+        }[r.txn]
+        for o in reversed(b.by_rrn.get((card_id, r.original_rrn or ""), [])):
+            if o.txn in wanted and o.code == Rc.APPROVED and o.key != r.key:
+                return o
+        return None
+
+    async def _decide_card(
+        self,
+        conn: Any,
+        b: _Batch,
+        r: Request,
+        card: CardState,
+        merchant: Merchant | None,
+        original: Original | None,
+    ) -> Decision:
+        code = rules.check_card(card, r, b.today)
+        if code is None and r.txn is not Txn.ADMIN_LOAD:
+            code = rules.check_pin(card, r, self.pin_tries)
+        if code is not None:
+            return Decision(code)
+        if r.txn is Txn.BALANCE:
+            return Decision(Rc.APPROVED, _auth_id(), rules.balance_field(card))
+        code = rules.check_amount(card, r)
+        if code is not None:
+            return Decision(code)
+        if r.txn in (Txn.PURCHASE, Txn.PREAUTH, Txn.TOPUP):
+            if merchant is None or merchant.state != "active":
+                return Decision(Rc.INVALID_MERCHANT)
+            macct = merchant.accounts.get(card.part)
+            if macct is None:
+                return Decision(Rc.SYSTEM_ERROR)
+            if r.txn is Txn.TOPUP:
+                code = rules.check_topup(card, r.amount)
+                if code is not None:
+                    return Decision(code)
+                return self._post(b, r, macct, card.account_id, card, "single", Txn.TOPUP)
+            code = rules.check_merchant_allowed(card, merchant) or rules.check_limits(card, r.amount, b.today)
+            if code is None and card.available < r.amount:
+                code = Rc.INSUFFICIENT_FUNDS
+            if code is not None:
+                return Decision(code)
+            rules.count_use(card, r.amount)
+            if r.txn is Txn.PURCHASE:
+                return self._post(b, r, card.account_id, macct, card, "single", Txn.PURCHASE)
+            expires = b.now + dt.timedelta(days=self.hold_days)
+            return self._post(
+                b, r, card.account_id, macct, card, "pending", Txn.PREAUTH, hold_of=r.key, expires_at=expires
+            )
+        if r.txn is Txn.ADMIN_LOAD:
+            code = rules.check_topup(card, r.amount)
+            if code is not None:
+                return Decision(code)
+            funding = await self._funding_account(conn, card.product.currency, card.part)
+            return self._post(b, r, funding, card.account_id, card, "single", Txn.ADMIN_LOAD)
+        if original is None:
+            return Decision(Rc.ORIGINAL_NOT_FOUND)
+        if r.txn in (Txn.VOID, Txn.REFUND):
+            t = original.transfer
+            if t is None or original.undone or original.reversed:
+                return Decision(Rc.INVALID_TXN)
+            if r.txn is Txn.VOID:
+                if original.refunded:
+                    return Decision(Rc.INVALID_TXN)
+                if r.amount != t.amount:
+                    return Decision(Rc.ORIGINAL_AMOUNT)
+                original.undone = True
+                self._restore_use(card, original)
+            else:
+                if r.amount > t.amount - original.refunded:
+                    return Decision(Rc.INVALID_AMOUNT)
+                original.refunded += r.amount
+            return self._post(b, r, t.credit, t.debit, card, "single", r.txn, original_key=original.key)
+        # completion or pre-auth void of a hold
+        hold = original.hold
+        if hold is None or original.reversed:
+            return Decision(Rc.INVALID_TXN)
+        if r.txn is Txn.PREAUTH_VOID:
+            original.hold, original.hold_state = None, "voided"
+            self._restore_use(card, original)
+            return self._post(
+                b,
+                r,
+                hold.debit,
+                hold.credit,
+                card,
+                "void_pending",
+                Txn.PREAUTH_VOID,
+                amount=hold.amount,
+                pending=hold,
+                original_key=original.key,
+            )
+        limit = hold.amount + hold.amount * self.completion_tolerance_pct // 100
+        if r.amount > limit:
+            return Decision(Rc.INVALID_AMOUNT)
+        if r.amount > hold.amount and card.available < r.amount - hold.amount:
+            return Decision(Rc.INSUFFICIENT_FUNDS)
+        original.hold, original.hold_state = None, "posted"
+        return self._post(
+            b,
+            r,
+            hold.debit,
+            hold.credit,
+            card,
+            "post_pending",
+            Txn.COMPLETION,
+            pending=hold,
+            original_key=original.key,
+        )
+
+    def _reverse(self, b: _Batch, r: Request) -> Decision:
+        """Undo the original once. Unknown original: answer 00 and leave a tombstone under its key."""
+        okey = r.original_key
+        if not okey:
+            return Decision(Rc.APPROVED, posted=False)
+        o = b.originals.get(okey)
+        if o is None:
+            if okey not in b.done:
+                tomb = Request(
+                    okey,
+                    r.original_mti or okey[-4:],
+                    Txn.REVERSAL,
+                    acquirer_id=r.acquirer_id,
+                    terminal_id=r.terminal_id,
+                    merchant_id=r.merchant_id,
+                    card_id=r.card_id,
+                )
+                dec = Decision(Rc.DO_NOT_HONOUR)
+                b.done[okey] = dec
+                self._record(
+                    b, tomb, dec, txn=TOMBSTONE, stan=okey.split(":")[2], transmitted=okey.split(":")[1]
+                )
+                self._register(
+                    b, Original(okey, TOMBSTONE, Rc.DO_NOT_HONOUR, False, r.card_id, 0, "", reversed=True)
+                )
+            return Decision(Rc.APPROVED)
+        if o.reversed or o.code != Rc.APPROVED or not o.posted or o.undone:
+            o.reversed = o.reversed or o.code == Rc.APPROVED
+            return Decision(Rc.APPROVED)
+        card = b.cards.get(o.card_id) if o.card_id is not None else None
+        t = o.transfer
+        if card is None or t is None:
+            o.reversed = True
+            return Decision(Rc.APPROVED)
+        if t.phase in ("single", "post_pending"):
+            amount = t.amount
+            if r.actual_amount is not None and 0 <= r.actual_amount < t.amount:
+                amount = t.amount - r.actual_amount
+            if amount <= 0:
+                o.reversed = True
+                return Decision(Rc.APPROVED)
+            if t.credit == card.account_id and card.available < amount:
+                return Decision(Rc.INSUFFICIENT_FUNDS)  # a credit already spent: nothing undone
+            o.reversed = o.undone = True
+            if o.txn in (Txn.PURCHASE, Txn.COMPLETION):
+                self._restore_use(card, o)
+            return self._post(
+                b, r, t.credit, t.debit, card, "single", Txn.REVERSAL, amount=amount, original_key=o.key
+            )
+        if t.phase == "pending":  # a pre-auth: release its hold if still there
+            o.reversed = True
+            if o.hold is None:
+                return Decision(Rc.APPROVED)
+            hold = o.hold
+            o.hold, o.hold_state = None, "voided"
+            self._restore_use(card, o)
+            return self._post(
+                b,
+                r,
+                hold.debit,
+                hold.credit,
+                card,
+                "void_pending",
+                Txn.REVERSAL,
+                amount=hold.amount,
+                pending=hold,
+                original_key=o.key,
+            )
+        # a pre-auth void: the hold comes back
+        pre_key = t.original_key  # the pre-auth whose hold the void released
+        pre = b.originals.get(pre_key) if pre_key else None
+        if card.available < t.amount:
+            return Decision(Rc.INSUFFICIENT_FUNDS)
+        o.reversed = o.undone = True
+        d = self._post(
+            b,
+            r,
+            t.debit,
+            t.credit,
+            card,
+            "pending",
+            Txn.REVERSAL,
+            amount=t.amount,
+            hold_of=pre_key,
+            original_key=o.key,
+            expires_at=b.now + dt.timedelta(days=self.hold_days),
+        )
+        if pre is not None:
+            pre.hold, pre.hold_state = b.transfers[-1], "pending"
+        return d
+
+    def _expire(self, b: _Batch, r: Request) -> Decision:
+        o = b.originals.get("hold:" + (r.hold_key or ""))
+        if o is None or o.hold is None:
+            return Decision(Rc.INVALID_TXN)
+        hold = o.hold
+        card = b.cards.get(hold.card_id)
+        if card is None:
+            return Decision(Rc.INVALID_CARD)
+        o.hold = None
+        owner = b.originals.get(hold.hold_of or "")
+        if owner is not None and owner.hold is not None and owner.hold.key == hold.key:
+            owner.hold, owner.hold_state = None, "expired"
+        return self._post(
+            b,
+            r,
+            hold.debit,
+            hold.credit,
+            card,
+            "void_pending",
+            Txn.EXPIRY,
+            amount=hold.amount,
+            pending=hold,
+            original_key=hold.hold_of,
+        )
+
+    def _restore_use(self, card: CardState, o: Original) -> None:
+        if card.uses_left is not None:
+            card.uses_left += 1
+            card.card_dirty = True
+
+    # -- posting --------------------------------------------------------------------------------
+    def _post(
+        self,
+        b: _Batch,
+        r: Request,
+        debit: int | CardState,
+        credit: int | CardState,
+        card: CardState,
+        phase: str,
+        code: Txn,
+        *,
+        amount: int | None = None,
+        pending: TransferRow | None = None,
+        hold_of: str | None = None,
+        original_key: str | None = None,
+        expires_at: dt.datetime | None = None,
+    ) -> Decision:
+        debit_id = debit.account_id if isinstance(debit, CardState) else debit
+        credit_id = credit.account_id if isinstance(credit, CardState) else credit
+        value = r.amount if amount is None else amount
+        t = TransferRow(
+            r.key,
+            debit_id,
+            credit_id,
+            value,
+            phase,
+            str(code),
+            card.card_id,
+            card.product.currency,
+            pending.key if pending else None,
+            hold_of,
+            original_key,
+            expires_at,
+        )
+        if phase == "single":
+            self._move(b, card, debit_id, 1, value)
+            self._move(b, card, credit_id, 3, value)
+        elif phase == "pending":
+            self._move(b, card, debit_id, 0, value)
+            self._move(b, card, credit_id, 2, value)
+        else:
+            assert pending is not None
+            self._move(b, card, debit_id, 0, -pending.amount)
+            self._move(b, card, credit_id, 2, -pending.amount)
+            if phase == "post_pending":
+                self._move(b, card, debit_id, 1, value)
+                self._move(b, card, credit_id, 3, value)
+        b.transfers.append(t)
+        return Decision(Rc.APPROVED, _auth_id(), posted=True)
+
+    def _move(self, b: _Batch, card: CardState, account: int, column: int, value: int) -> None:
+        b.deltas.setdefault(account, [0, 0, 0, 0])[column] += value
+        if account == card.account_id:
+            if column == 0:
+                card.debits_pending += value
+            elif column == 1:
+                card.debits_posted += value
+            elif column == 2:
+                card.credits_pending += value
+            else:
+                card.credits_posted += value
+
+    def _record(
+        self,
+        b: _Batch,
+        r: Request,
+        d: Decision,
+        *,
+        original_key: str | None = None,
+        reversal_of: str | None = None,
+        txn: str | None = None,
+        stan: str | None = None,
+        transmitted: str | None = None,
+    ) -> None:
+        if r.txn is Txn.EXPIRY:
+            return
+        b.auth_rows.append(
+            (
+                r.key,
+                r.mti,
+                txn or str(r.txn),
+                r.proc_code or None,
+                r.card_id,
+                None,
+                r.acquirer_id,
+                r.terminal_id,
+                r.merchant_id,
+                stan or r.stan,
+                transmitted or r.transmitted,
+                r.rrn,
+                r.local_time,
+                r.amount,
+                r.currency or None,
+                d.code,
+                d.auth_id,
+                d.balance_field,
+                original_key,
+                reversal_of,
+                d.posted,
+            )
+        )
+
+    async def _funding_account(self, conn: Any, currency: str, part: int) -> int:
+        key = (currency, part)
+        if key not in self._funding:
+            acct = await conn.fetchval(
+                "SELECT id FROM accounts WHERE kind = 'funding' AND currency = $1 AND part = $2",
+                currency,
+                part,
+            )
+            if acct is None:
+                acct = await conn.fetchval(
+                    """INSERT INTO accounts (kind, currency, part, no_overdraft)
+                       VALUES ('funding', $1, $2, false)
+                       ON CONFLICT (currency, part) WHERE kind = 'funding' DO UPDATE SET part = EXCLUDED.part
+                       RETURNING id""",
+                    currency,
+                    part,
+                )
+            self._funding[key] = acct
+        return self._funding[key]
+
+    # -- writing --------------------------------------------------------------------------------
+    async def _write(self, conn: Any, b: _Batch) -> None:
+        if b.auth_rows:
+            cols = list(zip(*b.auth_rows, strict=True))
+            await conn.execute(
+                """INSERT INTO auth_requests (key, mti, txn, proc_code, card_id, merchant_ref, acquirer_id,
+                       terminal_id, merchant_id, stan, transmitted, rrn, local_time, amount, currency,
+                       response_code, auth_id, balance_field, original_key, reversal_of, posted)
+                   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[],
+                       $6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
+                       $12::text[],
+                       $13::text[], $14::bigint[], $15::text[], $16::text[], $17::text[], $18::text[],
+                       $19::text[], $20::text[], $21::boolean[])""",
+                *cols,
+            )
+        if b.transfers:
+            ts = b.transfers
+            await conn.execute(
+                """INSERT INTO transfers (key, debit_account_id, credit_account_id, amount, currency, phase,
+                       code,
+                       card_id, pending_key, hold_of, original_key, expires_at)
+                   SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[],
+                       $6::text[], $7::text[], $8::bigint[], $9::text[], $10::text[], $11::text[],
+                       $12::timestamptz[])""",
+                [t.key for t in ts],
+                [t.debit for t in ts],
+                [t.credit for t in ts],
+                [t.amount for t in ts],
+                [t.currency for t in ts],
+                [t.phase for t in ts],
+                [t.code for t in ts],
+                [t.card_id for t in ts],
+                [t.pending_key for t in ts],
+                [t.hold_of for t in ts],
+                [t.original_key for t in ts],
+                [t.expires_at for t in ts],
+            )
+        if b.deltas:
+            ids = sorted(b.deltas)
+            await conn.execute(
+                """UPDATE accounts a SET debits_pending = a.debits_pending + d.dpe,
+                       debits_posted = a.debits_posted + d.dpo, credits_pending = a.credits_pending + d.cpe,
+                       credits_posted = a.credits_posted + d.cpo
+                   FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
+                        AS d(id, dpe, dpo, cpe, cpo)
+                   WHERE a.id = d.id""",
+                ids,
+                *[[b.deltas[i][c] for i in ids] for c in range(4)],
+            )
+        dirty = [c for c in b.cards.values() if c.card_dirty]
+        if dirty:
+            await conn.execute(
+                """UPDATE cards c SET uses_left = d.uses_left, pin_tries = d.pin_tries, day = d.day,
+                       day_amount = d.day_amount, day_count = d.day_count, updated_at = now()
+                   FROM unnest($1::bigint[], $2::int[], $3::int[], $4::date[], $5::bigint[], $6::int[])
+                        AS d(id, uses_left, pin_tries, day, day_amount, day_count)
+                   WHERE c.id = d.id""",
+                [c.card_id for c in dirty],
+                [c.uses_left for c in dirty],
+                [c.pin_tries for c in dirty],
+                [c.day for c in dirty],
+                [c.day_amount for c in dirty],
+                [c.day_count for c in dirty],
+            )
+
+
+def _transfer_from_row(t: Any) -> TransferRow:
+    return TransferRow(
+        t["key"],
+        t["debit_account_id"],
+        t["credit_account_id"],
+        t["amount"],
+        t["phase"],
+        t["code"],
+        t["card_id"],
+        t["currency"],
+        t["pending_key"],
+        t["hold_of"],
+        t["original_key"],
+        t["expires_at"],
+    )
+
+
+def _auth_id() -> str:
+    return f"{random.randrange(1_000_000):06d}"  # not a secret: an approval reference for people

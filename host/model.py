@@ -1,0 +1,181 @@
+"""What the posting engine works on: requests as the host understands them, and its decisions.
+
+The H2H layer (host.h2h) turns a decoded message into a ``Request``; the engine (host.ledger) turns a
+batch of requests into ``Decision``s inside one database transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Txn(StrEnum):
+    BALANCE = "balance"
+    PURCHASE = "purchase"
+    TOPUP = "topup"
+    VOID = "void"
+    REFUND = "refund"
+    PREAUTH = "preauth"
+    PREAUTH_VOID = "preauth_void"
+    COMPLETION = "completion"
+    REVERSAL = "reversal"
+    EXPIRY = "expiry"  # the hold-expiry sweeper, not a network request
+    ADMIN_LOAD = "admin_load"  # `payswitch card load`, not a network request
+
+
+# Transactions that must create exactly one transfer when approved.
+FINANCIAL = frozenset(
+    {
+        Txn.PURCHASE,
+        Txn.TOPUP,
+        Txn.VOID,
+        Txn.REFUND,
+        Txn.PREAUTH,
+        Txn.PREAUTH_VOID,
+        Txn.COMPLETION,
+        Txn.ADMIN_LOAD,
+    }
+)
+
+# Marker stored (as txn) for an original that was reversed before it arrived: the late original then
+# finds this row under its own key and gets its declining answer, like any duplicate.
+TOMBSTONE = "reversed_before_arrival"
+
+
+class Pin(StrEnum):
+    NONE = "none"  # no PIN block in the request
+    OK = "ok"  # the HSM verified it against the PVV
+    BAD = "bad"  # the HSM says it does not match
+    ERROR = "error"  # the HSM could not verify (format, key, unavailable)
+
+
+class Rc:
+    """Response codes used by the host (the contract's list)."""
+
+    APPROVED = "00"
+    INVALID_MERCHANT = "03"
+    DO_NOT_HONOUR = "05"
+    INVALID_TXN = "12"
+    INVALID_AMOUNT = "13"
+    INVALID_CARD = "14"
+    ORIGINAL_NOT_FOUND = "25"
+    FORMAT_ERROR = "30"
+    LOST = "41"
+    STOLEN = "43"
+    INSUFFICIENT_FUNDS = "51"
+    EXPIRED = "54"
+    BAD_PIN = "55"
+    NOT_PERMITTED_CARD = "57"
+    NOT_PERMITTED_TERMINAL = "58"
+    AMOUNT_LIMIT = "61"
+    ORIGINAL_AMOUNT = "64"
+    FREQUENCY_LIMIT = "65"
+    PIN_TRIES = "75"
+    SYSTEM_ERROR = "96"
+
+
+@dataclass
+class Request:
+    """One authorization request, already parsed and with its PIN verified (or not) by the HSM."""
+
+    key: str  # acquirer:DE7:DE11:DE41:MTI, see request_key()
+    mti: str  # normalised: 0221 -> 0220, 0421 -> 0420
+    txn: Txn
+    acquirer_id: str = ""
+    stan: str = "000000"
+    transmitted: str = "0000000000"
+    terminal_id: str = ""
+    merchant_id: str = ""  # DE42, spaces stripped
+    proc_code: str = ""
+    rrn: str = ""
+    local_time: str = ""
+    amount: int = 0
+    currency: str = ""
+    pan_hash: str | None = None
+    card_id: int | None = None  # known already (sweeper, CLI); else found by pan_hash
+    expiry: str | None = None  # YYMM from DE14 or the track
+    pin: Pin = Pin.NONE
+    original_key: str | None = None  # reversals: key of the original (from DE90)
+    original_mti: str | None = None
+    original_rrn: str | None = None  # void, refund, completion, pre-auth void: DE37 of the original
+    actual_amount: int | None = None  # partial reversal (DE95): what the original really came to
+    hold_key: str | None = None  # sweeper: the pending transfer to expire
+
+
+@dataclass
+class Decision:
+    code: str
+    auth_id: str = ""
+    balance_field: str = ""  # DE54
+    duplicate: bool = False
+    posted: bool = False
+
+
+@dataclass(frozen=True)
+class Product:
+    id: int
+    code: str
+    kind: str
+    currency: str
+    max_balance: int
+    per_txn_limit: int
+    daily_amount_limit: int
+    daily_count_limit: int
+    pin_required: bool
+    allowed_mccs: tuple[str, ...] | None
+    allowed_groups: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
+class Merchant:
+    id: int
+    merchant_id: str
+    mcc: str
+    group_code: str | None
+    currency: str
+    state: str
+    accounts: dict[int, int] = field(default_factory=dict)  # partition -> merchant account id
+
+
+@dataclass
+class CardState:
+    """A card row and its account row, locked for the batch; the engine edits it as it decides."""
+
+    card_id: int
+    account_id: int
+    product: Product
+    state: str
+    expiry: str
+    part: int
+    uses_left: int | None
+    pin_tries: int
+    day: object  # datetime.date | None
+    day_amount: int
+    day_count: int
+    debits_pending: int
+    debits_posted: int
+    credits_pending: int
+    credits_posted: int
+    card_dirty: bool = False
+
+    @property
+    def balance(self) -> int:
+        """Ledger balance: what the cardholder owns, holds included."""
+        return self.credits_posted - self.debits_posted
+
+    @property
+    def available(self) -> int:
+        return self.credits_posted - self.debits_posted - self.debits_pending
+
+
+def normalise_mti(mti: str) -> str:
+    """A repeat advice (0221, 0421) is the same request as the first one (0220, 0420)."""
+    if len(mti) == 4 and mti[3] == "1":
+        return mti[:3] + "0"
+    return mti
+
+
+def request_key(acquirer_id: str, transmitted: str, stan: str, terminal_id: str, mti: str) -> str:
+    """The duplicate-detection key: DE32 + DE7 + DE11 + DE41 + MTI, per the H2H contract."""
+    return f"{acquirer_id.lstrip('0') or '0'}:{transmitted}:{stan}:{terminal_id.strip()}:{normalise_mti(mti)}"
