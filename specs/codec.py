@@ -155,7 +155,8 @@ def _bcd_var(fs: FieldSpec) -> tuple[_Encoder, _Decoder]:
         if isinstance(v, str) and len(v) <= max_digits and v.isascii():
             n = len(v)
             digits = v.replace("=", "D") if track else v
-            if (v.replace("=", "") if track else v).isdigit() or (track and v.strip("=") == ""):
+            body = v.replace("=", "") if track else v
+            if body.isdigit() or not body:
                 return prefixes[n] + fromhex(digits + "0" if n & 1 else digits)
         raise _Bad(_str_problem(v, kind, max_digits, fixed=False))
 
