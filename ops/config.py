@@ -85,6 +85,17 @@ class SwitchConfig:
     h2h_port: int = setting("inbound acquirer (H2H) listener", min=1, max=65535)
     metrics_port: int = setting("switch /metrics port, 0 = off", min=0, max=65535)
     institution_id: str = setting("acquiring institution id (DE32)", pattern=r"\d{1,11}")
+    request_timeout_ms: int = setting("upstream answer timeout; then 98 (POS) / 91 (H2H) and a reversal",
+                                      min=50, max=120_000)
+    max_connections: int = setting("open client connections per listener", min=1, max=100_000)
+    max_in_flight: int = setting("requests in flight per client connection", min=1, max=10_000)
+    idle_timeout_s: int = setting("close a client connection silent this long", min=1, max=86_400)
+    saf_retry_s: int = setting("seconds between 0421 repeats of an unanswered reversal advice",
+                               min=1, max=86_400)
+    link_echo_s: int = setting("echo (0800/301) a quiet upstream link connection after this long",
+                               min=1, max=3_600)
+    shutdown_grace_s: int = setting("on SIGTERM, wait this long for in-flight requests", min=1, max=600)
+    db_pool_max: int = setting("database connections of the switch", min=1, max=100)
 
 
 @dataclass(frozen=True)

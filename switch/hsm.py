@@ -1,0 +1,143 @@
+"""What the switch asks of the HSM, in its own words, and the adapter onto ``hsm_sim.client``.
+
+The switch never holds a clear key or PIN: working keys are generated under the terminal's TMK and
+kept under the LMK; MACs and PIN translations happen inside the HSM. ``HsmRefused`` carries the HSM
+error code (e.g. 20 bad PIN block, 01 verification failure); ``HsmUnavailable`` means no answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from hsm_sim.client import HsmClient, HsmCommandError, HsmError
+
+
+class HsmRefused(Exception):
+    def __init__(self, command: str, code: str) -> None:
+        super().__init__(f"HSM {command} answered error {code}")
+        self.command = command
+        self.code = code
+
+
+class HsmUnavailable(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class WorkingKey:
+    under_lmk: str
+    under_tmk: bytes
+    check_value: bytes  # first 4 bytes of the clear key's encryption of zeros
+
+
+# Key types of the working keys a terminal gets at sign-on (hsm-commands.md): PIK = TPK, MAK = TAK,
+# TDK = data key.
+KEY_TYPES = {"pik": "002", "mak": "003", "tdk": "00A"}
+
+
+class SwitchHsm(Protocol):
+    async def working_key(self, scheme: str, kind: str, tmk: str) -> WorkingKey:
+        """A new PIK/MAK/TDK (``kind``) under the LMK and under ``tmk`` (3des: X/Z export; sm4: WI)."""
+        ...
+
+    async def pos_mac(self, scheme: str, mak: str, data: bytes) -> bytes:
+        """The 8 ASCII characters of the UnionPay POS MAC (MU) over ``data``."""
+        ...
+
+    async def translate_pin(
+        self,
+        src_scheme: str,
+        src_key_type: str,
+        src_key: str,
+        dst_scheme: str,
+        zpk: str,
+        block: bytes,
+        account: str,
+    ) -> bytes:
+        """PIN block from a terminal PIK (``002``) or an acquirer ZPK (``001``) to the link ``zpk``."""
+        ...
+
+    async def link_mac(self, scheme: str, zak: str, data: bytes) -> bytes:
+        """8-byte H2H MAC (X9.19 for 3des, SM4 ISO 9797-1 alg 1 for sm4) over ``data``."""
+        ...
+
+    async def verify_link_mac(self, zak: str, data: bytes, mac: bytes) -> bool: ...
+
+
+class ClientHsm:
+    """``SwitchHsm`` on ``hsm_sim.client.HsmClient`` (pipelined, pooled connections)."""
+
+    def __init__(self, client: HsmClient) -> None:
+        self.client = client
+
+    async def working_key(self, scheme: str, kind: str, tmk: str) -> WorkingKey:
+        key_type = KEY_TYPES[kind]
+        try:
+            if scheme == "sm4":
+                key = await self.client.generate_sm4_key(key_type, under=tmk, under_tmk=True)
+            elif kind == "mak":  # the 3DES profile's MAK is a single-length DES key (scheme Z)
+                key = await self.client.generate_key(
+                    key_type, "Z", under=tmk, under_tmk=True, export_scheme="Z"
+                )
+            else:
+                key = await self.client.generate_key(
+                    key_type, "U", under=tmk, under_tmk=True, export_scheme="X"
+                )
+        except HsmCommandError as exc:
+            raise HsmRefused(exc.command, exc.code) from None
+        except HsmError as exc:
+            raise HsmUnavailable(str(exc)) from None
+        assert key.under_kek is not None
+        under_tmk = key.under_kek[1:] if key.under_kek[:1] in ("X", "U") else key.under_kek
+        return WorkingKey(key.under_lmk, bytes.fromhex(under_tmk), bytes.fromhex(key.check_value[:8]))
+
+    async def pos_mac(self, scheme: str, mak: str, data: bytes) -> bytes:
+        try:
+            return await self.client.pos_mac(mak, data)
+        except HsmCommandError as exc:
+            raise HsmRefused(exc.command, exc.code) from None
+        except HsmError as exc:
+            raise HsmUnavailable(str(exc)) from None
+
+    async def translate_pin(
+        self,
+        src_scheme: str,
+        src_key_type: str,
+        src_key: str,
+        dst_scheme: str,
+        zpk: str,
+        block: bytes,
+        account: str,
+    ) -> bytes:
+        try:
+            if src_scheme == "3des" and dst_scheme == "3des":
+                if src_key_type == "002":
+                    out = await self.client.translate_pin_tpk(src_key, zpk, block.hex().upper(), account)
+                else:
+                    out = await self.client.translate_pin_zpk(src_key, zpk, block.hex().upper(), account)
+            else:
+                out = await self.client.translate_pin(
+                    src_key, zpk, block.hex().upper(), account, src_key_type=src_key_type
+                )
+        except HsmCommandError as exc:
+            raise HsmRefused(exc.command, exc.code) from None
+        except HsmError as exc:
+            raise HsmUnavailable(str(exc)) from None
+        return bytes.fromhex(out.pin_block)
+
+    async def link_mac(self, scheme: str, zak: str, data: bytes) -> bytes:
+        try:
+            return bytes.fromhex((await self.client.h2h_mac(zak, data))[:16])
+        except HsmCommandError as exc:
+            raise HsmRefused(exc.command, exc.code) from None
+        except HsmError as exc:
+            raise HsmUnavailable(str(exc)) from None
+
+    async def verify_link_mac(self, zak: str, data: bytes, mac: bytes) -> bool:
+        try:
+            return await self.client.verify_h2h_mac(zak, data, mac.hex().upper())
+        except HsmCommandError as exc:
+            raise HsmRefused(exc.command, exc.code) from None
+        except HsmError as exc:
+            raise HsmUnavailable(str(exc)) from None

@@ -1,0 +1,341 @@
+"""Outbound H2H links: several TCP connections per link, many requests in flight on each.
+
+A request is matched to its answer on DE7 + DE11 + DE32 (+ DE41), so answers may come back in any
+order on any connection. Each connection signs on (0800 DE70 001) after connecting, sends an echo
+(301) when it has been quiet, and reconnects with exponential backoff when it breaks. A link is up
+while at least one connection is signed on; a request on a down link fails at once (``LinkDown``: the
+caller answers 91 without waiting). A request that was sent but got no answer in time, or whose
+connection broke before the answer, raises ``LinkTimeout``: its outcome upstream is unknown, so the
+caller reverses it through store-and-forward.
+
+Frames are read in large chunks and every complete frame in the buffer is handled before the next
+read; writes are coalesced per connection by a writer task.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+
+from ops.logs import get_logger
+from specs.codec import Codec
+from switch import metrics
+from switch.mapping import Message, transmission_time
+
+log = get_logger(__name__)
+
+H2H_MAX_FRAME = 8192
+MatchKey = tuple[str, str, str, str]
+
+
+class LinkDown(Exception):
+    """The link has no signed-on connection: nothing was sent."""
+
+
+class LinkTimeout(Exception):
+    """The request was sent and no answer came in time (or the connection broke): outcome unknown."""
+
+
+MacFn = Callable[[bytes], Awaitable[bytes]]
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    name: str
+    direction: str  # "out" to an issuer host, "in" from an acquirer
+    host: str
+    port: int
+    connections: int
+    institution_id: str
+    scheme: str  # "3des" | "sm4": the ZPK's algorithm and the DE52 length
+    zpk: str  # under LMK
+    zak: str | None  # under LMK; None = no DE128
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class LinkTiming:
+    connect_timeout: float = 3.0
+    signon_timeout: float = 3.0
+    echo_interval: float = 30.0
+    backoff_min: float = 0.1
+    backoff_max: float = 10.0
+
+
+def match_key(msg: Message) -> MatchKey:
+    return (
+        str(msg.get("7", "")),
+        str(msg.get("11", "")),
+        str(msg.get("32", "")),
+        str(msg.get("41", "")).strip(),
+    )
+
+
+def split_frames(buf: bytearray, max_frame: int) -> list[bytes]:
+    """Remove and return every complete 2-byte-LEN frame at the start of ``buf``.
+
+    Zero-length frames (keep-alives) are dropped. A length above ``max_frame`` raises ValueError.
+    """
+    frames: list[bytes] = []
+    pos = 0
+    end = len(buf)
+    while end - pos >= 2:
+        n = (buf[pos] << 8) | buf[pos + 1]
+        if n > max_frame:
+            raise ValueError(f"frame length {n} over {max_frame}")
+        if end - pos - 2 < n:
+            break
+        if n:
+            frames.append(bytes(buf[pos + 2 : pos + 2 + n]))
+        pos += 2 + n
+    if pos:
+        del buf[:pos]
+    return frames
+
+
+def frame(body: bytes) -> bytes:
+    return len(body).to_bytes(2, "big") + body
+
+
+class _Waiter:
+    __slots__ = ("event", "response")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.response: Message | None = None
+
+
+class _Connection:
+    def __init__(self, link: OutboundLink, index: int) -> None:
+        self.link = link
+        self.index = index
+        self.up = False
+        self.pending: dict[MatchKey, _Waiter] = {}
+        self._out: list[bytes] = []
+        self._wake = trio.Event()
+        self._last_rx = 0.0
+
+    def send(self, data: bytes) -> None:
+        self._out.append(data)
+        self._wake.set()
+
+    async def run(self) -> None:
+        backoff = self.link.timing.backoff_min
+        while True:
+            try:
+                with trio.fail_after(self.link.timing.connect_timeout):
+                    stream = await trio.open_tcp_stream(self.link.config.host, self.link.config.port)
+            except (OSError, trio.TooSlowError) as exc:
+                log.debug("link connect failed", link=self.link.name, conn=self.index, error=str(exc))
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, self.link.timing.backoff_max)
+                continue
+            try:
+                self._last_rx = trio.current_time()
+                async with stream, trio.open_nursery() as nursery:
+                    nursery.start_soon(self._reader, stream)
+                    nursery.start_soon(self._writer, stream)
+                    await self._sign_on()
+                    self._set_up(True)
+                    log.info("link connection up", link=self.link.name, conn=self.index)
+                    backoff = self.link.timing.backoff_min
+                    await self._echo_loop()
+            except (
+                OSError,
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+                LinkTimeout,
+                _SignOnRefused,
+            ) as exc:
+                log.warning("link connection lost", link=self.link.name, conn=self.index, error=str(exc))
+            finally:
+                self._set_up(False)
+                self._fail_pending()
+                self._out.clear()
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, self.link.timing.backoff_max)
+
+    def _set_up(self, up: bool) -> None:
+        if self.up != up:
+            self.up = up
+            self.link._connection_changed()
+
+    def _fail_pending(self) -> None:
+        pending, self.pending = self.pending, {}
+        for waiter in pending.values():
+            waiter.event.set()  # response stays None: outcome unknown
+
+    async def _sign_on(self) -> None:
+        answer = await self.request(self.link.network_message("001"), self.link.timing.signon_timeout)
+        if answer.get("39") != "00":
+            raise _SignOnRefused(f"sign-on answered {answer.get('39')!r}")
+
+    async def _echo_loop(self) -> None:
+        interval = self.link.timing.echo_interval
+        while True:
+            await trio.sleep(interval)
+            if trio.current_time() - self._last_rx >= interval:
+                answer = await self.request(self.link.network_message("301"), self.link.timing.signon_timeout)
+                if answer.get("39") != "00":
+                    raise _SignOnRefused(f"echo answered {answer.get('39')!r}")
+
+    async def request(self, msg: Message, timeout: float) -> Message:
+        key = match_key(msg)
+        waiter = _Waiter()
+        self.pending[key] = waiter
+        try:
+            self.send(frame(await self.link.encode(msg)))
+            with trio.move_on_after(timeout):
+                await waiter.event.wait()
+        finally:
+            if self.pending.get(key) is waiter:
+                del self.pending[key]
+        if waiter.response is None:
+            raise LinkTimeout(f"no answer on link {self.link.name} within {timeout:g}s")
+        return waiter.response
+
+    async def _writer(self, stream: trio.SocketStream) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            if self._out:
+                data = b"".join(self._out)
+                self._out.clear()
+                await stream.send_all(data)
+
+    async def _reader(self, stream: trio.SocketStream) -> None:
+        buf = bytearray()
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                raise trio.BrokenResourceError("closed by the host")
+            self._last_rx = trio.current_time()
+            buf += data
+            try:
+                frames = split_frames(buf, H2H_MAX_FRAME)
+            except ValueError as exc:
+                raise trio.BrokenResourceError(str(exc)) from None
+            for body in frames:
+                self._on_frame(body)
+
+    def _on_frame(self, body: bytes) -> None:
+        try:
+            msg = self.link.codec.decode(body)
+        except Exception as exc:  # a bad answer must not take the connection down
+            log.warning("link frame does not parse", link=self.link.name, error=str(exc))
+            metrics.LINK_BAD_FRAMES.labels(link=self.link.name).inc()
+            return
+        mti = str(msg.get("t", ""))
+        if mti[2:3] in ("1", "3"):
+            waiter = self.pending.pop(match_key(msg), None)
+            if waiter is None:
+                metrics.LINK_LATE_ANSWERS.labels(link=self.link.name).inc()
+                log.info(
+                    "link answer matches nothing (late?)", link=self.link.name, mti=mti, stan=msg.get("11")
+                )
+                return
+            waiter.response = msg
+            waiter.event.set()
+        elif mti == "0800":
+            reply: Message = {k: msg[k] for k in ("7", "11", "32", "70") if k in msg}
+            reply["t"] = "0810"
+            reply["39"] = "00"
+            self.send(frame(self.link.codec.encode(reply)))
+
+
+class _SignOnRefused(Exception):
+    pass
+
+
+class OutboundLink:
+    """One upstream host: ``connections`` TCP connections, a shared STAN counter, a state."""
+
+    def __init__(
+        self,
+        config: LinkConfig,
+        codec: Codec,
+        acquirer_id: str,
+        *,
+        timing: LinkTiming | None = None,
+        mac: MacFn | None = None,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.codec = codec
+        self.acquirer_id = acquirer_id
+        self.timing = timing or LinkTiming()
+        self.mac = mac
+        self._stan = itertools.count(_initial_stan())
+        self._conns = [_Connection(self, i) for i in range(config.connections)]
+        self._rr = 0
+        self.up_event = trio.Event()
+        metrics.LINK_UP.labels(link=self.name).set(0)
+
+    @property
+    def up(self) -> bool:
+        return any(c.up for c in self._conns)
+
+    @property
+    def connections_up(self) -> int:
+        return sum(1 for c in self._conns if c.up)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(c.pending) for c in self._conns)
+
+    def next_stan(self) -> int:
+        return next(self._stan) % 999_999 + 1
+
+    def network_message(self, code: str) -> Message:
+        return {
+            "t": "0800",
+            "7": transmission_time(),
+            "11": f"{self.next_stan():06d}",
+            "32": self.acquirer_id,
+            "70": code,
+        }
+
+    async def encode(self, msg: Message) -> bytes:
+        """Encode, adding DE128 when the link is MACed (network messages are not)."""
+        if self.mac is None or str(msg.get("t", "")).startswith("08"):
+            return self.codec.encode(msg)
+        raw = self.codec.encode({**msg, "128": bytes(8)})
+        return self.codec.with_mac(raw, await self.mac(self.codec.mac_block(raw)))
+
+    def _connection_changed(self) -> None:
+        up = self.up
+        metrics.LINK_UP.labels(link=self.name).set(1 if up else 0)
+        metrics.LINK_CONNECTIONS.labels(link=self.name).set(self.connections_up)
+        if up:
+            self.up_event.set()
+        elif self.up_event.is_set():
+            self.up_event = trio.Event()
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for conn in self._conns:
+                nursery.start_soon(conn.run)
+
+    async def request(self, msg: Message, timeout: float) -> Message:
+        """Send ``msg`` and return the matching answer; LinkDown or LinkTimeout otherwise."""
+        conn = self._pick()
+        return await conn.request(msg, timeout)
+
+    def _pick(self) -> _Connection:
+        n = len(self._conns)
+        for _ in range(n):
+            self._rr = (self._rr + 1) % n
+            conn = self._conns[self._rr]
+            if conn.up:
+                return conn
+        raise LinkDown(f"link {self.name} is down")
+
+
+def _initial_stan() -> int:
+    # STANs restart after a process restart; starting from the clock keeps DE7 + DE11 from repeating
+    # within the same second across a quick restart.
+    return int(time.time() * 1000) % 999_999

@@ -1,0 +1,181 @@
+"""TCP listeners for terminals and acquirers: framing, limits, per-connection concurrency, draining.
+
+Each connection has a reader that takes every complete frame out of the receive buffer per wake-up
+and starts one handler task per frame (up to ``max_in_flight`` at once; beyond that it stops reading,
+so a fast sender is slowed down instead of queueing without bound), and a writer that sends every
+answer ready at that moment in one ``send_all``. A frame over ``max_frame`` (or a zero-length frame
+where the dialect forbids it) closes that connection only. A connection silent for ``idle_timeout``
+with nothing in flight is closed. Over ``max_connections``, new connections are closed at once.
+
+``drain()`` stops accepting and reading; requests already read are finished and answered, then the
+connections close.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+
+from ops.logs import get_logger
+from switch import metrics
+from switch.links import frame, split_frames
+
+log = get_logger(__name__)
+
+Handler = Callable[[bytes], Awaitable[bytes | None]]
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_connections: int
+    max_in_flight: int
+    idle_timeout: float
+    max_frame: int
+    zero_length_closes: bool  # POS: a LEN of 0 closes; H2H: a keep-alive
+
+
+class _Client:
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.out: list[bytes] = []
+        self.wake = trio.Event()
+        self.in_flight = 0
+        self.slot = trio.Event()
+        self.closing = False
+        self.read_scope = trio.CancelScope()
+
+    def send(self, data: bytes) -> None:
+        self.out.append(data)
+        self.wake.set()
+
+
+class Listener:
+    def __init__(self, name: str, handler: Handler, limits: Limits) -> None:
+        self.name = name
+        self.handler = handler
+        self.limits = limits
+        self.connections = 0
+        self.in_flight = 0
+        self._clients: set[_Client] = set()
+        self._accept_scope: trio.CancelScope | None = None
+        self._draining = False
+        self.port = 0
+        metrics.CONNECTIONS.labels(listener=name).set(0)
+
+    async def serve(
+        self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        listeners = await trio.open_tcp_listeners(port, host=host, backlog=4096)
+        self.port = listeners[0].socket.getsockname()[1]
+        with trio.CancelScope() as scope:
+            self._accept_scope = scope
+            async with trio.open_nursery() as nursery:
+                task_status.started(self.port)
+                await nursery.start(trio.serve_listeners, self._serve_client, listeners)
+        for listener in listeners:
+            await listener.aclose()
+
+    def drain(self) -> None:
+        """Stop accepting and reading; in-flight requests still get their answers."""
+        self._draining = True
+        if self._accept_scope is not None:
+            self._accept_scope.cancel()
+        for client in list(self._clients):
+            client.read_scope.cancel()
+
+    async def _serve_client(self, stream: trio.SocketStream) -> None:
+        if self.connections >= self.limits.max_connections or self._draining:
+            metrics.REFUSED.labels(listener=self.name).inc()
+            await stream.aclose()
+            return
+        self.connections += 1
+        metrics.CONNECTIONS.labels(listener=self.name).inc()
+        client = _Client(stream)
+        self._clients.add(client)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer, client)
+                await self._reader(client, nursery)
+                while client.in_flight:
+                    await client.slot.wait()
+                    client.slot = trio.Event()
+                client.closing = True
+                client.wake.set()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            self._clients.discard(client)
+            self.connections -= 1
+            metrics.CONNECTIONS.labels(listener=self.name).dec()
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _reader(self, client: _Client, nursery: trio.Nursery) -> None:
+        buf = bytearray()
+        limits = self.limits
+        with client.read_scope:
+            if self._draining:
+                return
+            while True:
+                with trio.move_on_after(limits.idle_timeout) as idle:
+                    data = await client.stream.receive_some(65536)
+                if idle.cancelled_caught:
+                    if client.in_flight:
+                        continue
+                    log.info("closing idle connection", listener=self.name)
+                    return
+                if not data:
+                    return
+                buf += data
+                if limits.zero_length_closes and _has_zero_length(buf):
+                    log.warning("zero-length frame; closing", listener=self.name)
+                    return
+                try:
+                    frames = split_frames(buf, limits.max_frame)
+                except ValueError as exc:
+                    metrics.BAD_FRAMES.labels(listener=self.name, action="closed").inc()
+                    log.warning("frame length out of range; closing", listener=self.name, error=str(exc))
+                    return
+                for body in frames:
+                    while client.in_flight >= limits.max_in_flight:
+                        await client.slot.wait()
+                        client.slot = trio.Event()
+                    client.in_flight += 1
+                    self.in_flight += 1
+                    nursery.start_soon(self._handle, client, body)
+
+    async def _handle(self, client: _Client, body: bytes) -> None:
+        try:
+            answer = await self.handler(body)
+            if answer is None:
+                client.read_scope.cancel()  # the frame could not be answered: close this connection
+            else:
+                client.send(frame(answer))
+        finally:
+            client.in_flight -= 1
+            self.in_flight -= 1
+            client.slot.set()
+
+    async def _writer(self, client: _Client) -> None:
+        while True:
+            await client.wake.wait()
+            client.wake = trio.Event()
+            if client.out:
+                data = b"".join(client.out)
+                client.out.clear()
+                await client.stream.send_all(data)
+            if client.closing and not client.out:
+                return
+
+
+def _has_zero_length(buf: bytearray) -> bool:
+    """Whether the next frame in ``buf`` announces a length of 0 (walks complete frames)."""
+    pos = 0
+    while len(buf) - pos >= 2:
+        n = (buf[pos] << 8) | buf[pos + 1]
+        if n == 0:
+            return True
+        pos += 2 + n
+    return False

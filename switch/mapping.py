@@ -1,0 +1,256 @@
+"""Pure translation between the POS and H2H dialects, and the small helpers both sides need.
+
+Messages are pyiso8583-style dicts (``"t"`` the MTI, field numbers as string keys; b/hex fields as
+bytes). Nothing here does I/O, so every rule is unit-tested directly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+Message = dict[str, Any]
+
+# Fields of a POS response that may be kept in the journal and replayed for a duplicate: never the
+# PAN, tracks, PIN block, keys, chip data or MAC.
+REPLAYABLE = (
+    "t",
+    "3",
+    "4",
+    "11",
+    "12",
+    "13",
+    "15",
+    "25",
+    "32",
+    "37",
+    "38",
+    "39",
+    "41",
+    "42",
+    "44",
+    "49",
+    "54",
+    "60",
+    "61",
+    "63",
+)
+
+# POS financial request fields carried to the host.
+_CARRIED = ("3", "4", "14", "22", "25", "41", "42", "49")
+
+FINANCIAL_MTIS = frozenset({"0100", "0200", "0220"})
+
+
+def response_mti(mti: str) -> str:
+    """Request MTI -> response MTI (0200 -> 0210, 0421 -> 0430)."""
+    if len(mti) != 4 or not mti.isdigit():
+        return "0000"
+    base = mti[:3] + ("0" if mti[3] in "01" else mti[3])
+    return f"{int(base) + 10:04d}"
+
+
+def pan_of(msg: Message) -> str | None:
+    """The PAN from DE2, else from track 2 (DE35) before the separator."""
+    pan = msg.get("2")
+    if isinstance(pan, str) and pan:
+        return pan
+    track = msg.get("35")
+    if isinstance(track, str) and track:
+        return track.replace("D", "=").split("=", 1)[0] or None
+    return None
+
+
+def account12(pan: str) -> str:
+    """The 12 rightmost PAN digits excluding the check digit, left-padded with zeros."""
+    return pan[:-1][-12:].rjust(12, "0")
+
+
+@dataclass(frozen=True, slots=True)
+class De60:
+    type_code: str
+    batch: str
+    network_code: str
+    rest: str
+
+    @property
+    def batch_no(self) -> int:
+        return int(self.batch) if self.batch.isdigit() else -1
+
+
+def parse_de60(value: Any) -> De60:
+    text = value if isinstance(value, str) else ""
+    text = text.ljust(11, "0")
+    return De60(text[0:2], text[2:8], text[8:11], text[11:])
+
+
+def de60(type_code: str, batch_no: int, network_code: str, rest: str = "") -> str:
+    return f"{type_code}{batch_no:06d}{network_code}{rest}"
+
+
+# --- transaction classification ---------------------------------------------------------------------
+
+
+def txn_type(msg: Message) -> str:
+    """A stable name for metrics and the journal, from MTI, DE3, DE25 and 60.1 (pos-dialect.md)."""
+    mti = str(msg.get("t", ""))
+    pc = str(msg.get("3", ""))[:2]
+    cond = str(msg.get("25", "00"))
+    if mti in ("0800", "0810"):
+        return "sign-on"
+    if mti in ("0820", "0830"):
+        return "echo" if parse_de60(msg.get("60")).network_code == "301" else "sign-off"
+    if mti in ("0500", "0510"):
+        return "settlement"
+    if mti in ("0320", "0330"):
+        return "batch-upload"
+    if mti in ("0400", "0410", "0420", "0421", "0430"):
+        return "reversal"
+    if mti in ("0100", "0110"):
+        return "pre-auth-void" if pc == "20" else "pre-auth"
+    if mti in ("0220", "0230"):
+        return "refund"
+    if mti in ("0200", "0210"):
+        if pc == "31":
+            return "balance"
+        if pc == "21":
+            return "top-up"
+        if pc == "20":
+            return "void"
+        if pc == "00":
+            return "completion" if cond == "06" else "purchase"
+    return "other"
+
+
+def is_debit(kind: str) -> bool:
+    return kind in ("purchase", "completion")
+
+
+def is_credit(kind: str) -> bool:
+    return kind == "refund"
+
+
+# --- clocks and references --------------------------------------------------------------------------
+
+
+def transmission_time(now: float | None = None) -> str:
+    """DE7: MMDDhhmmss in UTC."""
+    return time.strftime("%m%d%H%M%S", time.gmtime(time.time() if now is None else now))
+
+
+def local_time(now: float | None = None) -> tuple[str, str]:
+    """(DE12 hhmmss, DE13 MMDD) in local time."""
+    t = time.localtime(time.time() if now is None else now)
+    return time.strftime("%H%M%S", t), time.strftime("%m%d", t)
+
+
+def rrn(stan: int, now: float | None = None) -> str:
+    """RRN: last digit of the year, day of year, hour, then the 6-digit link STAN (12 characters)."""
+    t = time.localtime(time.time() if now is None else now)
+    return f"{t.tm_year % 10}{t.tm_yday:03d}{t.tm_hour:02d}{stan:06d}"
+
+
+# --- POS -> H2H -------------------------------------------------------------------------------------
+
+
+def pos_to_h2h(
+    req: Message,
+    *,
+    stan: int,
+    de7: str,
+    rrn_value: str,
+    acquirer_id: str,
+    pin_block: bytes | None,
+    mcc: str | None = None,
+    merchant_name: str | None = None,
+    now: float | None = None,
+) -> Message:
+    """The upstream request for a POS financial request (0100/0200/0220)."""
+    out: Message = {"t": req["t"]}
+    pan = pan_of(req)
+    if pan:
+        out["2"] = pan
+    for f in _CARRIED:
+        if f in req:
+            out[f] = req[f]
+    out["7"] = de7
+    out["11"] = f"{stan:06d}"
+    out["12"], out["13"] = local_time(now)
+    if mcc:
+        out["18"] = mcc
+    out["32"] = acquirer_id
+    if "35" in req:
+        out["35"] = str(req["35"]).replace("D", "=")
+    out["37"] = rrn_value
+    if merchant_name:
+        out["43"] = merchant_name[:40]
+    if pin_block is not None:
+        out["52"] = pin_block
+    if "60" in req:
+        out["60"] = str(req["60"])
+    if "61" in req:
+        # Voids, refunds and completions name their original by POS batch + STAN (+ date); the host
+        # receives that in DE60 after the terminal's own DE60, separated by '/'.
+        out["60"] = f"{req.get('60', '')}/{req['61']}"
+    if req["t"] in ("0200", "0220") and str(req.get("3", ""))[:2] == "20" and "37" in req:
+        # A void or refund names the original by its RRN; the upstream request carries it in DE102.
+        out["102"] = str(req["37"]).strip()
+    return out
+
+
+def original_data(mti: str, stan: str, de7: str, acquirer_id: str, forwarding_id: str = "") -> str:
+    """DE90: original MTI n4, STAN n6, DE7 n10, acquirer id n11, forwarding id n11."""
+    return f"{mti}{stan}{de7}{acquirer_id.rjust(11, '0')}{forwarding_id.rjust(11, '0')}"
+
+
+# --- H2H -> POS -------------------------------------------------------------------------------------
+
+
+def pos_balance(h2h_de54: Any, currency: str = "156") -> str | None:
+    """POS DE54 (`10 02 156 C n12`) from the H2H balances: the available (02) amount."""
+    if not isinstance(h2h_de54, str):
+        return None
+    entries = [h2h_de54[i : i + 20] for i in range(0, len(h2h_de54), 20)]
+    chosen = next((e for e in entries if e[2:4] == "02"), entries[0] if entries else "")
+    if len(chosen) != 20:
+        return None
+    return f"1002{chosen[4:7] or currency}{chosen[7]}{chosen[8:20]}"
+
+
+def pos_response(
+    req: Message,
+    *,
+    code: str,
+    rrn_value: str | None = None,
+    auth_id: str | None = None,
+    acquirer_id: str | None = None,
+    settlement_date: str | None = None,
+    balance: str | None = None,
+    now: float | None = None,
+) -> Message:
+    """A POS response (without DE64) answering ``req`` with response code ``code``."""
+    out: Message = {"t": response_mti(str(req.get("t", "")))}
+    for f in ("2", "3", "4", "11", "25", "41", "42", "49", "60", "61"):
+        if f in req:
+            out[f] = req[f]
+    out["12"], out["13"] = local_time(now)
+    if settlement_date:
+        out["15"] = settlement_date
+    if acquirer_id:
+        out["32"] = acquirer_id
+    if rrn_value:
+        out["37"] = rrn_value
+    if auth_id and code == "00":
+        out["38"] = auth_id
+    out["39"] = code
+    if balance and code == "00":
+        out["54"] = balance
+    if str(req.get("t", "")) in FINANCIAL_MTIS:
+        out["63"] = "CUP"
+    return out
+
+
+def replayable(resp: Message) -> Message:
+    """The part of a POS response stored in the journal for duplicates."""
+    return {k: v for k, v in resp.items() if k in REPLAYABLE}

@@ -1,0 +1,717 @@
+"""POS terminal requests (pos-dialect.md): sign-on, echo, sign-off, financial requests, reversals,
+batch settlement and upload.
+
+``PosService.handle(body)`` takes one frame body (TPDU + header + message, the LEN already removed)
+and returns the response body, or None to close the connection (a frame so broken that MTI, DE11 and
+DE41 cannot be read). Per financial request: terminal session (97 unknown, A0 + re-sign-on flag when
+not signed on), duplicate check (the first answer again), MAC verification and PIN translation run
+concurrently in the HSM, BIN routing, RRN and link STAN, the H2H round trip, the answer mapped back and
+MACed, the journal row committed, then the answer. A timeout answers 98 after a reversal advice is
+durable.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from ops.logs import get_logger, mask_pan
+from specs.codec import codec_for
+from specs.errors import DecodeError
+from switch import metrics
+from switch.hsm import HsmRefused, SwitchHsm, WorkingKey
+from switch.journal import JournalWriter
+from switch.links import OutboundLink
+from switch.mapping import (
+    FINANCIAL_MTIS,
+    Message,
+    account12,
+    de60,
+    original_data,
+    pan_of,
+    parse_de60,
+    pos_balance,
+    pos_response,
+    pos_to_h2h,
+    replayable,
+    response_mti,
+    rrn,
+    transmission_time,
+    txn_type,
+)
+from switch.sessions import Entry, Registry, Terminal
+from switch.store import SessionRow, Store
+from switch.upstream import Upstream
+
+log = get_logger(__name__)
+
+HEADER_LEN = 11  # TPDU 5 + header 6
+MACED_MTIS = frozenset({"0100", "0200", "0220", "0400"})
+# Answers decided here without anything going upstream that a retry may legitimately change: they are
+# journaled but not kept for duplicate detection.
+_RETRYABLE = frozenset({"91", "96", "A0"})
+
+
+@dataclass(slots=True)
+class Reply:
+    message: Message
+    resign: bool = False
+    mac: str | None = None  # the MAK (under LMK) when the answer carries DE64
+
+
+@dataclass(slots=True)
+class Timing:
+    start: float
+    hsm: float = 0.0
+    host: float = 0.0
+
+
+class PosService:
+    def __init__(
+        self,
+        profile: str,
+        *,
+        hsm: SwitchHsm,
+        store: Store,
+        journal: JournalWriter,
+        registry: Registry,
+        upstream: Upstream,
+        acquirer_id: str,
+    ) -> None:
+        self.profile = profile
+        self.channel = f"pos-{profile}"
+        self.codec = codec_for("pos", profile)
+        self.hsm = hsm
+        self.store = store
+        self.journal = journal
+        self.registry = registry
+        self.upstream = upstream
+        self.acquirer_id = acquirer_id
+
+    # -- framing -----------------------------------------------------------------------------------
+    async def handle(self, body: bytes) -> bytes | None:
+        t0 = trio.current_time()
+        if len(body) < HEADER_LEN + 10:
+            metrics.BAD_FRAMES.labels(listener=self.channel, action="closed").inc()
+            log.warning("POS frame too short", listener=self.channel, length=len(body))
+            return None
+        tpdu, header, raw = body[:5], body[5:HEADER_LEN], body[HEADER_LEN:]
+        try:
+            msg = self.codec.decode(raw)
+            if tpdu[0] != 0x60:
+                raise DecodeError("TPDU", "first byte is not 0x60", msg)
+        except DecodeError as exc:
+            return self._format_error(tpdu, header, exc)
+        try:
+            reply = await self._dispatch(msg, raw, Timing(t0))
+        except Exception as exc:  # a bug must not take the connection (or the switch) down: answer 96
+            log.exception("POS request failed", listener=self.channel, mti=msg.get("t"), error=str(exc))
+            reply = Reply(pos_response(msg, code="96"))
+        encoded = await self._encode(reply)
+        metrics.LATENCY_TOTAL.observe(trio.current_time() - t0)
+        metrics.REQUESTS.labels(
+            channel=self.channel, type=txn_type(msg), code=str(reply.message.get("39", ""))
+        ).inc()
+        return _response_header(tpdu, header, reply.resign) + encoded
+
+    def _format_error(self, tpdu: bytes, header: bytes, exc: DecodeError) -> bytes | None:
+        partial = exc.partial
+        if exc.mti is None or exc.stan is None or exc.terminal_id is None:
+            metrics.BAD_FRAMES.labels(listener=self.channel, action="closed").inc()
+            log.warning("POS frame does not parse; closing", listener=self.channel, error=str(exc))
+            return None
+        metrics.BAD_FRAMES.labels(listener=self.channel, action="answered_30").inc()
+        log.warning(
+            "POS frame does not parse; answering 30",
+            listener=self.channel,
+            error=str(exc),
+            mti=exc.mti,
+            stan=exc.stan,
+            terminal=exc.terminal_id,
+        )
+        answer: Message = {"t": response_mti(exc.mti), "11": partial["11"], "41": partial["41"]}
+        if "42" in partial:
+            answer["42"] = partial["42"]
+        answer["39"] = "30"
+        try:
+            return _response_header(tpdu, header, False) + self.codec.encode(answer)
+        except Exception:
+            return None
+
+    async def _encode(self, reply: Reply) -> bytes:
+        msg = reply.message
+        if reply.mac is None or msg.get("39") in ("A0", "30"):
+            msg.pop("64", None)
+            return self.codec.encode(msg)
+        raw = self.codec.encode({**msg, "64": bytes(8)})
+        return self.codec.with_mac(raw, await self._mac(reply.mac, self.codec.mac_block(raw)))
+
+    async def _mac(self, mak: str, data: bytes) -> bytes:
+        t = trio.current_time()
+        mac = await self.hsm.pos_mac(self.profile, mak, data)
+        metrics.LATENCY_HSM.observe(trio.current_time() - t)
+        return mac
+
+    # -- dispatch ----------------------------------------------------------------------------------
+    async def _dispatch(self, msg: Message, raw: bytes, timing: Timing) -> Reply:
+        mti = msg["t"]
+        if mti in FINANCIAL_MTIS:
+            return await self._financial(msg, raw, timing)
+        if mti == "0400":
+            return await self._reversal(msg, raw, timing)
+        if mti == "0800":
+            return await self._sign_on(msg)
+        if mti == "0820":
+            return await self._network(msg)
+        if mti == "0500":
+            return await self._settle(msg)
+        if mti == "0320":
+            return await self._upload(msg)
+        return Reply(pos_response(msg, code="12"))
+
+    async def _terminal(self, msg: Message) -> tuple[Terminal | None, Reply | None]:
+        tid = str(msg.get("41", "")).strip()
+        mid = str(msg.get("42", "")).strip()
+        terminal, record = await self.registry.get(tid, mid)
+        if terminal is None:
+            return None, Reply(pos_response(msg, code="97" if record is None else "03"))
+        return terminal, None
+
+    # -- network management ------------------------------------------------------------------------
+    async def _sign_on(self, msg: Message) -> Reply:
+        terminal, refusal = await self._terminal(msg)
+        if terminal is None:
+            assert refusal is not None
+            return refusal
+        record = terminal.record
+        if not record.active:
+            return Reply(pos_response(msg, code="58"))
+        if record.scheme != self.profile:
+            log.warning(
+                "terminal signed on at the other profile's port",
+                terminal=record.terminal_id,
+                scheme=record.scheme,
+                listener=self.channel,
+            )
+            return Reply(pos_response(msg, code="58"))
+        async with terminal.lock:
+            keys: dict[str, WorkingKey] = {}
+
+            async def generate(kind: str) -> None:
+                keys[kind] = await self.hsm.working_key(self.profile, kind, record.tmk)
+
+            try:
+                async with trio.open_nursery() as nursery:
+                    for kind in ("pik", "mak", "tdk"):
+                        nursery.start_soon(generate, kind)
+            except HsmRefused as exc:
+                log.error("sign-on key generation refused", terminal=record.terminal_id, code=exc.code)
+                return Reply(pos_response(msg, code="96"))
+            pik, mak, tdk = keys["pik"], keys["mak"], keys["tdk"]
+            await self.store.save_session(
+                record.terminal_id,
+                record.merchant_id,
+                self.profile,
+                pik.under_lmk,
+                mak.under_lmk,
+                tdk.under_lmk,
+            )
+            terminal.session = SessionRow(self.profile, pik.under_lmk, mak.under_lmk, tdk.under_lmk, True)
+        if self.profile == "3des":
+            de62 = (
+                pik.under_tmk
+                + pik.check_value
+                + mak.under_tmk
+                + bytes(8)
+                + mak.check_value
+                + tdk.under_tmk
+                + tdk.check_value
+            )
+        else:
+            de62 = (
+                pik.under_tmk
+                + pik.check_value
+                + mak.under_tmk
+                + mak.check_value
+                + tdk.under_tmk
+                + tdk.check_value
+            )
+        answer = pos_response(msg, code="00", acquirer_id=self.acquirer_id)
+        network = parse_de60(msg.get("60")).network_code
+        answer["60"] = de60("00", terminal.batch_no, network)
+        answer["62"] = de62
+        log.info("terminal signed on", terminal=record.terminal_id, batch=terminal.batch_no)
+        return Reply(answer)
+
+    async def _network(self, msg: Message) -> Reply:
+        terminal, refusal = await self._terminal(msg)
+        if terminal is None:
+            assert refusal is not None
+            return refusal
+        if parse_de60(msg.get("60")).network_code == "002":
+            await self.store.sign_off(terminal.terminal_id, terminal.merchant_id)
+            if terminal.session is not None:
+                s = terminal.session
+                terminal.session = SessionRow(s.scheme, s.pik, s.mak, s.tdk, False)
+        return Reply(pos_response(msg, code="00"))
+
+    # -- financial ---------------------------------------------------------------------------------
+    def _session_refusal(self, msg: Message, terminal: Terminal) -> Reply | None:
+        if not terminal.signed_on or terminal.session is None or terminal.session.scheme != self.profile:
+            return Reply(pos_response(msg, code="A0"), resign=True)
+        return None
+
+    async def _verify_mac(self, terminal: Terminal, msg: Message, raw: bytes, timing: Timing) -> bool:
+        mac = msg.get("64")
+        if not isinstance(mac, bytes) or not self.codec.has_mac(raw):
+            return False
+        assert terminal.session is not None
+        t = trio.current_time()
+        try:
+            expected = await self.hsm.pos_mac(self.profile, terminal.session.mak, self.codec.mac_block(raw))
+        except HsmRefused:
+            return False
+        finally:
+            elapsed = trio.current_time() - t
+            timing.hsm += elapsed
+            metrics.LATENCY_HSM.observe(elapsed)
+        return expected == mac
+
+    async def _duplicate(self, msg: Message, entry: Entry, terminal: Terminal) -> Reply:
+        metrics.DUPLICATES.labels(channel=self.channel).inc()
+        await entry.done.wait()
+        answer = dict(entry.response or pos_response(msg, code=entry.code or "96"))
+        if "2" in msg:
+            answer["2"] = msg["2"]
+        assert terminal.session is not None
+        return Reply(answer, mac=terminal.session.mak)
+
+    async def _financial(self, msg: Message, raw: bytes, timing: Timing) -> Reply:
+        terminal, refusal = await self._terminal(msg)
+        if terminal is None:
+            assert refusal is not None
+            return refusal
+        refusal = self._session_refusal(msg, terminal)
+        if refusal is not None:
+            return refusal
+        assert terminal.session is not None
+        mak = terminal.session.mak
+        mti, stan = msg["t"], str(msg.get("11", ""))
+        existing = terminal.entries.get((mti, stan))
+        if existing is not None:
+            if not await self._verify_mac(terminal, msg, raw, timing):
+                return Reply(pos_response(msg, code="A0"), resign=True)
+            return await self._duplicate(msg, existing, terminal)
+        batch = parse_de60(msg.get("60")).batch_no
+        kind = txn_type(msg)
+        pan = pan_of(msg)
+        entry = Entry(
+            mti=mti, stan=stan, kind=kind, amount=_amount(msg), pan_masked=mask_pan(pan) if pan else None
+        )
+        terminal.entries[(mti, stan)] = entry
+        metrics.IN_FLIGHT.inc()
+        try:
+            reply, link_request = await self._financial_steps(
+                msg, raw, timing, terminal, entry, pan, batch, mak
+            )
+        except BaseException:
+            entry.finish("96", None)
+            terminal.entries.pop((mti, stan), None)
+            raise
+        finally:
+            metrics.IN_FLIGHT.dec()
+        code = str(reply.message["39"])
+        keep = code not in _RETRYABLE and batch == terminal.batch_no
+        entry.rrn = str(reply.message.get("37", "")) or None
+        entry.auth_id = str(reply.message.get("38", "")).strip() or None
+        if keep:
+            entry.finish(code, replayable(reply.message))
+        else:
+            terminal.entries.pop((mti, stan), None)
+            entry.finish(code, replayable(reply.message))
+        await self._journal(terminal, msg, entry, reply, timing, link_request, keep=keep)
+        return reply
+
+    async def _financial_steps(
+        self,
+        msg: Message,
+        raw: bytes,
+        timing: Timing,
+        terminal: Terminal,
+        entry: Entry,
+        pan: str | None,
+        batch: int,
+        mak: str,
+    ) -> tuple[Reply, Message | None]:
+        assert terminal.session is not None
+        session = terminal.session
+        link = self.upstream.route(pan) if pan else None
+        pin_block = msg.get("52")
+        translated: list[bytes | None] = [None]
+        pin_error: list[str | None] = [None]
+        mac_ok = [False]
+
+        async def verify() -> None:
+            mac_ok[0] = await self._verify_mac(terminal, msg, raw, timing)
+
+        async def translate() -> None:
+            assert link is not None and pan is not None and isinstance(pin_block, bytes)
+            t = trio.current_time()
+            try:
+                translated[0] = await self.hsm.translate_pin(
+                    self.profile,
+                    "002",
+                    session.pik,
+                    link.config.scheme,
+                    link.config.zpk,
+                    pin_block,
+                    account12(pan),
+                )
+            except HsmRefused as exc:
+                pin_error[0] = exc.code
+            finally:
+                elapsed = trio.current_time() - t
+                timing.hsm += elapsed
+                metrics.LATENCY_HSM.observe(elapsed)
+
+        if link is not None and isinstance(pin_block, bytes) and link.up:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(verify)
+                nursery.start_soon(translate)
+        else:
+            await verify()
+        if not mac_ok[0]:
+            log.warning("MAC verification failed", terminal=terminal.terminal_id, stan=entry.stan)
+            return Reply(pos_response(msg, code="A0"), resign=True), None
+        if batch != terminal.batch_no:
+            answer = pos_response(msg, code="77")
+            return Reply(answer, resign=True, mac=mak), None
+        if pan is None:
+            return Reply(pos_response(msg, code="30")), None
+        if link is None:
+            return Reply(pos_response(msg, code="14", acquirer_id=self.acquirer_id), mac=mak), None
+        if not link.up:
+            return Reply(pos_response(msg, code="91", acquirer_id=self.acquirer_id), mac=mak), None
+        if pin_error[0] is not None:
+            log.warning("PIN translation refused", terminal=terminal.terminal_id, code=pin_error[0])
+            return Reply(
+                pos_response(msg, code="99" if pin_error[0] in ("20", "23", "24") else "96"), mac=mak
+            ), None
+        link_stan = link.next_stan()
+        ref = rrn(link_stan)
+        request = pos_to_h2h(
+            msg,
+            stan=link_stan,
+            de7=transmission_time(),
+            rrn_value=ref,
+            acquirer_id=self.acquirer_id,
+            pin_block=translated[0],
+            mcc=terminal.record.mcc,
+            merchant_name=terminal.record.merchant_name,
+        )
+        entry.link, entry.link_mti, entry.link_stan = link.name, request["t"], request["11"]
+        entry.link_de7, entry.link_de32 = request["7"], request["32"]
+        if entry.kind == "void":
+            original = _original_by_de61(terminal, msg)
+            if original is not None:
+                entry.original = f"{original.mti}/{original.stan}"
+        outcome = await self.upstream.send(link, request)
+        timing.host = outcome.host_seconds
+        if outcome.local_code is not None:
+            return Reply(
+                pos_response(msg, code=outcome.local_code, acquirer_id=self.acquirer_id), mac=mak
+            ), None
+        if outcome.timed_out:
+            entry.saf_queued = True
+            return Reply(
+                pos_response(msg, code="98", rrn_value=ref, acquirer_id=self.acquirer_id), mac=mak
+            ), request
+        host_answer = outcome.answer
+        assert host_answer is not None
+        code = str(host_answer.get("39", "96"))
+        if code in ("A0", "97", "99") or len(code) != 2:
+            code = "96"
+        reply = pos_response(
+            msg,
+            code=code,
+            rrn_value=ref,
+            auth_id=str(host_answer.get("38", "")).strip() or None,
+            acquirer_id=self.acquirer_id,
+            settlement_date=host_answer.get("15"),
+            balance=pos_balance(host_answer.get("54")) if entry.kind == "balance" else None,
+        )
+        if code == "00" and entry.kind == "void" and entry.original is not None:
+            original = terminal.entries.get(tuple(entry.original.split("/", 1)))  # type: ignore[arg-type]
+            if original is not None:
+                original.voided = True
+        return Reply(reply, mac=mak), request
+
+    async def _journal(
+        self,
+        terminal: Terminal,
+        msg: Message,
+        entry: Entry,
+        reply: Reply,
+        timing: Timing,
+        request: Message | None,
+        *,
+        keep: bool,
+    ) -> None:
+        answer = reply.message
+        key = (
+            f"pos|{terminal.terminal_id}|{terminal.merchant_id}|{terminal.batch_no}|{entry.stan}|{entry.mti}"
+        )
+        if not keep:
+            key += f"|{answer.get('39')}|{time.time_ns()}"
+        now = trio.current_time()
+        row = (
+            key,
+            self.channel,
+            entry.mti,
+            entry.kind,
+            msg.get("3"),
+            terminal.terminal_id,
+            terminal.merchant_id,
+            parse_de60(msg.get("60")).batch_no,
+            entry.stan,
+            entry.amount,
+            msg.get("49"),
+            entry.pan_masked,
+            answer.get("37"),
+            str(answer.get("38", "")).strip() or None,
+            str(answer.get("39")),
+            entry.link if request is not None or entry.link else None,
+            entry.link_mti,
+            entry.link_stan,
+            entry.link_de7,
+            entry.link_de32,
+            entry.original,
+            int((now - timing.start) * 1e6),
+            int(timing.hsm * 1e6),
+            int(timing.host * 1e6),
+            _json(replayable(answer)),
+        )
+        await self.journal.write(row)
+
+    # -- reversals ---------------------------------------------------------------------------------
+    async def _reversal(self, msg: Message, raw: bytes, timing: Timing) -> Reply:
+        terminal, refusal = await self._terminal(msg)
+        if terminal is None:
+            assert refusal is not None
+            return refusal
+        refusal = self._session_refusal(msg, terminal)
+        if refusal is not None:
+            return refusal
+        assert terminal.session is not None
+        mak = terminal.session.mak
+        stan = str(msg.get("11", ""))
+        existing = terminal.entries.get(("0400", stan))
+        if not await self._verify_mac(terminal, msg, raw, timing):
+            return Reply(pos_response(msg, code="A0"), resign=True)
+        if existing is not None:
+            return await self._duplicate(msg, existing, terminal)
+        pan = pan_of(msg)
+        entry = Entry(
+            mti="0400",
+            stan=stan,
+            kind="reversal",
+            amount=_amount(msg),
+            pan_masked=mask_pan(pan) if pan else None,
+        )
+        terminal.entries[("0400", stan)] = entry
+        original = terminal.find_original(stan)
+        request: Message | None = None
+        code = "00"
+        rrn_value: str | None = None
+        if original is not None:
+            entry.original = f"{original.mti}/{original.stan}"
+            await original.done.wait()
+            rrn_value = original.rrn
+            link = self.upstream.links.get(original.link or "")
+            upstream_pending = (
+                original.code == "00"
+                and not original.reversed
+                and not original.saf_queued
+                and link is not None
+                and original.link_stan is not None
+            )
+            if upstream_pending:
+                assert link is not None
+                original.reversed = True  # from now on the switch owns getting it reversed
+                request = self._h2h_reversal(msg, original, link)
+                entry.link, entry.link_mti, entry.link_stan = link.name, "0400", request["11"]
+                entry.link_de7, entry.link_de32 = request["7"], request["32"]
+                outcome = await self.upstream.send(link, request, reverse_on_timeout=False)
+                timing.host = outcome.host_seconds
+                if outcome.answer is not None:
+                    code = str(outcome.answer.get("39", "00"))
+                    if code == "25":
+                        code = "00"  # nothing to undo upstream: the reversal is complete
+                if outcome.answer is None or code != "00":
+                    # Not confirmed upstream: the switch takes responsibility through store-and-forward.
+                    await self.upstream.reverse(link, _as_original(original, msg, link), "98")
+                    original.saf_queued = True
+                    code = "00"
+        answer = pos_response(msg, code=code, rrn_value=rrn_value, acquirer_id=self.acquirer_id)
+        reply = Reply(answer, mac=mak)
+        entry.finish(code, replayable(answer))
+        await self._journal(terminal, msg, entry, reply, timing, request, keep=True)
+        return reply
+
+    def _h2h_reversal(self, msg: Message, original: Entry, link: OutboundLink) -> Message:
+        assert original.link_mti and original.link_stan and original.link_de7
+        request: Message = {"t": "0400"}
+        for f in ("3", "4", "41", "42", "49"):
+            if f in msg:
+                request[f] = msg[f]
+        pan = pan_of(msg)
+        if pan:
+            request["2"] = pan
+        request["7"] = transmission_time()
+        request["11"] = f"{link.next_stan():06d}"
+        request["32"] = self.acquirer_id
+        if original.rrn:
+            request["37"] = original.rrn
+        request["39"] = str(msg.get("39", "98"))[:2] or "98"
+        request["90"] = original_data(
+            original.link_mti, original.link_stan, original.link_de7, original.link_de32 or self.acquirer_id
+        )
+        return request
+
+    # -- batch -------------------------------------------------------------------------------------
+    async def _settle(self, msg: Message) -> Reply:
+        terminal, refusal = await self._terminal(msg)
+        if terminal is None:
+            assert refusal is not None
+            return refusal
+        if not terminal.signed_on:
+            return Reply(pos_response(msg, code="A0"), resign=True)
+        de48 = str(msg.get("48", ""))
+        if len(de48) < 31 or not de48.isdigit():
+            return Reply(pos_response(msg, code="30"))
+        batch = parse_de60(msg.get("60")).batch_no
+        if batch != terminal.batch_no:
+            return Reply(pos_response(msg, code="77"), resign=True)
+        async with terminal.lock:
+            in_flight = [e.done for e in terminal.entries.values() if e.code is None]
+            for done in in_flight:
+                await done.wait()
+            debit_amount, debit_count, credit_amount, credit_count = terminal.totals()
+            claimed = (int(de48[0:12]), int(de48[12:15]), int(de48[15:27]), int(de48[27:30]))
+            foreign = de48[31:62]
+            foreign_zero = not foreign or all(c == "0" for c in foreign[:30])
+            balanced = claimed == (debit_amount, debit_count, credit_amount, credit_count) and foreign_zero
+            result = 1 if balanced else 2
+            answer_48 = de48[:30] + str(result) + (foreign[:30] + str(result) if foreign else "")
+            if balanced:
+                next_batch = await self.store.close_batch(
+                    terminal.terminal_id, terminal.merchant_id, batch, 1, de48
+                )
+                terminal.new_batch(next_batch)
+            else:
+                await self.store.mark_batch(terminal.terminal_id, terminal.merchant_id, batch, 2, de48)
+                log.warning(
+                    "batch not balanced",
+                    terminal=terminal.terminal_id,
+                    batch=batch,
+                    claimed=claimed,
+                    journal=(debit_amount, debit_count, credit_amount, credit_count),
+                )
+        answer = pos_response(msg, code="00", acquirer_id=self.acquirer_id)
+        answer["48"] = answer_48
+        network = parse_de60(msg.get("60")).network_code
+        answer["60"] = de60("00", terminal.batch_no, network)
+        return Reply(answer)
+
+    async def _upload(self, msg: Message) -> Reply:
+        terminal, refusal = await self._terminal(msg)
+        if terminal is None:
+            assert refusal is not None
+            return refusal
+        if not terminal.signed_on:
+            return Reply(pos_response(msg, code="A0"), resign=True)
+        de60_value = parse_de60(msg.get("60"))
+        de48 = str(msg.get("48", ""))
+        if de48:
+            if not de48.isdigit() or len(de48) < 2 or len(de48) != 2 + int(de48[:2]) * 40:
+                return Reply(pos_response(msg, code="30"))
+            terminal.upload.extend(de48[2 + i * 40 : 2 + (i + 1) * 40] for i in range(int(de48[:2])))
+        if de60_value.network_code == "202":
+            async with terminal.lock:
+                missing, differing = self._reconcile(terminal)
+                batch = terminal.batch_no
+                summary = f"upload records={len(terminal.upload)} missing={missing} differing={differing}"
+                log.info(
+                    "batch upload reconciled",
+                    terminal=terminal.terminal_id,
+                    batch=batch,
+                    missing=missing,
+                    differing=differing,
+                )
+                next_batch = await self.store.close_batch(
+                    terminal.terminal_id, terminal.merchant_id, batch, 2, summary
+                )
+                terminal.new_batch(next_batch)
+        answer = pos_response(msg, code="00", acquirer_id=self.acquirer_id)
+        answer["60"] = de60("00", terminal.batch_no, de60_value.network_code)
+        return Reply(answer)
+
+    def _reconcile(self, terminal: Terminal) -> tuple[int, int]:
+        """(records the journal does not have, records whose amount differs)."""
+        missing = differing = 0
+        for record in terminal.upload:
+            stan, amount = record[2:8], int(record[28:40])
+            entry = terminal.find_original(stan)
+            if entry is None or entry.code != "00":
+                missing += 1
+            elif entry.amount != amount:
+                differing += 1
+        return missing, differing
+
+
+def _response_header(tpdu: bytes, header: bytes, resign: bool) -> bytes:
+    return (
+        bytes((tpdu[0],))
+        + tpdu[3:5]
+        + tpdu[1:3]
+        + b"\x60\x31"
+        + (b"\x03" if resign else b"\x00")
+        + header[3:6]
+    )
+
+
+def _amount(msg: Message) -> int:
+    value = msg.get("4")
+    return int(value) if isinstance(value, str) and value.isdigit() else 0
+
+
+def _original_by_de61(terminal: Terminal, msg: Message) -> Entry | None:
+    de61 = str(msg.get("61", ""))
+    if len(de61) < 12 or not de61[:6].isdigit() or int(de61[:6]) != terminal.batch_no:
+        return None
+    return terminal.find_original(de61[6:12])
+
+
+def _as_original(entry: Entry, reversal: Message, link: OutboundLink) -> Message:
+    """Enough of the original upstream request to build its reversal advice."""
+    msg: Message = {k: reversal[k] for k in ("3", "4", "41", "42", "49") if k in reversal}
+    msg.update(
+        {
+            "t": entry.link_mti or "0200",
+            "11": entry.link_stan or "000000",
+            "7": entry.link_de7 or transmission_time(),
+            "32": entry.link_de32 or link.acquirer_id,
+        }
+    )
+    if entry.rrn:
+        msg["37"] = entry.rrn
+    return msg
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, default=lambda b: b.hex() if isinstance(b, bytes) else str(b))

@@ -1,0 +1,63 @@
+"""BIN-range routing: which upstream link serves a PAN.
+
+A route is ``[bin_low, bin_high] -> link`` where both bounds have the same number of digits; a PAN
+matches when its first ``len(bin_low)`` digits fall inside. When several routes match, the one with the
+longest bounds wins, then the narrowest range, so an operator can carve a sub-range out of a wide one.
+The table is immutable: reloading builds a new one and swaps it in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    bin_low: str
+    bin_high: str
+    link: str
+
+    def __post_init__(self) -> None:
+        if not (self.bin_low.isdigit() and self.bin_high.isdigit()):
+            raise ValueError(f"route {self.bin_low}-{self.bin_high}: bounds must be digits")
+        if len(self.bin_low) != len(self.bin_high):
+            raise ValueError(f"route {self.bin_low}-{self.bin_high}: bounds must have the same length")
+        if self.bin_low > self.bin_high:
+            raise ValueError(f"route {self.bin_low}-{self.bin_high}: low bound above high bound")
+
+    def matches(self, pan: str) -> bool:
+        prefix = pan[: len(self.bin_low)]
+        return len(prefix) == len(self.bin_low) and self.bin_low <= prefix <= self.bin_high
+
+    @property
+    def width(self) -> int:
+        return int(self.bin_high) - int(self.bin_low)
+
+
+class RoutingTable:
+    def __init__(self, routes: list[Route]) -> None:
+        # Most specific first: longer prefixes, then narrower ranges. Tables are small (tens of rows)
+        # and a linear scan of a few prefix comparisons is cheaper than anything cleverer here.
+        self._routes = sorted(routes, key=lambda r: (-len(r.bin_low), r.width, r.bin_low))
+        self._cache: dict[str, str | None] = {}
+        self._longest = max((len(r.bin_low) for r in routes), default=0)
+
+    def __len__(self) -> int:
+        return len(self._routes)
+
+    @property
+    def routes(self) -> list[Route]:
+        return list(self._routes)
+
+    def lookup(self, pan: str) -> str | None:
+        """The link name for ``pan``, or None when no route covers it."""
+        # Only the first `longest` digits can influence the answer, so they are the cache key.
+        key = pan[: self._longest]
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        found = next((route.link for route in self._routes if route.matches(pan)), None)
+        if len(self._cache) < 100_000:
+            self._cache[key] = found
+        return found

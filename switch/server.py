@@ -1,0 +1,170 @@
+"""`payswitch switch serve`: everything the switch runs, wired together, and its orderly shutdown.
+
+Start: database pool, HSM client, links and routes from the switch tables, outbound links (connect,
+sign on), the journal writer, the store-and-forward sender, then the listeners (POS 3des, POS sm4,
+inbound H2H). SIGTERM/SIGINT: stop accepting and reading, let every request already read finish and
+be answered (up to ``shutdown_grace_s``), flush the journal, leave the store-and-forward queue in the
+database, exit 0.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+
+import trio
+
+from hsm_sim.client import HsmClient
+from ops.config import Config
+from ops.logs import get_logger
+from ops.pgpool import PgPool
+from specs.codec import codec_for
+from specs.framing import H2H_MAX_FRAME, POS_MAX_FRAME
+from switch.acquirer import AcquirerService
+from switch.hsm import ClientHsm, SwitchHsm
+from switch.journal import JournalWriter
+from switch.links import LinkConfig, LinkTiming, MacFn, OutboundLink
+from switch.listener import Limits, Listener
+from switch.pos import PosService
+from switch.routing import RoutingTable
+from switch.saf import SafQueue
+from switch.sessions import Registry
+from switch.store import Store
+from switch.upstream import Upstream
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Ports:
+    pos_3des: int = 0
+    pos_sm4: int = 0
+    h2h: int = 0
+
+
+@dataclass
+class Switch:
+    config: Config
+    pool: PgPool
+    listeners: list[Listener] = field(default_factory=list)
+    links: dict[str, OutboundLink] = field(default_factory=dict)
+    stopping: trio.Event = field(default_factory=trio.Event)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[Ports] = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.config.switch
+        store = Store(self.pool)
+        link_configs = await store.links()
+        routes = await store.routes()
+        async with HsmClient.from_config(self.config.hsm) as client:
+            hsm = ClientHsm(client)
+            timing = LinkTiming(echo_interval=float(cfg.link_echo_s))
+            for lc in link_configs:
+                if lc.direction == "out" and lc.enabled:
+                    self.links[lc.name] = OutboundLink(
+                        lc,
+                        codec_for("h2h", lc.scheme),
+                        cfg.institution_id,
+                        timing=timing,
+                        mac=_link_mac(hsm, lc),
+                    )
+            inbound = {lc.institution_id: lc for lc in link_configs if lc.direction == "in" and lc.enabled}
+            journal = JournalWriter(store.insert_journal)
+            timeout = cfg.request_timeout_ms / 1000
+            saf = SafQueue(store, self.links, retry_seconds=float(cfg.saf_retry_s), timeout=timeout)
+            upstream = Upstream(
+                self.links, RoutingTable(routes), saf, acquirer_id=cfg.institution_id, timeout=timeout
+            )
+            registry = Registry(store.load_terminal)
+            pos_limits = Limits(
+                cfg.max_connections,
+                cfg.max_in_flight,
+                float(cfg.idle_timeout_s),
+                POS_MAX_FRAME,
+                zero_length_closes=True,
+            )
+            h2h_limits = Limits(
+                cfg.max_connections,
+                cfg.max_in_flight,
+                float(cfg.idle_timeout_s),
+                H2H_MAX_FRAME,
+                zero_length_closes=False,
+            )
+            services: list[tuple[Listener, int]] = []
+            for profile, port in (("3des", cfg.pos_3des_port), ("sm4", cfg.pos_sm4_port)):
+                service = PosService(
+                    profile,
+                    hsm=hsm,
+                    store=store,
+                    journal=journal,
+                    registry=registry,
+                    upstream=upstream,
+                    acquirer_id=cfg.institution_id,
+                )
+                services.append((Listener(f"pos-{profile}", service.handle, pos_limits), port))
+            acquirers = AcquirerService(
+                hsm=hsm,
+                store=store,
+                journal=journal,
+                upstream=upstream,
+                inbound=inbound,
+                institution_id=cfg.institution_id,
+            )
+            services.append((Listener("h2h", acquirers.handle, h2h_limits), cfg.h2h_port))
+            self.listeners = [listener for listener, _ in services]
+
+            async with trio.open_nursery() as background:
+                background.start_soon(journal.run)
+                background.start_soon(saf.run)
+                for link in self.links.values():
+                    background.start_soon(link.run)
+                async with trio.open_nursery() as front:
+                    ports = [
+                        await front.start(listener.serve, cfg.listen, port) for listener, port in services
+                    ]
+                    log.info(
+                        "switch listening",
+                        pos_3des=ports[0],
+                        pos_sm4=ports[1],
+                        h2h=ports[2],
+                        links=sorted(self.links),
+                        routes=len(routes),
+                    )
+                    task_status.started(Ports(*ports))
+                    await self.stopping.wait()
+                    log.info("switch stopping: draining connections")
+                    for listener in self.listeners:
+                        listener.drain()
+                    front.cancel_scope.deadline = trio.current_time() + cfg.shutdown_grace_s
+                await journal.flush()
+                background.cancel_scope.cancel()
+        log.info("switch stopped")
+
+
+def _link_mac(hsm: SwitchHsm, lc: LinkConfig) -> MacFn | None:
+    zak = lc.zak
+    if not zak:
+        return None
+
+    async def mac(data: bytes) -> bytes:
+        return await hsm.link_mac(lc.scheme, zak, data)
+
+    return mac
+
+
+async def serve(config: Config, pool: PgPool) -> None:
+    """Run until SIGTERM or SIGINT; returns once in-flight requests are answered."""
+    switch = Switch(config, pool)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                async for _ in signals:
+                    switch.stop()
+                    return
+
+            nursery.start_soon(watch)
+            await switch.run()
+            nursery.cancel_scope.cancel()

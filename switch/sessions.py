@@ -1,0 +1,186 @@
+"""Terminal sessions: who a terminal is, its working keys, its open batch and what it sent in it.
+
+A terminal's state is loaded from the database on first contact after start (host registry + switch
+session + open batch + that batch's journal) and then kept in memory: this process is the only writer
+of the switch tables, so memory and database agree. The journal entries of the open batch give
+duplicate detection (same MTI + STAN within the batch: the first answer again, nothing upstream twice),
+finding the original of a reversal, and the batch totals for settlement.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from switch.mapping import Message
+from switch.store import SessionRow, TerminalRecord
+
+
+@dataclass(slots=True)
+class Entry:
+    """One request of the open batch and what became of it."""
+
+    mti: str
+    stan: str
+    kind: str
+    amount: int
+    pan_masked: str | None = None
+    code: str | None = None  # None while in flight
+    response: Message | None = None  # replayable fields of the POS answer
+    done: trio.Event = field(default_factory=trio.Event)
+    link: str | None = None
+    link_mti: str | None = None
+    link_stan: str | None = None
+    link_de7: str | None = None
+    link_de32: str | None = None
+    rrn: str | None = None
+    auth_id: str | None = None
+    original: str | None = None  # for reversals/voids: "MTI/STAN" of the original
+    reversed: bool = False  # a reversal (terminal 0400 or store-and-forward) was accepted for it
+    voided: bool = False
+    saf_queued: bool = False
+
+    def finish(self, code: str, response: Message | None) -> None:
+        self.code = code
+        self.response = response
+        self.done.set()
+
+
+@dataclass
+class Terminal:
+    record: TerminalRecord
+    batch_no: int
+    session: SessionRow | None
+    entries: dict[tuple[str, str], Entry] = field(default_factory=dict)
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    upload: list[str] = field(default_factory=list)  # 0320 records of the batch being reconciled
+
+    @property
+    def terminal_id(self) -> str:
+        return self.record.terminal_id
+
+    @property
+    def merchant_id(self) -> str:
+        return self.record.merchant_id
+
+    @property
+    def signed_on(self) -> bool:
+        return self.session is not None and self.session.signed_on
+
+    def find_original(self, stan: str) -> Entry | None:
+        """The financial request of this batch with terminal STAN ``stan``."""
+        for mti in ("0200", "0100", "0220"):
+            entry = self.entries.get((mti, stan))
+            if entry is not None:
+                return entry
+        return None
+
+    def new_batch(self, batch_no: int) -> None:
+        self.batch_no = batch_no
+        self.entries = {}
+        self.upload = []
+
+    def totals(self) -> tuple[int, int, int, int]:
+        """(debit amount, debit count, credit amount, credit count) of the batch per pos-dialect.md:
+        approved purchases and completions / refunds; voids and reversed or voided ones excluded."""
+        debit_amount = debit_count = credit_amount = credit_count = 0
+        for entry in self.entries.values():
+            if entry.code != "00" or entry.reversed or entry.voided:
+                continue
+            if entry.kind in ("purchase", "completion"):
+                debit_amount += entry.amount
+                debit_count += 1
+            elif entry.kind == "refund":
+                credit_amount += entry.amount
+                credit_count += 1
+        return debit_amount, debit_count, credit_amount, credit_count
+
+
+def entry_from_row(row: Any) -> Entry:
+    response = row["response"]
+    if isinstance(response, str):
+        response = json.loads(response)
+    entry = Entry(
+        mti=row["mti"],
+        stan=row["stan"],
+        kind=row["txn_type"],
+        amount=row["amount"] or 0,
+        pan_masked=row["pan_masked"],
+        link=row["link"],
+        link_mti=row["link_mti"],
+        link_stan=row["link_stan"],
+        link_de7=row["link_de7"],
+        link_de32=row["link_de32"],
+        rrn=row["rrn"],
+        auth_id=row["auth_id"],
+        original=row["original"],
+    )
+    entry.finish(row["response_code"], response or None)
+    return entry
+
+
+Loader = Callable[[str, str], Awaitable[tuple[TerminalRecord | None, SessionRow | None, int, list[Any]]]]
+
+
+class Registry:
+    """Terminals in memory, each loaded once; concurrent first requests share one load."""
+
+    def __init__(self, load: Loader) -> None:
+        self._load = load
+        self._terminals: dict[tuple[str, str], Terminal] = {}
+        self._loading: dict[tuple[str, str], trio.Event] = {}
+        self._unknown: dict[str, TerminalRecord | None] = {}
+
+    def __len__(self) -> int:
+        return len(self._terminals)
+
+    async def get(self, terminal_id: str, merchant_id: str) -> tuple[Terminal | None, TerminalRecord | None]:
+        """(terminal, record): terminal None when the host does not know the pair (record None: unknown
+        terminal, 97; record with another merchant: 03). Unknown answers are not cached: a terminal the
+        host registers later works at once."""
+        key = (terminal_id, merchant_id)
+        while True:
+            terminal = self._terminals.get(key)
+            if terminal is not None:
+                return terminal, terminal.record
+            loading = self._loading.get(key)
+            if loading is None:
+                break
+            await loading.wait()
+        event = self._loading[key] = trio.Event()
+        try:
+            record, session, batch_no, rows = await self._load(terminal_id, merchant_id)
+            if record is None or record.merchant_id != merchant_id:
+                return None, record
+            terminal = Terminal(record=record, batch_no=batch_no, session=session)
+            for row in rows:
+                entry = entry_from_row(row)
+                terminal.entries[(entry.mti, entry.stan)] = entry
+            for entry in list(terminal.entries.values()):
+                _apply_links(terminal, entry)
+            self._terminals[key] = terminal
+            return terminal, record
+        finally:
+            del self._loading[key]
+            event.set()
+
+    def forget(self, terminal_id: str, merchant_id: str) -> None:
+        self._terminals.pop((terminal_id, merchant_id), None)
+
+
+def _apply_links(terminal: Terminal, entry: Entry) -> None:
+    """Re-derive reversed/voided flags of originals from reversal and void entries after a reload."""
+    if entry.original is None or entry.code != "00":
+        return
+    mti, _, stan = entry.original.partition("/")
+    original = terminal.entries.get((mti, stan))
+    if original is None:
+        return
+    if entry.kind == "reversal":
+        original.reversed = True
+    elif entry.kind == "void":
+        original.voided = True

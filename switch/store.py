@@ -1,0 +1,339 @@
+"""Every SQL statement the switch runs, as asyncpg functions executed through ``ops.pgpool``.
+
+The switch owns the ``switch_*`` tables (switch/migrations). The ONE shared-database contract with the
+host: the switch READS the host's terminal and merchant tables (the system of record for terminals,
+their TMKs under the LMK, key scheme and state) with plain SQL in :func:`_terminal`, and never writes
+them. Everything else between switch and host goes over the H2H link.
+
+Functions prefixed ``_`` run on the asyncio side of the pool (they take an asyncpg connection);
+:class:`Store` is the trio-side face. Journal rows are written in batches by :mod:`switch.journal`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ops.pgpool import PgPool
+from switch.links import LinkConfig
+from switch.routing import Route
+
+
+@dataclass(frozen=True)
+class TerminalRecord:
+    """A terminal as the host registered it (read-only for the switch)."""
+
+    terminal_id: str
+    merchant_id: str
+    scheme: str
+    tmk: str  # under LMK
+    active: bool
+    mcc: str | None
+    merchant_name: str | None
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    scheme: str
+    pik: str
+    mak: str
+    tdk: str
+    signed_on: bool
+
+
+JOURNAL_COLUMNS = (
+    "dedup_key",
+    "channel",
+    "mti",
+    "txn_type",
+    "proc_code",
+    "terminal_id",
+    "merchant_id",
+    "batch_no",
+    "stan",
+    "amount",
+    "currency",
+    "pan_masked",
+    "rrn",
+    "auth_id",
+    "response_code",
+    "link",
+    "link_mti",
+    "link_stan",
+    "link_de7",
+    "link_de32",
+    "original",
+    "us_total",
+    "us_hsm",
+    "us_host",
+    "response",
+)
+
+# The host's terminal registry: the shared-database contract (see the module docstring). A terminal id
+# is unique per merchant, so the rows for a DE41 tell apart "unknown terminal" (97) from "known, but
+# not at this merchant" (03).
+TERMINAL_SQL = """
+SELECT t.terminal_id, m.merchant_id, t.scheme, t.tmk, t.state, m.state, m.mcc, m.name
+FROM terminals t JOIN merchants m ON m.id = t.merchant_id
+WHERE t.terminal_id = $1
+"""
+
+
+async def _terminal(conn: Any, terminal_id: str, merchant_id: str) -> TerminalRecord | None:
+    rows = await conn.fetch(TERMINAL_SQL, terminal_id)
+    if not rows:
+        return None
+    row = next((r for r in rows if r[1] == merchant_id), rows[0])
+    return TerminalRecord(
+        terminal_id=row[0],
+        merchant_id=row[1],
+        scheme=row[2],
+        tmk=row[3],
+        active=row[4] == "active" and row[5] == "active",
+        mcc=row[6],
+        merchant_name=row[7] or None,
+    )
+
+
+async def _load_terminal(
+    conn: Any, terminal_id: str, merchant_id: str
+) -> tuple[TerminalRecord | None, SessionRow | None, int, list[Any]]:
+    """Host record, switch session, open batch number (opened if none) and that batch's journal."""
+    record = await _terminal(conn, terminal_id, merchant_id)
+    if record is None or record.merchant_id != merchant_id:
+        return record, None, 0, []
+    srow = await conn.fetchrow(
+        "SELECT scheme, pik, mak, tdk, signed_on FROM switch_sessions "
+        "WHERE terminal_id = $1 AND merchant_id = $2",
+        terminal_id,
+        merchant_id,
+    )
+    session = None if srow is None else SessionRow(srow[0], srow[1], srow[2], srow[3], srow[4])
+    batch = await _open_batch(conn, terminal_id, merchant_id)
+    journal = await conn.fetch(
+        "SELECT mti, stan, txn_type, amount, response_code, response, link, link_mti, link_stan, "
+        "link_de7, link_de32, rrn, auth_id, original, pan_masked FROM switch_journal "
+        "WHERE terminal_id = $1 AND merchant_id = $2 AND batch_no = $3 AND channel LIKE 'pos%' ORDER BY id",
+        terminal_id,
+        merchant_id,
+        batch,
+    )
+    return record, session, batch, list(journal)
+
+
+async def _open_batch(conn: Any, terminal_id: str, merchant_id: str) -> int:
+    batch: int | None = await conn.fetchval(
+        "SELECT batch_no FROM switch_batches "
+        "WHERE terminal_id = $1 AND merchant_id = $2 AND closed_at IS NULL",
+        terminal_id,
+        merchant_id,
+    )
+    if batch is not None:
+        return batch
+    last: int | None = await conn.fetchval(
+        "SELECT max(batch_no) FROM switch_batches WHERE terminal_id = $1 AND merchant_id = $2",
+        terminal_id,
+        merchant_id,
+    )
+    batch = 1 if last is None else last % 999_999 + 1
+    await conn.execute(
+        "INSERT INTO switch_batches (terminal_id, merchant_id, batch_no) VALUES ($1, $2, $3) "
+        "ON CONFLICT DO NOTHING",
+        terminal_id,
+        merchant_id,
+        batch,
+    )
+    opened: int = await conn.fetchval(
+        "SELECT batch_no FROM switch_batches "
+        "WHERE terminal_id = $1 AND merchant_id = $2 AND closed_at IS NULL",
+        terminal_id,
+        merchant_id,
+    )
+    return opened
+
+
+async def _save_session(
+    conn: Any, terminal_id: str, merchant_id: str, scheme: str, pik: str, mak: str, tdk: str
+) -> None:
+    await conn.execute(
+        "INSERT INTO switch_sessions "
+        "(terminal_id, merchant_id, scheme, pik, mak, tdk, signed_on, signed_on_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6, true, now()) ON CONFLICT (terminal_id, merchant_id) DO UPDATE SET "
+        "scheme = EXCLUDED.scheme, pik = EXCLUDED.pik, mak = EXCLUDED.mak, tdk = EXCLUDED.tdk, "
+        "signed_on = true, signed_on_at = now()",
+        terminal_id,
+        merchant_id,
+        scheme,
+        pik,
+        mak,
+        tdk,
+    )
+
+
+async def _sign_off(conn: Any, terminal_id: str, merchant_id: str) -> None:
+    await conn.execute(
+        "UPDATE switch_sessions SET signed_on = false WHERE terminal_id = $1 AND merchant_id = $2",
+        terminal_id,
+        merchant_id,
+    )
+
+
+async def _close_batch(
+    conn: Any, terminal_id: str, merchant_id: str, batch: int, result: int, totals: str
+) -> int:
+    async with conn.transaction():
+        await conn.execute(
+            "UPDATE switch_batches SET closed_at = now(), result = $4, totals = $5 "
+            "WHERE terminal_id = $1 AND merchant_id = $2 AND batch_no = $3 AND closed_at IS NULL",
+            terminal_id,
+            merchant_id,
+            batch,
+            result,
+            totals,
+        )
+        return await _open_batch(conn, terminal_id, merchant_id)
+
+
+async def _mark_batch(
+    conn: Any, terminal_id: str, merchant_id: str, batch: int, result: int, totals: str
+) -> None:
+    await conn.execute(
+        "UPDATE switch_batches SET result = $4, totals = $5 "
+        "WHERE terminal_id = $1 AND merchant_id = $2 AND batch_no = $3",
+        terminal_id,
+        merchant_id,
+        batch,
+        result,
+        totals,
+    )
+
+
+async def _insert_journal(conn: Any, rows: Sequence[tuple[Any, ...]]) -> None:
+    cols = ", ".join(JOURNAL_COLUMNS)
+    params = ", ".join(f"${i + 1}" for i in range(len(JOURNAL_COLUMNS)))
+    await conn.executemany(
+        f"INSERT INTO switch_journal ({cols}) VALUES ({params}) ON CONFLICT (dedup_key) DO NOTHING", rows
+    )
+
+
+async def _journal_by_key(conn: Any, dedup_key: str) -> Any:
+    return await conn.fetchrow(
+        "SELECT response_code, response, link, link_mti, link_stan, link_de7, link_de32, rrn "
+        "FROM switch_journal WHERE dedup_key = $1",
+        dedup_key,
+    )
+
+
+async def _links(conn: Any) -> list[LinkConfig]:
+    rows = await conn.fetch(
+        "SELECT name, direction, host, port, connections, institution_id, scheme, zpk, zak, enabled "
+        "FROM switch_links ORDER BY name"
+    )
+    return [LinkConfig(*row) for row in rows]
+
+
+async def _routes(conn: Any) -> list[Route]:
+    rows = await conn.fetch(
+        "SELECT r.bin_low, r.bin_high, r.link FROM switch_routes r JOIN switch_links l ON l.name = r.link "
+        "WHERE l.enabled ORDER BY r.id"
+    )
+    return [Route(row[0], row[1], row[2]) for row in rows]
+
+
+async def _saf_add(conn: Any, link: str, message: dict[str, Any], reason: str) -> int:
+    saf_id: int = await conn.fetchval(
+        "INSERT INTO switch_saf (link, message, reason) VALUES ($1, $2::jsonb, $3) RETURNING id",
+        link,
+        json.dumps(message),
+        reason,
+    )
+    return saf_id
+
+
+async def _saf_due(conn: Any, links: list[str], limit: int) -> list[Any]:
+    return list(
+        await conn.fetch(
+            "SELECT id, link, message, attempts FROM switch_saf WHERE done_at IS NULL AND link = ANY($1) "
+            "AND next_attempt_at <= now() ORDER BY id LIMIT $2",
+            links,
+            limit,
+        )
+    )
+
+
+async def _saf_depth(conn: Any) -> int:
+    depth: int = await conn.fetchval("SELECT count(*) FROM switch_saf WHERE done_at IS NULL")
+    return depth
+
+
+async def _saf_result(conn: Any, saf_id: int, done: bool, code: str | None, retry_seconds: float) -> None:
+    if done:
+        await conn.execute(
+            "UPDATE switch_saf SET attempts = attempts + 1, done_at = now(), response_code = $2 "
+            "WHERE id = $1",
+            saf_id,
+            code,
+        )
+    else:
+        await conn.execute(
+            "UPDATE switch_saf SET attempts = attempts + 1, "
+            "next_attempt_at = now() + make_interval(secs => $2) WHERE id = $1",
+            saf_id,
+            retry_seconds,
+        )
+
+
+class Store:
+    """Trio-side access to the switch's tables through the shared asyncio pool."""
+
+    def __init__(self, pool: PgPool) -> None:
+        self.pool = pool
+
+    async def load_terminal(
+        self, terminal_id: str, merchant_id: str
+    ) -> tuple[TerminalRecord | None, SessionRow | None, int, list[Any]]:
+        return await self.pool.run(_load_terminal, terminal_id, merchant_id)
+
+    async def save_session(
+        self, terminal_id: str, merchant_id: str, scheme: str, pik: str, mak: str, tdk: str
+    ) -> None:
+        await self.pool.run(_save_session, terminal_id, merchant_id, scheme, pik, mak, tdk)
+
+    async def sign_off(self, terminal_id: str, merchant_id: str) -> None:
+        await self.pool.run(_sign_off, terminal_id, merchant_id)
+
+    async def close_batch(
+        self, terminal_id: str, merchant_id: str, batch: int, result: int, totals: str
+    ) -> int:
+        return await self.pool.run(_close_batch, terminal_id, merchant_id, batch, result, totals)
+
+    async def mark_batch(
+        self, terminal_id: str, merchant_id: str, batch: int, result: int, totals: str
+    ) -> None:
+        await self.pool.run(_mark_batch, terminal_id, merchant_id, batch, result, totals)
+
+    async def insert_journal(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        await self.pool.run(_insert_journal, rows)
+
+    async def journal_by_key(self, dedup_key: str) -> Any:
+        return await self.pool.run(_journal_by_key, dedup_key)
+
+    async def links(self) -> list[LinkConfig]:
+        return await self.pool.run(_links)
+
+    async def routes(self) -> list[Route]:
+        return await self.pool.run(_routes)
+
+    async def saf_add(self, link: str, message: dict[str, Any], reason: str) -> int:
+        return await self.pool.run(_saf_add, link, message, reason)
+
+    async def saf_due(self, links: list[str], limit: int) -> list[Any]:
+        return await self.pool.run(_saf_due, links, limit)
+
+    async def saf_depth(self) -> int:
+        return await self.pool.run(_saf_depth)
+
+    async def saf_result(self, saf_id: int, done: bool, code: str | None, retry_seconds: float) -> None:
+        await self.pool.run(_saf_result, saf_id, done, code, retry_seconds)
