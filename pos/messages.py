@@ -177,12 +177,15 @@ def settlement(stan: str, batch: str, terminal_id: str, merchant_id: str, totals
 def batch_upload(
     stan: str, batch: str, terminal_id: str, merchant_id: str, records: list[tuple[str, str, int]], last: bool
 ) -> Message:
-    """0320 with up to 8 records (STAN, PAN, amount); 60.3 = 202 on the last message of the upload."""
-    if not 1 <= len(records) <= 8:
-        raise ValueError("a batch upload message carries 1 to 8 records")
-    body = f"{len(records):02d}" + "".join(f"00{s}{p.rjust(20, '0')}{a:012d}" for s, p, a in records)
+    """0320 with up to 8 records (STAN, PAN, amount); 60.3 = 202 on the last message of the upload.
+
+    An empty batch sends one 0320 without DE48 (nothing to upload, but the upload still ends).
+    """
+    if len(records) > 8:
+        raise ValueError("a batch upload message carries at most 8 records")
     msg = network("0320", "202" if last else "201", stan, batch, terminal_id, merchant_id)
-    msg["48"] = body
+    if records:
+        msg["48"] = f"{len(records):02d}" + "".join(f"00{s}{p.rjust(20, '0')}{a:012d}" for s, p, a in records)
     del msg["63"]
     return msg
 

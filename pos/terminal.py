@@ -347,13 +347,14 @@ async def settle(session: Session) -> Receipt:
     if not answer.approved:
         return r
     result = str(answer.msg.get("48", ""))[30:31]
+    next_batch = str(answer.msg.get("60", ""))[2:8]
     if result == "2":
         r.notes.append("totals not balanced with the switch: batch uploaded (0320)")
-        uploaded = await upload(session)
+        uploaded, after_upload = await upload(session)
         r.notes.append(f"{uploaded} records uploaded")
+        next_batch = after_upload or next_batch
     else:
         r.notes.append("totals balanced")
-    next_batch = str(answer.msg.get("60", ""))[2:8]
     closed = state.batch
     if next_batch.isdigit() and len(next_batch) == 6 and next_batch != closed:
         state.close_batch(next_batch)
@@ -365,18 +366,19 @@ async def settle(session: Session) -> Receipt:
     return r
 
 
-async def upload(session: Session) -> int:
+async def upload(session: Session) -> tuple[int, str]:
+    """Send the batch in 0320s of up to 8 records; (records sent, 60.2 of the last answer)."""
     state = session.state
     records = [
         (e.stan, state.open_pan(e.pan_enc), e.amount)
         for e in state.journal
         if not (e.reversed or e.voided) and e.kind in ("purchase", "completion", "refund")
     ]
+    # An empty batch still ends its upload: one 0320 with no records and 60.3 = 202.
     chunks = [records[i : i + 8] for i in range(0, len(records), 8)] or [[]]
     sent = 0
+    next_batch = ""
     for i, chunk in enumerate(chunks):
-        if not chunk:
-            break
         req = messages.batch_upload(
             state.next_stan(),
             state.batch,
@@ -389,4 +391,5 @@ async def upload(session: Session) -> int:
         if not answer.approved:
             raise TerminalError(f"batch upload refused by the switch ({answer.code})")
         sent += len(chunk)
-    return sent
+        next_batch = str(answer.msg.get("60", ""))[2:8]
+    return sent, next_batch

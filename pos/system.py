@@ -1,0 +1,236 @@
+"""A whole payswitch on this machine in a scratch folder: for the end-to-end test and bench/e2e.
+
+``System`` starts a private PostgreSQL (``ops.pgembed``), migrates it, writes a configuration file
+with free ports, and starts ``hsm serve``, ``host serve`` and ``switch serve`` as child processes
+(``python -m ops ...``, working directory = the scratch folder, so their ``var/`` lands there). Each
+service is awaited until its first port listens. ``cli(...)`` runs any ``payswitch`` command against
+that system. Nothing here imports host or switch code: they are separate programs.
+
+A service can be wrapped in cProfile (``profile={"switch", "host"}``): its statistics are written to
+``<folder>/<name>.prof`` when it exits on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from ops.cli import COMMANDS
+from ops.db import ensure_database
+from ops.migrate import migrate_url
+from ops.pgembed import EmbeddedPostgres, free_port
+
+SERVICES = ("hsm", "host", "switch")
+
+
+class SystemStartError(Exception):
+    """A service did not start; str() says which and the tail of its log."""
+
+
+@dataclass
+class Service:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+@dataclass
+class System:
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="payswitch-e2e-")))
+    durable: bool = False
+    keep: bool = False  # leave the scratch folder (logs, profiles) after stop()
+    profile: set[str] = field(default_factory=set)
+    services: dict[str, Service] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+    db_url: str = ""
+    _pg: EmbeddedPostgres | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "payswitch.toml"
+
+    def available(self) -> list[str]:
+        """The services this build has (a component not yet written is simply absent)."""
+        return [s for s in SERVICES if s in COMMANDS]
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self, services: tuple[str, ...] = SERVICES) -> System:
+        self._pg = EmbeddedPostgres(self.root / "pg", durable=self.durable)
+        status = self._pg.up()
+        asyncio.run(ensure_database(status.url("postgres"), "payswitch"))
+        self.db_url = status.url("payswitch")
+        asyncio.run(migrate_url(self.db_url))
+        self.ports = {k: free_port() for k in ("hsm", "host", "pos_3des", "pos_sm4", "h2h")}
+        self.config_path.write_text(self._config())
+        for name in services:
+            if name in COMMANDS:
+                self._start(name)
+        return self
+
+    def _config(self) -> str:
+        p = self.ports
+        return "\n".join(
+            [
+                "[database]",
+                f'url = "{self.db_url}"',
+                "",
+                "[log]",
+                'level = "warning"',
+                "",
+                "[hsm]",
+                f"port = {p['hsm']}",
+                "metrics_port = 0",
+                "",
+                "[host]",
+                f"port = {p['host']}",
+                "metrics_port = 0",
+                "",
+                "[switch]",
+                f"pos_3des_port = {p['pos_3des']}",
+                f"pos_sm4_port = {p['pos_sm4']}",
+                f"h2h_port = {p['h2h']}",
+                "metrics_port = 0",
+                "",
+            ]
+        )
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PAYSWITCH_CONFIG"] = str(self.config_path)
+        for key in [k for k in env if k.startswith("PAYSWITCH_") and k != "PAYSWITCH_CONFIG"]:
+            del env[key]
+        return env
+
+    def _start(self, name: str) -> None:
+        port = {"hsm": self.ports["hsm"], "host": self.ports["host"], "switch": self.ports["pos_3des"]}[name]
+        log = self.root / f"{name}.log"
+        argv = [sys.executable]
+        if name in self.profile:
+            argv += ["-m", "cProfile", "-o", str(self.root / f"{name}.prof")]
+        argv += ["-m", "ops", name, "serve"]
+        with log.open("wb") as fh:
+            proc = subprocess.Popen(
+                argv,
+                cwd=self.root,
+                env=self.env(),
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.services[name] = Service(name, port, proc, log)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemStartError(f"{name} exited with status {proc.returncode} at start: {_tail(log)}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise SystemStartError(f"{name} did not listen on port {port} within 60 s: {_tail(log)}")
+
+    def cli(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``payswitch ARGS`` against this system (scratch folder as working directory)."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "ops", *args],
+            cwd=self.root,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            err = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+            raise SystemStartError(
+                f"`payswitch {' '.join(args)}` failed ({proc.returncode}): {err[-1] if err else 'no output'}"
+            )
+        return proc
+
+    def stop(self) -> None:
+        for service in reversed(list(self.services.values())):
+            if service.proc.poll() is None:
+                service.proc.send_signal(signal.SIGTERM)
+                try:
+                    service.proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    service.proc.kill()
+                    service.proc.wait()
+        self.services.clear()
+        if self._pg is not None:
+            self._pg.destroy()
+            self._pg = None
+        if not self.keep:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def postmaster_pid(self) -> int | None:
+        if self._pg is None:
+            return None
+        try:
+            return int((self._pg.data_dir / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def __enter__(self) -> System:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+# -- CPU accounting from /proc (psutil is not a dependency) ----------------------------------------------
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process, seconds; 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK  # fields 14 and 15 of stat
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process, its reaped children and its living children (PostgreSQL: postmaster
+    and its backends)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    own = sum(int(f) for f in fields[11:15]) / _TICK  # utime, stime, cutime, cstime
+    return own + sum(cpu_seconds(c) for c in children_of(pid))
+
+
+def _tail(log: Path, lines: int = 3) -> str:
+    try:
+        text = log.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return " | ".join(text[-lines:])[-600:]
