@@ -1,0 +1,227 @@
+"""Settle a generated clearing file of 1,000,000 details: wall time and peak memory (target < 60 s, < 1 GiB).
+
+`python -m bench settlement` or `python -m bench.settlement [--details N] [--keep DIR]`. The file is
+generated in a temporary folder (or DIR) and a throwaway PostgreSQL is started, unless
+PAYSWITCH_DATABASE_URL names a server to use (a fresh database is created on it). Each measured step
+runs in its own child process so ru_maxrss is that step's peak alone:
+
+- baseline ``sha256``: read the bytes and hash them (the floor for any pass over the file);
+- baseline ``verify``: parse and check every record and the trailer (specs.clearing, nothing stored);
+- ``settle``: the whole job: verify, price, copy the details to PostgreSQL, accrue, run, postings,
+  reports and the payout file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+MERCHANTS = 500
+STORES = 4
+BUSINESS_DATE = date(2026, 11, 24)
+
+
+def generate(folder: Path, n: int) -> Path:
+    """A valid clearing file with ``n`` details: mostly purchases, with completions, refunds, voids,
+    reversals and top-ups. Written directly (not through the checking writer) for speed; the verify
+    baseline then reads every line with the strict reader."""
+    from specs.clearing import Header, Trailer, file_name, format_header, format_trailer
+
+    header = Header("48880000", BUSINESS_DATE, 1, datetime(2026, 11, 24, 15, 0, tzinfo=UTC), "156")
+    path = folder / file_name(header.issuer_id, header.business_date, header.sequence)
+    digest = hashlib.sha256()
+    debit = credit = fee_total = 0
+    start = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
+    with open(path, "wb", buffering=1 << 20) as f:
+        f.write(format_header(header).encode() + b"\n")
+        for i in range(1, n + 1):
+            kind = i % 100
+            amount = (i * 7919) % 50000 + 100
+            original = ""
+            if kind < 85:
+                txn, sign = "PURCHASE", "D"
+            elif kind < 90:
+                txn, sign = "COMPLETION", "D"
+            elif kind < 94:
+                txn, sign, original = "REFUND", "C", str(max(i - 50, 1))
+                amount //= 3
+            elif kind < 96:
+                txn, sign, original = "VOID", "C", str(i - 7 if i > 7 else i + 1)
+            elif kind < 98:
+                txn, sign, original = "REVERSAL", "C", str(i - 3 if i > 3 else i + 1)
+            else:
+                txn, sign = "TOPUP", "C"
+            m = (i * 31) % MERCHANTS
+            merchant, store = ("", "") if txn == "TOPUP" else (f"M{m:04d}", f"S{(i // 7) % STORES:02d}")
+            acquirer = "" if txn == "TOPUP" else "48881111"
+            fee = (amount * 38 + 5000) // 10000 if sign == "D" else 0
+            posted = start + timedelta(seconds=i * 80_000 // n)
+            local = posted + timedelta(hours=8)
+            line = (
+                f"D|{i}|{txn}|{original}|{acquirer}|{merchant}|{store}|T{m:07d}|623456******{i % 10000:04d}|"
+                f"CAMPUS|{amount}|{sign}|{fee}|1|{i % 10**12:012d}|{i % 10**6:06d}|{i % 10**6:06d}|"
+                f"{local:%Y%m%d%H%M%S}|{posted:%Y-%m-%dT%H:%M:%S}Z"
+            ).encode()
+            if i > 1:
+                digest.update(b"\n")
+            digest.update(line)
+            f.write(line + b"\n")
+            if sign == "D":
+                debit += amount
+            else:
+                credit += amount
+            fee_total += fee
+        f.write(format_trailer(Trailer(n, debit, credit, fee_total, digest.hexdigest())).encode() + b"\n")
+    return path
+
+
+async def _prepare_db(url: str) -> None:
+    from ops.db import connect
+    from settlement.cycles import Cycle
+    from settlement.fees import FeeSchedule
+    from settlement.schedules import add_fee_schedule, set_merchant
+
+    conn = await connect(url)
+    try:
+        await add_fee_schedule(conn, FeeSchedule("*", "std-1", date(2026, 1, 1), 60, 0, 1, 5000, "percent",
+                                                 2000, 3000, 5000))
+        for m in range(0, MERCHANTS, 10):  # every tenth merchant has its own card, some with a fixed fee
+            await add_fee_schedule(conn, FeeSchedule(f"M{m:04d}", "own-1", date(2026, 6, 1), 38, m % 3, 0,
+                                                     None, "full", 1000, 2000, 7000))
+        for m in range(0, MERCHANTS, 7):
+            await set_merchant(conn, f"M{m:04d}", Cycle("weekly", 1), f"6222-{m:04d}")
+    finally:
+        await conn.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# child steps (each in a fresh process; report wall time and peak RSS as JSON on stdout)
+
+
+def _child(step: str, path: str, url: str, out: str) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    info: dict[str, Any] = {}
+    if step == "sha256":
+        from settlement.importer import file_sha256
+
+        file_sha256(Path(path))
+    elif step == "verify":
+        from specs.clearing import verify_file
+
+        _, trailer = verify_file(path)
+        info["details"] = trailer.count
+    elif step == "settle":
+        info = asyncio.run(_settle(Path(path), url, Path(out)))
+    wall = time.perf_counter() - t0
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"step": step, "wall_s": wall, "peak_mib": peak_kib / 1024, **info}
+
+
+async def _settle(path: Path, url: str, out: Path) -> dict[str, Any]:
+    from ops.db import connect
+    from settlement.cycles import Cycle
+    from settlement.importer import import_file
+    from settlement.reports import write_run_outputs
+    from settlement.run import run_settlement
+
+    conn = await connect(url)
+    try:
+        t0 = time.perf_counter()
+        imported = await import_file(conn, path)
+        t1 = time.perf_counter()
+        result = await run_settlement(conn, BUSINESS_DATE + timedelta(days=7), Cycle())
+        assert result.run_id is not None
+        written = await write_run_outputs(conn, result.run_id, out)
+        t2 = time.perf_counter()
+    finally:
+        await conn.close()
+    return {"details": imported.details, "import_s": t1 - t0, "run_and_reports_s": t2 - t1,
+            "payouts": len(result.payouts), "carried": len(result.carried), "files_written": len(written),
+            "payout_total": result.payout_total}
+
+
+def _run_child(step: str, path: Path, url: str, out: Path) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.settlement", "--child", step, str(path), url, str(out)],
+        capture_output=True, text=True, check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"bench step {step} failed:\n{proc.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.settlement")
+    parser.add_argument("--details", type=int, default=1_000_000)
+    parser.add_argument("--keep", metavar="DIR", help="generate into DIR and keep it")
+    parser.add_argument("--child", nargs=4, metavar=("STEP", "FILE", "URL", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(_child(*args.child)))
+        return 0
+
+    with tempfile.TemporaryDirectory(prefix="bench-settlement-") as tmp:
+        folder = Path(args.keep) if args.keep else Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        path = generate(folder, args.details)
+        size_mib = path.stat().st_size / 2**20
+        print(f"generated {path.name}: {args.details:,} details, {size_mib:.0f} MiB in "
+              f"{time.perf_counter() - t0:.1f} s", flush=True)
+        url, cleanup = _database(folder)
+        try:
+            asyncio.run(_prepare_db(url))
+            steps = ("sha256", "verify", "settle")
+            results = {step: _run_child(step, path, url, folder / "out") for step in steps}
+        finally:
+            cleanup()
+    n = args.details
+    for step, r in results.items():
+        rate = n / r["wall_s"] if r["wall_s"] else 0.0
+        print(f"{step:>8}: {r['wall_s']:6.2f} s  {rate:>10,.0f} details/s  peak RSS {r['peak_mib']:6.0f} MiB")
+    s = results["settle"]
+    print(f"  settle: import {s['import_s']:.2f} s, run + reports {s['run_and_reports_s']:.2f} s; "
+          f"{s['payouts']} payouts, {s['carried']} carried, {s['files_written']} report files")
+    print(f"  settle / verify baseline: {s['wall_s'] / results['verify']['wall_s']:.2f}x time; "
+          f"settle / sha256 baseline: {s['wall_s'] / results['sha256']['wall_s']:.1f}x time")
+    ok = s["wall_s"] < 60 and s["peak_mib"] < 1024
+    print(f"  target < 60 s and < 1024 MiB: {'met' if ok else 'NOT met'}")
+    return 0
+
+
+def _database(folder: Path) -> tuple[str, Any]:
+    """A fresh migrated database: on PAYSWITCH_DATABASE_URL's server if set, else a throwaway cluster."""
+    from ops.db import ensure_database
+    from ops.migrate import migrate_url
+    from ops.pgembed import EmbeddedPostgres
+
+    name = f"bench_settlement_{os.getpid()}"
+    server = os.environ.get("PAYSWITCH_DATABASE_URL")
+    if server:
+        base = server.rsplit("/", 1)[0]
+        asyncio.run(ensure_database(f"{base}/postgres", name))
+        url = f"{base}/{name}"
+        asyncio.run(migrate_url(url))
+        return url, lambda: None
+    cluster = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="bench-pg-")) / "pg", durable=False)
+    status = cluster.up()
+    asyncio.run(ensure_database(status.url("postgres"), name))
+    url = status.url(name)
+    asyncio.run(migrate_url(url))
+    return url, cluster.destroy
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
