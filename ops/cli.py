@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "settlement": "settlement.cli:settlement",
     "pos": "pos.cli:pos",
     "load": "pos.load_cli:load",
+    "demo": "pos.demo:demo",
 }
 
 

@@ -75,7 +75,7 @@ class System:
         self.config_path.write_text(self._config())
         for name in services:
             if name in COMMANDS:
-                self._start(name)
+                self.start_service(name)
         return self
 
     def _config(self) -> str:
@@ -112,7 +112,8 @@ class System:
             del env[key]
         return env
 
-    def _start(self, name: str) -> None:
+    def start_service(self, name: str) -> None:
+        """Start one service and wait until its first port listens."""
         port = {"hsm": self.ports["hsm"], "host": self.ports["host"], "switch": self.ports["pos_3des"]}[name]
         log = self.root / f"{name}.log"
         argv = [sys.executable]

@@ -1,0 +1,193 @@
+"""End to end: terminals -> switch -> host -> ledger on this machine, approved purchases/s with PIN and MAC.
+
+    python -m bench e2e            # or: python -m bench.e2e --duration 30 --terminals 64 --profile
+
+Starts the real processes in a scratch folder (``pos.system.System``: embedded PostgreSQL, hsm_sim,
+host, switch), seeds the demo programme and its load pool (``payswitch demo seed``), then in this
+process runs the load generator (``pos.load``):
+
+1. baseline: echo 0820 round trips through the switch alone (no HSM, host or database);
+2. the measured run: purchases with PIN and MAC on both key profiles.
+
+It prints approved purchases/s, latency percentiles, the response-code histogram, the ratio to the
+baseline, CPU seconds per process over the measured run (from /proc: switch, host, HSM, PostgreSQL,
+this load generator), the result of ``payswitch ledger check`` and, with ``--profile``, where the
+switch's and the host's time goes (a second, shorter run under cProfile; its figures are slower and
+not the headline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pstats
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ops.cli import COMMANDS
+from pos.load import LoadPlan, LoadReport, parse_mix, read_pool, run_load
+from pos.system import System, cpu_seconds, tree_cpu
+
+
+def _load(system: System, plan: LoadPlan) -> LoadReport:
+    report: LoadReport = trio.run(run_load, plan, None)
+    return report
+
+
+def _measure(system: System, plan: LoadPlan) -> tuple[LoadReport, dict[str, float], float]:
+    pids = {name: svc.proc.pid for name, svc in system.services.items()}
+    pg = system.postmaster_pid()
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    pg_before = tree_cpu(pg) if pg else 0.0
+    me_before = _self_cpu()
+    wall = time.perf_counter()
+    report = _load(system, plan)
+    wall = time.perf_counter() - wall
+    cpu = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+    if pg:
+        cpu["postgresql"] = tree_cpu(pg) - pg_before
+    cpu["load generator"] = _self_cpu() - me_before
+    return report, cpu, wall
+
+
+def _self_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _profile_top(path: Path, n: int = 12) -> list[str]:
+    if not path.exists():
+        return [f"(no profile written at {path.name})"]
+    stats = pstats.Stats(str(path))
+    rows = []
+    total = max(stats.total_tt, 1e-9)  # type: ignore[attr-defined]
+    for func, (_cc, nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        rows.append((tt, ct, nc, func))
+    rows.sort(reverse=True)
+    out = []
+    for tt, ct, nc, (file, line, name) in rows[:n]:
+        where = f"{Path(file).parent.name}/{Path(file).name}:{line}" if file != "~" else "builtin"
+        out.append(
+            f"{100 * tt / total:5.1f}%  {tt:7.2f}s self {ct:7.2f}s cum {nc:>9} calls  {name}  ({where})"
+        )
+    return out
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="bench.e2e", description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=float, default=20.0, help="seconds of the measured run")
+    ap.add_argument("--terminals", type=int, default=64, help="concurrent terminals")
+    ap.add_argument("--cards", type=int, default=500, help="load cards")
+    ap.add_argument("--mix", default="purchase=100")
+    ap.add_argument("--baseline-duration", type=float, default=5.0)
+    ap.add_argument("--durable", action="store_true", help="PostgreSQL with fsync on (default: off)")
+    ap.add_argument("--profile", action="store_true", help="also profile switch and host under cProfile")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch folder (logs, profiles)")
+    ap.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = ap.parse_args(argv)
+
+    result: dict[str, Any] = {"bench": "e2e", "cpus": os.cpu_count()}
+    missing = [s for s in ("hsm", "host", "switch", "demo", "ledger") if s not in COMMANDS]
+    if missing:
+        print(f"bench.e2e: skipped, this build lacks: {', '.join(missing)}")
+        return 0
+    system = System(durable=args.durable, keep=args.keep)
+    try:
+        t0 = time.perf_counter()
+        system.start()
+        system.cli(
+            "demo",
+            "seed",
+            "--load-terminals",
+            str(args.terminals),
+            "--load-cards",
+            str(args.cards),
+            timeout=1800,
+        )
+        result["setup_s"] = round(time.perf_counter() - t0, 1)
+        pool = read_pool(system.root / "var/pos/load-pool.json")
+
+        base_plan = LoadPlan(
+            pool=pool, terminals=args.terminals, mix=parse_mix("echo=1"), duration=args.baseline_duration
+        )
+        base = _load(system, base_plan).as_dict()
+        result["baseline_echo"] = {k: base[k] for k in ("throughput_per_s", "latency_ms", "response_codes")}
+
+        plan = LoadPlan(pool=pool, terminals=args.terminals, mix=parse_mix(args.mix), duration=args.duration)
+        report, cpu, wall = _measure(system, plan)
+        data = report.as_dict()
+        result["e2e"] = data
+        result["cpu_seconds"] = {k: round(v, 2) for k, v in cpu.items()}
+        result["cpu_share_of_machine"] = {
+            k: round(v / wall / (os.cpu_count() or 1), 3) for k, v in cpu.items()
+        }
+        result["ratio_to_echo_baseline"] = round(
+            data["approved_purchases_per_s"] / max(base["throughput_per_s"], 1e-9), 3
+        )
+        check = system.cli("ledger", "check", check=False)
+        result["ledger_check"] = (
+            "clean"
+            if check.returncode == 0
+            else f"FAILED: {(check.stdout or check.stderr).strip().splitlines()[-1:]}"
+        )
+
+        if args.profile:
+            for name in ("switch", "host"):
+                svc = system.services.pop(name)
+                svc.proc.terminate()
+                svc.proc.wait(30)
+            system.profile = {"switch", "host"}
+            system.start_service("host")
+            system.start_service("switch")
+            _load(
+                system,
+                LoadPlan(
+                    pool=pool,
+                    terminals=args.terminals,
+                    mix=parse_mix(args.mix),
+                    duration=min(args.duration, 10.0),
+                ),
+            )
+            for name in ("switch", "host"):
+                svc = system.services.pop(name)
+                svc.proc.terminate()
+                svc.proc.wait(30)
+            result["profile"] = {
+                name: _profile_top(system.root / f"{name}.prof") for name in ("switch", "host")
+            }
+    finally:
+        system.stop()
+
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    e2e = result["e2e"]
+    lat = e2e["latency_ms"]
+    print(
+        f"machine            {result['cpus']} CPUs, setup {result['setup_s']} s, "
+        f"PostgreSQL fsync {'on' if args.durable else 'off'}"
+    )
+    print(f"baseline (echo)    {result['baseline_echo']['throughput_per_s']}/s through the switch alone")
+    print(
+        f"e2e purchases      {e2e['approved_purchases_per_s']}/s approved "
+        f"({e2e['terminals']} terminals, {e2e['elapsed_s']} s, PIN + MAC, both profiles)"
+    )
+    print(f"latency ms         p50 {lat['p50']}  p95 {lat['p95']}  p99 {lat['p99']}  max {lat['max']}")
+    print(f"response codes     {e2e['response_codes']}  errors {e2e['errors'] or 'none'}")
+    print(f"ratio to baseline  {result['ratio_to_echo_baseline']}")
+    print("CPU seconds        " + "  ".join(f"{k} {v}" for k, v in result["cpu_seconds"].items()))
+    print(f"ledger check       {result['ledger_check']}")
+    for name, lines in result.get("profile", {}).items():
+        print(f"profile: {name} (top self time, under cProfile)")
+        for line in lines:
+            print("   " + line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
