@@ -29,10 +29,11 @@ import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Final
+from zoneinfo import ZoneInfo
 
 from ops.logs import redact_text
 
@@ -143,6 +144,37 @@ def mask_pan(pan: str) -> str:
     if not (13 <= len(pan) <= 19 and pan.isdigit()):
         raise ValueError("a PAN is 13 to 19 digits")
     return pan[:6] + "*" * (len(pan) - 10) + pan[-4:]
+
+
+def _cutover_time(cutover: str) -> time:
+    hh, mm = cutover.split(":")
+    return time(int(hh), int(mm))
+
+
+def business_window(business_date: date, cutover: str, timezone: str) -> tuple[datetime, datetime]:
+    """UTC [start, end) of the postings that belong to ``business_date``.
+
+    The cut-over ``HH:MM`` (local, in ``timezone``) closes a business date. A cut-over in the afternoon
+    or evening (12:00 or later) closes it on the same calendar day, so with 23:00 the business date D
+    runs from 23:00 on D-1 to 23:00 on D; an early-morning cut-over (before 12:00) closes it the next
+    morning, so with 02:00 it runs from 02:00 on D to 02:00 on D+1, and 00:00 gives the calendar day.
+    """
+    zone = ZoneInfo(timezone)
+    at = _cutover_time(cutover)
+    close_day = business_date if at.hour >= 12 else business_date + timedelta(days=1)
+    end = datetime.combine(close_day, at, tzinfo=zone)
+    start = datetime.combine(close_day - timedelta(days=1), at, tzinfo=zone)
+    return start.astimezone(UTC), end.astimezone(UTC)
+
+
+def business_date_of(instant: datetime, cutover: str, timezone: str) -> date:
+    """The business date a posting at ``instant`` (aware) belongs to; the inverse of business_window."""
+    local = instant.astimezone(ZoneInfo(timezone))
+    at = _cutover_time(cutover)
+    day = local.date()
+    if at.hour >= 12:
+        return day + timedelta(days=1) if local.time() >= at else day
+    return day - timedelta(days=1) if local.time() < at else day
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -224,3 +224,23 @@ def test_fast_parser_agrees_with_the_field_by_field_one(ds: list[Detail], index:
     except ClearingFormatError as exc:
         got = str(exc)
     assert got == expected
+
+
+def test_business_window() -> None:
+    from datetime import UTC, date, datetime, timedelta
+
+    from specs.clearing import business_date_of, business_window
+
+    start, end = business_window(date(2026, 11, 24), "23:00", "Asia/Shanghai")
+    assert (start, end) == (datetime(2026, 11, 23, 15, tzinfo=UTC), datetime(2026, 11, 24, 15, tzinfo=UTC))
+    start, end = business_window(date(2026, 11, 24), "02:00", "Asia/Shanghai")
+    assert (start, end) == (datetime(2026, 11, 23, 18, tzinfo=UTC), datetime(2026, 11, 24, 18, tzinfo=UTC))
+    start, end = business_window(date(2026, 11, 24), "00:00", "UTC")
+    assert (start, end) == (datetime(2026, 11, 24, tzinfo=UTC), datetime(2026, 11, 25, tzinfo=UTC))
+    for cutover in ("23:00", "02:00", "00:00", "12:00", "11:59"):
+        for tz in ("Asia/Shanghai", "Europe/Berlin", "UTC"):
+            d = date(2026, 3, 29)  # a DST change in Berlin
+            s, e = business_window(d, cutover, tz)
+            assert business_date_of(s, cutover, tz) == d
+            assert business_date_of(e - timedelta(seconds=1), cutover, tz) == d
+            assert business_date_of(e, cutover, tz) == d + timedelta(days=1)
