@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "pos": "pos.cli:pos",
     "load": "pos.load_cli:load",
     "demo": "pos.demo:demo",
+    "iso": "specs.cli:iso",
 }
 
 
