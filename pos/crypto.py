@@ -82,7 +82,8 @@ class KeyCipher:
         bs = self.block
         r = xor_blocks(data, bs)
         h = r.hex().upper().encode("ascii")
-        t = bytes(a ^ b for a, b in zip(self._enc.update(h[:bs]), h[bs:], strict=True))
+        frm = int.from_bytes
+        t = (frm(self._enc.update(h[:bs]), "big") ^ frm(h[bs:], "big")).to_bytes(bs, "big")
         return self._enc.update(t).hex().upper()[:8].encode("ascii")
 
 
