@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from hsm_sim.errors import INVALID_INPUT, INVALID_KEY_SCHEME, HsmFault
 
-_HEX = frozenset(b"0123456789ABCDEFabcdef")
-_DIGITS = frozenset(b"0123456789")
+_HEX = b"0123456789ABCDEFabcdef"
+_PRINTABLE = bytes(range(0x21, 0x7F))
 
 # Key schemes a key under the LMK may carry, and the hex characters that follow each.
 LMK_SCHEME_LENGTH = {"U": 32, "T": 48, "S": 32}
@@ -72,7 +72,7 @@ class Reader:
     def text(self, n: int) -> str:
         """n characters that must be printable ASCII (codes, flags)."""
         data = self.raw(n)
-        if not all(0x20 < b < 0x7F for b in data):
+        if data.translate(None, _PRINTABLE):
             raise HsmFault(INVALID_INPUT)
         return data.decode("ascii")
 
@@ -84,7 +84,7 @@ class Reader:
 
     def digits(self, n: int) -> str:
         data = self.raw(n)
-        if not all(b in _DIGITS for b in data):
+        if not data.isdigit() and n:  # bytes.isdigit: ASCII 0-9 only
             raise HsmFault(INVALID_INPUT)
         return data.decode("ascii")
 
@@ -93,15 +93,15 @@ class Reader:
 
     def hex(self, n: int) -> bytes:
         """n hex characters → n/2 bytes (n even)."""
-        data = self.raw(n)
-        if not all(b in _HEX for b in data):
-            raise HsmFault(INVALID_INPUT)
-        return binascii.unhexlify(data)
+        try:
+            return binascii.unhexlify(self.raw(n))  # either case; anything else is an error
+        except binascii.Error:
+            raise HsmFault(INVALID_INPUT) from None
 
     def hex_length(self) -> int:
         """A 4H length field."""
         data = self.raw(4)
-        if not all(b in _HEX for b in data):
+        if data.translate(None, _HEX):
             raise HsmFault(INVALID_INPUT)
         return int(data, 16)
 

@@ -6,6 +6,9 @@ ECB cipher (cheaper than building a CBC context); long data goes through one CBC
 
 from __future__ import annotations
 
+import operator
+from functools import reduce
+
 from hsm_sim.crypto import BlockCipher, des, xor, zero_pad
 
 _CBC_CONTEXT_FROM = 12  # blocks; below this a Python loop over the cached ECB cipher is faster
@@ -43,10 +46,14 @@ def cup_ecb_mac(cipher: BlockCipher, data: bytes) -> bytes:
     MAC = first 8 characters of upper-case hex(E(T)). bs = 8 (DES/3DES) or 16 (SM4).
     """
     bs = cipher.block_size
-    data = zero_pad(data, bs)
-    r = 0
-    for i in range(0, len(data), bs):
-        r ^= int.from_bytes(data[i:i + bs], "big")
-    h = r.to_bytes(bs, "big").hex().upper().encode("ascii")
+    # XOR of all blocks, word by word in C: 8-byte words (any byte order will do for XOR); a 16-byte
+    # block is two words, the even and the odd ones.
+    words = memoryview(zero_pad(data, bs)).cast("Q")
+    if bs == 8:
+        r = reduce(operator.xor, words, 0).to_bytes(8, "little")
+    else:
+        r = (reduce(operator.xor, words[0::2], 0).to_bytes(8, "little")
+             + reduce(operator.xor, words[1::2], 0).to_bytes(8, "little"))
+    h = r.hex().upper().encode("ascii")
     t = xor(cipher.encrypt(h[:bs]), h[bs:])
     return cipher.encrypt(t).hex().upper()[:8].encode("ascii")
