@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "hsm": "hsm_sim.cli:hsm",
     "run": "ops.run_cli:run",
     "settle": "settlement.cli:settle",
+    "clearing": "host.clearing_cli:clearing",
     "switch": "switch.cli:switch",
     "settlement": "settlement.cli:settlement",
     "pos": "pos.cli:pos",
