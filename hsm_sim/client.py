@@ -364,6 +364,8 @@ class HsmClient:
 
     # -- transport --------------------------------------------------------------------------------
     async def _connection(self) -> _Connection:
+        if self._nursery is None:
+            raise RuntimeError("use HsmClient inside `async with`")
         first: HsmUnavailable | None = None
         for _ in range(len(self._pool)):
             conn = self._pool[next(self._next)]
