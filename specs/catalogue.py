@@ -8,7 +8,10 @@
   whether the terminal must sign on again).
 - :func:`response_mti`, :func:`mac_required`, :func:`echoed_fields` / :func:`response_skeleton`
   (which request fields a response carries back), :func:`format_error_response` (the 30 answer).
-- Sub-field helpers for the structured POS fields: :class:`De60`, :class:`De61`, :func:`balance_de54`.
+- Sub-field helpers for the structured fields: :class:`De60`, :class:`De61`, :func:`balance_de54`,
+  :class:`WorkingKeys` (DE62 layouts per profile), :class:`BatchTotals` / :func:`batch_totals_de48`
+  / :func:`parse_batch_totals` (0500/0510 DE48), :class:`UploadRecord` / :func:`upload_de48` /
+  :func:`parse_upload_de48` (0320 DE48), :func:`h2h_de90`.
 """
 
 from __future__ import annotations
@@ -392,3 +395,114 @@ def balance_de54(available_fen: int, currency: str = "156") -> str:
 def h2h_de90(mti: str, stan: str, de7: str, acquirer: str, forwarding: str = "") -> str:
     """H2H DE90: original MTI n4, STAN n6, DE7 n10, acquirer id n11, forwarding id n11 (zero-padded)."""
     return f"{mti:0>4}{stan:0>6}{de7:0>10}{acquirer:0>11}{forwarding:0>11}"
+
+
+# --- sign-on working keys (POS DE62 of the 0810) --------------------------------------------------------
+
+# (part, size); None = filler that must be 8 zero bytes (3DES: the single-length MAK's second half).
+DE62_LAYOUTS: dict[str, tuple[tuple[str | None, int], ...]] = {
+    "3des": (("pik", 16), ("pik_cv", 4), ("mak", 8), (None, 8), ("mak_cv", 4), ("tdk", 16), ("tdk_cv", 4)),
+    "sm4": (("pik", 16), ("pik_cv", 4), ("mak", 16), ("mak_cv", 4), ("tdk", 16), ("tdk_cv", 4)),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class WorkingKeys:
+    """The working keys of a sign-on answer, each encrypted under the TMK, with their check values."""
+
+    pik: bytes
+    pik_cv: bytes
+    mak: bytes
+    mak_cv: bytes
+    tdk: bytes
+    tdk_cv: bytes
+
+    @classmethod
+    def parse(cls, profile: str, de62: bytes) -> WorkingKeys:
+        layout = DE62_LAYOUTS[profile]
+        if len(de62) != sum(size for _, size in layout):
+            raise ValueError(f"DE62 is {len(de62)} bytes, expected {sum(size for _, size in layout)}")
+        parts: dict[str, bytes] = {}
+        pos = 0
+        for name, size in layout:
+            chunk = de62[pos:pos + size]
+            pos += size
+            if name is None:
+                if chunk != bytes(size):
+                    raise ValueError("DE62 filler after the MAK is not zero")
+            else:
+                parts[name] = bytes(chunk)
+        return cls(**parts)
+
+    def build(self, profile: str) -> bytes:
+        out = bytearray()
+        for name, size in DE62_LAYOUTS[profile]:
+            value = bytes(size) if name is None else getattr(self, name)
+            if len(value) != size:
+                raise ValueError(f"{name} is {len(value)} bytes, expected {size} for {profile}")
+            out += value
+        return bytes(out)
+
+
+# --- batch settlement and upload (POS DE48) -------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class BatchTotals:
+    """One half of the 0500/0510 DE48 (domestic or foreign cards): 31 digits."""
+
+    debit_amount: int = 0
+    debit_count: int = 0
+    credit_amount: int = 0
+    credit_count: int = 0
+    result: str = "0"  # 0510: 1 balanced, 2 not balanced
+
+    def __str__(self) -> str:
+        return (f"{self.debit_amount:012d}{self.debit_count:03d}{self.credit_amount:012d}"
+                f"{self.credit_count:03d}{self.result}")
+
+    @classmethod
+    def parse(cls, value: str) -> BatchTotals:
+        if len(value) != 31 or not value.isdigit():
+            raise ValueError("batch totals are 31 digits")
+        return cls(int(value[0:12]), int(value[12:15]), int(value[15:27]), int(value[27:30]), value[30])
+
+
+def parse_batch_totals(de48: str) -> tuple[BatchTotals, BatchTotals]:
+    """0500/0510 DE48 -> (domestic, foreign); 31 digits alone mean no foreign totals."""
+    if len(de48) not in (31, 62):
+        raise ValueError("DE48 batch totals are 31 or 62 digits")
+    domestic = BatchTotals.parse(de48[:31])
+    return domestic, BatchTotals.parse(de48[31:]) if len(de48) == 62 else BatchTotals()
+
+
+def batch_totals_de48(domestic: BatchTotals, foreign: BatchTotals | None = None) -> str:
+    """The 62-digit DE48 (foreign totals zero when not given, with the domestic result digit)."""
+    return str(domestic) + str(foreign or BatchTotals(result=domestic.result))
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRecord:
+    """One 0320 batch upload record: ``00`` | STAN n6 | PAN n20 (left zero-padded) | amount n12."""
+
+    stan: str
+    pan: str
+    amount: int
+
+
+MAX_UPLOAD_RECORDS = 8
+
+
+def parse_upload_de48(de48: str) -> list[UploadRecord]:
+    if not de48.isdigit() or len(de48) < 2 or len(de48) != 2 + 40 * int(de48[:2]):
+        raise ValueError("DE48 upload is a count n2 then 40 digits per record")
+    records = []
+    for i in range(int(de48[:2])):
+        r = de48[2 + 40 * i: 42 + 40 * i]
+        records.append(UploadRecord(r[2:8], r[8:28].lstrip("0"), int(r[28:40])))
+    return records
+
+
+def upload_de48(records: list[UploadRecord]) -> str:
+    if len(records) > MAX_UPLOAD_RECORDS:
+        raise ValueError(f"at most {MAX_UPLOAD_RECORDS} records per 0320")
+    return f"{len(records):02d}" + "".join(f"00{r.stan:0>6}{r.pan:0>20}{r.amount:012d}" for r in records)

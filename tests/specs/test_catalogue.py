@@ -8,12 +8,16 @@ from specs.catalogue import (
     H2H_TRANSACTIONS,
     POS_TRANSACTIONS,
     RESPONSE_CODES,
+    BatchTotals,
     De60,
     De61,
     ResponseCode,
     TxnType,
     UnknownTransaction,
+    UploadRecord,
+    WorkingKeys,
     balance_de54,
+    batch_totals_de48,
     classify_h2h,
     classify_pos,
     describe_response_code,
@@ -22,10 +26,13 @@ from specs.catalogue import (
     h2h_de90,
     h2h_key,
     mac_required,
+    parse_batch_totals,
+    parse_upload_de48,
     request_mti,
     response_mti,
     response_skeleton,
     reversed_pos_type,
+    upload_de48,
 )
 from specs.codec import codec_for
 from specs.errors import DecodeError
@@ -154,3 +161,62 @@ def test_subfields() -> None:
     assert balance_de54(-5) == "1002156D000000000005"
     assert h2h_de90("0200", "000777", "1125101010", "48880000") == (
         "0200" "000777" "1125101010" "00048880000" "00000000000")
+
+
+def test_de62_layouts_against_the_contract_keys() -> None:
+    """Decrypt the contract's DE62 with the TMK: the layout puts each key and check value in place."""
+    from Crypto.Cipher import DES, DES3
+    from gmssl.sm4 import SM4_DECRYPT, SM4_ENCRYPT, CryptSM4
+
+    from tests.specs.test_golden import DE62_3DES, DE62_SM4, TMK
+
+    tmk = bytes.fromhex(TMK)
+    keys = WorkingKeys.parse("3des", bytes.fromhex(DE62_3DES))
+    assert keys.build("3des").hex().upper() == DE62_3DES
+    tdes = DES3.new(tmk, DES3.MODE_ECB)
+    pik, mak, tdk = tdes.decrypt(keys.pik), tdes.decrypt(keys.mak), tdes.decrypt(keys.tdk)
+    assert pik.hex().upper() == "1023456789ABCDEF0123456789ABCDE0"
+    assert mak.hex().upper() == "2023456789ABCD02"
+    assert tdk.hex().upper() == "3123456789ABCDEF1023456789ABCDE3"
+    assert DES3.new(pik, DES3.MODE_ECB).encrypt(bytes(8))[:4] == keys.pik_cv
+    assert DES.new(mak, DES.MODE_ECB).encrypt(bytes(8))[:4] == keys.mak_cv
+    assert DES3.new(tdk, DES3.MODE_ECB).encrypt(bytes(8))[:4] == keys.tdk_cv
+
+    keys = WorkingKeys.parse("sm4", bytes.fromhex(DE62_SM4))
+    assert keys.build("sm4").hex().upper() == DE62_SM4
+    dec, enc = CryptSM4(padding_mode=-1), CryptSM4(padding_mode=-1)  # -1: no padding at all
+    dec.set_key(tmk, SM4_DECRYPT)
+    clear = {name: bytes(dec.crypt_ecb(getattr(keys, name))) for name in ("pik", "mak", "tdk")}
+    assert clear["pik"].hex().upper() == "11111111111111112222222222222222"
+    assert clear["mak"].hex().upper() == "33333333333333334444444444444444"
+    assert clear["tdk"].hex().upper() == "55555555555555556666666666666666"
+    for name, key in clear.items():
+        enc.set_key(key, SM4_ENCRYPT)
+        assert bytes(enc.crypt_ecb(bytes(16)))[:4] == getattr(keys, f"{name}_cv")
+
+    with pytest.raises(ValueError, match="filler"):
+        WorkingKeys.parse("3des", bytes(28) + b"\x01" + bytes(31))
+    with pytest.raises(ValueError, match="expected 60"):
+        WorkingKeys.parse("sm4", bytes(59))
+    with pytest.raises(ValueError):
+        WorkingKeys(*(bytes(1),) * 6).build("sm4")
+
+
+def test_batch_de48_helpers() -> None:
+    domestic = BatchTotals(12345, 1, 500, 1, "1")
+    de48 = batch_totals_de48(domestic)
+    assert de48 == "000000012345001000000000500001" "1" + "0" * 30 + "1"
+    assert parse_batch_totals(de48) == (domestic, BatchTotals(result="1"))
+    assert parse_batch_totals(de48[:31])[1] == BatchTotals()
+    with pytest.raises(ValueError):
+        parse_batch_totals("1" * 30)
+    records = [UploadRecord("000777", "6212345678901234567", 12345), UploadRecord("000778", "621234", 1)]
+    up = upload_de48(records)
+    assert up == "02" "00000777" "06212345678901234567" "000000012345" "00000778" + "0" * 14 + "621234" + (
+        "000000000001")
+    assert parse_upload_de48(up) == records
+    codec_for("pos", "3des").encode({"t": "0320", "48": upload_de48(records * 4)})  # 8 records fit n..322
+    with pytest.raises(ValueError):
+        upload_de48(records * 5)
+    with pytest.raises(ValueError):
+        parse_upload_de48("01" + "0" * 39)
