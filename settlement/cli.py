@@ -246,3 +246,61 @@ def report(app: AppContext, run_id: int, output_dir: Path | None) -> None:
 
     written = _db(app, work)
     app.emit([str(p) for p in written], "\n".join(str(p) for p in written))
+
+
+@settlement.command("reconcile")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--journal", type=click.Path(dir_okay=False, path_type=Path),
+              help="Switch journal export (CSV: terminal_id,rrn,stan,txn_type,amount,status); "
+                   "without it the journal side is not compared.")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the exceptions CSV goes (default: settlement.output_dir).")
+@pass_app
+def reconcile_cmd(app: AppContext, file: Path, journal: Path | None, output_dir: Path | None) -> None:
+    """Reconcile clearing FILE with the host ledger (and a switch journal): an exceptions report."""
+    from settlement.reconcile import (
+        exceptions_csv,
+        file_records,
+        journal_csv_records,
+        ledger_records,
+        reconcile,
+        summary_text,
+    )
+    from specs.clearing import ClearingFormatError, ClearingReader, business_window
+
+    cfg = app.config
+    try:
+        with ClearingReader(file) as r:
+            business_date = r.header.business_date
+        journal_rows = journal_csv_records(journal) if journal is not None else None
+    except (ClearingFormatError, ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    start, end = business_window(business_date, cfg.clearing.cutover, cfg.clearing.timezone)
+
+    async def work(conn: Any) -> Any:
+        try:
+            ledger = await ledger_records(conn, start, end)
+        except asyncpg_errors() as exc:
+            raise SettlementError(f"host ledger not readable (clearing_postings): {exc}") from None
+        try:
+            return reconcile(journal_rows, ledger, file_records(file))
+        except ClearingFormatError as exc:
+            raise SettlementError(f"refused {exc}") from None
+
+    report = _db(app, work)
+    out = (output_dir or Path(cfg.settlement.output_dir)) / f"reconcile_{file.stem}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(exceptions_csv(report), encoding="utf-8")
+    tmp.replace(out)
+    app.emit({"file": file.name, "business_date": str(business_date), "counts": report.counts,
+              "matched": report.matched, "exceptions": report.by_category(),
+              "journal_compared": report.journal_compared, "report": str(out)},
+             f"{file.name} (business date {business_date}, ledger {start:%Y-%m-%d %H:%M}Z to "
+             f"{end:%Y-%m-%d %H:%M}Z)\n{summary_text(report)}\nexceptions: {out}")
+
+
+def asyncpg_errors() -> tuple[type[BaseException], ...]:
+    import asyncpg
+
+    return (asyncpg.PostgresError,)

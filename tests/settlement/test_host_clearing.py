@@ -222,3 +222,38 @@ def test_emit_settle_reconcile(db_url: str, tmp_path: Path) -> None:
         assert empty.trailer.count == 0 and read_file(empty.path)[1] == []
 
     run(db_url, work)
+
+    # the CLI: the late posting shows up; a journal approval that was never posted too
+    from click.testing import CliRunner
+
+    from ops.cli import cli
+
+    journal = tmp_path / "journal.csv"
+    journal.write_text(
+        "terminal_id,rrn,stan,txn_type,amount,status\nT0000001,000000000077,000077,PURCHASE,500,approved\n"
+    )
+    res = CliRunner().invoke(
+        cli,
+        [
+            "--json",
+            "settlement",
+            "reconcile",
+            str(out / "CLR_48880000_20261110_01.txt"),
+            "--journal",
+            str(journal),
+            "--output-dir",
+            str(tmp_path / "rec"),
+        ],
+        env={"PAYSWITCH_DATABASE_URL": db_url},
+        catch_exceptions=False,
+    )
+    assert res.exit_code == 0, res.output
+    import json
+
+    summary = json.loads(res.output)
+    assert summary["exceptions"]["in_ledger_not_in_file"] == 1
+    assert summary["exceptions"]["approved_not_posted"] == 1
+    assert summary["matched"] == 1  # p1 and r1 have no journal record: posted_not_in_journal
+    assert summary["exceptions"]["posted_not_in_journal"] == 3
+    rows = (tmp_path / "rec" / "reconcile_CLR_48880000_20261110_01.csv").read_text().splitlines()
+    assert len(rows) == 1 + 5
