@@ -69,13 +69,27 @@ class Listener:
     ) -> None:
         listeners = await trio.open_tcp_listeners(port, host=host, backlog=4096)
         self.port = listeners[0].socket.getsockname()[1]
-        with trio.CancelScope() as scope:
-            self._accept_scope = scope
-            async with trio.open_nursery() as nursery:
+        # Connections live in their own nursery, outside the accept loop's cancel scope: drain() stops
+        # accepting without cancelling the requests being answered.
+        async with trio.open_nursery() as connections:
+            with trio.CancelScope() as scope:
+                self._accept_scope = scope
                 task_status.started(self.port)
-                await nursery.start(trio.serve_listeners, self._serve_client, listeners)
-        for listener in listeners:
-            await listener.aclose()
+                async with trio.open_nursery() as acceptors:
+                    for listener in listeners:
+                        acceptors.start_soon(self._accept, listener, connections)
+            for listener in listeners:
+                await listener.aclose()
+
+    async def _accept(self, listener: trio.SocketListener, connections: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:  # EMFILE and friends: wait a little rather than spin
+                log.error("accept failed", listener=self.name, error=str(exc))
+                await trio.sleep(0.1)
+                continue
+            connections.start_soon(self._serve_client, stream)
 
     def drain(self) -> None:
         """Stop accepting and reading; in-flight requests still get their answers."""

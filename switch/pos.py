@@ -183,6 +183,13 @@ class PosService:
     # -- network management ------------------------------------------------------------------------
     async def _sign_on(self, msg: Message) -> Reply:
         terminal, refusal = await self._terminal(msg)
+        if terminal is not None:
+            # Sign-on re-reads the host's registry entry: state or TMK may have changed since first contact.
+            record = await self.store.terminal(terminal.terminal_id, terminal.merchant_id)
+            if record is None or record.merchant_id != terminal.merchant_id:
+                self.registry.forget(terminal.terminal_id, terminal.merchant_id)
+                return Reply(pos_response(msg, code="97" if record is None else "03"))
+            terminal.record = record
         if terminal is None:
             assert refusal is not None
             return refusal

@@ -296,6 +296,9 @@ class Store:
     ) -> tuple[TerminalRecord | None, SessionRow | None, int, list[Any]]:
         return await self.pool.run(_load_terminal, terminal_id, merchant_id)
 
+    async def terminal(self, terminal_id: str, merchant_id: str) -> TerminalRecord | None:
+        return await self.pool.run(_terminal, terminal_id, merchant_id)
+
     async def save_session(
         self, terminal_id: str, merchant_id: str, scheme: str, pik: str, mak: str, tdk: str
     ) -> None:

@@ -26,6 +26,7 @@ class FakeHost:
     zpk: bytes
     port: int = 0
     drop_financial: bool = False
+    drop_advices: bool = False
     delay: float = 0.0
     requests: list[dict[str, Any]] = field(default_factory=list)
     _thread: threading.Thread | None = None
@@ -110,6 +111,8 @@ class FakeHost:
             if code == "00":
                 answer["38"] = "A12345"
             answer["15"] = "1125"
+        elif mti in ("0420", "0421") and self.drop_advices:
+            return
         else:
             answer["39"] = "00"
         try:
