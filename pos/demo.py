@@ -101,8 +101,14 @@ def _shown(args: tuple[str, ...]) -> list[str]:
 
 
 def load_tmk(terminal_id: str) -> str:
-    """The demo TMK of a load-test terminal: derived from its id (public test data)."""
-    return hashlib.sha256(f"payswitch demo load terminal {terminal_id}".encode()).hexdigest()[:32].upper()
+    """The demo TMK of a load-test terminal: derived from its id (public test data), odd parity per
+    byte as DES keys need (the HSM refuses a 3DES key with bad parity; SM4 ignores it)."""
+    raw = hashlib.sha256(f"payswitch demo load terminal {terminal_id}".encode()).digest()[:16]
+    return odd_parity(raw).hex().upper()
+
+
+def odd_parity(key: bytes) -> bytes:
+    return bytes(b & 0xFE | (bin(b & 0xFE).count("1") % 2 == 0) for b in key)
 
 
 def write_private(path: Path, data: Any) -> None:
