@@ -11,8 +11,10 @@ What each transaction type does to the merchant's fee:
 - PURCHASE, COMPLETION: the fee of a sale.
 - REFUND: the schedule's refund rule says what comes back: ``none`` nothing, ``percent`` the basis-point
   part only (the fixed fee is kept), ``full`` the fee of a sale of the refunded amount.
-- VOID, a REVERSAL of a debit: the transaction never happened, so its fee is returned in full. The import
-  replaces the estimate below with the exact negated fee of the original when the original was settled.
+- VOID, a REVERSAL of a debit: the transaction never happened, so its fee is returned in full. When the
+  original was settled (same or earlier file) and the amount is the whole original amount, the import
+  replaces the estimate below with exactly the original's fee and shares, negated, whatever rate card
+  priced it; a partial reversal keeps the estimate on its own amount.
 - a REVERSAL of a credit (a refund undone): the refund's returned fee is charged again.
 - TOPUP: money loaded by the issuer, not merchant business: no fee.
 

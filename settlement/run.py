@@ -74,7 +74,7 @@ async def run_settlement(conn: Any, as_of: date, default_cycle: Cycle) -> RunRes
         for merchant, rows in by_merchant.items():
             cycle = settings[merchant][0] if merchant in settings else default_cycle
             due = [r for r in rows if settlement_date(r["business_date"], cycle) <= as_of]
-            later = [r for r in rows if r not in due]
+            later = [r for r in rows if settlement_date(r["business_date"], cycle) > as_of]
             if later:
                 next_due = min(settlement_date(r["business_date"], cycle) for r in later)
                 result.carried.append(Carried(
