@@ -313,11 +313,11 @@ def _hex_fixed(fs: FieldSpec) -> tuple[_Encoder, _Decoder]:
 def _str_problem(v: Any, kind: str, size: int, *, fixed: bool) -> str:
     if not isinstance(v, str):
         return f"expected str, got {type(v).__name__}"
+    if not v.isascii() or v.encode("ascii").translate(None, _ALLOWED[kind]):
+        return f"not {_ALPHABET_NAME[kind]}"
     if fixed and len(v) != size:
         return f"length {len(v)}, expected {size}"
-    if len(v) > size:
-        return f"length {len(v)} over maximum {size}"
-    return f"not {_ALPHABET_NAME[kind]}"
+    return f"length {len(v)} over maximum {size}"
 
 
 def _bytes_problem(v: Any, size: int, *, fixed: bool) -> str:
@@ -455,7 +455,7 @@ class Codec:
         if first is not None:
             raise DecodeError(first.field, first.reason, msg)
         if pos != len(buf):
-            raise DecodeError("end", f"{len(buf) - pos} bytes after the last field", msg)
+            raise DecodeError("end", f"{len(buf) - pos} extra bytes after the last field", msg)
         return msg
 
     def _h2h_plan(self, buf: bytes, msg: Message) -> tuple[_Plan, int]:

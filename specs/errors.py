@@ -26,15 +26,16 @@ def field_label(field: str) -> str:
     return _LABELS.get(field, f"DE{field}" if field.isdigit() else field)
 
 
-_LABELS = {"t": "MTI", "p": "bitmap", "1": "secondary bitmap"}
+_LABELS = {"t": "MTI", "p": "bitmap", "1": "secondary bitmap", "end": "message end"}
 
 
 class DecodeError(ValueError):
     """Bytes that do not parse. ``str(exc)`` is e.g. ``"DE2: non-BCD nibble"``.
 
-    ``field`` is the field key ("t" for the MTI, "p"/"1" for the bitmaps, "2".."128", or a framing
-    part such as "TPDU"); ``reason`` says what is wrong; ``partial`` holds the non-secret fields that
-    could be read (see ``PARTIAL_FIELDS``), so a caller can answer 30 with DE11/DE41/DE42.
+    ``field`` is the field key ("t" for the MTI, "p"/"1" for the bitmaps, "2".."128", "end" for bytes
+    after the last field, or "TPDU" for the POS frame); ``reason`` says what is wrong; ``partial``
+    holds the non-secret fields that could be read (see ``PARTIAL_FIELDS``), so a caller can answer
+    30 with DE11/DE41/DE42.
     """
 
     def __init__(self, field: str, reason: str, partial: dict[str, Any] | None = None) -> None:
