@@ -5,8 +5,9 @@ An acquirer is identified by the DE32 it sends, matched against an ``in`` row of
 (a missing or wrong MAC is answered 30 and nothing is forwarded), translate the PIN from the
 acquirer's ZPK to the issuer link's ZPK (CC, or W8 across algorithms), route by BIN, forward, answer.
 
-Toward issuers the switch is the acquirer of record: the forwarded request carries the switch's DE32,
-its own DE7 and link STAN, and the originating acquirer's id in DE33. A timeout answers 91 and queues
+Toward issuers the forwarded request keeps the acquirer's DE32 and carries the switch's id as the
+forwarding institution (DE33; the issuer picks the link keys by DE33, else DE32), with the switch's own
+DE7 and link STAN. A timeout answers 91 and queues
 a reversal advice upstream. A duplicate (same DE32 + DE7 + DE11 + DE41 + MTI) gets the first answer
 again from the journal and nothing goes upstream twice. Reversals (0400/0420/0421) name their original
 in DE90; an original the switch forwarded is reversed upstream (through store-and-forward when the
@@ -273,8 +274,8 @@ class AcquirerService:
             metrics.LATENCY_HSM.observe(hsm_seconds)
         forwarded["7"] = transmission_time()
         forwarded["11"] = f"{out.next_stan():06d}"
-        forwarded["32"] = self.institution_id
-        forwarded["33"] = str(msg.get("32", ""))
+        forwarded["32"] = str(msg.get("32", ""))
+        forwarded["33"] = self.institution_id
         seen.link = out.name
         seen.forwarded = forwarded
         self._originals[_original_key(msg)] = key

@@ -196,7 +196,7 @@ def test_inbound_acquirer_link(world: World) -> None:
     answer = _h2h_exchange(port, msg)
     assert answer["39"] == "00" and answer["11"] == "700001" and answer["32"] == ACQUIRER and "128" in answer
     forwarded = world.host3.seen("0200")[-1]
-    assert forwarded["32"] == "48880000" and forwarded["33"] == ACQUIRER and forwarded["11"] != "700001"
+    assert forwarded["32"] == ACQUIRER and forwarded["33"] == "48880000" and forwarded["11"] != "700001"
     # duplicate: same answer, nothing upstream again
     again = _h2h_exchange(port, msg)
     assert again["39"] == "00" and again.get("38") == answer.get("38")
