@@ -91,6 +91,7 @@ class _Batch:
     done: dict[str, Decision] = field(default_factory=dict)
     originals: dict[str, Original] = field(default_factory=dict)
     by_rrn: dict[tuple[int, str], list[Original]] = field(default_factory=dict)
+    preauths: dict[int, list[Original]] = field(default_factory=dict)  # card -> its pre-auths, oldest first
     deltas: dict[int, list[int]] = field(default_factory=dict)  # account -> [dpend, dpost, cpend, cpost]
     auth_rows: list[tuple[Any, ...]] = field(default_factory=list)
     transfers: list[TransferRow] = field(default_factory=list)
@@ -214,7 +215,16 @@ class Ledger:
             and r.txn in (Txn.VOID, Txn.REFUND, Txn.COMPLETION, Txn.PREAUTH_VOID)
         ]
         hold_keys = [r.hold_key for r in reqs if r.txn is Txn.EXPIRY and r.hold_key]
-        if not (rev_keys or rrn_pairs or hold_keys):
+        hold_cards = list(
+            {
+                r.card_id
+                for r in reqs
+                if r.txn in (Txn.COMPLETION, Txn.PREAUTH_VOID)
+                and not r.original_rrn
+                and r.card_id is not None
+            }
+        )
+        if not (rev_keys or rrn_pairs or hold_keys or hold_cards):
             return
         cols = "key, txn, response_code, posted, card_id, amount, rrn"
         rows = list(
@@ -229,6 +239,13 @@ class Ledger:
                 [p[0] for p in rrn_pairs],
                 [p[1] for p in rrn_pairs],
                 [Txn.PURCHASE, Txn.COMPLETION, Txn.PREAUTH],
+            )
+        if hold_cards:
+            rows += await conn.fetch(
+                f"""SELECT {cols} FROM auth_requests
+                    WHERE card_id = ANY($1::bigint[]) AND txn = 'preauth' AND response_code = '00'
+                    ORDER BY received_at""",
+                hold_cards,
             )
         for row in rows:
             if row["key"] not in b.originals:
@@ -311,6 +328,8 @@ class Ledger:
         b.originals[o.key] = o
         if o.card_id is not None and o.rrn:
             b.by_rrn.setdefault((o.card_id, o.rrn), []).append(o)
+        if o.card_id is not None and o.txn == Txn.PREAUTH:
+            b.preauths.setdefault(o.card_id, []).append(o)
 
     async def _lock_cards(self, conn: Any, b: _Batch, card_ids: list[int]) -> None:
         rows = await conn.fetch(
@@ -382,6 +401,14 @@ class Ledger:
         return d
 
     def _find_by_rrn(self, b: _Batch, r: Request, card_id: int) -> Original | None:
+        if not r.original_rrn and r.txn in (Txn.COMPLETION, Txn.PREAUTH_VOID):
+            # no RRN: the card's latest pre-auth still on hold (for a void, preferably of that amount)
+            mine = [o for o in b.preauths.get(card_id, []) if o.code == Rc.APPROVED]
+            held = [o for o in mine if o.hold is not None]
+            exact = [o for o in held if o.hold is not None and o.hold.amount == r.amount]
+            if r.txn is Txn.PREAUTH_VOID and exact:
+                return exact[-1]
+            return held[-1] if held else (mine[-1] if mine else None)
         wanted = {
             Txn.VOID: (Txn.PURCHASE, Txn.COMPLETION),
             Txn.REFUND: (Txn.PURCHASE, Txn.COMPLETION),

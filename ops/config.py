@@ -75,6 +75,14 @@ class HostConfig:
     port: int = setting("H2H listener port", min=1, max=65535)
     metrics_port: int = setting("host /metrics port, 0 = off", min=0, max=65535)
     institution_id: str = setting("issuer institution id", pattern=r"\d{1,11}")
+    profile: str = setting("key profile of the H2H listener (width of DE52)", choices=("3des", "sm4"))
+    writers: int = setting("ledger writer tasks (each posts its share of the partitions)", min=1, max=64)
+    batch_max: int = setting("most requests posted in one ledger transaction", min=1, max=5000)
+    pin_tries: int = setting("wrong PINs before a card answers 75", min=1, max=20)
+    hold_days: int = setting("days a pre-auth hold lives before the sweeper releases it", min=1, max=90)
+    completion_tolerance_pct: int = setting("completion may exceed its hold by this percentage", min=0, max=100)
+    sweep_seconds: int = setting("interval of the hold-expiry sweeper", min=1, max=86_400)
+    mailer_dir: str = setting("folder `card issue` writes PIN-mailer files to")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,606 @@
+"""The host's commands: `host`, `product`, `card`, `merchant`, `store`, `terminal`, `ledger`.
+
+Amounts on the command line are in currency units with up to two decimals (``500.00`` = 50,000 minor
+units); JSON output gives minor units. A CARD argument is a card id or a PAN (looked up through the
+HSM's keyed hash; the PAN is never stored or logged). Operator mistakes are one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+from collections.abc import Awaitable, Callable
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import trio
+
+from host import catalog
+from host.admin import admin_load, load_refusal
+from host.catalog import CatalogError
+from host.keys import IssuerCrypto, generate_missing, keys_from, load_keys, store_keys
+from ops.cli import AppContext, configure_logging, pass_app
+from ops.db import DatabaseUnavailable, database_url
+from ops.pgpool import PgPool
+
+T = TypeVar("T")
+APP_ROLE = "payswitch_app"
+_KEY = re.compile(r"^(U[0-9A-Fa-f]{32}|T[0-9A-Fa-f]{48}|S[0-9A-Fa-f]{32})$")
+
+
+def amount_minor(text: str) -> int:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise click.BadParameter(f"{text!r} is not an amount (e.g. 500.00)") from None
+    minor = value * 100
+    if minor != minor.to_integral_value() or minor < 0:
+        raise click.BadParameter(f"{text!r}: at most two decimals, not negative")
+    return int(minor)
+
+
+def major(minor: int) -> str:
+    sign = "-" if minor < 0 else ""
+    return f"{sign}{abs(minor) // 100}.{abs(minor) % 100:02d}"
+
+
+# -- running work against the database (and the HSM) ---------------------------------------------
+def _run(app: AppContext, work: Callable[..., Awaitable[T]], *, hsm: bool = False) -> T:
+    """Run ``work(pool)`` or ``work(pool, crypto)`` in trio with the database pool (and HSM client)."""
+    url = database_url(app.config)
+
+    async def main() -> T:
+        with PgPool(url, min_size=1, max_size=4, role=APP_ROLE) as pool:
+            if not hsm:
+                return await work(pool)
+            from hsm_sim.client import HsmClient, HsmError
+
+            try:
+                async with HsmClient.from_config(app.config.hsm) as client:
+                    crypto = await open_crypto(pool, client)
+                    return await work(pool, crypto)
+            except HsmError as exc:
+                raise click.ClickException(f"HSM: {exc}") from None
+
+    try:
+        return trio.run(main)
+    except CatalogError as exc:
+        raise click.ClickException(str(exc)) from None
+    except DatabaseUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+async def open_crypto(pool: PgPool, client: Any) -> IssuerCrypto:
+    """The issuer keys (generated in the HSM and stored under the LMK the first time)."""
+    existing = await pool.run(load_keys)
+    new = await generate_missing(client, existing)
+    if new:
+        existing = await pool.run(store_keys, new)
+    return IssuerCrypto(client, keys_from(existing))
+
+
+async def _card_id(pool: PgPool, crypto: IssuerCrypto | None, card: str) -> int:
+    if card.isdigit() and len(card) >= 13:
+        if crypto is None:
+            raise click.ClickException("a PAN needs the HSM")
+        return await pool.run(catalog.card_by_hash, await crypto.pan_hash(card))
+    if not card.isdigit():
+        raise click.ClickException(f"{card!r}: give a card id or a PAN")
+    return int(card)
+
+
+def _needs_hsm(card: str) -> bool:
+    return card.isdigit() and len(card) >= 13
+
+
+def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
+    for r in rows:
+        lines.append("  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(cols, widths, strict=True)))
+    return "\n".join(lines)
+
+
+# -- host -----------------------------------------------------------------------------------------
+@click.group()
+def host() -> None:
+    """The authorization host: `host serve`, links, keys."""
+
+
+@host.command()
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="H2H port (default: host.port).")
+@pass_app
+def serve(app: AppContext, port: int | None) -> None:
+    """Listen for H2H requests, decide, post to the ledger, answer."""
+    import dataclasses
+
+    from host.service import HostService, load_partitions
+    from hsm_sim.client import HsmClient
+    from ops.metrics import serve_metrics
+
+    configure_logging(app, "host")
+    config = app.config
+    if port is not None:
+        config = dataclasses.replace(config, host=dataclasses.replace(config.host, port=port))
+    url = database_url(config)
+    serve_metrics("host", config.host.metrics_port)
+    pool_size = max(config.database.pool_max, config.host.writers + 4)
+
+    async def main() -> None:
+        with PgPool(
+            url, min_size=min(config.database.pool_min, pool_size), max_size=pool_size, role=APP_ROLE
+        ) as pool:
+            async with HsmClient.from_config(config.hsm) as client:
+                crypto = await open_crypto(pool, client)
+                keys = await pool.run(load_keys)
+                service = HostService(
+                    config, pool, client, partitions=await pool.run(load_partitions), keys=keys
+                )
+                service.crypto = crypto
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+                    await nursery.start(service.serve)
+
+    trio.run(main)
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
+
+
+@host.command("link")
+@click.argument("institution_id")
+@click.option("--profile", type=click.Choice(["3des", "sm4"]), required=True)
+@click.option("--zpk", default=None, help="Link PIN key under the LMK (U+32H / S+32H), as the switch has it.")
+@click.option("--zmk", default=None, help="Link ZMK under the LMK, for 0800 key changes.")
+@pass_app
+def link_set(app: AppContext, institution_id: str, profile: str, zpk: str | None, zmk: str | None) -> None:
+    """Set the link of a peer institution (the DE33, else DE32, it sends)."""
+    if not re.fullmatch(r"\d{1,11}", institution_id):
+        raise click.ClickException("institution id: 1 to 11 digits")
+    for label, key in (("--zpk", zpk), ("--zmk", zmk)):
+        if key is not None and not _KEY.fullmatch(key):
+            raise click.ClickException(f"{label}: expected a key under the LMK (U+32H, T+48H or S+32H)")
+    inst = institution_id.lstrip("0") or "0"
+
+    async def work(pool: PgPool) -> None:
+        await pool.run(
+            catalog.set_link, inst, profile, zmk.upper() if zmk else None, zpk.upper() if zpk else None
+        )
+
+    _run(app, work)
+    app.emit({"link": inst, "profile": profile}, f"link {inst} ({profile}) saved")
+
+
+@host.command("keys")
+@pass_app
+def keys_cmd(app: AppContext) -> None:
+    """Create the issuer keys in the HSM if missing; show their check values."""
+
+    async def work(pool: PgPool, crypto: IssuerCrypto) -> dict[str, str]:
+        rows = await pool.run(load_keys)
+        return {name: cv[:6] for name, (_key, cv) in sorted(rows.items())}
+
+    cvs = _run(app, work, hsm=True)
+    app.emit(cvs, "\n".join(f"{k:<10} check value {v}" for k, v in cvs.items()))
+
+
+# -- product --------------------------------------------------------------------------------------
+@click.group()
+def product() -> None:
+    """Card products and their BIN ranges."""
+
+
+@product.command("add")
+@click.argument("code")
+@click.option("--kind", type=click.Choice(["reloadable", "fixed_amount", "usage_limited"]), required=True)
+@click.option("--bin", "bin_prefix", required=True, help="BIN prefix (6-11 digits) of the product's PANs.")
+@click.option("--pan-length", type=click.IntRange(13, 19), default=19, show_default=True)
+@click.option("--name", default="")
+@click.option("--currency", default="156", show_default=True)
+@click.option("--max-balance", default="5000.00", show_default=True)
+@click.option("--face-value", default="0", help="fixed_amount: loaded at activation.")
+@click.option("--uses", type=click.IntRange(1), default=None, help="usage_limited: number of uses.")
+@click.option("--per-txn-limit", default="1000.00", show_default=True)
+@click.option("--daily-amount-limit", default="3000.00", show_default=True)
+@click.option("--daily-count-limit", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--validity-months", type=click.IntRange(1, 240), default=36, show_default=True)
+@click.option("--pin-required/--no-pin", default=True, show_default=True)
+@click.option("--pin-scheme", type=click.Choice(["3des", "sm4"]), default="3des", show_default=True)
+@click.option("--mcc", "mccs", multiple=True, help="Allowed MCC (repeatable; default any).")
+@click.option("--group", "groups", multiple=True, help="Allowed merchant group (repeatable; default any).")
+@pass_app
+def product_add(
+    app: AppContext,
+    code: str,
+    kind: str,
+    bin_prefix: str,
+    pan_length: int,
+    name: str,
+    currency: str,
+    max_balance: str,
+    face_value: str,
+    uses: int | None,
+    per_txn_limit: str,
+    daily_amount_limit: str,
+    daily_count_limit: int,
+    validity_months: int,
+    pin_required: bool,
+    pin_scheme: str,
+    mccs: tuple[str, ...],
+    groups: tuple[str, ...],
+) -> None:
+    """Add a card product with its BIN range."""
+    if kind == "usage_limited" and uses is None:
+        raise click.ClickException("a usage_limited product needs --uses")
+    if kind == "fixed_amount" and amount_minor(face_value) <= 0:
+        raise click.ClickException("a fixed_amount product needs --face-value")
+    if not re.fullmatch(r"\d{6,11}", bin_prefix):
+        raise click.ClickException("--bin: 6 to 11 digits")
+    spec = catalog.ProductSpec(
+        code=code,
+        kind=kind,
+        currency=currency,
+        name=name,
+        max_balance=amount_minor(max_balance),
+        initial_amount=amount_minor(face_value),
+        uses=uses if kind == "usage_limited" else None,
+        per_txn_limit=amount_minor(per_txn_limit),
+        daily_amount_limit=amount_minor(daily_amount_limit),
+        daily_count_limit=daily_count_limit,
+        validity_months=validity_months,
+        pin_required=pin_required,
+        pin_scheme=pin_scheme,
+        allowed_mccs=list(mccs) or None,
+        allowed_groups=list(groups) or None,
+    )
+
+    async def work(pool: PgPool) -> int:
+        if await pool.run(_exists, "SELECT 1 FROM products WHERE code = $1", code):
+            raise CatalogError(f"product {code} already exists")
+        return await pool.run(catalog.add_product, spec, bin_prefix, pan_length)
+
+    pid = _run(app, work)
+    app.emit({"product": code, "id": pid, "bin": bin_prefix}, f"product {code} ({kind}) on BIN {bin_prefix}")
+
+
+async def _exists(conn: Any, sql: str, *args: Any) -> bool:
+    return bool(await conn.fetchval(sql, *args))
+
+
+@product.command("list")
+@pass_app
+def product_list(app: AppContext) -> None:
+    """Products, their BINs and card counts."""
+
+    async def work(pool: PgPool) -> list[dict[str, Any]]:
+        return await pool.run(catalog.list_products)
+
+    rows = _run(app, work)
+    app.emit(
+        rows, _table(rows, ["code", "kind", "currency", "max_balance", "per_txn_limit", "bins", "cards"])
+    )
+
+
+# -- card -----------------------------------------------------------------------------------------
+@click.group()
+def card() -> None:
+    """Cards: issue, state changes, loads, history."""
+
+
+@card.command("issue")
+@click.option("--product", "product_code", required=True)
+@click.option("--count", type=click.IntRange(1, 100_000), default=1, show_default=True)
+@click.option("--pin", default=None, help="Chosen PIN for every card (test LMK only: demos and tests).")
+@click.option("--activate", is_flag=True, help="Activate the cards at once (else they stay in inventory).")
+@click.option(
+    "--mailer-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the PIN-mailer file goes (default: host.mailer_dir).",
+)
+@pass_app
+def card_issue(
+    app: AppContext, product_code: str, count: int, pin: str | None, activate: bool, mailer_dir: Path | None
+) -> None:
+    """Issue cards: Luhn-valid PANs in the product's BIN, PINs through the HSM, a PIN-mailer file.
+
+    The clear PANs are printed (for embossing) and never stored; the mailer file holds no clear PAN or PIN.
+    """
+    from host.issue import issue_cards
+
+    if pin is not None:
+        if not app.config.hsm.test_lmk:
+            raise click.ClickException(
+                "--pin needs the published test LMK (hsm.test_lmk = true); production PINs come from the HSM"
+            )
+        if not (pin.isdigit() and 4 <= len(pin) <= 12):
+            raise click.ClickException("--pin: 4 to 12 digits")
+    folder = mailer_dir or Path(app.config.host.mailer_dir)
+
+    async def work(pool: PgPool, crypto: IssuerCrypto) -> tuple[list[Any], Path | None]:
+        return await issue_cards(
+            pool, crypto, product_code, count, pin=pin, activate=activate, mailer_dir=folder
+        )
+
+    cards, mailer = _run(app, work, hsm=True)
+    data = {
+        "cards": [{"card_id": c.card_id, "pan": c.pan, "expiry": c.expiry} for c in cards],
+        "mailer": str(mailer) if mailer else None,
+        "state": "active" if activate else "inventory",
+    }
+    human = _table(
+        [{"card": c.card_id, "pan": c.masked, "expiry": c.expiry} for c in cards], ["card", "pan", "expiry"]
+    )
+    app.emit(data, f"{human}\n{len(cards)} cards issued ({data['state']}); PIN mailer {mailer}")
+
+
+def _state_command(name: str, target: str, help_text: str) -> None:
+    @card.command(name, help=help_text)
+    @click.argument("card_ref", metavar="CARD")
+    @pass_app
+    def command(app: AppContext, card_ref: str) -> None:
+        async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> tuple[int, str, str]:
+            cid = await _card_id(pool, crypto, card_ref)
+            if target == "active" and name == "activate":
+                from host.issue import activate_card
+
+                old = (await pool.run(catalog.card_info, cid))["state"]
+                if old != "inventory":
+                    raise CatalogError(f"card {cid} is {old}: only an inventory card can be activated")
+                await activate_card(pool, cid)
+                return cid, old, "active"
+            if name == "unfreeze":
+                old = (await pool.run(catalog.card_info, cid))["state"]
+                if old != "frozen":
+                    raise CatalogError(f"card {cid} is {old}, not frozen")
+            old, new = await pool.run(catalog.set_card_state, cid, target)
+            return cid, old, new
+
+        cid, old, new = _run(app, work, hsm=_needs_hsm(card_ref))
+        app.emit({"card_id": cid, "from": old, "to": new}, f"card {cid}: {old} -> {new}")
+
+
+_state_command("activate", "active", "Activate an inventory card (gift cards get their face value).")
+_state_command("freeze", "frozen", "Freeze a card (declined 05 until unfrozen).")
+_state_command("unfreeze", "active", "Unfreeze a frozen card.")
+_state_command("lost", "lost", "Report a card lost (41).")
+_state_command("stolen", "stolen", "Report a card stolen (43).")
+_state_command("close", "closed", "Close a card for good.")
+
+
+@card.command("show")
+@click.argument("card_ref", metavar="CARD")
+@pass_app
+def card_show(app: AppContext, card_ref: str) -> None:
+    """A card's state, product and balances."""
+
+    async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> dict[str, Any]:
+        return await pool.run(catalog.card_info, await _card_id(pool, crypto, card_ref))
+
+    info = _run(app, work, hsm=_needs_hsm(card_ref))
+    human = "\n".join(
+        f"{k:<12} {major(v) if k in ('balance', 'available', 'held') else v}" for k, v in info.items()
+    )
+    app.emit(info, human)
+
+
+@card.command("load")
+@click.argument("card_ref", metavar="CARD")
+@click.option("--amount", required=True, help="Amount in currency units, e.g. 500.00.")
+@click.option("--reference", default=None, help="Idempotency reference: the same one twice loads once.")
+@pass_app
+def card_load(app: AppContext, card_ref: str, amount: str, reference: str | None) -> None:
+    """Load money onto a card from the issuer's funding account."""
+    minor = amount_minor(amount)
+    if minor <= 0:
+        raise click.ClickException("--amount must be positive")
+
+    async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> tuple[int, Any, dict[str, Any]]:
+        cid = await _card_id(pool, crypto, card_ref)
+        d = await admin_load(pool, cid, minor, reference)
+        return cid, d, await pool.run(catalog.card_info, cid)
+
+    cid, d, info = _run(app, work, hsm=_needs_hsm(card_ref))
+    if d.code != "00":
+        raise click.ClickException(f"card {cid}: load refused: {load_refusal(d.code)}")
+    app.emit(
+        {"card_id": cid, "loaded": minor, "balance": info["balance"], "duplicate": d.duplicate},
+        f"card {cid}: loaded {major(minor)}, balance {major(info['balance'])}",
+    )
+
+
+@card.command("history")
+@click.argument("card_ref", metavar="CARD")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@pass_app
+def card_history(app: AppContext, card_ref: str, limit: int) -> None:
+    """The card's requests and postings, newest first."""
+
+    async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> list[dict[str, Any]]:
+        return await pool.run(catalog.card_history, await _card_id(pool, crypto, card_ref), limit)
+
+    rows = _run(app, work, hsm=_needs_hsm(card_ref))
+    for r in rows:
+        r["at"] = r["at"].isoformat(timespec="seconds")
+    app.emit(
+        rows,
+        _table(rows, ["at", "txn", "mti", "amount", "rc", "auth_id", "rrn", "terminal_id", "posting_id"]),
+    )
+
+
+# -- merchant, store, terminal ----------------------------------------------------------------------
+@click.group()
+def merchant() -> None:
+    """Merchants (each gets a payable sub-account per ledger partition)."""
+
+
+@merchant.command("add")
+@click.argument("merchant_id")
+@click.option("--name", default="")
+@click.option("--mcc", required=True)
+@click.option("--group", default=None, help="Merchant group (products may be limited to groups).")
+@click.option("--acquirer", default="", help="Acquiring institution id.")
+@click.option("--currency", default="156", show_default=True)
+@click.option("--fee-bps", type=click.IntRange(0, 10000), default=0, show_default=True)
+@pass_app
+def merchant_add(
+    app: AppContext,
+    merchant_id: str,
+    name: str,
+    mcc: str,
+    group: str | None,
+    acquirer: str,
+    currency: str,
+    fee_bps: int,
+) -> None:
+    """Add a merchant (DE42)."""
+    if not re.fullmatch(r"\d{4}", mcc):
+        raise click.ClickException("--mcc: 4 digits")
+
+    async def work(pool: PgPool) -> int:
+        if await pool.run(_exists, "SELECT 1 FROM merchants WHERE merchant_id = $1", merchant_id):
+            raise CatalogError(f"merchant {merchant_id} already exists")
+        return await pool.run(
+            catalog.add_merchant, merchant_id, name, mcc, group, acquirer, currency, fee_bps
+        )
+
+    mid = _run(app, work)
+    app.emit({"merchant": merchant_id, "id": mid}, f"merchant {merchant_id} ({name or 'no name'}) added")
+
+
+@click.group()
+def store() -> None:
+    """Stores of a merchant."""
+
+
+@store.command("add")
+@click.argument("merchant_id")
+@click.argument("code")
+@click.option("--name", default="")
+@click.option("--address", default="")
+@pass_app
+def store_add(app: AppContext, merchant_id: str, code: str, name: str, address: str) -> None:
+    """Add a store to a merchant."""
+
+    async def work(pool: PgPool) -> int:
+        ref = await pool.run(catalog.merchant_ref, merchant_id)
+        if await pool.run(_exists, "SELECT 1 FROM stores WHERE merchant_id = $1 AND code = $2", ref, code):
+            raise CatalogError(f"store {code} already exists at merchant {merchant_id}")
+        return await pool.run(catalog.add_store, merchant_id, code, name, address)
+
+    sid = _run(app, work)
+    app.emit({"merchant": merchant_id, "store": code, "id": sid}, f"store {code} added to {merchant_id}")
+
+
+@click.group()
+def terminal() -> None:
+    """POS terminals (the switch reads them at sign-on)."""
+
+
+@terminal.command("add")
+@click.argument("terminal_id")
+@click.option("--merchant", "merchant_id", required=True)
+@click.option("--store", "store_code", default=None)
+@click.option("--scheme", type=click.Choice(["3des", "sm4"]), required=True)
+@click.option(
+    "--tmk-components",
+    type=click.IntRange(2, 9),
+    default=None,
+    help="Enter the TMK as N clear components (prompted, not echoed), XORed in the HSM.",
+)
+@click.option("--tmk", default=None, help="The clear TMK in one piece (32H; demos and tests).")
+@pass_app
+def terminal_add(
+    app: AppContext,
+    terminal_id: str,
+    merchant_id: str,
+    store_code: str | None,
+    scheme: str,
+    tmk_components: int | None,
+    tmk: str | None,
+) -> None:
+    """Add a terminal; its TMK is formed in the HSM from clear components and kept under the LMK."""
+    if (tmk_components is None) == (tmk is None):
+        raise click.ClickException("give exactly one of --tmk-components N or --tmk")
+    if not re.fullmatch(r"[ -~]{1,8}", terminal_id):
+        raise click.ClickException("terminal id: 1 to 8 printable characters")
+    if tmk is not None:
+        components = [tmk, "0" * 32]
+    else:
+        assert tmk_components is not None
+        components = [
+            click.prompt(f"TMK component {i + 1} (32 hex)", hide_input=True) for i in range(tmk_components)
+        ]
+    for c in components:
+        if not re.fullmatch(r"[0-9A-Fa-f]{32}", c):
+            raise click.ClickException("a TMK component is 32 hexadecimal characters")
+
+    async def work(pool: PgPool, crypto: IssuerCrypto) -> tuple[int, str]:
+        ref = await pool.run(catalog.merchant_ref, merchant_id)
+        if await pool.run(
+            _exists, "SELECT 1 FROM terminals WHERE merchant_id = $1 AND terminal_id = $2", ref, terminal_id
+        ):
+            raise CatalogError(f"terminal {terminal_id} already exists at merchant {merchant_id}")
+        from hsm_sim.client import HsmCommandError
+
+        try:
+            if scheme == "sm4":
+                key = await crypto.hsm.form_sm4_key("002", components)
+            else:
+                key = await crypto.hsm.form_key("002", components, "U")
+        except HsmCommandError as exc:
+            raise CatalogError(f"the HSM refused the TMK ({exc.code}: parity or format)") from None
+        tid = await pool.run(
+            catalog.add_terminal, terminal_id, merchant_id, scheme, key.under_lmk, key.check_value, store_code
+        )
+        return tid, key.check_value
+
+    tid, cv = _run(app, work, hsm=True)
+    app.emit(
+        {"terminal": terminal_id, "id": tid, "check_value": cv[:6]},
+        f"terminal {terminal_id} ({scheme}) added; TMK check value {cv[:6]}",
+    )
+
+
+# -- ledger ---------------------------------------------------------------------------------------
+@click.group()
+def ledger() -> None:
+    """The double-entry ledger."""
+
+
+@ledger.command("check")
+@pass_app
+def ledger_check(app: AppContext) -> None:
+    """Check the ledger's invariants; exit 1 naming the offending ids if any fails."""
+    from host.check import counts, run_checks
+
+    async def work(pool: PgPool) -> tuple[list[Any], dict[str, int]]:
+        return await pool.run(run_checks), await pool.run(counts)
+
+    results, sizes = _run(app, work)
+    data = {
+        "ok": all(r.ok for r in results),
+        "counts": sizes,
+        "checks": {r.name: {"ok": r.ok, "offenders": r.offenders} for r in results},
+    }
+    lines = [
+        f"{'OK    ' if r.ok else 'FAILED'} {r.name}"
+        + ("" if r.ok else f": {', '.join(r.offenders[:20])}" + (" ..." if len(r.offenders) > 20 else ""))
+        for r in results
+    ]
+    lines.append(", ".join(f"{v} {k}" for k, v in sizes.items()))
+    if app.json_output:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        click.echo("\n".join(lines))
+    if not data["ok"]:
+        raise SystemExit(1)

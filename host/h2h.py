@@ -1,0 +1,177 @@
+"""H2H messages to engine requests and decisions back to H2H responses (pure; no I/O).
+
+How the host reads a request (h2h-dialect.md, and switch.mapping for what the switch puts where):
+
+- type from MTI + DE3 + DE25 (specs.catalogue.classify_h2h); an unknown combination is answered 12;
+- duplicate key: DE32 + DE7 + DE11 + DE41 + MTI (0221/0421 count as 0220/0420);
+- card: DE2, else the PAN in track 2 (DE35); expiry DE14, else from the track;
+- voids and refunds name the original by its RRN in DE102 (the switch copies the POS DE37 there);
+  completions and pre-auth voids by DE102 when present, else the card's latest pre-auth still on hold
+  (from the same terminal when there is one);
+- reversals (0400/0420/0421) name the original by DE90 (MTI, STAN, DE7, acquirer) and the reversal's
+  own DE41; DE95 (first 12 digits) is the actual amount of a partial reversal.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from host.model import Decision, Pin, Request, Txn, normalise_mti, request_key
+from specs.catalogue import TxnType, UnknownTransaction, classify_h2h, response_mti
+
+TXN = {
+    TxnType.BALANCE_INQUIRY: Txn.BALANCE,
+    TxnType.PURCHASE: Txn.PURCHASE,
+    TxnType.TOP_UP: Txn.TOPUP,
+    TxnType.VOID: Txn.VOID,
+    TxnType.REFUND: Txn.REFUND,
+    TxnType.PRE_AUTH: Txn.PREAUTH,
+    TxnType.PRE_AUTH_VOID: Txn.PREAUTH_VOID,
+    TxnType.PRE_AUTH_COMPLETION: Txn.COMPLETION,
+    TxnType.REVERSAL: Txn.REVERSAL,
+}
+NETWORK = {TxnType.SIGN_ON, TxnType.SIGN_OFF, TxnType.ECHO, TxnType.KEY_CHANGE}
+
+# Echoed from request to response: the matching keys and the transaction data.
+ECHO = (
+    "2",
+    "3",
+    "4",
+    "7",
+    "11",
+    "12",
+    "13",
+    "22",
+    "25",
+    "32",
+    "33",
+    "37",
+    "41",
+    "42",
+    "49",
+    "60",
+    "70",
+    "90",
+    "95",
+    "100",
+    "102",
+)
+
+
+class BadRequest(Exception):
+    """A message that decoded but cannot be acted on; ``code`` is the answer (30 or 12)."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+@dataclass
+class Parsed:
+    request: Request | None  # None for network management (08xx)
+    network: TxnType | None
+    pan: str | None
+    pin_block: bytes | None
+    link_id: str  # whose ZPK protects DE52: DE33 when present, else DE32
+
+
+def pan_and_expiry(msg: dict[str, Any]) -> tuple[str | None, str | None]:
+    pan = msg.get("2") or None
+    expiry = msg.get("14") or None
+    track = msg.get("35")
+    if isinstance(track, str) and "=" in track:
+        t_pan, rest = track.split("=", 1)
+        pan = pan or t_pan or None
+        if expiry is None and len(rest) >= 4 and rest[:4].isdigit():
+            expiry = rest[:4]
+    return pan, expiry
+
+
+def parse(msg: dict[str, Any]) -> Parsed:
+    mti = msg["t"]
+    try:
+        kind = classify_h2h(mti, msg.get("3"), msg.get("25"), msg.get("70"))
+    except UnknownTransaction as exc:
+        raise BadRequest("12", str(exc)) from None
+    for f in ("7", "11", "32"):
+        if f not in msg:
+            raise BadRequest("30", f"DE{f} missing")
+    acquirer, de7, stan = msg["32"], msg["7"], msg["11"]
+    link_id = (msg.get("33") or acquirer).lstrip("0") or "0"
+    if kind in NETWORK:
+        return Parsed(None, kind, None, None, link_id)
+    terminal = str(msg.get("41", "")).strip()
+    pan, expiry = pan_and_expiry(msg)
+    pin_block = msg.get("52")
+    if isinstance(pin_block, str):
+        pin_block = bytes.fromhex(pin_block)
+    txn = TXN[kind]
+    if txn is not Txn.BALANCE and txn is not Txn.REVERSAL and "4" not in msg:
+        raise BadRequest("30", "DE4 missing")
+    req = Request(
+        key=request_key(acquirer, de7, stan, terminal, mti),
+        mti=normalise_mti(mti),
+        txn=txn,
+        acquirer_id=acquirer,
+        stan=stan,
+        transmitted=de7,
+        terminal_id=terminal,
+        merchant_id=str(msg.get("42", "")).strip(),
+        proc_code=msg.get("3", ""),
+        rrn=str(msg.get("37", "")).strip(),
+        local_time=str(msg.get("13", "")) + str(msg.get("12", "")),
+        amount=int(msg.get("4", "0")),
+        currency=msg.get("49", ""),
+        expiry=expiry,
+        pin=Pin.NONE,
+        original_rrn=(str(msg["102"]).strip() or None) if "102" in msg else None,
+    )
+    if txn is Txn.REVERSAL:
+        de90 = msg.get("90")
+        if de90 is None or len(de90) < 31:
+            raise BadRequest("30", "DE90 missing")
+        req.original_mti = normalise_mti(de90[0:4])
+        req.original_key = request_key(de90[20:31], de90[10:20], de90[4:10], terminal, de90[0:4])
+        de95 = msg.get("95")
+        if isinstance(de95, str) and de95[:12].isdigit():
+            req.actual_amount = int(de95[:12])
+    return Parsed(req, None, pan, pin_block, link_id)
+
+
+def settlement_date(now: dt.datetime) -> str:
+    return f"{now.month:02d}{now.day:02d}"
+
+
+def response(msg: dict[str, Any], d: Decision, now: dt.datetime) -> dict[str, Any]:
+    """The answer to a request: echoed fields, DE15, DE38 when approved, DE39, DE54 when given."""
+    out: dict[str, Any] = {"t": response_mti(msg["t"])}
+    for f in ECHO:
+        if f in msg:
+            out[f] = msg[f]
+    out["15"] = settlement_date(now)
+    if d.code == "00" and d.auth_id:
+        out["38"] = d.auth_id
+    out["39"] = d.code
+    if d.balance_field:
+        out["54"] = d.balance_field
+    return out
+
+
+def network_response(msg: dict[str, Any], code: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"t": response_mti(msg["t"])}
+    for f in ("7", "11", "32", "33", "70", "100"):
+        if f in msg:
+            out[f] = msg[f]
+    out["39"] = code
+    return out
+
+
+def error_response(msg: dict[str, Any], code: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"t": response_mti(msg["t"])}
+    for f in ("3", "4", "7", "11", "32", "33", "37", "41", "42", "49", "70", "90"):
+        if f in msg:
+            out[f] = msg[f]
+    out["39"] = code
+    return out

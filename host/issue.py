@@ -1,0 +1,198 @@
+"""Card issuance: PANs in the product's BIN, PINs and PVVs through the HSM, and the PIN-mailer file.
+
+PAN: BIN + random serial + Luhn check digit (random so that card numbers are not guessable from one
+another); the HSM's keyed hash must be new, else another serial is drawn.
+
+PIN: ``JA`` draws a random PIN inside the HSM and returns it under the LMK (``L``+32H); ``DG`` turns that
+into the PVV stored on the card. No clear PIN exists outside the HSM. ``--pin`` (a chosen PIN, for demos
+and tests) needs the PIN under the LMK without a clear-PIN import command in the contract, so it is only
+allowed with the published test LMK (config ``hsm.test_lmk``), whose PIN pair is public.
+
+PIN mailer: a JSON-lines file (mode 0600) for the card producer with, per card, the card id, masked
+PAN, expiry, the PAN encrypted under the ``mailer`` data key (M0, CBC, random IV) and the PIN under
+the LMK as JA returned it. That is the form a PIN-mailer print HSM (sharing the issuer's LMK, as the
+mailer printers attached to an issuer's HSM do) prints from; the mailer key reaches the producer by
+key export under a ZMK (A8). Neither the clear PAN nor the clear PIN is in the file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from host import catalog
+from host.keys import IssuerCrypto, mask
+
+# The published payShield test LMK pair 02-03 (hsm-commands.md): the PIN pair, public test data.
+_TEST_PIN_PAIR = bytes.fromhex("20202020202020203131313131313131")
+
+
+def luhn_digit(partial: str) -> str:
+    total = 0
+    for i, ch in enumerate(reversed(partial)):
+        d = int(ch)
+        if i % 2 == 0:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return str((10 - total % 10) % 10)
+
+
+def luhn_ok(pan: str) -> bool:
+    return pan.isdigit() and luhn_digit(pan[:-1]) == pan[-1]
+
+
+def new_pan(bin_prefix: str, length: int) -> str:
+    serial_len = length - len(bin_prefix) - 1
+    serial = f"{secrets.randbelow(10**serial_len):0{serial_len}d}"
+    partial = bin_prefix + serial
+    return partial + luhn_digit(partial)
+
+
+def pin_under_test_lmk(pin: str) -> str:
+    """``L``+32H for a chosen PIN under the published test LMK (demo and tests only)."""
+    from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+    from cryptography.hazmat.primitives.ciphers import Cipher, modes
+
+    if not (pin.isdigit() and 4 <= len(pin) <= 12):
+        raise ValueError("a PIN is 4 to 12 digits")
+    block = bytes.fromhex(pin + "F" * (32 - len(pin)))
+    enc = Cipher(TripleDES(_TEST_PIN_PAIR + _TEST_PIN_PAIR[:8]), modes.ECB()).encryptor()
+    return "L" + (enc.update(block) + enc.finalize()).hex().upper()
+
+
+@dataclass(frozen=True)
+class IssuedCard:
+    card_id: int
+    pan: str
+    expiry: str
+    masked: str
+
+
+async def issue_cards(
+    pool: Any,
+    crypto: IssuerCrypto,
+    product_code: str,
+    count: int,
+    *,
+    pin: str | None = None,
+    activate: bool = False,
+    mailer_dir: Path | None = None,
+    batch: str | None = None,
+    concurrency: int = 64,
+) -> tuple[list[IssuedCard], Path | None]:
+    """Issue ``count`` cards; returns them (with clear PANs, for the caller's output only) and the mailer."""
+    product = await pool.run(catalog.product, product_code)
+    if product["bin"] is None:
+        raise catalog.CatalogError(f"product {product_code} has no BIN range")
+    partitions = await pool.run(catalog.partitions)
+    batch = batch or dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S") + f"-{secrets.token_hex(2)}"
+    fixed_pin = pin_under_test_lmk(pin) if pin is not None else None
+    made: list[tuple[str, catalog.NewCard, dict[str, str]]] = []
+    seen: set[str] = set()
+    limiter = trio.CapacityLimiter(concurrency)
+
+    async def one() -> None:
+        async with limiter:
+            for _attempt in range(20):
+                pan = new_pan(product["bin"], product["pan_length"])
+                h = await crypto.pan_hash(pan)
+                if h in seen or await pool.run(_hash_taken, h):
+                    continue
+                seen.add(h)
+                break
+            else:
+                raise catalog.CatalogError("could not draw a free PAN in the BIN range (range full?)")
+            pin_lmk, pvv = (
+                await crypto.new_pin(pan)
+                if fixed_pin is None
+                else (
+                    fixed_pin,
+                    await crypto.hsm.generate_pvv(crypto.keys.pvk, fixed_pin, _account(pan), "1"),
+                )
+            )
+            pan_enc = await crypto.encrypt_pan(pan)
+            mailer_pan = await crypto.encrypt_pan(pan, crypto.keys.mailer)
+            card = catalog.NewCard(h, pan_enc, mask(pan), pvv, int(h, 16) % partitions)
+            made.append((pan, card, {"pan_enc": mailer_pan, "pin_lmk": pin_lmk}))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(count):
+            nursery.start_soon(one)
+    ids = await pool.run(catalog.insert_cards, product_code, [m[1] for m in made], batch, "inventory")
+    expiry = catalog.expiry_for(dt.date.today(), product["validity_months"])
+    cards = [
+        IssuedCard(cid, pan, expiry, card.pan_masked) for cid, (pan, card, _) in zip(ids, made, strict=True)
+    ]
+    mailer = None
+    if mailer_dir is not None:
+        mailer = write_mailer(
+            mailer_dir,
+            batch,
+            product_code,
+            expiry,
+            [(c.card_id, c.masked, m[2]) for c, m in zip(cards, made, strict=True)],
+        )
+    if activate:
+        for c in cards:
+            await activate_card(pool, c.card_id)
+    return cards, mailer
+
+
+def _account(pan: str) -> str:
+    return pan[:-1][-12:].rjust(12, "0")
+
+
+async def _hash_taken(conn: Any, pan_hash: str) -> bool:
+    return bool(await conn.fetchval("SELECT 1 FROM cards WHERE pan_hash = $1", pan_hash))
+
+
+def write_mailer(
+    folder: Path, batch: str, product: str, expiry: str, rows: list[tuple[int, str, dict[str, str]]]
+) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"mailer_{product}_{batch}.jsonl"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        for card_id, masked, secret in rows:
+            fh.write(
+                json.dumps(
+                    {
+                        "card_id": card_id,
+                        "pan_masked": masked,
+                        "expiry": expiry,
+                        "pan_under_mailer_key": secret["pan_enc"],
+                        "pin_under_lmk": secret["pin_lmk"],
+                    }
+                )
+                + "\n"
+            )
+    return path
+
+
+async def activate_card(pool: Any, card_id: int) -> None:
+    """inventory -> active; a fixed-amount (gift) card is loaded with its face value on activation."""
+    await pool.run(catalog.set_card_state, card_id, "active")
+    info = await pool.run(_face_value, card_id)
+    if info:
+        from host.admin import admin_load
+
+        await admin_load(pool, card_id, info)
+
+
+async def _face_value(conn: Any, card_id: int) -> int:
+    value = await conn.fetchval(
+        """SELECT p.initial_amount FROM cards c JOIN products p ON p.id = c.product_id
+           JOIN accounts a ON a.id = c.account_id
+           WHERE c.id = $1 AND p.kind = 'fixed_amount' AND a.credits_posted = 0""",
+        card_id,
+    )
+    return int(value or 0)

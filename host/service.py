@@ -1,0 +1,352 @@
+"""`payswitch host serve`: the H2H listener in front of the posting engine.
+
+Per connection, every frame in the receive buffer is handled on each wake-up, and many requests are in
+flight at once; answers go back in completion order (the peer matches them on DE7 + DE11 + DE32 +
+DE41), several per ``send``. A request whose card hash is known and that carries no PIN goes straight
+to its partition's writer; one that needs the HSM first (a PAN not yet hashed in this process, a PIN
+to verify) gets a task of its own. An answer is sent only after its batch committed.
+
+Bad input never takes the link down: a frame that does not decode but whose MTI and DE11 can be read
+is answered 30 (specs.catalogue.format_error_response), otherwise dropped and logged; a request of an
+unknown type is answered 12; a broken length prefix closes that connection only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from prometheus_client import Counter, Histogram
+
+from host import h2h
+from host.engine import Engine
+from host.keys import IssuerCrypto, keys_from
+from host.ledger import Ledger
+from host.model import Decision, Pin, Rc, Request, Txn
+from hsm_sim.client import HsmClient, HsmError
+from ops.config import Config
+from ops.logs import get_logger
+from ops.pgpool import PgPool
+from specs.catalogue import TxnType, format_error_response
+from specs.codec import Codec, codec_for
+from specs.errors import DecodeError, EncodeError, FrameError
+from specs.framing import FrameReader, frame, h2h_splitter
+
+log = get_logger(__name__)
+
+REQUESTS = Counter(
+    "payswitch_host_requests_total", "H2H requests answered, by MTI and response code.", ["mti", "code"]
+)
+LATENCY = Histogram(
+    "payswitch_host_request_seconds",
+    "From frame received to answer queued for sending.",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
+)
+BAD_FRAMES = Counter(
+    "payswitch_host_bad_frames_total", "Frames that did not decode, by outcome.", ["outcome"]
+)
+CONNECTIONS = Counter("payswitch_host_connections_total", "H2H connections accepted.")
+
+LINK_CACHE_SECONDS = 10.0
+
+
+@dataclass
+class _Conn:
+    stream: trio.SocketStream
+    out: list[bytes] = field(default_factory=list)
+    wake: trio.Event = field(default_factory=trio.Event)
+    inflight: int = 0
+    idle: trio.Event = field(default_factory=trio.Event)
+    closed: bool = False
+
+    def send(self, body: bytes) -> None:
+        if not self.closed:
+            self.out.append(frame(body))
+            self.wake.set()
+
+    def done_one(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self.idle.set()
+
+
+class HostService:
+    """Everything `host serve` runs: the pool, the HSM client, the engine, the listener, the sweeper."""
+
+    def __init__(
+        self,
+        config: Config,
+        pool: PgPool,
+        hsm: HsmClient,
+        *,
+        partitions: int,
+        keys: dict[str, tuple[str, str]],
+    ) -> None:
+        hc = config.host
+        self.config = config
+        self.pool = pool
+        self.hsm = hsm
+        self.crypto = IssuerCrypto(hsm, keys_from(keys))
+        self.ledger = Ledger(
+            pin_tries=hc.pin_tries,
+            hold_days=hc.hold_days,
+            completion_tolerance_pct=hc.completion_tolerance_pct,
+        )
+        self.engine = Engine(
+            pool, self.ledger, partitions=partitions, writers=hc.writers, batch_max=hc.batch_max
+        )
+        self.codec: Codec = codec_for("h2h", hc.profile)
+        self._pin_data: dict[str, tuple[int, str, int] | None] = {}
+        self._links: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self.port = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        hc = self.config.host
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.engine.run)
+            nursery.start_soon(self._sweeper)
+            listeners = await nursery.start(
+                functools.partial(trio.serve_tcp, self._connection, hc.port, host=hc.listen)
+            )
+            self.port = listeners[0].socket.getsockname()[1]
+            log.info("host listening", port=self.port, profile=hc.profile, writers=self.engine.writers)
+            task_status.started(self.port)
+
+    # -- connections ----------------------------------------------------------------------------
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        CONNECTIONS.inc()
+        conn = _Conn(stream)
+        conn.idle.set()
+        reader = FrameReader(stream, h2h_splitter())
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._sender, conn)
+                try:
+                    while True:
+                        frames = await reader.receive_batch()
+                        if not frames:
+                            break
+                        for body in frames:
+                            self._frame(body, conn, nursery)
+                except FrameError as exc:
+                    log.warning("closing H2H connection", reason=str(exc))
+                except trio.BrokenResourceError:
+                    pass
+                with trio.move_on_after(10):
+                    await conn.idle.wait()  # answer what is in flight before closing
+                    while conn.out:
+                        await trio.sleep(0.001)
+                conn.closed = True
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _sender(self, conn: _Conn) -> None:
+        try:
+            while True:
+                await conn.wake.wait()
+                conn.wake = trio.Event()
+                while conn.out:
+                    data = b"".join(conn.out)
+                    conn.out.clear()
+                    await conn.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            conn.closed = True
+
+    def _frame(self, body: bytes, conn: _Conn, nursery: trio.Nursery) -> None:
+        started = time.perf_counter()
+        try:
+            msg = self.codec.decode(body)
+        except DecodeError as exc:
+            answer = format_error_response("h2h", exc)
+            if answer is None:
+                BAD_FRAMES.labels("dropped").inc()
+                log.warning("dropped undecodable H2H frame", field=exc.field, reason=exc.reason)
+                return
+            BAD_FRAMES.labels("answered_30").inc()
+            log.info("format error answered 30", field=exc.field, reason=exc.reason)
+            self._send(conn, answer, started)
+            return
+        if msg["t"][2] in "13":  # a response (0110, 0210, 0810 ...): nothing to answer
+            BAD_FRAMES.labels("unexpected_response").inc()
+            return
+        try:
+            parsed = h2h.parse(msg)
+        except h2h.BadRequest as exc:
+            log.info("request refused", mti=msg["t"], code=exc.code, reason=str(exc))
+            self._send(conn, h2h.error_response(msg, exc.code), started)
+            return
+        except (ValueError, KeyError) as exc:
+            log.info("request refused", mti=msg["t"], code=Rc.FORMAT_ERROR, reason=repr(exc))
+            self._send(conn, h2h.error_response(msg, Rc.FORMAT_ERROR), started)
+            return
+        conn.inflight += 1
+        conn.idle = trio.Event() if conn.inflight == 1 else conn.idle
+        if parsed.network is not None:
+            nursery.start_soon(self._network, msg, parsed, conn, started)
+            return
+        req = parsed.request
+        assert req is not None
+        if parsed.pan:
+            h = self.crypto.cached_hash(parsed.pan)
+            if h is None or parsed.pin_block is not None:
+                nursery.start_soon(self._slow, msg, parsed, conn, started)
+                return
+            req.pan_hash = h
+            part = self.engine.partition_of(h)
+        else:
+            part = self.engine.partition_for_key(req.original_key or req.key)
+        self.engine.submit(req, part, lambda d: self._answer(conn, msg, d, started))
+
+    async def _slow(self, msg: dict[str, Any], parsed: h2h.Parsed, conn: _Conn, started: float) -> None:
+        req = parsed.request
+        assert req is not None and parsed.pan is not None
+        try:
+            req.pan_hash = await self.crypto.pan_hash(parsed.pan)
+        except HsmError as exc:
+            log.error("HSM unavailable for the PAN hash", error=repr(exc))
+            self._answer(conn, msg, Decision(Rc.SYSTEM_ERROR), started)
+            return
+        if parsed.pin_block is not None:
+            req.pin = await self._verify_pin(parsed, req.pan_hash)
+        part = self.engine.partition_of(req.pan_hash)
+        self.engine.submit(req, part, lambda d: self._answer(conn, msg, d, started))
+
+    async def _verify_pin(self, parsed: h2h.Parsed, pan_hash: str) -> Pin:
+        assert parsed.pin_block is not None and parsed.pan is not None
+        if pan_hash not in self._pin_data:
+            self._pin_data[pan_hash] = await self.pool.run(_pin_data, pan_hash)
+        data = self._pin_data[pan_hash]
+        if data is None:
+            return Pin.NONE  # unknown card: answered 14 by the engine
+        _card_id, pvv, pvki = data
+        link = await self._link(parsed.link_id)
+        if link is None or not link.get("zpk"):
+            log.warning("no ZPK for link; PIN cannot be verified", link=parsed.link_id)
+            return Pin.ERROR
+        try:
+            ok = await self.crypto.verify_pin(link["zpk"], parsed.pin_block, parsed.pan, pvki, pvv)
+        except HsmError as exc:
+            log.info("PIN not verified", error=repr(exc))
+            return Pin.ERROR
+        return Pin.OK if ok else Pin.BAD
+
+    async def _link(self, link_id: str) -> dict[str, Any] | None:
+        now = time.monotonic()
+        cached = self._links.get(link_id)
+        if cached is None or cached[0] < now:
+            row = await self.pool.run(_link_row, link_id)
+            cached = (now + LINK_CACHE_SECONDS, row)
+            self._links[link_id] = cached
+        return cached[1]
+
+    async def _network(self, msg: dict[str, Any], parsed: h2h.Parsed, conn: _Conn, started: float) -> None:
+        code = Rc.APPROVED
+        if parsed.network is TxnType.KEY_CHANGE:
+            code = await self._key_change(msg, parsed.link_id)
+        REQUESTS.labels(msg["t"], code).inc()
+        self._send(conn, h2h.network_response(msg, code), started)
+        conn.done_one()
+
+    async def _key_change(self, msg: dict[str, Any], link_id: str) -> str:
+        """0800/101: DE48 = new ZPK under the link ZMK (U+32H or S+32H) then its check value (16H)."""
+        de48 = str(msg.get("48", ""))
+        link = await self._link(link_id)
+        if link is None or not link.get("zmk"):
+            log.warning("key change on a link without ZMK", link=link_id)
+            return Rc.INVALID_TXN
+        try:
+            if de48[:1] == "S":
+                key = await self.hsm.import_sm4_key("001", link["zmk"], de48[1:33])
+            else:
+                key = await self.hsm.import_key("001", link["zmk"], de48[:33], "U")
+        except HsmError as exc:
+            log.warning("key change refused by the HSM", link=link_id, error=repr(exc))
+            return Rc.SYSTEM_ERROR
+        check = de48[33:].strip().upper()
+        if check and not key.check_value.upper().startswith(check[:6]):
+            log.warning("key change check value mismatch", link=link_id)
+            return Rc.SYSTEM_ERROR
+        await self.pool.run(_store_zpk, link_id, key.under_lmk, key.check_value)
+        self._links.pop(link_id, None)
+        log.info("link ZPK changed", link=link_id, check_value=key.check_value[:6])
+        return Rc.APPROVED
+
+    def _answer(self, conn: _Conn, msg: dict[str, Any], d: Decision, started: float) -> None:
+        self._send(conn, h2h.response(msg, d, dt.datetime.now(dt.UTC)), started)
+        REQUESTS.labels(msg["t"], d.code).inc()
+        conn.done_one()
+
+    def _send(self, conn: _Conn, answer: dict[str, Any], started: float) -> None:
+        try:
+            conn.send(self.codec.encode(answer))
+        except EncodeError as exc:  # an echoed field we cannot re-encode: answer without the echo
+            log.error("answer not encodable", field=exc.field, reason=exc.reason)
+            minimal: dict[str, Any] = {
+                k: answer[k] for k in ("t", "7", "11", "32", "41", "39") if k in answer
+            }
+            try:
+                conn.send(self.codec.encode(minimal))
+            except EncodeError:
+                return
+        LATENCY.observe(time.perf_counter() - started)
+
+    # -- hold expiry ----------------------------------------------------------------------------
+    async def _sweeper(self) -> None:
+        while True:
+            await trio.sleep(self.config.host.sweep_seconds)
+            try:
+                await self.sweep_once()
+            except Exception as exc:  # keep sweeping; the database may come back
+                log.error("hold sweep failed", error=repr(exc))
+
+    async def sweep_once(self, now: dt.datetime | None = None) -> int:
+        """Release every hold past its expiry; returns how many were released."""
+        rows = await self.pool.run(_expired_holds, now or dt.datetime.now(dt.UTC), 1000)
+        async with trio.open_nursery() as nursery:
+            for key, card_id, part in rows:
+                req = Request(key="expire:" + key, mti="0000", txn=Txn.EXPIRY, card_id=card_id, hold_key=key)
+                nursery.start_soon(self.engine.decide, req, part)
+        if rows:
+            log.info("holds expired", count=len(rows))
+        return len(rows)
+
+
+async def _pin_data(conn: Any, pan_hash: str) -> tuple[int, str, int] | None:
+    row = await conn.fetchrow("SELECT id, pvv, pvki FROM cards WHERE pan_hash = $1", pan_hash)
+    return None if row is None else (row["id"], row["pvv"], row["pvki"])
+
+
+async def _link_row(conn: Any, link_id: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow("SELECT * FROM links WHERE institution_id = $1", link_id)
+    return None if row is None else dict(row)
+
+
+async def _store_zpk(conn: Any, link_id: str, zpk: str, check: str) -> None:
+    await conn.execute(
+        "UPDATE links SET zpk = $2, zpk_check = $3, updated_at = now() WHERE institution_id = $1",
+        link_id,
+        zpk,
+        check,
+    )
+
+
+async def _expired_holds(conn: Any, now: dt.datetime, limit: int) -> list[tuple[str, int, int]]:
+    rows = await conn.fetch(
+        """SELECT h.hold_key, h.card_id, c.part FROM holds h JOIN cards c ON c.id = h.card_id
+           WHERE h.state = 'pending' AND h.expires_at < $1 ORDER BY h.expires_at LIMIT $2""",
+        now,
+        limit,
+    )
+    return [(r["hold_key"], r["card_id"], r["part"]) for r in rows]
+
+
+async def load_partitions(conn: Any) -> int:
+    value: int = await conn.fetchval("SELECT partitions FROM ledger_settings")
+    return value

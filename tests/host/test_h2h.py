@@ -1,0 +1,158 @@
+"""The host over a real H2H socket: real PostgreSQL, the real HSM process, real TCP."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from host.check import run_checks
+from specs.framing import frame
+from tests.host.harness import Harness, message, pin_block, programme, reversal, running_host
+
+
+def run(db_url: str, hsm_server: Any, body: Callable[[Harness], Awaitable[None]], **host: Any) -> None:
+    async def main() -> None:
+        async with running_host(db_url, hsm_server, **host) as h:
+            await body(h)
+            failed = [r for r in await h.pool.run(run_checks) if not r.ok]
+            assert not failed, failed
+
+    trio.run(main)
+
+
+def test_purchase_balance_duplicate_reversal(db_url: str, hsm_server: Any) -> None:
+    async def body(h: Harness) -> None:
+        pan, other, _ = await programme(h, "H2HA", load=10_000)
+        c = h.client
+        buy = message(c, pan, 1_234)
+        first = await c.request(buy)
+        assert first["39"] == "00" and len(first["38"]) == 6 and first["11"] == buy["11"]
+        assert first["2"] == pan and first["4"] == buy["4"] and "15" in first
+        again = await c.request(buy)
+        assert again["39"] == "00" and again["38"] == first["38"]
+        bal = await c.request(message(c, pan, None, proc="310000"))
+        assert bal["39"] == "00" and bal["54"] == "1001156C0000000087661002156C000000008766"
+        assert (await c.request(reversal(c, buy)))["39"] == "00"
+        assert (await c.request(reversal(c, buy, mti="0421")))["39"] == "00"
+        bal = await c.request(message(c, pan, None, proc="310000"))
+        assert bal["54"].endswith("C000000010000")
+        late = message(c, other, 500)
+        assert (await c.request(reversal(c, late)))["39"] == "00"
+        assert (await c.request(late))["39"] == "05"
+        top = await c.request(message(c, other, 2_000, proc="210000"))
+        assert top["39"] == "00"
+        assert (await c.request(message(c, other, 1_000_000, proc="210000")))["39"] == "61"
+        assert (await c.request(message(c, other, 20_000)))["39"] == "51"
+        assert (await c.request(message(c, "6212349999999999994", 1)))["39"] == "14"
+
+    run(db_url, hsm_server, body)
+
+
+def test_pin_verification_and_tries(db_url: str, hsm_server: Any) -> None:
+    async def body(h: Harness) -> None:
+        pan, p2, _ = await programme(h, "H2HP", bin_prefix="621235", pin_required=True)
+        c = h.client
+        assert (await c.request(message(c, pan, 100)))["39"] == "55"  # PIN required, none sent
+        assert (await c.request(message(c, pan, 100, **{"52": pin_block(pan)})))["39"] == "00"
+        wrong = pin_block(pan, "654321")
+        codes = [(await c.request(message(c, pan, 100, **{"52": wrong})))["39"] for _ in range(3)]
+        assert codes == ["55", "55", "75"]
+        assert (await c.request(message(c, pan, 100, **{"52": pin_block(pan)})))["39"] == "75"
+        assert (await c.request(message(c, p2, 100, **{"52": pin_block(p2)})))["39"] == "00"
+
+    run(db_url, hsm_server, body)
+
+
+def test_void_refund_preauth_over_the_wire(db_url: str, hsm_server: Any) -> None:
+    async def body(h: Harness) -> None:
+        (pan,) = await programme(h, "H2HV", bin_prefix="621236", cards=1, load=10_000)
+        c = h.client
+        buy = message(c, pan, 3_000)
+        assert (await c.request(buy))["39"] == "00"
+        void = message(c, pan, 3_000, proc="200000", **{"102": buy["37"]})
+        assert (await c.request(void))["39"] == "00"
+        buy2 = message(c, pan, 4_000)
+        await c.request(buy2)
+        refund = message(c, pan, 1_500, mti="0220", proc="200000", **{"102": buy2["37"]})
+        assert (await c.request(refund))["39"] == "00"
+        over = message(c, pan, 2_501, mti="0220", proc="200000", **{"102": buy2["37"]})
+        assert (await c.request(over))["39"] == "13"
+        pre = message(c, pan, 5_000, mti="0100", proc="030000", cond="06")
+        assert (await c.request(pre))["39"] == "00"
+        done = message(c, pan, 4_500, proc="000000", cond="06")  # no DE102: the card's open hold
+        assert (await c.request(done))["39"] == "00"
+        bal = await c.request(message(c, pan, None, proc="310000"))
+        assert bal["54"].endswith("C000000003000")
+        pre2 = message(c, pan, 1_000, mti="0100", proc="030000", cond="06")
+        assert (await c.request(pre2))["39"] == "00"
+        pvoid = message(c, pan, 1_000, mti="0100", proc="200000", cond="06")
+        assert (await c.request(pvoid))["39"] == "00"
+        assert (await h.pool.run(_holds)) == {"posted": 1, "voided": 1}
+
+    run(db_url, hsm_server, body)
+
+
+async def _holds(conn: Any) -> dict[str, int]:
+    return {
+        r["state"]: r["n"] for r in await conn.fetch("SELECT state, count(*) AS n FROM holds GROUP BY state")
+    }
+
+
+def test_bad_input_and_network_management(db_url: str, hsm_server: Any) -> None:
+    async def body(h: Harness) -> None:
+        (pan,) = await programme(h, "H2HB", bin_prefix="621237", cards=1)
+        c = h.client
+        echo = await c.request(
+            {"t": "0800", "7": c.now_de7(), "11": c.next_stan(), "32": "48880000", "70": "301"}
+        )
+        assert echo["t"] == "0810" and echo["39"] == "00"
+        odd = await c.request(message(c, pan, 100, proc="990000"))
+        assert odd["t"] == "0210" and odd["39"] == "12"
+        # a bad digit in DE4: MTI and DE11 are readable, so the answer is 30
+        good = c.codec.encode(message(c, pan, 100, **{"11": "000999", "7": "1125101010"}))
+        bad = good.replace(b"000000000100", b"0000000001X0", 1)
+        await c.send_raw(frame(bad) + frame(b"") + frame(b"garbage!") + frame(b"\xff" * 40))
+        with trio.fail_after(5):
+            while not any(m.get("11") == "000999" for m in c.unmatched):
+                await trio.sleep(0.01)
+        answer = next(m for m in c.unmatched if m.get("11") == "000999")
+        assert answer["t"] == "0210" and answer["39"] == "30"
+        # the link is still up
+        assert (await c.request(message(c, pan, 100)))["39"] == "00"
+
+    run(db_url, hsm_server, body)
+
+
+def test_many_in_flight_on_several_connections(db_url: str, hsm_server: Any) -> None:
+    async def body(h: Harness) -> None:
+        pans = await programme(h, "H2HM", bin_prefix="621238", cards=20, load=100_000)
+        clients = [h.client, await h.connect(), await h.connect()]
+        results: list[str] = []
+
+        async def one(i: int) -> None:
+            c = clients[i % len(clients)]
+            msg = message(c, pans[i % len(pans)], 100 + i)
+            resp = await c.request(msg)
+            results.append(resp["39"])
+            if i % 7 == 0:  # a retransmission while others are in flight
+                assert (await c.request(msg))["38"] == resp["38"]
+
+        async with trio.open_nursery() as n:
+            for i in range(600):
+                n.start_soon(one, i)
+        assert results == ["00"] * 600
+        total = await h.pool.run(_spent)
+        assert total == sum(100 + i for i in range(600))
+
+    run(db_url, hsm_server, body, writers=3, batch_max=64)
+
+
+async def _spent(conn: Any) -> int:
+    return int(
+        await conn.fetchval(
+            "SELECT sum(t.amount) FROM transfers t JOIN cards c ON c.id = t.card_id JOIN products p"
+            " ON p.id = c.product_id WHERE t.code = 'purchase' AND p.code = 'H2HM'"
+        )
+    )
