@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import json
 import os
+import random
 import resource
 import subprocess
 import sys
@@ -43,6 +44,7 @@ def generate(folder: Path, n: int) -> Path:
     digest = hashlib.sha256()
     debit = credit = fee_total = 0
     start = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
+    rng = random.Random(8583)
     with open(path, "wb", buffering=1 << 20) as f:
         f.write(format_header(header).encode() + b"\n")
         for i in range(1, n + 1):
@@ -62,8 +64,8 @@ def generate(folder: Path, n: int) -> Path:
                 txn, sign, original = "REVERSAL", "C", str(i - 3 if i > 3 else i + 1)
             else:
                 txn, sign = "TOPUP", "C"
-            m = (i * 31) % MERCHANTS
-            merchant, store = ("", "") if txn == "TOPUP" else (f"M{m:04d}", f"S{(i // 7) % STORES:02d}")
+            m = rng.randrange(MERCHANTS)
+            merchant, store = ("", "") if txn == "TOPUP" else (f"M{m:04d}", f"S{rng.randrange(STORES):02d}")
             acquirer = "" if txn == "TOPUP" else "48881111"
             fee = (amount * 38 + 5000) // 10000 if sign == "D" else 0
             posted = start + timedelta(seconds=i * 80_000 // n)

@@ -29,6 +29,7 @@ from settlement.run import RunResult, run_settlement
 from settlement.schedules import add_fee_schedule, list_fee_schedules, set_merchant
 
 T = TypeVar("T")
+SHOWN = 20  # payout / carry lines in the human summary; --json has them all
 
 
 def _db(app: AppContext, work: Callable[[Any], Awaitable[T]]) -> T:
@@ -80,7 +81,9 @@ def settle(app: AppContext, files: tuple[Path, ...], as_of: datetime | None, no_
     """Verify and import clearing FILEs, then pay out every merchant whose cycle is due.
 
     A file is refused, with nothing imported, if its trailer does not match its details (count, totals,
-    SHA-256) or any record breaks the clearing-file contract. A file settled before is skipped.
+    SHA-256) or any record breaks the clearing-file contract. A file settled before is skipped. Files are
+    taken in the order given; a refused file stops the job (those before it stay imported, and settling
+    them again is a no-op), so fix or remove it and run again.
     """
     run_date = as_of.date() if as_of else business_today(app.config)
     cycle = default_cycle(app.config)
@@ -139,8 +142,12 @@ def _human(imported: list[ImportResult], result: RunResult | None, written: list
             lines.append(f"run {result.run_id} as of {result.as_of}: {len(result.payouts)} payouts, "
                          f"{money(result.payout_total)} in all")
             lines += [f"  {p.reference}: gross {money(p.gross)} fee {money(p.fee)} net {money(p.net)}"
-                      for p in result.payouts]
-        lines += [f"  carried {c.merchant_id}: {c.reason}" for c in result.carried]
+                      for p in result.payouts[:SHOWN]]
+            if len(result.payouts) > SHOWN:
+                lines.append(f"  ... and {len(result.payouts) - SHOWN} more (see the payout file)")
+        lines += [f"  carried {c.merchant_id}: {c.reason}" for c in result.carried[:SHOWN]]
+        if len(result.carried) > SHOWN:
+            lines.append(f"  ... and {len(result.carried) - SHOWN} more carried (--json lists all)")
         if written:
             lines.append(f"reports in {Path(written[0]).parent}")
     return "\n".join(lines)
