@@ -185,7 +185,9 @@ async def activate_card(pool: Any, card_id: int) -> None:
     if info:
         from host.admin import admin_load
 
-        await admin_load(pool, card_id, info)
+        d = await admin_load(pool, card_id, info, f"face-value:{card_id}")
+        if d.code != "00":
+            raise catalog.CatalogError(f"card {card_id}: face value not loaded (response {d.code})")
 
 
 async def _face_value(conn: Any, card_id: int) -> int:

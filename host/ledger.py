@@ -463,7 +463,9 @@ class Ledger:
                 b, r, card.account_id, macct, card, "pending", Txn.PREAUTH, hold_of=r.key, expires_at=expires
             )
         if r.txn is Txn.ADMIN_LOAD:
-            code = rules.check_topup(card, r.amount)
+            # a gift card's one load is its face value, at activation; after that it is not reloadable
+            first_gift_load = card.product.kind == "fixed_amount" and card.credits_posted == 0
+            code = None if first_gift_load else rules.check_topup(card, r.amount)
             if code is not None:
                 return Decision(code)
             funding = await self._funding_account(conn, card.product.currency, card.part)
