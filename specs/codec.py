@@ -493,8 +493,9 @@ class Codec:
                       else f"bit {num} set for a field not in the dialect")
             raise DecodeError(where, reason, msg)
         plan = tuple(dec for num, dec in sorted(self._decoders.items()) if bits & (1 << (self._nbits - num)))
-        if len(self._plans) < _PLAN_CACHE_MAX:
-            self._plans[key] = plan
+        if len(self._plans) >= _PLAN_CACHE_MAX:  # hostile bitmap variety: start over, stay bounded
+            self._plans.clear()
+        self._plans[key] = plan
         return plan
 
     # -- MAC helpers
