@@ -99,16 +99,7 @@ def main(argv: list[str]) -> int:
     system = System(durable=args.durable, keep=args.keep)
     try:
         t0 = time.perf_counter()
-        system.start()
-        system.cli(
-            "demo",
-            "seed",
-            "--load-terminals",
-            str(args.terminals),
-            "--load-cards",
-            str(args.cards),
-            timeout=1800,
-        )
+        system.start(seed=("--load-terminals", str(args.terminals), "--load-cards", str(args.cards)))
         result["setup_s"] = round(time.perf_counter() - t0, 1)
         pool = read_pool(system.root / "var/pos/load-pool.json")
 

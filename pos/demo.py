@@ -16,12 +16,16 @@ The demo keys and PINs are public test data, printed on purpose: never use them 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,9 +59,11 @@ DEMO_BIN = "621234"
 LOAD_BIN = "621299"
 CARD_NAMES = ("alice", "bob", "carol")
 DEMO_PIN = "123456"
-LOAD_TERMINALS = 64
+LOAD_TERMINALS = 32
 LOAD_CARDS = 500
 LOAD_BALANCE = "100000.00"  # yuan per load card
+LINK_NAME = "host"
+DEMO_ZPK = "89ABCDEF01234567FEDCBA9876543210"  # clear demo link PIN key (public test data)
 
 
 class DemoError(Exception):
@@ -73,12 +79,12 @@ class Admin:
     def available(self, name: str) -> bool:
         return name in COMMANDS
 
-    def run(self, *args: str, ok_if: tuple[str, ...] = ()) -> Any:
+    def run(self, *args: str, ok_if: tuple[str, ...] = (), stdin: str | None = None) -> Any:
         argv = [sys.executable, "-m", "ops"]
         if self.config_path:
             argv += ["--config", self.config_path]
         argv += ["--json", *args]
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=600)
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=1800, input=stdin)
         if proc.returncode != 0:
             err = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
             line = err[-1] if err else f"exit status {proc.returncode}"
@@ -150,11 +156,68 @@ def seed(app: AppContext, load_terminals: int, load_cards: int) -> None:
 
 
 def seed_programme(app: AppContext, load_terminals: int, load_cards: int) -> dict[str, Any]:
-    missing = [c for c in ("product", "card", "merchant", "store", "terminal") if c not in COMMANDS]
+    missing = [
+        c
+        for c in ("hsm", "host", "switch", "product", "card", "merchant", "store", "terminal")
+        if c not in COMMANDS
+    ]
     if missing:
-        raise DemoError(f"this build lacks the host admin commands ({', '.join(missing)}): nothing seeded")
+        raise DemoError(f"this build lacks {', '.join(missing)}: nothing seeded")
     admin = Admin(app.config_path)
-    exists = ("exist", "already", "duplicate")
+    with _hsm_running(app, admin):
+        return _seed(app, admin, load_terminals, load_cards)
+
+
+@contextlib.contextmanager
+def _hsm_running(app: AppContext, admin: Admin) -> Iterator[None]:
+    """Card issue and terminal add need the HSM service: start one for the seed if none listens
+    (``payswitch run`` seeds before it starts the services)."""
+    hsm = app.config.hsm
+    if _listening(hsm.host, hsm.port):
+        yield
+        return
+    argv = [
+        sys.executable,
+        "-m",
+        "ops",
+        *(["--config", admin.config_path] if admin.config_path else []),
+        "hsm",
+        "serve",
+        "--metrics-port",
+        "0",
+    ]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not _listening(hsm.host, hsm.port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                err = (
+                    (proc.stderr.read().decode(errors="replace") if proc.stderr else "").strip().splitlines()
+                )
+                raise DemoError(f"could not start the HSM for the seed: {err[-1] if err else 'no output'}")
+            time.sleep(0.1)
+        yield
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _seed(app: AppContext, admin: Admin, load_terminals: int, load_cards: int) -> dict[str, Any]:
+    exists = ("already exists",)
+    sw = app.config.switch
     admin.run(
         "product",
         "add",
@@ -165,31 +228,37 @@ def seed_programme(app: AppContext, load_terminals: int, load_cards: int) -> dic
         DEMO_BIN,
         "--name",
         "Campus card",
+        "--max-balance",
+        "5000.00",
         ok_if=exists,
     )
+    # Load-test cards: fixed-amount cards are active with their face value at once (no load per card),
+    # with limits high enough for a benchmark.
     admin.run(
         "product",
         "add",
         LOAD_PRODUCT,
         "--kind",
-        "reloadable",
+        "fixed_amount",
         "--bin",
         LOAD_BIN,
         "--name",
-        "Load test card",
+        "Load-test card",
+        "--face-value",
+        LOAD_BALANCE,
         "--max-balance",
-        "100000000",
+        LOAD_BALANCE,
         "--per-txn-limit",
-        "100000000",
+        LOAD_BALANCE,
         "--daily-amount-limit",
-        "100000000000",
+        LOAD_BALANCE,
         "--daily-count-limit",
-        "1000000000",
+        "100000000",
         ok_if=exists,
     )
     admin.run("merchant", "add", MERCHANT_ID, "--name", MERCHANT_NAME, "--mcc", "5814", ok_if=exists)
     admin.run("store", "add", MERCHANT_ID, STORE_CODE, "--name", "North campus", ok_if=exists)
-    sw = app.config.switch
+    _link(app, admin)
     for tid, scheme, tmk in TERMINALS:
         admin.run(
             "terminal",
@@ -206,24 +275,10 @@ def seed_programme(app: AppContext, load_terminals: int, load_cards: int) -> dic
             ok_if=exists,
         )
         path = state_mod.default_path(tid)
+        port = sw.pos_3des_port if scheme == "3des" else sw.pos_sm4_port
         if not path.exists():
-            port = sw.pos_3des_port if scheme == "3des" else sw.pos_sm4_port
             state_mod.save(state_mod.new_state(tid, MERCHANT_ID, scheme, tmk, "127.0.0.1", port), path)
-    pool_terms = []
-    for i in range(load_terminals):
-        tid = f"L{i + 1:07d}"
-        scheme = "3des" if i % 2 == 0 else "sm4"
-        pool_terms.append(
-            {
-                "terminal_id": tid,
-                "merchant_id": MERCHANT_ID,
-                "scheme": scheme,
-                "tmk": load_tmk(tid),
-                "host": "127.0.0.1",
-                "port": sw.pos_3des_port if scheme == "3des" else sw.pos_sm4_port,
-            }
-        )
-    _register_terminals(admin, pool_terms, exists)
+    pool_terms = _load_terminals(app, admin, load_terminals, exists)
     cards = _demo_cards(admin)
     load_pool_cards = _load_cards(admin, load_cards)
     write_private(DEMO_CARDS, {"cards": cards})
@@ -241,22 +296,104 @@ def seed_programme(app: AppContext, load_terminals: int, load_cards: int) -> dic
     }
 
 
-def _register_terminals(admin: Admin, terms: list[dict[str, Any]], exists: tuple[str, ...]) -> None:
-    for t in terms:
-        admin.run(
-            "terminal",
-            "add",
-            t["terminal_id"],
-            "--merchant",
-            MERCHANT_ID,
-            "--store",
-            STORE_CODE,
-            "--scheme",
-            t["scheme"],
-            "--tmk",
-            t["tmk"],
-            ok_if=exists,
+def _link(app: AppContext, admin: Admin) -> None:
+    """The H2H link switch -> host with a demo ZPK, and the routes of both demo BINs over it."""
+    links = admin.run("switch", "link", "list") or []
+    if any(isinstance(link, dict) and link.get("name") == LINK_NAME for link in _as_list(links, "links")):
+        return
+    profile = app.config.host.profile  # the link's key scheme is the host listener's
+    formed = _form_key(admin, "001", DEMO_ZPK, "S" if profile == "sm4" else "U")
+    zpk = str(formed["key_under_lmk"])
+    admin.run("host", "link", app.config.switch.institution_id, "--profile", profile, "--zpk", zpk)
+    host = app.config.host.listen if app.config.host.listen not in ("", "0.0.0.0") else "127.0.0.1"
+    admin.run(
+        "switch",
+        "link",
+        "add",
+        LINK_NAME,
+        "--host",
+        host,
+        "--port",
+        str(app.config.host.port),
+        "--scheme",
+        profile,
+        "--zpk",
+        zpk,
+        "--connections",
+        "2",
+        "--replace",
+    )
+    for bin_ in (DEMO_BIN, LOAD_BIN):
+        admin.run("switch", "route", "add", bin_, "--link", LINK_NAME, ok_if=("already", "overlap"))
+
+
+def _form_key(admin: Admin, key_type: str, clear: str, scheme: str) -> dict[str, Any]:
+    """A key under the LMK from a clear demo key: two components (the key XOR a mask, the mask)."""
+    mask = "F0E1D2C3B4A5968778695A4B3C2D1E0F"
+    c1 = f"{int(clear, 16) ^ int(mask, 16):032X}"
+    answer = admin.run(
+        "hsm",
+        "form-key",
+        "--type",
+        key_type,
+        "--components",
+        "2",
+        "--scheme",
+        scheme,
+        stdin=f"{c1}\n{c1}\n{mask}\n{mask}\n",
+    )
+    if not isinstance(answer, dict) or "key_under_lmk" not in answer:
+        raise DemoError("`payswitch hsm form-key` did not return a key under the LMK")
+    return answer
+
+
+def _as_list(data: Any, key: str) -> list[Any]:
+    if isinstance(data, dict):
+        data = data.get(key, [])
+    return data if isinstance(data, list) else []
+
+
+def _load_terminals(
+    app: AppContext, admin: Admin, count: int, exists: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    sw = app.config.switch
+    terms: list[dict[str, Any]] = []
+    for i in range(count):
+        tid = f"L{i + 1:07d}"
+        scheme = "3des" if i % 2 == 0 else "sm4"
+        terms.append(
+            {
+                "terminal_id": tid,
+                "merchant_id": MERCHANT_ID,
+                "scheme": scheme,
+                "tmk": load_tmk(tid),
+                "host": "127.0.0.1",
+                "port": sw.pos_3des_port if scheme == "3des" else sw.pos_sm4_port,
+            }
         )
+    known: set[str] = set()
+    if LOAD_POOL.exists():
+        try:
+            known = {t["terminal_id"] for t in json.loads(LOAD_POOL.read_text())["terminals"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            known = set()
+    for t in terms:
+        if t["terminal_id"] not in known:
+            admin.run(
+                "terminal",
+                "add",
+                t["terminal_id"],
+                "--merchant",
+                MERCHANT_ID,
+                "--store",
+                STORE_CODE,
+                "--scheme",
+                t["scheme"],
+                "--tmk",
+                t["tmk"],
+                ok_if=exists,
+            )
+    return terms
 
 
 def _demo_cards(admin: Admin) -> list[dict[str, Any]]:
@@ -280,34 +417,42 @@ def _demo_cards(admin: Admin) -> list[dict[str, Any]]:
     )
     cards = []
     for name, card in zip(CARD_NAMES, _card_list(issued), strict=False):
-        admin.run("card", "load", card["pan"], "--amount", "500.00")
+        admin.run("card", "load", card["card_id"], "--amount", "500.00", "--reference", f"demo-seed-{name}")
         cards.append({"name": name, "pan": card["pan"], "expiry": card["expiry"], "pin": DEMO_PIN})
     return cards
 
 
 def _load_cards(admin: Admin, count: int) -> list[dict[str, Any]]:
+    known: list[dict[str, Any]] = []
     if LOAD_POOL.exists():
         try:
-            known: list[dict[str, Any]] = json.loads(LOAD_POOL.read_text())["cards"]
-            if len(known) >= count:
-                return known[:count]
+            known = json.loads(LOAD_POOL.read_text())["cards"]
         except (OSError, ValueError, KeyError):
-            pass
+            known = []
+    if len(known) >= count:
+        return known[:count]
     issued = admin.run(
-        "card", "issue", "--product", LOAD_PRODUCT, "--count", str(count), "--pin", DEMO_PIN, "--activate"
+        "card",
+        "issue",
+        "--product",
+        LOAD_PRODUCT,
+        "--count",
+        str(count - len(known)),
+        "--pin",
+        DEMO_PIN,
+        "--activate",
     )
-    cards = []
-    for card in _card_list(issued):
-        admin.run("card", "load", card["pan"], "--amount", LOAD_BALANCE)
-        cards.append({"pan": card["pan"], "expiry": card["expiry"], "pin": DEMO_PIN})
-    return cards
+    return known + [{"pan": c["pan"], "expiry": c["expiry"], "pin": DEMO_PIN} for c in _card_list(issued)]
 
 
-def _card_list(issued: Any) -> list[dict[str, Any]]:
-    items = issued.get("cards", issued) if isinstance(issued, dict) else issued
-    if not isinstance(items, list) or not all(isinstance(c, dict) and "pan" in c for c in items):
+def _card_list(issued: Any) -> list[dict[str, str]]:
+    items = _as_list(issued, "cards")
+    if not items or not all(isinstance(c, dict) and "pan" in c for c in items):
         raise DemoError("`payswitch card issue --json` did not list the issued cards with their PANs")
-    return [{"pan": str(c["pan"]), "expiry": str(c.get("expiry", ""))} for c in items]
+    return [
+        {"card_id": str(c.get("card_id", "")), "pan": str(c["pan"]), "expiry": str(c.get("expiry", ""))}
+        for c in items
+    ]
 
 
 def render_seed(summary: dict[str, Any]) -> str:

@@ -65,7 +65,9 @@ class System:
         return [s for s in SERVICES if s in COMMANDS]
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def start(self, services: tuple[str, ...] = SERVICES) -> System:
+    def start(self, services: tuple[str, ...] = SERVICES, *, seed: tuple[str, ...] | None = None) -> System:
+        """PostgreSQL, configuration, then ``services`` in order. With ``seed``, ``payswitch demo seed
+        SEED...`` runs after the HSM and before host and switch (they read links and routes at start)."""
         self._pg = EmbeddedPostgres(self.root / "pg", durable=self.durable)
         status = self._pg.up()
         asyncio.run(ensure_database(status.url("postgres"), "payswitch"))
@@ -76,6 +78,8 @@ class System:
         for name in services:
             if name in COMMANDS:
                 self.start_service(name)
+            if name == "hsm" and seed is not None:
+                self.cli("demo", "seed", *seed, timeout=1800)
         return self
 
     def _config(self) -> str:

@@ -22,8 +22,7 @@ pytestmark = pytest.mark.skipif(bool(missing), reason=f"this build lacks: {', '.
 @pytest.fixture(scope="module")
 def system() -> Iterator[System]:
     with System() as s:
-        s.start()
-        s.cli("demo", "seed", "--load-terminals", "4", "--load-cards", "20", timeout=600)
+        s.start(seed=("--load-terminals", "4", "--load-cards", "20"))
         yield s
 
 
