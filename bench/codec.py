@@ -3,9 +3,9 @@
     python -m bench codec            # or: python -m bench.codec [--seconds S]
 
 For each dialect/profile: the fast codec (specs.codec) and pyiso8583 with the same spec as baseline,
-in the same process: µs per encode+decode, messages per second (one core), p50/p99 of single
-encode+decode calls, the fast codec's encode-only and decode-only cost, memory per decoded message,
-and the speed ratio.
+in the same process: µs per encode+decode (best of 5 rounds), messages per second (one core),
+p50/p99 of single encode+decode calls, the fast codec's encode-only and decode-only cost, memory
+per decoded message, and the speed ratio.
 """
 
 from __future__ import annotations
@@ -46,17 +46,26 @@ def typical_0200(dialect: str, profile: str) -> dict[str, Any]:
     }
 
 
-def _rate(fn: Callable[[], object], seconds: float) -> float:
-    """Seconds per call, measured in growing batches for about ``seconds``."""
-    n = 64
-    while True:
+def _rate(fn: Callable[[], object], seconds: float, rounds: int = 5) -> float:
+    """Seconds per call: the best of ``rounds`` timed batches filling about ``seconds`` in all (the
+    best round is the least disturbed by other processes on a shared machine)."""
+    n = 16
+    while True:  # calibrate a batch to about seconds / rounds
         start = time.perf_counter()
         for _ in range(n):
             fn()
         elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return elapsed / n
-        n *= 2 if elapsed < seconds / 4 else 1 + int(seconds / max(elapsed, 1e-9))
+        if elapsed >= seconds / rounds / 2:
+            break
+        n *= 2
+    n = max(1, int(n * (seconds / rounds) / elapsed))
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best = min(best, (time.perf_counter() - start) / n)
+    return best
 
 
 def _percentiles(fn: Callable[[], object], samples: int = 20000) -> tuple[float, float]:
