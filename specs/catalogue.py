@@ -7,7 +7,8 @@
   ``msg["39"] = ResponseCode.APPROVED`` works) and :data:`RESPONSE_CODES` (meanings, per-dialect use,
   whether the terminal must sign on again).
 - :func:`response_mti`, :func:`mac_required`, :func:`echoed_fields` / :func:`response_skeleton`
-  (which request fields a response carries back), :func:`format_error_response` (the 30 answer).
+  (which request fields a response carries back), :func:`format_error_response` (the 30 answer),
+  :data:`POS_PRESENCE` / :func:`pos_presence_problems` (the contract's field presence table).
 - Sub-field helpers for the structured fields: :class:`De60`, :class:`De61`, :func:`balance_de54`,
   :class:`WorkingKeys` (DE62 layouts per profile), :class:`BatchTotals` / :func:`batch_totals_de48`
   / :func:`parse_batch_totals` (0500/0510 DE48), :class:`UploadRecord` / :func:`upload_de48` /
@@ -506,3 +507,52 @@ def upload_de48(records: list[UploadRecord]) -> str:
     if len(records) > MAX_UPLOAD_RECORDS:
         raise ValueError(f"at most {MAX_UPLOAD_RECORDS} records per 0320")
     return f"{len(records):02d}" + "".join(f"00{r.stan:0>6}{r.pan:0>20}{r.amount:012d}" for r in records)
+
+
+# --- POS field presence (contract "Field presence") -----------------------------------------------------
+
+# DE -> presence in (0200/0220/0100 request, their response, 0400 request, 0410 response):
+# "M" mandatory, "C" conditional, "-" absent. Fields not listed are not constrained.
+_PRESENCE_ROWS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("2",), "CCCC"),
+    (("3", "11", "25", "41", "42", "49", "60"), "MMMM"),
+    (("4",), "MCMM"),  # request: except balance inquiry; response: when in the request
+    (("12", "13", "32", "37"), "-M-M"),
+    (("14",), "C-C-"),
+    (("22",), "M-M-"),
+    (("26", "52", "53"), "C---"),
+    (("35", "36"), "C---"),
+    (("38",), "-C-C"),
+    (("39",), "-MMM"),
+    (("54",), "-C--"),
+    (("55",), "CCC-"),
+    (("61",), "CCCC"),
+    (("64",), "MMMM"),  # responses: except those answering A0 or 30
+)
+POS_PRESENCE: dict[str, str] = {de: marks for des, marks in _PRESENCE_ROWS for de in des}
+_PRESENCE_COLUMN = {"0100": 0, "0200": 0, "0220": 0, "0110": 1, "0210": 1, "0230": 1, "0400": 2, "0410": 3}
+
+
+def pos_presence_problems(msg: dict[str, Any], request: dict[str, Any] | None = None) -> list[str]:
+    """Mandatory fields missing and absent-only fields present in a POS financial message or reversal
+    (empty list = fine; other MTIs are not constrained). ``request`` lets a response's "M when in the
+    request" DE4 rule be checked."""
+    column = _PRESENCE_COLUMN.get(msg.get("t", ""))
+    if column is None:
+        return []
+    problems = []
+    code = msg.get("39")
+    for de, marks in POS_PRESENCE.items():
+        mark = marks[column]
+        present = msg.get(de) is not None
+        if mark == "M" and not present:
+            if de == "4" and column == 0 and msg.get("3") == ProcessingCode.BALANCE_INQUIRY:
+                continue
+            if de == "64" and column in (1, 3) and code in (RC.MAC_FAILURE, RC.FORMAT_ERROR):
+                continue
+            problems.append(f"DE{de} missing")
+        elif mark == "-" and present:
+            problems.append(f"DE{de} not allowed in {msg['t']}")
+    if column == 1 and request is not None and "4" in request and msg.get("4") is None:
+        problems.append("DE4 missing (the request had it)")
+    return problems

@@ -220,3 +220,31 @@ def test_batch_de48_helpers() -> None:
         upload_de48(records * 5)
     with pytest.raises(ValueError):
         parse_upload_de48("01" + "0" * 39)
+
+
+def test_pos_presence_rules() -> None:
+    from specs.catalogue import POS_PRESENCE, pos_presence_problems
+    from tests.specs.test_golden import PURCHASE
+
+    request = {**PURCHASE, "52": bytes(8), "64": bytes(8)}
+    assert pos_presence_problems(request) == []
+    assert pos_presence_problems({k: v for k, v in request.items() if k != "22"}) == ["DE22 missing"]
+    assert pos_presence_problems({**request, "39": "00"}) == ["DE39 not allowed in 0200"]
+    balance = {**request, "3": "310000", "60": "01000001000"}
+    del balance["4"]
+    assert pos_presence_problems(balance) == []
+    response = response_skeleton("pos", request, ResponseCode.APPROVED) | {
+        "12": "101010", "13": "1125", "32": "4888", "37": "533010000777", "64": bytes(8)}
+    assert pos_presence_problems(response, request) == []
+    no_mac = {k: v for k, v in response.items() if k != "64"}
+    assert pos_presence_problems(no_mac) == ["DE64 missing"]
+    assert pos_presence_problems({**no_mac, "39": "A0"}) == []
+    assert pos_presence_problems({k: v for k, v in response.items() if k != "4"}, request) == [
+        "DE4 missing (the request had it)"]
+    reversal = {k: v for k, v in request.items() if k not in ("26", "52", "53")} | {"t": "0400", "39": "98"}
+    assert pos_presence_problems(reversal) == []
+    assert pos_presence_problems({**reversal, "52": bytes(8)}) == ["DE52 not allowed in 0400"]
+    assert pos_presence_problems({"t": "0800"}) == []
+    assert set(POS_PRESENCE) == {"2", "3", "4", "11", "12", "13", "14", "22", "25", "26", "32", "35", "36",
+                                 "37", "38", "39", "41", "42", "49", "52", "53", "54", "55", "60", "61",
+                                 "64"}
