@@ -190,3 +190,14 @@ def test_reader_over_real_tcp_socket() -> None:
                     assert msg["t"] == "0830" and msg["39"] == "00" and msg["11"] == "000009"
 
     trio.run(main)
+
+
+@given(st.binary(max_size=3000), st.booleans())
+def test_splitter_arbitrary_bytes_raise_only_frame_error(data: bytes, keepalive: bool) -> None:
+    s = FrameSplitter(2048, keepalive=keepalive)
+    try:
+        frames = s.feed(data)
+    except FrameError:
+        return
+    assert all(0 < len(f) <= 2048 for f in frames)
+    assert sum(len(f) + 2 for f in frames) + s.pending + 2 * s.keepalives <= len(data)
