@@ -12,7 +12,9 @@ Usage (the whole public API)::
     # MAC (POS DE64 / H2H DE128): encode with a placeholder, MAC the block, put the MAC in.
     raw = c.encode({**msg, "64": bytes(8)})
     raw = c.with_mac(raw, mac_over(c.mac_block(raw)))   # mac_block = MTI .. byte before the MAC
-    # on receipt: verify mac_over(c.mac_block(raw)) against msg["64"]
+    # on receipt: verify mac_over(c.mac_block(raw)) against msg["64"]; c.has_mac(raw) says if DE64 is there
+
+    c.fields                              # the dialect's field keys in wire order; c.spec = pyiso8583 spec
 
 Messages are plain dicts like pyiso8583's: ``"t"`` is the MTI string, fields are keyed by their number
 as a string ("2" .. "128"). Text fields (n, z, an, ans) are ``str``; binary fields (POS DE52/55/62/64,
