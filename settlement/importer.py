@@ -14,7 +14,7 @@ settled from another file makes the whole file refused (the primary key on issue
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -121,46 +121,50 @@ async def _import(conn: Any, reader: ClearingReader, sha: str, progress: Callabl
     default = in_force.get(DEFAULT_MERCHANT)
     # merchant -> (schedule or None, version label, share weights); built once per merchant per file
     pricing: dict[str, tuple[FeeSchedule | None, str, tuple[int, int, int]]] = {}
-    rows: list[tuple[Any, ...]] = []
+    splits: dict[tuple[int, tuple[int, int, int]], list[int]] = {}  # fees repeat: split each once
     issuer, bdate = h.issuer_id, h.business_date
-    merchant_fee = 0
-    last_reported = 0
-    for d in reader.details():
-        m = d.merchant_id
-        price = pricing.get(m)
-        if price is None:
-            s = in_force.get(m, default) if m else None
-            price = (s, s.version, s.weights) if s is not None else (None, "file:" + d.fee_rate_version,
-                                                                     FILE_FEE_SHARES)
-            pricing[m] = price
-        schedule, version, weights = price
-        if d.txn_type == "TOPUP" or not m:
-            fee, merchant_amount, version = 0, 0, ""
-        else:
-            merchant_amount = d.amount if d.sign == "D" else -d.amount
-            if schedule is not None:
-                fee = transaction_fee(d.txn_type, d.sign, d.amount, schedule)
-            else:  # the host's flat-rate fee from the file: charged on debits, returned on credits
-                fee = d.fee if d.txn_type in DEBIT_TYPES or d.sign == "D" else -d.fee
-        if fee:
-            shares = split_exact(fee, weights)
-            i_share, a_share, p_share = shares[0], shares[1], shares[2]
-        else:
-            i_share = a_share = p_share = 0
-        merchant_fee += fee
-        rows.append((issuer, d.posting_id, file_id, bdate, d.txn_type, d.original_posting_id, d.acquirer_id,
-                     m, d.store_id, d.terminal_id, d.amount, d.sign, merchant_amount, d.fee, fee, version,
-                     i_share, a_share, p_share, d.rrn, d.stan, d.auth_id))
-        if len(rows) >= batch:
-            await conn.copy_records_to_table("settlement_items", records=rows, columns=ITEM_COLUMNS)
-            rows = []
-            if progress is not None:
-                progress(reader.bytes_read - last_reported)
-                last_reported = reader.bytes_read
-    if rows:
-        await conn.copy_records_to_table("settlement_items", records=rows, columns=ITEM_COLUMNS)
+    totals = {"fee": 0, "reported": 0}
+
+    async def rows() -> AsyncIterator[tuple[Any, ...]]:
+        # One COPY streams the whole file: PostgreSQL ingests while the next records are parsed.
+        for n, d in enumerate(reader.details(), start=1):
+            m = d.merchant_id
+            price = pricing.get(m)
+            if price is None:
+                s = in_force.get(m, default) if m else None
+                price = (s, s.version, s.weights) if s is not None else (
+                    None, "file:" + d.fee_rate_version, FILE_FEE_SHARES)
+                pricing[m] = price
+            schedule, version, weights = price
+            if d.txn_type == "TOPUP" or not m:
+                fee, merchant_amount, version = 0, 0, ""
+            else:
+                merchant_amount = d.amount if d.sign == "D" else -d.amount
+                if schedule is not None:
+                    fee = transaction_fee(d.txn_type, d.sign, d.amount, schedule)
+                else:  # the host's flat-rate fee from the file: charged on debits, returned on credits
+                    fee = d.fee if d.txn_type in DEBIT_TYPES or d.sign == "D" else -d.fee
+            if fee:
+                shares = splits.get((fee, weights))
+                if shares is None:
+                    if len(splits) > 100_000:
+                        splits.clear()
+                    shares = splits[(fee, weights)] = split_exact(fee, weights)
+                i_share, a_share, p_share = shares
+            else:
+                i_share = a_share = p_share = 0
+            totals["fee"] += fee
+            yield (issuer, d.posting_id, file_id, bdate, d.txn_type, d.original_posting_id, d.acquirer_id,
+                   m, d.store_id, d.terminal_id, d.amount, d.sign, merchant_amount, d.fee, fee, version,
+                   i_share, a_share, p_share, d.rrn, d.stan, d.auth_id)
+            if progress is not None and n % batch == 0:
+                progress(reader.bytes_read - totals["reported"])
+                totals["reported"] = reader.bytes_read
+
+    await conn.copy_records_to_table("settlement_items", records=rows(), columns=ITEM_COLUMNS)
     if progress is not None:
-        progress(reader.bytes_read - last_reported)
+        progress(reader.bytes_read - totals["reported"])
+    merchant_fee = totals["fee"]
     t = reader.trailer
     assert t is not None  # details() returned normally: the trailer matched
     merchant_fee += await _exact_returned_fees(conn, file_id)

@@ -313,7 +313,7 @@ _DETAIL_FAST = re.compile(
     rf"({_I})?\|({_I})?\|({_I})?\|({_I})?\|([0-9]{{6}}\*{{3,9}}[0-9]{{4}})\|({_I})\|(0|[1-9][0-9]{{0,17}})\|"
     rf"([DC])\|(0|[1-9][0-9]{{0,17}})\|({_I})?\|([\x21-\x7b\x7d\x7e]{{12}})?\|([0-9]{{6}})?\|"
     r"([\x21-\x7b\x7d\x7e]{6})?\|([0-9]{8})?([0-9]{6})?\|"
-    r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})Z",
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z)",
     re.ASCII,
 )
 _SIGN_OF = {"PURCHASE": "D", "COMPLETION": "D", "REFUND": "C", "VOID": "C", "TOPUP": "C"}
@@ -337,7 +337,7 @@ def parse_detail(line: str) -> Detail:
             if n_amount <= MAX_AMOUNT and n_fee <= MAX_AMOUNT:
                 try:
                     local = None if ldate is None else datetime.fromisoformat(f"{ldate}T{ltime}")
-                    posted_at = datetime.fromisoformat(posted).replace(tzinfo=UTC)
+                    posted_at = datetime.fromisoformat(posted)  # "Z": tzinfo is datetime.UTC
                 except ValueError:
                     pass  # not a real date: the checked parser says which field
                 else:
