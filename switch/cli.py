@@ -189,6 +189,14 @@ def route_add(app: AppContext, bin_low: str, bin_high: str | None, link_name: st
         direction = await conn.fetchval("SELECT direction FROM switch_links WHERE name = $1", link_name)
         if direction != "out":
             raise click.ClickException(f"no outbound link named {link_name}")
+        same = await conn.fetchval(
+            "SELECT id FROM switch_routes WHERE bin_low = $1 AND bin_high = $2 AND link = $3",
+            bin_low,
+            bin_high,
+            link_name,
+        )
+        if same is not None:
+            raise click.ClickException(f"route {same} already exists: {bin_low}-{bin_high} -> {link_name}")
         route_id: int = await conn.fetchval(
             "INSERT INTO switch_routes (bin_low, bin_high, link) VALUES ($1, $2, $3) RETURNING id",
             bin_low,
