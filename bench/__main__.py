@@ -1,4 +1,8 @@
-"""`python -m bench [NAME ...]`: run every benchmark module in bench/ (or the named ones) in turn."""
+"""`python -m bench [NAME ...] [-- ARGS]`: run every benchmark module in bench/ (or the named ones).
+
+Arguments after ``--`` go to each named module's ``main``; `python -m bench.NAME --help` shows a
+module's own options.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,18 @@ import bench
 
 
 def main(argv: list[str]) -> int:
-    names = argv or sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if not m.name.startswith("_"))
-    for name in names:
+    names, passthrough = argv, []
+    if "--" in argv:
+        cut = argv.index("--")
+        names, passthrough = argv[:cut], argv[cut + 1 :]
+    every = sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if not m.name.startswith("_"))
+    for name in names or every:
+        if name not in every:
+            print(f"bench: no benchmark named {name!r}; have {', '.join(every)}", file=sys.stderr)
+            return 2
         module = importlib.import_module(f"bench.{name}")
         print(f"== bench.{name}", flush=True)
-        module.main([])
+        module.main(passthrough)
     return 0
 
 
