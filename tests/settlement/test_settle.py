@@ -331,3 +331,12 @@ def test_cli_errors_are_one_line(db_url: str, tmp_path: Path) -> None:
     proc = run("--as-of", "2026-13-01")  # click's usage error: usage hint + one error line
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("Error: Invalid value for '--as-of'")
+
+
+def test_progress_reports_every_byte(db_url: str, tmp_path: Path) -> None:
+    details = [detail(i, merchant_id="PRGA") for i in range(1, 2001)]
+    path, _ = write_file(tmp_path, header(DAY1, "55550000"), details)
+    seen: list[int] = []
+    result = db(db_url, lambda c: import_file(c, path, progress=seen.append, batch=500))
+    assert result.imported and len(seen) >= 4
+    assert sum(seen) == path.stat().st_size
