@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import asyncpg
 import click
 
 from ops.cli import AppContext, pass_app
@@ -44,6 +45,10 @@ def _db(app: AppContext, work: Callable[[Any], Awaitable[T]]) -> T:
         return asyncio.run(go())
     except SettlementError as exc:
         raise click.ClickException(str(exc)) from None
+    except asyncpg.UndefinedTableError as exc:
+        raise click.ClickException(f"{exc}: run `payswitch db migrate` first") from None
+    except asyncpg.PostgresError as exc:
+        raise click.ClickException(f"database error: {type(exc).__name__}: {exc}") from None
 
 
 def default_cycle(config: Config) -> Cycle:
@@ -287,7 +292,7 @@ def reconcile_cmd(app: AppContext, file: Path, journal: Path | None, output_dir:
     async def work(conn: Any) -> Any:
         try:
             ledger = await ledger_records(conn, start, end)
-        except asyncpg_errors() as exc:
+        except asyncpg.PostgresError as exc:
             raise SettlementError(f"host ledger not readable (clearing_postings): {exc}") from None
         try:
             return reconcile(journal_rows, ledger, file_records(file))
@@ -305,9 +310,3 @@ def reconcile_cmd(app: AppContext, file: Path, journal: Path | None, output_dir:
               "journal_compared": report.journal_compared, "report": str(out)},
              f"{file.name} (business date {business_date}, ledger {start:%Y-%m-%d %H:%M}Z to "
              f"{end:%Y-%m-%d %H:%M}Z)\n{summary_text(report)}\nexceptions: {out}")
-
-
-def asyncpg_errors() -> tuple[type[BaseException], ...]:
-    import asyncpg
-
-    return (asyncpg.PostgresError,)

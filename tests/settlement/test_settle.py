@@ -340,3 +340,13 @@ def test_progress_reports_every_byte(db_url: str, tmp_path: Path) -> None:
     result = db(db_url, lambda c: import_file(c, path, progress=seen.append, batch=500))
     assert result.imported and len(seen) >= 4
     assert sum(seen) == path.stat().st_size
+
+
+def test_unmigrated_database_is_one_line(pg_cluster: Any, tmp_path: Path) -> None:
+    from ops.db import ensure_database
+
+    asyncio.run(ensure_database(pg_cluster.url("postgres"), "t_settle_unmigrated"))
+    res = CliRunner().invoke(cli, ["settle", "--as-of", "2026-11-25", "--output-dir", str(tmp_path)],
+                             env={"PAYSWITCH_DATABASE_URL": pg_cluster.url("t_settle_unmigrated")})
+    assert res.exit_code == 1
+    assert "run `payswitch db migrate` first" in res.output and len(res.output.strip().splitlines()) == 1
