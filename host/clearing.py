@@ -161,3 +161,21 @@ def last_closed_business_date(now: datetime, cutover: str, timezone: str) -> dat
     from specs.clearing import business_date_of
 
     return business_date_of(now, cutover, timezone) - timedelta(days=1)
+
+
+async def emit_closed(conn: Any, now: datetime, *, issuer_id: str, directory: str | Path, cutover: str,
+                      timezone: str, lookback_days: int = 7) -> list[EmitResult]:
+    """Write the file of every closed business date in the last ``lookback_days`` that has none yet.
+
+    What the host runs after each cut-over (and at start, to catch up after downtime); dates whose file
+    is there are not read again.
+    """
+    last = last_closed_business_date(now, cutover, timezone)
+    done = []
+    for back in range(lookback_days - 1, -1, -1):
+        day = last - timedelta(days=back)
+        if (Path(directory) / file_name(issuer_id, day, 1)).exists():
+            continue
+        done.append(await emit(conn, day, issuer_id=issuer_id, directory=directory, cutover=cutover,
+                               timezone=timezone))
+    return done

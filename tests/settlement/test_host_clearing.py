@@ -23,7 +23,7 @@ from host.catalog import (
     add_terminal,
     insert_cards,
 )
-from host.clearing import ClearingEmitError, emit, terminal_local_time
+from host.clearing import ClearingEmitError, emit, emit_closed, terminal_local_time
 from settlement.importer import import_file
 from settlement.reconcile import Category, file_records, ledger_records, reconcile
 from specs.clearing import read_file
@@ -257,3 +257,25 @@ def test_emit_settle_reconcile(db_url: str, tmp_path: Path) -> None:
     assert summary["exceptions"]["posted_not_in_journal"] == 3
     rows = (tmp_path / "rec" / "reconcile_CLR_48880000_20261110_01.csv").read_text().splitlines()
     assert len(rows) == 1 + 5
+
+
+def test_emit_closed_catches_up(db_url: str, tmp_path: Path) -> None:
+    async def work(conn: Any) -> None:
+        now = utc(2026, 11, 12, 15, 30)  # 23:30 in Shanghai: 2026-11-12 has just closed
+        kw: dict[str, Any] = {
+            "issuer_id": "48880000",
+            "directory": tmp_path,
+            "cutover": CUTOVER,
+            "timezone": TZ,
+        }
+        first = await emit_closed(conn, now, lookback_days=3, **kw)
+        assert [r.business_date for r in first] == [
+            date(2026, 11, 10),
+            date(2026, 11, 11),
+            date(2026, 11, 12),
+        ]
+        assert await emit_closed(conn, now, lookback_days=3, **kw) == []
+        later = await emit_closed(conn, utc(2026, 11, 13, 15, 0), lookback_days=3, **kw)
+        assert [r.business_date for r in later] == [date(2026, 11, 13)]
+
+    run(db_url, work)
