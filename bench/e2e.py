@@ -55,6 +55,34 @@ def _measure(system: System, plan: LoadPlan) -> tuple[LoadReport, dict[str, floa
     return report, cpu, wall
 
 
+def _hops(db_url: str) -> dict[str, Any]:
+    """Where a purchase's time goes, from the switch journal's per-hop timings (microseconds)."""
+    import asyncio
+
+    import asyncpg
+
+    async def query() -> dict[str, Any]:
+        conn = await asyncpg.connect(db_url)
+        try:
+            row = await conn.fetchrow(
+                """SELECT count(*) AS n, avg(us_total) AS total, avg(us_hsm) AS hsm, avg(us_host) AS host,
+                          percentile_cont(0.99) WITHIN GROUP (ORDER BY us_total) AS total_p99,
+                          percentile_cont(0.99) WITHIN GROUP (ORDER BY us_host) AS host_p99
+                   FROM switch_journal WHERE txn_type = 'purchase' AND response_code = '00'"""
+            )
+        finally:
+            await conn.close()
+        if row is None or not row["n"]:
+            return {}
+        ms = {k: round(float(row[k]) / 1000, 2) for k in ("total", "hsm", "host", "total_p99", "host_p99")}
+        return {"purchases": row["n"], "ms": ms}
+
+    try:
+        return asyncio.run(query())
+    except Exception as exc:  # the journal layout is the switch's: report, do not fail the bench
+        return {"unavailable": f"{exc.__class__.__name__}: {exc}"[:200]}
+
+
 def _self_cpu() -> float:
     t = os.times()
     return t.user + t.system
@@ -120,6 +148,7 @@ def main(argv: list[str]) -> int:
         result["ratio_to_echo_baseline"] = round(
             data["approved_purchases_per_s"] / max(base["throughput_per_s"], 1e-9), 3
         )
+        result["switch_journal_hops"] = _hops(system.db_url)
         check = system.cli("ledger", "check", check=False)
         result["ledger_check"] = (
             "clean"
@@ -172,6 +201,16 @@ def main(argv: list[str]) -> int:
     print(f"response codes     {e2e['response_codes']}  errors {e2e['errors'] or 'none'}")
     print(f"ratio to baseline  {result['ratio_to_echo_baseline']}")
     print("CPU seconds        " + "  ".join(f"{k} {v}" for k, v in result["cpu_seconds"].items()))
+    hops = result.get("switch_journal_hops", {})
+    if "ms" in hops:
+        h = hops["ms"]
+        print(
+            f"where time goes    switch journal, mean per approved purchase: total {h['total']} ms = "
+            f"HSM {h['hsm']} + host {h['host']} + switch itself {h['switch_own']} "
+            f"(p99 total {h['total_p99']}, host {h['host_p99']})"
+        )
+    elif hops:
+        print(f"where time goes    {hops}")
     print(f"ledger check       {result['ledger_check']}")
     for name, lines in result.get("profile", {}).items():
         print(f"profile: {name} (top self time, under cProfile)")
