@@ -18,7 +18,9 @@ Where the contract is silent, the choices made here:
   a REVERSAL takes the opposite sign of what it reverses, so either;
 - a VOID or REVERSAL must carry the original posting id; other types may;
 - the currency is three upper-case letters or three digits (ISO 4217);
-- the sequence is 01-99.
+- the sequence is 01-99; amounts and fees are at most 10**15 minor units;
+- the terminal's local date-time may be empty (an administrative load has no terminal);
+- a business date's window: see ``business_window`` (cut-over at 12:00 or later closes the same day).
 """
 
 from __future__ import annotations
