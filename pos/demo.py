@@ -96,6 +96,13 @@ class Admin:
         except ValueError:
             return proc.stdout
 
+    def known_card(self, pan: str) -> bool:
+        """Whether the host knows this card (`card show` succeeds)."""
+        try:
+            return self.run("card", "show", pan) is not None
+        except DemoError:
+            return False
+
 
 def _shown(args: tuple[str, ...]) -> list[str]:
     """Arguments as they may be printed: values after key-bearing options hidden."""
@@ -377,6 +384,26 @@ def _load_terminals(
             known = {t["terminal_id"] for t in json.loads(LOAD_POOL.read_text())["terminals"]}
         except (OSError, ValueError, KeyError, TypeError):
             known = set()
+    if terms and terms[0]["terminal_id"] in known:
+        # One add tells whether the pool's terminals are still registered (the database may be new).
+        first = terms[0]
+        added = admin.run(
+            "terminal",
+            "add",
+            first["terminal_id"],
+            "--merchant",
+            MERCHANT_ID,
+            "--store",
+            STORE_CODE,
+            "--scheme",
+            first["scheme"],
+            "--tmk",
+            first["tmk"],
+            ok_if=exists,
+        )
+        if added is not None:
+            known = set()
+        known.add(first["terminal_id"])
     for t in terms:
         if t["terminal_id"] not in known:
             admin.run(
@@ -400,7 +427,7 @@ def _demo_cards(admin: Admin) -> list[dict[str, Any]]:
     if DEMO_CARDS.exists():
         try:
             known: list[dict[str, Any]] = json.loads(DEMO_CARDS.read_text())["cards"]
-            if [c["name"] for c in known] == list(CARD_NAMES):
+            if [c["name"] for c in known] == list(CARD_NAMES) and admin.known_card(known[0]["pan"]):
                 return known
         except (OSError, ValueError, KeyError):
             pass
@@ -429,6 +456,8 @@ def _load_cards(admin: Admin, count: int) -> list[dict[str, Any]]:
             known = json.loads(LOAD_POOL.read_text())["cards"]
         except (OSError, ValueError, KeyError):
             known = []
+    if known and not admin.known_card(known[0]["pan"]):
+        known = []  # the database was reset since the pool was written
     if len(known) >= count:
         return known[:count]
     issued = admin.run(

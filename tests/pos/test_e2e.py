@@ -62,3 +62,13 @@ def test_tour_load_and_ledger_check(system: System) -> None:
     report = json.loads(r.stdout)
     assert report["answered"] == report["requests"] and report["response_codes"].get("00", 0) > 150
     assert report["ledger_check"]["status"] == "clean", report["ledger_check"]
+
+
+def test_seed_again_changes_nothing(system: System) -> None:
+    cards = system.root / "var/pos/demo-cards.json"
+    pool = system.root / "var/pos/load-pool.json"
+    before = (cards.read_text(), pool.read_text())
+    r = system.cli("demo", "seed", "--load-terminals", "4", "--load-cards", "20", timeout=600)
+    assert "alice" in r.stdout
+    assert (cards.read_text(), pool.read_text()) == before
+    assert oct(cards.stat().st_mode & 0o777) == "0o600" and oct(pool.stat().st_mode & 0o777) == "0o600"
