@@ -16,7 +16,7 @@ What each transaction type does to the merchant's fee:
   replaces the estimate below with exactly the original's fee and shares, negated, whatever rate card
   priced it; a partial reversal keeps the estimate on its own amount.
 - a REVERSAL of a credit (a refund undone): the refund's returned fee is charged again.
-- TOPUP: money loaded by the issuer, not merchant business: no fee.
+- TOPUP: a load, not a sale: no fee (one taken at a merchant's terminal lowers its payout, no fee).
 
 Profit sharing: each fee is divided between issuer, acquirer and platform by ``split_exact``, the
 largest-remainder method, so the shares are integers that always add up to the fee exactly.

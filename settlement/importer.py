@@ -136,8 +136,10 @@ async def _import(conn: Any, reader: ClearingReader, sha: str, progress: Callabl
                     None, "file:" + d.fee_rate_version, FILE_FEE_SHARES)
                 pricing[m] = price
             schedule, version, weights = price
-            if d.txn_type == "TOPUP" or not m:
+            if not m:
                 fee, merchant_amount, version = 0, 0, ""
+            elif d.txn_type == "TOPUP":  # cash taken at the merchant: it owes that to the issuer
+                fee, merchant_amount, version = 0, -d.amount, ""
             else:
                 merchant_amount = d.amount if d.sign == "D" else -d.amount
                 if schedule is not None:
@@ -216,13 +218,14 @@ async def _accrue(conn: Any, file_id: int) -> int:
     status: str = await conn.execute(
         """
         INSERT INTO settlement_accruals (file_id, merchant_id, store_id, acquirer_id, business_date,
-            txn_count, sales, returns, fee, issuer_share, acquirer_share, platform_share)
+            txn_count, sales, returns, topups, fee, issuer_share, acquirer_share, platform_share)
         SELECT file_id, merchant_id, store_id, acquirer_id, business_date, count(*),
                coalesce(sum(amount) FILTER (WHERE sign = 'D'), 0),
-               coalesce(sum(amount) FILTER (WHERE sign = 'C'), 0),
+               coalesce(sum(amount) FILTER (WHERE sign = 'C' AND txn_type <> 'TOPUP'), 0),
+               coalesce(sum(amount) FILTER (WHERE txn_type = 'TOPUP'), 0),
                sum(fee), sum(issuer_share), sum(acquirer_share), sum(platform_share)
         FROM settlement_items
-        WHERE file_id = $1 AND merchant_id <> '' AND txn_type <> 'TOPUP'
+        WHERE file_id = $1 AND merchant_id <> ''
         GROUP BY file_id, merchant_id, store_id, acquirer_id, business_date
         """,
         file_id,

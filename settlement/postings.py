@@ -2,7 +2,7 @@
 
 For each payout, one balanced set of entries:
 
-    debit   merchant_payable:<merchant>        gross (sales - returns)
+    debit   merchant_payable:<merchant>        gross (sales - returns - top-ups taken)
     credit  merchant_settled:<merchant>        net (paid out)
     credit  fee_income:issuer                  issuer share of the fee
     credit  fee_income:acquirer:<acquirer>     acquirer share, per acquirer
@@ -63,7 +63,7 @@ async def check_postings(conn: Any) -> list[str]:
         SELECT p.id, p.gross, p.net, coalesce(a.gross, 0) AS accrued,
                coalesce(s.payable, 0) AS payable, coalesce(s.settled, 0) AS settled
         FROM settlement_payouts p
-        LEFT JOIN (SELECT payout_id, sum(sales - returns) AS gross FROM settlement_accruals
+        LEFT JOIN (SELECT payout_id, sum(sales - returns - topups) AS gross FROM settlement_accruals
                    GROUP BY payout_id) a ON a.payout_id = p.id
         LEFT JOIN (SELECT payout_id,
                           sum(debit - credit) FILTER (WHERE account LIKE 'merchant\\_payable:%') AS payable,

@@ -31,11 +31,12 @@ class StoreLine:
     txn_count: int
     sales: int
     returns: int
+    topups: int  # cash top-ups taken at the merchant's terminals
     fee: int
 
     @property
     def gross(self) -> int:
-        return self.sales - self.returns
+        return self.sales - self.returns - self.topups
 
     @property
     def net(self) -> int:
@@ -77,10 +78,11 @@ async def write_run_outputs(conn: Any, run_id: int, output_dir: str | Path) -> l
         "WHERE run_id = $1 ORDER BY merchant_id", run_id)
     lines = [
         StoreLine(r["merchant_id"], r["store_id"], str(r["business_date"]), r["txn_count"], r["sales"],
-                  r["returns"], r["fee"])
+                  r["returns"], r["topups"], r["fee"])
         for r in await conn.fetch(
             "SELECT merchant_id, store_id, business_date, sum(txn_count)::bigint AS txn_count, "
-            "sum(sales)::bigint AS sales, sum(returns)::bigint AS returns, sum(fee)::bigint AS fee "
+            "sum(sales)::bigint AS sales, sum(returns)::bigint AS returns, sum(topups)::bigint AS topups, "
+            "sum(fee)::bigint AS fee "
             "FROM settlement_accruals WHERE run_id = $1 "
             "GROUP BY merchant_id, store_id, business_date ORDER BY merchant_id, store_id, business_date",
             run_id)
@@ -95,8 +97,8 @@ async def write_run_outputs(conn: Any, run_id: int, output_dir: str | Path) -> l
     written.append(folder / f"payouts_{run_id}.csv")
     _write(written[-1], _csv(payout_rows))
 
-    header = ["merchant_id", "store_id", "business_date", "txn_count", "sales", "returns", "gross", "fee",
-              "net"]
+    header = ["merchant_id", "store_id", "business_date", "txn_count", "sales", "returns", "topups", "gross",
+              "fee", "net"]
     written.append(folder / f"stores_{run_id}.csv")
     _write(written[-1], _csv([header] + [_row(x) for x in lines]))
 
@@ -114,13 +116,13 @@ async def write_run_outputs(conn: Any, run_id: int, output_dir: str | Path) -> l
 
 
 def _row(x: StoreLine) -> list[Any]:
-    return [x.merchant_id, x.store_id, x.business_date, x.txn_count, x.sales, x.returns, x.gross, x.fee,
-            x.net]
+    return [x.merchant_id, x.store_id, x.business_date, x.txn_count, x.sales, x.returns, x.topups, x.gross,
+            x.fee, x.net]
 
 
 def _totals(merchant: str, label: str, xs: list[StoreLine]) -> StoreLine:
     return StoreLine(merchant, label, "", sum(x.txn_count for x in xs), sum(x.sales for x in xs),
-                     sum(x.returns for x in xs), sum(x.fee for x in xs))
+                     sum(x.returns for x in xs), sum(x.topups for x in xs), sum(x.fee for x in xs))
 
 
 def bar_chart(values: list[tuple[str, int]], width: int = 480, bar: int = 22) -> str:
@@ -151,12 +153,13 @@ def merchant_html(p: Any, as_of: Any, lines: list[StoreLine], totals: StoreLine)
     e = html.escape
     rows = "".join(
         f"<tr><td>{e(x.store_id)}</td><td>{e(x.business_date)}</td><td>{x.txn_count}</td>"
-        f"<td>{money(x.sales)}</td><td>{money(x.returns)}</td><td>{money(x.fee)}</td><td>{money(x.net)}</td></tr>"
+        f"<td>{money(x.sales)}</td><td>{money(x.returns)}</td><td>{money(x.topups)}</td><td>{money(x.fee)}</td>"
+        f"<td>{money(x.net)}</td></tr>"
         for x in lines
     )
     store_rows = "".join(
         f"<tr><td>{e(x.store_id)}</td><td>{x.txn_count}</td><td>{money(x.sales)}</td>"
-        f"<td>{money(x.returns)}</td><td>{money(x.fee)}</td><td>{money(x.net)}</td></tr>"
+        f"<td>{money(x.returns)}</td><td>{money(x.topups)}</td><td>{money(x.fee)}</td><td>{money(x.net)}</td></tr>"
         for x in per_store
     )
     chart = bar_chart([(x.store_id, x.net) for x in per_store])
@@ -169,16 +172,19 @@ td:first-child,th:first-child{{text-align:left}}
 <h1>Settlement for merchant {e(p['merchant_id'])}</h1>
 <p>Reference <b>{e(p['reference'])}</b>, value date {e(str(as_of))}, paid to account
 {e(p['payout_account'] or '(not set)')}.</p>
-<table><tr><th>Sales</th><th>Returns</th><th>Gross</th><th>Fee</th><th>Net paid</th><th>Transactions</th></tr>
-<tr class="total"><td>{money(totals.sales)}</td><td>{money(totals.returns)}</td><td>{money(totals.gross)}</td>
+<table><tr><th>Sales</th><th>Returns</th><th>Top-ups taken</th><th>Gross</th><th>Fee</th><th>Net paid</th>
+<th>Transactions</th></tr>
+<tr class="total"><td>{money(totals.sales)}</td><td>{money(totals.returns)}</td>
+<td>{money(totals.topups)}</td><td>{money(totals.gross)}</td>
 <td>{money(totals.fee)}</td><td>{money(totals.net)}</td><td>{totals.txn_count}</td></tr></table>
 <h2>Net by store</h2>
 {chart}
-<table><tr><th>Store</th><th>Transactions</th><th>Sales</th><th>Returns</th><th>Fee</th><th>Net</th></tr>
+<table><tr><th>Store</th><th>Transactions</th><th>Sales</th><th>Returns</th><th>Top-ups</th><th>Fee</th>
+<th>Net</th></tr>
 {store_rows}</table>
 <h2>By store and business date</h2>
-<table><tr><th>Store</th><th>Business date</th><th>Transactions</th><th>Sales</th><th>Returns</th><th>Fee</th>
-<th>Net</th></tr>
+<table><tr><th>Store</th><th>Business date</th><th>Transactions</th><th>Sales</th><th>Returns</th>
+<th>Top-ups</th><th>Fee</th><th>Net</th></tr>
 {rows}</table>
 <p>Amounts in the file currency's main unit; the CSV beside this page has them in minor units.</p>
 </body></html>

@@ -1,8 +1,9 @@
 """A settlement run: pay out every merchant whose accrued business dates are due; carry the rest.
 
-Due per the merchant's cycle (settlement.cycles). For each merchant with due dates, gross = sales -
-returns and fee are summed over them; a positive net = gross - fee becomes one payout (one line of the
-payout instruction file) with its balanced postings, and the accruals are stamped with the run. A
+Due per the merchant's cycle (settlement.cycles). For each merchant with due dates, gross (sales -
+returns - cash top-ups taken at its terminals) and fee are summed over them; a positive net = gross -
+fee becomes one payout (one line of the payout instruction file) with its balanced postings, and the
+accruals are stamped with the run. A
 merchant whose due net is zero or negative is carried (its refunds wait for later sales), as are dates
 not yet due. Everything happens in one transaction; the reports are written from the database after.
 """
@@ -62,7 +63,8 @@ async def run_settlement(conn: Any, as_of: date, default_cycle: Cycle) -> RunRes
         settings = await merchant_settings(conn)
         open_rows = await conn.fetch(
             """
-            SELECT merchant_id, business_date, sum(sales - returns)::bigint AS gross, sum(fee)::bigint AS fee
+            SELECT merchant_id, business_date, sum(sales - returns - topups)::bigint AS gross,
+                   sum(fee)::bigint AS fee
             FROM settlement_accruals WHERE run_id IS NULL
             GROUP BY merchant_id, business_date ORDER BY merchant_id, business_date
             """

@@ -83,6 +83,7 @@ def day2(m: str) -> list[Detail]:
         detail(12, "REFUND", 3000, merchant_id=a, store_id="S01", original_posting_id=1),
         detail(13, "REVERSAL", 2000, merchant_id=a, store_id="S01", original_posting_id=4, sign="D"),
         detail(14, "PURCHASE", 100000, merchant_id=a, store_id="S02"),
+        detail(15, "TOPUP", 3000, merchant_id=a, store_id="S02"),  # cash taken at the till: A owes it
     ]
 
 
@@ -141,7 +142,7 @@ def test_full_flow(db_url: str, tmp_path: Path) -> None:
     run2 = db(db_url, lambda c: run_settlement(c, date(2026, 11, 26), Cycle()))
     paid2 = {p.merchant_id: p for p in run2.payouts if p.merchant_id.startswith(m)}
     assert set(paid2) == {f"{m}A"}
-    assert (paid2[f"{m}A"].gross, paid2[f"{m}A"].fee) == (-3000 + 2000 + 100000, 490)
+    assert (paid2[f"{m}A"].gross, paid2[f"{m}A"].fee) == (-3000 + 2000 + 100000 - 3000, 490)
     carried = {c.merchant_id: c for c in run2.carried}
     assert carried[f"{m}B"].gross == -30000 and carried[f"{m}B"].fee == -310  # owes: waits for sales
     shares = db(
