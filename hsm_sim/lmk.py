@@ -188,7 +188,7 @@ class LmkFileError(Exception):
 def create_file(path: str | Path, lmk: Lmk) -> None:
     """Write ``lmk`` to a new file with mode 0600; refuses to overwrite an existing file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

@@ -355,3 +355,11 @@ def test_errors_leave_the_client_unwrapped(hsm_server: HsmServer) -> None:
 
     with pytest.raises(HsmCommandError):
         trio.run(main)
+
+
+def test_sigint_exits_zero() -> None:
+    import signal
+
+    server = start_hsm()
+    server.process.send_signal(signal.SIGINT)
+    assert server.process.wait(timeout=10) == 0
