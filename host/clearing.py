@@ -106,12 +106,15 @@ def _detail(r: Any, zone: ZoneInfo) -> Detail:
 
 
 async def emit(conn: Any, business_date: date, *, issuer_id: str, directory: str | Path, cutover: str,
-               timezone: str, sequence: int = 1, batch: int = 5000) -> EmitResult:
-    """Write ``CLR_<issuer>_<YYYYMMDD>_<seq>.txt`` for ``business_date``; see the module docstring."""
+               timezone: str, sequence: int = 1, batch: int = 5000,
+               now: datetime | None = None) -> EmitResult:
+    """Write ``CLR_<issuer>_<YYYYMMDD>_<seq>.txt`` for ``business_date``; see the module docstring.
+
+    ``now`` (default: the clock) decides whether the date is closed yet."""
     directory = Path(directory)
     zone = ZoneInfo(timezone)
     start, end = business_window(business_date, cutover, timezone)
-    if end > datetime.now(UTC):
+    if end > (now or datetime.now(UTC)):
         raise ClearingEmitError(f"business date {business_date} is still open until {end:%Y-%m-%d %H:%M}Z "
                                 f"(cut-over {cutover} {timezone})")
     name = file_name(issuer_id, business_date, sequence)
@@ -177,5 +180,5 @@ async def emit_closed(conn: Any, now: datetime, *, issuer_id: str, directory: st
         if (Path(directory) / file_name(issuer_id, day, 1)).exists():
             continue
         done.append(await emit(conn, day, issuer_id=issuer_id, directory=directory, cutover=cutover,
-                               timezone=timezone))
+                               timezone=timezone, now=now))
     return done
