@@ -65,8 +65,9 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
+import outcome
 import trio
 
 from hsm_sim.errors import MEANINGS
@@ -167,11 +168,14 @@ def _is_sm4(key: str) -> bool:
 
 
 class _Slot:
-    __slots__ = ("body", "event")
+    """A caller waiting for its answer: woken exactly once, by whoever removes it from ``pending``
+    (the reader with the answer, the timeout watcher, or a broken connection)."""
 
-    def __init__(self) -> None:
-        self.event = trio.Event()
-        self.body: bytes | None = None
+    __slots__ = ("deadline", "task")
+
+    def __init__(self, task: trio.lowlevel.Task, deadline: float) -> None:
+        self.task = task
+        self.deadline = deadline
 
 
 class _Connection:
@@ -220,6 +224,7 @@ class _Connection:
                 self._cancel = nursery.cancel_scope
                 nursery.start_soon(self._writer, stream)
                 nursery.start_soon(self._reader, stream)
+                nursery.start_soon(self._watch_timeouts)
                 ready.set()
         except Exception:  # a broken connection: _fail below reports it to every caller waiting
             pass
@@ -233,7 +238,8 @@ class _Connection:
         pending, self.pending = self.pending, {}
         for slot in pending.values():
             if slot is not None:
-                slot.event.set()  # body None: the caller raises HsmUnavailable
+                error = HsmUnavailable("HSM connection broke with the request in flight")
+                trio.lowlevel.reschedule(slot.task, outcome.Error(error))
         with contextlib.suppress(Exception):
             stream.socket.close()
 
@@ -269,9 +275,29 @@ class _Connection:
                 if slot is None:
                     self.tombstones = max(0, self.tombstones - 1)
                     continue
-                slot.body = body
-                slot.event.set()
+                trio.lowlevel.reschedule(slot.task, outcome.Value(body))
             del buf[:pos]
+
+    async def _watch_timeouts(self) -> None:
+        """One watcher per connection instead of a cancel scope per request (which costs more than
+        the rest of a request's client-side work): callers past their deadline get ``HsmTimeout``."""
+        timeout = self.client.timeout
+        tick = max(0.002, min(0.05, timeout / 10))
+        while True:
+            await trio.sleep(tick)
+            now = trio.current_time()
+            late = [(h, s) for h, s in self.pending.items() if s is not None and s.deadline <= now]
+            for header, slot in late:
+                self._abandon(header)
+                trio.lowlevel.reschedule(
+                    slot.task, outcome.Error(HsmTimeout(f"HSM request timed out after {timeout:g}s")))
+
+    def _abandon(self, header: bytes) -> None:
+        """Leave a tombstone: the late answer for ``header`` must not reach a later caller."""
+        self.pending[header] = None
+        self.tombstones += 1
+        if self.tombstones > MAX_TOMBSTONES:
+            self.close()
 
     def next_header(self) -> bytes:
         h = self.client.header_length
@@ -299,22 +325,19 @@ class _Connection:
         body_len = len(header) + 2 + len(fields)
         if body_len > 0xFFFF:
             raise ValueError("HSM request longer than 65535 bytes")
-        slot = _Slot()
+        slot = _Slot(trio.lowlevel.current_task(), trio.current_time() + self.client.timeout)
         self.pending[header] = slot
         self._out += body_len.to_bytes(2, "big") + header + command + fields
         self._wake.set()
-        with trio.move_on_after(self.client.timeout) as scope:
-            await slot.event.wait()
-        if scope.cancelled_caught:
+
+        def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
+            # The caller itself was cancelled (its own cancel scope): forget the request.
             if self.pending.get(header) is slot:
-                self.pending[header] = None  # tombstone: its late answer must not reach a later caller
-                self.tombstones += 1
-                if self.tombstones > MAX_TOMBSTONES:
-                    self.close()
-            raise HsmTimeout(f"HSM {command.decode()} timed out after {self.client.timeout:g}s")
-        if slot.body is None:
-            raise HsmUnavailable("HSM connection broke with the request in flight")
-        return slot.body
+                self._abandon(header)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        body: bytes = await trio.lowlevel.wait_task_rescheduled(abort)
+        return body
 
 
 class HsmClient:
