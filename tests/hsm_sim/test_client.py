@@ -72,6 +72,11 @@ def test_timeout_and_late_answer_is_not_misdelivered() -> None:
                 await hsm.echo(b"slow")
             assert await hsm.echo(b"fast") == b"fast"
             assert await hsm.echo(b"next") == b"next"
+            # the caller's own cancellation abandons the request the same way
+            with trio.move_on_after(0.05) as scope:
+                await hsm.echo(b"slow")
+            assert scope.cancelled_caught
+            assert await hsm.echo(b"more") == b"more"
 
     trio.run(_with_fake, behaviour, test)
 
