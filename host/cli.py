@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -22,6 +23,7 @@ from host import catalog
 from host.admin import admin_load, load_refusal
 from host.catalog import CatalogError
 from host.keys import IssuerCrypto, generate_missing, keys_from, load_keys, store_keys
+from host.ledger import SERVER_SETTINGS
 from ops.cli import AppContext, configure_logging, pass_app
 from ops.db import DatabaseUnavailable, database_url
 from ops.pgpool import PgPool
@@ -53,7 +55,7 @@ def _run(app: AppContext, work: Callable[..., Awaitable[T]], *, hsm: bool = Fals
     url = database_url(app.config)
 
     async def main() -> T:
-        with PgPool(url, min_size=1, max_size=4, role=APP_ROLE) as pool:
+        with PgPool(url, min_size=1, max_size=4, role=APP_ROLE, server_settings=SERVER_SETTINGS) as pool:
             if not hsm:
                 return await work(pool)
             from hsm_sim.client import HsmClient, HsmError
@@ -124,6 +126,9 @@ def serve(app: AppContext, port: int | None) -> None:
     from ops.metrics import serve_metrics
 
     configure_logging(app, "host")
+    # The ledger's database work runs on the pool's asyncio thread, the H2H protocol on the trio
+    # thread: each database reply needs the GIL back promptly, not after the default 5 ms slice.
+    sys.setswitchinterval(0.0005)
     config = app.config
     if port is not None:
         config = dataclasses.replace(config, host=dataclasses.replace(config.host, port=port))
@@ -133,7 +138,11 @@ def serve(app: AppContext, port: int | None) -> None:
 
     async def main() -> None:
         with PgPool(
-            url, min_size=min(config.database.pool_min, pool_size), max_size=pool_size, role=APP_ROLE
+            url,
+            min_size=min(config.database.pool_min, pool_size),
+            max_size=pool_size,
+            role=APP_ROLE,
+            server_settings=SERVER_SETTINGS,
         ) as pool:
             async with HsmClient.from_config(config.hsm) as client:
                 crypto = await open_crypto(pool, client)

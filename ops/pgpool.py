@@ -51,13 +51,26 @@ class _Call:
 class PgPool:
     """An asyncpg pool owned by a private asyncio loop thread; see the module docstring.
 
+    ``server_settings``: PostgreSQL settings for every connection (the host forces custom plans: its
+    batch queries take arrays whose size varies, and a generic plan made while a table was small stays a
+    sequential scan when the table has grown).
+
     ``role``: after connecting, ``SET ROLE`` to it when the role exists and the user may take it (the
     host uses ``payswitch_app``, which may not UPDATE or DELETE the ledger); otherwise the connection
     keeps the connecting user.
     """
 
-    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 10, role: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_size: int = 2,
+        max_size: int = 10,
+        role: str | None = None,
+        server_settings: dict[str, str] | None = None,
+    ) -> None:
         self.url = url
+        self.server_settings = server_settings
         self.min_size = min_size
         self.max_size = max_size
         self.role = role
@@ -165,7 +178,11 @@ class PgPool:
     async def _open(self) -> Any:
         try:
             pool = await asyncpg.create_pool(
-                self.url, min_size=self.min_size, max_size=self.max_size, init=self._init_conn
+                self.url,
+                min_size=self.min_size,
+                max_size=self.max_size,
+                init=self._init_conn,
+                server_settings=self.server_settings,
             )
         except (OSError, asyncpg.PostgresError) as exc:
             raise DatabaseUnavailable(f"cannot connect to the database: {exc}") from None

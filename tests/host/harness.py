@@ -18,6 +18,7 @@ from host.cli import open_crypto
 from host.client import H2HClient
 from host.issue import issue_cards
 from host.keys import IssuerCrypto, load_keys
+from host.ledger import SERVER_SETTINGS
 from host.service import HostService, load_partitions
 from ops import config as config_mod
 from ops.pgpool import PgPool
@@ -48,7 +49,9 @@ class Harness:
 async def running_host(db_url: str, hsm_server: Any, **host: Any) -> AsyncIterator[Harness]:
     cfg = config_mod.defaults()
     cfg = dataclasses.replace(cfg, host=dataclasses.replace(cfg.host, port=0, metrics_port=0, **host))
-    with PgPool(db_url, min_size=2, max_size=8, role="payswitch_app") as pool:
+    with PgPool(
+        db_url, min_size=2, max_size=8, role="payswitch_app", server_settings=SERVER_SETTINGS
+    ) as pool:
         async with hsm_server.client() as hsm:
             crypto = await open_crypto(pool, hsm)
             service = HostService(

@@ -1,0 +1,424 @@
+"""The authorization host alone: approved purchases/s through the H2H link into the ledger.
+
+    python -m bench host [--cards 10000] [--duration 10] [--connections 4] [--window 128] [--writers 4]
+
+Starts a throwaway PostgreSQL (fsync on, as a ledger runs), the HSM and ``payswitch host serve`` as
+processes; creates one product, ONE merchant (every purchase credits it: the hot merchant) and
+``--cards`` active cards, loaded through the ledger. Then:
+
+1. baseline, the database ceiling: a plain asyncpg loop of single-row ``UPDATE accounts`` autocommits
+   on the same cluster, ``--connections`` x 4 connections, for a few seconds (each is one commit);
+2. warm-up: one balance inquiry per card (the host learns each PAN's HSM hash);
+3. measured: 0200 purchases on random cards, ``--window`` in flight per connection, for ``--duration``.
+
+Prints purchases/s, p50/p99/max latency, response codes, the host's CPU seconds and peak RSS, the
+database ceiling beside it, and runs ``ledger check`` at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import trio
+
+from host import catalog
+from host.check import run_checks
+from host.client import H2HClient
+from host.keys import IssuerCrypto, generate_missing, keys_from, load_keys, store_keys
+from host.ledger import SERVER_SETTINGS, Ledger
+from host.model import Request, Txn
+from hsm_sim.client import HsmClient
+from ops.db import ensure_database
+from ops.migrate import migrate_url
+from ops.pgembed import EmbeddedPostgres, free_port
+from ops.pgpool import PgPool
+
+ACQ = "48880000"
+MERCHANT = "898330160120001"
+BIN = "621299"
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def _pct(values: list[float], p: float) -> float:
+    if not values:
+        return 0.0
+    s = sorted(values)
+    return s[min(len(s) - 1, int(p / 100 * len(s)))]
+
+
+# -- set-up ------------------------------------------------------------------------------------------
+async def _setup(url: str, hsm_port: int, cards: int) -> list[str]:
+    with PgPool(url, min_size=2, max_size=6, server_settings=SERVER_SETTINGS) as pool:
+        async with HsmClient("127.0.0.1", hsm_port, connections=4, timeout=10) as hsm:
+            keys = await pool.run(load_keys)
+            keys = await pool.run(store_keys, await generate_missing(hsm, keys))
+            crypto = IssuerCrypto(hsm, keys_from(keys))
+            limit = 1_000_000_000
+            spec = catalog.ProductSpec(
+                code="BENCH",
+                kind="reloadable",
+                max_balance=limit,
+                per_txn_limit=limit,
+                daily_amount_limit=limit,
+                daily_count_limit=1_000_000,
+                pin_required=False,
+            )
+            await pool.run(catalog.add_product, spec, BIN, 19)
+            await pool.run(catalog.add_merchant, MERCHANT, "Hot canteen", "5812", None, ACQ)
+            parts = await pool.run(catalog.partitions)
+            pans = [f"{BIN}{i:012d}" for i in range(cards)]
+            pans = [p + _luhn(p) for p in pans]
+            hashes: dict[str, str] = {}
+
+            async def one(pan: str) -> None:
+                hashes[pan] = await crypto.pan_hash(pan)
+
+            async with trio.open_nursery() as n:
+                for pan in pans:
+                    n.start_soon(one, pan)
+            new = [
+                catalog.NewCard(
+                    hashes[p], "bench", p[:6] + "*" * 9 + p[-4:], "0000", int(hashes[p], 16) % parts
+                )
+                for p in pans
+            ]
+            for i in range(0, len(new), 2000):
+                await pool.run(catalog.insert_cards, "BENCH", new[i : i + 2000], "bench", "active")
+            ids = await pool.run(_card_ids)
+            ledger = Ledger()
+            loads = [
+                Request(
+                    key=f"admin:bench:{cid}",
+                    mti="0000",
+                    txn=Txn.ADMIN_LOAD,
+                    acquirer_id="admin",
+                    card_id=cid,
+                    amount=100_000_000,
+                )
+                for cid in ids
+            ]
+            for i in range(0, len(loads), 500):
+                await pool.run(ledger.post_batch, loads[i : i + 500])
+            return pans
+
+
+def _luhn(partial: str) -> str:
+    from host.issue import luhn_digit
+
+    return luhn_digit(partial)
+
+
+async def _card_ids(conn: Any) -> list[int]:
+    return [r["id"] for r in await conn.fetch("SELECT id FROM cards ORDER BY id")]
+
+
+# -- the database ceiling ----------------------------------------------------------------------------
+async def _ceiling(url: str, connections: int, seconds: float) -> tuple[float, float, float]:
+    conns = [await asyncpg.connect(url) for _ in range(connections)]
+    # a scratch copy of the card accounts' ids: the ledger itself must stay balanced
+    await conns[0].execute(
+        "CREATE TABLE bench_rows AS SELECT id, 0::bigint AS v FROM accounts WHERE kind = 'card';"
+        "ALTER TABLE bench_rows ADD PRIMARY KEY (id)"
+    )
+    ids = [r["id"] for r in await conns[0].fetch("SELECT id FROM bench_rows")]
+    lat: list[float] = []
+    done = 0
+    stop = time.perf_counter() + seconds
+
+    async def worker(conn: Any) -> None:
+        nonlocal done
+        while time.perf_counter() < stop:
+            t = time.perf_counter()
+            await conn.execute("UPDATE bench_rows SET v = v + 1 WHERE id = $1", random.choice(ids))
+            lat.append(time.perf_counter() - t)
+            done += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in conns))
+    elapsed = time.perf_counter() - t0
+    await conns[0].execute("DROP TABLE bench_rows")
+    for c in conns:
+        await c.close()
+    return done / elapsed, _pct(lat, 50) * 1000, _pct(lat, 99) * 1000
+
+
+# -- the load ------------------------------------------------------------------------------------------
+async def _drive(
+    port: int,
+    pans: list[str],
+    *,
+    connections: int,
+    window: int,
+    duration: float,
+    proc: str = "000000",
+    per_card_once: bool = False,
+) -> tuple[int, float, list[float], Counter[str]]:
+    clients = [await H2HClient.connect("127.0.0.1", port) for _ in range(connections)]
+    lat: list[float] = []
+    codes: Counter[str] = Counter()
+    count = 0
+    queue = list(pans) if per_card_once else []
+    t0 = time.perf_counter()
+    stop = t0 + duration
+
+    async def lane(c: H2HClient) -> None:
+        nonlocal count
+        while True:
+            if per_card_once:
+                if not queue:
+                    return
+                pan = queue.pop()
+            else:
+                if time.perf_counter() >= stop:
+                    return
+                pan = random.choice(pans)
+            msg = {
+                "t": "0200",
+                "2": pan,
+                "3": proc,
+                "7": c.now_de7(),
+                "11": c.next_stan(),
+                "12": "101010",
+                "13": "1125",
+                "22": "012",
+                "25": "00",
+                "32": ACQ,
+                "37": "BENCH0000001",
+                "41": f"B{random.randrange(10_000_000):07d}",
+                "42": MERCHANT,
+                "49": "156",
+            }
+            if proc == "000000":
+                msg["4"] = f"{random.randint(1, 100):012d}"
+            t = time.perf_counter()
+            resp = await c.request(msg, timeout=30)
+            lat.append(time.perf_counter() - t)
+            codes[resp["39"]] += 1
+            count += 1
+
+    async with trio.open_nursery() as n:
+        for c in clients:
+            await n.start(c.run_reader)
+        async with trio.open_nursery() as lanes:
+            for c in clients:
+                for _ in range(window):
+                    lanes.start_soon(lane, c)
+        elapsed = time.perf_counter() - t0
+        n.cancel_scope.cancel()
+    for c in clients:
+        await c.aclose()
+    return count, elapsed, lat, codes
+
+
+def _batch_stats(port: int) -> str:
+    """Mean batch size and commit time from the host's own histograms."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    vals = {}
+    for line in text.splitlines():
+        for name in (
+            "payswitch_host_batch_size_sum",
+            "payswitch_host_batch_size_count",
+            "payswitch_host_batch_seconds_sum",
+        ):
+            if line.startswith(name + " "):
+                vals[name] = float(line.split()[1])
+    n = vals.get("payswitch_host_batch_size_count", 0) or 1
+    return (
+        f"host batches: {n:.0f}, mean size {vals.get('payswitch_host_batch_size_sum', 0) / n:.1f}, "
+        f"mean time {vals.get('payswitch_host_batch_seconds_sum', 0) / n * 1000:.1f} ms"
+    )
+
+
+def _pg_cpu() -> float:
+    """CPU seconds of every postgres process on the machine (the bench's cluster is the busy one)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                raw = fh.read()
+        except OSError:
+            continue
+        if "(postgres)" in raw:
+            fields = raw.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _proc_stats(pid: int) -> tuple[float, int]:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / tick
+    rss = 0
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                rss = int(line.split()[1]) // 1024
+    return cpu, rss
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench host")
+    ap.add_argument("--cards", type=int, default=10_000)
+    ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument("--window", type=int, default=128, help="requests in flight per connection")
+    ap.add_argument("--writers", type=int, default=4)
+    ap.add_argument("--batch-max", type=int, default=500)
+    args = ap.parse_args(argv)
+
+    root = Path(tempfile.mkdtemp(prefix="payswitch-bench-host-"))
+    cluster = EmbeddedPostgres(root / "pg", durable=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        status = cluster.up()
+        asyncio.run(ensure_database(status.url("postgres"), "bench"))
+        url = status.url("bench")
+        asyncio.run(migrate_url(url))
+        hsm_port, host_port, metrics_port = free_port(), free_port(), free_port()
+        env = {
+            **os.environ,
+            "PAYSWITCH_DATABASE_URL": url,
+            "PAYSWITCH_HSM_PORT": str(hsm_port),
+            "PAYSWITCH_HSM_LISTEN": "127.0.0.1",
+            "PAYSWITCH_HSM_HOST": "127.0.0.1",
+            "PAYSWITCH_HSM_TEST_LMK": "true",
+            "PAYSWITCH_HSM_METRICS_PORT": "0",
+            "PAYSWITCH_HOST_PORT": str(host_port),
+            "PAYSWITCH_HOST_METRICS_PORT": str(metrics_port),
+            "PAYSWITCH_HOST_WRITERS": str(args.writers),
+            "PAYSWITCH_HOST_BATCH_MAX": str(args.batch_max),
+            "PAYSWITCH_LOG_LEVEL": "warning",
+            "PAYSWITCH_CONFIG": str(root / "none.toml"),
+        }
+        (root / "none.toml").write_text("")
+        hsm = subprocess.Popen(
+            [sys.executable, "-m", "ops", "hsm", "serve"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        procs.append(hsm)
+        _wait_port(hsm_port, hsm)
+        t = time.perf_counter()
+        pans = trio.run(_setup, url, hsm_port, args.cards)
+        print(f"set-up: {len(pans)} cards, 1 merchant, in {time.perf_counter() - t:.1f} s", flush=True)
+
+        ceiling, c50, c99 = asyncio.run(_ceiling(url, args.connections * 4, 4.0))
+        print(
+            f"database ceiling: {ceiling:,.0f} single-row UPDATE commits/s "
+            f"({args.connections * 4} connections, p50 {c50:.2f} ms, p99 {c99:.2f} ms)",
+            flush=True,
+        )
+
+        host = subprocess.Popen(
+            [sys.executable, "-m", "ops", "host", "serve"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        procs.append(host)
+        _wait_port(host_port, host)
+        t = time.perf_counter()
+        n, _, _, codes = trio.run(
+            lambda: _drive(
+                host_port,
+                pans,
+                connections=args.connections,
+                window=args.window,
+                duration=0,
+                proc="310000",
+                per_card_once=True,
+            )
+        )
+        print(
+            f"warm-up: {n} balance inquiries ({dict(codes)}) in {time.perf_counter() - t:.1f} s", flush=True
+        )
+        cpu0, _ = _proc_stats(host.pid)
+        me0, pg0 = time.process_time(), _pg_cpu()
+        n, elapsed, lat, codes = trio.run(
+            lambda: _drive(
+                host_port, pans, connections=args.connections, window=args.window, duration=args.duration
+            )
+        )
+        cpu1, rss = _proc_stats(host.pid)
+        me1, pg1 = time.process_time(), _pg_cpu()
+        print(_batch_stats(metrics_port), flush=True)
+        approved = codes.get("00", 0)
+        print(
+            f"purchases: {approved / elapsed:,.0f} approved/s ({n} answered in {elapsed:.1f} s, codes "
+            f"{dict(codes)}); latency p50 {_pct(lat, 50) * 1000:.1f} ms, p99 {_pct(lat, 99) * 1000:.1f} ms, "
+            f"max {max(lat) * 1000:.1f} ms",
+            flush=True,
+        )
+        print(
+            f"host process: {cpu1 - cpu0:.1f} CPU s over {elapsed:.1f} s, peak RSS {rss} MB; "
+            f"{args.connections} connections x {args.window} in flight, {args.writers} writers",
+            flush=True,
+        )
+        print(
+            f"CPU seconds: host {cpu1 - cpu0:.1f}, PostgreSQL {pg1 - pg0:.1f}, load generator {me1 - me0:.1f} "
+            f"(2 cores x {elapsed:.1f} s = {2 * elapsed:.1f})",
+            flush=True,
+        )
+        print(
+            f"ratio to the database ceiling: {approved / elapsed / ceiling:.2f} "
+            f"(purchases/s per single-row UPDATE commit/s)",
+            flush=True,
+        )
+
+        async def check() -> list[Any]:
+            conn = await asyncpg.connect(url)
+            try:
+                return await run_checks(conn)
+            finally:
+                await conn.close()
+
+        results = asyncio.run(check())
+        bad = [r.name for r in results if not r.ok]
+        print("ledger check: " + ("OK" if not bad else f"FAILED {bad}"), flush=True)
+        return 0 if not bad else 1
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        cluster.destroy()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
