@@ -144,14 +144,10 @@ class _Connection:
                     log.info("link connection up", link=self.link.name, conn=self.index)
                     backoff = self.link.timing.backoff_min
                     await self._echo_loop()
-            except (
-                OSError,
-                trio.BrokenResourceError,
-                trio.ClosedResourceError,
-                LinkTimeout,
-                _SignOnRefused,
-            ) as exc:
-                log.warning("link connection lost", link=self.link.name, conn=self.index, error=str(exc))
+            except Exception as exc:  # any failure of this connection (errors arrive in exception groups)
+                log.warning(
+                    "link connection lost", link=self.link.name, conn=self.index, error=_describe(exc)
+                )
             finally:
                 self._set_up(False)
                 self._fail_pending()
@@ -249,6 +245,13 @@ class _Connection:
 
 class _SignOnRefused(Exception):
     pass
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for the log: the first leaf of an exception group, else the exception itself."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
 
 
 class OutboundLink:

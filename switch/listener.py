@@ -117,8 +117,8 @@ class Listener:
                     client.slot = trio.Event()
                 client.closing = True
                 client.wake.set()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
+        except Exception as exc:  # a broken client connection (errors arrive in exception groups)
+            log.debug("client connection ended", listener=self.name, error=repr(exc))
         finally:
             self._clients.discard(client)
             self.connections -= 1

@@ -148,7 +148,7 @@ class Terminal:
         return cipher(self.scheme, self.pik).encrypt(clear)
 
     def purchase_msg(
-        self, pan: str, amount: int, pin: str | None = None, stan: str | None = None
+        self, pan: str, amount: int, pin: str | None = None, stan: str | None = None, expiry: str = "3012"
     ) -> dict[str, Any]:
         msg: dict[str, Any] = {
             "t": "0200",
@@ -156,7 +156,7 @@ class Terminal:
             "3": "000000",
             "4": f"{amount:012d}",
             "11": stan or self.next_stan(),
-            "14": "3012",
+            "14": expiry,
             "22": "011" if pin else "012",
             "25": "00",
             "41": self.terminal_id,

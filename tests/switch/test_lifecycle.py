@@ -225,6 +225,28 @@ def test_inbound_acquirer_link(world: World) -> None:
     assert up["90"][4:10] == forwarded["11"] and up["90"][10:20] == forwarded["7"]
 
 
+def test_clients_resetting_connections_mid_request_do_not_hurt_the_switch(world: World) -> None:
+    import struct
+
+    signer = world.terminal("3des")
+    assert signer.sign_on().code == "00"
+    world.host3.delay = 0.2
+    try:
+        for _ in range(5):
+            t = world.terminal("3des")
+            t.pik, t.mak, t.batch = signer.pik, signer.mak, signer.batch
+            t.send_raw(t.frame(t.purchase_msg(PAN3, 100, pin="123456")))
+            assert t.sock is not None
+            t.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            t.close()  # RST with the request in flight
+        time.sleep(0.5)
+    finally:
+        world.host3.delay = 0.0
+    assert signer.exchange(signer.purchase_msg(PAN3, 100, pin="123456")).code == "00"
+    assert world.switch.process.poll() is None
+    signer.close()
+
+
 def test_limits_max_in_flight_is_backpressure_not_failure(world: World) -> None:
     # 40 requests pipelined on one connection with max_in_flight = 8: all answered
     t = world.terminal("3des")
