@@ -363,3 +363,26 @@ def test_sigint_exits_zero() -> None:
     server = start_hsm()
     server.process.send_signal(signal.SIGINT)
     assert server.process.wait(timeout=10) == 0
+
+
+def test_many_connections(hsm_server: HsmServer) -> None:
+    """30 clients (one connection each) at once, each pipelining MACs: all answered, all correct."""
+    async def main() -> None:
+        async with hsm_server.client() as setup:
+            mak = (await setup.generate_key("003", "Z")).under_lmk
+            expected = await setup.pos_mac(mak, b"payload")
+
+        async def one_client() -> None:
+            async with hsm_server.client(connections=1) as hsm, trio.open_nursery() as nursery:
+                for _ in range(20):
+                    nursery.start_soon(check, hsm)
+
+        async def check(hsm: HsmClient) -> None:
+            for _ in range(10):
+                assert await hsm.pos_mac(mak, b"payload") == expected
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(30):
+                nursery.start_soon(one_client)
+
+    trio.run(main)
