@@ -436,3 +436,21 @@ def test_3des_keys_under_lmk_follow_the_contract(hsm: Hsm) -> None:
     left8 = bytes.fromhex("1C587F1C13924FEF")  # key type 003 → pair 16-17, variant 0
     right8 = bytes.fromhex("0101010101010101")
     assert z == ecb((left8 + right8).hex()).encrypt(mak).hex().upper()
+
+
+def test_pin_under_lmk_layout(hsm: Hsm) -> None:
+    """L + pair 02-03 3DES-ECB of the PIN digits then F (computed here independently)."""
+    out = hsm.ok(f"JA{ACCOUNT}05")
+    clear = ecb("2020202020202020" "3131313131313131").decrypt(bytes.fromhex(out[1:])).hex().upper()
+    assert clear[:5].isdigit() and clear[5:] == "F" * 27
+
+
+def test_u_under_zmk_layout(hsm: Hsm, k: dict[str, str]) -> None:
+    """U under a ZMK: part i under 3DES(ZMK left, ZMK right with scheme variant i in its first byte)."""
+    out = hsm.ok(f"A8001{k['zmk']}{k['zpk2']}U")[:33]
+    zmk = bytes.fromhex(TMK)
+    parts = []
+    for i, v in enumerate((0xA6, 0x5A)):
+        variant = zmk[:8] + bytes([zmk[8] ^ v]) + zmk[9:]
+        parts.append(ecb(variant.hex()).encrypt(bytes.fromhex(PIK)[8 * i:8 * i + 8]))
+    assert out == "U" + b"".join(parts).hex().upper()
