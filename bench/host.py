@@ -388,7 +388,8 @@ def main(argv: list[str]) -> int:
             flush=True,
         )
         print(
-            f"CPU seconds: host {cpu1 - cpu0:.1f}, PostgreSQL {pg1 - pg0:.1f}, load generator {me1 - me0:.1f} "
+            f"CPU seconds: host {cpu1 - cpu0:.1f}, PostgreSQL {pg1 - pg0:.1f}, "
+            f"load generator {me1 - me0:.1f} "
             f"(2 cores x {elapsed:.1f} s = {2 * elapsed:.1f})",
             flush=True,
         )

@@ -777,7 +777,7 @@ class Ledger:
         """Everything the batch decided, in one statement (one round trip): data-modifying CTEs."""
         if not (b.auth_rows or b.transfers or b.deltas):
             return
-        auth = list(zip(*b.auth_rows, strict=True)) if b.auth_rows else [[] for _ in range(21)]
+        auth: list[Any] = list(zip(*b.auth_rows, strict=True)) if b.auth_rows else [[] for _ in range(21)]
         ts = b.transfers
         ids = sorted(b.deltas)
         dirty = [c for c in b.cards.values() if c.card_dirty]
