@@ -143,3 +143,18 @@ def test_data_round_trip(data: bytes, sm4: bool) -> None:
     data = crypto.zero_pad(data, bs)
     enc = HSM.raw(b"M0000000A" + key.encode() + b"%04X" % len(data) + data)[8:]
     assert HSM.raw(b"M2000000A" + key.encode() + b"%04X" % len(enc) + enc)[8:] == data
+
+
+_CODES = [b"NC", b"B2", b"A0", b"A4", b"A6", b"A8", b"BU", b"CA", b"CC", b"DG", b"EC", b"JA", b"M6",
+          b"M8", b"MU", b"M0", b"M2", b"WI", b"WK", b"SV", b"ST", b"W8", b"WM", b"WV", b"ZZ", b"\xff\x00"]
+
+
+@given(st.sampled_from(_CODES), st.binary(max_size=200))
+def test_any_request_gets_a_well_formed_answer(code: bytes, fields: bytes) -> None:
+    out, label, error = HSM.engine.execute(b"HHHH" + code + fields)
+    assert out[:4] == b"HHHH"
+    assert out[6:8] == error.encode() and error.isdigit()
+    if error != "00":
+        assert len(out) == 8
+    if code not in (b"NC", b"B2") or error != "00":
+        assert label in ("unknown", code.decode("latin-1"))
