@@ -205,9 +205,8 @@ def main(argv: list[str]) -> int:
     if "ms" in hops:
         h = hops["ms"]
         print(
-            f"where time goes    switch journal, mean per approved purchase: total {h['total']} ms = "
-            f"HSM {h['hsm']} + host {h['host']} + switch itself {h['switch_own']} "
-            f"(p99 total {h['total_p99']}, host {h['host_p99']})"
+            f"where time goes    switch journal, mean per approved purchase: total {h['total']} ms, "
+            f"of which HSM {h['hsm']} and host {h['host']} (p99 total {h['total_p99']}, host {h['host_p99']})"
         )
     elif hops:
         print(f"where time goes    {hops}")

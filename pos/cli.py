@@ -31,6 +31,8 @@ from specs.errors import EncodeError
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEMO_CARDS = Path("var/pos/demo-cards.json")
+NOT_TERMINALS = {"demo-cards.json", "load-pool.json"}  # other files the demo keeps in var/pos
+DEFAULT_TERMINAL = Path("var/pos/default-terminal")  # id of the terminal used when several exist
 
 
 def terminal_options(func: F) -> F:
@@ -76,13 +78,19 @@ def state_path(terminal_id: str | None, state_file: Path | None) -> Path:
         return state_file
     if terminal_id:
         return state_mod.default_path(terminal_id)
-    found = sorted(p for p in state_mod.DEFAULT_DIR.glob("*.json") if p != DEMO_CARDS)
+    found = sorted(p for p in state_mod.DEFAULT_DIR.glob("*.json") if p.name not in NOT_TERMINALS)
     if len(found) == 1:
         return found[0]
     if not found:
         raise click.ClickException(
             "no terminal yet: create one with `payswitch pos init` (or give --terminal)"
         )
+    try:
+        chosen = DEFAULT_TERMINAL.read_text().strip()
+    except OSError:
+        chosen = ""
+    if chosen and state_mod.default_path(chosen).exists():
+        return state_mod.default_path(chosen)
     names = ", ".join(p.stem for p in found)
     raise click.ClickException(f"several terminals ({names}): choose one with --terminal")
 
@@ -134,6 +142,8 @@ def _card(card: str | None, expiry: str | None, track2: str | None) -> Card:
                 raise click.UsageError("give either --card or --track2, not both")
             return Card.swiped(track2)
         if not card:
+            card = _first_demo_card()
+        if not card:
             raise click.UsageError("give the card with --card PAN --expiry YYMM (or --track2)")
         if not card.isdigit():
             return _demo_card(card)
@@ -142,6 +152,14 @@ def _card(card: str | None, expiry: str | None, track2: str | None) -> Card:
         return Card.keyed(card, expiry)
     except CardError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _first_demo_card() -> str | None:
+    """The name of the first demo card (the card used when none is given), if the demo is seeded."""
+    try:
+        return str(json.loads(DEMO_CARDS.read_text())["cards"][0]["name"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
 
 
 def _demo_card(name: str) -> Card:
@@ -319,7 +337,14 @@ def _card_command(name: str, kind: str, help_text: str, *, amount: bool, pin_req
         no_pin: bool,
         **opts: Any,
     ) -> None:
-        value = _amount(opts.pop("amount")) if amount else None
+        value = None
+        if amount:
+            given, option = opts.pop("amount"), opts.pop("amount_option")
+            if (given is None) == (option is None):
+                raise click.UsageError("give the amount once: AMOUNT or --amount AMOUNT")
+            value = _amount(given or option)
+        if not card and not track2:
+            card = _first_demo_card()
         the_card = _card(card, expiry, track2)
         the_pin = _pin(pin, no_pin, card, pin_required)
 
@@ -330,7 +355,8 @@ def _card_command(name: str, kind: str, help_text: str, *, amount: bool, pin_req
 
     command.__doc__ = help_text
     if amount:
-        command = click.argument("amount")(command)
+        command = click.option("--amount", "amount_option", metavar="AMOUNT", help="Same as AMOUNT.")(command)
+        command = click.argument("amount", required=False)(command)
     pos.command(name)(command)
 
 

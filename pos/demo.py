@@ -16,6 +16,7 @@ The demo keys and PINs are public test data, printed on purpose: never use them 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -285,6 +286,9 @@ def _seed(app: AppContext, admin: Admin, load_terminals: int, load_cards: int) -
         port = sw.pos_3des_port if scheme == "3des" else sw.pos_sm4_port
         if not path.exists():
             state_mod.save(state_mod.new_state(tid, MERCHANT_ID, scheme, tmk, "127.0.0.1", port), path)
+    default = POS_DIR / "default-terminal"
+    if not default.exists():
+        default.write_text(TERMINALS[0][0] + "\n")
     pool_terms = _load_terminals(app, admin, load_terminals, exists)
     cards = _demo_cards(admin)
     load_pool_cards = _load_cards(admin, load_cards)
@@ -404,22 +408,27 @@ def _load_terminals(
         if added is not None:
             known = set()
         known.add(first["terminal_id"])
-    for t in terms:
-        if t["terminal_id"] not in known:
-            admin.run(
-                "terminal",
-                "add",
-                t["terminal_id"],
-                "--merchant",
-                MERCHANT_ID,
-                "--store",
-                STORE_CODE,
-                "--scheme",
-                t["scheme"],
-                "--tmk",
-                t["tmk"],
-                ok_if=exists,
-            )
+    todo = [t for t in terms if t["terminal_id"] not in known]
+
+    def add(t: dict[str, Any]) -> None:
+        admin.run(
+            "terminal",
+            "add",
+            t["terminal_id"],
+            "--merchant",
+            MERCHANT_ID,
+            "--store",
+            STORE_CODE,
+            "--scheme",
+            t["scheme"],
+            "--tmk",
+            t["tmk"],
+            ok_if=exists,
+        )
+
+    # Each add is a process start plus an HSM round trip: a few at a time.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(add, todo))
     return terms
 
 

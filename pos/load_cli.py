@@ -39,7 +39,9 @@ def ledger_check(config_path: str | None, timeout: float = 300.0) -> dict[str, A
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return {"status": "failed", "detail": f"ledger check did not finish in {timeout:.0f} s"}
-    detail = (proc.stdout.strip() or proc.stderr.strip()).splitlines()
+    lines = (proc.stdout.strip() or proc.stderr.strip()).splitlines()
+    # Clean: the summary line; failed: the failing checks.
+    detail = lines[-1:] if proc.returncode == 0 else [ln for ln in lines if "FAIL" in ln] or lines[-3:]
     return {
         "status": "clean" if proc.returncode == 0 else "failed",
         "exit": proc.returncode,

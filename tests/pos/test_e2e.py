@@ -51,6 +51,9 @@ def test_signon_and_purchase_with_pin_on_both_profiles(system: System) -> None:
         check=False,
     )
     assert r.returncode == 2 and json.loads(r.stdout)["code"] == "55"
+    # What the README tells a newcomer: the default terminal, the first demo card and its demo PIN.
+    r = system.cli("--json", "pos", "purchase", "--amount", "12.34")
+    assert json.loads(r.stdout)["approved"] and json.loads(r.stdout)["terminal_id"] == "T0000001"
 
 
 def test_tour_load_and_ledger_check(system: System) -> None:
