@@ -454,3 +454,54 @@ def test_u_under_zmk_layout(hsm: Hsm, k: dict[str, str]) -> None:
         variant = zmk[:8] + bytes([zmk[8] ^ v]) + zmk[9:]
         parts.append(ecb(variant.hex()).encrypt(bytes.fromhex(PIK)[8 * i:8 * i + 8]))
     assert out == "U" + b"".join(parts).hex().upper()
+
+
+def test_mutated_requests_never_hit_an_unexpected_exception(
+    hsm: Hsm, k: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20,000 mutations of valid requests: every answer well formed, no handler bug (logged exception)."""
+    import random
+
+    import hsm_sim.engine
+
+    class NoBugs:
+        def error(self, event: str, **kw: object) -> None:
+            raise AssertionError(f"handler raised: {event} {kw}")
+
+    monkeypatch.setattr(hsm_sim.engine, "log", NoBugs())
+    lmk = Lmk.test_set()
+    pin_lmk = "L" + lmk.encrypt_pin(pin.lmk_pin_block("1234")).hex().upper()
+    blk, sblk = _blk(PIK, "1234"), gm_sm4(bytes.fromhex(PIK), pin.sm4_encode("1234", ACCOUNT)).hex()
+    seeds = [s.encode() for s in (
+        f"A01002U;1{k['tmk']}X", f"A42002U{TMK}{ZERO32}", f"A6001{k['zmk']}X{blk}{blk}U",
+        f"A8001{k['zmk']}{k['zpk']}U", f"BUFF1{k['zpk']};001", f"CA{k['tpk']}{k['zpk']}12{blk}0147{ACCOUNT}",
+        f"CC{k['zpk']}{k['zpk2']}12{blk}0105{ACCOUNT}", f"DG{k['pvk']}{pin_lmk}{ACCOUNT}1",
+        f"EC{k['zpk']}{k['pvk']}{blk}01{ACCOUNT}11234", f"JA{ACCOUNT}06", f"M600131008{k['zak']}0003abc",
+        f"M800011008{k['zak']}0003abc12345678", f"MU1003{k['mak_z']}0003abc", f"MU2003{k['s_mak']}0003abc",
+        f"M0010100A{k['dk']}0011223344556677001000112233445566FF", f"M2001100A{k['s_dk']}0020{TMK}",
+        f"WI1003;1{k['s_tmk']}", f"WK2001{TMK}{ZERO32}", f"SV001{k['s_zmk']}{TMK}",
+        f"ST001{k['s_zmk']}{k['s_zpk']}",
+        f"W82002{k['s_tpk']}1{k['zpk']}{sblk}{ACCOUNT}", f"W81001{k['zpk']}2{k['s_zpk']}{blk}{ACCOUNT}",
+        f"WM21003{k['s_mak']}0003abc{ZERO32[:16]}", f"WV{k['s_zpk']}{k['pvk']}{sblk}{ACCOUNT}11234",
+    )]
+    rng = random.Random(44)
+    alphabet = b"0123456789ABCDEFSUTXYZL;"
+    for _ in range(20_000):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randrange(1, 3)):
+            if len(data) <= 3:
+                break
+            pos = rng.randrange(2, len(data))
+            op = rng.randrange(4)
+            if op == 0:
+                data[pos] = rng.choice(alphabet)
+            elif op == 1:
+                del data[pos:pos + rng.randrange(1, 6)]
+            elif op == 2:
+                data[pos:pos] = bytes(rng.choice(alphabet) for _ in range(rng.randrange(1, 6)))
+            else:
+                del data[pos:]
+        answer = hsm(bytes(data))
+        assert answer.error.isdigit()
+        if answer.error != "00":
+            assert answer.fields == ""
