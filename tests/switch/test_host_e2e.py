@@ -190,6 +190,44 @@ def test_terminal_reversal_restores_the_balance(system: System) -> None:
     t.close()
 
 
+def test_void_and_refund_name_the_original_by_rrn(system: System) -> None:
+    t = system.terminal("3des")
+    before = system.balance(2)
+    sale = t.exchange(system.buy(t, 2, 1000, pin="123456"))
+    assert sale.code == "00"
+    void = system.buy(t, 2, 1000)
+    void.update(
+        {
+            "3": "200000",
+            "37": sale.msg["37"],
+            "38": sale.msg["38"],
+            "60": f"23{t.batch:06d}000",
+            "61": f"{t.batch:06d}{sale.msg['11']}",
+        }
+    )
+    void["22"] = "012"
+    r = t.exchange(void)
+    assert r.code == "00" and t.verify_mac(r), r.msg
+    assert system.balance(2) == before
+    sale = t.exchange(system.buy(t, 2, 2000, pin="123456"))
+    assert sale.code == "00"
+    refund = system.buy(t, 2, 500)
+    refund.update(
+        {
+            "t": "0220",
+            "3": "200000",
+            "37": sale.msg["37"],
+            "60": f"25{t.batch:06d}000",
+            "61": f"{t.batch:06d}{sale.msg['11']}{time.strftime('%m%d')}",
+        }
+    )
+    refund["22"] = "012"
+    r = t.exchange(refund)
+    assert r.msg["t"] == "0230" and r.code == "00" and t.verify_mac(r), r.msg
+    assert system.balance(2) == before - 1500
+    t.close()
+
+
 def test_host_killed_mid_request_98_then_reversal_after_restart(system: System) -> None:
     t = system.terminal("3des")
     before = system.balance(0)

@@ -338,3 +338,58 @@ def test_cli_journal_and_routes(world: World) -> None:
     assert routes.returncode == 0 and '"621234"' in routes.stdout
     bad = run_cli(["switch", "route", "add", "12", "1", "--link", "issuer3"], world.env)
     assert bad.returncode == 1 and "Error" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_connection_limits_idle_timeout_frame_size_and_metrics(setup: dict[str, Any]) -> None:
+    import urllib.request
+
+    from tests.fixtures.services import free_port
+
+    metrics_port = free_port()
+    switch = start_switch(
+        setup["db_url"],
+        setup["hsm"],
+        max_connections=3,
+        idle_timeout_s=1,
+        metrics_port=metrics_port,
+        link_echo_s=1,
+    )
+    host3: FakeHost = setup["host3"]
+    try:
+        echoes = len([m for m in host3.seen("0800") if m.get("70") == "301"])
+        t = Terminal("3des", "T3DES001", "898330160120001")
+        t.connect(switch.ports["3des"])
+        assert t.sign_on().code == "00"
+        # over max_connections: closed at once
+        extra = [socket.create_connection(("127.0.0.1", switch.ports["3des"]), timeout=5) for _ in range(3)]
+        assert extra[-1].recv(10) == b""
+        for s in extra:
+            s.close()
+        # a frame over 2,048 bytes closes the connection without reading it
+        big = Terminal("3des", "T3DES001", "898330160120001")
+        big.connect(switch.ports["3des"])
+        big.send_raw(b"\x08\x01")
+        assert big.recv() is None
+        big.close()
+        # idle: a silent connection is closed after idle_timeout_s
+        time.sleep(1.6)
+        assert t.sock is not None and t.sock.recv(10) == b""
+        t.close()
+        # the link echoes (0800/301) when quiet
+        wait_until(
+            lambda: len([m for m in host3.seen("0800") if m.get("70") == "301"]) > echoes, what="link echo"
+        )
+        body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        assert 'payswitch_switch_requests_total{channel="pos-3des",code="00",type="sign-on"}' in body
+        assert 'payswitch_switch_link_up{link="issuer3"} 1.0' in body
+        for name in (
+            "payswitch_switch_latency_seconds_bucket",
+            "payswitch_switch_connections",
+            "payswitch_switch_in_flight",
+            "payswitch_switch_saf_depth",
+            "payswitch_switch_connections_refused_total",
+            "payswitch_switch_bad_frames_total",
+        ):
+            assert name in body, name
+    finally:
+        assert switch.stop() == 0
