@@ -1,4 +1,4 @@
-"""HSM throughput over TCP with pipelining: MU (POS MAC), CA / W8 (PIN translate), 3DES and SM4 apart.
+"""HSM throughput over TCP with pipelining: MU (POS MAC), M6/WM (H2H MAC), CA / W8 (PIN translate).
 
     python -m bench hsm                      # starts its own HSM (test LMK) on a free port
     python -m bench.hsm --port 1500          # or measure a running one
@@ -32,6 +32,7 @@ TMK = "0123456789ABCDEFFEDCBA9876543210"
 ZERO = "0" * 32
 PAN = "6212345678901234567"
 MAC_BLOCK = bytes(range(256))[:120]  # a typical POS MAC block: ~120 bytes, MTI through DE63
+H2H_BLOCK = b"0200F238048108C0900000" + b"0" * 150  # a typical H2H MAC input: ~170 ASCII bytes
 
 
 @dataclass
@@ -121,6 +122,8 @@ async def run(args: argparse.Namespace, port: int) -> list[Result]:
         tpk_sm4 = (await hsm.form_sm4_key("002", [TMK, ZERO])).under_lmk
         zpk_sm4 = (await hsm.generate_sm4_key("001")).under_lmk
         mak_sm4 = (await hsm.generate_sm4_key("003")).under_lmk
+        zak3 = (await hsm.generate_key("008", "U")).under_lmk
+        zak_sm4 = (await hsm.generate_sm4_key("008")).under_lmk
         des = Cipher(TripleDES(bytes.fromhex(TMK + TMK[:16])), modes.ECB()).encryptor()
         block3 = des.update(pin.encode("123456", account)).hex().upper()
         sm4 = Cipher(algorithms.SM4(bytes.fromhex(TMK)), modes.ECB()).encryptor()
@@ -132,6 +135,8 @@ async def run(args: argparse.Namespace, port: int) -> list[Result]:
             ("MU 3des, DES MAK (Z)", lambda: hsm.pos_mac(mak_z, MAC_BLOCK)),
             ("MU 3des, 3DES MAK (U)", lambda: hsm.pos_mac(mak_u, MAC_BLOCK)),
             ("MU sm4", lambda: hsm.pos_mac(mak_sm4, MAC_BLOCK)),
+            ("M6 X9.19 (H2H 3des)", lambda: hsm.generate_mac(zak3, H2H_BLOCK)),
+            ("WM sm4 (H2H sm4)", lambda: hsm.sm4_mac(zak_sm4, H2H_BLOCK)),
             ("CA 3des TPK->ZPK", lambda: hsm.translate_pin_tpk(tmk3, zpk3, block3, account)),
             ("W8 sm4 TPK->sm4 ZPK", lambda: hsm.translate_pin(tpk_sm4, zpk_sm4, block_sm4, account)),
             ("W8 sm4 TPK->3des ZPK", lambda: hsm.translate_pin(tpk_sm4, zpk3, block_sm4, account)),

@@ -59,7 +59,10 @@ def load_lmk(path: Path, test_lmk: bool) -> lmk_mod.Lmk:
         log.info("lmk_file_created", lmk_file=str(path))
     elif not lmk_mod.file_is_private(path):
         log.warning("lmk_file_permissions", lmk_file=str(path), detail="readable by group or others")
-    return lmk_mod.load_file(path)
+    lmk = lmk_mod.load_file(path)
+    if lmk.test:
+        log.warning("test_lmk_in_use", lmk_file=str(path), detail="the file holds the published test LMK set")
+    return lmk
 
 
 @hsm.command()

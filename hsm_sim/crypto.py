@@ -20,16 +20,27 @@ SM4_BLOCK = 16
 
 
 class BlockCipher:
-    """One key's ECB encryptor and decryptor; ``cbc_*`` build a CBC context per call."""
+    """One key's ECB encryptor and decryptor, and long-lived CBC contexts.
 
-    __slots__ = ("_algorithm", "_dec", "_enc", "block_size")
+    Building a CBC context per call costs as much as a whole MAC, so one CBC encryptor and one
+    decryptor live as long as the key, and each call undoes the chaining left by the previous one:
+    the context's state is the last ciphertext block it saw (``_enc_prev``/``_dec_prev``), so XORing
+    that block and the wanted IV into the first block (encrypt), or into the first output block
+    (decrypt), gives exactly CBC with the wanted IV. Single-threaded use only (the service is trio).
+    """
+
+    __slots__ = ("_cbc_dec", "_cbc_enc", "_dec", "_dec_prev", "_enc", "_enc_prev", "block_size")
 
     def __init__(self, algorithm: Any, block_size: int) -> None:
-        self._algorithm = algorithm
         self.block_size = block_size
+        zero = bytes(block_size)
         cipher = Cipher(algorithm, modes.ECB())
         self._enc = cipher.encryptor()
         self._dec = cipher.decryptor()
+        self._cbc_enc = Cipher(algorithm, modes.CBC(zero)).encryptor()
+        self._cbc_dec = Cipher(algorithm, modes.CBC(zero)).decryptor()
+        self._enc_prev = zero
+        self._dec_prev = zero
 
     def encrypt(self, data: bytes) -> bytes:
         """ECB; ``data`` must be a whole number of blocks."""
@@ -41,14 +52,19 @@ class BlockCipher:
         return out
 
     def cbc_encrypt(self, data: bytes, iv: bytes) -> bytes:
-        ctx = Cipher(self._algorithm, modes.CBC(iv)).encryptor()
-        out: bytes = ctx.update(data) + ctx.finalize()
+        """CBC with ``iv``; ``data`` a non-empty whole number of blocks."""
+        bs = self.block_size
+        first = xor(xor(data[:bs], iv), self._enc_prev)
+        out: bytes = self._cbc_enc.update(first + data[bs:])
+        self._enc_prev = out[-bs:]
         return out
 
     def cbc_decrypt(self, data: bytes, iv: bytes) -> bytes:
-        ctx = Cipher(self._algorithm, modes.CBC(iv)).decryptor()
-        out: bytes = ctx.update(data) + ctx.finalize()
-        return out
+        bs = self.block_size
+        out: bytes = self._cbc_dec.update(data)
+        fix = xor(self._dec_prev, iv)
+        self._dec_prev = data[-bs:]
+        return xor(out[:bs], fix) + out[bs:]
 
 
 @lru_cache(maxsize=8192)

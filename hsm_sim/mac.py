@@ -1,7 +1,7 @@
 """MAC algorithms: ISO 9797-1 algorithm 1, ANSI X9.19 (ISO 9797-1 alg 3), the UnionPay POS "ECB" MAC.
 
-All use zero padding (``crypto.zero_pad``). CBC-MACs over short data run block by block on the cached
-ECB cipher (cheaper than building a CBC context); long data goes through one CBC context.
+All use zero padding (``crypto.zero_pad``). CBC-MACs run on the key's long-lived CBC context
+(``BlockCipher.cbc_encrypt``).
 """
 
 from __future__ import annotations
@@ -11,21 +11,11 @@ from functools import reduce
 
 from hsm_sim.crypto import BlockCipher, des, xor, zero_pad
 
-_CBC_CONTEXT_FROM = 12  # blocks; below this a Python loop over the cached ECB cipher is faster
-
 
 def cbc_mac(cipher: BlockCipher, data: bytes) -> bytes:
     """ISO 9797-1 MAC algorithm 1: the last CBC block (IV zero) of the zero-padded data."""
     bs = cipher.block_size
-    data = zero_pad(data, bs)
-    n = len(data) // bs
-    if n >= _CBC_CONTEXT_FROM:
-        return cipher.cbc_encrypt(data, bytes(bs))[-bs:]
-    enc = cipher.encrypt
-    r = 0
-    for i in range(0, len(data), bs):
-        r = int.from_bytes(enc((r ^ int.from_bytes(data[i:i + bs], "big")).to_bytes(bs, "big")), "big")
-    return r.to_bytes(bs, "big")
+    return cipher.cbc_encrypt(zero_pad(data, bs), bytes(bs))[-bs:]
 
 
 def retail_mac(key: bytes, data: bytes) -> bytes:
