@@ -296,6 +296,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--window", type=int, default=128, help="requests in flight per connection")
     ap.add_argument("--writers", type=int, default=4)
     ap.add_argument("--batch-max", type=int, default=500)
+    ap.add_argument("--profile", action="store_true", help="run the host under cProfile; print its top 25")
     args = ap.parse_args(argv)
 
     root = Path(tempfile.mkdtemp(prefix="payswitch-bench-host-"))
@@ -342,8 +343,9 @@ def main(argv: list[str]) -> int:
             flush=True,
         )
 
+        prof = ["-m", "cProfile", "-o", str(root / "host.prof")] if args.profile else []
         host = subprocess.Popen(
-            [sys.executable, "-m", "ops", "host", "serve"],
+            [sys.executable, *prof, "-m", "ops", "host", "serve"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -406,6 +408,12 @@ def main(argv: list[str]) -> int:
             finally:
                 await conn.close()
 
+        if args.profile:
+            host.send_signal(signal.SIGTERM)
+            host.wait(timeout=30)
+            import pstats
+
+            pstats.Stats(str(root / "host.prof")).sort_stats("tottime").print_stats(25)
         results = asyncio.run(check())
         bad = [r.name for r in results if not r.ok]
         print("ledger check: " + ("OK" if not bad else f"FAILED {bad}"), flush=True)

@@ -34,30 +34,9 @@ TXN = {
 }
 NETWORK = {TxnType.SIGN_ON, TxnType.SIGN_OFF, TxnType.ECHO, TxnType.KEY_CHANGE}
 
-# Echoed from request to response: the matching keys and the transaction data.
-ECHO = (
-    "2",
-    "3",
-    "4",
-    "7",
-    "11",
-    "12",
-    "13",
-    "22",
-    "25",
-    "32",
-    "33",
-    "37",
-    "41",
-    "42",
-    "49",
-    "60",
-    "70",
-    "90",
-    "95",
-    "100",
-    "102",
-)
+# Echoed from request to response: the matching keys (7, 11, 32, 41) and what names the transaction.
+# Not the PAN, tracks or terminal-side data: the peer keeps its request and needs none of them back.
+ECHO = ("3", "4", "7", "11", "32", "33", "37", "41", "42", "49", "90", "95", "100", "102")
 
 
 class BadRequest(Exception):
