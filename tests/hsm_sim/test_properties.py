@@ -172,3 +172,17 @@ def test_any_request_gets_a_well_formed_answer(code: bytes, fields: bytes) -> No
         assert len(out) == 8
     if code not in (b"NC", b"B2") or error != "00":
         assert label in ("unknown", code.decode("latin-1"))
+
+
+@given(st.lists(st.tuples(st.booleans(), st.binary(min_size=8, max_size=8), blocks(8)), min_size=1,
+                max_size=8))
+def test_long_lived_cbc_contexts_match_fresh_cbc(ops: list[tuple[bool, bytes, bytes]]) -> None:
+    """Interleaved CBC encryptions and decryptions with different IVs on one cached key."""
+    key = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
+    cipher = crypto.des(key)
+    for encrypt, iv, data in ops:
+        ref = DES3.new(key, DES3.MODE_CBC, iv=iv)
+        if encrypt:
+            assert cipher.cbc_encrypt(data, iv) == ref.encrypt(data)
+        else:
+            assert cipher.cbc_decrypt(data, iv) == ref.decrypt(data)
