@@ -494,6 +494,9 @@ class HsmClient:
         return ExportedKey(out[:m], out[m:m + 16])
 
     async def import_sm4_key(self, key_type: str, zmk: str, key_under_zmk: str, *, tmk: bool = False) -> Key:
+        """SV: an SM4 key under an SM4 ZMK (32H; an ``S`` prefix as in H2H DE48 is dropped)."""
+        if len(key_under_zmk) == 33 and key_under_zmk[:1] == "S":
+            key_under_zmk = key_under_zmk[1:]
         suffix = ";1" if tmk else ""
         out = (await self.call("SV", f"{key_type}{zmk}{key_under_zmk}{suffix}")).decode()
         return Key(out[:33], out[33:49])

@@ -122,6 +122,8 @@ def test_h2h_mac_and_zpk_exchange(hsm_server: HsmServer) -> None:
         out = await hsm.export_sm4_key("001", sm4_zmk.under_lmk, sm4_zpk.under_lmk)
         back = await hsm.import_sm4_key("001", sm4_zmk.under_lmk, out.under_kek)
         assert back.under_lmk == sm4_zpk.under_lmk and back.check_value == sm4_zpk.check_value
+        back = await hsm.import_sm4_key("001", sm4_zmk.under_lmk, "S" + out.under_kek)  # DE48 form
+        assert back.under_lmk == sm4_zpk.under_lmk
 
     run(hsm_server, fn)
 
