@@ -16,7 +16,8 @@ Every call has a timeout (``timeout`` seconds, default from config ``hsm.timeout
 Errors: a non-00 answer raises ``HsmCommandError`` (``.command``, ``.code`` e.g. "10", ``.meaning``),
 except that verification calls return ``False`` for 01. ``HsmTimeout`` when no answer came in time,
 ``HsmUnavailable`` when the HSM cannot be reached or the connection broke with the request in flight
-(the request may or may not have run; every command is safe to repeat). All derive from ``HsmError``.
+(the request may or may not have run; the HSM keeps no state, so repeating it is safe). All derive
+from ``HsmError``. A caller cancelled while waiting simply abandons its request.
 
 Keys are passed and returned as the HSM's wire tokens (str): ``U``+32H / ``T``+48H (3DES under LMK),
 ``S``+32H (SM4 under LMK), 16H (single DES, scheme Z); under a ZMK/TMK ``X``+32H / ``U``+32H / 16H for
@@ -27,7 +28,8 @@ the key's prefix (``S`` → SM4).
 API (all ``async`` unless marked):
 - ``HsmClient(host="127.0.0.1", port=1500, *, header_length=4, connections=2, timeout=2.0)``;
   ``HsmClient.from_config(hsm_config)`` (plain method); ``async with`` to start and stop.
-- ``request(command, fields) -> Reply`` raw: ``Reply(error, fields)``, never raises for error codes.
+- ``request(command, fields) -> Reply`` raw: ``Reply(error, fields)``, never raises for error codes;
+  ``call(command, fields) -> bytes`` the response fields, ``HsmCommandError`` unless 00.
 - ``diagnostics() -> Diagnostics(lmk_check_value, firmware)`` NC; ``echo(data) -> bytes`` B2.
 - ``generate_key(key_type, scheme="U", *, under=None, under_tmk=True, export_scheme="X") -> GeneratedKey``
   A0 (``under``: the ZMK/TMK under LMK to also export under), ``generate_sm4_key(key_type, *, under=None,
