@@ -12,8 +12,8 @@ process runs the load generator (``pos.load``):
 It prints approved purchases/s, latency percentiles, the response-code histogram, the ratio to the
 baseline, CPU seconds per process over the measured run (from /proc: switch, host, HSM, PostgreSQL,
 this load generator), the result of ``payswitch ledger check`` and, with ``--profile``, where the
-switch's and the host's time goes (a second, shorter run under cProfile; its figures are slower and
-not the headline).
+switch's and the host's time goes (a second, shorter run with both under a stack sampler,
+bench/_sampler.py: every thread, waiting included).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pstats
 import sys
 import time
 from pathlib import Path
@@ -88,21 +87,21 @@ def _self_cpu() -> float:
     return t.user + t.system
 
 
-def _profile_top(path: Path, n: int = 12) -> list[str]:
+def _samples(path: Path, n: int = 8) -> list[str]:
+    """Lines of the sampler's report (bench/_sampler.py): per thread, the top functions on the stack."""
     if not path.exists():
-        return [f"(no profile written at {path.name})"]
-    stats = pstats.Stats(str(path))
-    rows = []
-    total = max(stats.total_tt, 1e-9)  # type: ignore[attr-defined]
-    for func, (_cc, nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        rows.append((tt, ct, nc, func))
-    rows.sort(reverse=True)
+        return [f"(no samples written at {path.name})"]
+    report = json.loads(path.read_text())
     out = []
-    for tt, ct, nc, (file, line, name) in rows[:n]:
-        where = f"{Path(file).parent.name}/{Path(file).name}:{line}" if file != "~" else "builtin"
-        out.append(
-            f"{100 * tt / total:5.1f}%  {tt:7.2f}s self {ct:7.2f}s cum {nc:>9} calls  {name}  ({where})"
-        )
+    for thread, data in report.items():
+        if data["samples"] < 20:
+            continue
+        out.append(f"thread {thread} ({data['samples']} samples)")
+        out.append("  top of stack: " + "; ".join(f"{100 * f:.0f}% {k}" for k, f in data["self"][:n]))
+        if data["inclusive"]:
+            out.append(
+                "  inside:       " + "; ".join(f"{100 * f:.0f}% {k}" for k, f in data["inclusive"][:n])
+            )
     return out
 
 
@@ -114,7 +113,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--mix", default="purchase=100")
     ap.add_argument("--baseline-duration", type=float, default=5.0)
     ap.add_argument("--durable", action="store_true", help="PostgreSQL with fsync on (default: off)")
-    ap.add_argument("--profile", action="store_true", help="also profile switch and host under cProfile")
+    ap.add_argument("--profile", action="store_true", help="also sample where switch and host spend time")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder (logs, profiles)")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     args = ap.parse_args(argv)
@@ -157,13 +156,15 @@ def main(argv: list[str]) -> int:
         )
 
         if args.profile:
+            # A second, shorter run with switch and host restarted under the stack sampler.
             for name in ("switch", "host"):
                 svc = system.services.pop(name)
                 svc.proc.terminate()
                 svc.proc.wait(30)
-            system.profile = {"switch", "host"}
-            system.start_service("host")
-            system.start_service("switch")
+            for name in ("host", "switch"):
+                sampler = str(Path(__file__).with_name("_sampler.py"))  # by path: services run elsewhere
+                system.wrappers[name] = [sampler, str(system.root / f"{name}.samples.json")]
+                system.start_service(name)
             _load(
                 system,
                 LoadPlan(
@@ -178,7 +179,7 @@ def main(argv: list[str]) -> int:
                 svc.proc.terminate()
                 svc.proc.wait(30)
             result["profile"] = {
-                name: _profile_top(system.root / f"{name}.prof") for name in ("switch", "host")
+                name: _samples(system.root / f"{name}.samples.json") for name in ("switch", "host")
             }
     finally:
         system.stop()
@@ -212,7 +213,7 @@ def main(argv: list[str]) -> int:
         print(f"where time goes    {hops}")
     print(f"ledger check       {result['ledger_check']}")
     for name, lines in result.get("profile", {}).items():
-        print(f"profile: {name} (top self time, under cProfile)")
+        print(f"where {name} spends its time (wall-clock stack samples, waiting included)")
         for line in lines:
             print("   " + line)
     return 0

@@ -6,8 +6,9 @@ with free ports, and starts ``hsm serve``, ``host serve`` and ``switch serve`` a
 service is awaited until its first port listens. ``cli(...)`` runs any ``payswitch`` command against
 that system. Nothing here imports host or switch code: they are separate programs.
 
-A service can be wrapped in cProfile (``profile={"switch", "host"}``): its statistics are written to
-``<folder>/<name>.prof`` when it exits on SIGTERM.
+A service can be run under a wrapper (``wrappers={"host": ["-m", "cProfile", "-o", "host.prof"]}``: the
+arguments go between the interpreter and ``-m ops``), e.g. a profiler that writes when the service
+exits on SIGTERM.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class System:
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="payswitch-e2e-")))
     durable: bool = False
     keep: bool = False  # leave the scratch folder (logs, profiles) after stop()
-    profile: set[str] = field(default_factory=set)
+    wrappers: dict[str, list[str]] = field(default_factory=dict)
     services: dict[str, Service] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     db_url: str = ""
@@ -120,10 +121,7 @@ class System:
         """Start one service and wait until its first port listens."""
         port = {"hsm": self.ports["hsm"], "host": self.ports["host"], "switch": self.ports["pos_3des"]}[name]
         log = self.root / f"{name}.log"
-        argv = [sys.executable]
-        if name in self.profile:
-            argv += ["-m", "cProfile", "-o", str(self.root / f"{name}.prof")]
-        argv += ["-m", "ops", name, "serve"]
+        argv = [sys.executable, *self.wrappers.get(name, []), "-m", "ops", name, "serve"]
         with log.open("wb") as fh:
             proc = subprocess.Popen(
                 argv,
