@@ -139,16 +139,16 @@ def _card(card: str | None, expiry: str | None, track2: str | None) -> Card:
     try:
         if track2:
             if card:
-                raise click.UsageError("give either --card or --track2, not both")
+                raise click.ClickException("give either --card or --track2, not both")
             return Card.swiped(track2)
         if not card:
             card = _first_demo_card()
         if not card:
-            raise click.UsageError("give the card with --card PAN --expiry YYMM (or --track2)")
+            raise click.ClickException("give the card with --card PAN --expiry YYMM (or --track2)")
         if not card.isdigit():
             return _demo_card(card)
         if not expiry:
-            raise click.UsageError("a keyed card needs --expiry YYMM")
+            raise click.ClickException("a keyed card needs --expiry YYMM")
         return Card.keyed(card, expiry)
     except CardError as exc:
         raise click.ClickException(str(exc)) from None
@@ -341,7 +341,7 @@ def _card_command(name: str, kind: str, help_text: str, *, amount: bool, pin_req
         if amount:
             given, option = opts.pop("amount"), opts.pop("amount_option")
             if (given is None) == (option is None):
-                raise click.UsageError("give the amount once: AMOUNT or --amount AMOUNT")
+                raise click.ClickException("give the amount once: AMOUNT or --amount AMOUNT")
             value = _amount(given or option)
         if not card and not track2:
             card = _first_demo_card()
