@@ -163,7 +163,7 @@ class AcquirerService:
             json.dumps(_storable(answer)),
         )
         await self.journal.write(row)
-        metrics.REQUESTS.labels(channel="h2h", type=txn_type(msg), code=code).inc()
+        metrics.count_request("h2h", txn_type(msg), code)
         metrics.LATENCY_TOTAL.observe(trio.current_time() - t0)
         return await self._answer(codec, link, msg, answer)
 

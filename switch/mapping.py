@@ -134,21 +134,44 @@ def is_credit(kind: str) -> bool:
 # --- clocks and references --------------------------------------------------------------------------
 
 
+class _Clock:
+    """Formatted clock fields, recomputed once per second (strftime costs ~10 µs a call)."""
+
+    __slots__ = ("_second", "de7", "de12", "de13", "rrn_prefix")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self.de7 = self.de12 = self.de13 = self.rrn_prefix = ""
+
+    def at(self, now: float | None) -> _Clock:
+        second = int(time.time() if now is None else now)
+        if second != self._second:
+            utc, local = time.gmtime(second), time.localtime(second)
+            self.de7 = time.strftime("%m%d%H%M%S", utc)
+            self.de12 = time.strftime("%H%M%S", local)
+            self.de13 = time.strftime("%m%d", local)
+            self.rrn_prefix = f"{local.tm_year % 10}{local.tm_yday:03d}{local.tm_hour:02d}"
+            self._second = second
+        return self
+
+
+_CLOCK = _Clock()
+
+
 def transmission_time(now: float | None = None) -> str:
     """DE7: MMDDhhmmss in UTC."""
-    return time.strftime("%m%d%H%M%S", time.gmtime(time.time() if now is None else now))
+    return _CLOCK.at(now).de7
 
 
 def local_time(now: float | None = None) -> tuple[str, str]:
     """(DE12 hhmmss, DE13 MMDD) in local time."""
-    t = time.localtime(time.time() if now is None else now)
-    return time.strftime("%H%M%S", t), time.strftime("%m%d", t)
+    clock = _CLOCK.at(now)
+    return clock.de12, clock.de13
 
 
 def rrn(stan: int, now: float | None = None) -> str:
     """RRN: last digit of the year, day of year, hour, then the 6-digit link STAN (12 characters)."""
-    t = time.localtime(time.time() if now is None else now)
-    return f"{t.tm_year % 10}{t.tm_yday:03d}{t.tm_hour:02d}{stan:06d}"
+    return f"{_CLOCK.at(now).rrn_prefix}{stan:06d}"
 
 
 # --- POS -> H2H -------------------------------------------------------------------------------------

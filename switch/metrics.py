@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (
@@ -39,6 +41,18 @@ LATENCY = Histogram(
 LATENCY_TOTAL = LATENCY.labels(hop="end_to_end")
 LATENCY_HOST = LATENCY.labels(hop="host")
 LATENCY_HSM = LATENCY.labels(hop="hsm")
+
+_REQUEST_CHILDREN: dict[tuple[str, str, str], Any] = {}
+
+
+def count_request(channel: str, kind: str, code: str) -> None:
+    """REQUESTS.labels(...).inc() with the labelled child cached (labels() costs a few µs)."""
+    key = (channel, kind, code)
+    child = _REQUEST_CHILDREN.get(key)
+    if child is None:
+        child = _REQUEST_CHILDREN[key] = REQUESTS.labels(channel=channel, type=kind, code=code)
+    child.inc()
+
 
 CONNECTIONS = Gauge("payswitch_switch_connections", "Open client connections per listener.", ["listener"])
 REFUSED = Counter(

@@ -12,6 +12,7 @@ durable.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -112,9 +113,7 @@ class PosService:
             reply = Reply(pos_response(msg, code="96"))
         encoded = await self._encode(reply)
         metrics.LATENCY_TOTAL.observe(trio.current_time() - t0)
-        metrics.REQUESTS.labels(
-            channel=self.channel, type=txn_type(msg), code=str(reply.message.get("39", ""))
-        ).inc()
+        metrics.count_request(self.channel, txn_type(msg), str(reply.message.get("39", "")))
         return _response_header(tpdu, header, reply.resign) + encoded
 
     def _format_error(self, tpdu: bytes, header: bytes, exc: DecodeError) -> bytes | None:
@@ -719,6 +718,4 @@ def _as_original(entry: Entry, reversal: Message, link: OutboundLink) -> Message
 
 
 def _json(value: Any) -> str:
-    import json
-
     return json.dumps(value, default=lambda b: b.hex() if isinstance(b, bytes) else str(b))

@@ -180,7 +180,10 @@ class Terminal:
 def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
     data = b""
     while len(data) < n:
-        chunk = sock.recv(n - len(data))
+        try:
+            chunk = sock.recv(n - len(data))
+        except ConnectionResetError:  # closed by the switch with unread data: a reset
+            return None
         if not chunk:
             return data or None
         data += chunk
