@@ -118,7 +118,14 @@ def _run(
     async def main() -> terminal.Receipt:
         conn = await Connection.open(state.host, state.port, timeout=min(timeout, 10.0))
         try:
-            session = Session(state, codec_for("pos", state.scheme), conn, timeout=timeout, tracer=tracer)
+            session = Session(
+                state,
+                codec_for("pos", state.scheme),
+                conn,
+                timeout=timeout,
+                tracer=tracer,
+                checkpoint=lambda: state_mod.save(state),
+            )
             return await action(session)
         finally:
             await conn.aclose()

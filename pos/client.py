@@ -121,8 +121,11 @@ class Session:
         *,
         timeout: float = 30.0,
         tracer: Tracer | None = None,
+        checkpoint: Callable[[], object] | None = None,
     ) -> None:
+        """``checkpoint`` is called when the state must reach disk before a request is sent."""
         self.state = state
+        self.checkpoint = checkpoint
         self.codec = codec
         self.conn = conn
         self.timeout = timeout
@@ -200,11 +203,17 @@ class Session:
         too, it stays pending in the state).
         """
         await self.flush_reversal()
+        # As a real terminal does, the reversal is recorded before the request leaves: if the answer
+        # never comes (timeout, lost connection, the terminal switched off), it goes out next time.
+        self.state.pending_reversal = self.state.storable(messages.reversal_of(msg, "98"))
+        if self.checkpoint is not None:
+            self.checkpoint()
         try:
             answer = await self.exchange(msg)
         except NoAnswer:
-            await self.reverse(msg, "98")
+            await self.flush_reversal()
             raise
+        self.state.pending_reversal = None
         if answer.approved and answer.mac_ok is False:
             await self.reverse(msg, "A0")
         return answer

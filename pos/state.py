@@ -16,6 +16,7 @@ only for the 0320 batch upload.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -82,7 +83,7 @@ class TerminalState:
 
     # -- keys ------------------------------------------------------------------------------------
     def tmk_cipher(self) -> KeyCipher:
-        return KeyCipher(self.scheme, bytes.fromhex(self.tmk))
+        return _cipher(self.scheme, self.tmk)
 
     def working_keys(self) -> WorkingKeys:
         if not (self.signed_on and self.pik and self.mak):
@@ -179,6 +180,12 @@ class TerminalState:
         if self.signed_on:
             data["working_key_check_values"] = self.working_keys().check_values()
         return data
+
+
+@functools.lru_cache(maxsize=4096)
+def _cipher(scheme: Scheme, key_hex: str) -> KeyCipher:
+    """One cipher per TMK for the process (sealing journal PANs happens on every financial request)."""
+    return KeyCipher(scheme, bytes.fromhex(key_hex))
 
 
 def default_path(terminal_id: str, directory: Path = DEFAULT_DIR) -> Path:

@@ -27,6 +27,7 @@ class FakeSwitch:
     tmks: dict[str, bytes]
     batch: str = "000001"
     silent: set[tuple[str, str]] = field(default_factory=set)  # (MTI, STAN) left unanswered
+    hang_up: set[tuple[str, str]] = field(default_factory=set)  # (MTI, STAN) answered by closing
     seen: list[dict[str, Any]] = field(default_factory=list)
     approved_totals: dict[str, int] = field(default_factory=lambda: {"debit": 0, "credit": 0})
     port: int = 0
@@ -71,11 +72,23 @@ class FakeSwitch:
                     n = int.from_bytes(buf[:2], "big")
                     data = bytes(buf[2 : 2 + n])
                     del buf[: 2 + n]
+                    if self._hangs_up(data):
+                        await stream.aclose()
+                        return
                     reply = self.handle(data)
                     if reply is not None:
                         await stream.send_all(len(reply).to_bytes(2, "big") + reply)
         except trio.BrokenResourceError:
             return
+
+    def _hangs_up(self, data: bytes) -> bool:
+        if not self.hang_up:
+            return False
+        msg = codec_for("pos", self.scheme).decode(data[11:])
+        if (msg["t"], msg.get("11")) in self.hang_up:
+            self.seen.append(msg)
+            return True
+        return False
 
     # -- the POS side ----------------------------------------------------------------------------
     def handle(self, data: bytes) -> bytes | None:

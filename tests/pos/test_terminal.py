@@ -126,6 +126,21 @@ def test_unanswered_purchase_is_reversed_and_pending_reversal_survives(
     assert state_mod.load(state).pending_reversal is None
 
 
+def test_connection_lost_mid_request_leaves_the_reversal_pending(tmp_path: Path, switch: FakeSwitch) -> None:
+    state = tmp_path / "t.json"
+    init(state, switch)
+    run(state, "signon")
+    switch.hang_up.add(("0200", "000002"))
+    r = run(state, "purchase", "3", "--card", PAN, "--expiry", "3012", "--no-pin")
+    assert r.exit_code == 1 and "closed the connection" in r.output
+    pending = state_mod.load(state).pending_reversal
+    assert pending is not None and pending["11"] == "000002" and pending["39"] == "98"
+    r = run(state, "balance", "--card", PAN, "--expiry", "3012", "--no-pin")
+    assert r.exit_code == 0, r.output
+    assert [(m["t"], m["11"]) for m in switch.seen[-2:]] == [("0400", "000002"), ("0200", "000003")]
+    assert state_mod.load(state).pending_reversal is None
+
+
 def test_settle_uploads_when_unbalanced(tmp_path: Path, switch: FakeSwitch) -> None:
     state = tmp_path / "t.json"
     init(state, switch)
