@@ -112,3 +112,27 @@ def test_serve_with_production_lmk_file(tmp_path: Path) -> None:
         assert trio.run(again) == expected
     finally:
         stop_hsm(server.process)
+
+
+def test_bad_lmk_files_are_one_line_errors(tmp_path: Path) -> None:
+    runner = CliRunner()
+    missing = tmp_path / "missing.json"
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text("{not json")
+    tampered = tmp_path / "tampered.json"
+    data = json.loads(Lmk.generate().to_json())
+    data["lmk_3des"][0][0] = "0101010101010101"
+    tampered.write_text(json.dumps(data))
+    for path, words in ((corrupt, "not valid"), (tampered, "check value does not match")):
+        result = runner.invoke(cli, ["hsm", "serve", "--no-test-lmk", "--lmk-file", str(path),
+                                     "--metrics-port", "0"])
+        assert result.exit_code == 1 and words in result.output, result.output
+        assert "Traceback" not in result.output
+    from hsm_sim.lmk import LmkFileError
+
+    try:
+        load_file(missing)
+    except LmkFileError as exc:
+        assert "payswitch hsm init" in str(exc)
+    else:
+        raise AssertionError("missing file loaded")
