@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -115,7 +117,6 @@ def test_serve_with_production_lmk_file(tmp_path: Path) -> None:
 
 
 def test_bad_lmk_files_are_one_line_errors(tmp_path: Path) -> None:
-    runner = CliRunner()
     missing = tmp_path / "missing.json"
     corrupt = tmp_path / "corrupt.json"
     corrupt.write_text("{not json")
@@ -124,10 +125,14 @@ def test_bad_lmk_files_are_one_line_errors(tmp_path: Path) -> None:
     data["lmk_3des"][0][0] = "0101010101010101"
     tampered.write_text(json.dumps(data))
     for path, words in ((corrupt, "not valid"), (tampered, "check value does not match")):
-        result = runner.invoke(cli, ["hsm", "serve", "--no-test-lmk", "--lmk-file", str(path),
-                                     "--metrics-port", "0"])
-        assert result.exit_code == 1 and words in result.output, result.output
-        assert "Traceback" not in result.output
+        # a subprocess: `serve` configures process-wide logging, which must not leak into this one
+        result = subprocess.run(
+            [sys.executable, "-m", "ops", "hsm", "serve", "--no-test-lmk", "--lmk-file", str(path),
+             "--metrics-port", "0", "--port", str(_free_port())],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert result.returncode == 1 and words in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
     from hsm_sim.lmk import LmkFileError
 
     try:
