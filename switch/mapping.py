@@ -216,8 +216,9 @@ def pos_to_h2h(
         # Voids, refunds and completions name their original by POS batch + STAN (+ date); the host
         # receives that in DE60 after the terminal's own DE60, separated by '/'.
         out["60"] = f"{req.get('60', '')}/{req['61']}"
-    if req["t"] in ("0200", "0220") and str(req.get("3", ""))[:2] == "20" and "37" in req:
-        # A void or refund names the original by its RRN; the upstream request carries it in DE102.
+    if "37" in req:
+        # A void, refund, pre-auth void or completion names its original by RRN (POS DE37); the
+        # upstream request carries it in DE102, since DE37 is this request's own new RRN.
         out["102"] = str(req["37"]).strip()
     return out
 

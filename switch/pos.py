@@ -162,14 +162,52 @@ class PosService:
         if mti == "0400":
             return await self._reversal(msg, raw, timing)
         if mti == "0800":
-            return await self._sign_on(msg)
-        if mti == "0820":
-            return await self._network(msg)
-        if mti == "0500":
-            return await self._settle(msg)
-        if mti == "0320":
-            return await self._upload(msg)
-        return Reply(pos_response(msg, code="12"))
+            reply = await self._sign_on(msg)
+        elif mti == "0820":
+            reply = await self._network(msg)
+        elif mti == "0500":
+            reply = await self._settle(msg)
+        elif mti == "0320":
+            reply = await self._upload(msg)
+        else:
+            return Reply(pos_response(msg, code="12"))
+        if mti != "0820" or parse_de60(msg.get("60")).network_code != "301":  # echoes are not journaled
+            await self._journal_admin(msg, reply, timing)
+        return reply
+
+    async def _journal_admin(self, msg: Message, reply: Reply, timing: Timing) -> None:
+        """Journal a sign-on, sign-off, settlement or upload (never replayed: no duplicate key)."""
+        tid, mid = str(msg.get("41", "")).strip(), str(msg.get("42", "")).strip()
+        batch = parse_de60(msg.get("60")).batch_no
+        key = f"pos|{tid}|{mid}|{batch}|{msg.get('11')}|{msg['t']}|{time.time_ns()}"
+        row = (
+            key,
+            self.channel,
+            msg["t"],
+            txn_type(msg),
+            None,
+            tid,
+            mid,
+            batch if batch >= 0 else None,
+            msg.get("11"),
+            None,
+            None,
+            None,
+            None,
+            None,
+            str(reply.message.get("39", "")),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            int((trio.current_time() - timing.start) * 1e6),
+            0,
+            0,
+            "{}",
+        )
+        await self.journal.write(row)
 
     async def _terminal(self, msg: Message) -> tuple[Terminal | None, Reply | None]:
         tid = str(msg.get("41", "")).strip()

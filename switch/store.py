@@ -115,7 +115,8 @@ async def _load_terminal(
     journal = await conn.fetch(
         "SELECT mti, stan, txn_type, amount, response_code, response, link, link_mti, link_stan, "
         "link_de7, link_de32, rrn, auth_id, original, pan_masked FROM switch_journal "
-        "WHERE terminal_id = $1 AND merchant_id = $2 AND batch_no = $3 AND channel LIKE 'pos%' ORDER BY id",
+        "WHERE terminal_id = $1 AND merchant_id = $2 AND batch_no = $3 AND channel LIKE 'pos%' "
+        "AND mti IN ('0100', '0200', '0220', '0400') ORDER BY id",
         terminal_id,
         merchant_id,
         batch,

@@ -272,11 +272,12 @@ def test_sigterm_finishes_in_flight_and_saf_survives_restart(setup: dict[str, An
         assert t.sign_on().code == "00"
         # 1. SIGTERM with a request in flight: it is still answered, then the process exits 0
         host3.delay = 0.4
-        t.send_raw(t.frame(t.purchase_msg(PAN3, 4321, pin="123456")))
+        first_msg = t.purchase_msg(PAN3, 4321, pin="123456")
+        t.send_raw(t.frame(first_msg))
         time.sleep(0.1)
         switch.process.send_signal(signal.SIGTERM)
-        r = t.recv()
-        assert r is not None and r.code == "00", switch.log()[-5000:]
+        first = t.recv()
+        assert first is not None and first.code == "00", switch.log()[-5000:]
         assert switch.process.wait(timeout=20) == 0
         t.close()
     finally:
@@ -314,6 +315,15 @@ def test_sigterm_finishes_in_flight_and_saf_survives_restart(setup: dict[str, An
         )
         listing = run_cli(["switch", "saf", "list", "--all"], setup["env"])
         assert listing.returncode == 0 and "done 00" in listing.stdout
+        # 3. after the restarts, a retransmission of the first purchase (same session keys, kept in
+        #    the database) gets the first answer from the journal and nothing goes upstream
+        count = len(host3.seen("0200"))
+        t = Terminal("3des", "T3DES001", "898330160120001", pik=t.pik, mak=t.mak, batch=t.batch)
+        t.connect(switch.ports["3des"])
+        again = t.exchange(first_msg)
+        assert again.code == "00" and again.msg["37"] == first.msg["37"] and t.verify_mac(again)
+        assert len(host3.seen("0200")) == count
+        t.close()
     finally:
         assert switch.stop() == 0
 
