@@ -114,6 +114,8 @@ class HsmServer:
                     break
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        except Exception as exc:  # a bug here must cost one connection, never the service
+            log.error("connection_failed", peer=peer, error=type(exc).__name__)
         finally:
             CONNECTIONS.dec()
             log.debug("connection_closed", peer=peer)
