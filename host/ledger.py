@@ -293,6 +293,17 @@ class Ledger:
                     ref.refunded += tr.amount
             if tr.phase == "pending":
                 pending[tr.key] = tr
+        refunds = {
+            t["key"]: t["original_key"] for t in trows if t["code"] == Txn.REFUND and t["original_key"]
+        }
+        if refunds:
+            for row in await conn.fetch(
+                "SELECT original_key, amount FROM transfers"
+                " WHERE code = 'reversal' AND original_key = ANY($1::text[])",
+                list(refunds),
+            ):
+                if (parent := b.originals.get(refunds[row["original_key"]])) is not None:
+                    parent.refunded -= row["amount"]
         if pending:
             resolved = {
                 row["pending_key"]: row["state"]
@@ -567,6 +578,7 @@ class Ledger:
             amount = t.amount
             if r.actual_amount is not None and 0 <= r.actual_amount < t.amount:
                 amount = t.amount - r.actual_amount
+            amount = min(amount, t.amount - o.refunded)  # what was refunded already is not given twice
             if amount <= 0:
                 o.reversed = True
                 return Decision(Rc.APPROVED)
@@ -575,6 +587,8 @@ class Ledger:
             o.reversed = o.undone = True
             if o.txn in (Txn.PURCHASE, Txn.COMPLETION):
                 self._restore_use(card, o)
+            if o.txn == Txn.REFUND and (parent := b.originals.get(t.original_key or "")) is not None:
+                parent.refunded -= amount  # the refund did not happen: that much may be refunded again
             return self._post(
                 b, r, t.credit, t.debit, card, "single", Txn.REVERSAL, amount=amount, original_key=o.key
             )
