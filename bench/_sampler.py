@@ -7,6 +7,10 @@ stack every few milliseconds (``sys._current_frames``). At exit it writes, per t
 had each function at the top of the stack ("self") and each payswitch function anywhere on it
 ("inclusive"), so bench/e2e can say where a service spends its time, waiting included (a sample in
 ``epoll.poll`` or ``Condition.wait`` is time spent waiting). No dependency, no change to the service.
+
+Each sample is weighted by the time since the previous one: the sampler thread needs the GIL to look,
+so it gets in often while the service waits in a system call (GIL released) and only every switch
+interval (5 ms) while it runs Python code; unweighted counts would overstate system calls.
 """
 
 from __future__ import annotations
@@ -26,13 +30,6 @@ OWN = tuple(str(ROOT / p) for p in ("host", "switch", "specs", "hsm_sim", "ops",
 INTERVAL = 0.002
 
 
-def _where(frame: FrameType) -> str:
-    code = frame.f_code
-    name = Path(code.co_filename)
-    short = f"{name.parent.name}/{name.name}" if str(name).startswith(str(ROOT)) else name.name
-    return f"{code.co_name} ({short}:{frame.f_lineno if name.name.endswith('.py') else 0})"
-
-
 def _func(frame: FrameType) -> str:
     code = frame.f_code
     name = Path(code.co_filename)
@@ -43,14 +40,18 @@ class Sampler:
     def __init__(self) -> None:
         self.self_counts: dict[str, Counter[str]] = {}
         self.incl_counts: dict[str, Counter[str]] = {}
-        self.samples: Counter[str] = Counter()
+        self.samples: Counter[str] = Counter()  # per thread: sampled time, microseconds
         self.me = threading.get_ident()
         self._stop = False
 
     def run(self) -> None:
         names: dict[int, str] = {}
+        last = time.perf_counter()
         while not self._stop:
             time.sleep(INTERVAL)
+            now = time.perf_counter()
+            weight = int((now - last) * 1e6)
+            last = now
             frames = sys._current_frames()
             if len(names) != len(frames):
                 names = {t.ident or 0: t.name for t in threading.enumerate()}
@@ -58,8 +59,8 @@ class Sampler:
                 if ident == self.me:
                     continue
                 thread = names.get(ident, str(ident))
-                self.samples[thread] += 1
-                self.self_counts.setdefault(thread, Counter())[_func(frame)] += 1
+                self.samples[thread] += weight
+                self.self_counts.setdefault(thread, Counter())[_func(frame)] += weight
                 seen: set[str] = set()
                 f: FrameType | None = frame
                 while f is not None:
@@ -67,14 +68,14 @@ class Sampler:
                         key = _func(f)
                         if key not in seen:
                             seen.add(key)
-                            self.incl_counts.setdefault(thread, Counter())[key] += 1
+                            self.incl_counts.setdefault(thread, Counter())[key] += weight
                     f = f.f_back
 
     def report(self, top: int = 15) -> dict[str, object]:
         out: dict[str, object] = {}
         for thread, n in self.samples.most_common():
             out[thread] = {
-                "samples": n,
+                "seconds": round(n / 1e6, 3),
                 "self": [(k, round(v / n, 4)) for k, v in self.self_counts[thread].most_common(top)],
                 "inclusive": [
                     (k, round(v / n, 4)) for k, v in self.incl_counts.get(thread, Counter()).most_common(top)

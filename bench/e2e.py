@@ -94,9 +94,9 @@ def _samples(path: Path, n: int = 8) -> list[str]:
     report = json.loads(path.read_text())
     out = []
     for thread, data in report.items():
-        if data["samples"] < 20:
+        if data["seconds"] < 0.1:
             continue
-        out.append(f"thread {thread} ({data['samples']} samples)")
+        out.append(f"thread {thread} ({data['seconds']} s sampled)")
         out.append("  top of stack: " + "; ".join(f"{100 * f:.0f}% {k}" for k, f in data["self"][:n]))
         if data["inclusive"]:
             out.append(
