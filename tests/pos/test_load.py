@@ -70,3 +70,21 @@ def test_bad_mix_and_pool_are_one_line_errors(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(LoadError, match="not usable"):
         read_pool(tmp_path / "bad.json")
+
+
+def test_target_rate_paces_the_terminals(tmp_path: Path) -> None:
+    tids = [f"L{i:07d}" for i in range(4)]
+    fake = FakeSwitch("3des", {t: bytes.fromhex(TMK) for t in tids}).start()
+    try:
+        write_pool(tmp_path / "pool.json", fake, tids)
+        plan = LoadPlan(
+            pool=read_pool(tmp_path / "pool.json"),
+            terminals=4,
+            mix=parse_mix("purchase"),
+            duration=1.0,
+            rate=200.0,
+        )
+        data = trio.run(run_load, plan, None).as_dict()
+    finally:
+        fake.stop()
+    assert 150 <= data["requests"] <= 210, data["requests"]

@@ -87,6 +87,8 @@ def test_sign_on_purchase_void_refund_settle(tmp_path: Path, switch: FakeSwitch)
 
     st = state_mod.load(state)
     assert [e.kind for e in st.journal] == ["purchase", "purchase", "void", "refund"]
+    shown = run(state, "show", json_out=False).output
+    assert "621234*********4567" in shown and "voided" in shown and PAN not in shown and TMK not in shown
     assert st.stan == 6  # sign-on, 2 purchases, balance, void, refund; the refused refund used none
 
     r = run(state, "settle")
