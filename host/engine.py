@@ -44,6 +44,18 @@ DECISIONS = Counter(
 Callback = Callable[[Decision], None]
 
 
+_CHILDREN: dict[tuple[int, str, str], Any] = {}
+
+
+def _child(metric: Any, a: str, b: str) -> Any:
+    """A labelled child, looked up once (labels() costs more than the increment it serves)."""
+    key = (id(metric), a, b)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(a, b)
+    return child
+
+
 class Engine:
     def __init__(
         self, pool: PgPool, ledger: Ledger, *, partitions: int, writers: int = 4, batch_max: int = 500
@@ -104,7 +116,7 @@ class Engine:
             BATCH_SECONDS.observe(time.perf_counter() - started)
             BATCH_SIZE.observe(len(batch))
             for (req, callback), d in zip(batch, decisions, strict=True):
-                DECISIONS.labels(str(req.txn), d.code).inc()
+                _child(DECISIONS, str(req.txn), d.code).inc()
                 try:
                     callback(d)
                 except Exception as exc:  # a broken connection must not stop the writer

@@ -54,6 +54,18 @@ CONNECTIONS = Counter("payswitch_host_connections_total", "H2H connections accep
 LINK_CACHE_SECONDS = 10.0
 
 
+_CHILDREN: dict[tuple[int, str, str], Any] = {}
+
+
+def _child(metric: Any, a: str, b: str) -> Any:
+    """A labelled child, looked up once (labels() costs more than the increment it serves)."""
+    key = (id(metric), a, b)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(a, b)
+    return child
+
+
 @dataclass
 class _Conn:
     stream: trio.SocketStream
@@ -250,7 +262,7 @@ class HostService:
         code = Rc.APPROVED
         if parsed.network is TxnType.KEY_CHANGE:
             code = await self._key_change(msg, parsed.link_id)
-        REQUESTS.labels(msg["t"], code).inc()
+        _child(REQUESTS, msg["t"], code).inc()
         self._send(conn, h2h.network_response(msg, code), started)
         conn.done_one()
 
@@ -280,7 +292,7 @@ class HostService:
 
     def _answer(self, conn: _Conn, msg: dict[str, Any], d: Decision, started: float) -> None:
         self._send(conn, h2h.response(msg, d, dt.datetime.now(dt.UTC)), started)
-        REQUESTS.labels(msg["t"], d.code).inc()
+        _child(REQUESTS, msg["t"], d.code).inc()
         conn.done_one()
 
     def _send(self, conn: _Conn, answer: dict[str, Any], started: float) -> None:
