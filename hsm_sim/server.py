@@ -15,55 +15,22 @@ import contextlib
 import signal
 import time
 from functools import partial
-from typing import Any
 
 import trio
-from prometheus_client import Counter, Gauge, Histogram
 
 from hsm_sim.engine import Engine
+from hsm_sim.metrics import BAD_FRAMES, CONNECTIONS, CONNECTIONS_TOTAL, STATS
 from ops.logs import get_logger
 
 log = get_logger(__name__)
 
-COMMANDS_TOTAL = Counter(
-    "payswitch_hsm_commands_total", "HSM commands answered, by command and error code",
-    ["command", "error"],
-)
-COMMAND_SECONDS = Histogram(
-    "payswitch_hsm_command_seconds", "Time to execute one HSM command (excluding network)",
-    ["command"],
-    buckets=(0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.0025, 0.01, 0.1),
-)
-CONNECTIONS = Gauge("payswitch_hsm_open_connections", "Open client connections")
-CONNECTIONS_TOTAL = Counter("payswitch_hsm_connections_accepted", "Client connections accepted")
-BAD_FRAMES = Counter("payswitch_hsm_bad_length_total", "Connections closed for a bad LEN")
-
 RECEIVE_SIZE = 65536
-
-
-class _Meters:
-    """Label children cached per (command, error): ``labels()`` costs more than the increment."""
-
-    def __init__(self) -> None:
-        self._counts: dict[tuple[str, str], Any] = {}
-        self._times: dict[str, Any] = {}
-
-    def record(self, command: str, error: str, seconds: float) -> None:
-        counter = self._counts.get((command, error))
-        if counter is None:
-            counter = self._counts[(command, error)] = COMMANDS_TOTAL.labels(command=command, error=error)
-        counter.inc()
-        hist = self._times.get(command)
-        if hist is None:
-            hist = self._times[command] = COMMAND_SECONDS.labels(command=command)
-        hist.observe(seconds)
 
 
 class HsmServer:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.header_length = engine.header_length
-        self._meters = _Meters()
 
     def process(self, buf: bytearray) -> tuple[bytearray, int, bool]:
         """Answer every complete frame at the start of ``buf``.
@@ -75,7 +42,7 @@ class HsmServer:
         end = len(buf)
         minimum = self.header_length + 2
         execute = self.engine.execute
-        record = self._meters.record
+        record = STATS.record
         clock = time.perf_counter
         while end - pos >= 2:
             length = (buf[pos] << 8) | buf[pos + 1]
