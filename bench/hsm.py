@@ -79,9 +79,15 @@ def _free_port() -> int:
 
 def start_server(header_length: int) -> tuple[subprocess.Popen[bytes], int]:
     port = _free_port()
-    env = {**os.environ, "PAYSWITCH_HSM_PORT": str(port), "PAYSWITCH_HSM_TEST_LMK": "true",
-           "PAYSWITCH_HSM_METRICS_PORT": "0", "PAYSWITCH_HSM_LISTEN": "127.0.0.1",
-           "PAYSWITCH_HSM_HEADER_LENGTH": str(header_length), "PAYSWITCH_LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        "PAYSWITCH_HSM_PORT": str(port),
+        "PAYSWITCH_HSM_TEST_LMK": "true",
+        "PAYSWITCH_HSM_METRICS_PORT": "0",
+        "PAYSWITCH_HSM_LISTEN": "127.0.0.1",
+        "PAYSWITCH_HSM_HEADER_LENGTH": str(header_length),
+        "PAYSWITCH_LOG_LEVEL": "warning",
+    }
     proc = subprocess.Popen([sys.executable, "-m", "ops", "hsm", "serve"], env=env)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -112,8 +118,9 @@ async def run(args: argparse.Namespace, port: int) -> list[Result]:
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
     account = account_from_pan(PAN)
-    async with HsmClient(args.host, port, header_length=args.header_length, connections=args.connections,
-                         timeout=30) as hsm:
+    async with HsmClient(
+        args.host, port, header_length=args.header_length, connections=args.connections, timeout=30
+    ) as hsm:
         # keys: known clear values so the PIN blocks can be built here
         tmk3 = (await hsm.form_key("002", [TMK, ZERO])).under_lmk
         mak_z = (await hsm.generate_key("003", "Z")).under_lmk
@@ -172,14 +179,18 @@ def main(argv: list[str]) -> int:
             proc.wait(timeout=10)
 
     base = results[0].rate
-    print(f"HSM over TCP: {args.concurrency} concurrent callers, {args.connections} connections, "
-          f"{results[0].ops} ops per case, one client process")
+    print(
+        f"HSM over TCP: {args.concurrency} concurrent callers, {args.connections} connections, "
+        f"{results[0].ops} ops per case, one client process"
+    )
     print(f"{'case':<26}{'ops/s':>10}{'p50 µs':>10}{'p99 µs':>10}{'vs echo':>9}")
     for r in results:
         print(f"{r.name:<26}{r.rate:>10,.0f}{r.p50_us:>10.0f}{r.p99_us:>10.0f}{r.rate / base:>9.2f}")
     client_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(f"memory: client peak RSS {client_rss / 1024:.1f} MiB"
-          + (f", server RSS {server_rss / 1024:.1f} MiB" if server_rss else ""))
+    print(
+        f"memory: client peak RSS {client_rss / 1024:.1f} MiB"
+        + (f", server RSS {server_rss / 1024:.1f} MiB" if server_rss else "")
+    )
     return 0
 
 

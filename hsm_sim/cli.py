@@ -44,9 +44,11 @@ def init(app: AppContext, lmk_file: str | None, test_lmk: bool) -> None:
     except lmk_mod.LmkFileError as exc:
         raise click.ClickException(str(exc)) from None
     cv = lmk.check_value().hex().upper()
-    app.emit({"lmk_file": str(path), "check_value": cv, "test": test_lmk},
-             f"LMK file {path} created (mode 0600){' with the TEST LMK set' if test_lmk else ''}; "
-             f"LMK check value {cv}")
+    app.emit(
+        {"lmk_file": str(path), "check_value": cv, "test": test_lmk},
+        f"LMK file {path} created (mode 0600){' with the TEST LMK set' if test_lmk else ''}; "
+        f"LMK check value {cv}",
+    )
 
 
 def load_lmk(path: Path, test_lmk: bool) -> lmk_mod.Lmk:
@@ -72,8 +74,14 @@ def load_lmk(path: Path, test_lmk: bool) -> lmk_mod.Lmk:
 @click.option("--lmk-file", metavar="FILE", help="LMK file (default: hsm.lmk_file).")
 @click.option("--test-lmk/--no-test-lmk", default=None, help="Use the published test LMK set.")
 @pass_app
-def serve(app: AppContext, listen: str | None, port: int | None, metrics_port: int | None,
-          lmk_file: str | None, test_lmk: bool | None) -> None:
+def serve(
+    app: AppContext,
+    listen: str | None,
+    port: int | None,
+    metrics_port: int | None,
+    lmk_file: str | None,
+    test_lmk: bool | None,
+) -> None:
     """Run the HSM service until SIGTERM or Ctrl-C."""
     from hsm_sim.engine import Engine
     from hsm_sim.server import serve as serve_async
@@ -112,8 +120,13 @@ def _check_key_type(key_type: str) -> str:
 @hsm.command("form-key")
 @click.option("--type", "key_type", required=True, help="Key type code, e.g. 000 ZMK, 002 TMK.")
 @click.option("--components", type=click.IntRange(2, 9), required=True, help="Number of components.")
-@click.option("--scheme", type=click.Choice(["U", "T", "S"]), default="U", show_default=True,
-              help="U double-length 3DES, T triple-length 3DES, S SM4.")
+@click.option(
+    "--scheme",
+    type=click.Choice(["U", "T", "S"]),
+    default="U",
+    show_default=True,
+    help="U double-length 3DES, T triple-length 3DES, S SM4.",
+)
 @pass_app
 def form_key(app: AppContext, key_type: str, components: int, scheme: str) -> None:
     """Key ceremony: read clear components (not echoed), print the key under LMK and its check value."""
@@ -141,8 +154,10 @@ def form_key(app: AppContext, key_type: str, components: int, scheme: str) -> No
         raise click.ClickException(str(exc)) from None
     finally:
         parts.clear()
-    app.emit({"key_under_lmk": under_lmk, "check_value": cv, "key_type": key_type},
-             f"key under LMK  {under_lmk}\ncheck value    {cv[:6]}  ({cv})")
+    app.emit(
+        {"key_under_lmk": under_lmk, "check_value": cv, "key_type": key_type},
+        f"key under LMK  {under_lmk}\ncheck value    {cv[:6]}  ({cv})",
+    )
 
 
 @hsm.command()

@@ -75,8 +75,18 @@ import trio
 from hsm_sim.errors import MEANINGS
 
 __all__ = [
-    "Diagnostics", "ExportedKey", "GeneratedKey", "HsmClient", "HsmCommandError", "HsmError",
-    "HsmTimeout", "HsmUnavailable", "Key", "PinBlock", "Reply", "account_from_pan",
+    "Diagnostics",
+    "ExportedKey",
+    "GeneratedKey",
+    "HsmClient",
+    "HsmCommandError",
+    "HsmError",
+    "HsmTimeout",
+    "HsmUnavailable",
+    "Key",
+    "PinBlock",
+    "Reply",
+    "account_from_pan",
 ]
 
 MAX_TOMBSTONES = 1000  # late answers we still wait to discard before the connection is recycled
@@ -210,7 +220,8 @@ class _Connection:
                     stream = await trio.open_tcp_stream(self.client.host, self.client.port)
             except (OSError, trio.TooSlowError) as exc:
                 raise HsmUnavailable(
-                    f"HSM {self.client.host}:{self.client.port} unreachable: {exc}") from None
+                    f"HSM {self.client.host}:{self.client.port} unreachable: {exc}"
+                ) from None
             self.stream = stream
             self.pending = {}
             self.tombstones = 0
@@ -271,7 +282,7 @@ class _Connection:
                 length = (buf[pos] << 8) | buf[pos + 1]
                 if end - pos - 2 < length:
                     break
-                body = bytes(buf[pos + 2:pos + 2 + length])
+                body = bytes(buf[pos + 2 : pos + 2 + length])
                 pos += 2 + length
                 slot = self.pending.pop(body[:h], None)
                 if slot is None:
@@ -292,7 +303,8 @@ class _Connection:
             for header, slot in late:
                 self._abandon(header)
                 trio.lowlevel.reschedule(
-                    slot.task, outcome.Error(HsmTimeout(f"HSM request timed out after {timeout:g}s")))
+                    slot.task, outcome.Error(HsmTimeout(f"HSM request timed out after {timeout:g}s"))
+                )
 
     def _abandon(self, header: bytes) -> None:
         """Leave a tombstone: the late answer for ``header`` must not reach a later caller."""
@@ -344,8 +356,13 @@ class _Connection:
 
 class HsmClient:
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 1500, *, header_length: int = 4,
-        connections: int = 2, timeout: float = 2.0,
+        self,
+        host: str = "127.0.0.1",
+        port: int = 1500,
+        *,
+        header_length: int = 4,
+        connections: int = 2,
+        timeout: float = 2.0,
     ) -> None:
         if connections < 1:
             raise ValueError("connections must be at least 1")
@@ -361,8 +378,13 @@ class HsmClient:
     @classmethod
     def from_config(cls, hsm: HsmConfigLike) -> HsmClient:
         """From the ``[hsm]`` config section (``ops.config.HsmConfig``)."""
-        return cls(hsm.host, hsm.port, header_length=hsm.header_length, connections=hsm.connections,
-                   timeout=hsm.timeout_ms / 1000)
+        return cls(
+            hsm.host,
+            hsm.port,
+            header_length=hsm.header_length,
+            connections=hsm.connections,
+            timeout=hsm.timeout_ms / 1000,
+        )
 
     @property
     def nursery(self) -> trio.Nursery:
@@ -376,7 +398,10 @@ class HsmClient:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> bool | None:
         assert self._stack is not None and self._nursery is not None
         self._nursery.cancel_scope.cancel()
@@ -410,13 +435,13 @@ class HsmClient:
         conn = await self._connection()
         body = await conn.exchange(cmd, fields)
         h = self.header_length
-        code = body[h:h + 2]
-        error = body[h + 2:h + 4].decode("ascii", "replace")
+        code = body[h : h + 2]
+        error = body[h + 2 : h + 4].decode("ascii", "replace")
         if code == b"ZZ":
             return Reply(error, b"")
         if len(body) < h + 4 or code != cmd[:1] + bytes([cmd[1] + 1]):
             raise HsmError(f"HSM answered {code!r} to {command}")
-        return Reply(error, body[h + 4:])
+        return Reply(error, body[h + 4 :])
 
     async def call(self, command: str, fields: bytes | str = b"") -> bytes:
         """Send one command; its response fields, or ``HsmCommandError`` for an error code."""
@@ -443,22 +468,31 @@ class HsmClient:
 
     # -- keys -------------------------------------------------------------------------------------
     async def generate_key(
-        self, key_type: str, scheme: str = "U", *, under: str | None = None, under_tmk: bool = True,
+        self,
+        key_type: str,
+        scheme: str = "U",
+        *,
+        under: str | None = None,
+        under_tmk: bool = True,
         export_scheme: str = "X",
     ) -> GeneratedKey:
         """A0: a new 3DES key (scheme Z/U/T) under the LMK, and under ``under`` (a ZMK or TMK under LMK)."""
         if under is None:
             out = (await self.call("A0", f"0{key_type}{scheme}")).decode("ascii")
             n = _key_len(scheme)
-            return GeneratedKey(out[:n], None, out[n:n + 16])
+            return GeneratedKey(out[:n], None, out[n : n + 16])
         flag = "1" if under_tmk else "0"
         out = (await self.call("A0", f"1{key_type}{scheme};{flag}{under}{export_scheme}")).decode("ascii")
         n = _key_len(scheme)
         m = 16 if export_scheme == "Z" else 33
-        return GeneratedKey(out[:n], out[n:n + m], out[n + m:n + m + 16])
+        return GeneratedKey(out[:n], out[n : n + m], out[n + m : n + m + 16])
 
     async def generate_sm4_key(
-        self, key_type: str, *, under: str | None = None, under_tmk: bool = True,
+        self,
+        key_type: str,
+        *,
+        under: str | None = None,
+        under_tmk: bool = True,
     ) -> GeneratedKey:
         """WI: a new SM4 key under the LMK, and (plain SM4-ECB) under ``under`` when given."""
         if under is None:
@@ -472,28 +506,40 @@ class HsmClient:
         """A4: XOR of clear components (32H each for U, 48H for T) under the LMK."""
         out = (await self.call("A4", f"{len(components)}{key_type}{scheme}{''.join(components)}")).decode()
         n = _key_len(scheme)
-        return Key(out[:n], out[n:n + 16])
+        return Key(out[:n], out[n : n + 16])
 
     async def form_sm4_key(self, key_type: str, components: Sequence[str]) -> Key:
         out = (await self.call("WK", f"{len(components)}{key_type}{''.join(components)}")).decode()
         return Key(out[:33], out[33:49])
 
     async def import_key(
-        self, key_type: str, zmk: str, key_under_zmk: str, scheme: str = "U", *, tmk: bool = False,
+        self,
+        key_type: str,
+        zmk: str,
+        key_under_zmk: str,
+        scheme: str = "U",
+        *,
+        tmk: bool = False,
     ) -> Key:
         """A6: a key under a ZMK (``X``/``U``+32H, 16H) to under the LMK (``tmk``: the KEK is a TMK)."""
         suffix = ";1" if tmk else ""
         out = (await self.call("A6", f"{key_type}{zmk}{key_under_zmk}{scheme}{suffix}")).decode()
         n = _key_len(scheme)
-        return Key(out[:n], out[n:n + 16])
+        return Key(out[:n], out[n : n + 16])
 
     async def export_key(
-        self, key_type: str, zmk: str, key: str, export_scheme: str = "X", *, tmk: bool = False,
+        self,
+        key_type: str,
+        zmk: str,
+        key: str,
+        export_scheme: str = "X",
+        *,
+        tmk: bool = False,
     ) -> ExportedKey:
         suffix = ";1" if tmk else ""
         out = (await self.call("A8", f"{key_type}{zmk}{key}{export_scheme}{suffix}")).decode()
         m = 16 if export_scheme == "Z" else (49 if export_scheme in "TY" else 33)
-        return ExportedKey(out[:m], out[m:m + 16])
+        return ExportedKey(out[:m], out[m : m + 16])
 
     async def import_sm4_key(self, key_type: str, zmk: str, key_under_zmk: str, *, tmk: bool = False) -> Key:
         """SV: an SM4 key under an SM4 ZMK (32H; an ``S`` prefix as in H2H DE48 is dropped)."""
@@ -518,14 +564,21 @@ class HsmClient:
     async def pos_mac(self, mak: str, data: bytes, key_type: str = "003") -> bytes:
         """MU: the UnionPay POS MAC, 8 ASCII bytes (DES for a 16H key, 3DES ``U``, SM4 ``S``)."""
         alg = "2" if _is_sm4(mak) else "1"
-        return await self.call("MU", b"%b%b%b%04X%b" % (
-            alg.encode(), key_type.encode(), mak.encode(), len(data), data))
+        return await self.call(
+            "MU", b"%b%b%b%04X%b" % (alg.encode(), key_type.encode(), mak.encode(), len(data), data)
+        )
 
     async def verify_pos_mac(self, mak: str, data: bytes, mac: bytes, key_type: str = "003") -> bool:
         return hmac.compare_digest(await self.pos_mac(mak, data, key_type), bytes(mac).upper())
 
     async def generate_mac(
-        self, key: str, data: bytes, *, algorithm: int = 3, size: int = 16, key_type: str = "008",
+        self,
+        key: str,
+        data: bytes,
+        *,
+        algorithm: int = 3,
+        size: int = 16,
+        key_type: str = "008",
     ) -> str:
         """M6: X9.19 (algorithm 3) or ISO 9797-1 alg 1 (1), zero padding; ``size`` 8 or 16 hex chars."""
         size_flag = "1" if size == 16 else "0"
@@ -533,7 +586,13 @@ class HsmClient:
         return (await self.call("M6", head + b"%04X" % len(data) + data)).decode()
 
     async def verify_mac(
-        self, key: str, data: bytes, mac: str, *, algorithm: int = 3, key_type: str = "008",
+        self,
+        key: str,
+        data: bytes,
+        mac: str,
+        *,
+        algorithm: int = 3,
+        key_type: str = "008",
     ) -> bool:
         size_flag = "1" if len(mac) == 16 else "0"
         head = f"00{size_flag}{algorithm}1{key_type}{key}".encode()
@@ -541,12 +600,14 @@ class HsmClient:
 
     async def sm4_mac(self, key: str, data: bytes, key_type: str = "008") -> str:
         """WM: SM4 ISO 9797-1 alg 1 MAC, leftmost 8 bytes as 16H."""
-        return (await self.call("WM", b"11" + f"{key_type}{key}".encode() + b"%04X" % len(data) + data)
-                ).decode()
+        return (
+            await self.call("WM", b"11" + f"{key_type}{key}".encode() + b"%04X" % len(data) + data)
+        ).decode()
 
     async def verify_sm4_mac(self, key: str, data: bytes, mac: str, key_type: str = "008") -> bool:
         return await self._verify(
-            "WM", b"21" + f"{key_type}{key}".encode() + b"%04X" % len(data) + data + mac.encode())
+            "WM", b"21" + f"{key_type}{key}".encode() + b"%04X" % len(data) + data + mac.encode()
+        )
 
     async def h2h_mac(self, zak: str, data: bytes) -> str:
         """The H2H DE128 MAC: X9.19 with a 3DES ZAK, SM4 alg 1 (first 8 bytes) with an ``S`` ZAK."""
@@ -566,33 +627,67 @@ class HsmClient:
         return PinBlock(int(text[:2]), text[2:18], text[18:20])
 
     async def translate_pin_tpk(
-        self, tpk: str, zpk: str, pin_block: str, account: str, *, src_format: str = "01",
-        dst_format: str = "01", max_pin_length: int = 12,
+        self,
+        tpk: str,
+        zpk: str,
+        pin_block: str,
+        account: str,
+        *,
+        src_format: str = "01",
+        dst_format: str = "01",
+        max_pin_length: int = 12,
     ) -> PinBlock:
         """CA: PIN block under a TPK (terminal PIK) to under a ZPK."""
-        return self._pin_reply(await self.call(
-            "CA", f"{tpk}{zpk}{max_pin_length:02d}{pin_block}{src_format}{dst_format}{account}"))
+        return self._pin_reply(
+            await self.call(
+                "CA", f"{tpk}{zpk}{max_pin_length:02d}{pin_block}{src_format}{dst_format}{account}"
+            )
+        )
 
     async def translate_pin_zpk(
-        self, src_zpk: str, dst_zpk: str, pin_block: str, account: str, *, src_format: str = "01",
-        dst_format: str = "01", max_pin_length: int = 12,
+        self,
+        src_zpk: str,
+        dst_zpk: str,
+        pin_block: str,
+        account: str,
+        *,
+        src_format: str = "01",
+        dst_format: str = "01",
+        max_pin_length: int = 12,
     ) -> PinBlock:
         """CC: PIN block from under one ZPK to under another."""
-        return self._pin_reply(await self.call(
-            "CC", f"{src_zpk}{dst_zpk}{max_pin_length:02d}{pin_block}{src_format}{dst_format}{account}"))
+        return self._pin_reply(
+            await self.call(
+                "CC", f"{src_zpk}{dst_zpk}{max_pin_length:02d}{pin_block}{src_format}{dst_format}{account}"
+            )
+        )
 
     async def translate_pin(
-        self, src_key: str, dst_zpk: str, pin_block: str, account: str, *, src_key_type: str = "002",
+        self,
+        src_key: str,
+        dst_zpk: str,
+        pin_block: str,
+        account: str,
+        *,
+        src_key_type: str = "002",
     ) -> PinBlock:
         """W8: across algorithms (3DES format 0 ↔ SM4 format 0 + FF), chosen by the key prefixes."""
         src_alg = "2" if _is_sm4(src_key) else "1"
         dst_alg = "2" if _is_sm4(dst_zpk) else "1"
-        out = (await self.call(
-            "W8", f"{src_alg}{src_key_type}{src_key}{dst_alg}{dst_zpk}{pin_block}{account}")).decode()
+        out = (
+            await self.call("W8", f"{src_alg}{src_key_type}{src_key}{dst_alg}{dst_zpk}{pin_block}{account}")
+        ).decode()
         return PinBlock(int(out[:2]), out[2:], "")
 
     async def verify_pin(
-        self, zpk: str, pvk: str, pin_block: str, account: str, pvki: str, pvv: str, *,
+        self,
+        zpk: str,
+        pvk: str,
+        pin_block: str,
+        account: str,
+        pvki: str,
+        pvv: str,
+        *,
         pin_format: str = "01",
     ) -> bool:
         """EC (3DES ZPK) or WV (``S`` ZPK): does the PIN match the Visa PVV?"""
@@ -614,15 +709,17 @@ class HsmClient:
         head = f"{mode}00{key_type}{key}".encode() + (b"" if iv is None else iv.hex().upper().encode())
         out = await self.call(command, head + b"%04X" % len(data) + data)
         skip = 0 if iv is None else 2 * len(iv)
-        n = int(out[skip:skip + 4], 16)
-        return out[skip + 4:skip + 4 + n]
+        n = int(out[skip : skip + 4], 16)
+        return out[skip + 4 : skip + 4 + n]
 
-    async def encrypt_data(self, key: str, data: bytes, *, iv: bytes | None = None,
-                           key_type: str = "00A") -> bytes:
+    async def encrypt_data(
+        self, key: str, data: bytes, *, iv: bytes | None = None, key_type: str = "00A"
+    ) -> bytes:
         """M0: ECB (no ``iv``) or CBC; ``data`` a whole number of blocks; returns the ciphertext."""
         return await self._data("M0", key, data, iv, key_type)
 
-    async def decrypt_data(self, key: str, data: bytes, *, iv: bytes | None = None,
-                           key_type: str = "00A") -> bytes:
+    async def decrypt_data(
+        self, key: str, data: bytes, *, iv: bytes | None = None, key_type: str = "00A"
+    ) -> bytes:
         """M2: the inverse of ``encrypt_data``."""
         return await self._data("M2", key, data, iv, key_type)

@@ -132,10 +132,12 @@ def w8(ks: KeyStore, r: Reader) -> bytes:
         clear_pin = pin.sm4_decode(src.decrypt(block), account)
     if dst_alg == "1":
         out = crypto.des(ks.des_key(ZPK, dst_token, DESTINATION_KEY_PARITY)).encrypt(
-            pin.encode(clear_pin, account))
+            pin.encode(clear_pin, account)
+        )
     else:
         out = crypto.sm4(ks.sm4_key(ZPK, dst_token, DESTINATION_KEY_PARITY)).encrypt(
-            pin.sm4_encode(clear_pin, account))
+            pin.sm4_encode(clear_pin, account)
+        )
     return b"%02d" % len(clear_pin) + hexu(out)
 
 
@@ -150,4 +152,3 @@ def wv(ks: KeyStore, r: Reader) -> bytes:
     r.end()
     clear_pin = pin.sm4_decode(zpk.decrypt(block), account)
     return _compare_pvv(pvk, account, pvki, clear_pin, pvv)
-

@@ -23,13 +23,30 @@ log = get_logger(__name__)
 Handler = Callable[[KeyStore, Reader], bytes]
 
 COMMANDS: dict[bytes, Handler] = {
-    b"NC": cmd_keys.nc, b"B2": cmd_keys.b2, b"A0": cmd_keys.a0, b"A4": cmd_keys.a4,
-    b"A6": cmd_keys.a6, b"A8": cmd_keys.a8, b"BU": cmd_keys.bu,
-    b"WI": cmd_keys.wi, b"WK": cmd_keys.wk, b"SV": cmd_keys.sv, b"ST": cmd_keys.st,
-    b"CA": cmd_pin.ca, b"CC": cmd_pin.cc, b"DG": cmd_pin.dg, b"EC": cmd_pin.ec, b"JA": cmd_pin.ja,
-    b"W8": cmd_pin.w8, b"WV": cmd_pin.wv,
-    b"M6": cmd_mac.m6, b"M8": cmd_mac.m8, b"MU": cmd_mac.mu, b"WM": cmd_mac.wm,
-    b"M0": cmd_data.m0, b"M2": cmd_data.m2,
+    b"NC": cmd_keys.nc,
+    b"B2": cmd_keys.b2,
+    b"A0": cmd_keys.a0,
+    b"A4": cmd_keys.a4,
+    b"A6": cmd_keys.a6,
+    b"A8": cmd_keys.a8,
+    b"BU": cmd_keys.bu,
+    b"WI": cmd_keys.wi,
+    b"WK": cmd_keys.wk,
+    b"SV": cmd_keys.sv,
+    b"ST": cmd_keys.st,
+    b"CA": cmd_pin.ca,
+    b"CC": cmd_pin.cc,
+    b"DG": cmd_pin.dg,
+    b"EC": cmd_pin.ec,
+    b"JA": cmd_pin.ja,
+    b"W8": cmd_pin.w8,
+    b"WV": cmd_pin.wv,
+    b"M6": cmd_mac.m6,
+    b"M8": cmd_mac.m8,
+    b"MU": cmd_mac.mu,
+    b"WM": cmd_mac.wm,
+    b"M0": cmd_data.m0,
+    b"M2": cmd_data.m2,
 }
 
 RESPONSE_CODES: dict[bytes, bytes] = {c: c[:1] + bytes([c[1] + 1]) for c in COMMANDS}
@@ -46,7 +63,7 @@ class Engine:
         """(response body, command label, error code). ``body`` is at least header + 2 bytes."""
         h = self.header_length
         header = body[:h]
-        command = body[h:h + 2]
+        command = body[h : h + 2]
         handler = COMMANDS.get(command)
         if handler is None:
             return header + b"ZZ" + UNKNOWN_COMMAND.encode(), "unknown", UNKNOWN_COMMAND

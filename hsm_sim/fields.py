@@ -53,7 +53,7 @@ class Reader:
         end = self.pos + n
         if n < 0 or end > len(self.buf):
             raise HsmFault(INVALID_INPUT)
-        out = self.buf[self.pos:end]
+        out = self.buf[self.pos : end]
         self.pos = end
         return out
 

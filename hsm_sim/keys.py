@@ -20,7 +20,11 @@ _CACHE_MAX = 50_000
 DES_SCHEMES = ("Z", "U", "T")
 # Schemes of a 3DES key under a ZMK/TMK: the scheme variants applied to the KEK, or none.
 _ZMK_VARIANTS: dict[str, tuple[int, ...]] = {
-    "Z": (0,), "U": SCHEME_VARIANTS["U"], "X": (0, 0), "T": SCHEME_VARIANTS["T"], "Y": (0, 0, 0),
+    "Z": (0,),
+    "U": SCHEME_VARIANTS["U"],
+    "X": (0, 0),
+    "T": SCHEME_VARIANTS["T"],
+    "Y": (0, 0, 0),
 }
 _ZMK_SCHEME_LENGTH = {"Z": 8, "U": 16, "X": 16, "T": 24, "Y": 24}
 
@@ -41,8 +45,9 @@ class KeyStore:
         self._cache[slot] = clear
 
     # -- under LMK --------------------------------------------------------------------------------
-    def des_key(self, kt: KeyType, token: KeyToken, parity_error: str,
-                schemes: tuple[str, ...] = DES_SCHEMES) -> bytes:
+    def des_key(
+        self, kt: KeyType, token: KeyToken, parity_error: str, schemes: tuple[str, ...] = DES_SCHEMES
+    ) -> bytes:
         """Clear 3DES/DES key from a token under the LMK; 26 wrong scheme, ``parity_error`` bad parity."""
         if token.scheme not in schemes:
             raise HsmFault(INVALID_KEY_SCHEME if token.scheme == "S" else INCOMPATIBLE_KEY_LENGTH)
@@ -91,7 +96,7 @@ class KeyStore:
             raise HsmFault(INCOMPATIBLE_KEY_LENGTH)
         variants = _ZMK_VARIANTS[scheme]
         enc = b"".join(
-            self._kek_cipher(kek, v).encrypt(clear[8 * i:8 * i + 8]) for i, v in enumerate(variants)
+            self._kek_cipher(kek, v).encrypt(clear[8 * i : 8 * i + 8]) for i, v in enumerate(variants)
         )
         return (b"" if scheme == "Z" else scheme.encode()) + hexu(enc)
 
@@ -103,7 +108,7 @@ class KeyStore:
             raise HsmFault(INCOMPATIBLE_KEY_LENGTH)
         variants = _ZMK_VARIANTS[token.scheme]
         clear = b"".join(
-            self._kek_cipher(kek, v).decrypt(token.data[8 * i:8 * i + 8]) for i, v in enumerate(variants)
+            self._kek_cipher(kek, v).decrypt(token.data[8 * i : 8 * i + 8]) for i, v in enumerate(variants)
         )
         if not crypto.has_odd_parity(clear):
             raise HsmFault(parity_error)

@@ -25,22 +25,45 @@ from hsm_sim.errors import INVALID_KEY_TYPE, HsmFault
 PAIRS = 20
 
 TEST_LMK_3DES: tuple[tuple[str, str], ...] = (
-    ("0101010101010101", "7902CD1FD36EF8BA"), ("2020202020202020", "3131313131313131"),
-    ("4040404040404040", "5151515151515151"), ("6161616161616161", "7070707070707070"),
-    ("8080808080808080", "9191919191919191"), ("A1A1A1A1A1A1A1A1", "B0B0B0B0B0B0B0B0"),
-    ("C1C1010101010101", "D0D0010101010101"), ("E0E0010101010101", "F1F1010101010101"),
-    ("1C587F1C13924FEF", "0101010101010101"), ("0101010101010101", "0101010101010101"),
-    ("0202020202020202", "0404040404040404"), ("0707070707070707", "1010101010101010"),
-    ("1313131313131313", "1515151515151515"), ("1616161616161616", "1919191919191919"),
-    ("1A1A1A1A1A1A1A1A", "1C1C1C1C1C1C1C1C"), ("2323232323232323", "2525252525252525"),
-    ("2626262626262626", "2929292929292929"), ("2A2A2A2A2A2A2A2A", "2C2C2C2C2C2C2C2C"),
-    ("2F2F2F2F2F2F2F2F", "3131313131313131"), ("0101010101010101", "0101010101010101"),
+    ("0101010101010101", "7902CD1FD36EF8BA"),
+    ("2020202020202020", "3131313131313131"),
+    ("4040404040404040", "5151515151515151"),
+    ("6161616161616161", "7070707070707070"),
+    ("8080808080808080", "9191919191919191"),
+    ("A1A1A1A1A1A1A1A1", "B0B0B0B0B0B0B0B0"),
+    ("C1C1010101010101", "D0D0010101010101"),
+    ("E0E0010101010101", "F1F1010101010101"),
+    ("1C587F1C13924FEF", "0101010101010101"),
+    ("0101010101010101", "0101010101010101"),
+    ("0202020202020202", "0404040404040404"),
+    ("0707070707070707", "1010101010101010"),
+    ("1313131313131313", "1515151515151515"),
+    ("1616161616161616", "1919191919191919"),
+    ("1A1A1A1A1A1A1A1A", "1C1C1C1C1C1C1C1C"),
+    ("2323232323232323", "2525252525252525"),
+    ("2626262626262626", "2929292929292929"),
+    ("2A2A2A2A2A2A2A2A", "2C2C2C2C2C2C2C2C"),
+    ("2F2F2F2F2F2F2F2F", "3131313131313131"),
+    ("0101010101010101", "0101010101010101"),
 )
 
 # Last two digits of a key type → LMK pair index (pair 04-05 is index 2).
 _PAIR_OF = {
-    "00": 2, "01": 3, "02": 7, "03": 8, "04": 9, "05": 10, "06": 11, "07": 12,
-    "08": 13, "09": 14, "0A": 15, "0B": 16, "0C": 17, "0D": 18, "0E": 19,
+    "00": 2,
+    "01": 3,
+    "02": 7,
+    "03": 8,
+    "04": 9,
+    "05": 10,
+    "06": 11,
+    "07": 12,
+    "08": 13,
+    "09": 14,
+    "0A": 15,
+    "0B": 16,
+    "0C": 17,
+    "0D": 18,
+    "0E": 19,
 }
 _KEY_TYPE_VARIANT = (0x00, 0xA6, 0x5A, 0x6A, 0xDE, 0x2B, 0x50, 0x74, 0x9C, 0xFA)
 SCHEME_VARIANTS: dict[str, tuple[int, ...]] = {"Z": (0,), "U": (0xA6, 0x5A), "T": (0x6A, 0xDE, 0x2B)}
@@ -123,14 +146,12 @@ class Lmk:
     def encrypt_des_key(self, kt: KeyType, scheme: str, clear: bytes) -> bytes:
         variants = SCHEME_VARIANTS[scheme]
         assert len(clear) == 8 * len(variants)
-        return b"".join(
-            self._cipher(kt, v).encrypt(clear[8 * i:8 * i + 8]) for i, v in enumerate(variants)
-        )
+        return b"".join(self._cipher(kt, v).encrypt(clear[8 * i : 8 * i + 8]) for i, v in enumerate(variants))
 
     def decrypt_des_key(self, kt: KeyType, scheme: str, encrypted: bytes) -> bytes:
         variants = SCHEME_VARIANTS[scheme]
         return b"".join(
-            self._cipher(kt, v).decrypt(encrypted[8 * i:8 * i + 8]) for i, v in enumerate(variants)
+            self._cipher(kt, v).decrypt(encrypted[8 * i : 8 * i + 8]) for i, v in enumerate(variants)
         )
 
     # -- SM4 keys under LMK -----------------------------------------------------------------------
@@ -157,17 +178,20 @@ class Lmk:
 
     # -- file -------------------------------------------------------------------------------------
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "format": "payswitch-lmk/1",
-                "test": self.test,
-                "lmk_3des": [[a.hex().upper(), b.hex().upper()] for a, b in self.pairs],
-                "lmk_sm4": [k.hex().upper() for k in self.sm4_keys],
-                "check_value": self.check_value().hex().upper(),
-                "sm4_check_value": self.sm4_check_value().hex().upper(),
-            },
-            indent=2,
-        ) + "\n"
+        return (
+            json.dumps(
+                {
+                    "format": "payswitch-lmk/1",
+                    "test": self.test,
+                    "lmk_3des": [[a.hex().upper(), b.hex().upper()] for a, b in self.pairs],
+                    "lmk_sm4": [k.hex().upper() for k in self.sm4_keys],
+                    "check_value": self.check_value().hex().upper(),
+                    "sm4_check_value": self.sm4_check_value().hex().upper(),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
     @classmethod
     def from_json(cls, text: str) -> Lmk:

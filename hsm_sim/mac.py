@@ -42,8 +42,9 @@ def cup_ecb_mac(cipher: BlockCipher, data: bytes) -> bytes:
     if bs == 8:
         r = reduce(operator.xor, words, 0).to_bytes(8, "little")
     else:
-        r = (reduce(operator.xor, words[0::2], 0).to_bytes(8, "little")
-             + reduce(operator.xor, words[1::2], 0).to_bytes(8, "little"))
+        r = reduce(operator.xor, words[0::2], 0).to_bytes(8, "little") + reduce(
+            operator.xor, words[1::2], 0
+        ).to_bytes(8, "little")
     h = r.hex().upper().encode("ascii")
     t = xor(cipher.encrypt(h[:bs]), h[bs:])
     return cipher.encrypt(t).hex().upper()[:8].encode("ascii")

@@ -48,14 +48,16 @@ class CommandStats:
 
     def collect(self) -> Iterator[Any]:
         total = CounterMetricFamily(
-            "payswitch_hsm_commands", "HSM commands answered, by command and error code",
+            "payswitch_hsm_commands",
+            "HSM commands answered, by command and error code",
             labels=["command", "error"],
         )
         for (command, error), n in sorted(dict(self.counts).items()):
             total.add_metric([command, error], n)
         yield total
         hist = HistogramMetricFamily(
-            "payswitch_hsm_command_seconds", "Time to execute one HSM command (excluding network)",
+            "payswitch_hsm_command_seconds",
+            "Time to execute one HSM command (excluding network)",
             labels=["command"],
         )
         for command, counts in sorted(dict(self.buckets).items()):

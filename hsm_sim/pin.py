@@ -63,8 +63,8 @@ def decode(block: bytes, account: str, fmt: str = FORMAT_ISO0) -> str:
     n = int(nibbles[1], 16)
     if not 4 <= n <= 12:
         raise HsmFault(PIN_LENGTH)
-    pin = nibbles[2:2 + n]
-    if not pin.isdigit() or any(c not in fill_ok for c in nibbles[2 + n:]):
+    pin = nibbles[2 : 2 + n]
+    if not pin.isdigit() or any(c not in fill_ok for c in nibbles[2 + n :]):
         raise HsmFault(PIN_BLOCK_INVALID)
     return pin
 

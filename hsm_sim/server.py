@@ -50,7 +50,7 @@ class HsmServer:
                 return out, pos, True
             if end - pos - 2 < length:
                 break
-            body = bytes(buf[pos + 2:pos + 2 + length])
+            body = bytes(buf[pos + 2 : pos + 2 + length])
             pos += 2 + length
             t0 = clock()
             response, command, error = execute(body)
@@ -100,7 +100,11 @@ def _peer(stream: trio.SocketStream) -> str:
 
 
 async def serve(
-    engine: Engine, listen: str, port: int, *, handle_signals: bool = True,
+    engine: Engine,
+    listen: str,
+    port: int,
+    *,
+    handle_signals: bool = True,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then return normally (``handle_signals=False``: until cancelled,
@@ -108,16 +112,24 @@ async def serve(
     server = HsmServer(engine)
     with contextlib.ExitStack() as stack:
         # Signals are caught before the port opens, so a stop request can never be missed.
-        signals = stack.enter_context(trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT)) \
-            if handle_signals else None
+        signals = (
+            stack.enter_context(trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT))
+            if handle_signals
+            else None
+        )
         listeners = await trio.open_tcp_listeners(port, host=listen)
         bound = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
-                partial(trio.serve_listeners, server.handle, listeners, handler_nursery=nursery))
+                partial(trio.serve_listeners, server.handle, listeners, handler_nursery=nursery)
+            )
             log.info(
-                "hsm_listening", address=listen, port=bound, header_length=engine.header_length,
-                lmk_check_value=engine.lmk.check_value().hex().upper(), test_lmk=engine.lmk.test,
+                "hsm_listening",
+                address=listen,
+                port=bound,
+                header_length=engine.header_length,
+                lmk_check_value=engine.lmk.check_value().hex().upper(),
+                test_lmk=engine.lmk.test,
             )
             task_status.started(bound)
             if signals is not None:

@@ -31,7 +31,7 @@ class Hsm:
     def raw(self, request: bytes) -> bytes:
         out, _label, _err = self.engine.execute(self.header + request)
         assert out.startswith(self.header)
-        return out[len(self.header):]
+        return out[len(self.header) :]
 
     def __call__(self, request: str | bytes) -> Answer:
         data = request.encode("latin-1") if isinstance(request, str) else request

@@ -55,38 +55,55 @@ def test_form_key_kcv_diag(hsm_server: HsmServer) -> None:
     c1 = "11111111111111111111111111111111"
     c2 = bytes(a ^ b for a, b in zip(bytes.fromhex(TMK), bytes.fromhex(c1), strict=True)).hex().upper()
     answers = f"{c1}\n{c1}\n{c2}\n{c2}\n"
-    result = runner.invoke(cli, ["--json", "hsm", "form-key", "--type", "000", "--components", "2"],
-                           input=answers, env=_env(hsm_server))
+    result = runner.invoke(
+        cli,
+        ["--json", "hsm", "form-key", "--type", "000", "--components", "2"],
+        input=answers,
+        env=_env(hsm_server),
+    )
     assert result.exit_code == 0, result.output
     assert c1 not in result.output and c2 not in result.output  # hidden input: never echoed
-    out = json.loads(result.output[result.output.index("{"):])
+    out = json.loads(result.output[result.output.index("{") :])
     assert out["check_value"].startswith("08D7B4")
     key = out["key_under_lmk"]
     result = runner.invoke(cli, ["hsm", "kcv", key, "--type", "000"], env=_env(hsm_server))
     assert result.exit_code == 0 and result.output.startswith("08D7B4"), result.output
     result = runner.invoke(cli, ["hsm", "kcv", key, "--type", "002"], env=_env(hsm_server))
     assert result.exit_code == 1 and "error 10" in result.output
-    result = runner.invoke(cli, ["hsm", "form-key", "--type", "002", "--components", "2", "--scheme", "S"],
-                           input=f"{TMK}\n{TMK}\n{ZERO}\n{ZERO}\n", env=_env(hsm_server))
+    result = runner.invoke(
+        cli,
+        ["hsm", "form-key", "--type", "002", "--components", "2", "--scheme", "S"],
+        input=f"{TMK}\n{TMK}\n{ZERO}\n{ZERO}\n",
+        env=_env(hsm_server),
+    )
     assert result.exit_code == 0 and "key under LMK  S" in result.output, result.output
-    result = runner.invoke(cli, ["hsm", "form-key", "--type", "002", "--components", "2"],
-                           input="12\n12\n", env=_env(hsm_server))
+    result = runner.invoke(
+        cli, ["hsm", "form-key", "--type", "002", "--components", "2"], input="12\n12\n", env=_env(hsm_server)
+    )
     assert result.exit_code == 1 and "expected 32 hex characters" in result.output
     result = runner.invoke(cli, ["hsm", "diag"], env=_env(hsm_server))
     assert result.exit_code == 0 and "7D22274C5745C5A1" in result.output
 
 
 def test_cli_without_hsm_is_one_line() -> None:
-    result = CliRunner().invoke(cli, ["hsm", "diag"], env={"PAYSWITCH_HSM_PORT": str(_free_port()),
-                                                         "PAYSWITCH_HSM_TIMEOUT_MS": "1000"})
+    result = CliRunner().invoke(
+        cli,
+        ["hsm", "diag"],
+        env={"PAYSWITCH_HSM_PORT": str(_free_port()), "PAYSWITCH_HSM_TIMEOUT_MS": "1000"},
+    )
     assert result.exit_code == 1 and "unreachable" in result.output and "Traceback" not in result.output
 
 
 def test_serve_with_production_lmk_file(tmp_path: Path) -> None:
     path = tmp_path / "lmk.json"
     metrics_port = _free_port()
-    server = start_hsm(extra_env={"PAYSWITCH_HSM_TEST_LMK": "false", "PAYSWITCH_HSM_LMK_FILE": str(path),
-                                  "PAYSWITCH_HSM_METRICS_PORT": str(metrics_port)})
+    server = start_hsm(
+        extra_env={
+            "PAYSWITCH_HSM_TEST_LMK": "false",
+            "PAYSWITCH_HSM_LMK_FILE": str(path),
+            "PAYSWITCH_HSM_METRICS_PORT": str(metrics_port),
+        }
+    )
     try:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600  # created at first start
         expected = load_file(path).check_value().hex().upper()
@@ -107,6 +124,7 @@ def test_serve_with_production_lmk_file(tmp_path: Path) -> None:
     # a second start reuses the same file
     server = start_hsm(extra_env={"PAYSWITCH_HSM_TEST_LMK": "false", "PAYSWITCH_HSM_LMK_FILE": str(path)})
     try:
+
         async def again() -> str:
             async with server.client() as hsm:
                 return (await hsm.diagnostics()).lmk_check_value
@@ -127,9 +145,23 @@ def test_bad_lmk_files_are_one_line_errors(tmp_path: Path) -> None:
     for path, words in ((corrupt, "not valid"), (tampered, "check value does not match")):
         # a subprocess: `serve` configures process-wide logging, which must not leak into this one
         result = subprocess.run(
-            [sys.executable, "-m", "ops", "hsm", "serve", "--no-test-lmk", "--lmk-file", str(path),
-             "--metrics-port", "0", "--port", str(_free_port())],
-            capture_output=True, text=True, timeout=30,
+            [
+                sys.executable,
+                "-m",
+                "ops",
+                "hsm",
+                "serve",
+                "--no-test-lmk",
+                "--lmk-file",
+                str(path),
+                "--metrics-port",
+                "0",
+                "--port",
+                str(_free_port()),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert result.returncode == 1 and words in result.stderr, result.stderr
         assert "Traceback" not in result.stderr

@@ -22,8 +22,8 @@ async def _frames(stream: trio.SocketStream, buf: bytearray) -> list[bytes]:
         out = []
         while len(buf) >= 2 and len(buf) - 2 >= struct.unpack(">H", buf[:2])[0]:
             n = struct.unpack(">H", buf[:2])[0]
-            out.append(bytes(buf[2:2 + n]))
-            del buf[:2 + n]
+            out.append(bytes(buf[2 : 2 + n]))
+            del buf[: 2 + n]
         if out:
             return out
         data = await stream.receive_some(65536)
@@ -33,13 +33,14 @@ async def _frames(stream: trio.SocketStream, buf: bytearray) -> list[bytes]:
 
 
 def _answer(body: bytes, h: int = 4) -> bytes:
-    cmd = body[h:h + 2]
-    resp = body[:h] + cmd[:1] + bytes([cmd[1] + 1]) + b"00" + body[h + 6:]
+    cmd = body[h : h + 2]
+    resp = body[:h] + cmd[:1] + bytes([cmd[1] + 1]) + b"00" + body[h + 6 :]
     return struct.pack(">H", len(resp)) + resp
 
 
-async def _with_fake(behaviour: Callable[[trio.SocketStream], Awaitable[None]],
-                     test: Callable[[int], Awaitable[None]]) -> None:
+async def _with_fake(
+    behaviour: Callable[[trio.SocketStream], Awaitable[None]], test: Callable[[int], Awaitable[None]]
+) -> None:
     async def handler(stream: trio.SocketStream) -> None:
         with contextlib.suppress(EOFError, trio.BrokenResourceError, trio.ClosedResourceError):
             await behaviour(stream)
@@ -53,6 +54,7 @@ async def _with_fake(behaviour: Callable[[trio.SocketStream], Awaitable[None]],
 
 def test_timeout_and_late_answer_is_not_misdelivered() -> None:
     """First request answered late (after its timeout): the next caller must get its own answer."""
+
     async def behaviour(stream: trio.SocketStream) -> None:
         buf = bytearray()
         held: list[bytes] = []
@@ -172,6 +174,7 @@ def start_hsm_on(port: int):  # type: ignore[no-untyped-def]
 def test_header_length_zero() -> None:
     server = start_hsm(header_length=0)
     try:
+
         async def main() -> None:
             async with HsmClient("127.0.0.1", server.port, header_length=0, timeout=5) as hsm:
                 results = []

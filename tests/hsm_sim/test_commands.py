@@ -25,15 +25,25 @@ def k(hsm: Hsm) -> dict[str, str]:
     bad_tpk = "U" + lmk.encrypt_des_key(key_type("002"), "U", bytes.fromhex(EVEN)).hex().upper()
     bad_zpk = "U" + lmk.encrypt_des_key(key_type("001"), "U", bytes.fromhex(EVEN)).hex().upper()
     return {
-        "zmk": hsm.form("000", TMK), "tmk": hsm.form("002", TMK), "tpk": hsm.form("002", PIK),
-        "zpk": hsm.form("001", TMK), "zpk2": hsm.form("001", PIK), "tak": hsm.form("003", TMK),
-        "zak": hsm.form("008", TMK), "dk": hsm.form("00A", TMK), "pvk": hsm.form("002", PIK),
+        "zmk": hsm.form("000", TMK),
+        "tmk": hsm.form("002", TMK),
+        "tpk": hsm.form("002", PIK),
+        "zpk": hsm.form("001", TMK),
+        "zpk2": hsm.form("001", PIK),
+        "tak": hsm.form("003", TMK),
+        "zak": hsm.form("008", TMK),
+        "dk": hsm.form("00A", TMK),
+        "pvk": hsm.form("002", PIK),
         "tmk_t": hsm.form("002", TMK + "89ABCDEF01234567"),
-        "s_zmk": hsm.form_sm4("000", TMK), "s_tmk": hsm.form_sm4("002", TMK),
-        "s_zpk": hsm.form_sm4("001", TMK), "s_tpk": hsm.form_sm4("002", PIK),
-        "s_mak": hsm.form_sm4("003", TMK), "s_dk": hsm.form_sm4("00A", TMK),
+        "s_zmk": hsm.form_sm4("000", TMK),
+        "s_tmk": hsm.form_sm4("002", TMK),
+        "s_zpk": hsm.form_sm4("001", TMK),
+        "s_tpk": hsm.form_sm4("002", PIK),
+        "s_mak": hsm.form_sm4("003", TMK),
+        "s_dk": hsm.form_sm4("00A", TMK),
         "mak_z": hsm.import_z("003", hsm.form("002", TMK), "289EC8E772237F20"),
-        "bad_tpk": bad_tpk, "bad_zpk": bad_zpk,
+        "bad_tpk": bad_tpk,
+        "bad_zpk": bad_zpk,
     }
 
 
@@ -214,8 +224,13 @@ def test_ca_cc_errors(hsm: Hsm, k: dict[str, str]) -> None:
     assert err(hsm, f"CA{k['tpk']}{k['zpk']}12{good}0101{ACCOUNT}X") == "15"
     assert err(hsm, f"CA{k['s_tpk']}{k['zpk']}12{good}0101{ACCOUNT}") == "26"
     # bad blocks: control nibble, non-digit PIN, bad fill, length 3 and 13
-    for clear in ("141234FFFFFFFFFF", "041A34FFFFFFFFFF", "041234FFFFFFFFF0", "03123FFFFFFFFFFF",
-                  "0D1234567890123F"):
+    for clear in (
+        "141234FFFFFFFFFF",
+        "041A34FFFFFFFFFF",
+        "041234FFFFFFFFF0",
+        "03123FFFFFFFFFFF",
+        "0D1234567890123F",
+    ):
         block = crypto.xor(bytes.fromhex(clear), pin.account_field(ACCOUNT))
         code = err(hsm, f"CA{k['tpk']}{k['zpk']}12{ecb(PIK).encrypt(block).hex()}0101{ACCOUNT}")
         assert code == ("24" if clear[1] in "3D" else "20"), clear
@@ -293,7 +308,7 @@ def test_m6_m8(hsm: Hsm, k: dict[str, str]) -> None:
     cbc = ecb(TMK)
     r = bytes(8)
     for i in range(0, 24, 8):
-        r = cbc.encrypt(crypto.xor(r, data[i:i + 8]))
+        r = cbc.encrypt(crypto.xor(r, data[i : i + 8]))
     assert hsm.ok(b"M600111008" + body) == r.hex().upper()
     assert hsm(b"M800111008" + body + r.hex().encode()).error == "00"
     assert hsm(b"M800011008" + body + r.hex()[:8].encode()).error == "00"
@@ -331,7 +346,7 @@ def test_wm(hsm: Hsm, k: dict[str, str]) -> None:
     padded = data + bytes(-len(data) % 16)
     r = bytes(16)
     for i in range(0, len(padded), 16):
-        r = gm_sm4(bytes.fromhex(TMK), crypto.xor(r, padded[i:i + 16]))
+        r = gm_sm4(bytes.fromhex(TMK), crypto.xor(r, padded[i : i + 16]))
     assert mac == r[:8].hex().upper()
     body = b"WM21003" + k["s_mak"].encode() + b"%04X" % len(data) + data
     assert err(hsm, body + mac.encode()) == "00"
@@ -428,7 +443,7 @@ def test_3des_keys_under_lmk_follow_the_contract(hsm: Hsm) -> None:
     for i, v in enumerate((0xA6, 0x5A)):
         right = bytearray(bytes.fromhex("F1F1010101010101"))
         right[0] ^= v
-        parts.append(ecb((bytes(left) + bytes(right)).hex()).encrypt(bytes.fromhex(TMK)[8 * i:8 * i + 8]))
+        parts.append(ecb((bytes(left) + bytes(right)).hex()).encrypt(bytes.fromhex(TMK)[8 * i : 8 * i + 8]))
     assert token == "U" + b"".join(parts).hex().upper()
     # Z: no scheme variant
     z = hsm.import_z("003", hsm.form("002", TMK), "289EC8E772237F20")
@@ -441,7 +456,7 @@ def test_3des_keys_under_lmk_follow_the_contract(hsm: Hsm) -> None:
 def test_pin_under_lmk_layout(hsm: Hsm) -> None:
     """L + pair 02-03 3DES-ECB of the PIN digits then F (computed here independently)."""
     out = hsm.ok(f"JA{ACCOUNT}05")
-    clear = ecb("2020202020202020" "3131313131313131").decrypt(bytes.fromhex(out[1:])).hex().upper()
+    clear = ecb("20202020202020203131313131313131").decrypt(bytes.fromhex(out[1:])).hex().upper()
     assert clear[:5].isdigit() and clear[5:] == "F" * 27
 
 
@@ -452,7 +467,7 @@ def test_u_under_zmk_layout(hsm: Hsm, k: dict[str, str]) -> None:
     parts = []
     for i, v in enumerate((0xA6, 0x5A)):
         variant = zmk[:8] + bytes([zmk[8] ^ v]) + zmk[9:]
-        parts.append(ecb(variant.hex()).encrypt(bytes.fromhex(PIK)[8 * i:8 * i + 8]))
+        parts.append(ecb(variant.hex()).encrypt(bytes.fromhex(PIK)[8 * i : 8 * i + 8]))
     assert out == "U" + b"".join(parts).hex().upper()
 
 
@@ -472,18 +487,35 @@ def test_mutated_requests_never_hit_an_unexpected_exception(
     lmk = Lmk.test_set()
     pin_lmk = "L" + lmk.encrypt_pin(pin.lmk_pin_block("1234")).hex().upper()
     blk, sblk = _blk(PIK, "1234"), gm_sm4(bytes.fromhex(PIK), pin.sm4_encode("1234", ACCOUNT)).hex()
-    seeds = [s.encode() for s in (
-        f"A01002U;1{k['tmk']}X", f"A42002U{TMK}{ZERO32}", f"A6001{k['zmk']}X{blk}{blk}U",
-        f"A8001{k['zmk']}{k['zpk']}U", f"BUFF1{k['zpk']};001", f"CA{k['tpk']}{k['zpk']}12{blk}0147{ACCOUNT}",
-        f"CC{k['zpk']}{k['zpk2']}12{blk}0105{ACCOUNT}", f"DG{k['pvk']}{pin_lmk}{ACCOUNT}1",
-        f"EC{k['zpk']}{k['pvk']}{blk}01{ACCOUNT}11234", f"JA{ACCOUNT}06", f"M600131008{k['zak']}0003abc",
-        f"M800011008{k['zak']}0003abc12345678", f"MU1003{k['mak_z']}0003abc", f"MU2003{k['s_mak']}0003abc",
-        f"M0010100A{k['dk']}0011223344556677001000112233445566FF", f"M2001100A{k['s_dk']}0020{TMK}",
-        f"WI1003;1{k['s_tmk']}", f"WK2001{TMK}{ZERO32}", f"SV001{k['s_zmk']}{TMK}",
-        f"ST001{k['s_zmk']}{k['s_zpk']}",
-        f"W82002{k['s_tpk']}1{k['zpk']}{sblk}{ACCOUNT}", f"W81001{k['zpk']}2{k['s_zpk']}{blk}{ACCOUNT}",
-        f"WM21003{k['s_mak']}0003abc{ZERO32[:16]}", f"WV{k['s_zpk']}{k['pvk']}{sblk}{ACCOUNT}11234",
-    )]
+    seeds = [
+        s.encode()
+        for s in (
+            f"A01002U;1{k['tmk']}X",
+            f"A42002U{TMK}{ZERO32}",
+            f"A6001{k['zmk']}X{blk}{blk}U",
+            f"A8001{k['zmk']}{k['zpk']}U",
+            f"BUFF1{k['zpk']};001",
+            f"CA{k['tpk']}{k['zpk']}12{blk}0147{ACCOUNT}",
+            f"CC{k['zpk']}{k['zpk2']}12{blk}0105{ACCOUNT}",
+            f"DG{k['pvk']}{pin_lmk}{ACCOUNT}1",
+            f"EC{k['zpk']}{k['pvk']}{blk}01{ACCOUNT}11234",
+            f"JA{ACCOUNT}06",
+            f"M600131008{k['zak']}0003abc",
+            f"M800011008{k['zak']}0003abc12345678",
+            f"MU1003{k['mak_z']}0003abc",
+            f"MU2003{k['s_mak']}0003abc",
+            f"M0010100A{k['dk']}0011223344556677001000112233445566FF",
+            f"M2001100A{k['s_dk']}0020{TMK}",
+            f"WI1003;1{k['s_tmk']}",
+            f"WK2001{TMK}{ZERO32}",
+            f"SV001{k['s_zmk']}{TMK}",
+            f"ST001{k['s_zmk']}{k['s_zpk']}",
+            f"W82002{k['s_tpk']}1{k['zpk']}{sblk}{ACCOUNT}",
+            f"W81001{k['zpk']}2{k['s_zpk']}{blk}{ACCOUNT}",
+            f"WM21003{k['s_mak']}0003abc{ZERO32[:16]}",
+            f"WV{k['s_zpk']}{k['pvk']}{sblk}{ACCOUNT}11234",
+        )
+    ]
     rng = random.Random(44)
     alphabet = b"0123456789ABCDEFSUTXYZL;"
     for _ in range(20_000):
@@ -496,7 +528,7 @@ def test_mutated_requests_never_hit_an_unexpected_exception(
             if op == 0:
                 data[pos] = rng.choice(alphabet)
             elif op == 1:
-                del data[pos:pos + rng.randrange(1, 6)]
+                del data[pos : pos + rng.randrange(1, 6)]
             elif op == 2:
                 data[pos:pos] = bytes(rng.choice(alphabet) for _ in range(rng.randrange(1, 6)))
             else:

@@ -62,7 +62,7 @@ def test_sm4_cbc_mac_matches_gmssl(key: bytes, data: bytes) -> None:
     padded = crypto.zero_pad(data, 16)
     r = bytes(16)
     for i in range(0, len(padded), 16):
-        r = gm_sm4(key, crypto.xor(r, padded[i:i + 16]))
+        r = gm_sm4(key, crypto.xor(r, padded[i : i + 16]))
     assert mac.cbc_mac(crypto.sm4(key), data) == r
 
 
@@ -71,7 +71,7 @@ def test_cup_mac_matches_reference(key: bytes, data: bytes) -> None:
     padded = crypto.zero_pad(data, 8)
     r = bytes(8)
     for i in range(0, len(padded), 8):
-        r = crypto.xor(r, padded[i:i + 8])
+        r = crypto.xor(r, padded[i : i + 8])
     h = r.hex().upper().encode()
     e = DES3.new(key, DES3.MODE_ECB)
     t = crypto.xor(e.encrypt(h[:8]), h[8:])
@@ -145,8 +145,34 @@ def test_data_round_trip(data: bytes, sm4: bool) -> None:
     assert HSM.raw(b"M2000000A" + key.encode() + b"%04X" % len(enc) + enc)[8:] == data
 
 
-_CODES = [b"NC", b"B2", b"A0", b"A4", b"A6", b"A8", b"BU", b"CA", b"CC", b"DG", b"EC", b"JA", b"M6",
-          b"M8", b"MU", b"M0", b"M2", b"WI", b"WK", b"SV", b"ST", b"W8", b"WM", b"WV", b"ZZ", b"\xff\x00"]
+_CODES = [
+    b"NC",
+    b"B2",
+    b"A0",
+    b"A4",
+    b"A6",
+    b"A8",
+    b"BU",
+    b"CA",
+    b"CC",
+    b"DG",
+    b"EC",
+    b"JA",
+    b"M6",
+    b"M8",
+    b"MU",
+    b"M0",
+    b"M2",
+    b"WI",
+    b"WK",
+    b"SV",
+    b"ST",
+    b"W8",
+    b"WM",
+    b"WV",
+    b"ZZ",
+    b"\xff\x00",
+]
 
 
 class _NoBugs:
@@ -156,8 +182,10 @@ class _NoBugs:
         raise AssertionError(f"handler raised: {event} {kw}")
 
 
-@given(st.sampled_from(_CODES), st.binary(max_size=200) | st.text("0123456789ABCDEFSUTXZL;", max_size=120)
-       .map(str.encode))
+@given(
+    st.sampled_from(_CODES),
+    st.binary(max_size=200) | st.text("0123456789ABCDEFSUTXZL;", max_size=120).map(str.encode),
+)
 def test_any_request_gets_a_well_formed_answer(code: bytes, fields: bytes) -> None:
     import hsm_sim.engine
 
@@ -174,8 +202,9 @@ def test_any_request_gets_a_well_formed_answer(code: bytes, fields: bytes) -> No
         assert label in ("unknown", code.decode("latin-1"))
 
 
-@given(st.lists(st.tuples(st.booleans(), st.binary(min_size=8, max_size=8), blocks(8)), min_size=1,
-                max_size=8))
+@given(
+    st.lists(st.tuples(st.booleans(), st.binary(min_size=8, max_size=8), blocks(8)), min_size=1, max_size=8)
+)
 def test_long_lived_cbc_contexts_match_fresh_cbc(ops: list[tuple[bool, bytes, bytes]]) -> None:
     """Interleaved CBC encryptions and decryptions with different IVs on one cached key."""
     key = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")

@@ -43,6 +43,7 @@ def test_diagnostics_and_echo(hsm_server: HsmServer) -> None:
 
 def test_sign_on_keys_3des(hsm_server: HsmServer) -> None:
     """What the switch does at a 3des sign-on: PIK, MAK (Z), TDK under the TMK; then MAC and PIN."""
+
     async def fn(hsm: HsmClient) -> None:
         tmk = await hsm.form_key("002", [TMK, "0" * 32])
         assert tmk.check_value.startswith("08D7B4")
@@ -159,8 +160,10 @@ def test_pvv_and_pin_verification(hsm_server: HsmServer) -> None:
 
 def test_data_encryption(hsm_server: HsmServer) -> None:
     async def fn(hsm: HsmClient) -> None:
-        for key in ((await hsm.generate_key("00A", "U")).under_lmk,
-                    (await hsm.generate_sm4_key("00A")).under_lmk):
+        for key in (
+            (await hsm.generate_key("00A", "U")).under_lmk,
+            (await hsm.generate_sm4_key("00A")).under_lmk,
+        ):
             data = b"6212345678901234567\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
             enc = await hsm.encrypt_data(key, data)
             assert enc != data and len(enc) == len(data)
@@ -226,8 +229,10 @@ def test_raw_frames(hsm_server: HsmServer) -> None:
 
 @pytest.mark.parametrize("bad", [b"\x00\x00", b"\x00\x01A", b"\x00\x05ABCDE"])
 def test_bad_length_closes_only_that_connection(hsm_server: HsmServer, bad: bytes) -> None:
-    with socket.create_connection((hsm_server.host, hsm_server.port), timeout=5) as other, \
-            socket.create_connection((hsm_server.host, hsm_server.port), timeout=5) as s:
+    with (
+        socket.create_connection((hsm_server.host, hsm_server.port), timeout=5) as other,
+        socket.create_connection((hsm_server.host, hsm_server.port), timeout=5) as s,
+    ):
         s.sendall(_frame(b"0001NC") + bad)
         assert _recv_frame(s)[:8] == b"0001ND00"  # answers before the bad LEN still come
         assert s.recv(10) == b""  # then it is closed, nothing sent
@@ -237,6 +242,7 @@ def test_bad_length_closes_only_that_connection(hsm_server: HsmServer, bad: byte
 
 def _valid_requests(hsm_server: HsmServer) -> list[bytes]:
     """One well-formed request per command, with real keys, as seeds for mutation."""
+
     async def fn(hsm: HsmClient) -> list[bytes]:
         tmk = (await hsm.form_key("002", [TMK, "0" * 32])).under_lmk
         zmk = (await hsm.form_key("000", [TMK, "0" * 32])).under_lmk
@@ -251,17 +257,40 @@ def _valid_requests(hsm_server: HsmServer) -> list[bytes]:
         pin_lmk = await hsm.random_pin(ACCOUNT)
         blk = "84615C0FB761528E"
         sblk = "AB688B587E879B19A6275257400C226E"
-        return [x.encode() for x in (
-            "NC", "B20004abcd", "A00002U", f"A01002U;1{tmk}X", f"A01003Z;1{tmk}Z", f"A42002U{TMK}{'0' * 32}",
-            f"A6001{zmk}X524FDC3021F3BA088FADC73C286EA1D4U", f"A8001{zmk}{zpk}X", f"BU021{zpk}",
-            f"BUFF1{zpk};001", f"CA{tmk}{zpk}12{blk}0101{ACCOUNT}", f"CC{zpk}{zpk}12{blk}0147{ACCOUNT}",
-            f"DG{tmk}{pin_lmk}{ACCOUNT}1", f"EC{zpk}{tmk}{blk}01{ACCOUNT}11234", f"JA{ACCOUNT}06",
-            f"M600131008{zak}0008ABCDEFGH", f"M800131008{zak}0008ABCDEFGHA1C72E74EA3FA9B6",
-            f"MU1003{mak}0005hello", f"MU2003{s_mak}0005hello", f"M0001100A{dk}0010{TMK[:16]}",
-            f"M2011100A{s_dk}{TMK}0020{TMK}", "WI0001", f"WI1003;1{s_tmk}", f"WK2001{TMK}{'0' * 32}",
-            f"SV001{s_tmk}{sblk};1", f"ST001{s_tmk}{s_zpk};1", f"W82001{s_zpk}1{zpk}{sblk}{ACCOUNT}",
-            f"WM11008{s_mak}0003abc".replace("008", "003"), f"WV{s_zpk}{tmk}{sblk}{ACCOUNT}11234",
-        )]
+        return [
+            x.encode()
+            for x in (
+                "NC",
+                "B20004abcd",
+                "A00002U",
+                f"A01002U;1{tmk}X",
+                f"A01003Z;1{tmk}Z",
+                f"A42002U{TMK}{'0' * 32}",
+                f"A6001{zmk}X524FDC3021F3BA088FADC73C286EA1D4U",
+                f"A8001{zmk}{zpk}X",
+                f"BU021{zpk}",
+                f"BUFF1{zpk};001",
+                f"CA{tmk}{zpk}12{blk}0101{ACCOUNT}",
+                f"CC{zpk}{zpk}12{blk}0147{ACCOUNT}",
+                f"DG{tmk}{pin_lmk}{ACCOUNT}1",
+                f"EC{zpk}{tmk}{blk}01{ACCOUNT}11234",
+                f"JA{ACCOUNT}06",
+                f"M600131008{zak}0008ABCDEFGH",
+                f"M800131008{zak}0008ABCDEFGHA1C72E74EA3FA9B6",
+                f"MU1003{mak}0005hello",
+                f"MU2003{s_mak}0005hello",
+                f"M0001100A{dk}0010{TMK[:16]}",
+                f"M2011100A{s_dk}{TMK}0020{TMK}",
+                "WI0001",
+                f"WI1003;1{s_tmk}",
+                f"WK2001{TMK}{'0' * 32}",
+                f"SV001{s_tmk}{sblk};1",
+                f"ST001{s_tmk}{s_zpk};1",
+                f"W82001{s_zpk}1{zpk}{sblk}{ACCOUNT}",
+                f"WM11008{s_mak}0003abc".replace("008", "003"),
+                f"WV{s_zpk}{tmk}{sblk}{ACCOUNT}11234",
+            )
+        ]
 
     return run(hsm_server, fn)  # type: ignore[no-any-return]
 
@@ -272,7 +301,7 @@ def _mutate(rng: random.Random, req: bytes) -> bytes:
         op = rng.randrange(5)
         pos = rng.randrange(len(data) + 1)
         if op == 0 and len(data) > 2:
-            del data[rng.randrange(2, len(data)):]  # truncate
+            del data[rng.randrange(2, len(data)) :]  # truncate
         elif op == 1 and pos < len(data):
             data[pos] = rng.randrange(256)  # random byte
         elif op == 2 and pos < len(data):
@@ -280,7 +309,7 @@ def _mutate(rng: random.Random, req: bytes) -> bytes:
         elif op == 3:
             data[pos:pos] = rng.randbytes(rng.randrange(1, 20))  # insert
         elif pos < len(data):
-            del data[pos:pos + rng.randrange(1, 10)]  # delete
+            del data[pos : pos + rng.randrange(1, 10)]  # delete
     return bytes(data)
 
 
@@ -315,6 +344,7 @@ def test_fuzz_random_frames(hsm_server: HsmServer) -> None:
 
 def test_many_in_flight(hsm_server: HsmServer) -> None:
     """200 concurrent callers × 50 requests on 2 pipelined connections: every answer to its caller."""
+
     async def fn(hsm: HsmClient) -> None:
         async def worker(i: int) -> None:
             for j in range(50):
@@ -369,6 +399,7 @@ def test_sigint_exits_zero() -> None:
 
 def test_many_connections(hsm_server: HsmServer) -> None:
     """30 clients (one connection each) at once, each pipelining MACs: all answered, all correct."""
+
     async def main() -> None:
         async with hsm_server.client() as setup:
             mak = (await setup.generate_key("003", "Z")).under_lmk

@@ -98,8 +98,7 @@ def test_pos_3des_de62_export_under_tmk(hsm: Hsm) -> None:
     mak = hsm.import_z("003", tmk, POS_DE62_3DES[40:56])
     mak_cv = hsm.ok(f"BU030{mak}")
     de62 = (
-        pik_x[1:33] + pik_x[33:41] + POS_DE62_3DES[40:56] + "0" * 16 + mak_cv[:8]
-        + tdk_x[1:33] + tdk_x[33:41]
+        pik_x[1:33] + pik_x[33:41] + POS_DE62_3DES[40:56] + "0" * 16 + mak_cv[:8] + tdk_x[1:33] + tdk_x[33:41]
     )
     assert de62 == POS_DE62_3DES
     # Exported as Z from under the LMK, the MAK gives the same 16H under the TMK
@@ -139,9 +138,11 @@ def test_pos_3des_pin_block_to_h2h_zpk(hsm: Hsm) -> None:
 def test_pos_sm4_de62_export_under_tmk(hsm: Hsm) -> None:
     tmk = hsm.form_sm4("002", TMK)
     parts = []
-    for key_type, clear in (("002", "11111111111111112222222222222222"),
-                            ("003", "33333333333333334444444444444444"),
-                            ("00A", "55555555555555556666666666666666")):
+    for key_type, clear in (
+        ("002", "11111111111111112222222222222222"),
+        ("003", "33333333333333334444444444444444"),
+        ("00A", "55555555555555556666666666666666"),
+    ):
         key = hsm.form_sm4(key_type, clear)
         out = hsm.ok(f"ST{key_type}{tmk}{key};1")
         parts.append(out[:32] + out[32:40])
