@@ -156,3 +156,51 @@ async def _spent(conn: Any) -> int:
             " ON p.id = c.product_id WHERE t.code = 'purchase' AND p.code = 'H2HM'"
         )
     )
+
+
+def test_hold_expiry_sweeper_and_key_change(db_url: str, hsm_server: Any) -> None:
+    import datetime as dt
+
+    from host import catalog
+
+    async def body(h: Harness) -> None:
+        (pan,) = await programme(h, "H2HS", bin_prefix="621241", cards=1, load=10_000)
+        c = h.client
+        pre = message(c, pan, 4_000, mti="0100", proc="030000", cond="06")
+        assert (await c.request(pre))["39"] == "00"
+        assert await h.service.sweep_once() == 0  # not due yet
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(days=30)
+        assert await h.service.sweep_once(later) == 1
+        assert await h.service.sweep_once(later) == 0
+        assert (await h.pool.run(_holds)).get("expired") == 1
+        done = message(c, pan, 4_000, cond="06", **{"102": pre["37"]})
+        assert (await c.request(done))["39"] == "12"
+        bal = await c.request(message(c, pan, None, proc="310000"))
+        assert bal["54"].endswith("C000000010000")
+
+        # 0800/101: a new ZPK under the link ZMK, imported through the HSM
+        zmk = await h.crypto.hsm.form_key("000", ["0123456789ABCDEFFEDCBA9876543210", "0" * 32], "U")
+        await h.pool.run(catalog.set_link, "48880000", "3des", zmk.under_lmk, None, None)
+        h.service._links.clear()
+        new = await h.crypto.hsm.generate_key(
+            "001", "U", under=zmk.under_lmk, under_tmk=False, export_scheme="U"
+        )
+        assert new.under_kek is not None
+        msg = {
+            "t": "0800",
+            "7": c.now_de7(),
+            "11": c.next_stan(),
+            "32": "48880000",
+            "70": "101",
+            "48": new.under_kek + new.check_value[:16],
+        }
+        assert (await c.request(msg))["39"] == "00"
+        assert await h.pool.run(_zpk_check) == new.check_value
+        msg = {**msg, "11": c.next_stan(), "48": new.under_kek + "0" * 16}
+        assert (await c.request(msg))["39"] == "96"  # wrong check value: refused
+
+    run(db_url, hsm_server, body)
+
+
+async def _zpk_check(conn: Any) -> str:
+    return str(await conn.fetchval("SELECT zpk_check FROM links WHERE institution_id = '48880000'"))
