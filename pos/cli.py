@@ -96,11 +96,16 @@ def state_path(terminal_id: str | None, state_file: Path | None) -> Path:
 
 
 def _run(
-    app: AppContext, opts: dict[str, Any], action: Callable[[Session], Awaitable[terminal.Receipt]]
+    app: AppContext,
+    opts: dict[str, Any],
+    action: Callable[[Session], Awaitable[terminal.Receipt]],
+    *,
+    sign_on_first: bool = True,
 ) -> None:
     """Load the state, connect, run ``action``, save the state (always), print the receipt.
 
-    ``opts`` holds the values of ``terminal_options``.
+    ``opts`` holds the values of ``terminal_options``. A terminal that is not signed on (never, or the
+    switch asked for it) signs on first, as terminals do at power-up.
     """
     trace: bool = opts["trace"]
     timeout: float = opts["timeout"]
@@ -126,6 +131,13 @@ def _run(
                 tracer=tracer,
                 checkpoint=lambda: state_mod.save(state),
             )
+            if sign_on_first and not state.signed_on:
+                first = await terminal.signon(session)
+                if not first.approved:
+                    return first
+                receipt = await action(session)
+                receipt.notes.append(f"signed on first (batch {state.batch})")
+                return receipt
             return await action(session)
         finally:
             await conn.aclose()
@@ -316,7 +328,9 @@ def _net_command(name: str, help_text: str, action: Callable[[Session], Awaitabl
     @terminal_options
     @pass_app
     def command(app: AppContext, /, **opts: Any) -> None:
-        _run(app, opts, action)
+        _run(
+            app, opts, action, sign_on_first=action not in (terminal.signon, terminal.signoff, terminal.echo)
+        )
 
     command.__doc__ = help_text
     pos.command(name)(command)

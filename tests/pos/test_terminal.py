@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from ops.cli import cli
+from ops.pgembed import free_port
 from pos import state as state_mod
 from tests.pos.fakeswitch import FakeSwitch
 
@@ -99,6 +100,15 @@ def test_sign_on_purchase_void_refund_settle(tmp_path: Path, switch: FakeSwitch)
     assert st.journal == [] and len(st.previous) == 4
 
 
+def test_a_terminal_not_signed_on_signs_on_first(tmp_path: Path, switch: FakeSwitch) -> None:
+    state = tmp_path / "t.json"
+    init(state, switch)
+    r = run(state, "purchase", "2", "--card", PAN, "--expiry", "3012", "--no-pin")
+    assert r.exit_code == 0, r.output
+    assert any("signed on first" in n for n in json.loads(r.stdout)["notes"])
+    assert [m["t"] for m in switch.seen] == ["0800", "0200"]
+
+
 def test_unanswered_purchase_is_reversed_and_pending_reversal_survives(
     tmp_path: Path, switch: FakeSwitch
 ) -> None:
@@ -164,8 +174,23 @@ def test_bad_input_gives_one_line_and_non_zero_exit(tmp_path: Path) -> None:
         cli, ["pos", "init", "-t", "T1", "--merchant", "M", "--tmk", "XYZ", "--state", str(state)]
     )
     assert r.exit_code == 1 and r.output.count("\n") == 1 and "TMK" in r.output
+    closed = free_port()  # nothing listens there
     r = runner.invoke(
-        cli, ["pos", "init", "-t", "T1", "--merchant", "M", "--tmk", TMK, "--state", str(state)]
+        cli,
+        [
+            "pos",
+            "init",
+            "-t",
+            "T1",
+            "--merchant",
+            "M",
+            "--tmk",
+            TMK,
+            "--state",
+            str(state),
+            "--port",
+            str(closed),
+        ],
     )
     assert r.exit_code == 0
     for args in (
@@ -174,7 +199,7 @@ def test_bad_input_gives_one_line_and_non_zero_exit(tmp_path: Path) -> None:
         ["purchase", "1", "--card", "12ab", "--expiry", "3012", "--pin", "1234"],
         ["purchase", "1", "--card", PAN, "--expiry", "3013", "--pin", "1234"],
         ["purchase", "1", "--card", PAN, "--expiry", "3012", "--pin", "12"],
-        ["purchase", "1", "--card", PAN, "--expiry", "3012", "--pin", "1234"],  # not signed on
+        ["purchase", "1", "--card", PAN, "--expiry", "3012", "--pin", "1234"],  # no switch there
         ["void", "--stan", "000009"],
     ):
         r = run(state, *args, json_out=False)
