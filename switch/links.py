@@ -276,11 +276,8 @@ class OutboundLink:
         self._conns = [_Connection(self, i) for i in range(config.connections)]
         self._rr = 0
         self.up_event = trio.Event()
+        self.up = False  # kept current by _connection_changed: read on every request
         metrics.LINK_UP.labels(link=self.name).set(0)
-
-    @property
-    def up(self) -> bool:
-        return any(c.up for c in self._conns)
 
     @property
     def connections_up(self) -> int:
@@ -310,7 +307,7 @@ class OutboundLink:
         return self.codec.with_mac(raw, await self.mac(self.codec.mac_block(raw)))
 
     def _connection_changed(self) -> None:
-        up = self.up
+        up = self.up = any(c.up for c in self._conns)
         metrics.LINK_UP.labels(link=self.name).set(1 if up else 0)
         metrics.LINK_CONNECTIONS.labels(link=self.name).set(self.connections_up)
         if up:

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
+
 from ops.pgpool import PgPool
 from switch.links import LinkConfig
 from switch.routing import Route
@@ -212,11 +214,17 @@ async def _mark_batch(
 
 
 async def _insert_journal(conn: Any, rows: Sequence[tuple[Any, ...]]) -> None:
-    cols = ", ".join(JOURNAL_COLUMNS)
-    params = ", ".join(f"${i + 1}" for i in range(len(JOURNAL_COLUMNS)))
-    await conn.executemany(
-        f"INSERT INTO switch_journal ({cols}) VALUES ({params}) ON CONFLICT (dedup_key) DO NOTHING", rows
-    )
+    # COPY is several times cheaper per row than INSERT; every dedup key is unique by construction
+    # (duplicates are answered from memory and never journaled again), so a unique violation means a
+    # replayed batch after an error: then fall back to INSERT ... ON CONFLICT DO NOTHING.
+    try:
+        await conn.copy_records_to_table("switch_journal", records=rows, columns=JOURNAL_COLUMNS)
+    except asyncpg.UniqueViolationError:
+        cols = ", ".join(JOURNAL_COLUMNS)
+        params = ", ".join(f"${i + 1}" for i in range(len(JOURNAL_COLUMNS)))
+        await conn.executemany(
+            f"INSERT INTO switch_journal ({cols}) VALUES ({params}) ON CONFLICT (dedup_key) DO NOTHING", rows
+        )
 
 
 async def _journal_by_key(conn: Any, dedup_key: str) -> Any:
