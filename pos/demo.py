@@ -172,6 +172,12 @@ def seed_programme(app: AppContext, load_terminals: int, load_cards: int) -> dic
     if missing:
         raise DemoError(f"this build lacks {', '.join(missing)}: nothing seeded")
     admin = Admin(app.config_path)
+    if not app.json_output:
+        click.echo(
+            "seeding the demo programme (the first time takes a minute: terminals and cards are "
+            "registered through the host's admin commands)",
+            err=True,
+        )
     with _hsm_running(app, admin):
         return _seed(app, admin, load_terminals, load_cards)
 

@@ -60,7 +60,8 @@ def ledger_check(config_path: str | None, timeout: float = 300.0) -> dict[str, A
     "--mix",
     default="purchase=100",
     show_default=True,
-    help="Transaction weights, e.g. purchase=90,balance=5,topup=5 (also echo, preauth).",
+    help="Transaction weights, e.g. purchase=90,balance=5,preauth=5 (also echo, topup; the demo load "
+    "cards are fixed-amount gift cards, so top-ups are declined 57).",
 )
 @click.option("-d", "--duration", type=click.FloatRange(0.1, 86400), help="Seconds to run (default 10).")
 @click.option("-c", "--count", type=click.IntRange(1), help="Stop after this many requests.")
