@@ -328,17 +328,23 @@ async def set_link(
     zmk: str | None = None,
     zpk: str | None = None,
     zpk_check: str | None = None,
+    zak: str | None = None,
 ) -> None:
+    """Create or change a link; a key given as None keeps the stored one ("" removes the ZAK)."""
     await conn.execute(
-        """INSERT INTO links (institution_id, profile, zmk, zpk, zpk_check) VALUES ($1, $2, $3, $4, $5)
+        """INSERT INTO links (institution_id, profile, zmk, zpk, zpk_check, zak)
+           VALUES ($1, $2, $3, $4, $5, nullif($6, ''))
            ON CONFLICT (institution_id) DO UPDATE SET profile = EXCLUDED.profile,
                zmk = coalesce(EXCLUDED.zmk, links.zmk), zpk = coalesce(EXCLUDED.zpk, links.zpk),
-               zpk_check = coalesce(EXCLUDED.zpk_check, links.zpk_check), updated_at = now()""",
+               zpk_check = coalesce(EXCLUDED.zpk_check, links.zpk_check),
+               zak = CASE WHEN $6::text IS NULL THEN links.zak ELSE nullif($6, '') END,
+               updated_at = now()""",
         institution_id,
         profile,
         zmk,
         zpk,
         zpk_check,
+        zak,
     )
 
 

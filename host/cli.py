@@ -170,19 +170,30 @@ async def _stop_on_signal(scope: trio.CancelScope) -> None:
 @click.option("--profile", type=click.Choice(["3des", "sm4"]), required=True)
 @click.option("--zpk", default=None, help="Link PIN key under the LMK (U+32H / S+32H), as the switch has it.")
 @click.option("--zmk", default=None, help="Link ZMK under the LMK, for 0800 key changes.")
+@click.option(
+    "--zak", default=None, help="Link MAC key under the LMK (DE128 checked and sent); '' removes it."
+)
 @pass_app
-def link_set(app: AppContext, institution_id: str, profile: str, zpk: str | None, zmk: str | None) -> None:
+def link_set(
+    app: AppContext, institution_id: str, profile: str, zpk: str | None, zmk: str | None, zak: str | None
+) -> None:
     """Set the link of a peer institution (the DE33, else DE32, it sends)."""
     if not re.fullmatch(r"\d{1,11}", institution_id):
         raise click.ClickException("institution id: 1 to 11 digits")
-    for label, key in (("--zpk", zpk), ("--zmk", zmk)):
+    for label, key in (("--zpk", zpk), ("--zmk", zmk), ("--zak", zak or None)):
         if key is not None and not _KEY.fullmatch(key):
             raise click.ClickException(f"{label}: expected a key under the LMK (U+32H, T+48H or S+32H)")
     inst = institution_id.lstrip("0") or "0"
 
     async def work(pool: PgPool) -> None:
         await pool.run(
-            catalog.set_link, inst, profile, zmk.upper() if zmk else None, zpk.upper() if zpk else None
+            catalog.set_link,
+            inst,
+            profile,
+            zmk.upper() if zmk else None,
+            zpk.upper() if zpk else None,
+            None,
+            zak.upper() if zak is not None else None,
         )
 
     _run(app, work)

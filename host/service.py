@@ -50,6 +50,7 @@ BAD_FRAMES = Counter(
     "payswitch_host_bad_frames_total", "Frames that did not decode, by outcome.", ["outcome"]
 )
 CONNECTIONS = Counter("payswitch_host_connections_total", "H2H connections accepted.")
+MAC_FAILURES = Counter("payswitch_host_mac_failures_total", "H2H requests whose DE128 did not verify.")
 
 LINK_CACHE_SECONDS = 10.0
 
@@ -74,6 +75,7 @@ class _Conn:
     inflight: int = 0
     idle: trio.Event = field(default_factory=trio.Event)
     closed: bool = False
+    nursery: trio.Nursery | None = None
 
     def send(self, body: bytes) -> None:
         if not self.closed:
@@ -137,6 +139,7 @@ class HostService:
         reader = FrameReader(stream, h2h_splitter())
         try:
             async with trio.open_nursery() as nursery:
+                conn.nursery = nursery
                 nursery.start_soon(self._sender, conn)
                 try:
                     while True:
@@ -205,10 +208,14 @@ class HostService:
             return
         req = parsed.request
         assert req is not None
+        link = self._links.get(parsed.link_id)
+        if link is None or link[0] < time.monotonic() or (link[1] or {}).get("zak"):
+            nursery.start_soon(self._slow, body, msg, parsed, conn, started)  # link unknown or MACed
+            return
         if parsed.pan:
             h = self.crypto.cached_hash(parsed.pan)
             if h is None or parsed.pin_block is not None:
-                nursery.start_soon(self._slow, msg, parsed, conn, started)
+                nursery.start_soon(self._slow, body, msg, parsed, conn, started)
                 return
             req.pan_hash = h
             part = self.engine.partition_of(h)
@@ -216,19 +223,42 @@ class HostService:
             part = self.engine.partition_for_key(req.original_key or req.key)
         self.engine.submit(req, part, lambda d: self._answer(conn, msg, d, started))
 
-    async def _slow(self, msg: dict[str, Any], parsed: h2h.Parsed, conn: _Conn, started: float) -> None:
+    async def _slow(
+        self, body: bytes, msg: dict[str, Any], parsed: h2h.Parsed, conn: _Conn, started: float
+    ) -> None:
+        """A request that needs an await first: the link's MAC, the PAN hash, the PIN."""
         req = parsed.request
-        assert req is not None and parsed.pan is not None
-        try:
-            req.pan_hash = await self.crypto.pan_hash(parsed.pan)
-        except HsmError as exc:
-            log.error("HSM unavailable for the PAN hash", error=repr(exc))
-            self._answer(conn, msg, Decision(Rc.SYSTEM_ERROR), started)
+        assert req is not None
+        link = await self._link(parsed.link_id)
+        zak = (link or {}).get("zak")
+        if zak and not await self._mac_ok(body, msg, zak):
+            MAC_FAILURES.inc()
+            log.warning("H2H MAC verification failed; nothing posted", link=parsed.link_id, stan=msg["11"])
+            self._answer(conn, msg, Decision(Rc.SYSTEM_ERROR), started, zak)
             return
-        if parsed.pin_block is not None:
-            req.pin = await self._verify_pin(parsed, req.pan_hash)
-        part = self.engine.partition_of(req.pan_hash)
-        self.engine.submit(req, part, lambda d: self._answer(conn, msg, d, started))
+        if parsed.pan:
+            try:
+                req.pan_hash = await self.crypto.pan_hash(parsed.pan)
+            except HsmError as exc:
+                log.error("HSM unavailable for the PAN hash", error=repr(exc))
+                self._answer(conn, msg, Decision(Rc.SYSTEM_ERROR), started, zak)
+                return
+            if parsed.pin_block is not None:
+                req.pin = await self._verify_pin(parsed, req.pan_hash)
+            part = self.engine.partition_of(req.pan_hash)
+        else:
+            part = self.engine.partition_for_key(req.original_key or req.key)
+        self.engine.submit(req, part, lambda d: self._answer(conn, msg, d, started, zak))
+
+    async def _mac_ok(self, body: bytes, msg: dict[str, Any], zak: str) -> bool:
+        mac = msg.get("128")
+        if not isinstance(mac, bytes):
+            return False
+        try:
+            return await self.hsm.verify_h2h_mac(zak, self.codec.mac_block(body), mac.hex().upper())
+        except (HsmError, ValueError) as exc:
+            log.warning("H2H MAC not verified", error=repr(exc))
+            return False
 
     async def _verify_pin(self, parsed: h2h.Parsed, pan_hash: str) -> Pin:
         assert parsed.pin_block is not None and parsed.pan is not None
@@ -290,10 +320,29 @@ class HostService:
         log.info("link ZPK changed", link=link_id, check_value=key.check_value[:6])
         return Rc.APPROVED
 
-    def _answer(self, conn: _Conn, msg: dict[str, Any], d: Decision, started: float) -> None:
-        self._send(conn, h2h.response(msg, d, dt.datetime.now(dt.UTC)), started)
+    def _answer(
+        self, conn: _Conn, msg: dict[str, Any], d: Decision, started: float, zak: str | None = None
+    ) -> None:
+        answer = h2h.response(msg, d, dt.datetime.now(dt.UTC))
         _child(REQUESTS, msg["t"], d.code).inc()
+        if zak and conn.nursery is not None:
+            conn.nursery.start_soon(self._send_signed, conn, answer, zak, started)
+            return
+        self._send(conn, answer, started)
         conn.done_one()
+
+    async def _send_signed(self, conn: _Conn, answer: dict[str, Any], zak: str, started: float) -> None:
+        """The answer with DE128 under the link's ZAK (X9.19 for 3DES, SM4 for an S key)."""
+        try:
+            raw = self.codec.encode({**answer, "128": bytes(8)})
+            mac = await self.hsm.h2h_mac(zak, self.codec.mac_block(raw))
+            conn.send(self.codec.with_mac(raw, bytes.fromhex(mac[:16])))
+            LATENCY.observe(time.perf_counter() - started)
+        except (HsmError, EncodeError, ValueError) as exc:
+            log.error("answer not signed; sent without DE128", error=repr(exc))
+            self._send(conn, answer, started)
+        finally:
+            conn.done_one()
 
     def _send(self, conn: _Conn, answer: dict[str, Any], started: float) -> None:
         try:

@@ -204,3 +204,34 @@ def test_hold_expiry_sweeper_and_key_change(db_url: str, hsm_server: Any) -> Non
 
 async def _zpk_check(conn: Any) -> str:
     return str(await conn.fetchval("SELECT zpk_check FROM links WHERE institution_id = '48880000'"))
+
+
+def test_link_mac(db_url: str, hsm_server: Any) -> None:
+    from host import catalog
+
+    async def body(h: Harness) -> None:
+        (pan,) = await programme(h, "H2HMAC", bin_prefix="621242", cards=1, load=10_000)
+        c = h.client
+        zak = await h.crypto.hsm.form_key("008", ["0123456789ABCDEFFEDCBA9876543210", "0" * 32], "U")
+        await h.pool.run(catalog.set_link, "48880000", "3des", None, None, None, zak.under_lmk)
+        h.service._links.clear()
+        msg = message(c, pan, 1_000)
+        raw = c.codec.encode({**msg, "128": bytes(8)})
+        mac = await h.crypto.hsm.h2h_mac(zak.under_lmk, c.codec.mac_block(raw))
+        signed = {**msg, "128": bytes.fromhex(mac[:16])}
+        answer = await c.request(signed)
+        assert answer["39"] == "00" and isinstance(answer.get("128"), bytes)
+        back = c.codec.encode(answer)
+        assert await h.crypto.hsm.verify_h2h_mac(zak.under_lmk, c.codec.mac_block(back), answer["128"].hex())
+        forged = {**message(c, pan, 1_000), "128": bytes.fromhex(mac[:16])}
+        assert (await c.request(forged))["39"] == "96"
+        unsigned = message(c, pan, 1_000)
+        assert (await c.request(unsigned))["39"] == "96"
+        bal = await c.request({**message(c, pan, None, proc="310000"), "128": bytes(8)})
+        assert bal["39"] == "96"  # a wrong MAC is refused whatever the request
+        await h.pool.run(catalog.set_link, "48880000", "3des", None, None, None, "")
+        h.service._links.clear()
+        bal = await c.request(message(c, pan, None, proc="310000"))
+        assert bal["39"] == "00" and bal["54"].endswith("C000000009000")  # only the signed purchase
+
+    run(db_url, hsm_server, body)
