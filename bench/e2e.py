@@ -11,8 +11,9 @@ process runs the load generator (``pos.load``):
 
 It prints approved purchases/s, latency percentiles, the response-code histogram, the ratio to the
 baseline, CPU seconds per process over the measured run (from /proc: switch, host, HSM, PostgreSQL,
-this load generator), the result of ``payswitch ledger check`` and, with ``--profile``, where the
-switch's and the host's time goes (a second, shorter run with both under a stack sampler,
+this load generator), peak memory per process, the per-hop time of a purchase from the switch journal,
+the result of ``payswitch ledger check`` and, with ``--profile``, where the switch's and the host's
+time goes (a second, shorter run with both under a stack sampler,
 bench/_sampler.py: every thread, waiting included).
 """
 
@@ -30,7 +31,7 @@ import trio
 
 from ops.cli import COMMANDS
 from pos.load import LoadPlan, LoadReport, parse_mix, read_pool, run_load
-from pos.system import System, cpu_seconds, tree_cpu
+from pos.system import System, cpu_seconds, peak_rss_mb, tree_cpu
 
 
 def _load(system: System, plan: LoadPlan) -> LoadReport:
@@ -147,6 +148,8 @@ def main(argv: list[str]) -> int:
         result["ratio_to_echo_baseline"] = round(
             data["approved_purchases_per_s"] / max(base["throughput_per_s"], 1e-9), 3
         )
+        result["peak_rss_mb"] = {name: peak_rss_mb(svc.proc.pid) for name, svc in system.services.items()}
+        result["peak_rss_mb"]["load generator"] = peak_rss_mb(os.getpid())
         result["switch_journal_hops"] = _hops(system.db_url)
         check = system.cli("ledger", "check", check=False)
         result["ledger_check"] = (
@@ -202,6 +205,7 @@ def main(argv: list[str]) -> int:
     print(f"response codes     {e2e['response_codes']}  errors {e2e['errors'] or 'none'}")
     print(f"ratio to baseline  {result['ratio_to_echo_baseline']}")
     print("CPU seconds        " + "  ".join(f"{k} {v}" for k, v in result["cpu_seconds"].items()))
+    print("peak memory MiB    " + "  ".join(f"{k} {v}" for k, v in result["peak_rss_mb"].items()))
     hops = result.get("switch_journal_hops", {})
     if "ms" in hops:
         h = hops["ms"]

@@ -207,6 +207,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK  # fields 14 and 15 of stat
 
 
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory (VmHWM) of a process in MiB; 0 when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
+
+
 def children_of(pid: int) -> list[int]:
     out = []
     for entry in Path("/proc").iterdir():
