@@ -117,6 +117,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--profile", action="store_true", help="also sample where switch and host spend time")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder (logs, profiles)")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="a configuration setting for every process (repeatable), e.g. hsm.connections=4",
+    )
     args = ap.parse_args(argv)
 
     result: dict[str, Any] = {"bench": "e2e", "cpus": os.cpu_count()}
@@ -124,7 +131,9 @@ def main(argv: list[str]) -> int:
     if missing:
         print(f"bench.e2e: skipped, this build lacks: {', '.join(missing)}")
         return 0
-    system = System(durable=args.durable, keep=args.keep)
+    settings = dict(item.split("=", 1) for item in args.set if "=" in item)
+    result["settings"] = settings
+    system = System(durable=args.durable, keep=args.keep, settings=settings)
     try:
         t0 = time.perf_counter()
         system.start(seed=("--load-terminals", str(args.terminals), "--load-cards", str(args.cards)))

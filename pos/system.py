@@ -27,6 +27,7 @@ from pathlib import Path
 from types import TracebackType
 
 from ops.cli import COMMANDS
+from ops.config import env_name
 from ops.db import ensure_database
 from ops.migrate import migrate_url
 from ops.pgembed import EmbeddedPostgres, free_port
@@ -52,6 +53,7 @@ class System:
     durable: bool = False
     keep: bool = False  # leave the scratch folder (logs, profiles) after stop()
     wrappers: dict[str, list[str]] = field(default_factory=dict)
+    settings: dict[str, str] = field(default_factory=dict)  # "section.key" -> value, for every process
     services: dict[str, Service] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     db_url: str = ""
@@ -115,6 +117,9 @@ class System:
         env["PAYSWITCH_CONFIG"] = str(self.config_path)
         for key in [k for k in env if k.startswith("PAYSWITCH_") and k != "PAYSWITCH_CONFIG"]:
             del env[key]
+        for dotted, value in self.settings.items():
+            section, _, key = dotted.partition(".")
+            env[env_name(section, key)] = value
         return env
 
     def start_service(self, name: str) -> None:
