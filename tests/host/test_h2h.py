@@ -235,3 +235,29 @@ def test_link_mac(db_url: str, hsm_server: Any) -> None:
         assert bal["39"] == "00" and bal["54"].endswith("C000000009000")  # only the signed purchase
 
     run(db_url, hsm_server, body)
+
+
+def test_garbage_never_takes_the_link_down(db_url: str, hsm_server: Any) -> None:
+    import random
+
+    async def body(h: Harness) -> None:
+        (pan,) = await programme(h, "H2HF", bin_prefix="621243", cards=1, load=10_000)
+        c = h.client
+        rnd = random.Random(5)
+        good = c.codec.encode(message(c, pan, 100))
+        frames = []
+        for i in range(400):
+            if i % 2:
+                raw = bytearray(good)
+                for _ in range(rnd.randint(1, 6)):
+                    raw[rnd.randrange(len(raw))] = rnd.randrange(256)
+                frames.append(bytes(raw[: rnd.randint(4, len(raw))]))
+            else:
+                frames.append(bytes(rnd.randrange(256) for _ in range(rnd.randint(0, 300))))
+        await c.send_raw(b"".join(frame(f) for f in frames))
+        # every answer to the garbage is a 30, a 12 or (a mutated field still valid) a normal decision
+        assert (await c.request(message(c, pan, 100)))["39"] == "00"
+        other = await h.connect()
+        assert (await other.request(message(other, pan, None, proc="310000")))["39"] == "00"
+
+    run(db_url, hsm_server, body)

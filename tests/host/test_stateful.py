@@ -417,7 +417,7 @@ def host_thread(db_url: str, hsm_server: Any) -> Any:
 
 def test_random_sequences(host_thread: HostThread) -> None:
     run = settings(
-        max_examples=int(os.environ.get("HOST_STATEFUL_EXAMPLES", "15")),
+        max_examples=int(os.environ.get("HOST_STATEFUL_EXAMPLES", "30")),
         stateful_step_count=25,
         deadline=None,
     )(HostMachine)
