@@ -102,11 +102,15 @@ def frame(body: bytes) -> bytes:
 
 
 class _Waiter:
-    __slots__ = ("event", "response")
+    __slots__ = ("deadline", "event", "response")
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: float) -> None:
         self.event = trio.Event()
         self.response: Message | None = None
+        self.deadline = deadline
+
+
+SWEEP_SECONDS = 0.02
 
 
 class _Connection:
@@ -139,6 +143,7 @@ class _Connection:
                 async with stream, trio.open_nursery() as nursery:
                     nursery.start_soon(self._reader, stream)
                     nursery.start_soon(self._writer, stream)
+                    nursery.start_soon(self._sweep)
                     await self._sign_on()
                     self._set_up(True)
                     log.info("link connection up", link=self.link.name, conn=self.index)
@@ -180,19 +185,28 @@ class _Connection:
                     raise _SignOnRefused(f"echo answered {answer.get('39')!r}")
 
     async def request(self, msg: Message, timeout: float) -> Message:
+        # No cancel scope per request (~15 µs each): _sweep wakes waiters whose deadline has passed.
         key = match_key(msg)
-        waiter = _Waiter()
+        waiter = _Waiter(trio.current_time() + timeout)
         self.pending[key] = waiter
         try:
             self.send(frame(await self.link.encode(msg)))
-            with trio.move_on_after(timeout):
-                await waiter.event.wait()
+            await waiter.event.wait()
         finally:
             if self.pending.get(key) is waiter:
                 del self.pending[key]
         if waiter.response is None:
             raise LinkTimeout(f"no answer on link {self.link.name} within {timeout:g}s")
         return waiter.response
+
+    async def _sweep(self) -> None:
+        """Time out waiters past their deadline (their response stays None: LinkTimeout)."""
+        while True:
+            await trio.sleep(SWEEP_SECONDS)
+            now = trio.current_time()
+            expired = [key for key, waiter in self.pending.items() if waiter.deadline <= now]
+            for key in expired:
+                self.pending.pop(key).event.set()
 
     async def _writer(self, stream: trio.SocketStream) -> None:
         while True:

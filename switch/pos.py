@@ -91,6 +91,7 @@ class PosService:
         self.registry = registry
         self.upstream = upstream
         self.acquirer_id = acquirer_id
+        self.nursery: trio.Nursery | None = None  # set by the server: where helper tasks run
 
     # -- framing -----------------------------------------------------------------------------------
     async def handle(self, body: bytes) -> bytes | None:
@@ -416,15 +417,33 @@ class PosService:
                 )
             except HsmRefused as exc:
                 pin_error[0] = exc.code
+            except Exception as exc:  # HSM unreachable: answered 96 below
+                log.error("PIN translation failed", error=str(exc))
+                pin_error[0] = "unavailable"
             finally:
                 elapsed = trio.current_time() - t
                 timing.hsm += elapsed
                 metrics.LATENCY_HSM.observe(elapsed)
 
         if link is not None and isinstance(pin_block, bytes) and link.up:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(verify)
-                nursery.start_soon(translate)
+            # MAC verification and PIN translation run concurrently in the HSM. The translation runs
+            # as one task in the service's long-lived nursery (cheaper than a nursery per request).
+            translated_done = trio.Event()
+
+            async def translate_task() -> None:
+                try:
+                    await translate()
+                finally:
+                    translated_done.set()
+
+            if self.nursery is not None:
+                self.nursery.start_soon(translate_task)
+                await verify()
+                await translated_done.wait()
+            else:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(translate_task)
+                    await verify()
         else:
             await verify()
         if not mac_ok[0]:

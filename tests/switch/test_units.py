@@ -229,6 +229,7 @@ def test_link_down_fails_at_once_and_unanswered_times_out() -> None:
             conn = link._conns[0]
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             nursery.start_soon(conn._writer, stream)
+            nursery.start_soon(conn._sweep)
             conn.up = True
             with pytest.raises(LinkTimeout):
                 await link.request(link.network_message("301"), 0.2)
