@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 import socket
 import struct
+import time
+from pathlib import Path
 
 import pytest
 import trio
@@ -419,3 +421,51 @@ def test_many_connections(hsm_server: HsmServer) -> None:
                 nursery.start_soon(one_client)
 
     trio.run(main)
+
+
+def test_no_clear_key_or_pin_in_the_log(tmp_path: Path) -> None:
+    """Debug logging, bad and good requests with known clear keys and PINs: none of them is logged."""
+    import os
+    import subprocess
+    import sys
+
+    from hsm_sim import pin
+    from tests.fixtures.hsm import _answers_nc, _free_port
+
+    port = _free_port()
+    log_path = tmp_path / "hsm.log"
+    env = {
+        **os.environ,
+        "PAYSWITCH_HSM_PORT": str(port),
+        "PAYSWITCH_HSM_TEST_LMK": "true",
+        "PAYSWITCH_HSM_METRICS_PORT": "0",
+        "PAYSWITCH_LOG_LEVEL": "debug",
+        "PAYSWITCH_LOG_FORMAT": "json",
+    }
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "ops", "hsm", "serve"], env=env, stderr=log)
+    try:
+        deadline = time.monotonic() + 20
+        while not _answers_nc(port, 4):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+
+        async def main() -> None:
+            async with HsmClient("127.0.0.1", port, timeout=5) as hsm:
+                tpk = await hsm.form_key("002", [TMK, "0" * 32])
+                zpk = await hsm.form_key("001", [TMK, "0" * 32])
+                block = ecb(TMK).encrypt(pin.encode("987654", ACCOUNT)).hex().upper()
+                await hsm.translate_pin_tpk(tpk.under_lmk, zpk.under_lmk, block, ACCOUNT)
+                await hsm.request("A4", f"2002U{TMK}{TMK}")  # parity error
+                await hsm.request("CA", f"{tpk.under_lmk}{zpk.under_lmk}12{block}0199{ACCOUNT}")
+
+        trio.run(main)
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"\x00\x01X")  # bad LEN: logged
+            s.recv(10)
+    finally:
+        assert stop_hsm(proc) == 0
+    text = log_path.read_text()
+    assert "bad_frame_length" in text and "hsm_listening" in text
+    for secret in (TMK, TMK.lower(), "987654", "0123456789ABCDEF"):
+        assert secret not in text
