@@ -219,7 +219,9 @@ def _pin(pin: str | None, no_pin: bool, card: str | None, required: bool) -> str
     return pin
 
 
-def _original(state: TerminalState, stan: str, kinds: tuple[str, ...]) -> JournalEntry:
+def _original(
+    state: TerminalState, stan: str, kinds: tuple[str, ...], *, current_batch_only: bool = False
+) -> JournalEntry:
     if not stan.isdigit() or len(stan) > 6:
         raise click.ClickException("--stan is the original's trace number (up to 6 digits)")
     entry = state.find(stan)
@@ -232,6 +234,11 @@ def _original(state: TerminalState, stan: str, kinds: tuple[str, ...]) -> Journa
     if entry.reversed or entry.voided:
         raise click.ClickException(
             f"trace {entry.stan} was already {'reversed' if entry.reversed else 'voided'}"
+        )
+    if current_batch_only and entry.batch != state.batch:
+        raise click.ClickException(
+            f"trace {entry.stan} belongs to the settled batch {entry.batch}: a void cancels only within "
+            "the current batch (use refund)"
         )
     return entry
 
@@ -401,7 +408,7 @@ def _reference_command(name: str, help_text: str, kinds: tuple[str, ...], *, amo
     def command(app: AppContext, /, stan: str, pin: str | None, **opts: Any) -> None:
         path = state_path(opts["terminal_id"], opts["state_file"])
         try:
-            original = _original(state_mod.load(path), stan, kinds)
+            original = _original(state_mod.load(path), stan, kinds, current_batch_only=name == "void")
         except StateError as exc:
             raise click.ClickException(str(exc)) from None
         given = opts.pop("amount", None)

@@ -110,16 +110,26 @@ class FakeSwitch:
         nibble = 0
         if msg["t"] == "0800":
             out.update({"39": "00", "60": msg["60"][:2] + self.batch + msg["60"][8:], "62": self._keys(tid)})
-        elif msg["t"] in ("0820", "0320"):
+        elif msg["t"] == "0820":
             out.update({"39": "00", "60": msg["60"]})
+        elif msg["t"] == "0320":
+            if msg["60"].endswith("202"):  # end of the upload: the batch closes
+                self.batch = f"{int(self.batch) + 1:06d}"
+            out.update({"39": "00", "60": msg["60"][:2] + self.batch + msg["60"][8:]})
         elif msg["t"] == "0500":
             totals = str(msg["48"])
             balanced = (
                 int(totals[0:12]) == self.approved_totals["debit"]
                 and int(totals[15:27]) == self.approved_totals["credit"]
             )
+            if balanced:
+                self.batch = f"{int(self.batch) + 1:06d}"  # the batch closes, the next number is issued
             out.update(
-                {"39": "00", "60": msg["60"], "48": totals[:30] + ("1" if balanced else "2") + totals[31:]}
+                {
+                    "39": "00",
+                    "60": msg["60"][:2] + self.batch + msg["60"][8:],
+                    "48": totals[:30] + ("1" if balanced else "2") + totals[31:],
+                }
             )
         else:
             mak = self._mak.get(tid)
@@ -133,6 +143,8 @@ class FakeSwitch:
                 amount = int(msg.get("4", "0"))
                 if kind == ("0200", "000000", "00") or kind == ("0200", "000000", "06"):
                     self.approved_totals["debit"] += amount
+                elif kind == ("0200", "200000", "00"):  # a void takes its purchase out of the batch
+                    self.approved_totals["debit"] -= amount
                 elif kind[0] == "0220":
                     self.approved_totals["credit"] += amount
                 if msg["3"] == "310000":

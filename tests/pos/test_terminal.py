@@ -95,9 +95,11 @@ def test_sign_on_purchase_void_refund_settle(tmp_path: Path, switch: FakeSwitch)
     r = run(state, "settle")
     assert r.exit_code == 0, r.output
     notes = " ".join(json.loads(r.stdout)["notes"])
-    assert "balanced" in notes and "debits 1 CNY 123.45, credits 1 CNY 0.45" in notes
+    assert "totals balanced" in notes and "debits 1 CNY 123.45, credits 1 CNY 0.45" in notes
     st = state_mod.load(state)
-    assert st.journal == [] and len(st.previous) == 4
+    assert st.journal == [] and len(st.previous) == 4 and st.batch == "000002"
+    r = run(state, "void", "--stan", receipt["stan"], json_out=False)
+    assert r.exit_code == 1 and "settled batch 000001" in r.output
 
 
 def test_a_terminal_not_signed_on_signs_on_first(tmp_path: Path, switch: FakeSwitch) -> None:
@@ -164,6 +166,7 @@ def test_settle_uploads_when_unbalanced(tmp_path: Path, switch: FakeSwitch) -> N
     assert any("uploaded" in n for n in json.loads(r.stdout)["notes"])
     upload = [m for m in switch.seen if m["t"] == "0320"]
     assert len(upload) == 1 and upload[0]["60"].endswith("202")
+    assert state_mod.load(state).batch == "000002"  # the next batch comes with the last 0330
     assert upload[0]["48"] == "01" + "00" + "000002" + PAN.rjust(20, "0") + "000000000100"
 
 
