@@ -19,11 +19,12 @@ from typing import Any
 
 import trio
 
+from hsm_sim.client import HsmError
 from ops.logs import get_logger, mask_pan
 from specs.codec import codec_for
 from specs.errors import DecodeError
 from switch import metrics
-from switch.hsm import HsmRefused, SwitchHsm, WorkingKey
+from switch.hsm import HsmRefused, HsmUnavailable, SwitchHsm, WorkingKey
 from switch.journal import JournalWriter
 from switch.links import OutboundLink
 from switch.mapping import (
@@ -109,10 +110,18 @@ class PosService:
             return self._format_error(tpdu, header, exc)
         try:
             reply = await self._dispatch(msg, raw, Timing(t0))
+        except (HsmUnavailable, HsmError) as exc:  # no HSM: the request cannot be checked
+            log.error("HSM unavailable", listener=self.channel, mti=msg.get("t"), error=str(exc))
+            reply = Reply(pos_response(msg, code="96"))
         except Exception as exc:  # a bug must not take the connection (or the switch) down: answer 96
             log.exception("POS request failed", listener=self.channel, mti=msg.get("t"), error=str(exc))
             reply = Reply(pos_response(msg, code="96"))
-        encoded = await self._encode(reply)
+        try:
+            encoded = await self._encode(reply)
+        except Exception as exc:  # the answer could not be MACed (HSM gone): 96 without DE64
+            log.error("response MAC failed", listener=self.channel, error=str(exc))
+            reply = Reply(pos_response(msg, code="96"))
+            encoded = self.codec.encode(reply.message)
         metrics.LATENCY_TOTAL.observe(trio.current_time() - t0)
         metrics.count_request(self.channel, txn_type(msg), str(reply.message.get("39", "")))
         return _response_header(tpdu, header, reply.resign) + encoded

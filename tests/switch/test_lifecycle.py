@@ -403,3 +403,35 @@ def test_connection_limits_idle_timeout_frame_size_and_metrics(setup: dict[str, 
             assert name in body, name
     finally:
         assert switch.stop() == 0
+
+
+def test_hsm_down_answers_96_and_recovers(setup: dict[str, Any]) -> None:
+    from tests.fixtures.hsm import HsmServer
+    from tests.fixtures.services import free_port, start_service
+
+    port = free_port()
+    hsm_env = {
+        "PAYSWITCH_HSM_LISTEN": "127.0.0.1",
+        "PAYSWITCH_HSM_PORT": str(port),
+        "PAYSWITCH_HSM_TEST_LMK": "true",
+        "PAYSWITCH_HSM_METRICS_PORT": "0",
+    }
+    hsm = start_service("hsm", ["hsm", "serve"], hsm_env, port)
+    own = HsmServer("127.0.0.1", port, 4, hsm.process)
+    switch = start_switch(setup["db_url"], own, request_timeout_ms=700)
+    host3: FakeHost = setup["host3"]
+    try:
+        t = Terminal("3des", "T3DES002", "898330160120001")
+        t.connect(switch.ports["3des"])
+        assert t.sign_on().code == "00"
+        wait_until(lambda: t.exchange(t.purchase_msg(PAN3, 100, pin="123456")).code == "00", what="link up")
+        count = len(host3.seen("0200"))
+        hsm.kill()
+        r = t.exchange(t.purchase_msg(PAN3, 100, pin="123456"))
+        assert r.code == "96" and len(host3.seen("0200")) == count
+        hsm = start_service("hsm", ["hsm", "serve"], hsm_env, port)
+        wait_until(lambda: t.exchange(t.purchase_msg(PAN3, 100, pin="123456")).code == "00", what="HSM back")
+        t.close()
+    finally:
+        assert switch.stop() == 0, switch.log()[-3000:]
+        hsm.stop()
