@@ -193,6 +193,7 @@ class VirtualTerminal:
         self.session: Session | None = None
         self.pin_blocks: dict[int, bytes] = {}
         self.cards_parsed = [Card.keyed(c.pan, c.expiry) for c in cards]
+        self.last_card = 0  # index of the card of the last request built
 
     async def connect_and_sign_on(self) -> bool:
         conn = await Connection.open(self.spec.host, self.spec.port, timeout=self.timeout)
@@ -212,7 +213,7 @@ class VirtualTerminal:
         st = self.state
         if kind == "echo":
             return messages.network("0820", "301", st.next_stan(), st.batch, st.terminal_id, st.merchant_id)
-        i = self.rng.randrange(len(self.cards))
+        i = self.last_card = self.rng.randrange(len(self.cards))
         card = self.cards_parsed[i]
         with_pin = kind != "topup"
         return messages.financial_request(
@@ -379,8 +380,7 @@ async def _preauth_pair(vt: VirtualTerminal, amount: int, stats: Stats) -> None:
     if not answer.approved:
         return
     st = vt.state
-    card_pan = str(req["2"])
-    i = next(k for k, c in enumerate(vt.cards) if c.pan == card_pan)
+    i = vt.last_card
     comp = messages.financial_request(
         KINDS["completion"],
         stan=st.next_stan(),
