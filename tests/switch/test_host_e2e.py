@@ -257,6 +257,11 @@ def test_host_killed_mid_request_98_then_reversal_after_restart(system: System) 
     system.host.kill()
     waiting = system.cli("switch", "saf", "list")
     assert len(waiting) >= 1
+    # the link is down now: a purchase is answered 91 at once, without waiting for a timeout
+    time.sleep(0.3)
+    started = time.monotonic()
+    r = t.exchange(system.buy(t, 0, 100, pin="123456"))
+    assert r.code == "91" and time.monotonic() - started < 0.5 and t.verify_mac(r)
     system.start_host()
     _until(
         lambda: _saf_empty(system),

@@ -207,6 +207,18 @@ def test_inbound_acquirer_link(world: World) -> None:
     count = len(world.host3.seen("0200"))
     assert _h2h_exchange(port, _acquirer_message("700003"), mac_ok=False)["39"] == "30"
     assert len(world.host3.seen("0200")) == count
+    # the issuer does not answer: the acquirer gets 91 and a reversal advice goes upstream
+    world.host3.drop_financial = True
+    try:
+        lost_msg = _acquirer_message("700006")
+        assert _h2h_exchange(port, lost_msg)["39"] == "91"
+    finally:
+        world.host3.drop_financial = False
+    lost = world.host3.seen("0200")[-1]
+    wait_until(
+        lambda: any(m.get("90", "")[4:10] == lost["11"] for m in world.host3.seen("0420")),
+        what="0420 for the acquirer's lost request",
+    )
     # unknown acquirer
     stranger = {**_acquirer_message("700004"), "32": "99999999"}
     assert _h2h_exchange(port, stranger)["39"] == "03"
