@@ -783,5 +783,10 @@ def _as_original(entry: Entry, reversal: Message, link: OutboundLink) -> Message
     return msg
 
 
+_ENCODER = json.JSONEncoder(
+    separators=(",", ":"), default=lambda b: b.hex() if isinstance(b, bytes) else str(b)
+)
+
+
 def _json(value: Any) -> str:
-    return json.dumps(value, default=lambda b: b.hex() if isinstance(b, bytes) else str(b))
+    return _ENCODER.encode(value)
