@@ -78,7 +78,7 @@ class AcquirerService:
         self.institution_id = institution_id
         self.codecs = {p: codec_for("h2h", p) for p in ("3des", "sm4")}
         self._seen: OrderedDict[str, _Seen] = OrderedDict()
-        self._originals: dict[str, str] = {}  # DE90 key of an original -> its dedup key
+        self._originals: OrderedDict[str, str] = OrderedDict()  # DE90 key of an original -> dedup key
 
     async def handle(self, body: bytes) -> bytes | None:
         t0 = trio.current_time()
@@ -279,6 +279,8 @@ class AcquirerService:
         seen.link = out.name
         seen.forwarded = forwarded
         self._originals[_original_key(msg)] = key
+        if len(self._originals) > _MEMORY:
+            self._originals.popitem(last=False)
         outcome = await self.upstream.send(out, forwarded)
         if outcome.local_code is not None:
             return self._response(msg, outcome.local_code), hsm_seconds
