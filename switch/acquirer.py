@@ -183,7 +183,7 @@ class AcquirerService:
         if exc.mti is None or exc.stan is None:
             metrics.BAD_FRAMES.labels(listener="h2h", action="dropped").inc()
             log.warning("H2H frame does not parse; dropped", error=str(exc))
-            return b""  # nothing to answer; the link stays up (an empty frame is a keep-alive)
+            return b""  # dropped: nothing is sent and the link stays up
         metrics.BAD_FRAMES.labels(listener="h2h", action="answered_30").inc()
         log.warning("H2H frame does not parse; answering 30", error=str(exc), mti=exc.mti, stan=exc.stan)
         answer = {k: v for k, v in exc.partial.items() if k in ("7", "11", "32", "41", "42")}

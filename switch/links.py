@@ -78,7 +78,8 @@ def match_key(msg: Message) -> MatchKey:
 def split_frames(buf: bytearray, max_frame: int) -> list[bytes]:
     """Remove and return every complete 2-byte-LEN frame at the start of ``buf``.
 
-    Zero-length frames (keep-alives) are dropped. A length above ``max_frame`` raises ValueError.
+    Zero-length frames (keep-alives) are dropped. A length above ``max_frame`` raises ValueError
+    (after the frames before it have been returned).
     """
     frames: list[bytes] = []
     pos = 0
@@ -86,6 +87,8 @@ def split_frames(buf: bytearray, max_frame: int) -> list[bytes]:
     while end - pos >= 2:
         n = (buf[pos] << 8) | buf[pos + 1]
         if n > max_frame:
+            if frames:
+                break  # deliver the complete frames first; the next call raises
             raise ValueError(f"frame length {n} over {max_frame}")
         if end - pos - 2 < n:
             break

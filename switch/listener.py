@@ -24,6 +24,7 @@ from switch.links import frame, split_frames
 
 log = get_logger(__name__)
 
+# A handler returns the answer body, b"" to send nothing, or None to close the connection.
 Handler = Callable[[bytes], Awaitable[bytes | None]]
 
 
@@ -165,8 +166,8 @@ class Listener:
             answer = await self.handler(body)
             if answer is None:
                 client.read_scope.cancel()  # the frame could not be answered: close this connection
-            else:
-                client.send(frame(answer))
+            elif answer:
+                client.send(frame(answer))  # (an empty answer means: drop the frame, send nothing)
         finally:
             client.in_flight -= 1
             self.in_flight -= 1

@@ -447,3 +447,35 @@ def test_hsm_down_answers_96_and_recovers(setup: dict[str, Any]) -> None:
     finally:
         assert switch.stop() == 0, switch.log()[-3000:]
         hsm.stop()
+
+
+def test_inbound_h2h_malformed_frames_keep_the_link_up(world: World) -> None:
+    port = world.switch.ports["h2h"]
+    codec = codec_for("h2h", "3des")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        good = codec.encode({**_acquirer_message("710001", pin=None), "128": bytes(8)})
+        # DE4 with a letter: MTI and DE11 readable -> answered 30
+        bad = good.replace(b"000000002000", b"00000000200X", 1)
+        s.sendall(frame(bad) + frame(b"garbage") + b"\x00\x00")  # unreadable: dropped; keep-alive
+        buf = bytearray()
+        while not (frames := split_frames(buf, 8192)):
+            data = s.recv(8192)
+            assert data
+            buf += data
+        answer = codec.decode(frames[0])
+        assert answer["t"] == "0210" and answer["39"] == "30" and answer["11"] == "710001"
+        # the same connection still serves a good request
+        msg = _acquirer_message("710002")
+        raw = codec.encode({**msg, "128": bytes(8)})
+        raw = codec.with_mac(raw, retail_mac(bytes.fromhex(ACQ_ZAK_HEX), codec.mac_block(raw)))
+        s.sendall(frame(raw))
+        got: list[dict[str, Any]] = []
+        while not got:
+            for body in split_frames(buf, 8192):
+                if body:
+                    got.append(codec.decode(body))
+            if not got:
+                data = s.recv(8192)
+                assert data
+                buf += data
+        assert got[-1]["11"] == "710002" and got[-1]["39"] == "00"

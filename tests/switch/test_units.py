@@ -153,6 +153,10 @@ def test_split_frames_keeps_partial_and_drops_keepalives() -> None:
     assert split_frames(buf, 100) == [b"xyzzz"] and not buf
     with pytest.raises(ValueError):
         split_frames(bytearray(b"\x10\x00"), 100)
+    buf = bytearray(frame(b"ok") + b"\x10\x00")
+    assert split_frames(buf, 100) == [b"ok"]  # frames before a bad length are delivered first
+    with pytest.raises(ValueError):
+        split_frames(buf, 100)
 
 
 def test_journal_writer_coalesces_rows_and_waits_for_commit() -> None:
