@@ -80,7 +80,9 @@ class HostConfig:
     batch_max: int = setting("most requests posted in one ledger transaction", min=1, max=5000)
     pin_tries: int = setting("wrong PINs before a card answers 75", min=1, max=20)
     hold_days: int = setting("days a pre-auth hold lives before the sweeper releases it", min=1, max=90)
-    completion_tolerance_pct: int = setting("completion may exceed its hold by this percentage", min=0, max=100)
+    completion_tolerance_pct: int = setting(
+        "completion may exceed its hold by this percentage", min=0, max=100
+    )
     sweep_seconds: int = setting("interval of the hold-expiry sweeper", min=1, max=86_400)
     mailer_dir: str = setting("folder `card issue` writes PIN-mailer files to")
 

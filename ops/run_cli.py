@@ -24,6 +24,13 @@ from ops.config import Config
 from ops.db import database_url, ensure_database
 from ops.pgembed import EmbeddedPostgres
 
+TRY_NEXT = """
+try next, in another shell:
+  .venv/bin/payswitch pos purchase 12.34 --trace   # a terminal signs on and buys; every message traced
+  .venv/bin/payswitch demo tour                    # every transaction type on both key profiles
+  .venv/bin/payswitch load -d 10                   # many terminals flat out, then a ledger check
+"""
+
 
 @dataclass(frozen=True)
 class Service:
@@ -73,7 +80,10 @@ def run(app: AppContext, no_seed: bool) -> None:
         nonlocal stopping
         stopping = True
 
+    # Both signals stop the system in order; SIGINT is set explicitly because a shell may start us
+    # with it ignored (background jobs), and Ctrl-C must still work.
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         for service in services(config):
             proc = _child(service.argv, app)
@@ -82,14 +92,14 @@ def run(app: AppContext, no_seed: bool) -> None:
             for what, port in service.ports:
                 if port:
                     click.echo(f"{service.name:<7} {what:<14} 127.0.0.1:{port}")
+        if "pos" in COMMANDS:
+            click.echo(TRY_NEXT)
         click.echo("running; press Ctrl-C to stop")
         while not stopping:
             for service, proc in children:
                 if proc.poll() is not None:
                     raise click.ClickException(f"{service.name} exited with status {proc.returncode}")
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
+            time.sleep(0.2)
     finally:
         _stop_all(children)
         if cluster is not None and started_db:
