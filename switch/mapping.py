@@ -14,27 +14,29 @@ Message = dict[str, Any]
 
 # Fields of a POS response that may be kept in the journal and replayed for a duplicate: never the
 # PAN, tracks, PIN block, keys, chip data or MAC.
-REPLAYABLE = (
-    "t",
-    "3",
-    "4",
-    "11",
-    "12",
-    "13",
-    "15",
-    "25",
-    "32",
-    "37",
-    "38",
-    "39",
-    "41",
-    "42",
-    "44",
-    "49",
-    "54",
-    "60",
-    "61",
-    "63",
+REPLAYABLE = frozenset(
+    (
+        "t",
+        "3",
+        "4",
+        "11",
+        "12",
+        "13",
+        "15",
+        "25",
+        "32",
+        "37",
+        "38",
+        "39",
+        "41",
+        "42",
+        "44",
+        "49",
+        "54",
+        "60",
+        "61",
+        "63",
+    )
 )
 
 # POS financial request fields carried to the host.

@@ -381,11 +381,9 @@ class PosService:
         keep = code not in _RETRYABLE and batch == terminal.batch_no
         entry.rrn = str(reply.message.get("37", "")) or None
         entry.auth_id = str(reply.message.get("38", "")).strip() or None
-        if keep:
-            entry.finish(code, replayable(reply.message))
-        else:
+        if not keep:
             terminal.entries.pop((mti, stan), None)
-            entry.finish(code, replayable(reply.message))
+        entry.finish(code, replayable(reply.message))
         await self._journal(terminal, msg, entry, reply, timing, link_request, keep=keep)
         return reply
 
@@ -564,7 +562,7 @@ class PosService:
             int((now - timing.start) * 1e6),
             int(timing.hsm * 1e6),
             int(timing.host * 1e6),
-            _json(replayable(answer)),
+            _json(entry.response if entry.response is not None else replayable(answer)),
         )
         await self.journal.write(row)
 
