@@ -38,6 +38,10 @@ class NoAnswer(TerminalError):
     """No answer within the timeout."""
 
 
+class ReversalPending(TerminalError):
+    """The last transaction's reversal is still unanswered: nothing else may be sent yet."""
+
+
 Tracer = Callable[[str, Message], None]
 
 
@@ -203,15 +207,29 @@ class Session:
         too, it stays pending in the state).
         """
         await self.flush_reversal()
+        if self.state.pending_reversal is not None:
+            # A terminal does not start a transaction while the last one's reversal is unanswered.
+            stan = self.state.pending_reversal.get("11", "")
+            raise ReversalPending(
+                f"the reversal of trace {stan} is still unanswered: nothing else is sent until it is "
+                "(try again)"
+            )
         # As a real terminal does, the reversal is recorded before the request leaves: if the answer
         # never comes (timeout, lost connection, the terminal switched off), it goes out next time.
-        self.state.pending_reversal = self.state.storable(messages.reversal_of(msg, "98"))
+        # Without a checkpoint (the load generator: nothing to save) it is recorded only when needed.
         if self.checkpoint is not None:
+            self.state.pending_reversal = self.state.storable(messages.reversal_of(msg, "98"))
             self.checkpoint()
         try:
             answer = await self.exchange(msg)
         except NoAnswer:
+            if self.state.pending_reversal is None:
+                self.state.pending_reversal = self.state.storable(messages.reversal_of(msg, "98"))
             await self.flush_reversal()
+            raise
+        except TerminalError:
+            if self.state.pending_reversal is None:
+                self.state.pending_reversal = self.state.storable(messages.reversal_of(msg, "98"))
             raise
         self.state.pending_reversal = None
         if answer.approved and answer.mac_ok is False:

@@ -27,7 +27,7 @@ from typing import Any
 import trio
 
 from pos import messages, terminal
-from pos.client import Connection, NoAnswer, Session, TerminalError
+from pos.client import Connection, NoAnswer, ReversalPending, Session, TerminalError
 from pos.crypto import pin_block
 from pos.messages import KINDS, Card
 from pos.state import StateError, TerminalState, new_state
@@ -318,6 +318,10 @@ async def run_load(plan: LoadPlan, progress: Progress | None = None) -> LoadRepo
                 answer = await (session.exchange(req) if kind == "echo" else session.transact(req))
             except NoAnswer:
                 stats.errors["timeout"] += 1
+                continue
+            except ReversalPending:
+                stats.errors["reversal pending"] += 1
+                await trio.sleep(0.1)
                 continue
             except TerminalError as exc:
                 stats.errors[_short(exc)] += 1

@@ -133,10 +133,13 @@ def test_unanswered_purchase_is_reversed_and_pending_reversal_survives(
     assert "pending" in " ".join(json.loads(r.stdout)["notes"])
     assert state_mod.load(state).pending_reversal is not None
     assert PAN not in state.read_text()
+    r = run(state, "purchase", "8", *card)  # the reversal still unanswered: nothing new goes out
+    assert r.exit_code == 1 and "reversal of trace 000003 is still unanswered" in r.output
+    assert [(m["t"], m["11"]) for m in switch.seen[-1:]] == [("0400", "000003")]
     switch.silent.clear()
     r = run(state, "purchase", "7", *card)
     assert r.exit_code == 0, r.output
-    assert [(m["t"], m["11"]) for m in switch.seen[-2:]] == [("0400", "000003"), ("0200", "000004")]
+    assert [(m["t"], m["11"]) for m in switch.seen[-2:]] == [("0400", "000003"), ("0200", "000005")]
     assert state_mod.load(state).pending_reversal is None
 
 
