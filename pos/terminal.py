@@ -12,7 +12,7 @@ from typing import Any
 
 from ops.logs import mask_pan
 from pos import messages
-from pos.client import Answer, NoAnswer, Session, TerminalError
+from pos.client import Answer, NoAnswer, ReversalPending, Session, TerminalError
 from pos.crypto import TerminalCryptoError, unwrap_working_keys
 from pos.messages import KINDS, Card, Message
 from pos.state import JournalEntry
@@ -331,6 +331,13 @@ def batch_totals(journal: list[JournalEntry]) -> tuple[int, int, int, int]:
 
 async def settle(session: Session) -> Receipt:
     state = session.state
+    # A pending reversal goes first: it may take a transaction out of the totals.
+    await session.flush_reversal()
+    if state.pending_reversal is not None:
+        raise ReversalPending(
+            f"the reversal of trace {state.pending_reversal.get('11', '')} is still unanswered: "
+            "settle again once it is"
+        )
     da, dc, ca, cc = batch_totals(state.journal)
     req = messages.settlement(
         state.next_stan(),
@@ -339,7 +346,6 @@ async def settle(session: Session) -> Receipt:
         state.merchant_id,
         messages.totals_field(da, dc, ca, cc),
     )
-    await session.flush_reversal()
     answer = await session.exchange(req)
     r = _receipt(session, "SETTLEMENT", req, answer, answer.code)
     r.batch = state.batch

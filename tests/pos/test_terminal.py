@@ -212,3 +212,21 @@ def test_bad_input_gives_one_line_and_non_zero_exit(tmp_path: Path) -> None:
         assert r.exit_code == 1, (args, r.output)
         assert r.output.count("\n") == 1, (args, r.output)
         assert PAN not in r.output
+
+
+def test_settle_sends_the_pending_reversal_before_counting(tmp_path: Path, switch: FakeSwitch) -> None:
+    state = tmp_path / "t.json"
+    init(state, switch)
+    card = ["--card", PAN, "--expiry", "3012", "--no-pin", "--timeout", "0.3"]
+    assert run(state, "purchase", "4", *card).exit_code == 0  # signs on first: STAN 1, purchase STAN 2
+    switch.silent.add(("0400", "000002"))
+    r = run(state, "reverse", "--timeout", "0.3")  # the operator reverses it; no answer: pending
+    assert "pending" in " ".join(json.loads(r.stdout)["notes"])
+    r = run(state, "settle", "--timeout", "0.3")
+    assert r.exit_code == 1 and "still unanswered" in r.output
+    switch.silent.clear()
+    switch.approved_totals["debit"] -= 400  # the switch applies the reversal too
+    r = run(state, "settle")
+    assert r.exit_code == 0, r.output
+    notes = " ".join(json.loads(r.stdout)["notes"])
+    assert "debits 0 CNY 0.00" in notes and "totals balanced" in notes
