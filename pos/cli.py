@@ -255,10 +255,13 @@ def pos() -> None:
     """POS terminal simulator: sign on, transact and settle like a real terminal.
 
     \b
-    payswitch pos init -t T0000001 --merchant 898330160120001 --scheme 3des --tmk HEX
-    payswitch pos signon
-    payswitch pos purchase 12.50 --card 6212345678901234567 --expiry 3012 --pin 123456
+    With the demo seeded (payswitch run does it): terminal T0000001, demo card alice:
+    payswitch pos purchase 12.34 --trace
+    payswitch pos balance --card bob -t T0000002
     payswitch pos settle
+    A terminal of your own (its TMK as given to `payswitch terminal add`):
+    payswitch pos init -t T0000009 --merchant 898330160120001 --scheme sm4 --tmk HEX
+    payswitch pos purchase 12.50 -t T0000009 --card 6212345678901234567 --expiry 3012
     """
 
 
@@ -390,7 +393,7 @@ def _card_command(name: str, kind: str, help_text: str, *, amount: bool, pin_req
 
 _card_command("balance", "balance", "Balance inquiry (0200, 31).", amount=False, pin_required=True)
 _card_command(
-    "purchase", "purchase", "Purchase (0200, 00): AMOUNT in yuan, e.g. 12.50.", amount=True, pin_required=True
+    "purchase", "purchase", "Purchase (0200, 00) of AMOUNT yuan (12.50).", amount=True, pin_required=True
 )
 _card_command(
     "topup", "topup", "Top-up, a cash load (0200, 21): AMOUNT in yuan.", amount=True, pin_required=False
