@@ -46,6 +46,7 @@ class _Client:
         self.slot = trio.Event()
         self.closing = False
         self.read_scope = trio.CancelScope()
+        self.last_active = trio.current_time()
 
     def send(self, data: bytes) -> None:
         self.out.append(data)
@@ -77,6 +78,7 @@ class Listener:
                 self._accept_scope = scope
                 task_status.started(self.port)
                 async with trio.open_nursery() as acceptors:
+                    acceptors.start_soon(self._close_idle)
                     for listener in listeners:
                         acceptors.start_soon(self._accept, listener, connections)
             for listener in listeners:
@@ -91,6 +93,17 @@ class Listener:
                 await trio.sleep(0.1)
                 continue
             connections.start_soon(self._serve_client, stream)
+
+    async def _close_idle(self) -> None:
+        """Close connections silent for ``idle_timeout`` with nothing in flight."""
+        idle = self.limits.idle_timeout
+        while True:
+            await trio.sleep(min(1.0, idle / 4))
+            now = trio.current_time()
+            for client in list(self._clients):
+                if not client.in_flight and now - client.last_active > idle:
+                    log.info("closing idle connection", listener=self.name)
+                    client.read_scope.cancel()
 
     def drain(self) -> None:
         """Stop accepting and reading; in-flight requests still get their answers."""
@@ -134,13 +147,9 @@ class Listener:
             if self._draining:
                 return
             while True:
-                with trio.move_on_after(limits.idle_timeout) as idle:
-                    data = await client.stream.receive_some(65536)
-                if idle.cancelled_caught:
-                    if client.in_flight:
-                        continue
-                    log.info("closing idle connection", listener=self.name)
-                    return
+                # No cancel scope per read (~15 µs each): _close_idle ends silent connections.
+                data = await client.stream.receive_some(65536)
+                client.last_active = trio.current_time()
                 if not data:
                     return
                 buf += data
@@ -168,6 +177,7 @@ class Listener:
                 client.read_scope.cancel()  # the frame could not be answered: close this connection
             elif answer:
                 client.send(frame(answer))  # (an empty answer means: drop the frame, send nothing)
+            client.last_active = trio.current_time()
         finally:
             client.in_flight -= 1
             self.in_flight -= 1
