@@ -118,7 +118,6 @@ class AcquirerService:
             answer = dict(seen.answer or self._response(msg, "96"))
             return await self._answer(codec, link, msg, answer)
         seen = self._remember(key)
-        metrics.IN_FLIGHT.inc()
         us_hsm = 0.0
         try:
             if mti in FINANCIAL:
@@ -128,8 +127,6 @@ class AcquirerService:
         except Exception as exc:
             log.exception("acquirer request failed", error=str(exc))
             answer = self._response(msg, "96")
-        finally:
-            metrics.IN_FLIGHT.dec()
         seen.answer = answer
         seen.done.set()
         code = str(answer.get("39", ""))

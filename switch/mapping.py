@@ -6,6 +6,7 @@ bytes). Nothing here does I/O, so every rule is unit-tested directly.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -82,7 +83,12 @@ class De60:
 
 
 def parse_de60(value: Any) -> De60:
-    text = value if isinstance(value, str) else ""
+    return _parse_de60(value if isinstance(value, str) else "")
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_de60(text: str) -> De60:
+    # DE60 values repeat (same type code, batch and network code) so parses are cached.
     text = text.ljust(11, "0")
     return De60(text[0:2], text[2:8], text[8:11], text[11:])
 
@@ -95,14 +101,18 @@ def de60(type_code: str, batch_no: int, network_code: str, rest: str = "") -> st
 
 
 def txn_type(msg: Message) -> str:
-    """A stable name for metrics and the journal, from MTI, DE3, DE25 and 60.1 (pos-dialect.md)."""
-    mti = str(msg.get("t", ""))
-    pc = str(msg.get("3", ""))[:2]
-    cond = str(msg.get("25", "00"))
+    """A stable name for metrics and the journal, from MTI, DE3, DE25 and 60.3 (pos-dialect.md)."""
+    de60_value = msg.get("60")
+    network = de60_value[8:11] if isinstance(de60_value, str) else ""
+    return _txn_type(str(msg.get("t", "")), str(msg.get("3", ""))[:2], str(msg.get("25", "00")), network)
+
+
+@functools.lru_cache(maxsize=256)
+def _txn_type(mti: str, pc: str, cond: str, network: str) -> str:
     if mti in ("0800", "0810"):
         return "sign-on"
     if mti in ("0820", "0830"):
-        return "echo" if parse_de60(msg.get("60")).network_code == "301" else "sign-off"
+        return "echo" if network == "301" else "sign-off"
     if mti in ("0500", "0510"):
         return "settlement"
     if mti in ("0320", "0330"):

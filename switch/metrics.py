@@ -60,7 +60,8 @@ REFUSED = Counter(
     "Connections closed at once because the listener was full.",
     ["listener"],
 )
-IN_FLIGHT = Gauge("payswitch_switch_in_flight", "Requests being processed.")
+IN_FLIGHT = Gauge("payswitch_switch_in_flight", "Requests being processed (read, not yet answered).")
+# (computed at scrape time from the listeners' counters: see switch.server)
 BAD_FRAMES = Counter(
     "payswitch_switch_bad_frames_total",
     "Frames that did not parse (answered 30 or connection closed).",

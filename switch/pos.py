@@ -366,7 +366,6 @@ class PosService:
             mti=mti, stan=stan, kind=kind, amount=_amount(msg), pan_masked=mask_pan(pan) if pan else None
         )
         terminal.entries[(mti, stan)] = entry
-        metrics.IN_FLIGHT.inc()
         try:
             reply, link_request = await self._financial_steps(
                 msg, raw, timing, terminal, entry, pan, batch, mak
@@ -375,8 +374,6 @@ class PosService:
             entry.finish("96", None)
             terminal.entries.pop((mti, stan), None)
             raise
-        finally:
-            metrics.IN_FLIGHT.dec()
         code = str(reply.message["39"])
         keep = code not in _RETRYABLE and batch == terminal.batch_no
         entry.rrn = str(reply.message.get("37", "")) or None

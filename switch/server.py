@@ -20,6 +20,7 @@ from ops.logs import get_logger
 from ops.pgpool import PgPool
 from specs.codec import codec_for
 from specs.framing import H2H_MAX_FRAME, POS_MAX_FRAME
+from switch import metrics
 from switch.acquirer import AcquirerService
 from switch.hsm import ClientHsm, SwitchHsm
 from switch.journal import JournalWriter
@@ -116,6 +117,7 @@ class Switch:
             )
             services.append((Listener("h2h", acquirers.handle, h2h_limits), cfg.h2h_port))
             self.listeners = [listener for listener, _ in services]
+            metrics.IN_FLIGHT.set_function(lambda: sum(listener.in_flight for listener in self.listeners))
 
             async with trio.open_nursery() as background:
                 background.start_soon(journal.run)
