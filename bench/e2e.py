@@ -112,6 +112,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--terminals", type=int, default=64, help="concurrent terminals")
     ap.add_argument("--cards", type=int, default=500, help="load cards")
     ap.add_argument("--mix", default="purchase=100")
+    ap.add_argument(
+        "--per-connection",
+        type=int,
+        default=1,
+        help="terminals sharing one TCP connection (1: each its own, as real terminals)",
+    )
     ap.add_argument("--baseline-duration", type=float, default=5.0)
     ap.add_argument("--durable", action="store_true", help="PostgreSQL with fsync on (default: off)")
     ap.add_argument("--profile", action="store_true", help="also sample where switch and host spend time")
@@ -141,12 +147,22 @@ def main(argv: list[str]) -> int:
         pool = read_pool(system.root / "var/pos/load-pool.json")
 
         base_plan = LoadPlan(
-            pool=pool, terminals=args.terminals, mix=parse_mix("echo=1"), duration=args.baseline_duration
+            pool=pool,
+            terminals=args.terminals,
+            mix=parse_mix("echo=1"),
+            duration=args.baseline_duration,
+            per_connection=args.per_connection,
         )
         base = _load(system, base_plan).as_dict()
         result["baseline_echo"] = {k: base[k] for k in ("throughput_per_s", "latency_ms", "response_codes")}
 
-        plan = LoadPlan(pool=pool, terminals=args.terminals, mix=parse_mix(args.mix), duration=args.duration)
+        plan = LoadPlan(
+            pool=pool,
+            terminals=args.terminals,
+            mix=parse_mix(args.mix),
+            duration=args.duration,
+            per_connection=args.per_connection,
+        )
         report, cpu, wall = _measure(system, plan)
         data = report.as_dict()
         result["e2e"] = data
@@ -184,6 +200,7 @@ def main(argv: list[str]) -> int:
                     terminals=args.terminals,
                     mix=parse_mix(args.mix),
                     duration=min(args.duration, 10.0),
+                    per_connection=args.per_connection,
                 ),
             )
             for name in ("switch", "host"):
@@ -208,7 +225,8 @@ def main(argv: list[str]) -> int:
     print(f"baseline (echo)    {result['baseline_echo']['throughput_per_s']}/s through the switch alone")
     print(
         f"e2e purchases      {e2e['approved_purchases_per_s']}/s approved "
-        f"({e2e['terminals']} terminals, {e2e['elapsed_s']} s, PIN + MAC, both profiles)"
+        f"({e2e['terminals']} terminals, {e2e['terminals_per_connection']} per connection, "
+        f"{e2e['elapsed_s']} s, PIN + MAC, both profiles)"
     )
     print(f"latency ms         p50 {lat['p50']}  p95 {lat['p95']}  p99 {lat['p99']}  max {lat['max']}")
     print(f"response codes     {e2e['response_codes']}  errors {e2e['errors'] or 'none'}")

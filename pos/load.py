@@ -27,7 +27,15 @@ from typing import Any
 import trio
 
 from pos import messages, terminal
-from pos.client import Connection, NoAnswer, ReversalPending, Session, TerminalError
+from pos.client import (
+    Connection,
+    Multiplexer,
+    NoAnswer,
+    ReversalPending,
+    Session,
+    TerminalError,
+    Transport,
+)
 from pos.crypto import pin_block
 from pos.messages import KINDS, Card
 from pos.state import StateError, TerminalState, new_state
@@ -130,6 +138,7 @@ class LoadReport:
     elapsed: float
     stats: Stats
     mix: dict[str, float]
+    per_connection: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         lat = sorted(self.stats.latencies)
@@ -139,6 +148,7 @@ class LoadReport:
         return {
             "terminals": self.terminals,
             "signed_on": self.signed_on,
+            "terminals_per_connection": self.per_connection,
             "mix": self.mix,
             "elapsed_s": round(self.elapsed, 3),
             "requests": self.stats.sent,
@@ -195,8 +205,9 @@ class VirtualTerminal:
         self.cards_parsed = [Card.keyed(c.pan, c.expiry) for c in cards]
         self.last_card = 0  # index of the card of the last request built
 
-    async def connect_and_sign_on(self) -> bool:
-        conn = await Connection.open(self.spec.host, self.spec.port, timeout=self.timeout)
+    async def connect_and_sign_on(self, transport: Transport | None = None) -> bool:
+        """Sign on over ``transport`` (a multiplexer port), else over a connection of its own."""
+        conn = transport or await Connection.open(self.spec.host, self.spec.port, timeout=self.timeout)
         self.session = Session(self.state, codec_for("pos", self.state.scheme), conn, timeout=self.timeout)
         receipt = await terminal.signon(self.session)
         return receipt.approved
@@ -244,6 +255,7 @@ class LoadPlan:
     amount: int = 100  # minor units per purchase / top-up / pre-auth
     timeout: float = 10.0
     seed: int = 1
+    per_connection: int = 1  # terminals sharing one TCP connection (a concentrator); 1 = each its own
 
 
 Progress = Callable[[dict[str, Any]], None]
@@ -252,23 +264,49 @@ Progress = Callable[[dict[str, Any]], None]
 async def run_load(plan: LoadPlan, progress: Progress | None = None) -> LoadReport:
     if plan.terminals < 1:
         raise LoadError("at least one terminal")
-    specs_ = plan.pool.terminals
-    if plan.terminals > len(specs_):
-        raise LoadError(f"the pool has {len(specs_)} terminals, {plan.terminals} asked for")
+    pool_terminals = plan.pool.terminals
+    if plan.terminals > len(pool_terminals):
+        raise LoadError(f"the pool has {len(pool_terminals)} terminals, {plan.terminals} asked for")
     rng = random.Random(plan.seed)
     try:
         vts = [
             VirtualTerminal(s, plan.pool.cards, plan.timeout, random.Random(rng.random()))
-            for s in specs_[: plan.terminals]
+            for s in pool_terminals[: plan.terminals]
         ]
     except (StateError, messages.CardError) as exc:
         raise LoadError(f"load pool: {exc}") from None
     stats = Stats()
+    muxes: list[Multiplexer] = []
+    transports: dict[str, Transport] = {}
+    reports: list[LoadReport] = []
+    # No exception is raised inside the nursery (trio would wrap it in an ExceptionGroup).
+    try:
+        async with trio.open_nursery() as links:
+            if plan.per_connection > 1:
+                await _multiplex(plan, vts, links, muxes, transports, stats)
+            signed = await _sign_on_all(vts, transports, stats)
+            if signed:
+                reports.append(await _drive_all(plan, vts, signed, stats, progress))
+            links.cancel_scope.cancel()
+    finally:
+        for vt in vts:
+            await vt.aclose()
+        for mux in muxes:
+            await mux.conn.aclose()
+    if not reports:
+        reasons = ", ".join(stats.errors)
+        raise LoadError("no terminal could sign on" + (f": {reasons}" if reasons else ""))
+    return reports[0]
+
+
+async def _sign_on_all(
+    vts: list[VirtualTerminal], transports: dict[str, Transport], stats: Stats
+) -> list[VirtualTerminal]:
     signed: list[VirtualTerminal] = []
 
     async def sign_on(vt: VirtualTerminal) -> None:
         try:
-            if await vt.connect_and_sign_on():
+            if await vt.connect_and_sign_on(transports.get(vt.spec.terminal_id)):
                 signed.append(vt)
             else:
                 stats.errors["sign-on declined"] += 1
@@ -278,15 +316,16 @@ async def run_load(plan: LoadPlan, progress: Progress | None = None) -> LoadRepo
     async with trio.open_nursery() as nursery:
         for vt in vts:
             nursery.start_soon(sign_on, vt)
-    if not signed:
-        for vt in vts:
-            await vt.aclose()
-        raise LoadError(
-            "no terminal could sign on: " + ", ".join(stats.errors)
-            if stats.errors
-            else "no terminal could sign on"
-        )
+    return signed
 
+
+async def _drive_all(
+    plan: LoadPlan,
+    vts: list[VirtualTerminal],
+    signed: list[VirtualTerminal],
+    stats: Stats,
+    progress: Progress | None,
+) -> LoadReport:
     kinds = list(plan.mix)
     weights = [plan.mix[k] for k in kinds]
     remaining = [plan.count if plan.count is not None else -1]
@@ -331,7 +370,7 @@ async def run_load(plan: LoadPlan, progress: Progress | None = None) -> LoadRepo
                 try:
                     await terminal.signon(session)
                     vt.pin_blocks.clear()
-                except (TerminalError, NoAnswer) as exc:
+                except TerminalError as exc:
                     stats.errors[f"re-sign-on: {_short(exc)}"] += 1
                     return
 
@@ -356,18 +395,42 @@ async def run_load(plan: LoadPlan, progress: Progress | None = None) -> LoadRepo
                 )
             last_n, last_t = n, now
 
-    try:
-        async with trio.open_nursery() as outer:
-            outer.start_soon(report_progress)
-            async with trio.open_nursery() as nursery:
-                for i, vt in enumerate(signed):
-                    nursery.start_soon(drive, vt, i)
-            outer.cancel_scope.cancel()
-        elapsed = time.perf_counter() - started
-    finally:
-        for vt in vts:
-            await vt.aclose()
-    return LoadReport(len(vts), len(signed), elapsed, stats, plan.mix)
+    async with trio.open_nursery() as outer:
+        outer.start_soon(report_progress)
+        async with trio.open_nursery() as nursery:
+            for i, vt in enumerate(signed):
+                nursery.start_soon(drive, vt, i)
+        outer.cancel_scope.cancel()
+    elapsed = time.perf_counter() - started
+    return LoadReport(len(vts), len(signed), elapsed, stats, plan.mix, plan.per_connection)
+
+
+async def _multiplex(
+    plan: LoadPlan,
+    vts: list[VirtualTerminal],
+    links: trio.Nursery,
+    muxes: list[Multiplexer],
+    transports: dict[str, Transport],
+    stats: Stats,
+) -> None:
+    """Open one connection per ``plan.per_connection`` terminals (same switch port) and give each
+    terminal its port on it."""
+    groups: dict[tuple[str, int, str], list[VirtualTerminal]] = {}
+    for vt in vts:
+        groups.setdefault((vt.spec.host, vt.spec.port, vt.state.scheme), []).append(vt)
+    for (host, port, scheme), members in groups.items():
+        for i in range(0, len(members), plan.per_connection):
+            chunk = members[i : i + plan.per_connection]
+            try:
+                conn = await Connection.open(host, port, timeout=plan.timeout)
+            except TerminalError as exc:
+                stats.errors[f"connect: {_short(exc)}"] += len(chunk)
+                continue
+            mux = Multiplexer(conn, codec_for("pos", scheme))
+            muxes.append(mux)
+            links.start_soon(mux.run)
+            for vt in chunk:
+                transports[vt.spec.terminal_id] = mux.port(vt.spec.terminal_id)
 
 
 async def _preauth_pair(vt: VirtualTerminal, amount: int, stats: Stats) -> None:

@@ -81,6 +81,13 @@ def ledger_check(config_path: str | None, timeout: float = 300.0) -> dict[str, A
     show_default=True,
     help="Terminals and cards to use.",
 )
+@click.option(
+    "--per-connection",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Terminals sharing one TCP connection, as behind a concentrator (fewer system calls).",
+)
 @click.option("--no-ledger-check", is_flag=True, help="Skip the `ledger check` after the run.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @pass_app
@@ -94,6 +101,7 @@ def load(
     amount: str,
     timeout: float,
     pool: Path,
+    per_connection: int,
     no_ledger_check: bool,
     quiet: bool,
 ) -> None:
@@ -109,6 +117,7 @@ def load(
             rate=rate,
             amount=parse_amount(amount),
             timeout=timeout,
+            per_connection=per_connection,
         )
     except (LoadError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None

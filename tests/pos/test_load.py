@@ -32,8 +32,8 @@ def write_pool(path: Path, fake: FakeSwitch, terminals: list[str]) -> None:
     path.write_text(json.dumps(pool))
 
 
-@pytest.mark.parametrize("scheme", ["3des", "sm4"])
-def test_load_runs_the_mix_and_reports(tmp_path: Path, scheme: str) -> None:
+@pytest.mark.parametrize(("scheme", "per_connection"), [("3des", 1), ("sm4", 1), ("3des", 3)])
+def test_load_runs_the_mix_and_reports(tmp_path: Path, scheme: str, per_connection: int) -> None:
     tids = [f"L{i:07d}" for i in range(4)]
     fake = FakeSwitch(scheme, {t: bytes.fromhex(TMK) for t in tids}).start()  # type: ignore[arg-type]
     try:
@@ -44,13 +44,14 @@ def test_load_runs_the_mix_and_reports(tmp_path: Path, scheme: str) -> None:
             mix=parse_mix("purchase=80,balance=10,echo=5,preauth=5"),
             duration=None,
             count=300,
+            per_connection=per_connection,
         )
         progress: list[dict[str, object]] = []
         report = trio.run(run_load, plan, progress.append)
     finally:
         fake.stop()
     data = report.as_dict()
-    assert data["signed_on"] == 4
+    assert data["signed_on"] == 4 and data["terminals_per_connection"] == per_connection
     assert data["requests"] >= 300 and data["answered"] == data["requests"]
     assert data["response_codes"] == {"00": data["answered"]}
     assert data["latency_ms"]["p50"] <= data["latency_ms"]["p99"] <= data["latency_ms"]["max"]
