@@ -62,8 +62,13 @@ def serve(app: AppContext) -> None:
     pool = PgPool(database_url(cfg), min_size=1, max_size=cfg.switch.db_pool_max).start()
     try:
         trio.run(serve_async, cfg, pool)
-    except OSError as exc:
-        raise click.ClickException(f"switch cannot start: {exc.strerror or exc}") from None
+    except (OSError, BaseExceptionGroup) as exc:
+        leaf: BaseException = exc
+        while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
+            leaf = leaf.exceptions[0]
+        if isinstance(leaf, OSError):  # a port in use, an unreachable HSM at start, ...
+            raise click.ClickException(f"switch cannot start: {leaf.strerror or leaf}") from None
+        raise
     finally:
         pool.close()
 
