@@ -41,6 +41,7 @@ class LinkTimeout(Exception):
 
 
 MacFn = Callable[[bytes], Awaitable[bytes]]
+VerifyFn = Callable[[bytes, bytes], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
@@ -105,11 +106,12 @@ def frame(body: bytes) -> bytes:
 
 
 class _Waiter:
-    __slots__ = ("deadline", "event", "response")
+    __slots__ = ("deadline", "event", "raw", "response")
 
     def __init__(self, deadline: float) -> None:
         self.event = trio.Event()
         self.response: Message | None = None
+        self.raw = b""
         self.deadline = deadline
 
 
@@ -200,6 +202,19 @@ class _Connection:
                 del self.pending[key]
         if waiter.response is None:
             raise LinkTimeout(f"no answer on link {self.link.name} within {timeout:g}s")
+        verify = self.link.verify
+        if verify is not None and not str(waiter.response.get("t", "")).startswith("08"):
+            mac = waiter.response.get("128")
+            codec = self.link.codec
+            if not (
+                isinstance(mac, bytes)
+                and codec.has_mac(waiter.raw)
+                and await verify(codec.mac_block(waiter.raw), mac)
+            ):
+                # An answer that cannot be trusted is no answer: the outcome is unknown (reverse it).
+                metrics.LINK_BAD_FRAMES.labels(link=self.link.name).inc()
+                log.warning("answer MAC does not verify", link=self.link.name, stan=msg.get("11"))
+                raise LinkTimeout(f"answer on link {self.link.name} failed MAC verification")
         return waiter.response
 
     async def _sweep(self) -> None:
@@ -252,6 +267,7 @@ class _Connection:
                 )
                 return
             waiter.response = msg
+            waiter.raw = body
             waiter.event.set()
         elif mti == "0800":
             reply: Message = {k: msg[k] for k in ("7", "11", "32", "70") if k in msg}
@@ -282,13 +298,15 @@ class OutboundLink:
         *,
         timing: LinkTiming | None = None,
         mac: MacFn | None = None,
+        verify: VerifyFn | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
         self.codec = codec
         self.acquirer_id = acquirer_id
         self.timing = timing or LinkTiming()
-        self.mac = mac
+        self.mac = mac  # DE128 on requests (links with a ZAK)
+        self.verify = verify  # DE128 checked on answers (links with a ZAK)
         self._stan = itertools.count(_initial_stan())
         self._conns = [_Connection(self, i) for i in range(config.connections)]
         self._rr = 0

@@ -22,9 +22,9 @@ from specs.codec import codec_for
 from specs.framing import H2H_MAX_FRAME, POS_MAX_FRAME
 from switch import metrics
 from switch.acquirer import AcquirerService
-from switch.hsm import ClientHsm, SwitchHsm
+from switch.hsm import ClientHsm, HsmRefused, HsmUnavailable, SwitchHsm
 from switch.journal import JournalWriter
-from switch.links import LinkConfig, LinkTiming, MacFn, OutboundLink
+from switch.links import LinkConfig, LinkTiming, MacFn, OutboundLink, VerifyFn
 from switch.listener import Limits, Listener
 from switch.pos import PosService
 from switch.routing import RoutingTable
@@ -70,6 +70,7 @@ class Switch:
                         cfg.institution_id,
                         timing=timing,
                         mac=_link_mac(hsm, lc),
+                        verify=_link_verify(hsm, lc),
                     )
             inbound = {lc.institution_id: lc for lc in link_configs if lc.direction == "in" and lc.enabled}
             journal = JournalWriter(store.insert_journal)
@@ -158,6 +159,20 @@ def _link_mac(hsm: SwitchHsm, lc: LinkConfig) -> MacFn | None:
         return await hsm.link_mac(lc.scheme, zak, data)
 
     return mac
+
+
+def _link_verify(hsm: SwitchHsm, lc: LinkConfig) -> VerifyFn | None:
+    zak = lc.zak
+    if not zak:
+        return None
+
+    async def verify(data: bytes, mac: bytes) -> bool:
+        try:
+            return await hsm.verify_link_mac(zak, data, mac)
+        except (HsmRefused, HsmUnavailable):
+            return False
+
+    return verify
 
 
 async def serve(config: Config, pool: PgPool) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import trio
 
 from hsm_sim import pin as pinlib
+from hsm_sim.mac import retail_mac
 from specs.codec import codec_for
 from specs.framing import frame
 from switch.links import split_frames
@@ -26,6 +27,9 @@ class FakeHost:
     zpk: bytes
     port: int = 0
     drop_financial: bool = False
+    zak: bytes | None = None  # when set: requests' DE128 checked (mac_failures), answers MACed
+    bad_answer_mac: bool = False
+    mac_failures: int = 0
     drop_advices: bool = False
     delay: float = 0.0
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -73,6 +77,12 @@ class FakeHost:
                     buf += data
                     for body in split_frames(buf, 8192):
                         msg = codec.decode(body)
+                        if self.zak is not None and msg["t"][:2] != "08":
+                            expected = (
+                                retail_mac(self.zak, codec.mac_block(body)) if codec.has_mac(body) else b""
+                            )
+                            if msg.get("128") != expected:
+                                self.mac_failures += 1
                         with self._lock:
                             self.requests.append(msg)
                         nursery.start_soon(self._answer, stream, lock, codec, msg)
@@ -115,8 +125,13 @@ class FakeHost:
             return
         else:
             answer["39"] = "00"
+        raw = codec.encode(answer)
+        if self.zak is not None and mti[:2] != "08":
+            raw = codec.encode({**answer, "128": bytes(8)})
+            mac = bytes(8) if self.bad_answer_mac else retail_mac(self.zak, codec.mac_block(raw))
+            raw = codec.with_mac(raw, mac)
         try:
             async with lock:
-                await stream.send_all(frame(codec.encode(answer)))
+                await stream.send_all(frame(raw))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass

@@ -34,6 +34,8 @@ from tests.switch.test_pos_e2e import (
 ACQ_ZPK_HEX = "0123456789ABCDEF0123456789ABCDEF"
 ACQ_ZAK_HEX = "FEDCBA98765432100123456789ABCDEF"
 ACQUIRER = "12345678"
+ISSUER_ZAK_HEX = "0123456789ABCDEFFEDCBA9876543210"
+PAN_MACED = "6212355678901234566"
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +50,16 @@ def setup(db_url: str, hsm_server: HsmServer) -> Iterator[dict[str, Any]]:
             }
 
     keys.update({f"acq_{k}": v for k, v in trio.run(acquirer_keys).items()})
+
+    async def issuer_zak() -> str:
+        async with hsm_server.client() as h:
+            return (await h.form_key("008", [ISSUER_ZAK_HEX, "0" * 32])).under_lmk
+
+    keys["zak3"] = trio.run(issuer_zak)
     asyncio.run(_register_terminals(db_url, keys))
     host3 = FakeHost("3des", bytes.fromhex(ZPK3_HEX)).start()
     host4 = FakeHost("sm4", bytes.fromhex(ZPK4_HEX)).start()
+    maced = FakeHost("3des", bytes.fromhex(ZPK3_HEX), zak=bytes.fromhex(ISSUER_ZAK_HEX)).start()
     env = base_env(db_url, hsm_server)
     for args in (
         [
@@ -86,16 +95,43 @@ def setup(db_url: str, hsm_server: HsmServer) -> Iterator[dict[str, Any]]:
             keys["acq_zak"],
         ],
         ["switch", "route", "add", "621234", "--link", "issuer3"],
+        [
+            "switch",
+            "link",
+            "add",
+            "maced",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(maced.port),
+            "--scheme",
+            "3des",
+            "--zpk",
+            keys["zpk3"],
+            "--zak",
+            keys["zak3"],
+            "--connections",
+            "1",
+        ],
+        ["switch", "route", "add", "621235", "--link", "maced"],
     ):
         result = run_cli(args, env)
         assert result.returncode == 0, result.stderr
     listing = run_cli(["switch", "link", "list"], env)
     assert "acq1" in listing.stdout and "issuer3" in listing.stdout and keys["zpk3"] not in listing.stdout
     try:
-        yield {"db_url": db_url, "hsm": hsm_server, "host3": host3, "host4": host4, "env": env}
+        yield {
+            "db_url": db_url,
+            "hsm": hsm_server,
+            "host3": host3,
+            "host4": host4,
+            "maced": maced,
+            "env": env,
+        }
     finally:
         host3.stop()
         host4.stop()
+        maced.stop()
 
 
 @pytest.fixture(scope="module")
@@ -479,3 +515,27 @@ def test_inbound_h2h_malformed_frames_keep_the_link_up(world: World) -> None:
                 assert data
                 buf += data
         assert got[-1]["11"] == "710002" and got[-1]["39"] == "00"
+
+
+def test_outbound_link_with_mac(world: World, setup: dict[str, Any]) -> None:
+    maced: FakeHost = setup["maced"]
+    wait_until(lambda: len(maced.seen("0800")) >= 1, what="MACed link sign-on")
+    t = world.terminal("3des")
+    assert t.sign_on().code == "00"
+    wait_until(lambda: t.exchange(t.purchase_msg(PAN_MACED, 100, pin="123456")).code == "00", what="link up")
+    assert maced.mac_failures == 0 and all("128" in m for m in maced.seen("0200"))
+    # an answer whose MAC does not verify is no answer: 98 and a reversal advice
+    maced.bad_answer_mac = True
+    try:
+        r = t.exchange(t.purchase_msg(PAN_MACED, 200, pin="123456"))
+        assert r.code == "98"
+        lost = maced.seen("0200")[-1]
+        wait_until(lambda: any(m.get("90", "")[4:10] == lost["11"] for m in maced.seen("0420")), what="0420")
+    finally:
+        maced.bad_answer_mac = False
+    wait_until(
+        lambda: not world.query("SELECT 1 FROM switch_saf WHERE done_at IS NULL AND link = 'maced'"),
+        what="advice accepted once answers verify again",
+    )
+    assert maced.mac_failures == 0
+    t.close()
