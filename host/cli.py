@@ -155,7 +155,12 @@ def serve(app: AppContext, port: int | None) -> None:
                     nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
                     await nursery.start(service.serve)
 
-    trio.run(main)
+    from hsm_sim.client import HsmError
+
+    try:
+        trio.run(main)
+    except HsmError as exc:
+        raise click.ClickException(f"HSM: {exc}") from None
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:

@@ -23,6 +23,8 @@ from typing import Any
 
 from hsm_sim.client import HsmClient, account_from_pan
 
+HASH_CACHE_LIMIT = 2_000_000  # about 250 MB at most; a clear costs one HSM call per PAN again
+
 KEY_TYPES = {"pan_index": "003", "pan_data": "00A", "pvk": "002", "mailer": "00A"}
 
 
@@ -67,6 +69,8 @@ class IssuerCrypto:
             h = await self.hsm.generate_mac(
                 self.keys.pan_index, pan.encode(), algorithm=3, size=16, key_type="003"
             )
+            if len(self._hashes) >= HASH_CACHE_LIMIT:  # PANs of cards we do not have must not grow it
+                self._hashes.clear()
             self._hashes[pan] = h
         return h
 

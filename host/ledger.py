@@ -47,6 +47,7 @@ from ops.logs import get_logger
 log = get_logger(__name__)
 
 MERCHANT_CACHE_SECONDS = 30.0
+CACHE_LIMIT = 100_000
 
 # Connection settings for whoever posts: the batch queries take arrays of varying size over tables
 # that grow from empty, and a cached generic plan made early (a sequential scan) would stay.
@@ -206,6 +207,8 @@ class Ledger:
                 )
                 for row in rows
             }
+            if len(self._merchants) > CACHE_LIMIT:  # unknown DE42 values must not grow it for ever
+                self._merchants.clear()
             for m in missing:
                 self._merchants[m] = (clock + MERCHANT_CACHE_SECONDS, found.get(m))
         return {m: merchant for m in ids if (merchant := self._merchants[m][1]) is not None}
