@@ -6,6 +6,7 @@ to remember it: PANs are masked to first 6 + last 4, and PIN blocks, keys and tr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
@@ -93,13 +94,28 @@ def configure(format: str = "console", level: str = "info", service: str | None 
     structlog.configure(
         processors=[*shared, redact, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_StderrLogger.factory,
         cache_logger_on_first_use=True,
     )
     # Libraries' own stdlib loggers: warnings and above only, to stderr.
     logging.basicConfig(
         level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(name)s: %(message)s"
     )
+
+
+class _StderrLogger:
+    """Writes each rendered line to whatever sys.stderr is *now* (test runners swap it), and never
+    lets a failed log write (closed or broken stderr) take down the request that logged."""
+
+    @staticmethod
+    def factory(*_args: Any) -> _StderrLogger:
+        return _StderrLogger()
+
+    def msg(self, message: str) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            print(message, file=sys.stderr, flush=True)
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
 
 def _bind_service(service: str) -> Any:

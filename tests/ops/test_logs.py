@@ -66,3 +66,14 @@ def test_mask_pan() -> None:
 def test_no_pan_survives_in_text(pan: str, around: str) -> None:
     text = logs.redact_text(f"{around} {pan} {around}")
     assert pan not in text
+
+
+def test_a_closed_stderr_never_breaks_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import sys
+
+    logs.configure(format="json", level="info")
+    closed = io.StringIO()
+    closed.close()
+    monkeypatch.setattr(sys, "stderr", closed)
+    structlog.get_logger().error("still fine", pan=PAN)  # must not raise
