@@ -25,6 +25,7 @@ import asyncio
 import itertools
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -510,6 +511,7 @@ def main(argv: list[str]) -> int:
                 except subprocess.TimeoutExpired:
                     p.kill()
         cluster.destroy()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
