@@ -38,6 +38,13 @@ def test_purchase_balance_duplicate_reversal(db_url: str, hsm_server: Any) -> No
         assert (await c.request(reversal(c, buy, mti="0421")))["39"] == "00"
         bal = await c.request(message(c, pan, None, proc="310000"))
         assert bal["54"].endswith("C000000010000")
+        swiped = message(c, pan, 700)
+        assert (await c.request(swiped))["39"] == "00"
+        no_pan = reversal(c, swiped)
+        del no_pan["2"]  # a reversal of a swiped purchase carries no PAN: found through DE90
+        assert (await c.request(no_pan))["39"] == "00"
+        bal = await c.request(message(c, pan, None, proc="310000"))
+        assert bal["54"].endswith("C000000010000")
         late = message(c, other, 500)
         assert (await c.request(reversal(c, late)))["39"] == "00"
         assert (await c.request(late))["39"] == "05"
