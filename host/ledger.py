@@ -399,7 +399,7 @@ class Ledger:
             return self._expire(b, r)
         if r.txn is Txn.REVERSAL:
             d = self._reverse(b, r)
-            self._record(b, r, d, original_key=r.original_key, reversal_of=r.original_key)
+            self._record(b, r, d, original_key=r.original_key, reversal_of=r.original_key, merchant=merchant)
             return d
         card = b.cards.get(r.card_id) if r.card_id is not None else None
         original: Original | None = None
@@ -409,7 +409,7 @@ class Ledger:
             if r.txn in (Txn.VOID, Txn.REFUND, Txn.COMPLETION, Txn.PREAUTH_VOID):
                 original = self._find_by_rrn(b, r, card.card_id)
             d = await self._decide_card(conn, b, r, card, merchant, original)
-        self._record(b, r, d, original_key=original.key if original else None)
+        self._record(b, r, d, original_key=original.key if original else None, merchant=merchant)
         if r.txn in FINANCIAL or r.txn is Txn.BALANCE:
             self._register(b, Original(r.key, r.txn, d.code, d.posted, r.card_id, r.amount, r.rrn))
             if d.posted and b.transfers and b.transfers[-1].key == r.key:
@@ -741,6 +741,7 @@ class Ledger:
         txn: str | None = None,
         stan: str | None = None,
         transmitted: str | None = None,
+        merchant: Merchant | None = None,
     ) -> None:
         if r.txn is Txn.EXPIRY:
             return
@@ -751,7 +752,7 @@ class Ledger:
                 txn or str(r.txn),
                 r.proc_code or None,
                 r.card_id,
-                None,
+                merchant.id if merchant is not None else None,
                 r.acquirer_id,
                 r.terminal_id,
                 r.merchant_id,
