@@ -89,3 +89,25 @@ def test_target_rate_paces_the_terminals(tmp_path: Path) -> None:
     finally:
         fake.stop()
     assert 150 <= data["requests"] <= 210, data["requests"]
+
+
+def test_a_lost_shared_connection_fails_its_terminals_without_hanging(tmp_path: Path) -> None:
+    tids = [f"L{i:07d}" for i in range(4)]
+    fake = FakeSwitch("3des", {t: bytes.fromhex(TMK) for t in tids}).start()
+    fake.hang_up.add(("0200", "000005"))  # each terminal's 4th purchase closes its shared connection
+    try:
+        write_pool(tmp_path / "pool.json", fake, tids)
+        plan = LoadPlan(
+            pool=read_pool(tmp_path / "pool.json"),
+            terminals=4,
+            mix=parse_mix("purchase"),
+            duration=3.0,
+            per_connection=2,
+            timeout=1.0,
+        )
+        data = trio.run(run_load, plan, None).as_dict()
+    finally:
+        fake.stop()
+    assert data["signed_on"] == 4
+    assert data["answered"] == 12  # 3 purchases each, then the line drops under all of them
+    assert sum(data["errors"].values()) == 4 and data["elapsed_s"] < 2.5  # every terminal stops at once
