@@ -352,13 +352,13 @@ class Ledger:
 
     async def _lock_cards(self, conn: Any, b: _Batch, card_ids: list[int]) -> None:
         rows = await conn.fetch(
-            """SELECT c.id, c.account_id, c.state, c.expiry, c.part, c.uses_left, c.pin_tries, c.day,
-                      c.day_amount, c.day_count, a.debits_pending, a.debits_posted, a.credits_pending,
+            """SELECT c.id, c.account_id, c.state, c.expiry, c.part, c.uses_left, c.pin_tries, a.day,
+                      a.day_amount, a.day_count, a.debits_pending, a.debits_posted, a.credits_pending,
                       a.credits_posted, p.id AS product_id, p.code, p.kind, p.currency, p.max_balance,
                       p.per_txn_limit, p.daily_amount_limit, p.daily_count_limit, p.pin_required,
                       p.allowed_mccs, p.allowed_groups
                FROM cards c JOIN accounts a ON a.id = c.account_id JOIN products p ON p.id = c.product_id
-               WHERE c.id = ANY($1::bigint[]) ORDER BY c.id FOR NO KEY UPDATE OF c, a""",
+               WHERE c.id = ANY($1::bigint[]) ORDER BY c.id FOR NO KEY UPDATE OF a""",
             card_ids,
         )
         for row in rows:
@@ -799,9 +799,16 @@ class Ledger:
         C json module) rather than an array per column: per-element array encoding was measured as the
         costliest part of the write on the host's side.
         """
-        if not (b.auth_rows or b.transfers or b.deltas):
+        if not (
+            b.auth_rows
+            or b.transfers
+            or b.deltas
+            or any(c.card_dirty or c.counters_dirty for c in b.cards.values())
+        ):
             return
-        ids = sorted(b.deltas)
+        counted = {c.account_id: c for c in b.cards.values() if c.counters_dirty}
+        ids = sorted(set(b.deltas) | set(counted))
+        zero = [0, 0, 0, 0]
         dirty = [c for c in b.cards.values() if c.card_dirty]
         transfers = [
             (
@@ -825,13 +832,14 @@ class Ledger:
             json.dumps(b.auth_rows),
             json.dumps(transfers),
             ids,
-            *[[b.deltas[i][c] for i in ids] for c in range(4)],
+            *[[b.deltas.get(i, zero)[c] for i in ids] for c in range(4)],
+            [i in counted for i in ids],
+            [counted[i].day if i in counted else None for i in ids],
+            [counted[i].day_amount if i in counted else 0 for i in ids],
+            [counted[i].day_count if i in counted else 0 for i in ids],
             [c.card_id for c in dirty],
             [c.uses_left for c in dirty],
             [c.pin_tries for c in dirty],
-            [c.day for c in dirty],
-            [c.day_amount for c in dirty],
-            [c.day_count for c in dirty],
         )
 
 
@@ -851,15 +859,17 @@ WITH requests AS (
     FROM json_array_elements($2::json) AS r
 ), sums AS (
     UPDATE accounts a SET debits_pending = a.debits_pending + d.dpe, debits_posted = a.debits_posted + d.dpo,
-        credits_pending = a.credits_pending + d.cpe, credits_posted = a.credits_posted + d.cpo
-    FROM unnest($3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
-        AS d(id, dpe, dpo, cpe, cpo)
+        credits_pending = a.credits_pending + d.cpe, credits_posted = a.credits_posted + d.cpo,
+        day = CASE WHEN d.counted THEN d.day ELSE a.day END,
+        day_amount = CASE WHEN d.counted THEN d.day_amount ELSE a.day_amount END,
+        day_count = CASE WHEN d.counted THEN d.day_count ELSE a.day_count END
+    FROM unnest($3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], $8::boolean[],
+                $9::date[], $10::bigint[], $11::int[])
+        AS d(id, dpe, dpo, cpe, cpo, counted, day, day_amount, day_count)
     WHERE a.id = d.id
 ), counters AS (
-    UPDATE cards c SET uses_left = d.uses_left, pin_tries = d.pin_tries, day = d.day,
-        day_amount = d.day_amount, day_count = d.day_count, updated_at = now()
-    FROM unnest($8::bigint[], $9::int[], $10::int[], $11::date[], $12::bigint[], $13::int[])
-        AS d(id, uses_left, pin_tries, day, day_amount, day_count)
+    UPDATE cards c SET uses_left = d.uses_left, pin_tries = d.pin_tries, updated_at = now()
+    FROM unnest($12::bigint[], $13::int[], $14::int[]) AS d(id, uses_left, pin_tries)
     WHERE c.id = d.id
 )
 SELECT 1

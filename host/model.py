@@ -157,7 +157,8 @@ class CardState:
     debits_posted: int
     credits_pending: int
     credits_posted: int
-    card_dirty: bool = False
+    card_dirty: bool = False  # PIN tries or uses left changed (the cards row)
+    counters_dirty: bool = False  # the day's amount or count changed (the account row)
 
     @property
     def balance(self) -> int:

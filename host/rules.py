@@ -102,7 +102,7 @@ def roll_day(card: CardState, today: dt.date) -> None:
         card.day = today
         card.day_amount = 0
         card.day_count = 0
-        card.card_dirty = True
+        card.counters_dirty = True
 
 
 def check_limits(card: CardState, amount: int, today: dt.date) -> str | None:
@@ -123,9 +123,10 @@ def count_use(card: CardState, amount: int) -> None:
     """An approved purchase or pre-auth counts against the daily limits and the uses left."""
     card.day_amount += amount
     card.day_count += 1
+    card.counters_dirty = True
     if card.uses_left is not None:
         card.uses_left -= 1
-    card.card_dirty = True
+        card.card_dirty = True
 
 
 def check_topup(card: CardState, amount: int) -> str | None:
