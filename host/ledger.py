@@ -140,28 +140,17 @@ class Ledger:
     # -- the batch ------------------------------------------------------------------------------
     async def _run_batch(self, conn: Any, reqs: list[Request], now: dt.datetime) -> list[Decision]:
         b = _Batch(now=now, today=now.date())
-        keys = list({r.key for r in reqs})
-        for row in await conn.fetch(
-            "SELECT key, response_code, auth_id, balance_field FROM auth_requests"
-            " WHERE key = ANY($1::text[])",
-            keys,
-        ):
-            b.done[row["key"]] = Decision(
-                row["response_code"], row["auth_id"], row["balance_field"], duplicate=True
-            )
-
         await self._load_card_ids(conn, [r.pan_hash for r in reqs if r.card_id is None and r.pan_hash])
         for r in reqs:
             if r.card_id is None and r.pan_hash:
                 r.card_id = self._card_ids.get(r.pan_hash)
         merchants = await self._merchants_for(conn, {r.merchant_id for r in reqs if r.merchant_id})
-        await self._load_originals(conn, b, [r for r in reqs if r.key not in b.done])
+        await self._load_originals(conn, b, reqs)
         card_ids = sorted(
             {r.card_id for r in reqs if r.card_id is not None}
             | {o.card_id for o in b.originals.values() if o.card_id is not None}
         )
-        if card_ids:
-            await self._lock_cards(conn, b, card_ids)
+        await self._answered_and_locked(conn, b, list({r.key for r in reqs}), card_ids)
 
         decisions = []
         for r in reqs:
@@ -350,47 +339,41 @@ class Ledger:
         if o.card_id is not None and o.txn == Txn.PREAUTH:
             b.preauths.setdefault(o.card_id, []).append(o)
 
-    async def _lock_cards(self, conn: Any, b: _Batch, card_ids: list[int]) -> None:
-        rows = await conn.fetch(
-            """SELECT c.id, c.account_id, c.state, c.expiry, c.part, c.uses_left, c.pin_tries, a.day,
-                      a.day_amount, a.day_count, a.debits_pending, a.debits_posted, a.credits_pending,
-                      a.credits_posted, p.id AS product_id, p.code, p.kind, p.currency, p.max_balance,
-                      p.per_txn_limit, p.daily_amount_limit, p.daily_count_limit, p.pin_required,
-                      p.allowed_mccs, p.allowed_groups
-               FROM cards c JOIN accounts a ON a.id = c.account_id JOIN products p ON p.id = c.product_id
-               WHERE c.id = ANY($1::bigint[]) ORDER BY c.id FOR NO KEY UPDATE OF a""",
-            card_ids,
-        )
-        for row in rows:
+    async def _answered_and_locked(self, conn: Any, b: _Batch, keys: list[str], card_ids: list[int]) -> None:
+        """One round trip: which keys were answered already, and the cards' account rows locked."""
+        row = await conn.fetchrow(_READ_SQL, keys, card_ids)
+        for key, code, auth_id, balance in json.loads(row["answered"]):
+            b.done[key] = Decision(code, auth_id, balance, duplicate=True)
+        for c in json.loads(row["cards"]):
             product = Product(
-                row["product_id"],
-                row["code"],
-                row["kind"],
-                row["currency"],
-                row["max_balance"],
-                row["per_txn_limit"],
-                row["daily_amount_limit"],
-                row["daily_count_limit"],
-                row["pin_required"],
-                tuple(row["allowed_mccs"]) if row["allowed_mccs"] is not None else None,
-                tuple(row["allowed_groups"]) if row["allowed_groups"] is not None else None,
+                c["product_id"],
+                c["code"],
+                c["kind"],
+                c["currency"],
+                c["max_balance"],
+                c["per_txn_limit"],
+                c["daily_amount_limit"],
+                c["daily_count_limit"],
+                c["pin_required"],
+                tuple(c["allowed_mccs"]) if c["allowed_mccs"] is not None else None,
+                tuple(c["allowed_groups"]) if c["allowed_groups"] is not None else None,
             )
-            b.cards[row["id"]] = CardState(
-                row["id"],
-                row["account_id"],
+            b.cards[c["id"]] = CardState(
+                c["id"],
+                c["account_id"],
                 product,
-                row["state"],
-                row["expiry"],
-                row["part"],
-                row["uses_left"],
-                row["pin_tries"],
-                row["day"],
-                row["day_amount"],
-                row["day_count"],
-                row["debits_pending"],
-                row["debits_posted"],
-                row["credits_pending"],
-                row["credits_posted"],
+                c["state"],
+                c["expiry"],
+                c["part"],
+                c["uses_left"],
+                c["pin_tries"],
+                dt.date.fromisoformat(c["day"]) if c["day"] else None,
+                c["day_amount"],
+                c["day_count"],
+                c["debits_pending"],
+                c["debits_posted"],
+                c["credits_pending"],
+                c["credits_posted"],
             )
 
     # -- deciding -------------------------------------------------------------------------------
@@ -842,6 +825,20 @@ class Ledger:
             [c.pin_tries for c in dirty],
         )
 
+
+_READ_SQL = """
+SELECT
+    (SELECT coalesce(json_agg(json_build_array(key, response_code, auth_id, balance_field)), '[]')
+     FROM auth_requests WHERE key = ANY($1::text[])) AS answered,
+    (SELECT coalesce(json_agg(l), '[]') FROM (
+        SELECT c.id, c.account_id, c.state, c.expiry, c.part, c.uses_left, c.pin_tries, a.day, a.day_amount,
+               a.day_count, a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted,
+               p.id AS product_id, p.code, p.kind, p.currency, p.max_balance, p.per_txn_limit,
+               p.daily_amount_limit, p.daily_count_limit, p.pin_required, p.allowed_mccs, p.allowed_groups
+        FROM cards c JOIN accounts a ON a.id = c.account_id JOIN products p ON p.id = c.product_id
+        WHERE c.id = ANY($2::bigint[]) ORDER BY c.id FOR NO KEY UPDATE OF a
+    ) l) AS cards
+"""
 
 _WRITE_SQL = """
 WITH requests AS (
