@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+import structlog
 import trio
 from hypothesis import given
 from hypothesis import strategies as st
@@ -181,6 +182,9 @@ def test_journal_writer_coalesces_rows_and_waits_for_commit() -> None:
 
 
 def test_journal_writer_retries_a_failing_database() -> None:
+    # The writer logs each failure; other tests may have pointed structlog at a stream that is closed
+    # by now (CLI runs in-process), so start from structlog's defaults.
+    structlog.reset_defaults()
     calls = {"n": 0}
 
     async def insert(rows: Sequence[tuple[Any, ...]]) -> None:
