@@ -290,6 +290,15 @@ async def set_card_state(conn: Any, card_id: int, new_state: str) -> tuple[str, 
     return old, new_state
 
 
+async def reset_pin_tries(conn: Any, card_id: int) -> int:
+    """After 75 (PIN tries exceeded) only an operator gives the card its tries back; returns the old count."""
+    old = await conn.fetchval("SELECT pin_tries FROM cards WHERE id = $1 FOR UPDATE", card_id)
+    if old is None:
+        raise CatalogError(f"no card {card_id}")
+    await conn.execute("UPDATE cards SET pin_tries = 0, updated_at = now() WHERE id = $1", card_id)
+    return int(old)
+
+
 async def card_history(conn: Any, card_id: int, limit: int = 100) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         """SELECT r.received_at AS at, r.txn, r.mti, r.amount, r.response_code AS rc, r.auth_id, r.rrn,

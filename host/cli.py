@@ -402,6 +402,20 @@ _state_command("stolen", "stolen", "Report a card stolen (43).")
 _state_command("close", "closed", "Close a card for good.")
 
 
+@card.command("reset-pin-tries")
+@click.argument("card_ref", metavar="CARD")
+@pass_app
+def card_reset_pin_tries(app: AppContext, card_ref: str) -> None:
+    """Give a card locked by wrong PINs (75) its PIN tries back."""
+
+    async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> tuple[int, int]:
+        cid = await _card_id(pool, crypto, card_ref)
+        return cid, await pool.run(catalog.reset_pin_tries, cid)
+
+    cid, old = _run(app, work, hsm=_needs_hsm(card_ref))
+    app.emit({"card_id": cid, "pin_tries_were": old}, f"card {cid}: PIN tries reset (were {old})")
+
+
 @card.command("show")
 @click.argument("card_ref", metavar="CARD")
 @pass_app

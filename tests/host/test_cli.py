@@ -120,6 +120,7 @@ def test_programme_from_the_command_line(env: dict[str, str], db_url: str) -> No
         and shown["balance"] == 50_000
         and shown["pan_masked"].endswith(pans[0][-4:])
     )
+    assert ok(env, "card", "reset-pin-tries", cid)["pin_tries_were"] == 0
     history = ok(env, "card", "history", cid)
     assert [h["rc"] for h in history] == ["61", "00", "05"]  # newest first; the inventory load too
 
