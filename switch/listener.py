@@ -2,9 +2,10 @@
 
 Each connection has a reader that takes every complete frame out of the receive buffer per wake-up
 and starts one handler task per frame (up to ``max_in_flight`` at once; beyond that it stops reading,
-so a fast sender is slowed down instead of queueing without bound), and a writer that sends every
-answer ready at that moment in one ``send_all``. A frame over ``max_frame`` (or a zero-length frame
-where the dialect forbids it) closes that connection only. A connection silent for ``idle_timeout``
+so a fast sender is slowed down instead of queueing without bound). Answers are sent by the task that
+produced them, together with any produced meanwhile (one ``send_all``, no writer task to wake). A
+frame over ``max_frame`` (or a zero-length frame where the dialect forbids it) closes that connection
+only. A connection silent for ``idle_timeout``
 with nothing in flight is closed. Over ``max_connections``, new connections are closed at once.
 
 ``drain()`` stops accepting and reading; requests already read are finished and answered, then the
@@ -41,16 +42,34 @@ class _Client:
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
         self.out: list[bytes] = []
-        self.wake = trio.Event()
+        self.sending = False
+        self.broken = False
         self.in_flight = 0
         self.slot = trio.Event()
-        self.closing = False
         self.read_scope = trio.CancelScope()
         self.last_active = trio.current_time()
 
-    def send(self, data: bytes) -> None:
+    async def send(self, data: bytes) -> None:
+        """Queue ``data``; the first task to find nobody sending sends everything queued.
+
+        No writer task: an answer goes out from the task that produced it, and answers produced
+        while a send is under way ride along with it (one ``send_all`` for all of them).
+        """
         self.out.append(data)
-        self.wake.set()
+        if self.sending or self.broken:
+            return
+        self.sending = True
+        try:
+            while self.out:
+                chunk = b"".join(self.out) if len(self.out) > 1 else self.out[0]
+                self.out.clear()
+                await self.stream.send_all(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            self.broken = True
+            self.out.clear()
+            self.read_scope.cancel()
+        finally:
+            self.sending = False
 
 
 class Listener:
@@ -124,13 +143,10 @@ class Listener:
         self._clients.add(client)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer, client)
                 await self._reader(client, nursery)
-                while client.in_flight:
+                while client.in_flight:  # answer what was read, then close
                     await client.slot.wait()
                     client.slot = trio.Event()
-                client.closing = True
-                client.wake.set()
         except Exception as exc:  # a broken client connection (errors arrive in exception groups)
             log.debug("client connection ended", listener=self.name, error=repr(exc))
         finally:
@@ -176,23 +192,12 @@ class Listener:
             if answer is None:
                 client.read_scope.cancel()  # the frame could not be answered: close this connection
             elif answer:
-                client.send(frame(answer))  # (an empty answer means: drop the frame, send nothing)
+                await client.send(frame(answer))  # (an empty answer means: drop the frame, send nothing)
             client.last_active = trio.current_time()
         finally:
             client.in_flight -= 1
             self.in_flight -= 1
             client.slot.set()
-
-    async def _writer(self, client: _Client) -> None:
-        while True:
-            await client.wake.wait()
-            client.wake = trio.Event()
-            if client.out:
-                data = b"".join(client.out)
-                client.out.clear()
-                await client.stream.send_all(data)
-            if client.closing and not client.out:
-                return
 
 
 def _has_zero_length(buf: bytearray) -> bool:
