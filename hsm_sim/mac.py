@@ -36,15 +36,18 @@ def cup_ecb_mac(cipher: BlockCipher, data: bytes) -> bytes:
     MAC = first 8 characters of upper-case hex(E(T)). bs = 8 (DES/3DES) or 16 (SM4).
     """
     bs = cipher.block_size
-    # XOR of all blocks, word by word in C: 8-byte words (any byte order will do for XOR); a 16-byte
-    # block is two words, the even and the odd ones.
-    words = memoryview(zero_pad(data, bs)).cast("Q")
-    if bs == 8:
-        r = reduce(operator.xor, words, 0).to_bytes(8, "little")
-    else:
-        r = reduce(operator.xor, words[0::2], 0).to_bytes(8, "little") + reduce(
-            operator.xor, words[1::2], 0
-        ).to_bytes(8, "little")
-    h = r.hex().upper().encode("ascii")
+    h = xor_blocks(data, bs).hex().upper().encode("ascii")
     t = xor(cipher.encrypt(h[:bs]), h[bs:])
     return cipher.encrypt(t).hex().upper()[:8].encode("ascii")
+
+
+def xor_blocks(data: bytes, bs: int) -> bytes:
+    """XOR of the ``bs``-byte blocks (8 or 16) of ``data`` zero-padded (``zero_pad``) to whole blocks."""
+    # Word by word in C: 8-byte words (any byte order will do for XOR); a 16-byte block is two words,
+    # the even and the odd ones.
+    words = memoryview(zero_pad(data, bs)).cast("Q")
+    if bs == 8:
+        return reduce(operator.xor, words, 0).to_bytes(8, "little")
+    return reduce(operator.xor, words[0::2], 0).to_bytes(8, "little") + reduce(
+        operator.xor, words[1::2], 0
+    ).to_bytes(8, "little")

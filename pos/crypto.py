@@ -1,15 +1,18 @@
 """Terminal-side cryptography of the POS dialect: what a real terminal's secure element does.
 
 A terminal holds its keys in clear (the TMK injected at the key ceremony, the working keys it
-decrypts from the sign-on answer), so everything here works on clear keys:
+decrypts from the sign-on answer), so it runs the same algorithms as the HSM on clear keys: this
+module is a thin layer over hsm_sim's pure modules (``hsm_sim.crypto``, ``hsm_sim.mac``,
+``hsm_sim.pin``, tested there against the contract's vectors and independent implementations) and
+the DE62 layouts of ``specs.catalogue``. It adds what a terminal needs on top: the key scheme of the
+terminal ("3des" or "sm4"), input checks with ``TerminalCryptoError``, and keys kept out of repr().
 
-- ``KeyCipher``: one ECB encryptor/decryptor pair per key, built once and reused (a new
-  ``cryptography`` Cipher costs ~12 µs, a reused ECB context ~1 µs per block: the load generator
-  sends thousands of MACed requests per second);
+- ``KeyCipher``: one clear key's cipher (ECB contexts cached per key by ``hsm_sim.crypto``: the load
+  generator sends thousands of MACed requests per second) and ``KeyCipher.pos_mac``, the UnionPay
+  POS "ECB" MAC;
 - ``unwrap_working_keys``: DE62 of the 0810 decrypted under the TMK, check values verified;
 - ``pin_block``: ISO 9564 format 0 (padded with ``FF`` to 16 bytes in the sm4 profile), encrypted
-  under the PIK;
-- ``KeyCipher.pos_mac``: the UnionPay POS "ECB" MAC (8-byte blocks for 3des, 16 for sm4).
+  under the PIK.
 
 Contract: ../shared/contract/pos-dialect.md, sections "Sign-on working keys", "MAC" and "PIN".
 """
@@ -19,84 +22,65 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
+from hsm_sim import crypto, mac
+from hsm_sim import pin as pin_blocks
+from hsm_sim.client import account_from_pan
+from specs import catalogue
 
 Scheme = Literal["3des", "sm4"]
 SCHEMES: tuple[Scheme, ...] = ("3des", "sm4")
+CHECK_VALUE_BYTES = 4  # what DE62 carries after each key
 
 
 class TerminalCryptoError(Exception):
     """A key or crypto input is unusable (wrong length, check value mismatch); str() says which."""
 
 
-def block_size(scheme: Scheme) -> int:
-    return 8 if scheme == "3des" else 16
+def check_value(scheme: Scheme, key: bytes) -> bytes:
+    """The 4-byte check value of a clear key (its encryption of one block of zeros, leftmost bytes)."""
+    _cipher(scheme, key)  # the key's length checked with the terminal's error
+    cv = crypto.des_check_value(key) if scheme == "3des" else crypto.sm4_check_value(key)
+    return cv[:CHECK_VALUE_BYTES]
+
+
+def _cipher(scheme: Scheme, key: bytes) -> crypto.BlockCipher:
+    if scheme not in SCHEMES:
+        raise TerminalCryptoError(f"unknown key scheme {scheme!r}")
+    try:
+        return crypto.des(key) if scheme == "3des" else crypto.sm4(key)
+    except ValueError as exc:
+        raise TerminalCryptoError(f"unusable {scheme} key ({exc})") from None
 
 
 class KeyCipher:
-    """ECB with one clear key, contexts cached for the key's lifetime. Never repr()s the key."""
+    """ECB with one clear key. Never repr()s the key."""
 
-    __slots__ = ("_dec", "_enc", "block", "scheme")
+    __slots__ = ("_cipher", "block", "scheme")
 
     def __init__(self, scheme: Scheme, key: bytes) -> None:
         self.scheme = scheme
-        self.block = block_size(scheme)
-        if scheme == "3des":
-            if len(key) not in (8, 16, 24):
-                raise TerminalCryptoError(f"a 3des key is 8, 16 or 24 bytes, not {len(key)}")
-            # Expand to three-key form: same cipher, and no deprecation warning for 1- or 2-key 3DES.
-            if len(key) == 8:
-                key = key * 3
-            elif len(key) == 16:
-                key = key + key[:8]
-            cipher = Cipher(TripleDES(key), modes.ECB())
-        elif scheme == "sm4":
-            if len(key) != 16:
-                raise TerminalCryptoError(f"an sm4 key is 16 bytes, not {len(key)}")
-            cipher = Cipher(algorithms.SM4(key), modes.ECB())
-        else:
-            raise TerminalCryptoError(f"unknown key scheme {scheme!r}")
-        self._enc: CipherContext = cipher.encryptor()
-        self._dec: CipherContext = cipher.decryptor()
+        self._cipher = _cipher(scheme, key)
+        self.block = self._cipher.block_size
 
     def __repr__(self) -> str:
         return f"KeyCipher({self.scheme}, <key>)"
 
     def encrypt(self, data: bytes) -> bytes:
-        if len(data) % self.block:
-            raise TerminalCryptoError(f"ECB data must be a multiple of {self.block} bytes")
-        return self._enc.update(data)
+        self._whole_blocks(data)
+        return self._cipher.encrypt(data)
 
     def decrypt(self, data: bytes) -> bytes:
+        self._whole_blocks(data)
+        return self._cipher.decrypt(data)
+
+    def _whole_blocks(self, data: bytes) -> None:
+        # An ECB context given a partial block would keep it back silently.
         if len(data) % self.block:
             raise TerminalCryptoError(f"ECB data must be a multiple of {self.block} bytes")
-        return self._dec.update(data)
-
-    def check_value(self) -> bytes:
-        """First 4 bytes of the key's encryption of one block of zeros."""
-        return self._enc.update(bytes(self.block))[:4]
 
     def pos_mac(self, data: bytes) -> bytes:
         """The 8 ASCII hex characters of the UnionPay POS MAC of ``data`` (MTI through DE63)."""
-        bs = self.block
-        r = xor_blocks(data, bs)
-        h = r.hex().upper().encode("ascii")
-        frm = int.from_bytes
-        t = (frm(self._enc.update(h[:bs]), "big") ^ frm(h[bs:], "big")).to_bytes(bs, "big")
-        return self._enc.update(t).hex().upper()[:8].encode("ascii")
-
-
-def xor_blocks(data: bytes, bs: int) -> bytes:
-    """XOR of the ``bs``-byte blocks of ``data`` zero-padded to a multiple of ``bs``."""
-    rem = len(data) % bs
-    if rem:
-        data = data + bytes(bs - rem)
-    acc = 0
-    frm = int.from_bytes
-    for i in range(0, len(data), bs):
-        acc ^= frm(data[i : i + bs], "big")
-    return acc.to_bytes(bs, "big")
+        return mac.cup_ecb_mac(self._cipher, data)
 
 
 @dataclass(frozen=True)
@@ -116,31 +100,28 @@ class WorkingKeys:
     def check_values(self) -> dict[str, str]:
         """Check values (not secret) of the three keys, hex upper case."""
         return {
-            "pik": KeyCipher(self.scheme, self.pik).check_value().hex().upper(),
-            "mak": KeyCipher(self.scheme, self.mak).check_value().hex().upper(),
-            "tdk": KeyCipher(self.scheme, self.tdk).check_value().hex().upper(),
+            "pik": check_value(self.scheme, self.pik).hex().upper(),
+            "mak": check_value(self.scheme, self.mak).hex().upper(),
+            "tdk": check_value(self.scheme, self.tdk).hex().upper(),
         }
 
 
 def unwrap_working_keys(scheme: Scheme, tmk: bytes, de62: bytes) -> WorkingKeys:
-    """Decrypt DE62 of an 0810 under the TMK and verify every check value.
-
-    3des (60 bytes): PIK 16 | CV 4 | MAK 8 | 8 bytes 00 | CV 4 | TDK 16 | CV 4.
-    sm4 (60 bytes):  PIK 16 | CV 4 | MAK 16 | CV 4 | TDK 16 | CV 4.
-    """
-    if len(de62) != 60:
-        raise TerminalCryptoError(f"DE62 of the sign-on answer is {len(de62)} bytes, expected 60")
+    """Decrypt DE62 of an 0810 under the TMK (layouts: ``specs.catalogue.DE62_LAYOUTS``) and verify
+    every check value."""
+    try:
+        wrapped = catalogue.WorkingKeys.parse(scheme, de62)
+    except ValueError as exc:
+        raise TerminalCryptoError(str(exc)) from None
     tmk_cipher = KeyCipher(scheme, tmk)
-    if scheme == "3des":
-        if de62[28:36] != bytes(8):
-            raise TerminalCryptoError("DE62: the 8 bytes after the single-length MAK are not zero")
-        parts = ((de62[0:16], de62[16:20]), (de62[20:28], de62[36:40]), (de62[40:56], de62[56:60]))
-    else:
-        parts = ((de62[0:16], de62[16:20]), (de62[20:36], de62[36:40]), (de62[40:56], de62[56:60]))
     clear: list[bytes] = []
-    for name, (enc, cv) in zip(("PIK", "MAK", "TDK"), parts, strict=True):
+    for name, enc, cv in (
+        ("PIK", wrapped.pik, wrapped.pik_cv),
+        ("MAK", wrapped.mak, wrapped.mak_cv),
+        ("TDK", wrapped.tdk, wrapped.tdk_cv),
+    ):
         key = tmk_cipher.decrypt(enc)
-        if KeyCipher(scheme, key).check_value() != cv:
+        if check_value(scheme, key) != cv:
             raise TerminalCryptoError(f"DE62: {name} check value does not match (wrong TMK?)")
         clear.append(key)
     return WorkingKeys(scheme, clear[0], clear[1], clear[2])
@@ -148,18 +129,21 @@ def unwrap_working_keys(scheme: Scheme, tmk: bytes, de62: bytes) -> WorkingKeys:
 
 def clear_pin_block(pin: str, pan: str) -> bytes:
     """ISO 9564 format 0 clear PIN block (8 bytes). Never log the result."""
-    if not (4 <= len(pin) <= 12 and pin.isdigit()):
-        raise TerminalCryptoError("a PIN is 4 to 12 digits")
-    if not (pan.isdigit() and 2 <= len(pan) <= 19):
-        raise TerminalCryptoError("the PAN must be digits")
-    pin_field = bytes.fromhex(f"0{len(pin):X}{pin}".ljust(16, "F"))
-    pan_field = bytes.fromhex("0000" + pan[:-1][-12:].rjust(12, "0"))
-    return bytes(a ^ b for a, b in zip(pin_field, pan_field, strict=True))
+    return pin_blocks.encode(pin, _account(pin, pan))
 
 
 def pin_block(pik: KeyCipher, pin: str, pan: str) -> bytes:
     """DE52: the format-0 block under the PIK (sm4: followed by 8 bytes FF, one 16-byte block)."""
-    block = clear_pin_block(pin, pan)
+    account = _account(pin, pan)
     if pik.scheme == "sm4":
-        block += b"\xff" * 8
-    return pik.encrypt(block)
+        return pik.encrypt(pin_blocks.sm4_encode(pin, account))
+    return pik.encrypt(pin_blocks.encode(pin, account))
+
+
+def _account(pin: str, pan: str) -> str:
+    """The PIN block's account number, once the PIN and PAN the terminal was given are checked."""
+    if not (4 <= len(pin) <= 12 and pin.isdigit()):
+        raise TerminalCryptoError("a PIN is 4 to 12 digits")
+    if not (pan.isdigit() and 2 <= len(pan) <= 19):
+        raise TerminalCryptoError("the PAN must be digits")
+    return account_from_pan(pan)

@@ -16,7 +16,6 @@ only for the 0320 batch upload.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import tempfile
@@ -24,8 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hsm_sim.crypto import zero_pad
 from ops.logs import mask_pan
-from pos.crypto import SCHEMES, KeyCipher, Scheme, WorkingKeys
+from pos.crypto import SCHEMES, KeyCipher, Scheme, WorkingKeys, check_value
 
 STATE_VERSION = 1
 DEFAULT_DIR = Path("var/pos")
@@ -83,7 +83,7 @@ class TerminalState:
 
     # -- keys ------------------------------------------------------------------------------------
     def tmk_cipher(self) -> KeyCipher:
-        return _cipher(self.scheme, self.tmk)
+        return KeyCipher(self.scheme, bytes.fromhex(self.tmk))
 
     def working_keys(self) -> WorkingKeys:
         if not (self.signed_on and self.pik and self.mak):
@@ -118,9 +118,8 @@ class TerminalState:
     def seal_pan(self, pan: str) -> str:
         """Encrypt "PAN" or "PAN=YYMM" under the TMK for the journal (length byte, zero padding)."""
         plain = bytes([len(pan)]) + pan.encode("ascii")
-        bs = 8 if self.scheme == "3des" else 16
-        padded = plain + bytes(-len(plain) % bs)
-        return self.tmk_cipher().encrypt(padded).hex().upper()
+        tmk = self.tmk_cipher()
+        return tmk.encrypt(zero_pad(plain, tmk.block)).hex().upper()
 
     def open_pan(self, sealed: str) -> str:
         return self.open_card(sealed)[0]
@@ -175,17 +174,11 @@ class TerminalState:
             "stan": f"{self.stan:06d}",
             "journal_entries": len(self.journal),
             "pending_reversal": self.pending_reversal is not None,
-            "tmk_check_value": self.tmk_cipher().check_value().hex().upper(),
+            "tmk_check_value": check_value(self.scheme, bytes.fromhex(self.tmk)).hex().upper(),
         }
         if self.signed_on:
             data["working_key_check_values"] = self.working_keys().check_values()
         return data
-
-
-@functools.lru_cache(maxsize=4096)
-def _cipher(scheme: Scheme, key_hex: str) -> KeyCipher:
-    """One cipher per TMK for the process (sealing journal PANs happens on every financial request)."""
-    return KeyCipher(scheme, bytes.fromhex(key_hex))
 
 
 def default_path(terminal_id: str, directory: Path = DEFAULT_DIR) -> Path:

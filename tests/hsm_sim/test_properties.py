@@ -78,6 +78,15 @@ def test_cup_mac_matches_reference(key: bytes, data: bytes) -> None:
     assert mac.cup_ecb_mac(crypto.des(key), data) == e.encrypt(t).hex().upper()[:8].encode()
 
 
+@given(st.binary(max_size=300), st.sampled_from([8, 16]))
+def test_xor_blocks_matches_bytewise_definition(data: bytes, bs: int) -> None:
+    padded = data + bytes(-len(data) % bs)
+    want = bytearray(bs)
+    for i, b in enumerate(padded):
+        want[i % bs] ^= b
+    assert mac.xor_blocks(data, bs) == bytes(want)
+
+
 @given(pins, accounts, st.sampled_from(pin.FORMATS))
 def test_pin_block_round_trip(p: str, account: str, fmt: str) -> None:
     assert pin.decode(pin.encode(p, account, fmt), account, fmt) == p

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from pos import messages
 from pos.crypto import (
@@ -13,7 +11,6 @@ from pos.crypto import (
     clear_pin_block,
     pin_block,
     unwrap_working_keys,
-    xor_blocks,
 )
 from specs.codec import codec_for
 
@@ -115,15 +112,6 @@ def test_keyed_purchase_frame_and_mac(scheme: str) -> None:
     frame = bytes.fromhex(ex["frame"])
     assert frame[2:13] == bytes.fromhex("6000010000") + bytes.fromhex("603100000000")
     assert body[:-8] + mac == frame[13:]
-
-
-@given(st.binary(max_size=300), st.sampled_from([8, 16]))
-def test_xor_blocks_matches_bytewise_definition(data: bytes, bs: int) -> None:
-    padded = data + bytes(-len(data) % bs)
-    want = bytearray(bs)
-    for i, b in enumerate(padded):
-        want[i % bs] ^= b
-    assert xor_blocks(data, bs) == bytes(want)
 
 
 def test_key_lengths_checked_and_repr_hides_key() -> None:
