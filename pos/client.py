@@ -22,6 +22,7 @@ from pos import messages
 from pos.crypto import KeyCipher
 from pos.messages import Message
 from pos.state import TerminalState
+from specs.catalogue import response_mti
 from specs.errors import FrameError
 from specs.framing import REQUIREMENT_SIGN_ON, PosFrame, frame, pos_splitter
 
@@ -182,7 +183,7 @@ class Session:
             self.tracer(">>", msg)
         started = time.perf_counter()
         await self.conn.send(frame(self.prefix + body))
-        want_mti = messages.response_mti(str(msg["t"]))
+        want_mti = response_mti(str(msg["t"]))
         want_stan = msg.get("11")
         with trio.move_on_after(self.timeout if timeout is None else timeout):
             while True:

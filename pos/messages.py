@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pos.crypto import KeyCipher, Scheme, pin_block
+from specs.catalogue import BatchTotals, De60, De61, UploadRecord, batch_totals_de48, upload_de48
 
 Message = dict[str, Any]
 CURRENCY = "156"
@@ -89,7 +90,7 @@ def base(kind: Kind, stan: str, batch: str, terminal_id: str, merchant_id: str) 
         "41": terminal_id.ljust(8),
         "42": merchant_id.ljust(15),
         "49": CURRENCY,
-        "60": f"{kind.type_code}{batch}000",
+        "60": str(De60(kind.type_code, batch)),
     }
 
 
@@ -134,7 +135,7 @@ def financial_request(
         if kind.name == "void":
             msg["38"] = original["auth_id"].ljust(6)
         with_date = kind.name in ("refund", "completion")
-        msg["61"] = original["batch"] + original["stan"] + (original["date"] if with_date else "")
+        msg["61"] = str(De61(original["batch"], original["stan"], original["date"] if with_date else ""))
     msg["64"] = MAC_PLACEHOLDER
     return msg
 
@@ -161,40 +162,30 @@ def network(mti: str, code: str, stan: str, batch: str, terminal_id: str, mercha
         "11": stan,
         "41": terminal_id.ljust(8),
         "42": merchant_id.ljust(15),
-        "60": f"00{batch}{code}",
+        "60": str(De60("00", batch, code)),
         "63": "01 ",
     }
 
 
-def settlement(stan: str, batch: str, terminal_id: str, merchant_id: str, totals: str) -> Message:
+def settlement(stan: str, batch: str, terminal_id: str, merchant_id: str, totals: BatchTotals) -> Message:
+    """0500 with the batch's domestic totals in DE48 (no foreign cards: their totals are zero)."""
     msg = network("0500", "201", stan, batch, terminal_id, merchant_id)
-    msg["48"] = totals
+    msg["48"] = batch_totals_de48(totals)
     msg["49"] = CURRENCY
     del msg["63"]
     return msg
 
 
 def batch_upload(
-    stan: str, batch: str, terminal_id: str, merchant_id: str, records: list[tuple[str, str, int]], last: bool
+    stan: str, batch: str, terminal_id: str, merchant_id: str, records: list[UploadRecord], last: bool
 ) -> Message:
-    """0320 with up to 8 records (STAN, PAN, amount); 60.3 = 202 on the last message of the upload.
+    """0320 with up to ``specs.catalogue.MAX_UPLOAD_RECORDS`` records; 60.3 = 202 on the last message
+    of the upload.
 
     An empty batch sends one 0320 without DE48 (nothing to upload, but the upload still ends).
     """
-    if len(records) > 8:
-        raise ValueError("a batch upload message carries at most 8 records")
     msg = network("0320", "202" if last else "201", stan, batch, terminal_id, merchant_id)
     if records:
-        msg["48"] = f"{len(records):02d}" + "".join(f"00{s}{p.rjust(20, '0')}{a:012d}" for s, p, a in records)
+        msg["48"] = upload_de48(records)
     del msg["63"]
     return msg
-
-
-def totals_field(debit_amount: int, debit_count: int, credit_amount: int, credit_count: int) -> str:
-    """DE48 of the 0500: domestic totals, result 0, then 31 zero digits for foreign cards."""
-    domestic = f"{debit_amount:012d}{debit_count:03d}{credit_amount:012d}{credit_count:03d}0"
-    return domestic + "0" * 31
-
-
-def response_mti(mti: str) -> str:
-    return f"{int(mti) + 10:04d}"

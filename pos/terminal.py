@@ -16,6 +16,7 @@ from pos.client import Answer, NoAnswer, ReversalPending, Session, TerminalError
 from pos.crypto import TerminalCryptoError, unwrap_working_keys
 from pos.messages import KINDS, Card, Message
 from pos.state import JournalEntry
+from specs.catalogue import MAX_UPLOAD_RECORDS, BatchTotals, De60, UploadRecord, parse_batch_totals
 from specs.framing import REQUIREMENT_SIGN_ON
 
 RESPONSE_TEXT = {
@@ -129,10 +130,18 @@ def parse_balance(de54: str) -> int | None:
     return None
 
 
+def _batch_of(msg: Message) -> str:
+    """60.2 of a message; "" when DE60 is missing or not well formed."""
+    try:
+        return De60.parse(str(msg.get("60", ""))).batch
+    except ValueError:
+        return ""
+
+
 def _receipt(session: Session, title: str, request: Message, answer: Answer | None, code: str) -> Receipt:
     state = session.state
     r = Receipt(title, state.terminal_id, state.merchant_id, code, stan=str(request.get("11", "")))
-    r.batch = str(request.get("60", ""))[2:8]
+    r.batch = _batch_of(request)
     pan = str(request.get("2") or str(request.get("35", "")).split("=")[0])
     r.pan = mask_pan(pan) if pan else ""
     if "4" in request:
@@ -167,8 +176,8 @@ async def signon(session: Session) -> Receipt:
             keys = unwrap_working_keys(state.scheme, bytes.fromhex(state.tmk), bytes(de62))
         except TerminalCryptoError as exc:
             raise TerminalError(str(exc)) from None
-        batch = str(answer.msg.get("60", ""))[2:8]
-        if not (len(batch) == 6 and batch.isdigit()):
+        batch = _batch_of(answer.msg)
+        if not batch:
             raise TerminalError("the sign-on answer carries no batch number (60.2)")
         state.set_working_keys(keys, batch)
         session.refresh_keys()
@@ -310,8 +319,8 @@ async def reverse_last(session: Session) -> Receipt:
 
 
 # -- settlement --------------------------------------------------------------------------------------
-def batch_totals(journal: list[JournalEntry]) -> tuple[int, int, int, int]:
-    """(debit amount, debit count, credit amount, credit count) of the live entries of a batch.
+def batch_totals(journal: list[JournalEntry]) -> BatchTotals:
+    """Debit and credit amounts and counts of the live entries of a batch.
 
     Debits: purchases and completions; credits: refunds. Voids are left out, and so is what they
     voided; reversed entries are left out.
@@ -326,7 +335,7 @@ def batch_totals(journal: list[JournalEntry]) -> tuple[int, int, int, int]:
         elif e.kind == "refund":
             ca += e.amount
             cc += 1
-    return da, dc, ca, cc
+    return BatchTotals(da, dc, ca, cc)
 
 
 async def settle(session: Session) -> Receipt:
@@ -338,23 +347,19 @@ async def settle(session: Session) -> Receipt:
             f"the reversal of trace {state.pending_reversal.get('11', '')} is still unanswered: "
             "settle again once it is"
         )
-    da, dc, ca, cc = batch_totals(state.journal)
-    req = messages.settlement(
-        state.next_stan(),
-        state.batch,
-        state.terminal_id,
-        state.merchant_id,
-        messages.totals_field(da, dc, ca, cc),
-    )
+    totals = batch_totals(state.journal)
+    req = messages.settlement(state.next_stan(), state.batch, state.terminal_id, state.merchant_id, totals)
     answer = await session.exchange(req)
     r = _receipt(session, "SETTLEMENT", req, answer, answer.code)
     r.batch = state.batch
-    r.notes.append(f"debits {dc} CNY {format_amount(da)}, credits {cc} CNY {format_amount(ca)}")
+    r.notes.append(
+        f"debits {totals.debit_count} CNY {format_amount(totals.debit_amount)}, "
+        f"credits {totals.credit_count} CNY {format_amount(totals.credit_amount)}"
+    )
     if not answer.approved:
         return r
-    result = str(answer.msg.get("48", ""))[30:31]
-    next_batch = str(answer.msg.get("60", ""))[2:8]
-    if result == "2":
+    next_batch = _batch_of(answer.msg)
+    if _settlement_result(answer.msg) == "2":
         r.notes.append("totals not balanced with the switch: batch uploaded (0320)")
         uploaded, after_upload = await upload(session)
         r.notes.append(f"{uploaded} records uploaded")
@@ -362,7 +367,7 @@ async def settle(session: Session) -> Receipt:
     else:
         r.notes.append("totals balanced")
     closed = state.batch
-    if next_batch.isdigit() and len(next_batch) == 6 and next_batch != closed:
+    if next_batch and next_batch != closed:
         state.close_batch(next_batch)
         r.notes.append(f"batch {closed} closed, next batch {next_batch}")
     else:
@@ -372,16 +377,25 @@ async def settle(session: Session) -> Receipt:
     return r
 
 
+def _settlement_result(answer: Message) -> str:
+    """The result digit of the domestic totals in the 0510's DE48 (2: not balanced); "" when none."""
+    try:
+        return parse_batch_totals(str(answer.get("48", "")))[0].result
+    except ValueError:
+        return ""
+
+
 async def upload(session: Session) -> tuple[int, str]:
     """Send the batch in 0320s of up to 8 records; (records sent, 60.2 of the last answer)."""
     state = session.state
     records = [
-        (e.stan, state.open_pan(e.pan_enc), e.amount)
+        UploadRecord(e.stan, state.open_pan(e.pan_enc), e.amount)
         for e in state.journal
         if not (e.reversed or e.voided) and e.kind in ("purchase", "completion", "refund")
     ]
     # An empty batch still ends its upload: one 0320 with no records and 60.3 = 202.
-    chunks = [records[i : i + 8] for i in range(0, len(records), 8)] or [[]]
+    n = MAX_UPLOAD_RECORDS
+    chunks = [records[i : i + n] for i in range(0, len(records), n)] or [[]]
     sent = 0
     next_batch = ""
     for i, chunk in enumerate(chunks):
@@ -397,5 +411,5 @@ async def upload(session: Session) -> tuple[int, str]:
         if not answer.approved:
             raise TerminalError(f"batch upload refused by the switch ({answer.code})")
         sent += len(chunk)
-        next_batch = str(answer.msg.get("60", ""))[2:8]
+        next_batch = _batch_of(answer.msg)
     return sent, next_batch

@@ -12,12 +12,13 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import trio
 
-from pos.crypto import KeyCipher, Scheme
+from pos.crypto import KeyCipher, Scheme, check_value
+from specs import catalogue
 from specs.codec import codec_for
 
 
@@ -100,7 +101,7 @@ class FakeSwitch:
             return None
         tid = str(msg["41"]).strip()
         out: dict[str, Any] = {
-            "t": f"{int(msg['t']) + 10:04d}",
+            "t": catalogue.response_mti(msg["t"]),
             "11": msg["11"],
             "41": msg["41"],
             "42": msg["42"],
@@ -109,26 +110,27 @@ class FakeSwitch:
         }
         nibble = 0
         if msg["t"] == "0800":
-            out.update({"39": "00", "60": msg["60"][:2] + self.batch + msg["60"][8:], "62": self._keys(tid)})
+            out.update({"39": "00", "60": self._with_batch(msg["60"]), "62": self._keys(tid)})
         elif msg["t"] == "0820":
             out.update({"39": "00", "60": msg["60"]})
         elif msg["t"] == "0320":
             if msg["60"].endswith("202"):  # end of the upload: the batch closes
                 self.batch = f"{int(self.batch) + 1:06d}"
-            out.update({"39": "00", "60": msg["60"][:2] + self.batch + msg["60"][8:]})
+            out.update({"39": "00", "60": self._with_batch(msg["60"])})
         elif msg["t"] == "0500":
-            totals = str(msg["48"])
+            domestic, foreign = catalogue.parse_batch_totals(str(msg["48"]))
             balanced = (
-                int(totals[0:12]) == self.approved_totals["debit"]
-                and int(totals[15:27]) == self.approved_totals["credit"]
+                domestic.debit_amount == self.approved_totals["debit"]
+                and domestic.credit_amount == self.approved_totals["credit"]
             )
             if balanced:
                 self.batch = f"{int(self.batch) + 1:06d}"  # the batch closes, the next number is issued
+            domestic = replace(domestic, result="1" if balanced else "2")
             out.update(
                 {
                     "39": "00",
-                    "60": msg["60"][:2] + self.batch + msg["60"][8:],
-                    "48": totals[:30] + ("1" if balanced else "2") + totals[31:],
+                    "60": self._with_batch(msg["60"]),
+                    "48": catalogue.batch_totals_de48(domestic, foreign),
                 }
             )
         else:
@@ -148,7 +150,7 @@ class FakeSwitch:
                 elif kind[0] == "0220":
                     self.approved_totals["credit"] += amount
                 if msg["3"] == "310000":
-                    out["54"] = "1002156C000000098766"
+                    out["54"] = catalogue.balance_de54(98_766)
                 out["64"] = bytes(8)
                 raw = codec.encode(out)
                 return self._frame(tpdu, head, nibble, raw[:-8] + mak.pos_mac(raw[:-8]))
@@ -158,16 +160,20 @@ class FakeSwitch:
         swapped = tpdu[:1] + tpdu[3:5] + tpdu[1:3]
         return swapped + bytes([0x60, 0x31, nibble]) + head[3:6] + body
 
+    def _with_batch(self, de60: str) -> str:
+        """The request's DE60 with 60.2 set to the switch's current batch."""
+        return str(replace(catalogue.De60.parse(de60), batch=self.batch))
+
     def _keys(self, tid: str) -> bytes:
         tmk = KeyCipher(self.scheme, self.tmks[tid])
-        bs = 8 if self.scheme == "3des" else 16
         pik, tdk = os.urandom(16), os.urandom(16)
         mak = os.urandom(8 if self.scheme == "3des" else 16)
         self._mak[tid] = KeyCipher(self.scheme, mak)
-        parts = []
-        for key in (pik, mak, tdk):
-            enc = tmk.encrypt(key)
-            if self.scheme == "3des" and len(key) == 8:
-                enc += bytes(8)
-            parts.append(enc + KeyCipher(self.scheme, key).encrypt(bytes(bs))[:4])
-        return b"".join(parts)
+        return catalogue.WorkingKeys(
+            tmk.encrypt(pik),
+            check_value(self.scheme, pik),
+            tmk.encrypt(mak),
+            check_value(self.scheme, mak),
+            tmk.encrypt(tdk),
+            check_value(self.scheme, tdk),
+        ).build(self.scheme)
