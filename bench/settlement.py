@@ -96,11 +96,16 @@ async def _prepare_db(url: str) -> None:
 
     conn = await connect(url)
     try:
-        await add_fee_schedule(conn, FeeSchedule("*", "std-1", date(2026, 1, 1), 60, 0, 1, 5000, "percent",
-                                                 2000, 3000, 5000))
+        await add_fee_schedule(
+            conn, FeeSchedule("*", "std-1", date(2026, 1, 1), 60, 0, 1, 5000, "percent", 2000, 3000, 5000)
+        )
         for m in range(0, MERCHANTS, 10):  # every tenth merchant has its own card, some with a fixed fee
-            await add_fee_schedule(conn, FeeSchedule(f"M{m:04d}", "own-1", date(2026, 6, 1), 38, m % 3, 0,
-                                                     None, "full", 1000, 2000, 7000))
+            await add_fee_schedule(
+                conn,
+                FeeSchedule(
+                    f"M{m:04d}", "own-1", date(2026, 6, 1), 38, m % 3, 0, None, "full", 1000, 2000, 7000
+                ),
+            )
         for m in range(0, MERCHANTS, 7):
             await set_merchant(conn, f"M{m:04d}", Cycle("weekly", 1), f"6222-{m:04d}")
     finally:
@@ -148,15 +153,23 @@ async def _settle(path: Path, url: str, out: Path) -> dict[str, Any]:
         t2 = time.perf_counter()
     finally:
         await conn.close()
-    return {"details": imported.details, "import_s": t1 - t0, "run_and_reports_s": t2 - t1,
-            "payouts": len(result.payouts), "carried": len(result.carried), "files_written": len(written),
-            "payout_total": result.payout_total}
+    return {
+        "details": imported.details,
+        "import_s": t1 - t0,
+        "run_and_reports_s": t2 - t1,
+        "payouts": len(result.payouts),
+        "carried": len(result.carried),
+        "files_written": len(written),
+        "payout_total": result.payout_total,
+    }
 
 
 def _run_child(step: str, path: Path, url: str, out: Path) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, "-m", "bench.settlement", "--child", step, str(path), url, str(out)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0:
         raise SystemExit(f"bench step {step} failed:\n{proc.stderr[-3000:]}")
@@ -180,8 +193,11 @@ def main(argv: list[str]) -> int:
         t0 = time.perf_counter()
         path = generate(folder, args.details)
         size_mib = path.stat().st_size / 2**20
-        print(f"generated {path.name}: {args.details:,} details, {size_mib:.0f} MiB in "
-              f"{time.perf_counter() - t0:.1f} s", flush=True)
+        print(
+            f"generated {path.name}: {args.details:,} details, {size_mib:.0f} MiB in "
+            f"{time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
         url, cleanup = _database(folder)
         try:
             asyncio.run(_prepare_db(url))
@@ -194,10 +210,14 @@ def main(argv: list[str]) -> int:
         rate = n / r["wall_s"] if r["wall_s"] else 0.0
         print(f"{step:>8}: {r['wall_s']:6.2f} s  {rate:>10,.0f} details/s  peak RSS {r['peak_mib']:6.0f} MiB")
     s = results["settle"]
-    print(f"  settle: import {s['import_s']:.2f} s, run + reports {s['run_and_reports_s']:.2f} s; "
-          f"{s['payouts']} payouts, {s['carried']} carried, {s['files_written']} report files")
-    print(f"  settle / verify baseline: {s['wall_s'] / results['verify']['wall_s']:.2f}x time; "
-          f"settle / sha256 baseline: {s['wall_s'] / results['sha256']['wall_s']:.1f}x time")
+    print(
+        f"  settle: import {s['import_s']:.2f} s, run + reports {s['run_and_reports_s']:.2f} s; "
+        f"{s['payouts']} payouts, {s['carried']} carried, {s['files_written']} report files"
+    )
+    print(
+        f"  settle / verify baseline: {s['wall_s'] / results['verify']['wall_s']:.2f}x time; "
+        f"settle / sha256 baseline: {s['wall_s'] / results['sha256']['wall_s']:.1f}x time"
+    )
     ok = s["wall_s"] < 60 and s["peak_mib"] < 1024
     print(f"  target < 60 s and < 1024 MiB: {'met' if ok else 'NOT met'}")
     return 0
