@@ -1,16 +1,24 @@
 """Three-way reconciliation of the switch journal, the host ledger and the clearing file.
 
-The core, ``reconcile``, is a pure function over three iterables of normalised records; where the
-records come from is separate (``file_records`` reads a clearing file, ``ledger_records`` the host's
-``clearing_postings`` view, and the journal side is any iterable: the switch journal does not exist yet,
-so `payswitch settlement reconcile --journal FILE.csv` takes an export).
+The core, :class:`Reconciler` (and ``reconcile`` over three iterables), is pure: it compares normalised
+records; where they come from is separate (``file_records`` reads a clearing file, ``ledger_records`` the
+host's ``clearing_postings`` view, ``settlement.journal_source`` the switch's ``switch_journal`` table and
+``journal_csv_records`` an exported journal). The journal is fed one record at a time, so it can stream
+from a database cursor.
 
 Matching:
 - ledger <-> file by posting id (both carry it): a posting in one and not the other, or with a different
   amount, sign or type, is an exception;
-- journal <-> ledger by (terminal id, RRN, STAN, transaction type): an approval at the switch with no
-  posting, a decline that was posted, or a different amount is an exception. Postings without a terminal
+- journal <-> ledger by (terminal id, RRN, transaction type): the RRN is the one the switch sends upstream
+  in DE37 and the host records, so it is the same on both sides, while the STAN is not (the terminal's
+  STAN at the switch, the link's at the host, and a reversal advice gets a new one); the STAN is the key
+  only where there is no RRN, and otherwise breaks ties. An approval at the switch with no posting, a
+  decline that was posted, or a different amount is an exception. Postings without a terminal
   (administrative loads) are not expected in the journal.
+- a request that timed out at the switch (98: the switch queued a reversal advice) is fine with no
+  posting or with the posting and its reversal; the posting alone is an exception.
+- records marked ``edge`` lie just outside the business date's window (requests around the cut-over are
+  journaled a moment after they are posted): they are used to find a partner, never reported themselves.
 
 Every exception says what was seen in each source and what a person should do about it.
 """
@@ -22,7 +30,7 @@ import io
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -56,12 +64,15 @@ ACTIONS: dict[Category, str] = {
 
 APPROVED = "approved"
 POSTED = "posted"
+TIMED_OUT = "timed_out"  # the switch answered 98 after sending it upstream and queued a reversal advice
+UNKNOWN = "unknown"  # approved, but the journal does not say whether it went upstream: compared if posted
 
 
 @dataclass(frozen=True, slots=True)
 class Record:
     """One transaction as a source saw it. ``status``: the journal's outcome (``approved``, ``declined``,
-    ...) or ``posted`` for ledger and file. ``ref`` is the source's own id for a person to look up."""
+    ``timed_out``, ``unknown``, ...) or ``posted`` for ledger and file. ``ref`` is the source's own id for
+    a person to look up. ``edge``: just outside the window, only a partner for the other side."""
 
     txn_type: str
     amount: int
@@ -73,12 +84,14 @@ class Record:
     merchant_id: str = ""
     status: str = POSTED
     ref: str = ""
+    edge: bool = False
 
     @property
     def switch_key(self) -> tuple[str, str, str, str] | None:
+        """(terminal, RRN, STAN only without an RRN, type): what journal and ledger both know."""
         if not self.terminal_id or not (self.rrn or self.stan):
             return None
-        return (self.terminal_id, self.rrn, self.stan, self.txn_type)
+        return (self.terminal_id, self.rrn, "" if self.rrn else self.stan, self.txn_type)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,85 +134,123 @@ def _differences(a: Record, b: Record, compare_sign: bool = True) -> tuple[Categ
     return None
 
 
-def reconcile(journal: Iterable[Record] | None, ledger: Iterable[Record], file: Iterable[Record]) -> Report:
-    """Compare the three sources; ``journal=None`` when the switch journal is not available."""
-    report = Report(journal_compared=journal is not None)
-    ledger_by_id: dict[int, Record] = {}
-    unkeyed_ledger: list[Record] = []
-    for r in ledger:
-        if r.posting_id is None:
-            unkeyed_ledger.append(r)
-        else:
-            ledger_by_id[r.posting_id] = r
-    file_by_id: dict[int, Record] = {}
-    for r in file:
-        if r.posting_id is not None:
-            file_by_id[r.posting_id] = r
-    report.counts = {"ledger": len(ledger_by_id) + len(unkeyed_ledger), "file": len(file_by_id)}
-    bad: set[int] = set()
+class Reconciler:
+    """Ledger and file are read whole (``ledger`` is needed by key for the journal); journal records are
+    fed one at a time with :meth:`journal`; :meth:`finish` gives the report."""
 
-    for pid in sorted(ledger_by_id.keys() | file_by_id.keys()):
-        lr, fr = ledger_by_id.get(pid), file_by_id.get(pid)
-        if fr is None:
-            report.exceptions.append(Exception_(Category.IN_LEDGER_NOT_IN_FILE, None, lr, None,
-                                                f"posting {pid} is not in the file"))
-            bad.add(pid)
-        elif lr is None:
-            report.exceptions.append(Exception_(Category.IN_FILE_NOT_IN_LEDGER, None, None, fr,
-                                                f"posting {pid} is not in the ledger"))
-            bad.add(pid)
-        else:
-            diff = _differences(lr, fr)
-            if diff is not None:
-                report.exceptions.append(Exception_(diff[0], None, lr, fr, f"ledger vs file: {diff[1]}"))
-                bad.add(pid)
-
-    if journal is not None:
-        by_key: dict[tuple[str, str, str, str], list[Record]] = defaultdict(list)
-        for r in [*ledger_by_id.values(), *unkeyed_ledger]:
+    def __init__(self, ledger: Iterable[Record], file: Iterable[Record]) -> None:
+        self.exceptions: list[Exception_] = []
+        self.ledger_by_id: dict[int, Record] = {}
+        self.by_key: dict[tuple[str, str, str, str], list[Record]] = defaultdict(list)
+        unkeyed = 0
+        for r in ledger:
             key = r.switch_key
             if key is not None:
-                by_key[key].append(r)
-        seen = 0
-        for j in journal:
-            seen += 1
-            key = j.switch_key
-            posted = by_key.pop(key, []) if key is not None else []
-            if j.status != APPROVED:
-                for lr in posted:
-                    report.exceptions.append(Exception_(
-                        Category.STATUS_MISMATCH, j, lr, _file(file_by_id, lr),
-                        f"the switch says {j.status} but it was posted"))
-                    _mark(bad, lr)
+                self.by_key[key].append(r)
+            if r.edge:
                 continue
-            if not posted:
-                report.exceptions.append(Exception_(Category.APPROVED_NOT_POSTED, j, None, None,
-                                                    "approved at the switch, no posting in the ledger"))
-                continue
-            for lr in posted:
-                diff = _differences(j, lr, compare_sign=False)
+            if r.posting_id is None:
+                unkeyed += 1
+            else:
+                self.ledger_by_id[r.posting_id] = r
+        self.file_by_id: dict[int, Record] = {}
+        for r in file:
+            if r.posting_id is not None:
+                self.file_by_id[r.posting_id] = r
+        self.counts = {"ledger": len(self.ledger_by_id) + unkeyed, "file": len(self.file_by_id)}
+        self.journal_seen = 0
+        self.bad: set[int] = set()
+        self._compare_ledger_and_file()
+
+    def _add(self, category: Category, j: Record | None, lr: Record | None, fr: Record | None,
+             detail: str) -> None:
+        self.exceptions.append(Exception_(category, j, lr, fr, detail))
+        if lr is not None and lr.posting_id is not None:
+            self.bad.add(lr.posting_id)
+        elif fr is not None and fr.posting_id is not None:
+            self.bad.add(fr.posting_id)
+
+    def _compare_ledger_and_file(self) -> None:
+        for pid in sorted(self.ledger_by_id.keys() | self.file_by_id.keys()):
+            lr, fr = self.ledger_by_id.get(pid), self.file_by_id.get(pid)
+            if fr is None:
+                self._add(Category.IN_LEDGER_NOT_IN_FILE, None, lr, None, f"posting {pid} is not in the file")
+            elif lr is None:
+                self._add(Category.IN_FILE_NOT_IN_LEDGER, None, None, fr,
+                          f"posting {pid} is not in the ledger")
+            else:
+                diff = _differences(lr, fr)
                 if diff is not None:
-                    report.exceptions.append(Exception_(diff[0], j, lr, _file(file_by_id, lr),
-                                                        f"journal vs ledger: {diff[1]}"))
-                    _mark(bad, lr)
-        report.counts["journal"] = seen
-        for rest in by_key.values():
-            for lr in rest:
-                report.exceptions.append(Exception_(Category.POSTED_NOT_IN_JOURNAL, None, lr,
-                                                    _file(file_by_id, lr), "no switch journal record"))
-                _mark(bad, lr)
+                    self._add(diff[0], None, lr, fr, f"ledger vs file: {diff[1]}")
 
-    report.matched = len((ledger_by_id.keys() & file_by_id.keys()) - bad)
-    return report
+    def _take(self, key: tuple[str, str, str, str] | None, stan: str) -> Record | None:
+        """The posting under ``key`` (the one with the same STAN first); each posting matches once."""
+        if key is None:
+            return None
+        found = self.by_key.get(key)
+        if not found:
+            return None
+        i = next((n for n, r in enumerate(found) if r.stan == stan), 0)
+        r = found.pop(i)
+        if not found:
+            del self.by_key[key]
+        return r
+
+    def _file(self, r: Record) -> Record | None:
+        return self.file_by_id.get(r.posting_id) if r.posting_id is not None else None
+
+    def journal(self, j: Record) -> None:
+        if not j.edge:
+            self.journal_seen += 1
+        key = j.switch_key
+        lr = self._take(key, j.stan)
+        if j.status == TIMED_OUT:
+            reversal = None
+            if key is not None and lr is not None:
+                reversal = self._take((key[0], key[1], key[2], "REVERSAL"), "")
+            if lr is not None and reversal is None:
+                self._add(Category.STATUS_MISMATCH, j, lr, self._file(lr),
+                          "timed out at the switch (98, reversal advice queued) but posted and not reversed "
+                          "in this window: check `payswitch switch saf list`")
+            return
+        if j.status not in (APPROVED, UNKNOWN):
+            if lr is not None:
+                self._add(Category.STATUS_MISMATCH, j, lr, self._file(lr),
+                          f"the switch says {j.status} but it was posted")
+            return
+        if lr is None:
+            if j.status == APPROVED and not j.edge:
+                self._add(Category.APPROVED_NOT_POSTED, j, None, None,
+                          "approved at the switch, no posting in the ledger")
+            return
+        diff = _differences(j, lr, compare_sign=False)
+        if diff is not None:
+            self._add(diff[0], j, lr, self._file(lr), f"journal vs ledger: {diff[1]}")
+
+    def finish(self, journal_compared: bool) -> Report:
+        report = Report(journal_compared=journal_compared, counts=dict(self.counts))
+        report.exceptions = list(self.exceptions)
+        if journal_compared:
+            report.counts["journal"] = self.journal_seen
+            for rest in self.by_key.values():
+                for lr in rest:
+                    if lr.edge:
+                        continue
+                    report.exceptions.append(Exception_(Category.POSTED_NOT_IN_JOURNAL, None, lr,
+                                                        self._file(lr), "no switch journal record"))
+                    if lr.posting_id is not None:
+                        self.bad.add(lr.posting_id)
+        report.matched = len((self.ledger_by_id.keys() & self.file_by_id.keys()) - self.bad)
+        return report
 
 
-def _file(file_by_id: dict[int, Record], r: Record) -> Record | None:
-    return file_by_id.get(r.posting_id) if r.posting_id is not None else None
-
-
-def _mark(bad: set[int], r: Record) -> None:
-    if r.posting_id is not None:
-        bad.add(r.posting_id)
+def reconcile(journal: Iterable[Record] | None, ledger: Iterable[Record], file: Iterable[Record]) -> Report:
+    """Compare the three sources; ``journal=None`` when the switch journal is not available."""
+    r = Reconciler(ledger, file)
+    if journal is not None:
+        for j in journal:
+            r.journal(j)
+    return r.finish(journal is not None)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -214,15 +265,18 @@ def file_records(path: str | Path) -> Iterable[Record]:
                          d.merchant_id, POSTED, f"file:{d.posting_id}")
 
 
-async def ledger_records(conn: Any, start: datetime, end: datetime) -> list[Record]:
-    """The host ledger's postings in [start, end) from its ``clearing_postings`` view."""
+async def ledger_records(conn: Any, start: datetime, end: datetime,
+                         margin: timedelta = timedelta(0)) -> list[Record]:
+    """The host ledger's postings in [start, end) from its ``clearing_postings`` view, and with a
+    ``margin`` those just outside it, marked ``edge`` (partners for journal records only)."""
     rows = await conn.fetch(
-        "SELECT posting_id, txn_type, amount, sign, terminal_id, rrn, stan, merchant_id "
+        "SELECT posting_id, txn_type, amount, sign, terminal_id, rrn, stan, merchant_id, posted_at "
         "FROM clearing_postings WHERE posted_at >= $1 AND posted_at < $2 ORDER BY posting_id",
-        start, end,
+        start - margin, end + margin,
     )
     return [Record(r["txn_type"], r["amount"], r["sign"], r["terminal_id"], r["rrn"], r["stan"],
-                   r["posting_id"], r["merchant_id"], POSTED, f"transfer:{r['posting_id']}") for r in rows]
+                   r["posting_id"], r["merchant_id"], POSTED, f"transfer:{r['posting_id']}",
+                   not start <= r["posted_at"] < end) for r in rows]
 
 
 JOURNAL_COLUMNS = ("terminal_id", "rrn", "stan", "txn_type", "amount", "status")
@@ -252,7 +306,7 @@ def journal_csv_records(path: str | Path) -> list[Record]:
 
 
 EXCEPTION_COLUMNS = ("category", "posting_id", "txn_type", "terminal_id", "rrn", "stan", "merchant_id",
-                     "journal_amount", "ledger_amount", "file_amount", "detail", "action")
+                     "journal_amount", "ledger_amount", "file_amount", "detail", "action", "references")
 
 
 def exceptions_csv(report: Report) -> str:
@@ -261,10 +315,11 @@ def exceptions_csv(report: Report) -> str:
     w.writerow(EXCEPTION_COLUMNS)
     for e in report.exceptions:
         r = e.any()
+        sources = (e.journal, e.ledger, e.file)
         w.writerow([
             e.category.value, "" if r.posting_id is None else r.posting_id, r.txn_type, r.terminal_id, r.rrn,
-            r.stan, r.merchant_id, *("" if x is None else x.amount for x in (e.journal, e.ledger, e.file)),
-            e.detail, e.action,
+            r.stan, r.merchant_id, *("" if x is None else x.amount for x in sources),
+            e.detail, e.action, "; ".join(x.ref for x in sources if x is not None and x.ref),
         ])
     return buf.getvalue()
 

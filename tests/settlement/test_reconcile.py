@@ -128,3 +128,40 @@ def test_file_and_journal_sources(tmp_path: Path) -> None:
     j.write_text("terminal_id,rrn,stan,txn_type,amount,status\nT1,1,1,PURCHASE,12.50,approved\n")
     with pytest.raises(ValueError, match=r"line 2: amount '12\.50'"):
         journal_csv_records(j)
+
+
+def test_journal_matches_by_terminal_rrn_and_type_whatever_the_stan() -> None:
+    # the switch journals the terminal's STAN; the host saw the link's (and an advice gets a new one)
+    ledger = [posted(1), posted(2, txn="REVERSAL", sign="C")]
+    ledger[1] = replace(ledger[1], rrn=ledger[0].rrn)  # a reversal carries the original's RRN
+    journal = [replace(journal_of(r), stan="999999") for r in ledger]
+    report = reconcile(journal, ledger, list(ledger))
+    assert report.exceptions == [] and report.matched == 2
+
+
+def test_timed_out_at_the_switch() -> None:
+    from settlement.reconcile import TIMED_OUT
+
+    sale, rev = posted(1), replace(posted(2, txn="REVERSAL", sign="C"), rrn=posted(1).rrn)
+    both = [sale, rev]
+    # posted and reversed by the advice, or never posted: fine; posted alone: the advice is missing
+    assert reconcile([journal_of(sale, TIMED_OUT)], both, both).exceptions == []
+    assert reconcile([journal_of(sale, TIMED_OUT)], [], []).exceptions == []
+    alone = reconcile([journal_of(sale, TIMED_OUT)], [sale], [sale])
+    assert [(e.category, e.any().posting_id) for e in alone.exceptions] == [(Category.STATUS_MISMATCH, 1)]
+    assert "saf list" in alone.exceptions[0].detail
+
+
+def test_edge_records_only_partner() -> None:
+    from settlement.reconcile import UNKNOWN
+
+    inside, outside = posted(1), replace(posted(2), edge=True)
+    journal = [
+        replace(journal_of(posted(2)), edge=False),  # journaled inside, posted just before the window
+        replace(journal_of(inside), edge=True),  # posted inside, journaled just after it
+        replace(journal_of(posted(3)), edge=True),  # the neighbouring day's: not reported
+        journal_of(posted(4), UNKNOWN),  # forwarding not journaled, not posted: not reported
+    ]
+    report = reconcile(journal, [inside, outside], [inside])
+    assert report.exceptions == [] and report.matched == 1
+    assert report.counts == {"journal": 2, "ledger": 1, "file": 1}
