@@ -1,9 +1,10 @@
 """POS dialect requests a terminal builds, in pyiso8583 dict form (``"t"`` MTI, ``"2"``... fields).
 
 Binary fields (DE52, DE62, DE64) are ``bytes``, as in ``specs.codec``. The
-table ``KINDS`` is the transaction list of the contract ("Transactions"): MTI, DE3, DE25 and 60.1 per
-kind. Builders here are pure: they take the card, the amount and the STAN and return the dict; the
-client (pos.client) adds the MAC and sends it.
+table ``KINDS`` is what the terminal offers of the contract's transaction list: each kind's MTI, DE3,
+DE25 and 60.1 come from ``specs.catalogue.POS_TRANSACTIONS``; the terminal adds its screen label and
+whether the kind enters the batch. Builders here are pure: they take the card, the amount and the
+STAN and return the dict; the client (pos.client) adds the MAC and sends it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from pos.crypto import KeyCipher, Scheme, pin_block
-from specs.catalogue import BatchTotals, De60, De61, UploadRecord, batch_totals_de48, upload_de48
+from specs.catalogue import (
+    POS_TRANSACTIONS,
+    BatchTotals,
+    De60,
+    De61,
+    TxnType,
+    UploadRecord,
+    batch_totals_de48,
+    upload_de48,
+)
 
 Message = dict[str, Any]
 CURRENCY = "156"
@@ -30,17 +40,22 @@ class Kind:
     label: str
 
 
+def _kind(name: str, txn: TxnType, financial: bool, label: str) -> Kind:
+    row = POS_TRANSACTIONS[txn]
+    return Kind(name, row.mti, str(row.de3), str(row.de25), row.de60_1, financial, label)
+
+
 KINDS: dict[str, Kind] = {
     k.name: k
     for k in (
-        Kind("balance", "0200", "310000", "00", "01", False, "BALANCE INQUIRY"),
-        Kind("purchase", "0200", "000000", "00", "22", True, "PURCHASE"),
-        Kind("topup", "0200", "210000", "00", "40", True, "TOP-UP"),
-        Kind("void", "0200", "200000", "00", "23", True, "VOID"),
-        Kind("refund", "0220", "200000", "00", "25", True, "REFUND"),
-        Kind("preauth", "0100", "030000", "06", "10", True, "PRE-AUTHORIZATION"),
-        Kind("preauth_void", "0100", "200000", "06", "11", True, "PRE-AUTH VOID"),
-        Kind("completion", "0200", "000000", "06", "20", True, "PRE-AUTH COMPLETION"),
+        _kind("balance", TxnType.BALANCE_INQUIRY, False, "BALANCE INQUIRY"),
+        _kind("purchase", TxnType.PURCHASE, True, "PURCHASE"),
+        _kind("topup", TxnType.TOP_UP, True, "TOP-UP"),
+        _kind("void", TxnType.VOID, True, "VOID"),
+        _kind("refund", TxnType.REFUND, True, "REFUND"),
+        _kind("preauth", TxnType.PRE_AUTH, True, "PRE-AUTHORIZATION"),
+        _kind("preauth_void", TxnType.PRE_AUTH_VOID, True, "PRE-AUTH VOID"),
+        _kind("completion", TxnType.PRE_AUTH_COMPLETION, True, "PRE-AUTH COMPLETION"),
     )
 }
 
