@@ -9,7 +9,7 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -263,19 +263,24 @@ def report(app: AppContext, run_id: int, output_dir: Path | None) -> None:
 @settlement.command("reconcile")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--journal", type=click.Path(dir_okay=False, path_type=Path),
-              help="Switch journal export (CSV: terminal_id,rrn,stan,txn_type,amount,status); "
-                   "without it the journal side is not compared.")
+              help="Use this switch journal export (CSV: terminal_id,rrn,stan,txn_type,amount,status) "
+                   "instead of the switch's journal table.")
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where the exceptions CSV goes (default: settlement.output_dir).")
 @pass_app
 def reconcile_cmd(app: AppContext, file: Path, journal: Path | None, output_dir: Path | None) -> None:
-    """Reconcile clearing FILE with the host ledger (and a switch journal): an exceptions report."""
+    """Reconcile clearing FILE with the host ledger and the switch journal: an exceptions report.
+
+    The journal is the switch's switch_journal table in the same database (rows of the file's business
+    date); --journal FILE takes an export instead. Without either the journal side is not compared.
+    """
+    from settlement.journal_source import DEFAULT_MARGIN, journal_available, journal_records
     from settlement.reconcile import (
+        Reconciler,
         exceptions_csv,
         file_records,
         journal_csv_records,
         ledger_records,
-        reconcile,
         summary_text,
     )
     from specs.clearing import ClearingFormatError, ClearingReader, business_window
@@ -288,16 +293,33 @@ def reconcile_cmd(app: AppContext, file: Path, journal: Path | None, output_dir:
     except (ClearingFormatError, ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     start, end = business_window(business_date, cfg.clearing.cutover, cfg.clearing.timezone)
+    journal_source = {"source": "csv", "path": str(journal)} if journal is not None else None
 
     async def work(conn: Any) -> Any:
+        nonlocal journal_source
+        use_table = journal is None and await journal_available(conn)
+        if use_table:
+            journal_source = {"source": "table", "table": "switch_journal"}
         try:
-            ledger = await ledger_records(conn, start, end)
+            # With a journal, postings just outside the window are read too, as partners only.
+            compared = use_table or journal_rows is not None
+            ledger = await ledger_records(conn, start, end, DEFAULT_MARGIN if compared else timedelta(0))
         except asyncpg.PostgresError as exc:
             raise SettlementError(f"host ledger not readable (clearing_postings): {exc}") from None
         try:
-            return reconcile(journal_rows, ledger, file_records(file))
+            rec = Reconciler(ledger, file_records(file))
         except ClearingFormatError as exc:
             raise SettlementError(f"refused {exc}") from None
+        if use_table:
+            try:
+                async for j in journal_records(conn, start, end):
+                    rec.journal(j)
+            except asyncpg.PostgresError as exc:
+                raise SettlementError(f"switch journal not readable (switch_journal): {exc}") from None
+        elif journal_rows is not None:
+            for j in journal_rows:
+                rec.journal(j)
+        return rec.finish(journal_source is not None)
 
     report = _db(app, work)
     out = (output_dir or Path(cfg.settlement.output_dir)) / f"reconcile_{file.stem}.csv"
@@ -307,6 +329,8 @@ def reconcile_cmd(app: AppContext, file: Path, journal: Path | None, output_dir:
     tmp.replace(out)
     app.emit({"file": file.name, "business_date": str(business_date), "counts": report.counts,
               "matched": report.matched, "exceptions": report.by_category(),
-              "journal_compared": report.journal_compared, "report": str(out)},
+              "journal_compared": report.journal_compared, "journal": journal_source, "report": str(out)},
              f"{file.name} (business date {business_date}, ledger {start:%Y-%m-%d %H:%M}Z to "
-             f"{end:%Y-%m-%d %H:%M}Z)\n{summary_text(report)}\nexceptions: {out}")
+             f"{end:%Y-%m-%d %H:%M}Z; journal: "
+             f"{'none' if journal_source is None else journal_source.get('path', 'switch_journal table')})\n"
+             f"{summary_text(report)}\nexceptions: {out}")
