@@ -21,7 +21,8 @@ import asyncpg
 
 from host.clearing import emit
 from ops.config import load
-from settlement.journal_source import journal_records
+from settlement.journal_source import journal_available, journal_records, normalise
+from settlement.reconcile import APPROVED, TIMED_OUT, UNKNOWN
 from specs.clearing import ClearingReader, business_date_of, business_window, write_file
 from tests.fixtures.services import run_cli
 from tests.switch import test_host_e2e
@@ -137,3 +138,49 @@ def test_switch_journal_host_ledger_and_clearing_file_reconcile(system: System, 
     override = _reconcile(system, path, out, "--journal", str(export))
     assert override["journal"] == {"source": "csv", "path": str(export)}
     assert set(override["exceptions"]) == {"posted_not_in_journal"}
+
+
+def _row(**kw: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": 7, "created_at": datetime(2026, 11, 10, 12, tzinfo=UTC), "channel": "pos-3des", "mti": "0200",
+        "txn_type": "purchase", "proc_code": "000000", "terminal_id": "T1", "merchant_id": "M1",
+        "batch_no": 3, "stan": "000011", "amount": 500, "rrn": "631401000042", "response_code": "00",
+        "link": "issuer", "link_stan": "000042", "original": None,
+    }
+    return {**row, **kw}
+
+
+def test_normalise_journal_rows() -> None:
+    start, end = datetime(2026, 11, 9, 15, tzinfo=UTC), datetime(2026, 11, 10, 15, tzinfo=UTC)
+
+    def status(**kw: Any) -> str | None:
+        r = normalise(_row(**kw), start, end)
+        return None if r is None else r.status
+
+    r = normalise(_row(), start, end)
+    assert r is not None and (r.txn_type, r.terminal_id, r.rrn, r.stan, r.amount, r.edge) == (
+        "PURCHASE", "T1", "631401000042", "000042", 500, False)  # the link STAN: what the host saw
+    assert "switch_journal:7" in r.ref and "terminal STAN 000011 batch 3" in r.ref
+    assert status(txn_type="top-up") == APPROVED
+    assert status(response_code="51") == "declined 51"
+    assert status(response_code="98") == TIMED_OUT
+    assert status(response_code="91", link=None, link_stan=None) == "declined 91"
+    assert status(txn_type="reversal", link=None, link_stan=None) == "not forwarded"  # answered locally
+    assert status(txn_type="reversal", channel="h2h:acq1", link=None, link_stan=None) == UNKNOWN
+    assert status(txn_type="reversal", original="0100/000011") is None  # a pre-auth's hold
+    assert status(txn_type="pre-auth") is None and status(txn_type="balance") is None
+    edge = normalise(_row(created_at=end + timedelta(seconds=1)), start, end)
+    assert edge is not None and edge.edge
+
+
+def test_journal_table_detected(db_url: str) -> None:
+    async def go() -> tuple[bool, bool]:
+        conn = await asyncpg.connect(db_url)
+        try:
+            here = await journal_available(conn)
+            await conn.execute("CREATE SCHEMA IF NOT EXISTS no_switch; SET search_path = no_switch")
+            return here, await journal_available(conn)
+        finally:
+            await conn.close()
+
+    assert asyncio.run(go()) == (True, False)
