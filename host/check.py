@@ -11,7 +11,18 @@ All run in one REPEATABLE READ snapshot, so the check can run while the host is 
   credits posted.
 - ``one_transfer_per_approved_request``: every approved financial request made exactly one transfer
   (key = request key); every request marked posted has one; every transfer that is not the sweeper's
-  belongs to an approved, posted request.
+  or settlement's belongs to an approved, posted request.
+- ``settlement_backed_by_run``: every settlement transfer (code ``settlement``, no card) belongs to a
+  payout of a settlement run (``ledger_settlements`` row, original_key = its reference) in its
+  currency and only moves money from that merchant's payable (or a fee-income account) to that
+  merchant's settled account (or a fee-income account); each payout's legs add up to exactly its
+  gross (payable debited), net (settled credited) and fee (fee income, credits minus debits); and no
+  other transfer touches a settled or fee-income account.
+- ``settlement_within_payable``: a settlement never takes more than the merchant has been credited:
+  each payable sub-account's posted balance, run in posting-id order, is not below zero right after
+  any settlement debit. (Settlement takes ``LOCK transfers IN SHARE MODE`` before it reads the
+  balances, so every posting with a lower id was committed and seen; a refund posted later may still
+  take a sub-account below zero: that is the merchant owing money, carried by the next run.)
 """
 
 from __future__ import annotations
@@ -69,7 +80,55 @@ CHECKS: dict[str, str] = {
            OR (NOT r.posted AND coalesce(n.transfers, 0) <> 0)
         UNION
         SELECT t.key FROM transfers t LEFT JOIN auth_requests r ON r.key = t.key
-        WHERE t.code <> 'expiry' AND (r.key IS NULL OR NOT r.posted OR r.response_code <> '00')
+        WHERE t.code NOT IN ('expiry', 'settlement')
+          AND (r.key IS NULL OR NOT r.posted OR r.response_code <> '00')
+        ORDER BY 1 LIMIT 1000""",
+    "settlement_backed_by_run": """
+        WITH legs AS (
+            SELECT t.key, t.original_key, t.amount, t.currency,
+                   d.kind AS dk, d.merchant_id AS dm, c.kind AS ck, c.merchant_id AS cm
+            FROM transfers t
+            LEFT JOIN accounts d ON d.id = t.debit_account_id
+            LEFT JOIN accounts c ON c.id = t.credit_account_id
+            WHERE t.code = 'settlement'
+        ), payouts AS (
+            SELECT original_key,
+                   coalesce(sum(amount) FILTER (WHERE dk = 'merchant'), 0) AS payable,
+                   coalesce(sum(amount) FILTER (WHERE ck = 'settled'), 0) AS settled,
+                   coalesce(sum(amount) FILTER (WHERE ck = 'fee_income'), 0)
+                   - coalesce(sum(amount) FILTER (WHERE dk = 'fee_income'), 0) AS fee
+            FROM legs GROUP BY original_key
+        )
+        SELECT l.key FROM legs l LEFT JOIN ledger_settlements s ON s.reference = l.original_key
+        WHERE s.reference IS NULL OR l.currency <> s.currency
+           OR NOT ((l.dk = 'merchant' AND l.dm = s.merchant_id) OR l.dk = 'fee_income')
+           OR NOT ((l.ck = 'settled' AND l.cm = s.merchant_id) OR l.ck = 'fee_income')
+        UNION
+        SELECT 'payout:' || s.reference FROM ledger_settlements s
+        LEFT JOIN payouts p ON p.original_key = s.reference
+        WHERE coalesce(p.payable, 0) <> s.gross OR coalesce(p.settled, 0) <> s.net
+           OR coalesce(p.fee, 0) <> s.fee
+        UNION
+        SELECT t.key FROM transfers t
+        WHERE t.code <> 'settlement'
+          AND (t.debit_account_id IN (SELECT id FROM accounts WHERE kind IN ('settled', 'fee_income'))
+               OR t.credit_account_id IN (SELECT id FROM accounts WHERE kind IN ('settled', 'fee_income')))
+        ORDER BY 1 LIMIT 1000""",
+    "settlement_within_payable": """
+        WITH payable AS (
+            SELECT DISTINCT t.debit_account_id AS id FROM transfers t
+            JOIN accounts a ON a.id = t.debit_account_id AND a.kind = 'merchant'
+            WHERE t.code = 'settlement'
+        ), legs AS (
+            SELECT id, key, code, credit_account_id AS account, amount FROM transfers
+            WHERE credit_account_id IN (SELECT id FROM payable) AND phase IN ('single', 'post_pending')
+            UNION ALL
+            SELECT id, key, code, debit_account_id, -amount FROM transfers
+            WHERE debit_account_id IN (SELECT id FROM payable) AND phase IN ('single', 'post_pending')
+        ), running AS (
+            SELECT key, code, sum(amount) OVER (PARTITION BY account ORDER BY id) AS balance FROM legs
+        )
+        SELECT DISTINCT key FROM running WHERE code = 'settlement' AND balance < 0
         ORDER BY 1 LIMIT 1000""",
 }
 
