@@ -2,10 +2,11 @@
 
 Due per the merchant's cycle (settlement.cycles). For each merchant with due dates, gross (sales -
 returns - cash top-ups taken at its terminals) and fee are summed over them; a positive net = gross -
-fee becomes one payout (one line of the payout instruction file) with its balanced postings, and the
-accruals are stamped with the run. A
-merchant whose due net is zero or negative is carried (its refunds wait for later sales), as are dates
-not yet due. Everything happens in one transaction; the reports are written from the database after.
+fee becomes one payout (one line of the payout instruction file) with its settlement transfers in the
+host ledger (settlement.postings), and the accruals are stamped with the run. A merchant whose due net
+is zero or negative is carried (its refunds wait for later sales), as are dates not yet due, and so is
+one the host ledger cannot pay: not known there, or a posted payable below the gross. Everything
+happens in one transaction; the reports are written from the database after.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from settlement.cycles import Cycle, settlement_date
 from settlement.importer import _LOCK_ID
-from settlement.postings import payout_entries, post_payout
+from settlement.postings import Payable, lock_ledger, merchant_payable, post_payout
 from settlement.schedules import merchant_settings
 
 
@@ -92,6 +93,24 @@ async def run_settlement(conn: Any, as_of: date, default_cycle: Cycle) -> RunRes
             plans.append((merchant, [r["business_date"] for r in due], gross, fee))
         if not plans:
             return result
+        await lock_ledger(conn)
+        payables: dict[str, Payable] = {}
+        for merchant, dates, gross, fee in list(plans):
+            payable = await merchant_payable(conn, merchant)
+            if payable is None:
+                reason = "not in the host ledger (no such merchant): nothing to settle from"
+            elif gross <= 0:
+                reason = f"gross {gross} is not positive: nothing payable to move"
+            elif payable.total < gross:
+                reason = (f"posted payable in the host ledger {payable.total} is below the gross {gross}: "
+                          "reconcile the files with the ledger")
+            else:
+                payables[merchant] = payable
+                continue
+            result.carried.append(Carried(merchant, reason, gross, fee))
+            plans.remove((merchant, dates, gross, fee))
+        if not plans:
+            return result
         run_id: int = await conn.fetchval(
             "INSERT INTO settlement_runs (as_of, carried_count) VALUES ($1, $2) RETURNING id",
             as_of, len(result.carried))
@@ -112,9 +131,9 @@ async def run_settlement(conn: Any, as_of: date, default_cycle: Cycle) -> RunRes
             acquirer: dict[str, int] = defaultdict(int)
             for s in shares:
                 acquirer[s["acquirer_id"]] += s["acquirer_share"]
-            entries = payout_entries(merchant, gross, gross - fee, sum(s["issuer_share"] for s in shares),
-                                     acquirer, sum(s["platform_share"] for s in shares))
-            await post_payout(conn, run_id, payout_id, entries)
+            await post_payout(conn, run_id, reference, payables[merchant], gross, gross - fee,
+                              sum(s["issuer_share"] for s in shares), acquirer,
+                              sum(s["platform_share"] for s in shares))
             result.payouts.append(Payout(payout_id, merchant, reference, gross, fee, gross - fee,
                                          tuple(dates)))
         await conn.execute(

@@ -29,6 +29,7 @@ from settlement.run import run_settlement
 from settlement.schedules import add_fee_schedule, set_merchant
 from specs.clearing import Detail, write_file
 from tests.settlement.factories import detail, header
+from tests.settlement.ledger_seed import seed_payables
 
 T = TypeVar("T")
 DAY1, DAY2 = date(2026, 11, 24), date(2026, 11, 25)  # a Tuesday and a Wednesday
@@ -110,6 +111,8 @@ def setup_rates(url: str, m: str) -> None:
         )
         await set_merchant(conn, f"{m}W", Cycle("weekly", 1), payout_account="6222-W")
         await set_merchant(conn, f"{m}A", Cycle(), payout_account="6222-A", name="Canteen A")
+        # the host ledger owes them more than these files: payouts are taken from it
+        await seed_payables(conn, {f"{m}{x}": 1_000_000 for x in "ABW"})
 
     db(url, work)
 
@@ -298,6 +301,7 @@ def test_cli(db_url: str, tmp_path: Path) -> None:
     assert res.exit_code == 1 and "weekday 1-7" in res.output
     assert f"{m}A v1" in _cli(db_url, "settlement", "fees", f"{m}A").output
 
+    db(db_url, lambda c: seed_payables(c, {f"{m}{x}": 1_000_000 for x in "ABW"}))
     f1, _ = write_file(tmp_path, header(DAY1, issuer), day1(issuer, m))
     out = tmp_path / "out"
     res = _cli(db_url, "--json", "settle", str(f1), "--as-of", "2026-11-25", "--output-dir", str(out))
