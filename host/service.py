@@ -22,7 +22,7 @@ from typing import Any
 import trio
 from prometheus_client import Counter, Histogram
 
-from host import h2h
+from host import clearing_task, h2h
 from host.engine import Engine
 from host.keys import IssuerCrypto, keys_from
 from host.ledger import Ledger
@@ -124,6 +124,8 @@ class HostService:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.engine.run)
             nursery.start_soon(self._sweeper)
+            if self.config.clearing.auto_emit:
+                nursery.start_soon(clearing_task.run, self.pool, self.config)
             listeners = await nursery.start(
                 functools.partial(trio.serve_tcp, self._connection, hc.port, host=hc.listen)
             )

@@ -113,6 +113,9 @@ class ClearingConfig:
     directory: str = setting("folder clearing files are written to")
     cutover: str = setting("business-day cut-over, local HH:MM", pattern=r"([01]\d|2[0-3]):[0-5]\d")
     timezone: str = setting("IANA time zone of the cut-over")
+    auto_emit: bool = setting("`host serve` writes each closed business date's file after the cut-over")
+    lookback_days: int = setting("closed business dates the automatic emit looks back for missing files",
+                                 min=1, max=366)
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,8 @@ class Harness:
 @asynccontextmanager
 async def running_host(db_url: str, hsm_server: Any, **host: Any) -> AsyncIterator[Harness]:
     cfg = config_mod.defaults()
-    cfg = dataclasses.replace(cfg, host=dataclasses.replace(cfg.host, port=0, metrics_port=0, **host))
+    cfg = dataclasses.replace(cfg, host=dataclasses.replace(cfg.host, port=0, metrics_port=0, **host),
+                              clearing=dataclasses.replace(cfg.clearing, auto_emit=False))  # none in ./var
     with PgPool(
         db_url, min_size=2, max_size=8, role="payswitch_app", server_settings=SERVER_SETTINGS
     ) as pool:
