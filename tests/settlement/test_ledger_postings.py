@@ -20,7 +20,7 @@ from ops.cli import cli
 from settlement.cycles import Cycle
 from settlement.fees import FeeSchedule
 from settlement.importer import import_file
-from settlement.postings import Payable, pair_legs
+from settlement.postings import Payable, merchant_payable, pair_legs, post_payout
 from settlement.postings import check_postings as settlement_check
 from settlement.run import run_settlement
 from settlement.schedules import add_fee_schedule
@@ -233,5 +233,78 @@ def test_corrupted_settlement_transfers_are_named(db_url: str, tmp_path: Path) -
         seen, _ = await corrupted(misroute)
         assert "misrouted" in seen["settlement_backed_by_run"]
         assert await failing(conn) == {}  # all undone
+
+    db(db_url, work)
+
+
+def test_a_run_waits_for_postings_in_flight(db_url: str, tmp_path: Path) -> None:
+    """A refund debiting the payable, its transfer inserted but not committed when the run starts: the run
+    waits for it (LOCK transfers IN SHARE MODE) and sees the payable after it, so it carries the merchant
+    instead of settling money the refund took (which settlement_within_payable would name)."""
+
+    async def work() -> None:
+        setup = await asyncpg.connect(db_url)
+        host = await asyncpg.connect(db_url)
+        try:
+            await seed_payables(setup, {"LPE": 10_000})
+            day = date(2026, 11, 18)
+            path, _ = write_file(tmp_path, header(day, "99990000"),
+                                 [detail(1, merchant_id="LPE", amount=10_000)])
+            assert (await import_file(setup, path)).imported
+            card, card_acct, payable = await setup.fetchrow(
+                "SELECT c.id, c.account_id, a.id FROM cards c, accounts a "
+                "JOIN merchants m ON m.id = a.merchant_id "
+                "WHERE m.merchant_id = 'LPE' AND a.kind = 'merchant' AND a.part = c.part "
+                "AND c.pan_masked LIKE '%0000' ORDER BY c.id DESC LIMIT 1")
+            refund = host.transaction()
+            await refund.start()
+            key = "48881111:1118000000:000001:TSEED:0200"
+            await host.execute(
+                "INSERT INTO auth_requests (key, mti, txn, card_id, acquirer_id, stan, transmitted, amount, "
+                "currency, response_code, posted) VALUES ($1, '0200', 'refund', $2, '48881111', '000001', "
+                "'1118000000', 4000, '156', '00', true)", key, card)
+            await host.execute(
+                "INSERT INTO transfers (key, debit_account_id, credit_account_id, amount, currency, phase, "
+                "code, card_id) VALUES ($1, $2, $3, 4000, '156', 'single', 'refund', $4)",
+                key, payable, card_acct, card)
+            # the engine's statement has its transfer id but has not reached the payable row yet
+            running = asyncio.create_task(run_settlement(setup, day + timedelta(days=1), Cycle()))
+            await asyncio.sleep(0.5)
+            assert not running.done()  # held by the refund's transaction
+            await host.execute("UPDATE accounts SET debits_posted = debits_posted + 4000 WHERE id = $1",
+                               payable)
+            await host.execute("UPDATE accounts SET credits_posted = credits_posted + 4000 WHERE id = $1",
+                               card_acct)
+            await refund.commit()
+            run = await asyncio.wait_for(running, 10)
+            assert not [p for p in run.payouts if p.merchant_id == "LPE"]
+            (carried,) = [c for c in run.carried if c.merchant_id == "LPE"]
+            assert "posted payable in the host ledger 6000 is below the gross 10000" in carried.reason
+            assert [r.name for r in await run_checks(setup) if not r.ok] == []
+        finally:
+            await setup.close()
+            await host.close()
+
+    asyncio.run(work())
+
+
+def test_returned_fees_flow_from_the_earners_to_settled(db_url: str) -> None:
+    """A payout whose fee is negative (fees returned exceed fees charged): fee income is debited."""
+
+    async def work(conn: Any) -> None:
+        await seed_payables(conn, {"LPF": 3_000}, parts=(1, 2))
+        tr = conn.transaction()
+        await tr.start()
+        try:
+            payable = await merchant_payable(conn, "LPF")
+            assert payable is not None and payable.total == 3_000
+            n = await post_payout(conn, 0, "STLTEST-LPF", payable, 2_500, 2_510, -4, {"ACQ9": -1}, -5)
+            assert n >= 4
+            legs = await settlement_legs(conn, "STLTEST-LPF")
+            assert sum(g["amount"] for g in legs if g["dk"] == "merchant") == 2_500
+            assert sum(g["amount"] for g in legs if g["ck"] == "settled") == 2_510
+            assert await failing(conn) == {}
+        finally:
+            await tr.rollback()
 
     db(db_url, work)
