@@ -108,8 +108,38 @@ async def _prepare_db(url: str) -> None:
             )
         for m in range(0, MERCHANTS, 7):
             await set_merchant(conn, f"M{m:04d}", Cycle("weekly", 1), f"6222-{m:04d}")
+        await _seed_host_payables(conn)
     finally:
         await conn.close()
+
+
+async def _seed_host_payables(conn: Any) -> None:
+    """The merchants in the host ledger with a payable above what the file owes them (a run pays out only
+    what the ledger holds): one card loaded, then one purchase per merchant, posted by the host's engine."""
+    from host.catalog import NewCard, ProductSpec, add_merchant, add_product, insert_cards
+    from host.ledger import Ledger
+    from host.model import Request, Txn, request_key
+
+    big = 10**12
+    await add_product(conn, ProductSpec("BENCH", "reloadable", max_balance=big, per_txn_limit=big,
+                                        daily_amount_limit=big, daily_count_limit=MERCHANTS + 1,
+                                        pin_required=False), "699999", 16)
+    (card,) = await insert_cards(conn, "BENCH", [NewCard("bench", "enc", "699999******0000", "1234", 0)],
+                                 state="active")
+    ledger = Ledger()
+    per_merchant = 10**9
+    await ledger.post_batch(conn, [Request("admin:bench", "0200", Txn.ADMIN_LOAD,
+                                           amount=per_merchant * MERCHANTS, currency="156", card_id=card)])
+    purchases = []
+    for m in range(MERCHANTS):
+        await add_merchant(conn, f"M{m:04d}", "", "5812", acquirer_id="48881111")
+        stan, transmitted = f"{m + 1:06d}", f"1124{m + 1:06d}"
+        purchases.append(Request(request_key("48881111", transmitted, stan, "TBENCH", "0200"), "0200",
+                                 Txn.PURCHASE, acquirer_id="48881111", stan=stan, transmitted=transmitted,
+                                 terminal_id="TBENCH", merchant_id=f"M{m:04d}", amount=per_merchant,
+                                 currency="156", card_id=card))
+    decisions = await ledger.post_batch(conn, purchases)
+    assert all(d.code == "00" for d in decisions), decisions[:3]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -103,7 +103,15 @@ async def merchant_payable(conn: Any, merchant_id: str) -> Payable | None:
     return Payable(ref["id"], ref["currency"], [(r["id"], r["balance"]) for r in rows])
 
 
-async def _account(conn: Any, kind: str, currency: str, merchant_ref: int | None, party: str | None) -> int:
+AccountCache = dict[tuple[str, str, int | None, str | None], int]
+
+
+async def _account(conn: Any, kind: str, currency: str, merchant_ref: int | None, party: str | None,
+                   cache: AccountCache) -> int:
+    """The settled or fee-income account, created when missing (ids cached for the run)."""
+    wanted = (kind, currency, merchant_ref, party)
+    if wanted in cache:
+        return cache[wanted]
     conflict = "(merchant_id) WHERE kind = 'settled'" if kind == "settled" else \
         "(party, currency) WHERE kind = 'fee_income'"
     await conn.execute(
@@ -117,21 +125,25 @@ async def _account(conn: Any, kind: str, currency: str, merchant_ref: int | None
         account = await conn.fetchval(
             "SELECT id FROM accounts WHERE kind = 'fee_income' AND party = $1 AND currency = $2",
             party, currency)
+    cache[wanted] = account
     return account
 
 
 async def post_payout(conn: Any, run_id: int, reference: str, payable: Payable, gross: int, net: int,
-                      issuer_share: int, acquirer_shares: Mapping[str, int], platform_share: int) -> int:
+                      issuer_share: int, acquirer_shares: Mapping[str, int], platform_share: int,
+                      accounts: AccountCache | None = None) -> int:
     """Post one payout into the host ledger (caller: inside the run's transaction, after
-    ``lock_ledger`` and ``merchant_payable``); returns the number of transfers written."""
+    ``lock_ledger`` and ``merchant_payable``); returns the number of transfers written. ``accounts``:
+    a cache of account ids the run's payouts share."""
+    cache: AccountCache = {} if accounts is None else accounts
     currency = payable.currency
     debits = payable.take(gross)
-    credits = [(await _account(conn, "settled", currency, payable.merchant_ref, None), net)]
+    credits = [(await _account(conn, "settled", currency, payable.merchant_ref, None, cache), net)]
     shares = {"issuer": issuer_share, **{f"acquirer:{a}": s for a, s in sorted(acquirer_shares.items())},
               "platform": platform_share}
     for party, share in shares.items():
         if share:
-            account = await _account(conn, "fee_income", currency, None, party)
+            account = await _account(conn, "fee_income", currency, None, party, cache)
             (credits if share > 0 else debits).append((account, abs(share)))
     legs = pair_legs(debits, credits)
     await conn.execute(

@@ -18,7 +18,7 @@ from typing import Any
 
 from settlement.cycles import Cycle, settlement_date
 from settlement.importer import _LOCK_ID
-from settlement.postings import Payable, lock_ledger, merchant_payable, post_payout
+from settlement.postings import AccountCache, Payable, lock_ledger, merchant_payable, post_payout
 from settlement.schedules import merchant_settings
 
 
@@ -115,6 +115,7 @@ async def run_settlement(conn: Any, as_of: date, default_cycle: Cycle) -> RunRes
             "INSERT INTO settlement_runs (as_of, carried_count) VALUES ($1, $2) RETURNING id",
             as_of, len(result.carried))
         result.run_id = run_id
+        accounts: AccountCache = {}
         for merchant, dates, gross, fee in plans:
             account = settings[merchant][1] if merchant in settings else ""
             reference = payout_reference(run_id, merchant)
@@ -133,7 +134,7 @@ async def run_settlement(conn: Any, as_of: date, default_cycle: Cycle) -> RunRes
                 acquirer[s["acquirer_id"]] += s["acquirer_share"]
             await post_payout(conn, run_id, reference, payables[merchant], gross, gross - fee,
                               sum(s["issuer_share"] for s in shares), acquirer,
-                              sum(s["platform_share"] for s in shares))
+                              sum(s["platform_share"] for s in shares), accounts)
             result.payouts.append(Payout(payout_id, merchant, reference, gross, fee, gross - fee,
                                          tuple(dates)))
         await conn.execute(
