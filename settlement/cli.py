@@ -235,7 +235,7 @@ def merchant(app: AppContext, merchant_id: str, cycle: str, day: int | None, acc
 @settlement.command("check")
 @pass_app
 def check(app: AppContext) -> None:
-    """Prove the settlement postings balance and agree with payouts and accruals."""
+    """Prove every payout is in the host ledger exactly as paid, and paid exactly its accruals."""
     problems = _db(app, check_postings)
     if problems:
         raise click.ClickException(f"{len(problems)} problem(s); first: {problems[0]}")
