@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 import asyncpg
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 
 from host.check import CHECKS, run_checks
 from host.clearing import emit
@@ -68,6 +70,30 @@ def test_pair_legs_and_take() -> None:
         pair_legs([(1, 5)], [(2, 6)])
     p = Payable(1, "156", [(100, 50), (101, -20), (102, 80)])
     assert p.total == 110 and p.take(100) == [(100, 50), (102, 50)]
+
+
+@given(st.lists(st.integers(1, 10**9), min_size=1, max_size=6),
+       st.lists(st.integers(1, 10**9), min_size=1, max_size=6))
+def test_legs_move_exactly_each_side(debits: list[int], weights: list[int]) -> None:
+    total = sum(debits)
+    credits = [w * total // sum(weights) for w in weights]
+    credits[0] += total - sum(credits)
+    credits = [c for c in credits if c > 0]
+    legs = pair_legs([(i, a) for i, a in enumerate(debits)], [(100 + j, a) for j, a in enumerate(credits)])
+    assert all(g.amount > 0 for g in legs) and len(legs) <= len(debits) + len(credits) - 1
+    assert [sum(g.amount for g in legs if g.debit == i) for i in range(len(debits))] == debits
+    assert [sum(g.amount for g in legs if g.credit == 100 + j) for j in range(len(credits))] == credits
+
+
+@given(st.lists(st.integers(-10**6, 10**6), min_size=1, max_size=16), st.data())
+def test_take_never_leaves_a_sub_account_below_zero(balances: list[int], data: st.DataObject) -> None:
+    payable = Payable(1, "156", list(enumerate(balances)))
+    if payable.total <= 0:
+        return
+    gross = data.draw(st.integers(1, payable.total))
+    taken = payable.take(gross)
+    assert sum(a for _, a in taken) == gross
+    assert all(0 < a <= balances[i] for i, a in taken)
 
 
 def test_run_posts_payable_to_settled_in_the_ledger(db_url: str, tmp_path: Path) -> None:
