@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from types import FrameType
 import click
 
 from ops import migrate as migrate_mod
+from ops import processes
 from ops.cli import COMMANDS, AppContext, pass_app
 from ops.config import Config
 from ops.db import database_url, ensure_database
@@ -117,27 +117,14 @@ def _child(argv: tuple[str, ...], app: AppContext) -> subprocess.Popen[bytes]:
 
 
 def _await_port(service: Service, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    port = service.ports[0][1]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise click.ClickException(f"{service.name} exited with status {proc.returncode} at start")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise click.ClickException(f"{service.name} did not listen on port {port} within {timeout:.0f}s")
+    try:
+        processes.wait_listening(service.ports[0][1], proc, what=service.name, timeout=timeout)
+    except processes.NotListening as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _stop_all(children: list[tuple[Service, subprocess.Popen[bytes]]]) -> None:
     for service, proc in reversed(children):
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                click.echo(f"{service.name} did not stop in 15 s; killing it", err=True)
-                proc.kill()
-                proc.wait()
+        if not processes.stop(proc, timeout=15):
+            click.echo(f"{service.name} did not stop in 15 s; killed", err=True)
         click.echo(f"{service.name} stopped")

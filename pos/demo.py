@@ -21,11 +21,8 @@ import contextlib
 import hashlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +31,8 @@ from typing import Any
 import click
 import trio
 
+from hsm_sim.crypto import set_odd_parity
+from ops import processes
 from ops.cli import COMMANDS, AppContext, pass_app
 from pos import state as state_mod
 from pos import terminal
@@ -118,11 +117,7 @@ def load_tmk(terminal_id: str) -> str:
     """The demo TMK of a load-test terminal: derived from its id (public test data), odd parity per
     byte as DES keys need (the HSM refuses a 3DES key with bad parity; SM4 ignores it)."""
     raw = hashlib.sha256(f"payswitch demo load terminal {terminal_id}".encode()).digest()[:16]
-    return odd_parity(raw).hex().upper()
-
-
-def odd_parity(key: bytes) -> bytes:
-    return bytes(b & 0xFE | (bin(b & 0xFE).count("1") % 2 == 0) for b in key)
+    return set_odd_parity(raw).hex().upper()
 
 
 def write_private(path: Path, data: Any) -> None:
@@ -187,7 +182,7 @@ def _hsm_running(app: AppContext, admin: Admin) -> Iterator[None]:
     """Card issue and terminal add need the HSM service: start one for the seed if none listens
     (``payswitch run`` seeds before it starts the services)."""
     hsm = app.config.hsm
-    if _listening(hsm.host, hsm.port):
+    if processes.answers(hsm.host, hsm.port):
         yield
         return
     argv = [
@@ -202,31 +197,16 @@ def _hsm_running(app: AppContext, admin: Admin) -> Iterator[None]:
     ]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        deadline = time.monotonic() + 30
-        while not _listening(hsm.host, hsm.port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = (
-                    (proc.stderr.read().decode(errors="replace") if proc.stderr else "").strip().splitlines()
-                )
-                raise DemoError(f"could not start the HSM for the seed: {err[-1] if err else 'no output'}")
-            time.sleep(0.1)
+        try:
+            processes.wait_listening(hsm.port, proc, what="the HSM", host=hsm.host, timeout=30)
+        except processes.NotListening:
+            processes.stop(proc)  # its stderr is read to the end below
+            err = (proc.stderr.read().decode(errors="replace") if proc.stderr else "").strip().splitlines()
+            why = err[-1] if err else "no output"
+            raise DemoError(f"could not start the HSM for the seed: {why}") from None
         yield
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _listening(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+        processes.stop(proc, timeout=15)
 
 
 def _seed(app: AppContext, admin: Admin, load_terminals: int, load_cards: int) -> dict[str, Any]:

@@ -16,16 +16,14 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from ops import processes
 from ops.cli import COMMANDS
 from ops.config import env_name
 from ops.db import ensure_database
@@ -137,16 +135,10 @@ class System:
                 start_new_session=True,
             )
         self.services[name] = Service(name, port, proc, log)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemStartError(f"{name} exited with status {proc.returncode} at start: {_tail(log)}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise SystemStartError(f"{name} did not listen on port {port} within 60 s: {_tail(log)}")
+        try:
+            processes.wait_listening(port, proc, what=name, timeout=60)
+        except processes.NotListening as exc:
+            raise SystemStartError(f"{exc}: {_tail(log)}") from None
 
     def cli(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run ``payswitch ARGS`` against this system (scratch folder as working directory)."""
@@ -168,13 +160,7 @@ class System:
 
     def stop(self) -> None:
         for service in reversed(list(self.services.values())):
-            if service.proc.poll() is None:
-                service.proc.send_signal(signal.SIGTERM)
-                try:
-                    service.proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    service.proc.kill()
-                    service.proc.wait()
+            processes.stop(service.proc, timeout=20)
         self.services.clear()
         if self._pg is not None:
             self._pg.destroy()
