@@ -17,11 +17,17 @@ A trio caller that is cancelled while its call runs is not interrupted: the data
 (a commit is never left in doubt) and the cancellation is delivered when the result arrives.
 
 Plain synchronous code (the CLI, tests) can use ``pool.call(fn, *args)``, which blocks.
+
+A call's result is handed back before its connection goes back to the pool, and connections are not
+reset on release (asyncpg's default reset is a round trip per call): ``fn`` must leave no session
+state behind (no plain ``SET``, ``LISTEN``, session advisory lock or held cursor; ``SET LOCAL`` and
+``pg_advisory_xact_lock`` inside a transaction are fine). A transaction left open is rolled back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -36,6 +42,18 @@ from ops.db import DatabaseUnavailable
 
 T = TypeVar("T")
 Work = Callable[..., Awaitable[Any]]
+
+
+async def _keep_session(_conn: Any) -> None:
+    """Nothing to reset (see the module docstring); asyncpg still rolls back a transaction left open."""
+
+
+# By default asyncpg sends a reset query (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL) to the server
+# on every release: one more round trip and server wake-up per call. The work functions leave no session
+# state, so the pool skips it where asyncpg (>= 0.30) lets it.
+_NO_RESET: dict[str, Any] = (
+    {"reset": _keep_session} if "reset" in inspect.signature(asyncpg.create_pool).parameters else {}
+)
 
 
 class _Call:
@@ -183,6 +201,7 @@ class PgPool:
                 max_size=self.max_size,
                 init=self._init_conn,
                 server_settings=self.server_settings,
+                **_NO_RESET,
             )
         except (OSError, asyncpg.PostgresError) as exc:
             raise DatabaseUnavailable(f"cannot connect to the database: {exc}") from None
@@ -213,11 +232,22 @@ class PgPool:
             return await fn(conn, *args)
 
     async def _execute(self, call: _Call) -> None:
+        # The result goes back before the connection is released: a release may cost a round trip
+        # (an older asyncpg's reset query), and the caller's answer must not wait for it.
         try:
-            value = await self._with_conn(call.fn, call.args)
-            call.result = outcome.Value(value)
-        except BaseException as exc:  # delivered to the trio caller, which re-raises it
-            call.result = outcome.Error(exc)
+            async with self._pool.acquire() as conn:
+                try:
+                    call.result = outcome.Value(await call.fn(conn, *call.args))
+                except BaseException as exc:  # delivered to the trio caller, which re-raises it
+                    call.result = outcome.Error(exc)
+                self._post(call)
+        except BaseException as exc:
+            if call.result is None:  # no connection to be had: that is the caller's answer
+                call.result = outcome.Error(exc)
+                self._post(call)
+            # else the release failed after delivery; asyncpg has already dropped that connection
+
+    def _post(self, call: _Call) -> None:
         with self._lock:
             self._outbox.append(call)
             wake = not self._outbox_woken
