@@ -116,6 +116,7 @@ class HostService:
         self.codec: Codec = codec_for("h2h", hc.profile)
         self._pin_data: dict[str, tuple[int, str, int] | None] = {}
         self._links: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self._link_reads: dict[str, trio.Event] = {}  # link id -> its database read under way
         self.port = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -211,9 +212,11 @@ class HostService:
         req = parsed.request
         assert req is not None
         link = self._links.get(parsed.link_id)
-        if link is None or link[0] < time.monotonic() or (link[1] or {}).get("zak"):
+        if link is None or (link[1] or {}).get("zak"):
             nursery.start_soon(self._slow, body, msg, parsed, conn, started)  # link unknown or MACed
             return
+        if link[0] < time.monotonic():
+            self._refresh_link(parsed.link_id)
         if parsed.pan:
             h = self.crypto.cached_hash(parsed.pan)
             if h is None or parsed.pin_block is not None:
@@ -282,13 +285,47 @@ class HostService:
         return Pin.OK if ok else Pin.BAD
 
     async def _link(self, link_id: str) -> dict[str, Any] | None:
-        now = time.monotonic()
+        """The link's row, cached. A stale entry is still served while one background read refreshes
+        it (an expiry must not send every request in flight to the database at once, each waiting for
+        its own read); an unknown link is read once for all the requests that want it."""
         cached = self._links.get(link_id)
-        if cached is None or cached[0] < now:
-            row = await self.pool.run(_link_row, link_id)
-            cached = (now + LINK_CACHE_SECONDS, row)
-            self._links[link_id] = cached
+        while cached is None:
+            reading = self._link_reads.get(link_id)
+            if reading is None:
+                await self._read_link(link_id)
+            else:
+                await reading.wait()
+            cached = self._links.get(link_id)
+            if cached is None and reading is not None:  # that read failed: this request tries itself
+                await self._read_link(link_id)
+                cached = self._links.get(link_id)
+        if cached[0] < time.monotonic():
+            self._refresh_link(link_id)
         return cached[1]
+
+    async def _read_link(self, link_id: str, done: trio.Event | None = None) -> None:
+        done = self._link_reads[link_id] = done or trio.Event()
+        try:
+            row = await self.pool.run(_link_row, link_id)
+            self._links[link_id] = (time.monotonic() + LINK_CACHE_SECONDS, row)
+        finally:
+            if self._link_reads.get(link_id) is done:
+                del self._link_reads[link_id]
+            done.set()
+
+    def _refresh_link(self, link_id: str) -> None:
+        if link_id in self._link_reads:
+            return
+
+        done = self._link_reads[link_id] = trio.Event()  # claimed now: one refresh however many ask
+
+        async def refresh() -> None:
+            try:
+                await self._read_link(link_id, done)
+            except Exception as exc:  # keep the stale row; the next request after expiry tries again
+                log.warning("link refresh failed", link=link_id, error=repr(exc))
+
+        trio.lowlevel.spawn_system_task(refresh)
 
     async def _network(self, msg: dict[str, Any], parsed: h2h.Parsed, conn: _Conn, started: float) -> None:
         code = Rc.APPROVED
