@@ -28,6 +28,7 @@ import trio
 
 from pos import messages, terminal
 from pos.client import (
+    Answer,
     Connection,
     Multiplexer,
     NoAnswer,
@@ -435,16 +436,9 @@ async def _multiplex(
 
 async def _preauth_pair(vt: VirtualTerminal, amount: int, stats: Stats) -> None:
     """A pre-auth and, when approved, its completion for the same amount."""
-    assert vt.session is not None
     req = vt.request("preauth", amount)
-    stats.sent += 1
-    try:
-        answer = await vt.session.transact(req)
-    except NoAnswer:
-        stats.errors["timeout"] += 1
-        return
-    stats.record("preauth", answer.code, answer.latency)
-    if not answer.approved:
+    answer = await _transact(vt, "preauth", req, stats)
+    if answer is None or not answer.approved:
         return
     st = vt.state
     i = vt.last_card
@@ -465,13 +459,20 @@ async def _preauth_pair(vt: VirtualTerminal, amount: int, stats: Stats) -> None:
             "date": str(answer.msg.get("13", "0101")),
         },
     )
+    await _transact(vt, "completion", comp, stats)
+
+
+async def _transact(vt: VirtualTerminal, kind: str, req: messages.Message, stats: Stats) -> Answer | None:
+    """One financial request of a pre-auth pair, counted; None when it went unanswered."""
+    assert vt.session is not None
     stats.sent += 1
     try:
-        answer = await vt.session.transact(comp)
+        answer = await vt.session.transact(req)
     except NoAnswer:
         stats.errors["timeout"] += 1
-        return
-    stats.record("completion", answer.code, answer.latency)
+        return None
+    stats.record(kind, answer.code, answer.latency)
+    return answer
 
 
 def _short(exc: BaseException) -> str:
