@@ -28,7 +28,7 @@ class FakeSwitch:
     tmks: dict[str, bytes]
     batch: str = "000001"
     silent: set[tuple[str, str]] = field(default_factory=set)  # (MTI, STAN) left unanswered
-    hang_up: set[tuple[str, str]] = field(default_factory=set)  # (MTI, STAN) answered by closing
+    hang_up: set[tuple[str, str]] = field(default_factory=set)  # (MTI, STAN) answered by closing (*)
     seen: list[dict[str, Any]] = field(default_factory=list)
     approved_totals: dict[str, int] = field(default_factory=lambda: {"debit": 0, "credit": 0})
     port: int = 0
@@ -63,6 +63,8 @@ class FakeSwitch:
 
     async def _serve(self, stream: trio.SocketStream) -> None:
         buf = bytearray()
+        users: set[str] = set()  # terminals that sent on this connection
+        leaving: set[str] = set()  # those of them whose hang-up request came
         try:
             while True:
                 chunk = await stream.receive_some(65536)
@@ -73,23 +75,32 @@ class FakeSwitch:
                     n = int.from_bytes(buf[:2], "big")
                     data = bytes(buf[2 : 2 + n])
                     del buf[: 2 + n]
-                    if self._hangs_up(data):
-                        await stream.aclose()
-                        return
+                    if self._hang_up_request(data, users, leaving):
+                        if leaving == users:
+                            await stream.aclose()
+                            return
+                        continue
                     reply = self.handle(data)
                     if reply is not None:
                         await stream.send_all(len(reply).to_bytes(2, "big") + reply)
         except trio.BrokenResourceError:
             return
 
-    def _hangs_up(self, data: bytes) -> bool:
+    def _hang_up_request(self, data: bytes, users: set[str], leaving: set[str]) -> bool:
+        """Whether ``data`` is a hang-up request (never answered).
+
+        (*) The connection closes once every terminal on it has sent its hang-up request: terminals
+        sharing a connection may be a request apart, and the ones behind get their answers till then.
+        """
         if not self.hang_up:
             return False
         msg = codec_for("pos", self.scheme).decode(data[11:])
-        if (msg["t"], msg.get("11")) in self.hang_up:
-            self.seen.append(msg)
-            return True
-        return False
+        users.add(str(msg["41"]))
+        if (msg["t"], msg.get("11")) not in self.hang_up:
+            return False
+        self.seen.append(msg)
+        leaving.add(str(msg["41"]))
+        return True
 
     # -- the POS side ----------------------------------------------------------------------------
     def handle(self, data: bytes) -> bytes | None:
