@@ -29,7 +29,9 @@ API (all ``async`` unless marked):
 - ``HsmClient(host="127.0.0.1", port=1500, *, header_length=4, connections=2, timeout=2.0)``;
   ``HsmClient.from_config(hsm_config)`` (plain method); ``async with`` to start and stop.
 - ``request(command, fields) -> Reply`` raw: ``Reply(error, fields)``, never raises for error codes;
-  ``call(command, fields) -> bytes`` the response fields, ``HsmCommandError`` unless 00.
+  ``call(command, fields) -> bytes`` the response fields, ``HsmCommandError`` unless 00;
+  ``request_many([(command, fields), ...]) -> list[Reply]``: several commands written together on one
+  connection, the caller parked once until every answer is in (no task per command).
 - ``diagnostics() -> Diagnostics(lmk_check_value, firmware)`` NC; ``echo(data) -> bytes`` B2.
 - ``generate_key(key_type, scheme="U", *, under=None, under_tmk=True, export_scheme="X") -> GeneratedKey``
   A0 (``under``: the ZMK/TMK under LMK to also export under), ``generate_sm4_key(key_type, *, under=None,
@@ -51,6 +53,10 @@ API (all ``async`` unless marked):
   max_pin_length=12) -> PinBlock`` CA; ``translate_pin_zpk(src_zpk, dst_zpk, ...) -> PinBlock`` CC;
   ``translate_pin(src_key, dst_zpk, pin_block, account, *, src_key_type="002") -> PinBlock`` W8
   (3DES/SM4 either side, chosen by the key prefixes).
+- ``pos_mac_and_translate_pin(mak, data, src_key, dst_zpk, pin_block, account, *, src_key_type="002")
+  -> (bytes | HsmCommandError, PinBlock | HsmCommandError)``: ``pos_mac`` and the PIN translation
+  (CA for a 3DES TPK to a 3DES ZPK, CC for 3DES ZPK to ZPK, W8 otherwise) in one ``request_many``;
+  each command's error is returned, not raised, so the caller tells a bad MAC from a bad PIN.
 - ``verify_pin(zpk, pvk, pin_block, account, pvki, pvv, *, pin_format="01") -> bool`` EC (3DES ZPK) /
   WV (``S`` ZPK); ``generate_pvv(pvk, pin_under_lmk, account, pvki) -> str`` DG;
   ``random_pin(account, length=6) -> str`` JA (``L``+32H: the PIN under LMK).
@@ -179,15 +185,42 @@ def _is_sm4(key: str) -> bool:
     return key[:1] == "S"
 
 
+def _mu_fields(mak: str, data: bytes, key_type: str) -> bytes:
+    alg = b"2" if _is_sm4(mak) else b"1"
+    return b"%b%b%b%04X%b" % (alg, key_type.encode(), mak.encode(), len(data), data)
+
+
+def _translate_fields(
+    src: str, dst: str, pin_block: str, account: str, src_format: str, dst_format: str, max_pin_length: int
+) -> str:
+    """CA / CC request fields."""
+    return f"{src}{dst}{max_pin_length:02d}{pin_block}{src_format}{dst_format}{account}"
+
+
+def _w8_fields(src_key: str, dst_zpk: str, pin_block: str, account: str, src_key_type: str) -> str:
+    src_alg = "2" if _is_sm4(src_key) else "1"
+    dst_alg = "2" if _is_sm4(dst_zpk) else "1"
+    return f"{src_alg}{src_key_type}{src_key}{dst_alg}{dst_zpk}{pin_block}{account}"
+
+
+def _w8_reply(out: bytes) -> PinBlock:
+    text = out.decode()
+    return PinBlock(int(text[:2]), text[2:], "")
+
+
 class _Slot:
     """A caller waiting for its answer: woken exactly once, by whoever removes it from ``pending``
-    (the reader with the answer, the timeout watcher, or a broken connection)."""
+    (the reader with the answer, the timeout watcher, or a broken connection). A slot of a group
+    (``headers``) stands for several requests and is woken with every answer once the last is in."""
 
-    __slots__ = ("deadline", "task")
+    __slots__ = ("bodies", "deadline", "headers", "left", "task")
 
-    def __init__(self, task: trio.lowlevel.Task, deadline: float) -> None:
+    def __init__(self, task: trio.lowlevel.Task, deadline: float, headers: list[bytes] | None = None) -> None:
         self.task = task
         self.deadline = deadline
+        self.headers = headers
+        self.bodies: list[bytes] = []
+        self.left = 1
 
 
 class _Connection:
@@ -249,8 +282,10 @@ class _Connection:
         if self.stream is stream:
             self.stream = None
         pending, self.pending = self.pending, {}
+        woken: set[int] = set()
         for slot in pending.values():
-            if slot is not None:
+            if slot is not None and id(slot) not in woken:
+                woken.add(id(slot))
                 error = HsmUnavailable("HSM connection broke with the request in flight")
                 trio.lowlevel.reschedule(slot.task, outcome.Error(error))
         with contextlib.suppress(Exception):
@@ -284,11 +319,18 @@ class _Connection:
                     break
                 body = bytes(buf[pos + 2 : pos + 2 + length])
                 pos += 2 + length
-                slot = self.pending.pop(body[:h], None)
+                header = body[:h]
+                slot = self.pending.pop(header, None)
                 if slot is None:
                     self.tombstones = max(0, self.tombstones - 1)
                     continue
-                trio.lowlevel.reschedule(slot.task, outcome.Value(body))
+                if slot.headers is None:
+                    trio.lowlevel.reschedule(slot.task, outcome.Value(body))
+                    continue
+                slot.bodies[slot.headers.index(header)] = body
+                slot.left -= 1
+                if not slot.left:
+                    trio.lowlevel.reschedule(slot.task, outcome.Value(slot.bodies))
             del buf[:pos]
 
     async def _watch_timeouts(self) -> None:
@@ -301,10 +343,18 @@ class _Connection:
             now = trio.current_time()
             late = [(h, s) for h, s in self.pending.items() if s is not None and s.deadline <= now]
             for header, slot in late:
-                self._abandon(header)
+                if self.pending.get(header) is not slot:
+                    continue  # another request of the same group timed it out already
+                self._abandon_slot(header, slot)
                 trio.lowlevel.reschedule(
                     slot.task, outcome.Error(HsmTimeout(f"HSM request timed out after {timeout:g}s"))
                 )
+
+    def _abandon_slot(self, header: bytes, slot: _Slot) -> None:
+        """Tombstones for every request of ``slot`` still waiting for its answer."""
+        for h in slot.headers or (header,):
+            if self.pending.get(h) is slot:
+                self._abandon(h)
 
     def _abandon(self, header: bytes) -> None:
         """Leave a tombstone: the late answer for ``header`` must not reach a later caller."""
@@ -352,6 +402,37 @@ class _Connection:
 
         body: bytes = await trio.lowlevel.wait_task_rescheduled(abort)
         return body
+
+    async def exchange_many(self, commands: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+        """Several requests written together; one wait for all of their answers."""
+        if self.client.header_length == 0 or len(commands) < 2:
+            return [await self.exchange(command, fields) for command, fields in commands]
+        if self.stream is None:
+            raise HsmUnavailable("HSM connection is closed")
+        headers: list[bytes] = []
+        slot = _Slot(trio.lowlevel.current_task(), trio.current_time() + self.client.timeout, headers)
+        out = bytearray()
+        for command, fields in commands:
+            header = self.next_header()
+            body_len = len(header) + 2 + len(fields)
+            if body_len > 0xFFFF:
+                for h in headers:
+                    del self.pending[h]
+                raise ValueError("HSM request longer than 65535 bytes")
+            headers.append(header)
+            self.pending[header] = slot  # reserved at once: next_header must not hand it out again
+            out += body_len.to_bytes(2, "big") + header + command + fields
+        slot.bodies = [b""] * len(headers)
+        slot.left = len(headers)
+        self._out += out
+        self._wake.set()
+
+        def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
+            self._abandon_slot(headers[0], slot)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        bodies: list[bytes] = await trio.lowlevel.wait_task_rescheduled(abort)
+        return bodies
 
 
 class HsmClient:
@@ -434,6 +515,23 @@ class HsmClient:
         cmd = command.encode("ascii")
         conn = await self._connection()
         body = await conn.exchange(cmd, fields)
+        return self._reply(command, cmd, body)
+
+    async def request_many(self, commands: Sequence[tuple[str, bytes | str]]) -> list[Reply]:
+        """Several commands at once on one connection; their replies in order, whatever the error
+        codes. The caller waits once for all of them (cheaper than a task per command)."""
+        encoded = [
+            (command.encode("ascii"), fields.encode("ascii") if isinstance(fields, str) else fields)
+            for command, fields in commands
+        ]
+        conn = await self._connection()
+        bodies = await conn.exchange_many(encoded)
+        return [
+            self._reply(command, cmd, body)
+            for (command, _), (cmd, _), body in zip(commands, encoded, bodies, strict=True)
+        ]
+
+    def _reply(self, command: str, cmd: bytes, body: bytes) -> Reply:
         h = self.header_length
         code = body[h : h + 2]
         error = body[h + 2 : h + 4].decode("ascii", "replace")
@@ -563,10 +661,7 @@ class HsmClient:
     # -- MAC --------------------------------------------------------------------------------------
     async def pos_mac(self, mak: str, data: bytes, key_type: str = "003") -> bytes:
         """MU: the UnionPay POS MAC, 8 ASCII bytes (DES for a 16H key, 3DES ``U``, SM4 ``S``)."""
-        alg = "2" if _is_sm4(mak) else "1"
-        return await self.call(
-            "MU", b"%b%b%b%04X%b" % (alg.encode(), key_type.encode(), mak.encode(), len(data), data)
-        )
+        return await self.call("MU", _mu_fields(mak, data, key_type))
 
     async def verify_pos_mac(self, mak: str, data: bytes, mac: bytes, key_type: str = "003") -> bool:
         return hmac.compare_digest(await self.pos_mac(mak, data, key_type), bytes(mac).upper())
@@ -640,7 +735,7 @@ class HsmClient:
         """CA: PIN block under a TPK (terminal PIK) to under a ZPK."""
         return self._pin_reply(
             await self.call(
-                "CA", f"{tpk}{zpk}{max_pin_length:02d}{pin_block}{src_format}{dst_format}{account}"
+                "CA", _translate_fields(tpk, zpk, pin_block, account, src_format, dst_format, max_pin_length)
             )
         )
 
@@ -658,7 +753,10 @@ class HsmClient:
         """CC: PIN block from under one ZPK to under another."""
         return self._pin_reply(
             await self.call(
-                "CC", f"{src_zpk}{dst_zpk}{max_pin_length:02d}{pin_block}{src_format}{dst_format}{account}"
+                "CC",
+                _translate_fields(
+                    src_zpk, dst_zpk, pin_block, account, src_format, dst_format, max_pin_length
+                ),
             )
         )
 
@@ -672,12 +770,43 @@ class HsmClient:
         src_key_type: str = "002",
     ) -> PinBlock:
         """W8: across algorithms (3DES format 0 ↔ SM4 format 0 + FF), chosen by the key prefixes."""
-        src_alg = "2" if _is_sm4(src_key) else "1"
-        dst_alg = "2" if _is_sm4(dst_zpk) else "1"
-        out = (
-            await self.call("W8", f"{src_alg}{src_key_type}{src_key}{dst_alg}{dst_zpk}{pin_block}{account}")
-        ).decode()
-        return PinBlock(int(out[:2]), out[2:], "")
+        return _w8_reply(
+            await self.call("W8", _w8_fields(src_key, dst_zpk, pin_block, account, src_key_type))
+        )
+
+    async def pos_mac_and_translate_pin(
+        self,
+        mak: str,
+        data: bytes,
+        src_key: str,
+        dst_zpk: str,
+        pin_block: str,
+        account: str,
+        *,
+        src_key_type: str = "002",
+    ) -> tuple[bytes | HsmCommandError, PinBlock | HsmCommandError]:
+        """``pos_mac`` and a PIN translation (CA: 3DES TPK to 3DES ZPK; CC: 3DES ZPK to ZPK; W8
+        otherwise) written together, answered together. Each command's error code comes back as an
+        ``HsmCommandError`` value, not raised; transport errors raise as usual."""
+        if _is_sm4(src_key) or _is_sm4(dst_zpk):
+            pin_command, pin_fields = "W8", _w8_fields(src_key, dst_zpk, pin_block, account, src_key_type)
+        else:
+            pin_command = "CA" if src_key_type == "002" else "CC"
+            pin_fields = _translate_fields(src_key, dst_zpk, pin_block, account, "01", "01", 12)
+        mac_reply, pin_reply = await self.request_many(
+            [("MU", _mu_fields(mak, data, "003")), (pin_command, pin_fields)]
+        )
+        mac: bytes | HsmCommandError = (
+            mac_reply.fields if mac_reply.error == "00" else HsmCommandError("MU", mac_reply.error)
+        )
+        pin: PinBlock | HsmCommandError
+        if pin_reply.error != "00":
+            pin = HsmCommandError(pin_command, pin_reply.error)
+        elif pin_command == "W8":
+            pin = _w8_reply(pin_reply.fields)
+        else:
+            pin = self._pin_reply(pin_reply.fields)
+        return mac, pin
 
     async def verify_pin(
         self,

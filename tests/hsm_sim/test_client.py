@@ -109,6 +109,28 @@ def test_out_of_order_answers() -> None:
     trio.run(_with_fake, behaviour, test)
 
 
+def test_request_many_answers_in_any_order_and_times_out_as_one() -> None:
+    async def behaviour(stream: trio.SocketStream) -> None:
+        buf = bytearray()
+        while True:
+            for body in reversed(await _frames(stream, buf)):
+                if b"slow" not in body:
+                    await stream.send_all(_answer(body))
+
+    async def test(port: int) -> None:
+        async with HsmClient("127.0.0.1", port, timeout=0.3, connections=1) as hsm:
+            replies = await hsm.request_many([("B2", b"0001a"), ("B2", "0001b"), ("B2", b"0001c")])
+            assert [(r.error, r.fields) for r in replies] == [("00", b"a"), ("00", b"b"), ("00", b"c")]
+            with pytest.raises(HsmTimeout):
+                await hsm.request_many([("B2", b"0001d"), ("B2", b"0004slow")])
+            with trio.move_on_after(0.05) as scope:
+                await hsm.request_many([("B2", b"0004slow"), ("B2", b"0001e")])
+            assert scope.cancelled_caught
+            assert await hsm.echo(b"next") == b"next"
+
+    trio.run(_with_fake, behaviour, test)
+
+
 def test_connection_closed_mid_request() -> None:
     async def behaviour(stream: trio.SocketStream) -> None:
         await _frames(stream, bytearray())

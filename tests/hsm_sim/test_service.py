@@ -75,6 +75,18 @@ def test_sign_on_keys_3des(hsm_server: HsmServer) -> None:
         out = await hsm.translate_pin_tpk(pik.under_lmk, zpk.under_lmk, block, ACCOUNT)
         assert (out.pin_length, out.pin_block, out.format) == (6, "84615C0FB761528E", "01")
 
+        # the switch's per-request pair: MAC and PIN translation together, same answers
+        both = await hsm.pos_mac_and_translate_pin(
+            mak.under_lmk, b"some message", pik.under_lmk, zpk.under_lmk, block, ACCOUNT
+        )
+        assert both == (mac, out)
+        # a refused command comes back as a value; the other still answers
+        bad_mac, bad_pin = await hsm.pos_mac_and_translate_pin(
+            mak.under_lmk, b"some message", pik.under_lmk, zpk.under_lmk, "ZZ" + block[2:], ACCOUNT
+        )
+        assert bad_mac == mac
+        assert isinstance(bad_pin, HsmCommandError) and bad_pin.command == "CA"
+
     run(hsm_server, fn)
 
 
@@ -96,6 +108,10 @@ def test_sign_on_keys_sm4(hsm_server: HsmServer) -> None:
         zpk = await hsm.form_key("001", [TMK, "0" * 32])
         out = await hsm.translate_pin(pik.under_lmk, zpk.under_lmk, block, ACCOUNT)
         assert (out.pin_length, out.pin_block) == (6, "84615C0FB761528E")
+        both = await hsm.pos_mac_and_translate_pin(
+            mak.under_lmk, b"x" * 33, pik.under_lmk, zpk.under_lmk, block, ACCOUNT
+        )
+        assert both == (mac, out)
 
     run(hsm_server, fn)
 
