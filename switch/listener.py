@@ -2,8 +2,11 @@
 
 Each connection has a reader that takes every complete frame out of the receive buffer per wake-up
 and starts one handler task per frame (up to ``max_in_flight`` at once; beyond that it stops reading,
-so a fast sender is slowed down instead of queueing without bound). Answers are sent by the task that
-produced them, together with any produced meanwhile (one ``send_all``, no writer task to wake). A
+so a fast sender is slowed down instead of queueing without bound). Answers are coalesced: the first
+answer queued in a scheduler pass makes its task yield once, and then that task sends every answer
+queued meanwhile on every connection of the listener, one non-blocking ``send`` per connection (a
+send on loopback costs the sender far more than the bytes; one per answer was the switch's largest
+cost). Only when the kernel buffer is full does a connection get a task of its own to finish. A
 frame over ``max_frame`` (or a zero-length frame where the dialect forbids it) closes that connection
 only. A connection silent for ``idle_timeout``
 with nothing in flight is closed. Over ``max_connections``, new connections are closed at once.
@@ -14,6 +17,7 @@ connections close.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -39,37 +43,64 @@ class Limits:
 
 
 class _Client:
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.SocketStream, nursery: trio.Nursery) -> None:
         self.stream = stream
+        # The stdlib socket under trio's (non-blocking): sent to directly by the flush, which must not
+        # yield once per connection.
+        self.sock: socket.socket = stream.socket._sock  # type: ignore[attr-defined]
+        self.nursery = nursery
         self.out: list[bytes] = []
-        self.sending = False
+        self.queued = False  # in the listener's list of connections with answers to send
+        self.sending = False  # a task is finishing a send the kernel could not take at once
         self.broken = False
         self.in_flight = 0
         self.slot = trio.Event()
         self.read_scope = trio.CancelScope()
         self.last_active = trio.current_time()
 
-    async def send(self, data: bytes) -> None:
-        """Queue ``data``; the first task to find nobody sending sends everything queued.
+    def fail(self) -> None:
+        self.broken = True
+        self.out.clear()
+        self.read_scope.cancel()
 
-        No writer task: an answer goes out from the task that produced it, and answers produced
-        while a send is under way ride along with it (one ``send_all`` for all of them).
-        """
-        self.out.append(data)
-        if self.sending or self.broken:
-            return
-        self.sending = True
-        try:
-            while self.out:
-                chunk = b"".join(self.out) if len(self.out) > 1 else self.out[0]
-                self.out.clear()
-                await self.stream.send_all(chunk)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            self.broken = True
+    def send_now(self) -> None:
+        """Send everything queued with one non-blocking send; a task finishes what does not fit."""
+        if self.broken or not self.out:
             self.out.clear()
-            self.read_scope.cancel()
+            return
+        data = b"".join(self.out) if len(self.out) > 1 else self.out[0]
+        self.out.clear()
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.fail()
+            return
+        if sent < len(data):
+            self.sending = True
+            self.nursery.start_soon(self._send_rest, data[sent:])
+
+    async def _send_rest(self, data: bytes) -> None:
+        try:
+            while data:
+                await self.stream.send_all(data)
+                data = b"".join(self.out)
+                self.out.clear()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            self.fail()
         finally:
             self.sending = False
+
+    async def finish(self) -> None:
+        """Send what is still queued (the connection is about to close)."""
+        if self.out and not self.broken and not self.sending:
+            data = b"".join(self.out)
+            self.out.clear()
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                self.fail()
 
 
 class Listener:
@@ -80,6 +111,7 @@ class Listener:
         self.connections = 0
         self.in_flight = 0
         self._clients: set[_Client] = set()
+        self._unsent: list[_Client] = []  # connections with answers queued, sent at the next flush
         self._accept_scope: trio.CancelScope | None = None
         self._draining = False
         self.port = 0
@@ -139,18 +171,27 @@ class Listener:
             return
         self.connections += 1
         metrics.CONNECTIONS.labels(listener=self.name).inc()
-        client = _Client(stream)
-        self._clients.add(client)
+        client: _Client | None = None
         try:
             async with trio.open_nursery() as nursery:
+                client = _Client(stream, nursery)
+                self._clients.add(client)
                 await self._reader(client, nursery)
                 while client.in_flight:  # answer what was read, then close
                     await client.slot.wait()
                     client.slot = trio.Event()
+                if client.queued:
+                    self._unsent.remove(client)
+                    client.queued = False
+                await client.finish()
         except Exception as exc:  # a broken client connection (errors arrive in exception groups)
             log.debug("client connection ended", listener=self.name, error=repr(exc))
         finally:
-            self._clients.discard(client)
+            if client is not None:
+                self._clients.discard(client)
+                if client.queued:
+                    self._unsent.remove(client)
+                    client.queued = False
             self.connections -= 1
             metrics.CONNECTIONS.labels(listener=self.name).dec()
             with trio.CancelScope(shield=True):
@@ -191,13 +232,29 @@ class Listener:
             answer = await self.handler(body)
             if answer is None:
                 client.read_scope.cancel()  # the frame could not be answered: close this connection
-            elif answer:
-                await client.send(frame(answer))  # (an empty answer means: drop the frame, send nothing)
+            elif answer and not client.broken:  # (an empty answer means: drop the frame, send nothing)
+                client.out.append(frame(answer))
+                if not client.queued and not client.sending:
+                    client.queued = True
+                    self._unsent.append(client)
+                    if len(self._unsent) == 1:
+                        await self._flush()
             client.last_active = trio.current_time()
         finally:
             client.in_flight -= 1
             self.in_flight -= 1
             client.slot.set()
+
+    async def _flush(self) -> None:
+        """Yield once, so that the other tasks of this scheduler pass queue their answers, then send
+        every connection's queued answers (one send each)."""
+        try:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        finally:
+            unsent, self._unsent = self._unsent, []
+            for client in unsent:
+                client.queued = False
+                client.send_now()
 
 
 def _has_zero_length(buf: bytearray) -> bool:
