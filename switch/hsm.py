@@ -58,6 +58,21 @@ class SwitchHsm(Protocol):
         """PIN block from a terminal PIK (``002``) or an acquirer ZPK (``001``) to the link ``zpk``."""
         ...
 
+    async def pos_mac_and_translate_pin(
+        self,
+        scheme: str,
+        mak: str,
+        data: bytes,
+        pik: str,
+        dst_scheme: str,
+        zpk: str,
+        block: bytes,
+        account: str,
+    ) -> tuple[bytes | HsmRefused, bytes | HsmRefused]:
+        """``pos_mac`` over ``data`` and the PIN block from the terminal ``pik`` to the link ``zpk``,
+        sent together; a refusal of either comes back as an ``HsmRefused`` value."""
+        ...
+
     async def link_mac(self, scheme: str, zak: str, data: bytes) -> bytes:
         """8-byte H2H MAC (X9.19 for 3des, SM4 ISO 9797-1 alg 1 for sm4) over ``data``."""
         ...
@@ -125,6 +140,32 @@ class ClientHsm:
         except HsmError as exc:
             raise HsmUnavailable(str(exc)) from None
         return bytes.fromhex(out.pin_block)
+
+    async def pos_mac_and_translate_pin(
+        self,
+        scheme: str,
+        mak: str,
+        data: bytes,
+        pik: str,
+        dst_scheme: str,
+        zpk: str,
+        block: bytes,
+        account: str,
+    ) -> tuple[bytes | HsmRefused, bytes | HsmRefused]:
+        try:
+            mac, pin = await self.client.pos_mac_and_translate_pin(
+                mak, data, pik, zpk, block.hex().upper(), account, src_key_type="002"
+            )
+        except HsmCommandError as exc:
+            raise HsmRefused(exc.command, exc.code) from None
+        except HsmError as exc:
+            raise HsmUnavailable(str(exc)) from None
+        return (
+            HsmRefused(mac.command, mac.code) if isinstance(mac, HsmCommandError) else mac,
+            HsmRefused(pin.command, pin.code)
+            if isinstance(pin, HsmCommandError)
+            else bytes.fromhex(pin.pin_block),
+        )
 
     async def link_mac(self, scheme: str, zak: str, data: bytes) -> bytes:
         try:

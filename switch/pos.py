@@ -62,6 +62,7 @@ class Reply:
     message: Message
     resign: bool = False
     mac: str | None = None  # the MAK (under LMK) when the answer carries DE64
+    commit: trio.Event | None = None  # set once the request's journal row is committed
 
 
 @dataclass(slots=True)
@@ -92,7 +93,6 @@ class PosService:
         self.registry = registry
         self.upstream = upstream
         self.acquirer_id = acquirer_id
-        self.nursery: trio.Nursery | None = None  # set by the server: where helper tasks run
 
     # -- framing -----------------------------------------------------------------------------------
     async def handle(self, body: bytes) -> bytes | None:
@@ -116,12 +116,16 @@ class PosService:
         except Exception as exc:  # a bug must not take the connection (or the switch) down: answer 96
             log.exception("POS request failed", listener=self.channel, mti=msg.get("t"), error=str(exc))
             reply = Reply(pos_response(msg, code="96"))
+        commit = reply.commit
         try:
+            # The response MAC is computed while the journal row is being committed.
             encoded = await self._encode(reply)
         except Exception as exc:  # the answer could not be MACed (HSM gone): 96 without DE64
             log.error("response MAC failed", listener=self.channel, error=str(exc))
             reply = Reply(pos_response(msg, code="96"))
             encoded = self.codec.encode(reply.message)
+        if commit is not None:
+            await commit.wait()  # the answer leaves only after its journal row is committed
         metrics.LATENCY_TOTAL.observe(trio.current_time() - t0)
         metrics.count_request(self.channel, txn_type(msg), str(reply.message.get("39", "")))
         return _response_header(tpdu, header, reply.resign) + encoded
@@ -182,10 +186,10 @@ class PosService:
         else:
             return Reply(pos_response(msg, code="12"))
         if mti != "0820" or parse_de60(msg.get("60")).network_code != "301":  # echoes are not journaled
-            await self._journal_admin(msg, reply, timing)
+            reply.commit = self._journal_admin(msg, reply, timing)
         return reply
 
-    async def _journal_admin(self, msg: Message, reply: Reply, timing: Timing) -> None:
+    def _journal_admin(self, msg: Message, reply: Reply, timing: Timing) -> trio.Event:
         """Journal a sign-on, sign-off, settlement or upload (never replayed: no duplicate key)."""
         tid, mid = str(msg.get("41", "")).strip(), str(msg.get("42", "")).strip()
         batch = parse_de60(msg.get("60")).batch_no
@@ -217,7 +221,7 @@ class PosService:
             0,
             "{}",
         )
-        await self.journal.write(row)
+        return self.journal.submit(row)
 
     async def _terminal(self, msg: Message) -> tuple[Terminal | None, Reply | None]:
         tid = str(msg.get("41", "")).strip()
@@ -337,6 +341,8 @@ class PosService:
     async def _duplicate(self, msg: Message, entry: Entry, terminal: Terminal) -> Reply:
         metrics.DUPLICATES.labels(channel=self.channel).inc()
         await entry.done.wait()
+        if entry.committed is not None:
+            await entry.committed.wait()  # a replay, too, leaves only once the first answer is journaled
         answer = dict(entry.response or pos_response(msg, code=entry.code or "96"))
         if "2" in msg:
             answer["2"] = msg["2"]
@@ -381,7 +387,9 @@ class PosService:
         if not keep:
             terminal.entries.pop((mti, stan), None)
         entry.finish(code, replayable(reply.message))
-        await self._journal(terminal, msg, entry, reply, timing, link_request, keep=keep)
+        reply.commit = entry.committed = self._journal(
+            terminal, msg, entry, reply, timing, link_request, keep=keep
+        )
         return reply
 
     async def _financial_steps(
@@ -399,58 +407,43 @@ class PosService:
         session = terminal.session
         link = self.upstream.route(pan) if pan else None
         pin_block = msg.get("52")
-        translated: list[bytes | None] = [None]
-        pin_error: list[str | None] = [None]
-        mac_ok = [False]
-
-        async def verify() -> None:
-            mac_ok[0] = await self._verify_mac(terminal, msg, raw, timing)
-
-        async def translate() -> None:
-            assert link is not None and pan is not None and isinstance(pin_block, bytes)
+        translated: bytes | None = None
+        pin_error: str | None = None
+        mac = msg.get("64")
+        if (
+            link is not None
+            and pan is not None
+            and isinstance(pin_block, bytes)
+            and link.up
+            and isinstance(mac, bytes)
+            and self.codec.has_mac(raw)
+        ):
+            # MAC verification and PIN translation go to the HSM together and are answered together:
+            # one wait, no task or event per request.
             t = trio.current_time()
             try:
-                translated[0] = await self.hsm.translate_pin(
+                expected, pin = await self.hsm.pos_mac_and_translate_pin(
                     self.profile,
-                    "002",
+                    session.mak,
+                    self.codec.mac_block(raw),
                     session.pik,
                     link.config.scheme,
                     link.config.zpk,
                     pin_block,
                     account12(pan),
                 )
-            except HsmRefused as exc:
-                pin_error[0] = exc.code
-            except Exception as exc:  # HSM unreachable: answered 96 below
-                log.error("PIN translation failed", error=str(exc))
-                pin_error[0] = "unavailable"
             finally:
                 elapsed = trio.current_time() - t
                 timing.hsm += elapsed
                 metrics.LATENCY_HSM.observe(elapsed)
-
-        if link is not None and isinstance(pin_block, bytes) and link.up:
-            # MAC verification and PIN translation run concurrently in the HSM. The translation runs
-            # as one task in the service's long-lived nursery (cheaper than a nursery per request).
-            translated_done = trio.Event()
-
-            async def translate_task() -> None:
-                try:
-                    await translate()
-                finally:
-                    translated_done.set()
-
-            if self.nursery is not None:
-                self.nursery.start_soon(translate_task)
-                await verify()
-                await translated_done.wait()
+            mac_ok = expected == mac
+            if isinstance(pin, HsmRefused):
+                pin_error = pin.code
             else:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(translate_task)
-                    await verify()
+                translated = pin
         else:
-            await verify()
-        if not mac_ok[0]:
+            mac_ok = await self._verify_mac(terminal, msg, raw, timing)
+        if not mac_ok:
             log.warning("MAC verification failed", terminal=terminal.terminal_id, stan=entry.stan)
             return Reply(pos_response(msg, code="A0"), resign=True), None
         if batch != terminal.batch_no:
@@ -462,10 +455,10 @@ class PosService:
             return Reply(pos_response(msg, code="14", acquirer_id=self.acquirer_id), mac=mak), None
         if not link.up:
             return Reply(pos_response(msg, code="91", acquirer_id=self.acquirer_id), mac=mak), None
-        if pin_error[0] is not None:
-            log.warning("PIN translation refused", terminal=terminal.terminal_id, code=pin_error[0])
+        if pin_error is not None:
+            log.warning("PIN translation refused", terminal=terminal.terminal_id, code=pin_error)
             return Reply(
-                pos_response(msg, code="99" if pin_error[0] in ("20", "23", "24") else "96"), mac=mak
+                pos_response(msg, code="99" if pin_error in ("20", "23", "24") else "96"), mac=mak
             ), None
         link_stan = link.next_stan()
         ref = rrn(link_stan)
@@ -475,7 +468,7 @@ class PosService:
             de7=transmission_time(),
             rrn_value=ref,
             acquirer_id=self.acquirer_id,
-            pin_block=translated[0],
+            pin_block=translated,
             mcc=terminal.record.mcc,
             merchant_name=terminal.record.merchant_name,
         )
@@ -516,7 +509,7 @@ class PosService:
                 original.voided = True
         return Reply(reply, mac=mak), request
 
-    async def _journal(
+    def _journal(
         self,
         terminal: Terminal,
         msg: Message,
@@ -526,7 +519,8 @@ class PosService:
         request: Message | None,
         *,
         keep: bool,
-    ) -> None:
+    ) -> trio.Event:
+        """Queue the request's journal row; the event is set once it is committed."""
         answer = reply.message
         key = (
             f"pos|{terminal.terminal_id}|{terminal.merchant_id}|{terminal.batch_no}|{entry.stan}|{entry.mti}"
@@ -561,7 +555,7 @@ class PosService:
             int(timing.host * 1e6),
             _json(entry.response if entry.response is not None else replayable(answer)),
         )
-        await self.journal.write(row)
+        return self.journal.submit(row)
 
     # -- reversals ---------------------------------------------------------------------------------
     async def _reversal(self, msg: Message, raw: bytes, timing: Timing) -> Reply:
@@ -625,7 +619,9 @@ class PosService:
         answer = pos_response(msg, code=code, rrn_value=rrn_value, acquirer_id=self.acquirer_id)
         reply = Reply(answer, mac=mak)
         entry.finish(code, replayable(answer))
-        await self._journal(terminal, msg, entry, reply, timing, request, keep=True)
+        reply.commit = entry.committed = self._journal(
+            terminal, msg, entry, reply, timing, request, keep=True
+        )
         return reply
 
     def _h2h_reversal(self, msg: Message, original: Entry, link: OutboundLink) -> Message:

@@ -95,7 +95,6 @@ class Switch:
                 zero_length_closes=False,
             )
             services: list[tuple[Listener, int]] = []
-            pos_services: list[PosService] = []
             for profile, port in (("3des", cfg.pos_3des_port), ("sm4", cfg.pos_sm4_port)):
                 service = PosService(
                     profile,
@@ -106,7 +105,6 @@ class Switch:
                     upstream=upstream,
                     acquirer_id=cfg.institution_id,
                 )
-                pos_services.append(service)
                 services.append((Listener(f"pos-{profile}", service.handle, pos_limits), port))
             acquirers = AcquirerService(
                 hsm=hsm,
@@ -122,8 +120,6 @@ class Switch:
 
             async with trio.open_nursery() as background:
                 background.start_soon(journal.run)
-                for service in pos_services:
-                    service.nursery = background
                 background.start_soon(saf.run)
                 for link in self.links.values():
                     background.start_soon(link.run)

@@ -32,6 +32,7 @@ class Entry:
     code: str | None = None  # None while in flight
     response: Message | None = None  # replayable fields of the POS answer
     done: trio.Event = field(default_factory=trio.Event)
+    committed: trio.Event | None = None  # set once its journal row is committed (None: loaded from it)
     link: str | None = None
     link_mti: str | None = None
     link_stan: str | None = None
