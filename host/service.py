@@ -304,7 +304,9 @@ class HostService:
         return cached[1]
 
     async def _read_link(self, link_id: str, done: trio.Event | None = None) -> None:
-        done = self._link_reads[link_id] = done or trio.Event()
+        if done is None:
+            done = trio.Event()
+        self._link_reads[link_id] = done
         try:
             row = await self.pool.run(_link_row, link_id)
             self._links[link_id] = (time.monotonic() + LINK_CACHE_SECONDS, row)
