@@ -186,9 +186,7 @@ def main(argv: list[str]) -> int:
         if args.profile:
             # A second, shorter run with switch and host restarted under the stack sampler.
             for name in ("switch", "host"):
-                svc = system.services.pop(name)
-                svc.proc.terminate()
-                svc.proc.wait(30)
+                system.stop_service(name, timeout=30)
             for name in ("host", "switch"):
                 sampler = str(Path(__file__).with_name("_sampler.py"))  # by path: services run elsewhere
                 system.wrappers[name] = [sampler, str(system.root / f"{name}.samples.json")]
@@ -204,9 +202,7 @@ def main(argv: list[str]) -> int:
                 ),
             )
             for name in ("switch", "host"):
-                svc = system.services.pop(name)
-                svc.proc.terminate()
-                svc.proc.wait(30)
+                system.stop_service(name, timeout=30)
             result["profile"] = {
                 name: _samples(system.root / f"{name}.samples.json") for name in ("switch", "host")
             }

@@ -158,10 +158,13 @@ class System:
             )
         return proc
 
+    def stop_service(self, name: str, timeout: float = 20.0) -> None:
+        """Stop one service (SIGTERM; SIGKILL after ``timeout`` s); ``start_service`` starts it again."""
+        processes.stop(self.services.pop(name).proc, timeout=timeout)
+
     def stop(self) -> None:
-        for service in reversed(list(self.services.values())):
-            processes.stop(service.proc, timeout=20)
-        self.services.clear()
+        for name in reversed(list(self.services)):
+            self.stop_service(name)
         if self._pg is not None:
             self._pg.destroy()
             self._pg = None
