@@ -20,6 +20,7 @@ import trio
 from pos.crypto import KeyCipher, Scheme, check_value
 from specs import catalogue
 from specs.codec import codec_for
+from specs.framing import PosFrame, frame, pos_splitter
 
 
 @dataclass
@@ -62,7 +63,7 @@ class FakeSwitch:
             nursery.cancel_scope.cancel()
 
     async def _serve(self, stream: trio.SocketStream) -> None:
-        buf = bytearray()
+        splitter = pos_splitter()
         users: set[str] = set()  # terminals that sent on this connection
         leaving: set[str] = set()  # those of them whose hang-up request came
         try:
@@ -70,11 +71,7 @@ class FakeSwitch:
                 chunk = await stream.receive_some(65536)
                 if not chunk:
                     return
-                buf += chunk
-                while len(buf) >= 2 and len(buf) >= 2 + int.from_bytes(buf[:2], "big"):
-                    n = int.from_bytes(buf[:2], "big")
-                    data = bytes(buf[2 : 2 + n])
-                    del buf[: 2 + n]
+                for data in splitter.feed(chunk):
                     if self._hang_up_request(data, users, leaving):
                         if leaving == users:
                             await stream.aclose()
@@ -82,7 +79,7 @@ class FakeSwitch:
                         continue
                     reply = self.handle(data)
                     if reply is not None:
-                        await stream.send_all(len(reply).to_bytes(2, "big") + reply)
+                        await stream.send_all(frame(reply))
         except trio.BrokenResourceError:
             return
 
@@ -94,7 +91,7 @@ class FakeSwitch:
         """
         if not self.hang_up:
             return False
-        msg = codec_for("pos", self.scheme).decode(data[11:])
+        msg = codec_for("pos", self.scheme).decode(PosFrame.parse(data).message)
         users.add(str(msg["41"]))
         if (msg["t"], msg.get("11")) not in self.hang_up:
             return False
@@ -104,7 +101,8 @@ class FakeSwitch:
 
     # -- the POS side ----------------------------------------------------------------------------
     def handle(self, data: bytes) -> bytes | None:
-        tpdu, head, body = data[:5], data[5:11], data[11:]
+        request = PosFrame.parse(data)
+        body = request.message
         codec = codec_for("pos", self.scheme)
         msg = codec.decode(body)
         self.seen.append(msg)
@@ -164,12 +162,8 @@ class FakeSwitch:
                     out["54"] = catalogue.balance_de54(98_766)
                 out["64"] = bytes(8)
                 raw = codec.encode(out)
-                return self._frame(tpdu, head, nibble, raw[:-8] + mak.pos_mac(raw[:-8]))
-        return self._frame(tpdu, head, nibble, codec.encode(out))
-
-    def _frame(self, tpdu: bytes, head: bytes, nibble: int, body: bytes) -> bytes:
-        swapped = tpdu[:1] + tpdu[3:5] + tpdu[1:3]
-        return swapped + bytes([0x60, 0x31, nibble]) + head[3:6] + body
+                return request.response_prefix(nibble) + raw[:-8] + mak.pos_mac(raw[:-8])
+        return request.response_prefix(nibble) + codec.encode(out)
 
     def _with_batch(self, de60: str) -> str:
         """The request's DE60 with 60.2 set to the switch's current batch."""
