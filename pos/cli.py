@@ -214,6 +214,11 @@ def _pin(pin: str | None, no_pin: bool, card: str | None, required: bool) -> str
         if not required:
             return None
         pin = click.prompt("PIN", hide_input=True, err=True)
+    return _checked_pin(pin)
+
+
+def _checked_pin(pin: str) -> str:
+    """Checked before the terminal connects (pos.crypto refuses it too, but only once a STAN is spent)."""
     if not (pin.isdigit() and 4 <= len(pin) <= 12):
         raise click.ClickException("a PIN is 4 to 12 digits")
     return pin
@@ -416,8 +421,8 @@ def _reference_command(name: str, help_text: str, kinds: tuple[str, ...], *, amo
             raise click.ClickException(str(exc)) from None
         given = opts.pop("amount", None)
         value = _amount(given) if given else None
-        if pin is not None and not (pin.isdigit() and 4 <= len(pin) <= 12):
-            raise click.ClickException("a PIN is 4 to 12 digits")
+        if pin is not None:
+            _checked_pin(pin)
 
         async def action(session: Session) -> terminal.Receipt:
             entry = session.state.find(original.stan)
