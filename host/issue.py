@@ -28,7 +28,9 @@ from typing import Any
 import trio
 
 from host import catalog
-from host.keys import IssuerCrypto, mask
+from host.keys import IssuerCrypto
+from hsm_sim.client import account_from_pan
+from ops.logs import mask_pan
 
 # The published payShield test LMK pair 02-03 (hsm-commands.md): the PIN pair, public test data.
 _TEST_PIN_PAIR = bytes.fromhex("20202020202020203131313131313131")
@@ -116,12 +118,12 @@ async def issue_cards(
                 if fixed_pin is None
                 else (
                     fixed_pin,
-                    await crypto.hsm.generate_pvv(crypto.keys.pvk, fixed_pin, _account(pan), "1"),
+                    await crypto.hsm.generate_pvv(crypto.keys.pvk, fixed_pin, account_from_pan(pan), "1"),
                 )
             )
             pan_enc = await crypto.encrypt_pan(pan)
             mailer_pan = await crypto.encrypt_pan(pan, crypto.keys.mailer)
-            card = catalog.NewCard(h, pan_enc, mask(pan), pvv, int(h, 16) % partitions)
+            card = catalog.NewCard(h, pan_enc, mask_pan(pan), pvv, int(h, 16) % partitions)
             made.append((pan, card, {"pan_enc": mailer_pan, "pin_lmk": pin_lmk}))
 
     async with trio.open_nursery() as nursery:
@@ -145,10 +147,6 @@ async def issue_cards(
         for c in cards:
             await activate_card(pool, c.card_id)
     return cards, mailer
-
-
-def _account(pan: str) -> str:
-    return pan[:-1][-12:].rjust(12, "0")
 
 
 async def _hash_taken(conn: Any, pan_hash: str) -> bool:

@@ -102,10 +102,6 @@ class IssuerCrypto:
         )
 
 
-def mask(pan: str) -> str:
-    return pan[:6] + "*" * (len(pan) - 10) + pan[-4:]
-
-
 async def load_keys(conn: Any) -> dict[str, tuple[str, str]]:
     rows = await conn.fetch("SELECT name, key_lmk, check_value FROM host_keys")
     return {r["name"]: (r["key_lmk"], r["check_value"]) for r in rows}

@@ -79,6 +79,7 @@ import outcome
 import trio
 
 from hsm_sim.errors import MEANINGS
+from hsm_sim.pin import account_from_pan
 
 __all__ = [
     "Diagnostics",
@@ -169,11 +170,6 @@ class HsmConfigLike(Protocol):
     def connections(self) -> int: ...
     @property
     def timeout_ms(self) -> int: ...
-
-
-def account_from_pan(pan: str) -> str:
-    """The 12 rightmost PAN digits excluding the check digit, left-padded with 0."""
-    return pan[:-1][-12:].rjust(12, "0")
 
 
 def _key_len(token: str) -> int:

@@ -20,6 +20,11 @@ FORMATS = (FORMAT_ISO0, FORMAT_ISO1, FORMAT_ISO3)
 _SM4_PAD = b"\xff" * 8
 
 
+def account_from_pan(pan: str) -> str:
+    """The 12 rightmost PAN digits excluding the check digit, left-padded with 0 (the 12N account)."""
+    return pan[:-1][-12:].rjust(12, "0")
+
+
 def account_field(account: str) -> bytes:
     """``0000`` + the 12 account digits, as 8 bytes."""
     return bytes.fromhex("0000" + account)

@@ -37,6 +37,7 @@ from types import TracebackType
 from typing import IO, Final
 from zoneinfo import ZoneInfo
 
+from ops import logs
 from ops.logs import redact_text
 
 FILE_VERSION: Final = "1"
@@ -145,7 +146,7 @@ def mask_pan(pan: str) -> str:
     """First 6 and last 4 digits, one '*' per hidden digit."""
     if not (13 <= len(pan) <= 19 and pan.isdigit()):
         raise ValueError("a PAN is 13 to 19 digits")
-    return pan[:6] + "*" * (len(pan) - 10) + pan[-4:]
+    return logs.mask_pan(pan)
 
 
 def _cutover_time(cutover: str) -> time:

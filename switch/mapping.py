@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from hsm_sim.client import account_from_pan
+
 Message = dict[str, Any]
 
 # Fields of a POS response that may be kept in the journal and replayed for a duplicate: never the
@@ -65,9 +67,8 @@ def pan_of(msg: Message) -> str | None:
     return None
 
 
-def account12(pan: str) -> str:
-    """The 12 rightmost PAN digits excluding the check digit, left-padded with zeros."""
-    return pan[:-1][-12:].rjust(12, "0")
+# The HSM's 12N account field of a PAN: one definition, in the HSM client.
+account12 = account_from_pan
 
 
 @dataclass(frozen=True, slots=True)
