@@ -349,24 +349,15 @@ async def _drive_all(
                     await trio.sleep(next_at - now)
                 next_at += interval
             kind = vt.rng.choices(kinds, weights)[0]
-            if kind == "preauth":
-                await _preauth_pair(vt, plan.amount, stats)
-                continue
-            req = vt.request(kind, plan.amount)
-            stats.sent += 1
             try:
-                answer = await (session.exchange(req) if kind == "echo" else session.transact(req))
-            except NoAnswer:
-                stats.errors["timeout"] += 1
-                continue
-            except ReversalPending:
-                stats.errors["reversal pending"] += 1
-                await trio.sleep(0.1)
-                continue
-            except TerminalError as exc:
-                stats.errors[_short(exc)] += 1
+                if kind == "preauth":
+                    await _preauth_pair(vt, plan.amount, stats)
+                    continue
+                answer = await _transact(vt, kind, vt.request(kind, plan.amount), stats)
+            except _TerminalLost:
                 return
-            stats.record(kind, answer.code, answer.latency)
+            if answer is None:
+                continue
             if answer.head.requirement == REQUIREMENT_SIGN_ON:
                 try:
                     await terminal.signon(session)
@@ -462,15 +453,26 @@ async def _preauth_pair(vt: VirtualTerminal, amount: int, stats: Stats) -> None:
     await _transact(vt, "completion", comp, stats)
 
 
+class _TerminalLost(Exception):
+    """The terminal's connection is gone (already counted): its driver stops."""
+
+
 async def _transact(vt: VirtualTerminal, kind: str, req: messages.Message, stats: Stats) -> Answer | None:
-    """One financial request of a pre-auth pair, counted; None when it went unanswered."""
+    """One request, counted; None when it went unanswered or waits behind a reversal."""
     assert vt.session is not None
     stats.sent += 1
     try:
-        answer = await vt.session.transact(req)
+        answer = await (vt.session.exchange(req) if kind == "echo" else vt.session.transact(req))
     except NoAnswer:
         stats.errors["timeout"] += 1
         return None
+    except ReversalPending:
+        stats.errors["reversal pending"] += 1
+        await trio.sleep(0.1)
+        return None
+    except TerminalError as exc:
+        stats.errors[_short(exc)] += 1
+        raise _TerminalLost from exc
     stats.record(kind, answer.code, answer.latency)
     return answer
 

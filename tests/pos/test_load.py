@@ -111,3 +111,23 @@ def test_a_lost_shared_connection_fails_its_terminals_without_hanging(tmp_path: 
     assert data["signed_on"] == 4
     assert data["answered"] == 12  # 3 purchases each, then the line drops under all of them
     assert sum(data["errors"].values()) == 4 and data["elapsed_s"] < 2.5  # every terminal stops at once
+
+
+def test_a_lost_connection_during_a_preauth_pair_stops_only_that_terminal(tmp_path: Path) -> None:
+    tids = [f"P{i:07d}" for i in range(2)]
+    fake = FakeSwitch("3des", {t: bytes.fromhex(TMK) for t in tids}).start()
+    fake.hang_up.add(("0200", "000005"))  # the second completion closes the connection
+    try:
+        write_pool(tmp_path / "pool.json", fake, tids)
+        plan = LoadPlan(
+            pool=read_pool(tmp_path / "pool.json"),
+            terminals=2,
+            mix=parse_mix("preauth"),
+            duration=3.0,
+            timeout=1.0,
+        )
+        data = trio.run(run_load, plan, None).as_dict()  # no exception escapes the run
+    finally:
+        fake.stop()
+    assert data["signed_on"] == 2
+    assert sum(data["errors"].values()) == 2 and data["elapsed_s"] < 2.5
