@@ -17,7 +17,8 @@ from click.testing import CliRunner
 
 from hsm_sim.lmk import Lmk, load_file
 from ops.cli import cli
-from tests.fixtures.hsm import HsmServer, _free_port, start_hsm, stop_hsm
+from ops.pgembed import free_port
+from tests.fixtures.hsm import HsmServer, start_hsm, stop_hsm
 from tests.hsm_sim.helpers import TMK
 
 ZERO = "0" * 32
@@ -90,14 +91,14 @@ def test_cli_without_hsm_is_one_line() -> None:
     result = CliRunner().invoke(
         cli,
         ["hsm", "diag"],
-        env={"PAYSWITCH_HSM_PORT": str(_free_port()), "PAYSWITCH_HSM_TIMEOUT_MS": "1000"},
+        env={"PAYSWITCH_HSM_PORT": str(free_port()), "PAYSWITCH_HSM_TIMEOUT_MS": "1000"},
     )
     assert result.exit_code == 1 and "unreachable" in result.output and "Traceback" not in result.output
 
 
 def test_serve_with_production_lmk_file(tmp_path: Path) -> None:
     path = tmp_path / "lmk.json"
-    metrics_port = _free_port()
+    metrics_port = free_port()
     server = start_hsm(
         extra_env={
             "PAYSWITCH_HSM_TEST_LMK": "false",
@@ -159,7 +160,7 @@ def test_bad_lmk_files_are_one_line_errors(tmp_path: Path) -> None:
                 "--metrics-port",
                 "0",
                 "--port",
-                str(_free_port()),
+                str(free_port()),
             ],
             capture_output=True,
             text=True,

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from hsm_sim.client import HsmClient, HsmError, HsmTimeout, HsmUnavailable
-from tests.fixtures.hsm import start_hsm, stop_hsm
+from tests.fixtures.hsm import HsmServer, start_hsm, stop_hsm
 
 
 async def _frames(stream: trio.SocketStream, buf: bytearray) -> list[bytes]:
@@ -182,15 +182,8 @@ def test_reconnects_after_server_restart() -> None:
         stop_hsm(server.process)
 
 
-def start_hsm_on(port: int):  # type: ignore[no-untyped-def]
-    import tests.fixtures.hsm as fixture
-
-    original = fixture._free_port
-    fixture._free_port = lambda: port
-    try:
-        return start_hsm()
-    finally:
-        fixture._free_port = original
+def start_hsm_on(port: int) -> HsmServer:
+    return start_hsm(port=port)
 
 
 def test_header_length_zero() -> None:

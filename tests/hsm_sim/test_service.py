@@ -446,9 +446,10 @@ def test_no_clear_key_or_pin_in_the_log(tmp_path: Path) -> None:
     import sys
 
     from hsm_sim import pin
-    from tests.fixtures.hsm import _answers_nc, _free_port
+    from ops.pgembed import free_port
+    from tests.fixtures.hsm import _answers_nc
 
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "hsm.log"
     env = {
         **os.environ,
