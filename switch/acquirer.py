@@ -57,6 +57,7 @@ class _Seen:
     forwarded: Message | None = None  # the upstream request, when one was sent
     approved: bool = False
     reversed: bool = False
+    committed: trio.Event | None = None  # set once its journal row is committed
 
 
 class AcquirerService:
@@ -115,6 +116,8 @@ class AcquirerService:
         if seen is not None:
             metrics.DUPLICATES.labels(channel="h2h").inc()
             await seen.done.wait()
+            if seen.committed is not None:
+                await seen.committed.wait()  # a replay leaves only once the first answer is journaled
             answer = dict(seen.answer or self._response(msg, "96"))
             return await self._answer(codec, link, msg, answer)
         seen = self._remember(key)
@@ -159,10 +162,12 @@ class AcquirerService:
             0,
             json.dumps(_storable(answer)),
         )
-        await self.journal.write(row)
+        committed = seen.committed = self.journal.submit(row)
         metrics.count_request("h2h", txn_type(msg), code)
+        encoded = await self._answer(codec, link, msg, answer)  # DE128 while the row commits
+        await committed.wait()  # the answer leaves only after its journal row is committed
         metrics.LATENCY_TOTAL.observe(trio.current_time() - t0)
-        return await self._answer(codec, link, msg, answer)
+        return encoded
 
     # -- decoding and answers ----------------------------------------------------------------------
     def _decode(self, body: bytes) -> tuple[Codec, Message | None, DecodeError | None]:
