@@ -23,6 +23,7 @@ from hsm_sim.client import HsmError
 from ops.logs import get_logger, mask_pan
 from specs.codec import codec_for
 from specs.errors import DecodeError
+from specs.framing import REQUIREMENT_NONE, REQUIREMENT_SIGN_ON, response_header, swap_tpdu
 from switch import metrics
 from switch.hsm import HsmRefused, HsmUnavailable, SwitchHsm, WorkingKey
 from switch.journal import JournalWriter
@@ -736,14 +737,8 @@ class PosService:
 
 
 def _response_header(tpdu: bytes, header: bytes, resign: bool) -> bytes:
-    return (
-        bytes((tpdu[0],))
-        + tpdu[3:5]
-        + tpdu[1:3]
-        + b"\x60\x31"
-        + (b"\x03" if resign else b"\x00")
-        + header[3:6]
-    )
+    """Swapped TPDU + response header; the re-sign-on flag sets processing requirement 3."""
+    return swap_tpdu(tpdu) + response_header(header, REQUIREMENT_SIGN_ON if resign else REQUIREMENT_NONE)
 
 
 def _amount(msg: Message) -> int:
