@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import trio
 
 from hsm_sim.client import HsmError
 from ops.logs import get_logger, mask_pan
+from specs.catalogue import BatchTotals, parse_batch_totals, parse_upload_de48
 from specs.codec import codec_for
 from specs.errors import DecodeError
 from specs.framing import REQUIREMENT_NONE, REQUIREMENT_SIGN_ON, response_header, swap_tpdu
@@ -654,7 +655,9 @@ class PosService:
         if not terminal.signed_on:
             return Reply(pos_response(msg, code="A0"), resign=True)
         de48 = str(msg.get("48", ""))
-        if len(de48) < 31 or not de48.isdigit():
+        try:
+            domestic, foreign = parse_batch_totals(de48)
+        except ValueError:
             return Reply(pos_response(msg, code="30"))
         batch = parse_de60(msg.get("60")).batch_no
         if batch != terminal.batch_no:
@@ -663,13 +666,13 @@ class PosService:
             in_flight = [e.done for e in terminal.entries.values() if e.code is None]
             for done in in_flight:
                 await done.wait()
-            debit_amount, debit_count, credit_amount, credit_count = terminal.totals()
-            claimed = (int(de48[0:12]), int(de48[12:15]), int(de48[15:27]), int(de48[27:30]))
-            foreign = de48[31:62]
-            foreign_zero = not foreign or all(c == "0" for c in foreign[:30])
-            balanced = claimed == (debit_amount, debit_count, credit_amount, credit_count) and foreign_zero
-            result = 1 if balanced else 2
-            answer_48 = de48[:30] + str(result) + (foreign[:30] + str(result) if foreign else "")
+            ours = BatchTotals(*terminal.totals())
+            # closed-loop cards are all domestic: any foreign total is a difference
+            balanced = replace(domestic, result="0") == ours and replace(foreign, result="0") == BatchTotals()
+            result = "1" if balanced else "2"
+            answer_48 = str(replace(domestic, result=result))
+            if len(de48) == 62:
+                answer_48 += str(replace(foreign, result=result))
             if balanced:
                 next_batch = await self.store.close_batch(
                     terminal.terminal_id, terminal.merchant_id, batch, 1, de48
@@ -681,8 +684,8 @@ class PosService:
                     "batch not balanced",
                     terminal=terminal.terminal_id,
                     batch=batch,
-                    claimed=claimed,
-                    journal=(debit_amount, debit_count, credit_amount, credit_count),
+                    claimed=str(domestic),
+                    journal=str(ours),
                 )
         answer = pos_response(msg, code="00", acquirer_id=self.acquirer_id)
         answer["48"] = answer_48
@@ -700,9 +703,10 @@ class PosService:
         de60_value = parse_de60(msg.get("60"))
         de48 = str(msg.get("48", ""))
         if de48:
-            if not de48.isdigit() or len(de48) < 2 or len(de48) != 2 + int(de48[:2]) * 40:
+            try:
+                terminal.upload.extend(parse_upload_de48(de48))
+            except ValueError:
                 return Reply(pos_response(msg, code="30"))
-            terminal.upload.extend(de48[2 + i * 40 : 2 + (i + 1) * 40] for i in range(int(de48[:2])))
         if de60_value.network_code == "202":
             async with terminal.lock:
                 missing, differing = self._reconcile(terminal)
@@ -727,11 +731,10 @@ class PosService:
         """(records the journal does not have, records whose amount differs)."""
         missing = differing = 0
         for record in terminal.upload:
-            stan, amount = record[2:8], int(record[28:40])
-            entry = terminal.find_original(stan)
+            entry = terminal.find_original(record.stan)
             if entry is None or entry.code != "00":
                 missing += 1
-            elif entry.amount != amount:
+            elif entry.amount != record.amount:
                 differing += 1
         return missing, differing
 

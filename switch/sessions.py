@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+from specs.catalogue import UploadRecord
 from switch.mapping import Message
 from switch.store import SessionRow, TerminalRecord
 
@@ -58,7 +59,7 @@ class Terminal:
     session: SessionRow | None
     entries: dict[tuple[str, str], Entry] = field(default_factory=dict)
     lock: trio.Lock = field(default_factory=trio.Lock)
-    upload: list[str] = field(default_factory=list)  # 0320 records of the batch being reconciled
+    upload: list[UploadRecord] = field(default_factory=list)  # 0320 records of the batch being reconciled
 
     @property
     def terminal_id(self) -> str:
