@@ -319,10 +319,15 @@ class PosService:
         return Reply(pos_response(msg, code="00"))
 
     # -- financial ---------------------------------------------------------------------------------
-    def _session_refusal(self, msg: Message, terminal: Terminal) -> Reply | None:
+    async def _signed_on(self, msg: Message) -> tuple[Terminal | None, Reply | None]:
+        """The request's terminal if it is signed on with this listener's key profile; else the refusal
+        (97/03/58 from ``_terminal``, or A0 with the re-sign-on flag)."""
+        terminal, refusal = await self._terminal(msg)
+        if terminal is None:
+            return None, refusal
         if not terminal.signed_on or terminal.session is None or terminal.session.scheme != self.profile:
-            return Reply(pos_response(msg, code="A0"), resign=True)
-        return None
+            return None, Reply(pos_response(msg, code="A0"), resign=True)
+        return terminal, None
 
     async def _verify_mac(self, terminal: Terminal, msg: Message, raw: bytes, timing: Timing) -> bool:
         mac = msg.get("64")
@@ -352,12 +357,9 @@ class PosService:
         return Reply(answer, mac=terminal.session.mak)
 
     async def _financial(self, msg: Message, raw: bytes, timing: Timing) -> Reply:
-        terminal, refusal = await self._terminal(msg)
+        terminal, refusal = await self._signed_on(msg)
         if terminal is None:
             assert refusal is not None
-            return refusal
-        refusal = self._session_refusal(msg, terminal)
-        if refusal is not None:
             return refusal
         assert terminal.session is not None
         mak = terminal.session.mak
@@ -561,12 +563,9 @@ class PosService:
 
     # -- reversals ---------------------------------------------------------------------------------
     async def _reversal(self, msg: Message, raw: bytes, timing: Timing) -> Reply:
-        terminal, refusal = await self._terminal(msg)
+        terminal, refusal = await self._signed_on(msg)
         if terminal is None:
             assert refusal is not None
-            return refusal
-        refusal = self._session_refusal(msg, terminal)
-        if refusal is not None:
             return refusal
         assert terminal.session is not None
         mak = terminal.session.mak
