@@ -495,20 +495,7 @@ class Ledger:
         if hold is None or original.reversed:
             return Decision(Rc.INVALID_TXN)
         if r.txn is Txn.PREAUTH_VOID:
-            original.hold, original.hold_state = None, "voided"
-            self._restore_use(card, original)
-            return self._post(
-                b,
-                r,
-                hold.debit,
-                hold.credit,
-                card,
-                "void_pending",
-                Txn.PREAUTH_VOID,
-                amount=hold.amount,
-                pending=hold,
-                original_key=original.key,
-            )
+            return self._void_hold(b, r, card, original, Txn.PREAUTH_VOID)
         limit = hold.amount + hold.amount * self.completion_tolerance_pct // 100
         if r.amount > limit:
             return Decision(Rc.INVALID_AMOUNT)
@@ -583,21 +570,7 @@ class Ledger:
             o.reversed = True
             if o.hold is None:
                 return Decision(Rc.APPROVED)
-            hold = o.hold
-            o.hold, o.hold_state = None, "voided"
-            self._restore_use(card, o)
-            return self._post(
-                b,
-                r,
-                hold.debit,
-                hold.credit,
-                card,
-                "void_pending",
-                Txn.REVERSAL,
-                amount=hold.amount,
-                pending=hold,
-                original_key=o.key,
-            )
+            return self._void_hold(b, r, card, o, Txn.REVERSAL)
         # a pre-auth void: the hold comes back
         pre_key = t.original_key  # the pre-auth whose hold the void released
         pre = b.originals.get(pre_key) if pre_key else None
@@ -644,6 +617,17 @@ class Ledger:
             amount=hold.amount,
             pending=hold,
             original_key=hold.hold_of,
+        )
+
+    def _void_hold(self, b: _Batch, r: Request, card: CardState, o: Original, txn: Txn) -> Decision:
+        """Release the original's pending hold (pre-auth void or reversal of a pre-auth) exactly once."""
+        hold = o.hold
+        assert hold is not None
+        o.hold, o.hold_state = None, "voided"
+        self._restore_use(card, o)
+        return self._post(
+            b, r, hold.debit, hold.credit, card, "void_pending", txn,
+            amount=hold.amount, pending=hold, original_key=o.key,
         )
 
     def _restore_use(self, card: CardState, o: Original) -> None:
