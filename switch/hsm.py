@@ -7,6 +7,8 @@ error code (e.g. 20 bad PIN block, 01 verification failure); ``HsmUnavailable`` 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -80,6 +82,17 @@ class SwitchHsm(Protocol):
     async def verify_link_mac(self, zak: str, data: bytes, mac: bytes) -> bool: ...
 
 
+@contextlib.contextmanager
+def _client_errors() -> Iterator[None]:
+    """The client's errors as the switch's: a refusal (an HSM error code) or an unreachable HSM."""
+    try:
+        yield
+    except HsmCommandError as exc:
+        raise HsmRefused(exc.command, exc.code) from None
+    except HsmError as exc:
+        raise HsmUnavailable(str(exc)) from None
+
+
 class ClientHsm:
     """``SwitchHsm`` on ``hsm_sim.client.HsmClient`` (pipelined, pooled connections)."""
 
@@ -88,7 +101,7 @@ class ClientHsm:
 
     async def working_key(self, scheme: str, kind: str, tmk: str) -> WorkingKey:
         key_type = KEY_TYPES[kind]
-        try:
+        with _client_errors():
             if scheme == "sm4":
                 key = await self.client.generate_sm4_key(key_type, under=tmk, under_tmk=True)
             elif kind == "mak":  # the 3DES profile's MAK is a single-length DES key (scheme Z)
@@ -99,21 +112,13 @@ class ClientHsm:
                 key = await self.client.generate_key(
                     key_type, "U", under=tmk, under_tmk=True, export_scheme="X"
                 )
-        except HsmCommandError as exc:
-            raise HsmRefused(exc.command, exc.code) from None
-        except HsmError as exc:
-            raise HsmUnavailable(str(exc)) from None
         assert key.under_kek is not None
         under_tmk = key.under_kek[1:] if key.under_kek[:1] in ("X", "U") else key.under_kek
         return WorkingKey(key.under_lmk, bytes.fromhex(under_tmk), bytes.fromhex(key.check_value[:8]))
 
     async def pos_mac(self, scheme: str, mak: str, data: bytes) -> bytes:
-        try:
+        with _client_errors():
             return await self.client.pos_mac(mak, data)
-        except HsmCommandError as exc:
-            raise HsmRefused(exc.command, exc.code) from None
-        except HsmError as exc:
-            raise HsmUnavailable(str(exc)) from None
 
     async def translate_pin(
         self,
@@ -125,7 +130,7 @@ class ClientHsm:
         block: bytes,
         account: str,
     ) -> bytes:
-        try:
+        with _client_errors():
             if src_scheme == "3des" and dst_scheme == "3des":
                 if src_key_type == "002":
                     out = await self.client.translate_pin_tpk(src_key, zpk, block.hex().upper(), account)
@@ -135,10 +140,6 @@ class ClientHsm:
                 out = await self.client.translate_pin(
                     src_key, zpk, block.hex().upper(), account, src_key_type=src_key_type
                 )
-        except HsmCommandError as exc:
-            raise HsmRefused(exc.command, exc.code) from None
-        except HsmError as exc:
-            raise HsmUnavailable(str(exc)) from None
         return bytes.fromhex(out.pin_block)
 
     async def pos_mac_and_translate_pin(
@@ -152,14 +153,10 @@ class ClientHsm:
         block: bytes,
         account: str,
     ) -> tuple[bytes | HsmRefused, bytes | HsmRefused]:
-        try:
+        with _client_errors():
             mac, pin = await self.client.pos_mac_and_translate_pin(
                 mak, data, pik, zpk, block.hex().upper(), account, src_key_type="002"
             )
-        except HsmCommandError as exc:
-            raise HsmRefused(exc.command, exc.code) from None
-        except HsmError as exc:
-            raise HsmUnavailable(str(exc)) from None
         return (
             HsmRefused(mac.command, mac.code) if isinstance(mac, HsmCommandError) else mac,
             HsmRefused(pin.command, pin.code)
@@ -168,17 +165,9 @@ class ClientHsm:
         )
 
     async def link_mac(self, scheme: str, zak: str, data: bytes) -> bytes:
-        try:
+        with _client_errors():
             return bytes.fromhex((await self.client.h2h_mac(zak, data))[:16])
-        except HsmCommandError as exc:
-            raise HsmRefused(exc.command, exc.code) from None
-        except HsmError as exc:
-            raise HsmUnavailable(str(exc)) from None
 
     async def verify_link_mac(self, zak: str, data: bytes, mac: bytes) -> bool:
-        try:
+        with _client_errors():
             return await self.client.verify_h2h_mac(zak, data, mac.hex().upper())
-        except HsmCommandError as exc:
-            raise HsmRefused(exc.command, exc.code) from None
-        except HsmError as exc:
-            raise HsmUnavailable(str(exc)) from None
