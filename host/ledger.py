@@ -30,6 +30,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
+
 from host import rules
 from host.model import (
     FINANCIAL,
@@ -87,6 +89,7 @@ class Original:
     refunded: int = 0
     hold: TransferRow | None = None  # pre-auth: its hold while still pending
     hold_state: str = ""  # pre-auth: pending / posted / voided / expired
+    day: dt.date | None = None  # the UTC day it was decided: its use counts against that day's limits
 
 
 @dataclass
@@ -116,7 +119,7 @@ class Ledger:
 
     # -- entry point ----------------------------------------------------------------------------
     async def post_batch(
-        self, conn: Any, reqs: list[Request], now: dt.datetime | None = None
+        self, conn: Any, reqs: list[Request], now: dt.datetime | None = None, *, raced: bool = False
     ) -> list[Decision]:
         now = now or dt.datetime.now(dt.UTC)
         try:
@@ -124,6 +127,11 @@ class Ledger:
                 return await self._run_batch(conn, reqs, now)
         except Exception as exc:
             if len(reqs) == 1:
+                if isinstance(exc, asyncpg.UniqueViolationError) and not raced:
+                    # Another writer committed this key between our read and our write (an original and
+                    # its reversal decided on two partitions at once): decide again against what it wrote.
+                    log.info("key raced with another writer; deciding again", key=reqs[0].key)
+                    return await self.post_batch(conn, reqs, now, raced=True)
                 log.error("posting failed", key=reqs[0].key, txn=str(reqs[0].txn), error=repr(exc))
                 return [Decision(Rc.SYSTEM_ERROR)]
             log.warning("batch failed; retrying one by one", size=len(reqs), error=repr(exc))
@@ -223,7 +231,10 @@ class Ledger:
         )
         if not (rev_keys or rrn_pairs or hold_keys or hold_cards):
             return
-        cols = "key, txn, response_code, posted, card_id, amount, rrn"
+        cols = (
+            "key, txn, response_code, posted, card_id, amount, rrn,"
+            " (received_at AT TIME ZONE 'UTC')::date AS day"
+        )
         rows = list(
             await conn.fetch(f"SELECT {cols} FROM auth_requests WHERE key = ANY($1::text[])", rev_keys)
         )
@@ -254,6 +265,7 @@ class Ledger:
                     row["card_id"],
                     row["amount"],
                     row["rrn"],
+                    day=row["day"],
                 )
                 self._register(b, o)
         for row in await conn.fetch(
@@ -394,7 +406,9 @@ class Ledger:
             d = await self._decide_card(conn, b, r, card, merchant, original)
         self._record(b, r, d, original_key=original.key if original else None, merchant=merchant)
         if r.txn in FINANCIAL or r.txn is Txn.BALANCE:
-            self._register(b, Original(r.key, r.txn, d.code, d.posted, r.card_id, r.amount, r.rrn))
+            self._register(
+                b, Original(r.key, r.txn, d.code, d.posted, r.card_id, r.amount, r.rrn, day=b.today)
+            )
             if d.posted and b.transfers and b.transfers[-1].key == r.key:
                 o = b.originals[r.key]
                 o.transfer = b.transfers[-1]
@@ -484,7 +498,7 @@ class Ledger:
                 if r.amount != t.amount:
                     return Decision(Rc.ORIGINAL_AMOUNT)
                 original.undone = True
-                self._restore_use(card, original)
+                self._restore_use(b, card, original, t.amount, whole=True)
             else:
                 if r.amount > t.amount - original.refunded:
                     return Decision(Rc.INVALID_AMOUNT)
@@ -560,7 +574,7 @@ class Ledger:
                 return Decision(Rc.INSUFFICIENT_FUNDS)  # a credit already spent: nothing undone
             o.reversed = o.undone = True
             if o.txn in (Txn.PURCHASE, Txn.COMPLETION):
-                self._restore_use(card, o)
+                self._restore_use(b, card, o, amount, whole=amount == t.amount)
             if o.txn == Txn.REFUND and (parent := b.originals.get(t.original_key or "")) is not None:
                 parent.refunded -= amount  # the refund did not happen: that much may be refunded again
             return self._post(
@@ -624,16 +638,32 @@ class Ledger:
         hold = o.hold
         assert hold is not None
         o.hold, o.hold_state = None, "voided"
-        self._restore_use(card, o)
+        self._restore_use(b, card, o, hold.amount, whole=True)
         return self._post(
-            b, r, hold.debit, hold.credit, card, "void_pending", txn,
-            amount=hold.amount, pending=hold, original_key=o.key,
+            b,
+            r,
+            hold.debit,
+            hold.credit,
+            card,
+            "void_pending",
+            txn,
+            amount=hold.amount,
+            pending=hold,
+            original_key=o.key,
         )
 
-    def _restore_use(self, card: CardState, o: Original) -> None:
-        if card.uses_left is not None:
+    def _restore_use(self, b: _Batch, card: CardState, o: Original, amount: int, *, whole: bool) -> None:
+        """Undoing a counted use gives back what it took: the amount from the day's total if it was
+        counted today (yesterday's total is gone anyway), and, when all of it is undone, the day's count
+        and a usage-limited card's use. A partial reversal leaves the use spent: the sale happened."""
+        if whole and card.uses_left is not None:
             card.uses_left += 1
             card.card_dirty = True
+        if o.day is not None and o.day == b.today and card.day == b.today:
+            card.day_amount = max(0, card.day_amount - amount)
+            if whole:
+                card.day_count = max(0, card.day_count - 1)
+            card.counters_dirty = True
 
     # -- posting --------------------------------------------------------------------------------
     def _post(

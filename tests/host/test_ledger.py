@@ -233,3 +233,69 @@ def test_ledger_is_append_only(db_url: str) -> None:
         await conn.execute("RESET ROLE")
 
     run(db_url, body)
+
+
+def test_undone_use_gives_back_the_days_limits(db_url: str) -> None:
+    """A void, a reversal or a pre-auth void returns the day's amount and count (and the use); a partial
+    reversal returns only the amount undone."""
+
+    async def body(conn: Any) -> None:
+        pan, *_ = await programme(
+            conn, code="DAY", daily_amount_limit=1_000, daily_count_limit=2, kind="usage_limited", uses=2
+        )
+        ledger = Ledger()
+        await post(conn, ledger, req(Txn.TOPUP, pan, 5_000))
+        first, second = req(Txn.PURCHASE, pan, 600), req(Txn.PURCHASE, pan, 400)
+        assert codes(await post(conn, ledger, first, second)) == ["00", "00"]
+        assert codes(await post(conn, ledger, req(Txn.PURCHASE, pan, 1))) == ["61"]  # the day is spent
+        assert codes(await post(conn, ledger, req(Txn.VOID, pan, 600, original_rrn=first.rrn))) == ["00"]
+        assert codes(await post(conn, ledger, reversal_of(second))) == ["00"]
+        # both undone: the whole day and both uses are back
+        pre = req(Txn.PREAUTH, pan, 1_000)
+        assert codes(await post(conn, ledger, pre)) == ["00"]
+        pvoid = req(Txn.PREAUTH_VOID, pan, 1_000, original_rrn=pre.rrn)
+        assert codes(await post(conn, ledger, pvoid)) == ["00"]
+        third = req(Txn.PURCHASE, pan, 1_000)
+        assert codes(await post(conn, ledger, third)) == ["00"]
+        assert codes(await post(conn, ledger, reversal_of(third, actual_amount=700))) == ["00"]  # 300 back
+        assert codes(await post(conn, ledger, req(Txn.PURCHASE, pan, 301))) == ["61"]
+        assert codes(await post(conn, ledger, req(Txn.PURCHASE, pan, 300))) == ["00"]
+        day = await conn.fetchrow(
+            "SELECT a.day_amount, a.day_count, c.uses_left"
+            " FROM cards c JOIN accounts a ON a.id = c.account_id WHERE c.pan_hash = $1",
+            fake_hash(pan),
+        )
+        assert tuple(day) == (1_000, 2, 0)  # the partial reversal left its use and count spent
+
+    run(db_url, body)
+
+
+def test_original_and_reversal_racing_on_two_writers(db_url: str) -> None:
+    """A reversal decided on one connection while its original commits on another: the reversal's read
+    missed the original, its write hits the original's key; it is decided again, not answered 96."""
+
+    async def body(conn: Any) -> None:
+        pan, *_ = await programme(conn, code="RACE")
+        ledger = Ledger()
+        await post(conn, ledger, req(Txn.TOPUP, pan, 10_000))
+        buy = req(Txn.PURCHASE, pan, 2_500)
+        a, b = await asyncpg.connect(db_url), await asyncpg.connect(db_url)
+        try:
+            async with conn.transaction():  # hold the card's account row: both writers queue behind it
+                await conn.execute(
+                    "SELECT 1 FROM accounts a JOIN cards c ON c.account_id = a.id"
+                    " WHERE c.pan_hash = $1 FOR UPDATE OF a",
+                    fake_hash(pan),
+                )
+                original = asyncio.create_task(Ledger().post_batch(a, [buy]))
+                await asyncio.sleep(0.3)
+                reversal = asyncio.create_task(Ledger().post_batch(b, [reversal_of(buy, pan=pan)]))
+                await asyncio.sleep(0.3)
+            assert codes(await original) == ["00"]
+            assert codes(await reversal) == ["00"]
+        finally:
+            await a.close()
+            await b.close()
+        assert await balance(conn, pan) == (10_000, 10_000)
+
+    run(db_url, body)
