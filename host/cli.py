@@ -98,6 +98,17 @@ def _needs_hsm(card: str) -> bool:
     return card.isdigit() and len(card) >= 13
 
 
+def _clear_components(label: str, count: int) -> list[str]:
+    """``count`` clear key components, one per custodian: prompted without echo (or read from stdin)."""
+    return [click.prompt(f"{label} component {i + 1} (32 hex)", hide_input=True) for i in range(count)]
+
+
+def _check_components(label: str, components: list[str]) -> None:
+    for c in components:
+        if not re.fullmatch(r"[0-9A-Fa-f]{32}", c):
+            raise click.ClickException(f"a {label} component is 32 hexadecimal characters")
+
+
 def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
     if not rows:
         return "(none)"
@@ -218,6 +229,87 @@ def keys_cmd(app: AppContext) -> None:
     app.emit(cvs, "\n".join(f"{k:<10} check value {v}" for k, v in cvs.items()))
 
 
+# -- host producer -----------------------------------------------------------------------------------
+@host.group("producer")
+def producer_group() -> None:
+    """Card producers: their ZMK (formed from components) and the PIN-mailer key exported under it."""
+
+
+@producer_group.command("add")
+@click.argument("name")
+@click.option("--scheme", type=click.Choice(["3des", "sm4"]), default="3des", show_default=True)
+@click.option(
+    "--zmk-components",
+    type=click.IntRange(2, 9),
+    required=True,
+    help="Enter the producer's ZMK as N clear components (prompted, not echoed), XORed in the HSM.",
+)
+@pass_app
+def producer_add(app: AppContext, name: str, scheme: str, zmk_components: int) -> None:
+    """Register a card producer; its ZMK is formed in the HSM (A4 / WK) and kept under the LMK only."""
+    from host import producers
+
+    if not producers.NAME.fullmatch(name):
+        raise click.ClickException("producer name: 1 to 32 letters, digits, '_', '.', '-'")
+    components = _clear_components("ZMK", zmk_components)
+    _check_components("ZMK", components)
+
+    async def work(pool: PgPool, crypto: IssuerCrypto) -> str:
+        if await pool.run(_exists, "SELECT 1 FROM card_producers WHERE name = $1", name):
+            raise CatalogError(f"producer {name} already exists")
+        zmk, cv = await producers.form_zmk(crypto, scheme, components)
+        await pool.run(producers.add_producer, name, scheme, zmk, cv)
+        return cv
+
+    cv = _run(app, work, hsm=True)
+    app.emit(
+        {"producer": name, "scheme": scheme, "zmk_check_value": cv[:6]},
+        f"producer {name} ({scheme}) added; ZMK check value {cv[:6]}",
+    )
+
+
+@producer_group.command("list")
+@pass_app
+def producer_list(app: AppContext) -> None:
+    """Card producers and their ZMK check values."""
+    from host import producers
+
+    async def work(pool: PgPool) -> list[dict[str, Any]]:
+        return await pool.run(producers.list_producers)
+
+    rows = _run(app, work)
+    app.emit(rows, _table(rows, ["name", "scheme", "zmk_check_value"]))
+
+
+@producer_group.command("export-mailer-key")
+@click.argument("name")
+@pass_app
+def producer_export(app: AppContext, name: str) -> None:
+    """The PIN-mailer key under the producer's ZMK (A8 / ST) and its check value, for the producer's HSM."""
+
+    async def work(pool: PgPool, crypto: IssuerCrypto) -> Any:
+        return await _export_for(pool, crypto, name)
+
+    out = _run(app, work, hsm=True)
+    app.emit(
+        {
+            "producer": out.producer,
+            "scheme": out.scheme,
+            "mailer_key_under_zmk": out.key_under_zmk,
+            "mailer_key_check_value": out.check_value[:6],
+            "zmk_check_value": out.zmk_check_value[:6],
+        },
+        f"producer {out.producer} ({out.scheme}): mailer key under ZMK {out.key_under_zmk}\n"
+        f"mailer key check value {out.check_value[:6]}; ZMK check value {out.zmk_check_value[:6]}",
+    )
+
+
+async def _export_for(pool: PgPool, crypto: IssuerCrypto, name: str) -> Any:
+    from host import producers
+
+    return await producers.export_mailer_key(crypto, await pool.run(producers.producer, name))
+
+
 # -- product --------------------------------------------------------------------------------------
 @click.group()
 def product() -> None:
@@ -332,9 +424,21 @@ def card() -> None:
     default=None,
     help="Where the PIN-mailer file goes (default: host.mailer_dir).",
 )
+@click.option(
+    "--producer",
+    "producer_name",
+    default=None,
+    help="Card producer: PANs under its mailer key, the key under its ZMK in the file's header line.",
+)
 @pass_app
 def card_issue(
-    app: AppContext, product_code: str, count: int, pin: str | None, activate: bool, mailer_dir: Path | None
+    app: AppContext,
+    product_code: str,
+    count: int,
+    pin: str | None,
+    activate: bool,
+    mailer_dir: Path | None,
+    producer_name: str | None,
 ) -> None:
     """Issue cards: Luhn-valid PANs in the product's BIN, PINs through the HSM, a PIN-mailer file.
 
@@ -352,8 +456,16 @@ def card_issue(
     folder = mailer_dir or Path(app.config.host.mailer_dir)
 
     async def work(pool: PgPool, crypto: IssuerCrypto) -> tuple[list[Any], Path | None]:
+        export = await _export_for(pool, crypto, producer_name) if producer_name else None
         return await issue_cards(
-            pool, crypto, product_code, count, pin=pin, activate=activate, mailer_dir=folder
+            pool,
+            crypto,
+            product_code,
+            count,
+            pin=pin,
+            activate=activate,
+            mailer_dir=folder,
+            producer=export,
         )
 
     cards, mailer = _run(app, work, hsm=True)
@@ -361,6 +473,7 @@ def card_issue(
         "cards": [{"card_id": c.card_id, "pan": c.pan, "expiry": c.expiry} for c in cards],
         "mailer": str(mailer) if mailer else None,
         "state": "active" if activate else "inventory",
+        "producer": producer_name,
     }
     human = _table(
         [{"card": c.card_id, "pan": c.masked, "expiry": c.expiry} for c in cards], ["card", "pan", "expiry"]
@@ -576,12 +689,8 @@ def terminal_add(
         components = [tmk, "0" * 32]
     else:
         assert tmk_components is not None
-        components = [
-            click.prompt(f"TMK component {i + 1} (32 hex)", hide_input=True) for i in range(tmk_components)
-        ]
-    for c in components:
-        if not re.fullmatch(r"[0-9A-Fa-f]{32}", c):
-            raise click.ClickException("a TMK component is 32 hexadecimal characters")
+        components = _clear_components("TMK", tmk_components)
+    _check_components("TMK", components)
 
     async def work(pool: PgPool, crypto: IssuerCrypto) -> tuple[int, str]:
         ref = await pool.run(catalog.merchant_ref, merchant_id)

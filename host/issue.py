@@ -12,7 +12,14 @@ PIN mailer: a JSON-lines file (mode 0600) for the card producer with, per card, 
 PAN, expiry, the PAN encrypted under the ``mailer`` data key (M0, CBC, random IV) and the PIN under
 the LMK as JA returned it. That is the form a PIN-mailer print HSM (sharing the issuer's LMK, as the
 mailer printers attached to an issuer's HSM do) prints from; the mailer key reaches the producer by
-key export under a ZMK (A8). Neither the clear PAN nor the clear PIN is in the file.
+key export under a ZMK (A8 / ST, host.producers). Neither the clear PAN nor the clear PIN is in the file.
+
+With a producer (``card issue --producer NAME``) the PANs are encrypted under the mailer key of that
+producer's scheme and the file starts with a header line ``{"record": "header", "producer", "scheme",
+"mailer_key_under_zmk", "mailer_key_check_value", "zmk_check_value", "product", "batch", "cards"}``:
+the mailer key under the producer's ZMK and its check value (6H), which the producer imports (A6 / SV)
+to decrypt the ``pan_under_mailer_key`` fields (M2 CBC; ``IV hex:ciphertext hex``, the PAN's ASCII
+digits zero-padded to the block). Without a producer there is no header line.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import trio
 
 from host import catalog
 from host.keys import IssuerCrypto
+from host.producers import ExportedMailerKey
 from hsm_sim.client import account_from_pan
 from ops.logs import mask_pan
 
@@ -90,8 +98,13 @@ async def issue_cards(
     mailer_dir: Path | None = None,
     batch: str | None = None,
     concurrency: int = 64,
+    producer: ExportedMailerKey | None = None,
 ) -> tuple[list[IssuedCard], Path | None]:
-    """Issue ``count`` cards; returns them (with clear PANs, for the caller's output only) and the mailer."""
+    """Issue ``count`` cards; returns them (with clear PANs, for the caller's output only) and the mailer.
+
+    ``producer``: the mailer key as exported to that producer; the PANs go under that key and the
+    export goes into the mailer file's header line.
+    """
     product = await pool.run(catalog.product, product_code)
     if product["bin"] is None:
         raise catalog.CatalogError(f"product {product_code} has no BIN range")
@@ -101,6 +114,7 @@ async def issue_cards(
     made: list[tuple[str, catalog.NewCard, dict[str, str]]] = []
     seen: set[str] = set()
     limiter = trio.CapacityLimiter(concurrency)
+    mailer_key = producer.mailer_key if producer is not None else crypto.keys.mailer
 
     async def one() -> None:
         async with limiter:
@@ -122,7 +136,7 @@ async def issue_cards(
                 )
             )
             pan_enc = await crypto.encrypt_pan(pan)
-            mailer_pan = await crypto.encrypt_pan(pan, crypto.keys.mailer)
+            mailer_pan = await crypto.encrypt_pan(pan, mailer_key)
             card = catalog.NewCard(h, pan_enc, mask_pan(pan), pvv, int(h, 16) % partitions)
             made.append((pan, card, {"pan_enc": mailer_pan, "pin_lmk": pin_lmk}))
 
@@ -142,6 +156,7 @@ async def issue_cards(
             product_code,
             expiry,
             [(c.card_id, c.masked, m[2]) for c, m in zip(cards, made, strict=True)],
+            header=mailer_header(producer, product_code, batch, len(cards)) if producer else None,
         )
     if activate:
         for c in cards:
@@ -153,13 +168,35 @@ async def _hash_taken(conn: Any, pan_hash: str) -> bool:
     return bool(await conn.fetchval("SELECT 1 FROM cards WHERE pan_hash = $1", pan_hash))
 
 
+def mailer_header(producer: ExportedMailerKey, product: str, batch: str, cards: int) -> dict[str, Any]:
+    """The header line for a producer: its name and the mailer key under its ZMK, never a clear key."""
+    return {
+        "record": "header",
+        "producer": producer.producer,
+        "scheme": producer.scheme,
+        "mailer_key_under_zmk": producer.key_under_zmk,
+        "mailer_key_check_value": producer.check_value[:6],
+        "zmk_check_value": producer.zmk_check_value[:6],
+        "product": product,
+        "batch": batch,
+        "cards": cards,
+    }
+
+
 def write_mailer(
-    folder: Path, batch: str, product: str, expiry: str, rows: list[tuple[int, str, dict[str, str]]]
+    folder: Path,
+    batch: str,
+    product: str,
+    expiry: str,
+    rows: list[tuple[int, str, dict[str, str]]],
+    header: dict[str, Any] | None = None,
 ) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"mailer_{product}_{batch}.jsonl"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
+        if header is not None:
+            fh.write(json.dumps(header) + "\n")
         for card_id, masked, secret in rows:
             fh.write(
                 json.dumps(

@@ -11,8 +11,9 @@ Keys (all under the LMK, in the ``host_keys`` table, created on first use by ``e
 - ``pan_data`` (data key, 00A): the PAN at rest is M0 CBC with a random IV (``iv hex : ciphertext hex``),
   PAN ASCII zero-padded to the block; only ``M2`` can turn it back, for an operator with HSM access.
 - ``pvk`` (002): Visa PVV generation (DG) at issue and verification (EC / WV) of the link's PIN block.
-- ``mailer`` (data key, 00A): encrypts the PAN in the PIN-mailer file for the card producer (the file
-  also carries the PIN under the LMK as JA returns it; see host.issue).
+- ``mailer`` (data key, 00A, 3DES) and ``mailer_sm4`` (data key, 00A, SM4): encrypt the PAN in the
+  PIN-mailer file for the card producer (the file also carries the PIN under the LMK as JA returns it;
+  see host.issue). The producer gets the key of its scheme under its ZMK (A8 / ST, host.producers).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from hsm_sim.client import HsmClient, account_from_pan
 
 HASH_CACHE_LIMIT = 2_000_000  # about 250 MB at most; a clear costs one HSM call per PAN again
 
-KEY_TYPES = {"pan_index": "003", "pan_data": "00A", "pvk": "002", "mailer": "00A"}
+KEY_TYPES = {"pan_index": "003", "pan_data": "00A", "pvk": "002", "mailer": "00A", "mailer_sm4": "00A"}
+SM4_KEYS = frozenset({"mailer_sm4"})  # generated with WI (``S`` key); the others with A0 (``U``)
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class IssuerKeys:
     pan_data: str
     pvk: str
     mailer: str
+    mailer_sm4: str
 
 
 async def generate_missing(
@@ -43,13 +46,16 @@ async def generate_missing(
     out = {}
     for name, key_type in KEY_TYPES.items():
         if name not in existing:
-            key = await hsm.generate_key(key_type, "U")
+            if name in SM4_KEYS:
+                key = await hsm.generate_sm4_key(key_type)
+            else:
+                key = await hsm.generate_key(key_type, "U")
             out[name] = (key.under_lmk, key.check_value)
     return out
 
 
 def keys_from(rows: dict[str, tuple[str, str]]) -> IssuerKeys:
-    return IssuerKeys(*(rows[name][0] for name in ("pan_index", "pan_data", "pvk", "mailer")))
+    return IssuerKeys(**{name: rows[name][0] for name in KEY_TYPES})
 
 
 class IssuerCrypto:
@@ -75,9 +81,10 @@ class IssuerCrypto:
         return h
 
     async def encrypt_pan(self, pan: str, key: str | None = None) -> str:
-        iv = os.urandom(8)
+        block = 16 if (key or self.keys.pan_data).startswith("S") else 8  # SM4 or 3DES
+        iv = os.urandom(block)
         data = pan.encode()
-        data += b"\0" * (-len(data) % 8)
+        data += b"\0" * (-len(data) % block)
         ct = await self.hsm.encrypt_data(key or self.keys.pan_data, data, iv=iv)
         return f"{iv.hex().upper()}:{ct.hex().upper()}"
 
