@@ -491,20 +491,33 @@ def _state_command(name: str, target: str, help_text: str) -> None:
             if target == "active" and name == "activate":
                 from host.issue import activate_card
 
-                old = (await pool.run(catalog.card_info, cid))["state"]
+                info = await pool.run(catalog.card_info, cid)
+                old = info["state"]
                 if old != "inventory":
                     raise CatalogError(f"card {cid} is {old}: only an inventory card can be activated")
+                _not_past_expiry(cid, info["expiry"], "be activated")
                 await activate_card(pool, cid)
                 return cid, old, "active"
             if name == "unfreeze":
-                old = (await pool.run(catalog.card_info, cid))["state"]
+                info = await pool.run(catalog.card_info, cid)
+                old = info["state"]
                 if old != "frozen":
                     raise CatalogError(f"card {cid} is {old}, not frozen")
+                _not_past_expiry(cid, info["expiry"], "be unfrozen")
             old, new = await pool.run(catalog.set_card_state, cid, target)
             return cid, old, new
 
         cid, old, new = _run(app, work, hsm=_needs_hsm(card_ref))
         app.emit({"card_id": cid, "from": old, "to": new}, f"card {cid}: {old} -> {new}")
+
+
+def _not_past_expiry(card_id: int, expiry: str, action: str) -> None:
+    """A card past its expiry month is not made active again (it would only answer 54)."""
+    from host.expiry import utc_today
+    from host.rules import yymm
+
+    if expiry < yymm(utc_today()):
+        raise CatalogError(f"card {card_id} is past its expiry {expiry}: it cannot {action}")
 
 
 _state_command("activate", "active", "Activate an inventory card (gift cards get their face value).")
@@ -513,6 +526,35 @@ _state_command("unfreeze", "active", "Unfreeze a frozen card.")
 _state_command("lost", "lost", "Report a card lost (41).")
 _state_command("stolen", "stolen", "Report a card stolen (43).")
 _state_command("close", "closed", "Close a card for good.")
+
+
+@card.command("expire")
+@click.option("--dry-run", is_flag=True, help="Count the cards that would expire; change nothing.")
+@click.option(
+    "--as-of",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help="Expire as on this date, YYYY-MM-DD (default: today, UTC).",
+)
+@pass_app
+def card_expire(app: AppContext, dry_run: bool, as_of: Any) -> None:
+    """Move active and frozen cards past their expiry month to `expired` (what `host serve` runs)."""
+    from host.expiry import ExpiryResult, expire_cards
+
+    async def work(pool: PgPool) -> ExpiryResult:
+        return await expire_cards(pool, as_of.date() if as_of else None, dry_run=dry_run)
+
+    result = _run(app, work)
+    app.emit(
+        {
+            "as_of": result.as_of.isoformat(),
+            "expiry_before": result.expiry_before,
+            "dry_run": result.dry_run,
+            "count": result.count,
+            "by_state": result.by_state,
+        },
+        result.summary(),
+    )
 
 
 @card.command("reset-pin-tries")

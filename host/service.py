@@ -22,7 +22,7 @@ from typing import Any
 import trio
 from prometheus_client import Counter, Histogram
 
-from host import clearing_task, h2h
+from host import clearing_task, expiry, h2h
 from host.engine import Engine
 from host.keys import IssuerCrypto, keys_from
 from host.ledger import Ledger
@@ -125,6 +125,7 @@ class HostService:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.engine.run)
             nursery.start_soon(self._sweeper)
+            nursery.start_soon(expiry.run, self.pool, self.config)  # cards past their YYMM
             if self.config.clearing.auto_emit:
                 nursery.start_soon(clearing_task.run, self.pool, self.config)
             listeners = await nursery.start(

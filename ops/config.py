@@ -84,6 +84,9 @@ class HostConfig:
         "completion may exceed its hold by this percentage", min=0, max=100
     )
     sweep_seconds: int = setting("interval of the hold-expiry sweeper", min=1, max=86_400)
+    card_expiry_seconds: int = setting(
+        "interval of the card-expiry sweep (cards past their YYMM become `expired`)", min=1, max=86_400
+    )
     mailer_dir: str = setting("folder `card issue` writes PIN-mailer files to")
 
 
