@@ -98,7 +98,7 @@ def test_expiry_sweep_moves_exactly_the_past_cards(env: dict[str, str], db_url: 
     human = run(env, "card", "expire", "--dry-run")
     assert human.exit_code == 0 and human.output.startswith("dry run: 3 cards would expire")
     # as of a date next month, the card of this month would expire too (the future one not)
-    later = dt.date.today().replace(day=1) + dt.timedelta(days=40)
+    later = dt.datetime.now(dt.UTC).date().replace(day=1) + dt.timedelta(days=40)
     assert ok(env, "card", "expire", "--dry-run", "--as-of", later.isoformat())["count"] == 4
     bad = run(env, "card", "expire", "--as-of", "2026-13-01")
     assert bad.exit_code == 2 and "Traceback" not in bad.output
