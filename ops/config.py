@@ -109,6 +109,10 @@ class SwitchConfig:
                                min=1, max=3_600)
     shutdown_grace_s: int = setting("on SIGTERM, wait this long for in-flight requests", min=1, max=600)
     db_pool_max: int = setting("database connections of the switch", min=1, max=100)
+    config_poll_s: int = setting("a running switch takes over link and route changes within this long",
+                                 min=1, max=3_600)
+    link_rekey_hours: int = setting("change each outbound link's ZPK (0800 101) this often, 0 = only "
+                                    "on `switch link rekey`", min=0, max=8_760)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """`payswitch switch ...`: serve, and the operator's view of links, routes, the SAF queue and journal.
 
 Keys given to ``link add`` are already under the LMK (form them with ``payswitch hsm form-key``); the
-switch never sees a clear key. Changes to links and routes take effect at the next ``switch serve``.
+switch never sees a clear key. Changes to links and routes reach a running switch within
+``switch.config_poll_s`` seconds (triggers bump ``switch_config.version``; the switch polls it).
+``link rekey`` only marks the link: the running switch makes the key change (0800 DE70 101).
 """
 
 from __future__ import annotations
@@ -95,6 +97,11 @@ def link() -> None:
 @click.option("--scheme", type=click.Choice(["3des", "sm4"]), required=True, help="Key scheme of the link.")
 @click.option("--zpk", required=True, help="Link PIN key under the LMK (U+32H or S+32H).")
 @click.option("--zak", default=None, help="Link MAC key under the LMK; omit for a link without DE128.")
+@click.option(
+    "--zmk",
+    default=None,
+    help="out: link ZMK under the LMK, for `link rekey` (kept by --replace when omitted).",
+)
 @click.option("--replace", is_flag=True, help="Replace an existing link of that name.")
 @pass_app
 def link_add(
@@ -108,16 +115,19 @@ def link_add(
     scheme: str,
     zpk: str,
     zak: str | None,
+    zmk: str | None,
     replace: bool,
 ) -> None:
-    """Add (or with --replace, change) a link."""
+    """Add (or with --replace, change) a link. A running switch takes the change over."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", name):
         raise click.ClickException(f"link name {name!r}: use 1-32 letters, digits, '_', '.', '-'")
-    for label, key in (("--zpk", zpk), ("--zak", zak)):
+    for label, key in (("--zpk", zpk), ("--zak", zak), ("--zmk", zmk)):
         if key is not None and not _KEY.fullmatch(key):
             raise click.ClickException(f"{label}: expected a key under the LMK (U+32H, T+48H or S+32H)")
     if (scheme == "sm4") != zpk.startswith("S"):
         raise click.ClickException(f"--zpk does not match --scheme {scheme}")
+    if zmk is not None and (scheme == "sm4") != zmk.startswith("S"):
+        raise click.ClickException(f"--zmk does not match --scheme {scheme}")
     if direction == "out" and (not host or not port):
         raise click.ClickException("an out link needs --host and --port")
     if direction == "in" and not re.fullmatch(r"\d{1,11}", institution_id):
@@ -129,9 +139,11 @@ def link_add(
             raise click.ClickException(f"link {name} exists; use --replace to change it")
         await conn.execute(
             "INSERT INTO switch_links "
-            "(name, direction, host, port, connections, institution_id, scheme, zpk, zak) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (name) DO UPDATE SET direction = $2, "
-            "host = $3, port = $4, connections = $5, institution_id = $6, scheme = $7, zpk = $8, zak = $9",
+            "(name, direction, host, port, connections, institution_id, scheme, zpk, zak, zmk) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (name) DO UPDATE SET "
+            "direction = $2, host = $3, port = $4, connections = $5, institution_id = $6, scheme = $7, "
+            "zpk = $8, zak = $9, "
+            "zmk = coalesce($10, switch_links.zmk), zpk_check = NULL",
             name,
             direction,
             host,
@@ -141,6 +153,7 @@ def link_add(
             scheme,
             zpk.upper(),
             zak.upper() if zak else None,
+            zmk.upper() if zmk else None,
         )
 
     _db(app, work)
@@ -155,20 +168,94 @@ def link_list(app: AppContext) -> None:
     async def work(conn: Any) -> list[dict[str, Any]]:
         rows = await conn.fetch(
             "SELECT name, direction, host, port, connections, institution_id, scheme, "
-            "zak IS NOT NULL AS mac, "
-            "enabled FROM switch_links ORDER BY name"
+            "zak IS NOT NULL AS mac, zmk IS NOT NULL AS zmk, zpk_check, "
+            "enabled, rekey_requested_at, rekeyed_at FROM switch_links ORDER BY name"
         )
         return [dict(r) for r in rows]
 
     rows = _db(app, work)
-    lines = [f"{'name':<16} {'dir':<4} {'address':<22} {'conns':>5} {'acquirer':<12} {'scheme':<6} mac"]
+    lines = [
+        f"{'name':<16} {'dir':<4} {'address':<22} {'conns':>5} {'acquirer':<12} {'scheme':<6} mac zmk state"
+    ]
     for r in rows:
         address = f"{r['host']}:{r['port']}" if r["direction"] == "out" else "-"
+        state = "enabled" if r["enabled"] else "disabled"
+        if r["rekey_requested_at"] is not None:
+            state += ", rekey requested"
         lines.append(
             f"{r['name']:<16} {r['direction']:<4} {address:<22} {r['connections']:>5} "
-            f"{r['institution_id'] or '-':<12} {r['scheme']:<6} {'yes' if r['mac'] else 'no'}"
+            f"{r['institution_id'] or '-':<12} {r['scheme']:<6} {'yes' if r['mac'] else 'no ':<3} "
+            f"{'yes' if r['zmk'] else 'no ':<3} {state}"
         )
     app.emit(rows, "\n".join(lines))
+
+
+def _set_link(app: AppContext, name: str, assignment: str, *extra: Any) -> None:
+    async def work(conn: Any) -> str:
+        sql = f"UPDATE switch_links SET {assignment} WHERE name = $1"
+        result: str = await conn.execute(sql, name, *extra)
+        return result
+
+    if _db(app, work).endswith(" 0"):
+        raise click.ClickException(f"no link named {name}")
+
+
+@link.command("enable")
+@click.argument("name")
+@pass_app
+def link_enable(app: AppContext, name: str) -> None:
+    """Enable a link: a running switch starts connecting it (out) or accepts the acquirer (in)."""
+    _set_link(app, name, "enabled = true")
+    app.emit({"link": name, "enabled": True}, f"link {name} enabled")
+
+
+@link.command("disable")
+@click.argument("name")
+@pass_app
+def link_disable(app: AppContext, name: str) -> None:
+    """Disable a link: its routes stop matching, in-flight requests finish, then it disconnects."""
+    _set_link(app, name, "enabled = false")
+    app.emit({"link": name, "enabled": False}, f"link {name} disabled")
+
+
+@link.command("remove")
+@click.argument("name")
+@pass_app
+def link_remove(app: AppContext, name: str) -> None:
+    """Remove a link and its routes (a running switch drains it first)."""
+
+    async def work(conn: Any) -> str:
+        result: str = await conn.execute("DELETE FROM switch_links WHERE name = $1", name)
+        return result
+
+    if _db(app, work).endswith(" 0"):
+        raise click.ClickException(f"no link named {name}")
+    app.emit({"removed": name}, f"link {name} removed")
+
+
+@link.command("rekey")
+@click.argument("name")
+@pass_app
+def link_rekey(app: AppContext, name: str) -> None:
+    """Ask the running switch to change the link's ZPK (0800 DE70 101, the new key under the ZMK)."""
+
+    async def work(conn: Any) -> None:
+        row = await conn.fetchrow(
+            "SELECT direction, enabled, zmk IS NOT NULL AS zmk FROM switch_links WHERE name = $1", name
+        )
+        if row is None or row["direction"] != "out":
+            raise click.ClickException(f"no outbound link named {name}")
+        if not row["zmk"]:
+            raise click.ClickException(f"link {name} has no ZMK (link add {name} --replace ... --zmk U...)")
+        if not row["enabled"]:
+            raise click.ClickException(f"link {name} is disabled")
+        await conn.execute("UPDATE switch_links SET rekey_requested_at = now() WHERE name = $1", name)
+
+    _db(app, work)
+    app.emit(
+        {"link": name, "rekey_requested": True},
+        f"key change of link {name} requested (see `switch link list` and the switch log)",
+    )
 
 
 # -- routes ------------------------------------------------------------------------------------------

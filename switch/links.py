@@ -56,6 +56,12 @@ class LinkConfig:
     zpk: str  # under LMK
     zak: str | None  # under LMK; None = no DE128
     enabled: bool = True
+    zmk: str | None = None  # under LMK: the new ZPK of a key change (0800 DE70 101) travels under it
+
+    def restart_key(self) -> tuple[object, ...]:
+        """What a running link is built from: a change here restarts it (the ZMK is only read by a
+        key change, so a new ZMK is taken over without a restart)."""
+        return (self.direction, self.host, self.port, self.connections, self.scheme, self.zpk, self.zak)
 
 
 @dataclass(frozen=True)
@@ -164,6 +170,9 @@ class _Connection:
                 self._out.clear()
             await trio.sleep(backoff)
             backoff = min(backoff * 2, self.link.timing.backoff_max)
+
+    def pending_events(self) -> list[trio.Event]:
+        return [waiter.event for waiter in self.pending.values()]
 
     def _set_up(self, up: bool) -> None:
         if self.up != up:
@@ -299,7 +308,9 @@ class OutboundLink:
         timing: LinkTiming | None = None,
         mac: MacFn | None = None,
         verify: VerifyFn | None = None,
+        stan_from: OutboundLink | None = None,
     ) -> None:
+        # Replaced (never mutated) by a key change: requests read ``config.zpk`` when they translate.
         self.config = config
         self.name = config.name
         self.codec = codec
@@ -307,12 +318,19 @@ class OutboundLink:
         self.timing = timing or LinkTiming()
         self.mac = mac  # DE128 on requests (links with a ZAK)
         self.verify = verify  # DE128 checked on answers (links with a ZAK)
-        self._stan = itertools.count(_initial_stan())
+        # A restarted link goes on with its predecessor's STANs (DE7 + DE11 must not repeat).
+        self._stan: itertools.count[int] = (
+            stan_from._stan if stan_from is not None else itertools.count(_initial_stan())
+        )
         self._conns = [_Connection(self, i) for i in range(config.connections)]
         self._rr = 0
         self.up_event = trio.Event()
         self.up = False  # kept current by _connection_changed: read on every request
+        self.retired = False  # replaced or removed: draining, no longer moves the link's metrics
+        self._scope: trio.CancelScope | None = None
+        self._stopped = False
         metrics.LINK_UP.labels(link=self.name).set(0)
+        metrics.LINK_CONNECTIONS.labels(link=self.name).set(0)
 
     @property
     def connections_up(self) -> int:
@@ -341,19 +359,50 @@ class OutboundLink:
         raw = self.codec.encode({**msg, "128": bytes(8)})
         return self.codec.with_mac(raw, await self.mac(self.codec.mac_block(raw)))
 
+    def pending_events(self) -> list[trio.Event]:
+        """The events of every request waiting for its answer now (set when answered or timed out)."""
+        return [event for conn in self._conns for event in conn.pending_events()]
+
     def _connection_changed(self) -> None:
         up = self.up = any(c.up for c in self._conns)
-        metrics.LINK_UP.labels(link=self.name).set(1 if up else 0)
-        metrics.LINK_CONNECTIONS.labels(link=self.name).set(self.connections_up)
         if up:
             self.up_event.set()
         elif self.up_event.is_set():
             self.up_event = trio.Event()
+        if self.retired:
+            return
+        metrics.LINK_UP.labels(link=self.name).set(1 if up else 0)
+        metrics.LINK_CONNECTIONS.labels(link=self.name).set(self.connections_up)
 
     async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
-            for conn in self._conns:
-                nursery.start_soon(conn.run)
+        """Keep the connections up until ``retire`` has drained the link (or the caller cancels)."""
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            if self._stopped:
+                return
+            async with trio.open_nursery() as nursery:
+                for conn in self._conns:
+                    nursery.start_soon(conn.run)
+        log.info("link stopped", link=self.name)
+
+    async def retire(self, grace: float, *, settle: float = 0.2) -> int:
+        """Drain and stop: the link was replaced or removed (the routing table no longer names it).
+
+        Requests that were routed here just before the change may still arrive for ``settle``
+        seconds; every request waiting for its answer then gets it or times out normally (at most
+        ``grace`` seconds), then the connections close. Returns the requests still waiting at the
+        end of ``grace`` (they fail as ``LinkTimeout``, so they are reversed: never dropped silently).
+        """
+        self.retired = True
+        deadline = trio.current_time() + grace
+        await trio.sleep(settle)
+        while self.in_flight and trio.current_time() < deadline:
+            await trio.sleep(SWEEP_SECONDS)
+        left = self.in_flight
+        self._stopped = True
+        if self._scope is not None:
+            self._scope.cancel()
+        return left
 
     async def request(self, msg: Message, timeout: float) -> Message:
         """Send ``msg`` and return the matching answer; LinkDown or LinkTimeout otherwise."""

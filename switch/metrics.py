@@ -84,3 +84,13 @@ LINK_LATE_ANSWERS = Counter(
 DUPLICATES = Counter(
     "payswitch_switch_duplicates_total", "Retransmitted requests answered from the journal.", ["channel"]
 )
+CONFIG_RELOADS = Counter(
+    "payswitch_switch_config_reloads_total",
+    "Link and route configuration changes taken over while running (applied) or not readable (failed).",
+    ["result"],
+)
+LINK_REKEYS = Counter(
+    "payswitch_switch_link_rekeys_total",
+    "Switch-initiated link key changes (0800 DE70 101): changed, refused, no_answer, hsm_error.",
+    ["link", "result"],
+)

@@ -1,10 +1,11 @@
 """`payswitch switch serve`: everything the switch runs, wired together, and its orderly shutdown.
 
 Start: database pool, HSM client, links and routes from the switch tables, outbound links (connect,
-sign on), the journal writer, the store-and-forward sender, then the listeners (POS 3des, POS sm4,
-inbound H2H). SIGTERM/SIGINT: stop accepting and reading, let every request already read finish and
-be answered (up to ``shutdown_grace_s``), flush the journal, leave the store-and-forward queue in the
-database, exit 0.
+sign on; ``ConfigWatcher`` runs them and takes over later changes of links and routes), the journal
+writer, the store-and-forward sender, then the listeners (POS 3des, POS sm4, inbound H2H).
+SIGTERM/SIGINT: stop accepting and reading, let every request already read finish and be answered
+(up to ``shutdown_grace_s``), flush the journal, leave the store-and-forward queue in the database,
+exit 0.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from switch.routing import RoutingTable
 from switch.saf import SafQueue
 from switch.sessions import Registry
 from switch.store import Store
-from switch.upstream import Upstream
+from switch.upstream import ConfigWatcher, KeyChangeGate, Upstream
 
 log = get_logger(__name__)
 
@@ -57,28 +58,42 @@ class Switch:
     async def run(self, *, task_status: trio.TaskStatus[Ports] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config.switch
         store = Store(self.pool)
-        link_configs = await store.links()
-        routes = await store.routes()
+        snapshot = await ConfigWatcher.load(self.pool)  # links (with ZMKs) and routes; then polled
         async with HsmClient.from_config(self.config.hsm) as client:
-            hsm = ClientHsm(client)
+            hsm = KeyChangeGate(ClientHsm(client))
             timing = LinkTiming(echo_interval=float(cfg.link_echo_s))
-            for lc in link_configs:
-                if lc.direction == "out" and lc.enabled:
-                    self.links[lc.name] = OutboundLink(
-                        lc,
-                        codec_for("h2h", lc.scheme),
-                        cfg.institution_id,
-                        timing=timing,
-                        mac=_link_mac(hsm, lc),
-                        verify=_link_verify(hsm, lc),
-                    )
-            inbound = {lc.institution_id: lc for lc in link_configs if lc.direction == "in" and lc.enabled}
+
+            def make_link(lc: LinkConfig, previous: OutboundLink | None) -> OutboundLink:
+                return OutboundLink(
+                    lc,
+                    codec_for("h2h", lc.scheme),
+                    cfg.institution_id,
+                    timing=timing,
+                    mac=_link_mac(hsm, lc),
+                    verify=_link_verify(hsm, lc),
+                    stan_from=previous,
+                )
+
+            inbound: dict[str, LinkConfig] = {}
             journal = JournalWriter(store.insert_journal)
             timeout = cfg.request_timeout_ms / 1000
             saf = SafQueue(store, self.links, retry_seconds=float(cfg.saf_retry_s), timeout=timeout)
             upstream = Upstream(
-                self.links, RoutingTable(routes), saf, acquirer_id=cfg.institution_id, timeout=timeout
+                self.links, RoutingTable([]), saf, acquirer_id=cfg.institution_id, timeout=timeout
             )
+            watcher = ConfigWatcher(
+                self.pool,
+                upstream,
+                inbound,
+                make_link,
+                hsm,
+                client,
+                poll_seconds=float(cfg.config_poll_s),
+                rekey_hours=cfg.link_rekey_hours,
+                hsm_timeout=self.config.hsm.timeout_ms / 1000 + 1.0,
+            )
+            watcher.apply(snapshot)
+            routes = upstream.routing.routes
             registry = Registry(store.load_terminal)
             pos_limits = Limits(
                 cfg.max_connections,
@@ -121,8 +136,7 @@ class Switch:
             async with trio.open_nursery() as background:
                 background.start_soon(journal.run)
                 background.start_soon(saf.run)
-                for link in self.links.values():
-                    background.start_soon(link.run)
+                background.start_soon(watcher.run)  # runs the links; takes over config changes
                 async with trio.open_nursery() as front:
                     ports = [
                         await front.start(listener.serve, cfg.listen, port) for listener, port in services

@@ -1,0 +1,196 @@
+"""Switch-initiated key change on an outbound link (issue 6): `payswitch switch link rekey NAME` marks
+the link, the running switch generates a new ZPK under the link ZMK (HSM A0 mode 1), sends 0800 DE70
+101 with it and its check value, and on 0810 DE39 00 uses and stores the new key. Purchases with PINs
+flow the whole time and every one is approved (a PIN block reaches the host under the key it holds).
+
+The real processes: hsm_sim, the authorization host (it takes the new ZPK under its copy of the ZMK)
+and the switch, on one PostgreSQL database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import pytest
+import trio
+
+from tests.fixtures.hsm import HsmServer
+from tests.fixtures.services import ServiceProcess, base_env, free_port, run_cli, start_service, start_switch
+from tests.switch.terminal import TMK_HEX, Terminal
+
+ZPK_HEX = "89ABCDEF01234567FEDCBA9876543210"
+ZMK_HEX = "0123456789ABCDEF0123456789ABCDEF"
+MERCHANT = "898330160120001"
+BIN = "621234"
+TERMINALS = (("T3DES001", "3des"), ("T3DES002", "3des"), ("TSM40001", "sm4"))
+
+
+@dataclass
+class System:
+    env: dict[str, str]
+    db_url: str
+    host: ServiceProcess
+    switch: ServiceProcess
+    pans: list[str]
+    expiries: list[str]
+    zpk: str
+    zpk_check: str
+    hsm: HsmServer
+
+    def cli(self, *args: str) -> Any:
+        result = run_cli(["--json", *args], self.env)
+        assert result.returncode == 0, f"payswitch {' '.join(args)}: {result.stderr}"
+        return json.loads(result.stdout) if result.stdout.strip() else None
+
+    def query(self, sql: str, *args: Any) -> list[Any]:
+        async def run() -> list[Any]:
+            conn = await asyncpg.connect(self.db_url)
+            try:
+                return list(await conn.fetch(sql, *args))
+            finally:
+                await conn.close()
+
+        return asyncio.run(run())
+
+    def terminal(self, terminal_id: str, scheme: str) -> Terminal:
+        t = Terminal(scheme, terminal_id, MERCHANT)
+        t.connect(self.switch.ports[scheme])
+        assert t.sign_on().code == "00"
+        return t
+
+
+def _keys(hsm: HsmServer) -> tuple[str, str, str]:
+    async def main() -> tuple[str, str, str]:
+        async with hsm.client() as h:
+            zpk = await h.form_key("001", [ZPK_HEX, "0" * 32])
+            zmk = await h.form_key("000", [ZMK_HEX, "0" * 32])
+            return zpk.under_lmk, zpk.check_value, zmk.under_lmk
+
+    return trio.run(main)
+
+
+@pytest.fixture(scope="module")
+def system(db_url: str, hsm_server: HsmServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    host_port = free_port()
+    env = {
+        **base_env(db_url, hsm_server),
+        "PAYSWITCH_HOST_PORT": str(host_port),
+        "PAYSWITCH_HOST_METRICS_PORT": "0",
+        "PAYSWITCH_HOST_PROFILE": "3des",
+        "PAYSWITCH_HOST_MAILER_DIR": str(tmp_path_factory.mktemp("mailers")),
+    }
+    zpk, zpk_check, zmk = _keys(hsm_server)
+    s = System(env, db_url, None, None, [], [], zpk, zpk_check, hsm_server)  # type: ignore[arg-type]
+    s.cli("host", "keys")
+    s.cli(
+        "product", "add", "CAMPUS", "--kind", "reloadable", "--bin", BIN, "--pin-scheme", "3des",
+        "--daily-count-limit", "100000",
+    )  # fmt: skip
+    issued = s.cli("card", "issue", "--product", "CAMPUS", "--count", "3", "--pin", "123456", "--activate")
+    s.pans = [c["pan"] for c in issued["cards"]]
+    s.expiries = [str(c["expiry"]) for c in issued["cards"]]
+    for c in issued["cards"]:
+        s.cli("card", "load", str(c["card_id"]), "--amount", "500.00")
+    s.cli("merchant", "add", MERCHANT, "--name", "Campus Canteen", "--mcc", "5812")
+    for tid, scheme in TERMINALS:
+        s.cli("terminal", "add", tid, "--merchant", MERCHANT, "--scheme", scheme, "--tmk", TMK_HEX)
+    s.cli("host", "link", "48880000", "--profile", "3des", "--zpk", zpk, "--zmk", zmk)
+    s.cli(
+        "switch", "link", "add", "issuer", "--host", "127.0.0.1", "--port", str(host_port),
+        "--scheme", "3des", "--zpk", zpk, "--zmk", zmk, "--connections", "2",
+    )  # fmt: skip
+    s.cli("switch", "route", "add", BIN, "--link", "issuer")
+    s.host = start_service("host", ["host", "serve"], env, host_port)
+    s.switch = start_switch(db_url, hsm_server, request_timeout_ms=3000, config_poll_s=1)
+    try:
+        t = s.terminal("T3DES001", "3des")
+        deadline = time.monotonic() + 15
+        while t.exchange(t.purchase_msg(s.pans[0], 1, pin="123456", expiry=s.expiries[0])).code != "00":
+            assert time.monotonic() < deadline, "the link to the host never came up"
+            time.sleep(0.1)
+        t.close()
+        yield s
+    finally:
+        code = s.switch.stop()
+        s.host.stop()
+        assert code == 0, s.switch.log()[-3000:]
+    check = run_cli(["ledger", "check"], env)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def _shop(system: System, index: int, stop: threading.Event, codes: list[tuple[float, str]]) -> None:
+    """One terminal buying with its own card and PIN until ``stop``; (time, DE39) of every answer."""
+    terminal_id, scheme = TERMINALS[index]
+    t = system.terminal(terminal_id, scheme)
+    try:
+        while not stop.is_set():
+            msg = t.purchase_msg(system.pans[index], 1, pin="123456", expiry=system.expiries[index])
+            codes.append((time.monotonic(), t.exchange(msg).code))
+    finally:
+        t.close()
+
+
+def test_rekey_while_purchases_flow_all_approve_and_the_stored_zpk_changes(system: System) -> None:
+    stop = threading.Event()
+    codes: list[list[tuple[float, str]]] = [[] for _ in TERMINALS]
+    shoppers = [
+        threading.Thread(target=_shop, args=(system, i, stop, codes[i]), daemon=True)
+        for i in range(len(TERMINALS))
+    ]
+    for shopper in shoppers:
+        shopper.start()
+    try:
+        time.sleep(0.5)
+        system.cli("switch", "link", "rekey", "issuer")
+        deadline = time.monotonic() + 15
+        while not system.query("SELECT 1 FROM switch_links WHERE name = 'issuer' AND rekeyed_at IS NOT NULL"):
+            assert time.monotonic() < deadline, system.switch.log()[-3000:]
+            time.sleep(0.1)
+        changed_at = time.monotonic()
+        time.sleep(1.0)  # purchases go on under the new key
+    finally:
+        stop.set()
+        for shopper in shoppers:
+            shopper.join(15)
+    answers = [code for per_terminal in codes for _, code in per_terminal]
+    assert answers and set(answers) == {"00"}, answers
+    assert all(any(at > changed_at for at, _ in per_terminal) for per_terminal in codes)
+
+    row = system.query("SELECT zpk, zpk_check, rekey_requested_at FROM switch_links WHERE name = 'issuer'")[0]
+    assert row["zpk"] != system.zpk and row["rekey_requested_at"] is None
+    assert row["zpk_check"] and row["zpk_check"][:6] != system.zpk_check[:6]  # a new key (check value)
+    host_row = system.query("SELECT zpk, zpk_check FROM links WHERE institution_id = '48880000'")[0]
+    assert host_row["zpk_check"][:6] == row["zpk_check"][:6]  # the host took the same key
+    log = system.switch.log()
+    assert '"link ZPK changed"' in log and row["zpk"] not in log and system.zpk not in log
+
+    # after a restart the switch uses the stored key
+    system.switch.stop()
+    system.switch = start_switch(system.db_url, system.hsm, request_timeout_ms=3000, config_poll_s=1)
+    t = system.terminal("T3DES001", "3des")
+    deadline = time.monotonic() + 15
+    while (
+        r := t.exchange(t.purchase_msg(system.pans[0], 1, pin="123456", expiry=system.expiries[0]))
+    ).code != "00":
+        assert r.code == "91" and time.monotonic() < deadline, r.msg
+        time.sleep(0.1)
+    t.close()
+
+
+def test_rekey_refused_without_zmk_or_for_an_unknown_link(system: System) -> None:
+    result = run_cli(["switch", "link", "rekey", "nosuchlink"], system.env)
+    assert result.returncode == 1 and "no outbound link named nosuchlink" in result.stderr
+    system.cli(
+        "switch", "link", "add", "plain", "--host", "127.0.0.1", "--port", "9", "--scheme", "3des",
+        "--zpk", system.zpk, "--connections", "1",
+    )  # fmt: skip
+    result = run_cli(["switch", "link", "rekey", "plain"], system.env)
+    assert result.returncode == 1 and "has no ZMK" in result.stderr
+    system.cli("switch", "link", "remove", "plain")
