@@ -167,6 +167,9 @@ def main(argv: list[str]) -> int:
         data = report.as_dict()
         result["e2e"] = data
         result["cpu_seconds"] = {k: round(v, 2) for k, v in cpu.items()}
+        approved = max(data["approved_purchases_per_s"] * wall, 1.0)
+        result["cpu_ms_per_purchase"] = {k: round(v * 1000 / approved, 3) for k, v in cpu.items()}
+        result["cpu_ms_per_purchase"]["all"] = round(sum(cpu.values()) * 1000 / approved, 3)
         result["cpu_share_of_machine"] = {
             k: round(v / wall / (os.cpu_count() or 1), 3) for k, v in cpu.items()
         }
@@ -228,6 +231,7 @@ def main(argv: list[str]) -> int:
     print(f"response codes     {e2e['response_codes']}  errors {e2e['errors'] or 'none'}")
     print(f"ratio to baseline  {result['ratio_to_echo_baseline']}")
     print("CPU seconds        " + "  ".join(f"{k} {v}" for k, v in result["cpu_seconds"].items()))
+    print("CPU ms / purchase  " + "  ".join(f"{k} {v}" for k, v in result["cpu_ms_per_purchase"].items()))
     print("peak memory MiB    " + "  ".join(f"{k} {v}" for k, v in result["peak_rss_mb"].items()))
     hops = result.get("switch_journal_hops", {})
     if "ms" in hops:
