@@ -6,9 +6,8 @@ are declined 54 whether or not this job has run (the rules check the date on eve
 makes the state say so, for operators, reports and the card's history.
 
 Only states from which the state machine (``host.rules.TRANSITIONS``) allows ``expired`` are moved:
-``active`` and ``frozen``. An ``inventory`` card past its date stays in inventory (the state machine
-has no inventory -> expired; it cannot be activated past its date either, see ``card activate``), and
-``lost``, ``stolen``, ``closed`` cards keep their state.
+``active``, ``frozen`` and ``inventory`` (stock past its date can no longer be sold; ``card activate``
+refuses it too); ``lost``, ``stolen``, ``closed`` cards keep their state.
 
 Cards move in batches (``UPDATE`` of at most ``batch`` rows picked by an id subselect, ``FOR UPDATE
 SKIP LOCKED``, one short transaction each) so a month-end with many expiries never holds many row
@@ -42,7 +41,7 @@ CARDS_EXPIRED = Counter(
 EXPIRES_FROM: tuple[str, ...] = tuple(sorted(s for s, nxt in TRANSITIONS.items() if "expired" in nxt))
 BATCH = 1000
 # The states as literals (they are the state machine's own names), so the planner can use the partial
-# index cards_live_expiry (migration 0005) whose predicate is this same list.
+# index cards_expirable_expiry (migration 0006) whose predicate is this same list.
 _STATES = ", ".join(f"'{s}'" for s in EXPIRES_FROM)
 
 

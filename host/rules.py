@@ -33,7 +33,7 @@ STATE_CODES = {
 
 # Card state machine: state -> states an operator may move it to.
 TRANSITIONS: dict[str, frozenset[str]] = {
-    "inventory": frozenset({"active", "closed"}),
+    "inventory": frozenset({"active", "expired", "closed"}),
     "active": frozenset({"frozen", "lost", "stolen", "expired", "closed"}),
     "frozen": frozenset({"active", "lost", "stolen", "expired", "closed"}),
     "lost": frozenset({"closed"}),

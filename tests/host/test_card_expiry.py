@@ -147,14 +147,21 @@ def test_host_runs_the_sweep(db_url: str, hsm_server: Any) -> None:
     with_host(db_url, hsm_server, body, card_expiry_seconds=1)
 
 
-def test_an_inventory_card_past_its_expiry_is_not_activated(env: dict[str, str], db_url: str) -> None:
+def test_an_inventory_card_past_its_expiry_is_not_activated_and_expires(
+    env: dict[str, str], db_url: str
+) -> None:
     ok(env, "product", "add", "EXPI", "--kind", "reloadable", "--bin", "621238", "--no-pin")
     (card,) = ok(env, "card", "issue", "--product", "EXPI")["cards"]
     _q(db_url, "UPDATE cards SET expiry = $2 WHERE id = $1", card["card_id"], PAST)
     refused = run(env, "card", "activate", str(card["card_id"]))
     assert refused.exit_code == 1 and "past its expiry 2401" in refused.output
-    # the state machine has no inventory -> expired: the sweep leaves it in inventory
-    assert ok(env, "card", "expire", "--dry-run")["by_state"].get("inventory") is None
+    # stock past its date can no longer be sold: the sweep moves it to expired, and it stays refused
+    assert ok(env, "card", "expire", "--dry-run")["by_state"].get("inventory") == 1
+    assert ok(env, "card", "expire")["by_state"].get("inventory") == 1
+    assert [tuple(r) for r in _q(db_url, "SELECT state FROM cards WHERE id = $1", card["card_id"])] == [
+        ("expired",)
+    ]
+    assert run(env, "card", "activate", str(card["card_id"])).exit_code == 1
 
 
 # -- helpers ---------------------------------------------------------------------------------------
