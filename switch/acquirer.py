@@ -11,7 +11,8 @@ DE7 and link STAN. A timeout answers 91 and queues
 a reversal advice upstream. A duplicate (same DE32 + DE7 + DE11 + DE41 + MTI) gets the first answer
 again from the journal and nothing goes upstream twice. Reversals (0400/0420/0421) name their original
 in DE90; an original the switch forwarded is reversed upstream (through store-and-forward when the
-issuer does not answer), any other is answered 00.
+issuer does not answer), any other is answered 00. What goes upstream is written ahead first (see
+switch/README.md): after a crash, start-up recovery reverses it and journals it as answered 91.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class _Seen:
     approved: bool = False
     reversed: bool = False
     committed: trio.Event | None = None  # set once its journal row is committed
+    code: str | None = None  # from the journal, for a row without a stored answer
 
 
 class AcquirerService:
@@ -118,7 +120,8 @@ class AcquirerService:
             await seen.done.wait()
             if seen.committed is not None:
                 await seen.committed.wait()  # a replay leaves only once the first answer is journaled
-            answer = dict(seen.answer or self._response(msg, "96"))
+            # no stored answer (a request recovered after a crash): its code, as a timeout answers it
+            answer = dict(seen.answer or self._response(msg, seen.code or "96"))
             return await self._answer(codec, link, msg, answer)
         seen = self._remember(key)
         us_hsm = 0.0
@@ -126,7 +129,7 @@ class AcquirerService:
             if mti in FINANCIAL:
                 answer, us_hsm = await self._financial(link, msg, seen, key)
             else:
-                answer = await self._reversal(msg)
+                answer = await self._reversal(msg, link, seen, key)
         except Exception as exc:
             log.exception("acquirer request failed", error=str(exc))
             answer = self._response(msg, "96")
@@ -244,7 +247,7 @@ class AcquirerService:
             return None
         response = row["response"]
         answer = json.loads(response) if isinstance(response, str) else dict(response)
-        seen = _Seen(trio.Event(), answer=answer)
+        seen = _Seen(trio.Event(), answer=answer or None, code=row["response_code"])
         seen.done.set()
         return seen
 
@@ -283,6 +286,10 @@ class AcquirerService:
         self._originals[_original_key(msg)] = key
         if len(self._originals) > _MEMORY:
             self._originals.popitem(last=False)
+        # Durable before it leaves: a crash from here on leaves a record that start-up recovery reverses.
+        await self.journal.submit_ahead(
+            _write_ahead(key, link, msg, pan, out.name, forwarded, None, None)
+        ).wait()
         outcome = await self.upstream.send(out, forwarded)
         if outcome.local_code is not None:
             return self._response(msg, outcome.local_code), hsm_seconds
@@ -298,7 +305,7 @@ class AcquirerService:
         seen.approved = answer.get("39") == "00"
         return answer, hsm_seconds
 
-    async def _reversal(self, msg: Message) -> Message:
+    async def _reversal(self, msg: Message, acquirer: LinkConfig, seen: _Seen, own_key: str) -> Message:
         key = self._originals.get(_de90_key(msg) or "")
         original = self._seen.get(key) if key else None
         if original is None or not original.approved or original.reversed or original.forwarded is None:
@@ -321,10 +328,51 @@ class AcquirerService:
         )
         if "37" in fwd:
             request["37"] = fwd["37"]
+        seen.link, seen.forwarded = link.name, request  # the journal row names the upstream 0400
+        await self.journal.submit_ahead(
+            _write_ahead(
+                own_key, acquirer, msg, pan_of(msg), link.name, request, _de90_key(msg), request["90"]
+            )
+        ).wait()
         outcome = await self.upstream.send(link, request, reverse_on_timeout=False)
         if outcome.answer is None or outcome.answer.get("39") not in ("00", "25"):
             await self.upstream.reverse(link, fwd, "98")
         return self._response(msg, "00")
+
+
+def _write_ahead(
+    key: str,
+    acquirer: LinkConfig,
+    msg: Message,
+    pan: str | None,
+    link: str,
+    upstream: Message,
+    original: str | None,
+    reverses: str | None,
+) -> tuple[Any, ...]:
+    """The write-ahead record (store.WRITE_AHEAD_COLUMNS) of ``upstream``, sent on ``link`` for ``msg``."""
+    return (
+        key,
+        f"h2h:{acquirer.name}",
+        str(msg["t"]),
+        txn_type(msg),
+        msg.get("3"),
+        str(msg.get("41", "")).strip() or None,
+        str(msg.get("42", "")).strip() or None,
+        None,
+        msg.get("11"),
+        _int(msg.get("4")),
+        msg.get("49"),
+        mask_pan(pan) if pan else None,
+        upstream.get("37"),
+        original,
+        link,
+        upstream["t"],
+        upstream["11"],
+        upstream["7"],
+        upstream["32"],
+        reverses,
+    )
 
 
 def _int(value: Any) -> int | None:

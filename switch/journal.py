@@ -7,12 +7,18 @@ can do other work (the response MAC) while its row is being written, and wait on
 one batch is being written the next accumulates, so under load each commit carries many rows and the
 cost per request is a fraction of a round trip; all rows of a batch share one event (no event per
 row). A failing database is retried with backoff; rows are never dropped.
+
+The same writer carries the write-ahead records (``submit_ahead``): the request half of a row that is
+about to go upstream, which must be durable BEFORE its bytes leave (see ``switch_write_ahead`` and
+switch/README.md). They ride in the same batches and the same commits as the journal rows (one COPY per
+table, one transaction), so a request that goes upstream costs one more shared commit wait, not a
+commit of its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from typing import Any, Protocol
 
 import trio
 
@@ -21,7 +27,13 @@ from ops.logs import get_logger
 log = get_logger(__name__)
 
 Row = tuple[Any, ...]
-Insert = Callable[[Sequence[Row]], Awaitable[None]]
+
+
+class Insert(Protocol):
+    """Commit journal rows and (when there are any) write-ahead rows, in one transaction."""
+
+    def __call__(self, rows: Sequence[Row], ahead: Sequence[Row] = (), /) -> Awaitable[None]: ...
+
 
 MAX_BATCH = 2000
 
@@ -30,16 +42,26 @@ class JournalWriter:
     def __init__(self, insert: Insert) -> None:
         self._insert = insert
         self._rows: list[Row] = []
+        self._ahead: list[Row] = []
         self._done = trio.Event()  # set once every row now in _rows is committed
         self._wake = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
         self.rows_written = 0
+        self.ahead_written = 0
         self.commits = 0
 
     def submit(self, row: Row) -> trio.Event:
         """Queue ``row``; the returned event is set once it is committed."""
         self._rows.append(row)
+        if self._idle.is_set():
+            self._idle = trio.Event()
+        self._wake.set()
+        return self._done
+
+    def submit_ahead(self, row: Row) -> trio.Event:
+        """Queue a write-ahead record; the returned event is set once it is committed."""
+        self._ahead.append(row)
         if self._idle.is_set():
             self._idle = trio.Event()
         self._wake.set()
@@ -51,30 +73,37 @@ class JournalWriter:
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
-        while self._rows or not self._idle.is_set():
+        while self._rows or self._ahead or not self._idle.is_set():
             await self._idle.wait()
             await trio.sleep(0)
 
     async def run(self) -> None:
-        backoff = 0.05
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
-            while self._rows:
-                rows, done = self._rows, self._done
-                self._rows, self._done = [], trio.Event()
-                for start in range(0, len(rows), MAX_BATCH):
+            while self._rows or self._ahead:
+                rows, ahead, done = self._rows, self._ahead, self._done
+                self._rows, self._ahead, self._done = [], [], trio.Event()
+                for start in range(0, max(len(rows), len(ahead)), MAX_BATCH):
                     batch = rows[start : start + MAX_BATCH]
-                    while True:
-                        try:
-                            await self._insert(batch)
-                            break
-                        except Exception as exc:  # database trouble: keep the rows and retry
-                            log.error("journal write failed; retrying", error=str(exc), rows=len(batch))
-                            await trio.sleep(backoff)
-                            backoff = min(backoff * 2, 2.0)
-                    backoff = 0.05
+                    ahead_batch = ahead[start : start + MAX_BATCH]
+                    await self._commit(batch, ahead_batch)
                     self.rows_written += len(batch)
+                    self.ahead_written += len(ahead_batch)
                     self.commits += 1
                 done.set()
             self._idle.set()
+
+    async def _commit(self, rows: list[Row], ahead: list[Row]) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                if ahead:
+                    await self._insert(rows, ahead)
+                else:
+                    await self._insert(rows)
+                return
+            except Exception as exc:  # database trouble: keep the rows and retry
+                log.error("journal write failed; retrying", error=str(exc), rows=len(rows), ahead=len(ahead))
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)

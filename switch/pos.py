@@ -5,9 +5,13 @@ batch settlement and upload.
 and returns the response body, or None to close the connection (a frame so broken that MTI, DE11 and
 DE41 cannot be read). Per financial request: terminal session (97 unknown, A0 + re-sign-on flag when
 not signed on), duplicate check (the first answer again), MAC verification and PIN translation run
-concurrently in the HSM, BIN routing, RRN and link STAN, the H2H round trip, the answer mapped back and
-MACed, the journal row committed, then the answer. A timeout answers 98 after a reversal advice is
-durable.
+concurrently in the HSM, BIN routing, RRN and link STAN, the write-ahead record committed (in the
+journal writer's shared batches), the H2H round trip, the answer mapped back and MACed, the journal row
+committed, then the answer. A timeout answers 98 after a reversal advice is durable. A terminal 0400
+that goes upstream is written ahead too. After a crash, start-up recovery (``SafQueue.recover``) has
+turned every unanswered write-ahead record into a reversal advice and a journal row (98; a reversal
+00), so the batch's journal, loaded on the terminal's first contact, names the upstream original of a
+later 0400 (answered 00: the switch already owns that reversal) and a retransmission gets 98.
 """
 
 from __future__ import annotations
@@ -482,6 +486,31 @@ class PosService:
             original = _original_by_de61(terminal, msg)
             if original is not None:
                 entry.original = f"{original.mti}/{original.stan}"
+        # Durable before it leaves: a crash from here on leaves a record that start-up recovery reverses.
+        await self.journal.submit_ahead(
+            (
+                f"pos|{terminal.terminal_id}|{terminal.merchant_id}|{terminal.batch_no}|{entry.stan}|{entry.mti}",
+                self.channel,
+                entry.mti,
+                entry.kind,
+                msg.get("3"),
+                terminal.terminal_id,
+                terminal.merchant_id,
+                batch,
+                entry.stan,
+                entry.amount,
+                msg.get("49"),
+                entry.pan_masked,
+                ref,
+                entry.original,
+                link.name,
+                request["t"],
+                request["11"],
+                request["7"],
+                request["32"],
+                None,
+            )
+        ).wait()
         outcome = await self.upstream.send(link, request)
         timing.host = outcome.host_seconds
         if outcome.local_code is not None:
@@ -606,6 +635,30 @@ class PosService:
                 request = self._h2h_reversal(msg, original, link)
                 entry.link, entry.link_mti, entry.link_stan = link.name, "0400", request["11"]
                 entry.link_de7, entry.link_de32 = request["7"], request["32"]
+                await self.journal.submit_ahead(
+                    (
+                        f"pos|{terminal.terminal_id}|{terminal.merchant_id}|{terminal.batch_no}|{stan}|0400",
+                        self.channel,
+                        "0400",
+                        entry.kind,
+                        msg.get("3"),
+                        terminal.terminal_id,
+                        terminal.merchant_id,
+                        parse_de60(msg.get("60")).batch_no,
+                        stan,
+                        entry.amount,
+                        msg.get("49"),
+                        entry.pan_masked,
+                        request.get("37"),
+                        entry.original,
+                        link.name,
+                        "0400",
+                        request["11"],
+                        request["7"],
+                        request["32"],
+                        request["90"],  # its reversal advice names the original, as below
+                    )
+                ).wait()
                 outcome = await self.upstream.send(link, request, reverse_on_timeout=False)
                 timing.host = outcome.host_seconds
                 if outcome.answer is not None:

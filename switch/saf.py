@@ -4,11 +4,22 @@ A request whose answer did not come in time may have been posted upstream, so it
 advice is written to ``switch_saf`` (committed before the terminal hears 98 / the acquirer 91), then
 sent as 0420 and repeated as 0421 every ``retry_seconds`` until a 0430 arrives, whatever its code. The
 queue survives restarts: on start every undone row is due again.
+
+Crash safety: a request that moves money is written ahead (``switch_write_ahead``) before it goes
+upstream, and its journal row is its answer. :meth:`SafQueue.recover` runs at start, before any
+terminal is served: every written-ahead request of an earlier process without a journal row gets its
+0420 queued here and a journal row (98 to a terminal, 91 to an acquirer, 00 for a reversal: as after a
+timeout), in one transaction that also deletes the write-ahead rows, so recovery run twice queues
+nothing twice. :meth:`SafQueue.run` deletes the write-ahead rows of answered requests every
+``prune_seconds``.
 """
 
 from __future__ import annotations
 
+import datetime
+import itertools
 import json
+import time
 from typing import Any
 
 import trio
@@ -22,20 +33,81 @@ from switch.store import Store
 log = get_logger(__name__)
 
 
+# Write-ahead rows of answered requests are kept this long after a prune pass that may have seen them
+# unanswered (longer than any request waits for its answer and its journal commit).
+PRUNE_OVERLAP_SECONDS = 120.0
+
+
 def reversal_advice(original: Message, link: OutboundLink, reason: str) -> Message:
     """The 0420 for an upstream request ``original`` (no PAN, PIN or track: it is stored)."""
+    return _advice(original, link.next_stan(), link.acquirer_id, reason)
+
+
+def _advice(original: Message, stan: int, acquirer_id: str, reason: str) -> Message:
     advice: Message = {"t": "0420"}
     for f in ("3", "4", "32", "37", "41", "42", "49"):
         if f in original:
             advice[f] = original[f]
     advice["7"] = transmission_time()
-    advice["11"] = f"{link.next_stan():06d}"
-    advice["32"] = link.acquirer_id
+    advice["11"] = f"{stan:06d}"
+    advice["32"] = acquirer_id
     advice["39"] = reason
     advice["90"] = original_data(
-        str(original["t"]), str(original["11"]), str(original["7"]), str(original.get("32", link.acquirer_id))
+        str(original["t"]), str(original["11"]), str(original["7"]), str(original.get("32", acquirer_id))
     )
     return advice
+
+
+def write_ahead_original(row: Any) -> Message:
+    """The upstream request of a write-ahead row, as much of it as its reversal advice needs."""
+    original: Message = {
+        "t": row["link_mti"],
+        "7": row["link_de7"],
+        "11": row["link_stan"],
+        "32": row["link_de32"],
+    }
+    for f, column in (("3", "proc_code"), ("37", "rrn"), ("41", "terminal_id"), ("42", "merchant_id")):
+        if row[column] is not None:
+            original[f] = row[column]
+    if row["amount"] is not None:
+        original["4"] = f"{row['amount']:012d}"
+    if row["currency"] is not None:
+        original["49"] = row["currency"]
+    return original
+
+
+def recovered_journal_row(row: Any) -> tuple[Any, ...]:
+    """The journal row of a written-ahead request whose answer died with the process: what a timeout
+    would have answered (98 to a terminal, 91 to an acquirer; 00 to a reversal, now owned by SAF)."""
+    reversal = str(row["mti"]).startswith("04")
+    code = "00" if reversal else ("91" if str(row["channel"]).startswith("h2h") else "98")
+    return (
+        row["dedup_key"],
+        row["channel"],
+        row["mti"],
+        row["txn_type"],
+        row["proc_code"],
+        row["terminal_id"],
+        row["merchant_id"],
+        row["batch_no"],
+        row["stan"],
+        row["amount"],
+        row["currency"],
+        row["pan_masked"],
+        row["rrn"],
+        None,
+        code,
+        row["link"],
+        row["link_mti"],
+        row["link_stan"],
+        row["link_de7"],
+        row["link_de32"],
+        row["original"],
+        0,
+        0,
+        0,
+        "{}",
+    )
 
 
 class SafQueue:
@@ -47,12 +119,15 @@ class SafQueue:
         retry_seconds: float,
         timeout: float,
         parallel: int = 16,
+        prune_seconds: float = 30.0,
     ) -> None:
         self.store = store
         self.links = links
         self.retry_seconds = retry_seconds
         self.timeout = timeout
         self.parallel = parallel
+        self.prune_seconds = prune_seconds
+        self._prune_since: Any = None  # start of the previous prune pass, minus the overlap
         self._wake = trio.Event()
         self._sending: set[int] = set()
 
@@ -65,9 +140,61 @@ class SafQueue:
     def wake(self) -> None:
         self._wake.set()
 
+    async def recover(self, acquirer_id: str) -> int:
+        """Queue a 0420 for every request an earlier process wrote ahead and never answered (see the
+        module docstring); returns how many. Call before serving terminals, with the links made.
+        ``acquirer_id``: DE32 of an advice whose link is no longer configured."""
+        spare = itertools.count(int(time.time() * 1000) % 999_999)  # a link no longer configured
+
+        def recover(row: Any) -> tuple[str, Message, tuple[Any, ...]]:
+            # Runs on the pool's side: only plain objects (a link's STAN counter is an itertools.count).
+            link = self.links.get(row["link"])
+            stan = link.next_stan() if link is not None else next(spare) % 999_999 + 1
+            advice = _advice(
+                write_ahead_original(row), stan, link.acquirer_id if link is not None else acquirer_id, "98"
+            )
+            if row["reverses"]:
+                advice["90"] = row["reverses"]  # a reversal forwarded upstream: its advice names the original
+            return row["link"], advice, recovered_journal_row(row)
+
+        lost = await self.store.recover_write_ahead(recover)
+        for row in lost:
+            log.warning(
+                "request in flight when the switch stopped: reversal advice queued",
+                link=row["link"],
+                mti=row["link_mti"],
+                stan=row["link_stan"],
+                de7=row["link_de7"],
+                rrn=row["rrn"],
+                terminal=row["terminal_id"],
+            )
+        if lost:
+            self._wake.set()
+        self._prune_since = None
+        return len(lost)
+
+    async def prune(self) -> int:
+        """Delete the write-ahead rows of answered requests made since the previous pass (minus an
+        overlap covering requests that were still in flight then); returns how many."""
+        deleted, now = await self.store.prune_write_ahead(self._prune_since)
+        self._prune_since = now - datetime.timedelta(seconds=PRUNE_OVERLAP_SECONDS)
+        return deleted
+
+    async def _prune_loop(self) -> None:
+        while True:
+            await trio.sleep(self.prune_seconds)
+            try:
+                deleted = await self.prune()
+            except Exception as exc:
+                log.error("write-ahead prune failed", error=str(exc))
+                continue
+            if deleted:
+                log.debug("write-ahead rows pruned", rows=deleted)
+
     async def run(self) -> None:
         metrics.SAF_DEPTH.set(await self.store.saf_depth())
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._prune_loop)
             for link in self.links.values():
                 nursery.start_soon(self._wake_on_up, link)
             while True:

@@ -133,6 +133,9 @@ class Switch:
             self.listeners = [listener for listener, _ in services]
             metrics.IN_FLIGHT.set_function(lambda: sum(listener.in_flight for listener in self.listeners))
 
+            # Crash recovery, before any terminal is served and with the links made: requests an
+            # earlier process wrote ahead and never answered get their 0420 queued (once).
+            await saf.recover(cfg.institution_id)
             async with trio.open_nursery() as background:
                 background.start_soon(journal.run)
                 background.start_soon(saf.run)

@@ -12,7 +12,7 @@ Functions prefixed ``_`` run on the asyncio side of the pool (they take an async
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +72,56 @@ JOURNAL_COLUMNS = (
     "us_host",
     "response",
 )
+
+# The request half of a journal row, written ahead (switch_write_ahead, migration 0003) and committed
+# before the request goes upstream; ``reverses`` is the DE90 a reversal advice for it names when that is
+# not the request itself (a reversal forwarded upstream: its original).
+WRITE_AHEAD_COLUMNS = (
+    "dedup_key",
+    "channel",
+    "mti",
+    "txn_type",
+    "proc_code",
+    "terminal_id",
+    "merchant_id",
+    "batch_no",
+    "stan",
+    "amount",
+    "currency",
+    "pan_masked",
+    "rrn",
+    "original",
+    "link",
+    "link_mti",
+    "link_stan",
+    "link_de7",
+    "link_de32",
+    "reverses",
+)
+
+# A write-ahead row is answered by the journal row that carries the same upstream identity; that row is
+# always committed after it (so a journal window starting a little before the oldest write-ahead row is
+# enough: the journal's BRIN index bounds the scan; the margin covers a clock stepped back).
+_ANSWERED = (
+    "j.link = w.link AND j.link_de7 = w.link_de7 AND j.link_stan = w.link_stan "
+    "AND j.created_at >= {since} - interval '5 minutes'"
+)
+
+# Start-up recovery: every write-ahead row of an earlier process goes; those without a journal row (the
+# outcome died with the process) come back to be reversed. now() is this transaction's start.
+_RECOVER_SQL = f"""
+WITH gone AS (DELETE FROM switch_write_ahead WHERE created_at < now() RETURNING *)
+SELECT w.* FROM gone w
+WHERE NOT EXISTS (
+    SELECT 1 FROM switch_journal j WHERE {_ANSWERED.format(since="(SELECT min(created_at) FROM gone)")}
+)
+ORDER BY w.created_at
+"""
+
+_PRUNE_SQL = f"""
+DELETE FROM switch_write_ahead w USING switch_journal j
+WHERE w.created_at >= $1 AND {_ANSWERED.format(since="$1::timestamptz")}
+"""
 
 # The host's terminal registry: the shared-database contract (see the module docstring). A terminal id
 # is unique per merchant, so the rows for a DE41 tell apart "unknown terminal" (97) from "known, but
@@ -220,11 +270,60 @@ async def _insert_journal(conn: Any, rows: Sequence[tuple[Any, ...]]) -> None:
     try:
         await conn.copy_records_to_table("switch_journal", records=rows, columns=JOURNAL_COLUMNS)
     except asyncpg.UniqueViolationError:
-        cols = ", ".join(JOURNAL_COLUMNS)
-        params = ", ".join(f"${i + 1}" for i in range(len(JOURNAL_COLUMNS)))
-        await conn.executemany(
-            f"INSERT INTO switch_journal ({cols}) VALUES ({params}) ON CONFLICT (dedup_key) DO NOTHING", rows
-        )
+        await _insert_journal_rows(conn, rows)
+
+
+async def _insert_journal_and_ahead(
+    conn: Any, rows: Sequence[tuple[Any, ...]], ahead: Sequence[tuple[Any, ...]]
+) -> None:
+    # One transaction, one COPY per table: the write-ahead rows of the requests about to go upstream
+    # share the commit of the journal rows of the requests just answered.
+    try:
+        async with conn.transaction():
+            await conn.copy_records_to_table("switch_write_ahead", records=ahead, columns=WRITE_AHEAD_COLUMNS)
+            if rows:
+                await conn.copy_records_to_table("switch_journal", records=rows, columns=JOURNAL_COLUMNS)
+    except asyncpg.UniqueViolationError:  # a replayed batch (see _insert_journal)
+        async with conn.transaction():
+            await conn.copy_records_to_table("switch_write_ahead", records=ahead, columns=WRITE_AHEAD_COLUMNS)
+            await _insert_journal_rows(conn, rows)
+
+
+async def _insert_journal_rows(conn: Any, rows: Sequence[tuple[Any, ...]]) -> None:
+    cols = ", ".join(JOURNAL_COLUMNS)
+    params = ", ".join(f"${i + 1}" for i in range(len(JOURNAL_COLUMNS)))
+    await conn.executemany(
+        f"INSERT INTO switch_journal ({cols}) VALUES ({params}) ON CONFLICT (dedup_key) DO NOTHING", rows
+    )
+
+
+Recovered = tuple[str, dict[str, Any], tuple[Any, ...]]  # link, reversal advice, journal row
+
+
+async def _recover_write_ahead(conn: Any, recover: Callable[[Any], Recovered]) -> list[Any]:
+    """Turn every write-ahead row of an earlier process that has no journal row into a reversal advice
+    and a journal row, and delete all of them, in one transaction: run twice, it queues nothing twice.
+    ``recover`` builds the advice and the row (plain code: it runs on the pool's side)."""
+    async with conn.transaction():
+        lost = list(await conn.fetch(_RECOVER_SQL))
+        if lost:
+            made = [recover(row) for row in lost]
+            await conn.executemany(
+                "INSERT INTO switch_saf (link, message, reason) VALUES ($1, $2::jsonb, $3)",
+                [(link, json.dumps(advice), str(advice.get("39", ""))) for link, advice, _ in made],
+            )
+            await _insert_journal_rows(conn, [row for _, _, row in made])
+    return lost
+
+
+async def _prune_write_ahead(conn: Any, since: Any) -> tuple[int, Any]:
+    """Delete the write-ahead rows made since ``since`` (None: all) whose journal row exists;
+    returns (rows deleted, the database's now() before the delete)."""
+    now, oldest = await conn.fetchrow("SELECT now(), (SELECT min(created_at) FROM switch_write_ahead)")
+    if oldest is None:
+        return 0, now
+    status: str = await conn.execute(_PRUNE_SQL, oldest if since is None else max(since, oldest))
+    return int(status.rsplit(" ", 1)[-1]), now
 
 
 async def _journal_by_key(conn: Any, dedup_key: str) -> Any:
@@ -326,8 +425,20 @@ class Store:
     ) -> None:
         await self.pool.run(_mark_batch, terminal_id, merchant_id, batch, result, totals)
 
-    async def insert_journal(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        await self.pool.run(_insert_journal, rows)
+    async def insert_journal(
+        self, rows: Sequence[tuple[Any, ...]], ahead: Sequence[tuple[Any, ...]] = (), /
+    ) -> None:
+        """Journal rows and write-ahead rows (WRITE_AHEAD_COLUMNS), committed together."""
+        if ahead:
+            await self.pool.run(_insert_journal_and_ahead, rows, ahead)
+        else:
+            await self.pool.run(_insert_journal, rows)
+
+    async def recover_write_ahead(self, recover: Callable[[Any], Recovered]) -> list[Any]:
+        return await self.pool.run(_recover_write_ahead, recover)
+
+    async def prune_write_ahead(self, since: Any) -> tuple[int, Any]:
+        return await self.pool.run(_prune_write_ahead, since)
 
     async def journal_by_key(self, dedup_key: str) -> Any:
         return await self.pool.run(_journal_by_key, dedup_key)

@@ -1,0 +1,292 @@
+"""Crash safety of the switch: a request is written ahead (switch_write_ahead) before it goes upstream,
+and a switch that dies with it in flight reverses it when it starts again.
+
+Real processes (hsm_sim, the authorization host, the switch) on one PostgreSQL database, set up through
+the operator CLIs as in test_host_e2e.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+import trio
+
+from ops.pgpool import PgPool
+from switch.mapping import original_data
+from switch.saf import SafQueue
+from switch.store import Store
+from tests.fixtures.hsm import HsmServer
+from tests.fixtures.services import base_env, free_port, run_cli, start_switch
+from tests.switch.terminal import TMK_HEX, Terminal
+from tests.switch.test_host_e2e import BIN, MERCHANT, System, _form_zpk, _until, _wait_link
+
+# long enough that a purchase to a frozen host is still outstanding when the switch is killed
+SWITCH = {"request_timeout_ms": 5000, "saf_retry_s": 1}
+
+
+@pytest.fixture(scope="module")
+def system(db_url: str, hsm_server: HsmServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    host_port = free_port()
+    env = {
+        **base_env(db_url, hsm_server),
+        "PAYSWITCH_HOST_PORT": str(host_port),
+        "PAYSWITCH_HOST_METRICS_PORT": "0",
+        "PAYSWITCH_HOST_PROFILE": "3des",
+        "PAYSWITCH_HOST_MAILER_DIR": str(tmp_path_factory.mktemp("mailers")),
+    }
+    zpk = _form_zpk(hsm_server)
+    stub = System(env, db_url, hsm_server, None, None, [], [], [])  # type: ignore[arg-type]
+    stub.cli("host", "keys")
+    stub.cli("product", "add", "CAMPUS", "--kind", "reloadable", "--bin", BIN, "--pin-scheme", "3des")
+    issued = stub.cli("card", "issue", "--product", "CAMPUS", "--count", "3", "--pin", "123456", "--activate")
+    stub.pans = [c["pan"] for c in issued["cards"]]
+    stub.card_ids = [c["card_id"] for c in issued["cards"]]
+    stub.expiries = [str(c["expiry"]) for c in issued["cards"]]
+    for cid in stub.card_ids:
+        stub.cli("card", "load", str(cid), "--amount", "500.00")
+    stub.cli("merchant", "add", MERCHANT, "--name", "Campus Canteen", "--mcc", "5812")
+    stub.cli("terminal", "add", "T3DES001", "--merchant", MERCHANT, "--scheme", "3des", "--tmk", TMK_HEX)
+    stub.cli("host", "link", "48880000", "--profile", "3des", "--zpk", zpk)
+    stub.cli(
+        "switch", "link", "add", "issuer", "--host", "127.0.0.1", "--port", str(host_port),
+        "--scheme", "3des", "--zpk", zpk, "--connections", "1",
+    )  # fmt: skip
+    stub.cli("switch", "route", "add", BIN, "--link", "issuer")
+    stub.start_host()
+    stub.switch = start_switch(db_url, hsm_server, **SWITCH)
+    try:
+        t = stub.terminal("3des")
+        _wait_link(stub, t)
+        t.close()
+        yield stub
+    finally:
+        stub.switch.kill()
+        stub.host.stop()
+    check = run_cli(["ledger", "check"], env)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def _query(system: System, sql: str, *args: Any) -> list[Any]:
+    async def run() -> list[Any]:
+        conn = await asyncpg.connect(system.db_url)
+        try:
+            return list(await conn.fetch(sql, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def _restart_switch(system: System, t: Terminal) -> None:
+    """Start the switch again; ``t`` is connected and signed on again (same batch) once the link is up."""
+    system.switch = start_switch(system.db_url, system.hsm, **SWITCH)
+    t.connect(system.switch.ports["3des"])
+    assert t.sign_on().code == "00"
+    _wait_link(system, t)
+
+
+def _written_ahead(system: System, terminal: Terminal, stan: str, mti: str) -> Any:
+    rows: list[Any] = []
+
+    def found() -> bool:
+        rows[:] = _query(
+            system,
+            "SELECT * FROM switch_write_ahead WHERE terminal_id = $1 AND stan = $2 AND mti = $3",
+            terminal.terminal_id,
+            stan,
+            mti,
+        )
+        return bool(rows)
+
+    _until(found, f"write-ahead record of {mti} {stan}", timeout=5)
+    return rows[0]
+
+
+def _advices(system: System, de90: str) -> list[Any]:
+    return _query(
+        system, "SELECT done_at, response_code FROM switch_saf WHERE message->>'90' = $1 ORDER BY id", de90
+    )
+
+
+def _ledger_clean(system: System) -> None:
+    check = run_cli(["ledger", "check"], system.env)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def _kill_switch_while_host_frozen(system: System, t: Terminal, msg: dict[str, Any]) -> Any:
+    """Send ``msg`` to a frozen host, SIGKILL the switch once it is written ahead, resume the host."""
+    os.kill(system.host.process.pid, signal.SIGSTOP)
+    try:
+        t.send_raw(t.frame(msg))
+        ahead = _written_ahead(system, t, msg["11"], msg["t"])
+        time.sleep(0.2)  # the bytes follow the write-ahead commit at once; let them reach the host
+        system.switch.process.send_signal(signal.SIGKILL)
+        system.switch.process.wait(10)
+    finally:
+        os.kill(system.host.process.pid, signal.SIGCONT)
+    t.close()
+    return ahead
+
+
+def test_switch_killed_with_a_purchase_in_flight_reverses_it_after_restart(system: System) -> None:
+    t = system.terminal("3des")
+    before = system.balance(0)
+    msg = system.buy(t, 0, 900, pin="123456")
+    ahead = _kill_switch_while_host_frozen(system, t, msg)
+    # the host resumes and posts the purchase the terminal never saw approved
+    _until(lambda: system.balance(0) == before - 900, "the host posting the orphaned purchase")
+    de90 = original_data(ahead["link_mti"], ahead["link_stan"], ahead["link_de7"], ahead["link_de32"])
+    assert _advices(system, de90) == []  # nothing was queued by the dead process
+
+    _restart_switch(system, t)
+    _until(
+        lambda: (
+            [a["response_code"] for a in _advices(system, de90)] == ["00"] and _advices(system, de90)[0][0]
+        ),
+        "the 0420 for the orphaned purchase answered by the host",
+        info=lambda: (_advices(system, de90), system.switch.log()[-3000:]),
+    )
+    assert system.balance(0) == before
+    journal = _query(
+        system,
+        "SELECT response_code, link_stan, link_de7, rrn FROM switch_journal WHERE dedup_key = $1",
+        ahead["dedup_key"],
+    )
+    assert [tuple(r) for r in journal] == [("98", ahead["link_stan"], ahead["link_de7"], ahead["rrn"])]
+    assert not _query(system, "SELECT 1 FROM switch_write_ahead WHERE dedup_key = $1", ahead["dedup_key"])
+
+    # the terminal: a retransmission gets 98, nothing goes upstream; its 0400 finds the original (RRN)
+    # and is answered 00 without a second reversal
+    again = t.exchange(msg)
+    assert again.code == "98" and t.verify_mac(again), again.msg
+    rev = t.exchange(t.reversal_msg(msg))
+    assert rev.code == "00" and rev.msg.get("37") == ahead["rrn"] and t.verify_mac(rev), rev.msg
+    t.close()
+    assert system.balance(0) == before
+    assert len(_advices(system, de90)) == 1
+    _ledger_clean(system)
+
+
+def test_switch_killed_with_a_terminal_reversal_in_flight_reverses_once(system: System) -> None:
+    t = system.terminal("3des")
+    before = system.balance(1)
+    msg = system.buy(t, 1, 1200, pin="123456")
+    sale = t.exchange(msg)
+    assert sale.code == "00"
+    ahead = _kill_switch_while_host_frozen(system, t, t.reversal_msg(msg))
+    _until(lambda: system.balance(1) == before, "the host applying the reversal sent before the crash")
+    journal = _query(
+        system,
+        "SELECT link_mti, link_stan, link_de7, link_de32 FROM switch_journal WHERE dedup_key = $1",
+        ahead["dedup_key"].replace("|0400", "|0200"),
+    )
+    assert len(journal) == 1
+    original = original_data(*journal[0])
+    assert ahead["reverses"] == original  # the write-ahead record names the upstream original
+
+    _restart_switch(system, t)
+    _until(
+        lambda: (
+            [a["response_code"] for a in _advices(system, original)] in (["00"], ["25"])
+            and _advices(system, original)[0][0] is not None
+        ),
+        "the 0420 naming the original purchase answered by the host",
+        info=lambda: (_advices(system, original), system.switch.log()[-3000:]),
+    )
+    assert system.balance(1) == before  # reversed once, not twice
+    rev = t.exchange(t.reversal_msg(msg))  # the terminal retries its 0400: the journal has it
+    assert rev.code == "00" and t.verify_mac(rev)
+    t.close()
+    assert system.balance(1) == before and len(_advices(system, original)) == 1
+    _ledger_clean(system)
+
+
+def test_restart_without_a_crash_queues_nothing(system: System) -> None:
+    t = system.terminal("3des")
+    before = system.balance(1)
+    r = t.exchange(system.buy(t, 1, 300, pin="123456"))
+    assert r.code == "00"
+    t.close()
+    assert _query(system, "SELECT 1 FROM switch_write_ahead")  # answered, not pruned yet
+    saf = _query(system, "SELECT count(*) FROM switch_saf")[0][0]
+    assert system.switch.stop() == 0
+    _restart_switch(system, t)
+    t.close()
+    assert _query(system, "SELECT count(*) FROM switch_saf")[0][0] == saf
+    # the earlier process's rows were all answered: start-up deleted them without queueing anything
+    assert not _query(system, "SELECT 1 FROM switch_write_ahead WHERE created_at < now() - interval '1 hour'")
+    assert system.balance(1) == before - 300
+    assert not _query(system, "SELECT 1 FROM switch_journal WHERE response_code = '98' AND amount = 300")
+
+
+def test_recovery_run_twice_or_concurrently_queues_one_advice(system: System) -> None:
+    # an orphan of a dead process on a link that is no longer configured (never sent by the running
+    # switch), and one answered row that recovery must only delete
+    _query(
+        system,
+        "INSERT INTO switch_write_ahead (created_at, dedup_key, channel, mti, txn_type, proc_code, "
+        "terminal_id, merchant_id, batch_no, stan, amount, currency, pan_masked, rrn, link, link_mti, "
+        "link_stan, link_de7, link_de32) VALUES "
+        "(now() - interval '1 minute', 'pos|TX|MX|1|000777|0200', 'pos-3des', '0200', 'purchase', "
+        "'000000', 'TX', 'MX', 1, '000777', 4200, '156', '621234******1234', '512340777777', 'gone', "
+        "'0200', '777777', '1125120000', '48880000')",
+    )
+    de90 = original_data("0200", "777777", "1125120000", "48880000")
+
+    async def main() -> list[int]:
+        with PgPool(system.db_url, min_size=1, max_size=4) as pool:
+            store = Store(pool)
+            results: list[int] = []
+
+            async def recover() -> None:
+                saf = SafQueue(store, {}, retry_seconds=1, timeout=1)
+                results.append(await saf.recover("48880000"))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(recover)
+                nursery.start_soon(recover)
+            await recover()
+            return results
+
+    assert sorted(trio.run(main)) == [0, 0, 1]
+    advices = _query(system, "SELECT link, message FROM switch_saf WHERE message->>'90' = $1", de90)
+    assert len(advices) == 1 and advices[0]["link"] == "gone"
+    advice = json.loads(advices[0]["message"])
+    assert advice["t"] == "0420" and advice["4"] == "000000004200" and advice["37"] == "512340777777"
+    assert advice["41"] == "TX" and "2" not in advice and "35" not in advice and "52" not in advice
+    journal = _query(
+        system, "SELECT response_code FROM switch_journal WHERE dedup_key = 'pos|TX|MX|1|000777|0200'"
+    )
+    assert [r[0] for r in journal] == ["98"]
+    _query(system, "UPDATE switch_saf SET done_at = now() WHERE link = 'gone'")  # nobody will send it
+
+
+def test_prune_deletes_only_answered_rows(system: System) -> None:
+    t = system.terminal("3des")
+    assert t.exchange(system.buy(t, 2, 100, pin="123456")).code == "00"
+    t.close()
+    _query(
+        system,
+        "INSERT INTO switch_write_ahead (dedup_key, channel, mti, txn_type, link, link_mti, link_stan, "
+        "link_de7, link_de32) VALUES ('in-flight', 'pos-3des', '0200', 'purchase', 'issuer', '0200', "
+        "'999999', '0101000000', '48880000')",
+    )
+
+    async def main() -> tuple[int, int]:
+        with PgPool(system.db_url, min_size=1, max_size=2) as pool:
+            saf = SafQueue(Store(pool), {}, retry_seconds=1, timeout=1)
+            return await saf.prune(), await saf.prune()
+
+    first, second = trio.run(main)
+    assert first >= 1 and second == 0
+    left = _query(system, "SELECT dedup_key FROM switch_write_ahead")
+    assert [r[0] for r in left] == ["in-flight"]
+    _query(system, "DELETE FROM switch_write_ahead WHERE dedup_key = 'in-flight'")
