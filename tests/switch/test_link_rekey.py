@@ -21,12 +21,18 @@ import asyncpg
 import pytest
 import trio
 
+from hsm_sim.crypto import sm4, sm4_check_value
+from switch.hsm import HsmRefused, WorkingKey
+from switch.upstream import KeyChangeGate
 from tests.fixtures.hsm import HsmServer
 from tests.fixtures.services import ServiceProcess, base_env, free_port, run_cli, start_service, start_switch
+from tests.switch.fake_host import FakeHost
 from tests.switch.terminal import TMK_HEX, Terminal
 
 ZPK_HEX = "89ABCDEF01234567FEDCBA9876543210"
 ZMK_HEX = "0123456789ABCDEF0123456789ABCDEF"
+SM4_ZPK_HEX = "00112233445566778899AABBCCDDEEFF"
+SM4_ZMK_HEX = "FFEEDDCCBBAA99887766554433221100"
 MERCHANT = "898330160120001"
 BIN = "621234"
 TERMINALS = (("T3DES001", "3des"), ("T3DES002", "3des"), ("TSM40001", "sm4"))
@@ -194,3 +200,127 @@ def test_rekey_refused_without_zmk_or_for_an_unknown_link(system: System) -> Non
     result = run_cli(["switch", "link", "rekey", "plain"], system.env)
     assert result.returncode == 1 and "has no ZMK" in result.stderr
     system.cli("switch", "link", "remove", "plain")
+
+
+class KeyTakingHost(FakeHost):
+    """The small H2H issuer, plus 0800 DE70 101 as the host does it: the new ZPK (DE48 `S`+32H under
+    the clear link ZMK, then its check value) is checked and used from the 0810 on."""
+
+    zmk: bytes  # set by the test
+    changes: list[tuple[str, str]]  # (DE48 check value, check value of the decrypted key)
+
+    async def _answer(self, stream: Any, lock: Any, codec: Any, msg: dict[str, Any]) -> None:
+        if msg["t"] == "0800" and msg.get("70") == "101":
+            de48 = str(msg["48"])
+            key = sm4(self.zmk).decrypt(bytes.fromhex(de48[1:33]))
+            self.changes.append((de48[33:49], sm4_check_value(key).hex().upper()[:16]))
+            self.zpk = key
+        await super()._answer(stream, lock, codec, msg)
+
+
+def test_rekey_of_an_sm4_link_added_while_running(system: System) -> None:
+    async def keys() -> tuple[str, str]:
+        async with system.hsm.client() as h:
+            zpk = await h.form_sm4_key("001", [SM4_ZPK_HEX, "0" * 32])
+            zmk = await h.form_sm4_key("000", [SM4_ZMK_HEX, "0" * 32])
+            return zpk.under_lmk, zmk.under_lmk
+
+    zpk, zmk = trio.run(keys)
+    host = KeyTakingHost("sm4", bytes.fromhex(SM4_ZPK_HEX))
+    host.zmk = bytes.fromhex(SM4_ZMK_HEX)
+    host.changes = []
+    host.start()
+    try:
+        system.cli(
+            "switch", "link", "add", "issuer4", "--host", "127.0.0.1", "--port", str(host.port),
+            "--scheme", "sm4", "--zpk", zpk, "--zmk", zmk, "--connections", "1",
+        )  # fmt: skip
+        system.cli("switch", "route", "add", "621244", "--link", "issuer4")
+        pan = "6212445678901234565"
+        t = system.terminal("TSM40001", "sm4")
+
+        def buy() -> str:
+            return t.exchange(t.purchase_msg(pan, 100, pin="123456")).code
+
+        deadline = time.monotonic() + 10
+        while buy() != "00":
+            assert time.monotonic() < deadline, "the sm4 link never served its BIN"
+            time.sleep(0.2)
+        system.cli("switch", "link", "rekey", "issuer4")
+        deadline = time.monotonic() + 10
+        while not system.query(
+            "SELECT 1 FROM switch_links WHERE name = 'issuer4' AND rekeyed_at IS NOT NULL"
+        ):
+            assert time.monotonic() < deadline, system.switch.log()[-3000:]
+            assert buy() == "00"
+            time.sleep(0.05)
+        assert buy() == "00"  # PIN blocks now under the new key, which the issuer took
+        assert len(host.changes) == 1 and host.changes[0][0] == host.changes[0][1]
+        row = system.query("SELECT zpk, zpk_check FROM switch_links WHERE name = 'issuer4'")[0]
+        assert row["zpk"] != zpk and row["zpk"].startswith("S") and row["zpk_check"] == host.changes[0][0]
+        t.close()
+        system.cli("switch", "link", "remove", "issuer4")
+    finally:
+        host.stop()
+
+
+class _SlowHsm:
+    """Enough of SwitchHsm for the gate: translations take ``delay`` and report the key they used."""
+
+    def __init__(self) -> None:
+        self.used: list[str] = []
+
+    async def working_key(self, scheme: str, kind: str, tmk: str) -> WorkingKey:
+        raise NotImplementedError
+
+    async def pos_mac(self, scheme: str, mak: str, data: bytes) -> bytes:
+        return b"MAC"
+
+    async def translate_pin(
+        self, src_scheme: str, src_key_type: str, src_key: str, dst_scheme: str, zpk: str, block: bytes,
+        account: str,
+    ) -> bytes:  # fmt: skip
+        await trio.sleep(0.05)
+        self.used.append(zpk)
+        return zpk.encode()
+
+    async def pos_mac_and_translate_pin(
+        self, scheme: str, mak: str, data: bytes, pik: str, dst_scheme: str, zpk: str, block: bytes,
+        account: str,
+    ) -> tuple[bytes | HsmRefused, bytes | HsmRefused]:  # fmt: skip
+        return b"MAC", await self.translate_pin(scheme, "002", pik, dst_scheme, zpk, block, account)
+
+    async def link_mac(self, scheme: str, zak: str, data: bytes) -> bytes:
+        return b"MAC"
+
+    async def verify_link_mac(self, zak: str, data: bytes, mac: bytes) -> bool:
+        return True
+
+
+def test_gate_holds_translations_to_the_key_being_changed_and_sends_them_to_the_new_one() -> None:
+    async def main() -> None:
+        inner = _SlowHsm()
+        gate = KeyChangeGate(inner)
+        results: dict[str, bytes] = {}
+
+        async def translate(name: str, zpk: str) -> None:
+            results[name] = await gate.translate_pin("3des", "002", "P", "3des", zpk, b"", "0" * 12)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(translate, "before", "OLD")  # already in the HSM when the change starts
+            await trio.sleep(0.01)
+            change = gate.begin("OLD")
+            nursery.start_soon(translate, "during", "OLD")  # held
+            nursery.start_soon(translate, "other", "OTHER")  # another link's key: never held
+            assert not await gate.idle("OLD", 0.001)  # "before" is still in the HSM
+            assert await gate.idle("OLD", 1.0)
+            await trio.sleep(0.1)
+            assert results == {"before": b"OLD", "other": b"OTHER"}  # "during" still waits
+            gate.end(change, "NEW")
+        assert results["during"] == b"NEW" and inner.used.count("OLD") == 1
+
+        refused = gate.begin("NEW")  # a change the host refused: held ones go on under the old key
+        gate.end(refused, "NEW")
+        assert await gate.translate_pin("3des", "002", "P", "3des", "NEW", b"", "0" * 12) == b"NEW"
+
+    trio.run(main)
