@@ -117,6 +117,7 @@ class HostService:
         self._pin_data: dict[str, tuple[int, str, int] | None] = {}
         self._links: dict[str, tuple[float, dict[str, Any] | None]] = {}
         self._link_reads: dict[str, trio.Event] = {}  # link id -> its database read under way
+        self._link_versions: dict[str, int] = {}  # link id -> bumped by a key change here
         self.port = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -308,9 +309,12 @@ class HostService:
         if done is None:
             done = trio.Event()
         self._link_reads[link_id] = done
+        version = self._link_versions.get(link_id, 0)
         try:
             row = await self.pool.run(_link_row, link_id)
-            self._links[link_id] = (time.monotonic() + LINK_CACHE_SECONDS, row)
+            # A read that started before a key change here may carry the old ZPK: keep it out.
+            if self._link_versions.get(link_id, 0) == version:
+                self._links[link_id] = (time.monotonic() + LINK_CACHE_SECONDS, row)
         finally:
             if self._link_reads.get(link_id) is done:
                 del self._link_reads[link_id]
@@ -358,6 +362,7 @@ class HostService:
             log.warning("key change check value mismatch", link=link_id)
             return Rc.SYSTEM_ERROR
         await self.pool.run(_store_zpk, link_id, key.under_lmk, key.check_value)
+        self._link_versions[link_id] = self._link_versions.get(link_id, 0) + 1
         self._links.pop(link_id, None)
         log.info("link ZPK changed", link=link_id, check_value=key.check_value[:6])
         return Rc.APPROVED
