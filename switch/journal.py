@@ -10,9 +10,8 @@ row). A failing database is retried with backoff; rows are never dropped.
 
 The same writer carries the write-ahead records (``submit_ahead``): the request half of a row that is
 about to go upstream, which must be durable BEFORE its bytes leave (see ``switch_write_ahead`` and
-switch/README.md). They ride in the same batches and the same commits as the journal rows (one COPY per
-table, one transaction), so a request that goes upstream costs one more shared commit wait, not a
-commit of its own.
+switch/README.md). They ride in the same batches as the journal rows (one pool call, one COPY per
+table), so a request that goes upstream costs one more wait for a shared batch, not a commit of its own.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ Row = tuple[Any, ...]
 
 
 class Insert(Protocol):
-    """Commit journal rows and (when there are any) write-ahead rows, in one transaction."""
+    """Commit journal rows and (when there are any) write-ahead rows; return once both are durable."""
 
     def __call__(self, rows: Sequence[Row], ahead: Sequence[Row] = (), /) -> Awaitable[None]: ...
 

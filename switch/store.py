@@ -108,14 +108,16 @@ _ANSWERED = (
 )
 
 # Start-up recovery: every write-ahead row of an earlier process goes; those without a journal row (the
-# outcome died with the process) come back to be reversed. now() is this transaction's start.
+# outcome died with the process) come back to be reversed, once per upstream request (a batch replayed
+# after a commit whose acknowledgement was lost writes its rows twice). now() is this transaction's
+# start.
 _RECOVER_SQL = f"""
 WITH gone AS (DELETE FROM switch_write_ahead WHERE created_at < now() RETURNING *)
-SELECT w.* FROM gone w
+SELECT DISTINCT ON (w.link, w.link_de7, w.link_stan) w.* FROM gone w
 WHERE NOT EXISTS (
     SELECT 1 FROM switch_journal j WHERE {_ANSWERED.format(since="(SELECT min(created_at) FROM gone)")}
 )
-ORDER BY w.created_at
+ORDER BY w.link, w.link_de7, w.link_stan, w.created_at
 """
 
 _PRUNE_SQL = f"""
@@ -276,17 +278,12 @@ async def _insert_journal(conn: Any, rows: Sequence[tuple[Any, ...]]) -> None:
 async def _insert_journal_and_ahead(
     conn: Any, rows: Sequence[tuple[Any, ...]], ahead: Sequence[tuple[Any, ...]]
 ) -> None:
-    # One transaction, one COPY per table: the write-ahead rows of the requests about to go upstream
-    # share the commit of the journal rows of the requests just answered.
-    try:
-        async with conn.transaction():
-            await conn.copy_records_to_table("switch_write_ahead", records=ahead, columns=WRITE_AHEAD_COLUMNS)
-            if rows:
-                await conn.copy_records_to_table("switch_journal", records=rows, columns=JOURNAL_COLUMNS)
-    except asyncpg.UniqueViolationError:  # a replayed batch (see _insert_journal)
-        async with conn.transaction():
-            await conn.copy_records_to_table("switch_write_ahead", records=ahead, columns=WRITE_AHEAD_COLUMNS)
-            await _insert_journal_rows(conn, rows)
+    # One COPY per table, each its own commit (an explicit transaction would add two round trips per
+    # batch and nothing needs the two to be atomic): the batch's event is set after both. A retry after
+    # an error may write a write-ahead row twice; recovery takes one per upstream request.
+    await conn.copy_records_to_table("switch_write_ahead", records=ahead, columns=WRITE_AHEAD_COLUMNS)
+    if rows:
+        await _insert_journal(conn, rows)
 
 
 async def _insert_journal_rows(conn: Any, rows: Sequence[tuple[Any, ...]]) -> None:

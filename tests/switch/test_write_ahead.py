@@ -229,16 +229,17 @@ def test_restart_without_a_crash_queues_nothing(system: System) -> None:
 
 def test_recovery_run_twice_or_concurrently_queues_one_advice(system: System) -> None:
     # an orphan of a dead process on a link that is no longer configured (never sent by the running
-    # switch), and one answered row that recovery must only delete
-    _query(
-        system,
-        "INSERT INTO switch_write_ahead (created_at, dedup_key, channel, mti, txn_type, proc_code, "
-        "terminal_id, merchant_id, batch_no, stan, amount, currency, pan_masked, rrn, link, link_mti, "
-        "link_stan, link_de7, link_de32) VALUES "
-        "(now() - interval '1 minute', 'pos|TX|MX|1|000777|0200', 'pos-3des', '0200', 'purchase', "
-        "'000000', 'TX', 'MX', 1, '000777', 4200, '156', '621234******1234', '512340777777', 'gone', "
-        "'0200', '777777', '1125120000', '48880000')",
-    )
+    # switch), written twice (a batch replayed after a lost commit acknowledgement)
+    for _ in range(2):
+        _query(
+            system,
+            "INSERT INTO switch_write_ahead (created_at, dedup_key, channel, mti, txn_type, proc_code, "
+            "terminal_id, merchant_id, batch_no, stan, amount, currency, pan_masked, rrn, link, link_mti, "
+            "link_stan, link_de7, link_de32) VALUES "
+            "(now() - interval '1 minute', 'pos|TX|MX|1|000777|0200', 'pos-3des', '0200', 'purchase', "
+            "'000000', 'TX', 'MX', 1, '000777', 4200, '156', '621234******1234', '512340777777', 'gone', "
+            "'0200', '777777', '1125120000', '48880000')",
+        )
     de90 = original_data("0200", "777777", "1125120000", "48880000")
 
     async def main() -> list[int]:
