@@ -302,6 +302,9 @@ async def _recover_write_ahead(conn: Any, recover: Callable[[Any], Recovered]) -
     and a journal row, and delete all of them, in one transaction: run twice, it queues nothing twice.
     ``recover`` builds the advice and the row (plain code: it runs on the pool's side)."""
     async with conn.transaction():
+        # The CTE's row count is unknown to the planner (it guesses 1): a nested loop would scan the
+        # journal window once per row. A hash anti-join reads it once.
+        await conn.execute("SET LOCAL enable_nestloop = off")
         lost = list(await conn.fetch(_RECOVER_SQL))
         if lost:
             made = [recover(row) for row in lost]
