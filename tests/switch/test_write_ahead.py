@@ -21,7 +21,7 @@ import trio
 
 from ops.pgpool import PgPool
 from switch.mapping import original_data
-from switch.saf import SafQueue
+from switch.saf import SafQueue, recovered_journal_row, write_ahead_original
 from switch.store import Store
 from tests.fixtures.hsm import HsmServer
 from tests.fixtures.services import base_env, free_port, run_cli, start_switch
@@ -291,3 +291,44 @@ def test_prune_deletes_only_answered_rows(system: System) -> None:
     left = _query(system, "SELECT dedup_key FROM switch_write_ahead")
     assert [r[0] for r in left] == ["in-flight"]
     _query(system, "DELETE FROM switch_write_ahead WHERE dedup_key = 'in-flight'")
+
+
+def test_recovered_rows_answer_as_a_timeout_would() -> None:
+    base = {
+        "dedup_key": "h2h|acq1|12345678|1125120000|000001|T1|0200",
+        "channel": "h2h:acq1",
+        "mti": "0200",
+        "txn_type": "purchase",
+        "proc_code": "000000",
+        "terminal_id": "T1",
+        "merchant_id": "M1",
+        "batch_no": None,
+        "stan": "000001",
+        "amount": 500,
+        "currency": "156",
+        "pan_masked": "621234******1234",
+        "rrn": "512340000001",
+        "original": None,
+        "link": "issuer",
+        "link_mti": "0200",
+        "link_stan": "123456",
+        "link_de7": "1125120000",
+        "link_de32": "12345678",
+        "reverses": None,
+    }
+    assert recovered_journal_row(base)[14] == "91"  # an acquirer's request: 91, as after a timeout
+    assert recovered_journal_row({**base, "channel": "pos-3des"})[14] == "98"
+    assert recovered_journal_row({**base, "mti": "0400", "txn_type": "reversal"})[14] == "00"
+    original = write_ahead_original(base)
+    assert original == {
+        "t": "0200",
+        "7": "1125120000",
+        "11": "123456",
+        "32": "12345678",
+        "3": "000000",
+        "37": "512340000001",
+        "41": "T1",
+        "42": "M1",
+        "4": "000000000500",
+        "49": "156",
+    }
