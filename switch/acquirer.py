@@ -266,11 +266,12 @@ class AcquirerService:
         hsm_seconds = 0.0
         pin = msg.get("52")
         forwarded = {k: v for k, v in msg.items() if k not in ("7", "11", "32", "33", "52", "128")}
+        zpk = out.config.zpk
         if isinstance(pin, bytes):
             t = trio.current_time()
             try:
                 forwarded["52"] = await self.hsm.translate_pin(
-                    link.scheme, "001", link.zpk, out.config.scheme, out.config.zpk, pin, account12(pan)
+                    link.scheme, "001", link.zpk, out.config.scheme, zpk, pin, account12(pan)
                 )
             except HsmRefused as exc:
                 log.warning("acquirer PIN translation refused", code=exc.code)
@@ -290,6 +291,12 @@ class AcquirerService:
         await self.journal.submit_ahead(
             _write_ahead(key, link, msg, pan, out.name, forwarded, None, None)
         ).wait()
+        if isinstance(pin, bytes) and (out.config.zpk != zpk or self.hsm.key_changing(zpk)):
+            # The link's ZPK changed, or is being changed, while the record was committed: translate again
+            # to the key the host holds from its 0810 on (the key-change gate holds this until then).
+            forwarded["52"] = await self.hsm.translate_pin(
+                link.scheme, "001", link.zpk, out.config.scheme, out.config.zpk, pin, account12(pan)
+            )
         outcome = await self.upstream.send(out, forwarded)
         if outcome.local_code is not None:
             return self._response(msg, outcome.local_code), hsm_seconds

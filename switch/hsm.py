@@ -81,6 +81,10 @@ class SwitchHsm(Protocol):
 
     async def verify_link_mac(self, zak: str, data: bytes, mac: bytes) -> bool: ...
 
+    def key_changing(self, zpk: str) -> bool:
+        """Whether a key change of the link ``zpk`` is under way (translations to it are being held)."""
+        ...
+
 
 @contextlib.contextmanager
 def _client_errors() -> Iterator[None]:
@@ -171,3 +175,6 @@ class ClientHsm:
     async def verify_link_mac(self, zak: str, data: bytes, mac: bytes) -> bool:
         with _client_errors():
             return await self.client.verify_h2h_mac(zak, data, mac.hex().upper())
+
+    def key_changing(self, zpk: str) -> bool:
+        return False  # key changes are KeyChangeGate's (switch.upstream), which wraps this

@@ -416,6 +416,7 @@ class PosService:
         link = self.upstream.route(pan) if pan else None
         pin_block = msg.get("52")
         translated: bytes | None = None
+        zpk = link.config.zpk if link is not None else ""  # the link key the PIN is translated to
         pin_error: str | None = None
         mac = msg.get("64")
         if (
@@ -436,7 +437,7 @@ class PosService:
                     self.codec.mac_block(raw),
                     session.pik,
                     link.config.scheme,
-                    link.config.zpk,
+                    zpk,
                     pin_block,
                     account12(pan),
                 )
@@ -511,6 +512,19 @@ class PosService:
                 None,
             )
         ).wait()
+        if translated is not None and (link.config.zpk != zpk or self.hsm.key_changing(zpk)):
+            # The link's ZPK changed, or is being changed, while the record was committed: the host holds
+            # the new key from its 0810 on, so translate again (the key-change gate holds this until then).
+            assert pan is not None and isinstance(pin_block, bytes)
+            request["52"] = await self.hsm.translate_pin(
+                self.profile,
+                "002",
+                session.pik,
+                link.config.scheme,
+                link.config.zpk,
+                pin_block,
+                account12(pan),
+            )
         outcome = await self.upstream.send(link, request)
         timing.host = outcome.host_seconds
         if outcome.local_code is not None:

@@ -100,12 +100,14 @@ class KeyChangeGate:
     """``SwitchHsm`` that holds PIN translations to a link ZPK while that ZPK is being changed.
 
     The host takes the new ZPK when it answers the 0800 101, so every PIN block must reach it under the
-    key it holds then. A request reads its link's ``config.zpk`` when it asks the HSM to translate, and
-    after the answer goes on to the link without a checkpoint (its answer waiter is registered before
-    any other task runs). So a change: (1) holds new translations to the old key, (2) lets those already
-    in the HSM finish (their requests are then waiting on the link), (3) waits for the answers of every
-    request waiting on the link, (4) exchanges the 0800/0810 101, (5) releases the held translations to
-    the new key (the old one if the change failed). Translations to other keys never wait.
+    key it holds then. A request reads its link's ``config.zpk`` when it asks the HSM to translate; after
+    the answer it waits for its write-ahead record to commit, and then checks, without a checkpoint before
+    it is on the link, that the key it translated to is neither changed nor changing (``key_changing``),
+    else translates again (held here until the change ends). So a change: (1) holds new translations to
+    the old key, (2) lets those already in the HSM finish (their requests are then waiting on the link),
+    (3) waits for the answers of every request waiting on the link, (4) exchanges the 0800/0810 101, (5)
+    releases the held translations to the new key (the old one if the change failed). Translations to
+    other keys never wait.
     """
 
     def __init__(self, inner: SwitchHsm) -> None:
@@ -195,6 +197,9 @@ class KeyChangeGate:
 
     async def verify_link_mac(self, zak: str, data: bytes, mac: bytes) -> bool:
         return await self.inner.verify_link_mac(zak, data, mac)
+
+    def key_changing(self, zpk: str) -> bool:
+        return zpk in self._changes
 
 
 # -- live configuration -------------------------------------------------------------------------------

@@ -309,7 +309,10 @@ def test_gate_holds_translations_to_the_key_being_changed_and_sends_them_to_the_
         async with trio.open_nursery() as nursery:
             nursery.start_soon(translate, "before", "OLD")  # already in the HSM when the change starts
             await trio.sleep(0.01)
+            assert not gate.key_changing("OLD")
             change = gate.begin("OLD")
+            # a request that translated before the change and waited for its write-ahead commit sees it
+            assert gate.key_changing("OLD") and not gate.key_changing("OTHER")
             nursery.start_soon(translate, "during", "OLD")  # held
             nursery.start_soon(translate, "other", "OTHER")  # another link's key: never held
             assert not await gate.idle("OLD", 0.001)  # "before" is still in the HSM
@@ -318,6 +321,7 @@ def test_gate_holds_translations_to_the_key_being_changed_and_sends_them_to_the_
             assert results == {"before": b"OLD", "other": b"OTHER"}  # "during" still waits
             gate.end(change, "NEW")
         assert results["during"] == b"NEW" and inner.used.count("OLD") == 1
+        assert not gate.key_changing("OLD")
 
         refused = gate.begin("NEW")  # a change the host refused: held ones go on under the old key
         gate.end(refused, "NEW")
