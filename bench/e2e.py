@@ -30,6 +30,7 @@ from typing import Any
 import trio
 
 from ops.cli import COMMANDS
+from ops.runtime import tune_gc
 from pos.load import LoadPlan, LoadReport, parse_mix, read_pool, run_load
 from pos.system import System, cpu_seconds, peak_rss_mb, tree_cpu
 
@@ -107,6 +108,7 @@ def _samples(path: Path, n: int = 8) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
+    tune_gc()  # the load generator runs in this process: the same interpreter settings as the services
     ap = argparse.ArgumentParser(prog="bench.e2e", description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=20.0, help="seconds of the measured run")
     ap.add_argument("--terminals", type=int, default=64, help="concurrent terminals")

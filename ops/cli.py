@@ -18,6 +18,7 @@ import click
 
 from ops import config as config_mod
 from ops import logs
+from ops.runtime import tune_gc
 
 # name -> "module:attribute" of a click command or group. One line per subcommand.
 COMMANDS: dict[str, str] = {
@@ -105,6 +106,7 @@ def cli(ctx: click.Context, config_path: str | None, json_output: bool) -> None:
 
 
 def main() -> None:
+    tune_gc()
     try:
         cli.main(standalone_mode=False, prog_name="payswitch")
     except click.exceptions.Abort:
