@@ -68,8 +68,17 @@ def _form_zpk(hsm: HsmServer) -> str:
     return trio.run(main)
 
 
-@pytest.fixture(scope="module")
-def system(db_url: str, hsm_server: HsmServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+def seeded(
+    db_url: str,
+    hsm_server: HsmServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    *,
+    sm4_terminal: bool = True,
+    link_connections: int = 2,
+) -> System:
+    """The campus programme through the operator CLIs: host keys, a product and three loaded cards with
+    PIN 123456, the merchant and its terminals, the host link, and the switch's link to the host with its
+    route. Nothing is started yet (``start_host``, then the switch)."""
     host_port = free_port()
     env = {
         **base_env(db_url, hsm_server),
@@ -90,25 +99,21 @@ def system(db_url: str, hsm_server: HsmServer, tmp_path_factory: pytest.TempPath
         stub.cli("card", "load", str(cid), "--amount", "500.00")
     stub.cli("merchant", "add", MERCHANT, "--name", "Campus Canteen", "--mcc", "5812")
     stub.cli("terminal", "add", "T3DES001", "--merchant", MERCHANT, "--scheme", "3des", "--tmk", TMK_HEX)
-    stub.cli("terminal", "add", "TSM40001", "--merchant", MERCHANT, "--scheme", "sm4", "--tmk", TMK_HEX)
+    if sm4_terminal:
+        stub.cli("terminal", "add", "TSM40001", "--merchant", MERCHANT, "--scheme", "sm4", "--tmk", TMK_HEX)
     stub.cli("host", "link", "48880000", "--profile", "3des", "--zpk", zpk)
     stub.cli(
-        "switch",
-        "link",
-        "add",
-        "issuer",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(host_port),
-        "--scheme",
-        "3des",
-        "--zpk",
-        zpk,
-        "--connections",
-        "2",
-    )
+        "switch", "link", "add", "issuer", "--host", "127.0.0.1", "--port", str(host_port),
+        "--scheme", "3des", "--zpk", zpk, "--connections", str(link_connections),
+    )  # fmt: skip
     stub.cli("switch", "route", "add", BIN, "--link", "issuer")
+    return stub
+
+
+@pytest.fixture(scope="module")
+def system(db_url: str, hsm_server: HsmServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    stub = seeded(db_url, hsm_server, tmp_path_factory)
+    env = stub.env
     stub.start_host()
     stub.switch = start_switch(db_url, hsm_server, request_timeout_ms=800, saf_retry_s=1)
     try:

@@ -24,9 +24,9 @@ from switch.mapping import original_data
 from switch.saf import SafQueue, recovered_journal_row, write_ahead_original
 from switch.store import Store
 from tests.fixtures.hsm import HsmServer
-from tests.fixtures.services import base_env, free_port, run_cli, start_switch
-from tests.switch.terminal import TMK_HEX, Terminal
-from tests.switch.test_host_e2e import BIN, MERCHANT, System, _form_zpk, _until, _wait_link
+from tests.fixtures.services import run_cli, start_switch
+from tests.switch.terminal import Terminal
+from tests.switch.test_host_e2e import System, _until, _wait_link, seeded
 
 # long enough that a purchase to a frozen host is still outstanding when the switch is killed
 SWITCH = {"request_timeout_ms": 5000, "saf_retry_s": 1}
@@ -34,32 +34,8 @@ SWITCH = {"request_timeout_ms": 5000, "saf_retry_s": 1}
 
 @pytest.fixture(scope="module")
 def system(db_url: str, hsm_server: HsmServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    host_port = free_port()
-    env = {
-        **base_env(db_url, hsm_server),
-        "PAYSWITCH_HOST_PORT": str(host_port),
-        "PAYSWITCH_HOST_METRICS_PORT": "0",
-        "PAYSWITCH_HOST_PROFILE": "3des",
-        "PAYSWITCH_HOST_MAILER_DIR": str(tmp_path_factory.mktemp("mailers")),
-    }
-    zpk = _form_zpk(hsm_server)
-    stub = System(env, db_url, hsm_server, None, None, [], [], [])  # type: ignore[arg-type]
-    stub.cli("host", "keys")
-    stub.cli("product", "add", "CAMPUS", "--kind", "reloadable", "--bin", BIN, "--pin-scheme", "3des")
-    issued = stub.cli("card", "issue", "--product", "CAMPUS", "--count", "3", "--pin", "123456", "--activate")
-    stub.pans = [c["pan"] for c in issued["cards"]]
-    stub.card_ids = [c["card_id"] for c in issued["cards"]]
-    stub.expiries = [str(c["expiry"]) for c in issued["cards"]]
-    for cid in stub.card_ids:
-        stub.cli("card", "load", str(cid), "--amount", "500.00")
-    stub.cli("merchant", "add", MERCHANT, "--name", "Campus Canteen", "--mcc", "5812")
-    stub.cli("terminal", "add", "T3DES001", "--merchant", MERCHANT, "--scheme", "3des", "--tmk", TMK_HEX)
-    stub.cli("host", "link", "48880000", "--profile", "3des", "--zpk", zpk)
-    stub.cli(
-        "switch", "link", "add", "issuer", "--host", "127.0.0.1", "--port", str(host_port),
-        "--scheme", "3des", "--zpk", zpk, "--connections", "1",
-    )  # fmt: skip
-    stub.cli("switch", "route", "add", BIN, "--link", "issuer")
+    stub = seeded(db_url, hsm_server, tmp_path_factory, sm4_terminal=False, link_connections=1)
+    env = stub.env
     stub.start_host()
     stub.switch = start_switch(db_url, hsm_server, **SWITCH)
     try:
