@@ -28,6 +28,7 @@ import trio
 
 from hsm_sim import pin
 from hsm_sim.client import HsmClient, account_from_pan
+from ops.pgembed import free_port
 
 TMK = "0123456789ABCDEFFEDCBA9876543210"
 ZERO = "0" * 32
@@ -80,15 +81,8 @@ def summarise(name: str, rounds: list[tuple[float, list[float]]]) -> Result:
     return Result(name, n, n / median, latencies[n // 2] * 1e6, latencies[min(n - 1, int(n * 0.99))] * 1e6)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def start_server(header_length: int) -> tuple[subprocess.Popen[bytes], int]:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "PAYSWITCH_HSM_PORT": str(port),

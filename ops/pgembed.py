@@ -17,6 +17,7 @@ import glob
 import hashlib
 import os
 import pwd
+import random
 import shutil
 import socket
 import subprocess
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SUPERUSER = "payswitch"
+PRIVATE_PORTS_FROM = 20000  # free_port: ports for test and bench services, below the ephemeral range
 UNIX_SOCKET_PATH_MAX = 104  # sun_path is 108 bytes on Linux, 104 on the BSDs; keep the terminating NUL
 _INCLUDE_LINE = "include_if_exists 'payswitch.conf'\n"
 
@@ -69,10 +71,32 @@ def find_bindir() -> Path:
 
 
 def free_port() -> int:
+    """A port free on 127.0.0.1 now, below the kernel's ephemeral range where that is known. A port
+    from that range (what binding port 0 hands out) can be taken as the source port of an outgoing
+    connection before its service binds it: the switch connects to its hosts before it listens, and
+    tests that restart it met "Address already in use"."""
+    low = _ephemeral_low()
+    for _ in range(64):
+        port = random.randrange(PRIVATE_PORTS_FROM, low) if low > PRIVATE_PORTS_FROM + 1000 else 0
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            found: int = s.getsockname()[1]
+            return found
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        fallback: int = s.getsockname()[1]
+        return fallback
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux), else 0 (unknown)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 class EmbeddedPostgres:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import stat
 from pathlib import Path
 
@@ -42,3 +43,17 @@ def test_up_is_idempotent_and_down_keeps_data(tmp_path: Path) -> None:
     finally:
         cluster.destroy()
     assert not cluster.status().initialised
+
+
+def test_free_port_is_below_the_ephemeral_range() -> None:
+    """A port from the ephemeral range may become an outgoing connection's source port before its
+    service binds it (the switch connects to its hosts before it listens)."""
+    from ops.pgembed import _ephemeral_low, free_port
+
+    low = _ephemeral_low()
+    ports = {free_port() for _ in range(20)}
+    if low > 21000:
+        assert all(p < low for p in ports), (low, ports)
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
