@@ -16,8 +16,10 @@ later 0400 (answered 00: the switch already owns that reversal) and a retransmis
 
 from __future__ import annotations
 
+import functools
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -69,6 +71,8 @@ class Reply:
     resign: bool = False
     mac: str | None = None  # the MAK (under LMK) when the answer carries DE64
     commit: trio.Event | None = None  # set once the request's journal row is committed
+    # An approval from upstream: what undoes it if the answer cannot reach the terminal as decided.
+    undo: Callable[[], Awaitable[None]] | None = None
 
 
 @dataclass(slots=True)
@@ -128,6 +132,8 @@ class PosService:
             encoded = await self._encode(reply)
         except Exception as exc:  # the answer could not be MACed (HSM gone): 96 without DE64
             log.error("response MAC failed", listener=self.channel, error=str(exc))
+            if reply.undo is not None:  # the issuer approved what the terminal will see declined
+                await reply.undo()
             reply = Reply(pos_response(msg, code="96"))
             encoded = self.codec.encode(reply.message)
         if commit is not None:
@@ -398,6 +404,9 @@ class PosService:
         reply.commit = entry.committed = self._journal(
             terminal, msg, entry, reply, timing, link_request, keep=keep
         )
+        link = self.upstream.links.get(entry.link or "")
+        if code == "00" and link_request is not None and link is not None:
+            reply.undo = functools.partial(self._undo_approval, msg, entry, link, link_request)
         return reply
 
     async def _financial_steps(
@@ -555,6 +564,17 @@ class PosService:
             if original is not None:
                 original.voided = True
         return Reply(reply, mac=mak), request
+
+    async def _undo_approval(self, msg: Message, entry: Entry, link: OutboundLink, request: Message) -> None:
+        """The issuer approved, but the terminal gets 96 (the answer's MAC could not be made): a terminal
+        does not reverse a decline, so the switch does, through store-and-forward (durable before the 96
+        leaves), and a retransmission gets the 96 too. The journal row keeps the issuer's 00: the
+        reconciliation pairs it with the reversal advice in switch_saf."""
+        log.error("approval reversed: its answer could not be MACed", link=link.name, stan=request.get("11"))
+        await self.upstream.reverse(link, request, "96")
+        entry.saf_queued = True
+        entry.code = "96"
+        entry.response = replayable(pos_response(msg, code="96"))
 
     def _journal(
         self,

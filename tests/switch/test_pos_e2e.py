@@ -8,6 +8,9 @@ it stop answering; tests with the real authorization host are in test_host_e2e.p
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -382,3 +385,36 @@ def test_batch_settlement_balanced_and_unbalanced(world: World) -> None:
     r = t.exchange(old)
     assert r.code == "77" and r.resign
     t.close()
+
+
+def test_approval_whose_answer_cannot_be_maced_is_reversed_upstream(
+    world: World, t3: Terminal, hsm_server: HsmServer
+) -> None:
+    """The issuer approves, then the HSM stops answering before the answer's MAC is made: the terminal
+    gets 96, and as a terminal does not reverse a decline, the switch sends the issuer a 0420 for the
+    approval; a retransmission gets the 96 again. (Last in the module: it freezes the shared HSM.)"""
+    amount = 4_321
+    msg = t3.purchase_msg(PAN3, amount, pin="123456")
+    result: dict[str, Any] = {}
+    buyer = threading.Thread(target=lambda: result.setdefault("r", t3.exchange(msg)))
+    world.host3.delay = 0.4  # the answer comes back after the HSM is frozen, within the link timeout
+    buyer.start()
+    try:
+        wait_until(
+            lambda: any(m.get("4") == f"{amount:012d}" for m in world.host3.seen("0200")),
+            what="the purchase upstream",
+        )
+        os.kill(hsm_server.process.pid, signal.SIGSTOP)
+        buyer.join(20)
+    finally:
+        os.kill(hsm_server.process.pid, signal.SIGCONT)
+        world.host3.delay = 0.0
+    assert result["r"].code == "96"
+    sent = [m for m in world.host3.seen("0200") if m.get("4") == f"{amount:012d}"][-1]
+    wait_until(
+        lambda: any(m.get("90", "")[4:10] == sent["11"] for m in world.host3.seen("0420")),
+        what="the 0420 of the approval upstream",
+    )
+    again = t3.exchange(msg)
+    assert again.code == "96"
+    assert len([m for m in world.host3.seen("0200") if m.get("4") == f"{amount:012d}"]) == 1
