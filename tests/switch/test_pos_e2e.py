@@ -149,7 +149,7 @@ def world(db_url: str, hsm_server: HsmServer) -> Iterator[World]:
     ):
         result = run_cli(args, env)
         assert result.returncode == 0, result.stderr
-    switch = start_switch(db_url, hsm_server, request_timeout_ms=700, saf_retry_s=1)
+    switch = start_switch(db_url, hsm_server, request_timeout_ms=1500, saf_retry_s=1)
     try:
         wait_until(lambda: len(host3.seen("0800")) >= 2 and len(host4.seen("0800")) >= 1, what="link sign-on")
         yield World(switch, host3, host4, db_url, env)
@@ -397,7 +397,7 @@ def test_approval_whose_answer_cannot_be_maced_is_reversed_upstream(
     msg = t3.purchase_msg(PAN3, amount, pin="123456")
     result: dict[str, Any] = {}
     buyer = threading.Thread(target=lambda: result.setdefault("r", t3.exchange(msg)))
-    world.host3.delay = 0.4  # the answer comes back after the HSM is frozen, within the link timeout
+    world.host3.delay = 0.8  # the answer comes back after the HSM is frozen, within the link timeout
     buyer.start()
     try:
         wait_until(
