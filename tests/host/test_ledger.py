@@ -288,9 +288,9 @@ def test_original_and_reversal_racing_on_two_writers(db_url: str) -> None:
                     fake_hash(pan),
                 )
                 original = asyncio.create_task(Ledger().post_batch(a, [buy]))
-                await asyncio.sleep(0.3)
+                await _waiting_for_locks(conn, 1)  # the original queues first, the reversal behind it
                 reversal = asyncio.create_task(Ledger().post_batch(b, [reversal_of(buy, pan=pan)]))
-                await asyncio.sleep(0.3)
+                await _waiting_for_locks(conn, 2)
             assert codes(await original) == ["00"]
             assert codes(await reversal) == ["00"]
         finally:
@@ -299,3 +299,12 @@ def test_original_and_reversal_racing_on_two_writers(db_url: str) -> None:
         assert await balance(conn, pan) == (10_000, 10_000)
 
     run(db_url, body)
+
+
+async def _waiting_for_locks(conn: Any, n: int) -> None:
+    """Until ``n`` backends wait for a lock (a writer blocked behind the test's row lock)."""
+    for _ in range(500):
+        if await conn.fetchval("SELECT count(DISTINCT pid) FROM pg_locks WHERE NOT granted") >= n:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{n} writers never queued for the row lock")
