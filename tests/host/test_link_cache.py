@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -66,11 +67,13 @@ def test_refresh_started_before_a_key_change_does_not_bring_the_old_zpk_back(
     real = host.service._link_row
     release = trio.Event()
     slow: list[bool] = [False]
+    read_done = threading.Event()
 
     async def gated(conn: Any, link_id: str) -> dict[str, Any] | None:
         row = await real(conn, link_id)  # read now (the old ZPK) ...
         if slow[0]:
             slow[0] = False
+            read_done.set()
             while not release.is_set():  # ... and come back after the key change (asyncio side)
                 await asyncio.sleep(0.01)
         return row
@@ -88,7 +91,9 @@ def test_refresh_started_before_a_key_change_does_not_bring_the_old_zpk_back(
         old_zpk = h.service._links[link_id][1]["zpk"]  # type: ignore[index]
         slow[0] = True
         h.service._refresh_link(link_id)  # a background refresh reads the row with the old ZPK
-        await trio.sleep(0.2)
+        with trio.fail_after(10):
+            while not read_done.is_set():
+                await trio.sleep(0.01)
         new = await h.crypto.hsm.generate_key(
             "001", "U", under=zmk.under_lmk, under_tmk=False, export_scheme="U"
         )
