@@ -23,6 +23,7 @@ from prometheus_client import Counter, Histogram
 from host.ledger import Ledger
 from host.model import Decision, Rc, Request
 from ops.logs import get_logger
+from ops.metrics import labelled
 from ops.pgpool import PgPool
 
 log = get_logger(__name__)
@@ -42,18 +43,6 @@ DECISIONS = Counter(
 )
 
 Callback = Callable[[Decision], None]
-
-
-_CHILDREN: dict[tuple[int, str, str], Any] = {}
-
-
-def _child(metric: Any, a: str, b: str) -> Any:
-    """A labelled child, looked up once (labels() costs more than the increment it serves)."""
-    key = (id(metric), a, b)
-    child = _CHILDREN.get(key)
-    if child is None:
-        child = _CHILDREN[key] = metric.labels(a, b)
-    return child
 
 
 class Engine:
@@ -116,7 +105,7 @@ class Engine:
             BATCH_SECONDS.observe(time.perf_counter() - started)
             BATCH_SIZE.observe(len(batch))
             for (req, callback), d in zip(batch, decisions, strict=True):
-                _child(DECISIONS, str(req.txn), d.code).inc()
+                labelled(DECISIONS, str(req.txn), d.code).inc()
                 try:
                     callback(d)
                 except Exception as exc:  # a broken connection must not stop the writer

@@ -30,6 +30,7 @@ from host.model import Decision, Pin, Rc, Request, Txn
 from hsm_sim.client import HsmClient, HsmError
 from ops.config import Config
 from ops.logs import get_logger
+from ops.metrics import labelled
 from ops.pgpool import PgPool
 from specs.catalogue import TxnType, format_error_response
 from specs.codec import Codec, codec_for
@@ -53,18 +54,6 @@ CONNECTIONS = Counter("payswitch_host_connections_total", "H2H connections accep
 MAC_FAILURES = Counter("payswitch_host_mac_failures_total", "H2H requests whose DE128 did not verify.")
 
 LINK_CACHE_SECONDS = 10.0
-
-
-_CHILDREN: dict[tuple[int, str, str], Any] = {}
-
-
-def _child(metric: Any, a: str, b: str) -> Any:
-    """A labelled child, looked up once (labels() costs more than the increment it serves)."""
-    key = (id(metric), a, b)
-    child = _CHILDREN.get(key)
-    if child is None:
-        child = _CHILDREN[key] = metric.labels(a, b)
-    return child
 
 
 @dataclass
@@ -338,7 +327,7 @@ class HostService:
         code = Rc.APPROVED
         if parsed.network is TxnType.KEY_CHANGE:
             code = await self._key_change(msg, parsed.link_id)
-        _child(REQUESTS, msg["t"], code).inc()
+        labelled(REQUESTS, msg["t"], code).inc()
         self._send(conn, h2h.network_response(msg, code), started)
         conn.done_one()
 
@@ -371,7 +360,7 @@ class HostService:
         self, conn: _Conn, msg: dict[str, Any], d: Decision, started: float, zak: str | None = None
     ) -> None:
         answer = h2h.response(msg, d, dt.datetime.now(dt.UTC))
-        _child(REQUESTS, msg["t"], d.code).inc()
+        labelled(REQUESTS, msg["t"], d.code).inc()
         if zak and conn.nursery is not None:
             conn.nursery.start_soon(self._send_signed, conn, answer, zak, started)
             return
