@@ -1,13 +1,19 @@
-"""Shared set-up for the host tests: a programme (product, merchant, cards) and request builders."""
+"""Shared set-up for the host tests: a programme (product, merchant, cards), request builders, and the
+admin CLI run through click's runner."""
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import json
+from pathlib import Path
 from typing import Any
+
+from click.testing import CliRunner, Result
 
 from host import catalog
 from host.model import Pin, Request, Txn, request_key
+from ops.cli import cli
 
 ACQ = "48880000"
 MERCHANT = "898330160120001"
@@ -90,3 +96,28 @@ def reversal_of(orig: Request, *, stan: str | None = None, **kw: Any) -> Request
     r.original_key = orig.key
     r.original_mti = orig.mti
     return r
+
+
+# -- the admin CLI ---------------------------------------------------------------------------------
+def cli_env(root: Path, db_url: str, hsm_env: dict[str, str]) -> dict[str, str]:
+    """Environment for `payswitch` commands: an empty config file, the test database and HSM, and a
+    PIN-mailer folder under ``root``."""
+    (root / "empty.toml").write_text("")
+    return {
+        "PAYSWITCH_CONFIG": str(root / "empty.toml"),
+        "PAYSWITCH_DATABASE_URL": db_url,
+        "PAYSWITCH_HOST_MAILER_DIR": str(root / "mailers"),
+        **hsm_env,
+    }
+
+
+def run(env: dict[str, str], *args: str, input: str | None = None) -> Result:
+    return CliRunner().invoke(cli, list(args), env=env, input=input, catch_exceptions=False)
+
+
+def ok(env: dict[str, str], *args: str, input: str | None = None) -> Any:
+    """The command's --json output; it must exit 0."""
+    result = run(env, "--json", *args, input=input)
+    assert result.exit_code == 0, result.output
+    # the prompts (not the hidden values) come before the JSON document
+    return json.loads(result.output if input is None else result.output[result.output.index("{") :])

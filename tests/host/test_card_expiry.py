@@ -7,42 +7,23 @@ Real PostgreSQL, the real HSM and a real H2H socket: a purchase on a card past i
 from __future__ import annotations
 
 import datetime as dt
-import json
 from typing import Any
 
 import asyncpg
 import pytest
 import trio
-from click.testing import CliRunner, Result
 from prometheus_client import REGISTRY
 
 from host.rules import yymm
-from ops.cli import cli
 from tests.host.harness import Harness, message, programme, running_host
+from tests.host.helpers import cli_env, ok, run
 
 PAST, LAST_YEAR, FUTURE = "2401", "2512", "4912"
 
 
 @pytest.fixture(scope="module")
 def env(db_url: str, hsm_server: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("cardexpiry")
-    (root / "empty.toml").write_text("")
-    return {
-        "PAYSWITCH_CONFIG": str(root / "empty.toml"),
-        "PAYSWITCH_DATABASE_URL": db_url,
-        "PAYSWITCH_HOST_MAILER_DIR": str(root / "mailers"),
-        **hsm_server.env,
-    }
-
-
-def run(env: dict[str, str], *args: str) -> Result:
-    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
-
-
-def ok(env: dict[str, str], *args: str) -> Any:
-    result = run(env, "--json", *args)
-    assert result.exit_code == 0, result.output
-    return json.loads(result.output)
+    return cli_env(tmp_path_factory.mktemp("cardexpiry"), db_url, hsm_server.env)
 
 
 def states(db_url: str) -> dict[int, str]:

@@ -3,37 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-from click.testing import CliRunner, Result
 
-from ops.cli import cli
+from tests.host.helpers import cli_env, ok, run
 
 
 @pytest.fixture(scope="module")
 def env(db_url: str, hsm_server: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("hostcli")
-    (root / "empty.toml").write_text("")
-    return {
-        "PAYSWITCH_CONFIG": str(root / "empty.toml"),
-        "PAYSWITCH_DATABASE_URL": db_url,
-        "PAYSWITCH_HOST_MAILER_DIR": str(root / "mailers"),
-        **hsm_server.env,
-    }
-
-
-def run(env: dict[str, str], *args: str) -> Result:
-    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
-
-
-def ok(env: dict[str, str], *args: str) -> Any:
-    result = run(env, "--json", *args)
-    assert result.exit_code == 0, result.output
-    return json.loads(result.output)
+    return cli_env(tmp_path_factory.mktemp("hostcli"), db_url, hsm_server.env)
 
 
 def test_programme_from_the_command_line(env: dict[str, str], db_url: str) -> None:
