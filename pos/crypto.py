@@ -24,7 +24,6 @@ from typing import Literal
 
 from hsm_sim import crypto, mac
 from hsm_sim import pin as pin_blocks
-from hsm_sim.client import account_from_pan
 from specs import catalogue
 
 Scheme = Literal["3des", "sm4"]
@@ -146,4 +145,4 @@ def _account(pin: str, pan: str) -> str:
         raise TerminalCryptoError("a PIN is 4 to 12 digits")
     if not (pan.isdigit() and 2 <= len(pan) <= 19):
         raise TerminalCryptoError("the PAN must be digits")
-    return account_from_pan(pan)
+    return pin_blocks.account_from_pan(pan)
