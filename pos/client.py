@@ -232,14 +232,11 @@ class Session:
             self.checkpoint()
         try:
             answer = await self.exchange(msg)
-        except NoAnswer:
+        except TerminalError as exc:
             if self.state.pending_reversal is None:
                 self.state.pending_reversal = self.state.storable(messages.reversal_of(msg, "98"))
-            await self.flush_reversal()
-            raise
-        except TerminalError:
-            if self.state.pending_reversal is None:
-                self.state.pending_reversal = self.state.storable(messages.reversal_of(msg, "98"))
+            if isinstance(exc, NoAnswer):  # the line is still up: try the reversal at once
+                await self.flush_reversal()
             raise
         self.state.pending_reversal = None
         if answer.approved and answer.mac_ok is False:

@@ -15,10 +15,9 @@ from typing import Any
 
 import pytest
 import trio
-from click.testing import CliRunner, Result
 
 from hsm_sim import crypto
-from ops.cli import cli
+from tests.host.helpers import cli_env, ok, run
 
 # Test components only. 3DES: the contract's worked-example key XOR 11..11 (each 0x11 byte has even
 # parity, so the XOR keeps the key's odd parity): the ZMK is 1032547698BADCFEEFCDAB8967452301.
@@ -29,25 +28,7 @@ PIN = "135790"
 
 @pytest.fixture(scope="module")
 def env(db_url: str, hsm_server: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("mailerexport")
-    (root / "empty.toml").write_text("")
-    return {
-        "PAYSWITCH_CONFIG": str(root / "empty.toml"),
-        "PAYSWITCH_DATABASE_URL": db_url,
-        "PAYSWITCH_HOST_MAILER_DIR": str(root / "mailers"),
-        **hsm_server.env,
-    }
-
-
-def run(env: dict[str, str], *args: str, input: str | None = None) -> Result:
-    return CliRunner().invoke(cli, list(args), env=env, input=input, catch_exceptions=False)
-
-
-def ok(env: dict[str, str], *args: str, input: str | None = None) -> Any:
-    result = run(env, "--json", *args, input=input)
-    assert result.exit_code == 0, result.output
-    # the prompts (not the hidden values) come before the JSON document
-    return json.loads(result.output if input is None else result.output[result.output.index("{") :])
+    return cli_env(tmp_path_factory.mktemp("mailerexport"), db_url, hsm_server.env)
 
 
 def _xor(parts: list[str]) -> bytes:
