@@ -497,30 +497,7 @@ class PosService:
             if original is not None:
                 entry.original = f"{original.mti}/{original.stan}"
         # Durable before it leaves: a crash from here on leaves a record that start-up recovery reverses.
-        await self.journal.submit_ahead(
-            (
-                f"pos|{terminal.terminal_id}|{terminal.merchant_id}|{terminal.batch_no}|{entry.stan}|{entry.mti}",
-                self.channel,
-                entry.mti,
-                entry.kind,
-                msg.get("3"),
-                terminal.terminal_id,
-                terminal.merchant_id,
-                batch,
-                entry.stan,
-                entry.amount,
-                msg.get("49"),
-                entry.pan_masked,
-                ref,
-                entry.original,
-                link.name,
-                request["t"],
-                request["11"],
-                request["7"],
-                request["32"],
-                None,
-            )
-        ).wait()
+        await self._write_ahead(terminal, msg, entry, request).wait()
         if translated is not None and (link.config.zpk != zpk or self.hsm.key_changing(zpk)):
             # The link's ZPK changed, or is being changed, while the record was committed: the host holds
             # the new key from its 0810 on, so translate again (the key-change gate holds this until then).
@@ -576,6 +553,37 @@ class PosService:
         entry.code = "96"
         entry.response = replayable(pos_response(msg, code="96"))
 
+    def _write_ahead(
+        self, terminal: Terminal, msg: Message, entry: Entry, request: Message, reverses: str | None = None
+    ) -> trio.Event:
+        """Queue the write-ahead record (store.WRITE_AHEAD_COLUMNS) of ``request``, about to go upstream on
+        ``entry.link`` for ``msg``; the event is set once it is committed. ``reverses``: the DE90 a
+        reversal advice for it names when that is not the request itself (a forwarded 0400)."""
+        return self.journal.submit_ahead(
+            (
+                _dedup_key(terminal, entry),
+                self.channel,
+                entry.mti,
+                entry.kind,
+                msg.get("3"),
+                terminal.terminal_id,
+                terminal.merchant_id,
+                parse_de60(msg.get("60")).batch_no,
+                entry.stan,
+                entry.amount,
+                msg.get("49"),
+                entry.pan_masked,
+                request.get("37"),
+                entry.original,
+                entry.link,
+                request["t"],
+                request["11"],
+                request["7"],
+                request["32"],
+                reverses,
+            )
+        )
+
     def _journal(
         self,
         terminal: Terminal,
@@ -589,9 +597,7 @@ class PosService:
     ) -> trio.Event:
         """Queue the request's journal row; the event is set once it is committed."""
         answer = reply.message
-        key = (
-            f"pos|{terminal.terminal_id}|{terminal.merchant_id}|{terminal.batch_no}|{entry.stan}|{entry.mti}"
-        )
+        key = _dedup_key(terminal, entry)
         if not keep:
             key += f"|{answer.get('39')}|{time.time_ns()}"
         now = trio.current_time()
@@ -669,30 +675,8 @@ class PosService:
                 request = self._h2h_reversal(msg, original, link)
                 entry.link, entry.link_mti, entry.link_stan = link.name, "0400", request["11"]
                 entry.link_de7, entry.link_de32 = request["7"], request["32"]
-                await self.journal.submit_ahead(
-                    (
-                        f"pos|{terminal.terminal_id}|{terminal.merchant_id}|{terminal.batch_no}|{stan}|0400",
-                        self.channel,
-                        "0400",
-                        entry.kind,
-                        msg.get("3"),
-                        terminal.terminal_id,
-                        terminal.merchant_id,
-                        parse_de60(msg.get("60")).batch_no,
-                        stan,
-                        entry.amount,
-                        msg.get("49"),
-                        entry.pan_masked,
-                        request.get("37"),
-                        entry.original,
-                        link.name,
-                        "0400",
-                        request["11"],
-                        request["7"],
-                        request["32"],
-                        request["90"],  # its reversal advice names the original, as below
-                    )
-                ).wait()
+                # its reversal advice names the original (DE90), as below
+                await self._write_ahead(terminal, msg, entry, request, reverses=request["90"]).wait()
                 outcome = await self.upstream.send(link, request, reverse_on_timeout=False)
                 timing.host = outcome.host_seconds
                 if outcome.answer is not None:
@@ -823,6 +807,11 @@ class PosService:
             elif entry.amount != record.amount:
                 differing += 1
         return missing, differing
+
+
+def _dedup_key(terminal: Terminal, entry: Entry) -> str:
+    """A terminal request's journal key: a retransmission (same batch, STAN and MTI) has the same one."""
+    return f"pos|{terminal.terminal_id}|{terminal.merchant_id}|{terminal.batch_no}|{entry.stan}|{entry.mti}"
 
 
 def _response_header(tpdu: bytes, header: bytes, resign: bool) -> bytes:
