@@ -405,19 +405,17 @@ class _Connection:
             return [await self.exchange(command, fields) for command, fields in commands]
         if self.stream is None:
             raise HsmUnavailable("HSM connection is closed")
+        h = self.client.header_length
+        if any(h + 2 + len(fields) > 0xFFFF for _, fields in commands):
+            raise ValueError("HSM request longer than 65535 bytes")
         headers: list[bytes] = []
         slot = _Slot(trio.lowlevel.current_task(), trio.current_time() + self.client.timeout, headers)
         out = bytearray()
         for command, fields in commands:
             header = self.next_header()
-            body_len = len(header) + 2 + len(fields)
-            if body_len > 0xFFFF:
-                for h in headers:
-                    del self.pending[h]
-                raise ValueError("HSM request longer than 65535 bytes")
             headers.append(header)
             self.pending[header] = slot  # reserved at once: next_header must not hand it out again
-            out += body_len.to_bytes(2, "big") + header + command + fields
+            out += (h + 2 + len(fields)).to_bytes(2, "big") + header + command + fields
         slot.bodies = [b""] * len(headers)
         slot.left = len(headers)
         self._out += out
