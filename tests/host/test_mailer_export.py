@@ -48,6 +48,15 @@ def _clear_pan(clear: bytes) -> str:
     return clear.rstrip(b"\0").decode()
 
 
+async def _hsm_pans(hsm: Any, key_lmk: str, rows: list[dict[str, Any]]) -> list[str]:
+    """The producer's HSM decrypting each row's PAN (M2) under the imported mailer key."""
+    out = []
+    for r in rows:
+        iv, ct = r["pan_under_mailer_key"].split(":")
+        out.append(_clear_pan(await hsm.decrypt_data(key_lmk, bytes.fromhex(ct), iv=bytes.fromhex(iv))))
+    return out
+
+
 def test_producer_decrypts_the_mailer_pans(env: dict[str, str], hsm_server: Any) -> None:
     ok(env, "product", "add", "MAIL", "--kind", "reloadable", "--bin", "621260", "--pan-length", "16")
     added = ok(
@@ -98,13 +107,7 @@ def test_producer_decrypts_the_mailer_pans(env: dict[str, str], hsm_server: Any)
             zmk = await hsm.form_key("000", DES_COMPONENTS, "U")
             key = await hsm.import_key("00A", zmk.under_lmk, header["mailer_key_under_zmk"], "U")
             assert key.check_value[:6] == header["mailer_key_check_value"]
-            out = []
-            for r in rows:
-                iv, ct = r["pan_under_mailer_key"].split(":")
-                out.append(
-                    _clear_pan(await hsm.decrypt_data(key.under_lmk, bytes.fromhex(ct), iv=bytes.fromhex(iv)))
-                )
-            return out
+            return await _hsm_pans(hsm, key.under_lmk, rows)
 
     assert trio.run(producer_hsm) == pans
 
@@ -149,13 +152,7 @@ def test_sm4_producer(env: dict[str, str], hsm_server: Any) -> None:
             zmk = await hsm.form_sm4_key("000", SM4_COMPONENTS)
             key = await hsm.import_sm4_key("00A", zmk.under_lmk, header["mailer_key_under_zmk"])
             assert key.check_value[:6] == header["mailer_key_check_value"]
-            out = []
-            for r in rows:
-                iv, ct = r["pan_under_mailer_key"].split(":")
-                out.append(
-                    _clear_pan(await hsm.decrypt_data(key.under_lmk, bytes.fromhex(ct), iv=bytes.fromhex(iv)))
-                )
-            return out
+            return await _hsm_pans(hsm, key.under_lmk, rows)
 
     assert trio.run(producer_hsm) == pans
     mailer_key = crypto.sm4(_xor(SM4_COMPONENTS)).decrypt(bytes.fromhex(header["mailer_key_under_zmk"]))
