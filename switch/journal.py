@@ -52,15 +52,14 @@ class JournalWriter:
 
     def submit(self, row: Row) -> trio.Event:
         """Queue ``row``; the returned event is set once it is committed."""
-        self._rows.append(row)
-        if self._idle.is_set():
-            self._idle = trio.Event()
-        self._wake.set()
-        return self._done
+        return self._queue(self._rows, row)
 
     def submit_ahead(self, row: Row) -> trio.Event:
         """Queue a write-ahead record; the returned event is set once it is committed."""
-        self._ahead.append(row)
+        return self._queue(self._ahead, row)
+
+    def _queue(self, into: list[Row], row: Row) -> trio.Event:
+        into.append(row)
         if self._idle.is_set():
             self._idle = trio.Event()
         self._wake.set()

@@ -428,7 +428,8 @@ class Store:
     async def insert_journal(
         self, rows: Sequence[tuple[Any, ...]], ahead: Sequence[tuple[Any, ...]] = (), /
     ) -> None:
-        """Journal rows and write-ahead rows (WRITE_AHEAD_COLUMNS), committed together."""
+        """Journal rows and write-ahead rows (WRITE_AHEAD_COLUMNS); returns once both are committed (one
+        COPY each, not one transaction: see ``_insert_journal_and_ahead``)."""
         if ahead:
             await self.pool.run(_insert_journal_and_ahead, rows, ahead)
         else:
