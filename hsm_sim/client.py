@@ -411,11 +411,17 @@ class _Connection:
         headers: list[bytes] = []
         slot = _Slot(trio.lowlevel.current_task(), trio.current_time() + self.client.timeout, headers)
         out = bytearray()
-        for command, fields in commands:
-            header = self.next_header()
-            headers.append(header)
-            self.pending[header] = slot  # reserved at once: next_header must not hand it out again
-            out += (h + 2 + len(fields)).to_bytes(2, "big") + header + command + fields
+        try:
+            for command, fields in commands:
+                header = self.next_header()
+                headers.append(header)
+                self.pending[header] = slot  # reserved at once: next_header must not hand it out again
+                out += (h + 2 + len(fields)).to_bytes(2, "big") + header + command + fields
+        except HsmUnavailable:
+            # Too many in flight: nothing was sent, and no watcher may wake a task that never waited.
+            for header in headers:
+                del self.pending[header]
+            raise
         slot.bodies = [b""] * len(headers)
         slot.left = len(headers)
         self._out += out
