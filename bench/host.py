@@ -45,6 +45,7 @@ from host.keys import IssuerCrypto, generate_missing, keys_from, load_keys, stor
 from host.ledger import SERVER_SETTINGS, Ledger
 from host.model import Request, Txn
 from hsm_sim.client import HsmClient
+from ops import processes
 from ops.db import ensure_database
 from ops.migrate import migrate_url
 from ops.pgembed import EmbeddedPostgres, free_port
@@ -58,18 +59,10 @@ BIN = "621299"
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {port}")
+    try:
+        processes.wait_listening(port, proc, timeout=timeout)
+    except processes.NotListening as exc:
+        raise RuntimeError(str(exc)) from None
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -504,12 +497,7 @@ def main(argv: list[str]) -> int:
         return 0 if not bad else 1
     finally:
         for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            processes.stop(p)
         cluster.destroy()
         shutil.rmtree(root, ignore_errors=True)
 

@@ -17,7 +17,6 @@ import argparse
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import trio
 
 from hsm_sim import pin
 from hsm_sim.client import HsmClient, account_from_pan
+from ops import processes
 from ops.pgembed import free_port
 
 TMK = "0123456789ABCDEFFEDCBA9876543210"
@@ -93,17 +93,12 @@ def start_server(header_length: int) -> tuple[subprocess.Popen[bytes], int]:
         "PAYSWITCH_LOG_LEVEL": "warning",
     }
     proc = subprocess.Popen([sys.executable, "-m", "ops", "hsm", "serve"], env=env)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the HSM exited with status {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("the HSM did not start")
+    try:
+        processes.wait_listening(port, proc, what="the HSM", timeout=20)
+    except processes.NotListening as exc:
+        proc.kill()
+        raise SystemExit(str(exc)) from None
+    return proc, port
 
 
 def _rss_kb(pid: int) -> int:
