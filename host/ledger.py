@@ -796,17 +796,12 @@ class Ledger:
         C json module) rather than an array per column: per-element array encoding was measured as the
         costliest part of the write on the host's side.
         """
-        if not (
-            b.auth_rows
-            or b.transfers
-            or b.deltas
-            or any(c.card_dirty or c.counters_dirty for c in b.cards.values())
-        ):
-            return
         counted = {c.account_id: c for c in b.cards.values() if c.counters_dirty}
+        dirty = [c for c in b.cards.values() if c.card_dirty]
+        if not (b.auth_rows or b.transfers or b.deltas or counted or dirty):
+            return
         ids = sorted(set(b.deltas) | set(counted))
         zero = [0, 0, 0, 0]
-        dirty = [c for c in b.cards.values() if c.card_dirty]
         transfers = [
             (
                 t.key,
