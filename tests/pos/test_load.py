@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
-from pos.load import LoadError, LoadPlan, parse_mix, read_pool, run_load
+from pos.load import LoadError, LoadPlan, LoadReport, Progress, parse_mix, read_pool, run_load
 from tests.pos.fakeswitch import FakeSwitch
 
 TMK = "0123456789ABCDEFFEDCBA9876543210"
@@ -32,24 +33,44 @@ def write_pool(path: Path, fake: FakeSwitch, terminals: list[str]) -> None:
     path.write_text(json.dumps(pool))
 
 
+def run_against_fake(
+    tmp_path: Path,
+    tids: list[str],
+    mix: str,
+    *,
+    scheme: str = "3des",
+    hang_up: tuple[tuple[str, str], ...] = (),
+    progress: Progress | None = None,
+    **plan: Any,
+) -> tuple[LoadReport, FakeSwitch]:
+    """A load run of every terminal in ``tids`` against a fresh stand-in switch (stopped after)."""
+    fake = FakeSwitch(scheme, {t: bytes.fromhex(TMK) for t in tids}).start()  # type: ignore[arg-type]
+    fake.hang_up.update(hang_up)
+    try:
+        write_pool(tmp_path / "pool.json", fake, tids)
+        load_plan = LoadPlan(
+            pool=read_pool(tmp_path / "pool.json"), terminals=len(tids), mix=parse_mix(mix), **plan
+        )
+        report = trio.run(run_load, load_plan, progress)
+    finally:
+        fake.stop()
+    return report, fake
+
+
 @pytest.mark.parametrize(("scheme", "per_connection"), [("3des", 1), ("sm4", 1), ("3des", 3)])
 def test_load_runs_the_mix_and_reports(tmp_path: Path, scheme: str, per_connection: int) -> None:
     tids = [f"L{i:07d}" for i in range(4)]
-    fake = FakeSwitch(scheme, {t: bytes.fromhex(TMK) for t in tids}).start()  # type: ignore[arg-type]
-    try:
-        write_pool(tmp_path / "pool.json", fake, tids)
-        plan = LoadPlan(
-            pool=read_pool(tmp_path / "pool.json"),
-            terminals=4,
-            mix=parse_mix("purchase=80,balance=10,echo=5,preauth=5"),
-            duration=None,
-            count=300,
-            per_connection=per_connection,
-        )
-        progress: list[dict[str, object]] = []
-        report = trio.run(run_load, plan, progress.append)
-    finally:
-        fake.stop()
+    progress: list[dict[str, object]] = []
+    report, fake = run_against_fake(
+        tmp_path,
+        tids,
+        "purchase=80,balance=10,echo=5,preauth=5",
+        scheme=scheme,
+        progress=progress.append,
+        duration=None,
+        count=300,
+        per_connection=per_connection,
+    )
     data = report.as_dict()
     assert data["signed_on"] == 4 and data["terminals_per_connection"] == per_connection
     assert data["requests"] >= 300 and data["answered"] == data["requests"]
@@ -75,39 +96,22 @@ def test_bad_mix_and_pool_are_one_line_errors(tmp_path: Path) -> None:
 
 def test_target_rate_paces_the_terminals(tmp_path: Path) -> None:
     tids = [f"L{i:07d}" for i in range(4)]
-    fake = FakeSwitch("3des", {t: bytes.fromhex(TMK) for t in tids}).start()
-    try:
-        write_pool(tmp_path / "pool.json", fake, tids)
-        plan = LoadPlan(
-            pool=read_pool(tmp_path / "pool.json"),
-            terminals=4,
-            mix=parse_mix("purchase"),
-            duration=1.0,
-            rate=200.0,
-        )
-        data = trio.run(run_load, plan, None).as_dict()
-    finally:
-        fake.stop()
+    data = run_against_fake(tmp_path, tids, "purchase", duration=1.0, rate=200.0)[0].as_dict()
     assert 150 <= data["requests"] <= 210, data["requests"]
 
 
 def test_a_lost_shared_connection_fails_its_terminals_without_hanging(tmp_path: Path) -> None:
     tids = [f"L{i:07d}" for i in range(4)]
-    fake = FakeSwitch("3des", {t: bytes.fromhex(TMK) for t in tids}).start()
-    fake.hang_up.add(("0200", "000005"))  # each terminal's 4th purchase closes its shared connection
-    try:
-        write_pool(tmp_path / "pool.json", fake, tids)
-        plan = LoadPlan(
-            pool=read_pool(tmp_path / "pool.json"),
-            terminals=4,
-            mix=parse_mix("purchase"),
-            duration=3.0,
-            per_connection=2,
-            timeout=1.0,
-        )
-        data = trio.run(run_load, plan, None).as_dict()
-    finally:
-        fake.stop()
+    report, _ = run_against_fake(
+        tmp_path,
+        tids,
+        "purchase",
+        hang_up=(("0200", "000005"),),  # each terminal's 4th purchase closes its shared connection
+        duration=3.0,
+        per_connection=2,
+        timeout=1.0,
+    )
+    data = report.as_dict()
     assert data["signed_on"] == 4
     assert data["answered"] == 12  # 3 purchases each, then the line drops under all of them
     assert sum(data["errors"].values()) == 4 and data["elapsed_s"] < 2.5  # every terminal stops at once
@@ -115,19 +119,14 @@ def test_a_lost_shared_connection_fails_its_terminals_without_hanging(tmp_path: 
 
 def test_a_lost_connection_during_a_preauth_pair_stops_only_that_terminal(tmp_path: Path) -> None:
     tids = [f"P{i:07d}" for i in range(2)]
-    fake = FakeSwitch("3des", {t: bytes.fromhex(TMK) for t in tids}).start()
-    fake.hang_up.add(("0200", "000005"))  # the second completion closes the connection
-    try:
-        write_pool(tmp_path / "pool.json", fake, tids)
-        plan = LoadPlan(
-            pool=read_pool(tmp_path / "pool.json"),
-            terminals=2,
-            mix=parse_mix("preauth"),
-            duration=3.0,
-            timeout=1.0,
-        )
-        data = trio.run(run_load, plan, None).as_dict()  # no exception escapes the run
-    finally:
-        fake.stop()
+    report, _ = run_against_fake(
+        tmp_path,
+        tids,
+        "preauth",
+        hang_up=(("0200", "000005"),),  # the second completion closes the connection
+        duration=3.0,
+        timeout=1.0,
+    )  # no exception escapes the run
+    data = report.as_dict()
     assert data["signed_on"] == 2
     assert sum(data["errors"].values()) == 2 and data["elapsed_s"] < 2.5
