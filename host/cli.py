@@ -24,6 +24,7 @@ from host.admin import admin_load, load_refusal
 from host.catalog import CatalogError
 from host.keys import IssuerCrypto, generate_missing, keys_from, load_keys, store_keys
 from host.ledger import SERVER_SETTINGS
+from host.producers import ExportedMailerKey
 from ops.cli import AppContext, configure_logging, pass_app
 from ops.db import DatabaseUnavailable, database_url
 from ops.pgpool import PgPool
@@ -287,24 +288,18 @@ def producer_list(app: AppContext) -> None:
 def producer_export(app: AppContext, name: str) -> None:
     """The PIN-mailer key under the producer's ZMK (A8 / ST) and its check value, for the producer's HSM."""
 
-    async def work(pool: PgPool, crypto: IssuerCrypto) -> Any:
+    async def work(pool: PgPool, crypto: IssuerCrypto) -> ExportedMailerKey:
         return await _export_for(pool, crypto, name)
 
-    out = _run(app, work, hsm=True)
+    out = _run(app, work, hsm=True).public()
     app.emit(
-        {
-            "producer": out.producer,
-            "scheme": out.scheme,
-            "mailer_key_under_zmk": out.key_under_zmk,
-            "mailer_key_check_value": out.check_value[:6],
-            "zmk_check_value": out.zmk_check_value[:6],
-        },
-        f"producer {out.producer} ({out.scheme}): mailer key under ZMK {out.key_under_zmk}\n"
-        f"mailer key check value {out.check_value[:6]}; ZMK check value {out.zmk_check_value[:6]}",
+        out,
+        f"producer {out['producer']} ({out['scheme']}): mailer key under ZMK {out['mailer_key_under_zmk']}\n"
+        f"mailer key check value {out['mailer_key_check_value']}; ZMK check value {out['zmk_check_value']}",
     )
 
 
-async def _export_for(pool: PgPool, crypto: IssuerCrypto, name: str) -> Any:
+async def _export_for(pool: PgPool, crypto: IssuerCrypto, name: str) -> ExportedMailerKey:
     from host import producers
 
     return await producers.export_mailer_key(crypto, await pool.run(producers.producer, name))

@@ -172,11 +172,7 @@ def mailer_header(producer: ExportedMailerKey, product: str, batch: str, cards: 
     """The header line for a producer: its name and the mailer key under its ZMK, never a clear key."""
     return {
         "record": "header",
-        "producer": producer.producer,
-        "scheme": producer.scheme,
-        "mailer_key_under_zmk": producer.key_under_zmk,
-        "mailer_key_check_value": producer.check_value[:6],
-        "zmk_check_value": producer.zmk_check_value[:6],
+        **producer.public(),
         "product": product,
         "batch": batch,
         "cards": cards,

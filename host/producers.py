@@ -48,6 +48,16 @@ class ExportedMailerKey:
     zmk_check_value: str  # of the producer's ZMK, so both sides see they hold the same ZMK
     mailer_key: str  # the mailer key under the LMK, which the PANs are encrypted with (never clear)
 
+    def public(self) -> dict[str, str]:
+        """What the producer is given (CLI output, the mailer file's header): never the key under the LMK."""
+        return {
+            "producer": self.producer,
+            "scheme": self.scheme,
+            "mailer_key_under_zmk": self.key_under_zmk,
+            "mailer_key_check_value": self.check_value[:6],
+            "zmk_check_value": self.zmk_check_value[:6],
+        }
+
 
 async def form_zmk(crypto: IssuerCrypto, scheme: str, components: list[str]) -> tuple[str, str]:
     """(ZMK under the LMK, check value) from clear components, XORed inside the HSM (A4 / WK)."""
