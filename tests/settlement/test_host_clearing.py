@@ -5,13 +5,11 @@ the cut-over can be tested to the second (the engine stamps now())."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import asyncpg
 import pytest
 
 from host.catalog import (
@@ -27,6 +25,7 @@ from host.clearing import ClearingEmitError, emit, emit_closed, terminal_local_t
 from settlement.importer import import_file
 from settlement.reconcile import Category, file_records, ledger_records, reconcile
 from specs.clearing import read_file
+from tests.settlement.db import db
 
 TZ = "Asia/Shanghai"
 CUTOVER = "23:00"
@@ -122,17 +121,6 @@ class Host:
         return tid
 
 
-def run(url: str, work: Any) -> Any:
-    async def go() -> Any:
-        conn = await asyncpg.connect(url)
-        try:
-            return await work(conn)
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
-
-
 def test_local_time_year() -> None:
     zone = ZoneInfo(TZ)
     assert terminal_local_time("1231235959", utc(2026, 12, 31, 16, 0, 1), zone) == datetime(
@@ -221,7 +209,7 @@ def test_emit_settle_reconcile(db_url: str, tmp_path: Path) -> None:
         )
         assert empty.trailer.count == 0 and read_file(empty.path)[1] == []
 
-    run(db_url, work)
+    db(db_url, work)
 
     # the CLI: the late posting shows up; a journal approval that was never posted too
     from click.testing import CliRunner
@@ -278,4 +266,4 @@ def test_emit_closed_catches_up(db_url: str, tmp_path: Path) -> None:
         later = await emit_closed(conn, utc(2026, 11, 13, 15, 0), lookback_days=3, **kw)
         assert [r.business_date for r in later] == [date(2026, 11, 13)]
 
-    run(db_url, work)
+    db(db_url, work)

@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import pytest
@@ -27,22 +27,11 @@ from settlement.postings import check_postings as settlement_check
 from settlement.run import run_settlement
 from settlement.schedules import add_fee_schedule
 from specs.clearing import business_date_of, write_file
+from tests.settlement.db import db
 from tests.settlement.factories import detail, header
 from tests.settlement.ledger_seed import seed_payables
 
-T = TypeVar("T")
 TZ, CUTOVER = "Asia/Shanghai", "23:00"
-
-
-def db(url: str, work: Callable[[Any], Awaitable[T]]) -> T:
-    async def go() -> T:
-        conn = await asyncpg.connect(url)
-        try:
-            return await work(conn)
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
 
 
 async def failing(conn: Any) -> dict[str, list[str]]:

@@ -9,12 +9,10 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from datetime import date
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import asyncpg
 import pytest
 from click.testing import CliRunner
 
@@ -28,23 +26,12 @@ from settlement.reports import write_run_outputs
 from settlement.run import run_settlement
 from settlement.schedules import add_fee_schedule, set_merchant
 from specs.clearing import Detail, write_file
+from tests.settlement.db import db
 from tests.settlement.factories import detail, header
 from tests.settlement.ledger_seed import seed_payables
 
-T = TypeVar("T")
 DAY1, DAY2 = date(2026, 11, 24), date(2026, 11, 25)  # a Tuesday and a Wednesday
 SHARES = {"issuer_share_bp": 2000, "acquirer_share_bp": 3000, "platform_share_bp": 5000}
-
-
-def db(url: str, work: Callable[[Any], Awaitable[T]]) -> T:
-    async def go() -> T:
-        conn = await asyncpg.connect(url)
-        try:
-            return await work(conn)
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
 
 
 def one(url: str, sql: str, *args: Any) -> Any:
