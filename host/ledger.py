@@ -130,9 +130,9 @@ class Ledger:
                 if isinstance(exc, asyncpg.UniqueViolationError) and not raced:
                     # Another writer committed this key between our read and our write (an original and
                     # its reversal decided on two partitions at once): decide again against what it wrote.
-                    log.info("key raced with another writer; deciding again", key=reqs[0].key)
+                    log.info("key raced with another writer; deciding again", request=reqs[0].key)
                     return await self.post_batch(conn, reqs, now, raced=True)
-                log.error("posting failed", key=reqs[0].key, txn=str(reqs[0].txn), error=repr(exc))
+                log.error("posting failed", request=reqs[0].key, txn=str(reqs[0].txn), error=repr(exc))
                 return [Decision(Rc.SYSTEM_ERROR)]
             log.warning("batch failed; retrying one by one", size=len(reqs), error=repr(exc))
             out: list[Decision] = []
