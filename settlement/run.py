@@ -95,7 +95,7 @@ async def run_settlement(conn: Any, as_of: date, default_cycle: Cycle) -> RunRes
             return result
         await lock_ledger(conn)
         payables: dict[str, Payable] = {}
-        for merchant, dates, gross, fee in list(plans):
+        for merchant, _dates, gross, fee in plans:
             payable = await merchant_payable(conn, merchant)
             if payable is None:
                 reason = "not in the host ledger (no such merchant): nothing to settle from"
@@ -108,7 +108,7 @@ async def run_settlement(conn: Any, as_of: date, default_cycle: Cycle) -> RunRes
                 payables[merchant] = payable
                 continue
             result.carried.append(Carried(merchant, reason, gross, fee))
-            plans.remove((merchant, dates, gross, fee))
+        plans = [plan for plan in plans if plan[0] in payables]
         if not plans:
             return result
         run_id: int = await conn.fetchval(
