@@ -300,9 +300,9 @@ def reconcile_cmd(app: AppContext, file: Path, journal: Path | None, output_dir:
         use_table = journal is None and await journal_available(conn)
         if use_table:
             journal_source = {"source": "table", "table": "switch_journal"}
+        compared = journal_source is not None
         try:
             # With a journal, postings just outside the window are read too, as partners only.
-            compared = use_table or journal_rows is not None
             ledger = await ledger_records(conn, start, end, DEFAULT_MARGIN if compared else timedelta(0))
         except asyncpg.PostgresError as exc:
             raise SettlementError(f"host ledger not readable (clearing_postings): {exc}") from None
@@ -319,7 +319,7 @@ def reconcile_cmd(app: AppContext, file: Path, journal: Path | None, output_dir:
         elif journal_rows is not None:
             for j in journal_rows:
                 rec.journal(j)
-        return rec.finish(journal_source is not None)
+        return rec.finish(compared)
 
     report = _db(app, work)
     out = (output_dir or Path(cfg.settlement.output_dir)) / f"reconcile_{file.stem}.csv"
