@@ -27,6 +27,8 @@ import datetime as dt
 import json
 import random
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +56,14 @@ CACHE_LIMIT = 100_000
 # Connection settings for whoever posts: the batch queries take arrays of varying size over tables
 # that grow from empty, and a cached generic plan made early (a sequential scan) would stay.
 SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
+
+# A posting batch opens its transaction with these, in BEGIN's round trip. Its statements are few and
+# fixed, and every one of them finds its rows through an index: planned once per connection (generic,
+# with sequential scans ruled out so a plan made while a table is still empty never scans it) they
+# cost PostgreSQL about a third less CPU per purchase than planned afresh at every batch, where the
+# planning itself (and the lseek per relation it does) was as dear as the execution. A plan is made
+# again by PostgreSQL when ANALYZE changes a table's statistics. Other statements keep the settings above.
+_BATCH_BEGIN = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off"
 
 
 @dataclass
@@ -123,7 +133,7 @@ class Ledger:
     ) -> list[Decision]:
         now = now or dt.datetime.now(dt.UTC)
         try:
-            async with conn.transaction():
+            async with _batch_transaction(conn):
                 return await self._run_batch(conn, reqs, now)
         except Exception as exc:
             if len(reqs) == 1:
@@ -880,6 +890,20 @@ WITH requests AS (
 )
 SELECT 1
 """
+
+
+@asynccontextmanager
+async def _batch_transaction(conn: Any) -> AsyncIterator[None]:
+    """``conn.transaction()`` with the batch's plan settings sent in the same round trip as BEGIN."""
+    await conn.execute(_BATCH_BEGIN)
+    try:
+        yield
+    except BaseException:
+        if not conn.is_closed():
+            with suppress(Exception):  # the batch's own error is the one to report
+                await conn.execute("ROLLBACK")
+        raise
+    await conn.execute("COMMIT")
 
 
 def _transfer_from_row(t: Any) -> TransferRow:

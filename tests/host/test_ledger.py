@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from host.check import run_checks
-from host.ledger import Ledger
+from host.ledger import _BATCH_BEGIN, _READ_SQL, _WRITE_SQL, Ledger
 from host.model import Decision, Pin, Request, Txn
 from tests.host.helpers import fake_hash, programme, req, reversal_of
 
@@ -308,3 +308,40 @@ async def _waiting_for_locks(conn: Any, n: int) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"{n} writers never queued for the row lock")
+
+
+def test_batch_statements_run_on_generic_index_plans(db_url: str) -> None:
+    """The batch's statements are planned once per connection, and never into a sequential scan.
+
+    They are planned while the tables are still empty, where a scan looks cheapest; a cached plan that
+    scanned auth_requests or transfers would then slow every batch down as the tables grow.
+    """
+
+    async def body(conn: Any) -> None:
+        pan, *_ = await programme(conn)
+        ledger = Ledger()
+        for amount in (1_000, 2_000, 3_000):
+            decisions = await post(conn, ledger, req(Txn.TOPUP, pan, amount), req(Txn.PURCHASE, pan, 10))
+            assert codes(decisions) == ["00", "00"]
+        plans = await conn.fetch(
+            "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+            " WHERE statement = ANY($1::text[])",
+            [_READ_SQL, _WRITE_SQL],
+        )
+        assert len(plans) == 2
+        for p in plans:
+            assert p["custom_plans"] == 0 and p["generic_plans"] >= 3, p
+
+        await conn.execute(_BATCH_BEGIN)
+        try:
+            for name, sql, args in (
+                ("r", _READ_SQL, "'{}', '{}'"),
+                ("w", _WRITE_SQL, "'[]', '[]'" + ", '{}'" * 12),
+            ):
+                await conn.execute(f"PREPARE {name} AS {sql}")
+                plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE {name}({args})"))
+                assert "Seq Scan" not in plan, plan
+        finally:
+            await conn.execute("ROLLBACK")
+
+    run(db_url, body)
