@@ -407,10 +407,10 @@ async def _multiplex(
 ) -> None:
     """Open one connection per ``plan.per_connection`` terminals (same switch port) and give each
     terminal its port on it."""
-    groups: dict[tuple[str, int, str], list[VirtualTerminal]] = {}
+    groups: dict[tuple[str, int], list[VirtualTerminal]] = {}
     for vt in vts:
-        groups.setdefault((vt.spec.host, vt.spec.port, vt.state.scheme), []).append(vt)
-    for (host, port, scheme), members in groups.items():
+        groups.setdefault((vt.spec.host, vt.spec.port), []).append(vt)
+    for (host, port), members in groups.items():
         for i in range(0, len(members), plan.per_connection):
             chunk = members[i : i + plan.per_connection]
             try:
@@ -418,11 +418,12 @@ async def _multiplex(
             except TerminalError as exc:
                 stats.errors[f"connect: {_short(exc)}"] += len(chunk)
                 continue
-            mux = Multiplexer(conn, codec_for("pos", scheme))
+            mux = Multiplexer(conn)
             muxes.append(mux)
             links.start_soon(mux.run)
             for vt in chunk:
-                transports[vt.spec.terminal_id] = mux.port(vt.spec.terminal_id)
+                line = transports[vt.spec.terminal_id] = mux.port()
+                vt.state.tpdu_src = line.nii  # the concentrator routes the answers by it
 
 
 async def _preauth_pair(vt: VirtualTerminal, amount: int, stats: Stats) -> None:
