@@ -308,3 +308,54 @@ def test_recovered_rows_answer_as_a_timeout_would() -> None:
         "4": "000000000500",
         "49": "156",
     }
+
+
+def test_journal_and_write_ahead_rows_round_trip_and_a_replayed_batch_is_not_an_error(system: System) -> None:
+    """Every column comes back as written (types, NULLs, non-ASCII, the jsonb answer), and a batch
+    written again (its first commit went through, its acknowledgement was lost) is not an error."""
+    from switch.store import JOURNAL_COLUMNS, WRITE_AHEAD_COLUMNS
+
+    key = f"pos|T-STORE|M-STORE|7|{time.time_ns() % 1_000_000:06d}|0200"
+    journal = dict.fromkeys(JOURNAL_COLUMNS)
+    journal |= {
+        "dedup_key": key,
+        "channel": "pos-3des",
+        "mti": "0200",
+        "txn_type": "purchase",
+        "terminal_id": "T-STORE",
+        "merchant_id": "M-STORE",
+        "batch_no": 7,
+        "amount": 12_345_678_901,
+        "pan_masked": "621234******1234",
+        "response_code": "00",
+        "link": "issuer",
+        "link_mti": "0200",
+        "link_stan": "000042",
+        "link_de7": "1125120000",
+        "link_de32": "48880000",
+        "us_total": 1500,
+        "us_hsm": 300,
+        "us_host": 900,
+        "response": json.dumps({"39": "00", "43": "食堂 一号窗口"}),
+    }
+    ahead = {c: journal.get(c) for c in WRITE_AHEAD_COLUMNS} | {"reverses": "0200000001"}
+    rows = [tuple(journal[c] for c in JOURNAL_COLUMNS)]
+    ahead_rows = [tuple(ahead[c] for c in WRITE_AHEAD_COLUMNS)]
+
+    async def main() -> None:
+        with PgPool(system.db_url, min_size=1, max_size=2) as pool:
+            store = Store(pool)
+            await store.insert_journal(rows, ahead_rows)
+            await store.insert_journal(rows, ahead_rows)  # replayed: the journal row is there already
+            await store.insert_journal(rows)  # and without write-ahead rows
+
+    trio.run(main)
+    cols = ", ".join(JOURNAL_COLUMNS)
+    (got,) = _query(system, f"SELECT {cols} FROM switch_journal WHERE dedup_key = $1", key)
+    assert {**dict(got), "response": json.loads(got["response"])} == {
+        **journal,
+        "response": {"39": "00", "43": "食堂 一号窗口"},
+    }
+    written = _query(system, "SELECT * FROM switch_write_ahead WHERE dedup_key = $1", key)
+    assert len(written) == 2 and all({c: w[c] for c in WRITE_AHEAD_COLUMNS} == ahead for w in written)
+    _query(system, "DELETE FROM switch_write_ahead WHERE dedup_key = $1", key)
