@@ -3,8 +3,12 @@
 Per connection, every frame in the receive buffer is handled on each wake-up, and many requests are in
 flight at once; answers go back in completion order (the peer matches them on DE7 + DE11 + DE32 +
 DE41), several per ``send``. A request whose card hash is known and that carries no PIN goes straight
-to its partition's writer; one that needs the HSM first (a PAN not yet hashed in this process, a PIN
-to verify) gets a task of its own. An answer is sent only after its batch committed.
+to its partition's writer. One with a PIN whose link (not MACed, with a ZPK), card hash and PIN data
+are all known joins the pending PIN group: one long-lived task sends everything pending to the HSM in
+one ``request_many`` per wake-up (no task, no coroutine chain and no HSM exchange of its own per
+request), then hands each request to its writer. Any other request that needs an await first (the
+link's MAC, a PAN not yet hashed in this process, PIN data not yet read) gets a task of its own. An
+answer is sent only after its batch committed.
 
 Bad input never takes the link down: a frame that does not decode but whose MTI and DE11 can be read
 is answered 30 (specs.catalogue.format_error_response), otherwise dropped and logged; a request of an
@@ -16,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +32,7 @@ from host.engine import Engine
 from host.keys import IssuerCrypto, keys_from
 from host.ledger import Ledger
 from host.model import Decision, Pin, Rc, Request, Txn
-from hsm_sim.client import HsmClient, HsmError
+from hsm_sim.client import HsmClient, HsmCommandError, HsmError, account_from_pan
 from ops.config import Config
 from ops.logs import get_logger
 from ops.metrics import labelled
@@ -54,6 +59,11 @@ CONNECTIONS = Counter("payswitch_host_connections_total", "H2H connections accep
 MAC_FAILURES = Counter("payswitch_host_mac_failures_total", "H2H requests whose DE128 did not verify.")
 
 LINK_CACHE_SECONDS = 10.0
+PIN_GROUP_MAX = 512  # PIN verifications per request_many; also kept to half a connection's headers
+
+# A PIN verification waiting for its group: request, message, connection, started, partition, HSM
+# command (EC / WV) and its fields (the PIN block under the ZPK: never logged).
+_PinCheck = tuple[Request, dict[str, Any], "_Conn", float, int, str, str]
 
 
 @dataclass
@@ -107,6 +117,10 @@ class HostService:
         self._links: dict[str, tuple[float, dict[str, Any] | None]] = {}
         self._link_reads: dict[str, trio.Event] = {}  # link id -> its database read under way
         self._link_versions: dict[str, int] = {}  # link id -> bumped by a key change here
+        self._pin_pending: list[_PinCheck] = []
+        self._pin_wake = trio.Event()
+        self._pin_grouping = False  # the group task runs (serve): only then may _frame queue for it
+        self.pin_groups = 0  # request_many exchanges made for PIN groups (tests, diagnostics)
         self.port = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -114,6 +128,8 @@ class HostService:
         hc = self.config.host
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.engine.run)
+            nursery.start_soon(self._pin_groups_task)
+            self._pin_grouping = True
             nursery.start_soon(self._sweeper)
             nursery.start_soon(expiry.run, self.pool, self.config)  # cards past their YYMM
             if self.config.clearing.auto_emit:
@@ -210,8 +226,17 @@ class HostService:
             self._refresh_link(parsed.link_id)
         if parsed.pan:
             h = self.crypto.cached_hash(parsed.pan)
-            if h is None or parsed.pin_block is not None:
+            if h is None:
                 nursery.start_soon(self._slow, body, msg, parsed, conn, started)
+                return
+            if parsed.pin_block is not None:
+                command = self._pin_command(parsed, h, link[1])
+                if command is None:  # PIN data not read yet, no ZPK ...: the slow path decides
+                    nursery.start_soon(self._slow, body, msg, parsed, conn, started)
+                    return
+                req.pan_hash = h
+                self._pin_pending.append((req, msg, conn, started, self.engine.partition_of(h), *command))
+                self._pin_wake.set()
                 return
             req.pan_hash = h
             part = self.engine.partition_of(h)
@@ -245,6 +270,66 @@ class HostService:
         else:
             part = self.engine.partition_for_key(req.original_key or req.key)
         self.engine.submit(req, part, lambda d: self._answer(conn, msg, d, started, zak))
+
+    def _pin_command(
+        self, parsed: h2h.Parsed, pan_hash: str, link: dict[str, Any] | None
+    ) -> tuple[str, str] | None:
+        """The HSM command and fields verifying this request's PIN, built as HsmClient.verify_pin
+        builds them (EC for a 3DES ZPK, WV for an ``S`` ZPK); None when the request needs the slow path
+        (grouping not running, no ZPK, the card's PIN data not read yet or the card unknown)."""
+        if not self._pin_grouping or link is None:
+            return None
+        zpk = link.get("zpk")
+        data = self._pin_data.get(pan_hash)
+        if not zpk or data is None or parsed.pin_block is None or parsed.pan is None:
+            return None
+        _card_id, pvv, pvki = data
+        pvk = self.crypto.keys.pvk
+        block = parsed.pin_block.hex().upper()
+        account = account_from_pan(parsed.pan)
+        if zpk[:1] == "S":
+            return "WV", f"{zpk}{pvk}{block}{account}{pvki}{pvv}"
+        return "EC", f"{zpk}{pvk}{block}01{account}{pvki}{pvv}"
+
+    async def _pin_groups_task(self) -> None:
+        """Per wake-up, every pending PIN verification goes to the HSM in one group (split so that a
+        group never needs more headers than half of what one HSM connection has)."""
+        h = self.crypto.hsm.header_length
+        size = PIN_GROUP_MAX if h == 0 else max(1, min(PIN_GROUP_MAX, 10 ** min(h, 9) // 2))
+        while True:
+            await self._pin_wake.wait()
+            self._pin_wake = trio.Event()
+            pending, self._pin_pending = self._pin_pending, []
+            for i in range(0, len(pending), size):
+                await self._verify_pin_group(pending[i : i + size])
+
+    async def _verify_pin_group(self, group: list[_PinCheck]) -> None:
+        self.pin_groups += 1
+        pins: list[Pin]
+        try:
+            replies = await self.crypto.hsm.request_many([(c[5], c[6]) for c in group])
+        except HsmError as exc:  # the whole group, as _verify_pin for one
+            for _ in group:
+                log.info("PIN not verified", error=repr(exc))
+            pins = [Pin.ERROR] * len(group)
+        else:
+            pins = []
+            for check, reply in zip(group, replies, strict=True):
+                if reply.error == "00":
+                    pins.append(Pin.OK)
+                elif reply.error == "01":
+                    pins.append(Pin.BAD)
+                else:
+                    log.info("PIN not verified", error=repr(HsmCommandError(check[5], reply.error)))
+                    pins.append(Pin.ERROR)
+        for (req, msg, conn, started, part, _, _), pin in zip(group, pins, strict=True):
+            if conn.nursery is not None and conn.nursery.cancel_scope.cancel_called:
+                continue  # its connection was given up (as its task would have been cancelled)
+            req.pin = pin
+            self.engine.submit(req, part, self._answerer(conn, msg, started))
+
+    def _answerer(self, conn: _Conn, msg: dict[str, Any], started: float) -> Callable[[Decision], None]:
+        return lambda d: self._answer(conn, msg, d, started)
 
     async def _mac_ok(self, body: bytes, msg: dict[str, Any], zak: str) -> bool:
         mac = msg.get("128")
