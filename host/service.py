@@ -32,7 +32,7 @@ from host.engine import Engine
 from host.keys import IssuerCrypto, keys_from
 from host.ledger import Ledger
 from host.model import Decision, Pin, Rc, Request, Txn
-from hsm_sim.client import HsmClient, HsmCommandError, HsmError, account_from_pan
+from hsm_sim.client import HsmClient, HsmCommandError, HsmError, account_from_pan, verify_pin_command
 from ops.config import Config
 from ops.logs import get_logger
 from ops.metrics import labelled
@@ -274,8 +274,8 @@ class HostService:
     def _pin_command(
         self, parsed: h2h.Parsed, pan_hash: str, link: dict[str, Any] | None
     ) -> tuple[str, str] | None:
-        """The HSM command and fields verifying this request's PIN, built as HsmClient.verify_pin
-        builds them (EC for a 3DES ZPK, WV for an ``S`` ZPK); None when the request needs the slow path
+        """The HSM command and fields verifying this request's PIN (EC for a 3DES ZPK, WV for an ``S``
+        ZPK); None when the request needs the slow path
         (grouping not running, no ZPK, the card's PIN data not read yet or the card unknown)."""
         if not self._pin_grouping or link is None:
             return None
@@ -284,12 +284,8 @@ class HostService:
         if not zpk or data is None or parsed.pin_block is None or parsed.pan is None:
             return None
         _card_id, pvv, pvki = data
-        pvk = self.crypto.keys.pvk
-        block = parsed.pin_block.hex().upper()
-        account = account_from_pan(parsed.pan)
-        if zpk[:1] == "S":
-            return "WV", f"{zpk}{pvk}{block}{account}{pvki}{pvv}"
-        return "EC", f"{zpk}{pvk}{block}01{account}{pvki}{pvv}"
+        block, account = parsed.pin_block.hex().upper(), account_from_pan(parsed.pan)
+        return verify_pin_command(zpk, self.crypto.keys.pvk, block, account, str(pvki), pvv)
 
     async def _pin_groups_task(self) -> None:
         """Per wake-up, every pending PIN verification goes to the HSM in one group (split so that a

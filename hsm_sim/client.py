@@ -186,6 +186,17 @@ def _mu_fields(mak: str, data: bytes, key_type: str) -> bytes:
     return b"%b%b%b%04X%b" % (alg, key_type.encode(), mak.encode(), len(data), data)
 
 
+def verify_pin_command(
+    zpk: str, pvk: str, pin_block: str, account: str, pvki: str, pvv: str, pin_format: str = "01"
+) -> tuple[str, str]:
+    """The command and fields verifying a PIN against its Visa PVV: EC for a 3DES ZPK, WV for an ``S``
+    (SM4) ZPK. For ``HsmClient.request_many`` (several verifications in one exchange); reply error "00"
+    = the PIN matches, "01" = it does not."""
+    if _is_sm4(zpk):
+        return "WV", f"{zpk}{pvk}{pin_block}{account}{pvki}{pvv}"
+    return "EC", f"{zpk}{pvk}{pin_block}{pin_format}{account}{pvki}{pvv}"
+
+
 def _translate_fields(
     src: str, dst: str, pin_block: str, account: str, src_format: str, dst_format: str, max_pin_length: int
 ) -> str:
@@ -827,9 +838,7 @@ class HsmClient:
         pin_format: str = "01",
     ) -> bool:
         """EC (3DES ZPK) or WV (``S`` ZPK): does the PIN match the Visa PVV?"""
-        if _is_sm4(zpk):
-            return await self._verify("WV", f"{zpk}{pvk}{pin_block}{account}{pvki}{pvv}")
-        return await self._verify("EC", f"{zpk}{pvk}{pin_block}{pin_format}{account}{pvki}{pvv}")
+        return await self._verify(*verify_pin_command(zpk, pvk, pin_block, account, pvki, pvv, pin_format))
 
     async def generate_pvv(self, pvk: str, pin_under_lmk: str, account: str, pvki: str) -> str:
         """DG: the Visa PVV (4N) of a PIN under LMK."""
