@@ -348,7 +348,7 @@ async def _drive_all(
                 if next_at > now:
                     await trio.sleep(next_at - now)
                 next_at += interval
-            kind = vt.rng.choices(kinds, weights)[0]
+            kind = kinds[0] if len(kinds) == 1 else vt.rng.choices(kinds, weights)[0]
             try:
                 if kind == "preauth":
                     await _preauth_pair(vt, plan.amount, stats)
