@@ -63,7 +63,11 @@ SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
 # cost PostgreSQL about a third less CPU per purchase than planned afresh at every batch, where the
 # planning itself (and the lseek per relation it does) was as dear as the execution. A plan is made
 # again by PostgreSQL when ANALYZE changes a table's statistics. Other statements keep the settings above.
-_BATCH_BEGIN = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off"
+# No JIT either: a statement that could only scan would carry the disabled scan's huge cost estimate,
+# which would otherwise buy it a JIT compilation (milliseconds) at every execution.
+_BATCH_BEGIN = (
+    "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off; SET LOCAL jit = off"
+)
 
 
 @dataclass
