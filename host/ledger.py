@@ -66,7 +66,8 @@ SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
 # No JIT either: a statement that could only scan would carry the disabled scan's huge cost estimate,
 # which would otherwise buy it a JIT compilation (milliseconds) at every execution.
 _BATCH_BEGIN = (
-    "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off; SET LOCAL jit = off"
+    "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off;"
+    " SET LOCAL jit = off"
 )
 
 
