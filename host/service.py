@@ -308,6 +308,9 @@ class HostService:
             for _ in group:
                 log.info("PIN not verified", error=repr(exc))
             pins = [Pin.ERROR] * len(group)
+        except Exception as exc:  # a bug: the group task must live on for every later PIN purchase
+            log.exception("PIN group not verified", size=len(group), error=repr(exc))
+            pins = [Pin.ERROR] * len(group)
         else:
             pins = []
             for check, reply in zip(group, replies, strict=True):
