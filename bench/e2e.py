@@ -7,8 +7,8 @@ host, switch), seeds the demo programme and its load pool (``payswitch demo seed
 process runs the load generator (``pos.load``):
 
 1. baseline: echo 0820 round trips through the switch alone (no HSM, host or database);
-2. a warm-up (``--warmup`` seconds, on a second set of as many terminals): the same purchases, unmeasured,
-   so every card's PIN data and PAN hash are in the host's caches;
+2. a warm-up (``--warmup`` seconds): the same purchases, unmeasured, so every card's PIN data and PAN
+   hash are in the host's caches (each run goes on from the last one's STANs);
 3. the measured run: purchases with PIN and MAC on both key profiles.
 
 It prints approved purchases/s, latency percentiles, the response-code histogram, the ratio to the
@@ -153,13 +153,10 @@ def main(argv: list[str]) -> int:
     system = System(durable=args.durable, keep=args.keep, settings=settings)
     try:
         t0 = time.perf_counter()
-        # Twice the terminals when warming up: the warm-up drives the second half, so the measured run's
-        # terminals start at STAN 1 in a batch the switch has seen nothing of (a load terminal's STANs
-        # restart with every run; reused ones would be answered as retransmissions, from memory).
-        terminals = args.terminals * (2 if args.warmup > 0 else 1)
-        system.start(seed=("--load-terminals", str(terminals), "--load-cards", str(args.cards)))
+        system.start(seed=("--load-terminals", str(args.terminals), "--load-cards", str(args.cards)))
         result["setup_s"] = round(time.perf_counter() - t0, 1)
         pool = read_pool(system.root / "var/pos/load-pool.json")
+        stans: dict[str, int] = {}  # every run goes on from the last one's STANs (LoadPlan.stans)
 
         base_plan = LoadPlan(
             pool=pool,
@@ -167,6 +164,7 @@ def main(argv: list[str]) -> int:
             mix=parse_mix("echo=1"),
             duration=args.baseline_duration,
             per_connection=args.per_connection,
+            stans=stans,
         )
         base = _load(system, base_plan).as_dict()
         result["baseline_echo"] = {k: base[k] for k in ("throughput_per_s", "latency_ms", "response_codes")}
@@ -177,12 +175,12 @@ def main(argv: list[str]) -> int:
             mix=parse_mix(args.mix),
             duration=args.duration,
             per_connection=args.per_connection,
+            stans=stans,
         )
         if args.warmup > 0:
             # Each card's first PIN purchase reads its PIN data and hashes its PAN once per host process:
             # the steady state is what the measured run reports.
-            spare = dataclasses.replace(pool, terminals=pool.terminals[args.terminals :])
-            _load(system, dataclasses.replace(plan, pool=spare, duration=args.warmup))
+            _load(system, dataclasses.replace(plan, duration=args.warmup))
         result["warmup_s"] = args.warmup
         report, cpu, wall = _measure(system, plan)
         data = report.as_dict()
@@ -215,16 +213,7 @@ def main(argv: list[str]) -> int:
                 sampler = str(Path(__file__).with_name("_sampler.py"))  # by path: services run elsewhere
                 system.wrappers[name] = [sampler, str(system.root / f"{name}.samples.json")]
                 system.start_service(name)
-            _load(
-                system,
-                LoadPlan(
-                    pool=pool,
-                    terminals=args.terminals,
-                    mix=parse_mix(args.mix),
-                    duration=min(args.duration, 10.0),
-                    per_connection=args.per_connection,
-                ),
-            )
+            _load(system, dataclasses.replace(plan, duration=min(args.duration, 10.0)))
             for name in ("switch", "host"):
                 system.stop_service(name, timeout=30)
             result["profile"] = {

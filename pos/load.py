@@ -87,6 +87,27 @@ def read_pool(path: Path) -> Pool:
     return Pool(terminals, cards)
 
 
+def stans_path(pool_path: Path) -> Path:
+    """Where the load terminals' last STANs are kept between runs: next to the pool."""
+    return pool_path.with_name("load-stans.json")
+
+
+def read_stans(path: Path) -> dict[str, int]:
+    """The STAN book (``LoadPlan.stans``); empty when there is none or it cannot be read (a run then
+    starts at STAN 1, as after a fresh seed)."""
+    try:
+        raw = json.loads(path.read_text())
+        return {str(k): int(v) % 1_000_000 for k, v in raw.items()}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
+
+
+def write_stans(path: Path, stans: dict[str, int]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(stans, sort_keys=True))
+    tmp.replace(path)
+
+
 def parse_mix(text: str) -> dict[str, float]:
     """'purchase=90,balance=10' -> weights; every name must be one of MIX_KINDS."""
     mix: dict[str, float] = {}
@@ -257,6 +278,10 @@ class LoadPlan:
     timeout: float = 10.0
     seed: int = 1
     per_connection: int = 1  # terminals sharing one TCP connection (a concentrator); 1 = each its own
+    # Terminal id -> the last STAN it used, updated in place by the run. A terminal's STAN goes on from
+    # one run to the next: the switch answers a STAN used again in the same batch as a retransmission
+    # (the first answer again, from memory), which would count replays as purchases.
+    stans: dict[str, int] = field(default_factory=dict)
 
 
 Progress = Callable[[dict[str, Any]], None]
@@ -276,6 +301,8 @@ async def run_load(plan: LoadPlan, progress: Progress | None = None) -> LoadRepo
         ]
     except (StateError, messages.CardError) as exc:
         raise LoadError(f"load pool: {exc}") from None
+    for vt in vts:
+        vt.state.stan = plan.stans.get(vt.spec.terminal_id, 0)
     stats = Stats()
     muxes: list[Multiplexer] = []
     transports: dict[str, Transport] = {}
@@ -291,6 +318,7 @@ async def run_load(plan: LoadPlan, progress: Progress | None = None) -> LoadRepo
             links.cancel_scope.cancel()
     finally:
         for vt in vts:
+            plan.stans[vt.spec.terminal_id] = vt.state.stan
             await vt.aclose()
         for mux in muxes:
             await mux.conn.aclose()

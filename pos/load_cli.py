@@ -8,6 +8,7 @@ whether the ledger is still consistent.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -18,7 +19,16 @@ import click
 import trio
 
 from ops.cli import COMMANDS, AppContext, pass_app
-from pos.load import LoadError, LoadPlan, parse_mix, read_pool, run_load
+from pos.load import (
+    LoadError,
+    LoadPlan,
+    parse_mix,
+    read_pool,
+    read_stans,
+    run_load,
+    stans_path,
+    write_stans,
+)
 from pos.terminal import parse_amount
 
 DEFAULT_POOL = Path("var/pos/load-pool.json")
@@ -118,6 +128,7 @@ def load(
             amount=parse_amount(amount),
             timeout=timeout,
             per_connection=per_connection,
+            stans=read_stans(stans_path(pool)),
         )
     except (LoadError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -135,6 +146,9 @@ def load(
         report = trio.run(run_load, plan, progress)
     except LoadError as exc:
         raise click.ClickException(str(exc)) from None
+    finally:
+        with contextlib.suppress(OSError):  # the next run would start at STAN 1: its replays are 00s
+            write_stans(stans_path(pool), plan.stans)
     data = report.as_dict()
     data["ledger_check"] = (
         {"status": "skipped", "detail": "--no-ledger-check"}

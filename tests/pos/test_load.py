@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 import trio
+from click.testing import CliRunner
 
+from ops.cli import cli
 from pos.load import LoadError, LoadPlan, LoadReport, Progress, parse_mix, read_pool, run_load
 from tests.pos.fakeswitch import FakeSwitch
 
@@ -130,3 +132,42 @@ def test_a_lost_connection_during_a_preauth_pair_stops_only_that_terminal(tmp_pa
     data = report.as_dict()
     assert data["signed_on"] == 2
     assert sum(data["errors"].values()) == 2 and data["elapsed_s"] < 2.5
+
+
+def test_a_terminal_goes_on_from_its_last_stan_run_after_run(tmp_path: Path) -> None:
+    """A STAN used again in the same batch is a retransmission to the switch (answered from memory, not
+    posted): a second run of the same terminals must not start again at 1. The book is kept next to the
+    pool between `payswitch load` runs."""
+    from pos.load import read_stans, stans_path, write_stans
+
+    tids = [f"S{i:07d}" for i in range(3)]
+    stans: dict[str, int] = {}
+    seen: list[tuple[str, str]] = []
+    for _ in range(2):
+        _, fake = run_against_fake(
+            tmp_path, tids, "purchase=1", duration=None, count=30, per_connection=3, stans=stans
+        )
+        seen += [(str(m["41"]), str(m["11"])) for m in fake.seen]
+    assert len(seen) == len(set(seen))  # no (terminal, STAN) twice, sign-ons included
+    assert set(stans) == set(tids) and all(n >= 10 for n in stans.values())
+
+    # `payswitch load` keeps the book next to its pool, from one run to the next.
+    pool = tmp_path / "cli-pool.json"
+    book = stans_path(pool)
+    assert book == tmp_path / "load-stans.json"
+    fake = FakeSwitch("3des", {t: bytes.fromhex(TMK) for t in tids}).start()  # type: ignore[arg-type]
+    try:
+        write_pool(pool, fake, tids)
+        for _ in range(2):
+            args = ["--json", "load", "--pool", str(pool), "-c", "30", "--no-ledger-check", "--quiet"]
+            result = CliRunner().invoke(cli, args, catch_exceptions=False)
+            assert result.exit_code == 0, result.output
+    finally:
+        fake.stop()
+    cli_seen = [(str(m["41"]), str(m["11"])) for m in fake.seen]
+    assert len(cli_seen) == len(set(cli_seen))
+    assert set(read_stans(book)) == set(tids)
+    book.write_text("not json")
+    assert read_stans(book) == {}  # unreadable: the next run starts at 1 rather than failing
+    write_stans(book, stans)
+    assert read_stans(book) == stans
