@@ -7,8 +7,9 @@ import stat
 from pathlib import Path
 
 import asyncpg
+import pytest
 
-from ops.pgembed import EmbeddedPostgres, Status
+from ops.pgembed import EmbeddedPostgres, EmbeddedPostgresError, Status
 
 
 def test_session_cluster_is_running_and_reachable(pg_cluster: Status) -> None:
@@ -57,3 +58,27 @@ def test_free_port_is_below_the_ephemeral_range() -> None:
     for port in ports:
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root's clusters live outside the checkout")
+def test_a_cluster_left_by_an_earlier_checkout_at_the_same_path_is_replaced(tmp_path: Path) -> None:
+    """As root the data lives in /var/tmp under a name made from the checkout's path; a new clone at
+    the path of a deleted one (var/ gone, the old cluster stopped) must still get a cluster of its own,
+    but one whose server still runs is refused with a clear message."""
+    link = tmp_path / "checkout" / "var" / "pg"
+    old = EmbeddedPostgres(link, durable=False)
+    try:
+        old.up()
+        stale = old.data_dir
+        new = EmbeddedPostgres(link, durable=False)
+        link.unlink()  # the checkout deleted and cloned again, its server still running
+        with pytest.raises(EmbeddedPostgresError, match="still served by PostgreSQL"):
+            new.up()
+        link.unlink(missing_ok=True)
+        link.symlink_to(stale)
+        old.down()
+        link.unlink()  # and now stopped
+        assert new.up().running and new.data_dir == stale
+    finally:
+        new.destroy()
+        old.destroy()
