@@ -178,11 +178,11 @@ class EmbeddedPostgres:
             # Nothing links to it (we are making the cluster): left by an earlier checkout at this path
             # whose var/ is gone (deleted, cloned again). Its data went with that var/; a server still
             # running on it must be stopped first.
-            pid = _live_postmaster(real)
-            if pid is not None:
+            status = self._run([str(self.bindir / "pg_ctl"), "-D", str(real), "status"], check=False)
+            if status.returncode == 0:
                 raise EmbeddedPostgresError(
-                    f"{real} (an earlier cluster of this checkout's path) is still served by PostgreSQL "
-                    f"pid {pid}: stop it, or remove {real}"
+                    f"{real} (an earlier cluster of this checkout's path) is still served by PostgreSQL: "
+                    f"stop it, or remove {real}"
                 )
             shutil.rmtree(real)
         real.mkdir(mode=0o700)
@@ -236,18 +236,6 @@ class EmbeddedPostgres:
         if check and result.returncode != 0:
             raise EmbeddedPostgresError(f"{Path(argv[0]).name} {argv[-1]} failed: {result.stderr.strip()}")
         return result
-
-
-def _live_postmaster(data_dir: Path) -> int | None:
-    """The pid in ``data_dir``/postmaster.pid when that process is alive."""
-    try:
-        pid = int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
-        os.kill(pid, 0)
-    except PermissionError:  # alive, another user's
-        return pid
-    except (OSError, ValueError):
-        return None
-    return pid
 
 
 def _server_user() -> pwd.struct_passwd | None:
