@@ -26,6 +26,7 @@ from typing import Any
 
 import trio
 
+from ops.files import write_text_atomic
 from pos import messages, terminal
 from pos.client import (
     Answer,
@@ -103,9 +104,7 @@ def read_stans(path: Path) -> dict[str, int]:
 
 
 def write_stans(path: Path, stans: dict[str, int]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(stans, sort_keys=True))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(stans, sort_keys=True))
 
 
 def parse_mix(text: str) -> dict[str, float]:

@@ -20,6 +20,7 @@ import click
 from ops.cli import AppContext, pass_app
 from ops.config import Config
 from ops.db import connect, database_url
+from ops.files import write_text_atomic
 from settlement.cycles import Cycle
 from settlement.errors import SettlementError
 from settlement.fees import FeeSchedule
@@ -324,9 +325,7 @@ def reconcile_cmd(app: AppContext, file: Path, journal: Path | None, output_dir:
     report = _db(app, work)
     out = (output_dir or Path(cfg.settlement.output_dir)) / f"reconcile_{file.stem}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(exceptions_csv(report), encoding="utf-8")
-    tmp.replace(out)
+    write_text_atomic(out, exceptions_csv(report))
     app.emit({"file": file.name, "business_date": str(business_date), "counts": report.counts,
               "matched": report.matched, "exceptions": report.by_category(),
               "journal_compared": report.journal_compared, "journal": journal_source, "report": str(out)},

@@ -15,12 +15,13 @@ import csv
 import hashlib
 import html
 import io
-import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ops.files import write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -56,12 +57,6 @@ def safe_name(merchant_id: str) -> str:
     return clean
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8", newline="")
-    os.replace(tmp, path)
-
-
 def _csv(rows: list[list[Any]]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -95,12 +90,12 @@ async def write_run_outputs(conn: Any, run_id: int, output_dir: str | Path) -> l
     payout_rows += [[p["reference"], p["merchant_id"], p["payout_account"], p["net"], run["as_of"]]
                     for p in payouts]
     written.append(folder / f"payouts_{run_id}.csv")
-    _write(written[-1], _csv(payout_rows))
+    write_text_atomic(written[-1], _csv(payout_rows))
 
     header = ["merchant_id", "store_id", "business_date", "txn_count", "sales", "returns", "topups", "gross",
               "fee", "net"]
     written.append(folder / f"stores_{run_id}.csv")
-    _write(written[-1], _csv([header] + [_row(x) for x in lines]))
+    write_text_atomic(written[-1], _csv([header] + [_row(x) for x in lines]))
 
     by_merchant: dict[str, list[StoreLine]] = defaultdict(list)
     for x in lines:
@@ -109,8 +104,8 @@ async def write_run_outputs(conn: Any, run_id: int, output_dir: str | Path) -> l
         mine = by_merchant[p["merchant_id"]]
         stem = folder / f"merchant_{safe_name(p['merchant_id'])}"
         totals = _totals(p["merchant_id"], "TOTAL", mine)
-        _write(stem.with_suffix(".csv"), _csv([header] + [_row(x) for x in mine] + [_row(totals)]))
-        _write(stem.with_suffix(".html"), merchant_html(p, run["as_of"], mine, totals))
+        write_text_atomic(stem.with_suffix(".csv"), _csv([header] + [_row(x) for x in mine] + [_row(totals)]))
+        write_text_atomic(stem.with_suffix(".html"), merchant_html(p, run["as_of"], mine, totals))
         written += [stem.with_suffix(".csv"), stem.with_suffix(".html")]
     return written
 
