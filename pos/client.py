@@ -11,6 +11,7 @@ next transaction. The load generator (pos.load) drives the same ``Session`` obje
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -289,11 +290,12 @@ class Multiplexer:
         self._outbox: list[bytes] = []
         self._wake = trio.Event()
         self._ports: dict[bytes, Port] = {}
+        self._niis = itertools.count(1)  # never reused, even after a port closes
         self._failure: TerminalError | None = None
 
     def port(self) -> Port:
         """A new terminal's side of the connection; its NII goes into the terminal's state."""
-        nii = f"{len(self._ports) + 1:04X}"
+        nii = f"{next(self._niis):04X}"
         port = Port(self, nii)
         self._ports[bytes.fromhex(nii)] = port
         return port

@@ -171,3 +171,14 @@ def test_a_terminal_goes_on_from_its_last_stan_run_after_run(tmp_path: Path) -> 
     assert read_stans(book) == {}  # unreadable: the next run starts at 1 rather than failing
     write_stans(book, stans)
     assert read_stans(book) == stans
+
+
+def test_a_concentrator_never_hands_out_an_nii_twice() -> None:
+    """Answers are routed by the NII: a port made after another closed must not share a live one's."""
+    from pos.client import Multiplexer
+
+    mux = Multiplexer(None)  # type: ignore[arg-type]  # no connection needed to make ports
+    first, second, third = mux.port(), mux.port(), mux.port()
+    trio.run(first.aclose)
+    fourth = mux.port()
+    assert len({first.nii, second.nii, third.nii, fourth.nii}) == 4
