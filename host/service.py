@@ -305,8 +305,7 @@ class HostService:
         try:
             replies = await self.crypto.hsm.request_many([(c[5], c[6]) for c in group])
         except HsmError as exc:  # the whole group, as _verify_pin for one
-            for _ in group:
-                log.info("PIN not verified", error=repr(exc))
+            log.info("PIN not verified", error=repr(exc), size=len(group))
             pins = [Pin.ERROR] * len(group)
         except Exception as exc:  # a bug: the group task must live on for every later PIN purchase
             log.exception("PIN group not verified", size=len(group), error=repr(exc))
