@@ -137,20 +137,9 @@ class AcquirerService:
         seen.done.set()
         code = str(answer.get("39", ""))
         forwarded = seen.forwarded
-        pan = pan_of(msg)
         row = (
             key,
-            f"h2h:{link.name}",
-            mti,
-            txn_type(msg),
-            msg.get("3"),
-            str(msg.get("41", "")).strip() or None,
-            str(msg.get("42", "")).strip() or None,
-            None,
-            msg.get("11"),
-            _int(msg.get("4")),
-            msg.get("49"),
-            mask_pan(pan) if pan else None,
+            *_request_columns(link, msg),
             answer.get("37"),
             str(answer.get("38", "")).strip() or None,
             code,
@@ -289,7 +278,7 @@ class AcquirerService:
             self._originals.popitem(last=False)
         # Durable before it leaves: a crash from here on leaves a record that start-up recovery reverses.
         await self.journal.submit_ahead(
-            _write_ahead(key, link, msg, pan, out.name, forwarded, None, None)
+            _write_ahead(key, link, msg, out.name, forwarded, None, None)
         ).wait()
         if isinstance(pin, bytes) and (out.config.zpk != zpk or self.hsm.key_changing(zpk)):
             # The link's ZPK changed, or is being changed, while the record was committed: translate again
@@ -338,7 +327,7 @@ class AcquirerService:
         seen.link, seen.forwarded = link.name, request  # the journal row names the upstream 0400
         await self.journal.submit_ahead(
             _write_ahead(
-                own_key, acquirer, msg, pan_of(msg), link.name, request, _de90_key(msg), request["90"]
+                own_key, acquirer, msg, link.name, request, _de90_key(msg), request["90"]
             )
         ).wait()
         outcome = await self.upstream.send(link, request, reverse_on_timeout=False)
@@ -347,19 +336,10 @@ class AcquirerService:
         return self._response(msg, "00")
 
 
-def _write_ahead(
-    key: str,
-    acquirer: LinkConfig,
-    msg: Message,
-    pan: str | None,
-    link: str,
-    upstream: Message,
-    original: str | None,
-    reverses: str | None,
-) -> tuple[Any, ...]:
-    """The write-ahead record (store.WRITE_AHEAD_COLUMNS) of ``upstream``, sent on ``link`` for ``msg``."""
+def _request_columns(acquirer: LinkConfig, msg: Message) -> tuple[Any, ...]:
+    """store.REQUEST_COLUMNS of an acquirer's ``msg``: shared by its journal row and write-ahead record."""
+    pan = pan_of(msg)
     return (
-        key,
         f"h2h:{acquirer.name}",
         str(msg["t"]),
         txn_type(msg),
@@ -371,6 +351,22 @@ def _write_ahead(
         _int(msg.get("4")),
         msg.get("49"),
         mask_pan(pan) if pan else None,
+    )
+
+
+def _write_ahead(
+    key: str,
+    acquirer: LinkConfig,
+    msg: Message,
+    link: str,
+    upstream: Message,
+    original: str | None,
+    reverses: str | None,
+) -> tuple[Any, ...]:
+    """The write-ahead record (store.WRITE_AHEAD_COLUMNS) of ``upstream``, sent on ``link`` for ``msg``."""
+    return (
+        key,
+        *_request_columns(acquirer, msg),
         upstream.get("37"),
         original,
         link,

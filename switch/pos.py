@@ -553,6 +553,22 @@ class PosService:
         entry.code = "96"
         entry.response = replayable(pos_response(msg, code="96"))
 
+    def _request_columns(self, terminal: Terminal, msg: Message, entry: Entry) -> tuple[Any, ...]:
+        """store.REQUEST_COLUMNS of ``msg``: shared by its journal row and its write-ahead record."""
+        return (
+            self.channel,
+            entry.mti,
+            entry.kind,
+            msg.get("3"),
+            terminal.terminal_id,
+            terminal.merchant_id,
+            parse_de60(msg.get("60")).batch_no,
+            entry.stan,
+            entry.amount,
+            msg.get("49"),
+            entry.pan_masked,
+        )
+
     def _write_ahead(
         self, terminal: Terminal, msg: Message, entry: Entry, request: Message, reverses: str | None = None
     ) -> trio.Event:
@@ -562,17 +578,7 @@ class PosService:
         return self.journal.submit_ahead(
             (
                 _dedup_key(terminal, entry),
-                self.channel,
-                entry.mti,
-                entry.kind,
-                msg.get("3"),
-                terminal.terminal_id,
-                terminal.merchant_id,
-                parse_de60(msg.get("60")).batch_no,
-                entry.stan,
-                entry.amount,
-                msg.get("49"),
-                entry.pan_masked,
+                *self._request_columns(terminal, msg, entry),
                 request.get("37"),
                 entry.original,
                 entry.link,
@@ -603,17 +609,7 @@ class PosService:
         now = trio.current_time()
         row = (
             key,
-            self.channel,
-            entry.mti,
-            entry.kind,
-            msg.get("3"),
-            terminal.terminal_id,
-            terminal.merchant_id,
-            parse_de60(msg.get("60")).batch_no,
-            entry.stan,
-            entry.amount,
-            msg.get("49"),
-            entry.pan_masked,
+            *self._request_columns(terminal, msg, entry),
             answer.get("37"),
             str(answer.get("38", "")).strip() or None,
             str(answer.get("39")),

@@ -45,8 +45,8 @@ class SessionRow:
     signed_on: bool
 
 
-JOURNAL_COLUMNS = (
-    "dedup_key",
+# What a journal row and its write-ahead record both say of the request, in this order after the key.
+REQUEST_COLUMNS = (
     "channel",
     "mti",
     "txn_type",
@@ -58,6 +58,11 @@ JOURNAL_COLUMNS = (
     "amount",
     "currency",
     "pan_masked",
+)
+
+JOURNAL_COLUMNS = (
+    "dedup_key",
+    *REQUEST_COLUMNS,
     "rrn",
     "auth_id",
     "response_code",
@@ -78,17 +83,7 @@ JOURNAL_COLUMNS = (
 # not the request itself (a reversal forwarded upstream: its original).
 WRITE_AHEAD_COLUMNS = (
     "dedup_key",
-    "channel",
-    "mti",
-    "txn_type",
-    "proc_code",
-    "terminal_id",
-    "merchant_id",
-    "batch_no",
-    "stan",
-    "amount",
-    "currency",
-    "pan_masked",
+    *REQUEST_COLUMNS,
     "rrn",
     "original",
     "link",
