@@ -9,7 +9,6 @@ and the switch, on one PostgreSQL database.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
@@ -17,7 +16,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import pytest
 import trio
 
@@ -25,6 +23,7 @@ from hsm_sim.crypto import sm4, sm4_check_value
 from switch.hsm import HsmRefused, WorkingKey
 from switch.upstream import KeyChangeGate
 from tests.fixtures.hsm import HsmServer
+from tests.fixtures.pg import query
 from tests.fixtures.services import ServiceProcess, base_env, free_port, run_cli, start_service, start_switch
 from tests.switch.fake_host import FakeHost
 from tests.switch.terminal import TMK_HEX, Terminal
@@ -56,14 +55,7 @@ class System:
         return json.loads(result.stdout) if result.stdout.strip() else None
 
     def query(self, sql: str, *args: Any) -> list[Any]:
-        async def run() -> list[Any]:
-            conn = await asyncpg.connect(self.db_url)
-            try:
-                return list(await conn.fetch(sql, *args))
-            finally:
-                await conn.close()
-
-        return asyncio.run(run())
+        return query(self.db_url, sql, *args)
 
     def terminal(self, terminal_id: str, scheme: str) -> Terminal:
         t = Terminal(scheme, terminal_id, MERCHANT)

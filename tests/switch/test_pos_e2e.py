@@ -21,6 +21,7 @@ import pytest
 import trio
 
 from tests.fixtures.hsm import HsmServer
+from tests.fixtures.pg import query
 from tests.fixtures.services import ServiceProcess, base_env, run_cli, start_switch
 from tests.switch.fake_host import FakeHost
 from tests.switch.terminal import TMK_HEX, Terminal
@@ -46,14 +47,7 @@ class World:
         return t
 
     def query(self, sql: str, *args: Any) -> list[Any]:
-        async def run() -> list[Any]:
-            conn = await asyncpg.connect(self.db_url)
-            try:
-                return list(await conn.fetch(sql, *args))
-            finally:
-                await conn.close()
-
-        return asyncio.run(run())
+        return query(self.db_url, sql, *args)
 
 
 def _keys(hsm: HsmServer) -> dict[str, str]:

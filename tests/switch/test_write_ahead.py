@@ -7,7 +7,6 @@ the operator CLIs as in test_host_e2e.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -15,7 +14,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import asyncpg
 import pytest
 import trio
 
@@ -24,6 +22,7 @@ from switch.mapping import original_data
 from switch.saf import SafQueue, recovered_journal_row, write_ahead_original
 from switch.store import Store
 from tests.fixtures.hsm import HsmServer
+from tests.fixtures.pg import query
 from tests.fixtures.services import run_cli, start_switch
 from tests.switch.terminal import Terminal
 from tests.switch.test_host_e2e import System, _until, _wait_link, seeded
@@ -50,17 +49,6 @@ def system(db_url: str, hsm_server: HsmServer, tmp_path_factory: pytest.TempPath
     assert check.returncode == 0, check.stdout + check.stderr
 
 
-def _query(system: System, sql: str, *args: Any) -> list[Any]:
-    async def run() -> list[Any]:
-        conn = await asyncpg.connect(system.db_url)
-        try:
-            return list(await conn.fetch(sql, *args))
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
-
-
 def _restart_switch(system: System, t: Terminal) -> None:
     """Start the switch again; ``t`` is connected and signed on again (same batch) once the link is up."""
     system.switch = start_switch(system.db_url, system.hsm, **SWITCH)
@@ -73,8 +61,8 @@ def _written_ahead(system: System, terminal: Terminal, stan: str, mti: str) -> A
     rows: list[Any] = []
 
     def found() -> bool:
-        rows[:] = _query(
-            system,
+        rows[:] = query(
+            system.db_url,
             "SELECT * FROM switch_write_ahead WHERE terminal_id = $1 AND stan = $2 AND mti = $3",
             terminal.terminal_id,
             stan,
@@ -87,8 +75,10 @@ def _written_ahead(system: System, terminal: Terminal, stan: str, mti: str) -> A
 
 
 def _advices(system: System, de90: str) -> list[Any]:
-    return _query(
-        system, "SELECT done_at, response_code FROM switch_saf WHERE message->>'90' = $1 ORDER BY id", de90
+    return query(
+        system.db_url,
+        "SELECT done_at, response_code FROM switch_saf WHERE message->>'90' = $1 ORDER BY id",
+        de90,
     )
 
 
@@ -131,13 +121,14 @@ def test_switch_killed_with_a_purchase_in_flight_reverses_it_after_restart(syste
         info=lambda: (_advices(system, de90), system.switch.log()[-3000:]),
     )
     assert system.balance(0) == before
-    journal = _query(
-        system,
+    journal = query(
+        system.db_url,
         "SELECT response_code, link_stan, link_de7, rrn FROM switch_journal WHERE dedup_key = $1",
         ahead["dedup_key"],
     )
     assert [tuple(r) for r in journal] == [("98", ahead["link_stan"], ahead["link_de7"], ahead["rrn"])]
-    assert not _query(system, "SELECT 1 FROM switch_write_ahead WHERE dedup_key = $1", ahead["dedup_key"])
+    gone = "SELECT 1 FROM switch_write_ahead WHERE dedup_key = $1"
+    assert not query(system.db_url, gone, ahead["dedup_key"])
 
     # the terminal: a retransmission gets 98, nothing goes upstream; its 0400 finds the original (RRN)
     # and is answered 00 without a second reversal
@@ -159,8 +150,8 @@ def test_switch_killed_with_a_terminal_reversal_in_flight_reverses_once(system: 
     assert sale.code == "00"
     ahead = _kill_switch_while_host_frozen(system, t, t.reversal_msg(msg))
     _until(lambda: system.balance(1) == before, "the host applying the reversal sent before the crash")
-    journal = _query(
-        system,
+    journal = query(
+        system.db_url,
         "SELECT link_mti, link_stan, link_de7, link_de32 FROM switch_journal WHERE dedup_key = $1",
         ahead["dedup_key"].replace("|0400", "|0200"),
     )
@@ -191,24 +182,26 @@ def test_restart_without_a_crash_queues_nothing(system: System) -> None:
     r = t.exchange(system.buy(t, 1, 300, pin="123456"))
     assert r.code == "00"
     t.close()
-    assert _query(system, "SELECT 1 FROM switch_write_ahead")  # answered, not pruned yet
-    saf = _query(system, "SELECT count(*) FROM switch_saf")[0][0]
+    assert query(system.db_url, "SELECT 1 FROM switch_write_ahead")  # answered, not pruned yet
+    saf = query(system.db_url, "SELECT count(*) FROM switch_saf")[0][0]
     assert system.switch.stop() == 0
     _restart_switch(system, t)
     t.close()
-    assert _query(system, "SELECT count(*) FROM switch_saf")[0][0] == saf
+    assert query(system.db_url, "SELECT count(*) FROM switch_saf")[0][0] == saf
     # the earlier process's rows were all answered: start-up deleted them without queueing anything
-    assert not _query(system, "SELECT 1 FROM switch_write_ahead WHERE created_at < now() - interval '1 hour'")
+    old_rows = "SELECT 1 FROM switch_write_ahead WHERE created_at < now() - interval '1 hour'"
+    assert not query(system.db_url, old_rows)
     assert system.balance(1) == before - 300
-    assert not _query(system, "SELECT 1 FROM switch_journal WHERE response_code = '98' AND amount = 300")
+    timed_out = "SELECT 1 FROM switch_journal WHERE response_code = '98' AND amount = 300"
+    assert not query(system.db_url, timed_out)
 
 
 def test_recovery_run_twice_or_concurrently_queues_one_advice(system: System) -> None:
     # an orphan of a dead process on a link that is no longer configured (never sent by the running
     # switch), written twice (a batch replayed after a lost commit acknowledgement)
     for _ in range(2):
-        _query(
-            system,
+        query(
+            system.db_url,
             "INSERT INTO switch_write_ahead (created_at, dedup_key, channel, mti, txn_type, proc_code, "
             "terminal_id, merchant_id, batch_no, stan, amount, currency, pan_masked, rrn, link, link_mti, "
             "link_stan, link_de7, link_de32) VALUES "
@@ -234,24 +227,24 @@ def test_recovery_run_twice_or_concurrently_queues_one_advice(system: System) ->
             return results
 
     assert sorted(trio.run(main)) == [0, 0, 1]
-    advices = _query(system, "SELECT link, message FROM switch_saf WHERE message->>'90' = $1", de90)
+    advices = query(system.db_url, "SELECT link, message FROM switch_saf WHERE message->>'90' = $1", de90)
     assert len(advices) == 1 and advices[0]["link"] == "gone"
     advice = json.loads(advices[0]["message"])
     assert advice["t"] == "0420" and advice["4"] == "000000004200" and advice["37"] == "512340777777"
     assert advice["41"] == "TX" and "2" not in advice and "35" not in advice and "52" not in advice
-    journal = _query(
-        system, "SELECT response_code FROM switch_journal WHERE dedup_key = 'pos|TX|MX|1|000777|0200'"
+    journal = query(
+        system.db_url, "SELECT response_code FROM switch_journal WHERE dedup_key = 'pos|TX|MX|1|000777|0200'"
     )
     assert [r[0] for r in journal] == ["98"]
-    _query(system, "UPDATE switch_saf SET done_at = now() WHERE link = 'gone'")  # nobody will send it
+    query(system.db_url, "UPDATE switch_saf SET done_at = now() WHERE link = 'gone'")  # nobody will send it
 
 
 def test_prune_deletes_only_answered_rows(system: System) -> None:
     t = system.terminal("3des")
     assert t.exchange(system.buy(t, 2, 100, pin="123456")).code == "00"
     t.close()
-    _query(
-        system,
+    query(
+        system.db_url,
         "INSERT INTO switch_write_ahead (dedup_key, channel, mti, txn_type, link, link_mti, link_stan, "
         "link_de7, link_de32) VALUES ('in-flight', 'pos-3des', '0200', 'purchase', 'issuer', '0200', "
         "'999999', '0101000000', '48880000')",
@@ -264,9 +257,9 @@ def test_prune_deletes_only_answered_rows(system: System) -> None:
 
     first, second = trio.run(main)
     assert first >= 1 and second == 0
-    left = _query(system, "SELECT dedup_key FROM switch_write_ahead")
+    left = query(system.db_url, "SELECT dedup_key FROM switch_write_ahead")
     assert [r[0] for r in left] == ["in-flight"]
-    _query(system, "DELETE FROM switch_write_ahead WHERE dedup_key = 'in-flight'")
+    query(system.db_url, "DELETE FROM switch_write_ahead WHERE dedup_key = 'in-flight'")
 
 
 def test_recovered_rows_answer_as_a_timeout_would() -> None:
@@ -351,11 +344,11 @@ def test_journal_and_write_ahead_rows_round_trip_and_a_replayed_batch_is_not_an_
 
     trio.run(main)
     cols = ", ".join(JOURNAL_COLUMNS)
-    (got,) = _query(system, f"SELECT {cols} FROM switch_journal WHERE dedup_key = $1", key)
+    (got,) = query(system.db_url, f"SELECT {cols} FROM switch_journal WHERE dedup_key = $1", key)
     assert {**dict(got), "response": json.loads(got["response"])} == {
         **journal,
         "response": {"39": "00", "43": "食堂 一号窗口"},
     }
-    written = _query(system, "SELECT * FROM switch_write_ahead WHERE dedup_key = $1", key)
+    written = query(system.db_url, "SELECT * FROM switch_write_ahead WHERE dedup_key = $1", key)
     assert len(written) == 2 and all({c: w[c] for c in WRITE_AHEAD_COLUMNS} == ahead for w in written)
-    _query(system, "DELETE FROM switch_write_ahead WHERE dedup_key = $1", key)
+    query(system.db_url, "DELETE FROM switch_write_ahead WHERE dedup_key = $1", key)
