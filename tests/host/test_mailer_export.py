@@ -59,28 +59,12 @@ async def _hsm_pans(hsm: Any, key_lmk: str, rows: list[dict[str, Any]]) -> list[
 
 def test_producer_decrypts_the_mailer_pans(env: dict[str, str], hsm_server: Any) -> None:
     ok(env, "product", "add", "MAIL", "--kind", "reloadable", "--bin", "621260", "--pan-length", "16")
-    added = ok(
-        env,
-        "host",
-        "producer",
-        "add",
-        "BUREAU1",
-        "--zmk-components",
-        "2",
-        input="\n".join(DES_COMPONENTS) + "\n",
-    )
+    add = ("host", "producer", "add", "BUREAU1", "--zmk-components", "2")
+    components = "\n".join(DES_COMPONENTS) + "\n"
+    added = ok(env, *add, input=components)
     zmk_clear = _xor(DES_COMPONENTS)
     assert added["zmk_check_value"] == crypto.des_check_value(zmk_clear).hex().upper()[:6]
-    again = run(
-        env,
-        "host",
-        "producer",
-        "add",
-        "BUREAU1",
-        "--zmk-components",
-        "2",
-        input="\n".join(DES_COMPONENTS) + "\n",
-    )
+    again = run(env, *add, input=components)
     assert again.exit_code == 1 and "already exists" in again.output and "Traceback" not in again.output
     # a component is never echoed and never printed back
     assert all(c not in again.output for c in DES_COMPONENTS)
