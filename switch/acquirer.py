@@ -41,7 +41,7 @@ from switch.mapping import (
     txn_type,
 )
 from switch.store import Store
-from switch.upstream import Upstream
+from switch.upstream import Upstream, translate_again
 
 log = get_logger(__name__)
 
@@ -280,9 +280,7 @@ class AcquirerService:
         await self.journal.submit_ahead(
             _write_ahead(key, link, msg, out.name, forwarded, None, None)
         ).wait()
-        if isinstance(pin, bytes) and (out.config.zpk != zpk or self.hsm.key_changing(zpk)):
-            # The link's ZPK changed, or is being changed, while the record was committed: translate again
-            # to the key the host holds from its 0810 on (the key-change gate holds this until then).
+        if isinstance(pin, bytes) and translate_again(self.hsm, out, zpk):
             forwarded["52"] = await self.hsm.translate_pin(
                 link.scheme, "001", link.zpk, out.config.scheme, out.config.zpk, pin, account12(pan)
             )

@@ -54,7 +54,7 @@ from switch.mapping import (
 )
 from switch.sessions import Entry, Registry, Terminal
 from switch.store import SessionRow, Store
-from switch.upstream import Upstream
+from switch.upstream import Upstream, translate_again
 
 log = get_logger(__name__)
 
@@ -498,9 +498,7 @@ class PosService:
                 entry.original = f"{original.mti}/{original.stan}"
         # Durable before it leaves: a crash from here on leaves a record that start-up recovery reverses.
         await self._write_ahead(terminal, msg, entry, request).wait()
-        if translated is not None and (link.config.zpk != zpk or self.hsm.key_changing(zpk)):
-            # The link's ZPK changed, or is being changed, while the record was committed: the host holds
-            # the new key from its 0810 on, so translate again (the key-change gate holds this until then).
+        if translated is not None and translate_again(self.hsm, link, zpk):
             assert pan is not None and isinstance(pin_block, bytes)
             request["52"] = await self.hsm.translate_pin(
                 self.profile,

@@ -202,6 +202,14 @@ class KeyChangeGate:
         return zpk in self._changes
 
 
+def translate_again(hsm: SwitchHsm, link: OutboundLink, translated_to: str) -> bool:
+    """Whether a PIN block translated to ``translated_to`` for ``link`` must be translated again before it
+    is sent: its write-ahead wait is a checkpoint the gate does not cover, and the link's ZPK may have
+    changed, or be changing, meanwhile; the host holds the new key from its 0810 on (the gate holds the
+    new translation until then)."""
+    return link.config.zpk != translated_to or hsm.key_changing(translated_to)
+
+
 # -- live configuration -------------------------------------------------------------------------------
 # (The switch's other SQL is in switch.store; these statements belong to the live configuration alone.)
 _LINKS_SQL = (
