@@ -5,8 +5,7 @@ another); the HSM's keyed hash must be new, else another serial is drawn.
 
 PIN: ``JA`` draws a random PIN inside the HSM and returns it under the LMK (``L``+32H); ``DG`` turns that
 into the PVV stored on the card. No clear PIN exists outside the HSM. ``--pin`` (a chosen PIN, for demos
-and tests) needs the PIN under the LMK without a clear-PIN import command in the contract, so it is only
-allowed with the published test LMK (config ``hsm.test_lmk``), whose PIN pair is public.
+and tests) is put under the LMK by the HSM's ``BA`` (encrypt a clear PIN), so it works under any LMK.
 
 PIN mailer: a JSON-lines file (mode 0600) for the card producer with, per card, the card id, masked
 PAN, expiry, the PAN encrypted under the ``mailer`` data key (M0, CBC, random IV) and the PIN under
@@ -110,7 +109,10 @@ async def issue_cards(
         raise catalog.CatalogError(f"product {product_code} has no BIN range")
     partitions = await pool.run(catalog.partitions)
     batch = batch or dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S") + f"-{secrets.token_hex(2)}"
-    fixed_pin = pin_under_test_lmk(pin) if pin is not None else None
+    if pin is not None and not (pin.isdigit() and 4 <= len(pin) <= 12):
+        raise ValueError("a PIN is 4 to 12 digits")
+    # The LMK PIN form does not bind the account, so one BA serves every card of the batch.
+    fixed_pin = await crypto.hsm.encrypt_pin(pin, "0" * 12) if pin is not None else None
     made: list[tuple[str, catalog.NewCard, dict[str, str]]] = []
     seen: set[str] = set()
     limiter = trio.CapacityLimiter(concurrency)

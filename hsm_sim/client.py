@@ -844,6 +844,10 @@ class HsmClient:
         """DG: the Visa PVV (4N) of a PIN under LMK."""
         return (await self.call("DG", f"{pvk}{pin_under_lmk}{account}{pvki}")).decode()
 
+    async def encrypt_pin(self, pin: str, account: str) -> str:
+        """BA: a chosen PIN (4-12 digits) under the LMK (``L``+32H)."""
+        return (await self.call("BA", f"{pin.ljust(13, 'F')}{account}")).decode()
+
     async def random_pin(self, account: str, length: int = 6) -> str:
         """JA: a random PIN of ``length`` digits, under the LMK (``L``+32H)."""
         return (await self.call("JA", f"{account}{length:02d}")).decode()

@@ -1,4 +1,5 @@
-"""PIN commands: CA, CC (translate), DG (PVV), EC (verify against PVV), JA (random PIN), W8, WV (SM4).
+"""PIN commands: CA, CC (translate), DG (PVV), EC (verify against PVV), BA (clear PIN in), JA (random PIN),
+W8, WV (SM4).
 
 PIN block format codes: 01 ISO 9564 format 0, 05 format 1, 47 format 3. The SM4 PIN block is the
 format-0 block followed by 8 bytes FF, encrypted as one SM4 block. A PIN under LMK is ``L``+32H.
@@ -102,6 +103,21 @@ def ec(ks: KeyStore, r: Reader) -> bytes:
     r.end()
     clear_pin = pin.decode(zpk.decrypt(block), account, fmt)
     return _compare_pvv(pvk, account, pvki, clear_pin, pvv)
+
+
+def ba(ks: KeyStore, r: Reader) -> bytes:
+    """Encrypt a clear PIN under the LMK (payShield BA, LN = 12): PIN 13A = the digits then ``F``s,
+    account 12N. What a card issued with a chosen PIN (demos, tests) needs now that the LMK is not
+    public; a clear PIN goes in and only the PIN under LMK comes out."""
+    field = r.text(13)
+    r.digits(12)  # account: part of the layout; the LMK PIN form does not bind it
+    r.end()
+    digits = field.rstrip("F")
+    if not digits.isdigit() or field[len(digits) :] != "F" * (13 - len(digits)):
+        raise HsmFault(INVALID_INPUT)
+    if not 4 <= len(digits) <= 12:
+        raise HsmFault(PIN_LENGTH)
+    return b"L" + hexu(ks.lmk.encrypt_pin(pin.lmk_pin_block(digits)))
 
 
 def ja(ks: KeyStore, r: Reader) -> bytes:

@@ -39,6 +39,7 @@ COMMANDS: dict[bytes, Handler] = {
     b"DG": cmd_pin.dg,
     b"EC": cmd_pin.ec,
     b"JA": cmd_pin.ja,
+    b"BA": cmd_pin.ba,
     b"W8": cmd_pin.w8,
     b"WV": cmd_pin.wv,
     b"M6": cmd_mac.m6,

@@ -273,6 +273,16 @@ def test_ja(hsm: Hsm) -> None:
     assert err(hsm, f"JA{ACCOUNT}6") == "15"
 
 
+def test_ba_encrypts_a_chosen_pin_under_the_lmk(hsm: Hsm) -> None:
+    lmk = Lmk.test_set()
+    for p in ("1234", "123456", "123456789012"):
+        out = hsm.ok(f"BA{p.ljust(13, 'F')}{ACCOUNT}")
+        assert out[0] == "L" and pin.lmk_pin_decode(lmk.decrypt_pin(bytes.fromhex(out[1:]))) == p
+    assert err(hsm, f"BA123FFFFFFFFFF{ACCOUNT}") == "24"  # 3 digits
+    assert err(hsm, f"BA1234F5FFFFFFF{ACCOUNT}") == "15"  # a digit after the padding
+    assert err(hsm, f"BA1234FFFFFFFFF{ACCOUNT[:-1]}") == "15"
+
+
 def test_w8_wv(hsm: Hsm, k: dict[str, str]) -> None:
     sblk = gm_sm4(bytes.fromhex(PIK), pin.sm4_encode("123456", ACCOUNT)).hex().upper()
     out = hsm.ok(f"W82002{k['s_tpk']}1{k['zpk']}{sblk}{ACCOUNT}")
