@@ -52,15 +52,22 @@ def init(app: AppContext, lmk_file: str | None, test_lmk: bool) -> None:
 
 
 def load_lmk(path: Path, test_lmk: bool) -> lmk_mod.Lmk:
-    """The test set, else the LMK file, created at first start when it does not exist yet."""
+    """The test set, else the LMK file, created at first start when it does not exist yet.
+
+    A file that group or others may read is refused, not repaired: whoever could read it may already
+    hold every key under it, which a chmod does not undo; the operator decides (as ssh refuses a
+    private key file with loose permissions, and a payShield keeps its LMKs only on smart cards)."""
     if test_lmk:
-        log.warning("test_lmk_in_use", detail="published test LMK set: development and tests only")
+        log.warning("test_lmk_in_use", detail="published test LMK set: every key under it is public")
         return lmk_mod.Lmk.test_set()
     if not path.exists():
         lmk_mod.create_file(path, lmk_mod.Lmk.generate())
         log.info("lmk_file_created", lmk_file=str(path))
     elif not lmk_mod.file_is_private(path):
-        log.warning("lmk_file_permissions", lmk_file=str(path), detail="readable by group or others")
+        raise lmk_mod.LmkFileError(
+            f"LMK file {path} is open to group or others (mode {lmk_mod.file_mode(path):04o}): "
+            f"if nobody else read it, `chmod 600 {path}`; else make new LMKs and re-encrypt the keys"
+        )
     lmk = lmk_mod.load_file(path)
     if lmk.test:
         log.warning("test_lmk_in_use", lmk_file=str(path), detail="the file holds the published test LMK set")

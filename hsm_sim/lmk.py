@@ -237,5 +237,9 @@ def load_file(path: str | Path) -> Lmk:
         raise LmkFileError(f"LMK file {path} is not valid: {exc}") from None
 
 
+def file_mode(path: str | Path) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
 def file_is_private(path: str | Path) -> bool:
-    return (os.stat(path).st_mode & 0o077) == 0
+    return (file_mode(path) & 0o077) == 0

@@ -16,6 +16,7 @@ import trio
 from click.testing import CliRunner
 
 from hsm_sim.lmk import Lmk, load_file
+from ops import processes
 from ops.cli import cli
 from ops.pgembed import free_port
 from tests.fixtures.hsm import HsmServer, start_hsm, stop_hsm
@@ -145,6 +146,8 @@ def test_bad_lmk_files_are_one_line_errors(tmp_path: Path) -> None:
     data = json.loads(Lmk.generate().to_json())
     data["lmk_3des"][0][0] = "0101010101010101"
     tampered.write_text(json.dumps(data))
+    for private in (corrupt, tampered):
+        private.chmod(0o600)  # else refused for its mode before its content is read
     for path, words in ((corrupt, "not valid"), (tampered, "check value does not match")):
         # a subprocess: `serve` configures process-wide logging, which must not leak into this one
         result = subprocess.run(
@@ -176,3 +179,70 @@ def test_bad_lmk_files_are_one_line_errors(tmp_path: Path) -> None:
         assert "payswitch hsm init" in str(exc)
     else:
         raise AssertionError("missing file loaded")
+
+
+def _serve_in(cwd: Path, *args: str) -> subprocess.Popen[bytes]:
+    """`hsm serve` with the shipped defaults (no PAYSWITCH_HSM_TEST_LMK) in ``cwd``, whose var/ it uses."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYSWITCH_")}
+    env |= {"PAYSWITCH_HSM_PORT": str(free_port()), "PAYSWITCH_HSM_METRICS_PORT": "0"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "ops", "hsm", "serve", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _check_value_of(proc: subprocess.Popen[bytes]) -> str:
+    """The LMK check value the service logged at start (``lmk_loaded``), then stop it."""
+    assert proc.stderr is not None
+    lines = []
+    for raw in proc.stderr:
+        line = raw.decode(errors="replace")
+        lines.append(line)
+        if "lmk_loaded" in line:
+            break
+    processes.stop(proc, timeout=10)
+    text = "".join(lines)
+    found = re.search(r"check_value=([0-9A-F]{16})", text)
+    assert found is not None, text
+    return found.group(1)
+
+
+def test_serve_defaults_to_a_new_lmk_file_not_the_test_lmk(tmp_path: Path) -> None:
+    first = _check_value_of(_serve_in(tmp_path))
+    path = tmp_path / "var" / "hsm" / "lmk.json"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600  # the shipped hsm.lmk_file, made at first start
+    assert not load_file(path).test and first == load_file(path).check_value().hex().upper()
+    assert first != Lmk.test_set().check_value().hex().upper()
+    assert _check_value_of(_serve_in(tmp_path)) == first  # the next start keeps its keys
+
+
+def test_test_lmk_warns_at_every_start(tmp_path: Path) -> None:
+    for _ in range(2):
+        proc = _serve_in(tmp_path, "--test-lmk")
+        out = b""
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            out += raw
+            if b"lmk_loaded" in raw:
+                break
+        processes.stop(proc, timeout=10)
+        assert b"test_lmk_in_use" in out and b"warning" in out.lower(), out
+    assert not (tmp_path / "var" / "hsm" / "lmk.json").exists()
+
+
+def test_lmk_file_open_to_others_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "var" / "hsm" / "lmk.json"
+    from hsm_sim.lmk import create_file
+
+    create_file(path, Lmk.generate())
+    os.chmod(path, 0o644)
+    proc = _serve_in(tmp_path)
+    _out, err = proc.communicate(timeout=30)
+    text = err.decode()
+    assert proc.returncode == 1 and "open to group or others (mode 0644)" in text, text
+    assert "chmod 600" in text
+    assert "Traceback" not in text and len(text.strip().splitlines()) == 1
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644  # refused, not silently "fixed"
