@@ -14,11 +14,14 @@ exits on SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -162,6 +165,36 @@ class System:
         """Stop one service (SIGTERM; SIGKILL after ``timeout`` s); ``start_service`` starts it again."""
         processes.stop(self.services.pop(name).proc, timeout=timeout)
 
+    def kill_service(self, name: str) -> None:
+        """Crash one service: SIGKILL, no chance to drain or flush (fault tests); ``start_service``
+        starts it again."""
+        proc = self.services.pop(name).proc
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+    def crash_postgres(self, timeout: float = 60.0) -> None:
+        """Crash PostgreSQL as ``pg_ctl -m immediate`` does (SIGQUIT to the postmaster: no checkpoint,
+        crash recovery at the next start); returns once it is gone. ``restart_postgres`` starts it."""
+        pid = self.postmaster_pid()
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGQUIT)
+        deadline = time.monotonic() + timeout
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                raise SystemStartError(f"PostgreSQL (pid {pid}) still runs {timeout:.0f}s after SIGQUIT")
+            time.sleep(0.05)
+
+    def restart_postgres(self) -> None:
+        """Start PostgreSQL again after ``crash_postgres`` (crash recovery runs first), on the same
+        port, so ``db_url`` and the services' configuration stay right."""
+        assert self._pg is not None, "start() first"
+        url = self._pg.up().url("payswitch")
+        if url != self.db_url:
+            raise SystemStartError(f"PostgreSQL came back on another address ({url}): its port was taken")
+
     def stop(self) -> None:
         for name in reversed(list(self.services)):
             self.stop_service(name)
@@ -234,6 +267,17 @@ def tree_cpu(pid: int) -> float:
         return 0.0
     own = sum(int(f) for f in fields[11:15]) / _TICK  # utime, stime, cutime, cstime
     return own + sum(cpu_seconds(c) for c in children_of(pid))
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process (not necessarily our child: the postmaster is pg_ctl's) still exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _tail(log: Path, lines: int = 3) -> str:
