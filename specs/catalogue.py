@@ -140,6 +140,21 @@ def is_response(mti: str) -> bool:
     return int(mti[2]) % 2 == 1
 
 
+def answer_mti(mti: str) -> str:
+    """The MTI an answer to a received message ``mti`` carries: the response MTI of the exchange the
+    message belongs to (0200 -> 0210, 0221 -> 0230, and a response sent to us, 0410 -> 0410). Request
+    + 10 of a response (0410 -> 0420, 0830 -> 0840) is an MTI the dialects lack: such an answer could
+    not be encoded and the connection was dropped. Every MTI a dialect decodes has its exchange's
+    response in that dialect, so the answer always encodes."""
+    return response_mti(request_mti(mti))
+
+
+def unhandled_code(mti: str) -> str:
+    """DE39 for a well-formed message no transaction handles: 30 (format error) for a response sent
+    as if it were a request, which is never valid input to a listener; 12 for an unknown request."""
+    return RC.FORMAT_ERROR.value if is_response(mti) else RC.INVALID_TRANSACTION.value
+
+
 def classify_pos(mti: str, de3: str | None, de25: str | None, de60: str | None) -> TxnType:
     """The transaction type of a POS request or response (its MTI, DE3, DE25 and whole DE60).
 

@@ -25,6 +25,7 @@ from typing import Any
 import trio
 
 from ops.logs import get_logger, mask_pan
+from specs.catalogue import unhandled_code
 from specs.codec import Codec, codec_for
 from specs.errors import DecodeError
 from switch import metrics
@@ -102,7 +103,7 @@ class AcquirerService:
             log.warning("acquirer MAC verification failed", acquirer=link.institution_id, stan=msg.get("11"))
             return self._plain(codec, msg, "30")
         if mti not in FINANCIAL and mti not in REVERSALS:
-            return await self._answer(codec, link, msg, self._response(msg, "12"))
+            return await self._answer(codec, link, msg, self._response(msg, unhandled_code(mti)))
         key = "|".join(
             (
                 "h2h",

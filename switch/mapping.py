@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hsm_sim.client import account_from_pan
+from specs.catalogue import answer_mti
 
 Message = dict[str, Any]
 
@@ -49,11 +50,10 @@ FINANCIAL_MTIS = frozenset({"0100", "0200", "0220"})
 
 
 def response_mti(mti: str) -> str:
-    """Request MTI -> response MTI (0200 -> 0210, 0421 -> 0430)."""
+    """The MTI answering ``mti`` (0200 -> 0210, 0421 -> 0430, 0410 -> 0410): specs.catalogue.answer_mti."""
     if len(mti) != 4 or not mti.isdigit():
         return "0000"
-    base = mti[:3] + ("0" if mti[3] in "01" else mti[3])
-    return f"{int(base) + 10:04d}"
+    return answer_mti(mti)
 
 
 def pan_of(msg: Message) -> str | None:

@@ -27,7 +27,7 @@ import trio
 
 from hsm_sim.client import HsmError
 from ops.logs import get_logger, mask_pan
-from specs.catalogue import BatchTotals, parse_batch_totals, parse_upload_de48
+from specs.catalogue import BatchTotals, parse_batch_totals, parse_upload_de48, unhandled_code
 from specs.codec import codec_for
 from specs.errors import DecodeError
 from specs.framing import REQUIREMENT_NONE, REQUIREMENT_SIGN_ON, response_header, swap_tpdu
@@ -196,7 +196,7 @@ class PosService:
         elif mti == "0320":
             reply = await self._upload(msg)
         else:
-            return Reply(pos_response(msg, code="12"))
+            return Reply(pos_response(msg, code=unhandled_code(mti)))
         if mti != "0820" or parse_de60(msg.get("60")).network_code != "301":  # echoes are not journaled
             reply.commit = self._journal_admin(msg, reply, timing)
         return reply

@@ -248,3 +248,15 @@ def test_pos_presence_rules() -> None:
     assert set(POS_PRESENCE) == {"2", "3", "4", "11", "12", "13", "14", "22", "25", "26", "32", "35", "36",
                                  "37", "38", "39", "41", "42", "49", "52", "53", "54", "55", "60", "61",
                                  "64"}
+
+
+def test_every_decodable_mti_has_an_answer_the_dialect_encodes() -> None:
+    from specs.catalogue import answer_mti, unhandled_code
+    from specs.dialects import KNOWN_MTIS
+
+    for dialect, mtis in KNOWN_MTIS.items():
+        for mti in mtis:
+            assert answer_mti(mti) in mtis, (dialect, mti)
+    assert [answer_mti(m) for m in ("0200", "0221", "0410", "0830", "0210")] == [
+        "0210", "0230", "0410", "0830", "0210"]
+    assert unhandled_code("0410") == "30" and unhandled_code("0600") == "12"

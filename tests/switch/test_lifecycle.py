@@ -539,3 +539,21 @@ def test_outbound_link_with_mac(world: World, setup: dict[str, Any]) -> None:
     )
     assert maced.mac_failures == 0
     t.close()
+
+
+def test_inbound_h2h_response_mti_is_answered_30_not_dropped(world: World) -> None:
+    """A 0430 or 0810 sent to the acquirer port: its request + 10 (0440, 0820) is not an H2H MTI; the
+    answer is 30 on 0430 / 0810 and the connection stays up."""
+    port = world.switch.ports["h2h"]
+    codec = codec_for("h2h", "3des")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        buf = bytearray()
+        for mti, stan in (("0430", "720001"), ("0810", "720002")):
+            msg = {**_acquirer_message(stan, pin=None), "t": mti, "39": "00"}
+            s.sendall(frame(codec.encode({**msg, "128": bytes(8)})))
+            while not (frames := [b for b in split_frames(buf, 8192) if b]):
+                data = s.recv(8192)
+                assert data, f"{mti}: the switch closed the connection"
+                buf += data
+            answer = codec.decode(frames[0])
+            assert answer["t"] == mti and answer["39"] == "30" and answer["11"] == stan, answer

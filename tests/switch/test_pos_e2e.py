@@ -412,3 +412,13 @@ def test_approval_whose_answer_cannot_be_maced_is_reversed_upstream(
     again = t3.exchange(msg)
     assert again.code == "96"
     assert len([m for m in world.host3.seen("0200") if m.get("4") == f"{amount:012d}"]) == 1
+
+
+def test_a_response_sent_to_the_switch_is_answered_30_on_its_own_mti(world: World, t3: Terminal) -> None:
+    """0410, 0830, 0510 ... sent as requests: request + 10 is not a POS MTI, so the answer was never
+    encoded and the connection was dropped; the answer is 30 on the exchange's response MTI."""
+    for mti in ("0410", "0830", "0230"):
+        msg = {**t3.purchase_msg(PAN3, 100), "t": mti, "39": "00"}
+        r = t3.exchange(msg, mac=False)
+        assert r.msg["t"] == mti and r.code == "30" and r.msg["11"] == msg["11"], r.msg
+    assert t3.exchange(t3.purchase_msg(PAN3, 100, pin="123456")).code == "00"  # the same connection
