@@ -155,7 +155,7 @@ def main(argv: list[str]) -> int:
         t0 = time.perf_counter()
         system.start(seed=("--load-terminals", str(args.terminals), "--load-cards", str(args.cards)))
         result["setup_s"] = round(time.perf_counter() - t0, 1)
-        pool = read_pool(system.root / "var/pos/load-pool.json")
+        pool = read_pool(system.root / "var/pos/load-pool.json", system.seal_key)
         stans: dict[str, int] = {}  # every run goes on from the last one's STANs (LoadPlan.stans)
 
         base_plan = LoadPlan(

@@ -1,7 +1,7 @@
 """`payswitch pos`: a POS terminal simulator speaking the POS dialect to the switch.
 
-Each terminal keeps a state file (default ``var/pos/<terminal id>.json``, mode 0600: it holds the TMK
-and working keys in clear, like a terminal's secure element). Create it once with ``pos init`` (the
+Each terminal keeps a state file (default ``var/pos/<terminal id>.json``, sealed by ``pos.sealed``: it
+holds the TMK and working keys, like a terminal's secure element). Create it once with ``pos init`` (the
 TMK is the one given to ``payswitch terminal add``), then ``pos signon`` and transact. Amounts are
 yuan (``12.50``). The PIN is asked without echo unless given with ``--pin`` or left out with
 ``--no-pin``. ``--trace`` dumps every message field by field (PAN masked, PIN block, tracks and keys
@@ -10,7 +10,6 @@ never shown) on stderr; the root ``--json`` prints the receipt as JSON.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,15 +22,16 @@ from pos import state as state_mod
 from pos import terminal
 from pos.client import Connection, Session, TerminalError
 from pos.crypto import TerminalCryptoError
+from pos.demo import read_demo_cards
 from pos.messages import Card, CardError
+from pos.sealed import SealError
 from pos.state import JournalEntry, StateError, TerminalState
 from pos.trace import render
 from specs.codec import codec_for
 from specs.errors import EncodeError
 
 F = TypeVar("F", bound=Callable[..., Any])
-DEMO_CARDS = Path("var/pos/demo-cards.json")
-NOT_TERMINALS = {"demo-cards.json", "load-pool.json"}  # other files the demo keeps in var/pos
+NOT_TERMINALS = {"demo-cards.json", "load-pool.json", "load-stans.json"}  # other files in var/pos
 DEFAULT_TERMINAL = Path("var/pos/default-terminal")  # id of the terminal used when several exist
 
 
@@ -176,19 +176,25 @@ def _card(card: str | None, expiry: str | None, track2: str | None) -> Card:
 def _first_demo_card() -> str | None:
     """The name of the first demo card (the card used when none is given), if the demo is seeded."""
     try:
-        return str(json.loads(DEMO_CARDS.read_text())["cards"][0]["name"])
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return str((_demo_cards() or [])[0]["name"])
+    except (KeyError, IndexError):
         return None
+
+
+def _demo_cards() -> list[dict[str, Any]] | None:
+    try:
+        return read_demo_cards()
+    except SealError as exc:
+        raise click.ClickException(f"{exc}; `payswitch demo seed` writes the demo cards again") from None
 
 
 def _demo_card(name: str) -> Card:
     """A card from the demo programme (``payswitch demo seed``), by name, e.g. ``alice``."""
-    try:
-        cards = json.loads(DEMO_CARDS.read_text())["cards"]
-    except (OSError, ValueError, KeyError):
-        raise click.ClickException(f"{name!r} is not a card number and no demo cards are seeded") from None
+    cards = _demo_cards()
+    if cards is None:
+        raise click.ClickException(f"{name!r} is not a card number and no demo cards are seeded")
     for c in cards:
-        if c["name"] == name:
+        if c.get("name") == name:
             return Card.keyed(c["pan"], c["expiry"])
     raise click.ClickException(f"no demo card named {name!r} (known: {', '.join(c['name'] for c in cards)})")
 
@@ -196,12 +202,9 @@ def _demo_card(name: str) -> Card:
 def _demo_pin(name: str | None) -> str | None:
     if not name or name.isdigit():
         return None
-    try:
-        for c in json.loads(DEMO_CARDS.read_text())["cards"]:
-            if c["name"] == name:
-                return str(c["pin"])
-    except (OSError, ValueError, KeyError):
-        return None
+    for c in _demo_cards() or []:
+        if c.get("name") == name and "pin" in c:
+            return str(c["pin"])
     return None
 
 

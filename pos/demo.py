@@ -5,13 +5,15 @@ and the switch run as subprocesses (pos imports neither): a demo issuer programm
 product on BIN 621234 and a load-test product), named demo cards with printed demo PINs, a merchant,
 a store, two terminals with known TMKs (T0000001 on the 3des port, T0000002 on the sm4 port), the
 route from the switch to the host; and on the terminal side the two terminals' state files and the
-load pool used by ``payswitch load`` (``var/pos/``, mode 0600: demo TMKs, PANs and PINs).
+load pool used by ``payswitch load`` (``var/pos/``, sealed by ``pos.sealed``: demo TMKs, PANs and
+PINs). Its output names the cards with masked PANs; ``--show-cards`` (or ``demo cards`` later) shows
+their PANs and PINs.
 
 ``demo tour`` drives the running system through sign-on, echo, balance, purchase, void, refund,
 top-up, pre-auth and completion, pre-auth void, a wrong PIN, a reversal and settlement on both
 terminals, printing every receipt.
 
-The demo keys and PINs are public test data, printed on purpose: never use them for real cards.
+The demo keys and PINs are public test data: never use them for real cards.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import concurrent.futures
 import contextlib
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -34,10 +35,12 @@ import trio
 from hsm_sim.crypto import set_odd_parity
 from ops import processes
 from ops.cli import COMMANDS, AppContext, pass_app
+from ops.logs import mask_pan
 from pos import state as state_mod
 from pos import terminal
 from pos.client import Connection, Session, TerminalError
 from pos.messages import Card
+from pos.sealed import SealError, read_sealed, write_sealed
 from pos.state import StateError
 from specs.codec import codec_for
 
@@ -120,12 +123,33 @@ def load_tmk(terminal_id: str) -> str:
     return set_odd_parity(raw).hex().upper()
 
 
-def write_private(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=1)
+def _read_or_none(path: Path) -> Any:
+    """A sealed demo file's data, or None when it is absent or cannot be opened (the seed then writes
+    it again: demo data, issued afresh)."""
+    try:
+        return read_sealed(path)
+    except (OSError, SealError):
+        return None
+
+
+def _write_if_changed(path: Path, data: Any) -> None:
+    """Seal ``data`` into ``path`` unless it already holds it: a seed run that changes nothing leaves
+    the file as it was (a fresh nonce would rewrite every byte)."""
+    if _read_or_none(path) != data:
+        write_sealed(path, data)
+
+
+def read_demo_cards() -> list[dict[str, Any]] | None:
+    """The demo cards (name, pan, expiry, pin) of ``demo seed``, or None when there are none;
+    SealError when the file is there but does not open (the caller says what to run)."""
+    try:
+        data = read_sealed(DEMO_CARDS)
+    except FileNotFoundError:
+        return None
+    cards = data.get("cards") if isinstance(data, dict) else None
+    if not isinstance(cards, list) or not all(isinstance(c, dict) for c in cards):
+        return None
+    return cards
 
 
 @click.group()
@@ -148,14 +172,39 @@ def demo() -> None:
     show_default=True,
     help="Cards issued and loaded for `payswitch load`.",
 )
+@click.option("--show-cards", is_flag=True, help="Print the demo cards' PANs and PINs (masked otherwise).")
 @pass_app
-def seed(app: AppContext, load_terminals: int, load_cards: int) -> None:
+def seed(app: AppContext, load_terminals: int, load_cards: int, show_cards: bool) -> None:
     """Create the demo programme (idempotent): products, cards, merchant, store, terminals, route."""
     try:
         summary = seed_programme(app, load_terminals, load_cards)
-    except DemoError as exc:
+    except (DemoError, SealError) as exc:
         raise click.ClickException(str(exc)) from None
+    if not show_cards:
+        summary["cards"] = [_masked_card(c) for c in summary["cards"]]
     app.emit(summary, render_seed(summary))
+
+
+def _masked_card(card: dict[str, Any]) -> dict[str, Any]:
+    """What the seed prints by default: the name and a masked PAN (the PIN only on request)."""
+    return {"name": card["name"], "pan": mask_pan(str(card["pan"])), "expiry": card["expiry"]}
+
+
+@demo.command()
+@pass_app
+def cards(app: AppContext) -> None:
+    """The demo cards with their PANs and demo PINs (public test data), from the sealed card file."""
+    try:
+        known = read_demo_cards()
+    except SealError as exc:
+        raise click.ClickException(f"{exc}; `payswitch demo seed` writes them again") from None
+    if known is None:
+        raise click.ClickException("no demo cards: run `payswitch demo seed` (or `payswitch run`) first")
+    shown = [{k: c.get(k, "") for k in ("name", "pan", "expiry", "pin")} for c in known]
+    app.emit(
+        {"cards": shown},
+        "\n".join(f"{c['name']:<6} {c['pan']}  expiry {c['expiry']}  PIN {c['pin']}" for c in shown),
+    )
 
 
 def seed_programme(app: AppContext, load_terminals: int, load_cards: int) -> dict[str, Any]:
@@ -270,7 +319,9 @@ def _seed(app: AppContext, admin: Admin, load_terminals: int, load_cards: int) -
         )
         path = state_mod.default_path(tid)
         port = sw.pos_3des_port if scheme == "3des" else sw.pos_sm4_port
-        if not path.exists():
+        try:
+            state_mod.load(path)
+        except StateError:  # none yet, or one that cannot be opened (another seal key): a fresh one
             state_mod.save(state_mod.new_state(tid, MERCHANT_ID, scheme, tmk, "127.0.0.1", port), path)
     default = POS_DIR / "default-terminal"
     if not default.exists():
@@ -278,8 +329,8 @@ def _seed(app: AppContext, admin: Admin, load_terminals: int, load_cards: int) -
     pool_terms = _load_terminals(app, admin, load_terminals, exists)
     cards = _demo_cards(admin)
     load_pool_cards = _load_cards(admin, load_cards)
-    write_private(DEMO_CARDS, {"cards": cards})
-    write_private(LOAD_POOL, {"terminals": pool_terms, "cards": load_pool_cards})
+    _write_if_changed(DEMO_CARDS, {"cards": cards})
+    _write_if_changed(LOAD_POOL, {"terminals": pool_terms, "cards": load_pool_cards})
     return {
         "merchant": MERCHANT_ID,
         "terminals": [
@@ -369,11 +420,10 @@ def _load_terminals(
             }
         )
     known: set[str] = set()
-    if LOAD_POOL.exists():
-        try:
-            known = {t["terminal_id"] for t in json.loads(LOAD_POOL.read_text())["terminals"]}
-        except (OSError, ValueError, KeyError, TypeError):
-            known = set()
+    try:
+        known = {t["terminal_id"] for t in _read_or_none(LOAD_POOL)["terminals"]}
+    except (KeyError, TypeError):
+        known = set()
     if terms and terms[0]["terminal_id"] in known:
         # One add tells whether the pool's terminals are still registered (the database may be new).
         first = terms[0]
@@ -419,13 +469,15 @@ def _load_terminals(
 
 
 def _demo_cards(admin: Admin) -> list[dict[str, Any]]:
-    if DEMO_CARDS.exists():
-        try:
-            known: list[dict[str, Any]] = json.loads(DEMO_CARDS.read_text())["cards"]
-            if [c["name"] for c in known] == list(CARD_NAMES) and admin.known_card(known[0]["pan"]):
-                return known
-        except (OSError, ValueError, KeyError):
-            pass
+    try:
+        known = read_demo_cards()
+    except SealError:
+        known = None  # another seal key: issued afresh
+    try:
+        if known and [c["name"] for c in known] == list(CARD_NAMES) and admin.known_card(known[0]["pan"]):
+            return known
+    except KeyError:
+        pass
     issued = admin.run(
         "card",
         "issue",
@@ -446,11 +498,10 @@ def _demo_cards(admin: Admin) -> list[dict[str, Any]]:
 
 def _load_cards(admin: Admin, count: int) -> list[dict[str, Any]]:
     known: list[dict[str, Any]] = []
-    if LOAD_POOL.exists():
-        try:
-            known = json.loads(LOAD_POOL.read_text())["cards"]
-        except (OSError, ValueError, KeyError):
-            known = []
+    try:
+        known = list(_read_or_none(LOAD_POOL)["cards"])
+    except (KeyError, TypeError):
+        known = []
     if known and not admin.known_card(known[0]["pan"]):
         known = []  # the database was reset since the pool was written
     if len(known) >= count:
@@ -483,9 +534,11 @@ def render_seed(summary: dict[str, Any]) -> str:
     lines = [f"demo merchant {summary['merchant']} ({MERCHANT_NAME})"]
     for t in summary["terminals"]:
         lines.append(f"terminal {t['terminal_id']} ({t['scheme']}), state {t['state_file']}")
-    lines.append("demo cards (public test data):")
+    shown = all("pin" in c for c in summary["cards"])
+    lines.append("demo cards (public test data):" if shown else "demo cards (`demo cards` shows them):")
     for c in summary["cards"]:
-        lines.append(f"  {c['name']:<6} {c['pan']}  expiry {c['expiry']}  PIN {c['pin']}")
+        pin = f"  PIN {c['pin']}" if "pin" in c else ""
+        lines.append(f"  {c['name']:<6} {c['pan']}  expiry {c['expiry']}{pin}")
     lp = summary["load_pool"]
     lines.append(f"load pool {lp['file']}: {lp['terminals']} terminals, {lp['cards']} cards")
     return "\n".join(lines)
@@ -501,10 +554,13 @@ Step = tuple[str, Callable[[Session], Awaitable[terminal.Receipt]]]
 def tour(app: AppContext, timeout: float) -> None:
     """Every transaction against the running system, receipt by receipt, on both terminals."""
     try:
-        cards = json.loads(DEMO_CARDS.read_text())["cards"]
+        cards = read_demo_cards() or []
+    except SealError as exc:
+        raise click.ClickException(f"{exc}; `payswitch demo seed` writes them again") from None
+    try:
         alice, bob = (Card.keyed(c["pan"], c["expiry"]) for c in cards[:2])
         pin = cards[0]["pin"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         raise click.ClickException(
             "no demo cards: run `payswitch demo seed` (or `payswitch run`) first"
         ) from None

@@ -1,9 +1,9 @@
 """The load generator: many terminals, each a real ``pos.client.Session``, in one trio process.
 
-A pool file (JSON, written by ``payswitch demo seed``; it holds TMKs, PANs and PINs of demo data, so
-it is mode 0600) lists the terminals registered at the switch and the cards to use. Each terminal
-signs on, then runs its share of the transaction mix back to back (or paced to a target rate) until
-the duration or count is reached. Per-request work is kept small because the generator shares the
+A pool file (written by ``payswitch demo seed``; it holds TMKs, PANs and PINs of demo data, so it is
+sealed by ``pos.sealed``, mode 0600) lists the terminals registered at the switch and the cards to use.
+Each terminal signs on, then runs its share of the transaction mix back to back (or paced to a target
+rate) until the duration or count is reached. Per-request work is kept small because the generator shares the
 machine with the switch, host, HSM and PostgreSQL: PIN blocks are computed once per card and terminal
 (after sign-on), cipher contexts are built once per key, messages are small dicts encoded by the
 compiled codec.
@@ -40,6 +40,7 @@ from pos.client import (
 )
 from pos.crypto import pin_block
 from pos.messages import KINDS, Card
+from pos.sealed import SealError, read_sealed
 from pos.state import StateError, TerminalState, new_state
 from specs.codec import codec_for
 from specs.framing import REQUIREMENT_SIGN_ON
@@ -74,13 +75,16 @@ class Pool:
     cards: list[PoolCard]
 
 
-def read_pool(path: Path) -> Pool:
+def read_pool(path: Path, key_file: Path | None = None) -> Pool:
+    """The pool at ``path``, sealed under ``key_file`` (default: ``pos.sealed.key_path()``)."""
     try:
-        raw = json.loads(path.read_text())
+        raw = read_sealed(path, key_file)
         terminals = [PoolTerminal(**t) for t in raw["terminals"]]
         cards = [PoolCard(**c) for c in raw["cards"]]
     except FileNotFoundError:
         raise LoadError(f"no load pool at {path}: run `payswitch demo seed` first (or give --pool)") from None
+    except SealError as exc:
+        raise LoadError(f"{exc}; run `payswitch demo seed` to write it again") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise LoadError(f"load pool {path} is not usable ({exc.__class__.__name__})") from None
     if not terminals or not cards:

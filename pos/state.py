@@ -1,9 +1,10 @@
 """The terminal's own state file: what a real terminal keeps in its secure element and flash.
 
-One JSON file per terminal (default ``var/pos/<terminal id>.json``), mode 0600 because it holds the
-terminal master key and the working keys in clear, written atomically (temporary file in the same
-folder, fsync, rename) so a crash never leaves half a file. Keys are never printed: ``summary()`` gives
-what a person may see (check values, not keys).
+One sealed JSON document per terminal (default ``var/pos/<terminal id>.json``; ``pos.sealed``: AES-GCM
+under a file key kept outside the checkout, mode 0600) because it holds the terminal master key and
+the working keys, written atomically (temporary file in the same folder, fsync, rename) so a crash
+never leaves half a file. Keys are never printed: ``summary()`` gives what a person may see (check
+values, not keys).
 
 Besides keys it holds the trace number (STAN, 000001-999999, wrapping), the batch number given at
 sign-on (60.2), a pending reversal (the original request of an unanswered transaction, sent before
@@ -15,10 +16,6 @@ only for the 0320 batch upload.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ from typing import Any
 from hsm_sim.crypto import zero_pad
 from ops.logs import mask_pan
 from pos.crypto import SCHEMES, KeyCipher, Scheme, WorkingKeys, check_value
+from pos.sealed import SealError, read_sealed, write_sealed
 
 STATE_VERSION = 1
 DEFAULT_DIR = Path("var/pos")
@@ -212,18 +210,21 @@ def new_state(
 
 def load(path: Path) -> TerminalState:
     try:
-        raw = json.loads(path.read_text())
+        raw = read_sealed(path)
     except FileNotFoundError:
         raise StateError(f"no terminal state at {path}: create it with `payswitch pos init`") from None
-    except (OSError, ValueError) as exc:
-        raise StateError(f"cannot read terminal state {path}: {exc.__class__.__name__}") from None
+    except SealError as exc:
+        raise StateError(
+            f"{exc}; replace it with `payswitch pos init --force` (a demo terminal: "
+            "`payswitch demo seed` replaces it)"
+        ) from None
     try:
         if raw.pop("state_version") != STATE_VERSION:
             raise StateError(f"terminal state {path} has an unknown version")
         journal = [JournalEntry(**e) for e in raw.pop("journal")]
         previous = [JournalEntry(**e) for e in raw.pop("previous")]
         state = TerminalState(**raw, journal=journal, previous=previous)
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, AttributeError) as exc:
         raise StateError(f"terminal state {path} is damaged ({exc.__class__.__name__})") from None
     if state.scheme not in SCHEMES:
         raise StateError(f"terminal state {path} has an unknown key scheme")
@@ -232,7 +233,7 @@ def load(path: Path) -> TerminalState:
 
 
 def save(state: TerminalState, path: Path | None = None) -> Path:
-    """Write atomically with mode 0600 (the file holds clear keys)."""
+    """Seal and write atomically, mode 0600 (the document holds the TMK and working keys)."""
     target = path or state.path
     if target is None:
         raise StateError("no path for the terminal state")
@@ -240,18 +241,10 @@ def save(state: TerminalState, path: Path | None = None) -> Path:
     data = asdict(state)
     data.pop("path")
     data["state_version"] = STATE_VERSION
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        write_sealed(target, data)
+    except SealError as exc:
+        raise StateError(str(exc)) from None
     state.path = target
     return target
 

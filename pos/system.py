@@ -32,6 +32,7 @@ from ops.config import env_name
 from ops.db import ensure_database
 from ops.migrate import migrate_url
 from ops.pgembed import EmbeddedPostgres, free_port
+from pos import sealed
 
 SERVICES = ("hsm", "host", "switch")
 
@@ -63,6 +64,11 @@ class System:
     @property
     def config_path(self) -> Path:
         return self.root / "payswitch.toml"
+
+    @property
+    def seal_key(self) -> Path:
+        """The key sealing this system's var/pos files (``pos.sealed``): its own, never the user's."""
+        return self.root / "pos-seal.key"
 
     def available(self) -> list[str]:
         """The services this build has (a component not yet written is simply absent)."""
@@ -118,6 +124,7 @@ class System:
         env["PAYSWITCH_CONFIG"] = str(self.config_path)
         for key in [k for k in env if k.startswith("PAYSWITCH_") and k != "PAYSWITCH_CONFIG"]:
             del env[key]
+        env[sealed.KEY_ENV] = str(self.seal_key)
         for dotted, value in self.settings.items():
             section, _, key = dotted.partition(".")
             env[env_name(section, key)] = value

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from click.testing import CliRunner
 
 from ops.cli import cli
 from pos.load import LoadError, LoadPlan, LoadReport, Progress, parse_mix, read_pool, run_load
+from pos.sealed import write_sealed
 from tests.pos.fakeswitch import FakeSwitch
 
 TMK = "0123456789ABCDEFFEDCBA9876543210"
@@ -32,7 +32,7 @@ def write_pool(path: Path, fake: FakeSwitch, terminals: list[str]) -> None:
         ],
         "cards": [{"pan": f"62123456789012{i:05d}", "expiry": "3012", "pin": "123456"} for i in range(5)],
     }
-    path.write_text(json.dumps(pool))
+    write_sealed(path, pool)  # as `demo seed` writes it
 
 
 def run_against_fake(

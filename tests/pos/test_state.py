@@ -90,7 +90,7 @@ def test_pans_are_sealed_in_the_file(tmp_path: Path, scheme: str) -> None:
     stored = st.storable({"t": "0400", "2": PAN, "11": "000001", "64": bytes(8)})
     st.pending_reversal = stored
     state_mod.save(st)
-    assert PAN not in (tmp_path / "T0000001.json").read_text()
+    assert PAN.encode() not in (tmp_path / "T0000001.json").read_bytes()
     assert st.restore(state_mod.load(tmp_path / "T0000001.json").pending_reversal or {})["2"] == PAN
 
 

@@ -62,9 +62,8 @@ def test_sign_on_purchase_void_refund_settle(tmp_path: Path, switch: FakeSwitch)
     r = run(state, "signon")
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["approved"]
-    saved = state.read_text()
-    assert TMK in saved  # the secure-element stand-in holds it...
-    assert TMK not in r.output  # ...but never shows it
+    assert state_mod.load(state).tmk == TMK  # the secure-element stand-in holds it, sealed (test_sealed)...
+    assert TMK not in r.output  # ...and never shows it
 
     card = ["--card", PAN, "--expiry", "3012"]
     r = run(state, "purchase", "123.45", *card, "--pin", "123456", "--trace")
@@ -132,7 +131,7 @@ def test_unanswered_purchase_is_reversed_and_pending_reversal_survives(
     r = run(state, "purchase", "6", *card)
     assert "pending" in " ".join(json.loads(r.stdout)["notes"])
     assert state_mod.load(state).pending_reversal is not None
-    assert PAN not in state.read_text()
+    assert PAN.encode() not in state.read_bytes()
     r = run(state, "purchase", "8", *card)  # the reversal still unanswered: nothing new goes out
     assert r.exit_code == 1 and "reversal of trace 000003 is still unanswered" in r.output
     assert [(m["t"], m["11"]) for m in switch.seen[-1:]] == [("0400", "000003")]
