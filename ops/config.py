@@ -113,6 +113,8 @@ class SwitchConfig:
                                  min=1, max=3_600)
     link_rekey_hours: int = setting("change each outbound link's ZPK (0800 101) this often, 0 = only "
                                     "on `switch link rekey`", min=0, max=8_760)
+    signon_per_minute: int = setting("sign-ons (0800) accepted per terminal per minute; more are answered "
+                                     "65 (its own live connection is not limited)", min=1, max=10_000)
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,7 @@ class AcquirerService:
         self._seen: OrderedDict[str, _Seen] = OrderedDict()
         self._originals: OrderedDict[str, str] = OrderedDict()  # DE90 key of an original -> dedup key
 
-    async def handle(self, body: bytes) -> bytes | None:
+    async def handle(self, body: bytes, conn: trio.SocketStream | None = None) -> bytes | None:
         t0 = trio.current_time()
         codec, msg, error = self._decode(body)
         if msg is None:

@@ -29,8 +29,10 @@ from switch.links import frame, split_frames
 
 log = get_logger(__name__)
 
-# A handler returns the answer body, b"" to send nothing, or None to close the connection.
-Handler = Callable[[bytes], Awaitable[bytes | None]]
+# A handler gets the frame body and the connection it came on (the same object for every frame of one
+# connection, closed once the connection ended: terminal sessions are tied to it), and returns the
+# answer body, b"" to send nothing, or None to close the connection.
+Handler = Callable[[bytes, trio.SocketStream], Awaitable[bytes | None]]
 
 
 @dataclass(frozen=True)
@@ -229,7 +231,7 @@ class Listener:
 
     async def _handle(self, client: _Client, body: bytes) -> None:
         try:
-            answer = await self.handler(body)
+            answer = await self.handler(body, client.stream)
             if answer is None:
                 client.read_scope.cancel()  # the frame could not be answered: close this connection
             elif answer and not client.broken:  # (an empty answer means: drop the frame, send nothing)

@@ -52,7 +52,7 @@ from switch.mapping import (
     transmission_time,
     txn_type,
 )
-from switch.sessions import Entry, Registry, Terminal
+from switch.sessions import Entry, Registry, Terminal, connection_open
 from switch.store import SessionRow, Store
 from switch.upstream import Upstream, translate_again
 
@@ -78,6 +78,8 @@ class Reply:
 @dataclass(slots=True)
 class Timing:
     start: float
+    # The connection the request came on (who holds which session keys); None for a caller without one.
+    conn: trio.SocketStream | None = None
     hsm: float = 0.0
     host: float = 0.0
 
@@ -93,6 +95,7 @@ class PosService:
         registry: Registry,
         upstream: Upstream,
         acquirer_id: str,
+        signon_per_minute: int,
     ) -> None:
         self.profile = profile
         self.channel = f"pos-{profile}"
@@ -103,9 +106,10 @@ class PosService:
         self.registry = registry
         self.upstream = upstream
         self.acquirer_id = acquirer_id
+        self.signon_per_minute = signon_per_minute
 
     # -- framing -----------------------------------------------------------------------------------
-    async def handle(self, body: bytes) -> bytes | None:
+    async def handle(self, body: bytes, conn: trio.SocketStream | None = None) -> bytes | None:
         t0 = trio.current_time()
         if len(body) < HEADER_LEN + 10:
             metrics.BAD_FRAMES.labels(listener=self.channel, action="closed").inc()
@@ -119,7 +123,7 @@ class PosService:
         except DecodeError as exc:
             return self._format_error(tpdu, header, exc)
         try:
-            reply = await self._dispatch(msg, raw, Timing(t0))
+            reply = await self._dispatch(msg, raw, Timing(t0, conn))
         except (HsmUnavailable, HsmError) as exc:  # no HSM: the request cannot be checked
             log.error("HSM unavailable", listener=self.channel, mti=msg.get("t"), error=str(exc))
             reply = Reply(pos_response(msg, code="96"))
@@ -188,9 +192,9 @@ class PosService:
         if mti == "0400":
             return await self._reversal(msg, raw, timing)
         if mti == "0800":
-            reply = await self._sign_on(msg)
+            reply = await self._sign_on(msg, timing.conn)
         elif mti == "0820":
-            reply = await self._network(msg)
+            reply = await self._network(msg, timing.conn)
         elif mti == "0500":
             reply = await self._settle(msg)
         elif mti == "0320":
@@ -244,8 +248,10 @@ class PosService:
         return terminal, None
 
     # -- network management ------------------------------------------------------------------------
-    async def _sign_on(self, msg: Message) -> Reply:
+    async def _sign_on(self, msg: Message, conn: trio.SocketStream | None) -> Reply:
         terminal, refusal = await self._terminal(msg)
+        if terminal is not None and not self._may_sign_on(terminal, conn):
+            return Reply(pos_response(msg, code="65"))  # exceeds frequency limit; the session goes on
         if terminal is not None:
             # Sign-on re-reads the host's registry entry: state or TMK may have changed since first contact.
             record = await self.store.terminal(terminal.terminal_id, terminal.merchant_id)
@@ -281,15 +287,23 @@ class PosService:
                 log.error("sign-on key generation refused", terminal=record.terminal_id, code=exc.code)
                 return Reply(pos_response(msg, code="96"))
             pik, mak, tdk = keys["pik"], keys["mak"], keys["tdk"]
-            await self.store.save_session(
-                record.terminal_id,
-                record.merchant_id,
-                self.profile,
-                pik.under_lmk,
-                mak.under_lmk,
-                tdk.under_lmk,
-            )
-            terminal.session = SessionRow(self.profile, pik.under_lmk, mak.under_lmk, tdk.under_lmk, True)
+            new = SessionRow(self.profile, pik.under_lmk, mak.under_lmk, tdk.under_lmk, True)
+            if terminal.held_elsewhere(conn):
+                # Anyone can send an 0800 naming a terminal: the live session keeps its keys until these
+                # are proven by a MAC (specs/README.md, "Terminal sessions").
+                await self.store.save_pending(record.terminal_id, record.merchant_id, new)
+                terminal.pending, terminal.pending_conn = new, conn
+                log.info("sign-on from another connection: new keys pending", terminal=record.terminal_id)
+            else:
+                await self.store.save_session(
+                    record.terminal_id,
+                    record.merchant_id,
+                    self.profile,
+                    pik.under_lmk,
+                    mak.under_lmk,
+                    tdk.under_lmk,
+                )
+                terminal.start_session(new, conn)
         if self.profile == "3des":
             de62 = (
                 pik.under_tmk
@@ -316,37 +330,112 @@ class PosService:
         log.info("terminal signed on", terminal=record.terminal_id, batch=terminal.batch_no)
         return Reply(answer)
 
-    async def _network(self, msg: Message) -> Reply:
+    def _may_sign_on(self, terminal: Terminal, conn: trio.SocketStream | None) -> bool:
+        """The per-terminal sign-on limit (``switch.signon_per_minute``). The live session's own
+        connection is not limited: a flood from elsewhere must not keep the terminal from signing on."""
+        if conn is not None and terminal.conn is conn and terminal.signed_on:
+            return True
+        if terminal.sign_on_allowed(trio.current_time(), self.signon_per_minute):
+            return True
+        log.warning("sign-on rate limited", terminal=terminal.terminal_id, listener=self.channel)
+        return False
+
+    async def _network(self, msg: Message, conn: trio.SocketStream | None) -> Reply:
         terminal, refusal = await self._terminal(msg)
         if terminal is None:
             assert refusal is not None
             return refusal
         if parse_de60(msg.get("60")).network_code == "002":
-            await self.store.sign_off(terminal.terminal_id, terminal.merchant_id)
-            if terminal.session is not None:
-                s = terminal.session
-                terminal.session = SessionRow(s.scheme, s.pik, s.mak, s.tdk, False)
+            async with terminal.lock:
+                await self._sign_off(terminal, conn)
         return Reply(pos_response(msg, code="00"))
 
+    async def _sign_off(self, terminal: Terminal, conn: trio.SocketStream | None) -> None:
+        """An 0820/002 ends the session only from its own connection, or when no open connection holds
+        it; from elsewhere it ends at most that connection's own pending keys (specs/README.md,
+        "Terminal sessions"). Answered 00 either way: the sender learns nothing of the session."""
+        tid, mid = terminal.terminal_id, terminal.merchant_id
+        if terminal.held_elsewhere(conn):
+            if terminal.pending is not None and terminal.pending_conn is conn:
+                await self.store.save_pending(tid, mid, None)
+                terminal.pending = terminal.pending_conn = None
+            else:
+                log.info("sign-off from another connection ignored", terminal=tid, listener=self.channel)
+            return
+        await self.store.sign_off(tid, mid)
+        if terminal.session is not None:
+            s = terminal.session
+            terminal.start_session(SessionRow(s.scheme, s.pik, s.mak, s.tdk, False), conn)
+
     # -- financial ---------------------------------------------------------------------------------
-    async def _signed_on(self, msg: Message) -> tuple[Terminal | None, Reply | None]:
-        """The request's terminal if it is signed on with this listener's key profile; else the refusal
-        (97/03/58 from ``_terminal``, or A0 with the re-sign-on flag)."""
+    async def _signed_on(
+        self, msg: Message, raw: bytes, timing: Timing
+    ) -> tuple[Terminal | None, Reply | None]:
+        """The request's terminal if it is signed on with this listener's key profile, its current
+        session being the keys this MAC'd request is to be verified under; else the refusal (97/03/58
+        from ``_terminal``, or A0 with the re-sign-on flag)."""
         terminal, refusal = await self._terminal(msg)
         if terminal is None:
             return None, refusal
         if not terminal.signed_on or terminal.session is None or terminal.session.scheme != self.profile:
             return None, Reply(pos_response(msg, code="A0"), resign=True)
+        conn = timing.conn
+        # The hot path is these three comparisons: only while a sign-on's keys are pending does a
+        # request on a connection other than the current session's need settling first.
+        if (
+            terminal.pending is not None
+            and conn is not None
+            and terminal.conn is not conn
+            and not await self._prove(terminal, msg, raw, timing)
+        ):
+            log.warning("MAC verification failed", terminal=terminal.terminal_id, stan=msg.get("11"))
+            return None, Reply(pos_response(msg, code="A0"), resign=True)
         return terminal, None
 
-    async def _verify_mac(self, terminal: Terminal, msg: Message, raw: bytes, timing: Timing) -> bool:
+    async def _prove(self, terminal: Terminal, msg: Message, raw: bytes, timing: Timing) -> bool:
+        """Which keys a connection that does not hold the current session holds, while a sign-on's keys
+        are pending (specs/README.md, "Terminal sessions"): pending keys its MAC verifies under become
+        current (the old ones are refused from then on); the current keys only while no open
+        connection holds them (a restart, or their connection closed), and it becomes their holder."""
+        conn = timing.conn
+        tid, mid = terminal.terminal_id, terminal.merchant_id
+        async with terminal.lock:
+            pending, current = terminal.pending, terminal.session
+            if pending is None or terminal.conn is conn:
+                return True  # settled meanwhile by a concurrent request of this connection
+            assert current is not None
+            mine = terminal.pending_conn is conn
+            if (
+                (mine or not connection_open(terminal.pending_conn))
+                and pending.scheme == self.profile
+                and await self._verify_mac(terminal, msg, raw, timing, pending.mak)
+            ):
+                await self.store.save_session(tid, mid, pending.scheme, pending.pik, pending.mak, pending.tdk)
+                terminal.start_session(pending, conn)
+                log.info("new session keys proven; the previous ones retired", terminal=tid)
+                return True
+            if mine or connection_open(terminal.conn):
+                return False
+            if not await self._verify_mac(terminal, msg, raw, timing, current.mak):
+                return False
+            terminal.conn = conn  # the holder of the current keys is back on a new connection
+            if not connection_open(terminal.pending_conn):  # and whoever got the pending ones is gone
+                await self.store.save_pending(tid, mid, None)
+                terminal.pending = terminal.pending_conn = None
+            return True
+
+    async def _verify_mac(
+        self, terminal: Terminal, msg: Message, raw: bytes, timing: Timing, mak: str | None = None
+    ) -> bool:
+        """Whether DE64 verifies under ``mak`` (default: the current session's MAK)."""
         mac = msg.get("64")
         if not isinstance(mac, bytes) or not self.codec.has_mac(raw):
             return False
         assert terminal.session is not None
+        key = terminal.session.mak if mak is None else mak
         t = trio.current_time()
         try:
-            expected = await self.hsm.pos_mac(self.profile, terminal.session.mak, self.codec.mac_block(raw))
+            expected = await self.hsm.pos_mac(self.profile, key, self.codec.mac_block(raw))
         except HsmRefused:
             return False
         finally:
@@ -367,7 +456,7 @@ class PosService:
         return Reply(answer, mac=terminal.session.mak)
 
     async def _financial(self, msg: Message, raw: bytes, timing: Timing) -> Reply:
-        terminal, refusal = await self._signed_on(msg)
+        terminal, refusal = await self._signed_on(msg, raw, timing)
         if terminal is None:
             assert refusal is not None
             return refusal
@@ -626,7 +715,7 @@ class PosService:
 
     # -- reversals ---------------------------------------------------------------------------------
     async def _reversal(self, msg: Message, raw: bytes, timing: Timing) -> Reply:
-        terminal, refusal = await self._signed_on(msg)
+        terminal, refusal = await self._signed_on(msg, raw, timing)
         if terminal is None:
             assert refusal is not None
             return refusal

@@ -119,6 +119,7 @@ class Switch:
                     registry=registry,
                     upstream=upstream,
                     acquirer_id=cfg.institution_id,
+                    signon_per_minute=cfg.signon_per_minute,
                 )
                 services.append((Listener(f"pos-{profile}", service.handle, pos_limits), port))
             acquirers = AcquirerService(

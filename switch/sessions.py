@@ -10,6 +10,7 @@ finding the original of a reversal, and the batch totals for settlement.
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,14 +53,28 @@ class Entry:
         self.done.set()
 
 
+def connection_open(conn: trio.SocketStream | None) -> bool:
+    """Whether ``conn`` is a connection that has not closed (None: none known, as after a restart)."""
+    return conn is not None and conn.socket.fileno() >= 0
+
+
 @dataclass
 class Terminal:
+    """A terminal in memory. Its session follows the rule of specs/README.md, "Terminal sessions":
+    ``session`` holds the current working keys and ``conn`` the connection that signed them on; a
+    sign-on from another connection while ``conn`` is open leaves them alone and its keys wait in
+    ``pending`` (with ``pending_conn``) until a MAC'd request proves them."""
+
     record: TerminalRecord
     batch_no: int
     session: SessionRow | None
     entries: dict[tuple[str, str], Entry] = field(default_factory=dict)
     lock: trio.Lock = field(default_factory=trio.Lock)
     upload: list[UploadRecord] = field(default_factory=list)  # 0320 records of the batch being reconciled
+    conn: trio.SocketStream | None = None
+    pending: SessionRow | None = None
+    pending_conn: trio.SocketStream | None = None
+    signons: deque[float] = field(default_factory=deque)  # times of the sign-ons of the last minute
 
     @property
     def terminal_id(self) -> str:
@@ -72,6 +87,28 @@ class Terminal:
     @property
     def signed_on(self) -> bool:
         return self.session is not None and self.session.signed_on
+
+    def held_elsewhere(self, conn: trio.SocketStream | None) -> bool:
+        """Whether the current session belongs to an open connection other than ``conn``: then a
+        sign-on or sign-off from ``conn`` must not end it. None (a caller without connections) never
+        is elsewhere."""
+        return conn is not None and self.signed_on and self.conn is not conn and connection_open(self.conn)
+
+    def start_session(self, keys: SessionRow, conn: trio.SocketStream | None) -> None:
+        """``keys`` become current on ``conn``; nothing stays pending."""
+        self.session, self.conn = keys, conn
+        self.pending = self.pending_conn = None
+
+    def sign_on_allowed(self, now: float, per_minute: int) -> bool:
+        """Count a sign-on against the per-terminal limit; False once ``per_minute`` were accepted in
+        the last 60 s (refused ones are not counted, so a flood does not lock the terminal out longer)."""
+        window = self.signons
+        while window and now - window[0] >= 60.0:
+            window.popleft()
+        if len(window) >= per_minute:
+            return False
+        window.append(now)
+        return True
 
     def find_original(self, stan: str) -> Entry | None:
         """The financial request of this batch with terminal STAN ``stan``."""
@@ -159,6 +196,8 @@ class Registry:
             if record is None or record.merchant_id != merchant_id:
                 return None, record
             terminal = Terminal(record=record, batch_no=batch_no, session=session)
+            if session is not None:  # unproven keys of before a restart: no connection holds them now
+                terminal.pending = session.pending
             for row in rows:
                 entry = entry_from_row(row)
                 terminal.entries[(entry.mti, entry.stan)] = entry

@@ -43,6 +43,9 @@ class SessionRow:
     mak: str
     tdk: str
     signed_on: bool
+    # Keys of a later sign-on from another connection, not yet proven by a MAC (specs/README.md,
+    # "Terminal sessions"); only on a row loaded from the database.
+    pending: SessionRow | None = None
 
 
 # What a journal row and its write-ahead record both say of the request, in this order after the key.
@@ -154,12 +157,15 @@ async def _load_terminal(
     if record is None or record.merchant_id != merchant_id:
         return record, None, 0, []
     srow = await conn.fetchrow(
-        "SELECT scheme, pik, mak, tdk, signed_on FROM switch_sessions "
-        "WHERE terminal_id = $1 AND merchant_id = $2",
+        "SELECT scheme, pik, mak, tdk, signed_on, pending_scheme, pending_pik, pending_mak, pending_tdk "
+        "FROM switch_sessions WHERE terminal_id = $1 AND merchant_id = $2",
         terminal_id,
         merchant_id,
     )
-    session = None if srow is None else SessionRow(srow[0], srow[1], srow[2], srow[3], srow[4])
+    session = None
+    if srow is not None:
+        pending = None if srow[5] is None else SessionRow(srow[5], srow[6], srow[7], srow[8], True)
+        session = SessionRow(srow[0], srow[1], srow[2], srow[3], srow[4], pending)
     batch = await _open_batch(conn, terminal_id, merchant_id)
     journal = await conn.fetch(
         "SELECT mti, stan, txn_type, amount, response_code, response, link, link_mti, link_stan, "
@@ -204,6 +210,12 @@ async def _open_batch(conn: Any, terminal_id: str, merchant_id: str) -> int:
     return opened
 
 
+# A session that starts or ends at once leaves no unproven keys behind.
+_NO_PENDING = (
+    "pending_scheme = NULL, pending_pik = NULL, pending_mak = NULL, pending_tdk = NULL, pending_at = NULL"
+)
+
+
 async def _save_session(
     conn: Any, terminal_id: str, merchant_id: str, scheme: str, pik: str, mak: str, tdk: str
 ) -> None:
@@ -212,7 +224,7 @@ async def _save_session(
         "(terminal_id, merchant_id, scheme, pik, mak, tdk, signed_on, signed_on_at) "
         "VALUES ($1, $2, $3, $4, $5, $6, true, now()) ON CONFLICT (terminal_id, merchant_id) DO UPDATE SET "
         "scheme = EXCLUDED.scheme, pik = EXCLUDED.pik, mak = EXCLUDED.mak, tdk = EXCLUDED.tdk, "
-        "signed_on = true, signed_on_at = now()",
+        "signed_on = true, signed_on_at = now(), " + _NO_PENDING,
         terminal_id,
         merchant_id,
         scheme,
@@ -224,9 +236,32 @@ async def _save_session(
 
 async def _sign_off(conn: Any, terminal_id: str, merchant_id: str) -> None:
     await conn.execute(
-        "UPDATE switch_sessions SET signed_on = false WHERE terminal_id = $1 AND merchant_id = $2",
+        "UPDATE switch_sessions SET signed_on = false, " + _NO_PENDING + " "
+        "WHERE terminal_id = $1 AND merchant_id = $2",
         terminal_id,
         merchant_id,
+    )
+
+
+async def _save_pending(conn: Any, terminal_id: str, merchant_id: str, keys: SessionRow | None) -> None:
+    """Keep (or, with None, drop) the unproven keys of a sign-on from another connection: they
+    survive a restart, so a terminal that signed on just before it can still prove them."""
+    if keys is None:
+        await conn.execute(
+            "UPDATE switch_sessions SET " + _NO_PENDING + " WHERE terminal_id = $1 AND merchant_id = $2",
+            terminal_id,
+            merchant_id,
+        )
+        return
+    await conn.execute(
+        "UPDATE switch_sessions SET pending_scheme = $3, pending_pik = $4, pending_mak = $5, "
+        "pending_tdk = $6, pending_at = now() WHERE terminal_id = $1 AND merchant_id = $2",
+        terminal_id,
+        merchant_id,
+        keys.scheme,
+        keys.pik,
+        keys.mak,
+        keys.tdk,
     )
 
 
@@ -409,6 +444,9 @@ class Store:
 
     async def sign_off(self, terminal_id: str, merchant_id: str) -> None:
         await self.pool.run(_sign_off, terminal_id, merchant_id)
+
+    async def save_pending(self, terminal_id: str, merchant_id: str, keys: SessionRow | None) -> None:
+        await self.pool.run(_save_pending, terminal_id, merchant_id, keys)
 
     async def close_batch(
         self, terminal_id: str, merchant_id: str, batch: int, result: int, totals: str
