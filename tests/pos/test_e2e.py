@@ -12,6 +12,8 @@ from collections.abc import Iterator
 import pytest
 
 from ops.cli import COMMANDS
+from pos.demo import TERMINALS, load_tmk
+from pos.sealed import read_sealed
 from pos.system import System
 
 NEEDED = ("hsm", "host", "switch", "ledger", "product", "card", "merchant", "store", "terminal")
@@ -35,7 +37,7 @@ def test_signon_and_purchase_with_pin_on_both_profiles(system: System) -> None:
         assert receipt["approved"] and receipt["amount"] == 1250, r.stdout
         assert len(receipt["rrn"]) == 12 and receipt["auth_id"]
         assert "[pin data," in r.stderr and "DE64" in r.stderr
-        cards = json.loads((system.root / "var/pos/demo-cards.json").read_text())["cards"]
+        cards = read_sealed(system.root / "var/pos/demo-cards.json", system.seal_key)["cards"]
         assert cards[0]["pan"] not in r.stdout + r.stderr
     r = system.cli(
         "--json",
@@ -67,11 +69,26 @@ def test_tour_load_and_ledger_check(system: System) -> None:
     assert report["ledger_check"]["status"] == "clean", report["ledger_check"]
 
 
-def test_seed_again_changes_nothing(system: System) -> None:
+def test_seed_again_changes_nothing_and_prints_no_card_unasked(system: System) -> None:
     cards = system.root / "var/pos/demo-cards.json"
     pool = system.root / "var/pos/load-pool.json"
-    before = (cards.read_text(), pool.read_text())
+    before = (cards.read_bytes(), pool.read_bytes())
     r = system.cli("demo", "seed", "--load-terminals", "4", "--load-cards", "20", timeout=600)
     assert "alice" in r.stdout
-    assert (cards.read_text(), pool.read_text()) == before
+    assert (cards.read_bytes(), pool.read_bytes()) == before
+    demo = read_sealed(cards, system.seal_key)["cards"]
+    pans = [c["pan"] for c in demo] + [c["pan"] for c in read_sealed(pool, system.seal_key)["cards"]]
+    assert not [p for p in pans if p in r.stdout + r.stderr]
+    assert demo[0]["pan"][-4:] in r.stdout and "PIN" not in r.stdout  # masked, the PIN only on request
+    r = system.cli("--json", "demo", "seed", "--load-terminals", "4", "--load-cards", "20", timeout=600)
+    shown = json.loads(r.stdout)["cards"]
+    assert not [p for p in pans if p in r.stdout] and "pin" not in shown[0]
+    r = system.cli("--json", "demo", "cards")
+    assert [c["pan"] for c in json.loads(r.stdout)["cards"]] == [c["pan"] for c in demo]
+    # What var/pos holds on disk (cards, pool, terminal states): no PAN, demo PIN or TMK in clear.
+    tmks = [t for _, _, t in TERMINALS] + [load_tmk(f"L{i:07d}") for i in range(1, 5)]
+    clear = [*pans, demo[0]["pin"], *tmks, *(t.lower() for t in tmks)]
+    for f in (system.root / "var/pos").iterdir():
+        data = f.read_bytes()
+        assert not [v for v in clear if v.encode() in data], f.name
     assert oct(cards.stat().st_mode & 0o777) == "0o600" and oct(pool.stat().st_mode & 0o777) == "0o600"
