@@ -31,16 +31,16 @@ from specs.errors import DecodeError
 from switch import metrics
 from switch.hsm import HsmRefused, HsmUnavailable, SwitchHsm
 from switch.journal import JournalWriter
-from switch.links import LinkConfig
+from switch.links import LinkConfig, OutboundLink
 from switch.mapping import (
     Message,
     account12,
-    original_data,
     pan_of,
     response_mti,
     transmission_time,
     txn_type,
 )
+from switch.reversals import Fingerprint, reverse, upstream_reversal
 from switch.store import Store
 from switch.upstream import Upstream, translate_again
 
@@ -58,9 +58,11 @@ class _Seen:
     link: str | None = None
     forwarded: Message | None = None  # the upstream request, when one was sent
     approved: bool = False
-    reversed: bool = False
+    reversed: bool = False  # a reversal named it (before or after it came)
     committed: trio.Event | None = None  # set once its journal row is committed
     code: str | None = None  # from the journal, for a row without a stored answer
+    saf_queued: bool = False  # a reversal advice for it is durable
+    fingerprint: Fingerprint | None = None  # what a retransmission repeats (switch/reversals.py)
 
 
 class AcquirerService:
@@ -82,7 +84,10 @@ class AcquirerService:
         self.institution_id = institution_id
         self.codecs = {p: codec_for("h2h", p) for p in ("3des", "sm4")}
         self._seen: OrderedDict[str, _Seen] = OrderedDict()
-        self._originals: OrderedDict[str, str] = OrderedDict()  # DE90 key of an original -> dedup key
+        # "link|DE90 key" of an original -> its dedup key, from the moment it arrives
+        self._originals: OrderedDict[str, str] = OrderedDict()
+        # "link|DE90 key" named by a reversal that came before its original: the original gets 05
+        self._early: OrderedDict[str, str] = OrderedDict()
 
     async def handle(self, body: bytes, conn: trio.SocketStream | None = None) -> bytes | None:
         t0 = trio.current_time()
@@ -115,16 +120,31 @@ class AcquirerService:
                 mti,
             )
         )
-        seen = await self._lookup(key)
+        original_key = f"{link.name}|{_original_key(msg)}" if mti in FINANCIAL else None
+        seen, reversed_in_journal = await self._lookup(key, link, msg)
         if seen is not None:
             metrics.DUPLICATES.labels(channel="h2h").inc()
             await seen.done.wait()
+            first = seen.fingerprint
+            differs = first is not None and not first.same(Fingerprint.of(msg))
+            if mti in FINANCIAL and (seen.reversed or differs):
+                # Another request under the same key, or one a reversal withdrew: not a retransmission
+                # (switch/reversals.py). Nothing is decided, so nothing is journaled.
+                return await self._answer(codec, link, msg, self._response(msg, "94"))
             if seen.committed is not None:
                 await seen.committed.wait()  # a replay leaves only once the first answer is journaled
             # no stored answer (a request recovered after a crash): its code, as a timeout answers it
             answer = dict(seen.answer or self._response(msg, seen.code or "96"))
             return await self._answer(codec, link, msg, answer)
         seen = self._remember(key)
+        if original_key is not None:
+            # Known to reversals from now on, without a checkpoint since the test of _early: a 0400 on
+            # another connection either came first (05 below) or finds this one and awaits its outcome.
+            seen.fingerprint = Fingerprint.of(msg)
+            seen.reversed = reversed_in_journal or original_key in self._early
+            self._originals[original_key] = key
+            if len(self._originals) > _MEMORY:
+                self._originals.popitem(last=False)
         us_hsm = 0.0
         try:
             if mti in FINANCIAL:
@@ -228,18 +248,29 @@ class AcquirerService:
             self._seen.popitem(last=False)
         return seen
 
-    async def _lookup(self, key: str) -> _Seen | None:
+    async def _lookup(self, key: str, link: LinkConfig, msg: Message) -> tuple[_Seen | None, bool]:
+        """(the request under ``key`` from memory, else from the journal; whether the journal holds a
+        reversal from this link naming ``msg`` as its original). Memory answers most requests; the
+        journal is read only when memory does not know the key (after a restart, or evicted), in the
+        one round trip that finds both."""
         seen = self._seen.get(key)
         if seen is not None:
-            return seen
-        row = await self.store.journal_by_key(key)
+            return seen, False
+        original = _original_key(msg) if str(msg["t"]) in FINANCIAL else None
+        row, reversed_ = await self.store.journal_by_key(key, f"h2h:{link.name}", original)
         if row is None:
-            return None
+            return None, reversed_
         response = row["response"]
-        answer = json.loads(response) if isinstance(response, str) else dict(response)
-        seen = _Seen(trio.Event(), answer=answer or None, code=row["response_code"])
+        answer = json.loads(response) if isinstance(response, str) else dict(response or {})
+        seen = _Seen(
+            trio.Event(),
+            answer=answer or None,
+            code=row["response_code"],
+            reversed=reversed_,
+            fingerprint=Fingerprint(row["amount"], row["proc_code"], row["pan_masked"]),
+        )
         seen.done.set()
-        return seen
+        return seen, reversed_
 
     # -- financial ---------------------------------------------------------------------------------
     async def _financial(
@@ -248,6 +279,8 @@ class AcquirerService:
         pan = pan_of(msg)
         if pan is None:
             return self._response(msg, "30"), 0.0
+        if seen.reversed:  # its reversal came first: declined as the host declines it, not sent
+            return self._response(msg, "05"), 0.0
         out = self.upstream.route(pan)
         if out is None:
             return self._response(msg, "14"), 0.0
@@ -274,9 +307,6 @@ class AcquirerService:
         forwarded["33"] = self.institution_id
         seen.link = out.name
         seen.forwarded = forwarded
-        self._originals[_original_key(msg)] = key
-        if len(self._originals) > _MEMORY:
-            self._originals.popitem(last=False)
         # Durable before it leaves: a crash from here on leaves a record that start-up recovery reverses.
         await self.journal.submit_ahead(
             _write_ahead(key, link, msg, out.name, forwarded, None, None)
@@ -301,37 +331,38 @@ class AcquirerService:
         return answer, hsm_seconds
 
     async def _reversal(self, msg: Message, acquirer: LinkConfig, seen: _Seen, own_key: str) -> Message:
-        key = self._originals.get(_de90_key(msg) or "")
+        named = f"{acquirer.name}|{_de90_key(msg) or ''}"
+        key = self._originals.get(named)
         original = self._seen.get(key) if key else None
-        if original is None or not original.approved or original.reversed or original.forwarded is None:
+        if original is None:
+            # Not seen (yet): journaled with its DE90 key, so the late original is declined 05, from
+            # memory now and from the journal after a restart.
+            if _de90_key(msg) is not None:
+                self._early[named] = own_key
+                if len(self._early) > _MEMORY:
+                    self._early.popitem(last=False)
             return self._response(msg, "00")
-        original.reversed = True
-        fwd = original.forwarded
-        link = self.upstream.links.get(original.link or "")
-        if link is None:
-            return self._response(msg, "00")
-        request: Message = {k: v for k, v in msg.items() if k in ("3", "4", "41", "42", "49")}
-        request.update(
-            {
-                "t": "0400",
-                "7": transmission_time(),
-                "11": f"{link.next_stan():06d}",
-                "32": self.institution_id,
-                "39": str(msg.get("39", "98"))[:2] or "98",
-                "90": original_data(str(fwd["t"]), str(fwd["11"]), str(fwd["7"]), str(fwd["32"])),
-            }
-        )
-        if "37" in fwd:
-            request["37"] = fwd["37"]
-        seen.link, seen.forwarded = link.name, request  # the journal row names the upstream 0400
-        await self.journal.submit_ahead(
-            _write_ahead(
-                own_key, acquirer, msg, link.name, request, _de90_key(msg), request["90"]
+        found = original
+
+        def approved() -> tuple[OutboundLink, Message] | None:
+            link = self.upstream.links.get(found.link or "")
+            if not found.approved or found.forwarded is None or link is None:
+                return None
+            return link, found.forwarded
+
+        def write_ahead(link: OutboundLink, request: Message) -> trio.Event:
+            seen.link, seen.forwarded = link.name, request  # the journal row names the upstream 0400
+            return self.journal.submit_ahead(
+                _write_ahead(own_key, acquirer, msg, link.name, request, _de90_key(msg), request["90"])
             )
-        ).wait()
-        outcome = await self.upstream.send(link, request, reverse_on_timeout=False)
-        if outcome.answer is None or outcome.answer.get("39") not in ("00", "25"):
-            await self.upstream.reverse(link, fwd, "98")
+
+        await reverse(
+            self.upstream,
+            original,
+            approved,
+            lambda link, fwd: upstream_reversal(msg, fwd, link, self.institution_id, pan=False),
+            write_ahead,
+        )
         return self._response(msg, "00")
 
 

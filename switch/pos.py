@@ -40,7 +40,6 @@ from switch.mapping import (
     Message,
     account12,
     de60,
-    original_data,
     pan_of,
     parse_de60,
     pos_balance,
@@ -52,6 +51,7 @@ from switch.mapping import (
     transmission_time,
     txn_type,
 )
+from switch.reversals import Fingerprint, reverse, upstream_reversal
 from switch.sessions import Entry, Registry, Terminal, connection_open
 from switch.store import SessionRow, Store
 from switch.upstream import Upstream, translate_again
@@ -447,12 +447,19 @@ class PosService:
     async def _duplicate(self, msg: Message, entry: Entry, terminal: Terminal) -> Reply:
         metrics.DUPLICATES.labels(channel=self.channel).inc()
         await entry.done.wait()
+        assert terminal.session is not None
+        first = entry.fingerprint
+        if msg["t"] in FINANCIAL_MTIS and (
+            entry.reversed or (first is not None and not first.same(Fingerprint.of(msg)))
+        ):
+            # Another request under the same key, or one its reversal withdrew: not a retransmission
+            # (switch/reversals.py). Nothing is decided, so nothing is journaled.
+            return Reply(pos_response(msg, code="94", acquirer_id=self.acquirer_id), mac=terminal.session.mak)
         if entry.committed is not None:
             await entry.committed.wait()  # a replay, too, leaves only once the first answer is journaled
         answer = dict(entry.response or pos_response(msg, code=entry.code or "96"))
         if "2" in msg:
             answer["2"] = msg["2"]
-        assert terminal.session is not None
         return Reply(answer, mac=terminal.session.mak)
 
     async def _financial(self, msg: Message, raw: bytes, timing: Timing) -> Reply:
@@ -472,7 +479,14 @@ class PosService:
         kind = txn_type(msg)
         pan = pan_of(msg)
         entry = Entry(
-            mti=mti, stan=stan, kind=kind, amount=_amount(msg), pan_masked=mask_pan(pan) if pan else None
+            mti=mti,
+            stan=stan,
+            kind=kind,
+            amount=_amount(msg),
+            pan_masked=mask_pan(pan) if pan else None,
+            # its 0400 came first (journaled, so reloaded after a restart): declined 05 after the MAC
+            reversed=("0400", stan) in terminal.entries,
+            fingerprint=Fingerprint.of(msg),
         )
         terminal.entries[(mti, stan)] = entry
         try:
@@ -556,6 +570,8 @@ class PosService:
         if batch != terminal.batch_no:
             answer = pos_response(msg, code="77")
             return Reply(answer, resign=True, mac=mak), None
+        if entry.reversed:  # reversed before it arrived: declined as the host declines it, not sent
+            return Reply(pos_response(msg, code="05", acquirer_id=self.acquirer_id), mac=mak), None
         if pan is None:
             return Reply(pos_response(msg, code="30")), None
         if link is None:
@@ -722,9 +738,9 @@ class PosService:
         assert terminal.session is not None
         mak = terminal.session.mak
         stan = str(msg.get("11", ""))
-        existing = terminal.entries.get(("0400", stan))
         if not await self._verify_mac(terminal, msg, raw, timing):
             return Reply(pos_response(msg, code="A0"), resign=True)
+        existing = terminal.entries.get(("0400", stan))  # after the MAC's wait: a twin may have come
         if existing is not None:
             return await self._duplicate(msg, existing, terminal)
         pan = pan_of(msg)
@@ -735,69 +751,45 @@ class PosService:
             amount=_amount(msg),
             pan_masked=mask_pan(pan) if pan else None,
         )
+        # From here on a 0200 with this STAN that comes later is declined 05 (``_financial``).
         terminal.entries[("0400", stan)] = entry
         original = terminal.find_original(stan)
         request: Message | None = None
-        code = "00"
         rrn_value: str | None = None
         if original is not None:
             entry.original = f"{original.mti}/{original.stan}"
-            await original.done.wait()
-            rrn_value = original.rrn
-            link = self.upstream.links.get(original.link or "")
-            upstream_pending = (
-                original.code == "00"
-                and not original.reversed
-                and not original.saf_queued
-                and link is not None
-                and original.link_stan is not None
+            found = original
+
+            def approved() -> tuple[OutboundLink, Message] | None:
+                link = self.upstream.links.get(found.link or "")
+                if found.code != "00" or link is None or found.link_stan is None:
+                    return None
+                return link, _as_original(found, msg, link)
+
+            def write_ahead(link: OutboundLink, up: Message) -> trio.Event:
+                entry.link, entry.link_mti, entry.link_stan = link.name, "0400", up["11"]
+                entry.link_de7, entry.link_de32 = up["7"], up["32"]
+                # its reversal advice names the original (DE90), not the 0400
+                return self._write_ahead(terminal, msg, entry, up, reverses=up["90"])
+
+            sent = await reverse(
+                self.upstream,
+                original,
+                approved,
+                lambda link, up: upstream_reversal(msg, up, link, self.acquirer_id, pan=True),
+                write_ahead,
             )
-            if upstream_pending:
-                assert link is not None
-                original.reversed = True  # from now on the switch owns getting it reversed
-                request = self._h2h_reversal(msg, original, link)
-                entry.link, entry.link_mti, entry.link_stan = link.name, "0400", request["11"]
-                entry.link_de7, entry.link_de32 = request["7"], request["32"]
-                # its reversal advice names the original (DE90), as below
-                await self._write_ahead(terminal, msg, entry, request, reverses=request["90"]).wait()
-                outcome = await self.upstream.send(link, request, reverse_on_timeout=False)
-                timing.host = outcome.host_seconds
-                if outcome.answer is not None:
-                    code = str(outcome.answer.get("39", "00"))
-                    if code == "25":
-                        code = "00"  # nothing to undo upstream: the reversal is complete
-                if outcome.answer is None or code != "00":
-                    # Not confirmed upstream: the switch takes responsibility through store-and-forward.
-                    await self.upstream.reverse(link, _as_original(original, msg, link), "98")
-                    original.saf_queued = True
-                    code = "00"
-        answer = pos_response(msg, code=code, rrn_value=rrn_value, acquirer_id=self.acquirer_id)
+            rrn_value = original.rrn
+            if sent is not None:
+                request, timing.host = sent.request, sent.host_seconds
+        # 00 whatever became of it upstream: the switch owns the reversal now (switch/reversals.py)
+        answer = pos_response(msg, code="00", rrn_value=rrn_value, acquirer_id=self.acquirer_id)
         reply = Reply(answer, mac=mak)
-        entry.finish(code, replayable(answer))
+        entry.finish("00", replayable(answer))
         reply.commit = entry.committed = self._journal(
             terminal, msg, entry, reply, timing, request, keep=True
         )
         return reply
-
-    def _h2h_reversal(self, msg: Message, original: Entry, link: OutboundLink) -> Message:
-        assert original.link_mti and original.link_stan and original.link_de7
-        request: Message = {"t": "0400"}
-        for f in ("3", "4", "41", "42", "49"):
-            if f in msg:
-                request[f] = msg[f]
-        pan = pan_of(msg)
-        if pan:
-            request["2"] = pan
-        request["7"] = transmission_time()
-        request["11"] = f"{link.next_stan():06d}"
-        request["32"] = self.acquirer_id
-        if original.rrn:
-            request["37"] = original.rrn
-        request["39"] = str(msg.get("39", "98"))[:2] or "98"
-        request["90"] = original_data(
-            original.link_mti, original.link_stan, original.link_de7, original.link_de32 or self.acquirer_id
-        )
-        return request
 
     # -- batch -------------------------------------------------------------------------------------
     async def _settle(self, msg: Message) -> Reply:

@@ -19,6 +19,7 @@ import trio
 
 from specs.catalogue import UploadRecord
 from switch.mapping import Message
+from switch.reversals import Fingerprint
 from switch.store import SessionRow, TerminalRecord
 
 
@@ -46,6 +47,8 @@ class Entry:
     reversed: bool = False  # a reversal (terminal 0400 or store-and-forward) was accepted for it
     voided: bool = False
     saf_queued: bool = False
+    # amount, DE3 and PAN: a retransmission that differs is answered 94 (switch/reversals.py)
+    fingerprint: Fingerprint | None = None
 
     def finish(self, code: str, response: Message | None) -> None:
         self.code = code
@@ -157,6 +160,7 @@ def entry_from_row(row: Any) -> Entry:
         rrn=row["rrn"],
         auth_id=row["auth_id"],
         original=row["original"],
+        fingerprint=Fingerprint(row["amount"], row["proc_code"], row["pan_masked"]),
     )
     entry.finish(row["response_code"], response or None)
     return entry

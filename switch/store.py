@@ -169,7 +169,7 @@ async def _load_terminal(
     batch = await _open_batch(conn, terminal_id, merchant_id)
     journal = await conn.fetch(
         "SELECT mti, stan, txn_type, amount, response_code, response, link, link_mti, link_stan, "
-        "link_de7, link_de32, rrn, auth_id, original, pan_masked FROM switch_journal "
+        "link_de7, link_de32, rrn, auth_id, original, pan_masked, proc_code FROM switch_journal "
         "WHERE terminal_id = $1 AND merchant_id = $2 AND batch_no = $3 AND channel LIKE 'pos%' "
         "AND mti IN ('0100', '0200', '0220', '0400') ORDER BY id",
         terminal_id,
@@ -356,12 +356,23 @@ async def _prune_write_ahead(conn: Any, since: Any) -> tuple[int, Any]:
     return int(status.rsplit(" ", 1)[-1]), now
 
 
-async def _journal_by_key(conn: Any, dedup_key: str) -> Any:
-    return await conn.fetchrow(
-        "SELECT response_code, response, link, link_mti, link_stan, link_de7, link_de32, rrn "
-        "FROM switch_journal WHERE dedup_key = $1",
-        dedup_key,
-    )
+# A request's journal row by its key and, in the same round trip, whether a reversal from the same
+# channel names it (``original``: its DE90 key; switch_journal_original, migration 0006), arrived
+# before or after it: the switch then declines a late original 05 and a replay 94 (switch/reversals.py).
+_BY_KEY_SQL = """
+SELECT false AS reversal, response_code, response, amount, proc_code, pan_masked
+FROM switch_journal WHERE dedup_key = $1
+UNION ALL
+(SELECT true, response_code, NULL::jsonb, NULL::bigint, NULL::text, NULL::text FROM switch_journal
+ WHERE $2::text IS NOT NULL AND original = $2 AND channel = $3 AND mti IN ('0400', '0420', '0421')
+ LIMIT 1)
+"""
+
+
+async def _journal_by_key(conn: Any, dedup_key: str, channel: str, original: str | None) -> tuple[Any, bool]:
+    rows = await conn.fetch(_BY_KEY_SQL, dedup_key, original, channel)
+    request = next((r for r in rows if not r["reversal"]), None)
+    return request, any(r["reversal"] for r in rows)
 
 
 async def _links(conn: Any) -> list[LinkConfig]:
@@ -474,8 +485,12 @@ class Store:
     async def prune_write_ahead(self, since: Any) -> tuple[int, Any]:
         return await self.pool.run(_prune_write_ahead, since)
 
-    async def journal_by_key(self, dedup_key: str) -> Any:
-        return await self.pool.run(_journal_by_key, dedup_key)
+    async def journal_by_key(
+        self, dedup_key: str, channel: str = "", original: str | None = None
+    ) -> tuple[Any, bool]:
+        """(the journal row of ``dedup_key`` or None, whether a reversal on ``channel`` names the DE90
+        key ``original``)."""
+        return await self.pool.run(_journal_by_key, dedup_key, channel, original)
 
     async def links(self) -> list[LinkConfig]:
         return await self.pool.run(_links)
