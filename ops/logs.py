@@ -2,18 +2,34 @@
 
 The redaction processor runs last before rendering, on every event from every module, so no caller has
 to remember it: PANs are masked to first 6 + last 4, and PIN blocks, keys and track data are dropped.
+
+Under attack one bad frame per packet must not become one line per packet (176k hostile frames wrote
+69k warnings, 13.8 MB): :class:`RateLimit` lets ``burst`` events per (event, source) through per
+``interval`` seconds, where the source is the event's ``peer`` (a client address), else its
+``listener``; the rest are counted in ``payswitch_log_suppressed_total{event}`` and the first event let
+through after a suppression carries ``suppressed=N``. Libraries' stdlib logging (asyncpg, asyncio's
+loop exception handler) goes through the same processors, so a traceback is one event (a field of the
+JSON line), never loose lines.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
 import sys
-from collections.abc import Mapping, MutableMapping
+import threading
+import time
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 import structlog
+from prometheus_client import Counter
+
+LOG_SUPPRESSED = Counter(
+    "payswitch_log_suppressed_total", "log events not written by the per-source rate limit", ["event"]
+)
 
 # Keys whose values are secret whatever they look like. Matched on the lower-cased key with
 # separators removed, so "pin_block", "pinBlock" and "PIN-BLOCK" are all caught.
@@ -75,13 +91,57 @@ def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mutab
     return event
 
 
-def configure(format: str = "console", level: str = "info", service: str | None = None) -> None:
-    """Set up structlog (and stdlib logging, for libraries) once per process."""
+class RateLimit:
+    """structlog processor: at most ``burst`` events per (event, source) per ``interval`` seconds.
+
+    Fixed windows per key, so the cost is one dict lookup per event. The summary rides on the first
+    event of the key let through after a suppression (``suppressed=N``): no timer thread is needed, and
+    a flood that stops leaves its count in the metric. Keys are forgotten when ``max_keys`` is reached
+    (a spoofed-source flood must not grow memory); their pending counts stay in the metric."""
+
+    def __init__(
+        self, burst: int = 20, interval: float = 10.0, max_keys: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.burst, self.interval, self.max_keys, self.clock = burst, interval, max_keys, clock
+        self._windows: dict[tuple[str, str], list[float | int]] = {}  # key -> [start, let through, dropped]
+        self._lock = threading.Lock()  # pgpool's loop thread logs too
+
+    def __call__(
+        self, _logger: Any, _method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        name = str(event.get("event", ""))
+        key = (name, str(event.get("peer") or event.get("listener") or ""))
+        now = self.clock()
+        with self._lock:
+            window = self._windows.get(key)
+            if window is None or now - window[0] >= self.interval:
+                if window is None and len(self._windows) >= self.max_keys:
+                    self._windows.clear()
+                dropped = int(window[2]) if window is not None else 0
+                self._windows[key] = [now, 1, 0]
+                if dropped:
+                    event["suppressed"] = dropped
+                return event
+            if window[1] < self.burst:
+                window[1] += 1
+                return event
+            window[2] += 1
+        LOG_SUPPRESSED.labels(name).inc()
+        raise structlog.DropEvent
+
+
+def configure(
+    format: str = "console", level: str = "info", service: str | None = None,
+    rate_limit: RateLimit | None = None,
+) -> None:
+    """Set up structlog, and stdlib logging (for libraries) through the same processors, once per process."""
     numeric = getattr(logging, level.upper())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        rate_limit or RateLimit(),
         structlog.processors.format_exc_info,
     ]
     if service is not None:
@@ -97,9 +157,44 @@ def configure(format: str = "console", level: str = "info", service: str | None 
         logger_factory=_StderrLogger.factory,
         cache_logger_on_first_use=True,
     )
-    # Libraries' own stdlib loggers: warnings and above only, to stderr.
-    logging.basicConfig(
-        level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(name)s: %(message)s"
+    # Libraries' own stdlib loggers: warnings and above, rendered by the same chain (an exc_info
+    # traceback becomes the "exception" field of one event, not lines of its own), to stderr.
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, redact, renderer],
+    )
+    handler = _StderrHandler()
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(old)  # configured again (tests): one handler, the newest chain
+    root.addHandler(handler)
+    root.setLevel(max(numeric, logging.WARNING))
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stdlib handler writing to whatever sys.stderr is now (test runners swap it); a failed write
+    is dropped, as _StderrLogger does."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)
+        except structlog.DropEvent:
+            return  # rate-limited
+        _StderrLogger().msg(message)
+
+
+def asyncio_exception_handler(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """For ``loop.set_exception_handler``: an exception nobody awaited (a connection lost during an
+    outage) as one structured event instead of asyncio's multi-line default."""
+    exc = context.get("exception")
+    get_logger("asyncio").error(
+        "asyncio_exception",
+        message=str(context.get("message", "")),
+        exc_info=(type(exc), exc, exc.__traceback__) if isinstance(exc, BaseException) else None,
     )
 
 

@@ -39,6 +39,7 @@ import outcome
 import trio
 
 from ops.db import DatabaseUnavailable
+from ops.logs import asyncio_exception_handler
 
 T = TypeVar("T")
 Work = Callable[..., Awaitable[Any]]
@@ -178,6 +179,9 @@ class PgPool:
     # -- asyncio side ---------------------------------------------------------------------------
     def _thread_main(self, ready: Future[None]) -> None:
         loop = asyncio.new_event_loop()
+        # An exception nobody awaited (a connection lost in an outage) is one structured event, not
+        # asyncio's multi-line default.
+        loop.set_exception_handler(asyncio_exception_handler)
         asyncio.set_event_loop(loop)
         try:
             self._pool = loop.run_until_complete(self._open())

@@ -77,3 +77,54 @@ def test_a_closed_stderr_never_breaks_the_caller(monkeypatch: pytest.MonkeyPatch
     closed.close()
     monkeypatch.setattr(sys, "stderr", closed)
     structlog.get_logger().error("still fine", pan=PAN)  # must not raise
+
+
+def _suppressed(event: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("payswitch_log_suppressed_total", {"event": event}) or 0.0
+
+
+def test_a_flood_of_one_event_from_one_source_is_rate_limited(capsys: pytest.CaptureFixture[str]) -> None:
+    now = [1000.0]
+    limit = logs.RateLimit(burst=5, interval=10, clock=lambda: now[0])
+    logs.configure(format="json", level="info", rate_limit=limit)
+    log = structlog.get_logger("t")
+    before = _suppressed("bad frame")
+    for _ in range(1000):
+        log.warning("bad frame", peer="203.0.113.9:4000", listener="pos-3des")
+    log.warning("bad frame", peer="198.51.100.7:5000", listener="pos-3des")  # another source: its own budget
+    lines = [json.loads(x) for x in capsys.readouterr().err.splitlines()]
+    assert len(lines) == 6 and lines[-1]["peer"] == "198.51.100.7:5000"
+    assert _suppressed("bad frame") - before == 995
+    now[0] += 10  # the next window: one line says how many were not written
+    log.warning("bad frame", peer="203.0.113.9:4000", listener="pos-3des")
+    (summary,) = [json.loads(x) for x in capsys.readouterr().err.splitlines()]
+    assert summary["suppressed"] == 995 and summary["peer"] == "203.0.113.9:4000"
+
+
+def test_stdlib_tracebacks_are_one_json_event(capsys: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+    import logging
+
+    logs.configure(format="json", level="info", service="host")
+    try:
+        raise ConnectionResetError(f"connection lost while sending card {PAN}")
+    except ConnectionResetError:
+        logging.getLogger("asyncpg.pool").error("connection failed", exc_info=True)
+    loop = asyncio.new_event_loop()
+    try:
+        loop.set_exception_handler(logs.asyncio_exception_handler)
+        loop.call_exception_handler({"message": "Future exception was never retrieved",
+                                     "exception": OSError("server closed the connection")})
+    finally:
+        loop.close()
+    logging.getLogger("asyncio").error("Task was destroyed", exc_info=(ValueError, ValueError("x"), None))
+    out = capsys.readouterr().err
+    events = [json.loads(x) for x in out.splitlines()]  # every line is one JSON event
+    assert len(events) == 3, out
+    assert events[0]["event"] == "connection failed" and events[0]["logger"] == "asyncpg.pool"
+    assert "Traceback" in events[0]["exception"] and events[0]["service"] == "host"
+    assert PAN not in out  # redacted like every other event
+    assert events[1]["event"] == "asyncio_exception" and "OSError" in events[1]["exception"]
+    assert events[2]["level"] == "error"
