@@ -91,6 +91,7 @@ class Outcome:
     seen: list[Seen] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    before: Snapshot | None = None  # the ledger when the schedule started
 
     @property
     def ok(self) -> bool:
@@ -225,8 +226,8 @@ class FaultTerminal:
 # -- one schedule --------------------------------------------------------------------------------------
 def run_schedule(system: System, seed: int, duration: float, stans: dict[str, int]) -> Outcome:
     faults = schedule(seed, duration)
-    outcome = Outcome(seed, faults)
     before = _snapshot(system)
+    outcome = Outcome(seed, faults, before=before)
     pool = read_pool(system.root / "var/pos/load-pool.json")
     rng = random.Random(seed)
     terminals = [
