@@ -9,10 +9,13 @@ Toward issuers the forwarded request keeps the acquirer's DE32 and carries the s
 forwarding institution (DE33; the issuer picks the link keys by DE33, else DE32), with the switch's own
 DE7 and link STAN. A timeout answers 91 and queues
 a reversal advice upstream. A duplicate (same DE32 + DE7 + DE11 + DE41 + MTI) gets the first answer
-again from the journal and nothing goes upstream twice. Reversals (0400/0420/0421) name their original
-in DE90; an original the switch forwarded is reversed upstream (through store-and-forward when the
-issuer does not answer), any other is answered 00. What goes upstream is written ahead first (see
-switch/README.md): after a crash, start-up recovery reverses it and journals it as answered 91.
+again from the journal and nothing goes upstream twice (the same key with another amount, PAN or DE3,
+or after a reversal named it: 94). Reversals (0400/0420/0421) name their original in DE90; an original
+the switch forwarded is awaited and reversed upstream once (switch/reversals.py; through
+store-and-forward when the issuer does not answer); any other is answered 00, and an original that
+arrives after its reversal is declined 05 without being forwarded. What goes upstream is written
+ahead first (see switch/README.md): after a crash, start-up recovery reverses it and journals it as
+answered 91.
 """
 
 from __future__ import annotations

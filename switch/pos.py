@@ -12,6 +12,9 @@ that goes upstream is written ahead too. After a crash, start-up recovery (``Saf
 turned every unanswered write-ahead record into a reversal advice and a journal row (98; a reversal
 00), so the batch's journal, loaded on the terminal's first contact, names the upstream original of a
 later 0400 (answered 00: the switch already owns that reversal) and a retransmission gets 98.
+Reversals follow switch/reversals.py (shared with the acquirer channel): a 0400 awaits its in-flight
+original; a 0200 whose 0400 came first is declined 05 and not sent; a retransmission key reused with
+another amount, PAN or DE3, or after a reversal, gets 94.
 """
 
 from __future__ import annotations
