@@ -338,23 +338,42 @@ async def set_link(
     zpk: str | None = None,
     zpk_check: str | None = None,
     zak: str | None = None,
+    no_mac: bool | None = None,
 ) -> None:
-    """Create or change a link; a key given as None keeps the stored one ("" removes the ZAK)."""
-    await conn.execute(
-        """INSERT INTO links (institution_id, profile, zmk, zpk, zpk_check, zak)
-           VALUES ($1, $2, $3, $4, $5, nullif($6, ''))
-           ON CONFLICT (institution_id) DO UPDATE SET profile = EXCLUDED.profile,
-               zmk = coalesce(EXCLUDED.zmk, links.zmk), zpk = coalesce(EXCLUDED.zpk, links.zpk),
-               zpk_check = coalesce(EXCLUDED.zpk_check, links.zpk_check),
-               zak = CASE WHEN $6::text IS NULL THEN links.zak ELSE nullif($6, '') END,
-               updated_at = now()""",
-        institution_id,
-        profile,
-        zmk,
-        zpk,
-        zpk_check,
-        zak,
-    )
+    """Create or change a link; a key given as None keeps the stored one ("" removes the ZAK).
+
+    A link has a MAC key or is declared without one (``no_mac``), never neither: the host refuses an
+    undeclared link without a ZAK at request time, so saving one would only make a link that answers
+    03. A ZAK clears the declaration; ``no_mac=True`` removes the ZAK."""
+    if no_mac and zak:
+        raise CatalogError(f"link {institution_id}: --no-mac and --zak exclude each other")
+    if no_mac:
+        zak = ""
+    elif zak:
+        no_mac = False
+    async with conn.transaction():
+        declared = await conn.fetchval(
+            """INSERT INTO links (institution_id, profile, zmk, zpk, zpk_check, zak, no_mac)
+               VALUES ($1, $2, $3, $4, $5, nullif($6, ''), coalesce($7, false))
+               ON CONFLICT (institution_id) DO UPDATE SET profile = EXCLUDED.profile,
+                   zmk = coalesce(EXCLUDED.zmk, links.zmk), zpk = coalesce(EXCLUDED.zpk, links.zpk),
+                   zpk_check = coalesce(EXCLUDED.zpk_check, links.zpk_check),
+                   zak = CASE WHEN $6::text IS NULL THEN links.zak ELSE nullif($6, '') END,
+                   no_mac = coalesce($7, links.no_mac),
+                   updated_at = now()
+               RETURNING zak IS NOT NULL OR no_mac""",
+            institution_id,
+            profile,
+            zmk,
+            zpk,
+            zpk_check,
+            zak,
+            no_mac,
+        )
+        if not declared:  # raised inside the transaction: nothing is saved
+            raise CatalogError(
+                f"link {institution_id} has no MAC key: give --zak, or --no-mac for a link without DE128"
+            )
 
 
 def _reason(exc: Exception) -> str:

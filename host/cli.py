@@ -190,11 +190,23 @@ async def _stop_on_signal(scope: trio.CancelScope) -> None:
 @click.option(
     "--zak", default=None, help="Link MAC key under the LMK (DE128 checked and sent); '' removes it."
 )
+@click.option(
+    "--no-mac",
+    is_flag=True,
+    help="Declare the link without DE128 (accepted from loopback only, unless host.allow_remote_no_mac).",
+)
 @pass_app
 def link_set(
-    app: AppContext, institution_id: str, profile: str, zpk: str | None, zmk: str | None, zak: str | None
+    app: AppContext,
+    institution_id: str,
+    profile: str,
+    zpk: str | None,
+    zmk: str | None,
+    zak: str | None,
+    no_mac: bool,
 ) -> None:
-    """Set the link of a peer institution (the DE33, else DE32, it sends)."""
+    """Set the link of a peer institution (the DE33, else DE32, it sends). A new link needs --zak or
+    --no-mac: a link without a MAC key is declared, never assumed."""
     if not re.fullmatch(r"\d{1,11}", institution_id):
         raise click.ClickException("institution id: 1 to 11 digits")
     for label, key in (("--zpk", zpk), ("--zmk", zmk), ("--zak", zak or None)):
@@ -211,10 +223,11 @@ def link_set(
             zpk.upper() if zpk else None,
             None,
             zak.upper() if zak is not None else None,
+            True if no_mac else None,  # without the flag the stored declaration stays
         )
 
     _run(app, work)
-    app.emit({"link": inst, "profile": profile}, f"link {inst} ({profile}) saved")
+    app.emit({"link": inst, "profile": profile, "no_mac": no_mac}, f"link {inst} ({profile}) saved")
 
 
 @host.command("keys")

@@ -10,6 +10,10 @@ request), then hands each request to its writer. Any other request that needs an
 link's MAC, a PAN not yet hashed in this process, PIN data not yet read) gets a task of its own. An
 answer is sent only after its batch committed.
 
+Before any of that, the link must be one that may send (``_link_refusal``, from the cached link row):
+an unknown DE33/DE32, a link with neither a ZAK nor the ``--no-mac`` declaration, or a no-MAC link from
+a peer that is not loopback is answered 03 and nothing is decided (host/README.md, "Links").
+
 Bad input never takes the link down: a frame that does not decode but whose MTI and DE11 can be read
 is answered 30 (specs.catalogue.format_error_response), otherwise dropped and logged; a request of an
 unknown type is answered 12; a broken length prefix closes that connection only.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +41,7 @@ from hsm_sim.client import HsmClient, HsmCommandError, HsmError, account_from_pa
 from ops.config import Config
 from ops.logs import get_logger
 from ops.metrics import labelled
+from ops.peers import peer_is_loopback
 from ops.pgpool import PgPool
 from specs.catalogue import TxnType, format_error_response
 from specs.codec import Codec, codec_for
@@ -57,8 +63,18 @@ BAD_FRAMES = Counter(
 )
 CONNECTIONS = Counter("payswitch_host_connections_total", "H2H connections accepted.")
 MAC_FAILURES = Counter("payswitch_host_mac_failures_total", "H2H requests whose DE128 did not verify.")
+LINK_REFUSED = Counter(
+    "payswitch_host_link_refused_total",
+    "H2H messages answered 03 before anything was decided, by why the link may not send.",
+    ["reason"],
+)
 
 LINK_CACHE_SECONDS = 10.0
+# A DE32/DE33 that is not a link is remembered as unknown, shorter (a link just added answers soon)
+# but long enough that a flood of frames naming it is one database read, not one each; at most
+# UNKNOWN_LINKS_MAX such ids are kept (a flood of distinct ids must not grow the cache without end).
+UNKNOWN_LINK_CACHE_SECONDS = 2.0
+UNKNOWN_LINKS_MAX = 4096
 PIN_GROUP_MAX = 512  # PIN verifications per request_many; also kept to half a connection's headers
 
 # A PIN verification waiting for its group: request, message, connection, started, partition, HSM
@@ -75,6 +91,7 @@ class _Conn:
     idle: trio.Event = field(default_factory=trio.Event)
     closed: bool = False
     nursery: trio.Nursery | None = None
+    loopback: bool | None = None  # the peer's address is loopback (asked once, by _link_refusal)
 
     def send(self, body: bytes) -> None:
         if not self.closed:
@@ -117,6 +134,7 @@ class HostService:
         self._links: dict[str, tuple[float, dict[str, Any] | None]] = {}
         self._link_reads: dict[str, trio.Event] = {}  # link id -> its database read under way
         self._link_versions: dict[str, int] = {}  # link id -> bumped by a key change here
+        self._unknown_links: OrderedDict[str, None] = OrderedDict()  # ids cached as no link, oldest first
         self._pin_pending: list[_PinCheck] = []
         self._pin_wake = trio.Event()
         self._pin_grouping = False  # the group task runs (serve): only then may _frame queue for it
@@ -211,19 +229,28 @@ class HostService:
             log.info("request refused", mti=msg["t"], code=Rc.FORMAT_ERROR, reason=repr(exc))
             self._send(conn, h2h.error_response(msg, Rc.FORMAT_ERROR), started)
             return
+        # Who may send comes first, from the cached link row (a dict lookup, no await): a link not in
+        # the cache yet is read by the slow path, which applies the same rule.
+        link = self._links.get(parsed.link_id)
+        if link is not None:
+            if link[0] < time.monotonic():
+                self._refresh_link(parsed.link_id)
+            if (reason := self._link_refusal(link[1], conn)) is not None:
+                self._refuse(conn, msg, parsed.link_id, reason, started)
+                return
         conn.inflight += 1
         conn.idle = trio.Event() if conn.inflight == 1 else conn.idle
+        if link is None:
+            nursery.start_soon(self._slow, body, msg, parsed, conn, started)  # link not read yet
+            return
         if parsed.network is not None:
             nursery.start_soon(self._network, msg, parsed, conn, started)
             return
         req = parsed.request
         assert req is not None
-        link = self._links.get(parsed.link_id)
-        if link is None or (link[1] or {}).get("zak"):
-            nursery.start_soon(self._slow, body, msg, parsed, conn, started)  # link unknown or MACed
+        if (link[1] or {}).get("zak"):
+            nursery.start_soon(self._slow, body, msg, parsed, conn, started)  # MACed: DE128 first
             return
-        if link[0] < time.monotonic():
-            self._refresh_link(parsed.link_id)
         if parsed.pan:
             h = self.crypto.cached_hash(parsed.pan)
             if h is None:
@@ -247,11 +274,18 @@ class HostService:
     async def _slow(
         self, body: bytes, msg: dict[str, Any], parsed: h2h.Parsed, conn: _Conn, started: float
     ) -> None:
-        """A request that needs an await first: the link's MAC, the PAN hash, the PIN."""
-        req = parsed.request
-        assert req is not None
+        """A request that needs an await first: the link's row, its MAC, the PAN hash, the PIN."""
         link = await self._link(parsed.link_id)
-        zak = (link or {}).get("zak")
+        if (reason := self._link_refusal(link, conn)) is not None:
+            self._refuse(conn, msg, parsed.link_id, reason, started)
+            conn.done_one()
+            return
+        if parsed.network is not None:  # 08xx carry no DE128 (h2h-dialect: the link MACs requests)
+            await self._network(msg, parsed, conn, started)
+            return
+        req = parsed.request
+        assert req is not None and link is not None
+        zak = link.get("zak")
         if zak and not await self._mac_ok(body, msg, zak):
             MAC_FAILURES.inc()
             log.warning("H2H MAC verification failed; nothing posted", link=parsed.link_id, stan=msg["11"])
@@ -270,6 +304,32 @@ class HostService:
         else:
             part = self.engine.partition_for_key(req.original_key or req.key)
         self.engine.submit(req, part, lambda d: self._answer(conn, msg, d, started, zak))
+
+    def _link_refusal(self, link: dict[str, Any] | None, conn: _Conn) -> str | None:
+        """Why this link may not send on this connection, None when it may (host/README.md, "Links").
+
+        Unknown (no row for its DE33, else DE32), a row with neither a ZAK nor the ``--no-mac``
+        declaration, or a no-MAC link from a peer that is not loopback (unless
+        ``host.allow_remote_no_mac``): anyone who reaches the port can claim any DE32, so only a MAC
+        or the same machine says who is sending. A MACed link's DE128 is checked later, per request."""
+        if link is None:
+            return "unknown"
+        if link.get("zak"):
+            return None
+        if not link.get("no_mac"):
+            return "undeclared"
+        if self.config.host.allow_remote_no_mac:
+            return None
+        if conn.loopback is None:
+            conn.loopback = peer_is_loopback(conn.stream)
+        return None if conn.loopback else "remote_no_mac"
+
+    def _refuse(self, conn: _Conn, msg: dict[str, Any], link_id: str, reason: str, started: float) -> None:
+        """Answer 03, as the switch answers an unknown acquirer; nothing was decided (no PIN, MAC, ledger)."""
+        LINK_REFUSED.labels(reason).inc()
+        labelled(REQUESTS, msg["t"], Rc.INVALID_MERCHANT).inc()
+        log.info("link may not send; answered 03", link=link_id, reason=reason, mti=msg["t"])
+        self._send(conn, h2h.error_response(msg, Rc.INVALID_MERCHANT), started)
 
     def _pin_command(
         self, parsed: h2h.Parsed, pan_hash: str, link: dict[str, Any] | None
@@ -386,11 +446,35 @@ class HostService:
             row = await self.pool.run(_link_row, link_id)
             # A read that started before a key change here may carry the old ZPK: keep it out.
             if self._link_versions.get(link_id, 0) == version:
-                self._links[link_id] = (time.monotonic() + LINK_CACHE_SECONDS, row)
+                if row is not None:
+                    self._links[link_id] = (time.monotonic() + LINK_CACHE_SECONDS, row)
+                    self._unknown_links.pop(link_id, None)
+                else:
+                    self._remember_unknown(link_id)
         finally:
             if self._link_reads.get(link_id) is done:
                 del self._link_reads[link_id]
             done.set()
+
+    def _remember_unknown(self, link_id: str) -> None:
+        """Cache a DE32/DE33 that is no link, for UNKNOWN_LINK_CACHE_SECONDS; past UNKNOWN_LINKS_MAX
+        unknown ids the expired ones go first, then the oldest (known links are never dropped)."""
+        now = time.monotonic()
+        self._links[link_id] = (now + UNKNOWN_LINK_CACHE_SECONDS, None)
+        self._unknown_links[link_id] = None
+        self._unknown_links.move_to_end(link_id)
+        if len(self._unknown_links) <= UNKNOWN_LINKS_MAX:
+            return
+        for old in [k for k in self._unknown_links if self._links.get(k, (0.0, None))[0] < now]:
+            self._forget_unknown(old)
+        while len(self._unknown_links) > UNKNOWN_LINKS_MAX:
+            self._forget_unknown(next(iter(self._unknown_links)))
+
+    def _forget_unknown(self, link_id: str) -> None:
+        del self._unknown_links[link_id]
+        cached = self._links.get(link_id)
+        if cached is not None and cached[1] is None:
+            del self._links[link_id]
 
     def _refresh_link(self, link_id: str) -> None:
         if link_id in self._link_reads:

@@ -88,6 +88,9 @@ class HostConfig:
         "interval of the card-expiry sweep (cards past their YYMM become `expired`)", min=1, max=86_400
     )
     mailer_dir: str = setting("folder `card issue` writes PIN-mailer files to")
+    allow_remote_no_mac: bool = setting(
+        "accept a link declared `--no-mac` from a non-loopback peer (else answered 03)"
+    )
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,9 @@ class SwitchConfig:
                                     "on `switch link rekey`", min=0, max=8_760)
     signon_per_minute: int = setting("sign-ons (0800) accepted per terminal per minute; more are answered "
                                      "65 (its own live connection is not limited)", min=1, max=10_000)
+    allow_remote_no_mac: bool = setting(
+        "accept an inbound link declared `--no-mac` from a non-loopback peer (else answered 03)"
+    )
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,8 @@ async def programme(
     if not await h.pool.run(_has_merchant):
         await h.pool.run(catalog.add_merchant, MERCHANT, "Canteen", "5812", None, ACQ)
         zpk = await h.crypto.hsm.form_key("001", [ZPK_CLEAR, "0" * 32], "U")
-        await h.pool.run(catalog.set_link, ACQ, "3des", None, zpk.under_lmk, zpk.check_value)
+        # no DE128 on the test link: declared so (the harness client connects from loopback)
+        await h.pool.run(catalog.set_link, ACQ, "3des", None, zpk.under_lmk, zpk.check_value, None, True)
     issued, _ = await issue_cards(h.pool, h.crypto, code, cards, pin=PIN, activate=True)
     for c in issued:
         if load:

@@ -236,7 +236,7 @@ def test_link_mac(db_url: str, hsm_server: Any) -> None:
         assert (await c.request(unsigned))["39"] == "96"
         bal = await c.request({**message(c, pan, None, proc="310000"), "128": bytes(8)})
         assert bal["39"] == "96"  # a wrong MAC is refused whatever the request
-        await h.pool.run(catalog.set_link, "48880000", "3des", None, None, None, "")
+        await h.pool.run(catalog.set_link, "48880000", "3des", None, None, None, "", True)  # no MAC
         h.service._links.clear()
         bal = await c.request(message(c, pan, None, proc="310000"))
         assert bal["39"] == "00" and bal["54"].endswith("C000000009000")  # only the signed purchase
