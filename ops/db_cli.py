@@ -39,6 +39,12 @@ def up(app: AppContext) -> None:
         {"running": True, "started": not was_running, "url": url, "data_dir": str(status.data_dir)},
         f"PostgreSQL {verb} on 127.0.0.1:{status.port} (data {status.data_dir})\n{url}",
     )
+    if status.password is None:  # made before scram: every local user may connect as the superuser
+        click.echo(
+            f"warning: this cluster trusts every local connection (made before passwords); recreate it: "
+            f"`payswitch db down`, remove {cluster.link} (its data goes), `payswitch db up`, migrate, seed",
+            err=True,
+        )
 
 
 @db.command()

@@ -6,9 +6,10 @@ root, so under root the server runs as an unprivileged user (``postgres`` if it 
 data lives in a folder it owns under /var/tmp and ``var/pg`` is a symlink to it. The server listens on
 127.0.0.1 only, on a free port chosen at first start and kept in ``payswitch.conf`` inside the data
 folder (the one place the port is written), and on a Unix socket in the data folder, which is what
-``Status.url`` hands out when its path is short enough (cheaper than loopback TCP); trust authentication:
-a development cluster that nothing off this machine can reach (the data folder is the server user's,
-mode 0700, so the socket is reachable only by that user and root).
+``Status.url`` hands out when its path is short enough (cheaper than loopback TCP). Authentication is
+scram-sha-256 on the socket and on TCP with a password generated at initdb and kept, mode 0600, beside
+the data link (``var/pg.password``): trust let every local user connect over 127.0.0.1 as the
+superuser. A cluster made before that (trust, no password file) keeps working and says so on ``db up``.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import hashlib
 import os
 import pwd
 import random
+import secrets
 import shutil
 import socket
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 SUPERUSER = "payswitch"
 PRIVATE_PORTS_FROM = 20000  # free_port: ports for test and bench services, below the ephemeral range
@@ -41,14 +44,16 @@ class Status:
     initialised: bool
     running: bool
     port: int | None
+    password: str | None = field(default=None, repr=False)  # None: a cluster made with trust
 
     def url(self, database: str) -> str:
         """Over the Unix socket in the data folder when its path fits the kernel's limit (108 bytes): a
         loopback TCP round trip was measured at ~3x the client CPU (71 against 25 us per query) and about
         a third of the rate; else over 127.0.0.1."""
+        user = SUPERUSER + (f":{quote(self.password, safe='')}" if self.password else "")
         if len(str(self.data_dir / f".s.PGSQL.{self.port}")) < UNIX_SOCKET_PATH_MAX:
-            return f"postgresql://{SUPERUSER}@/{database}?host={self.data_dir}&port={self.port}"
-        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+            return f"postgresql://{user}@/{database}?host={self.data_dir}&port={self.port}"
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
 
 
 def find_bindir() -> Path:
@@ -117,7 +122,18 @@ class EmbeddedPostgres:
         data = self.data_dir
         initialised = (data / "PG_VERSION").exists()
         running = initialised and self._pg_ctl("status", check=False).returncode == 0
-        return Status(data, initialised, running, self._configured_port())
+        return Status(data, initialised, running, self._configured_port(), self._password())
+
+    @property
+    def password_file(self) -> Path:
+        """Beside the data link, owned by whoever runs payswitch (not the server user), mode 0600."""
+        return self.link.parent / f"{self.link.name}.password"
+
+    def _password(self) -> str | None:
+        try:
+            return self.password_file.read_text().strip() or None
+        except OSError:
+            return None
 
     # -- actions ---------------------------------------------------------------------------------
     def up(self) -> Status:
@@ -149,15 +165,29 @@ class EmbeddedPostgres:
         shutil.rmtree(self.data_dir, ignore_errors=True)
         if self.link.is_symlink():
             self.link.unlink()
+        self.password_file.unlink(missing_ok=True)
 
     # -- internals -------------------------------------------------------------------------------
     def _initdb(self) -> None:
         data = self._prepare_data_dir()
-        argv = [str(self.bindir / "initdb"), "-D", str(data), "-U", SUPERUSER, "--auth=trust",
-                "--encoding=UTF8", "--no-locale"]
+        password = secrets.token_urlsafe(24)
+        fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(password + "\n")
+        # initdb reads the password from a file its (server) user can read; it goes when initdb ends.
+        pw_fd, pw_path = tempfile.mkstemp(prefix="payswitch-pw-", dir=data.parent)
+        with os.fdopen(pw_fd, "w") as f:
+            f.write(password + "\n")
+        if self.run_as is not None:
+            os.chown(pw_path, self.run_as.pw_uid, self.run_as.pw_gid)
+        argv = [str(self.bindir / "initdb"), "-D", str(data), "-U", SUPERUSER, "--auth=scram-sha-256",
+                f"--pwfile={pw_path}", "--encoding=UTF8", "--no-locale"]
         if not self.durable:
             argv.append("--no-sync")
-        result = self._run(argv, check=False)
+        try:
+            result = self._run(argv, check=False)
+        finally:
+            os.unlink(pw_path)
         if result.returncode != 0:
             raise EmbeddedPostgresError(f"initdb failed: {result.stderr.strip() or result.stdout.strip()}")
         with open(data / "postgresql.conf", "a") as conf:

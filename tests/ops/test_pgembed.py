@@ -82,3 +82,32 @@ def test_a_cluster_left_by_an_earlier_checkout_at_the_same_path_is_replaced(tmp_
     finally:
         new.destroy()
         old.destroy()
+
+
+def test_no_connection_without_the_generated_password(pg_cluster: Status) -> None:
+    """trust let any local user connect as the superuser; now scram on the socket and on TCP."""
+    assert pg_cluster.password and pg_cluster.password in pg_cluster.url("postgres")
+    password_file = pg_cluster.data_dir.parent / "pg.password"
+    if password_file.exists():  # beside the data folder when not run as root
+        assert stat.S_IMODE(os.stat(password_file).st_mode) == 0o600
+
+    async def attempt(**kwargs: object) -> str:
+        try:
+            conn = await asyncpg.connect(
+                user="payswitch", database="postgres", port=pg_cluster.port, **kwargs
+            )
+        except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
+            return type(exc).__name__
+        await conn.close()
+        return "connected"
+
+    async def main() -> list[str]:
+        return [
+            await attempt(host="127.0.0.1", password=""),
+            await attempt(host="127.0.0.1", password="guess"),
+            await attempt(host=str(pg_cluster.data_dir), password="guess"),
+            await attempt(host="127.0.0.1", password=pg_cluster.password),
+        ]
+
+    refused_tcp, wrong_tcp, wrong_socket, right = asyncio.run(main())
+    assert "connected" not in (refused_tcp, wrong_tcp, wrong_socket) and right == "connected"
