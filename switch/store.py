@@ -360,10 +360,13 @@ async def _prune_write_ahead(conn: Any, since: Any) -> tuple[int, Any]:
 # channel names it (``original``: its DE90 key; switch_journal_original, migration 0006), arrived
 # before or after it: the switch then declines a late original 05 and a replay 94 (switch/reversals.py).
 _BY_KEY_SQL = """
-SELECT false AS reversal, response_code, response, amount, proc_code, pan_masked
+SELECT false AS reversal, response_code, response, amount, proc_code, pan_masked, link, link_mti,
+       link_stan, link_de7, link_de32, rrn
 FROM switch_journal WHERE dedup_key = $1
 UNION ALL
-(SELECT true, response_code, NULL::jsonb, NULL::bigint, NULL::text, NULL::text FROM switch_journal
+(SELECT true, response_code, NULL::jsonb, NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::text,
+        NULL::text, NULL::text, NULL::text, NULL::text
+ FROM switch_journal
  WHERE $2::text IS NOT NULL AND original = $2 AND channel = $3 AND mti IN ('0400', '0420', '0421')
  LIMIT 1)
 """

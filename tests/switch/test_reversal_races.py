@@ -217,6 +217,9 @@ def test_reversal_before_original_is_remembered_across_a_restart(
     replay_h2h = _acquirer_message(_stan())
     assert _h2h_exchange(port, replay_h2h)["39"] == "00"
     assert _h2h_exchange(port, _h2h_reversal(replay_h2h))["39"] == "00"
+    approved_before = _acquirer_message(_stan())  # approved now, reversed after the restart
+    assert _h2h_exchange(port, approved_before)["39"] == "00"
+    sent_before = world.host3.seen("0200")[-1]
     t3.close()
 
     signons = len(world.host3.seen("0800"))
@@ -235,3 +238,11 @@ def test_reversal_before_original_is_remembered_across_a_restart(
         t.close()
     assert _h2h_exchange(world.switch.ports["h2h"], replay_h2h)["39"] == "94"
     assert len(world.host3.seen("0200")) == before, "a reversed original went upstream after the restart"
+    # an approval forwarded before the restart is reversed upstream once, found in the journal
+    reversal = _h2h_reversal(approved_before)
+    assert _h2h_exchange(world.switch.ports["h2h"], reversal)["39"] == "00"
+    wait_until(lambda: _reversed_upstream(world.host3, sent_before), what="the approval reversed upstream")
+    assert _h2h_exchange(world.switch.ports["h2h"], {**reversal, "11": _stan()})["39"] == "00"
+    time.sleep(0.5)
+    names = f"0200{sent_before['11']}{sent_before['7']}"
+    assert [str(m.get("90", ""))[:20] for m in world.host3.seen("0400")].count(names) == 1
