@@ -29,6 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
+import shutil
 import sys
 import time
 from collections import Counter
@@ -143,9 +145,12 @@ def _revive(system: System, outcome: Outcome) -> None:
         if svc is not None and svc.proc.poll() is None:
             continue
         if svc is not None:
+            # start_service writes the log again: keep this one (with --keep it stays for reading)
+            kept = svc.log.with_name(f"{name}-exit-seed{outcome.seed}.log")
+            shutil.copyfile(svc.log, kept)
             outcome.problems.append(
                 f"{name} exited by itself (status {svc.proc.returncode}) during "
-                f"[{' '.join(map(str, outcome.faults))}]: {_tail(svc.log)}"
+                f"[{' '.join(map(str, outcome.faults))}]: {_last_error(svc.log)} (log: {kept.name})"
             )
             system.services.pop(name)
         system.start_service(name)
@@ -228,7 +233,7 @@ def run_schedule(system: System, seed: int, duration: float, stans: dict[str, in
     faults = schedule(seed, duration)
     before = _snapshot(system)
     outcome = Outcome(seed, faults, before=before)
-    pool = read_pool(system.root / "var/pos/load-pool.json")
+    pool = read_pool(system.root / "var/pos/load-pool.json", system.seal_key)
     rng = random.Random(seed)
     terminals = [
         FaultTerminal(spec, pool.cards, random.Random(rng.random()), stans.get(spec.terminal_id, 0))
@@ -408,12 +413,14 @@ def _unanswered_or_declined(outcome: Outcome, terminal_id: str, rrn: str, system
     return f"no terminal request of the schedule matches it (journal: {stans or 'none'})"
 
 
-def _tail(log: Path, lines: int = 3) -> str:
+def _last_error(log: Path) -> str:
+    """The last exception line of a log (a traceback's last ``SomeError: ...``), else its last line."""
     try:
         text = log.read_text(errors="replace").strip().splitlines()
     except OSError:
         return "(no log)"
-    return " | ".join(text[-lines:])[-400:]
+    errors = [ln.strip(" |+-") for ln in text if re.search(r"(Error|Exception)(:|\b)", ln)]
+    return (errors[-1] if errors else text[-1] if text else "(empty log)")[:300]
 
 
 # -- the command ---------------------------------------------------------------------------------------
