@@ -24,7 +24,7 @@ of every /metrics. After each listener: no service exited, no traceback in any s
 round of every watcher answered correctly.
 
 ``tests/test_fuzz.py`` runs it bounded (``PAYSWITCH_FUZZ_EXAMPLES`` examples per listener, default
-40, derandomized: the same frames every run). The long mode for nightly use::
+100, derandomized: the same frames every run). The long mode for nightly use::
 
     python -m tests.fuzz --examples 100000 [--listener pos_3des ...] [--seed N]
 
@@ -69,7 +69,7 @@ from specs.framing import (
 from tests.specs.strategies import field_values
 from tests.specs.strategies import messages as random_messages
 
-DEFAULT_EXAMPLES = 40
+DEFAULT_EXAMPLES = 100
 EXAMPLES_ENV = "PAYSWITCH_FUZZ_EXAMPLES"
 POS_LISTENERS = ("pos_3des", "pos_sm4")
 LISTENERS = (
@@ -97,7 +97,7 @@ PORTS_OF_LISTENER = {
 
 
 def examples_from_env() -> int:
-    """Examples per listener: ``PAYSWITCH_FUZZ_EXAMPLES`` (the nightly run sets it high), else 40."""
+    """Examples per listener: ``PAYSWITCH_FUZZ_EXAMPLES`` (the nightly run sets it high), else 100."""
     try:
         return max(1, int(os.environ.get(EXAMPLES_ENV, DEFAULT_EXAMPLES)))
     except ValueError:
