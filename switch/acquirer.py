@@ -1,9 +1,12 @@
 """Inbound acquirer links (H2H dialect on the switch's H2H port): other acquirers send through us.
 
 An acquirer is identified by the DE32 it sends, matched against an ``in`` row of ``switch_links``
-(its ZPK, and its ZAK when the link is MACed). Per request: verify DE128 when the link has a ZAK
-(a missing or wrong MAC is answered 30 and nothing is forwarded), translate the PIN from the
-acquirer's ZPK to the issuer link's ZPK (CC, or W8 across algorithms), route by BIN, forward, answer.
+(its ZPK, and its ZAK when the link is MACed). An unknown DE32, a link with neither a ZAK nor the
+``--no-mac`` declaration, or a no-MAC link from a non-loopback peer (unless
+``switch.allow_remote_no_mac``) is answered 03, 0800 included (``_link_refusal``). Per request:
+verify DE128 when the link has a ZAK (a missing or wrong MAC is answered 30 and nothing is
+forwarded), translate the PIN from the acquirer's ZPK to the issuer link's ZPK (CC, or W8 across
+algorithms), route by BIN, forward, answer.
 
 Toward issuers the forwarded request keeps the acquirer's DE32 and carries the switch's id as the
 forwarding institution (DE33; the issuer picks the link keys by DE33, else DE32), with the switch's own
@@ -28,6 +31,7 @@ from typing import Any
 import trio
 
 from ops.logs import get_logger, mask_pan
+from ops.peers import peer_is_loopback
 from specs.catalogue import unhandled_code
 from specs.codec import Codec, codec_for
 from specs.errors import DecodeError
@@ -78,6 +82,7 @@ class AcquirerService:
         upstream: Upstream,
         inbound: dict[str, LinkConfig],
         institution_id: str,
+        allow_remote_no_mac: bool = False,
     ) -> None:
         self.hsm = hsm
         self.store = store
@@ -85,6 +90,7 @@ class AcquirerService:
         self.upstream = upstream
         self.inbound = inbound
         self.institution_id = institution_id
+        self.allow_remote_no_mac = allow_remote_no_mac  # switch.allow_remote_no_mac
         self.codecs = {p: codec_for("h2h", p) for p in ("3des", "sm4")}
         self._seen: OrderedDict[str, _Seen] = OrderedDict()
         # "link|DE90 key" of an original -> its dedup key, from the moment it arrives
@@ -102,11 +108,13 @@ class AcquirerService:
         mti = str(msg["t"])
         if link is not None and codec is not self.codecs[link.scheme]:
             return self._plain(codec, msg, "30")
-        if mti == "0800":
-            return self._plain(codec, msg, "00" if link is not None else "03")
-        if link is None:
-            log.warning("request from an unknown acquirer", acquirer=msg.get("32"))
+        refused = self._link_refusal(link, conn)
+        if refused is not None:  # 08xx included: a sign-on or echo from no link is not answered 00
+            log.warning("acquirer link may not send; answered 03", acquirer=msg.get("32"), reason=refused)
             return self._plain(codec, msg, "03")
+        assert link is not None
+        if mti == "0800":
+            return self._plain(codec, msg, "00")
         if link.zak and not await self._mac_ok(codec, link, msg, body):
             log.warning("acquirer MAC verification failed", acquirer=link.institution_id, stan=msg.get("11"))
             return self._plain(codec, msg, "30")
@@ -233,6 +241,21 @@ class AcquirerService:
             return codec.encode(answer)
         raw = codec.encode({**answer, "128": bytes(8)})
         return codec.with_mac(raw, await self.hsm.link_mac(link.scheme, link.zak, codec.mac_block(raw)))
+
+    def _link_refusal(self, link: LinkConfig | None, conn: trio.SocketStream | None) -> str | None:
+        """Why this acquirer may not send on this connection, None when it may (switch/README.md,
+        "Inbound links"): unknown DE32, no ZAK and not declared ``--no-mac``, or declared ``--no-mac``
+        from a peer that is not loopback unless ``switch.allow_remote_no_mac`` (anyone who reaches the
+        port can write any DE32; without a MAC only the same machine says who sends)."""
+        if link is None:
+            return "unknown"
+        if link.zak:
+            return None  # DE128 is checked per request (_mac_ok)
+        if not link.no_mac:
+            return "undeclared"
+        if self.allow_remote_no_mac or (conn is not None and peer_is_loopback(conn)):
+            return None
+        return "remote_no_mac"
 
     async def _mac_ok(self, codec: Codec, link: LinkConfig, msg: Message, body: bytes) -> bool:
         mac = msg.get("128")

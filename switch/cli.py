@@ -58,7 +58,7 @@ def serve(app: AppContext) -> None:
     configure_logging(app, "switch")
     cfg = app.config
     try:
-        serve_metrics("switch", cfg.switch.metrics_port, cfg.switch.listen)
+        serve_metrics("switch", cfg.switch.metrics_port, cfg.switch.metrics_listen)
     except OSError as exc:
         raise click.ClickException(f"cannot open the switch metrics port: {exc.strerror}") from None
     pool = PgPool(database_url(cfg), min_size=1, max_size=cfg.switch.db_pool_max).start()
@@ -96,7 +96,13 @@ def link() -> None:
 @click.option("--institution-id", default="", help="in: the acquirer's DE32.")
 @click.option("--scheme", type=click.Choice(["3des", "sm4"]), required=True, help="Key scheme of the link.")
 @click.option("--zpk", required=True, help="Link PIN key under the LMK (U+32H or S+32H).")
-@click.option("--zak", default=None, help="Link MAC key under the LMK; omit for a link without DE128.")
+@click.option("--zak", default=None, help="Link MAC key under the LMK (DE128 on every request).")
+@click.option(
+    "--no-mac",
+    is_flag=True,
+    help="in: declare the link without DE128 (accepted from loopback only, unless "
+    "switch.allow_remote_no_mac); an in link needs --zak or --no-mac.",
+)
 @click.option(
     "--zmk",
     default=None,
@@ -115,6 +121,7 @@ def link_add(
     scheme: str,
     zpk: str,
     zak: str | None,
+    no_mac: bool,
     zmk: str | None,
     replace: bool,
 ) -> None:
@@ -132,6 +139,13 @@ def link_add(
         raise click.ClickException("an out link needs --host and --port")
     if direction == "in" and not re.fullmatch(r"\d{1,11}", institution_id):
         raise click.ClickException("an in link needs --institution-id (the acquirer's DE32, 1-11 digits)")
+    # A link without DE128 is declared, never assumed: anyone reaching the port can write any DE32.
+    if no_mac and zak:
+        raise click.ClickException("--no-mac and --zak exclude each other")
+    if no_mac and direction == "out":
+        raise click.ClickException("--no-mac is for an in link (the issuer host decides on DE128)")
+    if direction == "in" and not zak and not no_mac:
+        raise click.ClickException("an in link needs --zak, or --no-mac for a link without DE128")
 
     async def work(conn: Any) -> None:
         exists = await conn.fetchval("SELECT 1 FROM switch_links WHERE name = $1", name)
@@ -139,10 +153,10 @@ def link_add(
             raise click.ClickException(f"link {name} exists; use --replace to change it")
         await conn.execute(
             "INSERT INTO switch_links "
-            "(name, direction, host, port, connections, institution_id, scheme, zpk, zak, zmk) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (name) DO UPDATE SET "
+            "(name, direction, host, port, connections, institution_id, scheme, zpk, zak, zmk, no_mac) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (name) DO UPDATE SET "
             "direction = $2, host = $3, port = $4, connections = $5, institution_id = $6, scheme = $7, "
-            "zpk = $8, zak = $9, "
+            "zpk = $8, zak = $9, no_mac = $11, "
             "zmk = coalesce($10, switch_links.zmk), zpk_check = NULL",
             name,
             direction,
@@ -154,6 +168,7 @@ def link_add(
             zpk.upper(),
             zak.upper() if zak else None,
             zmk.upper() if zmk else None,
+            no_mac,
         )
 
     _db(app, work)
@@ -168,7 +183,7 @@ def link_list(app: AppContext) -> None:
     async def work(conn: Any) -> list[dict[str, Any]]:
         rows = await conn.fetch(
             "SELECT name, direction, host, port, connections, institution_id, scheme, "
-            "zak IS NOT NULL AS mac, zmk IS NOT NULL AS zmk, zpk_check, "
+            "zak IS NOT NULL AS mac, no_mac, zmk IS NOT NULL AS zmk, zpk_check, "
             "enabled, rekey_requested_at, rekeyed_at FROM switch_links ORDER BY name"
         )
         return [dict(r) for r in rows]
@@ -184,10 +199,15 @@ def link_list(app: AppContext) -> None:
             state += ", rekey requested"
         lines.append(
             f"{r['name']:<16} {r['direction']:<4} {address:<22} {r['connections']:>5} "
-            f"{r['institution_id'] or '-':<12} {r['scheme']:<6} {'yes' if r['mac'] else 'no ':<3} "
+            f"{r['institution_id'] or '-':<12} {r['scheme']:<6} {_mac_column(r):<3} "
             f"{'yes' if r['zmk'] else 'no ':<3} {state}"
         )
     app.emit(rows, "\n".join(lines))
+
+
+def _mac_column(row: dict[str, Any]) -> str:
+    """yes: DE128 with a ZAK; off: declared --no-mac; no: neither (an in link so is refused)."""
+    return "yes" if row["mac"] else "off" if row["no_mac"] else "no"
 
 
 def _set_link(app: AppContext, name: str, assignment: str, *extra: Any) -> None:

@@ -57,6 +57,8 @@ class LinkConfig:
     zak: str | None  # under LMK; None = no DE128
     enabled: bool = True
     zmk: str | None = None  # under LMK: the new ZPK of a key change (0800 DE70 101) travels under it
+    # in: declared without a ZAK (`link add --no-mac`); an in link with neither is refused (03)
+    no_mac: bool = False
 
     def restart_key(self) -> tuple[object, ...]:
         """What a running link is built from: a change here restarts it (the ZMK is only read by a

@@ -129,6 +129,7 @@ class Switch:
                 upstream=upstream,
                 inbound=inbound,
                 institution_id=cfg.institution_id,
+                allow_remote_no_mac=cfg.allow_remote_no_mac,
             )
             services.append((Listener("h2h", acquirers.handle, h2h_limits), cfg.h2h_port))
             self.listeners = [listener for listener, _ in services]

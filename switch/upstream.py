@@ -214,7 +214,7 @@ def translate_again(hsm: SwitchHsm, link: OutboundLink, translated_to: str) -> b
 # (The switch's other SQL is in switch.store; these statements belong to the live configuration alone.)
 _LINKS_SQL = (
     "SELECT name, direction, host, port, connections, institution_id, scheme, zpk, zak, enabled, zmk, "
-    "rekey_requested_at IS NOT NULL AS rekey, coalesce(rekeyed_at, created_at) AS keyed_at "
+    "no_mac, rekey_requested_at IS NOT NULL AS rekey, coalesce(rekeyed_at, created_at) AS keyed_at "
     "FROM switch_links ORDER BY name"
 )
 _ROUTES_SQL = (
@@ -239,7 +239,7 @@ async def _snapshot(conn: Any) -> ConfigSnapshot:
         routes = await conn.fetch(_ROUTES_SQL)
     return ConfigSnapshot(
         version,
-        [LinkConfig(*row[:11]) for row in rows],
+        [LinkConfig(*row[:12]) for row in rows],
         [Route(r[0], r[1], r[2]) for r in routes],
         frozenset(row["name"] for row in rows if row["rekey"]),
         {row["name"]: row["keyed_at"] for row in rows},

@@ -101,7 +101,7 @@ def seeded(
     stub.cli("terminal", "add", "T3DES001", "--merchant", MERCHANT, "--scheme", "3des", "--tmk", TMK_HEX)
     if sm4_terminal:
         stub.cli("terminal", "add", "TSM40001", "--merchant", MERCHANT, "--scheme", "sm4", "--tmk", TMK_HEX)
-    stub.cli("host", "link", "48880000", "--profile", "3des", "--zpk", zpk)
+    stub.cli("host", "link", "48880000", "--profile", "3des", "--zpk", zpk, "--no-mac")  # switch on loopback
     stub.cli(
         "switch", "link", "add", "issuer", "--host", "127.0.0.1", "--port", str(host_port),
         "--scheme", "3des", "--zpk", zpk, "--connections", str(link_connections),

@@ -99,7 +99,7 @@ def system(db_url: str, hsm_server: HsmServer, tmp_path_factory: pytest.TempPath
     s.cli("merchant", "add", MERCHANT, "--name", "Campus Canteen", "--mcc", "5812")
     for tid, scheme in TERMINALS:
         s.cli("terminal", "add", tid, "--merchant", MERCHANT, "--scheme", scheme, "--tmk", TMK_HEX)
-    s.cli("host", "link", "48880000", "--profile", "3des", "--zpk", zpk, "--zmk", zmk)
+    s.cli("host", "link", "48880000", "--profile", "3des", "--zpk", zpk, "--zmk", zmk, "--no-mac")
     s.cli(
         "switch", "link", "add", "issuer", "--host", "127.0.0.1", "--port", str(host_port),
         "--scheme", "3des", "--zpk", zpk, "--zmk", zmk, "--connections", "2",
