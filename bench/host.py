@@ -91,6 +91,8 @@ async def _setup(url: str, hsm_port: int, cards: int) -> list[str]:
             )
             await pool.run(catalog.add_product, spec, BIN, 19)
             await pool.run(catalog.add_merchant, MERCHANT, "Hot canteen", "5812", None, ACQ)
+            # the link the load comes in on: no DE128 (the host's fast path), declared, from loopback
+            await pool.run(catalog.set_link, ACQ, "3des", None, None, None, None, True)
             parts = await pool.run(catalog.partitions)
             pans = [f"{BIN}{i:012d}" for i in range(cards)]
             pans = [p + _luhn(p) for p in pans]

@@ -67,6 +67,7 @@ LOAD_CARDS = 500
 LOAD_BALANCE = "100000.00"  # yuan per load card
 LINK_NAME = "host"
 DEMO_ZPK = "89ABCDEF01234567FEDCBA9876543210"  # clear demo link PIN key (public test data)
+DEMO_ZAK = "3D5B97F10E68A4C2E0D3B5868679B5D3"  # clear demo link MAC key, odd parity (public test data)
 
 
 class DemoError(Exception):
@@ -345,14 +346,22 @@ def _seed(app: AppContext, admin: Admin, load_terminals: int, load_cards: int) -
 
 
 def _link(app: AppContext, admin: Admin) -> None:
-    """The H2H link switch -> host with a demo ZPK, and the routes of both demo BINs over it."""
+    """The H2H link switch -> host with a demo ZPK and ZAK (DE128 on every request and answer: the host
+    refuses a link without a MAC key unless it is declared --no-mac), and the routes of both demo BINs
+    over it. A link seeded before it had a ZAK gets one (its `mac` column in `switch link list`)."""
     links = admin.run("switch", "link", "list") or []
-    if any(isinstance(link, dict) and link.get("name") == LINK_NAME for link in _as_list(links, "links")):
+    if any(
+        isinstance(link, dict) and link.get("name") == LINK_NAME and link.get("mac")
+        for link in _as_list(links, "links")
+    ):
         return
     profile = app.config.host.profile  # the link's key scheme is the host listener's
-    formed = _form_key(admin, "001", DEMO_ZPK, "S" if profile == "sm4" else "U")
-    zpk = str(formed["key_under_lmk"])
-    admin.run("host", "link", app.config.switch.institution_id, "--profile", profile, "--zpk", zpk)
+    scheme = "S" if profile == "sm4" else "U"
+    zpk = str(_form_key(admin, "001", DEMO_ZPK, scheme)["key_under_lmk"])
+    zak = str(_form_key(admin, "008", DEMO_ZAK, scheme)["key_under_lmk"])  # 008: ZAK
+    admin.run(
+        "host", "link", app.config.switch.institution_id, "--profile", profile, "--zpk", zpk, "--zak", zak
+    )
     host = app.config.host.listen if app.config.host.listen not in ("", "0.0.0.0") else "127.0.0.1"
     admin.run(
         "switch",
@@ -367,6 +376,8 @@ def _link(app: AppContext, admin: Admin) -> None:
         profile,
         "--zpk",
         zpk,
+        "--zak",
+        zak,
         "--connections",
         "2",
         "--replace",
