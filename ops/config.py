@@ -64,6 +64,13 @@ class HsmConfig:
     lmk_file: str = setting("LMK file (0600), created at the first `hsm serve` or by `hsm init`")
     test_lmk: bool = setting("use the published payShield test LMK set (tests only: every key is public)")
     metrics_port: int = setting("HSM /metrics port, 0 = off", min=0, max=65535)
+    metrics_listen: str = setting("address the HSM /metrics endpoint binds")
+    max_connections: int = setting("open client connections of the HSM listener", min=1, max=100_000)
+    max_per_source: int = setting("open connections from one source address", min=1, max=100_000)
+    idle_timeout_s: int = setting("close a connection without a complete command this long",
+                                  min=1, max=86_400)
+    frame_timeout_s: int = setting("close a connection whose started command is not complete within this",
+                                   min=1, max=3_600)
     host: str = setting("address clients use to reach the HSM")
     timeout_ms: int = setting("client timeout per command", min=1, max=600_000)
     connections: int = setting("client connections to the HSM", min=1, max=64)
@@ -74,6 +81,13 @@ class HostConfig:
     listen: str = setting("address the authorization host binds")
     port: int = setting("H2H listener port", min=1, max=65535)
     metrics_port: int = setting("host /metrics port, 0 = off", min=0, max=65535)
+    metrics_listen: str = setting("address the host /metrics endpoint binds")
+    max_connections: int = setting("open H2H connections of the host listener", min=1, max=100_000)
+    max_per_source: int = setting("open H2H connections from one source address", min=1, max=100_000)
+    idle_timeout_s: int = setting("close an H2H connection without a complete frame this long",
+                                  min=1, max=86_400)
+    frame_timeout_s: int = setting("close an H2H connection whose started frame is not complete within this",
+                                   min=1, max=3_600)
     institution_id: str = setting("issuer institution id", pattern=r"\d{1,11}")
     profile: str = setting("key profile of the H2H listener (width of DE52)", choices=("3des", "sm4"))
     writers: int = setting("ledger writer tasks (each posts its share of the partitions)", min=1, max=64)
@@ -100,12 +114,20 @@ class SwitchConfig:
     pos_sm4_port: int = setting("POS listener, sm4 profile", min=1, max=65535)
     h2h_port: int = setting("inbound acquirer (H2H) listener", min=1, max=65535)
     metrics_port: int = setting("switch /metrics port, 0 = off", min=0, max=65535)
+    metrics_listen: str = setting("address the switch /metrics endpoint binds (not `listen`: terminals "
+                                  "need not reach it)")
     institution_id: str = setting("acquiring institution id (DE32)", pattern=r"\d{1,11}")
     request_timeout_ms: int = setting("upstream answer timeout; then 98 (POS) / 91 (H2H) and a reversal",
                                       min=50, max=120_000)
-    max_connections: int = setting("open client connections per listener", min=1, max=100_000)
+    max_connections: int = setting("open client connections per listener; when full, the connection "
+                                   "open longest without a complete frame gives way", min=1, max=100_000)
+    max_per_source: int = setting("open client connections per listener from one source address",
+                                  min=1, max=100_000)
     max_in_flight: int = setting("requests in flight per client connection", min=1, max=10_000)
-    idle_timeout_s: int = setting("close a client connection silent this long", min=1, max=86_400)
+    idle_timeout_s: int = setting("close a client connection without a complete frame this long",
+                                  min=1, max=86_400)
+    frame_timeout_s: int = setting("close a client connection whose started frame is not complete "
+                                   "within this", min=1, max=3_600)
     saf_retry_s: int = setting("seconds between 0421 repeats of an unanswered reversal advice",
                                min=1, max=86_400)
     link_echo_s: int = setting("echo (0800/301) a quiet upstream link connection after this long",
