@@ -145,7 +145,7 @@ def serve(app: AppContext, port: int | None) -> None:
     if port is not None:
         config = dataclasses.replace(config, host=dataclasses.replace(config.host, port=port))
     url = database_url(config)
-    serve_metrics("host", config.host.metrics_port)
+    serve_metrics("host", config.host.metrics_port, config.host.metrics_listen)
     pool_size = max(config.database.pool_max, config.host.writers + 4)
 
     async def main() -> None:

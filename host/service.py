@@ -39,6 +39,7 @@ from host.ledger import Ledger
 from host.model import Decision, Pin, Rc, Request, Txn
 from hsm_sim.client import HsmClient, HsmCommandError, HsmError, account_from_pan, verify_pin_command
 from ops.config import Config
+from ops.guard import ConnectionGuard, GuardLimits, source_of
 from ops.logs import get_logger
 from ops.metrics import labelled
 from ops.peers import peer_is_loopback
@@ -46,7 +47,7 @@ from ops.pgpool import PgPool
 from specs.catalogue import TxnType, format_error_response
 from specs.codec import Codec, codec_for
 from specs.errors import DecodeError, EncodeError, FrameError
-from specs.framing import FrameReader, frame, h2h_splitter
+from specs.framing import frame, h2h_splitter
 
 log = get_logger(__name__)
 
@@ -140,6 +141,10 @@ class HostService:
         self._pin_grouping = False  # the group task runs (serve): only then may _frame queue for it
         self.pin_groups = 0  # request_many exchanges made for PIN groups (tests, diagnostics)
         self.port = 0
+        # Who may stay connected (ops/guard.py): caps, idle and frame deadlines, swept by one task.
+        self.guard = ConnectionGuard("host", GuardLimits(
+            hc.max_connections, hc.max_per_source, float(hc.idle_timeout_s), float(hc.frame_timeout_s)
+        ))
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -149,6 +154,7 @@ class HostService:
             nursery.start_soon(self._pin_groups_task)
             self._pin_grouping = True
             nursery.start_soon(self._sweeper)
+            nursery.start_soon(self.guard.run)  # connection idle and frame deadlines
             nursery.start_soon(expiry.run, self.pool, self.config)  # cards past their YYMM
             if self.config.clearing.auto_emit:
                 nursery.start_soon(clearing_task.run, self.pool, self.config)
@@ -161,21 +167,45 @@ class HostService:
 
     # -- connections ----------------------------------------------------------------------------
     async def _connection(self, stream: trio.SocketStream) -> None:
-        CONNECTIONS.inc()
+        try:
+            source = source_of(stream.socket.getpeername())
+        except OSError:
+            source = "?"
+        reading = trio.CancelScope()
         conn = _Conn(stream)
+        slot = self.guard.admit(source, trio.current_time(), reading.cancel, lambda: conn.inflight > 0)
+        if slot is None:  # full, or this source at its cap (counted by the guard)
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            return
+        CONNECTIONS.inc()
         conn.idle.set()
-        reader = FrameReader(stream, h2h_splitter())
+        splitter = h2h_splitter()
         try:
             async with trio.open_nursery() as nursery:
                 conn.nursery = nursery
                 nursery.start_soon(self._sender, conn)
                 try:
-                    while True:
-                        frames = await reader.receive_batch()
-                        if not frames:
-                            break
-                        for body in frames:
-                            self._frame(body, conn, nursery)
+                    with reading:
+                        # The splitter directly, not FrameReader: no cancel scope per read (the guard's
+                        # sweep ends overdue connections), and the reader sees every partial frame.
+                        while True:
+                            data = await stream.receive_some(65536)
+                            if not data:
+                                if splitter.pending:
+                                    raise FrameError("connection closed inside a frame")
+                                break
+                            keepalives = splitter.keepalives
+                            frames = splitter.feed(data)
+                            # Only a complete frame (a keep-alive too) resets the idle clock; bytes of
+                            # an unfinished one start the frame clock.
+                            if frames or splitter.keepalives != keepalives:
+                                slot.framed(trio.current_time(), splitter.pending > 0)
+                            else:
+                                slot.partial(trio.current_time(), splitter.pending > 0)
+                            for body in frames:
+                                self._frame(body, conn, nursery)
+                            splitter.check()  # a bad LEN after the frames above: close now
                 except FrameError as exc:
                     log.warning("closing H2H connection", reason=str(exc))
                 except trio.BrokenResourceError:
@@ -187,6 +217,7 @@ class HostService:
                 conn.closed = True
                 nursery.cancel_scope.cancel()
         finally:
+            self.guard.release(slot)
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 

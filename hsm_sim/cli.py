@@ -7,6 +7,7 @@ components go only to the HSM, and nothing secret is printed or logged.
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import Path
 
 import click
@@ -92,6 +93,7 @@ def serve(
     """Run the HSM service until SIGTERM or Ctrl-C."""
     from hsm_sim.engine import Engine
     from hsm_sim.server import serve as serve_async
+    from ops.guard import GuardLimits
     from ops.metrics import serve_metrics
 
     configure_logging(app, "hsm")
@@ -103,12 +105,18 @@ def serve(
         raise click.ClickException(str(exc)) from None
     log.info("lmk_loaded", check_value=lmk.check_value().hex().upper(), test_lmk=lmk.test)
     try:
-        serve_metrics("hsm", cfg.metrics_port if metrics_port is None else metrics_port)
+        serve_metrics("hsm", cfg.metrics_port if metrics_port is None else metrics_port, cfg.metrics_listen)
     except OSError as exc:
         raise click.ClickException(f"cannot open the HSM metrics port: {exc.strerror}") from None
     engine = Engine(lmk, cfg.header_length)
+    limits = GuardLimits(
+        cfg.max_connections, cfg.max_per_source, float(cfg.idle_timeout_s), float(cfg.frame_timeout_s)
+    )
     try:
-        trio.run(serve_async, engine, listen or cfg.listen, cfg.port if port is None else port)
+        trio.run(
+            partial(serve_async, engine, listen or cfg.listen, cfg.port if port is None else port,
+                    limits=limits)
+        )
     except OSError as exc:
         raise click.ClickException(f"cannot listen on port {port or cfg.port}: {exc.strerror}") from None
     log.info("hsm_stopped")

@@ -8,8 +8,13 @@ queued meanwhile on every connection of the listener, one non-blocking ``send`` 
 send on loopback costs the sender far more than the bytes; one per answer was the switch's largest
 cost). Only when the kernel buffer is full does a connection get a task of its own to finish. A
 frame over ``max_frame`` (or a zero-length frame where the dialect forbids it) closes that connection
-only. A connection silent for ``idle_timeout``
-with nothing in flight is closed. Over ``max_connections``, new connections are closed at once.
+only.
+
+Who may stay connected is the listener's :class:`ops.guard.ConnectionGuard` (switch/README.md,
+"Connections under a flood"): caps per listener and per source address, an idle timeout that only a
+complete frame (an H2H keep-alive included) or an answer resets, a time limit for a frame once its first
+byte is buffered; when full, the connection open longest without a complete frame is evicted for the
+newcomer. The reader stores a time in the connection's slot; one sweeping task closes what is overdue.
 
 ``drain()`` stops accepting and reading; requests already read are finished and answered, then the
 connections close.
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 
 import trio
 
+from ops.guard import ConnectionGuard, GuardLimits, Slot, source_of
 from ops.logs import get_logger
 from switch import metrics
 from switch.links import frame, split_frames
@@ -42,11 +48,17 @@ class Limits:
     idle_timeout: float
     max_frame: int
     zero_length_closes: bool  # POS: a LEN of 0 closes; H2H: a keep-alive
+    max_per_source: int = 1_000_000
+    frame_timeout: float = 3600.0
+
+    def guard(self) -> GuardLimits:
+        return GuardLimits(self.max_connections, self.max_per_source, self.idle_timeout, self.frame_timeout)
 
 
 class _Client:
-    def __init__(self, stream: trio.SocketStream, nursery: trio.Nursery) -> None:
+    def __init__(self, stream: trio.SocketStream, nursery: trio.Nursery, slot: Slot) -> None:
         self.stream = stream
+        self.slot_ = slot  # the guard's record of this connection (deadlines)
         # The stdlib socket under trio's (non-blocking): sent to directly by the flush, which must not
         # yield once per connection.
         self.sock: socket.socket = stream.socket._sock  # type: ignore[attr-defined]
@@ -58,7 +70,6 @@ class _Client:
         self.in_flight = 0
         self.slot = trio.Event()
         self.read_scope = trio.CancelScope()
-        self.last_active = trio.current_time()
 
     def fail(self) -> None:
         self.broken = True
@@ -117,6 +128,7 @@ class Listener:
         self._accept_scope: trio.CancelScope | None = None
         self._draining = False
         self.port = 0
+        self.guard = ConnectionGuard(name, limits.guard())
         metrics.CONNECTIONS.labels(listener=name).set(0)
 
     async def serve(
@@ -131,7 +143,7 @@ class Listener:
                 self._accept_scope = scope
                 task_status.started(self.port)
                 async with trio.open_nursery() as acceptors:
-                    acceptors.start_soon(self._close_idle)
+                    acceptors.start_soon(self.guard.run)  # idle and frame deadlines
                     for listener in listeners:
                         acceptors.start_soon(self._accept, listener, connections)
             for listener in listeners:
@@ -147,17 +159,6 @@ class Listener:
                 continue
             connections.start_soon(self._serve_client, stream)
 
-    async def _close_idle(self) -> None:
-        """Close connections silent for ``idle_timeout`` with nothing in flight."""
-        idle = self.limits.idle_timeout
-        while True:
-            await trio.sleep(min(1.0, idle / 4))
-            now = trio.current_time()
-            for client in list(self._clients):
-                if not client.in_flight and now - client.last_active > idle:
-                    log.info("closing idle connection", listener=self.name)
-                    client.read_scope.cancel()
-
     def drain(self) -> None:
         """Stop accepting and reading; in-flight requests still get their answers."""
         self._draining = True
@@ -167,7 +168,21 @@ class Listener:
             client.read_scope.cancel()
 
     async def _serve_client(self, stream: trio.SocketStream) -> None:
-        if self.connections >= self.limits.max_connections or self._draining:
+        # The close callable and the busy test find the client once it exists (it needs the nursery).
+        holder: list[_Client] = []
+        slot = None
+        if not self._draining:
+            try:
+                source = source_of(stream.socket.getpeername())
+            except OSError:  # reset before we got to it
+                source = "?"
+            slot = self.guard.admit(
+                source,
+                trio.current_time(),
+                lambda: holder[0].read_scope.cancel() if holder else None,
+                lambda: bool(holder) and holder[0].in_flight > 0,
+            )
+        if slot is None:
             metrics.REFUSED.labels(listener=self.name).inc()
             await stream.aclose()
             return
@@ -176,7 +191,10 @@ class Listener:
         client: _Client | None = None
         try:
             async with trio.open_nursery() as nursery:
-                client = _Client(stream, nursery)
+                client = _Client(stream, nursery, slot)
+                holder.append(client)
+                if slot.closing:  # evicted before it started
+                    client.read_scope.cancel()
                 self._clients.add(client)
                 await self._reader(client, nursery)
                 while client.in_flight:  # answer what was read, then close
@@ -189,6 +207,7 @@ class Listener:
         except Exception as exc:  # a broken client connection (errors arrive in exception groups)
             log.debug("client connection ended", listener=self.name, error=repr(exc))
         finally:
+            self.guard.release(slot)
             if client is not None:
                 self._clients.discard(client)
                 if client.queued:
@@ -202,15 +221,16 @@ class Listener:
     async def _reader(self, client: _Client, nursery: trio.Nursery) -> None:
         buf = bytearray()
         limits = self.limits
+        slot = client.slot_
         with client.read_scope:
             if self._draining:
                 return
             while True:
-                # No cancel scope per read (~15 µs each): _close_idle ends silent connections.
+                # No cancel scope per read (~15 µs each): the guard's sweep ends overdue connections.
                 data = await client.stream.receive_some(65536)
-                client.last_active = trio.current_time()
                 if not data:
                     return
+                before = len(buf) + len(data)
                 buf += data
                 if limits.zero_length_closes and _has_zero_length(buf):
                     log.warning("zero-length frame; closing", listener=self.name)
@@ -221,6 +241,12 @@ class Listener:
                     metrics.BAD_FRAMES.labels(listener=self.name, action="closed").inc()
                     log.warning("frame length out of range; closing", listener=self.name, error=str(exc))
                     return
+                # Only a complete frame (an H2H keep-alive too: bytes were consumed) resets the idle
+                # clock; bytes of an unfinished frame start the frame clock.
+                if len(buf) < before:
+                    slot.framed(trio.current_time(), bool(buf))
+                else:
+                    slot.partial(trio.current_time(), True)
                 for body in frames:
                     while client.in_flight >= limits.max_in_flight:
                         await client.slot.wait()
@@ -241,7 +267,7 @@ class Listener:
                     self._unsent.append(client)
                     if len(self._unsent) == 1:
                         await self._flush()
-            client.last_active = trio.current_time()
+            client.slot_.last_frame = trio.current_time()  # an answer: not idle either
         finally:
             client.in_flight -= 1
             self.in_flight -= 1

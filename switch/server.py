@@ -101,6 +101,8 @@ class Switch:
                 float(cfg.idle_timeout_s),
                 POS_MAX_FRAME,
                 zero_length_closes=True,
+                max_per_source=cfg.max_per_source,
+                frame_timeout=float(cfg.frame_timeout_s),
             )
             h2h_limits = Limits(
                 cfg.max_connections,
@@ -108,6 +110,8 @@ class Switch:
                 float(cfg.idle_timeout_s),
                 H2H_MAX_FRAME,
                 zero_length_closes=False,
+                max_per_source=cfg.max_per_source,
+                frame_timeout=float(cfg.frame_timeout_s),
             )
             services: list[tuple[Listener, int]] = []
             for profile, port in (("3des", cfg.pos_3des_port), ("sm4", cfg.pos_sm4_port)):
