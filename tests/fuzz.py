@@ -19,9 +19,10 @@ or a short timeout):
 
 Throughout, ``Watch`` runs well-behaved clients on other connections, one round every few tenths of
 a second: a signed-on 3des and a signed-on sm4 pool terminal doing PIN balance inquiries (answered
-00 with a valid MAC), an HSM ``NC`` and ``B2`` echo, an H2H echo (0800/301) on the host, and a GET
-of every /metrics. After each listener: no service exited, no traceback in any service log, every
-round of every watcher answered correctly.
+00 with a valid MAC), an HSM ``NC`` and ``B2`` echo, an H2H echo (0800/301) on the host and on the
+switch's inbound port (from the acquirer link ``add_acquirer_link`` registers with the demo's clear
+keys), and a GET of every /metrics. After each listener: no service exited, no traceback in any
+service log, every round of every watcher answered correctly.
 
 ``tests/test_fuzz.py`` runs it bounded (``PAYSWITCH_FUZZ_EXAMPLES`` examples per listener, default
 100, derandomized: the same frames every run). The long mode for nightly use::
@@ -52,12 +53,15 @@ from hypothesis import strategies as st
 
 from host.client import H2HClient
 from hsm_sim.client import HsmClient
+from hsm_sim.mac import retail_mac
 from ops.pgembed import free_port
 from pos import messages
 from pos.client import TerminalError
+from pos.demo import DEMO_ZAK, DEMO_ZPK, Admin, _form_key
 from pos.load import Pool, PoolTerminal, VirtualTerminal, read_pool
 from pos.system import System
-from specs.codec import codec_for
+from specs.codec import Codec, codec_for
+from specs.errors import FrameError
 from specs.framing import (
     DEFAULT_HEADER,
     DEFAULT_TPDU,
@@ -65,6 +69,7 @@ from specs.framing import (
     POS_MAX_FRAME,
     REQUIREMENT_SIGN_ON,
     frame,
+    h2h_splitter,
 )
 from tests.specs.strategies import field_values
 from tests.specs.strategies import messages as random_messages
@@ -87,6 +92,7 @@ WATCH_PAUSE = 0.3  # seconds between two rounds of a watcher
 WATCH_TIMEOUT = 15.0  # seconds a watcher waits for an answer (a busy 2-core machine, not a speed test)
 INSTITUTION = "48880000"  # the switch's institution id: the demo's registered link at the host
 UNKNOWN_ACQUIRER = "48889999"
+ACQUIRER = "48881111"  # the fuzz acquirer link at the switch's inbound port (add_acquirer_link)
 PORTS_OF_LISTENER = {
     "pos_3des": "pos_3des",
     "pos_sm4": "pos_sm4",
@@ -112,10 +118,36 @@ def start_system() -> System:
     system = System(settings={**metrics, "switch.request_timeout_ms": "2000", "log.level": "warning"})
     try:
         system.start(seed=("--load-terminals", "4", "--load-cards", "4"))
+        add_acquirer_link(system)
     except BaseException:
         system.stop()
         raise
     return system
+
+
+def add_acquirer_link(system: System) -> None:
+    """An inbound acquirer link at the switch (DE32 ``ACQUIRER``) with the demo's clear ZPK and ZAK,
+    so that MAC'd H2H frames pass the switch's MAC check and go on to the host."""
+    admin = Admin(str(system.config_path))
+    zpk = _form_key(admin, "001", DEMO_ZPK, "U")["key_under_lmk"]  # the demo's way to a key under LMK
+    zak = _form_key(admin, "008", DEMO_ZAK, "U")["key_under_lmk"]
+    system.cli(
+        "switch",
+        "link",
+        "add",
+        "fuzz-acquirer",
+        "--direction",
+        "in",
+        "--institution-id",
+        ACQUIRER,
+        "--scheme",
+        "3des",
+        "--zpk",
+        zpk,
+        "--zak",
+        zak,
+    )
+    time.sleep(3)  # the running switch reads links every switch.config_poll_s (2 s)
 
 
 def listener_port(system: System, listener: str) -> int:
@@ -200,9 +232,13 @@ class Watch:
             hsm = HsmClient("127.0.0.1", self.system.ports["hsm"], connections=1, timeout=WATCH_TIMEOUT)
             await nursery.start(_serve_client, hsm)
             nursery.start_soon(self._loop, "hsm NC+B2", self._hsm, hsm)
-            host = await H2HClient.connect("127.0.0.1", self.system.ports["host"])
-            await nursery.start(host.run_reader)
-            nursery.start_soon(self._loop, "host H2H echo", self._host_echo, host)
+            for name, port, institution in (
+                ("host", self.system.ports["host"], INSTITUTION),
+                ("switch", self.system.ports["h2h"], ACQUIRER),
+            ):
+                client = await H2HClient.connect("127.0.0.1", port)
+                await nursery.start(client.run_reader)
+                nursery.start_soon(self._loop, f"{name} H2H echo", self._h2h_echo, client, institution)
             for listener, svc in METRICS.items():
                 nursery.start_soon(self._loop, f"{svc} /metrics", self._metrics, listener)
             ready.set()
@@ -250,8 +286,8 @@ class Watch:
         echoed = await hsm.echo(data)
         return None if echoed == data else f"B2 echoed {echoed!r}"
 
-    async def _host_echo(self, host: H2HClient) -> str | None:
-        msg = {"t": "0800", "7": host.now_de7(), "11": host.next_stan(), "32": INSTITUTION, "70": "301"}
+    async def _h2h_echo(self, host: H2HClient, institution: str) -> str | None:
+        msg = {"t": "0800", "7": host.now_de7(), "11": host.next_stan(), "32": institution, "70": "301"}
         answer = await host.request(msg, timeout=WATCH_TIMEOUT)
         return None if answer.get("39") == "00" else f"0800/301 answered {answer.get('39')!r}"
 
@@ -342,6 +378,21 @@ class FuzzTerminal:
             self.answers["no session"] += 1
 
 
+def _h2h_codes(codec: Codec, data: bytes) -> list[str]:
+    """DE39 of every H2H answer in ``data`` ("undecodable" for a frame that is not one)."""
+    try:
+        bodies = h2h_splitter().feed(data)
+    except FrameError:
+        return ["broken frame"]
+    codes = []
+    for body in bodies:
+        try:
+            codes.append(str(codec.decode(body).get("39", "no DE39")))
+        except Exception:
+            codes.append("undecodable")
+    return codes
+
+
 def _pos_code(codec: Any, data: bytes) -> str:
     try:
         return str(codec.decode(data[11:]).get("39", "no DE39"))
@@ -412,37 +463,36 @@ def hostile(draw: st.DrawFn, real: list[bytes], max_len: int, prefix: bytes = b"
     return b"\x00\x00" + frame(body)  # zero length: closes a POS connection, a keep-alive on H2H
 
 
-def h2h_real(profile: str) -> list[bytes]:
-    """Real H2H bodies: an echo and a sign-on from the registered institution, a purchase, a top-up
-    and a balance inquiry from it and from an unknown acquirer."""
-    codec = codec_for("h2h", profile)
+def h2h_requests(pan: str, institution: str) -> list[dict[str, Any]]:
+    """Real H2H requests: an echo, a sign-on and a sign-off from ``institution`` (a registered link),
+    a purchase, a top-up and a balance inquiry (card ``pan``) from it and from an unknown acquirer."""
     base = {
         "7": "1202101010",
         "12": "101010",
         "13": "1202",
-        "22": "011",
+        "22": "012",
         "25": "00",
         "41": "T0000001",
         "42": "898330160120001",
         "49": "156",
+        "14": "3012",
     }
-    bodies = [
-        codec.encode({"t": "0800", "7": "1202101010", "11": "000001", "32": INSTITUTION, "70": c})
+    out: list[dict[str, Any]] = [
+        {"t": "0800", "7": "1202101010", "11": "000001", "32": institution, "70": c}
         for c in ("301", "001", "002")
     ]
-    for i, (acq, proc, amount) in enumerate(
-        [
-            (INSTITUTION, "000000", 100),
-            (INSTITUTION, "210000", 100),
-            (INSTITUTION, "310000", None),
-            (UNKNOWN_ACQUIRER, "000000", 100),
-            (UNKNOWN_ACQUIRER, "210000", 5000),
-        ]
-    ):
+    cases = [
+        (institution, "000000", 100),
+        (institution, "210000", 100),
+        (institution, "310000", None),
+        (UNKNOWN_ACQUIRER, "000000", 100),
+        (UNKNOWN_ACQUIRER, "210000", 5000),
+    ]
+    for i, (acq, proc, amount) in enumerate(cases):
         msg = {
             **base,
             "t": "0200",
-            "2": "6212990000000000018",
+            "2": pan,
             "3": proc,
             "11": f"{i + 10:06d}",
             "32": acq,
@@ -450,8 +500,38 @@ def h2h_real(profile: str) -> list[bytes]:
         }
         if amount is not None:
             msg["4"] = f"{amount:012d}"
-        bodies.append(codec.encode(msg))
-    return bodies
+        out.append(msg)
+    return out
+
+
+def h2h_maced(codec: Codec, msg: dict[str, Any]) -> bytes:
+    """``msg`` encoded with a valid DE128 under the demo link's clear ZAK (X9.19, as the HSM's M6)."""
+    raw = codec.encode({**msg, "128": bytes(8)})
+    return codec.with_mac(raw, retail_mac(bytes.fromhex(DEMO_ZAK), codec.mac_block(raw)))
+
+
+def h2h_real(codec: Codec, pan: str, institution: str) -> list[bytes]:
+    """Real H2H bodies: every request of ``h2h_requests`` without a MAC and with a valid one."""
+    requests = h2h_requests(pan, institution)
+    return [codec.encode(m) for m in requests] + [h2h_maced(codec, m) for m in requests if m["t"] != "0800"]
+
+
+@st.composite
+def h2h_random_fields(draw: st.DrawFn, codec: Codec, pan: str, institution: str) -> bytes:
+    """A real financial request with up to four fields given random valid values (or removed),
+    MAC'd under the demo ZAK so that it passes the MAC check and reaches the host's rules."""
+    msg = dict(draw(st.sampled_from([m for m in h2h_requests(pan, institution) if m["t"] != "0800"])))
+    for key in draw(
+        st.lists(st.sampled_from([f for f in codec.fields if f not in ("t", "128")]), max_size=4)
+    ):
+        if draw(st.integers(0, 5)) == 0:
+            msg.pop(key, None)
+        else:
+            msg[key] = draw(field_values(codec.spec[key]))
+    try:
+        return frame(h2h_maced(codec, msg))
+    except Exception:  # a combination the codec refuses to encode: send it without the change
+        return frame(h2h_maced(codec, dict(h2h_requests(pan, institution)[3])))
 
 
 HSM_HEADER = b"FZ01"
@@ -544,7 +624,7 @@ class Run:
     frames: int = 0
     answered: int = 0
     problems: list[str] = field(default_factory=list)
-    maced: Counter[str] = field(default_factory=Counter)
+    codes: Counter[str] = field(default_factory=Counter)  # DE39 of the answers to MAC'd and H2H frames
 
 
 def fuzz_listener(
@@ -554,6 +634,7 @@ def fuzz_listener(
     run = Run(listener)
     port = listener_port(system, listener)
     fuzz_terminal: FuzzTerminal | None = None
+    h2h_codec: Codec | None = None
     if listener in POS_LISTENERS:
         scheme = listener.removeprefix("pos_")
         spec = [t for t in watch.pool.terminals if t.scheme == scheme][1]  # [0] is the watcher
@@ -575,10 +656,15 @@ def fuzz_listener(
             maced.map(lambda m: ("maced", m)),
         )
     elif listener in ("switch_h2h", "host_h2h"):
-        real = h2h_real("3des")
-        codec = codec_for("h2h", "3des")
-        randoms = st.builds(codec.encode, random_messages(codec))
-        strategy = st.one_of(hostile(real, H2H_MAX_FRAME), randoms.map(frame)).map(lambda b: ("raw", b))
+        h2h = h2h_codec = codec_for("h2h", "3des")  # the demo link's profile (host.profile default)
+        pan = watch.pool.cards[0].pan
+        institution = INSTITUTION if listener == "host_h2h" else ACQUIRER
+        randoms = st.builds(h2h.encode, random_messages(h2h))
+        strategy = st.one_of(
+            hostile(h2h_real(h2h, pan, institution), H2H_MAX_FRAME),
+            randoms.map(frame),
+            h2h_random_fields(h2h, pan, institution),
+        ).map(lambda b: ("raw", b))
     elif listener == "hsm":
         strategy = hsm_hostile().map(lambda b: ("raw", b))
     else:
@@ -590,8 +676,10 @@ def fuzz_listener(
             assert fuzz_terminal is not None
             kind, changes, drop = what
             watch.call(fuzz_terminal.send_maced, kind, changes, [k for k in drop if k not in ("t", "64")])
-        elif send_raw(port, what):
+        elif got := send_raw(port, what):
             run.answered += 1
+            if h2h_codec is not None:
+                run.codes.update(_h2h_codes(h2h_codec, got))
         run.frames += 1
         dead = [
             f"{n} exited (status {s.proc.returncode})"
@@ -616,7 +704,7 @@ def fuzz_listener(
     with contextlib.suppress(_Stop):
         test()
     if fuzz_terminal is not None:
-        run.maced = fuzz_terminal.answers
+        run.codes = fuzz_terminal.answers
         watch.call(fuzz_terminal.vt.aclose)
     run.problems.extend(health(system))
     return run
@@ -645,7 +733,7 @@ def main(argv: list[str] | None = None) -> int:
                 started = time.monotonic()
                 run = fuzz_listener(system, watch, listener, args.examples, args.seed)
                 ok, failures = watch.snapshot()
-                extra = f" MAC'd answers {dict(run.maced)}" if run.maced else ""
+                extra = f" DE39 of MAC'd/H2H answers {dict(run.codes)}" if run.codes else ""
                 print(
                     f"{listener}: {run.frames} frames sent, {run.answered} answered on the raw connection, "
                     f"{time.monotonic() - started:.1f}s{extra}",
