@@ -24,7 +24,24 @@ pytestmark = [
 ]
 
 DURATION = 3.0  # seconds of load per schedule: 8 terminals, a few thousand requests
-SEEDS = (1, 2, 3, 4, 6)  # host; hsm; switch; postgres; host + postgres + hsm
+# Defects the schedules found (left to their owners; each mark names it so it flips when fixed):
+WRITE_AHEAD_LEFT = pytest.mark.xfail(
+    strict=True,
+    reason="switch: with the HSM killed under load, written-ahead requests are left without their journal "
+    "row (3 after 90 s) in the running switch, so they stay until its next start reverses them again",
+)
+HOST_EXITS = pytest.mark.xfail(
+    strict=False,  # timing: 2 runs of 3 on a busy machine
+    reason="host: `host serve` exits (status 1; ConnectionDoesNotExistError or FileNotFoundError) when "
+    "PostgreSQL crashes right after a host restart",
+)
+SEEDS = (  # host; hsm; switch; postgres; host + postgres + hsm
+    1,
+    pytest.param(2, marks=WRITE_AHEAD_LEFT),
+    3,
+    4,
+    pytest.param(6, marks=HOST_EXITS),
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +60,7 @@ def stans() -> dict[str, int]:
 
 
 def test_the_seeds_crash_every_target() -> None:
-    targets = {f.target for seed in SEEDS for f in faults.schedule(seed, DURATION)}
+    targets = {f.target for seed in (1, 2, 3, 4, 6) for f in faults.schedule(seed, DURATION)}
     assert targets == set(faults.TARGETS)
     assert faults.schedule(6, DURATION) == faults.schedule(6, DURATION)  # a seed is reproducible
 
