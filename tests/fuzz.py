@@ -111,11 +111,13 @@ def examples_from_env() -> int:
 
 
 # -- the system ----------------------------------------------------------------------------------------
-def start_system() -> System:
+def start_system(keep: bool = False) -> System:
     """The demo seeded with four load terminals (two watch, two fuzz) and every metrics port on."""
     metrics = {f"{svc}.metrics_port": str(free_port()) for svc in ("hsm", "host", "switch")}
     # A short upstream timeout: a hostile request the host sits on is answered within a read.
-    system = System(settings={**metrics, "switch.request_timeout_ms": "2000", "log.level": "warning"})
+    system = System(
+        keep=keep, settings={**metrics, "switch.request_timeout_ms": "2000", "log.level": "warning"}
+    )
     try:
         system.start(seed=("--load-terminals", "4", "--load-cards", "4"))
         add_acquirer_link(system)
@@ -723,8 +725,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", type=int, default=examples_from_env(), help="inputs per listener")
     parser.add_argument("--listener", action="append", choices=LISTENERS, help="only these (repeatable)")
     parser.add_argument("--seed", type=int, help="a random seed (default: derandomized, the same every run)")
+    parser.add_argument("--keep", action="store_true", help="keep the system's folder (logs) and print it")
     args = parser.parse_args(argv)
-    system = start_system()
+    system = start_system(keep=args.keep)
     findings = 0
     try:
         watch = start_watch(system)
@@ -752,6 +755,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         system.stop()
     print("no findings" if not findings else f"{findings} finding(s)")
+    if args.keep:
+        print(f"logs in {system.root}")
     return 1 if findings else 0
 
 
