@@ -12,10 +12,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from hsm_sim.mac import retail_mac
+from pos.demo import DEMO_ZAK
 from pos.system import Service, System
+from specs.codec import codec_for
+from specs.framing import frame, h2h_splitter
 from tests import fuzz
 
 
@@ -58,6 +63,56 @@ def test_listener_survives_hostile_frames(target: Target, listener: str) -> None
     if listener in (*fuzz.POS_LISTENERS, "switch_h2h", "host_h2h"):
         # MAC'd frames with random fields reached the deep code: some were approved, some declined
         assert run.codes["00"] > 0 and sum(run.codes.values()) > run.codes["00"], run.codes
+
+
+def _host_answer(target: Target, msg: dict[str, Any]) -> dict[str, Any]:
+    """The host's answer to ``msg`` sent MAC'd under the demo ZAK from the registered institution;
+    ``mac_ok`` says whether the answer carries a DE128 that verifies."""
+    codec = codec_for("h2h", "3des")
+    got = fuzz.send_raw(target.system.ports["host"], frame(fuzz.h2h_maced(codec, msg)), 5.0)
+    bodies = h2h_splitter().feed(got)
+    assert len(bodies) == 1, got
+    answer = codec.decode(bodies[0])
+    mac = retail_mac(bytes.fromhex(DEMO_ZAK), codec.mac_block(bodies[0])) if "128" in answer else None
+    return {**answer, "mac_ok": mac is not None and mac == answer["128"]}
+
+
+def _host_request(target: Target, stan: str, **fields: str) -> dict[str, Any]:
+    card = target.watch.pool.cards[0]
+    msg = fuzz.h2h_requests(card.pan, fuzz.INSTITUTION)[5]  # balance inquiry, no PIN
+    return {**msg, "14": card.expiry, "11": stan, "37": f"53301{stan}0", **fields}
+
+
+def test_host_answers_a_maced_request_with_a_valid_mac(target: Target) -> None:
+    """Control for the next test: a MAC'd balance inquiry is answered 00 with a valid DE128."""
+    answer = _host_answer(target, _host_request(target, "700001"))
+    assert (answer["39"], answer["mac_ok"]) == ("00", True), answer
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="host defect found by the fuzzer: a MAC'd 0200 with an unknown processing code (DE3 002781) "
+    "is answered 12 WITHOUT DE128 on a MAC'd link; the switch then rejects the answer ('answer MAC does "
+    "not verify'), answers its acquirer 91 and treats the request as unanswered",
+)
+def test_host_refusal_on_a_maced_link_carries_a_mac(target: Target) -> None:
+    answer = _host_answer(target, _host_request(target, "700002", **{"3": "002781", "4": "000000000100"}))
+    assert answer["39"] == "12"
+    assert answer["mac_ok"], "the 12 answer has no valid DE128"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="host defect found by the fuzzer: a retransmission key (DE32, DE7, DE11, DE37) reused with "
+    "ANOTHER PAN gets the first request's stored answer (00 with the first card's DE54 balance) instead "
+    "of 94, as issue 14 defect 6 asks of the switch",
+)
+def test_host_same_key_other_pan_is_94(target: Target) -> None:
+    first = _host_answer(target, _host_request(target, "700003"))
+    assert first["39"] == "00"
+    other = target.watch.pool.cards[1].pan
+    second = _host_answer(target, _host_request(target, "700003", **{"2": other}))
+    assert second["39"] == "94", second
 
 
 def test_watchers_see_a_service_go_down(target: Target) -> None:
