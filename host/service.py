@@ -305,7 +305,21 @@ class HostService:
     async def _slow(
         self, body: bytes, msg: dict[str, Any], parsed: h2h.Parsed, conn: _Conn, started: float
     ) -> None:
-        """A request that needs an await first: the link's row, its MAC, the PAN hash, the PIN."""
+        """A request that needs an await first: the link's row, its MAC, the PAN hash, the PIN.
+
+        Every await here comes before the request is answered or handed to its writer, so a failure of
+        one (the database or the HSM gone mid-request) is answered 96 here: it must not end the
+        connection's nursery, and with it the host."""
+        try:
+            await self._slow_steps(body, msg, parsed, conn, started)
+        except Exception as exc:
+            log.error("request not decided", mti=msg["t"], stan=msg.get("11"), error=repr(exc))
+            self._send(conn, h2h.error_response(msg, Rc.SYSTEM_ERROR), started)
+            conn.done_one()
+
+    async def _slow_steps(
+        self, body: bytes, msg: dict[str, Any], parsed: h2h.Parsed, conn: _Conn, started: float
+    ) -> None:
         link = await self._link(parsed.link_id)
         if (reason := self._link_refusal(link, conn)) is not None:
             self._refuse(conn, msg, parsed.link_id, reason, started)
@@ -524,7 +538,11 @@ class HostService:
     async def _network(self, msg: dict[str, Any], parsed: h2h.Parsed, conn: _Conn, started: float) -> None:
         code = Rc.APPROVED
         if parsed.network is TxnType.KEY_CHANGE:
-            code = await self._key_change(msg, parsed.link_id)
+            try:
+                code = await self._key_change(msg, parsed.link_id)
+            except Exception as exc:  # the database went away: the old key stands, the peer retries
+                log.error("key change not stored", link=parsed.link_id, error=repr(exc))
+                code = Rc.SYSTEM_ERROR
         labelled(REQUESTS, msg["t"], code).inc()
         self._send(conn, h2h.network_response(msg, code), started)
         conn.done_one()

@@ -1,0 +1,45 @@
+"""The database gone in the middle of a request (found by the fault schedules, seed 6): a request whose
+link row, PIN data or key change needs a read it cannot get is answered 96, and the host lives on.
+Before, the read's exception ended the connection's nursery and with it `host serve`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from host import catalog
+from ops.pgembed import Status
+from tests.fixtures.pg import query
+from tests.host.harness import Harness, message, programme, running_host
+
+LINK = "48889999"  # registered while the database is up, never read by the host before the outage
+
+
+def test_database_gone_mid_request_is_answered_96_and_the_host_lives_on(
+    db_url: str, hsm_server: Any, pg_cluster: Status
+) -> None:
+    admin = pg_cluster.url("postgres")
+    name = db_url.split("?", 1)[0].rsplit("/", 1)[-1]
+
+    async def body(h: Harness) -> None:
+        (pan,) = await programme(h, "OUTAGE", bin_prefix="621262", cards=1, load=10_000)
+        await h.pool.run(catalog.set_link, LINK, "3des", None, None, None, None, True)
+        c = h.client
+        # no new connection to the database, and the pool's connections ended: every read now fails
+        query(admin, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        try:
+            query(admin, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
+            answer = await c.request({**message(c, pan, 100), "32": LINK})
+            assert answer["39"] == "96"
+        finally:
+            query(admin, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await trio.sleep(0.2)
+        # the same host, the same connection: the link is read now and the purchase decided
+        assert (await c.request({**message(c, pan, 100), "32": LINK}))["39"] == "00"
+
+    async def main() -> None:
+        async with running_host(db_url, hsm_server) as h:
+            await body(h)
+
+    trio.run(main)
