@@ -746,6 +746,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  PROBLEM {p}", flush=True)
                 findings += len(run.problems)
             ok, failures = watch.snapshot()
+            for name, svc in system.services.items():
+                text = svc.log.read_bytes()
+                lines = text.count(b"\n")
+                print(f"{name}.log: {lines} lines, {len(text) / 1024:.0f} KiB")
             print("watchers: " + ", ".join(f"{k} {v} ok" for k, v in sorted(ok.items())))
             for f in failures:
                 print(f"  WATCH FAILED {f}")

@@ -6,6 +6,7 @@ every run); ``python -m tests.fuzz --examples 100000`` is the nightly version.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from hsm_sim.mac import retail_mac
-from pos.demo import DEMO_ZAK
+from pos.demo import DEMO_BIN, DEMO_ZAK, LOAD_BIN
 from pos.system import Service, System
 from specs.codec import codec_for
 from specs.framing import frame, h2h_splitter
@@ -63,6 +64,17 @@ def test_listener_survives_hostile_frames(target: Target, listener: str) -> None
     if listener in (*fuzz.POS_LISTENERS, "switch_h2h", "host_h2h"):
         # MAC'd frames with random fields reached the deep code: some were approved, some declined
         assert run.codes["00"] > 0 and sum(run.codes.values()) > run.codes["00"], run.codes
+
+
+def test_no_clear_pan_in_the_logs_after_fuzzing(target: Target) -> None:
+    """Hostile frames carry the load cards' PANs in every field; the warnings they cause must not
+    quote one (masked is fine)."""
+    pans = {c.pan for c in target.watch.pool.cards}
+    on_bins = re.compile(r"(?<!\d)(?:" + "|".join((DEMO_BIN, LOAD_BIN)) + r")\d{7,13}(?!\d)")
+    for svc in target.system.services.values():
+        text = svc.log.read_text(errors="replace")
+        assert [p[:6] for p in pans if p in text] == [], f"{svc.name}.log quotes a clear PAN"
+        assert on_bins.findall(text) == [], f"{svc.name}.log holds a digit run on a programme BIN"
 
 
 def _host_answer(target: Target, msg: dict[str, Any]) -> dict[str, Any]:
