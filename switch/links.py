@@ -24,6 +24,7 @@ import trio
 from ops.logs import get_logger
 from specs.codec import Codec
 from switch import metrics
+from switch.hsm import HsmRefused, HsmUnavailable
 from switch.mapping import Message, transmission_time
 
 log = get_logger(__name__)
@@ -34,6 +35,10 @@ MatchKey = tuple[str, str, str, str]
 
 class LinkDown(Exception):
     """The link has no signed-on connection: nothing was sent."""
+
+
+class NotSigned(LinkDown):
+    """The request's DE128 could not be made (the HSM is unreachable or refused): nothing was sent."""
 
 
 class LinkTimeout(Exception):
@@ -204,9 +209,13 @@ class _Connection:
         # No cancel scope per request (~15 µs each): _sweep wakes waiters whose deadline has passed.
         key = match_key(msg)
         waiter = _Waiter(trio.current_time() + timeout)
+        try:
+            data = frame(await self.link.encode(msg))
+        except (HsmRefused, HsmUnavailable) as exc:  # before anything left: a decline, not a reversal
+            raise NotSigned(f"request not signed on link {self.link.name}: {exc}") from exc
         self.pending[key] = waiter
         try:
-            self.send(frame(await self.link.encode(msg)))
+            self.send(data)
             await waiter.event.wait()
         finally:
             if self.pending.get(key) is waiter:

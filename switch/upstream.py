@@ -23,7 +23,7 @@ from ops.logs import get_logger
 from ops.pgpool import PgPool
 from switch import metrics
 from switch.hsm import HsmRefused, SwitchHsm, WorkingKey
-from switch.links import LinkConfig, LinkDown, LinkTimeout, OutboundLink
+from switch.links import LinkConfig, LinkDown, LinkTimeout, NotSigned, OutboundLink
 from switch.mapping import Message
 from switch.routing import Route, RoutingTable
 from switch.saf import SafQueue, reversal_advice
@@ -69,6 +69,9 @@ class Upstream:
         start = trio.current_time()
         try:
             answer = await link.request(request, self.timeout)
+        except NotSigned as exc:  # nothing left: the HSM could not sign it (96, as any HSM outage)
+            log.error("upstream request not signed", link=link.name, stan=request.get("11"), error=str(exc))
+            return Outcome(None, "96", False, 0.0)
         except LinkDown:
             return Outcome(None, "91", False, 0.0)
         except LinkTimeout:

@@ -485,6 +485,50 @@ def test_hsm_down_answers_96_and_recovers(setup: dict[str, Any]) -> None:
         hsm.stop()
 
 
+def test_a_request_the_hsm_cannot_sign_is_declined_and_journaled(world: World, setup: dict[str, Any]) -> None:
+    """A MACed outbound link whose ZAK the HSM refuses (here: a ZPK, parity error 10), as when the HSM
+    goes away between the write-ahead and the request's DE128 (fault schedule seed 2): the request never
+    leaves, the terminal gets 96, and the journal row names the upstream request, so its write-ahead
+    record is answered. Before, the HSM error escaped after the write-ahead: no journal row, and the
+    record waited for a restart whose recovery reversed a request that was never sent."""
+    issuer = FakeHost("3des", bytes.fromhex(ZPK3_HEX)).start()
+    zpk = _keys(setup["hsm"])["zpk3"]
+    env = setup["env"]
+    for args in (
+        ["switch", "link", "add", "unsignable", "--host", "127.0.0.1", "--port", str(issuer.port),
+         "--scheme", "3des", "--zpk", zpk, "--zak", zpk, "--connections", "1"],
+        ["switch", "route", "add", "621236", "--link", "unsignable"],
+    ):
+        result = run_cli(args, env)
+        assert result.returncode == 0, result.stderr
+    try:
+        wait_until(lambda: len(issuer.seen("0800")) >= 1, what="link sign-on (08xx carry no DE128)")
+        t = world.terminal("3des")
+        assert t.sign_on().code == "00"
+        def declined_and_journaled() -> bool:  # the route reaches the switch at its next config poll
+            msg = t.purchase_msg("6212365678901234566", 100, pin="123456")
+            if t.exchange(msg).code != "96":
+                return False
+            sql = "SELECT 1 FROM switch_journal WHERE link = 'unsignable' AND stan = $1"
+            return bool(world.query(sql, msg["11"]))
+
+        wait_until(declined_and_journaled, what="96 journaled with its link")
+        assert issuer.seen("0200") == []
+        orphans = world.query(
+            """SELECT count(*) FROM switch_write_ahead w WHERE w.link = 'unsignable' AND NOT EXISTS (
+                   SELECT 1 FROM switch_journal j
+                   WHERE j.link = w.link AND j.link_de7 = w.link_de7 AND j.link_stan = w.link_stan)"""
+        )
+        assert orphans[0][0] == 0
+        t.close()
+    finally:
+        route = world.query("SELECT id FROM switch_routes WHERE link = 'unsignable'")
+        for (route_id,) in route:
+            run_cli(["switch", "route", "remove", str(route_id)], env)
+        run_cli(["switch", "link", "remove", "unsignable"], env)
+        issuer.stop()
+
+
 def test_inbound_h2h_malformed_frames_keep_the_link_up(world: World) -> None:
     port = world.switch.ports["h2h"]
     codec = codec_for("h2h", "3des")
