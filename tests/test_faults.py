@@ -24,23 +24,12 @@ pytestmark = [
 ]
 
 DURATION = 3.0  # seconds of load per schedule: 8 terminals, a few thousand requests
-# Defects the schedules found (left to their owners; each mark names it so it flips when fixed):
-WRITE_AHEAD_LEFT = pytest.mark.xfail(
-    strict=True,
-    reason="switch: with the HSM killed under load, written-ahead requests are left without their journal "
-    "row (3 after 90 s) in the running switch, so they stay until its next start reverses them again",
-)
-HOST_EXITS = pytest.mark.xfail(
-    strict=False,  # timing: 2 runs of 3 on a busy machine
-    reason="host: `host serve` exits (status 1; ConnectionDoesNotExistError or FileNotFoundError) when "
-    "PostgreSQL crashes right after a host restart",
-)
 SEEDS = (  # host; hsm; switch; postgres; host + postgres + hsm
     1,
-    pytest.param(2, marks=WRITE_AHEAD_LEFT),
+    2,  # found the switch's unsigned request left written ahead (a6911e8)
     3,
     4,
-    pytest.param(6, marks=HOST_EXITS),
+    6,  # found `host serve` ending when the database went away mid-request (b07540f)
 )
 
 
