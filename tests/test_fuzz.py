@@ -46,6 +46,7 @@ def target() -> Iterator[Target]:
 
 
 @pytest.mark.parametrize("listener", fuzz.LISTENERS)
+@pytest.mark.timeout(300 + fuzz.examples_from_env() // 20)  # a long PAYSWITCH_FUZZ_EXAMPLES run: 50 ms each
 def test_listener_survives_hostile_frames(target: Target, listener: str) -> None:
     run = fuzz.fuzz_listener(target.system, target.watch, listener, fuzz.examples_from_env())
     target.runs.append(run)
@@ -61,8 +62,9 @@ def test_listener_survives_hostile_frames(target: Target, listener: str) -> None
     assert failures == [], "a well-behaved client was not served during the fuzzing"
     assert run.frames == fuzz.examples_from_env()
     assert {n for n in after if after[n] > before[n]} == set(after), (before, after)
-    if listener in (*fuzz.POS_LISTENERS, "switch_h2h", "host_h2h"):
-        # MAC'd frames with random fields reached the deep code: some were approved, some declined
+    if listener in (*fuzz.POS_LISTENERS, "switch_h2h", "host_h2h") and run.frames >= fuzz.DEFAULT_EXAMPLES:
+        # MAC'd frames with random fields reached the deep code: some approved, some declined (a
+        # handful of examples, PAYSWITCH_FUZZ_EXAMPLES=20, may not draw both)
         assert run.codes["00"] > 0 and sum(run.codes.values()) > run.codes["00"], run.codes
 
 
