@@ -258,7 +258,7 @@ class Watch:
             try:
                 with trio.fail_after(WATCH_TIMEOUT * 2):
                     problem = await check(*args)
-            except (TerminalError, OSError, trio.TooSlowError, Exception) as exc:  # a finding, not a crash
+            except Exception as exc:  # no answer, a broken connection, a timeout: a finding, not a crash
                 problem = f"{exc.__class__.__name__}: {str(exc)[:200]}"
             if problem:
                 self.failures.append(f"{time.strftime('%H:%M:%S')} {name}: {problem}")
@@ -270,7 +270,12 @@ class Watch:
         if vt.session is None:
             await vt.connect_and_sign_on()
         assert vt.session is not None
-        answer = await vt.session.exchange(vt.request("balance", 0), timeout=WATCH_TIMEOUT)
+        try:
+            answer = await vt.session.exchange(vt.request("balance", 0), timeout=WATCH_TIMEOUT)
+        except TerminalError:
+            await vt.aclose()
+            vt.session = None  # the next round connects and signs on again (the finding is kept)
+            raise
         if answer.head.requirement == REQUIREMENT_SIGN_ON:
             await vt.aclose()
             await vt.connect_and_sign_on()
