@@ -40,7 +40,7 @@ from host.model import Decision, Pin, Rc, Request, Txn
 from hsm_sim.client import HsmClient, HsmCommandError, HsmError, account_from_pan, verify_pin_command
 from ops.config import Config
 from ops.guard import ConnectionGuard, GuardLimits, source_of
-from ops.logs import get_logger
+from ops.logs import bind_peer, get_logger
 from ops.metrics import labelled
 from ops.peers import peer_is_loopback
 from ops.pgpool import PgPool
@@ -171,6 +171,7 @@ class HostService:
             source = source_of(stream.socket.getpeername())
         except OSError:
             source = "?"
+        bind_peer(source)
         reading = trio.CancelScope()
         conn = _Conn(stream)
         slot = self.guard.admit(source, trio.current_time(), reading.cancel, lambda: conn.inflight > 0)

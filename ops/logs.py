@@ -221,5 +221,12 @@ def _bind_service(service: str) -> Any:
     return add_service
 
 
+def bind_peer(source: str) -> None:
+    """Name the connection's source address in every event of this task and of the tasks it starts
+    (trio copies the context at spawn): RateLimit then limits a flood per source, so one flooding
+    address cannot hide another's events. Called once per connection by each listener."""
+    structlog.contextvars.bind_contextvars(peer=source)
+
+
 def get_logger(name: str | None = None) -> Any:
     return structlog.get_logger(name)

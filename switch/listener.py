@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import trio
 
 from ops.guard import ConnectionGuard, GuardLimits, Slot, source_of
-from ops.logs import get_logger
+from ops.logs import bind_peer, get_logger
 from switch import metrics
 from switch.links import frame, split_frames
 
@@ -176,6 +176,7 @@ class Listener:
                 source = source_of(stream.socket.getpeername())
             except OSError:  # reset before we got to it
                 source = "?"
+            bind_peer(source)
             slot = self.guard.admit(
                 source,
                 trio.current_time(),

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import structlog
@@ -128,3 +129,33 @@ def test_stdlib_tracebacks_are_one_json_event(capsys: pytest.CaptureFixture[str]
     assert PAN not in out  # redacted like every other event
     assert events[1]["event"] == "asyncio_exception" and "OSError" in events[1]["exception"]
     assert events[2]["level"] == "error"
+
+
+def test_bind_peer_names_the_source_of_a_connection_and_its_tasks(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A listener binds its connection's source once; events of that task and of the request tasks it
+    starts carry ``peer`` (so RateLimit keys them per source); another connection's do not."""
+    import trio
+
+    logs.configure(format="json", level="info")
+    log = structlog.get_logger("t")
+
+    async def connection(source: str | None) -> None:
+        if source is not None:
+            logs.bind_peer(source)
+        async with trio.open_nursery() as requests:
+            requests.start_soon(lambda: _log_bad_frame(log))
+
+    async def main() -> None:
+        async with trio.open_nursery() as n:
+            n.start_soon(connection, "203.0.113.9:4000")
+            n.start_soon(connection, None)
+
+    trio.run(main)
+    peers = sorted(str(json.loads(x).get("peer")) for x in capsys.readouterr().err.splitlines())
+    assert peers == ["203.0.113.9:4000", "None"]
+
+
+async def _log_bad_frame(log: Any) -> None:
+    log.warning("bad frame")
