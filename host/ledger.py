@@ -119,6 +119,13 @@ class _Batch:
     deltas: dict[int, list[int]] = field(default_factory=dict)  # account -> [dpend, dpost, cpend, cpost]
     auth_rows: list[tuple[Any, ...]] = field(default_factory=list)
     transfers: list[TransferRow] = field(default_factory=list)
+    # Per answered key: what a retransmission must repeat (card, amount, DE3), and the keys reversed since.
+    fingerprints: dict[str, tuple[int | None, int, str]] = field(default_factory=dict)
+    reversed: set[str] = field(default_factory=set)
+
+
+def _fingerprint(r: Request) -> tuple[int | None, int, str]:
+    return (r.card_id, r.amount, r.proc_code)
 
 
 class Ledger:
@@ -181,6 +188,12 @@ class Ledger:
             if d is None:
                 d = await self._decide(conn, b, r, merchants.get(r.merchant_id))
                 b.done[r.key] = d
+                b.fingerprints[r.key] = _fingerprint(r)
+            elif r.key in b.reversed or b.fingerprints.get(r.key, _fingerprint(r)) != _fingerprint(r):
+                # The key of an answered request with another card, amount or processing code, or of
+                # one reversed since: not a retransmission, and its answer is not this one's (94, not
+                # stored: the key is the first request's).
+                d = Decision(Rc.DUPLICATE_TRANSMISSION)
             elif not d.duplicate:
                 d = Decision(d.code, d.auth_id, d.balance_field, duplicate=True)
             decisions.append(d)
@@ -369,8 +382,13 @@ class Ledger:
     async def _answered_and_locked(self, conn: Any, b: _Batch, keys: list[str], card_ids: list[int]) -> None:
         """One round trip: which keys were answered already, and the cards' account rows locked."""
         row = await conn.fetchrow(_READ_SQL, keys, card_ids)
-        for key, code, auth_id, balance in json.loads(row["answered"]):
+        for key, code, auth_id, balance, txn, card_id, amount, proc, reversed_ in json.loads(row["answered"]):
             b.done[key] = Decision(code, auth_id, balance, duplicate=True)
+            if txn == TOMBSTONE:  # a late original named by an early reversal: 05, whatever it carries
+                continue
+            b.fingerprints[key] = (card_id, amount, proc or "")
+            if reversed_ and code == Rc.APPROVED:  # a reversal of a decline undid nothing
+                b.reversed.add(key)
         for c in json.loads(row["cards"]):
             product = Product(
                 c["product_id"],
@@ -852,8 +870,10 @@ class Ledger:
 
 _READ_SQL = """
 SELECT
-    (SELECT coalesce(json_agg(json_build_array(key, response_code, auth_id, balance_field)), '[]')
-     FROM auth_requests WHERE key = ANY($1::text[])) AS answered,
+    (SELECT coalesce(json_agg(json_build_array(q.key, q.response_code, q.auth_id, q.balance_field, q.txn,
+                q.card_id, q.amount, q.proc_code, EXISTS (SELECT 1 FROM auth_requests v
+                    WHERE v.reversal_of = q.key AND v.response_code = '00'))), '[]')
+     FROM auth_requests q WHERE q.key = ANY($1::text[])) AS answered,
     (SELECT coalesce(json_agg(l), '[]') FROM (
         SELECT c.id, c.account_id, c.state, c.expiry, c.part, c.uses_left, c.pin_tries, a.day, a.day_amount,
                a.day_count, a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted,

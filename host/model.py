@@ -72,6 +72,7 @@ class Rc:
     ORIGINAL_AMOUNT = "64"
     FREQUENCY_LIMIT = "65"
     PIN_TRIES = "75"
+    DUPLICATE_TRANSMISSION = "94"
     SYSTEM_ERROR = "96"
 
 

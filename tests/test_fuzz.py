@@ -115,12 +115,6 @@ def test_host_refusal_on_a_maced_link_carries_a_mac(target: Target) -> None:
     assert answer["mac_ok"], "the 12 answer has no valid DE128"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="host defect found by the fuzzer: a retransmission key (DE32, DE7, DE11, DE37) reused with "
-    "ANOTHER PAN gets the first request's stored answer (00 with the first card's DE54 balance) instead "
-    "of 94, as issue 14 defect 6 asks of the switch",
-)
 def test_host_same_key_other_pan_is_94(target: Target) -> None:
     first = _host_answer(target, _host_request(target, "700003"))
     assert first["39"] == "00"

@@ -268,3 +268,27 @@ def test_garbage_never_takes_the_link_down(db_url: str, hsm_server: Any) -> None
         assert (await other.request(message(other, pan, None, proc="310000")))["39"] == "00"
 
     run(db_url, hsm_server, body)
+
+
+def test_a_retransmission_key_reused_for_another_request_is_answered_94(db_url: str, hsm_server: Any) -> None:
+    """DE32 + DE7 + DE11 + DE41 + MTI again with another card, amount or processing code is not a
+    retransmission: 94, nothing posted, and the first answer (its DE54, its auth code) is not given out.
+    Nor is a purchase replayed after its reversal. A true retransmission still gets the first answer."""
+
+    async def body(h: Harness) -> None:
+        pan, other, _ = await programme(h, "H2H94", bin_prefix="621263")
+        c = h.client
+        buy = message(c, pan, 300)
+        first = await c.request(buy)
+        assert first["39"] == "00"
+        for changed in ({"2": other}, {"4": "000000000301"}, {"3": "210000"}):
+            answer = await c.request({**buy, **changed})
+            assert answer["39"] == "94" and "38" not in answer and "54" not in answer, changed
+        again = await c.request(buy)
+        assert (again["39"], again["38"]) == ("00", first["38"])
+        assert (await c.request(reversal(c, buy)))["39"] == "00"
+        assert (await c.request(buy))["39"] == "94"
+        balance = await c.request(message(c, pan, None, proc="310000"))
+        assert balance["54"].endswith("C000000010000")  # the purchase undone once, nothing else moved
+
+    run(db_url, hsm_server, body)
