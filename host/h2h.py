@@ -68,6 +68,11 @@ def pan_and_expiry(msg: dict[str, Any]) -> tuple[str | None, str | None]:
     return pan, expiry
 
 
+def link_id_of(msg: dict[str, Any]) -> str:
+    """The link whose keys protect the message: DE33 (forwarding institution) when present, else DE32."""
+    return str(msg.get("33") or msg.get("32") or "").lstrip("0") or "0"
+
+
 def parse(msg: dict[str, Any]) -> Parsed:
     mti = msg["t"]
     try:
@@ -78,7 +83,7 @@ def parse(msg: dict[str, Any]) -> Parsed:
         if f not in msg:
             raise BadRequest("30", f"DE{f} missing")
     acquirer, de7, stan = msg["32"], msg["7"], msg["11"]
-    link_id = (msg.get("33") or acquirer).lstrip("0") or "0"
+    link_id = link_id_of(msg)
     if kind in NETWORK:
         return Parsed(None, kind, None, None, link_id)
     terminal = str(msg.get("41", "")).strip()

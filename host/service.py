@@ -255,11 +255,11 @@ class HostService:
             parsed = h2h.parse(msg)
         except h2h.BadRequest as exc:
             log.info("request refused", mti=msg["t"], code=exc.code, reason=str(exc))
-            self._send(conn, h2h.error_response(msg, exc.code), started)
+            self._refuse_request(body, msg, exc.code, conn, nursery, started)
             return
         except (ValueError, KeyError) as exc:
             log.info("request refused", mti=msg["t"], code=Rc.FORMAT_ERROR, reason=repr(exc))
-            self._send(conn, h2h.error_response(msg, Rc.FORMAT_ERROR), started)
+            self._refuse_request(body, msg, Rc.FORMAT_ERROR, conn, nursery, started)
             return
         # Who may send comes first, from the cached link row (a dict lookup, no await): a link not in
         # the cache yet is read by the slow path, which applies the same rule.
@@ -369,6 +369,43 @@ class HostService:
         if conn.loopback is None:
             conn.loopback = peer_is_loopback(conn.stream)
         return None if conn.loopback else "remote_no_mac"
+
+    def _refuse_request(
+        self, body: bytes, msg: dict[str, Any], code: str, conn: _Conn, nursery: trio.Nursery, started: float
+    ) -> None:
+        """Answer a request that cannot be acted on (12, 30). Without a DE32 it names no link: plain.
+        Else the link's rules apply as to any request (03 for one that may not send), and on a MACed
+        link an authentic request (its DE128 verifies) gets its refusal signed, so the peer can tell it
+        from a forgery and need not reverse what was never decided; a request whose MAC does not verify
+        gets it unsigned (the host signs nothing an unauthenticated sender chose)."""
+        if "32" not in msg:
+            self._send(conn, h2h.error_response(msg, code), started)
+            return
+        conn.inflight += 1
+        conn.idle = trio.Event() if conn.inflight == 1 else conn.idle
+        nursery.start_soon(self._refused, body, msg, code, conn, started)
+
+    async def _refused(
+        self, body: bytes, msg: dict[str, Any], code: str, conn: _Conn, started: float
+    ) -> None:
+        link_id = h2h.link_id_of(msg)
+        zak: str | None = None
+        try:
+            link = await self._link(link_id)
+            if (reason := self._link_refusal(link, conn)) is not None:
+                self._refuse(conn, msg, link_id, reason, started)
+                conn.done_one()
+                return
+            candidate = (link or {}).get("zak")
+            if candidate and await self._mac_ok(body, msg, candidate):
+                zak = candidate
+        except Exception as exc:  # the link could not be read: answered plain
+            log.error("refusal not signed", mti=msg["t"], error=repr(exc))
+        if zak:
+            await self._send_signed(conn, h2h.error_response(msg, code), zak, started)  # done_one there
+            return
+        self._send(conn, h2h.error_response(msg, code), started)
+        conn.done_one()
 
     def _refuse(self, conn: _Conn, msg: dict[str, Any], link_id: str, reason: str, started: float) -> None:
         """Answer 03, as the switch answers an unknown acquirer; nothing was decided (no PIN, MAC, ledger)."""

@@ -103,12 +103,6 @@ def test_host_answers_a_maced_request_with_a_valid_mac(target: Target) -> None:
     assert (answer["39"], answer["mac_ok"]) == ("00", True), answer
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="host defect found by the fuzzer: a MAC'd 0200 with an unknown processing code (DE3 002781) "
-    "is answered 12 WITHOUT DE128 on a MAC'd link; the switch then rejects the answer ('answer MAC does "
-    "not verify'), answers its acquirer 91 and treats the request as unanswered",
-)
 def test_host_refusal_on_a_maced_link_carries_a_mac(target: Target) -> None:
     answer = _host_answer(target, _host_request(target, "700002", **{"3": "002781", "4": "000000000100"}))
     assert answer["39"] == "12"

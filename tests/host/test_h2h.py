@@ -236,6 +236,17 @@ def test_link_mac(db_url: str, hsm_server: Any) -> None:
         assert (await c.request(unsigned))["39"] == "96"
         bal = await c.request({**message(c, pan, None, proc="310000"), "128": bytes(8)})
         assert bal["39"] == "96"  # a wrong MAC is refused whatever the request
+        # a request that cannot be acted on (an unknown DE3): its 12 is signed when the request was
+        # authentic, so the switch can trust it (and reverse nothing); a forged one's 12 is not
+        odd = {**message(c, pan, 100), "3": "002781"}
+        raw = c.codec.encode({**odd, "128": bytes(8)})
+        mac = await h.crypto.hsm.h2h_mac(zak.under_lmk, c.codec.mac_block(raw))
+        refused = await c.request({**odd, "128": bytes.fromhex(mac[:16])})
+        assert refused["39"] == "12" and isinstance(refused.get("128"), bytes)
+        back = c.codec.encode(refused)
+        assert await h.crypto.hsm.verify_h2h_mac(zak.under_lmk, c.codec.mac_block(back), refused["128"].hex())
+        forged_odd = await c.request({**message(c, pan, 100), "3": "002781", "128": bytes(8)})
+        assert forged_odd["39"] == "12" and "128" not in forged_odd
         await h.pool.run(catalog.set_link, "48880000", "3des", None, None, None, "", True)  # no MAC
         h.service._links.clear()
         bal = await c.request(message(c, pan, None, proc="310000"))
