@@ -131,6 +131,11 @@ def main(argv: list[str]) -> int:
         help="seconds of the same purchase load before the measured run (fills the host's card caches)",
     )
     ap.add_argument("--durable", action="store_true", help="PostgreSQL with fsync on (default: off)")
+    ap.add_argument(
+        "--no-link-mac",
+        action="store_true",
+        help="the switch-host link without DE128 (declared --no-mac; the demo's link is MACed)",
+    )
     ap.add_argument("--profile", action="store_true", help="also sample where switch and host spend time")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder (logs, profiles)")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -153,7 +158,9 @@ def main(argv: list[str]) -> int:
     system = System(durable=args.durable, keep=args.keep, settings=settings)
     try:
         t0 = time.perf_counter()
-        system.start(seed=("--load-terminals", str(args.terminals), "--load-cards", str(args.cards)))
+        seed = ("--load-terminals", str(args.terminals), "--load-cards", str(args.cards))
+        system.start(seed=(*seed, "--no-link-mac") if args.no_link_mac else seed)
+        result["link_mac"] = not args.no_link_mac
         result["setup_s"] = round(time.perf_counter() - t0, 1)
         pool = read_pool(system.root / "var/pos/load-pool.json", system.seal_key)
         stans: dict[str, int] = {}  # every run goes on from the last one's STANs (LoadPlan.stans)

@@ -174,11 +174,18 @@ def demo() -> None:
     help="Cards issued and loaded for `payswitch load`.",
 )
 @click.option("--show-cards", is_flag=True, help="Print the demo cards' PANs and PINs (masked otherwise).")
+@click.option(
+    "--link-mac/--no-link-mac",
+    default=True,
+    show_default=True,
+    help="DE128 on the switch-host link; --no-link-mac declares it --no-mac (loopback only: for "
+    "measuring what the MAC costs, bench/e2e --no-link-mac).",
+)
 @pass_app
-def seed(app: AppContext, load_terminals: int, load_cards: int, show_cards: bool) -> None:
+def seed(app: AppContext, load_terminals: int, load_cards: int, show_cards: bool, link_mac: bool) -> None:
     """Create the demo programme (idempotent): products, cards, merchant, store, terminals, route."""
     try:
-        summary = seed_programme(app, load_terminals, load_cards)
+        summary = seed_programme(app, load_terminals, load_cards, link_mac=link_mac)
     except (DemoError, SealError) as exc:
         raise click.ClickException(str(exc)) from None
     if not show_cards:
@@ -208,7 +215,9 @@ def cards(app: AppContext) -> None:
     )
 
 
-def seed_programme(app: AppContext, load_terminals: int, load_cards: int) -> dict[str, Any]:
+def seed_programme(
+    app: AppContext, load_terminals: int, load_cards: int, *, link_mac: bool = True
+) -> dict[str, Any]:
     missing = [
         c
         for c in ("hsm", "host", "switch", "product", "card", "merchant", "store", "terminal")
@@ -224,7 +233,7 @@ def seed_programme(app: AppContext, load_terminals: int, load_cards: int) -> dic
             err=True,
         )
     with _hsm_running(app, admin):
-        return _seed(app, admin, load_terminals, load_cards)
+        return _seed(app, admin, load_terminals, load_cards, link_mac)
 
 
 @contextlib.contextmanager
@@ -259,7 +268,9 @@ def _hsm_running(app: AppContext, admin: Admin) -> Iterator[None]:
         processes.stop(proc, timeout=15)
 
 
-def _seed(app: AppContext, admin: Admin, load_terminals: int, load_cards: int) -> dict[str, Any]:
+def _seed(
+    app: AppContext, admin: Admin, load_terminals: int, load_cards: int, link_mac: bool
+) -> dict[str, Any]:
     exists = ("already exists",)
     sw = app.config.switch
     admin.run(
@@ -302,7 +313,7 @@ def _seed(app: AppContext, admin: Admin, load_terminals: int, load_cards: int) -
     )
     admin.run("merchant", "add", MERCHANT_ID, "--name", MERCHANT_NAME, "--mcc", "5814", ok_if=exists)
     admin.run("store", "add", MERCHANT_ID, STORE_CODE, "--name", "North campus", ok_if=exists)
-    _link(app, admin)
+    _link(app, admin, mac=link_mac)
     for tid, scheme, tmk in TERMINALS:
         admin.run(
             "terminal",
@@ -345,22 +356,24 @@ def _seed(app: AppContext, admin: Admin, load_terminals: int, load_cards: int) -
     }
 
 
-def _link(app: AppContext, admin: Admin) -> None:
+def _link(app: AppContext, admin: Admin, *, mac: bool = True) -> None:
     """The H2H link switch -> host with a demo ZPK and ZAK (DE128 on every request and answer: the host
     refuses a link without a MAC key unless it is declared --no-mac), and the routes of both demo BINs
-    over it. A link seeded before it had a ZAK gets one (its `mac` column in `switch link list`)."""
+    over it. A link seeded before it had a ZAK gets one (its `mac` column in `switch link list`).
+    ``mac=False`` declares it without one instead (loopback only; for measuring what the MAC costs)."""
     links = admin.run("switch", "link", "list") or []
     if any(
-        isinstance(link, dict) and link.get("name") == LINK_NAME and link.get("mac")
+        isinstance(link, dict) and link.get("name") == LINK_NAME and bool(link.get("mac")) == mac
         for link in _as_list(links, "links")
     ):
         return
     profile = app.config.host.profile  # the link's key scheme is the host listener's
     scheme = "S" if profile == "sm4" else "U"
     zpk = str(_form_key(admin, "001", DEMO_ZPK, scheme)["key_under_lmk"])
-    zak = str(_form_key(admin, "008", DEMO_ZAK, scheme)["key_under_lmk"])  # 008: ZAK
+    zak = str(_form_key(admin, "008", DEMO_ZAK, scheme)["key_under_lmk"]) if mac else ""  # 008: ZAK
     admin.run(
-        "host", "link", app.config.switch.institution_id, "--profile", profile, "--zpk", zpk, "--zak", zak
+        "host", "link", app.config.switch.institution_id, "--profile", profile, "--zpk", zpk,
+        *(("--zak", zak) if mac else ("--no-mac",)),
     )
     host = app.config.host.listen if app.config.host.listen not in ("", "0.0.0.0") else "127.0.0.1"
     admin.run(
@@ -376,8 +389,7 @@ def _link(app: AppContext, admin: Admin) -> None:
         profile,
         "--zpk",
         zpk,
-        "--zak",
-        zak,
+        *(("--zak", zak) if mac else ()),
         "--connections",
         "2",
         "--replace",
