@@ -42,7 +42,7 @@ from ops.config import Config
 from ops.guard import ConnectionGuard, GuardLimits, source_of
 from ops.logs import bind_peer, get_logger
 from ops.metrics import labelled
-from ops.peers import peer_is_loopback
+from ops.peers import link_refusal, peer_is_loopback
 from ops.pgpool import PgPool
 from specs.catalogue import TxnType, format_error_response
 from specs.codec import Codec, codec_for
@@ -352,23 +352,15 @@ class HostService:
         self.engine.submit(req, part, lambda d: self._answer(conn, msg, d, started, zak))
 
     def _link_refusal(self, link: dict[str, Any] | None, conn: _Conn) -> str | None:
-        """Why this link may not send on this connection, None when it may (host/README.md, "Links").
-
-        Unknown (no row for its DE33, else DE32), a row with neither a ZAK nor the ``--no-mac``
-        declaration, or a no-MAC link from a peer that is not loopback (unless
-        ``host.allow_remote_no_mac``): anyone who reaches the port can claim any DE32, so only a MAC
-        or the same machine says who is sending. A MACed link's DE128 is checked later, per request."""
-        if link is None:
-            return "unknown"
-        if link.get("zak"):
-            return None
-        if not link.get("no_mac"):
-            return "undeclared"
-        if self.config.host.allow_remote_no_mac:
-            return None
-        if conn.loopback is None:
-            conn.loopback = peer_is_loopback(conn.stream)
-        return None if conn.loopback else "remote_no_mac"
+        """Why this link may not send on this connection (ops.peers.link_refusal), None when it may."""
+        row = link or {}
+        return link_refusal(
+            link is not None,
+            bool(row.get("zak")),
+            bool(row.get("no_mac")),
+            self.config.host.allow_remote_no_mac,
+            lambda: _loopback(conn),
+        )
 
     def _refuse_request(
         self, body: bytes, msg: dict[str, Any], code: str, conn: _Conn, nursery: trio.Nursery, started: float
@@ -667,6 +659,13 @@ class HostService:
         if rows:
             log.info("holds expired", count=len(rows))
         return len(rows)
+
+
+def _loopback(conn: _Conn) -> bool:
+    """Whether the connection's peer is loopback, asked of the socket once per connection."""
+    if conn.loopback is None:
+        conn.loopback = peer_is_loopback(conn.stream)
+    return conn.loopback
 
 
 async def _pin_data(conn: Any, pan_hash: str) -> tuple[int, str, int] | None:

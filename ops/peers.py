@@ -5,6 +5,7 @@ an unauthenticated link is only trusted from the same machine unless the config 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from typing import Any
 
 
@@ -27,3 +28,25 @@ def peer_is_loopback(stream: Any) -> bool:
         return is_loopback(stream.socket.getpeername())
     except (OSError, AttributeError):
         return False
+
+
+def link_refusal(
+    known: bool, has_zak: bool, no_mac: bool, allow_remote: bool, loopback: Callable[[], bool]
+) -> str | None:
+    """Why a link may not send on a connection, None when it may; the one rule of the host and of the
+    switch's inbound port (host/README.md "Links", switch/README.md "Inbound links"):
+
+    - ``unknown``: no link row for the DE33/DE32 it names;
+    - ``undeclared``: a row with neither a ZAK nor the ``--no-mac`` declaration;
+    - ``remote_no_mac``: declared ``--no-mac`` but the peer is not loopback and the config
+      (``*.allow_remote_no_mac``) does not allow it.
+
+    A MACed link may send; its DE128 is checked per request. ``loopback`` is asked last and only for a
+    no-MAC link (the host caches its answer per connection)."""
+    if not known:
+        return "unknown"
+    if has_zak:
+        return None
+    if not no_mac:
+        return "undeclared"
+    return None if allow_remote or loopback() else "remote_no_mac"

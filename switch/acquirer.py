@@ -31,7 +31,7 @@ from typing import Any
 import trio
 
 from ops.logs import get_logger, mask_pan
-from ops.peers import peer_is_loopback
+from ops.peers import link_refusal, peer_is_loopback
 from specs.catalogue import unhandled_code
 from specs.codec import Codec, codec_for
 from specs.errors import DecodeError
@@ -247,15 +247,13 @@ class AcquirerService:
         "Inbound links"): unknown DE32, no ZAK and not declared ``--no-mac``, or declared ``--no-mac``
         from a peer that is not loopback unless ``switch.allow_remote_no_mac`` (anyone who reaches the
         port can write any DE32; without a MAC only the same machine says who sends)."""
-        if link is None:
-            return "unknown"
-        if link.zak:
-            return None  # DE128 is checked per request (_mac_ok)
-        if not link.no_mac:
-            return "undeclared"
-        if self.allow_remote_no_mac or (conn is not None and peer_is_loopback(conn)):
-            return None
-        return "remote_no_mac"
+        return link_refusal(
+            link is not None,
+            bool(link and link.zak),
+            bool(link and link.no_mac),
+            self.allow_remote_no_mac,
+            lambda: conn is not None and peer_is_loopback(conn),
+        )
 
     async def _mac_ok(self, codec: Codec, link: LinkConfig, msg: Message, body: bytes) -> bool:
         mac = msg.get("128")
