@@ -11,13 +11,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import asyncpg
 import pytest
 
 from tests.fixtures.hsm import HsmServer
 from tests.fixtures.services import ServiceProcess, start_switch
 from tests.switch.terminal import Terminal
-from tests.switch.test_pos_e2e import MERCHANT, _keys
+from tests.switch.test_pos_e2e import MERCHANT, _keys, register_terminals
 
 TERMINALS = [f"TFLOOD{i:02d}" for i in range(20)]
 CAP = 150  # connections per listener in these tests (ulimit -n is far above it)
@@ -25,23 +24,7 @@ WELL_BEHAVED = "127.0.0.2"  # another source address: the whole of 127/8 is loop
 
 
 async def _register(db_url: str, tmk: str) -> None:
-    conn = await asyncpg.connect(db_url)
-    try:
-        mid = await conn.fetchval(
-            "INSERT INTO merchants (merchant_id, name, mcc) VALUES ($1, 'Flood Canteen', '5812') "
-            "RETURNING id",
-            MERCHANT,
-        )
-        for tid in TERMINALS:
-            await conn.execute(
-                "INSERT INTO terminals (terminal_id, merchant_id, scheme, tmk, tmk_check) "
-                "VALUES ($1, $2, '3des', $3, '')",
-                tid,
-                mid,
-                tmk,
-            )
-    finally:
-        await conn.close()
+    await register_terminals(db_url, [(tid, "3des", tmk) for tid in TERMINALS], "Flood Canteen")
 
 
 @pytest.fixture(scope="module")

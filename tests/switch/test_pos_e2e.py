@@ -64,19 +64,29 @@ def _keys(hsm: HsmServer) -> dict[str, str]:
 
 
 async def _register_terminals(db_url: str, keys: dict[str, str]) -> None:
-    conn = await asyncpg.connect(db_url)
-    try:
-        mid = await conn.fetchval(
-            "INSERT INTO merchants (merchant_id, name, mcc) VALUES ($1, 'Campus Canteen', '5812') "
-            "RETURNING id",
-            MERCHANT,
-        )
-        for tid, scheme, tmk in (
+    await register_terminals(
+        db_url,
+        [
             ("T3DES001", "3des", keys["tmk3"]),
             ("TSM40001", "sm4", keys["tmk4"]),
             ("T3DES002", "3des", keys["tmk3"]),
             ("TNOSIGN1", "3des", keys["tmk3"]),
-        ):
+        ],
+    )
+
+
+async def register_terminals(
+    db_url: str, terminals: list[tuple[str, str, str]], name: str = "Campus Canteen"
+) -> None:
+    """The merchant MERCHANT and its terminals (id, scheme, TMK under the LMK), as the host has them."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        mid = await conn.fetchval(
+            "INSERT INTO merchants (merchant_id, name, mcc) VALUES ($1, $2, '5812') RETURNING id",
+            MERCHANT,
+            name,
+        )
+        for tid, scheme, tmk in terminals:
             await conn.execute(
                 "INSERT INTO terminals (terminal_id, merchant_id, scheme, tmk, tmk_check) "
                 "VALUES ($1, $2, $3, $4, '')",

@@ -14,14 +14,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import pytest
 
 from tests.fixtures.hsm import HsmServer
 from tests.fixtures.pg import query
 from tests.fixtures.services import ServiceProcess, start_switch
 from tests.switch.terminal import Terminal
-from tests.switch.test_pos_e2e import MERCHANT, _keys
+from tests.switch.test_pos_e2e import MERCHANT, _keys, register_terminals
 
 UNROUTED = "6999000000000000001"
 SIGNON_PER_MINUTE = 5
@@ -50,22 +49,7 @@ class World:
 
 
 async def _register(db_url: str, tmk: str) -> None:
-    conn = await asyncpg.connect(db_url)
-    try:
-        mid = await conn.fetchval(
-            "INSERT INTO merchants (merchant_id, name, mcc) VALUES ($1, 'Canteen', '5812') RETURNING id",
-            MERCHANT,
-        )
-        for tid in TERMINALS:
-            await conn.execute(
-                "INSERT INTO terminals (terminal_id, merchant_id, scheme, tmk, tmk_check) "
-                "VALUES ($1, $2, '3des', $3, '')",
-                tid,
-                mid,
-                tmk,
-            )
-    finally:
-        await conn.close()
+    await register_terminals(db_url, [(tid, "3des", tmk) for tid in TERMINALS], "Canteen")
 
 
 @pytest.fixture(scope="module")
