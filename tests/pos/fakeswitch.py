@@ -30,6 +30,8 @@ class FakeSwitch:
     batch: str = "000001"
     silent: set[tuple[str, str]] = field(default_factory=set)  # (MTI, STAN) left unanswered
     hang_up: set[tuple[str, str]] = field(default_factory=set)  # (MTI, STAN) answered by closing (*)
+    refuse: dict[tuple[str, str], str] = field(default_factory=dict)  # (MTI, STAN) answered once with this
+    # code and no MAC, as the switch answers what it could not act on (96: its HSM is away)
     seen: list[dict[str, Any]] = field(default_factory=list)
     approved_totals: dict[str, int] = field(default_factory=lambda: {"debit": 0, "credit": 0})
     port: int = 0
@@ -118,7 +120,10 @@ class FakeSwitch:
             "13": "1125",
         }
         nibble = 0
-        if msg["t"] == "0800":
+        refused = self.refuse.pop((msg["t"], str(msg.get("11"))), None)
+        if refused is not None:
+            out.update({"39": refused, "60": msg["60"]})
+        elif msg["t"] == "0800":
             out.update({"39": "00", "60": self._with_batch(msg["60"]), "62": self._keys(tid)})
         elif msg["t"] == "0820":
             out.update({"39": "00", "60": msg["60"]})

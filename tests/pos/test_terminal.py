@@ -142,6 +142,29 @@ def test_unanswered_purchase_is_reversed_and_pending_reversal_survives(
     assert state_mod.load(state).pending_reversal is None
 
 
+def test_a_reversal_answered_96_stays_pending(tmp_path: Path, switch: FakeSwitch) -> None:
+    """96 (the switch could not act: its HSM was away) does not settle a reversal; 00 does, sent again
+    before the next transaction (specs/README.md, "Retransmissions and reversals")."""
+    state = tmp_path / "t.json"
+    init(state, switch)
+    assert run(state, "signon").exit_code == 0
+    card = ["--card", PAN, "--expiry", "3012", "--no-pin", "--timeout", "0.3"]
+    switch.silent.add(("0200", "000002"))
+    switch.refuse[("0400", "000002")] = "96"
+    r = run(state, "purchase", "5", *card)
+    assert r.exit_code == 2
+    pending = state_mod.load(state).pending_reversal
+    assert pending is not None and pending["11"] == "000002"
+    r = run(state, "purchase", "6", *card)
+    assert r.exit_code == 0, r.output
+    assert [(m["t"], m["11"]) for m in switch.seen[-3:]] == [
+        ("0400", "000002"),
+        ("0400", "000002"),
+        ("0200", "000003"),
+    ]
+    assert state_mod.load(state).pending_reversal is None
+
+
 def test_connection_lost_mid_request_leaves_the_reversal_pending(tmp_path: Path, switch: FakeSwitch) -> None:
     state = tmp_path / "t.json"
     init(state, switch)
