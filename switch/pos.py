@@ -4,9 +4,9 @@ batch settlement and upload.
 ``PosService.handle(body, conn)`` takes one frame body (TPDU + header + message, the LEN already
 removed) and the connection it came on (terminal sessions are tied to it: specs/README.md, "Terminal
 sessions"), and returns the response body, or None to close the connection (a frame so broken that
-MTI, DE11 and DE41 cannot be read). Per financial request: terminal session (97 unknown, A0 + re-sign-on flag when
-not signed on), duplicate check (the first answer again), MAC verification and PIN translation run
-concurrently in the HSM, BIN routing, RRN and link STAN, the write-ahead record committed (in the
+MTI, DE11 and DE41 cannot be read). Per financial request: terminal session (97 unknown, A0 +
+re-sign-on flag when not signed on), duplicate check (the first answer again), MAC verification and
+PIN translation run concurrently in the HSM, BIN routing, RRN and link STAN, the write-ahead record committed (in the
 journal writer's shared batches), the H2H round trip, the answer mapped back and MACed, the journal row
 committed, then the answer. A timeout answers 98 after a reversal advice is durable. A terminal 0400
 that goes upstream is written ahead too. After a crash, start-up recovery (``SafQueue.recover``) has
