@@ -1,21 +1,20 @@
 """POS terminal requests (pos-dialect.md): sign-on, echo, sign-off, financial requests, reversals,
 batch settlement and upload.
 
-``PosService.handle(body, conn)`` takes one frame body (TPDU + header + message, the LEN already
-removed) and the connection it came on (terminal sessions are tied to it: specs/README.md, "Terminal
-sessions"), and returns the response body, or None to close the connection (a frame so broken that
-MTI, DE11 and DE41 cannot be read). Per financial request: terminal session (97 unknown, A0 +
-re-sign-on flag when not signed on), duplicate check (the first answer again), MAC verification and
-PIN translation run concurrently in the HSM, BIN routing, RRN and link STAN, the write-ahead record committed (in the
-journal writer's shared batches), the H2H round trip, the answer mapped back and MACed, the journal row
-committed, then the answer. A timeout answers 98 after a reversal advice is durable. A terminal 0400
-that goes upstream is written ahead too. After a crash, start-up recovery (``SafQueue.recover``) has
-turned every unanswered write-ahead record into a reversal advice and a journal row (98; a reversal
-00), so the batch's journal, loaded on the terminal's first contact, names the upstream original of a
-later 0400 (answered 00: the switch already owns that reversal) and a retransmission gets 98.
-Reversals follow switch/reversals.py (shared with the acquirer channel): a 0400 awaits its in-flight
-original; a 0200 whose 0400 came first is declined 05 and not sent; a retransmission key reused with
-another amount, PAN or DE3, or after a reversal, gets 94.
+``PosService.handle(body, conn)`` takes one frame body (TPDU + header + message, the LEN already removed)
+and the connection it came on (terminal sessions are tied to it: specs/README.md, "Terminal sessions"), and
+returns the response body, or None to close the connection (a frame so broken that MTI, DE11 and DE41 cannot
+be read). Per financial request: terminal session (97 unknown, A0 + re-sign-on flag when not signed on),
+duplicate check (the first answer again), MAC verification and PIN translation run concurrently in the HSM,
+BIN routing, RRN and link STAN, the write-ahead record committed (in the journal writer's shared batches),
+the H2H round trip, the answer mapped back and MACed, the journal row committed, then the answer. A timeout
+answers 98 after a reversal advice is durable. A terminal 0400 that goes upstream is written ahead too.
+After a crash, start-up recovery (``SafQueue.recover``) has turned every unanswered write-ahead record into
+a reversal advice and a journal row (98; a reversal 00), so the batch's journal, loaded on the terminal's
+first contact, names the upstream original of a later 0400 (answered 00: the switch already owns that
+reversal) and a retransmission gets 98. Reversals follow switch/reversals.py (shared with the acquirer
+channel): a 0400 awaits its in-flight original; a 0200 whose 0400 came first is declined 05 and not sent; a
+retransmission key reused with another amount, PAN or DE3, or after a reversal, gets 94.
 """
 
 from __future__ import annotations
