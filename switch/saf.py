@@ -26,6 +26,7 @@ import trio
 
 from ops.logs import get_logger
 from switch import metrics
+from switch.journal import durably
 from switch.links import LinkDown, LinkTimeout, OutboundLink
 from switch.mapping import Message, original_data, transmission_time
 from switch.store import Store
@@ -132,8 +133,9 @@ class SafQueue:
         self._sending: set[int] = set()
 
     async def add(self, link: str, advice: Message, reason: str) -> None:
-        """Make the advice durable (returns after the commit) and wake the sender."""
-        await self.store.saf_add(link, advice, reason)
+        """Make the advice durable (returns after the commit, however long the database is away) and
+        wake the sender."""
+        await durably(lambda: self.store.saf_add(link, advice, reason), "reversal advice write", link=link)
         metrics.SAF_DEPTH.inc()
         self._wake.set()
 
