@@ -24,7 +24,7 @@ from host.ledger import Ledger
 from host.model import Decision, Rc, Request
 from ops.logs import get_logger
 from ops.metrics import labelled
-from ops.pgpool import PgPool
+from ops.pgpool import UNAVAILABLE, PgPool
 
 log = get_logger(__name__)
 
@@ -96,12 +96,7 @@ class Engine:
             batch = queue[: self.batch_max]
             del queue[: self.batch_max]
             started = time.perf_counter()
-            decisions: list[Decision]
-            try:
-                decisions = await self.pool.run(self.ledger.post_batch, [r for r, _ in batch])
-            except Exception as exc:  # the database is gone: every request gets 96, nothing was posted
-                log.error("ledger unavailable", error=repr(exc), size=len(batch))
-                decisions = [Decision(Rc.SYSTEM_ERROR)] * len(batch)
+            decisions = await self._post(batch)
             BATCH_SECONDS.observe(time.perf_counter() - started)
             BATCH_SIZE.observe(len(batch))
             for (req, callback), d in zip(batch, decisions, strict=True):
@@ -110,6 +105,27 @@ class Engine:
                     callback(d)
                 except Exception as exc:  # a broken connection must not stop the writer
                     log.warning("answer callback failed", error=repr(exc))
+
+    async def _post(self, batch: list[tuple[Request, Callable[[Decision], None]]]) -> list[Decision]:
+        """The batch's decisions. While the database is unreachable the batch waits and is posted
+        again: its outcome may be unknown (a COMMIT whose answer was lost), so a 96 ("nothing was
+        posted") could be false, and a posted purchase would stay when the terminal, told 96, does not
+        reverse it (tests/faults.py, two PostgreSQL crashes). Posted again, a key that did commit is
+        answered as the duplicate it is; the peer that stopped waiting has reversed it meanwhile, and
+        that reversal, or the late original after it (05), is decided as usual."""
+        requests = [r for r, _ in batch]
+        backoff = 0.05
+        while True:
+            try:
+                decisions: list[Decision] = await self.pool.run(self.ledger.post_batch, requests)
+                return decisions
+            except UNAVAILABLE as exc:
+                log.error("ledger unavailable; the batch waits", error=repr(exc), size=len(batch))
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            except Exception as exc:  # a bug, not the database: 96, and nothing of the batch was posted
+                log.error("ledger failed", error=repr(exc), size=len(batch))
+                return [Decision(Rc.SYSTEM_ERROR)] * len(batch)
 
     def stats(self) -> dict[str, Any]:
         return {"queued": [len(q) for q in self._queues]}

@@ -47,6 +47,7 @@ from host.model import (
     Txn,
 )
 from ops.logs import get_logger
+from ops.pgpool import UNAVAILABLE
 
 log = get_logger(__name__)
 
@@ -147,6 +148,8 @@ class Ledger:
         try:
             async with _batch_transaction(conn):
                 return await self._run_batch(conn, reqs, now)
+        except UNAVAILABLE:
+            raise  # maybe committed (its COMMIT's answer lost): the engine decides it again, later
         except Exception as exc:
             if len(reqs) == 1:
                 if isinstance(exc, asyncpg.UniqueViolationError) and not raced:

@@ -67,6 +67,18 @@ class _Call:
         self.result: outcome.Outcome[Any] | None = None
 
 
+
+# Errors that say the database could not be reached or the connection was lost (class 08, class 57:
+# shutdown, crash, starting up; a socket error): an operation that fails so may or may not have
+# committed, and the database may come back. Not a bug in the statement.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    DatabaseUnavailable,
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
+
+
 class PgPool:
     """An asyncpg pool owned by a private asyncio loop thread; see the module docstring.
 
@@ -247,6 +259,10 @@ class PgPool:
                 self._post(call)
         except BaseException as exc:
             if call.result is None:  # no connection to be had: that is the caller's answer
+                if isinstance(exc, Exception):  # whatever the server said (starting up, not accepting)
+                    unavailable = DatabaseUnavailable(f"no database connection: {exc}")
+                    unavailable.__cause__ = exc
+                    exc = unavailable
                 call.result = outcome.Error(exc)
                 self._post(call)
             # else the release failed after delivery; asyncpg has already dropped that connection

@@ -43,3 +43,42 @@ def test_database_gone_mid_request_is_answered_96_and_the_host_lives_on(
             await body(h)
 
     trio.run(main)
+
+
+def test_a_batch_waits_out_the_database_and_is_posted_once(
+    db_url: str, hsm_server: Any, pg_cluster: Status
+) -> None:
+    """The ledger unreachable under a batch: no 96 (its COMMIT may have landed with its answer lost,
+    and a terminal told 96 does not reverse), the batch waits and is posted when the database is
+    back, once; the answer comes then (found by the fault schedules, seed 98)."""
+    admin = pg_cluster.url("postgres")
+    name = db_url.split("?", 1)[0].rsplit("/", 1)[-1]
+
+    async def body(h: Harness) -> None:
+        (pan,) = await programme(h, "WAITS", bin_prefix="621264", cards=1, load=10_000)
+        c = h.client
+        assert (await c.request(message(c, pan, 100)))["39"] == "00"  # link and card cached
+        query(admin, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        answers: list[dict[str, Any]] = []
+        try:
+            query(admin, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
+
+            async def buy() -> None:
+                answers.append(await c.request(message(c, pan, 250)))
+
+            async with trio.open_nursery() as n:
+                n.start_soon(buy)
+                await trio.sleep(1.0)
+                assert answers == []  # waiting, not answered 96
+                query(admin, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        finally:
+            query(admin, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        assert answers[0]["39"] == "00"
+        balance = await c.request(message(c, pan, None, proc="310000"))
+        assert balance["54"].endswith("C000000009650")  # 10,000 - 100 - 250, each once
+
+    async def main() -> None:
+        async with running_host(db_url, hsm_server) as h:
+            await body(h)
+
+    trio.run(main)
