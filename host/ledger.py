@@ -46,6 +46,7 @@ from host.model import (
     Request,
     Txn,
 )
+from ops.db import DatabaseUnavailable
 from ops.logs import get_logger
 from ops.pgpool import UNAVAILABLE
 
@@ -151,6 +152,8 @@ class Ledger:
         except UNAVAILABLE:
             raise  # maybe committed (its COMMIT's answer lost): the engine decides it again, later
         except Exception as exc:
+            if conn.is_closed():  # whatever was raised, the connection went with it: as above
+                raise DatabaseUnavailable(f"connection lost in a posting batch: {exc!r}") from exc
             if len(reqs) == 1:
                 if isinstance(exc, asyncpg.UniqueViolationError) and not raced:
                     # Another writer committed this key between our read and our write (an original and

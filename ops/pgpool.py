@@ -76,6 +76,7 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InternalClientError,  # a connection broken mid-operation ("another operation")
 )
 
 
