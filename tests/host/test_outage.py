@@ -10,7 +10,7 @@ import trio
 
 from host import catalog
 from ops.pgembed import Status
-from tests.fixtures.pg import query
+from tests.fixtures.pg import DatabaseAway
 from tests.host.harness import Harness, message, programme, running_host
 
 LINK = "48889999"  # registered while the database is up, never read by the host before the outage
@@ -19,21 +19,13 @@ LINK = "48889999"  # registered while the database is up, never read by the host
 def test_database_gone_mid_request_is_answered_96_and_the_host_lives_on(
     db_url: str, hsm_server: Any, pg_cluster: Status
 ) -> None:
-    admin = pg_cluster.url("postgres")
-    name = db_url.split("?", 1)[0].rsplit("/", 1)[-1]
-
     async def body(h: Harness) -> None:
         (pan,) = await programme(h, "OUTAGE", bin_prefix="621262", cards=1, load=10_000)
         await h.pool.run(catalog.set_link, LINK, "3des", None, None, None, None, True)
         c = h.client
-        # no new connection to the database, and the pool's connections ended: every read now fails
-        query(admin, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-        try:
-            query(admin, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
+        with DatabaseAway(pg_cluster, db_url):  # every read now fails
             answer = await c.request({**message(c, pan, 100), "32": LINK})
             assert answer["39"] == "96"
-        finally:
-            query(admin, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         await trio.sleep(0.2)
         # the same host, the same connection: the link is read now and the purchase decided
         assert (await c.request({**message(c, pan, 100), "32": LINK}))["39"] == "00"
@@ -51,28 +43,21 @@ def test_a_batch_waits_out_the_database_and_is_posted_once(
     """The ledger unreachable under a batch: no 96 (its COMMIT may have landed with its answer lost,
     and a terminal told 96 does not reverse), the batch waits and is posted when the database is
     back, once; the answer comes then (found by the fault schedules, seed 98)."""
-    admin = pg_cluster.url("postgres")
-    name = db_url.split("?", 1)[0].rsplit("/", 1)[-1]
-
     async def body(h: Harness) -> None:
         (pan,) = await programme(h, "WAITS", bin_prefix="621264", cards=1, load=10_000)
         c = h.client
         assert (await c.request(message(c, pan, 100)))["39"] == "00"  # link and card cached
-        query(admin, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
         answers: list[dict[str, Any]] = []
-        try:
-            query(admin, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
 
-            async def buy() -> None:
-                answers.append(await c.request(message(c, pan, 250)))
+        async def buy() -> None:
+            answers.append(await c.request(message(c, pan, 250)))
 
+        with DatabaseAway(pg_cluster, db_url) as away:
             async with trio.open_nursery() as n:
                 n.start_soon(buy)
                 await trio.sleep(1.0)
                 assert answers == []  # waiting, not answered 96
-                query(admin, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-        finally:
-            query(admin, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+                away.back()
         assert answers[0]["39"] == "00"
         balance = await c.request(message(c, pan, None, proc="310000"))
         assert balance["54"].endswith("C000000009650")  # 10,000 - 100 - 250, each once

@@ -22,7 +22,7 @@ from switch.mapping import original_data
 from switch.saf import SafQueue, recovered_journal_row, write_ahead_original
 from switch.store import Store
 from tests.fixtures.hsm import HsmServer
-from tests.fixtures.pg import query
+from tests.fixtures.pg import DatabaseAway, query
 from tests.fixtures.services import run_cli, start_switch
 from tests.switch.terminal import Terminal
 from tests.switch.test_host_e2e import System, _until, _wait_link, seeded
@@ -358,24 +358,17 @@ def test_a_reversal_advice_waits_out_a_database_outage(db_url: str, pg_cluster: 
     """SafQueue.add returns once the advice is durable, however long the database is away; before, the
     error went up into the request (after its write-ahead, with the request maybe posted upstream): the
     terminal got 96, no advice was queued, and the approval stayed until a restart (tests/faults.py)."""
-    admin = pg_cluster.url("postgres")
-    name = db_url.split("?", 1)[0].rsplit("/", 1)[-1]
     original = original_data("0200", "424241", "1202000000", "1")
     advice = {"t": "0420", "11": "424242", "39": "98", "90": original}
 
     async def main() -> None:
         with PgPool(db_url, min_size=1, max_size=2) as pool:
             saf = SafQueue(Store(pool), {}, retry_seconds=1, timeout=1)
-            query(admin, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-            try:
-                kill = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1"
-                query(admin, kill, name)
+            with DatabaseAway(pg_cluster, db_url) as away:
                 async with trio.open_nursery() as n:
                     n.start_soon(saf.add, "issuer", advice, "98")
                     await trio.sleep(0.5)  # the add is retrying, not failed
-                    query(admin, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-            finally:
-                query(admin, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+                    away.back()
 
     trio.run(main)
     rows = query(db_url, "SELECT message->>'11' FROM switch_saf WHERE message->>'11' = '424242'")
