@@ -481,15 +481,16 @@ class PosService:
         batch = parse_de60(msg.get("60")).batch_no
         kind = txn_type(msg)
         pan = pan_of(msg)
+        fingerprint = Fingerprint.of(msg)  # masks the PAN once, for the entry too
         entry = Entry(
             mti=mti,
             stan=stan,
             kind=kind,
             amount=_amount(msg),
-            pan_masked=mask_pan(pan) if pan else None,
+            pan_masked=fingerprint.pan_masked,
             # its 0400 came first (journaled, so reloaded after a restart): declined 05 after the MAC
             reversed=("0400", stan) in terminal.entries,
-            fingerprint=Fingerprint.of(msg),
+            fingerprint=fingerprint,
         )
         terminal.entries[(mti, stan)] = entry
         try:
