@@ -25,7 +25,7 @@ def test_yuan_as_people_type_it(text: str, minor: int) -> None:
 
 @pytest.mark.parametrize("text", ["5.001", "abc", "0", "-1", "1,23", "1e3", "", "12.34 USD"])
 def test_anything_else_is_refused_in_words(text: str) -> None:
-    with pytest.raises(MoneyError, match="CNY|more than zero"):
+    with pytest.raises(MoneyError, match=r"CNY|more than zero"):
         parse_money(text)
 
 
@@ -33,3 +33,14 @@ def test_shown_with_two_decimals_and_the_currency() -> None:
     assert format_money(123450, "156") == "1,234.50 CNY"
     assert format_money(-5) == "-0.05 CNY"
     assert money_json("balance", 50000, "156") == {"balance_minor": 50000, "currency": "CNY"}
+
+
+def test_times_are_the_programmes_wall_clock_with_its_offset() -> None:
+    from datetime import UTC, datetime
+
+    from ops.localtime import format_local, iso_local
+
+    at = datetime(2026, 12, 2, 10, 30, 5, tzinfo=UTC)
+    assert format_local(at, "Asia/Shanghai") == "2026-12-02 18:30:05 +08:00"
+    assert iso_local(at, "Asia/Shanghai") == "2026-12-02T18:30:05+08:00"
+    assert format_local(at.replace(tzinfo=None), "Europe/London") == "2026-12-02 10:30:05 +00:00"
