@@ -478,10 +478,16 @@ def card_issue(
         "state": "active" if activate else "inventory",
         "producer": producer_name,
     }
+    # Each full PAN once, for embossing: the database keeps only the PAN under the HSM and its keyed hash.
     human = _table(
-        [{"card": c.card_id, "pan": c.masked, "expiry": c.expiry} for c in cards], ["card", "pan", "expiry"]
+        [{"card": c.card_id, "pan": c.pan, "expiry": c.expiry} for c in cards], ["card", "pan", "expiry"]
     )
-    app.emit(data, f"{human}\n{len(cards)} cards issued ({data['state']}); PIN mailer {mailer}")
+    app.emit(
+        data,
+        f"{human}\n{len(cards)} cards issued ({data['state']}); PIN mailer {mailer}\n"
+        "These card numbers are shown this once and never again: the database keeps only each number "
+        "encrypted and its hash (`card show` masks it).",
+    )
 
 
 def _state_command(name: str, target: str, help_text: str) -> None:
