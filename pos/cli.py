@@ -68,7 +68,9 @@ def card_options(func: F) -> F:
     func = click.option("--track2", metavar="PAN=YYMM...", help="Swipe: track 2 data instead of --card.")(
         func
     )
-    func = click.option("--expiry", metavar="YYMM", help="Expiry date for keyed entry.")(func)
+    func = click.option(
+        "--expiry", metavar="YYMM", help="Expiry date for keyed entry (with a demo name: instead of its own)."
+    )(func)
     func = click.option("--card", metavar="PAN", help="Card number (keyed entry), or a demo card name.")(func)
     return func
 
@@ -149,6 +151,7 @@ def _run(
     finally:
         if state.path is not None:
             state_mod.save(state)
+    receipt.in_zone(app.config.clearing.timezone)  # the terminal's local time, with its offset
     app.emit(receipt.as_dict(), receipt.render())
     if not receipt.approved:
         raise SystemExit(2)
@@ -157,15 +160,15 @@ def _run(
 def _card(card: str | None, expiry: str | None, track2: str | None) -> Card:
     try:
         if track2:
-            if card:
-                raise click.ClickException("give either --card or --track2, not both")
+            if card or expiry:
+                raise click.ClickException("give --track2 alone: it holds the card and --expiry")
             return Card.swiped(track2)
         if not card:
             card = _first_demo_card()
         if not card:
             raise click.ClickException("give the card with --card PAN --expiry YYMM (or --track2)")
         if not card.isdigit():
-            return _demo_card(card)
+            return _demo_card(card, expiry)
         if not expiry:
             raise click.ClickException("a keyed card needs --expiry YYMM")
         return Card.keyed(card, expiry)
@@ -188,14 +191,15 @@ def _demo_cards() -> list[dict[str, Any]] | None:
         raise click.ClickException(f"{exc}; `payswitch demo seed` writes the demo cards again") from None
 
 
-def _demo_card(name: str) -> Card:
-    """A card from the demo programme (``payswitch demo seed``), by name, e.g. ``alice``."""
+def _demo_card(name: str, expiry: str | None = None) -> Card:
+    """A card from the demo programme (``payswitch demo seed``), by name, e.g. ``alice``; ``expiry``
+    (``--expiry``) keys another date than the card's, e.g. to see a wrong expiry declined."""
     cards = _demo_cards()
     if cards is None:
         raise click.ClickException(f"{name!r} is not a card number and no demo cards are seeded")
     for c in cards:
         if c.get("name") == name:
-            return Card.keyed(c["pan"], c["expiry"])
+            return Card.keyed(c["pan"], expiry or c["expiry"])
     raise click.ClickException(f"no demo card named {name!r} (known: {', '.join(c['name'] for c in cards)})")
 
 
