@@ -302,11 +302,11 @@ async def reset_pin_tries(conn: Any, card_id: int) -> int:
 async def card_history(conn: Any, card_id: int, limit: int = 100) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         """SELECT r.received_at AS at, r.txn, r.mti, r.amount, r.response_code AS rc, r.auth_id, r.rrn,
-                  r.terminal_id, r.merchant_id, t.id AS posting_id, t.phase
+                  r.terminal_id, r.merchant_id, t.id AS posting_id, t.phase, r.reason
            FROM auth_requests r LEFT JOIN transfers t ON t.key = r.key
            WHERE r.card_id = $1
            UNION ALL
-           SELECT t.created_at, t.code, '', t.amount, '00', '', '', '', '', t.id, t.phase
+           SELECT t.created_at, t.code, '', t.amount, '00', '', '', '', '', t.id, t.phase, NULL
            FROM transfers t WHERE t.card_id = $1 AND t.code = 'expiry'
            ORDER BY 1 DESC LIMIT $2""",
         card_id,
@@ -379,3 +379,17 @@ async def set_link(
 def _reason(exc: Exception) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text
+
+
+async def decided(conn: Any, key: str) -> dict[str, Any] | None:
+    """How the host decided the request under ``key`` (host.model.request_key): its response code, the
+    reason kept with a decline (host.rules.REASONS) and the card's available balance now, or None."""
+    row = await conn.fetchrow(
+        """SELECT r.response_code, r.reason, p.currency,
+                  a.credits_posted - a.debits_posted - a.debits_pending AS available
+           FROM auth_requests r LEFT JOIN cards c ON c.id = r.card_id
+           LEFT JOIN accounts a ON a.id = c.account_id LEFT JOIN products p ON p.id = c.product_id
+           WHERE r.key = $1""",
+        key,
+    )
+    return None if row is None else dict(row)

@@ -161,7 +161,7 @@ class Ledger:
                     log.info("key raced with another writer; deciding again", request=reqs[0].key)
                     return await self.post_batch(conn, reqs, now, raced=True)
                 log.error("posting failed", request=reqs[0].key, txn=str(reqs[0].txn), error=repr(exc))
-                return [Decision(Rc.SYSTEM_ERROR)]
+                return [_declined("posting_failed")]
             log.warning("batch failed; retrying one by one", size=len(reqs), error=repr(exc))
             out: list[Decision] = []
             for req in reqs:
@@ -199,7 +199,7 @@ class Ledger:
                 # The key of an answered request with another card, amount or processing code, or of
                 # one reversed since: not a retransmission, and its answer is not this one's (94, not
                 # stored: the key is the first request's).
-                d = Decision(Rc.DUPLICATE_TRANSMISSION)
+                d = _declined("key_reused")
             elif not d.duplicate:
                 d = Decision(d.code, d.auth_id, d.balance_field, duplicate=True)
             decisions.append(d)
@@ -438,7 +438,7 @@ class Ledger:
         card = b.cards.get(r.card_id) if r.card_id is not None else None
         original: Original | None = None
         if card is None:
-            d = Decision(Rc.INVALID_CARD)
+            d = _declined("card_unknown")
         else:
             if r.txn in (Txn.VOID, Txn.REFUND, Txn.COMPLETION, Txn.PREAUTH_VOID):
                 original = self._find_by_rrn(b, r, card.card_id)
@@ -484,32 +484,33 @@ class Ledger:
         merchant: Merchant | None,
         original: Original | None,
     ) -> Decision:
-        code = rules.check_card(card, r, b.today)
-        if code is None and r.txn is not Txn.ADMIN_LOAD:
-            code = rules.check_pin(card, r, self.pin_tries)
-        if code is not None:
-            return Decision(code)
+        reason = rules.check_card(card, r, b.today)
+        if reason is None and r.txn is not Txn.ADMIN_LOAD:
+            reason = rules.check_pin(card, r, self.pin_tries)
+        if reason is not None:
+            return _declined(reason)
         if r.txn is Txn.BALANCE:
             return Decision(Rc.APPROVED, _auth_id(), rules.balance_field(card))
-        code = rules.check_amount(card, r)
-        if code is not None:
-            return Decision(code)
+        reason = rules.check_amount(card, r)
+        if reason is not None:
+            return _declined(reason)
         if r.txn in (Txn.PURCHASE, Txn.PREAUTH, Txn.TOPUP):
             if merchant is None or merchant.state != "active":
-                return Decision(Rc.INVALID_MERCHANT)
+                return _declined(_merchant_reason(merchant))
             macct = merchant.accounts.get(card.part)
             if macct is None:
-                return Decision(Rc.SYSTEM_ERROR)
+                return _declined("merchant_account_missing")
             if r.txn is Txn.TOPUP:
-                code = rules.check_topup(card, r.amount)
-                if code is not None:
-                    return Decision(code)
+                reason = rules.check_topup(card, r.amount)
+                if reason is not None:
+                    return _declined(reason)
                 return self._post(b, r, macct, card.account_id, card, "single", Txn.TOPUP)
-            code = rules.check_merchant_allowed(card, merchant) or rules.check_limits(card, r.amount, b.today)
-            if code is None and card.available < r.amount:
-                code = Rc.INSUFFICIENT_FUNDS
-            if code is not None:
-                return Decision(code)
+            reason = rules.check_merchant_allowed(card, merchant)
+            reason = reason or rules.check_limits(card, r.amount, b.today)
+            if reason is None and card.available < r.amount:
+                reason = "insufficient_funds"
+            if reason is not None:
+                return _declined(reason)
             rules.count_use(card, r.amount)
             if r.txn is Txn.PURCHASE:
                 return self._post(b, r, card.account_id, macct, card, "single", Txn.PURCHASE)
@@ -520,40 +521,40 @@ class Ledger:
         if r.txn is Txn.ADMIN_LOAD:
             # a gift card's one load is its face value, at activation; after that it is not reloadable
             first_gift_load = card.product.kind == "fixed_amount" and card.credits_posted == 0
-            code = None if first_gift_load else rules.check_topup(card, r.amount)
-            if code is not None:
-                return Decision(code)
+            reason = None if first_gift_load else rules.check_topup(card, r.amount)
+            if reason is not None:
+                return _declined(reason)
             funding = await self._funding_account(conn, card.product.currency, card.part)
             return self._post(b, r, funding, card.account_id, card, "single", Txn.ADMIN_LOAD)
         if original is None:
-            return Decision(Rc.ORIGINAL_NOT_FOUND)
+            return _declined("original_not_found")
         if r.txn in (Txn.VOID, Txn.REFUND):
             t = original.transfer
             if t is None or original.undone or original.reversed:
-                return Decision(Rc.INVALID_TXN)
+                return _declined("original_undone")
             if r.txn is Txn.VOID:
                 if original.refunded:
-                    return Decision(Rc.INVALID_TXN)
+                    return _declined("original_refunded")
                 if r.amount != t.amount:
-                    return Decision(Rc.ORIGINAL_AMOUNT)
+                    return _declined("void_amount_differs")
                 original.undone = True
                 self._restore_use(b, card, original, t.amount, whole=True)
             else:
                 if r.amount > t.amount - original.refunded:
-                    return Decision(Rc.INVALID_AMOUNT)
+                    return _declined("refund_exceeds_original")
                 original.refunded += r.amount
             return self._post(b, r, t.credit, t.debit, card, "single", r.txn, original_key=original.key)
         # completion or pre-auth void of a hold
         hold = original.hold
         if hold is None or original.reversed:
-            return Decision(Rc.INVALID_TXN)
+            return _declined("hold_not_pending")
         if r.txn is Txn.PREAUTH_VOID:
             return self._void_hold(b, r, card, original, Txn.PREAUTH_VOID)
         limit = hold.amount + hold.amount * self.completion_tolerance_pct // 100
         if r.amount > limit:
-            return Decision(Rc.INVALID_AMOUNT)
+            return _declined("completion_over_hold")
         if r.amount > hold.amount and card.available < r.amount - hold.amount:
-            return Decision(Rc.INSUFFICIENT_FUNDS)
+            return _declined("insufficient_funds")
         original.hold, original.hold_state = None, "posted"
         return self._post(
             b,
@@ -584,7 +585,7 @@ class Ledger:
                     merchant_id=r.merchant_id,
                     card_id=r.card_id,
                 )
-                dec = Decision(Rc.DO_NOT_HONOUR)
+                dec = _declined("reversed_before_arrival")
                 b.done[okey] = dec
                 self._record(
                     b, tomb, dec, txn=TOMBSTONE, stan=okey.split(":")[2], transmitted=okey.split(":")[1]
@@ -610,7 +611,7 @@ class Ledger:
                 o.reversed = True
                 return Decision(Rc.APPROVED)
             if t.credit == card.account_id and card.available < amount:
-                return Decision(Rc.INSUFFICIENT_FUNDS)  # a credit already spent: nothing undone
+                return _declined("credit_already_spent")  # a credit already spent: nothing undone
             o.reversed = o.undone = True
             if o.txn in (Txn.PURCHASE, Txn.COMPLETION):
                 self._restore_use(b, card, o, amount, whole=amount == t.amount)
@@ -628,7 +629,7 @@ class Ledger:
         pre_key = t.original_key  # the pre-auth whose hold the void released
         pre = b.originals.get(pre_key) if pre_key else None
         if card.available < t.amount:
-            return Decision(Rc.INSUFFICIENT_FUNDS)
+            return _declined("credit_already_spent")
         o.reversed = o.undone = True
         d = self._post(
             b,
@@ -830,6 +831,7 @@ class Ledger:
     # -- writing --------------------------------------------------------------------------------
     async def _write(self, conn: Any, b: _Batch) -> None:
         """Everything the batch decided, in one statement (one round trip): data-modifying CTEs.
+                d.reason or None,
 
         The journal rows and the transfers travel as one JSON array each (one parameter, encoded by the
         C json module) rather than an array per column: per-element array encoding was measured as the
@@ -894,9 +896,10 @@ _WRITE_SQL = """
 WITH requests AS (
     INSERT INTO auth_requests (key, mti, txn, proc_code, card_id, merchant_ref, acquirer_id, terminal_id,
         merchant_id, stan, transmitted, rrn, local_time, amount, currency, response_code, auth_id,
-        balance_field, original_key, reversal_of, posted)
+        balance_field, original_key, reversal_of, posted, reason)
     SELECT r->>0, r->>1, r->>2, r->>3, (r->>4)::bigint, (r->>5)::bigint, r->>6, r->>7, r->>8, r->>9, r->>10,
-        r->>11, r->>12, (r->>13)::bigint, r->>14, r->>15, r->>16, r->>17, r->>18, r->>19, (r->>20)::boolean
+        r->>11, r->>12, (r->>13)::bigint, r->>14, r->>15, r->>16, r->>17, r->>18, r->>19, (r->>20)::boolean,
+        r->>21
     FROM json_array_elements($1::json) AS r
 ), postings AS (
     INSERT INTO transfers (key, debit_account_id, credit_account_id, amount, currency, phase, code, card_id,
@@ -956,3 +959,14 @@ def _transfer_from_row(t: Any) -> TransferRow:
 
 def _auth_id() -> str:
     return f"{random.randrange(1_000_000):06d}"  # not a secret: an approval reference for people
+def _declined(reason: str) -> Decision:
+    """A decline for ``reason`` (host.rules.REASONS): its response code, and the reason kept with it."""
+    return Decision(rules.code_of(reason), reason=reason)
+
+
+def _merchant_reason(merchant: Merchant | None) -> str:
+    if merchant is None:
+        return "merchant_unknown"
+    return "merchant_suspended" if merchant.state == "suspended" else "merchant_closed"
+
+

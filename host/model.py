@@ -115,6 +115,8 @@ class Decision:
 
 @dataclass(frozen=True)
 class Product:
+    # Why it was declined: a key of host.rules.REASONS (auth_requests.reason); "" when approved.
+    reason: str = ""
     id: int
     code: str
     kind: str

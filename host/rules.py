@@ -1,13 +1,18 @@
 """Authorization rules: pure functions of a locked card, its product, the merchant and the request.
 
-Each returns a response code when the request must be declined, else None. The posting engine
-(host.ledger) calls them in a fixed order, so the first failing rule names the decline:
+Each returns the reason a request must be declined (a key of ``REASONS``), else None; the reason
+names its response code (``code_of``) and a text for people (``describe``). The posting engine
+(host.ledger) calls them in a fixed order, so the first failing rule names the decline, and keeps the
+reason with the request (``auth_requests.reason``: ``card history`` shows it; ``pos`` prints it).
 
 =======================  =====================================================================
 card state               inventory 05, frozen 05, closed 14, lost 41, stolen 43, expired 54
-expiry                   card past its YYMM, or DE14 / track expiry different from the card's: 54
+expiry                   card past its YYMM: 54 ``card_expired``; DE14 / track expiry different
+                         from the card's (the card has not expired): 14 ``expiry_mismatch``
 PIN                      tries already at the limit 75; wrong PIN 55 (75 when it reaches the limit);
-                         PIN required by the product but none sent: 55; HSM could not verify: 96
+                         PIN required by the product but none sent: 55 ``pin_missing`` (the
+                         contract has no "PIN required" code and 99 is not an H2H code; a terminal
+                         answers 55 by asking for the PIN, which is right); HSM could not verify: 96
 currency                 request currency not the product's: 13
 amount                   zero or negative: 13
 product restrictions     MCC or merchant group not allowed: 57; top-up of a fixed-amount card: 57
@@ -19,17 +24,80 @@ funds                    available balance below the amount: 51; top-up above ma
 from __future__ import annotations
 
 import datetime as dt
+from typing import NamedTuple
 
 from host.model import CardState, Merchant, Pin, Rc, Request, Txn
 
-STATE_CODES = {
-    "inventory": Rc.DO_NOT_HONOUR,
-    "frozen": Rc.DO_NOT_HONOUR,
-    "closed": Rc.INVALID_CARD,
-    "lost": Rc.LOST,
-    "stolen": Rc.STOLEN,
-    "expired": Rc.EXPIRED,
+
+class Reason(NamedTuple):
+    code: str  # DE39 it is answered with
+    text: str  # for people: `card history`, `pos`
+
+
+# Every reason the host declines for: the one table (auth_requests.reason holds the key).
+REASONS: dict[str, Reason] = {
+    "card_inventory": Reason(Rc.DO_NOT_HONOUR, "card not activated yet"),
+    "card_frozen": Reason(Rc.DO_NOT_HONOUR, "card frozen"),
+    "card_closed": Reason(Rc.INVALID_CARD, "card closed"),
+    "card_lost": Reason(Rc.LOST, "card reported lost"),
+    "card_stolen": Reason(Rc.STOLEN, "card reported stolen"),
+    "card_expired": Reason(Rc.EXPIRED, "card expired"),
+    "card_unknown": Reason(Rc.INVALID_CARD, "no such card"),
+    "expiry_mismatch": Reason(Rc.INVALID_CARD, "expiry date does not match the card's"),
+    "pin_missing": Reason(Rc.BAD_PIN, "PIN required, none entered"),
+    "pin_wrong": Reason(Rc.BAD_PIN, "wrong PIN"),
+    "pin_tries_exceeded": Reason(Rc.PIN_TRIES, "PIN tries exceeded"),
+    "pin_unverified": Reason(Rc.SYSTEM_ERROR, "the PIN could not be verified (HSM)"),
+    "currency_mismatch": Reason(Rc.INVALID_AMOUNT, "currency is not the card's"),
+    "amount_not_positive": Reason(Rc.INVALID_AMOUNT, "amount is zero"),
+    "mcc_not_allowed": Reason(Rc.NOT_PERMITTED_CARD, "merchant category not allowed for the card's product"),
+    "merchant_group_not_allowed": Reason(Rc.NOT_PERMITTED_CARD, "merchant not in the product's groups"),
+    "topup_fixed_amount": Reason(Rc.NOT_PERMITTED_CARD, "a fixed-amount card cannot be topped up"),
+    "per_txn_limit": Reason(Rc.AMOUNT_LIMIT, "over the per-transaction limit"),
+    "daily_amount_limit": Reason(Rc.AMOUNT_LIMIT, "over the daily amount limit"),
+    "daily_count_limit": Reason(Rc.FREQUENCY_LIMIT, "daily count limit reached"),
+    "no_uses_left": Reason(Rc.FREQUENCY_LIMIT, "no uses left on the card"),
+    "max_balance": Reason(Rc.AMOUNT_LIMIT, "the top-up would exceed the maximum balance"),
+    "insufficient_funds": Reason(Rc.INSUFFICIENT_FUNDS, "insufficient funds"),
+    "merchant_unknown": Reason(Rc.INVALID_MERCHANT, "merchant not known to the host"),
+    "merchant_suspended": Reason(Rc.INVALID_MERCHANT, "merchant suspended"),
+    "merchant_closed": Reason(Rc.INVALID_MERCHANT, "merchant closed"),
+    "merchant_account_missing": Reason(Rc.SYSTEM_ERROR, "the merchant has no account for the card"),
+    "original_not_found": Reason(Rc.ORIGINAL_NOT_FOUND, "original transaction not found"),
+    "original_undone": Reason(Rc.INVALID_TXN, "original already voided or reversed"),
+    "original_refunded": Reason(Rc.INVALID_TXN, "original partly refunded: refund the rest instead"),
+    "void_amount_differs": Reason(Rc.ORIGINAL_AMOUNT, "void amount differs from the original's"),
+    "refund_exceeds_original": Reason(Rc.INVALID_AMOUNT, "refund exceeds what is left of the original"),
+    "hold_not_pending": Reason(Rc.INVALID_TXN, "the pre-authorization is no longer on hold"),
+    "completion_over_hold": Reason(Rc.INVALID_AMOUNT, "completion above the hold and its tolerance"),
+    "credit_already_spent": Reason(Rc.INSUFFICIENT_FUNDS, "what the reversal would take back is spent"),
+    "reversed_before_arrival": Reason(Rc.DO_NOT_HONOUR, "reversed before it arrived"),
+    "key_reused": Reason(Rc.DUPLICATE_TRANSMISSION, "retransmission key reused for another request"),
+    "posting_failed": Reason(Rc.SYSTEM_ERROR, "the ledger could not post it"),
 }
+
+STATE_REASONS = {
+    "inventory": "card_inventory",
+    "frozen": "card_frozen",
+    "closed": "card_closed",
+    "lost": "card_lost",
+    "stolen": "card_stolen",
+    "expired": "card_expired",
+}
+STATE_CODES = {state: REASONS[reason].code for state, reason in STATE_REASONS.items()}
+
+
+def code_of(reason: str) -> str:
+    """The response code a reason is answered with."""
+    return REASONS[reason].code
+
+
+def describe(reason: str | None) -> str:
+    """The reason in words (``""`` for none); an unknown key is shown as it is."""
+    if not reason:
+        return ""
+    known = REASONS.get(reason)
+    return known.text if known is not None else reason.replace("_", " ")
 
 # Card state machine: state -> states an operator may move it to.
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -50,13 +118,15 @@ def yymm(today: dt.date) -> str:
 
 
 def check_card(card: CardState, req: Request, today: dt.date) -> str | None:
-    code = STATE_CODES.get(card.state)
-    if code is not None:
-        return code
+    reason = STATE_REASONS.get(card.state)
+    if reason is not None:
+        return reason
     if card.expiry < yymm(today):  # YYMM compares as text within a century
-        return Rc.EXPIRED
+        return "card_expired"
     if req.expiry is not None and req.expiry != card.expiry:
-        return Rc.EXPIRED
+        # The card is valid: the date presented is not its own. Not 54 (which tells the cardholder the
+        # card has expired): 14, the card data presented is not a card of ours.
+        return "expiry_mismatch"
     return None
 
 
@@ -64,16 +134,16 @@ def check_pin(card: CardState, req: Request, max_tries: int) -> str | None:
     """Apply the PIN result to the try counter (mutates card) and say whether to decline."""
     if req.pin is Pin.NONE:
         if card.product.pin_required and req.txn in DEBITS:
-            return Rc.BAD_PIN
+            return "pin_missing"
         return None
     if card.pin_tries >= max_tries:
-        return Rc.PIN_TRIES
+        return "pin_tries_exceeded"
     if req.pin is Pin.ERROR:
-        return Rc.SYSTEM_ERROR
+        return "pin_unverified"
     if req.pin is Pin.BAD:
         card.pin_tries += 1
         card.card_dirty = True
-        return Rc.PIN_TRIES if card.pin_tries >= max_tries else Rc.BAD_PIN
+        return "pin_tries_exceeded" if card.pin_tries >= max_tries else "pin_wrong"
     if card.pin_tries:
         card.pin_tries = 0
         card.card_dirty = True
@@ -82,18 +152,18 @@ def check_pin(card: CardState, req: Request, max_tries: int) -> str | None:
 
 def check_amount(card: CardState, req: Request) -> str | None:
     if req.currency and req.currency != card.product.currency:
-        return Rc.INVALID_AMOUNT
+        return "currency_mismatch"
     if req.amount <= 0:
-        return Rc.INVALID_AMOUNT
+        return "amount_not_positive"
     return None
 
 
 def check_merchant_allowed(card: CardState, merchant: Merchant) -> str | None:
     p = card.product
     if p.allowed_mccs is not None and merchant.mcc not in p.allowed_mccs:
-        return Rc.NOT_PERMITTED_CARD
+        return "mcc_not_allowed"
     if p.allowed_groups is not None and merchant.group_code not in p.allowed_groups:
-        return Rc.NOT_PERMITTED_CARD
+        return "merchant_group_not_allowed"
     return None
 
 
@@ -108,14 +178,14 @@ def roll_day(card: CardState, today: dt.date) -> None:
 def check_limits(card: CardState, amount: int, today: dt.date) -> str | None:
     p = card.product
     if amount > p.per_txn_limit:
-        return Rc.AMOUNT_LIMIT
+        return "per_txn_limit"
     roll_day(card, today)
     if card.day_amount + amount > p.daily_amount_limit:
-        return Rc.AMOUNT_LIMIT
+        return "daily_amount_limit"
     if card.day_count + 1 > p.daily_count_limit:
-        return Rc.FREQUENCY_LIMIT
+        return "daily_count_limit"
     if card.uses_left is not None and card.uses_left <= 0:
-        return Rc.FREQUENCY_LIMIT
+        return "no_uses_left"
     return None
 
 
@@ -131,9 +201,9 @@ def count_use(card: CardState, amount: int) -> None:
 
 def check_topup(card: CardState, amount: int) -> str | None:
     if card.product.kind == "fixed_amount":
-        return Rc.NOT_PERMITTED_CARD
+        return "topup_fixed_amount"
     if card.balance + amount > card.product.max_balance:
-        return Rc.AMOUNT_LIMIT
+        return "max_balance"
     return None
 
 

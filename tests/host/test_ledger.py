@@ -345,3 +345,43 @@ def test_batch_statements_run_on_generic_index_plans(db_url: str) -> None:
             await conn.execute("ROLLBACK")
 
     run(db_url, body)
+
+
+def test_every_decline_keeps_its_reason(db_url: str) -> None:
+    """Issue 15 item 7: auth_requests.reason names why (host.rules.REASONS); an approval has none."""
+
+    async def body(conn: Any) -> None:
+        pan, poor, _ = await programme(conn, code="WHY", daily_amount_limit=1_500)
+        await conn.execute("UPDATE products SET pin_required = true WHERE code = 'WHY'")
+        expiry = await conn.fetchval("SELECT expiry FROM cards WHERE pan_hash = $1", fake_hash(pan))
+        wrong = f"{(int(expiry[:2]) + 1) % 100:02d}{expiry[2:]}"  # a year later: the card is valid
+        ledger = Ledger()
+        load = req(Txn.TOPUP, pan, 5_000)
+        ok = req(Txn.PURCHASE, pan, 1_000, pin=Pin.OK)
+        broke = req(Txn.PURCHASE, poor, 100, pin=Pin.OK)
+        no_pin = req(Txn.PURCHASE, pan, 100)
+        bad_pin = req(Txn.PURCHASE, pan, 100, pin=Pin.BAD)
+        mismatch = req(Txn.PURCHASE, pan, 100, pin=Pin.OK, expiry=wrong)
+        over = req(Txn.PURCHASE, pan, 600, pin=Pin.OK)
+        unknown = req(Txn.PURCHASE, "6200000000000000000", 1)
+        ds = await post(conn, ledger, load, ok, broke, no_pin, bad_pin, mismatch, over, unknown)
+        assert codes(ds) == ["00", "00", "51", "55", "55", "14", "61", "14"]
+        stored = dict(
+            await conn.fetch(
+                "SELECT key, reason FROM auth_requests WHERE key = ANY($1::text[])",
+                [r.key for r in (load, ok, broke, no_pin, bad_pin, mismatch, over, unknown)],
+            )
+        )
+        assert [stored[r.key] for r in (load, ok, broke, no_pin, bad_pin, mismatch, over, unknown)] == [
+            None,
+            None,
+            "insufficient_funds",
+            "pin_missing",
+            "pin_wrong",
+            "expiry_mismatch",
+            "daily_amount_limit",
+            "card_unknown",
+        ]
+        assert [d.reason for d in ds[2:4]] == ["insufficient_funds", "pin_missing"]
+
+    run(db_url, body)
