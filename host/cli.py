@@ -12,7 +12,6 @@ import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,22 +26,12 @@ from host.ledger import SERVER_SETTINGS
 from host.producers import ExportedMailerKey
 from ops.cli import AppContext, configure_logging, pass_app
 from ops.db import DatabaseUnavailable, database_url
+from ops.money import AMOUNT, AMOUNT_OR_ZERO, format_money, money_json
 from ops.pgpool import PgPool
 
 T = TypeVar("T")
 APP_ROLE = "payswitch_app"
 _KEY = re.compile(r"^(U[0-9A-Fa-f]{32}|T[0-9A-Fa-f]{48}|S[0-9A-Fa-f]{32})$")
-
-
-def amount_minor(text: str) -> int:
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise click.BadParameter(f"{text!r} is not an amount (e.g. 500.00)") from None
-    minor = value * 100
-    if minor != minor.to_integral_value() or minor < 0:
-        raise click.BadParameter(f"{text!r}: at most two decimals, not negative")
-    return int(minor)
 
 
 def major(minor: int) -> str:
@@ -331,11 +320,11 @@ def product() -> None:
 @click.option("--pan-length", type=click.IntRange(13, 19), default=19, show_default=True)
 @click.option("--name", default="")
 @click.option("--currency", default="156", show_default=True)
-@click.option("--max-balance", default="5000.00", show_default=True)
-@click.option("--face-value", default="0", help="fixed_amount: loaded at activation.")
+@click.option("--max-balance", type=AMOUNT, default="5000.00", show_default=True, help="Most a card holds.")
+@click.option("--face-value", type=AMOUNT_OR_ZERO, default="0", help="fixed_amount: loaded at activation.")
 @click.option("--uses", type=click.IntRange(1), default=None, help="usage_limited: number of uses.")
-@click.option("--per-txn-limit", default="1000.00", show_default=True)
-@click.option("--daily-amount-limit", default="3000.00", show_default=True)
+@click.option("--per-txn-limit", type=AMOUNT, default="1000.00", show_default=True, help="Largest purchase.")
+@click.option("--daily-amount-limit", type=AMOUNT, default="3000.00", show_default=True, help="Daily spend.")
 @click.option("--daily-count-limit", type=click.IntRange(1), default=50, show_default=True)
 @click.option("--validity-months", type=click.IntRange(1, 240), default=36, show_default=True)
 @click.option("--pin-required/--no-pin", default=True, show_default=True)
@@ -351,11 +340,11 @@ def product_add(
     pan_length: int,
     name: str,
     currency: str,
-    max_balance: str,
-    face_value: str,
+    max_balance: int,
+    face_value: int,
     uses: int | None,
-    per_txn_limit: str,
-    daily_amount_limit: str,
+    per_txn_limit: int,
+    daily_amount_limit: int,
     daily_count_limit: int,
     validity_months: int,
     pin_required: bool,
@@ -366,7 +355,7 @@ def product_add(
     """Add a card product with its BIN range."""
     if kind == "usage_limited" and uses is None:
         raise click.ClickException("a usage_limited product needs --uses")
-    if kind == "fixed_amount" and amount_minor(face_value) <= 0:
+    if kind == "fixed_amount" and face_value <= 0:
         raise click.ClickException("a fixed_amount product needs --face-value")
     if not re.fullmatch(r"\d{6,11}", bin_prefix):
         raise click.ClickException("--bin: 6 to 11 digits")
@@ -375,11 +364,11 @@ def product_add(
         kind=kind,
         currency=currency,
         name=name,
-        max_balance=amount_minor(max_balance),
-        initial_amount=amount_minor(face_value),
+        max_balance=max_balance,
+        initial_amount=face_value,
         uses=uses if kind == "usage_limited" else None,
-        per_txn_limit=amount_minor(per_txn_limit),
-        daily_amount_limit=amount_minor(daily_amount_limit),
+        per_txn_limit=per_txn_limit,
+        daily_amount_limit=daily_amount_limit,
         daily_count_limit=daily_count_limit,
         validity_months=validity_months,
         pin_required=pin_required,
@@ -598,14 +587,11 @@ def card_show(app: AppContext, card_ref: str) -> None:
 
 @card.command("load")
 @click.argument("card_ref", metavar="CARD")
-@click.option("--amount", required=True, help="Amount in currency units, e.g. 500.00.")
+@click.option("--amount", "minor", type=AMOUNT, required=True, help="Yuan to load, e.g. 500.00.")
 @click.option("--reference", default=None, help="Idempotency reference: the same one twice loads once.")
 @pass_app
-def card_load(app: AppContext, card_ref: str, amount: str, reference: str | None) -> None:
+def card_load(app: AppContext, card_ref: str, minor: int, reference: str | None) -> None:
     """Load money onto a card from the issuer's funding account."""
-    minor = amount_minor(amount)
-    if minor <= 0:
-        raise click.ClickException("--amount must be positive")
 
     async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> tuple[int, Any, dict[str, Any]]:
         cid = await _card_id(pool, crypto, card_ref)
@@ -615,9 +601,16 @@ def card_load(app: AppContext, card_ref: str, amount: str, reference: str | None
     cid, d, info = _run(app, work, hsm=_needs_hsm(card_ref))
     if d.code != "00":
         raise click.ClickException(f"card {cid}: load refused: {load_refusal(d.code)}")
+    cur = info["currency"]
     app.emit(
-        {"card_id": cid, "loaded": minor, "balance": info["balance"], "duplicate": d.duplicate},
-        f"card {cid}: loaded {major(minor)}, balance {major(info['balance'])}",
+        {
+            "card_id": cid,
+            **money_json("loaded", minor, cur),
+            **money_json("balance", info["balance"], cur),
+            "duplicate": d.duplicate,
+        },
+        f"card {cid}: {'already loaded' if d.duplicate else 'loaded'} {format_money(minor, cur)}"
+        f"{' under that reference' if d.duplicate else ''}, balance {format_money(info['balance'], cur)}",
     )
 
 

@@ -88,7 +88,7 @@ def test_programme_from_the_command_line(env: dict[str, str], db_url: str) -> No
     assert run(env, "card", "load", cid, "--amount", "10").exit_code == 1  # inventory: not active
     ok(env, "card", "activate", pans[0])
     loaded = ok(env, "card", "load", pans[0], "--amount", "500.00", "--reference", "r1")
-    assert loaded["balance"] == 50_000
+    assert loaded["balance_minor"] == 50_000 and loaded["currency"] == "CNY"
     assert ok(env, "card", "load", cid, "--amount", "500.00", "--reference", "r1")["duplicate"] is True
     over = run(env, "card", "load", cid, "--amount", "600.00")
     assert over.exit_code == 1 and "maximum balance" in over.output
