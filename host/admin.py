@@ -1,12 +1,32 @@
-"""Administrative postings (not network requests): loads by an operator, through the same engine."""
+"""Administrative postings (not network requests): loads, unloads and forfeits by an operator, through
+the same engine, and closing a card (only once no money is on it).
+
+Money out of a card goes one of two ways before the card is closed (issue 15 item 2):
+
+- ``admin_unload``: ``card unload`` moves the available balance (or part of it) from the card account to
+  the issuer's **cash-out payable** (account kind ``cash_out``, one per currency), keyed
+  ``unload:<reference>`` (the same reference twice unloads once). The next settlement run pays every
+  unpaid unload out to the cardholder (settlement/README.md, "Cash-outs").
+- ``forfeit``: ``card close --forfeit`` moves the whole balance to **breakage income** (kind
+  ``breakage``, one per currency) in the transaction that closes the card.
+
+``close_card`` refuses a card that holds money (posted balance or pending holds), naming both ways.
+"""
 
 from __future__ import annotations
 
+import re
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
+from host.catalog import CatalogError
 from host.ledger import Ledger
-from host.model import Decision, Request, Txn
+from host.model import Decision, Rc, Request, Txn
+from host.rules import TRANSITIONS
+from ops.money import format_money
+
+REFERENCE = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
 
 _LOAD_MESSAGES = {
     "61": "above the product's maximum balance",
@@ -35,3 +55,155 @@ async def admin_load(pool: Any, card_id: int, amount: int, reference: str | None
 
 def load_refusal(code: str) -> str:
     return _LOAD_MESSAGES.get(code, f"refused with response code {code}")
+
+
+@dataclass(frozen=True)
+class Unload:
+    card_id: int
+    reference: str
+    amount: int  # minor units moved to the cash-out payable
+    currency: str  # ISO 4217 numeric
+    balance: int  # the card's balance after it
+    held: int  # still held by pending pre-auths (not unloaded)
+    duplicate: bool  # the reference had unloaded already: nothing moved now
+
+
+@dataclass(frozen=True)
+class Closed:
+    card_id: int
+    from_state: str
+    forfeited: int  # minor units posted to breakage income (0: the card was empty)
+    currency: str
+
+
+def unload_key(reference: str) -> str:
+    return "unload:" + reference
+
+
+async def _card_money(conn: Any, card_id: int) -> Any:
+    row = await conn.fetchrow(
+        """SELECT c.state, a.currency, a.credits_posted - a.debits_posted AS balance,
+                  a.debits_pending AS held
+           FROM cards c JOIN accounts a ON a.id = c.account_id WHERE c.id = $1""",
+        card_id,
+    )
+    if row is None:
+        raise CatalogError(f"no card {card_id}")
+    return row
+
+
+async def _unload_done(conn: Any, key: str) -> Any:
+    return await conn.fetchrow(
+        "SELECT r.card_id, t.amount, t.currency FROM auth_requests r JOIN transfers t ON t.key = r.key"
+        " WHERE r.key = $1 AND r.txn = 'admin_unload'",
+        key,
+    )
+
+
+def _held_note(held: int, currency: str) -> str:
+    if not held:
+        return ""
+    return f" ({format_money(held, currency)} held by pending pre-auths stays until they resolve)"
+
+
+async def admin_unload(pool: Any, card_id: int, reference: str, amount: int | None = None) -> Unload:
+    """Move ``amount`` (default: all of the available balance) from the card to the cash-out payable.
+
+    Idempotent by ``reference``: the same reference again returns the first unload (``duplicate``) and
+    moves nothing; the same reference with another card or amount is refused. Refused above the
+    available balance: money held by pending pre-auths cannot be unloaded until the hold resolves.
+    """
+    if not REFERENCE.fullmatch(reference):
+        raise CatalogError("--reference: 1 to 64 of letters, digits and _ . : / -")
+    key = unload_key(reference)
+    done = await pool.run(_unload_done, key)
+    money = await pool.run(_card_money, card_id)
+    cur = money["currency"]
+    if done is not None:
+        if done["card_id"] != card_id or (amount is not None and amount != done["amount"]):
+            raise CatalogError(
+                f"reference {reference} already unloaded {format_money(done['amount'], done['currency'])}"
+                f" from card {done['card_id']}: give another --reference"
+            )
+        return Unload(
+            card_id, reference, done["amount"], done["currency"], money["balance"], money["held"], True
+        )
+    available = money["balance"] - money["held"]
+    if amount is None:
+        amount = available
+        if amount <= 0:
+            note = _held_note(money["held"], cur)
+            raise CatalogError(f"card {card_id} has nothing available to unload{note}")
+    if amount > available:
+        raise CatalogError(
+            f"card {card_id}: {format_money(amount, cur)} is more than its available balance"
+            f" {format_money(available, cur)}{_held_note(money['held'], cur)}: give --amount up to that,"
+            " or leave --amount out to unload all that is available"
+        )
+    req = Request(
+        key=key, mti="0000", txn=Txn.ADMIN_UNLOAD, acquirer_id="admin", card_id=card_id, amount=amount
+    )
+    d: Decision = (await pool.run(Ledger().post_batch, [req]))[0]
+    if d.code != Rc.APPROVED:
+        if d.code == Rc.DUPLICATE_TRANSMISSION:  # the same reference, committed meanwhile by another
+            raise CatalogError(f"reference {reference} was used by another unload just now: give another")
+        raise CatalogError(
+            f"card {card_id}: unload of {format_money(amount, cur)} refused ({d.code}): its balance"
+            " changed meanwhile; see `payswitch card show` and run it again"
+        )
+    after = await pool.run(_card_money, card_id)
+    return Unload(card_id, reference, amount, cur, after["balance"], after["held"], d.duplicate)
+
+
+async def _close_if_empty(conn: Any, card_id: int) -> tuple[str, Any]:
+    """Close the card if it holds no money; else change nothing. (old state, its money row)."""
+    async with conn.transaction():
+        # the card account row first, as every writer of a card locks it (host.ledger), then the card
+        row = await conn.fetchrow(
+            """SELECT c.state, a.currency, a.credits_posted - a.debits_posted AS balance,
+                      a.debits_pending AS held
+               FROM cards c JOIN accounts a ON a.id = c.account_id WHERE c.id = $1
+               FOR NO KEY UPDATE OF a""",
+            card_id,
+        )
+        if row is None:
+            raise CatalogError(f"no card {card_id}")
+        if row["balance"] or row["held"]:
+            return row["state"], row
+        if "closed" not in TRANSITIONS[row["state"]]:
+            raise CatalogError(f"card {card_id} is closed already")
+        await conn.execute("UPDATE cards SET state = 'closed', updated_at = now() WHERE id = $1", card_id)
+        return row["state"], row
+
+
+async def close_card(pool: Any, card_id: int, *, forfeit: bool = False) -> Closed:
+    """Close a card for good. Refused while it holds money, unless ``forfeit``: then its whole balance
+    goes to breakage income in the transaction that closes it (refused while holds are pending)."""
+    old, money = await pool.run(_close_if_empty, card_id)
+    cur, balance, held = money["currency"], money["balance"], money["held"]
+    if not (balance or held):
+        return Closed(card_id, old, 0, cur)
+    if held:
+        raise CatalogError(
+            f"card {card_id} holds {format_money(balance, cur)}, {format_money(held, cur)} of it held by"
+            " pending pre-auths: close it once they are completed, voided or expired"
+            + ("" if forfeit else f" (`payswitch card unload {card_id} --reference ...` takes the rest now)")
+        )
+    if not forfeit:
+        raise CatalogError(
+            f"card {card_id} holds {format_money(balance, cur)}: unload it first"
+            f" (`payswitch card unload {card_id} --reference ...`) or give --forfeit to post it to"
+            " breakage income"
+        )
+    req = Request(
+        key=f"forfeit:{card_id}:{uuid.uuid4().hex}",
+        mti="0000",
+        txn=Txn.FORFEIT,
+        acquirer_id="admin",
+        card_id=card_id,
+        amount=balance,
+    )
+    d: Decision = (await pool.run(Ledger().post_batch, [req]))[0]
+    if d.code != Rc.APPROVED:
+        raise CatalogError(f"card {card_id}: its balance changed while closing ({d.code}): run it again")
+    return Closed(card_id, old, balance, cur)

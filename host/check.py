@@ -10,8 +10,9 @@ All run in one REPEATABLE READ snapshot, so the check can run while the host is 
 - ``prepaid_not_negative``: no prepaid (no-overdraft) account has debits posted + pending above its
   credits posted.
 - ``one_transfer_per_approved_request``: every approved financial request made exactly one transfer
-  (key = request key); every request marked posted has one; every transfer that is not the sweeper's
-  or settlement's belongs to an approved, posted request.
+  (key = request key; operator unloads and forfeits included); every request marked posted has one;
+  every transfer that is not the sweeper's, settlement's or a cash-out payout belongs to an approved,
+  posted request.
 - ``settlement_backed_by_run``: every settlement transfer (code ``settlement``, no card) belongs to a
   payout of a settlement run (``ledger_settlements`` row, original_key = its reference) in its
   currency and only moves money from that merchant's payable (or a fee-income account) to that
@@ -23,6 +24,18 @@ All run in one REPEATABLE READ snapshot, so the check can run while the host is 
   any settlement debit. (Settlement takes ``LOCK transfers IN SHARE MODE`` before it reads the
   balances, so every posting with a lower id was committed and seen; a refund posted later may still
   take a sub-account below zero: that is the merchant owing money, carried by the next run.)
+- ``cash_out_from_unloads_only``: every unload (``admin_unload``) moves money from its card's account to
+  the cash-out payable (kind ``cash_out``); no transfer but an unload or a cash-out payout touches a
+  cash-out payable; and each one's sums are its unloads (credits) and payouts (debits), nothing pending,
+  never below zero (``account:<id>`` names one that is not).
+- ``cash_out_paid_once``: every cash-out payout (``cash_out_payout``, written by settlement) pays one
+  unload (original_key) exactly: its key is ``cashout:<unload key>``, same card, amount and currency,
+  from the cash-out payable the unload credited to a ``cash_out_paid`` account; no unload is paid
+  twice; nothing else touches a ``cash_out_paid`` account. So a cash-out is paid at most once and
+  never more than was unloaded.
+- ``breakage_from_forfeits_only``: every forfeit moves money from its card's account to breakage
+  income (kind ``breakage``), once per card, and the card is closed; no other transfer touches a
+  breakage account.
 """
 
 from __future__ import annotations
@@ -74,13 +87,14 @@ CHECKS: dict[str, str] = {
         WITH n AS (SELECT key, count(*) AS transfers FROM transfers GROUP BY key)
         SELECT r.key FROM auth_requests r LEFT JOIN n ON n.key = r.key
         WHERE (r.response_code = '00' AND r.txn IN ('purchase', 'topup', 'void', 'refund', 'preauth',
-                                                    'preauth_void', 'completion', 'admin_load')
+                                                    'preauth_void', 'completion', 'admin_load',
+                                                    'admin_unload', 'forfeit')
                AND (NOT r.posted OR coalesce(n.transfers, 0) <> 1))
            OR (r.posted AND (r.response_code <> '00' OR coalesce(n.transfers, 0) <> 1))
            OR (NOT r.posted AND coalesce(n.transfers, 0) <> 0)
         UNION
         SELECT t.key FROM transfers t LEFT JOIN auth_requests r ON r.key = t.key
-        WHERE t.code NOT IN ('expiry', 'settlement')
+        WHERE t.code NOT IN ('expiry', 'settlement', 'cash_out_payout')
           AND (r.key IS NULL OR NOT r.posted OR r.response_code <> '00')
         ORDER BY 1 LIMIT 1000""",
     "settlement_backed_by_run": """
@@ -129,6 +143,60 @@ CHECKS: dict[str, str] = {
             SELECT key, code, sum(amount) OVER (PARTITION BY account ORDER BY id) AS balance FROM legs
         )
         SELECT DISTINCT key FROM running WHERE code = 'settlement' AND balance < 0
+        ORDER BY 1 LIMIT 1000""",
+    "cash_out_from_unloads_only": """
+        WITH cash_out AS (SELECT id FROM accounts WHERE kind = 'cash_out')
+        SELECT t.key FROM transfers t
+        LEFT JOIN cards c ON c.id = t.card_id
+        WHERE t.code = 'admin_unload'
+          AND (t.phase <> 'single' OR c.account_id IS DISTINCT FROM t.debit_account_id
+               OR t.credit_account_id NOT IN (SELECT id FROM cash_out))
+        UNION
+        SELECT t.key FROM transfers t
+        WHERE t.code NOT IN ('admin_unload', 'cash_out_payout')
+          AND (t.debit_account_id IN (SELECT id FROM cash_out)
+               OR t.credit_account_id IN (SELECT id FROM cash_out))
+        UNION
+        SELECT 'account:' || a.id FROM accounts a
+        LEFT JOIN (SELECT credit_account_id AS id, sum(amount) AS n FROM transfers
+                   WHERE code = 'admin_unload' GROUP BY 1) u ON u.id = a.id
+        LEFT JOIN (SELECT debit_account_id AS id, sum(amount) AS n FROM transfers
+                   WHERE code = 'cash_out_payout' GROUP BY 1) p ON p.id = a.id
+        WHERE a.kind = 'cash_out'
+          AND (a.credits_posted <> coalesce(u.n, 0) OR a.debits_posted <> coalesce(p.n, 0)
+               OR a.debits_posted > a.credits_posted OR a.debits_pending <> 0 OR a.credits_pending <> 0)
+        ORDER BY 1 LIMIT 1000""",
+    "cash_out_paid_once": """
+        WITH paid AS (SELECT id FROM accounts WHERE kind = 'cash_out_paid')
+        SELECT p.key FROM transfers p
+        LEFT JOIN transfers u ON u.key = p.original_key AND u.code = 'admin_unload'
+        WHERE p.code = 'cash_out_payout'
+          AND (u.key IS NULL OR p.key <> 'cashout:' || u.key OR p.phase <> 'single' OR p.amount <> u.amount
+               OR p.card_id IS DISTINCT FROM u.card_id OR p.currency <> u.currency
+               OR p.debit_account_id <> u.credit_account_id
+               OR p.credit_account_id NOT IN (SELECT id FROM paid))
+        UNION
+        SELECT original_key FROM transfers WHERE code = 'cash_out_payout'
+        GROUP BY original_key HAVING count(*) > 1
+        UNION
+        SELECT t.key FROM transfers t
+        WHERE t.code <> 'cash_out_payout'
+          AND (t.debit_account_id IN (SELECT id FROM paid) OR t.credit_account_id IN (SELECT id FROM paid))
+        ORDER BY 1 LIMIT 1000""",
+    "breakage_from_forfeits_only": """
+        WITH breakage AS (SELECT id FROM accounts WHERE kind = 'breakage')
+        SELECT t.key FROM transfers t
+        LEFT JOIN cards c ON c.id = t.card_id
+        WHERE t.code = 'forfeit'
+          AND (t.phase <> 'single' OR c.account_id IS DISTINCT FROM t.debit_account_id
+               OR t.credit_account_id NOT IN (SELECT id FROM breakage) OR c.state IS DISTINCT FROM 'closed')
+        UNION
+        SELECT 'card:' || card_id FROM transfers WHERE code = 'forfeit' GROUP BY card_id HAVING count(*) > 1
+        UNION
+        SELECT t.key FROM transfers t
+        WHERE t.code <> 'forfeit'
+          AND (t.debit_account_id IN (SELECT id FROM breakage)
+               OR t.credit_account_id IN (SELECT id FROM breakage))
         ORDER BY 1 LIMIT 1000""",
 }
 

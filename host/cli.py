@@ -523,7 +523,73 @@ _state_command("freeze", "frozen", "Freeze a card (declined 05 until unfrozen)."
 _state_command("unfreeze", "active", "Unfreeze a frozen card.")
 _state_command("lost", "lost", "Report a card lost (41).")
 _state_command("stolen", "stolen", "Report a card stolen (43).")
-_state_command("close", "closed", "Close a card for good.")
+
+
+@card.command("close")
+@click.argument("card_ref", metavar="CARD")
+@click.option(
+    "--forfeit",
+    is_flag=True,
+    help="Post the card's balance to breakage income and close it in one transaction (not while holds "
+    "are pending).",
+)
+@pass_app
+def card_close(app: AppContext, card_ref: str, forfeit: bool) -> None:
+    """Close a card for good. Refused while it holds money: unload it first (`card unload`, settlement
+    pays it out) or give --forfeit."""
+    from host.admin import Closed, close_card
+
+    async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> Closed:
+        return await close_card(pool, await _card_id(pool, crypto, card_ref), forfeit=forfeit)
+
+    done = _run(app, work, hsm=_needs_hsm(card_ref))
+    lost = ""
+    if done.forfeited:
+        lost = f"; {format_money(done.forfeited, done.currency)} forfeited to breakage income"
+    app.emit(
+        {
+            "card_id": done.card_id,
+            "from": done.from_state,
+            "to": "closed",
+            **money_json("forfeited", done.forfeited, done.currency),
+        },
+        f"card {done.card_id}: {done.from_state} -> closed{lost}",
+    )
+
+
+@card.command("unload")
+@click.argument("card_ref", metavar="CARD")
+@click.option("--amount", type=AMOUNT, default=None, help="Yuan to unload (default: all that is available).")
+@click.option(
+    "--reference", required=True, help="Your reference for the payout: the same one twice unloads once."
+)
+@pass_app
+def card_unload(app: AppContext, card_ref: str, amount: int | None, reference: str) -> None:
+    """Take money off a card to the cash-out payable; the next settlement run pays it out to the
+    cardholder under REFERENCE. Held money (pending pre-auths) stays on the card."""
+    from host.admin import Unload, admin_unload
+
+    async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> Unload:
+        return await admin_unload(pool, await _card_id(pool, crypto, card_ref), reference, amount)
+
+    u = _run(app, work, hsm=_needs_hsm(card_ref))
+    verb = "already unloaded" if u.duplicate else "unloaded"
+    held = f" ({format_money(u.held, u.currency)} held)" if u.held else ""
+    app.emit(
+        {
+            "card_id": u.card_id,
+            "reference": u.reference,
+            "duplicate": u.duplicate,
+            **money_json("unloaded", u.amount, u.currency),
+            "balance_minor": u.balance,
+            "held_minor": u.held,
+        },
+        f"card {u.card_id}: {verb} {format_money(u.amount, u.currency)} under reference {u.reference};"
+        f" balance {format_money(u.balance, u.currency)}{held}.\n"
+        "The next settlement run (`payswitch settle`) pays it out to the cardholder with this reference.",
+    )
+
+
 
 
 @card.command("expire")

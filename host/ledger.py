@@ -124,6 +124,7 @@ class _Batch:
     # Per answered key: what a retransmission must repeat (card, amount, DE3), and the keys reversed since.
     fingerprints: dict[str, tuple[int | None, int, str]] = field(default_factory=dict)
     reversed: set[str] = field(default_factory=set)
+    closing: list[int] = field(default_factory=list)  # cards a forfeit closes in this transaction
 
 
 def _fingerprint(r: Request) -> tuple[int | None, int, str]:
@@ -140,6 +141,7 @@ class Ledger:
         self._card_ids: dict[str, int] = {}  # pan_hash -> card id (never changes)
         self._merchants: dict[str, tuple[float, Merchant | None]] = {}
         self._funding: dict[tuple[str, int], int] = {}
+        self._issuer_accounts: dict[tuple[str, str], int] = {}  # (kind, currency) -> cash_out / breakage
 
     # -- entry point ----------------------------------------------------------------------------
     async def post_batch(
@@ -484,6 +486,8 @@ class Ledger:
         merchant: Merchant | None,
         original: Original | None,
     ) -> Decision:
+        if r.txn in (Txn.ADMIN_UNLOAD, Txn.FORFEIT):
+            return await self._money_out(conn, b, r, card)
         reason = rules.check_card(card, r, b.today)
         if reason is None and r.txn is not Txn.ADMIN_LOAD:
             reason = rules.check_pin(card, r, self.pin_tries)
@@ -782,6 +786,8 @@ class Ledger:
     ) -> None:
         if r.txn is Txn.EXPIRY:
             return
+        if r.txn in (Txn.ADMIN_UNLOAD, Txn.FORFEIT) and not d.posted:
+            return  # an operator's refused unload or forfeit leaves nothing: its reference stays free
         b.auth_rows.append(
             (
                 r.key,
@@ -807,6 +813,52 @@ class Ledger:
                 d.posted,
             )
         )
+
+    async def _money_out(self, conn: Any, b: _Batch, r: Request, card: CardState) -> Decision:
+        """`card unload` (card -> cash-out payable) and `card close --forfeit` (card -> breakage income,
+        the card closed in this transaction), decided against the locked balances.
+
+        Whatever the card's state: an expired, lost or frozen card's money is paid out or forfeited so
+        that the card can be closed. An unload takes at most the available balance (held money stays
+        until its hold is resolved): 51 above it. A forfeit takes the whole balance and nothing else:
+        51 while holds are pending, 13 when the amount is not the balance (it changed since it was read).
+        A refusal is not journaled (``_record``): the operator's reference stays free for the retry.
+        """
+        if r.amount <= 0 or (r.currency and r.currency != card.product.currency):
+            return Decision(Rc.INVALID_AMOUNT)
+        if r.txn is Txn.ADMIN_UNLOAD:
+            if card.available < r.amount:
+                return Decision(Rc.INSUFFICIENT_FUNDS)
+            cash_out = await self._issuer_account(conn, "cash_out", card.product.currency)
+            return self._post(b, r, card.account_id, cash_out, card, "single", Txn.ADMIN_UNLOAD)
+        if card.debits_pending:
+            return Decision(Rc.INSUFFICIENT_FUNDS)
+        if r.amount != card.balance:
+            return Decision(Rc.INVALID_AMOUNT)
+        breakage = await self._issuer_account(conn, "breakage", card.product.currency)
+        b.closing.append(card.card_id)
+        card.state = "closed"
+        return self._post(b, r, card.account_id, breakage, card, "single", Txn.FORFEIT)
+
+    async def _issuer_account(self, conn: Any, kind: str, currency: str) -> int:
+        """The issuer's cash-out payable or breakage income account of a currency (one each), created
+        the first time (no_overdraft on the cash-out payable: never paid out beyond what was unloaded)."""
+        if (kind, currency) not in self._issuer_accounts:
+            index = {"cash_out": "cash_out", "breakage": "breakage"}[kind]  # a literal for ON CONFLICT
+            acct = await conn.fetchval(
+                "SELECT id FROM accounts WHERE kind = $1 AND currency = $2", kind, currency
+            )
+            if acct is None:
+                acct = await conn.fetchval(
+                    f"""INSERT INTO accounts (kind, currency, part, no_overdraft) VALUES ($1, $2, 0, $3)
+                        ON CONFLICT (currency) WHERE kind = '{index}' DO UPDATE SET part = EXCLUDED.part
+                        RETURNING id""",
+                    kind,
+                    currency,
+                    kind == "cash_out",
+                )
+            self._issuer_accounts[(kind, currency)] = acct
+        return self._issuer_accounts[(kind, currency)]
 
     async def _funding_account(self, conn: Any, currency: str, part: int) -> int:
         key = (currency, part)
@@ -874,6 +926,11 @@ class Ledger:
             [c.uses_left for c in dirty],
             [c.pin_tries for c in dirty],
         )
+        if b.closing:  # a forfeit closes its card in the transaction that empties it (rare: own statement)
+            await conn.execute(
+                "UPDATE cards SET state = 'closed', updated_at = now() WHERE id = ANY($1::bigint[])",
+                b.closing,
+            )
 
 
 _READ_SQL = """

@@ -22,6 +22,8 @@ class Txn(StrEnum):
     REVERSAL = "reversal"
     EXPIRY = "expiry"  # the hold-expiry sweeper, not a network request
     ADMIN_LOAD = "admin_load"  # `payswitch card load`, not a network request
+    ADMIN_UNLOAD = "admin_unload"  # `payswitch card unload`: card -> cash-out payable
+    FORFEIT = "forfeit"  # `payswitch card close --forfeit`: card -> breakage income, card closed
 
 
 # Transactions that must create exactly one transfer when approved.
@@ -35,6 +37,8 @@ FINANCIAL = frozenset(
         Txn.PREAUTH_VOID,
         Txn.COMPLETION,
         Txn.ADMIN_LOAD,
+        Txn.ADMIN_UNLOAD,
+        Txn.FORFEIT,
     }
 )
 
@@ -111,12 +115,12 @@ class Decision:
     balance_field: str = ""  # DE54
     duplicate: bool = False
     posted: bool = False
+    # Why it was declined: a key of host.rules.REASONS (auth_requests.reason); "" when approved.
+    reason: str = ""
 
 
 @dataclass(frozen=True)
 class Product:
-    # Why it was declined: a key of host.rules.REASONS (auth_requests.reason); "" when approved.
-    reason: str = ""
     id: int
     code: str
     kind: str
