@@ -21,6 +21,7 @@ from ops.cli import AppContext, pass_app
 from ops.config import Config
 from ops.db import connect, database_url
 from ops.files import write_text_atomic
+from ops.money import format_money, money_json
 from settlement.cycles import Cycle
 from settlement.errors import SettlementError
 from settlement.fees import FeeSchedule
@@ -128,6 +129,8 @@ def _summary(imported: list[ImportResult], result: RunResult | None, written: li
                         for p in result.payouts],
             "carried": [{"merchant_id": c.merchant_id, "reason": c.reason, "gross": c.gross, "fee": c.fee}
                         for c in result.carried],
+            "cash_outs": [{"reference": c.reference, "card_id": c.card_id, "pan_masked": c.pan_masked,
+                           **money_json("amount", c.amount, c.currency)} for c in result.cash_outs],
             "outputs": written,
         }
     return data
@@ -151,6 +154,11 @@ def _human(imported: list[ImportResult], result: RunResult | None, written: list
                       for p in result.payouts[:SHOWN]]
             if len(result.payouts) > SHOWN:
                 lines.append(f"  ... and {len(result.payouts) - SHOWN} more (see the payout file)")
+            # `card unload`s paid out to their cardholders (settlement.cashouts)
+            lines += [f"  cash-out {c.reference}: {format_money(c.amount, c.currency)} to the cardholder of "
+                      f"card {c.card_id}" for c in result.cash_outs[:SHOWN]]
+            if len(result.cash_outs) > SHOWN:
+                lines.append(f"  ... and {len(result.cash_outs) - SHOWN} more cash-outs (payout file)")
         lines += [f"  carried {c.merchant_id}: {c.reason}" for c in result.carried[:SHOWN]]
         if len(result.carried) > SHOWN:
             lines.append(f"  ... and {len(result.carried) - SHOWN} more carried (--json lists all)")

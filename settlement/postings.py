@@ -106,14 +106,20 @@ async def merchant_payable(conn: Any, merchant_id: str) -> Payable | None:
 AccountCache = dict[tuple[str, str, int | None, str | None], int]
 
 
-async def _account(conn: Any, kind: str, currency: str, merchant_ref: int | None, party: str | None,
-                   cache: AccountCache) -> int:
-    """The settled or fee-income account, created when missing (ids cached for the run)."""
+_CONFLICT = {
+    "settled": "(merchant_id) WHERE kind = 'settled'",
+    "fee_income": "(party, currency) WHERE kind = 'fee_income'",
+    "cash_out_paid": "(currency) WHERE kind = 'cash_out_paid'",
+}
+
+
+async def account_of(conn: Any, kind: str, currency: str, merchant_ref: int | None, party: str | None,
+                     cache: AccountCache) -> int:
+    """The settled, fee-income or cash-out-paid account, created when missing (ids cached for the run)."""
     wanted = (kind, currency, merchant_ref, party)
     if wanted in cache:
         return cache[wanted]
-    conflict = "(merchant_id) WHERE kind = 'settled'" if kind == "settled" else \
-        "(party, currency) WHERE kind = 'fee_income'"
+    conflict = _CONFLICT[kind]
     await conn.execute(
         "INSERT INTO accounts (kind, currency, part, merchant_id, party, no_overdraft) "
         f"VALUES ($1, $2, 0, $3, $4, false) ON CONFLICT {conflict} DO NOTHING",
@@ -121,6 +127,9 @@ async def _account(conn: Any, kind: str, currency: str, merchant_ref: int | None
     if kind == "settled":
         account: int = await conn.fetchval(
             "SELECT id FROM accounts WHERE kind = 'settled' AND merchant_id = $1", merchant_ref)
+    elif kind == "cash_out_paid":
+        account = await conn.fetchval(
+            "SELECT id FROM accounts WHERE kind = 'cash_out_paid' AND currency = $1", currency)
     else:
         account = await conn.fetchval(
             "SELECT id FROM accounts WHERE kind = 'fee_income' AND party = $1 AND currency = $2",
@@ -138,27 +147,38 @@ async def post_payout(conn: Any, run_id: int, reference: str, payable: Payable, 
     cache: AccountCache = {} if accounts is None else accounts
     currency = payable.currency
     debits = payable.take(gross)
-    credits = [(await _account(conn, "settled", currency, payable.merchant_ref, None, cache), net)]
+    credits = [(await account_of(conn, "settled", currency, payable.merchant_ref, None, cache), net)]
     shares = {"issuer": issuer_share, **{f"acquirer:{a}": s for a, s in sorted(acquirer_shares.items())},
               "platform": platform_share}
     for party, share in shares.items():
         if share:
-            account = await _account(conn, "fee_income", currency, None, party, cache)
+            account = await account_of(conn, "fee_income", currency, None, party, cache)
             (credits if share > 0 else debits).append((account, abs(share)))
     legs = pair_legs(debits, credits)
     await conn.execute(
         "INSERT INTO ledger_settlements (reference, run_id, merchant_id, currency, gross, fee, net) "
         "VALUES ($1, $2, $3, $4, $5, $6, $7)",
         reference, run_id, payable.merchant_ref, currency, gross, gross - net, net)
+    await insert_transfers(conn, "settlement", currency,
+                           [f"settle:{reference}:{n:03d}" for n in range(1, len(legs) + 1)], legs,
+                           [reference] * len(legs), [None] * len(legs))
+    return len(legs)
+
+
+async def insert_transfers(conn: Any, code: str, currency: str, keys: list[str], legs: list[Leg],
+                           original_keys: list[str], card_ids: list[int | None]) -> None:
+    """Insert single-phase host transfers and add each to its accounts' posted sums, in one statement:
+    the one way settlement writes the host ledger (merchant payouts, code ``settlement``; cash-outs,
+    code ``cash_out_payout``, settlement.cashouts)."""
     await conn.execute(
         """
         WITH legs AS (
-            SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])
-                AS l(key, dr, cr, amount)
+            SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[],
+                                 $6::bigint[]) AS l(key, dr, cr, amount, original_key, card_id)
         ), ins AS (
             INSERT INTO transfers (key, debit_account_id, credit_account_id, amount, currency, phase, code,
                                    card_id, original_key)
-            SELECT key, dr, cr, amount, $5, 'single', 'settlement', NULL, $6 FROM legs ORDER BY key
+            SELECT key, dr, cr, amount, $7, 'single', $8, card_id, original_key FROM legs ORDER BY key
         ), sums AS (
             SELECT account, sum(d) AS d, sum(c) AS c FROM (
                 SELECT dr AS account, amount AS d, 0 AS c FROM legs
@@ -167,9 +187,8 @@ async def post_payout(conn: Any, run_id: int, reference: str, payable: Payable, 
         UPDATE accounts a SET debits_posted = a.debits_posted + s.d, credits_posted = a.credits_posted + s.c
         FROM sums s WHERE a.id = s.account
         """,
-        [f"settle:{reference}:{n:03d}" for n in range(1, len(legs) + 1)], [g.debit for g in legs],
-        [g.credit for g in legs], [g.amount for g in legs], currency, reference)
-    return len(legs)
+        keys, [g.debit for g in legs], [g.credit for g in legs], [g.amount for g in legs], original_keys,
+        card_ids, currency, code)
 
 
 async def check_postings(conn: Any) -> list[str]:
@@ -177,7 +196,8 @@ async def check_postings(conn: Any) -> list[str]:
     (a ``ledger_settlements`` row with its run, merchant, gross, fee and net, and settlement transfers
     adding up to them), every ledger settlement is a payout, and the payable debited equals the accruals
     it paid. Payouts made before the host ledger took settlement postings are checked in the old
-    ``settlement_postings`` book instead."""
+    ``settlement_postings`` book instead. Cash-outs: every one paid has its host transfer and back
+    (settlement.cashouts.check_cash_outs)."""
     problems: list[str] = []
     for r in await conn.fetch(
         """
@@ -220,6 +240,9 @@ async def check_postings(conn: Any) -> list[str]:
     ):
         problems.append(f"ledger settlement {r['reference']} has no payout")
     problems += await _check_legacy(conn)
+    from settlement.cashouts import check_cash_outs  # (it imports this module)
+
+    problems += await check_cash_outs(conn)
     return problems
 
 

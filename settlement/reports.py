@@ -3,7 +3,10 @@
 Written to ``<output_dir>/run_<id>/``, each file under a temporary name then renamed, so a reader
 never sees half a report and writing them again gives the same bytes:
 
-- ``payouts_<id>.csv``: the payout instruction file, one line per merchant (reference, account, amount);
+- ``payouts_<id>.csv``: the payout instruction file, one line per merchant (reference, account, amount)
+  and one per cash-out to a cardholder (the unload's reference, no merchant, ``cardholder:card:<id>``);
+- ``cashouts_<id>.csv``: the run's cash-outs (reference, card, masked PAN, currency, amount, unloaded at),
+  when it paid any;
 - ``stores_<id>.csv``: every merchant x store x business date paid in the run;
 - ``merchant_<merchant>.csv`` and ``.html``: that merchant's stores and dates with totals, and a bar
   chart (inline SVG) of net per store.
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ops.files import write_text_atomic
+from settlement.cashouts import run_cash_outs
 
 
 @dataclass(frozen=True)
@@ -89,8 +93,17 @@ async def write_run_outputs(conn: Any, run_id: int, output_dir: str | Path) -> l
     payout_rows: list[list[Any]] = [["reference", "merchant_id", "payout_account", "amount", "value_date"]]
     payout_rows += [[p["reference"], p["merchant_id"], p["payout_account"], p["net"], run["as_of"]]
                     for p in payouts]
+    cash_outs = await run_cash_outs(conn, run_id)  # to cardholders: the unload's reference, no merchant
+    payout_rows += [[c["reference"], "", f"cardholder:card:{c['card_id']}", c["amount"], run["as_of"]]
+                    for c in cash_outs]
     written.append(folder / f"payouts_{run_id}.csv")
     write_text_atomic(written[-1], _csv(payout_rows))
+    if cash_outs:
+        written.append(folder / f"cashouts_{run_id}.csv")
+        write_text_atomic(written[-1], _csv(
+            [["reference", "card_id", "pan_masked", "currency", "amount", "unloaded_at"]]
+            + [[c["reference"], c["card_id"], c["pan_masked"], c["currency"], c["amount"],
+                c["unloaded_at"].isoformat()] for c in cash_outs]))
 
     header = ["merchant_id", "store_id", "business_date", "txn_count", "sales", "returns", "topups", "gross",
               "fee", "net"]

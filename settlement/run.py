@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from settlement.cashouts import CashOut, pay_cash_outs, unpaid_cash_outs
 from settlement.cycles import Cycle, settlement_date
 from settlement.importer import _LOCK_ID
 from settlement.postings import AccountCache, Payable, lock_ledger, merchant_payable, post_payout
@@ -47,6 +48,7 @@ class RunResult:
     run_id: int | None = None
     payouts: list[Payout] = field(default_factory=list)
     carried: list[Carried] = field(default_factory=list)
+    cash_outs: list[CashOut] = field(default_factory=list)  # unloads paid out to cardholders
 
     @property
     def payout_total(self) -> int:
@@ -91,7 +93,8 @@ async def run_settlement(conn: Any, as_of: date, default_cycle: Cycle) -> RunRes
                     merchant, f"net {gross - fee} is not positive: carried until sales cover it", gross, fee))
                 continue
             plans.append((merchant, [r["business_date"] for r in due], gross, fee))
-        if not plans:
+        cash_outs = await unpaid_cash_outs(conn)  # every unpaid `card unload` (settlement.cashouts)
+        if not plans and not cash_outs:
             return result
         await lock_ledger(conn)
         payables: dict[str, Payable] = {}
@@ -109,7 +112,7 @@ async def run_settlement(conn: Any, as_of: date, default_cycle: Cycle) -> RunRes
                 continue
             result.carried.append(Carried(merchant, reason, gross, fee))
         plans = [plan for plan in plans if plan[0] in payables]
-        if not plans:
+        if not plans and not cash_outs:
             return result
         run_id: int = await conn.fetchval(
             "INSERT INTO settlement_runs (as_of, carried_count) VALUES ($1, $2) RETURNING id",
@@ -137,6 +140,7 @@ async def run_settlement(conn: Any, as_of: date, default_cycle: Cycle) -> RunRes
                               sum(s["platform_share"] for s in shares), accounts)
             result.payouts.append(Payout(payout_id, merchant, reference, gross, fee, gross - fee,
                                          tuple(dates)))
+        result.cash_outs = await pay_cash_outs(conn, run_id, cash_outs, accounts)
         await conn.execute(
             "UPDATE settlement_runs SET payout_count = $2, payout_total = $3 WHERE id = $1",
             run_id, len(result.payouts), result.payout_total)
