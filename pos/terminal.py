@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ops.logs import mask_pan
+from ops.money import parse_money
 from pos import messages
 from pos.client import Answer, NoAnswer, ReversalPending, Session, TerminalError
 from pos.crypto import TerminalCryptoError, unwrap_working_keys
@@ -109,15 +110,9 @@ def format_amount(minor: int) -> str:
 
 
 def parse_amount(text: str) -> int:
-    """'123.45' or '123' (yuan) into fen; raises ValueError with a one-line reason."""
-    t = text.strip()
-    whole, dot, frac = t.partition(".")
-    if not whole.isdigit() or (dot and not (frac.isdigit() and len(frac) <= 2)):
-        raise ValueError(f"an amount is yuan with up to two decimals, e.g. 12.50, not {text!r}")
-    value = int(whole) * 100 + (int(frac.ljust(2, "0")) if frac else 0)
-    if not 0 < value <= 999_999_999_999:
-        raise ValueError("the amount must be more than zero and at most 12 digits of fen")
-    return value
+    """'1,234.5', '123.45' or '123' (yuan) into fen, by the one rule of ``ops.money.parse_money``;
+    raises ValueError (``MoneyError``) with a one-line reason."""
+    return parse_money(text)
 
 
 def parse_balance(de54: str) -> int | None:
