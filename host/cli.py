@@ -600,10 +600,23 @@ def card_unload(app: AppContext, card_ref: str, amount: int | None, reference: s
     default=None,
     help="Expire as on this date, YYYY-MM-DD (default: today, UTC).",
 )
+@click.option("--yes", is_flag=True, help="Confirm an --as-of in the future (expires cards not yet expired).")
 @pass_app
-def card_expire(app: AppContext, dry_run: bool, as_of: Any) -> None:
+def card_expire(app: AppContext, dry_run: bool, as_of: Any, yes: bool) -> None:
     """Move active and frozen cards past their expiry month to `expired` (what `host serve` runs)."""
+    import datetime as dt
+
     from host.expiry import ExpiryResult, expire_cards
+    from specs.clearing import business_date_of
+
+    clearing = app.config.clearing  # today = the programme's business date
+    today = business_date_of(dt.datetime.now(dt.UTC), clearing.cutover, clearing.timezone)
+    if as_of is not None and not (dry_run or yes) and as_of.date() > today:
+        raise click.ClickException(
+            f"--as-of {as_of.date().isoformat()} is in the future (today's business date is"
+            f" {today.isoformat()}): cards not yet expired would be expired;"
+            " give --yes to do it (or --dry-run to count them)"
+        )
 
     async def work(pool: PgPool) -> ExpiryResult:
         return await expire_cards(pool, as_of.date() if as_of else None, dry_run=dry_run)
