@@ -40,6 +40,7 @@ from host.model import Decision, Pin, Rc, Request, Txn
 from hsm_sim.client import HsmClient, HsmCommandError, HsmError, account_from_pan, verify_pin_command
 from ops.config import Config
 from ops.guard import ConnectionGuard, GuardLimits, source_of
+from ops.listening import cannot_listen
 from ops.logs import bind_peer, get_logger
 from ops.metrics import labelled
 from ops.peers import link_refusal, peer_is_loopback
@@ -158,9 +159,12 @@ class HostService:
             nursery.start_soon(expiry.run, self.pool, self.config)  # cards past their YYMM
             if self.config.clearing.auto_emit:
                 nursery.start_soon(clearing_task.run, self.pool, self.config)
-            listeners = await nursery.start(
-                functools.partial(trio.serve_tcp, self._connection, hc.port, host=hc.listen)
-            )
+            try:
+                listeners = await nursery.start(
+                    functools.partial(trio.serve_tcp, self._connection, hc.port, host=hc.listen)
+                )
+            except OSError as exc:  # one line naming the address and the key, not a traceback
+                raise cannot_listen("host", hc.listen, hc.port, "host.port", exc) from None
             self.port = listeners[0].socket.getsockname()[1]
             log.info("host listening", port=self.port, profile=hc.profile, writers=self.engine.writers)
             task_status.started(self.port)

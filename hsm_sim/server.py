@@ -26,6 +26,7 @@ import trio
 from hsm_sim.engine import Engine
 from hsm_sim.metrics import BAD_FRAMES, CONNECTIONS, CONNECTIONS_TOTAL, STATS
 from ops.guard import ConnectionGuard, GuardLimits, Slot, source_of
+from ops.listening import cannot_listen
 from ops.logs import get_logger
 
 log = get_logger(__name__)
@@ -149,7 +150,10 @@ async def serve(
             if handle_signals
             else None
         )
-        listeners = await trio.open_tcp_listeners(port, host=listen)
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=listen)
+        except OSError as exc:  # one line naming the address and the key, not a traceback
+            raise cannot_listen("hsm", listen, port, "hsm.port", exc) from None
         bound = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.guard.run)  # idle and frame deadlines

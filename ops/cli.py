@@ -105,21 +105,64 @@ def cli(ctx: click.Context, config_path: str | None, json_output: bool) -> None:
     ctx.obj = AppContext(config_path=config_path, json_output=json_output)
 
 
-def main() -> None:
+def main(args: list[str] | None = None) -> None:
+    """The entry point: run the command, turn every expected failure into one line (a list for a
+    configuration, one line per problem) and the exit status: 2 usage or configuration, 1 operational.
+
+    There is deliberately no catch-all: an unexpected exception is a bug and keeps its traceback (the
+    tree-walk test, tests/test_cli_tree.py, fails on it)."""
     tune_gc()
     try:
-        cli.main(standalone_mode=False, prog_name="payswitch")
+        status = cli.main(args, standalone_mode=False, prog_name="payswitch")
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:
+        _usage(exc)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except _ONE_LINE_ERRORS as exc:
-        click.echo(f"payswitch: {exc}", err=True)
-        sys.exit(2 if isinstance(exc, config_mod.ConfigError) else 1)
+        sys.exit(_one_line(exc))
+    except BaseExceptionGroup as group:  # raised out of a trio nursery: one line if every part is known
+        leaves = _leaves(group)
+        if not all(isinstance(leaf, (click.ClickException, *_ONE_LINE_ERRORS)) for leaf in leaves):
+            raise
+        sys.exit(max(_one_line(leaf) for leaf in leaves))
     except KeyboardInterrupt:
         sys.exit(130)
+    if isinstance(status, int) and status:  # ctx.exit(N) in non-standalone mode is returned, not raised
+        sys.exit(status)
+
+
+def _usage(exc: click.UsageError) -> None:
+    """A usage error in one line with where to find help (click's own shows the usage block first)."""
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError):  # a group run bare: its help is the answer
+        exc.show()
+        return
+    where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+    click.echo(f"Error: {exc.format_message().rstrip('.')}{where}", err=True)
+
+
+def _one_line(exc: BaseException) -> int:
+    """Print a known failure (every problem of a configuration error on its own line); its exit status."""
+    if isinstance(exc, click.ClickException):
+        _usage(exc) if isinstance(exc, click.UsageError) else exc.show()
+        return exc.exit_code
+    if isinstance(exc, config_mod.ConfigError):
+        for problem in exc.problems:
+            click.echo(f"payswitch: {problem}", err=True)
+        return 2
+    click.echo(f"payswitch: {exc}", err=True)
+    return 1
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
 
 
 def configure_logging(app: AppContext, service: str) -> None:
@@ -128,10 +171,11 @@ def configure_logging(app: AppContext, service: str) -> None:
 
 def _one_line_errors() -> tuple[type[BaseException], ...]:
     from ops.db import DatabaseUnavailable
+    from ops.listening import CannotListen
     from ops.migrate import MigrationError
     from ops.pgembed import EmbeddedPostgresError
 
-    return (config_mod.ConfigError, DatabaseUnavailable, MigrationError, EmbeddedPostgresError)
+    return (config_mod.ConfigError, DatabaseUnavailable, MigrationError, EmbeddedPostgresError, CannotListen)
 
 
 _ONE_LINE_ERRORS = _one_line_errors()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from ops import config as config_mod
@@ -29,19 +31,34 @@ def show(app: AppContext) -> None:
 @config.command()
 @pass_app
 def check(app: AppContext) -> None:
-    """Validate the configuration; exit non-zero with one line naming a bad key."""
-    _ = app.config
+    """Validate every key and PAYSWITCH_* variable; list every problem, one line each, and exit 2.
+
+    The same check runs at the start of every command (rules: `payswitch config keys`)."""
+    try:
+        _ = app.config
+    except config_mod.ConfigError as exc:
+        if app.json_output:
+            click.echo(json.dumps({"ok": False, "problems": exc.problems}, indent=2))
+        for problem in exc.problems:
+            click.echo(f"payswitch: {problem}", err=True)
+        raise SystemExit(2) from None
     app.emit({"ok": True}, "configuration ok")
 
 
 @config.command(name="keys")
 @pass_app
 def keys_(app: AppContext) -> None:
-    """List every key with its environment variable and meaning."""
+    """List every key with its environment variable, meaning and allowed values, then the rules that
+    join keys and the other PAYSWITCH_* variables read."""
     rows = [
-        {"key": key, "type": kind, "env": config_mod.env_name(*key.split(".")), "help": help_}
-        for key, kind, help_ in config_mod.describe()
+        {"key": key, "type": kind, "env": config_mod.env_name(*key.split(".")), "help": help_,
+         "allowed": allowed}
+        for key, kind, help_, allowed in config_mod.describe_rules()
     ]
     width = max(len(r["key"]) for r in rows)
-    human = "\n".join(f"{r['key']:<{width}}  {r['type']:<6}  {r['env']:<32}  {r['help']}" for r in rows)
-    app.emit(rows, human)
+    lines = [f"{r['key']:<{width}}  {r['type']:<6}  {r['env']:<40}  {r['help']}\n"
+             f"{'':<{width}}  allowed: {r['allowed']}" for r in rows]
+    lines += ["", "rules joining keys:", *(f"  {rule}" for rule in config_mod.JOINT_RULES),
+              "", "other environment variables (any other PAYSWITCH_* name is refused):",
+              *(f"  {name:<32}  {meaning}" for name, meaning in config_mod.OTHER_ENV.items())]
+    app.emit(rows, "\n".join(lines))

@@ -24,6 +24,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, generate_latest
 
 from ops.guard import ConnectionGuard, GuardLimits, Slot, source_of
+from ops.listening import cannot_listen
 
 BUILD_INFO = Gauge(
     "payswitch_build_info",
@@ -65,7 +66,10 @@ def serve_metrics(
     BUILD_INFO.labels(service=service, version=version(), python=platform.python_version()).set(1)
     if port == 0:
         return 0
-    server = _MetricsServer((address, port), limits)
+    try:
+        server = _MetricsServer((address, port), limits)
+    except OSError as exc:
+        raise cannot_listen(service, address, port, f"{service}.metrics_port", exc) from None
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     threading.Thread(target=server.sweep_forever, name="metrics-guard", daemon=True).start()
     bound: int = server.server_address[1]

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import trio
 
 from ops.guard import ConnectionGuard, GuardLimits, Slot, source_of
+from ops.listening import cannot_listen
 from ops.logs import bind_peer, get_logger
 from switch import metrics
 from switch.links import frame, split_frames
@@ -134,7 +135,11 @@ class Listener:
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        listeners = await trio.open_tcp_listeners(port, host=host, backlog=4096)
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host, backlog=4096)
+        except OSError as exc:  # one line naming the address and the key, not a traceback
+            key = {"pos-3des": "switch.pos_3des_port", "pos-sm4": "switch.pos_sm4_port"}.get(self.name)
+            raise cannot_listen("switch", host, port, key or "switch.h2h_port", exc) from None
         self.port = listeners[0].socket.getsockname()[1]
         # Connections live in their own nursery, outside the accept loop's cancel scope: drain() stops
         # accepting without cancelling the requests being answered.
