@@ -3,6 +3,10 @@
 Brings up the database (embedded unless PAYSWITCH_DATABASE_URL is set), migrates, seeds the demo
 programme when the host provides one, then starts each service as a child process, waits until each
 listens, prints what runs where, and on Ctrl-C (or SIGTERM) stops them in reverse order.
+
+Before anything starts: one run per working folder (``var/run.lock``, ops/runlock.py), and every port
+it would open must be free, else one line says which is taken and by which key. A child that dies is
+named with the last line it printed (its error).
 """
 
 from __future__ import annotations
@@ -11,17 +15,22 @@ import asyncio
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import FrameType
+from typing import IO
 
 import click
 
 from ops import migrate as migrate_mod
-from ops import processes
+from ops import processes, runlock
 from ops.cli import COMMANDS, AppContext, pass_app
-from ops.config import Config
+from ops.config import Config, listeners
 from ops.db import database_url, ensure_database
+from ops.listening import cannot_listen, free
+from ops.localtime import format_local
 from ops.pgembed import EmbeddedPostgres
 
 TRY_NEXT = """
@@ -57,8 +66,49 @@ def services(config: Config) -> list[Service]:
 @click.option("--no-seed", is_flag=True, help="Do not seed the demo programme.")
 @pass_app
 def run(app: AppContext, no_seed: bool) -> None:
-    """Start PostgreSQL, migrate, seed the demo, then run hsm_sim, host and switch until Ctrl-C."""
+    """Start PostgreSQL, migrate, seed the demo, then run hsm_sim, host and switch until Ctrl-C.
+
+    Refused (one line, exit 1) while another `payswitch run` runs from this folder, or when a port it
+    would open is taken."""
     config = app.config
+    lock = _lock(config)
+    try:
+        _check_ports(config)
+        _run(app, config, no_seed)
+    finally:
+        lock.release()
+
+
+def _lock(config: Config) -> runlock.RunLock:
+    try:
+        return runlock.acquire()
+    except runlock.AlreadyRunning as held:
+        started = datetime.fromtimestamp(held.started, UTC) if held.started else None
+        since = f", started {format_local(started, config.clearing.timezone)}" if started else ""
+        pid = held.pid if held.pid is not None else "PID"
+        raise click.ClickException(
+            f"payswitch run is already running (pid {pid}{since}); stop it with Ctrl-C or kill {pid}"
+        ) from None
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot take the run lock {runlock.DEFAULT_PATH}: {exc.strerror} (run from a writable folder)"
+        ) from None
+
+
+def _check_ports(config: Config) -> None:
+    """Every listener of the services run starts must be free now: a clear refusal instead of a child
+    that dies at start."""
+    started = {s.name for s in services(config)}
+    taken = []
+    for one in listeners(config):
+        service = one.port_key.split(".")[0]
+        if service in started and (error := free(one.address, one.port)) is not None:
+            taken.append(str(cannot_listen(service, one.address, one.port, one.port_key, error)))
+    if taken:
+        raise click.ClickException("; ".join(taken))
+
+
+def _run(app: AppContext, config: Config, no_seed: bool) -> None:
     cluster = None
     started_db = False
     if not config.database.url:
@@ -71,7 +121,9 @@ def run(app: AppContext, no_seed: bool) -> None:
     applied = asyncio.run(migrate_mod.migrate_url(url))
     click.echo(f"migrations      {len(applied)} applied" if applied else "migrations      up to date")
     if not no_seed and "demo" in COMMANDS:
-        _child(("demo", "seed"), app).wait()
+        seed = _child(("demo", "seed"), app)
+        if seed.wait() != 0:
+            raise click.ClickException(f"demo seed exited with status {seed.returncode}: {_last_line(seed)}")
 
     children: list[tuple[Service, subprocess.Popen[bytes]]] = []
     stopping = False
@@ -98,7 +150,9 @@ def run(app: AppContext, no_seed: bool) -> None:
         while not stopping:
             for service, proc in children:
                 if proc.poll() is not None:
-                    raise click.ClickException(f"{service.name} exited with status {proc.returncode}")
+                    raise click.ClickException(
+                        f"{service.name} exited with status {proc.returncode}: {_last_line(proc)}"
+                    )
             time.sleep(0.2)
     finally:
         _stop_all(children)
@@ -108,19 +162,44 @@ def run(app: AppContext, no_seed: bool) -> None:
     click.echo("stopped")
 
 
+_LAST_LINES: dict[int, str] = {}  # pid -> the last line the child wrote to stderr
+_RELAYS: dict[int, threading.Thread] = {}
+
+
 def _child(argv: tuple[str, ...], app: AppContext) -> subprocess.Popen[bytes]:
     prefix = [sys.executable, "-m", "ops"]
     if app.config_path:
         prefix += ["--config", app.config_path]
-    # Children ignore the terminal's Ctrl-C: this supervisor stops them in order.
-    return subprocess.Popen([*prefix, *argv], start_new_session=True)
+    # Children ignore the terminal's Ctrl-C: this supervisor stops them in order. Their stderr passes
+    # through a thread that keeps the last line, so a child that dies is named with its own error.
+    proc = subprocess.Popen([*prefix, *argv], start_new_session=True, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    relay = threading.Thread(target=_relay, args=(proc.pid, proc.stderr), daemon=True)
+    relay.start()
+    _RELAYS[proc.pid] = relay
+    return proc
+
+
+def _relay(pid: int, stream: IO[bytes]) -> None:
+    for raw in stream:
+        sys.stderr.buffer.write(raw)
+        sys.stderr.buffer.flush()
+        if raw.strip():
+            _LAST_LINES[pid] = raw.decode(errors="replace").strip()
+
+
+def _last_line(proc: subprocess.Popen[bytes]) -> str:
+    """What the exited child said last (its error line), once its stderr is drained."""
+    _RELAYS[proc.pid].join(timeout=2.0)  # the pipe ends when the child (and anything it started) has gone
+    return _LAST_LINES.get(proc.pid, "it printed nothing")
 
 
 def _await_port(service: Service, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     try:
         processes.wait_listening(service.ports[0][1], proc, what=service.name, timeout=timeout)
     except processes.NotListening as exc:
-        raise click.ClickException(str(exc)) from None
+        said = f": {_last_line(proc)}" if proc.poll() is not None else ""
+        raise click.ClickException(f"{exc}{said}") from None
 
 
 def _stop_all(children: list[tuple[Service, subprocess.Popen[bytes]]]) -> None:
