@@ -376,6 +376,150 @@ async def set_link(
             )
 
 
+async def catalog_version(conn: Any) -> int:
+    """host_catalog.version: moves with every change of merchants, terminals, products (migration 0009)."""
+    value = await conn.fetchval("SELECT version FROM host_catalog WHERE id")
+    return int(value or 0)
+
+
+# -- existence checks and updates (issue 15: product update, merchant/terminal state, store update) ------
+async def product_exists(conn: Any, code: str) -> bool:
+    return bool(await conn.fetchval("SELECT 1 FROM products WHERE code = $1", code))
+
+
+async def merchant_exists(conn: Any, merchant_id: str) -> bool:
+    return bool(await conn.fetchval("SELECT 1 FROM merchants WHERE merchant_id = $1", merchant_id))
+
+
+async def store_exists(conn: Any, merchant_id: str, code: str) -> bool:
+    return bool(
+        await conn.fetchval(
+            """SELECT 1 FROM stores s JOIN merchants m ON m.id = s.merchant_id
+               WHERE m.merchant_id = $1 AND s.code = $2""",
+            merchant_id,
+            code,
+        )
+    )
+
+
+async def terminal_exists(conn: Any, merchant_id: str, terminal_id: str) -> bool:
+    return bool(
+        await conn.fetchval(
+            """SELECT 1 FROM terminals t JOIN merchants m ON m.id = t.merchant_id
+               WHERE m.merchant_id = $1 AND t.terminal_id = $2""",
+            merchant_id,
+            terminal_id,
+        )
+    )
+
+
+async def producer_exists(conn: Any, name: str) -> bool:
+    return bool(await conn.fetchval("SELECT 1 FROM card_producers WHERE name = $1", name))
+
+
+# What `product update` may change; the rest (code, kind, currency, BIN, PIN scheme) is fixed at issue.
+PRODUCT_UPDATABLE = (
+    "name",
+    "max_balance",
+    "per_txn_limit",
+    "daily_amount_limit",
+    "daily_count_limit",
+    "validity_months",
+    "pin_required",
+    "allowed_mccs",
+    "allowed_groups",
+)
+
+
+async def update_product(conn: Any, code: str, changes: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Change a product's limits and restrictions; returns {column: (old, new)} of what changed.
+
+    The host reads a card's product with every posting batch (host/ledger.py, _READ_SQL), so a change
+    is in force from the next request of a running host. ``allowed_mccs``/``allowed_groups`` of [] mean
+    "any" (NULL). validity_months applies to cards issued from now on (an expiry is printed on a card)."""
+    unknown = sorted(set(changes) - set(PRODUCT_UPDATABLE))
+    if unknown:
+        raise CatalogError(f"product {code}: cannot change {', '.join(unknown)}")
+    values = {k: (v or None) if k in ("allowed_mccs", "allowed_groups") else v for k, v in changes.items()}
+    for k in ("allowed_mccs",):
+        for mcc in values.get(k) or []:
+            if not (len(mcc) == 4 and mcc.isdigit()):
+                raise CatalogError(f"product {code}: MCC {mcc!r} is 4 digits")
+    async with conn.transaction():
+        row = await conn.fetchrow("SELECT * FROM products WHERE code = $1 FOR UPDATE", code)
+        if row is None:
+            raise CatalogError(f"no product {code} (`payswitch product list` shows them)")
+        changed = {k: (row[k], v) for k, v in values.items() if row[k] != v}
+        if not changed:
+            return {}
+        sets = ", ".join(f"{k} = ${i + 2}" for i, k in enumerate(changed))
+        try:
+            await conn.execute(
+                f"UPDATE products SET {sets} WHERE code = $1", code, *(new for _old, new in changed.values())
+            )
+        except Exception as exc:
+            raise CatalogError(f"product {code}: {_reason(exc)}") from None
+    return changed
+
+
+# Merchant states: active <-> suspended, either -> closed; a closed merchant never reopens. The host
+# answers a purchase at a merchant that is not active 03 (host/ledger.py), the switch refuses its
+# terminals' sign-on (58).
+MERCHANT_TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "active": ("suspended", "closed"),
+    "suspended": ("active", "closed"),
+    "closed": (),
+}
+
+
+async def set_merchant_state(conn: Any, merchant_id: str, new_state: str) -> tuple[str, str]:
+    async with conn.transaction():
+        old = await conn.fetchval(
+            "SELECT state FROM merchants WHERE merchant_id = $1 FOR UPDATE", merchant_id
+        )
+        if old is None:
+            raise CatalogError(f"no merchant {merchant_id} (`payswitch merchant list` shows them)")
+        if old == new_state:
+            raise CatalogError(f"merchant {merchant_id} is {old} already")
+        if new_state not in MERCHANT_TRANSITIONS[old]:
+            why = "a closed merchant never reopens" if old == "closed" else f"it is {old}"
+            raise CatalogError(f"merchant {merchant_id} cannot become {new_state}: {why}")
+        await conn.execute("UPDATE merchants SET state = $2 WHERE merchant_id = $1", merchant_id, new_state)
+    return old, new_state
+
+
+async def set_terminal_state(conn: Any, terminal_ref: int, new_state: str) -> tuple[str, str]:
+    """``terminal_ref`` is terminals.id (host.directory.terminal_ref finds it from DE41 [+ DE42])."""
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT terminal_id, state FROM terminals WHERE id = $1 FOR UPDATE", terminal_ref
+        )
+        if row is None:
+            raise CatalogError(f"no terminal {terminal_ref}")
+        if row["state"] == new_state:
+            raise CatalogError(f"terminal {row['terminal_id']} is {new_state} already")
+        await conn.execute("UPDATE terminals SET state = $2 WHERE id = $1", terminal_ref, new_state)
+    return row["state"], new_state
+
+
+async def update_store(
+    conn: Any, merchant_id: str, code: str, name: str | None = None, address: str | None = None
+) -> dict[str, Any]:
+    """Rename a store or change its address (None keeps the value); returns the store row."""
+    mref = await merchant_ref(conn, merchant_id)
+    row = await conn.fetchrow(
+        """UPDATE stores SET name = coalesce($3, name), address = coalesce($4, address)
+           WHERE merchant_id = $1 AND code = $2 RETURNING id, code, name, address""",
+        mref,
+        code,
+        name,
+        address,
+    )
+    if row is None:
+        raise CatalogError(f"no store {code} at merchant {merchant_id} (`payswitch store list` shows them)")
+    return dict(row)
+
+
 def _reason(exc: Exception) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text

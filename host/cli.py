@@ -7,8 +7,10 @@ HSM's keyed hash; the PAN is never stored or logged). Operator mistakes are one 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import shlex
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -18,7 +20,7 @@ from typing import Any, TypeVar
 import click
 import trio
 
-from host import catalog
+from host import catalog, directory
 from host.admin import admin_load, load_refusal
 from host.catalog import CatalogError
 from host.keys import IssuerCrypto, generate_missing, keys_from, load_keys, store_keys
@@ -26,7 +28,9 @@ from host.ledger import SERVER_SETTINGS
 from host.producers import ExportedMailerKey
 from ops.cli import AppContext, configure_logging, pass_app
 from ops.db import DatabaseUnavailable, database_url
-from ops.money import AMOUNT, AMOUNT_OR_ZERO, format_money, money_json
+from ops.localtime import format_local, iso_local
+from ops.logs import mask_pan
+from ops.money import AMOUNT, AMOUNT_OR_ZERO, currency_alpha, format_money, money_json
 from ops.pgpool import PgPool
 
 T = TypeVar("T")
@@ -75,17 +79,16 @@ async def open_crypto(pool: PgPool, client: Any) -> IssuerCrypto:
 
 
 async def _card_id(pool: PgPool, crypto: IssuerCrypto | None, card: str) -> int:
-    if card.isdigit() and len(card) >= 13:
-        if crypto is None:
-            raise click.ClickException("a PAN needs the HSM")
-        return await pool.run(catalog.card_by_hash, await crypto.pan_hash(card))
-    if not card.isdigit():
-        raise click.ClickException(f"{card!r}: give a card id or a PAN")
-    return int(card)
+    """The card a CARD argument names (id, PAN, masked PAN or label): host.directory.resolve_card."""
+    from host.directory import resolve_card
+
+    return await resolve_card(pool, crypto, card)
 
 
 def _needs_hsm(card: str) -> bool:
-    return card.isdigit() and len(card) >= 13
+    from host.directory import needs_hsm
+
+    return needs_hsm(card)
 
 
 def _clear_components(label: str, count: int) -> list[str]:
@@ -258,7 +261,7 @@ def producer_add(app: AppContext, name: str, scheme: str, zmk_components: int) -
     _check_components("ZMK", components)
 
     async def work(pool: PgPool, crypto: IssuerCrypto) -> str:
-        if await pool.run(_exists, "SELECT 1 FROM card_producers WHERE name = $1", name):
+        if await pool.run(catalog.producer_exists, name):
             raise CatalogError(f"producer {name} already exists")
         zmk, cv = await producers.form_zmk(crypto, scheme, components)
         await pool.run(producers.add_producer, name, scheme, zmk, cv)
@@ -305,6 +308,50 @@ async def _export_for(pool: PgPool, crypto: IssuerCrypto, name: str) -> Exported
     from host import producers
 
     return await producers.export_mailer_key(crypto, await pool.run(producers.producer, name))
+
+
+# -- listing: one page at a time -------------------------------------------------------------------------
+def _page_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option(
+        "--after",
+        default=None,
+        metavar="CURSOR",
+        help="Start after this cursor (printed by the page before).",
+    )(f)
+    return click.option(
+        "--limit", type=click.IntRange(1, 1000), default=50, show_default=True, help="Rows per page."
+    )(f)
+
+
+def _next_page_command(cursor: str) -> str:
+    """The exact command line that gives the next page: this one with --after CURSOR."""
+    ctx = click.get_current_context()
+    names, c = [], ctx
+    while c.parent is not None:  # the root's own name is the program's (`cli` under a test runner)
+        names.append(c.info_name or "")
+        c = c.parent
+    parts = ["payswitch", *reversed(names)]
+    for p in ctx.command.params:
+        value = ctx.params.get(p.name or "")
+        if p.name == "after" or value is None or value == () or value is False:
+            continue
+        if isinstance(p, click.Argument):
+            parts.append(shlex.quote(str(value)))
+        elif isinstance(p, click.Option):
+            if p.is_flag:
+                parts.append(p.opts[0] if value else p.secondary_opts[0])
+            elif value != p.default:
+                for v in value if p.multiple else (value,):
+                    parts += [p.opts[0], shlex.quote(str(v))]
+    return " ".join([*parts, "--after", cursor])
+
+
+def _emit_page(
+    app: AppContext, name: str, rows: list[dict[str, Any]], human: str, cursor: str | None
+) -> None:
+    """A page: JSON {name: rows, "next": cursor or null}; people see the table and the next command."""
+    tail = f"\nnext page: {_next_page_command(cursor)}" if cursor is not None else ""
+    app.emit({name: rows, "next": cursor}, human + tail)
 
 
 # -- product --------------------------------------------------------------------------------------
@@ -378,7 +425,7 @@ def product_add(
     )
 
     async def work(pool: PgPool) -> int:
-        if await pool.run(_exists, "SELECT 1 FROM products WHERE code = $1", code):
+        if await pool.run(catalog.product_exists, code):
             raise CatalogError(f"product {code} already exists")
         return await pool.run(catalog.add_product, spec, bin_prefix, pan_length)
 
@@ -386,22 +433,178 @@ def product_add(
     app.emit({"product": code, "id": pid, "bin": bin_prefix}, f"product {code} ({kind}) on BIN {bin_prefix}")
 
 
-async def _exists(conn: Any, sql: str, *args: Any) -> bool:
-    return bool(await conn.fetchval(sql, *args))
-
-
 @product.command("list")
+@click.option("--kind", type=click.Choice(["reloadable", "fixed_amount", "usage_limited"]), default=None)
+@click.option("--currency", default=None, help="ISO 4217 numeric code, e.g. 156.")
+@_page_options
 @pass_app
-def product_list(app: AppContext) -> None:
-    """Products, their BINs and card counts."""
+def product_list(
+    app: AppContext, kind: str | None, currency: str | None, limit: int, after: str | None
+) -> None:
+    """Products: kind, BINs, limits (in yuan) and how many cards each has."""
 
-    async def work(pool: PgPool) -> list[dict[str, Any]]:
-        return await pool.run(catalog.list_products)
+    async def work(pool: PgPool) -> directory.Page:
+        return await pool.run(
+            lambda conn: directory.list_products(conn, kind=kind, currency=currency, after=after, limit=limit)
+        )
 
-    rows = _run(app, work)
-    app.emit(
-        rows, _table(rows, ["code", "kind", "currency", "max_balance", "per_txn_limit", "bins", "cards"])
+    page = _run(app, work)
+    rows = [_product_view(app, r) for r in page.rows]
+    human = [
+        {
+            "code": r["code"],
+            "kind": r["kind"],
+            "bins": ",".join(r["bins"]),
+            "max balance": format_money(r["max_balance"], r["currency"]),
+            "per txn": format_money(r["per_txn_limit"], r["currency"]),
+            "daily": format_money(r["daily_amount_limit"], r["currency"]),
+            "count/day": r["daily_count_limit"],
+            "PIN": "yes" if r["pin_required"] else "no",
+            "cards": r["cards"],
+        }
+        for r in page.rows
+    ]
+    cols = ["code", "kind", "bins", "max balance", "per txn", "daily", "count/day", "PIN", "cards"]
+    _emit_page(app, "products", rows, _table(human, cols), page.next)
+
+
+@product.command("show")
+@click.argument("code")
+@pass_app
+def product_show(app: AppContext, code: str) -> None:
+    """A product: its BINs, limits in yuan, restrictions and its cards by state."""
+
+    async def work(pool: PgPool) -> dict[str, Any]:
+        return await pool.run(directory.show_product, code)
+
+    r = _run(app, work)
+    cur = r["currency"]
+    lines = [
+        f"product      {r['code']}  {r['name']}".rstrip(),
+        f"kind         {r['kind']}  currency {currency_alpha(cur)} ({cur})",
+        f"BINs         {', '.join(r['bins']) or '-'}",
+        f"max balance  {format_money(r['max_balance'], cur)}",
+        f"per txn      {format_money(r['per_txn_limit'], cur)}",
+        f"daily        {format_money(r['daily_amount_limit'], cur)}, {r['daily_count_limit']} purchases",
+    ]
+    if r["kind"] == "fixed_amount":
+        lines.append(f"face value   {format_money(r['face_value'], cur)}")
+    if r["uses"] is not None:
+        lines.append(f"uses         {r['uses']}")
+    lines += [
+        f"validity     {r['validity_months']} months",
+        f"PIN          {'required' if r['pin_required'] else 'not required'} ({r['pin_scheme']})",
+        f"MCCs         {', '.join(r['allowed_mccs']) if r['allowed_mccs'] else 'any'}",
+        f"groups       {', '.join(r['allowed_groups']) if r['allowed_groups'] else 'any'}",
+        f"cards        {r['cards']}"
+        + (f" ({', '.join(f'{n} {s}' for s, n in r['cards_by_state'].items())})" if r["cards"] else ""),
+        f"created      {format_local(r['created_at'], app.config.clearing.timezone)}",
+    ]
+    app.emit({**_product_view(app, r), "cards_by_state": r["cards_by_state"]}, "\n".join(lines))
+
+
+@product.command("update")
+@click.argument("code")
+@click.option("--name", default=None)
+@click.option("--max-balance", type=AMOUNT, default=None, help="Most a card may hold, in yuan.")
+@click.option("--per-txn-limit", type=AMOUNT, default=None, help="Largest purchase, in yuan.")
+@click.option("--daily-amount-limit", type=AMOUNT, default=None, help="Purchases per business day, in yuan.")
+@click.option("--daily-count-limit", type=click.IntRange(1), default=None, help="Purchases per business day.")
+@click.option(
+    "--validity-months", type=click.IntRange(1, 240), default=None, help="For cards issued from now on."
+)
+@click.option("--pin-required/--no-pin", default=None, help="Whether a purchase needs the PIN.")
+@click.option("--mcc", "mccs", multiple=True, help="Allowed MCC (repeatable; replaces the list).")
+@click.option("--any-mcc", is_flag=True, help="Allow every MCC again.")
+@click.option(
+    "--group", "groups", multiple=True, help="Allowed merchant group (repeatable; replaces the list)."
+)
+@click.option("--any-group", is_flag=True, help="Allow every merchant group again.")
+@pass_app
+def product_update(
+    app: AppContext,
+    code: str,
+    name: str | None,
+    max_balance: int | None,
+    per_txn_limit: int | None,
+    daily_amount_limit: int | None,
+    daily_count_limit: int | None,
+    validity_months: int | None,
+    pin_required: bool | None,
+    mccs: tuple[str, ...],
+    any_mcc: bool,
+    groups: tuple[str, ...],
+    any_group: bool,
+) -> None:
+    """Change a product's limits or restrictions; a running host applies them from its next request."""
+    if mccs and any_mcc:
+        raise click.UsageError("--mcc and --any-mcc exclude each other")
+    if groups and any_group:
+        raise click.UsageError("--group and --any-group exclude each other")
+    changes: dict[str, Any] = {
+        k: v
+        for k, v in (
+            ("name", name),
+            ("max_balance", max_balance),
+            ("per_txn_limit", per_txn_limit),
+            ("daily_amount_limit", daily_amount_limit),
+            ("daily_count_limit", daily_count_limit),
+            ("validity_months", validity_months),
+            ("pin_required", pin_required),
+            ("allowed_mccs", list(mccs) if mccs else [] if any_mcc else None),
+            ("allowed_groups", list(groups) if groups else [] if any_group else None),
+        )
+        if v is not None
+    }
+    if not changes:
+        raise click.UsageError("nothing to change: give at least one option (see --help)")
+
+    async def work(pool: PgPool) -> tuple[dict[str, tuple[Any, Any]], dict[str, Any]]:
+        changed = await pool.run(catalog.update_product, code, changes)
+        return changed, await pool.run(directory.show_product, code)
+
+    changed, r = _run(app, work)
+
+    def shown(k: str, v: Any) -> str:
+        if k in ("max_balance", "per_txn_limit", "daily_amount_limit") and v is not None:
+            return format_money(v, r["currency"])
+        if isinstance(v, list):
+            return ",".join(v) or "any"
+        return "any" if v is None and k.startswith("allowed") else str(v)
+
+    human = (
+        "\n".join(f"product {code}: {k} {shown(k, a)} -> {shown(k, b)}" for k, (a, b) in changed.items())
+        if changed
+        else f"product {code}: nothing changed"
     )
+    app.emit({"product": _product_view(app, r), "changed": sorted(changed)}, human)
+
+
+def _product_view(app: AppContext, r: dict[str, Any]) -> dict[str, Any]:
+    """A product for --json: amounts as *_minor with the currency, times with the programme's offset."""
+    cur = r["currency"]
+    out = {
+        k: r[k]
+        for k in (
+            "code",
+            "name",
+            "kind",
+            "uses",
+            "daily_count_limit",
+            "validity_months",
+            "pin_required",
+            "pin_scheme",
+            "allowed_mccs",
+            "allowed_groups",
+            "bins",
+            "cards",
+        )
+    }
+    out["currency_numeric"] = cur
+    for k in ("max_balance", "face_value", "per_txn_limit", "daily_amount_limit"):
+        out.update(money_json(k, r[k], cur))
+    out["created_at"] = iso_local(r["created_at"], app.config.clearing.timezone)
+    return out
 
 
 # -- card -----------------------------------------------------------------------------------------
@@ -652,16 +855,181 @@ def card_reset_pin_tries(app: AppContext, card_ref: str) -> None:
 @click.argument("card_ref", metavar="CARD")
 @pass_app
 def card_show(app: AppContext, card_ref: str) -> None:
-    """A card's state, product and balances."""
+    """A card (id, PAN, masked PAN or label): state, product, balances, limits and the day's use, PIN
+    tries, batch, label, issue and update times."""
 
     async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> dict[str, Any]:
-        return await pool.run(catalog.card_info, await _card_id(pool, crypto, card_ref))
+        return await pool.run(directory.show_card, await _card_id(pool, crypto, card_ref))
 
-    info = _run(app, work, hsm=_needs_hsm(card_ref))
-    human = "\n".join(
-        f"{k:<12} {major(v) if k in ('balance', 'available', 'held') else v}" for k, v in info.items()
+    r = _run(app, work, hsm=_needs_hsm(card_ref))
+    cur, tz = r["currency"], app.config.clearing.timezone
+    day = r["day"].isoformat() if r["day"] is not None else None
+    data: dict[str, Any] = {
+        k: r[k]
+        for k in (
+            "id",
+            "label",
+            "pan_masked",
+            "expiry",
+            "state",
+            "product",
+            "kind",
+            "issue_batch",
+            "uses_left",
+            "pin_tries",
+            "daily_count_limit",
+            "day_count",
+            "pin_required",
+            "account_id",
+        )
+    }
+    data["card_id"] = r["id"]
+    data["day"] = day
+    for k in (
+        "balance",
+        "available",
+        "held",
+        "max_balance",
+        "per_txn_limit",
+        "daily_amount_limit",
+        "day_amount",
+    ):
+        data.update(money_json(k, r[k], cur))
+    data["issued_at"] = iso_local(r["issued_at"], tz)
+    data["updated_at"] = iso_local(r["updated_at"], tz)
+    used = (
+        f"{format_money(r['day_amount'], cur)} in {r['day_count']} purchases on {day}"
+        if day is not None
+        else "no purchase yet"
     )
-    app.emit(info, human)
+    lines = [
+        f"card         {r['id']}" + (f"  label {r['label']}" if r["label"] else ""),
+        f"PAN          {r['pan_masked']}  expiry {r['expiry'][2:]}/{r['expiry'][:2]}",
+        f"state        {r['state']}",
+        f"product      {r['product']} ({r['kind']})",
+        f"balance      {format_money(r['balance'], cur)}",
+        f"available    {format_money(r['available'], cur)}",
+        f"held         {format_money(r['held'], cur)}",
+        f"limits       {format_money(r['per_txn_limit'], cur)} per purchase, "
+        f"{format_money(r['daily_amount_limit'], cur)} and {r['daily_count_limit']} purchases a day, "
+        f"balance up to {format_money(r['max_balance'], cur)}",
+        f"day's use    {used}",
+    ]
+    if r["uses_left"] is not None:
+        lines.append(f"uses left    {r['uses_left']}")
+    lines += [
+        f"PIN tries    {r['pin_tries']}" + (" (PIN required)" if r["pin_required"] else ""),
+        f"batch        {r['issue_batch'] or '-'}",
+        f"issued       {format_local(r['issued_at'], tz)}",
+        f"updated      {format_local(r['updated_at'], tz)}",
+    ]
+    app.emit(data, "\n".join(lines))
+
+
+@card.command("list")
+@click.option("--last4", default=None, help="The PAN's last 4 digits.")
+@click.option(
+    "--pan",
+    default=None,
+    help="A masked PAN (621234*********1234), its first 6 + last 4 digits, or a whole PAN (looked up by "
+    "its hash through the HSM, never stored).",
+)
+@click.option("--state", type=click.Choice(directory.CARD_STATES), default=None)
+@click.option("--product", "product_code", default=None, help="Product code.")
+@click.option("--batch", default=None, help="Issue batch.")
+@click.option("--label", default=None)
+@_page_options
+@pass_app
+def card_list(
+    app: AppContext,
+    last4: str | None,
+    pan: str | None,
+    state: str | None,
+    product_code: str | None,
+    batch: str | None,
+    label: str | None,
+    limit: int,
+    after: str | None,
+) -> None:
+    """Find cards: by last 4 digits, masked PAN, state, product, issue batch or label (all that are
+    given must match)."""
+    clear_pan = pan is not None and directory.needs_hsm(pan.replace(" ", ""))
+
+    async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> directory.Page:
+        flt = directory.CardFilter(state=state, product=product_code, batch=batch, label=label)
+        if pan is not None:
+            digits = pan.replace(" ", "")
+            by_pan = directory.card_filter_for_pan(
+                digits, await crypto.pan_hash(digits) if crypto is not None and clear_pan else None
+            )
+            if last4 is not None and by_pan.last4 not in (None, last4):
+                raise CatalogError(f"--last4 {last4} and --pan {mask_pan(digits)} name other cards")
+            flt = dataclasses.replace(
+                flt,
+                masked_pan=by_pan.masked_pan,
+                first6=by_pan.first6,
+                pan_hash=by_pan.pan_hash,
+                last4=by_pan.last4,
+            )
+        if last4 is not None and flt.last4 is None:
+            flt = dataclasses.replace(flt, last4=last4)
+        return await pool.run(lambda conn: directory.list_cards(conn, flt, after=after, limit=limit))
+
+    page = _run(app, work, hsm=clear_pan)
+    tz = app.config.clearing.timezone
+    rows = [
+        {
+            "card_id": r["id"],
+            "label": r["label"],
+            "pan_masked": r["pan_masked"],
+            "expiry": r["expiry"],
+            "state": r["state"],
+            "product": r["product"],
+            "issue_batch": r["issue_batch"],
+            **money_json("balance", r["balance"], r["currency"]),
+            **money_json("available", r["available"], r["currency"]),
+            "issued_at": iso_local(r["issued_at"], tz),
+        }
+        for r in page.rows
+    ]
+    human = [
+        {
+            "card": r["id"],
+            "label": r["label"] or "",
+            "pan": r["pan_masked"],
+            "expiry": f"{r['expiry'][2:]}/{r['expiry'][:2]}",
+            "state": r["state"],
+            "product": r["product"],
+            "batch": r["issue_batch"],
+            "balance": format_money(r["balance"], r["currency"]),
+            "issued": format_local(r["issued_at"], tz, seconds=False),
+        }
+        for r in page.rows
+    ]
+    cols = ["card", "label", "pan", "expiry", "state", "product", "batch", "balance", "issued"]
+    _emit_page(app, "cards", rows, _table(human, cols), page.next)
+
+
+@card.command("label")
+@click.argument("card_ref", metavar="CARD")
+@click.argument("name", required=False)
+@click.option("--clear", is_flag=True, help="Remove the card's label.")
+@pass_app
+def card_label(app: AppContext, card_ref: str, name: str | None, clear: bool) -> None:
+    """Name a card (1-32 letters, digits, '_', '.', '-', not all digits): every card command then takes
+    the name, as `pos` takes a demo name."""
+    if clear == (name is not None):
+        raise click.UsageError("give a NAME, or --clear to remove the label")
+    if name is not None and (problem := directory.label_problem(name)):
+        raise click.UsageError(problem)
+
+    async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> tuple[int, str | None]:
+        cid = await _card_id(pool, crypto, card_ref)
+        return cid, await pool.run(directory.set_card_label, cid, name)
+
+    cid, old = _run(app, work, hsm=_needs_hsm(card_ref))
+    human = f"card {cid}: label {name}" if name is not None else f"card {cid}: label {old or '-'} removed"
+    app.emit({"card_id": cid, "label": name, "label_was": old}, human)
 
 
 @card.command("load")
@@ -742,7 +1110,7 @@ def merchant_add(
         raise click.ClickException("--mcc: 4 digits")
 
     async def work(pool: PgPool) -> int:
-        if await pool.run(_exists, "SELECT 1 FROM merchants WHERE merchant_id = $1", merchant_id):
+        if await pool.run(catalog.merchant_exists, merchant_id):
             raise CatalogError(f"merchant {merchant_id} already exists")
         return await pool.run(
             catalog.add_merchant, merchant_id, name, mcc, group, acquirer, currency, fee_bps
@@ -767,8 +1135,8 @@ def store_add(app: AppContext, merchant_id: str, code: str, name: str, address: 
     """Add a store to a merchant."""
 
     async def work(pool: PgPool) -> int:
-        ref = await pool.run(catalog.merchant_ref, merchant_id)
-        if await pool.run(_exists, "SELECT 1 FROM stores WHERE merchant_id = $1 AND code = $2", ref, code):
+        await pool.run(catalog.merchant_ref, merchant_id)  # no such merchant: said first
+        if await pool.run(catalog.store_exists, merchant_id, code):
             raise CatalogError(f"store {code} already exists at merchant {merchant_id}")
         return await pool.run(catalog.add_store, merchant_id, code, name, address)
 
@@ -816,10 +1184,8 @@ def terminal_add(
     _check_components("TMK", components)
 
     async def work(pool: PgPool, crypto: IssuerCrypto) -> tuple[int, str]:
-        ref = await pool.run(catalog.merchant_ref, merchant_id)
-        if await pool.run(
-            _exists, "SELECT 1 FROM terminals WHERE merchant_id = $1 AND terminal_id = $2", ref, terminal_id
-        ):
+        await pool.run(catalog.merchant_ref, merchant_id)  # no such merchant: said first
+        if await pool.run(catalog.terminal_exists, merchant_id, terminal_id):
             raise CatalogError(f"terminal {terminal_id} already exists at merchant {merchant_id}")
         from hsm_sim.client import HsmCommandError
 
@@ -839,6 +1205,390 @@ def terminal_add(
     app.emit(
         {"terminal": terminal_id, "id": tid, "check_value": cv[:6]},
         f"terminal {terminal_id} ({scheme}) added; TMK check value {cv[:6]}",
+    )
+
+
+# -- merchant, store, terminal: find, show, change -------------------------------------------------------
+@merchant.command("list")
+@click.option("--state", type=click.Choice(directory.MERCHANT_STATES), default=None)
+@click.option("--group", default=None, help="Merchant group.")
+@click.option("--mcc", default=None)
+@click.option("--acquirer", default=None, help="Acquiring institution id.")
+@click.option("--name", default=None, help="Part of the name (any case).")
+@_page_options
+@pass_app
+def merchant_list(
+    app: AppContext,
+    state: str | None,
+    group: str | None,
+    mcc: str | None,
+    acquirer: str | None,
+    name: str | None,
+    limit: int,
+    after: str | None,
+) -> None:
+    """Merchants, with their state, stores and terminals."""
+
+    async def work(pool: PgPool) -> directory.Page:
+        return await pool.run(
+            lambda conn: directory.list_merchants(
+                conn,
+                state=state,
+                group=group,
+                mcc=mcc,
+                acquirer=acquirer,
+                name=name,
+                after=after,
+                limit=limit,
+            )
+        )
+
+    page = _run(app, work)
+    rows = [_merchant_view(app, r) for r in page.rows]
+    human = [
+        {
+            "merchant": r["merchant_id"],
+            "name": r["name"],
+            "mcc": r["mcc"],
+            "group": r["group_code"] or "",
+            "acquirer": r["acquirer_id"],
+            "fee bps": r["fee_rate_bps"],
+            "state": r["state"],
+            "stores": r["stores"],
+            "terminals": r["terminals"],
+        }
+        for r in page.rows
+    ]
+    cols = ["merchant", "name", "mcc", "group", "acquirer", "fee bps", "state", "stores", "terminals"]
+    _emit_page(app, "merchants", rows, _table(human, cols), page.next)
+
+
+@merchant.command("show")
+@click.argument("merchant_id")
+@pass_app
+def merchant_show(app: AppContext, merchant_id: str) -> None:
+    """A merchant: state, MCC, group, acquirer, fee rate, stores, terminals and what it is owed."""
+
+    async def work(pool: PgPool) -> dict[str, Any]:
+        return await pool.run(directory.show_merchant, merchant_id)
+
+    r = _run(app, work)
+    data = {
+        **_merchant_view(app, r),
+        "store_codes": r["store_codes"],
+        **money_json("payable", r["payable"], r["currency"]),
+    }
+    lines = [
+        f"merchant     {r['merchant_id']}  {r['name']}".rstrip(),
+        f"state        {r['state']}",
+        f"MCC          {r['mcc']}  group {r['group_code'] or '-'}  acquirer {r['acquirer_id'] or '-'}",
+        f"fee          {r['fee_rate_bps']} bps",
+        f"stores       {', '.join(r['store_codes']) or '-'}",
+        f"terminals    {r['terminals']}",
+        f"payable      {format_money(r['payable'], r['currency'])} (owed, not yet paid out)",
+        f"created      {format_local(r['created_at'], app.config.clearing.timezone)}",
+    ]
+    app.emit(data, "\n".join(lines))
+
+
+def _merchant_view(app: AppContext, r: dict[str, Any]) -> dict[str, Any]:
+    out = {
+        k: r[k]
+        for k in (
+            "merchant_id",
+            "name",
+            "mcc",
+            "group_code",
+            "acquirer_id",
+            "fee_rate_bps",
+            "state",
+            "stores",
+            "terminals",
+        )
+    }
+    out["currency"] = currency_alpha(r["currency"])
+    out["created_at"] = iso_local(r["created_at"], app.config.clearing.timezone)
+    return out
+
+
+def _merchant_state_command(name: str, target: str, help_text: str) -> None:
+    @merchant.command(name, help=help_text)
+    @click.argument("merchant_id")
+    @pass_app
+    def command(app: AppContext, merchant_id: str) -> None:
+        async def work(pool: PgPool) -> tuple[str, str]:
+            return await pool.run(catalog.set_merchant_state, merchant_id, target)
+
+        old, new = _run(app, work)
+        app.emit({"merchant": merchant_id, "from": old, "to": new}, f"merchant {merchant_id}: {old} -> {new}")
+
+
+_merchant_state_command(
+    "suspend",
+    "suspended",
+    "Suspend a merchant: its purchases are declined 03 and its terminals cannot sign on.",
+)
+_merchant_state_command("resume", "active", "Resume a suspended merchant.")
+_merchant_state_command("close", "closed", "Close a merchant for good (it never reopens).")
+
+
+@store.command("list")
+@click.option("--merchant", "merchant_id", default=None)
+@_page_options
+@pass_app
+def store_list(app: AppContext, merchant_id: str | None, limit: int, after: str | None) -> None:
+    """Stores, with their merchant and terminal count."""
+
+    async def work(pool: PgPool) -> directory.Page:
+        return await pool.run(
+            lambda conn: directory.list_stores(conn, merchant=merchant_id, after=after, limit=limit)
+        )
+
+    page = _run(app, work)
+    tz = app.config.clearing.timezone
+    rows = [
+        {
+            **{k: r[k] for k in ("merchant_id", "code", "name", "address", "terminals")},
+            "created_at": iso_local(r["created_at"], tz),
+        }
+        for r in page.rows
+    ]
+    human = [
+        {
+            "merchant": r["merchant_id"],
+            "store": r["code"],
+            "name": r["name"],
+            "address": r["address"],
+            "terminals": r["terminals"],
+        }
+        for r in page.rows
+    ]
+    _emit_page(
+        app, "stores", rows, _table(human, ["merchant", "store", "name", "address", "terminals"]), page.next
+    )
+
+
+@store.command("show")
+@click.argument("merchant_id")
+@click.argument("code")
+@pass_app
+def store_show(app: AppContext, merchant_id: str, code: str) -> None:
+    """A store of a merchant."""
+
+    async def work(pool: PgPool) -> dict[str, Any]:
+        return await pool.run(directory.show_store, merchant_id, code)
+
+    r = _run(app, work)
+    tz = app.config.clearing.timezone
+    data = {
+        **{k: r[k] for k in ("merchant_id", "code", "name", "address", "terminals")},
+        "created_at": iso_local(r["created_at"], tz),
+    }
+    human = "\n".join(
+        [
+            f"store        {r['code']} at merchant {r['merchant_id']}",
+            f"name         {r['name'] or '-'}",
+            f"address      {r['address'] or '-'}",
+            f"terminals    {r['terminals']}",
+            f"created      {format_local(r['created_at'], tz)}",
+        ]
+    )
+    app.emit(data, human)
+
+
+@store.command("update")
+@click.argument("merchant_id")
+@click.argument("code")
+@click.option("--name", default=None)
+@click.option("--address", default=None)
+@pass_app
+def store_update(app: AppContext, merchant_id: str, code: str, name: str | None, address: str | None) -> None:
+    """Rename a store or change its address."""
+    if name is None and address is None:
+        raise click.UsageError("nothing to change: give --name or --address")
+
+    async def work(pool: PgPool) -> dict[str, Any]:
+        return await pool.run(catalog.update_store, merchant_id, code, name, address)
+
+    r = _run(app, work)
+    app.emit(
+        {"merchant_id": merchant_id, "code": code, "name": r["name"], "address": r["address"]},
+        f"store {code} at {merchant_id}: name {r['name'] or '-'}, address {r['address'] or '-'}",
+    )
+
+
+@terminal.command("list")
+@click.option("--merchant", "merchant_id", default=None)
+@click.option("--store", "store_code", default=None)
+@click.option("--state", type=click.Choice(directory.TERMINAL_STATES), default=None)
+@click.option("--scheme", type=click.Choice(["3des", "sm4"]), default=None)
+@_page_options
+@pass_app
+def terminal_list(
+    app: AppContext,
+    merchant_id: str | None,
+    store_code: str | None,
+    state: str | None,
+    scheme: str | None,
+    limit: int,
+    after: str | None,
+) -> None:
+    """Terminals, with merchant, store, key scheme, state and TMK check value."""
+
+    async def work(pool: PgPool) -> directory.Page:
+        return await pool.run(
+            lambda conn: directory.list_terminals(
+                conn,
+                merchant=merchant_id,
+                store=store_code,
+                state=state,
+                scheme=scheme,
+                after=after,
+                limit=limit,
+            )
+        )
+
+    page = _run(app, work)
+    rows = [_terminal_view(app, r) for r in page.rows]
+    human = [
+        {
+            "terminal": r["terminal_id"],
+            "merchant": r["merchant_id"],
+            "store": r["store"] or "",
+            "scheme": r["scheme"],
+            "state": r["state"]
+            + ("" if r["merchant_state"] == "active" else f" (merchant {r['merchant_state']})"),
+            "TMK check": r["tmk_check"],
+        }
+        for r in page.rows
+    ]
+    cols = ["terminal", "merchant", "store", "scheme", "state", "TMK check"]
+    _emit_page(app, "terminals", rows, _table(human, cols), page.next)
+
+
+def _terminal_view(app: AppContext, r: dict[str, Any]) -> dict[str, Any]:
+    out = {
+        k: r[k]
+        for k in ("terminal_id", "merchant_id", "store", "scheme", "state", "merchant_state", "tmk_check")
+    }
+    out["created_at"] = iso_local(r["created_at"], app.config.clearing.timezone)
+    return out
+
+
+@terminal.command("show")
+@click.argument("terminal_id")
+@click.option("--merchant", "merchant_id", default=None, help="Needed when several merchants use the id.")
+@pass_app
+def terminal_show(app: AppContext, terminal_id: str, merchant_id: str | None) -> None:
+    """A terminal: merchant, store, key scheme, state, TMK check value."""
+
+    async def work(pool: PgPool) -> dict[str, Any]:
+        return await pool.run(directory.show_terminal, terminal_id, merchant_id)
+
+    r = _run(app, work)
+    human = "\n".join(
+        [
+            f"terminal     {r['terminal_id']} at merchant {r['merchant_id']} ({r['merchant_state']})",
+            f"store        {r['store'] or '-'}",
+            f"scheme       {r['scheme']}  TMK check value {r['tmk_check']}",
+            f"state        {r['state']}",
+            f"created      {format_local(r['created_at'], app.config.clearing.timezone)}",
+        ]
+    )
+    app.emit(_terminal_view(app, r), human)
+
+
+def _terminal_state_command(name: str, target: str, help_text: str) -> None:
+    @terminal.command(name, help=help_text)
+    @click.argument("terminal_id")
+    @click.option("--merchant", "merchant_id", default=None, help="Needed when several merchants use the id.")
+    @pass_app
+    def command(app: AppContext, terminal_id: str, merchant_id: str | None) -> None:
+        async def work(pool: PgPool) -> tuple[str, str]:
+            ref = await pool.run(directory.terminal_ref, terminal_id, merchant_id)
+            return await pool.run(catalog.set_terminal_state, ref, target)
+
+        old, new = _run(app, work)
+        app.emit({"terminal": terminal_id, "from": old, "to": new}, f"terminal {terminal_id}: {old} -> {new}")
+
+
+_terminal_state_command(
+    "disable", "disabled", "Disable a terminal: it cannot sign on and the switch refuses its requests (58)."
+)
+_terminal_state_command("enable", "active", "Enable a disabled terminal.")
+
+
+# -- acquirer -----------------------------------------------------------------------------------------
+@click.group()
+def acquirer() -> None:
+    """Acquiring institutions: named in the register, by merchants (acquirer id) and by host links."""
+
+
+@acquirer.command("list")
+@_page_options
+@pass_app
+def acquirer_list(app: AppContext, limit: int, after: str | None) -> None:
+    """Every institution the host knows, with its name, merchants and link."""
+
+    async def work(pool: PgPool) -> directory.Page:
+        return await pool.run(lambda conn: directory.list_acquirers(conn, after=after, limit=limit))
+
+    page = _run(app, work)
+    rows = [_acquirer_view(app, r) for r in page.rows]
+    human = [
+        {
+            "acquirer": r["institution_id"],
+            "name": r["name"],
+            "merchants": r["merchants"],
+            "link": f"{r['link_profile']} {r['link_mac']}" if r["link_profile"] else "-",
+        }
+        for r in page.rows
+    ]
+    _emit_page(app, "acquirers", rows, _table(human, ["acquirer", "name", "merchants", "link"]), page.next)
+
+
+def _acquirer_view(app: AppContext, r: dict[str, Any]) -> dict[str, Any]:
+    out = {k: r[k] for k in ("institution_id", "name", "merchants", "link_profile", "link_mac")}
+    out["created_at"] = iso_local(r["created_at"], app.config.clearing.timezone)
+    return out
+
+
+@acquirer.command("show")
+@click.argument("institution_id")
+@pass_app
+def acquirer_show(app: AppContext, institution_id: str) -> None:
+    """An acquirer: its name, link and merchants."""
+
+    async def work(pool: PgPool) -> dict[str, Any]:
+        return await pool.run(directory.show_acquirer, institution_id)
+
+    r = _run(app, work)
+    link = f"{r['link_profile']} ({r['link_mac']})" if r["link_profile"] else "none (`payswitch host link`)"
+    human = "\n".join(
+        [
+            f"acquirer     {r['institution_id']}  {r['name']}".rstrip(),
+            f"link         {link}",
+            f"merchants    {r['merchants']}"
+            + (f": {', '.join(r['merchant_ids'])}" if r["merchant_ids"] else ""),
+        ]
+    )
+    app.emit({**_acquirer_view(app, r), "merchant_ids": r["merchant_ids"]}, human)
+
+
+@acquirer.command("add")
+@click.argument("institution_id")
+@click.option("--name", required=True)
+@pass_app
+def acquirer_add(app: AppContext, institution_id: str, name: str) -> None:
+    """Register an acquirer's name (again: renames it)."""
+
+    async def work(pool: PgPool) -> bool:
+        return await pool.run(directory.add_acquirer, institution_id, name)
+
+    new = _run(app, work)
+    app.emit(
+        {"institution_id": institution_id, "name": name, "new": new},
+        f"acquirer {institution_id} ({name}) {'added' if new else 'renamed'}",
     )
 
 

@@ -216,9 +216,16 @@ class Ledger:
             ):
                 self._card_ids[row["pan_hash"]] = row["id"]
 
+    def forget_merchants(self) -> None:
+        """Drop the merchant cache (the catalogue changed: host_catalog.version, host/service.py): the next
+        batch reads its merchants again. A batch in flight keeps the snapshot it started with."""
+        self._merchants = {}
+
     async def _merchants_for(self, conn: Any, ids: set[str]) -> dict[str, Merchant]:
         clock = time.monotonic()
-        missing = [m for m in ids if m not in self._merchants or self._merchants[m][0] < clock]
+        cache = self._merchants  # forget_merchants() replaces the dict while this batch awaits
+        out = {m: e[1] for m in ids if (e := cache.get(m)) is not None and e[0] >= clock}
+        missing = [m for m in ids if m not in out]
         if missing:
             rows = await conn.fetch(
                 """SELECT m.id, m.merchant_id, m.mcc, m.group_code, m.currency, m.state,
@@ -240,11 +247,12 @@ class Ledger:
                 )
                 for row in rows
             }
-            if len(self._merchants) > CACHE_LIMIT:  # unknown DE42 values must not grow it for ever
-                self._merchants.clear()
+            if len(cache) > CACHE_LIMIT:  # unknown DE42 values must not grow it for ever
+                cache.clear()
             for m in missing:
-                self._merchants[m] = (clock + MERCHANT_CACHE_SECONDS, found.get(m))
-        return {m: merchant for m in ids if (merchant := self._merchants[m][1]) is not None}
+                cache[m] = (clock + MERCHANT_CACHE_SECONDS, found.get(m))
+                out[m] = found.get(m)
+        return {m: merchant for m, merchant in out.items() if merchant is not None}
 
     async def _load_originals(self, conn: Any, b: _Batch, reqs: list[Request]) -> None:
         rev_keys = [r.original_key for r in reqs if r.txn is Txn.REVERSAL and r.original_key]

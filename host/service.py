@@ -77,6 +77,9 @@ LINK_CACHE_SECONDS = 10.0
 # UNKNOWN_LINKS_MAX such ids are kept (a flood of distinct ids must not grow the cache without end).
 UNKNOWN_LINK_CACHE_SECONDS = 2.0
 UNKNOWN_LINKS_MAX = 4096
+# host_catalog.version (bumped by triggers on merchants, terminals, products: migration 0009) is read
+# this often; when it moved the merchant cache goes, so `merchant suspend` holds from the next request.
+CATALOG_POLL_SECONDS = 1.0
 PIN_GROUP_MAX = 512  # PIN verifications per request_many; also kept to half a connection's headers
 
 # A PIN verification waiting for its group: request, message, connection, started, partition, HSM
@@ -155,6 +158,7 @@ class HostService:
             nursery.start_soon(self._pin_groups_task)
             self._pin_grouping = True
             nursery.start_soon(self._sweeper)
+            nursery.start_soon(self._catalog_poll)  # merchant changes reach the merchant cache
             nursery.start_soon(self.guard.run)  # connection idle and frame deadlines
             nursery.start_soon(expiry.run, self.pool, self.config)  # cards past their YYMM
             if self.config.clearing.auto_emit:
@@ -643,6 +647,25 @@ class HostService:
             except EncodeError:
                 return
         LATENCY.observe(time.perf_counter() - started)
+
+    # -- reference data changed -------------------------------------------------------------------
+    async def _catalog_poll(self) -> None:
+        """Every CATALOG_POLL_SECONDS one row (host_catalog.version): when it moved, the merchants are
+        read again by the next batch (products are read with every batch anyway)."""
+        from host.catalog import catalog_version
+
+        seen: int | None = None
+        while True:
+            await trio.sleep(CATALOG_POLL_SECONDS)
+            try:
+                version = await self.pool.run(catalog_version)
+            except Exception as exc:  # the database may be away: the cache stays, tried again
+                log.debug("catalog version read failed", error=repr(exc))
+                continue
+            if seen is not None and version != seen:
+                self.ledger.forget_merchants()
+                log.info("catalogue changed: merchants read again", version=version)
+            seen = version
 
     # -- hold expiry ----------------------------------------------------------------------------
     async def _sweeper(self) -> None:

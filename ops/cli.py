@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "merchant": "host.cli:merchant",
     "store": "host.cli:store",
     "terminal": "host.cli:terminal",
+    "acquirer": "host.cli:acquirer",
     "ledger": "host.cli:ledger",
     "switch": "switch.cli:switch",
     "settlement": "settlement.cli:settlement",

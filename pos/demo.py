@@ -498,6 +498,8 @@ def _demo_cards(admin: Admin) -> list[dict[str, Any]]:
         known = None  # another seal key: issued afresh
     try:
         if known and [c["name"] for c in known] == list(CARD_NAMES) and admin.known_card(known[0]["pan"]):
+            for c in known:  # a seed of before card labels: every card command takes the names from now on
+                _label_card(admin, str(c["pan"]), str(c["name"]))
             return known
     except KeyError:
         pass
@@ -515,8 +517,20 @@ def _demo_cards(admin: Admin) -> list[dict[str, Any]]:
     cards = []
     for name, card in zip(CARD_NAMES, _card_list(issued), strict=False):
         admin.run("card", "load", card["card_id"], "--amount", "500.00", "--reference", f"demo-seed-{name}")
+        _label_card(admin, str(card["card_id"]), name)
         cards.append({"name": name, "pan": card["pan"], "expiry": card["expiry"], "pin": DEMO_PIN})
     return cards
+
+
+def _label_card(admin: Admin, card: str, name: str) -> None:
+    """Label a demo card with its name (`card show alice`, like `pos ... alice`); a card of an earlier
+    seed that still has the name gives it up first."""
+    try:
+        if admin.run("card", "label", card, name, ok_if=("is card",)) is None:
+            admin.run("card", "label", name, "--clear")
+            admin.run("card", "label", card, name)
+    except DemoError as exc:  # the command line it names may hold the PAN
+        raise DemoError(str(exc).replace(card, mask_pan(card))) from None
 
 
 def _load_cards(admin: Admin, count: int) -> list[dict[str, Any]]:

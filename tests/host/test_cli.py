@@ -98,7 +98,7 @@ def test_programme_from_the_command_line(env: dict[str, str], db_url: str) -> No
     shown = ok(env, "card", "show", cid)
     assert (
         shown["state"] == "active"
-        and shown["balance"] == 50_000
+        and shown["balance_minor"] == 50_000
         and shown["pan_masked"].endswith(pans[0][-4:])
     )
     assert ok(env, "card", "reset-pin-tries", cid)["pin_tries_were"] == 0
@@ -106,7 +106,7 @@ def test_programme_from_the_command_line(env: dict[str, str], db_url: str) -> No
     assert [h["rc"] for h in history] == ["61", "00", "05"]  # newest first; the inventory load too
 
     gift = ok(env, "card", "issue", "--product", "GIFTC", "--count", "1", "--activate")["cards"][0]
-    assert ok(env, "card", "show", str(gift["card_id"]))["balance"] == 5_000
+    assert ok(env, "card", "show", str(gift["card_id"]))["balance_minor"] == 5_000
 
     check = ok(env, "ledger", "check")
     assert check["ok"] is True

@@ -46,7 +46,7 @@ class System:
         return json.loads(result.stdout) if result.stdout.strip() else None
 
     def balance(self, i: int) -> int:
-        return int(self.cli("card", "show", str(self.card_ids[i]))["balance"])
+        return int(self.cli("card", "show", str(self.card_ids[i]))["balance_minor"])
 
     def terminal(self, scheme: str) -> Terminal:
         t = Terminal(scheme, "T3DES001" if scheme == "3des" else "TSM40001", MERCHANT)
