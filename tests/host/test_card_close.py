@@ -199,8 +199,8 @@ def test_ledger_check_names_the_new_invariants_and_fails_on_them(env: dict[str, 
              b AS (SELECT id FROM accounts WHERE kind = 'breakage' AND currency = '156'),
              c AS (SELECT id FROM accounts WHERE kind = 'cash_out' AND currency = '156'),
              ins AS (
-                INSERT INTO transfers (key, debit_account_id, credit_account_id, amount, currency, phase, code,
-                                       card_id)
+                INSERT INTO transfers (key, debit_account_id, credit_account_id, amount, currency, phase,
+                                       code, card_id)
                 SELECT 'corrupt-breakage', f.id, b.id, 100, '156', 'single', 'admin_load', 1 FROM f, b
                 UNION ALL
                 SELECT 'corrupt-cash-out', f.id, c.id, 100, '156', 'single', 'admin_load', 1 FROM f, c)
