@@ -393,6 +393,7 @@ def _link(app: AppContext, admin: Admin, *, mac: bool = True) -> None:
         "--connections",
         "2",
         "--replace",
+        "--yes",  # the host link above was just given the same keys
     )
     for bin_ in (DEMO_BIN, LOAD_BIN):
         admin.run("switch", "route", "add", bin_, "--link", LINK_NAME, ok_if=("already", "overlap"))

@@ -9,22 +9,20 @@ switch never sees a clear key. Changes to links and routes reach a running switc
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 import click
 
 from ops.cli import AppContext, configure_logging, pass_app
 from ops.db import connect, database_url
+from ops.localtime import format_local, iso_local
 from ops.logs import get_logger
+from switch import admin
 
 log = get_logger(__name__)
 T = TypeVar("T")
-
-_KEY = re.compile(r"(U[0-9A-Fa-f]{32}|S[0-9A-Fa-f]{32}|T[0-9A-Fa-f]{48})")
-_DIGITS = re.compile(r"\d{1,19}")
 
 
 @click.group()
@@ -33,6 +31,7 @@ def switch() -> None:
 
 
 def _db(app: AppContext, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``work(conn)`` (a switch/admin.py function); its refusal is the command's one line."""
     url = database_url(app.config)
 
     async def main() -> T:
@@ -42,7 +41,21 @@ def _db(app: AppContext, work: Callable[[Any], Awaitable[T]]) -> T:
         finally:
             await conn.close()
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except admin.SwitchAdminError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _jsonable(app: AppContext, data: Any) -> Any:
+    """``data`` for --json: times as ISO 8601 in the programme's zone (ops.localtime)."""
+    if isinstance(data, datetime):
+        return iso_local(data, app.config.clearing.timezone)
+    if isinstance(data, dict):
+        return {k: _jsonable(app, v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_jsonable(app, v) for v in data]
+    return data
 
 
 @switch.command()
@@ -109,6 +122,9 @@ def link() -> None:
     help="out: link ZMK under the LMK, for `link rekey` (kept by --replace when omitted).",
 )
 @click.option("--replace", is_flag=True, help="Replace an existing link of that name.")
+@click.option(
+    "--yes", is_flag=True, help="With --replace: change the scheme, ZPK or ZAK of a link that routes use."
+)
 @pass_app
 def link_add(
     app: AppContext,
@@ -124,100 +140,138 @@ def link_add(
     no_mac: bool,
     zmk: str | None,
     replace: bool,
+    yes: bool,
 ) -> None:
     """Add (or with --replace, change) a link. A running switch takes the change over."""
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", name):
-        raise click.ClickException(f"link name {name!r}: use 1-32 letters, digits, '_', '.', '-'")
-    for label, key in (("--zpk", zpk), ("--zak", zak), ("--zmk", zmk)):
-        if key is not None and not _KEY.fullmatch(key):
-            raise click.ClickException(f"{label}: expected a key under the LMK (U+32H, T+48H or S+32H)")
-    if (scheme == "sm4") != zpk.startswith("S"):
-        raise click.ClickException(f"--zpk does not match --scheme {scheme}")
-    if zmk is not None and (scheme == "sm4") != zmk.startswith("S"):
-        raise click.ClickException(f"--zmk does not match --scheme {scheme}")
-    if direction == "out" and (not host or not port):
-        raise click.ClickException("an out link needs --host and --port")
-    if direction == "in" and not re.fullmatch(r"\d{1,11}", institution_id):
-        raise click.ClickException("an in link needs --institution-id (the acquirer's DE32, 1-11 digits)")
-    # A link without DE128 is declared, never assumed: anyone reaching the port can write any DE32.
-    if no_mac and zak:
-        raise click.ClickException("--no-mac and --zak exclude each other")
-    if no_mac and direction == "out":
-        raise click.ClickException("--no-mac is for an in link (the issuer host decides on DE128)")
-    if direction == "in" and not zak and not no_mac:
-        raise click.ClickException("an in link needs --zak, or --no-mac for a link without DE128")
-
-    async def work(conn: Any) -> None:
-        exists = await conn.fetchval("SELECT 1 FROM switch_links WHERE name = $1", name)
-        if exists and not replace:
-            raise click.ClickException(f"link {name} exists; use --replace to change it")
-        await conn.execute(
-            "INSERT INTO switch_links "
-            "(name, direction, host, port, connections, institution_id, scheme, zpk, zak, zmk, no_mac) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (name) DO UPDATE SET "
-            "direction = $2, host = $3, port = $4, connections = $5, institution_id = $6, scheme = $7, "
-            "zpk = $8, zak = $9, no_mac = $11, "
-            "zmk = coalesce($10, switch_links.zmk), zpk_check = NULL",
-            name,
-            direction,
-            host,
-            port,
-            connections,
-            institution_id,
-            scheme,
-            zpk.upper(),
-            zak.upper() if zak else None,
-            zmk.upper() if zmk else None,
-            no_mac,
-        )
-
-    _db(app, work)
+    spec = admin.LinkSpec(
+        name=name,
+        direction=direction,
+        scheme=scheme,
+        zpk=zpk,
+        host=host,
+        port=port,
+        connections=connections,
+        institution_id=institution_id,
+        zak=zak,
+        zmk=zmk,
+        no_mac=no_mac,
+    )
+    try:
+        admin.check_link(spec)  # before the database: a wrong argument needs none
+    except admin.SwitchAdminError as exc:
+        raise click.ClickException(str(exc)) from None
+    _db(app, lambda conn: admin.save_link(conn, spec, replace=replace, yes=yes))
     app.emit({"link": name, "direction": direction}, f"link {name} ({direction}) saved")
 
 
 @link.command("list")
+@click.option("--direction", type=click.Choice(["in", "out"]), default=None, help="Only in or out links.")
+@click.option("--state", type=click.Choice(["enabled", "disabled"]), default=None, help="Only these.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=admin.DEFAULT_LIMIT, show_default=True)
+@click.option("--after", metavar="NAME", default=None, help="Start after this link name (the next page).")
 @pass_app
-def link_list(app: AppContext) -> None:
-    """Links (keys are not shown)."""
-
-    async def work(conn: Any) -> list[dict[str, Any]]:
-        rows = await conn.fetch(
-            "SELECT name, direction, host, port, connections, institution_id, scheme, "
-            "zak IS NOT NULL AS mac, no_mac, zmk IS NOT NULL AS zmk, zpk_check, "
-            "enabled, rekey_requested_at, rekeyed_at FROM switch_links ORDER BY name"
-        )
-        return [dict(r) for r in rows]
-
-    rows = _db(app, work)
+def link_list(
+    app: AppContext, direction: str | None, state: str | None, limit: int, after: str | None
+) -> None:
+    """Links by name (keys are not shown; `switch link show NAME` for one)."""
+    enabled = None if state is None else state == "enabled"
+    rows = _db(
+        app,
+        lambda conn: admin.list_links(conn, direction=direction, enabled=enabled, limit=limit, after=after),
+    )
     lines = [
-        f"{'name':<16} {'dir':<4} {'address':<22} {'conns':>5} {'acquirer':<12} {'scheme':<6} mac zmk state"
+        f"{'name':<16} {'dir':<4} {'address':<22} {'conns':>5} {'acquirer':<12} {'scheme':<6} mac zmk "
+        f"{'routes':>6} state"
     ]
     for r in rows:
         address = f"{r['host']}:{r['port']}" if r["direction"] == "out" else "-"
-        state = "enabled" if r["enabled"] else "disabled"
+        shown = "enabled" if r["enabled"] else "disabled"
         if r["rekey_requested_at"] is not None:
-            state += ", rekey requested"
+            shown += ", rekey requested"
         lines.append(
-            f"{r['name']:<16} {r['direction']:<4} {address:<22} {r['connections']:>5} "
-            f"{r['institution_id'] or '-':<12} {r['scheme']:<6} {_mac_column(r):<3} "
-            f"{'yes' if r['zmk'] else 'no ':<3} {state}"
+            f"{r['name']:<16} {r['direction']:<4} {address:<22} "
+            f"{r['connections'] if r['direction'] == 'out' else '-':>5} "
+            f"{r['institution_id'] or '-':<12} {r['scheme']:<6} {admin.mac_state(r):<3} "
+            f"{'yes' if r['zmk'] else 'no ':<3} {r['routes']:>6} {shown}"
         )
-    app.emit(rows, "\n".join(lines))
+    human = "\n".join(lines) if rows else "no links" + ("" if after is None else f" after {after}")
+    if len(rows) == limit:
+        human += f"\nmore: --after {rows[-1]['name']}"
+    app.emit(_jsonable(app, rows), human)
 
 
-def _mac_column(row: dict[str, Any]) -> str:
-    """yes: DE128 with a ZAK; off: declared --no-mac; no: neither (an in link so is refused)."""
-    return "yes" if row["mac"] else "off" if row["no_mac"] else "no"
+@link.command("show")
+@click.argument("name")
+@pass_app
+def link_show(app: AppContext, name: str) -> None:
+    """One link: address, scheme, MAC, key check values (never a key), state, its routes, and whether a
+    running switch has it up (asked on the switch's /metrics: the database does not record it)."""
+
+    async def work(conn: Any) -> tuple[dict[str, Any], dict[str, str]]:
+        return await admin.link_detail(conn, name), await admin.link_keys(conn, name)
+
+    detail, keys = _db(app, work)
+    detail["check_values"], why = _check_values(app, keys)
+    sw = app.config.switch
+    detail["running_switch"] = admin.running_link(sw.metrics_listen, sw.metrics_port, name)
+    tz = app.config.clearing.timezone
+    d = detail
+    lines = [f"link {d['name']} ({d['direction']}, {'enabled' if d['enabled'] else 'disabled'})"]
+    if d["direction"] == "out":
+        lines.append(f"  address         {d['host']}:{d['port']}, {d['connections']} connection(s)")
+    else:
+        lines.append(f"  acquirer        DE32 {d['institution_id']}")
+    mac = {"yes": "yes (DE128, ZAK)", "off": "off (declared --no-mac)", "no": "no"}[admin.mac_state(d)]
+    lines += [f"  scheme          {d['scheme']}", f"  MAC             {mac}"]
+    if d["check_values"]:
+        lines.append(
+            "  check values    "
+            + ", ".join(f"{kind.upper()} {cv[:6]}" for kind, cv in sorted(d["check_values"].items()))
+        )
+    else:
+        lines.append(f"  check values    not shown: {why}")
+    lines.append(f"  ZMK             {'yes (link rekey possible)' if d['zmk'] else 'no'}")
+    if d["rekey_requested_at"] is not None:
+        lines.append(f"  rekey requested {format_local(d['rekey_requested_at'], tz)}")
+    lines.append(f"  last key change {format_local(d['rekeyed_at'], tz) or 'never by the switch'}")
+    lines.append(f"  created         {format_local(d['created_at'], tz)}")
+    lines.append(f"  config version  {d['config_version']}")
+    routes = d["routes"]
+    lines.append(
+        "  routes          "
+        + (", ".join(admin.route_label(r) for r in routes) if routes else "none")
+    )
+    run = d["running_switch"]
+    if run["running"]:
+        state = (
+            "not in the running switch"
+            if run["up"] is None
+            else f"up, {run['connections']} connection(s)"
+            if run["up"]
+            else "down"
+        )
+    else:
+        state = f"unknown: {run['why']}"
+    lines.append(f"  running switch  {state}")
+    app.emit(_jsonable(app, detail), "\n".join(lines))
 
 
-def _set_link(app: AppContext, name: str, assignment: str, *extra: Any) -> None:
-    async def work(conn: Any) -> str:
-        sql = f"UPDATE switch_links SET {assignment} WHERE name = $1"
-        result: str = await conn.execute(sql, name, *extra)
-        return result
+def _check_values(app: AppContext, keys: dict[str, str]) -> tuple[dict[str, str], str]:
+    """The keys' check values from the HSM, or ({}, why not)."""
+    if not keys:
+        return {}, "no keys"
+    import trio
 
-    if _db(app, work).endswith(" 0"):
-        raise click.ClickException(f"no link named {name}")
+    from hsm_sim.client import HsmClient, HsmError
+
+    async def ask() -> dict[str, str]:
+        async with HsmClient.from_config(app.config.hsm) as client:
+            return await admin.check_values(client, keys)
+
+    try:
+        return trio.run(ask), ""
+    except (HsmError, OSError) as exc:
+        return {}, f"HSM not reachable ({exc})"
 
 
 @link.command("enable")
@@ -225,32 +279,31 @@ def _set_link(app: AppContext, name: str, assignment: str, *extra: Any) -> None:
 @pass_app
 def link_enable(app: AppContext, name: str) -> None:
     """Enable a link: a running switch starts connecting it (out) or accepts the acquirer (in)."""
-    _set_link(app, name, "enabled = true")
+    _db(app, lambda conn: admin.set_link_enabled(conn, name, True))
     app.emit({"link": name, "enabled": True}, f"link {name} enabled")
 
 
 @link.command("disable")
 @click.argument("name")
+@click.option("--yes", is_flag=True, help="Even when it is the only link for some BIN ranges.")
 @pass_app
-def link_disable(app: AppContext, name: str) -> None:
+def link_disable(app: AppContext, name: str, yes: bool) -> None:
     """Disable a link: its routes stop matching, in-flight requests finish, then it disconnects."""
-    _set_link(app, name, "enabled = false")
+    _db(app, lambda conn: admin.set_link_enabled(conn, name, False, yes=yes))
     app.emit({"link": name, "enabled": False}, f"link {name} disabled")
 
 
 @link.command("remove")
 @click.argument("name")
+@click.option("--with-routes", is_flag=True, help="Remove the routes that use it too (one transaction).")
 @pass_app
-def link_remove(app: AppContext, name: str) -> None:
-    """Remove a link and its routes (a running switch drains it first)."""
-
-    async def work(conn: Any) -> str:
-        result: str = await conn.execute("DELETE FROM switch_links WHERE name = $1", name)
-        return result
-
-    if _db(app, work).endswith(" 0"):
-        raise click.ClickException(f"no link named {name}")
-    app.emit({"removed": name}, f"link {name} removed")
+def link_remove(app: AppContext, name: str, with_routes: bool) -> None:
+    """Remove a link (refused while routes use it, unless --with-routes); a running switch drains it."""
+    routes = _db(app, lambda conn: admin.remove_link(conn, name, with_routes=with_routes))
+    gone = f" and routes {', '.join(admin.route_label(r) for r in routes)}" if routes else ""
+    app.emit(
+        {"removed": name, "routes_removed": [r["id"] for r in routes]}, f"link {name}{gone} removed"
+    )
 
 
 @link.command("rekey")
@@ -258,23 +311,10 @@ def link_remove(app: AppContext, name: str) -> None:
 @pass_app
 def link_rekey(app: AppContext, name: str) -> None:
     """Ask the running switch to change the link's ZPK (0800 DE70 101, the new key under the ZMK)."""
-
-    async def work(conn: Any) -> None:
-        row = await conn.fetchrow(
-            "SELECT direction, enabled, zmk IS NOT NULL AS zmk FROM switch_links WHERE name = $1", name
-        )
-        if row is None or row["direction"] != "out":
-            raise click.ClickException(f"no outbound link named {name}")
-        if not row["zmk"]:
-            raise click.ClickException(f"link {name} has no ZMK (link add {name} --replace ... --zmk U...)")
-        if not row["enabled"]:
-            raise click.ClickException(f"link {name} is disabled")
-        await conn.execute("UPDATE switch_links SET rekey_requested_at = now() WHERE name = $1", name)
-
-    _db(app, work)
+    _db(app, lambda conn: admin.request_rekey(conn, name))
     app.emit(
         {"link": name, "rekey_requested": True},
-        f"key change of link {name} requested (see `switch link list` and the switch log)",
+        f"key change of link {name} requested (see `switch link show {name}` and the switch log)",
     )
 
 
@@ -291,69 +331,72 @@ def route() -> None:
 @pass_app
 def route_add(app: AppContext, bin_low: str, bin_high: str | None, link_name: str) -> None:
     """Route PANs whose first digits lie in BIN_LOW..BIN_HIGH (same length; one BIN if HIGH omitted)."""
-    bin_high = bin_high or bin_low
-    if not (_DIGITS.fullmatch(bin_low) and _DIGITS.fullmatch(bin_high)):
-        raise click.ClickException("BIN bounds are 1-19 digits")
-    if len(bin_low) != len(bin_high) or bin_low > bin_high:
-        raise click.ClickException("BIN bounds must have the same length and LOW <= HIGH")
-
-    async def work(conn: Any) -> int:
-        direction = await conn.fetchval("SELECT direction FROM switch_links WHERE name = $1", link_name)
-        if direction != "out":
-            raise click.ClickException(f"no outbound link named {link_name}")
-        same = await conn.fetchval(
-            "SELECT id FROM switch_routes WHERE bin_low = $1 AND bin_high = $2 AND link = $3",
-            bin_low,
-            bin_high,
-            link_name,
-        )
-        if same is not None:
-            raise click.ClickException(f"route {same} already exists: {bin_low}-{bin_high} -> {link_name}")
-        route_id: int = await conn.fetchval(
-            "INSERT INTO switch_routes (bin_low, bin_high, link) VALUES ($1, $2, $3) RETURNING id",
-            bin_low,
-            bin_high,
-            link_name,
-        )
-        return route_id
-
-    route_id = _db(app, work)
-    app.emit({"id": route_id}, f"route {route_id}: {bin_low}-{bin_high} -> {link_name}")
+    route_id = _db(app, lambda conn: admin.add_route(conn, bin_low, bin_high, link_name))
+    app.emit({"id": route_id}, f"route {route_id}: {bin_low}-{bin_high or bin_low} -> {link_name}")
 
 
 @route.command("list")
+@click.option("--link", "link_name", default=None, help="Only the routes of this link.")
+@click.option(
+    "--bin",
+    "bin_prefix",
+    metavar="DIGITS",
+    default=None,
+    help="A BIN or PAN prefix: the routes that match it, in the order the switch tries them, and the "
+    "one it takes.",
+)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=admin.DEFAULT_LIMIT, show_default=True)
+@click.option("--after", metavar="ID", type=click.IntRange(0), default=None, help="Start after this id.")
 @pass_app
-def route_list(app: AppContext) -> None:
-    """Routes in the order they were added."""
-
-    async def work(conn: Any) -> list[dict[str, Any]]:
-        return [
-            dict(r)
-            for r in await conn.fetch("SELECT id, bin_low, bin_high, link FROM switch_routes ORDER BY id")
-        ]
-
-    rows = _db(app, work)
-    app.emit(
-        rows,
-        "\n".join(
-            [f"{'id':>4} {'range':<32} link"]
-            + [f"{r['id']:>4} {r['bin_low'] + '-' + r['bin_high']:<32} {r['link']}" for r in rows]
-        ),
+def route_list(
+    app: AppContext, link_name: str | None, bin_prefix: str | None, limit: int, after: int | None
+) -> None:
+    """Routes in the order they were added (with --bin: in the order the switch tries them)."""
+    if bin_prefix is not None and after is not None:
+        raise click.UsageError("--after pages the list by id; with --bin the list is the routes that match")
+    rows = _db(
+        app,
+        lambda conn: admin.list_routes(conn, link=link_name, bin_prefix=bin_prefix, limit=limit, after=after),
     )
+    lines = [f"{'id':>4} {'range':<32} {'link':<16} state"]
+    for r in rows:
+        state = "enabled" if r["link_enabled"] else "link disabled"
+        if r.get("taken"):
+            state += f", taken by {bin_prefix}"
+        lines.append(f"{r['id']:>4} {r['bin_low'] + '-' + r['bin_high']:<32} {r['link']:<16} {state}")
+    human = "\n".join(lines) if rows else "no routes" + (f" match {bin_prefix}" if bin_prefix else "")
+    if bin_prefix is not None and not any(r.get("taken") for r in rows):
+        human += f"\nno route takes {bin_prefix}: a card starting so finds no route"
+    elif bin_prefix is None and len(rows) == limit:
+        human += f"\nmore: --after {rows[-1]['id']}"
+    app.emit(_jsonable(app, rows), human)
+
+
+@route.command("show")
+@click.argument("route_id", type=int)
+@pass_app
+def route_show(app: AppContext, route_id: int) -> None:
+    """One route: its range, its link and the link's state, and the routes that overlap it."""
+    r = _db(app, lambda conn: admin.route_detail(conn, route_id))
+    tz = app.config.clearing.timezone
+    overlapping = ", ".join(f"{admin.route_label(o)} -> {o['link']}" for o in r["overlapping"]) or "none"
+    lines = [
+        f"route {r['id']}: {r['bin_low']}–{r['bin_high']} -> {r['link']}",
+        f"  link            {r['link']} ({r['link_direction']}, "
+        f"{'enabled' if r['link_enabled'] else 'disabled'})",
+        f"  created         {format_local(r['created_at'], tz)}",
+        f"  overlapping     {overlapping} (which one a PAN takes: `switch route list --bin DIGITS`)",
+    ]
+    app.emit(_jsonable(app, r), "\n".join(lines))
 
 
 @route.command("remove")
 @click.argument("route_id", type=int)
+@click.option("--yes", is_flag=True, help="Even when it is the only route for its BIN range.")
 @pass_app
-def route_remove(app: AppContext, route_id: int) -> None:
-    """Remove a route by id."""
-
-    async def work(conn: Any) -> str:
-        result: str = await conn.execute("DELETE FROM switch_routes WHERE id = $1", route_id)
-        return result
-
-    if _db(app, work).endswith(" 0"):
-        raise click.ClickException(f"no route {route_id}")
+def route_remove(app: AppContext, route_id: int, yes: bool) -> None:
+    """Remove a route by id (the only route for its range only with --yes)."""
+    _db(app, lambda conn: admin.remove_route(conn, route_id, yes=yes))
     app.emit({"removed": route_id}, f"route {route_id} removed")
 
 
@@ -365,30 +408,28 @@ def saf() -> None:
 
 @saf.command("list")
 @click.option("--all", "show_all", is_flag=True, help="Include delivered advices.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=1000, show_default=True)
+@click.option("--after", metavar="ID", type=click.IntRange(0), default=None, help="Start after this id.")
 @pass_app
-def saf_list(app: AppContext, show_all: bool) -> None:
-    """Reversal advices waiting (or, with --all, also delivered)."""
-
-    async def work(conn: Any) -> list[dict[str, Any]]:
-        rows = await conn.fetch(
-            "SELECT id, created_at, link, attempts, next_attempt_at, done_at, response_code, reason, message "
-            f"FROM switch_saf {'' if show_all else 'WHERE done_at IS NULL'} ORDER BY id"
-        )
-        out = []
-        for r in rows:
-            d = dict(r)
-            d["message"] = json.loads(d["message"]) if isinstance(d["message"], str) else d["message"]
-            out.append(d)
-        return out
-
-    rows = _db(app, work)
-    lines = [f"{'id':>6} {'link':<12} {'tries':>5} {'state':<10} original (DE90)"]
+def saf_list(app: AppContext, show_all: bool, limit: int, after: int | None) -> None:
+    """Reversal advices waiting (or, with --all, also delivered), oldest first."""
+    rows = _db(app, lambda conn: admin.list_saf(conn, show_all=show_all, limit=limit, after=after))
+    tz = app.config.clearing.timezone
+    lines = [
+        f"{'id':>6} {'created':<25} {'link':<12} {'tries':>5} {'state':<10} {'next try / done':<25} "
+        "original (DE90)"
+    ]
     for r in rows:
         state = f"done {r['response_code']}" if r["done_at"] else "waiting"
+        when = format_local(r["done_at"] or r["next_attempt_at"], tz)
         lines.append(
-            f"{r['id']:>6} {r['link']:<12} {r['attempts']:>5} {state:<10} {r['message'].get('90', '')}"
+            f"{r['id']:>6} {format_local(r['created_at'], tz):<25} {r['link']:<12} {r['attempts']:>5} "
+            f"{state:<10} {when:<25} {r['message'].get('90', '')}"
         )
-    app.emit(rows, "\n".join(lines) if rows else "store-and-forward queue is empty")
+    human = "\n".join(lines) if rows else "store-and-forward queue is empty"
+    if len(rows) == limit:
+        human += f"\nmore: --after {rows[-1]['id']}"
+    app.emit(_jsonable(app, rows), human)
 
 
 @switch.group()

@@ -8,7 +8,7 @@ The table is immutable: reloading builds a new one and swaps it in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +16,7 @@ class Route:
     bin_low: str
     bin_high: str
     link: str
+    id: int = field(default=0, compare=False)  # switch_routes.id, for the operator's views
 
     def __post_init__(self) -> None:
         if not (self.bin_low.isdigit() and self.bin_high.isdigit()):
@@ -32,6 +33,12 @@ class Route:
     @property
     def width(self) -> int:
         return int(self.bin_high) - int(self.bin_low)
+
+    def covers(self, other: Route) -> bool:
+        """Every PAN ``other`` matches, this route matches too (it serves them once ``other`` is gone)."""
+        n = len(self.bin_low)
+        inside = self.bin_low <= other.bin_low[:n] and other.bin_high[:n] <= self.bin_high
+        return n <= len(other.bin_low) and inside
 
 
 class RoutingTable:
@@ -57,7 +64,16 @@ class RoutingTable:
             return self._cache[key]
         except KeyError:
             pass
-        found = next((route.link for route in self._routes if route.matches(pan)), None)
+        route = self.route(pan)
+        found = None if route is None else route.link
         if len(self._cache) < 100_000:
             self._cache[key] = found
         return found
+
+    def route(self, pan: str) -> Route | None:
+        """The route ``pan`` takes (the rule of :meth:`lookup`, uncached), or None."""
+        return next((route for route in self._routes if route.matches(pan)), None)
+
+    def candidates(self, pan: str) -> list[Route]:
+        """Every route that matches ``pan``, in the order the switch tries them (the first one wins)."""
+        return [route for route in self._routes if route.matches(pan)]

@@ -524,7 +524,7 @@ def test_a_request_the_hsm_cannot_sign_is_declined_and_journaled(world: World, s
     finally:
         route = world.query("SELECT id FROM switch_routes WHERE link = 'unsignable'")
         for (route_id,) in route:
-            run_cli(["switch", "route", "remove", str(route_id)], env)
+            run_cli(["switch", "route", "remove", str(route_id), "--yes"], env)
         run_cli(["switch", "link", "remove", "unsignable"], env)
         issuer.stop()
 

@@ -251,7 +251,7 @@ def test_rekey_of_an_sm4_link_added_while_running(system: System) -> None:
         row = system.query("SELECT zpk, zpk_check FROM switch_links WHERE name = 'issuer4'")[0]
         assert row["zpk"] != zpk and row["zpk"].startswith("S") and row["zpk_check"] == host.changes[0][0]
         t.close()
-        system.cli("switch", "link", "remove", "issuer4")
+        system.cli("switch", "link", "remove", "issuer4", "--with-routes")
     finally:
         host.stop()
 

@@ -115,7 +115,7 @@ def test_disabled_link_drains_its_in_flight_request_then_its_bin_has_no_route(wo
     before = len(host_c.seen("0200"))
     worker.start()
     wait_until(lambda: len(host_c.seen("0200")) > before, what="the slow purchase upstream")
-    world.cli("switch", "link", "disable", "issuer_c")  # while that purchase waits for its answer
+    world.cli("switch", "link", "disable", "issuer_c", "--yes")  # while that purchase waits for its answer
     worker.join(10)
     assert answers == ["00"]  # the in-flight request was answered by the draining link
     _until_code(t, PAN_C, "14")  # its routes no longer match: no route (as for an unknown BIN)
@@ -159,7 +159,7 @@ def test_removed_link_leaves_the_routing(world: World) -> None:
     pan = "6212885678901234567"
     t = world.terminal()
     _until_code(t, pan, "00")
-    world.cli("switch", "link", "remove", "issuer_f")
+    world.cli("switch", "link", "remove", "issuer_f", "--with-routes")
     _until_code(t, pan, "14")
     result = run_cli(["switch", "link", "remove", "issuer_f"], world.env)
     assert result.returncode == 1 and "no link named issuer_f" in result.stderr
