@@ -70,6 +70,7 @@ class _Seen:
     code: str | None = None  # from the journal, for a row without a stored answer
     saf_queued: bool = False  # a reversal advice for it is durable
     fingerprint: Fingerprint | None = None  # what a retransmission repeats (switch/reversals.py)
+    reason: str | None = None  # why the switch answered so itself (switch/reasons.py), for the journal
 
 
 class AcquirerService:
@@ -165,6 +166,7 @@ class AcquirerService:
         except Exception as exc:
             log.exception("acquirer request failed", error=str(exc))
             answer = self._response(msg, "96")
+            seen.reason = "internal_error"
         seen.answer = answer
         seen.done.set()
         code = str(answer.get("39", ""))
@@ -185,6 +187,7 @@ class AcquirerService:
             int(us_hsm * 1e6),
             0,
             json.dumps(_storable(answer)),
+            seen.reason,
         )
         committed = seen.committed = self.journal.submit(row)
         metrics.count_request("h2h", txn_type(msg), code)
@@ -333,13 +336,17 @@ class AcquirerService:
     ) -> tuple[Message, float]:
         pan = pan_of(msg)
         if pan is None:
+            seen.reason = "no_card_number"
             return self._response(msg, "30"), 0.0
         if seen.reversed:  # its reversal came first: declined as the host declines it, not sent
+            seen.reason = "reversed_first"
             return self._response(msg, "05"), 0.0
         out = self.upstream.route(pan)
-        if out is None:
-            return self._response(msg, "14"), 0.0
+        if out is None:  # 91, not 14: no issuer for the BIN is not an invalid card (switch/reasons.py)
+            seen.reason = "no_route"
+            return self._response(msg, "91"), 0.0
         if not out.up:
+            seen.reason = "link_down"
             return self._response(msg, "91"), 0.0
         hsm_seconds = 0.0
         pin = msg.get("52")
@@ -353,7 +360,9 @@ class AcquirerService:
                 )
             except HsmRefused as exc:
                 log.warning("acquirer PIN translation refused", code=exc.code)
-                return self._response(msg, "96" if exc.code not in ("20", "23", "24") else "30"), 0.0
+                bad_format = exc.code in ("20", "23", "24")
+                seen.reason = "pin_format" if bad_format else "pin_translation_failed"
+                return self._response(msg, "30" if bad_format else "96"), 0.0
             hsm_seconds = trio.current_time() - t
             metrics.LATENCY_HSM.observe(hsm_seconds)
         forwarded["7"] = transmission_time()
@@ -372,8 +381,10 @@ class AcquirerService:
             )
         outcome = await self.upstream.send(out, forwarded)
         if outcome.local_code is not None:
+            seen.reason = outcome.reason or None
             return self._response(msg, outcome.local_code), hsm_seconds
         if outcome.timed_out or outcome.answer is None:
+            seen.reason = "upstream_timeout"
             return self._response(msg, "91"), hsm_seconds
         answer = dict(outcome.answer)
         for f in ("7", "11", "32"):

@@ -77,6 +77,7 @@ class Reply:
     # An approval from upstream: what undoes it if the answer cannot reach the terminal as decided.
     undo: Callable[[], Awaitable[None]] | None = None
 
+    reason: str | None = None  # why the switch answered so itself (switch/reasons.py); None: the issuer
 
 @dataclass(slots=True)
 class Timing:
@@ -240,6 +241,7 @@ class PosService:
             0,
             "{}",
         )
+            reply.reason,
         return self.journal.submit(row)
 
     async def _terminal(self, msg: Message) -> tuple[Terminal | None, Reply | None]:
@@ -574,32 +576,44 @@ class PosService:
             mac_ok = await self._verify_mac(terminal, msg, raw, timing)
         if not mac_ok:
             log.warning("MAC verification failed", terminal=terminal.terminal_id, stan=entry.stan)
-            return Reply(pos_response(msg, code="A0"), resign=True), None
+            return Reply(pos_response(msg, code="A0"), resign=True, reason="mac_failed"), None
         if batch != terminal.batch_no:
             answer = pos_response(msg, code="77")
-            return Reply(answer, resign=True, mac=mak), None
+            return Reply(answer, resign=True, mac=mak, reason="batch_differs"), None
+        if terminal.record.disabled:  # disabled at the host since its sign-on (switch/server.py poll)
+            return Reply(pos_response(msg, code="58"), mac=mak, reason="terminal_disabled"), None
         if entry.reversed:  # reversed before it arrived: declined as the host declines it, not sent
-            return Reply(pos_response(msg, code="05", acquirer_id=self.acquirer_id), mac=mak), None
+            answer = pos_response(msg, code="05", acquirer_id=self.acquirer_id)
+            return Reply(answer, mac=mak, reason="reversed_first"), None
         if pan is None:
-            return Reply(pos_response(msg, code="30")), None
+            return Reply(pos_response(msg, code="30"), reason="no_card_number"), None
         if link is None:
-            return Reply(pos_response(msg, code="14", acquirer_id=self.acquirer_id), mac=mak), None
+            # 91, not 14: the card number may be valid, the switch has no issuer for its BIN (and a route
+            # may be added while it runs); the contract has neither 15 nor 92 (switch/reasons.py)
+            answer = pos_response(msg, code="91", acquirer_id=self.acquirer_id)
+            return Reply(answer, mac=mak, reason="no_route"), None
         if not link_up:
-            return Reply(pos_response(msg, code="91", acquirer_id=self.acquirer_id), mac=mak), None
+            answer = pos_response(msg, code="91", acquirer_id=self.acquirer_id)
+            return Reply(answer, mac=mak, reason="link_down"), None
         if pin_error is not None:
             log.warning("PIN translation refused", terminal=terminal.terminal_id, code=pin_error)
             return Reply(
-                pos_response(msg, code="99" if pin_error in ("20", "23", "24") else "96"), mac=mak
+            bad_format = pin_error in ("20", "23", "24")
+                pos_response(msg, code="99" if bad_format else "96"),
+                mac=mak,
+                reason="pin_format" if bad_format else "pin_translation_failed",
             ), None
         if isinstance(pin_block, bytes) and translated is None:  # never a PIN request without its PIN
             log.error("PIN not translated; not sent", terminal=terminal.terminal_id, stan=entry.stan)
-            return Reply(pos_response(msg, code="96"), mac=mak), None
+            return Reply(pos_response(msg, code="96"), mac=mak, reason="pin_not_translated"), None
         link_stan = link.next_stan()
         ref = rrn(link_stan)
         request = pos_to_h2h(
+        now = time.time()  # DE7 and DE12/13 one instant: a reversal derives the latter from the former
             msg,
             stan=link_stan,
-            de7=transmission_time(),
+            de7=transmission_time(now),
+            now=now,
             rrn_value=ref,
             acquirer_id=self.acquirer_id,
             pin_block=translated,
@@ -629,17 +643,22 @@ class PosService:
         timing.host = outcome.host_seconds
         if outcome.local_code is not None:
             return Reply(
-                pos_response(msg, code=outcome.local_code, acquirer_id=self.acquirer_id), mac=mak
+                pos_response(msg, code=outcome.local_code, acquirer_id=self.acquirer_id),
+                mac=mak,
+                reason=outcome.reason or None,
             ), None
         if outcome.timed_out:
             entry.saf_queued = True
             return Reply(
-                pos_response(msg, code="98", rrn_value=ref, acquirer_id=self.acquirer_id), mac=mak
+                pos_response(msg, code="98", rrn_value=ref, acquirer_id=self.acquirer_id),
+                mac=mak,
+                reason="upstream_timeout",
             ), request
         host_answer = outcome.answer
         assert host_answer is not None
         code = str(host_answer.get("39", "96"))
-        if code in ("A0", "97", "99") or len(code) != 2:
+        invalid = code in ("A0", "97", "99") or len(code) != 2
+        if invalid:
             code = "96"
         reply = pos_response(
             msg,
@@ -654,7 +673,7 @@ class PosService:
             original = terminal.entries.get(tuple(entry.original.split("/", 1)))  # type: ignore[arg-type]
             if original is not None:
                 original.voided = True
-        return Reply(reply, mac=mak), request
+        return Reply(reply, mac=mak, reason="issuer_answer_invalid" if invalid else None), request
 
     async def _undo_approval(self, msg: Message, entry: Entry, link: OutboundLink, request: Message) -> None:
         """The issuer approved, but the terminal gets 96 (the answer's MAC could not be made): a terminal
@@ -738,6 +757,7 @@ class PosService:
             int(timing.host * 1e6),
             _json(entry.response if entry.response is not None else replayable(answer)),
         )
+            reply.reason,
         return self.journal.submit(row)
 
     # -- reversals ---------------------------------------------------------------------------------

@@ -115,6 +115,7 @@ class SafQueue:
     def __init__(
         self,
         store: Store,
+        "recovered_after_restart",
         links: dict[str, OutboundLink],
         *,
         retry_seconds: float,

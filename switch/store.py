@@ -82,6 +82,7 @@ JOURNAL_COLUMNS = (
 )
 
 # The request half of a journal row, written ahead (switch_write_ahead, migration 0003) and committed
+    "reason",  # why the switch answered so itself (switch/reasons.py); NULL when the issuer decided
 # before the request goes upstream; ``reverses`` is the DE90 a reversal advice for it names when that is
 # not the request itself (a reversal forwarded upstream: its original).
 WRITE_AHEAD_COLUMNS = (

@@ -42,6 +42,7 @@ class Outcome:
     local_code: str | None
     timed_out: bool
     host_seconds: float
+    reason: str = ""  # with a local_code: why (switch/reasons.py), for the journal
 
 
 class Upstream:
@@ -71,9 +72,9 @@ class Upstream:
             answer = await link.request(request, self.timeout)
         except NotSigned as exc:  # nothing left: the HSM could not sign it (96, as any HSM outage)
             log.error("upstream request not signed", link=link.name, stan=request.get("11"), error=str(exc))
-            return Outcome(None, "96", False, 0.0)
+            return Outcome(None, "96", False, 0.0, "upstream_not_signed")
         except LinkDown:
-            return Outcome(None, "91", False, 0.0)
+            return Outcome(None, "91", False, 0.0, "link_down")
         except LinkTimeout:
             elapsed = trio.current_time() - start
             log.warning("upstream timeout", link=link.name, mti=request.get("t"), stan=request.get("11"))

@@ -119,7 +119,7 @@ def system(db_url: str, hsm_server: HsmServer, tmp_path_factory: pytest.TempPath
     try:
         t = stub.terminal("3des")  # wait until the link to the host is signed on
         deadline = time.monotonic() + 10
-        while t.exchange(t.purchase_msg("6999000000000000001", 1)).code not in ("14",):
+        while t.exchange(t.purchase_msg("6999000000000000001", 1)).code not in ("91",):
             assert time.monotonic() < deadline
         _wait_link(stub, t)
         t.close()

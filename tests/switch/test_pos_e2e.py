@@ -8,6 +8,7 @@ it stop answering; tests with the real authorization host are in test_host_e2e.p
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import threading
@@ -260,9 +261,34 @@ def test_unknown_terminal_97_and_not_signed_on_a0(world: World) -> None:
     idle.close()
 
 
-def test_no_route_answers_14(world: World, t3: Terminal) -> None:
-    r = t3.exchange(t3.purchase_msg("6999000000000000001", 100))
-    assert r.code == "14" and t3.verify_mac(r)
+def test_no_route_answers_91_no_route_not_14_and_the_journal_shows_why(world: World, t3: Terminal) -> None:
+    """Issue 15 item 7: no issuer for the BIN is not "14 invalid card number" (the contract has neither
+    15 nor 92: 91, and the journal row says no_route); `switch journal show` shows code and reason."""
+    msg = t3.purchase_msg("6999000000000000001", 100)
+    r = t3.exchange(msg)
+    assert r.code == "91" and t3.verify_mac(r)
+    rows = world.query(
+        "SELECT response_code, reason FROM switch_journal WHERE terminal_id = $1 AND stan = $2",
+        t3.terminal_id,
+        msg["11"],
+    )
+    assert [tuple(row) for row in rows] == [("91", "no_route")]
+    wrong = t3.exchange(t3.purchase_msg(PAN3, 100, pin="999999"))  # declined by the issuer: no reason here
+    assert wrong.code == "55"
+    out = run_cli(["switch", "journal", "show", "--terminal", t3.terminal_id, "--limit", "2"], world.env)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "reason" in lines[0] and "issuer: incorrect PIN" in lines[1], out.stdout
+    assert "no route for the card's BIN" in lines[2] and "1.00 CNY" in lines[2], out.stdout
+    js = run_cli(["--json", "switch", "journal", "show", "--rc", "91", "--card-last4", "0001"], world.env)
+    assert js.returncode == 0, js.stderr
+    first = json.loads(js.stdout)[0]
+    assert first["reason"] == "no_route" and first["response_code"] == "91"
+    assert first["amount_minor"] == 100 and first["currency"] == "CNY" and "+" in first["created_at"]
+    page = run_cli(["--json", "switch", "journal", "show", "--after", str(first["id"]), "--rc", "91"], world.env)
+    assert all(row["id"] < first["id"] for row in json.loads(page.stdout))
+    bad = run_cli(["switch", "journal", "show", "--card-last4", "12"], world.env)
+    assert bad.returncode == 1 and "--card-last4" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_malformed_frames(world: World, t3: Terminal) -> None:

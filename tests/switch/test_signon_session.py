@@ -3,8 +3,8 @@
 08xx carry no MAC, and a terminal id and merchant id are printed on every receipt: a sign-on or
 sign-off from a connection other than the terminal's live session must not end that session; new keys
 become current only once a MAC'd request verifies under them; sign-ons per terminal are rate limited.
-No issuer link is configured: a purchase to an unrouted PAN is answered 14 with a MAC once its own MAC
-verified (A0 when it did not), which is all these tests need to see which keys the switch holds.
+No issuer link is configured: a purchase to an unrouted PAN is answered 91 (no route) with a MAC once its
+own MAC verified (A0 when it did not), which is all these tests need to see which keys the switch holds.
 """
 
 from __future__ import annotations
@@ -63,9 +63,10 @@ def world(db_url: str, hsm_server: HsmServer) -> Iterator[World]:
 
 
 def purchase(t: Terminal) -> str:
-    """The answer code of a MAC'd purchase; 14 means the switch verified its MAC (and MACed the answer)."""
+    """The answer code of a MAC'd purchase; 91 (no route) means the switch verified its MAC (and MACed
+    the answer)."""
     r = t.exchange(t.purchase_msg(UNROUTED, 100))
-    if r.code == "14":
+    if r.code == "91":
         assert t.verify_mac(r)
     else:
         assert r.code == "A0" and r.resign, r.msg
@@ -83,16 +84,16 @@ def sign_off_msg(t: Terminal) -> dict[str, Any]:
 
 def test_another_sockets_sign_on_and_sign_off_leave_the_live_session_alone(world: World) -> None:
     live = world.terminal("TSESS001")
-    assert live.sign_on().code == "00" and purchase(live) == "14"
+    assert live.sign_on().code == "00" and purchase(live) == "91"
     other = intruder(world, "TSESS001")
     assert other.exchange(other.sign_on_msg(), mac=False).code == "00"
-    assert purchase(live) == "14"  # its working keys still hold
+    assert purchase(live) == "91"  # its working keys still hold
     assert other.exchange(sign_off_msg(other), mac=False).code == "00"
-    assert purchase(live) == "14"
+    assert purchase(live) == "91"
     assert world.query("SELECT signed_on FROM switch_sessions WHERE terminal_id = 'TSESS001'")[0][0]
     other.mak = bytes(8)  # whatever the intruder MACs with, the live session's keys are not it
     assert purchase(other) == "A0"
-    assert purchase(live) == "14"
+    assert purchase(live) == "91"
     other.close()
     live.close()
 
@@ -102,7 +103,7 @@ def test_another_sockets_sign_off_alone_does_not_end_the_live_session(world: Wor
     assert live.sign_on().code == "00"
     other = intruder(world, "TSESS007")
     assert other.exchange(sign_off_msg(other), mac=False).code == "00"
-    assert purchase(live) == "14"
+    assert purchase(live) == "91"
     assert live.exchange(sign_off_msg(live), mac=False).code == "00"  # its own sign-off does end it
     assert purchase(live) == "A0"
     other.close()
@@ -114,12 +115,12 @@ def test_new_keys_take_over_after_their_first_verified_mac_and_the_old_are_refus
     assert old.sign_on().code == "00"
     new = world.terminal("TSESS002")  # the same terminal (it holds the TMK) on a second connection
     assert new.sign_on().code == "00" and new.mak != old.mak
-    assert purchase(old) == "14"  # until the new keys are proven both sets work, each on its connection
+    assert purchase(old) == "91"  # until the new keys are proven both sets work, each on its connection
     pending = "SELECT pending_mak IS NOT NULL FROM switch_sessions WHERE terminal_id = 'TSESS002'"
     assert world.query(pending)[0][0]
-    assert purchase(new) == "14"  # proven: current from now on
+    assert purchase(new) == "91"  # proven: current from now on
     assert purchase(old) == "A0"
-    assert purchase(new) == "14"
+    assert purchase(new) == "91"
     row = world.query("SELECT pending_mak FROM switch_sessions WHERE terminal_id = 'TSESS002'")[0]
     assert row[0] is None
     old.close()
@@ -132,24 +133,24 @@ def test_a_sign_on_flood_for_one_terminal_is_rate_limited(world: World) -> None:
     flood = intruder(world, "TSESS003")
     codes = [flood.exchange(flood.sign_on_msg(), mac=False).code for _ in range(SIGNON_PER_MINUTE + 3)]
     assert codes == ["00"] * (SIGNON_PER_MINUTE - 1) + ["65"] * 4, codes
-    assert purchase(live) == "14"
+    assert purchase(live) == "91"
     assert live.sign_on().code == "00"  # its own live connection is never limited; its new keys work at once
-    assert purchase(live) == "14"
+    assert purchase(live) == "91"
     flood.close()
     live.close()
 
 
 def test_re_sign_on_on_the_same_connection_and_after_a_reconnect_work_at_once(world: World) -> None:
     t = world.terminal("TSESS004")
-    assert t.sign_on().code == "00" and purchase(t) == "14"
+    assert t.sign_on().code == "00" and purchase(t) == "91"
     first = t.mak
     assert t.sign_on().code == "00" and t.mak != first
-    assert purchase(t) == "14"
+    assert purchase(t) == "91"
     t.mak = first  # the keys replaced on its own connection are gone
     assert purchase(t) == "A0"
     t.close()
     again = world.terminal("TSESS004")  # its old connection is gone: no live session to protect
-    assert again.sign_on().code == "00" and purchase(again) == "14"
+    assert again.sign_on().code == "00" and purchase(again) == "91"
     again.close()
 
 
@@ -168,12 +169,12 @@ def test_unproven_keys_and_the_live_keys_both_survive_a_restart(world: World) ->
         t.close()
     world.restart()
     new5.connect(world.switch.ports["3des"])
-    assert purchase(new5) == "14"  # its pending keys were kept and are proven now
+    assert purchase(new5) == "91"  # its pending keys were kept and are proven now
     old5.connect(world.switch.ports["3des"])
     assert purchase(old5) == "A0"
     live6.connect(world.switch.ports["3des"])
-    assert purchase(live6) == "14"  # the real terminal, back after the restart, proves its keys
+    assert purchase(live6) == "91"  # the real terminal, back after the restart, proves its keys
     assert world.query("SELECT pending_mak FROM switch_sessions WHERE terminal_id = 'TSESS006'")[0][0] is None
-    assert purchase(live6) == "14"
+    assert purchase(live6) == "91"
     for t in (new5, old5, live6):
         t.close()
