@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from hsm_sim.client import account_from_pan
@@ -180,6 +181,27 @@ def local_time(now: float | None = None) -> tuple[str, str]:
     """(DE12 hhmmss, DE13 MMDD) in local time."""
     clock = _CLOCK.at(now)
     return clock.de12, clock.de13
+
+
+def local_time_of(de7: str, now: float | None = None) -> tuple[str, str] | None:
+    """(DE12, DE13) of the instant a DE7 names (MMDDhhmmss UTC, the year nearest ``now``), in the local
+    time :func:`local_time` gives: the terminal local time of a request the switch sent with that DE7
+    (``pos_to_h2h`` takes both from one clock reading), so its reversal carries the original's (the H2H
+    contract: DE12/13 are the local time at the terminal). None for a DE7 that is not one."""
+    if len(de7) != 10 or not de7.isascii() or not de7.isdigit():
+        return None
+    reference = time.time() if now is None else now
+    year = time.gmtime(reference).tm_year
+    best: float | None = None
+    for candidate in (year - 1, year, year + 1):
+        try:
+            moment = datetime(candidate, int(de7[:2]), int(de7[2:4]), int(de7[4:6]), int(de7[6:8]),
+                              int(de7[8:10]), tzinfo=UTC).timestamp()
+        except ValueError:  # 29 February of another year, or not a date at all
+            continue
+        if best is None or abs(moment - reference) < abs(best - reference):
+            best = moment
+    return None if best is None else local_time(best)  # the zone and clock of the original's DE12/13
 
 
 def rrn(stan: int, now: float | None = None) -> str:

@@ -43,6 +43,7 @@ from switch.mapping import (
     Message,
     account12,
     de60,
+    local_time_of,
     pan_of,
     parse_de60,
     pos_balance,
@@ -76,8 +77,8 @@ class Reply:
     commit: trio.Event | None = None  # set once the request's journal row is committed
     # An approval from upstream: what undoes it if the answer cannot reach the terminal as decided.
     undo: Callable[[], Awaitable[None]] | None = None
-
     reason: str | None = None  # why the switch answered so itself (switch/reasons.py); None: the issuer
+
 
 @dataclass(slots=True)
 class Timing:
@@ -240,8 +241,8 @@ class PosService:
             0,
             0,
             "{}",
-        )
             reply.reason,
+        )
         return self.journal.submit(row)
 
     async def _terminal(self, msg: Message) -> tuple[Terminal | None, Reply | None]:
@@ -597,8 +598,8 @@ class PosService:
             return Reply(answer, mac=mak, reason="link_down"), None
         if pin_error is not None:
             log.warning("PIN translation refused", terminal=terminal.terminal_id, code=pin_error)
-            return Reply(
             bad_format = pin_error in ("20", "23", "24")
+            return Reply(
                 pos_response(msg, code="99" if bad_format else "96"),
                 mac=mak,
                 reason="pin_format" if bad_format else "pin_translation_failed",
@@ -608,8 +609,8 @@ class PosService:
             return Reply(pos_response(msg, code="96"), mac=mak, reason="pin_not_translated"), None
         link_stan = link.next_stan()
         ref = rrn(link_stan)
-        request = pos_to_h2h(
         now = time.time()  # DE7 and DE12/13 one instant: a reversal derives the latter from the former
+        request = pos_to_h2h(
             msg,
             stan=link_stan,
             de7=transmission_time(now),
@@ -756,8 +757,8 @@ class PosService:
             int(timing.hsm * 1e6),
             int(timing.host * 1e6),
             _json(entry.response if entry.response is not None else replayable(answer)),
-        )
             reply.reason,
+        )
         return self.journal.submit(row)
 
     # -- reversals ---------------------------------------------------------------------------------
@@ -950,6 +951,11 @@ def _as_original(entry: Entry, reversal: Message, link: OutboundLink) -> Message
     )
     if entry.rrn:
         msg["37"] = entry.rrn
+    # The original's terminal local time (its DE7's instant, also for a row loaded from the journal): its
+    # reversal and reversal advice carry it, so the clearing file's reversal has the terminal's time.
+    local = local_time_of(msg["7"])
+    if local is not None:
+        msg["12"], msg["13"] = local
     return msg
 
 

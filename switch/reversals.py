@@ -91,7 +91,8 @@ def upstream_reversal(
 ) -> Message:
     """The H2H 0400 for ``original`` (the upstream request as it was sent on ``link``), from the
     incoming ``reversal``: its DE3/4/41/42/49 (and PAN when ``pan``), the switch's DE7, link STAN and
-    DE32, the original's DE37, the reason in DE39, and DE90 naming the upstream original."""
+    DE32, the original's DE37 and DE12/13 (the terminal local time of what is reversed, which the
+    clearing file reports), the reason in DE39, and DE90 naming the upstream original."""
     request: Message = {"t": "0400"}
     for f in ("3", "4", "41", "42", "49"):
         if f in reversal:
@@ -102,8 +103,9 @@ def upstream_reversal(
     request["7"] = transmission_time()
     request["11"] = f"{link.next_stan():06d}"
     request["32"] = institution_id
-    if "37" in original:
-        request["37"] = original["37"]
+    for f in ("12", "13", "37"):
+        if f in original:
+            request[f] = original[f]
     request["39"] = str(reversal.get("39", "98"))[:2] or "98"
     request["90"] = original_data(
         str(original["t"]), str(original["11"]), str(original["7"]), str(original.get("32", institution_id))

@@ -28,7 +28,7 @@ from ops.logs import get_logger
 from switch import metrics
 from switch.journal import durably
 from switch.links import LinkDown, LinkTimeout, OutboundLink
-from switch.mapping import Message, original_data, transmission_time
+from switch.mapping import Message, local_time_of, original_data, transmission_time
 from switch.store import Store
 
 log = get_logger(__name__)
@@ -46,7 +46,8 @@ def reversal_advice(original: Message, link: OutboundLink, reason: str) -> Messa
 
 def _advice(original: Message, stan: int, acquirer_id: str, reason: str) -> Message:
     advice: Message = {"t": "0420"}
-    for f in ("3", "4", "32", "37", "41", "42", "49"):
+    # DE12/13: the original's terminal local time, which the clearing file reports for the reversal.
+    for f in ("3", "4", "12", "13", "32", "37", "41", "42", "49"):
         if f in original:
             advice[f] = original[f]
     advice["7"] = transmission_time()
@@ -74,6 +75,12 @@ def write_ahead_original(row: Any) -> Message:
         original["4"] = f"{row['amount']:012d}"
     if row["currency"] is not None:
         original["49"] = row["currency"]
+    # A terminal's request: its DE12/13 were the local time of its DE7 (the original's, for a forwarded
+    # reversal: DE90 holds it). An acquirer's came from its terminal and were not kept.
+    de7 = str(row["reverses"])[10:20] if row["reverses"] else str(row["link_de7"])
+    local = local_time_of(de7) if str(row["channel"]).startswith("pos") else None
+    if local is not None:
+        original["12"], original["13"] = local
     return original
 
 
@@ -108,6 +115,7 @@ def recovered_journal_row(row: Any) -> tuple[Any, ...]:
         0,
         0,
         "{}",
+        "recovered_after_restart",
     )
 
 
@@ -115,7 +123,6 @@ class SafQueue:
     def __init__(
         self,
         store: Store,
-        "recovered_after_restart",
         links: dict[str, OutboundLink],
         *,
         retry_seconds: float,

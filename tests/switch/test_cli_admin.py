@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 import trio
 
+from ops.pgembed import free_port
 from tests.fixtures.hsm import HsmServer
 from tests.fixtures.pg import query
-from tests.fixtures.services import base_env, free_port, run_cli
+from tests.fixtures.services import base_env, run_cli
 from tests.switch.test_pos_e2e import _keys
 
 
