@@ -20,7 +20,8 @@ Where the contract is silent, the choices made here:
 - the currency is three upper-case letters or three digits (ISO 4217);
 - the sequence is 01-99; amounts and fees are at most 10**15 minor units;
 - the terminal's local date-time may be empty (an administrative load has no terminal);
-- a business date's window: see ``business_window`` (cut-over at 12:00 or later closes the same day).
+- a business date's window: see ``business_window`` (cut-over at 12:00 or later closes the same day;
+  a date closed early ends at its close instant and the next date starts there).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -154,14 +155,11 @@ def _cutover_time(cutover: str) -> time:
     return time(int(hh), int(mm))
 
 
-def business_window(business_date: date, cutover: str, timezone: str) -> tuple[datetime, datetime]:
-    """UTC [start, end) of the postings that belong to ``business_date``.
+EarlyCloses = Mapping[date, datetime]
+"""Business dates closed before their cut-over (``payswitch clearing close-day``) -> the close instant."""
 
-    The cut-over ``HH:MM`` (local, in ``timezone``) closes a business date. A cut-over in the afternoon
-    or evening (12:00 or later) closes it on the same calendar day, so with 23:00 the business date D
-    runs from 23:00 on D-1 to 23:00 on D; an early-morning cut-over (before 12:00) closes it the next
-    morning, so with 02:00 it runs from 02:00 on D to 02:00 on D+1, and 00:00 gives the calendar day.
-    """
+
+def _base_window(business_date: date, cutover: str, timezone: str) -> tuple[datetime, datetime]:
     zone = ZoneInfo(timezone)
     at = _cutover_time(cutover)
     close_day = business_date if at.hour >= 12 else business_date + timedelta(days=1)
@@ -170,14 +168,41 @@ def business_window(business_date: date, cutover: str, timezone: str) -> tuple[d
     return start.astimezone(UTC), end.astimezone(UTC)
 
 
-def business_date_of(instant: datetime, cutover: str, timezone: str) -> date:
+def business_window(business_date: date, cutover: str, timezone: str,
+                    closes: EarlyCloses | None = None) -> tuple[datetime, datetime]:
+    """UTC [start, end) of the postings that belong to ``business_date``.
+
+    The cut-over ``HH:MM`` (local, in ``timezone``) closes a business date. A cut-over in the afternoon
+    or evening (12:00 or later) closes it on the same calendar day, so with 23:00 the business date D
+    runs from 23:00 on D-1 to 23:00 on D; an early-morning cut-over (before 12:00) closes it the next
+    morning, so with 02:00 it runs from 02:00 on D to 02:00 on D+1, and 00:00 gives the calendar day.
+
+    ``closes``: dates closed early. A date D closed at instant C ends at C, and D+1 starts there (it
+    runs from C to its own cut-over, or to its own early close): the file of D is final at C and what
+    is posted after C belongs to D+1. The one place the boundary moves; ``business_date_of`` follows.
+    """
+    start, end = _base_window(business_date, cutover, timezone)
+    if closes:
+        end = closes.get(business_date, end).astimezone(UTC)
+        start = closes.get(business_date - timedelta(days=1), start).astimezone(UTC)
+    return start, end
+
+
+def business_date_of(instant: datetime, cutover: str, timezone: str,
+                     closes: EarlyCloses | None = None) -> date:
     """The business date a posting at ``instant`` (aware) belongs to; the inverse of business_window."""
     local = instant.astimezone(ZoneInfo(timezone))
     at = _cutover_time(cutover)
     day = local.date()
     if at.hour >= 12:
-        return day + timedelta(days=1) if local.time() >= at else day
-    return day - timedelta(days=1) if local.time() < at else day
+        day = day + timedelta(days=1) if local.time() >= at else day
+    else:
+        day = day - timedelta(days=1) if local.time() < at else day
+    # An early close only ever moves a boundary earlier: past the close instant of the date the
+    # cut-over gives, the posting belongs to the next date (and so on, if that one closed early too).
+    while closes and day in closes and instant >= closes[day]:
+        day += timedelta(days=1)
+    return day
 
 
 # ---------------------------------------------------------------------------------------------------

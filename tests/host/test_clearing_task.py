@@ -6,14 +6,22 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from host import clearing_task
+from host.catalog import ProductSpec, add_product
 from host.ledger import SERVER_SETTINGS
 from ops import config as config_mod
 from ops.pgpool import PgPool
 from specs.clearing import read_file
+from tests.settlement.db import db
+
+
+async def _programme_since_november(conn: Any) -> None:
+    await add_product(conn, ProductSpec("AUTOEMIT", "reloadable", pin_required=False), "623498", 16)
+    await conn.execute("UPDATE products SET created_at = '2026-11-01T00:00:00Z' WHERE code = 'AUTOEMIT'")
 
 
 def test_auto_emit_writes_each_closed_day_after_the_cutover(db_url: str, tmp_path: Path) -> None:
@@ -21,6 +29,7 @@ def test_auto_emit_writes_each_closed_day_after_the_cutover(db_url: str, tmp_pat
     cfg = dataclasses.replace(cfg, clearing=dataclasses.replace(
         cfg.clearing, directory=str(tmp_path), cutover="23:00", timezone="Asia/Shanghai", lookback_days=2))
     clock = [datetime(2026, 11, 12, 14, 30, tzinfo=UTC)]  # 22:30 in Shanghai: 2026-11-12 still open
+    db(db_url, _programme_since_november)  # no file is written for a date before the programme
     slept: list[float] = []
     files: list[list[str]] = []
 

@@ -21,7 +21,7 @@ from host.catalog import (
     add_terminal,
     insert_cards,
 )
-from host.clearing import ClearingEmitError, emit, emit_closed, terminal_local_time
+from host.clearing import BeforeProgramme, ClearingEmitError, emit, emit_closed, terminal_local_time
 from settlement.importer import import_file
 from settlement.reconcile import Category, file_records, ledger_records, reconcile
 from specs.clearing import read_file
@@ -204,8 +204,14 @@ def test_emit_settle_reconcile(db_url: str, tmp_path: Path) -> None:
             await emit(
                 conn, date(2099, 1, 1), issuer_id="48880000", directory=out, cutover=CUTOVER, timezone=TZ
             )
-        empty = await emit(
-            conn, date(2026, 1, 1), issuer_id="48880000", directory=out, cutover=CUTOVER, timezone=TZ
+        # before the programme's first business date (its first posting, D0): no file, said in one line
+        with pytest.raises(BeforeProgramme, match=r"^2026-01-01 is before the programme's first business "
+                           r"date 2026-11-09: no file$"):
+            await emit(conn, date(2026, 1, 1), issuer_id="48880000", directory=out, cutover=CUTOVER,
+                       timezone=TZ)
+        assert not list(out.glob("CLR_*_20260101_*"))
+        empty = await emit(  # a day of the programme without postings still gets its file
+            conn, date(2026, 11, 12), issuer_id="48880000", directory=out, cutover=CUTOVER, timezone=TZ
         )
         assert empty.trailer.count == 0 and read_file(empty.path)[1] == []
 
@@ -256,6 +262,9 @@ def test_emit_closed_catches_up(db_url: str, tmp_path: Path) -> None:
             "cutover": CUTOVER,
             "timezone": TZ,
         }
+        # the programme exists from 2026-11-01 (before it: no file, see tests/settlement/test_close_day)
+        await add_product(conn, ProductSpec("CATCHUP", "reloadable", pin_required=False), "623499", 16)
+        await conn.execute("UPDATE products SET created_at = $1 WHERE code = 'CATCHUP'", utc(2026, 11, 1))
         first = await emit_closed(conn, now, lookback_days=3, **kw)
         assert [r.business_date for r in first] == [
             date(2026, 11, 10),
