@@ -8,6 +8,7 @@ HSM's keyed hash; the PAN is never stored or logged). Operator mistakes are one 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import re
 import shlex
@@ -20,8 +21,9 @@ from typing import Any, TypeVar
 import click
 import trio
 
-from host import catalog, directory
+from host import catalog, directory, rules
 from host.admin import admin_load, load_refusal
+from host.business_day import business_today
 from host.catalog import CatalogError
 from host.keys import IssuerCrypto, generate_missing, keys_from, load_keys, store_keys
 from host.ledger import SERVER_SETTINGS
@@ -696,7 +698,7 @@ def _state_command(name: str, target: str, help_text: str) -> None:
                 old = info["state"]
                 if old != "inventory":
                     raise CatalogError(f"card {cid} is {old}: only an inventory card can be activated")
-                _not_past_expiry(cid, info["expiry"], "be activated")
+                _not_past_expiry(cid, info["expiry"], "be activated", business_today(app.config))
                 await activate_card(pool, cid)
                 return cid, old, "active"
             if name == "unfreeze":
@@ -704,7 +706,7 @@ def _state_command(name: str, target: str, help_text: str) -> None:
                 old = info["state"]
                 if old != "frozen":
                     raise CatalogError(f"card {cid} is {old}, not frozen")
-                _not_past_expiry(cid, info["expiry"], "be unfrozen")
+                _not_past_expiry(cid, info["expiry"], "be unfrozen", business_today(app.config))
             old, new = await pool.run(catalog.set_card_state, cid, target)
             return cid, old, new
 
@@ -712,12 +714,12 @@ def _state_command(name: str, target: str, help_text: str) -> None:
         app.emit({"card_id": cid, "from": old, "to": new}, f"card {cid}: {old} -> {new}")
 
 
-def _not_past_expiry(card_id: int, expiry: str, action: str) -> None:
-    """A card past its expiry month is not made active again (it would only answer 54)."""
-    from host.expiry import utc_today
+def _not_past_expiry(card_id: int, expiry: str, action: str, today: dt.date) -> None:
+    """A card past its expiry month (on business date ``today``) is not made active again (it would
+    only answer 54)."""
     from host.rules import yymm
 
-    if expiry < yymm(utc_today()):
+    if expiry < yymm(today):
         raise CatalogError(f"card {card_id} is past its expiry {expiry}: it cannot {action}")
 
 
@@ -801,28 +803,24 @@ def card_unload(app: AppContext, card_ref: str, amount: int | None, reference: s
     "--as-of",
     type=click.DateTime(formats=["%Y-%m-%d"]),
     default=None,
-    help="Expire as on this date, YYYY-MM-DD (default: today, UTC).",
+    help="Expire as on this business date, YYYY-MM-DD (default: today's, in clearing.timezone).",
 )
 @click.option("--yes", is_flag=True, help="Confirm an --as-of in the future (expires cards not yet expired).")
 @pass_app
 def card_expire(app: AppContext, dry_run: bool, as_of: Any, yes: bool) -> None:
     """Move active and frozen cards past their expiry month to `expired` (what `host serve` runs)."""
-    import datetime as dt
-
     from host.expiry import ExpiryResult, expire_cards
-    from specs.clearing import business_date_of
 
-    clearing = app.config.clearing  # today = the programme's business date
-    today = business_date_of(dt.datetime.now(dt.UTC), clearing.cutover, clearing.timezone)
-    if as_of is not None and not (dry_run or yes) and as_of.date() > today:
+    if as_of is not None and not (dry_run or yes) and as_of.date() > business_today(app.config):
         raise click.ClickException(
             f"--as-of {as_of.date().isoformat()} is in the future (today's business date is"
-            f" {today.isoformat()}): cards not yet expired would be expired;"
+            f" {business_today(app.config).isoformat()}): cards not yet expired would be expired;"
             " give --yes to do it (or --dry-run to count them)"
         )
 
     async def work(pool: PgPool) -> ExpiryResult:
-        return await expire_cards(pool, as_of.date() if as_of else None, dry_run=dry_run)
+        day = as_of.date() if as_of else business_today(app.config)
+        return await expire_cards(pool, day, dry_run=dry_run)
 
     result = _run(app, work)
     app.emit(
@@ -1068,15 +1066,33 @@ def card_load(app: AppContext, card_ref: str, minor: int, reference: str | None)
 def card_history(app: AppContext, card_ref: str, limit: int) -> None:
     """The card's requests and postings, newest first."""
 
-    async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> list[dict[str, Any]]:
-        return await pool.run(catalog.card_history, await _card_id(pool, crypto, card_ref), limit)
+    async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> tuple[list[dict[str, Any]], str]:
+        cid = await _card_id(pool, crypto, card_ref)
+        rows = await pool.run(catalog.card_history, cid, limit)
+        return rows, (await pool.run(catalog.card_info, cid))["currency"]
 
-    rows = _run(app, work, hsm=_needs_hsm(card_ref))
+    rows, cur = _run(app, work, hsm=_needs_hsm(card_ref))
+    tz = app.config.clearing.timezone  # times in the programme's zone with the offset
+    # the reason the host declined (host.rules.REASONS), in words for people; JSON keeps the key too
+    shown = [
+        {
+            **r,
+            "at": format_local(r["at"], tz),
+            "amount": format_money(r["amount"], cur),
+            "reason": rules.describe(r["reason"]),
+        }
+        for r in rows
+    ]
     for r in rows:
-        r["at"] = r["at"].isoformat(timespec="seconds")
+        r["at"] = iso_local(r["at"], tz)
+        r["reason_text"] = rules.describe(r["reason"]) or None
+        r.update(money_json("amount", r.pop("amount"), cur))
     app.emit(
         rows,
-        _table(rows, ["at", "txn", "mti", "amount", "rc", "auth_id", "rrn", "terminal_id", "posting_id"]),
+        _table(
+            shown,
+            ["at", "txn", "mti", "amount", "rc", "reason", "auth_id", "rrn", "terminal_id", "posting_id"],
+        ),
     )
 
 

@@ -1,7 +1,8 @@
 """Card expiry: move cards past their expiry date to state ``expired``.
 
-A card is valid through the last day of its expiry month (YYMM, UTC, as ``host.rules.check_card``
-reads it), so on date D every card whose YYMM is before D's YYMM has expired. Requests on such a card
+A card is valid through the last day of its expiry month (YYMM) in the programme's zone: "today" is
+the business date (``host.business_day``, as ``host.rules.check_card`` reads it for every request), so
+on business date D every card whose YYMM is before D's YYMM has expired. Requests on such a card
 are declined 54 whether or not this job has run (the rules check the date on every request); the job
 makes the state say so, for operators, reports and the card's history.
 
@@ -25,6 +26,7 @@ from typing import Any
 import trio
 from prometheus_client import Counter
 
+from host.business_day import business_today
 from host.rules import TRANSITIONS, yymm
 from ops.config import Config
 from ops.logs import get_logger
@@ -66,10 +68,6 @@ class ExpiryResult:
         )
 
 
-def utc_today() -> dt.date:
-    return dt.datetime.now(dt.UTC).date()
-
-
 async def due(conn: Any, expiry_before: str) -> dict[str, int]:
     """How many cards would move, by state (the dry run)."""
     rows = await conn.fetch(
@@ -97,10 +95,9 @@ async def expire_batch(conn: Any, expiry_before: str, limit: int) -> dict[str, i
 
 
 async def expire_cards(
-    pool: PgPool, as_of: dt.date | None = None, *, dry_run: bool = False, batch: int = BATCH
+    pool: PgPool, as_of: dt.date, *, dry_run: bool = False, batch: int = BATCH
 ) -> ExpiryResult:
-    """One pass: every card past its expiry on ``as_of`` (default: today, UTC), in batches."""
-    as_of = as_of or utc_today()
+    """One pass: every card past its expiry on business date ``as_of`` (host.business_day), in batches."""
     result = ExpiryResult(as_of, yymm(as_of), dry_run)
     if dry_run:
         result.by_state = await pool.run(due, result.expiry_before)
@@ -120,7 +117,7 @@ async def run(pool: PgPool, config: Config) -> None:
     while True:
         await trio.sleep(config.host.card_expiry_seconds)
         try:
-            result = await expire_cards(pool)
+            result = await expire_cards(pool, business_today(config))
         except Exception as exc:  # keep sweeping; the database may come back
             log.error("card expiry sweep failed", error=repr(exc))
             continue

@@ -124,17 +124,18 @@ def parse(msg: dict[str, Any]) -> Parsed:
     return Parsed(req, None, pan, pin_block, link_id)
 
 
-def settlement_date(now: dt.datetime) -> str:
-    return f"{now.month:02d}{now.day:02d}"
+def settlement_date(business_date: dt.date) -> str:
+    """DE15, MMDD: the business date the request is cleared on (host.business_day), not the UTC day."""
+    return f"{business_date.month:02d}{business_date.day:02d}"
 
 
-def response(msg: dict[str, Any], d: Decision, now: dt.datetime) -> dict[str, Any]:
+def response(msg: dict[str, Any], d: Decision, business_date: dt.date) -> dict[str, Any]:
     """The answer to a request: echoed fields, DE15, DE38 when approved, DE39, DE54 when given."""
     out: dict[str, Any] = {"t": response_mti(msg["t"])}
     for f in ECHO:
         if f in msg:
             out[f] = msg[f]
-    out["15"] = settlement_date(now)
+    out["15"] = settlement_date(business_date)
     if d.code == "00" and d.auth_id:
         out["38"] = d.auth_id
     out["39"] = d.code

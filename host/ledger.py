@@ -27,7 +27,7 @@ import datetime as dt
 import json
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +35,7 @@ from typing import Any
 import asyncpg
 
 from host import rules
+from host.business_day import BusinessDay, utc_now
 from host.model import (
     FINANCIAL,
     TOMBSTONE,
@@ -106,13 +107,13 @@ class Original:
     refunded: int = 0
     hold: TransferRow | None = None  # pre-auth: its hold while still pending
     hold_state: str = ""  # pre-auth: pending / posted / voided / expired
-    day: dt.date | None = None  # the UTC day it was decided: its use counts against that day's limits
+    day: dt.date | None = None  # the business date it was decided: its use counts against that day's limits
 
 
 @dataclass
 class _Batch:
     now: dt.datetime
-    today: dt.date
+    today: dt.date  # the programme's business date at ``now`` (host.business_day), not the UTC date
     cards: dict[int, CardState] = field(default_factory=dict)
     done: dict[str, Decision] = field(default_factory=dict)
     originals: dict[str, Original] = field(default_factory=dict)
@@ -134,10 +135,22 @@ def _fingerprint(r: Request) -> tuple[int | None, int, str]:
 class Ledger:
     """Posting engine state that outlives a batch: caches of static lookups and the rule settings."""
 
-    def __init__(self, *, pin_tries: int = 3, hold_days: int = 7, completion_tolerance_pct: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        pin_tries: int = 3,
+        hold_days: int = 7,
+        completion_tolerance_pct: int = 0,
+        business_day: BusinessDay | None = None,
+        clock: Callable[[], dt.datetime] = utc_now,
+    ) -> None:
         self.pin_tries = pin_tries
         self.hold_days = hold_days
         self.completion_tolerance_pct = completion_tolerance_pct
+        # Daily limits roll over at the programme's business-day boundary (clearing.timezone/cutover);
+        # without one (tests, bench) the business day is the UTC day. ``clock`` is the time of a batch.
+        self.business_day = business_day or BusinessDay()
+        self.clock = clock
         self._card_ids: dict[str, int] = {}  # pan_hash -> card id (never changes)
         self._merchants: dict[str, tuple[float, Merchant | None]] = {}
         self._funding: dict[tuple[str, int], int] = {}
@@ -147,7 +160,7 @@ class Ledger:
     async def post_batch(
         self, conn: Any, reqs: list[Request], now: dt.datetime | None = None, *, raced: bool = False
     ) -> list[Decision]:
-        now = now or dt.datetime.now(dt.UTC)
+        now = now or self.clock()
         try:
             async with _batch_transaction(conn):
                 return await self._run_batch(conn, reqs, now)
@@ -177,7 +190,7 @@ class Ledger:
 
     # -- the batch ------------------------------------------------------------------------------
     async def _run_batch(self, conn: Any, reqs: list[Request], now: dt.datetime) -> list[Decision]:
-        b = _Batch(now=now, today=now.date())
+        b = _Batch(now=now, today=self.business_day.today(now))
         await self._load_card_ids(conn, [r.pan_hash for r in reqs if r.card_id is None and r.pan_hash])
         for r in reqs:
             if r.card_id is None and r.pan_hash:
@@ -276,8 +289,7 @@ class Ledger:
         if not (rev_keys or rrn_pairs or hold_keys or hold_cards):
             return
         cols = (
-            "key, txn, response_code, posted, card_id, amount, rrn,"
-            " (received_at AT TIME ZONE 'UTC')::date AS day"
+            "key, txn, response_code, posted, card_id, amount, rrn, received_at"
         )
         rows = list(
             await conn.fetch(f"SELECT {cols} FROM auth_requests WHERE key = ANY($1::text[])", rev_keys)
@@ -309,7 +321,7 @@ class Ledger:
                     row["card_id"],
                     row["amount"],
                     row["rrn"],
-                    day=row["day"],
+                    day=self.business_day.date_of(row["received_at"]),
                 )
                 self._register(b, o)
         for row in await conn.fetch(

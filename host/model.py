@@ -157,7 +157,7 @@ class CardState:
     part: int
     uses_left: int | None
     pin_tries: int
-    day: object  # datetime.date | None
+    day: object  # datetime.date | None: the business date the day's counters are for (host.business_day)
     day_amount: int
     day_count: int
     debits_pending: int

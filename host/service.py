@@ -33,6 +33,7 @@ import trio
 from prometheus_client import Counter, Histogram
 
 from host import clearing_task, expiry, h2h
+from host.business_day import BusinessDay
 from host.engine import Engine
 from host.keys import IssuerCrypto, keys_from
 from host.ledger import Ledger
@@ -130,6 +131,7 @@ class HostService:
             pin_tries=hc.pin_tries,
             hold_days=hc.hold_days,
             completion_tolerance_pct=hc.completion_tolerance_pct,
+            business_day=BusinessDay.of_config(config),
         )
         self.engine = Engine(
             pool, self.ledger, partitions=partitions, writers=hc.writers, batch_max=hc.batch_max
@@ -613,7 +615,7 @@ class HostService:
     def _answer(
         self, conn: _Conn, msg: dict[str, Any], d: Decision, started: float, zak: str | None = None
     ) -> None:
-        answer = h2h.response(msg, d, dt.datetime.now(dt.UTC))
+        answer = h2h.response(msg, d, self.ledger.business_day.today(self.ledger.clock()))
         labelled(REQUESTS, msg["t"], d.code).inc()
         if zak and conn.nursery is not None:
             conn.nursery.start_soon(self._send_signed, conn, answer, zak, started)

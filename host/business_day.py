@@ -1,0 +1,67 @@
+"""The programme's business day: what "today" means for daily limits, card expiry and people.
+
+A business date is the one the clearing file uses (``specs.clearing.business_date_of``, from
+``clearing.timezone`` and ``clearing.cutover``): with 23:00 Asia/Shanghai, business date D runs from
+23:00 on D-1 to 23:00 on D, local time. Daily amount and count limits roll over at that boundary, not
+at UTC midnight, and ``card expire`` takes "today" as the business date.
+
+The host decides thousands of requests a second, so ``BusinessDay.today`` keeps the current date's UTC
+window and answers from two comparisons while an instant falls inside it; the time zone is consulted
+again only once the boundary has passed (once a day).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+from ops.config import Config
+from specs.clearing import business_date_of, business_window
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class BusinessDay:
+    """The business date of an instant, with the current date's window cached."""
+
+    def __init__(self, cutover: str = "00:00", timezone: str = "UTC") -> None:
+        self.cutover = cutover
+        self.timezone = timezone
+        never = dt.datetime.min.replace(tzinfo=dt.UTC)
+        # (start, end, date) as one tuple, replaced whole: a reader never sees one window's date with
+        # another's bounds, whichever thread or task moved it.
+        self._window = (never, never, dt.date.min)
+
+    @classmethod
+    def of_config(cls, config: Config) -> BusinessDay:
+        return cls(config.clearing.cutover, config.clearing.timezone)
+
+    def today(self, now: dt.datetime) -> dt.date:
+        """The business date at ``now`` (aware); moves the cached window when ``now`` has left it."""
+        start, end, day = self._window
+        if start <= now < end:
+            return day
+        day = business_date_of(now, self.cutover, self.timezone)
+        start, end = business_window(day, self.cutover, self.timezone)
+        last = end - dt.timedelta(microseconds=1)
+        # A cut-over inside the hour a DST change skips makes the window's edge and business_date_of
+        # disagree by that hour: such a date (one a year, in a zone with DST) is not cached.
+        if start <= now < end and business_date_of(last, self.cutover, self.timezone) == day:
+            self._window = (start, end, day)
+        return day
+
+    def date_of(self, instant: dt.datetime) -> dt.date:
+        """The business date of any instant (an older one does not move the cached window)."""
+        if instant.tzinfo is None:
+            instant = instant.replace(tzinfo=dt.UTC)
+        start, end, day = self._window
+        if start <= instant < end:
+            return day
+        return business_date_of(instant, self.cutover, self.timezone)
+
+
+def business_today(config: Config, clock: Callable[[], dt.datetime] = utc_now) -> dt.date:
+    """The programme's business date now (for commands: ``card expire``, the activation checks)."""
+    return business_date_of(clock(), config.clearing.cutover, config.clearing.timezone)
