@@ -96,6 +96,7 @@ async def _prepare_db(url: str) -> None:
 
     conn = await connect(url)
     try:
+        await _seed_host_payables(conn)  # first: a rate card is refused for a merchant the host lacks
         await add_fee_schedule(
             conn, FeeSchedule("*", "std-1", date(2026, 1, 1), 60, 0, 1, 5000, "percent", 2000, 3000, 5000)
         )
@@ -108,7 +109,6 @@ async def _prepare_db(url: str) -> None:
             )
         for m in range(0, MERCHANTS, 7):
             await set_merchant(conn, f"M{m:04d}", Cycle("weekly", 1), f"6222-{m:04d}")
-        await _seed_host_payables(conn)
     finally:
         await conn.close()
 

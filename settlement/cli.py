@@ -9,7 +9,7 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -21,15 +21,24 @@ from ops.cli import AppContext, pass_app
 from ops.config import Config
 from ops.db import connect, database_url
 from ops.files import write_text_atomic
-from ops.money import format_money, money_json
+from ops.localtime import format_local, iso_local
+from ops.money import AMOUNT_OR_ZERO, format_money, money_json
 from settlement.cycles import Cycle
 from settlement.errors import SettlementError
 from settlement.fees import FeeSchedule
 from settlement.importer import ImportResult, import_file
 from settlement.postings import check_postings
-from settlement.reports import money, write_run_outputs
+from settlement.reports import write_run_outputs
 from settlement.run import RunResult, run_settlement
-from settlement.schedules import add_fee_schedule, list_fee_schedules, set_merchant
+from settlement.runs import RunRow, list_runs, show_run
+from settlement.schedules import (
+    FeeInForce,
+    add_fee_schedule,
+    fee_in_force,
+    list_fee_schedules,
+    set_merchant,
+)
+from specs.clearing import business_date_of
 
 T = TypeVar("T")
 SHOWN = 20  # payout / carry lines in the human summary; --json has them all
@@ -104,7 +113,8 @@ def settle(app: AppContext, files: tuple[Path, ...], as_of: datetime | None, no_
                 imported.append(await import_file(conn, path, progress=bar.update if bar else None))
         if no_run:
             return imported, None, []
-        result = await run_settlement(conn, run_date, cycle)
+        c = app.config.clearing  # a date closed early (clearing close-day) is due the day it closed
+        result = await run_settlement(conn, run_date, cycle, cutover=c.cutover, timezone=c.timezone)
         written = []
         if result.run_id is not None:
             written = [str(p) for p in await write_run_outputs(conn, result.run_id, out)]
@@ -117,17 +127,21 @@ def settle(app: AppContext, files: tuple[Path, ...], as_of: datetime | None, no_
 def _summary(imported: list[ImportResult], result: RunResult | None, written: list[str]) -> dict[str, Any]:
     data: dict[str, Any] = {"files": [
         {"name": r.name, "sha256": r.sha256, "imported": r.imported, "note": r.note, "details": r.details,
-         "business_date": r.business_date, "total_debit": r.total_debit, "total_credit": r.total_credit,
-         "merchant_fee": r.merchant_fee}
+         "business_date": r.business_date, **money_json("total_debit", r.total_debit, r.currency),
+         **money_json("total_credit", r.total_credit, r.currency),
+         **money_json("merchant_fee", r.merchant_fee, r.currency)}
         for r in imported
     ]}
     if result is not None:
         data["run"] = {
-            "run_id": result.run_id, "as_of": str(result.as_of), "payout_total": result.payout_total,
-            "payouts": [{"merchant_id": p.merchant_id, "reference": p.reference, "gross": p.gross,
-                         "fee": p.fee, "net": p.net, "business_dates": [str(d) for d in p.business_dates]}
+            "run_id": result.run_id, "as_of": str(result.as_of),
+            **money_json("payout_total", result.payout_total, result.currency),
+            "payouts": [{"merchant_id": p.merchant_id, "reference": p.reference,
+                         **money_json("gross", p.gross, p.currency), "fee_minor": p.fee, "net_minor": p.net,
+                         "business_dates": [str(d) for d in p.business_dates]}
                         for p in result.payouts],
-            "carried": [{"merchant_id": c.merchant_id, "reason": c.reason, "gross": c.gross, "fee": c.fee}
+            "carried": [{"merchant_id": c.merchant_id, "reason": c.reason,
+                         **money_json("gross", c.gross, result.currency), "fee_minor": c.fee}
                         for c in result.carried],
             "cash_outs": [{"reference": c.reference, "card_id": c.card_id, "pan_masked": c.pan_masked,
                            **money_json("amount", c.amount, c.currency)} for c in result.cash_outs],
@@ -140,8 +154,9 @@ def _human(imported: list[ImportResult], result: RunResult | None, written: list
     lines = []
     for r in imported:
         if r.imported:
-            lines.append(f"{r.name}: {r.details} details, debits {money(r.total_debit)}, credits "
-                         f"{money(r.total_credit)}, merchant fees {money(r.merchant_fee)}")
+            lines.append(f"{r.name}: {r.details} details, debits {format_money(r.total_debit, r.currency)}, "
+                         f"credits {format_money(r.total_credit, r.currency)}, merchant fees "
+                         f"{format_money(r.merchant_fee, r.currency)}")
         else:
             lines.append(f"{r.name}: {r.note}")
     if result is not None:
@@ -149,8 +164,9 @@ def _human(imported: list[ImportResult], result: RunResult | None, written: list
             lines.append(f"nothing due on {result.as_of}")
         else:
             lines.append(f"run {result.run_id} as of {result.as_of}: {len(result.payouts)} payouts, "
-                         f"{money(result.payout_total)} in all")
-            lines += [f"  {p.reference}: gross {money(p.gross)} fee {money(p.fee)} net {money(p.net)}"
+                         f"{format_money(result.payout_total, result.currency)} in all")
+            lines += [f"  {p.reference}: gross {format_money(p.gross, p.currency)} fee "
+                      f"{format_money(p.fee, p.currency)} net {format_money(p.net, p.currency)}"
                       for p in result.payouts[:SHOWN]]
             if len(result.payouts) > SHOWN:
                 lines.append(f"  ... and {len(result.payouts) - SHOWN} more (see the payout file)")
@@ -182,10 +198,10 @@ def settlement() -> None:
 @click.option("--from", "effective_from", required=True, type=click.DateTime(["%Y-%m-%d"]),
               metavar="YYYY-MM-DD", help="First business date the version applies to.")
 @click.option("--rate-bp", type=click.IntRange(0, 10000), required=True, help="Basis points of the amount.")
-@click.option("--fixed", "fixed_fee", type=click.IntRange(0), default=0,
-              help="Fixed fee per sale (minor units).")
-@click.option("--min", "min_fee", type=click.IntRange(0), default=0, help="Minimum fee per sale.")
-@click.option("--max", "max_fee", type=click.IntRange(0), default=None, help="Maximum fee per sale.")
+@click.option("--fixed", "fixed_fee", type=AMOUNT_OR_ZERO, default=0,
+              help="Fixed fee per sale, in yuan (e.g. 0.50).")
+@click.option("--min", "min_fee", type=AMOUNT_OR_ZERO, default=0, help="Minimum fee per sale, in yuan.")
+@click.option("--max", "max_fee", type=AMOUNT_OR_ZERO, default=None, help="Maximum fee per sale, in yuan.")
 @click.option("--refund", "refund_rule", type=click.Choice(["none", "percent", "full"]), default="none",
               help="What a refund returns: nothing, the percentage part, or the full fee.")
 @click.option("--shares", default="0/0/10000", metavar="ISSUER/ACQUIRER/PLATFORM",
@@ -193,7 +209,10 @@ def settlement() -> None:
 @pass_app
 def fee_add(app: AppContext, merchant_id: str, version: str, effective_from: datetime, rate_bp: int,
             fixed_fee: int, min_fee: int, max_fee: int | None, refund_rule: str, shares: str) -> None:
-    """Add fee schedule VERSION for MERCHANT_ID ('*' = every merchant without its own)."""
+    """Add fee schedule VERSION for MERCHANT_ID ('*' = every merchant without its own).
+
+    A merchant's own rate card in force overrides the default '*' card and the merchant's flat
+    --fee-bps in the host: `payswitch settlement fees MERCHANT_ID` shows which applies and why."""
     parts = shares.split("/")
     if len(parts) != 3 or not all(x.isdigit() for x in parts):
         raise click.ClickException(f"--shares {shares!r}: expected three integers like 2000/3000/5000")
@@ -203,24 +222,49 @@ def fee_add(app: AppContext, merchant_id: str, version: str, effective_from: dat
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     _db(app, lambda conn: add_fee_schedule(conn, schedule))
-    app.emit({"added": version}, f"fee schedule {merchant_id}/{version} effective {schedule.effective_from}")
+    app.emit({"added": version, **_schedule_dict(schedule)},
+             f"fee schedule {merchant_id}/{version} effective {schedule.effective_from}: "
+             f"{_schedule_text(schedule)}")
 
 
 @settlement.command("fees")
 @click.argument("merchant_id", required=False)
 @pass_app
 def fees(app: AppContext, merchant_id: str | None) -> None:
-    """List fee schedules (of one merchant, or all)."""
-    rows = _db(app, lambda conn: list_fee_schedules(conn, merchant_id))
-    app.emit([_schedule_dict(s) for s in rows],
-             "\n".join(f"{s.merchant_id} {s.version} from {s.effective_from}: {s.rate_bp} bp + "
-                       f"{s.fixed_fee}, min {s.min_fee} max {s.max_fee}, refunds {s.refund_rule}, shares "
-                       f"{s.issuer_share_bp}/{s.acquirer_share_bp}/{s.platform_share_bp}" for s in rows)
-             or "no fee schedules")
+    """List fee schedules (of one merchant, or all); for one merchant, which fee applies today and why."""
+    cfg = app.config
+    today = business_date_of(datetime.now(UTC), cfg.clearing.cutover, cfg.clearing.timezone)
+
+    async def work(conn: Any) -> tuple[list[FeeSchedule], FeeInForce | None]:
+        rows = await list_fee_schedules(conn, merchant_id)
+        return rows, (await fee_in_force(conn, merchant_id, today) if merchant_id else None)
+
+    rows, applies = _db(app, work)
+    lines = [f"{s.merchant_id} {s.version} from {s.effective_from}: {_schedule_text(s)}" for s in rows]
+    data: dict[str, Any] = {"schedules": [_schedule_dict(s) for s in rows]}
+    if applies is not None:
+        a = applies.applied
+        lines.append(f"applies: {applies.reason}")
+        data["applies"] = {"business_date": str(applies.on), "source": a.source,
+                           "version": a.schedule.version if a.schedule else None,
+                           "rate_card_merchant_id": a.schedule.merchant_id if a.schedule else None,
+                           "merchant_fee_bps": applies.flat_bps, "reason": applies.reason}
+    app.emit(data, "\n".join(lines) if rows or applies else "no fee schedules")
+
+
+def _schedule_text(s: FeeSchedule) -> str:
+    top = format_money(s.max_fee) if s.max_fee is not None else "none"
+    return (f"{s.rate_bp} bp + {format_money(s.fixed_fee)}, min {format_money(s.min_fee)} max {top}, "
+            f"refunds {s.refund_rule}, shares "
+            f"{s.issuer_share_bp}/{s.acquirer_share_bp}/{s.platform_share_bp}")
 
 
 def _schedule_dict(s: FeeSchedule) -> dict[str, Any]:
-    return {name: getattr(s, name) for name in FeeSchedule.__slots__}
+    money = {"fixed_fee", "min_fee", "max_fee"}
+    data: dict[str, Any] = {name: getattr(s, name) for name in FeeSchedule.__slots__ if name not in money}
+    for name in sorted(money):
+        data.update(money_json(name, getattr(s, name)))
+    return data
 
 
 @settlement.command("merchant")
@@ -239,6 +283,78 @@ def merchant(app: AppContext, merchant_id: str, cycle: str, day: int | None, acc
         raise click.ClickException(str(exc)) from None
     _db(app, lambda conn: set_merchant(conn, merchant_id, c, account, name))
     app.emit({"merchant_id": merchant_id, "cycle": cycle, "day": day}, f"{merchant_id}: {c}")
+
+
+@settlement.group("run")
+def run_group() -> None:
+    """Settlement runs: list them, show one with its payouts and where its files are."""
+
+
+def _run_dict(r: RunRow, tz: str) -> dict[str, Any]:
+    return {"run_id": r.run_id, "as_of": str(r.as_of), "started_at": iso_local(r.started_at, tz),
+            "payout_count": r.payout_count, "carried_count": r.carried_count,
+            **money_json("payout_total", r.payout_total, r.currency)}
+
+
+@run_group.command("list")
+@click.option("--from", "since", type=click.DateTime(["%Y-%m-%d"]), metavar="YYYY-MM-DD",
+              help="Runs as of this date or later.")
+@click.option("--to", "until", type=click.DateTime(["%Y-%m-%d"]), metavar="YYYY-MM-DD",
+              help="Runs as of this date or earlier.")
+@click.option("--after", type=click.IntRange(0), default=None, metavar="CURSOR",
+              help="Start after this cursor (printed by the page before).")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True, help="Runs per page.")
+@pass_app
+def run_list(app: AppContext, since: datetime | None, until: datetime | None, after: int | None,
+             limit: int) -> None:
+    """Settlement runs in order: as-of date, merchants paid, total paid out, merchants carried."""
+    tz = app.config.clearing.timezone
+    page = _db(app, lambda conn: list_runs(conn, after=after, limit=limit,
+                                           since=since.date() if since else None,
+                                           until=until.date() if until else None))
+    lines = [f"{'run':>6}  {'as of':<10}  {'started':<25}  {'paid':>5}  {'carried':>7}  total"]
+    lines += [f"{r.run_id:>6}  {r.as_of!s:<10}  {format_local(r.started_at, tz):<25}  {r.payout_count:>5}  "
+              f"{r.carried_count:>7}  {format_money(r.payout_total, r.currency)}" for r in page.runs]
+    human = "\n".join(lines) if page.runs else "no settlement runs"
+    if page.next is not None:
+        human += f"\nnext page: payswitch settlement run list --limit {limit} --after {page.next}"
+    app.emit({"runs": [_run_dict(r, tz) for r in page.runs], "next": page.next}, human)
+
+
+settlement.add_command(run_list, "runs")  # the short name; `run list` is the same command
+
+
+@run_group.command("show")
+@click.argument("run_id", type=int)
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the run's reports were written (default: settlement.output_dir).")
+@pass_app
+def run_show(app: AppContext, run_id: int, output_dir: Path | None) -> None:
+    """Run RUN_ID: its payouts, and where its merchant reports and payout file are."""
+    tz = app.config.clearing.timezone
+    d = _db(app, lambda conn: show_run(conn, run_id, output_dir or Path(app.config.settlement.output_dir)))
+    r = d.run
+    lines = [f"run {r.run_id} as of {r.as_of}, made {format_local(r.started_at, tz)}: {r.payout_count} "
+             f"payout(s), {format_money(r.payout_total, r.currency)} in all, {r.carried_count} carried",
+             f"payout file: {d.payout_file}"]
+    for p in d.payouts:
+        dates = (str(p.first_business_date) if p.first_business_date == p.last_business_date
+                 else f"{p.first_business_date} to {p.last_business_date}")
+        lines.append(f"  {p.reference}  {p.merchant_id}  business dates {dates}: gross "
+                     f"{format_money(p.gross, p.currency)} fee {format_money(p.fee, p.currency)} net "
+                     f"{format_money(p.net, p.currency)}  report {p.report}")
+    if d.missing:
+        lines.append(f"{len(d.missing)} file(s) not in {d.folder}: `payswitch settlement report {run_id}` "
+                     "writes them again")
+    app.emit({**_run_dict(r, tz), "folder": str(d.folder), "payout_file": str(d.payout_file),
+              "missing": [str(f) for f in d.missing],
+              "payouts": [{"reference": p.reference, "merchant_id": p.merchant_id,
+                           "payout_account": p.payout_account, **money_json("gross", p.gross, p.currency),
+                           "fee_minor": p.fee, "net_minor": p.net,
+                           "first_business_date": str(p.first_business_date),
+                           "last_business_date": str(p.last_business_date), "report": str(p.report)}
+                          for p in d.payouts]},
+             "\n".join(lines))
 
 
 @settlement.command("check")

@@ -6,15 +6,22 @@
   last day.
 
 A run with as-of date R settles every business date whose settlement date is on or before R and
-carries the rest to a later run. A business date is never due on itself: the day is not closed yet.
+carries the rest to a later run. A business date is never due on itself by its cut-over: the day is not
+closed yet. A date closed early (``payswitch clearing close-day``; its clearing file's creation time is
+the close instant, before the cut-over) is closed already: on the daily cycle it is due on the local date
+it was closed on (closing today's date D makes it due today, D). Weekly and monthly cycles keep their
+day.
 """
 
 from __future__ import annotations
 
 import calendar
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Final
+from zoneinfo import ZoneInfo
+
+from specs.clearing import business_window
 
 CYCLES: Final = ("daily", "weekly", "monthly")
 
@@ -48,9 +55,23 @@ def _month_day(year: int, month: int, day: int) -> date:
     return date(year, month, min(day, calendar.monthrange(year, month)[1]))
 
 
-def settlement_date(business_date: date, cycle: Cycle) -> date:
-    """The date a business date's money is due under ``cycle`` (always after the business date)."""
+def closed_early_on(business_date: date, closed_at: datetime | None, cutover: str,
+                    timezone: str) -> date | None:
+    """The local date ``business_date`` was closed on if its file was closed before the cut-over, else None.
+
+    ``closed_at`` is the clearing file header's creation time: the instant the date's window ended."""
+    if closed_at is None:
+        return None
+    _, cut = business_window(business_date, cutover, timezone)
+    return closed_at.astimezone(ZoneInfo(timezone)).date() if closed_at < cut else None
+
+
+def settlement_date(business_date: date, cycle: Cycle, closed_early: date | None = None) -> date:
+    """The date a business date's money is due under ``cycle``: after the business date, or on the daily
+    cycle the date it was closed early on (``closed_early``, see ``closed_early_on``)."""
     if cycle.kind == "daily":
+        if closed_early is not None:
+            return min(closed_early, business_date + timedelta(days=1))
         return business_date + timedelta(days=1)
     assert cycle.day is not None
     if cycle.kind == "weekly":
@@ -64,5 +85,5 @@ def settlement_date(business_date: date, cycle: Cycle) -> date:
     return _month_day(year, month, cycle.day)
 
 
-def is_due(business_date: date, cycle: Cycle, as_of: date) -> bool:
-    return settlement_date(business_date, cycle) <= as_of
+def is_due(business_date: date, cycle: Cycle, as_of: date, closed_early: date | None = None) -> bool:
+    return settlement_date(business_date, cycle, closed_early) <= as_of

@@ -1,8 +1,11 @@
 """Merchant service fees: the rate card, the fee of one transaction and the exact profit split.
 
-A schedule is versioned and takes effect on a business date; the one in force for a transaction is the
-merchant's own newest schedule whose ``effective_from`` is on or before the file's business date, else
-the default schedule (merchant ``*``), else no fee.
+A schedule is versioned and takes effect on a business date. Which fee applies is one rule,
+``applicable_fee`` (settlement/README.md, "Which fee applies"): on a file's business date, the
+merchant's own rate card in force (its newest with ``effective_from`` on or before the date), else the
+default rate card ``*`` in force, else the merchant's flat ``fee-bps`` from the host
+(``merchant add --fee-bps``), which the host carries in each clearing detail. A rate card in force
+overrides the flat rate entirely.
 
 Fee of a sale = round-half-up(amount * rate_bp / 10000) + fixed_fee, then raised to ``min_fee`` and
 lowered to ``max_fee``, and never more than the amount itself. Money is integers in minor units.
@@ -24,7 +27,7 @@ largest-remainder method, so the shares are integers that always add up to the f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Final
@@ -32,6 +35,7 @@ from typing import Final
 BP: Final = 10_000  # basis points in a whole
 REFUND_RULES: Final = ("none", "percent", "full")
 NO_FEE_VERSION: Final = ""
+DEFAULT_MERCHANT: Final = "*"  # the rate card of every merchant without one of its own
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,3 +138,44 @@ def schedule_for(schedules: Sequence[FeeSchedule], business_date: date) -> FeeSc
         if s.effective_from <= business_date and (best is None or s.effective_from > best.effective_from):
             best = s
     return best
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedFee:
+    """What prices a merchant's details on a business date, and why (``applicable_fee``)."""
+
+    schedule: FeeSchedule | None  # None: the host's flat fee-bps carried in the clearing file
+    source: str  # "merchant" (its own rate card), "default" (rate card *) or "flat" (the host's fee-bps)
+
+    def explain(self, merchant_id: str, on: date, flat_bps: int | None,
+                upcoming: FeeSchedule | None = None) -> str:
+        """One line for people: which fee applies to ``merchant_id`` on ``on`` and what it overrides."""
+        flat = (f"merchant fee-bps {flat_bps}" if flat_bps is not None
+                else f"{merchant_id} is not in the host, so it has no fee-bps")
+        s = self.schedule
+        if s is None:
+            line = (f"no rate card in force on {on}: the host's merchant fee-bps {flat_bps} applies (carried "
+                    "in the clearing file)" if flat_bps is not None
+                    else f"no rate card in force on {on} and {flat}: no fee")
+        elif self.source == "merchant":
+            line = f"rate card {s.version} from {s.effective_from} applies on {on}; {flat} is overridden"
+        else:
+            line = (f"default rate card * {s.version} from {s.effective_from} applies on {on} ({merchant_id} "
+                    f"has none of its own in force); {flat} is overridden")
+        if upcoming is not None:
+            who = "default rate card *" if upcoming.merchant_id == DEFAULT_MERCHANT else "rate card"
+            line += f"; {who} {upcoming.version} takes over from {upcoming.effective_from}"
+        return line
+
+
+def applicable_fee(merchant_id: str, in_force: Mapping[str, FeeSchedule]) -> AppliedFee:
+    """THE rule of which fee applies: ``in_force`` maps merchant id (``*`` the default) to the rate card in
+    force on the business date (``schedule_for``); the merchant's own wins, then ``*``, then the host's
+    flat fee-bps from the clearing file."""
+    own = in_force.get(merchant_id)
+    if own is not None and merchant_id != DEFAULT_MERCHANT:
+        return AppliedFee(own, "merchant")
+    default = in_force.get(DEFAULT_MERCHANT)
+    if default is not None:
+        return AppliedFee(default, "default")
+    return AppliedFee(None, "flat")

@@ -22,8 +22,8 @@ from typing import Any, Final
 import asyncpg
 
 from settlement.errors import SettlementError
-from settlement.fees import BP, FeeSchedule, split_exact, transaction_fee
-from settlement.schedules import DEFAULT_MERCHANT, schedules_in_force
+from settlement.fees import BP, FeeSchedule, applicable_fee, split_exact, transaction_fee
+from settlement.schedules import schedules_in_force
 from specs.clearing import DEBIT_TYPES, ClearingFormatError, ClearingReader
 
 BATCH: Final = 20_000
@@ -50,6 +50,7 @@ class ImportResult:
     total_credit: int = 0
     merchant_fee: int = 0
     accruals: int = 0
+    currency: str = "156"  # the file header's (ISO 4217 numeric)
 
 
 def file_sha256(path: Path) -> str:
@@ -114,11 +115,11 @@ async def _import(conn: Any, reader: ClearingReader, sha: str, progress: Callabl
     h = reader.header
     file_id: int = await conn.fetchval(
         "INSERT INTO settlement_files (name, sha256, issuer_id, business_date, sequence, currency, "
-        "detail_count, total_debit, total_credit, total_fee) VALUES ($1,$2,$3,$4,$5,$6,0,0,0,0) RETURNING id",
-        reader.name, sha, h.issuer_id, h.business_date, h.sequence, h.currency,
+        "detail_count, total_debit, total_credit, total_fee, closed_at) "
+        "VALUES ($1,$2,$3,$4,$5,$6,0,0,0,0,$7) RETURNING id",
+        reader.name, sha, h.issuer_id, h.business_date, h.sequence, h.currency, h.created_at,
     )
     in_force = await schedules_in_force(conn, h.business_date)
-    default = in_force.get(DEFAULT_MERCHANT)
     # merchant -> (schedule or None, version label, share weights); built once per merchant per file
     pricing: dict[str, tuple[FeeSchedule | None, str, tuple[int, int, int]]] = {}
     splits: dict[tuple[int, tuple[int, int, int]], list[int]] = {}  # fees repeat: split each once
@@ -131,7 +132,7 @@ async def _import(conn: Any, reader: ClearingReader, sha: str, progress: Callabl
             m = d.merchant_id
             price = pricing.get(m)
             if price is None:
-                s = in_force.get(m, default) if m else None
+                s = applicable_fee(m, in_force).schedule if m else None
                 price = (s, s.version, s.weights) if s is not None else (
                     None, "file:" + d.fee_rate_version, FILE_FEE_SHARES)
                 pricing[m] = price
@@ -177,7 +178,7 @@ async def _import(conn: Any, reader: ClearingReader, sha: str, progress: Callabl
     )
     return ImportResult(reader.name, sha, True, "imported", file_id=file_id, business_date=str(bdate),
                         details=t.count, total_debit=t.total_debit, total_credit=t.total_credit,
-                        merchant_fee=merchant_fee, accruals=accruals)
+                        merchant_fee=merchant_fee, accruals=accruals, currency=h.currency)
 
 
 async def _exact_returned_fees(conn: Any, file_id: int) -> int:

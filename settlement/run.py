@@ -17,7 +17,7 @@ from datetime import date
 from typing import Any
 
 from settlement.cashouts import CashOut, pay_cash_outs, unpaid_cash_outs
-from settlement.cycles import Cycle, settlement_date
+from settlement.cycles import Cycle, closed_early_on, settlement_date
 from settlement.importer import _LOCK_ID
 from settlement.postings import AccountCache, Payable, lock_ledger, merchant_payable, post_payout
 from settlement.schedules import merchant_settings
@@ -32,6 +32,7 @@ class Payout:
     fee: int
     net: int
     business_dates: tuple[date, ...]
+    currency: str = "156"  # the merchant's in the host ledger (ISO 4217 numeric)
 
 
 @dataclass(frozen=True)
@@ -54,22 +55,30 @@ class RunResult:
     def payout_total(self) -> int:
         return sum(p.net for p in self.payouts)
 
+    @property
+    def currency(self) -> str:
+        return self.payouts[0].currency if self.payouts else "156"
+
 
 def payout_reference(run_id: int, merchant_id: str) -> str:
     return f"STL{run_id:08d}-{merchant_id}"
 
 
-async def run_settlement(conn: Any, as_of: date, default_cycle: Cycle) -> RunResult:
+async def run_settlement(conn: Any, as_of: date, default_cycle: Cycle, *, cutover: str | None = None,
+                         timezone: str | None = None) -> RunResult:
+    """Pay out what is due as of ``as_of``. With the programme's ``cutover`` and ``timezone``, a business
+    date closed early (its file's creation time before the cut-over) is due on the daily cycle the day
+    it was closed (settlement.cycles); without them every date waits for the day after it."""
     result = RunResult(as_of)
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_ID)
         settings = await merchant_settings(conn)
         open_rows = await conn.fetch(
             """
-            SELECT merchant_id, business_date, sum(sales - returns - topups)::bigint AS gross,
-                   sum(fee)::bigint AS fee
-            FROM settlement_accruals WHERE run_id IS NULL
-            GROUP BY merchant_id, business_date ORDER BY merchant_id, business_date
+            SELECT a.merchant_id, a.business_date, sum(a.sales - a.returns - a.topups)::bigint AS gross,
+                   sum(a.fee)::bigint AS fee, min(f.closed_at) AS closed_at
+            FROM settlement_accruals a JOIN settlement_files f ON f.id = a.file_id WHERE a.run_id IS NULL
+            GROUP BY a.merchant_id, a.business_date ORDER BY a.merchant_id, a.business_date
             """
         )
         by_merchant: dict[str, list[Any]] = defaultdict(list)
@@ -78,10 +87,16 @@ async def run_settlement(conn: Any, as_of: date, default_cycle: Cycle) -> RunRes
         plans: list[tuple[str, list[date], int, int]] = []
         for merchant, rows in by_merchant.items():
             cycle = settings[merchant][0] if merchant in settings else default_cycle
-            due = [r for r in rows if settlement_date(r["business_date"], cycle) <= as_of]
-            later = [r for r in rows if settlement_date(r["business_date"], cycle) > as_of]
+
+            def due_on(r: Any, cycle: Cycle = cycle) -> date:
+                early = (closed_early_on(r["business_date"], r["closed_at"], cutover, timezone)
+                         if cutover and timezone else None)
+                return settlement_date(r["business_date"], cycle, early)
+
+            due = [r for r in rows if due_on(r) <= as_of]
+            later = [r for r in rows if due_on(r) > as_of]
             if later:
-                next_due = min(settlement_date(r["business_date"], cycle) for r in later)
+                next_due = min(due_on(r) for r in later)
                 result.carried.append(Carried(
                     merchant, f"{len(later)} business date(s) not due until {next_due} ({cycle})",
                     sum(r["gross"] for r in later), sum(r["fee"] for r in later)))
@@ -139,7 +154,7 @@ async def run_settlement(conn: Any, as_of: date, default_cycle: Cycle) -> RunRes
                               sum(s["issuer_share"] for s in shares), acquirer,
                               sum(s["platform_share"] for s in shares), accounts)
             result.payouts.append(Payout(payout_id, merchant, reference, gross, fee, gross - fee,
-                                         tuple(dates)))
+                                         tuple(dates), payables[merchant].currency))
         result.cash_outs = await pay_cash_outs(conn, run_id, cash_outs, accounts)
         await conn.execute(
             "UPDATE settlement_runs SET payout_count = $2, payout_total = $3 WHERE id = $1",

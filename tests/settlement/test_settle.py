@@ -77,6 +77,8 @@ def day2(m: str) -> list[Detail]:
 
 def setup_rates(url: str, m: str) -> None:
     async def work(conn: Any) -> None:
+        # the host ledger owes them more than these files: payouts are taken from it
+        await seed_payables(conn, {f"{m}{x}": 1_000_000 for x in "ABW"})
         # per-merchant cards so tests never see each other's: A and W on v1; B changes rate on day 2
         for merchant in (f"{m}A", f"{m}B", f"{m}W"):
             await add_fee_schedule(
@@ -98,8 +100,6 @@ def setup_rates(url: str, m: str) -> None:
         )
         await set_merchant(conn, f"{m}W", Cycle("weekly", 1), payout_account="6222-W")
         await set_merchant(conn, f"{m}A", Cycle(), payout_account="6222-A", name="Canteen A")
-        # the host ledger owes them more than these files: payouts are taken from it
-        await seed_payables(conn, {f"{m}{x}": 1_000_000 for x in "ABW"})
 
     db(url, work)
 
@@ -224,6 +224,9 @@ def _cli(db_url: str, *args: str) -> Any:
 
 def test_cli(db_url: str, tmp_path: Path) -> None:
     m, issuer = "CLI", "33330000"
+    res = _cli(db_url, "settlement", "fee-add", f"{m}A", "v1", "--from", "2026-01-01", "--rate-bp", "100")
+    assert res.exit_code == 1 and f"merchant {m}A does not exist in the host" in res.output
+    db(db_url, lambda c: seed_payables(c, {f"{m}{x}": 1_000_000 for x in "ABW"}))  # the host's merchants
     res = _cli(
         db_url,
         "settlement",
@@ -235,11 +238,11 @@ def test_cli(db_url: str, tmp_path: Path) -> None:
         "--rate-bp",
         "100",
         "--fixed",
-        "10",
+        "0.10",
         "--min",
-        "20",
+        "0.20",
         "--max",
-        "500",
+        "5.00",
         "--refund",
         "percent",
         "--shares",
@@ -259,11 +262,11 @@ def test_cli(db_url: str, tmp_path: Path) -> None:
                 "--rate-bp",
                 "100",
                 "--fixed",
-                "10",
+                "0.10",
                 "--min",
-                "20",
+                "0.20",
                 "--max",
-                "500",
+                "5",
             ).exit_code
             == 0
         )
@@ -288,14 +291,14 @@ def test_cli(db_url: str, tmp_path: Path) -> None:
     assert res.exit_code == 1 and "weekday 1-7" in res.output
     assert f"{m}A v1" in _cli(db_url, "settlement", "fees", f"{m}A").output
 
-    db(db_url, lambda c: seed_payables(c, {f"{m}{x}": 1_000_000 for x in "ABW"}))
     f1, _ = write_file(tmp_path, header(DAY1, issuer), day1(issuer, m))
     out = tmp_path / "out"
     res = _cli(db_url, "--json", "settle", str(f1), "--as-of", "2026-11-25", "--output-dir", str(out))
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output)
     assert summary["files"][0]["details"] == 10
-    mine = {p["merchant_id"]: p["net"] for p in summary["run"]["payouts"] if p["merchant_id"].startswith(m)}
+    payouts = summary["run"]["payouts"]
+    mine = {p["merchant_id"]: p["net_minor"] for p in payouts if p["merchant_id"].startswith(m)}
     assert mine == {f"{m}A": 15820, f"{m}B": 29690}  # (other tests' merchants share this database)
     assert all(Path(p).exists() for p in summary["run"]["outputs"])
     res = _cli(db_url, "settle", str(f1), "--as-of", "2026-11-25", "--output-dir", str(out))
