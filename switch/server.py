@@ -146,6 +146,8 @@ class Switch:
                 background.start_soon(journal.run)
                 background.start_soon(saf.run)
                 background.start_soon(watcher.run)  # runs the links; takes over config changes
+                # `terminal disable` at the host: refused from the terminal's next request
+                background.start_soon(_catalog_poll, store, registry, float(cfg.config_poll_s))
                 async with trio.open_nursery() as front:
                     ports = [
                         await front.start(listener.serve, cfg.listen, port) for listener, port in services
@@ -167,6 +169,29 @@ class Switch:
                 await journal.flush()
                 background.cancel_scope.cancel()
         log.info("switch stopped")
+
+
+async def _catalog_poll(store: Store, registry: Registry, seconds: float) -> None:
+    """Every ``seconds`` the host's host_catalog.version; when it moved, the state of every terminal in
+    memory is read again (one query), so a terminal disabled while signed on is refused 58 from its
+    next request, not only at its next sign-on (a suspended merchant's requests go on to the host,
+    which declines them 03 with its reason)."""
+    seen: int | None = None
+    while True:
+        await trio.sleep(seconds)
+        try:
+            version = await store.catalog_version()
+            if version == seen:
+                continue
+            terminals = registry.loaded()
+            if seen is not None and terminals:
+                states = await store.terminal_states(sorted({t.terminal_id for t in terminals}))
+                changed = registry.set_disabled(states)
+                if changed:
+                    log.info("terminal states changed at the host", terminals=changed, version=version)
+            seen = version
+        except Exception as exc:  # the database may be away: tried again at the next poll
+            log.debug("host catalogue poll failed", error=repr(exc))
 
 
 def _link_mac(hsm: SwitchHsm, lc: LinkConfig) -> MacFn | None:

@@ -9,6 +9,7 @@ finding the original of a reversal, and the batch totals for settlement.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -215,6 +216,21 @@ class Registry:
 
     def forget(self, terminal_id: str, merchant_id: str) -> None:
         self._terminals.pop((terminal_id, merchant_id), None)
+
+    def loaded(self) -> list[Terminal]:
+        """The terminals in memory (for the catalogue poll: their host state is read again)."""
+        return list(self._terminals.values())
+
+    def set_disabled(self, disabled: dict[tuple[str, str], bool]) -> int:
+        """Take the host's terminal state (``terminal disable|enable``) into the records in memory; a
+        terminal not in ``disabled`` is no longer registered (disabled). Returns how many changed."""
+        changed = 0
+        for key, terminal in list(self._terminals.items()):
+            now = disabled.get(key, True)
+            if terminal.record.disabled != now:
+                terminal.record = dataclasses.replace(terminal.record, disabled=now)
+                changed += 1
+        return changed
 
 
 def _apply_links(terminal: Terminal, entry: Entry) -> None:

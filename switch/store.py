@@ -34,6 +34,9 @@ class TerminalRecord:
     active: bool
     mcc: str | None
     merchant_name: str | None
+    # disabled at the host (`terminal disable`): its requests are refused 58 while signed on; a merchant
+    # that is not active is the host's to decline (03 with its reason), ``active`` covers both at sign-on
+    disabled: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,10 +82,10 @@ JOURNAL_COLUMNS = (
     "us_hsm",
     "us_host",
     "response",
+    "reason",  # why the switch answered so itself (switch/reasons.py); NULL when the issuer decided
 )
 
 # The request half of a journal row, written ahead (switch_write_ahead, migration 0003) and committed
-    "reason",  # why the switch answered so itself (switch/reasons.py); NULL when the issuer decided
 # before the request goes upstream; ``reverses`` is the DE90 a reversal advice for it names when that is
 # not the request itself (a reversal forwarded upstream: its original).
 WRITE_AHEAD_COLUMNS = (
@@ -147,7 +150,27 @@ async def _terminal(conn: Any, terminal_id: str, merchant_id: str) -> TerminalRe
         active=row[4] == "active" and row[5] == "active",
         mcc=row[6],
         merchant_name=row[7] or None,
+        disabled=row[4] != "active",
     )
+
+
+# host_catalog.version (host migration 0009) moves with every change of the host's terminals and
+# merchants; the switch polls it and reads the state of the terminals it holds again when it moved.
+CATALOG_VERSION_SQL = "SELECT version FROM host_catalog WHERE id"
+TERMINAL_STATES_SQL = """
+SELECT t.terminal_id, m.merchant_id, t.state <> 'active'
+FROM terminals t JOIN merchants m ON m.id = t.merchant_id
+WHERE t.terminal_id = ANY($1::text[])
+"""
+
+
+async def _catalog_version(conn: Any) -> int:
+    return int(await conn.fetchval(CATALOG_VERSION_SQL) or 0)
+
+
+async def _terminal_states(conn: Any, terminal_ids: list[str]) -> dict[tuple[str, str], bool]:
+    """(DE41, DE42) -> whether the host has the terminal disabled; a pair not there is gone."""
+    return {(r[0], r[1]): bool(r[2]) for r in await conn.fetch(TERMINAL_STATES_SQL, terminal_ids)}
 
 
 async def _load_terminal(
@@ -451,6 +474,12 @@ class Store:
 
     async def terminal(self, terminal_id: str, merchant_id: str) -> TerminalRecord | None:
         return await self.pool.run(_terminal, terminal_id, merchant_id)
+
+    async def catalog_version(self) -> int:
+        return await self.pool.run(_catalog_version)
+
+    async def terminal_states(self, terminal_ids: list[str]) -> dict[tuple[str, str], bool]:
+        return await self.pool.run(_terminal_states, terminal_ids)
 
     async def save_session(
         self, terminal_id: str, merchant_id: str, scheme: str, pik: str, mak: str, tdk: str
