@@ -615,7 +615,7 @@ def tour(app: AppContext, timeout: float) -> None:
             try:
                 session = Session(state, codec_for("pos", state.scheme), conn, timeout=timeout)
                 for title, step in steps:
-                    receipt = await step(session)
+                    receipt = (await step(session)).in_zone(app.config.clearing.timezone)
                     results.append({"step": title, **receipt.as_dict()})
                     if not app.json_output:
                         click.echo(f"\n== {title}\n{receipt.render()}")

@@ -8,7 +8,9 @@ prints, safe to show (masked PAN, no keys, no PIN).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from ops.logs import mask_pan
 from ops.money import parse_money
@@ -66,6 +68,7 @@ class Receipt:
     auth_id: str = ""
     date: str = ""
     time: str = ""
+    at: str = ""  # DE13 + DE12 as a local date-time with its offset, ISO 8601 (see in_zone)
     balance: int | None = None
     latency_ms: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -84,13 +87,21 @@ class Receipt:
         data["result"] = self.text
         return data
 
+    def in_zone(self, timezone: str, now: datetime | None = None) -> Receipt:
+        """Date the receipt in the programme's zone (``clearing.timezone``, in which the switch sets
+        DE12/DE13): the full local date-time with its offset, the year taken nearest ``now``."""
+        self.at = local_stamp(self.date, self.time, timezone, now)
+        return self
+
     def render(self) -> str:
         lines = [f"--- {self.transaction} ---", f"TERMINAL {self.terminal_id}  MERCHANT {self.merchant_id}"]
         if self.pan:
             lines.append(f"CARD     {self.pan}")
         if self.batch or self.stan:
             lines.append(f"BATCH    {self.batch}  TRACE {self.stan}")
-        if self.date or self.time:
+        if self.at:  # 2026-12-02 18:30:05 +08:00
+            lines.append(f"TIME     {self.at[:10]} {self.at[11:19]} {self.at[19:]}")
+        elif self.date or self.time:
             d, t = self.date, self.time
             lines.append(f"DATE     {d[:2]}/{d[2:]}  TIME {t[:2]}:{t[2:4]}:{t[4:]}")
         if self.rrn:
@@ -102,6 +113,26 @@ class Receipt:
         lines.append(f"RESULT   {self.code} {self.text}")
         lines.extend(f"NOTE     {n}" for n in self.notes)
         return "\n".join(lines)
+
+
+def local_stamp(mmdd: str, hhmmss: str, timezone: str, now: datetime | None = None) -> str:
+    """DE13 MMDD + DE12 hhmmss in ``timezone`` as ISO 8601 with the offset (``2026-12-02T18:30:05+08:00``),
+    the year the one that puts it nearest ``now``; "" when the fields are missing or not a time."""
+    text = mmdd + hhmmss
+    if len(text) != 10 or not text.isascii() or not text.isdigit():
+        return ""
+    zone = ZoneInfo(timezone)
+    near = (now or datetime.now(UTC)).astimezone(zone).replace(tzinfo=None)
+    best: datetime | None = None
+    for year in (near.year - 1, near.year, near.year + 1):
+        try:
+            candidate = datetime(year, int(text[:2]), int(text[2:4]), int(text[4:6]), int(text[6:8]),
+                                 int(text[8:]))
+        except ValueError:
+            continue
+        if best is None or abs(candidate - near) < abs(best - near):
+            best = candidate
+    return "" if best is None else best.replace(tzinfo=zone).isoformat(timespec="seconds")
 
 
 def format_amount(minor: int) -> str:

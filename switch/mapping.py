@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from hsm_sim.client import account_from_pan
 from specs.catalogue import answer_mti
@@ -149,18 +150,29 @@ def is_credit(kind: str) -> bool:
 
 
 class _Clock:
-    """Formatted clock fields, recomputed once per second (strftime costs ~10 µs a call)."""
+    """Formatted clock fields, recomputed once per second (strftime costs ~10 µs a call).
 
-    __slots__ = ("_second", "de7", "de12", "de13", "rrn_prefix")
+    The local fields (DE12, DE13, the RRN's day and hour) are the programme's wall clock
+    (``clearing.timezone``, set by ``set_local_zone`` when the switch starts): the clearing file reads
+    them in that zone and a terminal's receipt prints them with its offset. Unset: the process's zone.
+    """
+
+    __slots__ = ("_second", "de7", "de12", "de13", "rrn_prefix", "zone")
 
     def __init__(self) -> None:
         self._second = -1
         self.de7 = self.de12 = self.de13 = self.rrn_prefix = ""
+        self.zone: ZoneInfo | None = None
 
     def at(self, now: float | None) -> _Clock:
         second = int(time.time() if now is None else now)
         if second != self._second:
-            utc, local = time.gmtime(second), time.localtime(second)
+            utc = time.gmtime(second)
+            zone = self.zone
+            if zone is None:
+                local = time.localtime(second)
+            else:
+                local = datetime.fromtimestamp(second, zone).timetuple()
             self.de7 = time.strftime("%m%d%H%M%S", utc)
             self.de12 = time.strftime("%H%M%S", local)
             self.de13 = time.strftime("%m%d", local)
@@ -170,6 +182,13 @@ class _Clock:
 
 
 _CLOCK = _Clock()
+
+
+def set_local_zone(timezone: str | None) -> None:
+    """DE12/DE13 (and the RRN) in ``timezone`` from now on (None: the process's zone); the switch
+    calls it at start with clearing.timezone."""
+    _CLOCK.zone = None if timezone is None else ZoneInfo(timezone)
+    _CLOCK._second = -1
 
 
 def transmission_time(now: float | None = None) -> str:

@@ -27,6 +27,7 @@ from switch.hsm import ClientHsm, HsmRefused, HsmUnavailable, SwitchHsm
 from switch.journal import JournalWriter
 from switch.links import LinkConfig, LinkTiming, MacFn, OutboundLink, VerifyFn
 from switch.listener import Limits, Listener
+from switch.mapping import set_local_zone
 from switch.pos import PosService
 from switch.routing import RoutingTable
 from switch.saf import SafQueue
@@ -57,6 +58,7 @@ class Switch:
 
     async def run(self, *, task_status: trio.TaskStatus[Ports] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config.switch
+        set_local_zone(self.config.clearing.timezone)  # DE12/DE13: the programme's wall clock
         store = Store(self.pool)
         snapshot = await ConfigWatcher.load(self.pool)  # links (with ZMKs) and routes; then polled
         async with HsmClient.from_config(self.config.hsm) as client:

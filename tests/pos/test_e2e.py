@@ -92,3 +92,19 @@ def test_seed_again_changes_nothing_and_prints_no_card_unasked(system: System) -
         data = f.read_bytes()
         assert not [v for v in clear if v.encode() in data], f.name
     assert oct(cards.stat().st_mode & 0o777) == "0o600" and oct(pool.stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_receipt_shows_the_programme_local_time_with_its_offset(system: System) -> None:
+    """The switch sets DE12/DE13 on the programme's clock (clearing.timezone, Asia/Shanghai by default),
+    whatever the process's zone; the receipt prints it with the year and the offset."""
+    from datetime import UTC, datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    before = datetime.now(UTC)
+    r = system.cli("pos", "balance", "-t", "T0000001", "--card", "alice")
+    after = datetime.now(UTC)
+    line = next(x for x in r.stdout.splitlines() if x.startswith("TIME "))
+    stamp = datetime.strptime(line.split(None, 1)[1], "%Y-%m-%d %H:%M:%S %z")
+    assert line.endswith(" +08:00"), line
+    assert before - timedelta(seconds=2) <= stamp <= after + timedelta(seconds=2), line
+    assert stamp.utcoffset() == datetime.now(ZoneInfo("Asia/Shanghai")).utcoffset()
