@@ -143,7 +143,8 @@ def _usage(exc: click.UsageError) -> None:
         exc.show()
         return
     where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-    click.echo(f"Error: {exc.format_message().rstrip('.')}{where}", err=True)
+    message = " ".join(exc.format_message().split())  # click lists a Choice's values one per line
+    click.echo(f"Error: {message.rstrip('.')}{where}", err=True)
 
 
 def _one_line(exc: BaseException) -> int:

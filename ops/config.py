@@ -55,7 +55,7 @@ JOINT_RULES = (
     "no two listeners (hsm, host and switch ports, the metrics ports that are not 0) on one address and "
     "port; 0.0.0.0 or :: overlaps every address",
     "database.data_dir must be a writable folder (or creatable) when database.url is empty",
-    "an unknown section, key or PAYSWITCH_* variable is refused, with the nearest known name",
+    "an unknown section, key or `PAYSWITCH_*` variable is refused, with the nearest known name",
 )
 
 

@@ -18,13 +18,17 @@ END = "<!-- end config-table -->"
 
 
 def table() -> str:
+    """Every key (with what it allows, in words), then the rules joining keys and the other variables."""
     defaults = config.as_dict(config.defaults())
-    lines = ["| key | environment | default | meaning |", "|---|---|---|---|"]
-    for key, _kind, help_ in config.describe():
+    lines = ["| key | environment | default | meaning | allowed |", "|---|---|---|---|---|"]
+    for key, _kind, help_, allowed in config.describe_rules():
         section, name = key.split(".")
         default = defaults[section][name]
         shown = f"`{default!r}`" if isinstance(default, str) else f"`{str(default).lower()}`"
-        lines.append(f"| `{key}` | `{config.env_name(section, name)}` | {shown} | {help_} |")
+        lines.append(f"| `{key}` | `{config.env_name(section, name)}` | {shown} | {help_} | {allowed} |")
+    lines += ["", "Checked across keys:", "", *(f"- {rule}" for rule in config.JOINT_RULES), "",
+              "Other `PAYSWITCH_*` variables read (any other `PAYSWITCH_*` name is refused):", "",
+              *(f"- `{name}`: {meaning}" for name, meaning in config.OTHER_ENV.items())]
     return "\n".join(lines)
 
 
