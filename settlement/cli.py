@@ -117,7 +117,8 @@ def settle(app: AppContext, files: tuple[Path, ...], as_of: datetime | None, no_
         result = await run_settlement(conn, run_date, cycle, cutover=c.cutover, timezone=c.timezone)
         written = []
         if result.run_id is not None:
-            written = [str(p) for p in await write_run_outputs(conn, result.run_id, out)]
+            tz = app.config.clearing.timezone  # the HTML shows the run's time in it
+            written = [str(p) for p in await write_run_outputs(conn, result.run_id, out, timezone=tz)]
         return imported, result, written
 
     imported, result, written = _db(app, work)
@@ -377,7 +378,7 @@ def report(app: AppContext, run_id: int, output_dir: Path | None) -> None:
 
     async def work(conn: Any) -> list[Path]:
         try:
-            return await write_run_outputs(conn, run_id, out)
+            return await write_run_outputs(conn, run_id, out, timezone=app.config.clearing.timezone)
         except LookupError as exc:
             raise SettlementError(str(exc)) from None
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ops.files import write_text_atomic
+from ops.localtime import format_local
 from settlement.cashouts import run_cash_outs
 
 
@@ -68,12 +69,15 @@ def _csv(rows: list[list[Any]]) -> str:
     return buf.getvalue()
 
 
-async def write_run_outputs(conn: Any, run_id: int, output_dir: str | Path) -> list[Path]:
-    run = await conn.fetchrow("SELECT id, as_of FROM settlement_runs WHERE id = $1", run_id)
+async def write_run_outputs(
+    conn: Any, run_id: int, output_dir: str | Path, *, timezone: str = "UTC"
+) -> list[Path]:
+    """The run's files; ``timezone`` (clearing.timezone) is the zone the HTML shows the run's time in."""
+    run = await conn.fetchrow("SELECT id, as_of, started_at FROM settlement_runs WHERE id = $1", run_id)
     if run is None:
         raise LookupError(f"no settlement run {run_id}")
     payouts = await conn.fetch(
-        "SELECT id, merchant_id, payout_account, reference, gross, fee, net FROM settlement_payouts "
+        "SELECT id, run_id, merchant_id, payout_account, reference, gross, fee, net FROM settlement_payouts "
         "WHERE run_id = $1 ORDER BY merchant_id", run_id)
     lines = [
         StoreLine(r["merchant_id"], r["store_id"], str(r["business_date"]), r["txn_count"], r["sales"],
@@ -118,9 +122,19 @@ async def write_run_outputs(conn: Any, run_id: int, output_dir: str | Path) -> l
         stem = folder / f"merchant_{safe_name(p['merchant_id'])}"
         totals = _totals(p["merchant_id"], "TOTAL", mine)
         write_text_atomic(stem.with_suffix(".csv"), _csv([header] + [_row(x) for x in mine] + [_row(totals)]))
-        write_text_atomic(stem.with_suffix(".html"), merchant_html(p, run["as_of"], mine, totals))
+        ran = format_local(run["started_at"], timezone)
+        write_text_atomic(stem.with_suffix(".html"), merchant_html(p, run["as_of"], mine, totals, ran=ran))
         written += [stem.with_suffix(".csv"), stem.with_suffix(".html")]
     return written
+
+
+def _dates(lines: list[StoreLine]) -> str:
+    """The business dates a payout covers (programme's dates: clearing.timezone and cut-over)."""
+    dates = sorted({x.business_date for x in lines if x.business_date})
+    if not dates:
+        return ""
+    span = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+    return f"Business date{'s' if len(dates) > 1 else ''} {html.escape(span)}."
 
 
 def _row(x: StoreLine) -> list[Any]:
@@ -153,7 +167,8 @@ def bar_chart(values: list[tuple[str, int]], width: int = 480, bar: int = 22) ->
     return "".join(parts)
 
 
-def merchant_html(p: Any, as_of: Any, lines: list[StoreLine], totals: StoreLine) -> str:
+def merchant_html(p: Any, as_of: Any, lines: list[StoreLine], totals: StoreLine, *, ran: str = "") -> str:
+    """``ran``: when the run was made, programme local time with its offset (ops.localtime)."""
     store_totals: dict[str, list[StoreLine]] = defaultdict(list)
     for x in lines:
         store_totals[x.store_id].append(x)
@@ -171,6 +186,7 @@ def merchant_html(p: Any, as_of: Any, lines: list[StoreLine], totals: StoreLine)
         for x in per_store
     )
     chart = bar_chart([(x.store_id, x.net) for x in per_store])
+    run_line = f" Settlement run {e(str(p['run_id']))} of {e(ran)}." if ran else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Settlement {e(p['reference'])}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin:1em 0}}
@@ -179,7 +195,8 @@ td:first-child,th:first-child{{text-align:left}}
 .total{{font-weight:bold}}</style></head><body>
 <h1>Settlement for merchant {e(p['merchant_id'])}</h1>
 <p>Reference <b>{e(p['reference'])}</b>, value date {e(str(as_of))}, paid to account
-{e(p['payout_account'] or '(not set)')}.</p>
+{e(p['payout_account'] or '(not set)')}.{run_line}
+{_dates(lines)}</p>
 <table><tr><th>Sales</th><th>Returns</th><th>Top-ups taken</th><th>Gross</th><th>Fee</th><th>Net paid</th>
 <th>Transactions</th></tr>
 <tr class="total"><td>{money(totals.sales)}</td><td>{money(totals.returns)}</td>
