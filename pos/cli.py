@@ -27,12 +27,16 @@ from pos.messages import Card, CardError
 from pos.sealed import SealError
 from pos.state import JournalEntry, StateError, TerminalState
 from pos.trace import render
+from pos.why import explain
 from specs.codec import codec_for
 from specs.errors import EncodeError
 
 F = TypeVar("F", bound=Callable[..., Any])
 NOT_TERMINALS = {"demo-cards.json", "load-pool.json", "load-stans.json"}  # other files in var/pos
 DEFAULT_TERMINAL = Path("var/pos/default-terminal")  # id of the terminal used when several exist
+# Exit codes of every pos command: 0 approved, 3 declined (the code and why are printed), 1 an error
+# (no answer, a refusal of pos itself: one line), 2 a usage mistake (click's own).
+EXIT_DECLINED = 3
 
 
 def terminal_options(func: F) -> F:
@@ -152,9 +156,13 @@ def _run(
         if state.path is not None:
             state_mod.save(state)
     receipt.in_zone(app.config.clearing.timezone)  # the terminal's local time, with its offset
+    if not receipt.approved and not receipt.reason:
+        receipt.reason_code, receipt.reason = explain(
+            app.config, state.terminal_id, state.merchant_id, receipt.batch, receipt.stan
+        )
     app.emit(receipt.as_dict(), receipt.render())
     if not receipt.approved:
-        raise SystemExit(2)
+        raise SystemExit(EXIT_DECLINED)
 
 
 def _card(card: str | None, expiry: str | None, track2: str | None) -> Card:
@@ -274,6 +282,13 @@ def pos() -> None:
     A terminal of your own (its TMK as given to `payswitch terminal add`):
     payswitch pos init -t T0000009 --merchant 898330160120001 --scheme sm4 --tmk HEX
     payswitch pos purchase 12.50 -t T0000009 --card 6212345678901234567 --expiry 3012
+
+    \b
+    A decline prints its code and why, e.g. "declined 51 insufficient funds (balance
+    12.00 CNY)": the host's recorded reason when the database is reachable, else the
+    code's meaning (all a terminal gets on the wire).
+    \b
+    Exit codes: 0 approved, 3 declined, 1 error (no answer, a refusal), 2 usage.
     """
 
 

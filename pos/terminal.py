@@ -19,7 +19,14 @@ from pos.client import Answer, NoAnswer, ReversalPending, Session, TerminalError
 from pos.crypto import TerminalCryptoError, unwrap_working_keys
 from pos.messages import KINDS, Card, Message
 from pos.state import JournalEntry
-from specs.catalogue import MAX_UPLOAD_RECORDS, BatchTotals, De60, UploadRecord, parse_batch_totals
+from specs.catalogue import (
+    MAX_UPLOAD_RECORDS,
+    BatchTotals,
+    De60,
+    UploadRecord,
+    describe_response_code,
+    parse_batch_totals,
+)
 from specs.framing import REQUIREMENT_SIGN_ON
 
 RESPONSE_TEXT = {
@@ -72,10 +79,18 @@ class Receipt:
     balance: int | None = None
     latency_ms: float | None = None
     notes: list[str] = field(default_factory=list)
+    # Why it was declined, in words: the host's recorded reason when pos could read it (pos.why), else
+    # the switch's own, else the meaning of the code (all the terminal has on the wire).
+    reason: str = ""
+    reason_code: str = ""  # its key: host.rules.REASONS or switch/reasons.py
 
     @property
     def approved(self) -> bool:
         return self.code == "00"
+
+    @property
+    def why(self) -> str:
+        return self.reason or describe_response_code(self.code)
 
     @property
     def text(self) -> str:
@@ -85,6 +100,8 @@ class Receipt:
         data = {k: v for k, v in self.__dict__.items() if v not in ("", None, [])}
         data["approved"] = self.approved
         data["result"] = self.text
+        if not self.approved:
+            data["reason"] = self.why
         return data
 
     def in_zone(self, timezone: str, now: datetime | None = None) -> Receipt:
@@ -112,6 +129,8 @@ class Receipt:
             lines.append(f"BALANCE  CNY {format_amount(self.balance)}")
         lines.append(f"RESULT   {self.code} {self.text}")
         lines.extend(f"NOTE     {n}" for n in self.notes)
+        if not self.approved:
+            lines.append(f"declined {self.code} {self.why}")
         return "\n".join(lines)
 
 

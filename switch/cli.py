@@ -440,34 +440,63 @@ def journal() -> None:
 @journal.command("show")
 @click.option("--terminal", help="Only this terminal id (DE41).")
 @click.option("--rrn", help="Only this retrieval reference number.")
+@click.option("--card-last4", metavar="NNNN", help="Only cards whose number ends in these 4 digits.")
+@click.option("--rc", metavar="CODE", help="Only this response code (e.g. 51, 91, A0).")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@click.option("--after", metavar="ID", type=click.IntRange(1), default=None, help="Rows older than this id.")
 @pass_app
-def journal_show(app: AppContext, terminal: str | None, rrn: str | None, limit: int) -> None:
-    """The latest journal rows (masked PANs; timings in milliseconds)."""
+def journal_show(
+    app: AppContext,
+    terminal: str | None,
+    rrn: str | None,
+    card_last4: str | None,
+    rc: str | None,
+    limit: int,
+    after: int | None,
+) -> None:
+    """The latest journal rows, newest first: code and why (the switch's reason, or "issuer: ..."
+    when the issuer decided; its own reason is in `card history`). Masked PANs; total in ms."""
+    from ops.localtime import format_local, iso_local
+    from ops.money import format_money, money_json
+    from switch.journal_view import journal_rows, reason_text
 
-    async def work(conn: Any) -> list[dict[str, Any]]:
-        rows = await conn.fetch(
-            "SELECT id, created_at, channel, mti, txn_type, terminal_id, batch_no, stan, amount, pan_masked, "
-            "rrn, auth_id, response_code, link, us_total, us_hsm, us_host FROM switch_journal "
-            "WHERE ($1::text IS NULL OR terminal_id = $1) AND ($2::text IS NULL OR rrn = $2) "
-            "ORDER BY id DESC LIMIT $3",
-            terminal,
-            rrn,
-            limit,
-        )
-        return [dict(r) for r in rows]
-
-    rows = _db(app, work)
+    if card_last4 is not None and not (card_last4.isdigit() and len(card_last4) == 4):
+        raise click.ClickException(f"--card-last4: the last 4 digits of the card number, not {card_last4!r}")
+    if rc is not None and not (len(rc) == 2 and rc.isalnum()):
+        raise click.ClickException(f"--rc: a 2-character response code such as 51 or A0, not {rc!r}")
+    rows = _db(
+        app,
+        lambda conn: journal_rows(
+            conn,
+            terminal=terminal,
+            rrn=rrn,
+            card_last4=card_last4,
+            rc=rc.upper() if rc else None,
+            after=after,
+            limit=limit,
+        ),
+    )
+    tz = app.config.clearing.timezone
+    out: list[dict[str, Any]] = []
     lines = [
-        f"{'id':>7} {'channel':<9} {'mti':<4} {'type':<11} {'terminal':<8} {'batch':>6} {'stan':<6} "
-        f"{'amount':>10} {'pan':<19} {'rrn':<12} rc {'total':>7} {'hsm':>6} {'host':>7}"
+        f"{'id':>7} {'time':<25} {'channel':<9} {'mti':<4} {'type':<11} {'terminal':<8} {'stan':<6} "
+        f"{'amount':>14} {'pan':<19} {'rrn':<12} rc {'total':>7}  reason"
     ]
     for r in rows:
-        lines.append(
-            f"{r['id']:>7} {r['channel']:<9} {r['mti']:<4} {r['txn_type']:<11} {r['terminal_id'] or '-':<8} "
-            f"{r['batch_no'] or '-':>6} {r['stan'] or '-':<6} "
-            f"{r['amount'] if r['amount'] is not None else '-':>10} "
-            f"{r['pan_masked'] or '-':<19} {r['rrn'] or '-':<12} {r['response_code']:<2} "
-            f"{r['us_total'] / 1000:>7.1f} {r['us_hsm'] / 1000:>6.1f} {r['us_host'] / 1000:>7.1f}"
+        why = reason_text(str(r["response_code"]), r["reason"])
+        amount = r.pop("amount")
+        out.append(
+            {**r, **money_json("amount", amount, r["currency"]), "created_at": iso_local(r["created_at"], tz),
+             "reason_text": why or None}
         )
-    app.emit(rows, "\n".join(lines))
+        lines.append(
+            f"{r['id']:>7} {format_local(r['created_at'], tz):<25} {r['channel']:<9} {r['mti']:<4} "
+            f"{r['txn_type']:<11} {r['terminal_id'] or '-':<8} {r['stan'] or '-':<6} "
+            f"{format_money(amount, r['currency']) if amount is not None else '-':>14} "
+            f"{r['pan_masked'] or '-':<19} {r['rrn'] or '-':<12} {r['response_code']:<2} "
+            f"{r['us_total'] / 1000:>7.1f}  {why or '-'}"
+        )
+    human = "\n".join(lines) if rows else "no journal rows"
+    if rows and len(rows) == limit:
+        human += f"\nmore: --after {rows[-1]['id']}"
+    app.emit(out, human)

@@ -88,7 +88,7 @@ def world(db_url: str, hsm_server: HsmServer) -> Iterator[World]:
 
 def test_link_and_route_added_while_running_serve_the_next_purchase(world: World) -> None:
     t = world.terminal()
-    assert t.exchange(t.purchase_msg(PAN_B, 100, pin="123456")).code == "14"  # no route yet
+    assert t.exchange(t.purchase_msg(PAN_B, 100, pin="123456")).code == "91"  # no route yet
     host_b = world.host()
     world.add_link("issuer_b", host_b)
     world.cli("switch", "route", "add", "621255", "--link", "issuer_b")
@@ -118,7 +118,7 @@ def test_disabled_link_drains_its_in_flight_request_then_its_bin_has_no_route(wo
     world.cli("switch", "link", "disable", "issuer_c", "--yes")  # while that purchase waits for its answer
     worker.join(10)
     assert answers == ["00"]  # the in-flight request was answered by the draining link
-    _until_code(t, PAN_C, "14")  # its routes no longer match: no route (as for an unknown BIN)
+    _until_code(t, PAN_C, "91")  # its routes no longer match: no route (as for an unknown BIN)
     assert t.exchange(t.purchase_msg(PAN_A, 100, pin="123456")).code == "00"
     wait_until(lambda: '"link drained"' in world.switch.log(), what="the drained link logged")
     log = world.switch.log()
@@ -160,7 +160,7 @@ def test_removed_link_leaves_the_routing(world: World) -> None:
     t = world.terminal()
     _until_code(t, pan, "00")
     world.cli("switch", "link", "remove", "issuer_f", "--with-routes")
-    _until_code(t, pan, "14")
+    _until_code(t, pan, "91")  # no route: 91 (switch/reasons.py)
     result = run_cli(["switch", "link", "remove", "issuer_f"], world.env)
     assert result.returncode == 1 and "no link named issuer_f" in result.stderr
     t.close()
