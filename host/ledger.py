@@ -831,6 +831,7 @@ class Ledger:
                 original_key,
                 reversal_of,
                 d.posted,
+                d.reason or None,
             )
         )
 
@@ -903,7 +904,6 @@ class Ledger:
     # -- writing --------------------------------------------------------------------------------
     async def _write(self, conn: Any, b: _Batch) -> None:
         """Everything the batch decided, in one statement (one round trip): data-modifying CTEs.
-                d.reason or None,
 
         The journal rows and the transfers travel as one JSON array each (one parameter, encoded by the
         C json module) rather than an array per column: per-element array encoding was measured as the
@@ -1034,8 +1034,6 @@ def _transfer_from_row(t: Any) -> TransferRow:
     )
 
 
-def _auth_id() -> str:
-    return f"{random.randrange(1_000_000):06d}"  # not a secret: an approval reference for people
 def _declined(reason: str) -> Decision:
     """A decline for ``reason`` (host.rules.REASONS): its response code, and the reason kept with it."""
     return Decision(rules.code_of(reason), reason=reason)
@@ -1047,3 +1045,5 @@ def _merchant_reason(merchant: Merchant | None) -> str:
     return "merchant_suspended" if merchant.state == "suspended" else "merchant_closed"
 
 
+def _auth_id() -> str:
+    return f"{random.randrange(1_000_000):06d}"  # not a secret: an approval reference for people
