@@ -119,7 +119,7 @@ def test_unanswered_purchase_is_reversed_and_pending_reversal_survives(
     switch.silent.add(("0200", "000002"))
     card = ["--card", PAN, "--expiry", "3012", "--no-pin", "--timeout", "0.3"]
     r = run(state, "purchase", "5", *card)
-    assert r.exit_code == 2
+    assert r.exit_code == 3  # not approved (98, reversed): a decline's exit code
     assert json.loads(r.stdout)["code"] == "98"
     rev = [m for m in switch.seen if m["t"] == "0400"]
     assert len(rev) == 1 and rev[0]["11"] == "000002" and rev[0]["39"] == "98"
@@ -152,7 +152,7 @@ def test_a_reversal_answered_96_stays_pending(tmp_path: Path, switch: FakeSwitch
     switch.silent.add(("0200", "000002"))
     switch.refuse[("0400", "000002")] = "96"
     r = run(state, "purchase", "5", *card)
-    assert r.exit_code == 2
+    assert r.exit_code == 3
     pending = state_mod.load(state).pending_reversal
     assert pending is not None and pending["11"] == "000002"
     r = run(state, "purchase", "6", *card)
