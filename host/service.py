@@ -161,6 +161,7 @@ class HostService:
             self._pin_grouping = True
             nursery.start_soon(self._sweeper)
             nursery.start_soon(self._catalog_poll)  # merchant changes reach the merchant cache
+            nursery.start_soon(self._closes_poll)  # a date closed early: the day's limits roll there
             nursery.start_soon(self.guard.run)  # connection idle and frame deadlines
             nursery.start_soon(expiry.run, self.pool, self.config)  # cards past their YYMM
             if self.config.clearing.auto_emit:
@@ -615,7 +616,7 @@ class HostService:
     def _answer(
         self, conn: _Conn, msg: dict[str, Any], d: Decision, started: float, zak: str | None = None
     ) -> None:
-        answer = h2h.response(msg, d, self.ledger.business_day.today(self.ledger.clock()))
+        answer = h2h.response(msg, d, self.ledger.business_day.date_of(self.ledger.clock()))
         labelled(REQUESTS, msg["t"], d.code).inc()
         if zak and conn.nursery is not None:
             conn.nursery.start_soon(self._send_signed, conn, answer, zak, started)
@@ -668,6 +669,19 @@ class HostService:
                 self.ledger.forget_merchants()
                 log.info("catalogue changed: merchants read again", version=version)
             seen = version
+
+    async def _closes_poll(self) -> None:
+        """Every CATALOG_POLL_SECONDS the recent dates closed early (``clearing close-day``): the
+        business day, and so the daily limits, roll over at an early close as the clearing file does."""
+        from host.business_day import read_closes
+
+        while True:
+            try:
+                if await self.pool.run(read_closes, self.ledger.business_day, self.ledger.clock()):
+                    log.info("early business-date closes read", closes=len(self.ledger.business_day.closes))
+            except Exception as exc:  # the database may be away: the closes known stay, tried again
+                log.debug("early closes read failed", error=repr(exc))
+            await trio.sleep(CATALOG_POLL_SECONDS)
 
     # -- hold expiry ----------------------------------------------------------------------------
     async def _sweeper(self) -> None:

@@ -141,6 +141,26 @@ def test_daily_count_rolls_over_at_the_local_cutover(db_url: str) -> None:
     on_db(db_url, body)
 
 
+def test_a_date_closed_early_rolls_the_limits_at_its_close(db_url: str) -> None:
+    """`clearing close-day` closed 1 December at 15:00 local: from then on it is 2 December for the limits
+    as for the clearing file, and the 23:00 cut-over of 1 December no longer rolls anything."""
+
+    async def body(conn: Any) -> None:
+        (pan,) = await programme(conn, code="BDCLOSE", cards=1, daily_amount_limit=1_000)
+        closes = {dt.date(2026, 12, 1): shanghai("2026-12-01 15:00:00")}
+        ledger = Ledger(business_day=BusinessDay("23:00", "Asia/Shanghai", closes))
+        await at(conn, ledger, shanghai("2026-12-01 09:00:00"), req(Txn.TOPUP, pan, 10_000))
+        before, close = shanghai("2026-12-01 14:59:59"), shanghai("2026-12-01 15:00:00")
+        assert await at(conn, ledger, before, req(Txn.PURCHASE, pan, 1_000)) == ["00"]
+        assert await at(conn, ledger, before, req(Txn.PURCHASE, pan, 1)) == ["61"]
+        assert await at(conn, ledger, close, req(Txn.PURCHASE, pan, 1_000)) == ["00"]
+        assert await counters(conn, pan) == (dt.date(2026, 12, 2), 1_000, 1)
+        assert await at(conn, ledger, shanghai("2026-12-01 23:00:00"), req(Txn.PURCHASE, pan, 1)) == ["61"]
+        assert await at(conn, ledger, shanghai("2026-12-02 23:00:00"), req(Txn.PURCHASE, pan, 1)) == ["00"]
+
+    on_db(db_url, body)
+
+
 # -- the running host over H2H -----------------------------------------------------------------------
 def test_the_host_rolls_the_limit_at_the_cutover_and_answers_the_business_date(
     db_url: str, hsm_server: Any
@@ -179,6 +199,43 @@ def test_the_host_rolls_the_limit_at_the_cutover_and_answers_the_business_date(
             assert not failed, failed
 
     trio.run(main)
+
+
+def test_the_host_reads_a_close_day_and_rolls_the_limit_there(db_url: str, hsm_server: Any) -> None:
+    """A date closed early in the database (as `clearing close-day` records it) reaches the running host
+    within its poll: the limit rolls at the close instant, and DE15 names the next date from there."""
+
+    async def main() -> None:
+        async with harness.running_host(db_url, hsm_server) as h:
+            zpk = await h.crypto.hsm.form_key("001", [harness.ZPK_CLEAR, "0" * 32], "U")
+            await h.pool.run(
+                catalog.set_link, harness.ACQ, "3des", None, zpk.under_lmk, zpk.check_value, None, True
+            )
+            (pan,) = await harness.programme(
+                h, "BDH2HC", cards=1, load=10_000, bin_prefix="621278", daily_amount_limit=1_000
+            )
+            clock = [shanghai("2026-11-20 14:59:59")]
+            h.service.ledger.clock = lambda: clock[0]
+            c = h.client
+            assert (await c.request(harness.message(c, pan, 1_000)))["39"] == "00"
+            await h.pool.run(_close, dt.date(2026, 11, 20), shanghai("2026-11-20 15:00:00"))
+            with trio.fail_after(10):
+                while dt.date(2026, 11, 20) not in h.service.ledger.business_day.closes:
+                    await trio.sleep(0.05)
+            assert (await c.request(harness.message(c, pan, 1)))["39"] == "61"  # 14:59:59: still the 20th
+            clock[0] = shanghai("2026-11-20 15:00:00")
+            rolled = await c.request(harness.message(c, pan, 1_000))
+            assert (rolled["39"], rolled["15"]) == ("00", "1121")
+
+    trio.run(main)
+
+
+async def _close(conn: Any, day: dt.date, closed_at: dt.datetime) -> None:
+    await conn.execute(
+        "INSERT INTO closed_business_dates (business_date, closed_at, closed_by) VALUES ($1, $2, 'test')",
+        day,
+        closed_at,
+    )
 
 
 # -- what people see ----------------------------------------------------------------------------------
