@@ -8,6 +8,8 @@ STAMP  := $(VENV)/.installed-stamp
 
 help:
 	@echo "make run    start PostgreSQL, hsm_sim, host and switch (Ctrl-C stops them)"
+	@echo "make demo   the tour on the running system (after make run), ending in a payout: the day"
+	@echo "            closed early, its clearing file written and settled, the merchant report shown"
 	@echo "make test   run the whole test suite against a throwaway PostgreSQL"
 	@echo "make lint   ruff + mypy"
 	@echo "make bench  run the benchmarks in bench/ and print their figures"

@@ -11,7 +11,9 @@ their PANs and PINs.
 
 ``demo tour`` drives the running system through sign-on, echo, balance, purchase, void, refund,
 top-up, pre-auth and completion, pre-auth void, a wrong PIN, a reversal and settlement on both
-terminals, printing every receipt.
+terminals, printing every receipt; then it ends with the day's payout (``demo payout``, through the
+admin commands): the business date closed early (``clearing close-day``), its clearing file written,
+settled, and where the demo merchant's report and the payout file are, with what it was paid.
 
 The demo keys and PINs are public test data: never use them for real cards.
 """
@@ -26,6 +28,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +38,9 @@ import trio
 from hsm_sim.crypto import set_odd_parity
 from ops import processes
 from ops.cli import COMMANDS, AppContext, pass_app
+from ops.localtime import format_local
 from ops.logs import mask_pan
+from ops.money import format_money
 from pos import state as state_mod
 from pos import terminal
 from pos.client import Connection, Session, TerminalError
@@ -588,9 +593,11 @@ Step = tuple[str, Callable[[Session], Awaitable[terminal.Receipt]]]
 
 @demo.command()
 @click.option("--timeout", type=click.FloatRange(0.5, 120), default=15.0, show_default=True)
+@click.option("--no-payout", is_flag=True, help="Stop after the receipts: do not close the day and settle.")
 @pass_app
-def tour(app: AppContext, timeout: float) -> None:
-    """Every transaction against the running system, receipt by receipt, on both terminals."""
+def tour(app: AppContext, timeout: float, no_payout: bool) -> None:
+    """Every transaction against the running system, receipt by receipt, on both terminals; then the
+    day's payout: close the business date, write its clearing file, settle it (`demo payout`)."""
     try:
         cards = read_demo_cards() or []
     except SealError as exc:
@@ -630,8 +637,69 @@ def tour(app: AppContext, timeout: float) -> None:
             raise click.ClickException(f"terminal {tid}: {exc}") from None
         finally:
             state_mod.save(state)
+    if no_payout:
+        if app.json_output:
+            click.echo(json.dumps(results, indent=2))
+        return
+    paid = _payout(app)
     if app.json_output:
-        click.echo(json.dumps(results, indent=2))
+        click.echo(json.dumps({"receipts": results, "payout": paid}, indent=2))
+    else:
+        click.echo(f"\n##### the day's payout\n{render_payout(paid, app.config.clearing.timezone)}")
+
+
+@demo.command()
+@pass_app
+def payout(app: AppContext) -> None:
+    """Close the current business date, write its clearing file and settle it: where the demo merchant's
+    report and the payout file are, and what it was paid (the end of `demo tour`; needs only the
+    database)."""
+    paid = _payout(app)
+    app.emit(paid, render_payout(paid, app.config.clearing.timezone))
+
+
+def _payout(app: AppContext) -> dict[str, Any]:
+    """close-day -> clearing emit -> settle -> settlement run show, through the admin commands."""
+    admin = Admin(app.config_path)
+    try:
+        closed = admin.run("clearing", "close-day")
+        day = closed["business_date"]
+        emitted = admin.run("clearing", "emit", "--date", day)
+        if not emitted.get("path"):
+            raise DemoError(f"`payswitch clearing emit --date {day}`: {emitted.get('reason')}")
+        settled = admin.run("settle", emitted["path"])
+        run_id = (settled.get("run") or {}).get("run_id")
+        shown = admin.run("settlement", "run", "show", str(run_id)) if run_id is not None else None
+    except (DemoError, KeyError, TypeError, AttributeError) as exc:
+        raise click.ClickException(f"demo payout: {exc}") from None
+    mine = [p for p in (shown or {}).get("payouts", []) if p["merchant_id"] == MERCHANT_ID]
+    return {"business_date": day, "closed_at": closed["closed_at"], "closed_by": closed["closed_by"],
+            "clearing_file": emitted["path"], "details": emitted["details"], "run_id": run_id,
+            "payout_file": shown["payout_file"] if shown else None,
+            "merchant_id": MERCHANT_ID, "merchant_report": mine[0]["report"] if mine else None,
+            "net_minor": mine[0]["net_minor"] if mine else 0,
+            "gross_minor": mine[0]["gross_minor"] if mine else 0,
+            "fee_minor": mine[0]["fee_minor"] if mine else 0, "currency": "CNY",
+            "carried": [c for c in (settled.get("run") or {}).get("carried", [])
+                        if c["merchant_id"] == MERCHANT_ID]}
+
+
+def render_payout(paid: dict[str, Any], timezone: str) -> str:
+    shown = format_local(datetime.fromisoformat(paid["closed_at"]), timezone)
+    lines = [f"business date {paid['business_date']} closed at {shown} by {paid['closed_by']}",
+             f"clearing file: {paid['clearing_file']} ({paid['details']} details)"]
+    if paid["merchant_report"]:
+        lines += [
+            f"settlement run {paid['run_id']}: {MERCHANT_NAME} ({paid['merchant_id']}) is paid "
+            f"{format_money(paid['net_minor'])} (gross {format_money(paid['gross_minor'])}, fee "
+            f"{format_money(paid['fee_minor'])})",
+            f"merchant report: {paid['merchant_report']}",
+            f"payout file: {paid['payout_file']}",
+        ]
+    else:
+        why = "; ".join(c["reason"] for c in paid["carried"]) or "nothing due"
+        lines.append(f"{MERCHANT_NAME} ({paid['merchant_id']}) is not paid this time: {why}")
+    return "\n".join(lines)
 
 
 def _steps(alice: Card, bob: Card, pin: str) -> list[Step]:

@@ -7,6 +7,7 @@ Skipped while a component is missing from this build (the skip message names it)
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -96,6 +97,12 @@ def test_a_decline_prints_its_code_and_why_and_exits_3(system: System) -> None:
 def test_tour_load_and_ledger_check(system: System) -> None:
     r = system.cli("demo", "tour", timeout=300)
     assert "SETTLEMENT" in r.stdout and "APPROVED" in r.stdout
+    # ... and it ends in a payout: the day closed early, its clearing file written and settled at once
+    payout = r.stdout[r.stdout.index("##### the day's payout"):]
+    assert re.search(r"is paid \d{1,3}(,\d{3})*\.\d{2} CNY \(gross ", payout), payout
+    shown = dict(line.split(": ", 1) for line in payout.splitlines()[1:] if ": " in line)
+    for what in ("clearing file", "merchant report", "payout file"):
+        assert (system.root / shown[what].split(" (")[0]).is_file(), (what, payout)
     r = system.cli(
         "--json", "load", "-n", "4", "-c", "200", "--mix", "purchase=90,balance=5,preauth=5", timeout=300
     )
