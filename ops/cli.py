@@ -68,6 +68,7 @@ class AppContext:
 
 
 pass_app = click.make_pass_decorator(AppContext)
+ARGV_KEY = "payswitch.argv"
 
 
 class LazyGroup(click.Group):
@@ -77,6 +78,10 @@ class LazyGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[ARGV_KEY] = list(args)  # the root callback needs to know whether help was asked for
+        return super().parse_args(ctx, args)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in self.lazy:
@@ -104,6 +109,11 @@ def cli(ctx: click.Context, config_path: str | None, json_output: bool) -> None:
     Any command's options:              payswitch COMMAND --help
     """
     ctx.obj = AppContext(config_path=config_path, json_output=json_output)
+    # Every command starts from a checked configuration, all its problems listed at once (exit 2), even
+    # one that reads none of it; help is always shown, and `config` reports problems itself.
+    asked_help = bool(set(ctx.meta.get(ARGV_KEY, [])) & set(ctx.help_option_names))
+    if ctx.invoked_subcommand not in (None, "config") and not asked_help and not ctx.resilient_parsing:
+        _ = ctx.obj.config
 
 
 def main(args: list[str] | None = None) -> None:

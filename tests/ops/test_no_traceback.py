@@ -3,6 +3,7 @@ command, run as a real subprocess, ends non-zero with one line naming the proble
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -138,3 +139,35 @@ def test_a_wrong_password(scratch: dict[str, str], db_url: str, args: tuple[str,
     result = payswitch({**scratch, "PAYSWITCH_DATABASE_URL": wrong}, *args)
     one_line_failure(result, "cannot connect to the database")
     assert "not-the-password" not in result.stderr
+
+
+# -- configuration: every problem, at `config check` and at the start of any command ------------------
+@pytest.mark.parametrize("args", [("config", "check"), ("card", "list"), ("iso", "decode", "00"), ("run",)])
+def test_every_config_problem_listed_exit_2(args: tuple[str, ...], tmp_path: Path) -> None:
+    bad = {"PAYSWITCH_DATABSE_URL": "postgresql://x/y", "PAYSWITCH_CLEARING_CUTOVER": "7:00",
+           "PAYSWITCH_CLEARING_TIMEZONE": "Asia/Beijing", "PAYSWITCH_HOST_PORT": "8584"}
+    result = payswitch(bad, *args, cwd=tmp_path)
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[2].startswith("payswitch: config clearing.timezone = 'Asia/Beijing': not a time zone known "
+                               "here (an IANA name such as Asia/Shanghai or UTC")
+    assert lines[:2] + lines[3:] == [
+        "payswitch: unknown environment variable PAYSWITCH_DATABSE_URL "
+        "(did you mean PAYSWITCH_DATABASE_URL?)",
+        "payswitch: config clearing.cutover = '7:00': expected a local time HH:MM, 00:00–23:59",
+        "payswitch: config host.port and switch.pos_sm4_port: both listen on port 8584 (host.listen = "
+        "'127.0.0.1', switch.listen = '127.0.0.1'); give each listener its own port",
+    ]
+    assert not (tmp_path / "var").exists()  # refused before anything was done
+
+
+def test_config_check_json_lists_the_problems() -> None:
+    bad = {"PAYSWITCH_HSM_PORT": "0", "PAYSWITCH_LOG_LEVEL": "loud"}
+    result = payswitch(bad, "--json", "config", "check")
+    assert result.returncode == 2
+    assert json.loads(result.stdout) == {"ok": False, "problems": [
+        "config log.level = 'loud': allowed values are debug, info, warning, error",
+        "config hsm.port = '0': expected an integer from 1 to 65535",
+    ]}
+    assert payswitch({}, "--json", "config", "check").stdout.strip().startswith("{")
