@@ -403,13 +403,14 @@ def reconcile_cmd(app: AppContext, file: Path, journal: Path | None, output_dir:
     from settlement.journal_source import DEFAULT_MARGIN, journal_available, journal_records
     from settlement.reconcile import (
         Reconciler,
+        business_date_window,
         exceptions_csv,
         file_records,
         journal_csv_records,
         ledger_records,
         summary_text,
     )
-    from specs.clearing import ClearingFormatError, ClearingReader, business_window
+    from specs.clearing import ClearingFormatError, ClearingReader
 
     cfg = app.config
     try:
@@ -418,11 +419,13 @@ def reconcile_cmd(app: AppContext, file: Path, journal: Path | None, output_dir:
         journal_rows = journal_csv_records(journal) if journal is not None else None
     except (ClearingFormatError, ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
-    start, end = business_window(business_date, cfg.clearing.cutover, cfg.clearing.timezone)
     journal_source = {"source": "csv", "path": str(journal)} if journal is not None else None
+    start = end = datetime.min
 
     async def work(conn: Any) -> Any:
-        nonlocal journal_source
+        nonlocal journal_source, start, end
+        start, end = await business_date_window(conn, business_date, cfg.clearing.cutover,
+                                                cfg.clearing.timezone)
         use_table = journal is None and await journal_available(conn)
         if use_table:
             journal_source = {"source": "table", "table": "switch_journal"}

@@ -30,12 +30,12 @@ import io
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from specs.clearing import ClearingReader
+from specs.clearing import ClearingReader, business_window
 
 
 class Category(StrEnum):
@@ -332,3 +332,14 @@ def summary_text(report: Report) -> str:
     for category, n in sorted(report.by_category().items()):
         lines.append(f"  {category}: {n} - {ACTIONS[Category(category)]}")
     return "\n".join(lines)
+
+
+async def business_date_window(conn: Any, business_date: date, cutover: str,
+                               timezone: str) -> tuple[datetime, datetime]:
+    """The ledger window of ``business_date``, as the host's emitter drew it: its cut-over, moved by the
+    early closes of that date and the one before (the host's ``closed_business_dates``, read-only)."""
+    rows = await conn.fetch(
+        "SELECT business_date, closed_at FROM closed_business_dates WHERE business_date BETWEEN $1 AND $2",
+        business_date - timedelta(days=1), business_date)
+    closes = {r["business_date"]: r["closed_at"] for r in rows}
+    return business_window(business_date, cutover, timezone, closes)

@@ -152,6 +152,10 @@ def test_close_day_emit_settle_the_same_day(db_url: str, tmp_path: Path) -> None
     assert "(already there, identical)" in human and "debits 123.45 CNY" in human, human
     assert "still open" in refused(env, "clearing", "emit", "--date", str(today + timedelta(days=1)))
 
+    # reconciliation draws the same window: the posting after the close is not "in ledger, not in file"
+    rec = ok(env, "settlement", "reconcile", emitted["path"], "--output-dir", str(tmp_path / "rec"))
+    assert rec["exceptions"].get("in_ledger_not_in_file", 0) == 0 and rec["counts"]["file"] == 2, rec
+
     # settle without --as-of: today's date, closed early, is due on the daily cycle now
     settled = ok(env, "settle", emitted["path"])
     payouts = settled["run"]["payouts"]
