@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Final
 
+from ops.money import format_money
+
 BP: Final = 10_000  # basis points in a whole
 REFUND_RULES: Final = ("none", "percent", "full")
 NO_FEE_VERSION: Final = ""
@@ -59,7 +61,8 @@ class FeeSchedule:
         if self.fixed_fee < 0 or self.min_fee < 0:
             problems.append("fixed_fee and min_fee must not be negative")
         if self.max_fee is not None and self.max_fee < self.min_fee:
-            problems.append(f"max_fee {self.max_fee} is below min_fee {self.min_fee}")
+            top, bottom = format_money(self.max_fee), format_money(self.min_fee)
+            problems.append(f"max fee {top} (--max) is below min fee {bottom} (--min)")
         if self.refund_rule not in REFUND_RULES:
             problems.append(f"refund_rule {self.refund_rule!r} is not one of {', '.join(REFUND_RULES)}")
         shares = (self.issuer_share_bp, self.acquirer_share_bp, self.platform_share_bp)

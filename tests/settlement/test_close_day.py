@@ -241,3 +241,6 @@ def test_one_fee_rule(db_url: str, tmp_path: Path) -> None:
     r = run(env, "settlement", "fee-add", "M0FEES", "v3", "--from", "2026-03-01", "--rate-bp", "1",
             "--fixed", "1.234")
     assert r.exit_code == 2 and "decimals" in r.output
+    line = refused(env, "settlement", "fee-add", "M0FEES", "v3", "--from", "2026-03-01", "--rate-bp", "1",
+                   "--min", "2", "--max", "1")
+    assert line.endswith("max fee 1.00 CNY (--max) is below min fee 2.00 CNY (--min)"), line
