@@ -6,6 +6,9 @@ downtime, up to ``clearing.lookback_days`` back), then sleeps until ``GRACE_SECO
 cut-over, and never longer than ``RECHECK_SECONDS`` (a changed clock or a failed attempt is retried).
 A business date counts as closed only ``GRACE_SECONDS`` after its cut-over, whenever the task wakes:
 a batch that started before the cut-over (its postings carry its start time) has committed by then.
+A date closed early (``clearing close-day``) is written at the next wake-up at the latest (the close
+itself waits for the transactions begun before it); an operator usually runs ``clearing emit`` at once.
+No file is written for a date before the programme's first business date.
 A refused or failed emit is logged and tried again on the next wake-up; it never stops the host.
 The clock and the sleep are parameters so tests drive time instead of waiting.
 """
