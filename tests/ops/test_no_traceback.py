@@ -171,3 +171,11 @@ def test_config_check_json_lists_the_problems() -> None:
         "config hsm.port = '0': expected an integer from 1 to 65535",
     ]}
     assert payswitch({}, "--json", "config", "check").stdout.strip().startswith("{")
+
+
+def test_the_host_whose_hsm_is_away(scratch: dict[str, str]) -> None:
+    # (the switch starts without its HSM and answers 96 until it is back: not a failure to start)
+    result = payswitch({**scratch, "PAYSWITCH_HSM_PORT": str(free_port())}, "host", "serve")
+    everything = result.stdout + result.stderr
+    assert "Traceback" not in everything and result.returncode == 1, everything
+    assert "HSM" in result.stderr.strip().splitlines()[-1], result.stderr
