@@ -18,6 +18,7 @@ import click
 import trio
 
 from ops.cli import AppContext, pass_app
+from ops.money import format_money, money_json
 from pos import state as state_mod
 from pos import terminal
 from pos.client import Connection, Session, TerminalError
@@ -349,13 +350,16 @@ def show(app: AppContext, /, **opts: Any) -> None:
     except StateError as exc:
         raise click.ClickException(str(exc)) from None
     data = state.summary()
-    data["journal"] = [{k: v for k, v in e.__dict__.items() if k != "pan_enc"} for e in state.journal]
+    data["journal"] = [
+        {k: v for k, v in vars(e).items() if k not in ("pan_enc", "amount")} | money_json("amount", e.amount)
+        for e in state.journal
+    ]
     lines = [f"{k:<26} {v}" for k, v in data.items() if k != "journal"]
     lines.append("journal:" if state.journal else "journal: empty")
     for e in state.journal:
         flags = " reversed" if e.reversed else " voided" if e.voided else ""
         lines.append(
-            f"  {e.stan} {e.kind:<13} {e.pan_masked:<19} {terminal.format_amount(e.amount):>12} "
+            f"  {e.stan} {e.kind:<13} {e.pan_masked:<19} {format_money(e.amount):>16} "
             f"rrn {e.rrn} auth {e.auth_id}{flags}"
         )
     app.emit(data, "\n".join(lines))
@@ -456,7 +460,7 @@ def _reference_command(name: str, help_text: str, kinds: tuple[str, ...], *, amo
             if kind == "refund" and due > entry.amount - entry.refunded:
                 raise TerminalError(
                     f"refund exceeds what is left of the original "
-                    f"({terminal.format_amount(entry.amount - entry.refunded)})"
+                    f"({format_money(entry.amount - entry.refunded)})"
                 )
             if due <= 0:
                 raise TerminalError("nothing left to refund on that original")

@@ -13,7 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from ops.logs import mask_pan
-from ops.money import parse_money
+from ops.money import format_money, money_json, parse_money
 from pos import messages
 from pos.client import Answer, NoAnswer, ReversalPending, Session, TerminalError
 from pos.crypto import TerminalCryptoError, unwrap_working_keys
@@ -102,6 +102,9 @@ class Receipt:
         data["result"] = self.text
         if not self.approved:
             data["reason"] = self.why
+        for name in ("amount", "balance"):  # money in JSON: integer fen as *_minor, with the currency
+            if name in data:
+                data.update(money_json(name, data.pop(name)))
         return data
 
     def in_zone(self, timezone: str, now: datetime | None = None) -> Receipt:
@@ -124,9 +127,9 @@ class Receipt:
         if self.rrn:
             lines.append(f"REF      {self.rrn}" + (f"  AUTH {self.auth_id}" if self.auth_id else ""))
         if self.amount is not None:
-            lines.append(f"AMOUNT   CNY {format_amount(self.amount)}")
+            lines.append(f"AMOUNT   {format_money(self.amount)}")
         if self.balance is not None:
-            lines.append(f"BALANCE  CNY {format_amount(self.balance)}")
+            lines.append(f"BALANCE  {format_money(self.balance)}")
         lines.append(f"RESULT   {self.code} {self.text}")
         lines.extend(f"NOTE     {n}" for n in self.notes)
         if not self.approved:
@@ -152,11 +155,6 @@ def local_stamp(mmdd: str, hhmmss: str, timezone: str, now: datetime | None = No
         if best is None or abs(candidate - near) < abs(best - near):
             best = candidate
     return "" if best is None else best.replace(tzinfo=zone).isoformat(timespec="seconds")
-
-
-def format_amount(minor: int) -> str:
-    sign = "-" if minor < 0 else ""
-    return f"{sign}{abs(minor) // 100}.{abs(minor) % 100:02d}"
 
 
 def parse_amount(text: str) -> int:
@@ -398,8 +396,8 @@ async def settle(session: Session) -> Receipt:
     r = _receipt(session, "SETTLEMENT", req, answer, answer.code)
     r.batch = state.batch
     r.notes.append(
-        f"debits {totals.debit_count} CNY {format_amount(totals.debit_amount)}, "
-        f"credits {totals.credit_count} CNY {format_amount(totals.credit_amount)}"
+        f"debits {totals.debit_count} ({format_money(totals.debit_amount)}), "
+        f"credits {totals.credit_count} ({format_money(totals.credit_amount)})"
     )
     if not answer.approved:
         return r

@@ -35,7 +35,7 @@ def test_signon_and_purchase_with_pin_on_both_profiles(system: System) -> None:
         assert json.loads(r.stdout)["approved"], r.stdout
         r = system.cli("--json", "pos", "purchase", "12.50", "-t", tid, "--card", "alice", "--trace")
         receipt = json.loads(r.stdout)
-        assert receipt["approved"] and receipt["amount"] == 1250, r.stdout
+        assert receipt["approved"] and receipt["amount_minor"] == 1250, r.stdout
         assert len(receipt["rrn"]) == 12 and receipt["auth_id"]
         assert "[pin data," in r.stderr and "DE64" in r.stderr
         cards = read_sealed(system.root / "var/pos/demo-cards.json", system.seal_key)["cards"]

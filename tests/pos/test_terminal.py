@@ -69,14 +69,14 @@ def test_sign_on_purchase_void_refund_settle(tmp_path: Path, switch: FakeSwitch)
     r = run(state, "purchase", "123.45", *card, "--pin", "123456", "--trace")
     assert r.exit_code == 0, r.output
     receipt = json.loads(r.stdout)
-    assert receipt["amount"] == 12345 and receipt["pan"] == "621234*********4567"
+    assert receipt["amount_minor"] == 12345 and receipt["pan"] == "621234*********4567"
     assert PAN not in r.output and "123456" not in r.stderr
     assert "[pin data, " in r.stderr and "DE52" in r.stderr
 
     r = run(state, "purchase", "10", *card, "--pin", "123456")
     second = json.loads(r.stdout)["stan"]
     r = run(state, "balance", *card, "--pin", "123456")
-    assert json.loads(r.stdout)["balance"] == 98766
+    assert json.loads(r.stdout)["balance_minor"] == 98766
 
     r = run(state, "void", "--stan", second)
     assert r.exit_code == 0, r.output
@@ -94,7 +94,7 @@ def test_sign_on_purchase_void_refund_settle(tmp_path: Path, switch: FakeSwitch)
     r = run(state, "settle")
     assert r.exit_code == 0, r.output
     notes = " ".join(json.loads(r.stdout)["notes"])
-    assert "totals balanced" in notes and "debits 1 CNY 123.45, credits 1 CNY 0.45" in notes
+    assert "totals balanced" in notes and "debits 1 (123.45 CNY), credits 1 (0.45 CNY)" in notes
     st = state_mod.load(state)
     assert st.journal == [] and len(st.previous) == 4 and st.batch == "000002"
     r = run(state, "void", "--stan", receipt["stan"], json_out=False)
@@ -251,4 +251,4 @@ def test_settle_sends_the_pending_reversal_before_counting(tmp_path: Path, switc
     r = run(state, "settle")
     assert r.exit_code == 0, r.output
     notes = " ".join(json.loads(r.stdout)["notes"])
-    assert "debits 0 CNY 0.00" in notes and "totals balanced" in notes
+    assert "debits 0 (0.00 CNY)" in notes and "totals balanced" in notes
