@@ -895,10 +895,13 @@ def card_show(app: AppContext, card_ref: str) -> None:
         data.update(money_json(k, r[k], cur))
     data["issued_at"] = iso_local(r["issued_at"], tz)
     data["updated_at"] = iso_local(r["updated_at"], tz)
+    today = business_today(app.config)
+    data["today_amount_minor"] = r["day_amount"] if r["day"] == today else 0
+    data["today_count"] = r["day_count"] if r["day"] == today else 0
     used = (
-        f"{format_money(r['day_amount'], cur)} in {r['day_count']} purchases on {day}"
-        if day is not None
-        else "no purchase yet"
+        f"{format_money(data['today_amount_minor'], cur)} in {data['today_count']} purchases "
+        f"(business day {today.isoformat()}"
+        + (f"; last purchase day {day})" if day is not None and r["day"] != today else ")")
     )
     lines = [
         f"card         {r['id']}" + (f"  label {r['label']}" if r["label"] else ""),
@@ -911,7 +914,7 @@ def card_show(app: AppContext, card_ref: str) -> None:
         f"limits       {format_money(r['per_txn_limit'], cur)} per purchase, "
         f"{format_money(r['daily_amount_limit'], cur)} and {r['daily_count_limit']} purchases a day, "
         f"balance up to {format_money(r['max_balance'], cur)}",
-        f"day's use    {used}",
+        f"today        {used}",
     ]
     if r["uses_left"] is not None:
         lines.append(f"uses left    {r['uses_left']}")

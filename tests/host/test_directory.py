@@ -171,6 +171,8 @@ def test_card_labels_reach_every_card_command(env: dict[str, str], programme: di
     assert shown["per_txn_limit_minor"] == 100_000 and shown["currency"] == "CNY" and shown["pin_tries"] == 0
     text = run(env, "card", "show", "lalice").output
     assert "balance      500.00 CNY" in text and "label lalice" in text and LOCAL_TIME.search(text)
+    assert shown["today_amount_minor"] == 0 and shown["today_count"] == 0
+    assert "today        0.00 CNY in 0 purchases (business day " in text
     assert a[0]["pan"] not in text
     masked = a[0]["pan"][:6] + "*" * (len(a[0]["pan"]) - 10) + a[0]["pan"][-4:]
     assert ok(env, "card", "show", masked)["card_id"] == a[0]["card_id"]

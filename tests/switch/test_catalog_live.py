@@ -63,6 +63,8 @@ def test_product_update_is_in_force_at_the_next_request(system: System) -> None:
         assert t.exchange(system.buy(t, 0, 100)).code == "00"  # no PIN sent: 55 before the update
         system.cli("product", "update", "CAMPUS", "--per-txn-limit", "1000", "--pin-required")
         assert t.exchange(system.buy(t, 0, 100)).code == "55"
+        shown = system.cli("card", "show", str(system.card_ids[0]))  # the day's use, as the host counts it
+        assert shown["today_count"] >= 3 and shown["today_amount_minor"] >= 1000 + 500 + 100
     finally:
         t.close()
 
