@@ -405,11 +405,14 @@ def env_names() -> list[str]:
     return [env_name(*key.split(".")) for key, _, _ in describe()] + list(OTHER_ENV)
 
 
+@dataclass(frozen=True)
 class Listener:
     """One address and port a service binds, with the keys that set them (for errors that name them)."""
 
-    def __init__(self, address_key: str, port_key: str, address: str, port: int) -> None:
-        self.address_key, self.port_key, self.address, self.port = address_key, port_key, address, port
+    address_key: str
+    port_key: str
+    address: str
+    port: int
 
     def __str__(self) -> str:
         return f"{self.address}:{self.port} ({self.address_key}, {self.port_key})"

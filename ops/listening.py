@@ -21,7 +21,7 @@ def cannot_listen(service: str, address: str, port: int, key: str, exc: OSError)
     if exc.errno == errno.EADDRINUSE:
         why = f"the address is in use by another program (stop it, or change {key})"
     elif exc.errno == errno.EADDRNOTAVAIL:
-        why = f"{address} is not an address of this machine (change {key.rsplit('.', 1)[0]}'s listen address)"
+        why = f"{address} is not an address of this machine (change {address_key(key)})"
     elif exc.errno == errno.EACCES:
         why = f"not allowed to bind port {port} (ports below 1024 need privileges; change {key})"
     elif isinstance(exc, socket.gaierror):
@@ -29,6 +29,13 @@ def cannot_listen(service: str, address: str, port: int, key: str, exc: OSError)
     else:
         why = exc.strerror or str(exc)
     return CannotListen(f"{service} cannot listen on {address}:{port} ({key}): {why}")
+
+
+def address_key(port_key: str) -> str:
+    """The key of the address a port key's listener binds: host.port -> host.listen,
+    switch.metrics_port -> switch.metrics_listen."""
+    section, _, name = port_key.partition(".")
+    return f"{section}.metrics_listen" if name == "metrics_port" else f"{section}.listen"
 
 
 def free(address: str, port: int) -> OSError | None:

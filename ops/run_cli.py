@@ -83,11 +83,14 @@ def _lock(config: Config) -> runlock.RunLock:
     try:
         return runlock.acquire()
     except runlock.AlreadyRunning as held:
-        started = datetime.fromtimestamp(held.started, UTC) if held.started else None
-        since = f", started {format_local(started, config.clearing.timezone)}" if started else ""
-        pid = held.pid if held.pid is not None else "PID"
+        if held.pid is None or held.started is None:  # between its flock and writing who it is
+            raise click.ClickException(
+                f"payswitch run is already starting here (lock {runlock.DEFAULT_PATH}); stop it with Ctrl-C"
+            ) from None
+        started = format_local(datetime.fromtimestamp(held.started, UTC), config.clearing.timezone)
         raise click.ClickException(
-            f"payswitch run is already running (pid {pid}{since}); stop it with Ctrl-C or kill {pid}"
+            f"payswitch run is already running (pid {held.pid}, started {started}); "
+            f"stop it with Ctrl-C or kill {held.pid}"
         ) from None
     except OSError as exc:
         raise click.ClickException(

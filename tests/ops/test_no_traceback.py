@@ -94,6 +94,7 @@ def test_hsm_serve_with_its_port_in_use(scratch: dict[str, str], busy_port: int)
 def test_a_listen_address_not_of_this_machine(scratch: dict[str, str]) -> None:
     result = payswitch({**scratch, "PAYSWITCH_HOST_LISTEN": "192.0.2.1"}, "host", "serve")
     one_line_failure(result, "host cannot listen on 192.0.2.1:")
+    assert "192.0.2.1 is not an address of this machine (change host.listen)" in result.stderr
 
 
 # -- clearing emit ----------------------------------------------------------------------------------
