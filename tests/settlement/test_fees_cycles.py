@@ -89,7 +89,7 @@ def test_schedule_validation_and_versions() -> None:
         FeeSchedule(
             "M", "v", date(2026, 1, 1), 10, issuer_share_bp=1, acquirer_share_bp=1, platform_share_bp=1
         )
-    with pytest.raises(ValueError, match="max fee 0.04 CNY"):
+    with pytest.raises(ValueError, match=r"max fee 0\.04 CNY"):
         FeeSchedule("M", "v", date(2026, 1, 1), 10, min_fee=5, max_fee=4)
     v2 = FeeSchedule("*", "v2", date(2026, 6, 1), 50)
     assert schedule_for([v2, V1], date(2026, 5, 31)) is V1
