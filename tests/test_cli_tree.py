@@ -16,7 +16,9 @@ it would start with.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,13 +194,15 @@ def test_with_the_database_and_services_away(payswitch: Invoke, path: tuple[str,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """Every command with nothing to reach (no database, HSM or switch listening): a command that needs
     one says so in one line, exit 1; one that needs none answers."""
-    from ops.pgembed import free_port
-
-    for key in ("DATABASE_URL", "HSM_PORT", "SWITCH_POS_3DES_PORT", "SWITCH_POS_SM4_PORT", "HOST_PORT"):
-        port = free_port()
-        value = f"postgresql://payswitch@127.0.0.1:{port}/payswitch" if key == "DATABASE_URL" else str(port)
-        monkeypatch.setitem(env, f"PAYSWITCH_{key}", value)
-    result = payswitch(*path, *_arguments(LEAVES[path]))
+    with contextlib.ExitStack() as held:
+        for key in ("DATABASE_URL", "HSM_PORT", "SWITCH_POS_3DES_PORT", "SWITCH_POS_SM4_PORT", "HOST_PORT"):
+            # a port bound and never listening: nothing answers, and no other test can take it meanwhile
+            sock = held.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+            value = str(port) if key != "DATABASE_URL" else f"postgresql://payswitch@127.0.0.1:{port}/payswitch"
+            monkeypatch.setitem(env, f"PAYSWITCH_{key}", value)
+        result = payswitch(*path, *_arguments(LEAVES[path]))
     _no_traceback(result)
     if result.code != 0:
         assert result.code in (1, 2), (result.code, result.stderr)
