@@ -33,11 +33,14 @@ DECIMAL = re.compile(r"(?<![\d.,:/A-Za-z_])(\d[\d,]*\.\d+)(?![\d.]|\s*(?:%|ms\b|
 MONEY_TEXT = re.compile(r"\d{1,3}(,\d{3})*\.\d{2}")
 
 
+TOUR: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def system() -> Iterator[System]:
     with System() as s:
         s.start(seed=("--load-terminals", "1", "--load-cards", "1"))
-        s.cli("demo", "tour")
+        TOUR.append(s.cli("demo", "tour").stdout)
         yield s
 
 
@@ -189,9 +192,20 @@ def test_clearing_and_settlement(system: System) -> None:
         str(emitted.get("file") or emitted.get("path"))
     ]
     _audit(system, "settle", *files, json_args=("settle", *files))
+    for file in files:
+        _audit(system, "settlement", "reconcile", file)
+    _audit(system, "settlement", "check")
     runs = _audit(system, "settlement", "run", "list")
     for run in runs.get("runs", runs.get("items", []))[:1]:
         _audit(system, "settlement", "run", "show", str(run["run_id"]))
+
+
+def test_the_tour_and_its_payout(system: System) -> None:
+    """`demo tour` (= make demo): every receipt and the payout it ends with."""
+    (tour,) = TOUR
+    assert "is paid" in tour and "payout file" in tour, tour[-600:]
+    problems = _human_problems(tour, [])
+    assert not problems, "payswitch demo tour:\n  " + "\n  ".join(problems)
 
 
 def test_switch_journal(system: System) -> None:
