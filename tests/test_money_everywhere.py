@@ -208,6 +208,13 @@ def test_the_tour_and_its_payout(system: System) -> None:
     assert not problems, "payswitch demo tour:\n  " + "\n  ".join(problems)
 
 
+def test_more_commands_that_may_show_money(system: System) -> None:
+    _audit(system, "card", "expire", "--dry-run")
+    _audit(system, "switch", "saf", "list", "--all")
+    _audit(system, "store", "list")
+    _audit(system, "terminal", "list")
+
+
 def test_switch_journal(system: System) -> None:
     # its "total ms" column is the time the switch took (one decimal, in milliseconds)
     _audit(system, "switch", "journal", "show", "--limit", "20", not_money=r"(?<= )\d+\.\d(?=  )")
