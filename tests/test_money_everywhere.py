@@ -4,7 +4,7 @@ Against a real seeded system (PostgreSQL, HSM, host, switch, the demo programme 
 command runs twice: with `--json` and without. In the JSON, every amount is an integer `*_minor` field
 with a `currency` beside it (in the same object or one around it), and no other field that names money
 holds a number or an amount as text. In the human text, every amount is yuan with two decimals and
-thousands grouped, followed by ` CNY` unless the text's header names CNY, and every `*_minor` amount of
+thousands grouped, followed by ` CNY` unless a header names it ("amount (CNY)"), and every `*_minor` amount of
 the JSON is there in that form (a raw 50000 for 500.00 CNY fails). Money typed in is yuan with up to
 two decimals, everywhere: the money options take `1,234.5` and refuse `1.234` in one line.
 """
@@ -90,7 +90,7 @@ def _minor_values(value: Any) -> list[int]:
 def _human_problems(text: str, minors: list[int]) -> list[str]:
     problems = []
     # a table whose header names the currency ("amount (CNY)") may show bare amounts below it
-    header_names_cny = any("CNY" in line and not DECIMAL.search(line) for line in text.splitlines())
+    header_names_cny = re.search(r"\((CNY|in CNY)\)", text) is not None
     for m in DECIMAL.finditer(text):
         number = m.group(1)
         follows = text[m.end() : m.end() + 4]
