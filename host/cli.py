@@ -40,11 +40,6 @@ APP_ROLE = "payswitch_app"
 _KEY = re.compile(r"^(U[0-9A-Fa-f]{32}|T[0-9A-Fa-f]{48}|S[0-9A-Fa-f]{32})$")
 
 
-def major(minor: int) -> str:
-    sign = "-" if minor < 0 else ""
-    return f"{sign}{abs(minor) // 100}.{abs(minor) % 100:02d}"
-
-
 # -- running work against the database (and the HSM) ---------------------------------------------
 def _run(app: AppContext, work: Callable[..., Awaitable[T]], *, hsm: bool = False) -> T:
     """Run ``work(pool)`` or ``work(pool, crypto)`` in trio with the database pool (and HSM client)."""
