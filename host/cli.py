@@ -790,8 +790,6 @@ def card_unload(app: AppContext, card_ref: str, amount: int | None, reference: s
     )
 
 
-
-
 @card.command("expire")
 @click.option("--dry-run", is_flag=True, help="Count the cards that would expire; change nothing.")
 @click.option(

@@ -85,7 +85,7 @@ def _drive(run: EndToEnd) -> None:
         run.codes[name] = result.returncode
 
     def pos(*args: str) -> None:
-        cli("pos", *args, check=False)  # a decline exits 2: checked in test_the_run_did_what_it_should
+        cli("pos", *args, check=False)  # a decline exits 3: checked in test_the_run_did_what_it_should
 
     cli("demo", "seed", *SEED)  # again: its stdout names the cards
     cli("demo", "tour")
@@ -197,7 +197,7 @@ def test_the_run_did_what_it_should(e2e: EndToEnd) -> None:
     names = {p.name for p in _written_files(e2e.system)}
     assert {"host.log", "switch.log", "hsm.log", "server.log", "demo-cards.json"} <= names, names
     pos = {c: code for c, code in e2e.codes.items() if c.startswith("pos ")}
-    assert list(pos.values()) == [0, 0, 0, 0, 0, 2], pos  # approved but the wrong PIN
+    assert list(pos.values()) == [0, 0, 0, 0, 0, 3], pos  # approved but the wrong PIN (declined: 3)
     assert [c for c, code in e2e.codes.items() if code and not c.startswith("pos ")] == [], e2e.codes
     tour = dict(e2e.outputs)["demo tour"]
     assert tour.count(b"APPROVED") >= 5, tour[-800:]

@@ -128,7 +128,7 @@ def test_every_reason_has_a_contract_code_and_words() -> None:
 
     for key, reason in rules.REASONS.items():
         assert RESPONSE_CODES[reason.code].h2h, key  # a code the host may answer on H2H
-        assert reason.text and reason.text[0].islower() or reason.text.startswith("PIN"), key
+        assert (reason.text and reason.text[0].islower()) or reason.text.startswith("PIN"), key
 
 
 def test_balance_field() -> None:

@@ -285,7 +285,9 @@ def test_no_route_answers_91_no_route_not_14_and_the_journal_shows_why(world: Wo
     first = json.loads(js.stdout)[0]
     assert first["reason"] == "no_route" and first["response_code"] == "91"
     assert first["amount_minor"] == 100 and first["currency"] == "CNY" and "+" in first["created_at"]
-    page = run_cli(["--json", "switch", "journal", "show", "--after", str(first["id"]), "--rc", "91"], world.env)
+    page = run_cli(
+        ["--json", "switch", "journal", "show", "--after", str(first["id"]), "--rc", "91"], world.env
+    )
     assert all(row["id"] < first["id"] for row in json.loads(page.stdout))
     bad = run_cli(["switch", "journal", "show", "--card-last4", "12"], world.env)
     assert bad.returncode == 1 and "--card-last4" in bad.stderr and "Traceback" not in bad.stderr
