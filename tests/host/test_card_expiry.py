@@ -15,6 +15,7 @@ import trio
 from prometheus_client import REGISTRY
 
 from host.rules import yymm
+from specs.clearing import business_date_of
 from tests.host.harness import Harness, message, programme, running_host
 from tests.host.helpers import cli_env, ok, run
 
@@ -44,7 +45,9 @@ def _q(db_url: str, query: str, *args: Any) -> list[Any]:
 
 
 def test_expiry_sweep_moves_exactly_the_past_cards(env: dict[str, str], db_url: str, hsm_server: Any) -> None:
-    this_month = yymm(dt.datetime.now(dt.UTC).date())
+    # "this month" of the programme's business date (the default clearing zone and cut-over), which the
+    # sweep takes as today: on a month's last evening it is already the next month's
+    this_month = yymm(business_date_of(dt.datetime.now(dt.UTC), "23:00", "Asia/Shanghai"))
     pans: list[str] = []
 
     async def before(h: Harness) -> None:
@@ -100,7 +103,9 @@ def test_expiry_sweep_moves_exactly_the_past_cards(env: dict[str, str], db_url: 
     # the state machine: an expired card is not activated or unfrozen
     assert run(env, "card", "unfreeze", str(ids[1])).exit_code == 1
     assert run(env, "card", "activate", str(ids[0])).exit_code == 1
-    closed = run(env, "card", "close", str(ids[0]))
+    held = run(env, "card", "close", str(ids[0]))
+    assert held.exit_code == 1 and "--forfeit" in held.output  # it still holds its 100.00
+    closed = run(env, "card", "close", str(ids[0]), "--forfeit")
     assert closed.exit_code == 0 and "expired -> closed" in closed.output
     _q(db_url, "UPDATE cards SET state = 'expired' WHERE id = $1", ids[0])
 
