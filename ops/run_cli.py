@@ -36,7 +36,7 @@ from ops.pgembed import EmbeddedPostgres
 TRY_NEXT = """
 try next, in another shell:
   .venv/bin/payswitch pos purchase 12.34 --trace   # a terminal signs on and buys; every message traced
-  .venv/bin/payswitch demo tour                    # every transaction type on both key profiles
+  .venv/bin/payswitch demo tour                    # every transaction type, then the day's payout
   .venv/bin/payswitch load -d 10                   # many terminals flat out, then a ledger check
 """
 
