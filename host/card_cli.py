@@ -89,6 +89,7 @@ def card_issue(
             activate=activate,
             mailer_dir=folder,
             producer=export,
+            today=business_today(app.config),
         )
 
     cards, mailer = _run(app, work, hsm=True)

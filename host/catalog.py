@@ -218,7 +218,7 @@ async def insert_cards(
 ) -> list[int]:
     """Card rows and their accounts in one transaction. Fixed-amount cards are loaded at activation."""
     p = await product(conn, product_code)
-    expiry = expiry_for(today or dt.date.today(), p["validity_months"])
+    expiry = expiry_for(today or dt.datetime.now(dt.UTC).date(), p["validity_months"])
     async with conn.transaction():
         accounts = await conn.fetch(
             """INSERT INTO accounts (kind, currency, part, no_overdraft)

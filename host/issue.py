@@ -98,12 +98,15 @@ async def issue_cards(
     batch: str | None = None,
     concurrency: int = 64,
     producer: ExportedMailerKey | None = None,
+    today: dt.date | None = None,
 ) -> tuple[list[IssuedCard], Path | None]:
     """Issue ``count`` cards; returns them (with clear PANs, for the caller's output only) and the mailer.
 
     ``producer``: the mailer key as exported to that producer; the PANs go under that key and the
-    export goes into the mailer file's header line.
+    export goes into the mailer file's header line. ``today``: the programme's business date (the
+    validity counts from its month; host.business_day.business_today), else the UTC date.
     """
+    today = today or dt.datetime.now(dt.UTC).date()
     product = await pool.run(catalog.product, product_code)
     if product["bin"] is None:
         raise catalog.CatalogError(f"product {product_code} has no BIN range")
@@ -145,8 +148,10 @@ async def issue_cards(
     async with trio.open_nursery() as nursery:
         for _ in range(count):
             nursery.start_soon(one)
-    ids = await pool.run(catalog.insert_cards, product_code, [m[1] for m in made], batch, "inventory")
-    expiry = catalog.expiry_for(dt.date.today(), product["validity_months"])
+    ids = await pool.run(
+        catalog.insert_cards, product_code, [m[1] for m in made], batch, "inventory", today
+    )
+    expiry = catalog.expiry_for(today, product["validity_months"])  # the one insert_cards stored
     cards = [
         IssuedCard(cid, pan, expiry, card.pan_masked) for cid, (pan, card, _) in zip(ids, made, strict=True)
     ]

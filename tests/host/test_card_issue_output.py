@@ -53,3 +53,43 @@ def test_json_output_is_unchanged(env: dict[str, str]) -> None:
     issued = ok(env, "card", "issue", "--product", "ISSUEOUT", "--count", "1")
     (card,) = issued["cards"]
     assert re.fullmatch(r"621277\d{13}", card["pan"]) and set(card) >= {"card_id", "pan", "expiry"}
+
+
+def test_the_validity_counts_from_the_programmes_business_date(db_url: str, hsm_server: Any) -> None:
+    """On the last evening of a month in Shanghai the business date is already the next month's: the
+    expiry stored and the one printed both count from the date given, not the machine's calendar."""
+    import datetime as dt
+
+    import trio
+
+    from host.issue import issue_cards
+    from tests.host.harness import Harness, running_host
+
+    async def main() -> list[tuple[str, str]]:
+        h: Harness
+        async with running_host(db_url, hsm_server) as h:
+            out = []
+            for today, expected in ((dt.date(2026, 12, 31), "2912"), (dt.date(2027, 1, 1), "3001")):
+                product = f"VAL{today:%m}"
+                await h.pool.run(_add_product, product, f"62128{today.month:01d}")
+                (card,), _ = await issue_cards(h.pool, h.crypto, product, 1, today=today)
+                stored = await h.pool.run(_expiry, card.card_id)
+                assert card.expiry == stored == expected, (card.expiry, stored, expected)
+                out.append((card.expiry, stored))
+            return out
+
+    assert len(trio.run(main)) == 2
+
+
+async def _add_product(conn: Any, code: str, bin_prefix: str) -> None:
+    from host import catalog
+
+    spec = catalog.ProductSpec(
+        code=code, kind="reloadable", max_balance=100_000, per_txn_limit=10_000,
+        daily_amount_limit=10_000, daily_count_limit=10, validity_months=36, pin_required=False,
+    )
+    await catalog.add_product(conn, spec, bin_prefix + "0", 16)
+
+
+async def _expiry(conn: Any, card_id: int) -> str:
+    return str(await conn.fetchval("SELECT expiry FROM cards WHERE id = $1", card_id))
