@@ -75,20 +75,28 @@ def find_bindir() -> Path:
     )
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
     """A port free on 127.0.0.1 now, below the kernel's ephemeral range where that is known. A port
     from that range (what binding port 0 hands out) can be taken as the source port of an outgoing
     connection before its service binds it: the switch connects to its hosts before it listens, and
-    tests that restart it met "Address already in use"."""
+    tests that restart it met "Address already in use". A process is never handed the same port twice:
+    the caller has not bound it yet, so two calls in a row could otherwise give one port to two
+    listeners (which the configuration then refuses)."""
     low = _ephemeral_low()
     for _ in range(64):
         port = random.randrange(PRIVATE_PORTS_FROM, low) if low > PRIVATE_PORTS_FROM + 1000 else 0
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
             found: int = s.getsockname()[1]
+            _HANDED_OUT.add(found)
             return found
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

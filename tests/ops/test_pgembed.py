@@ -111,3 +111,12 @@ def test_no_connection_without_the_generated_password(pg_cluster: Status) -> Non
 
     refused_tcp, wrong_tcp, wrong_socket, right = asyncio.run(main())
     assert "connected" not in (refused_tcp, wrong_tcp, wrong_socket) and right == "connected"
+
+
+def test_free_port_never_hands_one_port_out_twice() -> None:
+    """Free ports drawn for several listeners before any binds must differ: two draws of one port made
+    the configuration refuse two listeners on it (a flake of tests/ops/test_no_traceback.py)."""
+    from ops import pgembed
+
+    drawn = [pgembed.free_port() for _ in range(300)]
+    assert len(set(drawn)) == len(drawn)
