@@ -84,7 +84,6 @@ STATE_REASONS = {
     "stolen": "card_stolen",
     "expired": "card_expired",
 }
-STATE_CODES = {state: REASONS[reason].code for state, reason in STATE_REASONS.items()}
 
 
 def code_of(reason: str) -> str:
