@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from host.clearing import terminal_local_time
 from ops.logs import mask_pan
 from ops.money import format_money, money_json, parse_money
 from pos import messages
@@ -139,22 +140,11 @@ class Receipt:
 
 def local_stamp(mmdd: str, hhmmss: str, timezone: str, now: datetime | None = None) -> str:
     """DE13 MMDD + DE12 hhmmss in ``timezone`` as ISO 8601 with the offset (``2026-12-02T18:30:05+08:00``),
-    the year the one that puts it nearest ``now``; "" when the fields are missing or not a time."""
-    text = mmdd + hhmmss
-    if len(text) != 10 or not text.isascii() or not text.isdigit():
-        return ""
+    the year the one that puts it nearest ``now`` (the clearing file's rule,
+    ``host.clearing.terminal_local_time``); "" when the fields are missing or not a time."""
     zone = ZoneInfo(timezone)
-    near = (now or datetime.now(UTC)).astimezone(zone).replace(tzinfo=None)
-    best: datetime | None = None
-    for year in (near.year - 1, near.year, near.year + 1):
-        try:
-            candidate = datetime(year, int(text[:2]), int(text[2:4]), int(text[4:6]), int(text[6:8]),
-                                 int(text[8:]))
-        except ValueError:
-            continue
-        if best is None or abs(candidate - near) < abs(best - near):
-            best = candidate
-    return "" if best is None else best.replace(tzinfo=zone).isoformat(timespec="seconds")
+    local = terminal_local_time(mmdd + hhmmss, now or datetime.now(UTC), zone)
+    return "" if local is None else local.replace(tzinfo=zone).isoformat(timespec="seconds")
 
 
 def parse_amount(text: str) -> int:
