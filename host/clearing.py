@@ -224,11 +224,6 @@ def last_closed_business_date(now: datetime, cutover: str, timezone: str,
     return business_date_of(now, cutover, timezone, closes) - timedelta(days=1)
 
 
-async def current_business_date(conn: Any, now: datetime, cutover: str, timezone: str) -> date:
-    """The business date a posting made at ``now`` belongs to, early closes counted."""
-    return business_date_of(now, cutover, timezone, await early_closes(conn))
-
-
 async def emit_closed(conn: Any, now: datetime, *, issuer_id: str, directory: str | Path, cutover: str,
                       timezone: str, lookback_days: int = 7) -> list[EmitResult]:
     """Write the file of every closed business date in the last ``lookback_days`` that has none yet.
