@@ -845,8 +845,9 @@ class Ledger:
         51 while holds are pending, 13 when the amount is not the balance (it changed since it was read).
         A refusal is not journaled (``_record``): the operator's reference stays free for the retry.
         """
-        if r.amount <= 0 or (r.currency and r.currency != card.product.currency):
-            return Decision(Rc.INVALID_AMOUNT)
+        reason = rules.check_amount(card, r)
+        if reason is not None:
+            return _declined(reason)
         if r.txn is Txn.ADMIN_UNLOAD:
             if card.available < r.amount:
                 return Decision(Rc.INSUFFICIENT_FUNDS)
