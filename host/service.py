@@ -33,7 +33,8 @@ import trio
 from prometheus_client import Counter, Histogram
 
 from host import clearing_task, expiry, h2h
-from host.business_day import BusinessDay
+from host.business_day import BusinessDay, read_closes
+from host.catalog import catalog_version
 from host.engine import Engine
 from host.keys import IssuerCrypto, keys_from
 from host.ledger import Ledger
@@ -655,8 +656,6 @@ class HostService:
     async def _catalog_poll(self) -> None:
         """Every CATALOG_POLL_SECONDS one row (host_catalog.version): when it moved, the merchants are
         read again by the next batch (products are read with every batch anyway)."""
-        from host.catalog import catalog_version
-
         seen: int | None = None
         while True:
             await trio.sleep(CATALOG_POLL_SECONDS)
@@ -673,8 +672,6 @@ class HostService:
     async def _closes_poll(self) -> None:
         """Every CATALOG_POLL_SECONDS the recent dates closed early (``clearing close-day``): the
         business day, and so the daily limits, roll over at an early close as the clearing file does."""
-        from host.business_day import read_closes
-
         while True:
             try:
                 if await self.pool.run(read_closes, self.ledger.business_day, self.ledger.clock()):
