@@ -19,7 +19,7 @@ again only once the boundary has passed (once a day) or the closes changed. ``to
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from ops.config import Config
@@ -98,6 +98,6 @@ async def read_closes(conn: Any, business_day: BusinessDay, now: dt.datetime | N
     return business_day.set_closes({r["business_date"]: r["closed_at"] for r in rows})
 
 
-def business_today(config: Config, clock: Callable[[], dt.datetime] = utc_now) -> dt.date:
+def business_today(config: Config) -> dt.date:
     """The programme's business date now (for commands: ``card expire``, the activation checks)."""
-    return business_date_of(clock(), config.clearing.cutover, config.clearing.timezone)
+    return business_date_of(utc_now(), config.clearing.cutover, config.clearing.timezone)
