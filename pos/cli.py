@@ -18,7 +18,7 @@ import click
 import trio
 
 from ops.cli import AppContext, pass_app
-from ops.money import format_money, money_json
+from ops.money import format_money, money_json, parse_money
 from pos import state as state_mod
 from pos import terminal
 from pos.client import Connection, Session, TerminalError
@@ -266,7 +266,7 @@ def _original(
 
 def _amount(text: str) -> int:
     try:
-        return terminal.parse_amount(text)
+        return parse_money(text)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -19,6 +19,7 @@ import click
 import trio
 
 from ops.cli import COMMANDS, AppContext, pass_app
+from ops.money import parse_money
 from pos.load import (
     LoadError,
     LoadPlan,
@@ -29,7 +30,6 @@ from pos.load import (
     stans_path,
     write_stans,
 )
-from pos.terminal import parse_amount
 
 DEFAULT_POOL = Path("var/pos/load-pool.json")
 
@@ -125,7 +125,7 @@ def load(
             duration=duration if duration is not None else (None if count else 10.0),
             count=count,
             rate=rate,
-            amount=parse_amount(amount),
+            amount=parse_money(amount),
             timeout=timeout,
             per_connection=per_connection,
             stans=read_stans(stans_path(pool)),

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from host.clearing import terminal_local_time
 from ops.logs import mask_pan
-from ops.money import format_money, money_json, parse_money
+from ops.money import format_money, money_json
 from pos import messages
 from pos.client import Answer, NoAnswer, ReversalPending, Session, TerminalError
 from pos.crypto import TerminalCryptoError, unwrap_working_keys
@@ -145,12 +145,6 @@ def local_stamp(mmdd: str, hhmmss: str, timezone: str, now: datetime | None = No
     zone = ZoneInfo(timezone)
     local = terminal_local_time(mmdd + hhmmss, now or datetime.now(UTC), zone)
     return "" if local is None else local.replace(tzinfo=zone).isoformat(timespec="seconds")
-
-
-def parse_amount(text: str) -> int:
-    """'1,234.5', '123.45' or '123' (yuan) into fen, by the one rule of ``ops.money.parse_money``;
-    raises ValueError (``MoneyError``) with a one-line reason."""
-    return parse_money(text)
 
 
 def parse_balance(de54: str) -> int | None:
