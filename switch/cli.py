@@ -19,7 +19,9 @@ from ops.cli import AppContext, configure_logging, pass_app
 from ops.db import connect, database_url
 from ops.localtime import format_local, iso_local
 from ops.logs import get_logger
+from ops.money import format_money, money_json
 from switch import admin
+from switch.journal_view import journal_rows, reason_text
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -456,10 +458,6 @@ def journal_show(
 ) -> None:
     """The latest journal rows, newest first: code and why (the switch's reason, or "issuer: ..."
     when the issuer decided; its own reason is in `card history`). Masked PANs; total in ms."""
-    from ops.localtime import format_local, iso_local
-    from ops.money import format_money, money_json
-    from switch.journal_view import journal_rows, reason_text
-
     if card_last4 is not None and not (card_last4.isdigit() and len(card_last4) == 4):
         raise click.ClickException(f"--card-last4: the last 4 digits of the card number, not {card_last4!r}")
     if rc is not None and not (len(rc) == 2 and rc.isalnum()):
