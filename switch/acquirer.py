@@ -381,7 +381,7 @@ class AcquirerService:
             )
         outcome = await self.upstream.send(out, forwarded)
         if outcome.local_code is not None:
-            seen.reason = outcome.reason or None
+            seen.reason = outcome.reason
             return self._response(msg, outcome.local_code), hsm_seconds
         if outcome.timed_out or outcome.answer is None:
             seen.reason = "upstream_timeout"

@@ -646,7 +646,7 @@ class PosService:
             return Reply(
                 pos_response(msg, code=outcome.local_code, acquirer_id=self.acquirer_id),
                 mac=mak,
-                reason=outcome.reason or None,
+                reason=outcome.reason,
             ), None
         if outcome.timed_out:
             entry.saf_queued = True

@@ -42,7 +42,7 @@ class Outcome:
     local_code: str | None
     timed_out: bool
     host_seconds: float
-    reason: str = ""  # with a local_code: why (switch/reasons.py), for the journal
+    reason: str | None = None  # with a local_code: why (switch/reasons.py), for the journal
 
 
 class Upstream:
