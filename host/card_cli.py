@@ -19,10 +19,8 @@ from host.admin import admin_load, load_refusal
 from host.business_day import business_today
 from host.catalog import CatalogError
 from host.cli import (
-    _card_id,
     _emit_page,
     _export_for,
-    _needs_hsm,
     _page_options,
     _run,
     _table,
@@ -117,8 +115,8 @@ def _state_command(name: str, target: str, help_text: str) -> None:
     @pass_app
     def command(app: AppContext, card_ref: str) -> None:
         async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> tuple[int, str, str]:
-            cid = await _card_id(pool, crypto, card_ref)
-            if target == "active" and name == "activate":
+            cid = await directory.resolve_card(pool, crypto, card_ref)
+            if name == "activate":
                 from host.issue import activate_card
 
                 info = await pool.run(catalog.card_info, cid)
@@ -137,7 +135,7 @@ def _state_command(name: str, target: str, help_text: str) -> None:
             old, new = await pool.run(catalog.set_card_state, cid, target)
             return cid, old, new
 
-        cid, old, new = _run(app, work, hsm=_needs_hsm(card_ref))
+        cid, old, new = _run(app, work, hsm=directory.needs_hsm(card_ref))
         app.emit({"card_id": cid, "from": old, "to": new}, f"card {cid}: {old} -> {new}")
 
 
@@ -172,9 +170,9 @@ def card_close(app: AppContext, card_ref: str, forfeit: bool) -> None:
     from host.admin import Closed, close_card
 
     async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> Closed:
-        return await close_card(pool, await _card_id(pool, crypto, card_ref), forfeit=forfeit)
+        return await close_card(pool, await directory.resolve_card(pool, crypto, card_ref), forfeit=forfeit)
 
-    done = _run(app, work, hsm=_needs_hsm(card_ref))
+    done = _run(app, work, hsm=directory.needs_hsm(card_ref))
     lost = ""
     if done.forfeited:
         lost = f"; {format_money(done.forfeited, done.currency)} forfeited to breakage income"
@@ -202,9 +200,10 @@ def card_unload(app: AppContext, card_ref: str, amount: int | None, reference: s
     from host.admin import Unload, admin_unload
 
     async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> Unload:
-        return await admin_unload(pool, await _card_id(pool, crypto, card_ref), reference, amount)
+        cid = await directory.resolve_card(pool, crypto, card_ref)
+        return await admin_unload(pool, cid, reference, amount)
 
-    u = _run(app, work, hsm=_needs_hsm(card_ref))
+    u = _run(app, work, hsm=directory.needs_hsm(card_ref))
     verb = "already unloaded" if u.duplicate else "unloaded"
     held = f" ({format_money(u.held, u.currency)} held)" if u.held else ""
     app.emit(
@@ -236,15 +235,16 @@ def card_expire(app: AppContext, dry_run: bool, as_of: Any, yes: bool) -> None:
     """Move active and frozen cards past their expiry month to `expired` (what `host serve` runs)."""
     from host.expiry import ExpiryResult, expire_cards
 
-    if as_of is not None and not (dry_run or yes) and as_of.date() > business_today(app.config):
+    today = business_today(app.config)
+    day = as_of.date() if as_of else today
+    if not (dry_run or yes) and day > today:
         raise click.ClickException(
-            f"--as-of {as_of.date().isoformat()} is in the future (today's business date is"
-            f" {business_today(app.config).isoformat()}): cards not yet expired would be expired;"
+            f"--as-of {day.isoformat()} is in the future (today's business date is"
+            f" {today.isoformat()}): cards not yet expired would be expired;"
             " give --yes to do it (or --dry-run to count them)"
         )
 
     async def work(pool: PgPool) -> ExpiryResult:
-        day = as_of.date() if as_of else business_today(app.config)
         return await expire_cards(pool, day, dry_run=dry_run)
 
     result = _run(app, work)
@@ -267,10 +267,10 @@ def card_reset_pin_tries(app: AppContext, card_ref: str) -> None:
     """Give a card locked by wrong PINs (75) its PIN tries back."""
 
     async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> tuple[int, int]:
-        cid = await _card_id(pool, crypto, card_ref)
+        cid = await directory.resolve_card(pool, crypto, card_ref)
         return cid, await pool.run(catalog.reset_pin_tries, cid)
 
-    cid, old = _run(app, work, hsm=_needs_hsm(card_ref))
+    cid, old = _run(app, work, hsm=directory.needs_hsm(card_ref))
     app.emit({"card_id": cid, "pin_tries_were": old}, f"card {cid}: PIN tries reset (were {old})")
 
 
@@ -282,9 +282,9 @@ def card_show(app: AppContext, card_ref: str) -> None:
     tries, batch, label, issue and update times."""
 
     async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> dict[str, Any]:
-        return await pool.run(directory.show_card, await _card_id(pool, crypto, card_ref))
+        return await pool.run(directory.show_card, await directory.resolve_card(pool, crypto, card_ref))
 
-    r = _run(app, work, hsm=_needs_hsm(card_ref))
+    r = _run(app, work, hsm=directory.needs_hsm(card_ref))
     cur, tz = r["currency"], app.config.clearing.timezone
     day = r["day"].isoformat() if r["day"] is not None else None
     data: dict[str, Any] = {
@@ -450,10 +450,10 @@ def card_label(app: AppContext, card_ref: str, name: str | None, clear: bool) ->
         raise click.UsageError(problem)
 
     async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> tuple[int, str | None]:
-        cid = await _card_id(pool, crypto, card_ref)
+        cid = await directory.resolve_card(pool, crypto, card_ref)
         return cid, await pool.run(directory.set_card_label, cid, name)
 
-    cid, old = _run(app, work, hsm=_needs_hsm(card_ref))
+    cid, old = _run(app, work, hsm=directory.needs_hsm(card_ref))
     human = f"card {cid}: label {name}" if name is not None else f"card {cid}: label {old or '-'} removed"
     app.emit({"card_id": cid, "label": name, "label_was": old}, human)
 
@@ -467,11 +467,11 @@ def card_load(app: AppContext, card_ref: str, minor: int, reference: str | None)
     """Load money onto a card from the issuer's funding account."""
 
     async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> tuple[int, Any, dict[str, Any]]:
-        cid = await _card_id(pool, crypto, card_ref)
+        cid = await directory.resolve_card(pool, crypto, card_ref)
         d = await admin_load(pool, cid, minor, reference)
         return cid, d, await pool.run(catalog.card_info, cid)
 
-    cid, d, info = _run(app, work, hsm=_needs_hsm(card_ref))
+    cid, d, info = _run(app, work, hsm=directory.needs_hsm(card_ref))
     if d.code != "00":
         raise click.ClickException(f"card {cid}: load refused: {load_refusal(d.code)}")
     cur = info["currency"]
@@ -495,11 +495,11 @@ def card_history(app: AppContext, card_ref: str, limit: int) -> None:
     """The card's requests and postings, newest first."""
 
     async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> tuple[list[dict[str, Any]], str]:
-        cid = await _card_id(pool, crypto, card_ref)
+        cid = await directory.resolve_card(pool, crypto, card_ref)
         rows = await pool.run(catalog.card_history, cid, limit)
         return rows, (await pool.run(catalog.card_info, cid))["currency"]
 
-    rows, cur = _run(app, work, hsm=_needs_hsm(card_ref))
+    rows, cur = _run(app, work, hsm=directory.needs_hsm(card_ref))
     tz = app.config.clearing.timezone  # times in the programme's zone with the offset
     # the reason the host declined (host.rules.REASONS), in words for people; JSON keeps the key too
     shown = [

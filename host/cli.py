@@ -1,6 +1,6 @@
 """The host's commands `host` (serve, links, keys, producers) and `ledger`, and what every host
-command module shares: running work against the database and the HSM, the card resolver, tables and
-pages. `card` is in host/card_cli.py; `product`, `merchant`, `store`, `terminal`, `acquirer` are in
+command module shares: running work against the database and the HSM, tables and pages.
+`card` is in host/card_cli.py; `product`, `merchant`, `store`, `terminal`, `acquirer` are in
 host/catalog_cli.py. Operator mistakes are one line and exit 1.
 """
 
@@ -65,19 +65,6 @@ async def open_crypto(pool: PgPool, client: Any) -> IssuerCrypto:
     if new:
         existing = await pool.run(store_keys, new)
     return IssuerCrypto(client, keys_from(existing))
-
-
-async def _card_id(pool: PgPool, crypto: IssuerCrypto | None, card: str) -> int:
-    """The card a CARD argument names (id, PAN, masked PAN or label): host.directory.resolve_card."""
-    from host.directory import resolve_card
-
-    return await resolve_card(pool, crypto, card)
-
-
-def _needs_hsm(card: str) -> bool:
-    from host.directory import needs_hsm
-
-    return needs_hsm(card)
 
 
 def _clear_components(label: str, count: int) -> list[str]:
