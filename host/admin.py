@@ -80,13 +80,14 @@ def unload_key(reference: str) -> str:
     return "unload:" + reference
 
 
+# A card's state and money: its balance (posted) and what pending pre-auths hold of it.
+_CARD_MONEY = """SELECT c.state, a.currency, a.credits_posted - a.debits_posted AS balance,
+                        a.debits_pending AS held
+                 FROM cards c JOIN accounts a ON a.id = c.account_id WHERE c.id = $1"""
+
+
 async def _card_money(conn: Any, card_id: int) -> Any:
-    row = await conn.fetchrow(
-        """SELECT c.state, a.currency, a.credits_posted - a.debits_posted AS balance,
-                  a.debits_pending AS held
-           FROM cards c JOIN accounts a ON a.id = c.account_id WHERE c.id = $1""",
-        card_id,
-    )
+    row = await conn.fetchrow(_CARD_MONEY, card_id)
     if row is None:
         raise CatalogError(f"no card {card_id}")
     return row
@@ -159,13 +160,7 @@ async def _close_if_empty(conn: Any, card_id: int) -> tuple[str, Any]:
     """Close the card if it holds no money; else change nothing. (old state, its money row)."""
     async with conn.transaction():
         # the card account row first, as every writer of a card locks it (host.ledger), then the card
-        row = await conn.fetchrow(
-            """SELECT c.state, a.currency, a.credits_posted - a.debits_posted AS balance,
-                      a.debits_pending AS held
-               FROM cards c JOIN accounts a ON a.id = c.account_id WHERE c.id = $1
-               FOR NO KEY UPDATE OF a""",
-            card_id,
-        )
+        row = await conn.fetchrow(_CARD_MONEY + " FOR NO KEY UPDATE OF a", card_id)
         if row is None:
             raise CatalogError(f"no card {card_id}")
         if row["balance"] or row["held"]:
