@@ -17,7 +17,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from host.catalog import CatalogError
+from host.catalog import MERCHANT_TRANSITIONS, CatalogError
+from host.rules import TRANSITIONS
 from ops.logs import mask_pan
 
 if TYPE_CHECKING:
@@ -28,8 +29,8 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 LABEL = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 MASKED_PAN = re.compile(r"(\d{6})\*+(\d{4})")
-CARD_STATES = ("inventory", "active", "frozen", "lost", "stolen", "expired", "closed")
-MERCHANT_STATES = ("active", "suspended", "closed")
+CARD_STATES = tuple(TRANSITIONS)  # host.rules: the card state machine
+MERCHANT_STATES = tuple(MERCHANT_TRANSITIONS)
 TERMINAL_STATES = ("active", "disabled")
 NOT_FOUND_HINT = "give a card id, a PAN or a label; `payswitch card list` finds one"
 
