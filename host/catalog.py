@@ -441,10 +441,9 @@ async def update_product(conn: Any, code: str, changes: dict[str, Any]) -> dict[
     if unknown:
         raise CatalogError(f"product {code}: cannot change {', '.join(unknown)}")
     values = {k: (v or None) if k in ("allowed_mccs", "allowed_groups") else v for k, v in changes.items()}
-    for k in ("allowed_mccs",):
-        for mcc in values.get(k) or []:
-            if not (len(mcc) == 4 and mcc.isdigit()):
-                raise CatalogError(f"product {code}: MCC {mcc!r} is 4 digits")
+    for mcc in values.get("allowed_mccs") or []:
+        if not (len(mcc) == 4 and mcc.isdigit()):
+            raise CatalogError(f"product {code}: MCC {mcc!r} is 4 digits")
     async with conn.transaction():
         row = await conn.fetchrow("SELECT * FROM products WHERE code = $1 FOR UPDATE", code)
         if row is None:
