@@ -361,14 +361,9 @@ async def route_detail(conn: Any, route_id: int) -> dict[str, Any]:
     found["overlapping"] = [
         dict(r)
         for r in rows
-        if r["id"] != route_id and _overlap(me, Route(r["bin_low"], r["bin_high"], r["link"], r["id"]))
+        if r["id"] != route_id and me.overlaps(Route(r["bin_low"], r["bin_high"], r["link"], r["id"]))
     ]
     return found
-
-
-def _overlap(a: Route, b: Route) -> bool:
-    n = min(len(a.bin_low), len(b.bin_low))
-    return a.bin_low[:n] <= b.bin_high[:n] and b.bin_low[:n] <= a.bin_high[:n]
 
 
 async def remove_route(conn: Any, route_id: int, *, yes: bool = False) -> dict[str, Any]:

@@ -40,6 +40,11 @@ class Route:
         inside = self.bin_low <= other.bin_low[:n] and other.bin_high[:n] <= self.bin_high
         return n <= len(other.bin_low) and inside
 
+    def overlaps(self, other: Route) -> bool:
+        """Some PAN matches both routes (which one it takes: :meth:`RoutingTable.route`)."""
+        n = min(len(self.bin_low), len(other.bin_low))
+        return self.bin_low[:n] <= other.bin_high[:n] and other.bin_low[:n] <= self.bin_high[:n]
+
 
 class RoutingTable:
     def __init__(self, routes: list[Route]) -> None:
