@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import getpass
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
@@ -23,23 +21,11 @@ from host.clearing import (
     last_closed_business_date,
 )
 from ops.cli import AppContext, pass_app
-from ops.db import connect, database_url
+from ops.db import with_connection
 from ops.localtime import format_local, iso_local
 from ops.money import format_money, money_json
 
-T = TypeVar("T")
 DATE = click.DateTime(["%Y-%m-%d", "%Y%m%d"])
-
-
-def _db(app: AppContext, work: Callable[[Any], Awaitable[T]]) -> T:
-    async def go() -> T:
-        conn = await connect(database_url(app.config))
-        try:
-            return await work(conn)
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
 
 
 def operator() -> str:
@@ -78,7 +64,7 @@ def emit_cmd(app: AppContext, business_date: datetime | None, sequence: int, dir
                           sequence=sequence)
 
     try:
-        r = _db(app, work)
+        r = with_connection(app.config, work)
     except BeforeProgramme as exc:  # nothing to write: said so, not an error
         app.emit({"path": None, "written": False, "reason": str(exc)}, str(exc))
         return
@@ -119,7 +105,7 @@ def close_day_cmd(app: AppContext, business_date: datetime | None) -> None:
                                business_date=business_date.date() if business_date else None)
 
     try:
-        r = _db(app, work)
+        r = with_connection(app.config, work)
     except CloseDayError as exc:
         raise click.ClickException(str(exc)) from None
     nxt = r.business_date + timedelta(days=1)

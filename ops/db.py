@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -34,6 +36,23 @@ async def connect(url: str) -> Any:
         return await asyncpg.connect(url)
     except (OSError, asyncpg.PostgresError) as exc:
         raise DatabaseUnavailable(f"cannot connect to the database: {exc}") from None
+
+
+T = TypeVar("T")
+
+
+def with_connection(config: Config, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``work(conn)`` on one asyncpg connection to the configured database, closed afterwards: the
+    one-shot database call of a CLI command (asyncio; the services use ops.pgpool)."""
+
+    async def go() -> T:
+        conn = await connect(database_url(config))
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
 
 
 async def ensure_database(server_url: str, name: str, template: str | None = None) -> bool:

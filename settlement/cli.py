@@ -5,7 +5,6 @@ Operator mistakes and bad files end in one line on stderr and a non-zero exit st
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -19,7 +18,7 @@ import click
 
 from ops.cli import AppContext, pass_app
 from ops.config import Config
-from ops.db import connect, database_url
+from ops.db import with_connection
 from ops.files import write_text_atomic
 from ops.localtime import format_local, iso_local
 from ops.money import AMOUNT_OR_ZERO, format_money, money_json
@@ -45,15 +44,8 @@ SHOWN = 20  # payout / carry lines in the human summary; --json has them all
 
 
 def _db(app: AppContext, work: Callable[[Any], Awaitable[T]]) -> T:
-    async def go() -> T:
-        conn = await connect(database_url(app.config))
-        try:
-            return await work(conn)
-        finally:
-            await conn.close()
-
     try:
-        return asyncio.run(go())
+        return with_connection(app.config, work)
     except SettlementError as exc:
         raise click.ClickException(str(exc)) from None
     except asyncpg.UndefinedTableError as exc:
