@@ -8,7 +8,6 @@ one line and exit 1.
 
 
 import dataclasses
-import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -119,33 +118,17 @@ def _state_command(name: str, target: str, help_text: str) -> None:
             if name == "activate":
                 from host.issue import activate_card
 
-                info = await pool.run(catalog.card_info, cid)
-                old = info["state"]
-                if old != "inventory":
-                    raise CatalogError(f"card {cid} is {old}: only an inventory card can be activated")
-                _not_past_expiry(cid, info["expiry"], "be activated", business_today(app.config))
-                await activate_card(pool, cid)
-                return cid, old, "active"
-            if name == "unfreeze":
-                info = await pool.run(catalog.card_info, cid)
-                old = info["state"]
-                if old != "frozen":
-                    raise CatalogError(f"card {cid} is {old}, not frozen")
-                _not_past_expiry(cid, info["expiry"], "be unfrozen", business_today(app.config))
-            old, new = await pool.run(catalog.set_card_state, cid, target)
+                await activate_card(pool, cid, business_today(app.config))
+                return cid, "inventory", "active"
+            today = business_today(app.config) if name == "unfreeze" else None
+            action = "unfreeze" if name == "unfreeze" else None
+            old, new = await pool.run(
+                lambda conn: catalog.set_card_state(conn, cid, target, action=action, today=today)
+            )
             return cid, old, new
 
         cid, old, new = _run(app, work, hsm=directory.needs_hsm(card_ref))
         app.emit({"card_id": cid, "from": old, "to": new}, f"card {cid}: {old} -> {new}")
-
-
-def _not_past_expiry(card_id: int, expiry: str, action: str, today: dt.date) -> None:
-    """A card past its expiry month (on business date ``today``) is not made active again (it would
-    only answer 54)."""
-    from host.rules import yymm
-
-    if expiry < yymm(today):
-        raise CatalogError(f"card {card_id} is past its expiry {expiry}: it cannot {action}")
 
 
 _state_command("activate", "active", "Activate an inventory card (gift cards get their face value).")

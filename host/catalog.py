@@ -10,7 +10,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from host.rules import TRANSITIONS
+from host.rules import TRANSITIONS, yymm
 
 
 class CatalogError(Exception):
@@ -276,12 +276,35 @@ async def card_info(conn: Any, card_id: int) -> dict[str, Any]:
     return dict(row)
 
 
-async def set_card_state(conn: Any, card_id: int, new_state: str) -> tuple[str, str]:
-    """Move a card along its state machine (host.rules.TRANSITIONS); returns (old, new)."""
+# What an operator's `activate` / `unfreeze` asks of the card before it becomes active: the state it
+# must be in, the words when it is not, and that it is not past its expiry month (it would only answer
+# 54). Checked under the card's row lock, in the transaction that changes the state.
+_MAKES_ACTIVE = {
+    "activate": (
+        "inventory", "card {card} is {old}: only an inventory card can be activated", "be activated"
+    ),
+    "unfreeze": ("frozen", "card {card} is {old}, not frozen", "be unfrozen"),
+}
+
+
+async def set_card_state(
+    conn: Any, card_id: int, new_state: str, *, action: str | None = None, today: dt.date | None = None
+) -> tuple[str, str]:
+    """Move a card along its state machine (host.rules.TRANSITIONS); returns (old, new).
+
+    ``action`` ("activate" or "unfreeze", with the business date ``today``): the operator's command,
+    whose preconditions (_MAKES_ACTIVE) are checked under the same row lock."""
     async with conn.transaction():
-        old = await conn.fetchval("SELECT state FROM cards WHERE id = $1 FOR UPDATE", card_id)
-        if old is None:
+        row = await conn.fetchrow("SELECT state, expiry FROM cards WHERE id = $1 FOR UPDATE", card_id)
+        if row is None:
             raise CatalogError(f"no card {card_id}")
+        old = row["state"]
+        if action is not None:
+            required, refusal, verb = _MAKES_ACTIVE[action]
+            if old != required:
+                raise CatalogError(refusal.format(card=card_id, old=old))
+            if today is not None and row["expiry"] < yymm(today):
+                raise CatalogError(f"card {card_id} is past its expiry {row['expiry']}: it cannot {verb}")
         if new_state not in TRANSITIONS[old]:
             raise CatalogError(f"card {card_id} is {old}: cannot become {new_state}")
         await conn.execute(

@@ -216,9 +216,12 @@ def write_mailer(
     return path
 
 
-async def activate_card(pool: Any, card_id: int) -> None:
-    """inventory -> active; a fixed-amount (gift) card is loaded with its face value on activation."""
-    await pool.run(catalog.set_card_state, card_id, "active")
+async def activate_card(pool: Any, card_id: int, today: dt.date | None = None) -> None:
+    """inventory -> active; a fixed-amount (gift) card is loaded with its face value on activation.
+    ``today`` (the business date): refused for a card that is not in inventory or is past its expiry."""
+    await pool.run(
+        lambda conn: catalog.set_card_state(conn, card_id, "active", action="activate", today=today)
+    )
     info = await pool.run(_face_value, card_id)
     if info:
         from host.admin import admin_load
