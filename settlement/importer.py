@@ -21,6 +21,7 @@ from typing import Any, Final
 
 import asyncpg
 
+from ops.money import DEFAULT_CURRENCY
 from settlement.errors import SettlementError
 from settlement.fees import BP, FeeSchedule, applicable_fee, split_exact, transaction_fee
 from settlement.schedules import schedules_in_force
@@ -50,7 +51,7 @@ class ImportResult:
     total_credit: int = 0
     merchant_fee: int = 0
     accruals: int = 0
-    currency: str = "156"  # the file header's (ISO 4217 numeric)
+    currency: str = DEFAULT_CURRENCY  # the file header's (ISO 4217 numeric)
 
 
 def file_sha256(path: Path) -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from ops.money import DEFAULT_CURRENCY
 from settlement.cashouts import CashOut, pay_cash_outs, unpaid_cash_outs
 from settlement.cycles import Cycle, closed_early_on, settlement_date
 from settlement.importer import _LOCK_ID
@@ -32,7 +33,7 @@ class Payout:
     fee: int
     net: int
     business_dates: tuple[date, ...]
-    currency: str = "156"  # the merchant's in the host ledger (ISO 4217 numeric)
+    currency: str = DEFAULT_CURRENCY  # the merchant's in the host ledger (ISO 4217 numeric)
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class RunResult:
 
     @property
     def currency(self) -> str:
-        return self.payouts[0].currency if self.payouts else "156"
+        return self.payouts[0].currency if self.payouts else DEFAULT_CURRENCY
 
 
 def payout_reference(run_id: int, merchant_id: str) -> str:
@@ -88,15 +89,14 @@ async def run_settlement(conn: Any, as_of: date, default_cycle: Cycle, *, cutove
         for merchant, rows in by_merchant.items():
             cycle = settings[merchant][0] if merchant in settings else default_cycle
 
-            def due_on(r: Any, cycle: Cycle = cycle) -> date:
-                early = (closed_early_on(r["business_date"], r["closed_at"], cutover, timezone)
-                         if cutover and timezone else None)
-                return settlement_date(r["business_date"], cycle, early)
-
-            due = [r for r in rows if due_on(r) <= as_of]
-            later = [r for r in rows if due_on(r) > as_of]
+            due_on = {r["business_date"]: settlement_date(  # one row per business date
+                r["business_date"], cycle,
+                closed_early_on(r["business_date"], r["closed_at"], cutover, timezone)
+                if cutover and timezone else None) for r in rows}
+            due = [r for r in rows if due_on[r["business_date"]] <= as_of]
+            later = [r for r in rows if due_on[r["business_date"]] > as_of]
             if later:
-                next_due = min(due_on(r) for r in later)
+                next_due = min(due_on[r["business_date"]] for r in later)
                 result.carried.append(Carried(
                     merchant, f"{len(later)} business date(s) not due until {next_due} ({cycle})",
                     sum(r["gross"] for r in later), sum(r["fee"] for r in later)))

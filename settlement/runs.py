@@ -13,12 +13,13 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Final
 
+from ops.money import DEFAULT_CURRENCY
 from settlement.errors import SettlementError
 from settlement.reports import safe_name
 
 DEFAULT_LIMIT: Final = 50
 MAX_LIMIT: Final = 1000
-FALLBACK_CURRENCY: Final = "156"  # a run whose payouts have no ledger row (paid before host 0004)
+FALLBACK_CURRENCY: Final = DEFAULT_CURRENCY  # a run whose payouts have no ledger row (paid before host 0004)
 
 
 @dataclass(frozen=True)
