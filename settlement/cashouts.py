@@ -28,6 +28,11 @@ from settlement.postings import AccountCache, Leg, account_of, insert_transfers
 
 UNLOAD_PREFIX = "unload:"
 
+
+def payee(card_id: int) -> str:
+    """The payout file's account of a cash-out: the cardholder of the card unloaded."""
+    return f"cardholder:card:{card_id}"
+
 _UNPAID_SQL = """
 SELECT u.key, u.card_id, c.pan_masked, u.currency, u.amount, u.credit_account_id, u.created_at
 FROM transfers u JOIN cards c ON c.id = u.card_id
@@ -50,10 +55,6 @@ class CashOut:
     def reference(self) -> str:
         """The operator's reference of the unload (`card unload --reference`)."""
         return self.unload_key.removeprefix(UNLOAD_PREFIX)
-
-    @property
-    def payee(self) -> str:
-        return f"cardholder:card:{self.card_id}"
 
 
 async def unpaid_cash_outs(conn: Any) -> list[CashOut]:

@@ -26,7 +26,7 @@ from typing import Any
 
 from ops.files import write_text_atomic
 from ops.localtime import format_local
-from settlement.cashouts import run_cash_outs
+from settlement.cashouts import payee, run_cash_outs
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ async def write_run_outputs(
     payout_rows += [[p["reference"], p["merchant_id"], p["payout_account"], p["net"], run["as_of"]]
                     for p in payouts]
     cash_outs = await run_cash_outs(conn, run_id)  # to cardholders: the unload's reference, no merchant
-    payout_rows += [[c["reference"], "", f"cardholder:card:{c['card_id']}", c["amount"], run["as_of"]]
+    payout_rows += [[c["reference"], "", payee(c["card_id"]), c["amount"], run["as_of"]]
                     for c in cash_outs]
     written.append(folder / f"payouts_{run_id}.csv")
     write_text_atomic(written[-1], _csv(payout_rows))
