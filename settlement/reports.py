@@ -26,6 +26,7 @@ from typing import Any
 
 from ops.files import write_text_atomic
 from ops.localtime import format_local
+from ops.money import format_amount as money  # minor units for people; files keep integers
 from settlement.cashouts import payee, run_cash_outs
 
 
@@ -47,12 +48,6 @@ class StoreLine:
     @property
     def net(self) -> int:
         return self.gross - self.fee
-
-
-def money(minor: int) -> str:
-    """Minor units as a decimal string (2 places) for people; files keep integers."""
-    sign = "-" if minor < 0 else ""
-    return f"{sign}{abs(minor) // 100:,}.{abs(minor) % 100:02d}"
 
 
 def safe_name(merchant_id: str) -> str:
