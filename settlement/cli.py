@@ -29,7 +29,7 @@ from settlement.importer import ImportResult, import_file
 from settlement.postings import check_postings
 from settlement.reports import write_run_outputs
 from settlement.run import RunResult, run_settlement
-from settlement.runs import RunRow, list_runs, show_run
+from settlement.runs import DEFAULT_LIMIT, MAX_LIMIT, RunRow, list_runs, show_run
 from settlement.schedules import (
     FeeInForce,
     add_fee_schedule,
@@ -296,7 +296,8 @@ def _run_dict(r: RunRow, tz: str) -> dict[str, Any]:
               help="Runs as of this date or earlier.")
 @click.option("--after", type=click.IntRange(0), default=None, metavar="CURSOR",
               help="Start after this cursor (printed by the page before).")
-@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True, help="Runs per page.")
+@click.option("--limit", type=click.IntRange(1, MAX_LIMIT), default=DEFAULT_LIMIT, show_default=True,
+              help="Runs per page.")
 @pass_app
 def run_list(app: AppContext, since: datetime | None, until: datetime | None, after: int | None,
              limit: int) -> None:
