@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
-from ops.localtime import format_local
+from ops.localtime import format_local, year_nearest
 from specs.clearing import (
     ClearingFormatError,
     ClearingWriter,
@@ -102,19 +102,7 @@ def flat_fee(amount: int, bps: int) -> int:
 
 def terminal_local_time(mmddhhmmss: str, posted_at: datetime, zone: ZoneInfo) -> datetime | None:
     """DE13 + DE12 (MMDDhhmmss) as a full local date-time, the year taken nearest the posting time."""
-    if len(mmddhhmmss) != 10 or not mmddhhmmss.isascii() or not mmddhhmmss.isdigit():
-        return None
-    near = posted_at.astimezone(zone).replace(tzinfo=None)
-    best: datetime | None = None
-    for year in (near.year - 1, near.year, near.year + 1):
-        try:
-            candidate = datetime(year, int(mmddhhmmss[:2]), int(mmddhhmmss[2:4]), int(mmddhhmmss[4:6]),
-                                 int(mmddhhmmss[6:8]), int(mmddhhmmss[8:10]))
-        except ValueError:
-            continue
-        if best is None or abs(candidate - near) < abs(best - near):
-            best = candidate
-    return best
+    return year_nearest(mmddhhmmss, posted_at.astimezone(zone).replace(tzinfo=None))
 
 
 def _detail(r: Any, zone: ZoneInfo) -> Detail:

@@ -30,3 +30,22 @@ def iso_local(instant: datetime | None, timezone: str) -> str | None:
     if instant.tzinfo is None:
         instant = instant.replace(tzinfo=UTC)
     return instant.astimezone(ZoneInfo(timezone)).isoformat(timespec="seconds")
+
+
+def year_nearest(mmddhhmmss: str, near: datetime) -> datetime | None:
+    """``MMDDhhmmss`` (ISO 8583 DE7, or DE13 + DE12: a time without its year) in the year that puts it
+    nearest ``near`` (same zone, naive or aware alike); None when it is not such a time (29 February
+    of a year without one counts as not). The one rule for the switch's DE7, the clearing file's
+    terminal time and the simulator's receipt."""
+    if len(mmddhhmmss) != 10 or not mmddhhmmss.isascii() or not mmddhhmmss.isdigit():
+        return None
+    month, day, hour, minute, second = (int(mmddhhmmss[i : i + 2]) for i in range(0, 10, 2))
+    best: datetime | None = None
+    for year in (near.year - 1, near.year, near.year + 1):
+        try:
+            candidate = datetime(year, month, day, hour, minute, second, tzinfo=near.tzinfo)
+        except ValueError:
+            continue
+        if best is None or abs(candidate - near) < abs(best - near):
+            best = candidate
+    return best

@@ -14,6 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from hsm_sim.client import account_from_pan
+from ops.localtime import year_nearest
 from specs.catalogue import answer_mti
 
 Message = dict[str, Any]
@@ -207,20 +208,10 @@ def local_time_of(de7: str, now: float | None = None) -> tuple[str, str] | None:
     time :func:`local_time` gives: the terminal local time of a request the switch sent with that DE7
     (``pos_to_h2h`` takes both from one clock reading), so its reversal carries the original's (the H2H
     contract: DE12/13 are the local time at the terminal). None for a DE7 that is not one."""
-    if len(de7) != 10 or not de7.isascii() or not de7.isdigit():
-        return None
     reference = time.time() if now is None else now
-    year = time.gmtime(reference).tm_year
-    best: float | None = None
-    for candidate in (year - 1, year, year + 1):
-        try:
-            moment = datetime(candidate, int(de7[:2]), int(de7[2:4]), int(de7[4:6]), int(de7[6:8]),
-                              int(de7[8:10]), tzinfo=UTC).timestamp()
-        except ValueError:  # 29 February of another year, or not a date at all
-            continue
-        if best is None or abs(moment - reference) < abs(best - reference):
-            best = moment
-    return None if best is None else local_time(best)  # the zone and clock of the original's DE12/13
+    best = year_nearest(de7, datetime.fromtimestamp(reference, UTC))
+    # in the zone and clock the original's DE12/13 were made with
+    return None if best is None else local_time(best.timestamp())
 
 
 def rrn(stan: int, now: float | None = None) -> str:
