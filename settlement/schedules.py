@@ -10,8 +10,6 @@ from settlement.cycles import Cycle
 from settlement.errors import SettlementError
 from settlement.fees import DEFAULT_MERCHANT, AppliedFee, FeeSchedule, applicable_fee
 
-__all__ = ["DEFAULT_MERCHANT"]  # kept importable from here
-
 _COLUMNS = ("merchant_id, version, effective_from, rate_bp, fixed_fee, min_fee, max_fee, refund_rule, "
             "issuer_share_bp, acquirer_share_bp, platform_share_bp")
 
