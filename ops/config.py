@@ -204,12 +204,14 @@ def _writable(path: Path, *, folder: bool) -> str | None:
 
 FOLDER = Rule("a folder that exists and is writable, or can be created", _folder)
 FILE = Rule("a file whose folder exists and is writable, or can be created", _file)
+# database.data_dir is a FOLDER only when database.url is empty: judged in _across, not per key.
+DATA_DIR = Rule(FOLDER.words, lambda value: None)
 
 
 @dataclass(frozen=True)
 class DatabaseConfig:
     url: str = setting("PostgreSQL URL; empty means the embedded cluster", rule=DB_URL)
-    data_dir: str = setting("embedded cluster data folder", rule=FOLDER)
+    data_dir: str = setting("embedded cluster data folder", rule=DATA_DIR)
     name: str = setting("database name in the embedded cluster", rule=DB_NAME)
     pool_min: int = setting("minimum pool connections", min=1, max=100)
     pool_max: int = setting("maximum pool connections", min=1, max=500)
@@ -573,7 +575,7 @@ def _check(dotted: str, raw: Any, kind: Any, meta: Mapping[str, Any]) -> Any:
     if meta["choices"] is not None and value not in meta["choices"]:
         raise ConfigError(f"config {dotted} = {shown}: allowed values are {', '.join(meta['choices'])}")
     rule: Rule | None = meta["rule"]
-    if rule is not None and dotted != "database.data_dir":  # that one only matters without a URL
+    if rule is not None:
         why = rule.test(value)
         if why is not None:
             purpose = f" ({meta['help']})" if rule in (FOLDER, FILE) else ""
