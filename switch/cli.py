@@ -8,7 +8,6 @@ switch never sees a clear key. Changes to links and routes reach a running switc
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, TypeVar
@@ -16,7 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from ops.cli import AppContext, configure_logging, pass_app
-from ops.db import connect, database_url
+from ops.db import database_url, with_connection
 from ops.localtime import format_local, iso_local
 from ops.logs import get_logger
 from ops.money import format_money, money_json
@@ -34,17 +33,8 @@ def switch() -> None:
 
 def _db(app: AppContext, work: Callable[[Any], Awaitable[T]]) -> T:
     """Run ``work(conn)`` (a switch/admin.py function); its refusal is the command's one line."""
-    url = database_url(app.config)
-
-    async def main() -> T:
-        conn = await connect(url)
-        try:
-            return await work(conn)
-        finally:
-            await conn.close()
-
     try:
-        return asyncio.run(main())
+        return with_connection(app.config, work)
     except admin.SwitchAdminError as exc:
         raise click.ClickException(str(exc)) from None
 
