@@ -14,6 +14,9 @@ Keys (all under the LMK, in the ``host_keys`` table, created on first use by ``e
 - ``mailer`` (data key, 00A, 3DES) and ``mailer_sm4`` (data key, 00A, SM4): encrypt the PAN in the
   PIN-mailer file for the card producer (the file also carries the PIN under the LMK as JA returns it;
   see host.issue). The producer gets the key of its scheme under its ZMK (A8 / ST, host.producers).
+- ``pii_index`` (TAK, 003) and ``pii_data`` (data key, 00A): the same two roles for a cardholder's ID
+  number, phone, e-mail and bank account (host.pii). Keys of their own, so a PAN hash and a phone hash
+  never share a key.
 """
 
 from __future__ import annotations
@@ -26,7 +29,15 @@ from hsm_sim.client import HsmClient, account_from_pan
 
 HASH_CACHE_LIMIT = 2_000_000  # about 250 MB at most; a clear costs one HSM call per PAN again
 
-KEY_TYPES = {"pan_index": "003", "pan_data": "00A", "pvk": "002", "mailer": "00A", "mailer_sm4": "00A"}
+KEY_TYPES = {
+    "pan_index": "003",
+    "pan_data": "00A",
+    "pvk": "002",
+    "mailer": "00A",
+    "mailer_sm4": "00A",
+    "pii_index": "003",
+    "pii_data": "00A",
+}
 SM4_KEYS = frozenset({"mailer_sm4"})  # generated with WI (``S`` key); the others with A0 (``U``)
 
 
@@ -37,6 +48,8 @@ class IssuerKeys:
     pvk: str
     mailer: str
     mailer_sm4: str
+    pii_index: str  # keyed hash of personal data (host.pii), as pan_index is of PANs
+    pii_data: str  # personal data at rest (host.pii), as pan_data is the PAN's
 
 
 async def generate_missing(
