@@ -10,7 +10,9 @@
 --   CLI), when and why.
 -- * card_events (append-only): every card state change (inventory audit), with who and why.
 -- * cards: cardholder_id (NULL = anonymous, e.g. a gift card), form (physical / virtual),
---   replaced_by (the card that replaced it: host.replace).
+--   replaced_by (the card that replaced it: host.replace), pin_lmk (the PIN under the LMK, `L`+32H, as
+--   the HSM's JA / BA return it: never clear; a renewal onto a new PAN keeps the PIN by DG of it for
+--   the new account, since a PVV cannot be carried to another PAN; NULL on cards issued before).
 -- * products: form of its cards; issue_tier (the KYC tier a cardholder needs for a card to be issued to
 --   them); the maximum balance per tier, PBOC defaults (unnamed 1,000 yuan, named 5,000 yuan), each
 --   capped by the product's own max_balance. Products that exist before this migration keep their
@@ -89,7 +91,8 @@ CREATE TRIGGER card_events_append_only BEFORE UPDATE OR DELETE ON card_events
 ALTER TABLE cards
     ADD COLUMN cardholder_id bigint REFERENCES cardholders (id),
     ADD COLUMN form          text   NOT NULL DEFAULT 'physical' CHECK (form IN ('physical', 'virtual')),
-    ADD COLUMN replaced_by   bigint REFERENCES cards (id);
+    ADD COLUMN replaced_by   bigint REFERENCES cards (id),
+    ADD COLUMN pin_lmk       text   CHECK (pin_lmk ~ '^L[0-9A-F]{32}$');
 CREATE INDEX cards_cardholder ON cards (cardholder_id) WHERE cardholder_id IS NOT NULL;
 
 ALTER TABLE products
