@@ -34,6 +34,36 @@ class ProductSpec:
     pin_scheme: str = "3des"
     allowed_mccs: list[str] | None = None
     allowed_groups: list[str] | None = None
+    # KYC (issue 16 item 2): the tier a cardholder needs for a card to be issued to them, and the most a
+    # card of each tier holds; None: the PBOC default (TIER_DEFAULTS) capped by max_balance.
+    issue_tier: str = "anonymous"
+    max_balance_anonymous: int | None = None
+    max_balance_named: int | None = None
+    max_balance_verified: int | None = None
+
+
+# The PBOC prepaid-card rules: an unnamed card holds at most 1,000 yuan, a named one 5,000 yuan.
+TIER_DEFAULTS = {"anonymous": 100_000, "named": 500_000, "verified": 500_000}
+TIER_COLUMNS = tuple(f"max_balance_{t}" for t in TIER_DEFAULTS)
+
+
+def tier_caps(spec: ProductSpec) -> dict[str, int]:
+    """The product's max_balance_<tier> columns: given values (refused above max_balance, which caps
+    them anyway), else the PBOC default capped by max_balance."""
+    if spec.issue_tier not in TIER_DEFAULTS:
+        raise CatalogError(
+            f"product {spec.code}: issue tier {spec.issue_tier!r}: one of {', '.join(TIER_DEFAULTS)}"
+        )
+    out = {}
+    for tier, default in TIER_DEFAULTS.items():
+        given: int | None = getattr(spec, f"max_balance_{tier}")
+        if given is not None and not 0 < given <= spec.max_balance:
+            raise CatalogError(
+                f"product {spec.code}: the {tier} maximum balance must be above 0 and at most the"
+                " product's max balance"
+            )
+        out[f"max_balance_{tier}"] = given if given is not None else min(default, spec.max_balance)
+    return out
 
 
 async def partitions(conn: Any) -> int:
@@ -71,9 +101,27 @@ async def add_product(conn: Any, spec: ProductSpec, bin_prefix: str, pan_length:
                 pan_length,
                 pid,
             )
+            await _set_tiers(conn, pid, spec)
+        except CatalogError:
+            raise
         except Exception as exc:
             raise CatalogError(f"product {spec.code}: {_reason(exc)}") from None
         return pid
+
+
+async def _set_tiers(conn: Any, product_id: int, spec: ProductSpec) -> None:
+    """The new product's issue tier and per-tier maximum balances (its own statement: the INSERT above
+    keeps the columns every product has had)."""
+    caps = tier_caps(spec)
+    await conn.execute(
+        "UPDATE products SET issue_tier = $2, max_balance_anonymous = $3, max_balance_named = $4,"
+        " max_balance_verified = $5 WHERE id = $1",
+        product_id,
+        spec.issue_tier,
+        caps["max_balance_anonymous"],
+        caps["max_balance_named"],
+        caps["max_balance_verified"],
+    )
 
 
 async def product(conn: Any, code: str) -> dict[str, Any]:
@@ -201,6 +249,7 @@ class NewCard:
     pan_masked: str
     pvv: str
     part: int
+    pin_lmk: str | None = None  # the PIN under the LMK (JA / BA): a renewal keeps the PIN (host.replace)
 
 
 def expiry_for(today: dt.date, validity_months: int) -> str:
@@ -215,8 +264,10 @@ async def insert_cards(
     batch: str = "",
     state: str = "inventory",
     today: dt.date | None = None,
+    actor: str | None = None,
 ) -> list[int]:
-    """Card rows and their accounts in one transaction. Fixed-amount cards are loaded at activation."""
+    """Card rows and their accounts in one transaction. Fixed-amount cards are loaded at activation.
+    Each card's issue is its first card_events row (NULL -> ``state``), by ``actor`` (default: the CLI's)."""
     p = await product(conn, product_code)
     expiry = expiry_for(today or dt.datetime.now(dt.UTC).date(), p["validity_months"])
     async with conn.transaction():
@@ -451,6 +502,10 @@ PRODUCT_UPDATABLE = (
     "pin_required",
     "allowed_mccs",
     "allowed_groups",
+    "issue_tier",
+    "max_balance_anonymous",
+    "max_balance_named",
+    "max_balance_verified",
 )
 
 
@@ -471,6 +526,7 @@ async def update_product(conn: Any, code: str, changes: dict[str, Any]) -> dict[
         row = await conn.fetchrow("SELECT * FROM products WHERE code = $1 FOR UPDATE", code)
         if row is None:
             raise CatalogError(f"no product {code} (`payswitch product list` shows them)")
+        _check_tier_changes(code, row, values)
         changed = {k: (row[k], v) for k, v in values.items() if row[k] != v}
         if not changed:
             return {}
@@ -482,6 +538,21 @@ async def update_product(conn: Any, code: str, changes: dict[str, Any]) -> dict[
         except Exception as exc:
             raise CatalogError(f"product {code}: {_reason(exc)}") from None
     return changed
+
+
+def _check_tier_changes(code: str, row: Any, values: dict[str, Any]) -> None:
+    """A KYC change of `product update`: a known issue tier, a tier maximum above 0 and not above the
+    product's max balance (as it will be after the update)."""
+    tier = values.get("issue_tier")
+    if tier is not None and tier not in TIER_DEFAULTS:
+        raise CatalogError(f"product {code}: issue tier {tier!r}: one of {', '.join(TIER_DEFAULTS)}")
+    cap = values.get("max_balance", row["max_balance"])
+    for col in TIER_COLUMNS:
+        if col in values and not 0 < values[col] <= cap:
+            raise CatalogError(
+                f"product {code}: --{col.replace('_', '-')} must be above 0 and at most the product's"
+                " max balance"
+            )
 
 
 # Merchant states: active <-> suspended, either -> closed; a closed merchant never reopens. The host

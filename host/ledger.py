@@ -34,7 +34,7 @@ from typing import Any
 
 import asyncpg
 
-from host import rules
+from host import kyc, rules
 from host.business_day import BusinessDay, utc_now
 from host.model import (
     FINANCIAL,
@@ -447,6 +447,8 @@ class Ledger:
                 c["debits_posted"],
                 c["credits_pending"],
                 c["credits_posted"],
+                tier=c["tier"],
+                tier_max_balance=c["tier_max_balance"],
             )
 
     # -- deciding -------------------------------------------------------------------------------
@@ -964,8 +966,10 @@ SELECT
         SELECT c.id, c.account_id, c.state, c.expiry, c.part, c.uses_left, c.pin_tries, a.day, a.day_amount,
                a.day_count, a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted,
                p.id AS product_id, p.code, p.kind, p.currency, p.max_balance, p.per_txn_limit,
-               p.daily_amount_limit, p.daily_count_limit, p.pin_required, p.allowed_mccs, p.allowed_groups
+               p.daily_amount_limit, p.daily_count_limit, p.pin_required, p.allowed_mccs, p.allowed_groups,
+               """ + kyc.TIER_COLUMNS + """
         FROM cards c JOIN accounts a ON a.id = c.account_id JOIN products p ON p.id = c.product_id
+            LEFT JOIN cardholders h ON h.id = c.cardholder_id
         WHERE c.id = ANY($2::bigint[]) ORDER BY c.id FOR NO KEY UPDATE OF a
     ) l) AS cards
 """

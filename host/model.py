@@ -166,6 +166,11 @@ class CardState:
     credits_posted: int
     card_dirty: bool = False  # PIN tries or uses left changed (the cards row)
     counters_dirty: bool = False  # the day's amount or count changed (the account row)
+    # The KYC tier that decides the card's balance cap (host.kyc: its cardholder's kyc_level, anonymous
+    # without one or under AML review) and the product's maximum balance for that tier; None: no tier
+    # cap (a CardState made without one, as rule tests do).
+    tier: str = "anonymous"
+    tier_max_balance: int | None = None
 
     @property
     def balance(self) -> int:

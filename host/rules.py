@@ -18,6 +18,10 @@ amount                   zero or negative: 13
 product restrictions     MCC or merchant group not allowed: 57; top-up of a fixed-amount card: 57
 limits                   per-transaction or daily amount: 61; daily count or no uses left: 65
 funds                    available balance below the amount: 51; top-up above max balance: 61
+KYC tier                 top-up or load above the tier's maximum balance (the product's
+                         max_balance_<tier> for the cardholder's kyc_level; anonymous without a
+                         cardholder or under AML review), when lower than max balance: 61
+                         ``tier_max_balance``
 =======================  =====================================================================
 """
 
@@ -58,6 +62,7 @@ REASONS: dict[str, Reason] = {
     "daily_count_limit": Reason(Rc.FREQUENCY_LIMIT, "daily count limit reached"),
     "no_uses_left": Reason(Rc.FREQUENCY_LIMIT, "no uses left on the card"),
     "max_balance": Reason(Rc.AMOUNT_LIMIT, "the top-up would exceed the maximum balance"),
+    "tier_max_balance": Reason(Rc.AMOUNT_LIMIT, "the load would exceed the card's KYC tier maximum balance"),
     "insufficient_funds": Reason(Rc.INSUFFICIENT_FUNDS, "insufficient funds"),
     "merchant_unknown": Reason(Rc.INVALID_MERCHANT, "merchant not known to the host"),
     "merchant_suspended": Reason(Rc.INVALID_MERCHANT, "merchant suspended"),
@@ -201,6 +206,11 @@ def count_use(card: CardState, amount: int) -> None:
 def check_topup(card: CardState, amount: int) -> str | None:
     if card.product.kind == "fixed_amount":
         return "topup_fixed_amount"
+    # The effective cap is the lower of the product's own and its KYC tier's (issue 16 item 2); the
+    # reason names the one that binds, so an operator knows whether a KYC upgrade would help.
+    tier_cap = card.tier_max_balance
+    if tier_cap is not None and tier_cap < card.product.max_balance:
+        return "tier_max_balance" if card.balance + amount > tier_cap else None
     if card.balance + amount > card.product.max_balance:
         return "max_balance"
     return None
