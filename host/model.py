@@ -24,6 +24,7 @@ class Txn(StrEnum):
     ADMIN_LOAD = "admin_load"  # `payswitch card load`, not a network request
     ADMIN_UNLOAD = "admin_unload"  # `payswitch card unload`: card -> cash-out payable
     FORFEIT = "forfeit"  # `payswitch card close --forfeit`: card -> breakage income, card closed
+    REPLACEMENT = "replacement"  # `payswitch card replace`: old card -> new card (host.replace)
 
 
 # Transactions that must create exactly one transfer when approved.
@@ -106,6 +107,19 @@ class Request:
     original_rrn: str | None = None  # void, refund, completion, pre-auth void: DE37 of the original
     actual_amount: int | None = None  # partial reversal (DE95): what the original really came to
     hold_key: str | None = None  # sweeper: the pending transfer to expire
+    actor: str = ""  # an operator's request: who, for the card_events it writes (default: the CLI's)
+    replacing: Replacing | None = None  # Txn.REPLACEMENT: the new card and what becomes of the old one
+
+
+@dataclass(frozen=True)
+class Replacing:
+    """What a replacement request (host.replace) asks of the engine besides moving the money."""
+
+    new_card_id: int  # issued just before, in inventory, same product
+    old_to: str  # what the old card becomes: lost, stolen or closed
+    new_to: str  # inventory (a physical card, activated when it arrives) or active (virtual)
+    reason: str  # lost, stolen, damaged, expiring
+    states_from: tuple[str, ...]  # the old card's states the reason allows (checked under the lock)
 
 
 @dataclass
