@@ -203,6 +203,17 @@ def count_use(card: CardState, amount: int) -> None:
         card.card_dirty = True
 
 
+def carry_usage(old: CardState, new: CardState) -> None:
+    """A replacement (host.replace) hands what the old card has used to the new one, so a new PAN is
+    not a fresh set of limits: the day's amount and count (for the business date they are for) and a
+    usage-limited card's uses left. Window counters beyond the day are carried here too."""
+    new.day, new.day_amount, new.day_count = old.day, old.day_amount, old.day_count
+    new.counters_dirty = True
+    if old.uses_left is not None and new.uses_left != old.uses_left:
+        new.uses_left = old.uses_left
+        new.card_dirty = True
+
+
 def check_topup(card: CardState, amount: int) -> str | None:
     if card.product.kind == "fixed_amount":
         return "topup_fixed_amount"
