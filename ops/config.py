@@ -272,6 +272,9 @@ class HostConfig:
     allow_remote_no_mac: bool = setting(
         "accept a link declared `--no-mac` from a non-loopback peer (else answered 03)"
     )
+    payment_code_seconds: int = setting(
+        "how long a payment code (`card code`, host.payment_codes) can pay", min=1, max=3_600
+    )
 
 
 @dataclass(frozen=True)
