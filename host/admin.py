@@ -20,6 +20,15 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from host import card_events
+from host.bank_accounts import (
+    Destination,
+    To,
+    destination_for,
+    record_destination,
+    unload_destination,
+    unload_lock,
+)
 from host.catalog import CatalogError
 from host.ledger import Ledger
 from host.model import Decision, Rc, Request, Txn
@@ -66,6 +75,9 @@ class Unload:
     balance: int  # the card's balance after it
     held: int  # still held by pending pre-auths (not unloaded)
     duplicate: bool  # the reference had unloaded already: nothing moved now
+    # where settlement pays it, captured at the unload (host.bank_accounts); None: an unload made
+    # before host migration 0021, paid at the desk
+    destination: Destination | None = None
 
 
 @dataclass(frozen=True)
@@ -107,12 +119,37 @@ def _held_note(held: int, currency: str) -> str:
     return f" ({format_money(held, currency)} held by pending pre-auths stays until they resolve)"
 
 
-async def admin_unload(pool: Any, card_id: int, reference: str, amount: int | None = None) -> Unload:
+async def _post_unload(
+    conn: Any, req: Request, card_id: int, to: To | None
+) -> tuple[Decision, Destination]:
+    """Capture where the unload is paid, then post it, under the reference's lock: settlement pays
+    the destination of the moment of the unload (host.bank_accounts). A posting that does not make
+    the transfer takes its destination row away again (one left by a crash is replaced next time)."""
+    async with unload_lock(conn, req.key):
+        dest = await destination_for(conn, card_id, to)
+        await record_destination(conn, req.key, card_id, dest)
+        d: Decision = (await Ledger().post_batch(conn, [req]))[0]
+        if d.duplicate:  # posted before (its row was kept): report the destination it has
+            dest = await unload_destination(conn, req.key) or Destination("desk", dest.cardholder_id)
+        elif d.code != Rc.APPROVED:
+            await conn.execute(
+                "DELETE FROM unload_destinations WHERE unload_key = $1"
+                " AND NOT EXISTS (SELECT 1 FROM transfers WHERE key = $1)",
+                req.key,
+            )
+    return d, dest
+
+
+async def admin_unload(
+    pool: Any, card_id: int, reference: str, amount: int | None = None, *, to: To | None = None
+) -> Unload:
     """Move ``amount`` (default: all of the available balance) from the card to the cash-out payable.
 
     Idempotent by ``reference``: the same reference again returns the first unload (``duplicate``) and
-    moves nothing; the same reference with another card or amount is refused. Refused above the
-    available balance: money held by pending pre-auths cannot be unloaded until the hold resolves.
+    moves nothing; the same reference with another card, amount or ``to`` is refused. Refused above
+    the available balance: money held by pending pre-auths cannot be unloaded until the hold resolves.
+    ``to`` (host.bank_accounts): None pays to the cardholder's registered bank account when there is
+    one, else at the programme's desk; ``"bank"`` refuses without one; ``"desk"`` pays at the desk.
     """
     if not REFERENCE.fullmatch(reference):
         raise CatalogError("--reference: 1 to 64 of letters, digits and _ . : / -")
@@ -126,8 +163,17 @@ async def admin_unload(pool: Any, card_id: int, reference: str, amount: int | No
                 f"reference {reference} already unloaded {format_money(done['amount'], done['currency'])}"
                 f" from card {done['card_id']}: give another --reference"
             )
+        dest = await pool.run(unload_destination, key)
+        paid_to = "desk" if dest is None or dest.payee == "desk" else "bank"
+        if to is not None and to != paid_to:
+            where = "bank account" if paid_to == "bank" else "desk"
+            raise CatalogError(
+                f"reference {reference} already unloaded to the {where}:"
+                f" give another --reference for --to {to}"
+            )
         return Unload(
-            card_id, reference, done["amount"], done["currency"], money["balance"], money["held"], True
+            card_id, reference, done["amount"], done["currency"], money["balance"], money["held"], True,
+            dest,
         )
     available = money["balance"] - money["held"]
     if amount is None:
@@ -144,7 +190,7 @@ async def admin_unload(pool: Any, card_id: int, reference: str, amount: int | No
     req = Request(
         key=key, mti="0000", txn=Txn.ADMIN_UNLOAD, acquirer_id="admin", card_id=card_id, amount=amount
     )
-    d: Decision = (await pool.run(Ledger().post_batch, [req]))[0]
+    d, dest = await pool.run(_post_unload, req, card_id, to)
     if d.code != Rc.APPROVED:
         if d.code == Rc.DUPLICATE_TRANSMISSION:  # the same reference, committed meanwhile by another
             raise CatalogError(f"reference {reference} was used by another unload just now: give another")
@@ -153,7 +199,7 @@ async def admin_unload(pool: Any, card_id: int, reference: str, amount: int | No
             " changed meanwhile; see `payswitch card show` and run it again"
         )
     after = await pool.run(_card_money, card_id)
-    return Unload(card_id, reference, amount, cur, after["balance"], after["held"], d.duplicate)
+    return Unload(card_id, reference, amount, cur, after["balance"], after["held"], d.duplicate, dest)
 
 
 async def _close_if_empty(conn: Any, card_id: int) -> tuple[str, Any]:
@@ -168,6 +214,7 @@ async def _close_if_empty(conn: Any, card_id: int) -> tuple[str, Any]:
         if "closed" not in TRANSITIONS[row["state"]]:
             raise CatalogError(f"card {card_id} is closed already")
         await conn.execute("UPDATE cards SET state = 'closed', updated_at = now() WHERE id = $1", card_id)
+        await card_events.record(conn, card_id, row["state"], "closed", "close")
         return row["state"], row
 
 

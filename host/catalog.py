@@ -10,7 +10,10 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from host import card_events
+from host.kyc import card_tier
 from host.rules import TRANSITIONS, yymm
+from ops.actor import cli_actor
 
 
 class CatalogError(Exception):
@@ -282,10 +285,11 @@ async def insert_cards(
             rows = await conn.fetch(
                 """INSERT INTO cards (product_id, account_id, pan_hash, pan_enc, pan_masked, expiry, pvv,
                        state,
-                       part, uses_left, issue_batch)
-                   SELECT $1, a, h, e, m, $2, v, $3, pt, $4, $5
-                   FROM unnest($6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[], $11::smallint[])
-                        AS u(a, h, e, m, v, pt)
+                       part, uses_left, issue_batch, pin_lmk)
+                   SELECT $1, a, h, e, m, $2, v, $3, pt, $4, $5, pl
+                   FROM unnest($6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[], $11::smallint[],
+                               $12::text[])
+                        AS u(a, h, e, m, v, pt, pl)
                    RETURNING id""",
                 p["id"],
                 expiry,
@@ -298,9 +302,17 @@ async def insert_cards(
                 [c.pan_masked for c in cards],
                 [c.pvv for c in cards],
                 [c.part for c in cards],
+                [c.pin_lmk for c in cards],
             )
         except Exception as exc:
             raise CatalogError(f"cards: {_reason(exc)}") from None
+        await conn.execute(  # the inventory audit's first event of each card (host.card_events)
+            "INSERT INTO card_events (card_id, from_state, to_state, action, actor)"
+            " SELECT unnest($1::bigint[]), NULL, $2, 'issue', $3",
+            [r["id"] for r in rows],
+            state,
+            actor or cli_actor(),
+        )
     return [r["id"] for r in rows]
 
 
@@ -338,13 +350,28 @@ _MAKES_ACTIVE = {
 }
 
 
+# The card_events action of a state change with no named ``action`` (host.card_events).
+_EVENT_OF = {"active": "activate", "frozen": "freeze", "lost": "lost", "stolen": "stolen",
+             "expired": "expire", "closed": "close"}
+
+
 async def set_card_state(
-    conn: Any, card_id: int, new_state: str, *, action: str | None = None, today: dt.date | None = None
+    conn: Any,
+    card_id: int,
+    new_state: str,
+    *,
+    action: str | None = None,
+    today: dt.date | None = None,
+    actor: str | None = None,
+    reason: str = "",
 ) -> tuple[str, str]:
     """Move a card along its state machine (host.rules.TRANSITIONS); returns (old, new).
 
     ``action`` ("activate" or "unfreeze", with the business date ``today``): the operator's command,
-    whose preconditions (_MAKES_ACTIVE) are checked under the same row lock."""
+    whose preconditions (_MAKES_ACTIVE) are checked under the same row lock. The change is a
+    card_events row in the same transaction, by ``actor`` (default: the CLI's) with ``reason``.
+    An anonymous card (host.kyc.card_tier) cannot be reported lost or stolen (PBOC: an unnamed card
+    cannot be reported lost or replaced; nobody can prove it is theirs)."""
     async with conn.transaction():
         row = await conn.fetchrow("SELECT state, expiry FROM cards WHERE id = $1 FOR UPDATE", card_id)
         if row is None:
@@ -358,8 +385,16 @@ async def set_card_state(
                 raise CatalogError(f"card {card_id} is past its expiry {row['expiry']}: it cannot {verb}")
         if new_state not in TRANSITIONS[old]:
             raise CatalogError(f"card {card_id} is {old}: cannot become {new_state}")
+        if new_state in ("lost", "stolen") and await card_tier(conn, card_id) == "anonymous":
+            raise CatalogError(
+                f"card {card_id} is anonymous (no named cardholder): an unnamed card cannot be reported"
+                f" {new_state} or replaced; freeze it instead"
+            )
         await conn.execute(
             "UPDATE cards SET state = $2, updated_at = now() WHERE id = $1", card_id, new_state
+        )
+        await card_events.record(
+            conn, card_id, old, new_state, action or _EVENT_OF[new_state], actor=actor, reason=reason
         )
     return old, new_state
 

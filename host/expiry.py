@@ -27,6 +27,7 @@ import trio
 from prometheus_client import Counter
 
 from host.business_day import business_today
+from host.card_events import SWEEP_ACTOR
 from host.rules import TRANSITIONS, yymm
 from ops.config import Config
 from ops.logs import get_logger
@@ -77,33 +78,41 @@ async def due(conn: Any, expiry_before: str) -> dict[str, int]:
     return {r["state"]: int(r["n"]) for r in rows}
 
 
-async def expire_batch(conn: Any, expiry_before: str, limit: int) -> dict[str, int]:
-    """Move at most ``limit`` expired cards to ``expired`` (one statement); returns counts by old state."""
+async def expire_batch(
+    conn: Any, expiry_before: str, limit: int, actor: str = SWEEP_ACTOR
+) -> dict[str, int]:
+    """Move at most ``limit`` expired cards to ``expired`` and record each move in card_events, by
+    ``actor`` (one statement: the audit has exactly the moves); returns counts by old state."""
     rows = await conn.fetch(
         f"""WITH due AS (
                 SELECT id, state FROM cards WHERE state IN ({_STATES}) AND expiry < $1
                 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED
             ), moved AS (
                 UPDATE cards c SET state = 'expired', updated_at = now() FROM due
-                WHERE c.id = due.id RETURNING due.state
+                WHERE c.id = due.id RETURNING due.id, due.state
+            ), audit AS (
+                INSERT INTO card_events (card_id, from_state, to_state, action, actor)
+                SELECT id, state, 'expired', 'expire', $3 FROM moved
             )
             SELECT state, count(*) AS n FROM moved GROUP BY state""",
         expiry_before,
         limit,
+        actor,
     )
     return {r["state"]: int(r["n"]) for r in rows}
 
 
 async def expire_cards(
-    pool: PgPool, as_of: dt.date, *, dry_run: bool = False, batch: int = BATCH
+    pool: PgPool, as_of: dt.date, *, dry_run: bool = False, batch: int = BATCH, actor: str = SWEEP_ACTOR
 ) -> ExpiryResult:
-    """One pass: every card past its expiry on business date ``as_of`` (host.business_day), in batches."""
+    """One pass: every card past its expiry on business date ``as_of`` (host.business_day), in batches;
+    ``actor``: who the card_events name (the sweep's own, or the operator of ``card expire``)."""
     result = ExpiryResult(as_of, yymm(as_of), dry_run)
     if dry_run:
         result.by_state = await pool.run(due, result.expiry_before)
         return result
     while True:
-        moved = await pool.run(expire_batch, result.expiry_before, batch)
+        moved = await pool.run(expire_batch, result.expiry_before, batch, actor)
         for state, n in moved.items():
             result.by_state[state] = result.by_state.get(state, 0) + n
             CARDS_EXPIRED.labels(state).inc(n)

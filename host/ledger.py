@@ -47,6 +47,7 @@ from host.model import (
     Request,
     Txn,
 )
+from ops.actor import cli_actor
 from ops.db import DatabaseUnavailable
 from ops.logs import get_logger
 from ops.pgpool import UNAVAILABLE
@@ -126,6 +127,11 @@ class _Batch:
     fingerprints: dict[str, tuple[int | None, int, str]] = field(default_factory=dict)
     reversed: set[str] = field(default_factory=set)
     closing: list[int] = field(default_factory=list)  # cards a forfeit closes in this transaction
+    # Replacements decided: (old card, new card, old card's state it was decided in, old -> , new -> ).
+    replaced: list[tuple[int, int, str, str, str]] = field(default_factory=list)
+    # card_events of the state changes written in this transaction (host.card_events): (card id, from,
+    # to, action, actor, reason).
+    card_events: list[tuple[int, str, str, str, str, str]] = field(default_factory=list)
 
 
 def _fingerprint(r: Request) -> tuple[int | None, int, str]:
@@ -200,6 +206,7 @@ class Ledger:
         card_ids = sorted(
             {r.card_id for r in reqs if r.card_id is not None}
             | {o.card_id for o in b.originals.values() if o.card_id is not None}
+            | {r.replacing.new_card_id for r in reqs if r.replacing is not None}
         )
         await self._answered_and_locked(conn, b, list({r.key for r in reqs}), card_ids)
 
@@ -510,6 +517,8 @@ class Ledger:
     ) -> Decision:
         if r.txn in (Txn.ADMIN_UNLOAD, Txn.FORFEIT):
             return await self._money_out(conn, b, r, card)
+        if r.txn is Txn.REPLACEMENT:
+            return self._replace(b, r, card)
         reason = rules.check_card(card, r, b.today)
         if reason is None and r.txn is not Txn.ADMIN_LOAD:
             reason = rules.check_pin(card, r, self.pin_tries)
@@ -810,6 +819,8 @@ class Ledger:
             return
         if r.txn in (Txn.ADMIN_UNLOAD, Txn.FORFEIT) and not d.posted:
             return  # an operator's refused unload or forfeit leaves nothing: its reference stays free
+        if r.txn is Txn.REPLACEMENT and d.code != Rc.APPROVED:
+            return  # likewise a refused replacement (an empty card's is approved without a posting)
         b.auth_rows.append(
             (
                 r.key,
@@ -861,8 +872,54 @@ class Ledger:
             return Decision(Rc.INVALID_AMOUNT)
         breakage = await self._issuer_account(conn, "breakage", card.product.currency)
         b.closing.append(card.card_id)
+        b.card_events.append((card.card_id, card.state, "closed", "forfeit", r.actor or cli_actor(), ""))
         card.state = "closed"
         return self._post(b, r, card.account_id, breakage, card, "single", Txn.FORFEIT)
+
+    def _replace(self, b: _Batch, r: Request, old: CardState) -> Decision:
+        """`card replace` (host.replace): the old card's whole balance to the new card (one transfer,
+        key ``replace:<old id>``, original_key ``card:<old id>``; none for an empty card), today's use
+        carried over (rules.carry_usage), the old card blocked with replaced_by, the new card given the
+        cardholder and its state: all written in this transaction (``_write``). Both cards are locked
+        by the batch's read. Refused (not journaled, as a forfeit) when what host.replace checked has
+        changed since: the old card's state, a hold now pending (51), another balance (13), or the
+        new card no longer a fresh inventory card of the same product (14)."""
+        rp = r.replacing
+        new = b.cards.get(rp.new_card_id) if rp is not None else None
+        if rp is None or new is None or new.card_id == old.card_id:
+            return _declined("card_unknown")
+        if old.state not in rp.states_from:
+            return _declined(rules.STATE_REASONS.get(old.state, "card_closed"))
+        if new.state != "inventory" or new.product.id != old.product.id or new.balance or new.debits_pending:
+            return Decision(Rc.INVALID_CARD)
+        if old.debits_pending:
+            return Decision(Rc.INSUFFICIENT_FUNDS)
+        if r.amount != old.balance:
+            return Decision(Rc.INVALID_AMOUNT)
+        actor = r.actor or cli_actor()
+        b.replaced.append((old.card_id, new.card_id, old.state, rp.old_to, rp.new_to))
+        b.card_events += [
+            (old.card_id, old.state, rp.old_to, "replace", actor, f"{rp.reason}; by card {new.card_id}"),
+            (new.card_id, new.state, rp.new_to, "replace", actor, f"{rp.reason}; of card {old.card_id}"),
+        ]
+        rules.carry_usage(old, new)
+        old.state, new.state = rp.old_to, rp.new_to
+        if not old.balance:
+            return Decision(Rc.APPROVED, _auth_id())
+        amount = old.balance
+        d = self._post(
+            b,
+            r,
+            old.account_id,
+            new.account_id,
+            old,
+            "single",
+            Txn.REPLACEMENT,
+            amount=amount,
+            original_key=f"card:{old.card_id}",
+        )
+        new.credits_posted += amount  # _post keeps the old card's side; a later request sees the new's
+        return d
 
     async def _issuer_account(self, conn: Any, kind: str, currency: str) -> int:
         """The issuer's cash-out payable or breakage income account of a currency (one each), created
@@ -954,6 +1011,12 @@ class Ledger:
                 "UPDATE cards SET state = 'closed', updated_at = now() WHERE id = ANY($1::bigint[])",
                 b.closing,
             )
+        if b.replaced:  # rare too: the two cards of each replacement, in the transaction moving the money
+            changed = await conn.fetchval(_REPLACE_SQL, *[[x[i] for x in b.replaced] for i in range(5)])
+            if changed != len(b.replaced):  # a card changed under us (`card freeze` meanwhile): undo all
+                raise RuntimeError("a replaced card changed state while being replaced")
+        if b.card_events:
+            await conn.execute(_CARD_EVENTS_SQL, *[[e[i] for e in b.card_events] for i in range(6)])
 
 
 _READ_SQL = """
@@ -1005,6 +1068,29 @@ WITH requests AS (
     WHERE c.id = d.id
 )
 SELECT 1
+"""
+
+# A replacement's card changes: the old card blocked and naming its replacement (only if still in the
+# state it was decided in, and not replaced already), the new card given the cardholder, the form and
+# its state. Returns how many old cards changed (the caller compares).
+_REPLACE_SQL = """
+WITH old AS (
+    UPDATE cards o SET state = d.old_to, replaced_by = d.new_id, updated_at = now()
+    FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[])
+        AS d(old_id, new_id, old_from, old_to, new_to)
+    WHERE o.id = d.old_id AND o.state = d.old_from AND o.replaced_by IS NULL
+    RETURNING o.id, o.cardholder_id, o.form, d.new_id, d.new_to
+), new AS (
+    UPDATE cards n SET state = old.new_to, cardholder_id = old.cardholder_id, form = old.form,
+        updated_at = now()
+    FROM old WHERE n.id = old.new_id
+)
+SELECT count(*) FROM old
+"""
+
+_CARD_EVENTS_SQL = """
+INSERT INTO card_events (card_id, from_state, to_state, action, actor, reason)
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
 """
 
 
