@@ -123,27 +123,11 @@ async def issue_cards(
 
     async def one() -> None:
         async with limiter:
-            for _attempt in range(20):
-                pan = new_pan(product["bin"], product["pan_length"])
-                h = await crypto.pan_hash(pan)
-                if h in seen or await pool.run(_hash_taken, h):
-                    continue
-                seen.add(h)
-                break
-            else:
-                raise catalog.CatalogError("could not draw a free PAN in the BIN range (range full?)")
-            pin_lmk, pvv = (
-                await crypto.new_pin(pan)
-                if fixed_pin is None
-                else (
-                    fixed_pin,
-                    await crypto.hsm.generate_pvv(crypto.keys.pvk, fixed_pin, account_from_pan(pan), "1"),
+            made.append(
+                await draw_card(
+                    pool, crypto, product, partitions, seen=seen, pin_lmk=fixed_pin, mailer_key=mailer_key
                 )
             )
-            pan_enc = await crypto.encrypt_pan(pan)
-            mailer_pan = await crypto.encrypt_pan(pan, mailer_key)
-            card = catalog.NewCard(h, pan_enc, mask_pan(pan), pvv, int(h, 16) % partitions)
-            made.append((pan, card, {"pan_enc": mailer_pan, "pin_lmk": pin_lmk}))
 
     async with trio.open_nursery() as nursery:
         for _ in range(count):
@@ -169,6 +153,43 @@ async def issue_cards(
         for c in cards:
             await activate_card(pool, c.card_id)
     return cards, mailer
+
+
+async def draw_card(
+    pool: Any,
+    crypto: IssuerCrypto,
+    product: Any,
+    partitions: int,
+    *,
+    seen: set[str] | None = None,
+    pin_lmk: str | None = None,
+    mailer_key: str | None = None,
+) -> tuple[str, catalog.NewCard, dict[str, str]]:
+    """One new card of ``product`` (a host.catalog.product row), all its secrets through the HSM: a PAN
+    in the BIN whose keyed hash is free (not in the cards, nor in ``seen``: the batch so far), the PIN
+    under the LMK (``pin_lmk``: that PIN, e.g. BA's chosen one or a renewal's kept one; else a new random
+    one by JA) and its PVV for this PAN (DG), the PAN under the data key and under ``mailer_key``.
+
+    Returns the clear PAN (for the caller's output only), the row to insert (the PIN under the LMK kept
+    on it, cards.pin_lmk) and the PIN-mailer secrets (PAN under the mailer key, PIN under the LMK)."""
+    seen = set() if seen is None else seen
+    for _attempt in range(20):
+        pan = new_pan(product["bin"], product["pan_length"])
+        h = await crypto.pan_hash(pan)
+        if h in seen or await pool.run(_hash_taken, h):
+            continue
+        seen.add(h)
+        break
+    else:
+        raise catalog.CatalogError("could not draw a free PAN in the BIN range (range full?)")
+    if pin_lmk is None:
+        pin_lmk, pvv = await crypto.new_pin(pan)
+    else:
+        pvv = await crypto.hsm.generate_pvv(crypto.keys.pvk, pin_lmk, account_from_pan(pan), "1")
+    pan_enc = await crypto.encrypt_pan(pan)
+    mailer_pan = await crypto.encrypt_pan(pan, mailer_key or crypto.keys.mailer)
+    card = catalog.NewCard(h, pan_enc, mask_pan(pan), pvv, int(h, 16) % partitions, pin_lmk=pin_lmk)
+    return pan, card, {"pan_enc": mailer_pan, "pin_lmk": pin_lmk}
 
 
 async def _hash_taken(conn: Any, pan_hash: str) -> bool:
