@@ -9,13 +9,18 @@ so a hit blocks loads above the anonymous maximum without touching the KYC level
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+from ops.money import format_money
+
 LEVELS: tuple[str, ...] = ("anonymous", "named", "verified")
+DECISIONS = ("approve", "reject", "downgrade")
 
 
 class KycError(ValueError):
-    """A KYC decision that cannot be taken; str() is the one line for the operator."""
+    """A KYC decision that cannot be taken; str() is the one line for the operator. (Not a CatalogError:
+    host.catalog imports this module; host.cardholders turns it into one for the CLI.)"""
 
 
 def tier_rank(level: str) -> int:
@@ -48,3 +53,104 @@ async def card_tier(conn: Any, card_id: int) -> str:
     if row is None:
         raise KycError(f"no card {card_id}")
     return str(row["tier"])
+
+
+async def tier_refusal(conn: Any, card_id: int) -> str:
+    """Why a load was declined ``tier_max_balance``, for people: the card's tier and its maximum."""
+    row = await conn.fetchrow(
+        f"SELECT {TIER_COLUMNS}, p.currency FROM cards c JOIN products p ON p.id = c.product_id"
+        " LEFT JOIN cardholders h ON h.id = c.cardholder_id WHERE c.id = $1",
+        card_id,
+    )
+    if row is None:
+        raise KycError(f"no card {card_id}")
+    cap = format_money(row["tier_max_balance"], row["currency"])
+    return f"the load would exceed the card's KYC tier maximum ({row['tier']}: {cap})"
+
+
+@dataclass(frozen=True)
+class Decided:
+    """One KYC decision as recorded (kyc_events)."""
+
+    cardholder_id: int
+    event_id: int
+    decision: str  # approved / rejected / downgraded
+    from_level: str
+    to_level: str
+    actor: str
+    reason: str
+    at: Any  # datetime
+
+
+async def decide(
+    conn: Any,
+    cardholder_id: int,
+    decision: str,
+    *,
+    reason: str,
+    actor: str,
+    to_level: str | None = None,
+) -> Decided:
+    """An operator's KYC decision on a live cardholder, recorded with who, when and why (kyc_events).
+
+    ``approve``: the document check passed, the cardholder becomes ``verified`` (needs an ID number).
+    ``reject``: the document check failed; the level stays (a verified cardholder is downgraded instead).
+    ``downgrade`` (``to_level`` below the current level): e.g. a document found invalid later.
+    A card's limits follow from the next request on (the ledger reads the level with every batch)."""
+    if decision not in DECISIONS:
+        raise KycError(f"KYC decision {decision!r}: one of {', '.join(DECISIONS)}")
+    reason = " ".join(reason.split())
+    if not reason:
+        raise KycError("--reason: say why (it is kept with the decision)")
+    if len(reason) > 500:
+        raise KycError("--reason: at most 500 characters")
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT state, kyc_level, id_number_hash IS NOT NULL AS has_id FROM cardholders"
+            " WHERE id = $1 FOR UPDATE",
+            cardholder_id,
+        )
+        if row is None:
+            raise KycError(f"no cardholder {cardholder_id} (`payswitch cardholder list` finds one)")
+        if row["state"] != "active":
+            raise KycError(f"cardholder {cardholder_id} is closed")
+        level = str(row["kyc_level"])
+        if decision == "approve":
+            if not row["has_id"]:
+                raise KycError(
+                    f"cardholder {cardholder_id} has no ID number: verified needs one"
+                    f" (`payswitch cardholder update {cardholder_id} --id-type TYPE --id-number NUMBER`)"
+                )
+            if level == "verified":
+                raise KycError(f"cardholder {cardholder_id} is verified already")
+            new, recorded = "verified", "approved"
+        elif decision == "reject":
+            if level == "verified":
+                raise KycError(
+                    f"cardholder {cardholder_id} is verified: `--downgrade-to named` takes it back"
+                )
+            new, recorded = level, "rejected"
+        else:
+            if to_level is None:
+                raise KycError("a downgrade names the level: --downgrade-to LEVEL")
+            if tier_rank(to_level) >= tier_rank(level):
+                raise KycError(
+                    f"cardholder {cardholder_id} is {level}: a downgrade goes to a lower level"
+                    f" ({', '.join(LEVELS[: tier_rank(level)]) or 'none'})"
+                )
+            new, recorded = to_level, "downgraded"
+        if new != level:
+            await conn.execute(
+                "UPDATE cardholders SET kyc_level = $2, updated_at = now() WHERE id = $1", cardholder_id, new
+            )
+        ev = await conn.fetchrow(
+            "INSERT INTO kyc_events (cardholder_id, from_level, to_level, decision, actor, reason)"
+            " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, at",
+            cardholder_id,
+            level,
+            new,
+            recorded,
+            actor,
+            reason,
+        )
+    return Decided(cardholder_id, int(ev["id"]), recorded, level, new, actor, reason, ev["at"])
