@@ -59,7 +59,9 @@ API (all ``async`` unless marked):
   each command's error is returned, not raised, so the caller tells a bad MAC from a bad PIN.
 - ``verify_pin(zpk, pvk, pin_block, account, pvki, pvv, *, pin_format="01") -> bool`` EC (3DES ZPK) /
   WV (``S`` ZPK); ``generate_pvv(pvk, pin_under_lmk, account, pvki) -> str`` DG;
-  ``random_pin(account, length=6) -> str`` JA (``L``+32H: the PIN under LMK).
+  ``random_pin(account, length=6) -> str`` JA (``L``+32H: the PIN under LMK);
+  ``change_pin(zpk, pvk, old_block, new_block, account, pvki, pvv) -> PinChange | None`` WC (None: the
+  old PIN is wrong).
 - ``encrypt_data(key, data, *, iv=None) -> bytes`` M0 / ``decrypt_data(key, data, *, iv=None) -> bytes``
   M2: binary, ECB without ``iv``, CBC with it; ``data`` a whole number of blocks (8 for 3DES, 16 SM4).
 - ``account_from_pan(pan) -> str`` (plain function).
@@ -92,6 +94,7 @@ __all__ = [
     "HsmUnavailable",
     "Key",
     "PinBlock",
+    "PinChange",
     "Reply",
     "account_from_pan",
 ]
@@ -157,6 +160,14 @@ class PinBlock:
     pin_length: int
     pin_block: str
     format: str  # "01" etc.; empty for W8
+
+
+@dataclass(frozen=True, slots=True)
+class PinChange:
+    """WC's answer: the new PIN's Visa PVV (4N) and the new PIN under the LMK (``L``+32H)."""
+
+    pvv: str
+    pin_under_lmk: str
 
 
 class HsmConfigLike(Protocol):
@@ -839,6 +850,21 @@ class HsmClient:
     ) -> bool:
         """EC (3DES ZPK) or WV (``S`` ZPK): does the PIN match the Visa PVV?"""
         return await self._verify(*verify_pin_command(zpk, pvk, pin_block, account, pvki, pvv, pin_format))
+
+    async def change_pin(
+        self, zpk: str, pvk: str, old_block: str, new_block: str, account: str, pvki: str, pvv: str
+    ) -> PinChange | None:
+        """WC [project convention]: verify the current PIN (``old_block`` under ``zpk``) against
+        ``pvv``; when it matches, the new PIN's PVV and the new PIN under the LMK, else None (01:
+        nothing generated). 3DES format 0 blocks (16H) for a 3DES ZPK, SM4 blocks (32H) for ``S``."""
+        alg = "2" if _is_sm4(zpk) else "1"
+        reply = await self.request("WC", f"{alg}{zpk}{pvk}{old_block}{new_block}{account}{pvki}{pvv}")
+        if reply.error == "01":
+            return None
+        if reply.error != "00":
+            raise HsmCommandError("WC", reply.error)
+        text = reply.fields.decode("ascii")
+        return PinChange(text[:4], text[4:])
 
     async def generate_pvv(self, pvk: str, pin_under_lmk: str, account: str, pvki: str) -> str:
         """DG: the Visa PVV (4N) of a PIN under LMK."""

@@ -1,5 +1,5 @@
 """PIN commands: CA, CC (translate), DG (PVV), EC (verify against PVV), BA (clear PIN in), JA (random PIN),
-W8, WV (SM4).
+W8, WV (SM4), WC (PIN change: verify the old PIN, PVV and LMK form of the new one; 3DES or SM4).
 
 PIN block format codes: 01 ISO 9564 format 0, 05 format 1, 47 format 3. The SM4 PIN block is the
 format-0 block followed by 8 bytes FF, encrypted as one SM4 block. A PIN under LMK is ``L``+32H.
@@ -168,3 +168,32 @@ def wv(ks: KeyStore, r: Reader) -> bytes:
     r.end()
     clear_pin = pin.sm4_decode(zpk.decrypt(block), account)
     return _compare_pvv(pvk, account, pvki, clear_pin, pvv)
+
+
+def wc(ks: KeyStore, r: Reader) -> bytes:
+    """Change a PIN [project convention, specs/hsm-conventions.md]: verify the current PIN (ZPK
+    block) against its Visa PVV and, only when it matches, return the new PIN's PVV and the new PIN
+    under the LMK. payShield's CU does this for a TPK; this is its ZPK form, for 3DES (format 0) and
+    SM4 (format 0 + FF) blocks, the algorithm chosen as W8 chooses it."""
+    alg = r.choice(1, ("1", "2"))
+    token = r.lmk_key()
+    if alg == "1":
+        zpk: crypto.BlockCipher = crypto.des(ks.des_key(ZPK, token, SOURCE_KEY_PARITY))
+    else:
+        zpk = crypto.sm4(ks.sm4_key(ZPK, token, SOURCE_KEY_PARITY))
+    pvk = _pvk(ks, r, DESTINATION_KEY_PARITY)
+    size = 16 if alg == "1" else 32
+    old_block = r.hex(size)
+    new_block = r.hex(size)
+    account = r.digits(12)
+    pvki = r.digits(1)
+    pvv = r.digits(4)
+    r.end()
+    decode = pin.decode if alg == "1" else pin.sm4_decode
+    # Both blocks are decoded first: a malformed new block is refused (20/24) before any verification,
+    # so a terminal's bad block never costs the cardholder a PIN try.
+    old_pin = decode(zpk.decrypt(old_block), account)
+    new_pin = decode(zpk.decrypt(new_block), account)
+    _compare_pvv(pvk, account, pvki, old_pin, pvv)
+    new_pvv = pin.visa_pvv(pvk, account, pvki, new_pin)
+    return new_pvv.encode() + b"L" + hexu(ks.lmk.encrypt_pin(pin.lmk_pin_block(new_pin)))

@@ -42,6 +42,7 @@ COMMANDS: dict[bytes, Handler] = {
     b"BA": cmd_pin.ba,
     b"W8": cmd_pin.w8,
     b"WV": cmd_pin.wv,
+    b"WC": cmd_pin.wc,  # [project convention] PIN change: specs/hsm-conventions.md
     b"M6": cmd_mac.m6,
     b"M8": cmd_mac.m8,
     b"MU": cmd_mac.mu,
