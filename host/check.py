@@ -36,6 +36,11 @@ All run in one REPEATABLE READ snapshot, so the check can run while the host is 
 - ``breakage_from_forfeits_only``: every forfeit moves money from its card's account to breakage
   income (kind ``breakage``), once per card, and the card is closed; no other transfer touches a
   breakage account.
+- ``replacement_moves_whole_balance``: every replacement (``card replace``, host.replace) is one
+  single-phase transfer keyed ``replace:<old card>`` with original_key ``card:<old card>``, from that
+  card's account to the account of the card its replaced_by names, same product and cardholder, for
+  exactly the old card's posted balance just before it (the sum of the account's earlier postings),
+  once per card; and a card that names a replacement is not live (lost, stolen or closed).
 """
 
 from __future__ import annotations
@@ -197,6 +202,28 @@ CHECKS: dict[str, str] = {
         WHERE t.code <> 'forfeit'
           AND (t.debit_account_id IN (SELECT id FROM breakage)
                OR t.credit_account_id IN (SELECT id FROM breakage))
+        ORDER BY 1 LIMIT 1000""",
+    "replacement_moves_whole_balance": """
+        SELECT t.key FROM transfers t
+        LEFT JOIN cards o ON o.id = t.card_id
+        LEFT JOIN cards n ON n.id = o.replaced_by
+        WHERE t.code = 'replacement'
+          AND (t.phase <> 'single' OR n.id IS NULL OR t.key <> 'replace:' || o.id
+               OR t.original_key IS DISTINCT FROM 'card:' || o.id
+               OR t.debit_account_id <> o.account_id OR t.credit_account_id <> n.account_id
+               OR n.product_id <> o.product_id OR n.cardholder_id IS DISTINCT FROM o.cardholder_id
+               OR o.state NOT IN ('lost', 'stolen', 'closed')
+               OR t.amount <> (SELECT coalesce(sum(CASE WHEN x.credit_account_id = o.account_id
+                                                        THEN x.amount ELSE -x.amount END), 0)
+                               FROM transfers x
+                               WHERE x.id < t.id AND x.phase IN ('single', 'post_pending')
+                                 AND o.account_id IN (x.debit_account_id, x.credit_account_id)))
+        UNION
+        SELECT 'card:' || card_id FROM transfers WHERE code = 'replacement'
+        GROUP BY card_id HAVING count(*) > 1
+        UNION
+        SELECT 'card:' || id FROM cards
+        WHERE replaced_by IS NOT NULL AND state NOT IN ('lost', 'stolen', 'closed')
         ORDER BY 1 LIMIT 1000""",
 }
 

@@ -238,7 +238,8 @@ def write_mailer(
 
 
 async def activate_card(pool: Any, card_id: int, today: dt.date | None = None) -> None:
-    """inventory -> active; a fixed-amount (gift) card is loaded with its face value on activation.
+    """inventory -> active; a fixed-amount (gift) card is loaded with its face value on activation,
+    unless it replaces a card (host.replace): the old card's balance is its money, even when none.
     ``today`` (the business date): refused for a card that is not in inventory or is past its expiry."""
     await pool.run(
         lambda conn: catalog.set_card_state(conn, card_id, "active", action="activate", today=today)
@@ -256,7 +257,8 @@ async def _face_value(conn: Any, card_id: int) -> int:
     value = await conn.fetchval(
         """SELECT p.initial_amount FROM cards c JOIN products p ON p.id = c.product_id
            JOIN accounts a ON a.id = c.account_id
-           WHERE c.id = $1 AND p.kind = 'fixed_amount' AND a.credits_posted = 0""",
+           WHERE c.id = $1 AND p.kind = 'fixed_amount' AND a.credits_posted = 0
+             AND NOT EXISTS (SELECT 1 FROM cards o WHERE o.replaced_by = c.id)""",
         card_id,
     )
     return int(value or 0)
