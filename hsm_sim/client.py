@@ -62,6 +62,9 @@ API (all ``async`` unless marked):
   ``random_pin(account, length=6) -> str`` JA (``L``+32H: the PIN under LMK);
   ``change_pin(zpk, pvk, old_block, new_block, account, pvki, pvv) -> PinChange | None`` WC (None: the
   old PIN is wrong).
+- ``generate_sm2_key() -> Sm2KeyPair`` SK; ``sm2_pin_to_pvv(private_key, pvk, ciphertext, account, pvki)
+  -> Sm2Pin`` SP [project conventions, specs/hsm-conventions.md]: an app's PIN under the issuer's SM2
+  public key to its PVV and the PIN under LMK.
 - ``encrypt_data(key, data, *, iv=None) -> bytes`` M0 / ``decrypt_data(key, data, *, iv=None) -> bytes``
   M2: binary, ECB without ``iv``, CBC with it; ``data`` a whole number of blocks (8 for 3DES, 16 SM4).
 - ``account_from_pan(pan) -> str`` (plain function).
@@ -96,6 +99,8 @@ __all__ = [
     "PinBlock",
     "PinChange",
     "Reply",
+    "Sm2KeyPair",
+    "Sm2Pin",
     "account_from_pan",
 ]
 
@@ -168,6 +173,25 @@ class PinChange:
 
     pvv: str
     pin_under_lmk: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sm2KeyPair:
+    """SK's answer: the private key under the LMK (``P``+96H), the public key (04 ‖ x ‖ y, 130H) and
+    its check value (16H: SM3 of the public key, leftmost 8 bytes)."""
+
+    private_key: str
+    public_key: str
+    check_value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sm2Pin:
+    """SP's answer: the PVV (4N), the PIN under the LMK (``L``+32H) and the app's stamp (seconds)."""
+
+    pvv: str
+    pin_under_lmk: str
+    stamp: int
 
 
 class HsmConfigLike(Protocol):
@@ -865,6 +889,19 @@ class HsmClient:
             raise HsmCommandError("WC", reply.error)
         text = reply.fields.decode("ascii")
         return PinChange(text[:4], text[4:])
+
+    async def generate_sm2_key(self) -> Sm2KeyPair:
+        """SK: a new SM2 key pair for PIN encryption."""
+        out = (await self.call("SK", "1")).decode("ascii")
+        return Sm2KeyPair(out[:97], out[97:227], out[227:243])
+
+    async def sm2_pin_to_pvv(
+        self, private_key: str, pvk: str, ciphertext: bytes, account: str, pvki: str
+    ) -> Sm2Pin:
+        """SP: a PIN an app encrypted under the SM2 public key (C1 ‖ C3 ‖ C2) → PVV, PIN under LMK, stamp."""
+        ct = ciphertext.hex().upper()
+        out = (await self.call("SP", f"{private_key}{pvk}{len(ct):04X}{ct}{account}{pvki}")).decode("ascii")
+        return Sm2Pin(out[:4], out[4:37], int(out[37:53], 16))
 
     async def generate_pvv(self, pvk: str, pin_under_lmk: str, account: str, pvki: str) -> str:
         """DG: the Visa PVV (4N) of a PIN under LMK."""
