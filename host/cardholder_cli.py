@@ -388,3 +388,9 @@ def cardholder_kyc(
         f"cardholder {d.cardholder_id}: {d.decision}, {d.from_level} -> {d.to_level}"
         f" (by {d.actor}, {format_local(d.at, tz)})",
     )
+
+
+# `cardholder bank-account` (host/bank_cli.py, engineer D), registered here at the end of the module.
+from host.bank_cli import bank_account  # noqa: E402
+
+cardholder.add_command(bank_account)

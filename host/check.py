@@ -33,6 +33,12 @@ All run in one REPEATABLE READ snapshot, so the check can run while the host is 
   from the cash-out payable the unload credited to a ``cash_out_paid`` account; no unload is paid
   twice; nothing else touches a ``cash_out_paid`` account. So a cash-out is paid at most once and
   never more than was unloaded.
+- ``unload_destination_of_its_unload``: every payout destination captured by ``card unload``
+  (``unload_destinations``, host.bank_accounts) whose key has a transfer belongs to an unload of the
+  same card, and a bank-account destination is an account registered to its cardholder before it was
+  captured (a ``set`` in ``bank_account_events`` of that masked account). So settlement, which pays each
+  unload to its destination (``settlement check`` proves that side), pays a cardholder's own registered
+  account or the desk, nothing else.
 - ``breakage_from_forfeits_only``: every forfeit moves money from its card's account to breakage
   income (kind ``breakage``), once per card, and the card is closed; no other transfer touches a
   breakage account.
@@ -187,6 +193,13 @@ CHECKS: dict[str, str] = {
         SELECT t.key FROM transfers t
         WHERE t.code <> 'cash_out_payout'
           AND (t.debit_account_id IN (SELECT id FROM paid) OR t.credit_account_id IN (SELECT id FROM paid))
+        ORDER BY 1 LIMIT 1000""",
+    "unload_destination_of_its_unload": """
+        SELECT d.unload_key FROM unload_destinations d JOIN transfers t ON t.key = d.unload_key
+        WHERE t.code <> 'admin_unload' OR t.card_id <> d.card_id
+           OR (d.payee = 'bank_account' AND NOT EXISTS (
+                   SELECT 1 FROM bank_account_events e WHERE e.cardholder_id = d.cardholder_id
+                   AND e.action = 'set' AND e.account_masked = d.account_masked AND e.at <= d.created_at))
         ORDER BY 1 LIMIT 1000""",
     "breakage_from_forfeits_only": """
         WITH breakage AS (SELECT id FROM accounts WHERE kind = 'breakage')

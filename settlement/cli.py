@@ -137,7 +137,9 @@ def _summary(imported: list[ImportResult], result: RunResult | None, written: li
                          **money_json("gross", c.gross, result.currency), "fee_minor": c.fee}
                         for c in result.carried],
             "cash_outs": [{"reference": c.reference, "card_id": c.card_id, "pan_masked": c.pan_masked,
-                           **money_json("amount", c.amount, c.currency)} for c in result.cash_outs],
+                           **money_json("amount", c.amount, c.currency), "payee": c.payee,
+                           "bank_name": c.bank_name, "account_masked": c.account_masked,
+                           "account_holder": c.account_holder} for c in result.cash_outs],
             "outputs": written,
         }
     return data
@@ -165,7 +167,9 @@ def _human(imported: list[ImportResult], result: RunResult | None, written: list
                 lines.append(f"  ... and {len(result.payouts) - SHOWN} more (see the payout file)")
             # `card unload`s paid out to their cardholders (settlement.cashouts)
             lines += [f"  cash-out {c.reference}: {format_money(c.amount, c.currency)} to the cardholder of "
-                      f"card {c.card_id}" for c in result.cash_outs[:SHOWN]]
+                      f"card {c.card_id}, " + (f"bank account {c.account_masked} at {c.bank_name}"
+                                               if c.payee == "bank_account" else "at the programme's desk")
+                      for c in result.cash_outs[:SHOWN]]
             if len(result.cash_outs) > SHOWN:
                 lines.append(f"  ... and {len(result.cash_outs) - SHOWN} more cash-outs (payout file)")
         lines += [f"  carried {c.merchant_id}: {c.reason}" for c in result.carried[:SHOWN]]
@@ -337,6 +341,9 @@ def run_show(app: AppContext, run_id: int, output_dir: Path | None) -> None:
         lines.append(f"  {p.reference}  {p.merchant_id}  business dates {dates}: gross "
                      f"{format_money(p.gross, p.currency)} fee {format_money(p.fee, p.currency)} net "
                      f"{format_money(p.net, p.currency)}  report {p.report}")
+    # `card unload`s paid out to their cardholders (settlement.cashouts): where, masked
+    lines += [f"  cash-out {c.reference}  card {c.card_id} {c.pan_masked}: "
+              f"{format_money(c.amount, c.currency)} to {c.describe()}" for c in d.cash_outs]
     if d.missing:
         lines.append(f"{len(d.missing)} file(s) not in {d.folder}: `payswitch settlement report {run_id}` "
                      "writes them again")
@@ -347,7 +354,13 @@ def run_show(app: AppContext, run_id: int, output_dir: Path | None) -> None:
                            "fee_minor": p.fee, "net_minor": p.net,
                            "first_business_date": str(p.first_business_date),
                            "last_business_date": str(p.last_business_date), "report": str(p.report)}
-                          for p in d.payouts]},
+                          for p in d.payouts],
+              "cash_outs": [{"reference": c.reference, "card_id": c.card_id, "pan_masked": c.pan_masked,
+                             **money_json("amount", c.amount, c.currency), "payee": c.payee,
+                             "payout_account": c.payout_account, "bank_name": c.bank_name,
+                             "account_masked": c.account_masked, "account_holder": c.account_holder,
+                             "unloaded_at": iso_local(c.unloaded_at, tz)}
+                            for c in d.cash_outs]},
              "\n".join(lines))
 
 

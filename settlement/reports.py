@@ -3,10 +3,14 @@
 Written to ``<output_dir>/run_<id>/``, each file under a temporary name then renamed, so a reader
 never sees half a report and writing them again gives the same bytes:
 
-- ``payouts_<id>.csv``: the payout instruction file, one line per merchant (reference, account, amount)
-  and one per cash-out to a cardholder (the unload's reference, no merchant, ``cardholder:card:<id>``);
-- ``cashouts_<id>.csv``: the run's cash-outs (reference, card, masked PAN, currency, amount, unloaded at),
-  when it paid any;
+- ``payouts_<id>.csv``: the payout instruction file, one line per merchant (reference, account, amount;
+  payee type ``merchant``) and one per cash-out to a cardholder (the unload's reference, no merchant,
+  ``settlement.cashouts.payee``): a **cardholder payout** to their bank account (payee type
+  ``cardholder_bank_account``, bank name, masked account, holder's name and the account number as the
+  host stores it: HSM ciphertext that the bank gateway's HSM decrypts; no clear account number in any
+  file) or one paid at the programme's desk (``cardholder_desk``, bank columns empty);
+- ``cashouts_<id>.csv``: the run's cash-outs (reference, card, masked PAN, currency, amount, unloaded at,
+  and the same payee columns), when it paid any;
 - ``stores_<id>.csv``: every merchant x store x business date paid in the run;
 - ``merchant_<merchant>.csv`` and ``.html``: that merchant's stores and dates with totals, and a bar
   chart (inline SVG) of net per store.
@@ -27,7 +31,16 @@ from typing import Any
 from ops.files import write_text_atomic
 from ops.localtime import format_local
 from ops.money import format_amount as money  # minor units for people; files keep integers
-from settlement.cashouts import payee, run_cash_outs
+from settlement.cashouts import PaidCashOut, payee_type, run_cash_outs
+
+# Appended after the payout file's first five columns (readers of those keep working): empty on a
+# merchant's line and on a cash-out paid at the desk.
+PAYEE_COLUMNS = ["payee_type", "bank_name", "account_masked", "account_holder", "account_enc"]
+
+
+def _payee_cells(c: PaidCashOut) -> list[Any]:
+    return [payee_type(c.payee), c.bank_name or "", c.account_masked or "", c.account_holder or "",
+            c.account_enc or ""]
 
 
 @dataclass(frozen=True)
@@ -89,20 +102,21 @@ async def write_run_outputs(
     folder.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 
-    payout_rows: list[list[Any]] = [["reference", "merchant_id", "payout_account", "amount", "value_date"]]
-    payout_rows += [[p["reference"], p["merchant_id"], p["payout_account"], p["net"], run["as_of"]]
-                    for p in payouts]
+    payout_rows: list[list[Any]] = [
+        ["reference", "merchant_id", "payout_account", "amount", "value_date", *PAYEE_COLUMNS]]
+    payout_rows += [[p["reference"], p["merchant_id"], p["payout_account"], p["net"], run["as_of"],
+                     "merchant", "", "", "", ""] for p in payouts]
     cash_outs = await run_cash_outs(conn, run_id)  # to cardholders: the unload's reference, no merchant
-    payout_rows += [[c["reference"], "", payee(c["card_id"]), c["amount"], run["as_of"]]
+    payout_rows += [[c.reference, "", c.payout_account, c.amount, run["as_of"], *_payee_cells(c)]
                     for c in cash_outs]
     written.append(folder / f"payouts_{run_id}.csv")
     write_text_atomic(written[-1], _csv(payout_rows))
     if cash_outs:
         written.append(folder / f"cashouts_{run_id}.csv")
         write_text_atomic(written[-1], _csv(
-            [["reference", "card_id", "pan_masked", "currency", "amount", "unloaded_at"]]
-            + [[c["reference"], c["card_id"], c["pan_masked"], c["currency"], c["amount"],
-                c["unloaded_at"].isoformat()] for c in cash_outs]))
+            [["reference", "card_id", "pan_masked", "currency", "amount", "unloaded_at", *PAYEE_COLUMNS]]
+            + [[c.reference, c.card_id, c.pan_masked, c.currency, c.amount, c.unloaded_at.isoformat(),
+                *_payee_cells(c)] for c in cash_outs]))
 
     header = ["merchant_id", "store_id", "business_date", "txn_count", "sales", "returns", "topups", "gross",
               "fee", "net"]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ops.money import DEFAULT_CURRENCY
+from settlement.cashouts import PaidCashOut, run_cash_outs
 from settlement.errors import SettlementError
 from settlement.reports import safe_name
 
@@ -60,6 +61,7 @@ class RunDetail:
     folder: Path  # <output_dir>/run_<id>/
     payout_file: Path  # payouts_<id>.csv, the payout instruction file
     missing: list[Path] = field(default_factory=list)  # outputs not on disk (settlement report writes them)
+    cash_outs: list[PaidCashOut] = field(default_factory=list)  # unloads paid out to cardholders
 
 
 _RUNS: Final = """
@@ -106,5 +108,9 @@ async def show_run(conn: Any, run_id: int, output_dir: str | Path) -> RunDetail:
             "WHERE p.run_id = $1 ORDER BY p.merchant_id", run_id, FALLBACK_CURRENCY)
     ]
     payout_file = folder / f"payouts_{run_id}.csv"
+    cash_outs = await run_cash_outs(conn, run_id)
     expected = [payout_file, folder / f"stores_{run_id}.csv", *(p.report for p in payouts)]
-    return RunDetail(_run(row), payouts, folder, payout_file, [f for f in expected if not f.exists()])
+    if cash_outs:
+        expected.append(folder / f"cashouts_{run_id}.csv")
+    return RunDetail(_run(row), payouts, folder, payout_file, [f for f in expected if not f.exists()],
+                     cash_outs)

@@ -147,7 +147,8 @@ def test_settlement_pays_each_cash_out_exactly_once(
     mine = [x for x in lines if x["reference"] == "PAYME-1"]
     assert mine == [
         {"reference": "PAYME-1", "merchant_id": "", "payout_account": f"cardholder:card:{cid}",
-         "amount": "6000", "value_date": mine[0]["value_date"]}
+         "amount": "6000", "value_date": mine[0]["value_date"], "payee_type": "cardholder_desk",
+         "bank_name": "", "account_masked": "", "account_holder": "", "account_enc": ""}
     ]
     assert "PAYME-1" in (out / f"run_{run_id}" / f"cashouts_{run_id}.csv").read_text()
 
