@@ -15,6 +15,7 @@ import click
 
 from host import catalog, directory, rules
 from host.admin import admin_load, load_refusal
+from host.bank_accounts import Destination, To
 from host.business_day import business_today
 from host.catalog import CatalogError
 from host.cli import (
@@ -176,19 +177,29 @@ def card_close(app: AppContext, card_ref: str, forfeit: bool) -> None:
 @click.option(
     "--reference", required=True, help="Your reference for the payout: the same one twice unloads once."
 )
+@click.option(
+    "--to",
+    "to",
+    type=click.Choice(["bank", "desk"]),
+    default=None,
+    help="bank: the cardholder's registered bank account (refused without one); desk: paid at the"
+    " programme's desk. Default: the bank account when one is registered, else the desk.",
+)
 @pass_app
-def card_unload(app: AppContext, card_ref: str, amount: int | None, reference: str) -> None:
+def card_unload(app: AppContext, card_ref: str, amount: int | None, reference: str, to: To | None) -> None:
     """Take money off a card to the cash-out payable; the next settlement run pays it out to the
-    cardholder under REFERENCE. Held money (pending pre-auths) stays on the card."""
+    cardholder under REFERENCE: to their bank account registered now (`cardholder bank-account set`),
+    else at the programme's desk. Held money (pending pre-auths) stays on the card."""
     from host.admin import Unload, admin_unload
 
     async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> Unload:
         cid = await directory.resolve_card(pool, crypto, card_ref)
-        return await admin_unload(pool, cid, reference, amount)
+        return await admin_unload(pool, cid, reference, amount, to=to)
 
     u = _run(app, work, hsm=directory.needs_hsm(card_ref))
     verb = "already unloaded" if u.duplicate else "unloaded"
     held = f" ({format_money(u.held, u.currency)} held)" if u.held else ""
+    dest = u.destination or Destination("desk", why="unloaded before payout destinations were kept")
     app.emit(
         {
             "card_id": u.card_id,
@@ -197,10 +208,11 @@ def card_unload(app: AppContext, card_ref: str, amount: int | None, reference: s
             **money_json("unloaded", u.amount, u.currency),
             "balance_minor": u.balance,
             "held_minor": u.held,
+            "destination": dest.as_json(),
         },
         f"card {u.card_id}: {verb} {format_money(u.amount, u.currency)} under reference {u.reference};"
         f" balance {format_money(u.balance, u.currency)}{held}.\n"
-        "The next settlement run (`payswitch settle`) pays it out to the cardholder with this reference.",
+        f"The next settlement run (`payswitch settle`) pays it out with this reference to {dest.describe()}.",
     )
 
 
