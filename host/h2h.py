@@ -4,7 +4,8 @@ How the host reads a request (h2h-dialect.md, and switch.mapping for what the sw
 
 - type from MTI + DE3 + DE25 (specs.catalogue.classify_h2h); an unknown combination is answered 12;
 - duplicate key: DE32 + DE7 + DE11 + DE41 + MTI (0221/0421 count as 0220/0420);
-- card: DE2, else the PAN in track 2 (DE35); expiry DE14, else from the track;
+- card: DE2, else the PAN in track 2 (DE35); expiry DE14, else from the track; with entry mode 03x
+  (DE22, QR) DE2 is a payment code instead (host.payment_codes: resolved to its card by host.service);
 - voids and refunds name the original by its RRN in DE102 (the switch copies the POS DE37 there);
   completions and pre-auth voids by DE102 when present, else the card's latest pre-auth still on hold
   (from the same terminal when there is one);
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from host.model import Decision, Pin, Request, Txn, normalise_mti, request_key
+from host.payment_codes import is_code_entry
 from specs.catalogue import TxnType, UnknownTransaction, classify_h2h, response_mti
 
 TXN = {
@@ -54,6 +56,7 @@ class Parsed:
     pan: str | None
     pin_block: bytes | None
     link_id: str  # whose ZPK protects DE52: DE33 when present, else DE32
+    by_code: bool = False  # DE22 03x: ``pan`` is a payment code (host.payment_codes), not a card number
 
 
 def pan_and_expiry(msg: dict[str, Any]) -> tuple[str | None, str | None]:
@@ -88,12 +91,17 @@ def parse(msg: dict[str, Any]) -> Parsed:
         return Parsed(None, kind, None, None, link_id)
     terminal = str(msg.get("41", "")).strip()
     pan, expiry = pan_and_expiry(msg)
+    by_code = is_code_entry(msg.get("22"))
+    if by_code:  # DE2 is the payment code: no track, no expiry (a code has neither)
+        pan, expiry = msg.get("2") or None, None
     pin_block = msg.get("52")
     if isinstance(pin_block, str):
         pin_block = bytes.fromhex(pin_block)
     txn = TXN[kind]
     if txn is not Txn.BALANCE and txn is not Txn.REVERSAL and "4" not in msg:
         raise BadRequest("30", "DE4 missing")
+    if by_code and pan is None and txn is not Txn.REVERSAL:
+        raise BadRequest("30", "DE2 missing: entry mode 03 carries the payment code there")
     req = Request(
         key=request_key(acquirer, de7, stan, terminal, mti),
         mti=normalise_mti(mti),
@@ -121,7 +129,7 @@ def parse(msg: dict[str, Any]) -> Parsed:
         de95 = msg.get("95")
         if isinstance(de95, str) and de95[:12].isdigit():
             req.actual_amount = int(de95[:12])
-    return Parsed(req, None, pan, pin_block, link_id)
+    return Parsed(req, None, pan, pin_block, link_id, by_code)
 
 
 def settlement_date(business_date: dt.date) -> str:

@@ -82,12 +82,16 @@ class IssuerCrypto:
     def cached_hash(self, pan: str) -> str | None:
         return self._hashes.get(pan)
 
-    async def pan_hash(self, pan: str) -> str:
+    async def pan_hash(self, pan: str, *, cache: bool = True) -> str:
+        """The PAN's keyed hash. ``cache=False`` for a one-time payment code (host.payment_codes), hashed
+        the same way but never again after its one use: kept, it would only crowd out the PANs."""
         h = self._hashes.get(pan)
         if h is None:
             h = await self.hsm.generate_mac(
                 self.keys.pan_index, pan.encode(), algorithm=3, size=16, key_type="003"
             )
+            if not cache:
+                return h
             if len(self._hashes) >= HASH_CACHE_LIMIT:  # PANs of cards we do not have must not grow it
                 self._hashes.clear()
             self._hashes[pan] = h

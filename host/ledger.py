@@ -34,7 +34,7 @@ from typing import Any
 
 import asyncpg
 
-from host import kyc, rules
+from host import kyc, payment_codes, rules
 from host.business_day import BusinessDay, utc_now
 from host.model import (
     FINANCIAL,
@@ -127,6 +127,9 @@ class _Batch:
     fingerprints: dict[str, tuple[int | None, int, str]] = field(default_factory=dict)
     reversed: set[str] = field(default_factory=set)
     closing: list[int] = field(default_factory=list)  # cards a forfeit closes in this transaction
+    # Payment codes of the batch's requests, locked (host.payment_codes.lock), by hash; those consumed.
+    codes: dict[str, payment_codes.PaymentCode] = field(default_factory=dict)
+    codes_used: list[payment_codes.PaymentCode] = field(default_factory=list)
     # Replacements decided: (old card, new card, old card's state it was decided in, old -> , new -> ).
     replaced: list[tuple[int, int, str, str, str]] = field(default_factory=list)
     # card_events of the state changes written in this transaction (host.card_events): (card id, from,
@@ -208,6 +211,8 @@ class Ledger:
             | {o.card_id for o in b.originals.values() if o.card_id is not None}
             | {r.replacing.new_card_id for r in reqs if r.replacing is not None}
         )
+        if code_hashes := [r.payment_code for r in reqs if r.payment_code is not None]:
+            b.codes = await payment_codes.lock(conn, code_hashes)  # rare: a statement of its own
         await self._answered_and_locked(conn, b, list({r.key for r in reqs}), card_ids)
 
         decisions = []
@@ -473,7 +478,7 @@ class Ledger:
         else:
             if r.txn in (Txn.VOID, Txn.REFUND, Txn.COMPLETION, Txn.PREAUTH_VOID):
                 original = self._find_by_rrn(b, r, card.card_id)
-            d = await self._decide_card(conn, b, r, card, merchant, original)
+            d = await self._decide_card_or_code(conn, b, r, card, merchant, original)
         self._record(b, r, d, original_key=original.key if original else None, merchant=merchant)
         if r.txn in FINANCIAL or r.txn is Txn.BALANCE:
             self._register(
@@ -484,6 +489,29 @@ class Ledger:
                 o.transfer = b.transfers[-1]
                 if o.transfer.phase == "pending":
                     o.hold, o.hold_state = o.transfer, "pending"
+        return d
+
+    async def _decide_card_or_code(
+        self,
+        conn: Any,
+        b: _Batch,
+        r: Request,
+        card: CardState,
+        merchant: Merchant | None,
+        original: Original | None,
+    ) -> Decision:
+        """A request by payment code (host.payment_codes) passes the code's rules first, and an approved
+        purchase or pre-auth consumes the code in this transaction; any other request goes straight on."""
+        if r.payment_code is None:
+            return await self._decide_card(conn, b, r, card, merchant, original)
+        code = b.codes.get(r.payment_code)
+        reason = payment_codes.refusal(code, r, b.now)
+        if reason is not None:
+            return _declined(reason)
+        d = await self._decide_card(conn, b, r, card, merchant, original)
+        if code is not None and d.posted and r.txn in payment_codes.PAYS:
+            payment_codes.consume(code, r)
+            b.codes_used.append(code)
         return d
 
     def _find_by_rrn(self, b: _Batch, r: Request, card_id: int) -> Original | None:
@@ -969,6 +997,8 @@ class Ledger:
         C json module) rather than an array per column: per-element array encoding was measured as the
         costliest part of the write on the host's side.
         """
+        if b.codes_used:  # rare: a statement of its own, in the batch's transaction
+            await payment_codes.mark_used(conn, b.codes_used, b.now)
         counted = {c.account_id: c for c in b.cards.values() if c.counters_dirty}
         dirty = [c for c in b.cards.values() if c.card_dirty]
         if not (b.auth_rows or b.transfers or b.deltas or counted or dirty):

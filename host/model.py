@@ -109,6 +109,8 @@ class Request:
     hold_key: str | None = None  # sweeper: the pending transfer to expire
     actor: str = ""  # an operator's request: who, for the card_events it writes (default: the CLI's)
     replacing: Replacing | None = None  # Txn.REPLACEMENT: the new card and what becomes of the old one
+    # DE22 03x: DE2 was a payment code, this its keyed hash (host.payment_codes); card_id is its card.
+    payment_code: str | None = None
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ KYC tier                 top-up or load above the tier's maximum balance (the pr
                          max_balance_<tier> for the cardholder's kyc_level; anonymous without a
                          cardholder or under AML review), when lower than max balance: 61
                          ``tier_max_balance``
+payment code             (host.payment_codes, entry mode 03x; checked first) used 05, expired 54,
+                         over its cap 61, unknown 14, balance or top-up by code 12; no PIN needed
 =======================  =====================================================================
 """
 
@@ -79,6 +81,12 @@ REASONS: dict[str, Reason] = {
     "reversed_before_arrival": Reason(Rc.DO_NOT_HONOUR, "reversed before it arrived"),
     "key_reused": Reason(Rc.DUPLICATE_TRANSMISSION, "retransmission key reused for another request"),
     "posting_failed": Reason(Rc.SYSTEM_ERROR, "the ledger could not post it"),
+    # Payment codes (host.payment_codes). Used: 05, not 14 (kept for a code never made) nor 94 (which
+    # tells the acquirer its own retransmission key was misused): the code was real, it has paid.
+    "payment_code_used": Reason(Rc.DO_NOT_HONOUR, "payment code already used"),
+    "payment_code_expired": Reason(Rc.EXPIRED, "payment code expired"),
+    "payment_code_cap": Reason(Rc.AMOUNT_LIMIT, "over the payment code's amount cap"),
+    "payment_code_txn": Reason(Rc.INVALID_TXN, "a payment code pays purchases and pre-authorizations only"),
 }
 
 STATE_REASONS = {
@@ -135,7 +143,12 @@ def check_card(card: CardState, req: Request, today: dt.date) -> str | None:
 
 
 def check_pin(card: CardState, req: Request, max_tries: int) -> str | None:
-    """Apply the PIN result to the try counter (mutates card) and say whether to decline."""
+    """Apply the PIN result to the try counter (mutates card) and say whether to decline.
+
+    A payment by payment code (entry mode 03x, host.payment_codes) needs no PIN even on a product with
+    ``pin_required``: the cardholder authenticated in the app that made the one-time code."""
+    if req.payment_code is not None:
+        return None
     if req.pin is Pin.NONE:
         if card.product.pin_required and req.txn in DEBITS:
             return "pin_missing"

@@ -32,7 +32,7 @@ from typing import Any
 import trio
 from prometheus_client import Counter, Histogram
 
-from host import clearing_task, expiry, h2h
+from host import clearing_task, expiry, h2h, payment_codes
 from host.business_day import BusinessDay, read_closes
 from host.catalog import catalog_version
 from host.engine import Engine
@@ -292,8 +292,9 @@ class HostService:
             return
         req = parsed.request
         assert req is not None
-        if (link[1] or {}).get("zak"):
-            nursery.start_soon(self._slow, body, msg, parsed, conn, started)  # MACed: DE128 first
+        if (link[1] or {}).get("zak") or parsed.by_code:
+            # MACed: DE128 first; a payment code: its hash and card are read first (never cached)
+            nursery.start_soon(self._slow, body, msg, parsed, conn, started)
             return
         if parsed.pan:
             h = self.crypto.cached_hash(parsed.pan)
@@ -349,7 +350,14 @@ class HostService:
             log.warning("H2H MAC verification failed; nothing posted", link=parsed.link_id, stan=msg["11"])
             self._answer(conn, msg, Decision(Rc.SYSTEM_ERROR), started, zak)
             return
-        if parsed.pan:
+        if parsed.by_code and parsed.pan:
+            try:
+                part = await self._payment_code(req, parsed.pan)
+            except HsmError as exc:
+                log.error("HSM unavailable for the payment code hash", error=repr(exc))
+                self._answer(conn, msg, Decision(Rc.SYSTEM_ERROR), started, zak)
+                return
+        elif parsed.pan:
             try:
                 req.pan_hash = await self.crypto.pan_hash(parsed.pan)
             except HsmError as exc:
@@ -362,6 +370,18 @@ class HostService:
         else:
             part = self.engine.partition_for_key(req.original_key or req.key)
         self.engine.submit(req, part, lambda d: self._answer(conn, msg, d, started, zak))
+
+    async def _payment_code(self, req: Request, code: str) -> int:
+        """Entry mode 03x: DE2 is a payment code. Its keyed hash (as a PAN's, uncached) and its card,
+        so that the request goes to the card's writer, which locks and checks the code in its batch
+        (host.payment_codes). An unknown code goes by its key and is declined 14 there. No PIN is
+        verified: a code payment needs none (host.rules.check_pin)."""
+        req.payment_code = await self.crypto.pan_hash(code, cache=False)
+        found = await self.pool.run(payment_codes.resolve, req.payment_code)
+        if found is None:
+            return self.engine.partition_for_key(req.original_key or req.key)
+        req.card_id, part = found
+        return part
 
     def _link_refusal(self, link: dict[str, Any] | None, conn: _Conn) -> str | None:
         """Why this link may not send on this connection (ops.peers.link_refusal), None when it may."""
