@@ -8,12 +8,14 @@ one line and exit 1.
 
 
 import dataclasses
+import functools
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from host import catalog, directory, rules
+from host import cardholders, catalog, directory, kyc, rules
 from host.admin import admin_load, load_refusal
 from host.bank_accounts import Destination, To
 from host.business_day import business_today
@@ -56,6 +58,14 @@ def card() -> None:
     default=None,
     help="Card producer: PANs under its mailer key, the key under its ZMK in the file's header line.",
 )
+@click.option(
+    "--cardholder",
+    "cardholder_ref",
+    default=None,
+    metavar="CARDHOLDER",
+    help="Issue the cards to this cardholder (refused below the product's issue tier, when closed or AML"
+    " confirmed).",
+)
 @pass_app
 def card_issue(
     app: AppContext,
@@ -65,6 +75,7 @@ def card_issue(
     activate: bool,
     mailer_dir: Path | None,
     producer_name: str | None,
+    cardholder_ref: str | None = None,
 ) -> None:
     """Issue cards: Luhn-valid PANs in the product's BIN, PINs through the HSM, a PIN-mailer file.
 
@@ -75,12 +86,17 @@ def card_issue(
     if pin is not None and not (pin.isdigit() and 4 <= len(pin) <= 12):
         raise click.ClickException("--pin: 4 to 12 digits")
     folder = mailer_dir or Path(app.config.host.mailer_dir)
+    owner: dict[str, int] = {}
 
     async def work(pool: PgPool, crypto: IssuerCrypto) -> tuple[list[Any], Path | None]:
         export = await _export_for(pool, crypto, producer_name) if producer_name else None
-        return await issue_cards(
-            pool,
-            crypto,
+        issue: Callable[..., Awaitable[tuple[list[Any], Path | None]]] = functools.partial(
+            issue_cards, pool, crypto
+        )
+        if cardholder_ref is not None:  # checked, issued, then given to them (host.cardholders.issue_to)
+            owner["id"] = await pool.run(cardholders.resolve_cardholder, cardholder_ref)
+            issue = functools.partial(cardholders.issue_to, pool, crypto, owner["id"])
+        return await issue(
             product_code,
             count,
             pin=pin,
@@ -96,6 +112,7 @@ def card_issue(
         "mailer": str(mailer) if mailer else None,
         "state": "active" if activate else "inventory",
         "producer": producer_name,
+        "cardholder_id": owner.get("id"),
     }
     # Each full PAN once, for embossing: the database keeps only the PAN under the HSM and its keyed hash.
     human = _table(
@@ -315,6 +332,11 @@ def card_show(app: AppContext, card_ref: str) -> None:
         data.update(money_json(k, r[k], cur))
     data["issued_at"] = iso_local(r["issued_at"], tz)
     data["updated_at"] = iso_local(r["updated_at"], tz)
+    # the owner and the KYC tier that caps the balance (the lower of the product's and the tier's maximum)
+    cap = min(r["tier_max_balance"], r["max_balance"])
+    data.update(cardholder_id=r["cardholder_id"], cardholder_name=r["cardholder_name"], tier=r["tier"])
+    data.update(money_json("tier_max_balance", cap, cur))
+    owner = f"{r['cardholder_id']}  {r['cardholder_name']}" if r["cardholder_id"] else "- (anonymous card)"
     today = business_today(app.config)
     data["today_amount_minor"] = r["day_amount"] if r["day"] == today else 0
     data["today_count"] = r["day_count"] if r["day"] == today else 0
@@ -335,6 +357,7 @@ def card_show(app: AppContext, card_ref: str) -> None:
         f"{format_money(r['daily_amount_limit'], cur)} and {r['daily_count_limit']} purchases a day, "
         f"balance up to {format_money(r['max_balance'], cur)}",
         f"today        {used}",
+        f"cardholder   {owner}; KYC tier {r['tier']}: balance up to {format_money(cap, cur)}",
     ]
     if r["uses_left"] is not None:
         lines.append(f"uses left    {r['uses_left']}")
@@ -359,6 +382,7 @@ def card_show(app: AppContext, card_ref: str) -> None:
 @click.option("--product", "product_code", default=None, help="Product code.")
 @click.option("--batch", default=None, help="Issue batch.")
 @click.option("--label", default=None)
+@click.option("--cardholder", "cardholder_ref", default=None, metavar="CARDHOLDER", help="Cards they own.")
 @_page_options
 @pass_app
 def card_list(
@@ -371,6 +395,7 @@ def card_list(
     label: str | None,
     limit: int,
     after: str | None,
+    cardholder_ref: str | None = None,
 ) -> None:
     """Find cards: by last 4 digits, masked PAN, state, product, issue batch or label (all that are
     given must match)."""
@@ -378,6 +403,9 @@ def card_list(
 
     async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> directory.Page:
         flt = directory.CardFilter(state=state, product=product_code, batch=batch, label=label)
+        if cardholder_ref is not None:
+            owner = await pool.run(cardholders.resolve_cardholder, cardholder_ref)
+            flt = dataclasses.replace(flt, cardholder=owner)
         if pan is not None:
             digits = pan.replace(" ", "")
             by_pan = directory.card_filter_for_pan(
@@ -407,6 +435,7 @@ def card_list(
             "state": r["state"],
             "product": r["product"],
             "issue_batch": r["issue_batch"],
+            "cardholder_id": r["cardholder_id"],
             **money_json("balance", r["balance"], r["currency"]),
             **money_json("available", r["available"], r["currency"]),
             "issued_at": iso_local(r["issued_at"], tz),
@@ -453,6 +482,28 @@ def card_label(app: AppContext, card_ref: str, name: str | None, clear: bool) ->
     app.emit({"card_id": cid, "label": name, "label_was": old}, human)
 
 
+@card.command("assign")
+@click.argument("card_ref", metavar="CARD")
+@click.argument("cardholder_ref", metavar="CARDHOLDER")
+@pass_app
+def card_assign(app: AppContext, card_ref: str, cardholder_ref: str) -> None:
+    """Give an anonymous card an owner (refused below the product's issue tier, for a closed or AML
+    confirmed cardholder, or a card that has one). Its limits follow the owner's tier from the next
+    request on."""
+
+    async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> tuple[int, int, str]:
+        cid = await directory.resolve_card(pool, crypto, card_ref)
+        owner = await pool.run(cardholders.resolve_cardholder, cardholder_ref)
+        await pool.run(cardholders.assign_cards, [cid], owner)
+        return cid, owner, await pool.run(kyc.card_tier, cid)
+
+    cid, owner, tier = _run(app, work, hsm=directory.needs_hsm(card_ref))
+    app.emit(
+        {"card_id": cid, "cardholder_id": owner, "tier": tier},
+        f"card {cid}: now cardholder {owner}'s (KYC tier {tier})",
+    )
+
+
 @card.command("load")
 @click.argument("card_ref", metavar="CARD")
 @click.option("--amount", "minor", type=AMOUNT, required=True, help="Yuan to load, e.g. 500.00.")
@@ -464,6 +515,8 @@ def card_load(app: AppContext, card_ref: str, minor: int, reference: str | None)
     async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> tuple[int, Any, dict[str, Any]]:
         cid = await directory.resolve_card(pool, crypto, card_ref)
         d = await admin_load(pool, cid, minor, reference)
+        if d.reason == "tier_max_balance":  # say which tier and its maximum (host.kyc)
+            raise CatalogError(f"card {cid}: load refused: {await pool.run(kyc.tier_refusal, cid)}")
         return cid, d, await pool.run(catalog.card_info, cid)
 
     cid, d, info = _run(app, work, hsm=directory.needs_hsm(card_ref))

@@ -4,11 +4,12 @@ change). Thin callers of host.catalog and host.directory; lists page with --limi
 
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import click
 
-from host import catalog, directory
+from host import catalog, directory, kyc
 from host.catalog import CatalogError
 from host.cli import (
     _check_components,
@@ -21,7 +22,7 @@ from host.cli import (
 from host.keys import IssuerCrypto
 from ops.cli import AppContext, pass_app
 from ops.localtime import format_local, iso_local
-from ops.money import AMOUNT, AMOUNT_OR_ZERO, currency_alpha, format_money, money_json
+from ops.money import AMOUNT, AMOUNT_OR_ZERO, currency_alpha, format_amount, format_money, money_json
 from ops.pgpool import PgPool
 
 
@@ -29,6 +30,30 @@ from ops.pgpool import PgPool
 @click.group()
 def product() -> None:
     """Card products and their BIN ranges."""
+
+
+def _tier_options(*, adding: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The KYC options of `product add` / `product update` (issue 16 item 2)."""
+    defaults = {t: format_amount(v) for t, v in catalog.TIER_DEFAULTS.items()}  # the PBOC caps
+
+    def wrap(f: Callable[..., Any]) -> Callable[..., Any]:
+        for tier in reversed(kyc.LEVELS):
+            extra = f" (default {defaults[tier]}, at most --max-balance)" if adding else ""
+            f = click.option(
+                f"--max-balance-{tier}",
+                type=AMOUNT,
+                default=None,
+                help=f"Most a card of the {tier} KYC tier holds, in yuan{extra}.",
+            )(f)
+        return click.option(
+            "--issue-tier",
+            type=click.Choice(kyc.LEVELS),
+            default="anonymous" if adding else None,
+            show_default=adding,
+            help="The KYC tier a cardholder needs for a card of the product to be issued to them.",
+        )(f)
+
+    return wrap
 
 
 @product.command("add")
@@ -49,6 +74,7 @@ def product() -> None:
 @click.option("--pin-scheme", type=click.Choice(["3des", "sm4"]), default="3des", show_default=True)
 @click.option("--mcc", "mccs", multiple=True, help="Allowed MCC (repeatable; default any).")
 @click.option("--group", "groups", multiple=True, help="Allowed merchant group (repeatable; default any).")
+@_tier_options(adding=True)
 @pass_app
 def product_add(
     app: AppContext,
@@ -69,6 +95,10 @@ def product_add(
     pin_scheme: str,
     mccs: tuple[str, ...],
     groups: tuple[str, ...],
+    issue_tier: str = "anonymous",
+    max_balance_anonymous: int | None = None,
+    max_balance_named: int | None = None,
+    max_balance_verified: int | None = None,
 ) -> None:
     """Add a card product with its BIN range."""
     if kind == "usage_limited" and uses is None:
@@ -93,6 +123,10 @@ def product_add(
         pin_scheme=pin_scheme,
         allowed_mccs=list(mccs) or None,
         allowed_groups=list(groups) or None,
+        issue_tier=issue_tier,
+        max_balance_anonymous=max_balance_anonymous,
+        max_balance_named=max_balance_named,
+        max_balance_verified=max_balance_verified,
     )
 
     async def work(pool: PgPool) -> int:
@@ -102,6 +136,13 @@ def product_add(
 
     pid = _run(app, work)
     app.emit({"product": code, "id": pid, "bin": bin_prefix}, f"product {code} ({kind}) on BIN {bin_prefix}")
+
+
+def _tier_line(r: dict[str, Any]) -> str:
+    caps = ", ".join(
+        f"{t} {format_money(min(r[f'max_balance_{t}'], r['max_balance']), r['currency'])}" for t in kyc.LEVELS
+    )
+    return f"issued to {r['issue_tier']} cardholders and above; balance up to {caps}"
 
 
 @product.command("list")
@@ -155,6 +196,7 @@ def product_show(app: AppContext, code: str) -> None:
         f"kind         {r['kind']}  currency {currency_alpha(cur)} ({cur})",
         f"BINs         {', '.join(r['bins']) or '-'}",
         f"max balance  {format_money(r['max_balance'], cur)}",
+        f"KYC tiers    {_tier_line(r)}",
         f"per txn      {format_money(r['per_txn_limit'], cur)}",
         f"daily        {format_money(r['daily_amount_limit'], cur)}, {r['daily_count_limit']} purchases",
     ]
@@ -191,6 +233,7 @@ def product_show(app: AppContext, code: str) -> None:
     "--group", "groups", multiple=True, help="Allowed merchant group (repeatable; replaces the list)."
 )
 @click.option("--any-group", is_flag=True, help="Allow every merchant group again.")
+@_tier_options(adding=False)
 @pass_app
 def product_update(
     app: AppContext,
@@ -206,6 +249,10 @@ def product_update(
     any_mcc: bool,
     groups: tuple[str, ...],
     any_group: bool,
+    issue_tier: str | None = None,
+    max_balance_anonymous: int | None = None,
+    max_balance_named: int | None = None,
+    max_balance_verified: int | None = None,
 ) -> None:
     """Change a product's limits or restrictions; a running host applies them from its next request."""
     if mccs and any_mcc:
@@ -224,6 +271,10 @@ def product_update(
             ("pin_required", pin_required),
             ("allowed_mccs", list(mccs) if mccs else [] if any_mcc else None),
             ("allowed_groups", list(groups) if groups else [] if any_group else None),
+            ("issue_tier", issue_tier),
+            ("max_balance_anonymous", max_balance_anonymous),
+            ("max_balance_named", max_balance_named),
+            ("max_balance_verified", max_balance_verified),
         )
         if v is not None
     }
@@ -237,7 +288,7 @@ def product_update(
     changed, r = _run(app, work)
 
     def shown(k: str, v: Any) -> str:
-        if k in ("max_balance", "per_txn_limit", "daily_amount_limit") and v is not None:
+        if k in ("max_balance", "per_txn_limit", "daily_amount_limit", *catalog.TIER_COLUMNS) and v:
             return format_money(v, r["currency"])
         if isinstance(v, list):
             return ",".join(v) or "any"
@@ -274,6 +325,9 @@ def _product_view(app: AppContext, r: dict[str, Any]) -> dict[str, Any]:
     out["currency_numeric"] = cur
     for k in ("max_balance", "face_value", "per_txn_limit", "daily_amount_limit"):
         out.update(money_json(k, r[k], cur))
+    out["issue_tier"] = r["issue_tier"]
+    for k in catalog.TIER_COLUMNS:  # as enforced: each capped by the product's max balance
+        out.update(money_json(k, min(r[k], r["max_balance"]), cur))
     out["created_at"] = iso_local(r["created_at"], app.config.clearing.timezone)
     return out
 

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from host import kyc
 from host.catalog import MERCHANT_TRANSITIONS, CatalogError
 from host.rules import TRANSITIONS
 from ops.logs import mask_pan
@@ -106,6 +107,7 @@ _PRODUCTS = """
 SELECT p.id, p.code, p.name, p.kind, p.currency, p.max_balance, p.initial_amount AS face_value, p.uses,
        p.per_txn_limit, p.daily_amount_limit, p.daily_count_limit, p.validity_months, p.pin_required,
        p.pin_scheme, p.allowed_mccs, p.allowed_groups, p.created_at,
+       p.issue_tier, p.max_balance_anonymous, p.max_balance_named, p.max_balance_verified,
        (SELECT coalesce(array_agg(b.bin ORDER BY b.bin), '{}') FROM bin_ranges b WHERE b.product_id = p.id)
            AS bins,
        (SELECT count(*) FROM cards c WHERE c.product_id = p.id) AS cards
@@ -147,7 +149,7 @@ _CARDS = """
 SELECT c.id, c.label, c.pan_masked, c.expiry, c.state, p.code AS product, c.issue_batch, c.pan_hash,
        a.currency, a.credits_posted - a.debits_posted AS balance,
        a.credits_posted - a.debits_posted - a.debits_pending AS available, a.debits_pending AS held,
-       c.issued_at, c.updated_at
+       c.issued_at, c.updated_at, c.cardholder_id
 FROM cards c JOIN products p ON p.id = c.product_id JOIN accounts a ON a.id = c.account_id
 """
 
@@ -164,6 +166,7 @@ class CardFilter:
     product: str | None = None
     batch: str | None = None
     label: str | None = None
+    cardholder: int | None = None  # host.cardholders: the cards a cardholder owns
 
 
 def card_filter_for_pan(text: str, pan_hash: str | None = None) -> CardFilter:
@@ -203,6 +206,8 @@ async def list_cards(
         w.add("x.issue_batch = {}", f.batch)
     if f.label is not None:
         w.add("x.label = {}", f.label)
+    if f.cardholder is not None:
+        w.add("x.cardholder_id = {}", f.cardholder)
     page = await _page(conn, _CARDS, w.clauses, w.args, after=_int_cursor(after), limit=limit)
     for r in page.rows:
         r.pop("pan_hash", None)
@@ -215,8 +220,10 @@ SELECT c.id, c.label, c.pan_masked, c.expiry, c.state, p.code AS product, p.kind
        a.credits_posted - a.debits_posted AS balance,
        a.credits_posted - a.debits_posted - a.debits_pending AS available, a.debits_pending AS held,
        a.day, a.day_amount, a.day_count,
-       p.max_balance, p.per_txn_limit, p.daily_amount_limit, p.daily_count_limit, p.pin_required
+       p.max_balance, p.per_txn_limit, p.daily_amount_limit, p.daily_count_limit, p.pin_required,
+       c.cardholder_id, h.name AS cardholder_name, """ + kyc.TIER_COLUMNS + """
 FROM cards c JOIN products p ON p.id = c.product_id JOIN accounts a ON a.id = c.account_id
+    LEFT JOIN cardholders h ON h.id = c.cardholder_id
 WHERE c.id = $1
 """
 
