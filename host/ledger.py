@@ -34,7 +34,7 @@ from typing import Any
 
 import asyncpg
 
-from host import kyc, payment_codes, rules
+from host import controls, kyc, payment_codes, rules
 from host.business_day import BusinessDay, utc_now
 from host.model import (
     FINANCIAL,
@@ -109,6 +109,7 @@ class Original:
     hold: TransferRow | None = None  # pre-auth: its hold while still pending
     hold_state: str = ""  # pre-auth: pending / posted / voided / expired
     day: dt.date | None = None  # the business date it was decided: its use counts against that day's limits
+    group: str | None = None  # its merchant's group: its use counts against that group's caps (host.controls)
 
 
 @dataclass
@@ -301,7 +302,8 @@ class Ledger:
         if not (rev_keys or rrn_pairs or hold_keys or hold_cards):
             return
         cols = (
-            "key, txn, response_code, posted, card_id, amount, rrn, received_at"
+            "key, txn, response_code, posted, card_id, amount, rrn, received_at,"
+            " (SELECT m.group_code FROM merchants m WHERE m.id = merchant_ref) AS group_code"
         )
         rows = list(
             await conn.fetch(f"SELECT {cols} FROM auth_requests WHERE key = ANY($1::text[])", rev_keys)
@@ -334,6 +336,7 @@ class Ledger:
                     row["amount"],
                     row["rrn"],
                     day=self.business_day.date_of(row["received_at"]),
+                    group=row["group_code"],
                 )
                 self._register(b, o)
         for row in await conn.fetch(
@@ -461,6 +464,8 @@ class Ledger:
                 c["credits_posted"],
                 tier=c["tier"],
                 tier_max_balance=c["tier_max_balance"],
+                controls=controls.effective(c["product_controls"], c["card_controls"]),
+                spend=controls.spend_of(c),
             )
 
     # -- deciding -------------------------------------------------------------------------------
@@ -482,7 +487,11 @@ class Ledger:
         self._record(b, r, d, original_key=original.key if original else None, merchant=merchant)
         if r.txn in FINANCIAL or r.txn is Txn.BALANCE:
             self._register(
-                b, Original(r.key, r.txn, d.code, d.posted, r.card_id, r.amount, r.rrn, day=b.today)
+                b,
+                Original(
+                    r.key, r.txn, d.code, d.posted, r.card_id, r.amount, r.rrn, day=b.today,
+                    group=merchant.group_code if merchant is not None else None,
+                ),
             )
             if d.posted and b.transfers and b.transfers[-1].key == r.key:
                 o = b.originals[r.key]
@@ -570,11 +579,15 @@ class Ledger:
                 return self._post(b, r, macct, card.account_id, card, "single", Txn.TOPUP)
             reason = rules.check_merchant_allowed(card, merchant)
             reason = reason or rules.check_limits(card, r.amount, b.today)
+            reason = reason or controls.check(
+                card, merchant.group_code, r.amount, b.today, b.now, self.business_day.timezone
+            )
             if reason is None and card.available < r.amount:
                 reason = "insufficient_funds"
             if reason is not None:
                 return _declined(reason)
             rules.count_use(card, r.amount)
+            controls.count(card, merchant.group_code, r.amount, b.today)
             if r.txn is Txn.PURCHASE:
                 return self._post(b, r, card.account_id, macct, card, "single", Txn.PURCHASE)
             expires = b.now + dt.timedelta(days=self.hold_days)
@@ -767,6 +780,8 @@ class Ledger:
             if whole:
                 card.day_count = max(0, card.day_count - 1)
             card.counters_dirty = True
+        if card.spend is not None:  # and the week's, month's, lifetime's and its group's alike
+            controls.give_back(card, o.day, o.group, amount, whole, b.today)
 
     # -- posting --------------------------------------------------------------------------------
     def _post(
@@ -1035,6 +1050,8 @@ class Ledger:
             [c.card_id for c in dirty],
             [c.uses_left for c in dirty],
             [c.pin_tries for c in dirty],
+            *_window_columns(ids, counted),
+            json.dumps(controls.group_rows(counted.values())),
         )
         if b.closing:  # a forfeit closes its card in the transaction that empties it (rare: own statement)
             await conn.execute(
@@ -1060,6 +1077,11 @@ SELECT
                a.day_count, a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted,
                p.id AS product_id, p.code, p.kind, p.currency, p.max_balance, p.per_txn_limit,
                p.daily_amount_limit, p.daily_count_limit, p.pin_required, p.allowed_mccs, p.allowed_groups,
+               a.week, a.week_amount, a.week_count, a.month, a.month_amount, a.month_count, a.life_amount,
+               a.life_count, p.controls::text AS product_controls, c.controls::text AS card_controls,
+               CASE WHEN p.controls ? 'groups' OR c.controls ? 'groups' THEN (
+                   SELECT json_agg(json_build_array(u.group_code, u.span, u.period, u.amount, u.count))
+                   FROM card_group_usage u WHERE u.account_id = a.id) END AS group_usage,
                """ + kyc.TIER_COLUMNS + """
         FROM cards c JOIN accounts a ON a.id = c.account_id JOIN products p ON p.id = c.product_id
             LEFT JOIN cardholders h ON h.id = c.cardholder_id
@@ -1087,15 +1109,32 @@ WITH requests AS (
         credits_pending = a.credits_pending + d.cpe, credits_posted = a.credits_posted + d.cpo,
         day = CASE WHEN d.counted THEN d.day ELSE a.day END,
         day_amount = CASE WHEN d.counted THEN d.day_amount ELSE a.day_amount END,
-        day_count = CASE WHEN d.counted THEN d.day_count ELSE a.day_count END
+        day_count = CASE WHEN d.counted THEN d.day_count ELSE a.day_count END,
+        week = CASE WHEN d.counted THEN d.week ELSE a.week END,
+        week_amount = CASE WHEN d.counted THEN d.week_amount ELSE a.week_amount END,
+        week_count = CASE WHEN d.counted THEN d.week_count ELSE a.week_count END,
+        month = CASE WHEN d.counted THEN d.month ELSE a.month END,
+        month_amount = CASE WHEN d.counted THEN d.month_amount ELSE a.month_amount END,
+        month_count = CASE WHEN d.counted THEN d.month_count ELSE a.month_count END,
+        life_amount = CASE WHEN d.counted THEN d.life_amount ELSE a.life_amount END,
+        life_count = CASE WHEN d.counted THEN d.life_count ELSE a.life_count END
     FROM unnest($3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], $8::boolean[],
-                $9::date[], $10::bigint[], $11::int[])
-        AS d(id, dpe, dpo, cpe, cpo, counted, day, day_amount, day_count)
+                $9::date[], $10::bigint[], $11::int[],
+                $15::date[], $16::bigint[], $17::int[], $18::date[], $19::bigint[], $20::int[], $21::bigint[],
+                $22::bigint[])
+        AS d(id, dpe, dpo, cpe, cpo, counted, day, day_amount, day_count,
+             week, week_amount, week_count, month, month_amount, month_count, life_amount, life_count)
     WHERE a.id = d.id
 ), counters AS (
     UPDATE cards c SET uses_left = d.uses_left, pin_tries = d.pin_tries, updated_at = now()
     FROM unnest($12::bigint[], $13::int[], $14::int[]) AS d(id, uses_left, pin_tries)
     WHERE c.id = d.id
+), group_usage AS (
+    INSERT INTO card_group_usage (account_id, group_code, span, period, amount, count)
+    SELECT (g->>0)::bigint, g->>1, g->>2, (g->>3)::date, (g->>4)::bigint, (g->>5)::int
+    FROM json_array_elements($23::json) AS g
+    ON CONFLICT (account_id, group_code, span)
+        DO UPDATE SET period = EXCLUDED.period, amount = EXCLUDED.amount, count = EXCLUDED.count
 )
 SELECT 1
 """
@@ -1153,6 +1192,24 @@ def _transfer_from_row(t: Any) -> TransferRow:
         t["original_key"],
         t["expires_at"],
     )
+
+
+def _window_columns(ids: list[int], counted: dict[int, CardState]) -> list[list[Any]]:
+    """The week / month / lifetime sums of the counted accounts, a column each (_WRITE_SQL $15-$22)."""
+    spends = [counted[i].spend if i in counted else None for i in ids]
+    return [
+        [getattr(sp, name) if sp is not None else default for sp in spends]
+        for name, default in (
+            ("week", None),
+            ("week_amount", 0),
+            ("week_count", 0),
+            ("month", None),
+            ("month_amount", 0),
+            ("month_count", 0),
+            ("life_amount", 0),
+            ("life_count", 0),
+        )
+    ]
 
 
 def _declined(reason: str) -> Decision:

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # host.controls imports the catalogue, which imports this module
+    from host.controls import Effective, Spend
 
 
 class Txn(StrEnum):
@@ -187,6 +191,11 @@ class CardState:
     # cap (a CardState made without one, as rule tests do).
     tier: str = "anonymous"
     tier_max_balance: int | None = None
+    # Spend controls (host.controls): the card's and its product's merged (None: none set, the common
+    # case), and its week / month / lifetime / merchant-group sums (None: a CardState made without the
+    # batch's read, as rule tests do).
+    controls: Effective | None = None
+    spend: Spend | None = None
 
     @property
     def balance(self) -> int:

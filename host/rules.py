@@ -17,6 +17,8 @@ currency                 request currency not the product's: 13
 amount                   zero or negative: 13
 product restrictions     MCC or merchant group not allowed: 57; top-up of a fixed-amount card: 57
 limits                   per-transaction or daily amount: 61; daily count or no uses left: 65
+spend controls           (host.controls) week / month / lifetime or merchant-group amount: 61,
+                         their counts: 65; outside the card's allowed hours: 57
 funds                    available balance below the amount: 51; top-up above max balance: 61
 KYC tier                 top-up or load above the tier's maximum balance (the product's
                          max_balance_<tier> for the cardholder's kyc_level; anonymous without a
@@ -63,6 +65,16 @@ REASONS: dict[str, Reason] = {
     "daily_amount_limit": Reason(Rc.AMOUNT_LIMIT, "over the daily amount limit"),
     "daily_count_limit": Reason(Rc.FREQUENCY_LIMIT, "daily count limit reached"),
     "no_uses_left": Reason(Rc.FREQUENCY_LIMIT, "no uses left on the card"),
+    # spend controls (host.controls): windows beyond the day, hours, merchant-group caps
+    "week_amount_limit": Reason(Rc.AMOUNT_LIMIT, "over the weekly amount limit"),
+    "week_count_limit": Reason(Rc.FREQUENCY_LIMIT, "weekly count limit reached"),
+    "month_amount_limit": Reason(Rc.AMOUNT_LIMIT, "over the monthly amount limit"),
+    "month_count_limit": Reason(Rc.FREQUENCY_LIMIT, "monthly count limit reached"),
+    "lifetime_amount_limit": Reason(Rc.AMOUNT_LIMIT, "over the card's lifetime amount limit"),
+    "lifetime_count_limit": Reason(Rc.FREQUENCY_LIMIT, "the card's lifetime count limit reached"),
+    "outside_allowed_hours": Reason(Rc.NOT_PERMITTED_CARD, "outside the card's allowed hours"),
+    "group_amount_limit": Reason(Rc.AMOUNT_LIMIT, "over the card's limit at this merchant group"),
+    "group_count_limit": Reason(Rc.FREQUENCY_LIMIT, "the card's count limit at this merchant group reached"),
     "max_balance": Reason(Rc.AMOUNT_LIMIT, "the top-up would exceed the maximum balance"),
     "tier_max_balance": Reason(Rc.AMOUNT_LIMIT, "the load would exceed the card's KYC tier maximum balance"),
     "insufficient_funds": Reason(Rc.INSUFFICIENT_FUNDS, "insufficient funds"),
@@ -225,6 +237,8 @@ def carry_usage(old: CardState, new: CardState) -> None:
     if old.uses_left is not None and new.uses_left != old.uses_left:
         new.uses_left = old.uses_left
         new.card_dirty = True
+    if old.spend is not None and new.spend is not None:  # week, month, lifetime, group sums
+        old.spend.carry_to(new.spend)
 
 
 def check_topup(card: CardState, amount: int) -> str | None:
