@@ -257,7 +257,9 @@ def card_expire(app: AppContext, dry_run: bool, as_of: Any, yes: bool) -> None:
         )
 
     async def work(pool: PgPool) -> ExpiryResult:
-        return await expire_cards(pool, day, dry_run=dry_run)
+        from ops.actor import cli_actor
+
+        return await expire_cards(pool, day, dry_run=dry_run, actor=cli_actor())
 
     result = _run(app, work)
     app.emit(
@@ -294,7 +296,10 @@ def card_show(app: AppContext, card_ref: str) -> None:
     tries, batch, label, issue and update times."""
 
     async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> dict[str, Any]:
-        return await pool.run(directory.show_card, await directory.resolve_card(pool, crypto, card_ref))
+        from host.replace import links
+
+        cid = await directory.resolve_card(pool, crypto, card_ref)
+        return {**await pool.run(directory.show_card, cid), **await pool.run(links, cid)}
 
     r = _run(app, work, hsm=directory.needs_hsm(card_ref))
     cur, tz = r["currency"], app.config.clearing.timezone
@@ -367,6 +372,12 @@ def card_show(app: AppContext, card_ref: str) -> None:
         f"issued       {format_local(r['issued_at'], tz)}",
         f"updated      {format_local(r['updated_at'], tz)}",
     ]
+    # the two cards of a replacement name each other (host.replace)
+    data.update(replaced_by=r["replaced_by"], replaces=r["replaces"])
+    if r["replaced_by"] is not None:
+        lines.append(f"replaced by  card {r['replaced_by']}")
+    if r["replaces"] is not None:
+        lines.append(f"replaces     card {r['replaces']}")
     app.emit(data, "\n".join(lines))
 
 
@@ -572,3 +583,107 @@ def card_history(app: AppContext, card_ref: str, limit: int) -> None:
             ["at", "txn", "mti", "amount", "rc", "reason", "auth_id", "rrn", "terminal_id", "posting_id"],
         ),
     )
+
+
+@card.command("replace")
+@click.argument("card_ref", metavar="CARD")
+@click.option(
+    "--reason",
+    type=click.Choice(["lost", "stolen", "damaged", "expiring"]),
+    required=True,
+    help="lost / stolen: the old card is blocked as such (41 / 43); damaged / expiring (the renewal, which"
+    " keeps the PIN): closed.",
+)
+@click.option(
+    "--mailer-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where a physical card's PIN-mailer line goes (default: host.mailer_dir).",
+)
+@pass_app
+def card_replace(app: AppContext, card_ref: str, reason: str, mailer_dir: Path | None) -> None:
+    """Replace a named card: a new PAN on the same product; the balance, today's use and the
+    cardholder move to it in one ledger transfer; the old card is blocked. Not while holds are pending."""
+    from host.replace import Replacement, replace_card
+    from ops.actor import cli_actor
+
+    folder = mailer_dir or Path(app.config.host.mailer_dir)
+
+    async def work(pool: PgPool, crypto: IssuerCrypto) -> Replacement:
+        cid = await directory.resolve_card(pool, crypto, card_ref)
+        return await replace_card(
+            pool,
+            crypto,
+            cid,
+            reason,
+            actor=cli_actor(),
+            today=business_today(app.config),
+            mailer_dir=folder,
+            timezone=app.config.clearing.timezone,
+        )
+
+    r = _run(app, work, hsm=True)
+    pin = {
+        "new": "a new PIN",
+        "kept": "the PIN kept",
+        "new_no_pin_lmk": "a new PIN (the old card's PIN was not kept at its issue)",
+    }.get(r.pin, "")
+    data = {
+        "old_card_id": r.old_card_id,
+        "card_id": r.new_card_id,
+        "reason": r.reason,
+        "from": r.old_from,
+        "to": r.old_to,
+        "state": r.new_state,
+        "form": r.form,
+        "pan": r.pan,
+        "pan_masked": r.pan_masked,
+        "expiry": r.expiry,
+        **money_json("moved", r.moved, r.currency),
+        "pin": r.pin or None,
+        "mailer": str(r.mailer) if r.mailer else None,
+        "duplicate": r.duplicate,
+    }
+    if r.duplicate:
+        human = (
+            f"card {r.old_card_id} was replaced already by card {r.new_card_id} ({r.pan_masked},"
+            f" {r.new_state}); {format_money(r.moved, r.currency)} moved then"
+        )
+    else:
+        human = (
+            f"card {r.old_card_id}: {r.old_from} -> {r.old_to}; replaced by card {r.new_card_id}"
+            f" ({r.form}, {r.new_state}) with {pin}; {format_money(r.moved, r.currency)} moved\n"
+            f"new card number {r.pan}  expiry {r.expiry[2:]}/{r.expiry[:2]}"
+            + (f"\nPIN mailer {r.mailer}" if r.mailer else "")
+            + "\nThe card number is shown this once: the database keeps it only encrypted and its hash."
+        )
+    app.emit(data, human)
+
+
+@card.command("events")
+@click.argument("card_ref", metavar="CARD")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@pass_app
+def card_events_command(app: AppContext, card_ref: str, limit: int) -> None:
+    """The card's state changes, newest first: when, who, from -> to, the action and why."""
+    from host.card_events import events
+
+    async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> list[dict[str, Any]]:
+        cid = await directory.resolve_card(pool, crypto, card_ref)
+        return await pool.run(events, cid, limit)
+
+    rows = _run(app, work, hsm=directory.needs_hsm(card_ref))
+    tz = app.config.clearing.timezone
+    shown = [
+        {
+            "at": format_local(r["at"], tz),
+            "who": r["actor"],
+            "change": f"{r['from_state'] or '(new)'} -> {r['to_state']}",
+            "action": r["action"],
+            "reason": r["reason"],
+        }
+        for r in rows
+    ]
+    for r in rows:
+        r["at"] = iso_local(r["at"], tz)
+    app.emit(rows, _table(shown, ["at", "who", "change", "action", "reason"]))

@@ -417,6 +417,10 @@ async def card_history(conn: Any, card_id: int, limit: int = 100) -> list[dict[s
            UNION ALL
            SELECT t.created_at, t.code, '', t.amount, '00', '', '', '', '', t.id, t.phase, NULL
            FROM transfers t WHERE t.card_id = $1 AND t.code = 'expiry'
+           UNION ALL  -- the new card of a replacement: the balance it received (host.replace)
+           SELECT t.created_at, t.code, '', t.amount, '00', '', '', '', '', t.id, t.phase, NULL
+           FROM transfers t JOIN cards n ON n.account_id = t.credit_account_id
+           WHERE n.id = $1 AND t.code = 'replacement'
            ORDER BY 1 DESC LIMIT $2""",
         card_id,
         limit,

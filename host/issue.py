@@ -237,12 +237,16 @@ def write_mailer(
     return path
 
 
-async def activate_card(pool: Any, card_id: int, today: dt.date | None = None) -> None:
+async def activate_card(
+    pool: Any, card_id: int, today: dt.date | None = None, *, actor: str | None = None
+) -> None:
     """inventory -> active; a fixed-amount (gift) card is loaded with its face value on activation,
     unless it replaces a card (host.replace): the old card's balance is its money, even when none.
     ``today`` (the business date): refused for a card that is not in inventory or is past its expiry."""
     await pool.run(
-        lambda conn: catalog.set_card_state(conn, card_id, "active", action="activate", today=today)
+        lambda conn: catalog.set_card_state(
+            conn, card_id, "active", action="activate", today=today, actor=actor
+        )
     )
     info = await pool.run(_face_value, card_id)
     if info:

@@ -236,3 +236,15 @@ async def replace_card(
         False,
     )
 
+
+
+async def links(conn: Any, card_id: int) -> dict[str, int | None]:
+    """The card that replaced this one and the card this one replaces (`card show`)."""
+    row = await conn.fetchrow(
+        "SELECT c.replaced_by, (SELECT o.id FROM cards o WHERE o.replaced_by = c.id) AS replaces"
+        " FROM cards c WHERE c.id = $1",
+        card_id,
+    )
+    if row is None:
+        raise CatalogError(f"no card {card_id}")
+    return {"replaced_by": row["replaced_by"], "replaces": row["replaces"]}
