@@ -43,6 +43,9 @@ class ProductSpec:
     max_balance_anonymous: int | None = None
     max_balance_named: int | None = None
     max_balance_verified: int | None = None
+    # Digital cards (issue 16 item 7): the form of the product's cards, physical or virtual (issued to a
+    # cardholder and active at once, no PIN mailer; they pay by payment code, host.payment_codes).
+    form: str = "physical"
 
 
 # The PBOC prepaid-card rules: an unnamed card holds at most 1,000 yuan, a named one 5,000 yuan.
@@ -105,6 +108,8 @@ async def add_product(conn: Any, spec: ProductSpec, bin_prefix: str, pan_length:
                 pid,
             )
             await _set_tiers(conn, pid, spec)
+            if spec.form != "physical":
+                await conn.execute("UPDATE products SET form = $2 WHERE id = $1", pid, spec.form)
         except CatalogError:
             raise
         except Exception as exc:
@@ -268,9 +273,11 @@ async def insert_cards(
     state: str = "inventory",
     today: dt.date | None = None,
     actor: str | None = None,
+    form: str = "physical",
 ) -> list[int]:
     """Card rows and their accounts in one transaction. Fixed-amount cards are loaded at activation.
-    Each card's issue is its first card_events row (NULL -> ``state``), by ``actor`` (default: the CLI's)."""
+    Each card's issue is its first card_events row (NULL -> ``state``), by ``actor`` (default: the CLI's).
+    ``form``: physical or virtual (cards.form)."""
     p = await product(conn, product_code)
     expiry = expiry_for(today or dt.datetime.now(dt.UTC).date(), p["validity_months"])
     async with conn.transaction():
@@ -285,8 +292,8 @@ async def insert_cards(
             rows = await conn.fetch(
                 """INSERT INTO cards (product_id, account_id, pan_hash, pan_enc, pan_masked, expiry, pvv,
                        state,
-                       part, uses_left, issue_batch, pin_lmk)
-                   SELECT $1, a, h, e, m, $2, v, $3, pt, $4, $5, pl
+                       part, uses_left, issue_batch, pin_lmk, form)
+                   SELECT $1, a, h, e, m, $2, v, $3, pt, $4, $5, pl, $13
                    FROM unnest($6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[], $11::smallint[],
                                $12::text[])
                         AS u(a, h, e, m, v, pt, pl)
@@ -303,6 +310,7 @@ async def insert_cards(
                 [c.pvv for c in cards],
                 [c.part for c in cards],
                 [c.pin_lmk for c in cards],
+                form,
             )
         except Exception as exc:
             raise CatalogError(f"cards: {_reason(exc)}") from None
@@ -545,6 +553,7 @@ PRODUCT_UPDATABLE = (
     "max_balance_anonymous",
     "max_balance_named",
     "max_balance_verified",
+    "form",  # of the cards issued from now on
 )
 
 
