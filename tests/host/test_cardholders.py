@@ -60,7 +60,9 @@ def _one_line_refusal(result: Any, *needles: str) -> None:
         assert n in result.output, result.output
 
 
-def test_registration_seals_id_phone_and_email(env: dict[str, str], db_url: str, alice: dict[str, Any]) -> None:
+def test_registration_seals_id_phone_and_email(
+    env: dict[str, str], db_url: str, alice: dict[str, Any]
+) -> None:
     assert alice["kyc_level"] == "named" and alice["aml_status"] == "clear" and alice["aml_hits"] == []
     ch = alice["cardholder"]
     assert ch["name"] == "Alice Wang" and ch["birth_date"] == "1990-03-07" and ch["tier"] == "named"
@@ -87,7 +89,9 @@ def test_without_an_id_a_cardholder_is_anonymous(env: dict[str, str]) -> None:
     assert bob["kyc_level"] == "anonymous" and bob["cardholder"]["id_number_masked"] is None
 
 
-def test_a_duplicate_live_id_is_refused_naming_the_cardholder(env: dict[str, str], alice: dict[str, Any]) -> None:
+def test_a_duplicate_live_id_is_refused_naming_the_cardholder(
+    env: dict[str, str], alice: dict[str, Any]
+) -> None:
     # the same document typed differently (lower-case x, spaces) is the same ID
     again = run(
         env, "cardholder", "add", "A. Wang", "--id-type", "resident_id", "--id-number", "110101 19900307 123x"
@@ -129,7 +133,8 @@ def test_update_seals_again_and_rescreens_a_name_change(
     assert after["phone_enc"] != before["phone_enc"] and after["phone_hash"] != before["phone_hash"]
     assert after["phone_masked"] == "139****0009" and "13900000009" not in _row_text(db_url, me)
     assert ok(env, "cardholder", "list", "--phone", ALICE_PHONE)["cardholders"] == []
-    assert [r["cardholder_id"] for r in ok(env, "cardholder", "list", "--phone", "13900000009")["cardholders"]] == [me]
+    found = ok(env, "cardholder", "list", "--phone", "13900000009")["cardholders"]
+    assert [r["cardholder_id"] for r in found] == [me]
     renamed = ok(env, "cardholder", "update", str(me), "--name", "Alice Wang Li")
     assert renamed["changed"] == ["name"] and renamed["screened"] is True
     same = ok(env, "cardholder", "update", str(me), "--name", "Alice  Wang  Li")
@@ -142,7 +147,9 @@ def test_close_is_refused_while_a_card_is_open(env: dict[str, str], db_url: str)
     ch = ok(env, "cardholder", "add", "Carol Zhao", "--id-type", "passport", "--id-number", "E12345678")
     cid = ch["cardholder_id"]
     ok(env, "product", "add", "CHCLOSE", "--kind", "reloadable", "--bin", "621291", "--no-pin")
-    (card,) = ok(env, "card", "issue", "--product", "CHCLOSE", "--cardholder", str(cid), "--activate")["cards"]
+    issued = ok(env, "card", "issue", "--product", "CHCLOSE", "--cardholder", str(cid), "--activate")
+    (card,) = issued["cards"]
+    assert issued["cardholder_id"] == cid
     refused = run(env, "cardholder", "close", str(cid))
     _one_line_refusal(refused, str(card["card_id"]), "card close")
     ok(env, "card", "close", str(card["card_id"]))
