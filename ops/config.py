@@ -335,6 +335,12 @@ class SettlementConfig:
 
 
 @dataclass(frozen=True)
+class AmlConfig:
+    threshold: int = setting("name-match score (0-100) at or above which AML screening is a hit "
+                             "(host.aml; host/README.md \"AML screening\")", min=0, max=100)
+
+
+@dataclass(frozen=True)
 class Config:
     database: DatabaseConfig
     log: LogConfig
@@ -343,6 +349,7 @@ class Config:
     switch: SwitchConfig
     clearing: ClearingConfig
     settlement: SettlementConfig
+    aml: AmlConfig
 
 
 def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
