@@ -66,6 +66,12 @@ def card() -> None:
     help="Issue the cards to this cardholder (refused below the product's issue tier, when closed or AML"
     " confirmed).",
 )
+@click.option(
+    "--virtual",
+    is_flag=True,
+    help="Virtual (digital) cards, whatever the product's form: active at once, no PIN mailer, they pay by"
+    " payment code (`card code`); --cardholder required.",
+)
 @pass_app
 def card_issue(
     app: AppContext,
@@ -76,8 +82,12 @@ def card_issue(
     mailer_dir: Path | None,
     producer_name: str | None,
     cardholder_ref: str | None = None,
+    virtual: bool = False,
 ) -> None:
     """Issue cards: Luhn-valid PANs in the product's BIN, PINs through the HSM, a PIN-mailer file.
+
+    Virtual cards (--virtual, or the product's form): issued to the --cardholder and active at once,
+    without a PIN mailer (host.issue.issue_cards).
 
     The clear PANs are printed (for embossing) and never stored; the mailer file holds no clear PAN or PIN.
     """
@@ -87,12 +97,14 @@ def card_issue(
         raise click.ClickException("--pin: 4 to 12 digits")
     folder = mailer_dir or Path(app.config.host.mailer_dir)
     owner: dict[str, int] = {}
+    form: dict[str, str | None] = {"form": "virtual" if virtual else None}  # else the product's, in work
 
     async def work(pool: PgPool, crypto: IssuerCrypto) -> tuple[list[Any], Path | None]:
         export = await _export_for(pool, crypto, producer_name) if producer_name else None
         issue: Callable[..., Awaitable[tuple[list[Any], Path | None]]] = functools.partial(
             issue_cards, pool, crypto
         )
+        form["form"] = form["form"] or (await pool.run(catalog.product, product_code))["form"]
         if cardholder_ref is not None:  # checked, issued, then given to them (host.cardholders.issue_to)
             owner["id"] = await pool.run(cardholders.resolve_cardholder, cardholder_ref)
             issue = functools.partial(cardholders.issue_to, pool, crypto, owner["id"])
@@ -104,13 +116,16 @@ def card_issue(
             mailer_dir=folder,
             producer=export,
             today=business_today(app.config),
+            form=form["form"],
+            owner_known=cardholder_ref is not None,
         )
 
     cards, mailer = _run(app, work, hsm=True)
     data = {
         "cards": [{"card_id": c.card_id, "pan": c.pan, "expiry": c.expiry} for c in cards],
         "mailer": str(mailer) if mailer else None,
-        "state": "active" if activate else "inventory",
+        "state": "active" if activate or form["form"] == "virtual" else "inventory",
+        "form": form["form"],
         "producer": producer_name,
         "cardholder_id": owner.get("id"),
     }
@@ -687,3 +702,67 @@ def card_events_command(app: AppContext, card_ref: str, limit: int) -> None:
     for r in rows:
         r["at"] = iso_local(r["at"], tz)
     app.emit(rows, _table(shown, ["at", "who", "change", "action", "reason"]))
+
+
+@card.command("code")
+@click.argument("card_ref", metavar="CARD")
+@click.option(
+    "--max-amount", type=AMOUNT, default=None, help="The most the code may pay, in yuan (default: no cap)."
+)
+@click.option(
+    "--png",
+    "png",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Also write the QR code to this PNG file (mode 0600).",
+)
+@pass_app
+def card_code(app: AppContext, card_ref: str, max_amount: int | None, png: Path | None) -> None:
+    """A one-time payment code for an active card: 18 digits and their QR code, paying once within
+    host.payment_code_seconds (a merchant scans it: POS entry mode 03). Only its keyed hash is kept:
+    the code is shown this once."""
+    from host import payment_codes
+    from ops.actor import cli_actor
+
+    if png is not None and not png.parent.is_dir():
+        raise click.ClickException(f"--png {png}: no folder {png.parent}")
+    seconds = app.config.host.payment_code_seconds
+
+    async def work(pool: PgPool, crypto: IssuerCrypto) -> payment_codes.NewCode:
+        cid = await directory.resolve_card(pool, crypto, card_ref)
+        return await payment_codes.make_code(
+            pool,
+            crypto,
+            cid,
+            seconds=seconds,
+            today=business_today(app.config),
+            actor=cli_actor(),
+            max_amount=max_amount,
+        )
+
+    made = _run(app, work, hsm=True)
+    if png is not None:
+        try:
+            payment_codes.write_png(made.code, png)
+        except OSError as exc:
+            raise click.ClickException(f"--png {png}: {exc.strerror or exc}") from None
+    tz = app.config.clearing.timezone
+    data = {
+        "card_id": made.card_id,
+        "code": made.code,
+        "code_masked": made.masked,
+        "created_at": iso_local(made.created_at, tz),
+        "expires_at": iso_local(made.expires_at, tz),
+        "seconds": seconds,
+        "max_amount_minor": made.max_amount,
+        "currency": made.currency,
+        "png": str(png) if png is not None else None,
+    }
+    cap = f", at most {format_money(made.max_amount, made.currency)}" if made.max_amount else ""
+    app.emit(
+        data,
+        f"{payment_codes.qr_text(made.code)}\n"
+        f"payment code {made.code} for card {made.card_id}: pays once until"
+        f" {format_local(made.expires_at, tz)}{cap}"
+        + (f"\nQR code written to {png}" if png is not None else ""),
+    )

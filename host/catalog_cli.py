@@ -75,6 +75,14 @@ def _tier_options(*, adding: bool) -> Callable[[Callable[..., Any]], Callable[..
 @click.option("--mcc", "mccs", multiple=True, help="Allowed MCC (repeatable; default any).")
 @click.option("--group", "groups", multiple=True, help="Allowed merchant group (repeatable; default any).")
 @_tier_options(adding=True)
+@click.option(
+    "--form",
+    type=click.Choice(["physical", "virtual"]),
+    default="physical",
+    show_default=True,
+    help="Form of the product's cards: virtual ones are issued to a cardholder, active at once, no PIN"
+    " mailer, and pay by payment code.",
+)
 @pass_app
 def product_add(
     app: AppContext,
@@ -99,6 +107,7 @@ def product_add(
     max_balance_anonymous: int | None = None,
     max_balance_named: int | None = None,
     max_balance_verified: int | None = None,
+    form: str = "physical",
 ) -> None:
     """Add a card product with its BIN range."""
     if kind == "usage_limited" and uses is None:
@@ -127,6 +136,7 @@ def product_add(
         max_balance_anonymous=max_balance_anonymous,
         max_balance_named=max_balance_named,
         max_balance_verified=max_balance_verified,
+        form=form,
     )
 
     async def work(pool: PgPool) -> int:
@@ -197,6 +207,7 @@ def product_show(app: AppContext, code: str) -> None:
         f"BINs         {', '.join(r['bins']) or '-'}",
         f"max balance  {format_money(r['max_balance'], cur)}",
         f"KYC tiers    {_tier_line(r)}",
+        f"form         {r['form']}",
         f"per txn      {format_money(r['per_txn_limit'], cur)}",
         f"daily        {format_money(r['daily_amount_limit'], cur)}, {r['daily_count_limit']} purchases",
     ]
@@ -234,6 +245,9 @@ def product_show(app: AppContext, code: str) -> None:
 )
 @click.option("--any-group", is_flag=True, help="Allow every merchant group again.")
 @_tier_options(adding=False)
+@click.option(
+    "--form", type=click.Choice(["physical", "virtual"]), default=None, help="For cards issued from now on."
+)
 @pass_app
 def product_update(
     app: AppContext,
@@ -253,6 +267,7 @@ def product_update(
     max_balance_anonymous: int | None = None,
     max_balance_named: int | None = None,
     max_balance_verified: int | None = None,
+    form: str | None = None,
 ) -> None:
     """Change a product's limits or restrictions; a running host applies them from its next request."""
     if mccs and any_mcc:
@@ -275,6 +290,7 @@ def product_update(
             ("max_balance_anonymous", max_balance_anonymous),
             ("max_balance_named", max_balance_named),
             ("max_balance_verified", max_balance_verified),
+            ("form", form),
         )
         if v is not None
     }
@@ -326,6 +342,7 @@ def _product_view(app: AppContext, r: dict[str, Any]) -> dict[str, Any]:
     for k in ("max_balance", "face_value", "per_txn_limit", "daily_amount_limit"):
         out.update(money_json(k, r[k], cur))
     out["issue_tier"] = r["issue_tier"]
+    out["form"] = r["form"]
     for k in catalog.TIER_COLUMNS:  # as enforced: each capped by the product's max balance
         out.update(money_json(k, min(r[k], r["max_balance"]), cur))
     out["created_at"] = iso_local(r["created_at"], app.config.clearing.timezone)

@@ -99,8 +99,16 @@ async def issue_cards(
     concurrency: int = 64,
     producer: ExportedMailerKey | None = None,
     today: dt.date | None = None,
+    form: str | None = None,
+    owner_known: bool = False,
 ) -> tuple[list[IssuedCard], Path | None]:
     """Issue ``count`` cards; returns them (with clear PANs, for the caller's output only) and the mailer.
+
+    ``form``: physical or virtual (default: the product's). A virtual card (issue 16 item 7) is active
+    at once and has no PIN mailer: it pays by payment code (host.payment_codes), which needs no PIN, so
+    its PIN is the random one JA draws inside the HSM that nobody is told (kept under the LMK in
+    cards.pin_lmk; a PIN set or reset gives the cardholder one). It is issued to a cardholder only:
+    ``owner_known`` says the caller gives the cards to one (host.cardholders.issue_to).
 
     ``producer``: the mailer key as exported to that producer; the PANs go under that key and the
     export goes into the mailer file's header line. ``today``: the programme's business date (the
@@ -110,6 +118,11 @@ async def issue_cards(
     product = await pool.run(catalog.product, product_code)
     if product["bin"] is None:
         raise catalog.CatalogError(f"product {product_code} has no BIN range")
+    form = form or product["form"]
+    if form == "virtual" and not owner_known:
+        raise catalog.CatalogError(
+            f"product {product_code}: a virtual card is issued to a cardholder (give --cardholder)"
+        )
     partitions = await pool.run(catalog.partitions)
     batch = batch or dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S") + f"-{secrets.token_hex(2)}"
     if pin is not None and not (pin.isdigit() and 4 <= len(pin) <= 12):
@@ -133,14 +146,16 @@ async def issue_cards(
         for _ in range(count):
             nursery.start_soon(one)
     ids = await pool.run(
-        catalog.insert_cards, product_code, [m[1] for m in made], batch, "inventory", today
+        lambda conn: catalog.insert_cards(
+            conn, product_code, [m[1] for m in made], batch, "inventory", today, form=form
+        )
     )
     expiry = catalog.expiry_for(today, product["validity_months"])  # the one insert_cards stored
     cards = [
         IssuedCard(cid, pan, expiry, card.pan_masked) for cid, (pan, card, _) in zip(ids, made, strict=True)
     ]
     mailer = None
-    if mailer_dir is not None:
+    if mailer_dir is not None and form == "physical":  # a virtual card's PIN is mailed to nobody
         mailer = write_mailer(
             mailer_dir,
             batch,
@@ -149,7 +164,7 @@ async def issue_cards(
             [(c.card_id, c.masked, m[2]) for c, m in zip(cards, made, strict=True)],
             header=mailer_header(producer, product_code, batch, len(cards)) if producer else None,
         )
-    if activate:
+    if activate or form == "virtual":
         for c in cards:
             await activate_card(pool, c.card_id)
     return cards, mailer
