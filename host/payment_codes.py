@@ -52,11 +52,12 @@ from host.model import Request, Txn
 from host.rules import yymm
 from ops.files import write_bytes_atomic
 from ops.logs import get_logger, mask_pan
+from specs.catalogue import PAYMENT_CODE_LENGTH, QR_ENTRY_MODE
 
 log = get_logger(__name__)
 
-CODE_LENGTH = 18
-ENTRY_MODE = "03"  # POS / H2H DE22 positions 1-2: QR (project convention, pos-dialect.md)
+CODE_LENGTH = PAYMENT_CODE_LENGTH  # 18
+ENTRY_MODE = QR_ENTRY_MODE  # POS / H2H DE22 positions 1-2: QR (project convention, pos-dialect.md)
 PAYS = frozenset({Txn.PURCHASE, Txn.PREAUTH})  # what a code pays (and is consumed by)
 REFERS = frozenset({Txn.VOID, Txn.REFUND, Txn.COMPLETION, Txn.PREAUTH_VOID, Txn.REVERSAL})
 DRAWS = 20  # codes drawn before giving up (a collision is a 1 in 10^6..10^11 event per draw)

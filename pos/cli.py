@@ -385,7 +385,9 @@ _net_command(
 )
 
 
-def _card_command(name: str, kind: str, help_text: str, *, amount: bool, pin_required: bool) -> None:
+def _card_command(
+    name: str, kind: str, help_text: str, *, amount: bool, pin_required: bool, by_code: bool = False
+) -> None:
     @card_options
     @terminal_options
     @pass_app
@@ -405,10 +407,16 @@ def _card_command(name: str, kind: str, help_text: str, *, amount: bool, pin_req
             if (given is None) == (option is None):
                 raise click.ClickException("give the amount once: AMOUNT or --amount AMOUNT")
             value = _amount(given or option)
-        if not card and not track2:
-            card = _first_demo_card()
-        the_card = _card(card, expiry, track2)
-        the_pin = _pin(pin, no_pin, card, pin_required)
+        code = opts.pop("code", None)
+        if code is not None:  # scanned from the customer's app: entry mode 03x, no PIN (host.rules)
+            if card or track2 or expiry or pin:
+                raise click.UsageError("--code is the card: no --card, --track2, --expiry or --pin with it")
+            the_card, the_pin = _code_card(code), None
+        else:
+            if not card and not track2:
+                card = _first_demo_card()
+            the_card = _card(card, expiry, track2)
+            the_pin = _pin(pin, no_pin, card, pin_required)
 
         async def action(session: Session) -> terminal.Receipt:
             return await terminal.financial(session, kind, the_card, value, the_pin)
@@ -416,15 +424,33 @@ def _card_command(name: str, kind: str, help_text: str, *, amount: bool, pin_req
         _run(app, opts, action)
 
     command.__doc__ = help_text
+    if by_code:
+        command = click.option(
+            "--code",
+            metavar="CODE",
+            help="Pay with the customer's payment code (18 digits, `payswitch card code`): entry mode 032.",
+        )(command)
     if amount:
         command = click.option("--amount", "amount_option", metavar="AMOUNT", help="Same as AMOUNT.")(command)
         command = click.argument("amount", required=False)(command)
     pos.command(name)(command)
 
 
+def _code_card(code: str) -> Card:
+    try:
+        return Card.payment_code(code.strip())
+    except CardError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 _card_command("balance", "balance", "Balance inquiry (0200, 31).", amount=False, pin_required=True)
 _card_command(
-    "purchase", "purchase", "Purchase (0200, 00) of AMOUNT yuan (12.50).", amount=True, pin_required=True
+    "purchase",
+    "purchase",
+    "Purchase (0200, 00) of AMOUNT yuan (12.50); --code pays with a payment code.",
+    amount=True,
+    pin_required=True,
+    by_code=True,
 )
 _card_command(
     "topup", "topup", "Top-up, a cash load (0200, 21): AMOUNT in yuan.", amount=True, pin_required=False

@@ -14,7 +14,9 @@ from typing import Any
 
 from pos.crypto import KeyCipher, Scheme, pin_block
 from specs.catalogue import (
+    PAYMENT_CODE_LENGTH,
     POS_TRANSACTIONS,
+    QR_ENTRY_MODE,
     BatchTotals,
     De60,
     De61,
@@ -69,11 +71,19 @@ class CardError(ValueError):
 
 @dataclass(frozen=True)
 class Card:
-    """How the card was presented: keyed (PAN + expiry) or swiped (track 2)."""
+    """How the card was presented: keyed (PAN + expiry), swiped (track 2) or a scanned payment code."""
 
     pan: str
     expiry: str = ""  # YYMM, keyed entry
     track2: str = ""  # PAN=YYMM..., swipe
+    by_code: bool = False  # ``pan`` is a payment code the customer's app showed (entry mode 03x, no DE14)
+
+    @staticmethod
+    def payment_code(code: str) -> Card:
+        """A payment code scanned from the customer's QR code (specs/README.md "Payment codes")."""
+        if not (code.isdigit() and len(code) == PAYMENT_CODE_LENGTH):
+            raise CardError(f"a payment code is {PAYMENT_CODE_LENGTH} digits")
+        return Card(code, by_code=True)
 
     @staticmethod
     def keyed(pan: str, expiry: str) -> Card:
@@ -93,7 +103,7 @@ class Card:
 
     @property
     def entry_prefix(self) -> str:
-        return "02" if self.track2 else "01"
+        return QR_ENTRY_MODE if self.by_code else "02" if self.track2 else "01"
 
 
 def base(kind: Kind, stan: str, batch: str, terminal_id: str, merchant_id: str) -> Message:
@@ -134,7 +144,8 @@ def financial_request(
         msg["35"] = card.track2
     else:
         msg["2"] = card.pan
-        msg["14"] = card.expiry
+        if not card.by_code:  # a payment code has no expiry date
+            msg["14"] = card.expiry
     has_pin = pin is not None or pin_block_bytes is not None
     msg["22"] = card.entry_prefix + ("1" if has_pin else "2")
     if has_pin:

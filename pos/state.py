@@ -51,6 +51,7 @@ class JournalEntry:
     reversed: bool = False
     voided: bool = False
     refunded: int = 0  # amount refunded so far against this entry
+    by_code: bool = False  # paid with a payment code (entry mode 03x): its void/refund is sent the same way
 
 
 @dataclass

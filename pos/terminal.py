@@ -302,6 +302,7 @@ def _journal(
         date=str(m.get("13", "")),
         time=str(m.get("12", "")),
         orig_stan=original.stan if original else "",
+        by_code=card.by_code,
     )
     state.journal.append(entry)
     state.last_approved = state.storable(messages.reversal_of(req))
@@ -319,6 +320,8 @@ def card_expiry(card: Card) -> str:
 def journal_card(session: Session, entry: JournalEntry) -> Card:
     """The card of a journal entry, as keyed entry (what a void/refund/completion is sent with)."""
     pan, expiry = session.state.open_card(entry.pan_enc)
+    if entry.by_code:  # the (used) payment code: the issuer finds the card by it
+        return Card(pan, by_code=True)
     return Card(pan, expiry=expiry or "4912")
 
 

@@ -363,6 +363,14 @@ def format_error_response(dialect: str, error: DecodeError) -> dict[str, Any] | 
     return resp
 
 
+# --- payment codes (project convention, specs/README.md "Payment codes") --------------------------------
+
+# POS (and H2H) DE22 entry mode 03x, QR: DE2 is a one-time payment code of PAYMENT_CODE_LENGTH digits
+# (the card's BIN, random digits, a Luhn check digit) made by the issuer for a card, not a card number.
+QR_ENTRY_MODE = "03"
+PAYMENT_CODE_LENGTH = 18
+
+
 # --- structured POS sub-fields --------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
