@@ -27,6 +27,7 @@ from host.cli import (
     _run,
     _table,
 )
+from host.controls_cli import card_limits
 from host.keys import IssuerCrypto
 from ops.cli import AppContext, pass_app
 from ops.localtime import format_local, iso_local
@@ -702,6 +703,102 @@ def card_events_command(app: AppContext, card_ref: str, limit: int) -> None:
     for r in rows:
         r["at"] = iso_local(r["at"], tz)
     app.emit(rows, _table(shown, ["at", "who", "change", "action", "reason"]))
+
+
+# -- card pin -------------------------------------------------------------------------------------
+@card.group("pin")
+def card_pin() -> None:
+    """PINs without a clear PIN anywhere: the issuer's SM2 key for apps, a PIN set by an app, a reset."""
+
+
+@card_pin.command("public-key")
+@pass_app
+def card_pin_public_key(app: AppContext) -> None:
+    """The issuer's SM2 public key that apps encrypt PIN blocks under (made in the HSM the first time)."""
+    from host.pins import IssuerSm2Key, issuer_key
+
+    async def work(pool: PgPool, crypto: IssuerCrypto) -> IssuerSm2Key:
+        return await issuer_key(pool, crypto)
+
+    key = _run(app, work, hsm=True)
+    app.emit(
+        key.public(),
+        f"SM2 public key (sm2p256v1, 04 || x || y)\n{key.public_key}\ncheck value {key.check_value}\n"
+        f"{key.pem()}An app encrypts (C1C3C2) a format-0 PIN block (8 bytes) + UTC seconds (8 bytes).",
+    )
+
+
+@card_pin.command("set")
+@click.argument("card_ref", metavar="CARD")
+@click.option(
+    "--sm2-block",
+    "block_hex",
+    required=True,
+    help="The app's PIN block under the issuer's SM2 public key, C1C3C2 in hex (`card pin public-key`).",
+)
+@pass_app
+def card_pin_set(app: AppContext, card_ref: str, block_hex: str) -> None:
+    """Set the PIN an app encrypted under the issuer's SM2 key: decrypted and turned into a PVV only
+    inside the HSM; PIN tries cleared."""
+    from host.pins import PinChanged, parse_block, set_pin_sm2
+
+    async def work(pool: PgPool, crypto: IssuerCrypto) -> PinChanged:
+        block = parse_block(block_hex)
+        cid = await directory.resolve_card(pool, crypto, card_ref)
+        return await set_pin_sm2(pool, crypto, cid, block, today=business_today(app.config))
+
+    done = _run(app, work, hsm=True)
+    app.emit(
+        {"card_id": done.card_id, "action": done.action, "state": done.state, "pin_tries": 0},
+        f"card {done.card_id}: PIN set from the app's SM2 block; PIN tries cleared",
+    )
+
+
+@card_pin.command("reset")
+@click.argument("card_ref", metavar="CARD")
+@click.option(
+    "--mailer-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the new PIN-mailer file goes (default: host.mailer_dir).",
+)
+@click.option(
+    "--producer",
+    "producer_name",
+    default=None,
+    help="Card producer: the PAN under its mailer key, the key under its ZMK in the file's header line.",
+)
+@pass_app
+def card_pin_reset(
+    app: AppContext, card_ref: str, mailer_dir: Path | None, producer_name: str | None
+) -> None:
+    """A new random PIN drawn inside the HSM, its PVV, PIN tries cleared, and a new PIN mailer."""
+    from host.pins import PinChanged, reset_pin
+
+    folder = mailer_dir or Path(app.config.host.mailer_dir)
+
+    async def work(pool: PgPool, crypto: IssuerCrypto) -> PinChanged:
+        cid = await directory.resolve_card(pool, crypto, card_ref)
+        export = await _export_for(pool, crypto, producer_name) if producer_name else None
+        return await reset_pin(
+            pool, crypto, cid, mailer_dir=folder, producer=export, today=business_today(app.config)
+        )
+
+    done = _run(app, work, hsm=True)
+    app.emit(
+        {
+            "card_id": done.card_id,
+            "action": done.action,
+            "state": done.state,
+            "pin_tries": 0,
+            "mailer": str(done.mailer),
+            "producer": producer_name,
+        },
+        f"card {done.card_id}: PIN reset; PIN tries cleared; PIN mailer {done.mailer}",
+    )
+
+
+card.add_command(card_limits)  # `card limits`: host/controls_cli.py (spend controls)
 
 
 @card.command("code")

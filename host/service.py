@@ -508,9 +508,12 @@ class HostService:
 
     async def _verify_pin(self, parsed: h2h.Parsed, pan_hash: str) -> Pin:
         assert parsed.pin_block is not None and parsed.pan is not None
-        if pan_hash not in self._pin_data:
-            self._pin_data[pan_hash] = await self.pool.run(_pin_data, pan_hash)
-        data = self._pin_data[pan_hash]
+        cache = self._pin_data
+        if pan_hash in cache:
+            data = cache[pan_hash]
+        else:
+            # kept in the dict of when the read began: one that a PIN change cleared meanwhile is gone
+            data = cache[pan_hash] = await self.pool.run(_pin_data, pan_hash)
         if data is None:
             return Pin.NONE  # unknown card: answered 14 by the engine
         _card_id, pvv, pvki = data
@@ -678,16 +681,19 @@ class HostService:
         read again by the next batch (products are read with every batch anyway)."""
         seen: int | None = None
         while True:
-            await trio.sleep(CATALOG_POLL_SECONDS)
+            # read first, then sleep: the version seen is that of before anything was cached
             try:
                 version = await self.pool.run(catalog_version)
             except Exception as exc:  # the database may be away: the cache stays, tried again
                 log.debug("catalog version read failed", error=repr(exc))
-                continue
-            if seen is not None and version != seen:
-                self.ledger.forget_merchants()
-                log.info("catalogue changed: merchants read again", version=version)
-            seen = version
+            else:
+                if seen is not None and version != seen:
+                    self.ledger.forget_merchants()
+                    # a PIN set or reset (cards.pvv) moves the version too (host migration 0018)
+                    self._pin_data = {}
+                    log.info("catalogue changed: merchants read again", version=version)
+                seen = version
+            await trio.sleep(CATALOG_POLL_SECONDS)
 
     async def _closes_poll(self) -> None:
         """Every CATALOG_POLL_SECONDS the recent dates closed early (``clearing close-day``): the
