@@ -27,7 +27,6 @@ from host.cli import (
     _run,
     _table,
 )
-from host.controls_cli import card_limits
 from host.keys import IssuerCrypto
 from ops.cli import AppContext, pass_app
 from ops.localtime import format_local, iso_local
@@ -798,7 +797,6 @@ def card_pin_reset(
     )
 
 
-card.add_command(card_limits)  # `card limits`: host/controls_cli.py (spend controls)
 
 
 @card.command("code")
