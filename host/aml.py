@@ -746,7 +746,9 @@ async def confirm(conn: Any, cardholder_id: int, *, actor: str, reason: str) -> 
 
 
 async def _freeze(conn: Any, card_id: int, actor: str, reason: str) -> None:
-    await catalog.set_card_state(conn, card_id, "frozen")
+    await catalog.set_card_state(
+        conn, card_id, "frozen", actor=actor, reason=f"AML match confirmed: {reason}"
+    )
 
 
 async def _decide(conn: Any, cardholder_id: int, decision: str, actor: str, reason: str) -> int:

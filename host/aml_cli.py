@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import click
 
 from host import aml as screening
+from host import cardholders
 from host.cli import _run, _table
 from ops.actor import cli_actor
 from ops.cli import AppContext, pass_app
@@ -27,12 +28,10 @@ def _aml(app: AppContext, work: Callable[[PgPool], Awaitable[T]]) -> T:
         raise click.ClickException(str(exc)) from None
 
 
-def _cardholder_id(ref: str) -> int:
-    if not ref.isdigit() or len(ref) > 18:
-        raise click.ClickException(
-            f"cardholder {ref!r}: give a cardholder id (`payswitch aml review` lists those in review)"
-        )
-    return int(ref)
+async def _cardholder_id(pool: PgPool, ref: str) -> int:
+    """A CARDHOLDER argument, read as every command reads one (host.cardholders.resolve_cardholder)."""
+    cid: int = await pool.run(cardholders.resolve_cardholder, ref)
+    return cid
 
 
 def _when(app: AppContext, instant: Any) -> str:
@@ -196,12 +195,12 @@ def review_cmd(app: AppContext, limit: int) -> None:
 @pass_app
 def hits_cmd(app: AppContext, cardholder: str) -> None:
     """Every hit of a cardholder with its decision (who, when, why)."""
-    cid = _cardholder_id(cardholder)
 
-    async def work(pool: PgPool) -> list[dict[str, Any]]:
-        return await pool.run(screening.hits_of, cid)
+    async def work(pool: PgPool) -> tuple[int, list[dict[str, Any]]]:
+        cid = await _cardholder_id(pool, cardholder)
+        return cid, await pool.run(screening.hits_of, cid)
 
-    rows = _aml(app, work)
+    cid, rows = _aml(app, work)
     shown = [
         {
             **h,
@@ -237,10 +236,10 @@ def _decision(name: str, verb: str, help_text: str) -> None:
     @click.option("--reason", required=True, help="Why (kept with the decision).")
     @pass_app
     def command(app: AppContext, cardholder: str, reason: str) -> None:
-        cid = _cardholder_id(cardholder)
         decide = screening.clear if name == "clear" else screening.confirm
 
         async def work(pool: PgPool) -> screening.Decided:
+            cid = await _cardholder_id(pool, cardholder)
             return await pool.run(lambda conn: decide(conn, cid, actor=cli_actor(), reason=reason))
 
         d = _aml(app, work)

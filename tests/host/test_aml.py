@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -298,6 +299,14 @@ def test_review_then_confirm_freezes_the_cards(env: dict[str, str], db_url: str)
         r["id"]: r["state"] for r in _sql(db_url, "SELECT id, state FROM cards WHERE cardholder_id = $1", cid)
     }
     assert states == {ids[0]: "lost", ids[1]: "frozen", ids[2]: "frozen"}
+    events = _sql(
+        db_url,
+        "SELECT card_id, action, actor, reason FROM card_events WHERE to_state = 'frozen' AND"
+        " card_id = ANY($1::bigint[]) ORDER BY card_id",
+        ids,
+    )
+    assert [e["card_id"] for e in events] == sorted(ids[1:])
+    assert all(e["actor"].startswith("cli:") and "AML match confirmed" in e["reason"] for e in events)
     assert _status(db_url, cid) == "confirmed"
     refused = run(env, "aml", "clear", str(cid), "--reason", "oops")
     assert refused.exit_code == 1 and "confirmed" in refused.output
@@ -356,3 +365,22 @@ def _entry(name: str) -> dict[str, Any]:
         "form_names": [0] * len(fs),
         "fingerprint": "",
     }
+
+
+def test_registration_and_name_change_are_screened(
+    db_url: str, hsm_server: Any, tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]
+) -> None:
+    """Through host.cardholders (`cardholder add` / `update`, real HSM): the hit is in the answer."""
+    e = cli_env(tmp_path_factory.mktemp("amlreg"), db_url, hsm_server.env)
+    added = run(e, "--json", "cardholder", "add", "Xiaoming WANG", "--birth-date", "1975-06-01")
+    assert added.exit_code == 0, added.output
+    cid = int(json.loads(added.output)["cardholder_id"])
+    assert _status(db_url, cid) == "review"
+    clean = run(e, "--json", "cardholder", "add", "Henrietta Plumtree")
+    assert clean.exit_code == 0, clean.output
+    other = int(json.loads(clean.output)["cardholder_id"])
+    assert _status(db_url, other) == "clear"
+    renamed = run(e, "--json", "cardholder", "update", str(other), "--name", "Oksana Quillfeather")
+    assert renamed.exit_code == 0, renamed.output
+    assert _status(db_url, other) == "review"
+    assert [h["reference"] for h in ok(e, "aml", "hits", str(other))["hits"]] == ["TL-004"]
