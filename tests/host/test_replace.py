@@ -49,6 +49,13 @@ async def _named(conn: Any, card_id: int, level: str = "named") -> int:
     return int(holder)
 
 
+def _pin_buy(client: Any, pan: str, amount: int) -> dict[str, Any]:
+    """A purchase with the harness's PIN (123456) in DE52."""
+    msg = message(client, pan, amount)
+    msg["52"] = pin_block(pan)
+    return msg
+
+
 async def _card_id(h: Harness, pan: str) -> int:
     return int(await h.pool.run(catalog.card_by_hash, await h.crypto.pan_hash(pan)))
 
@@ -128,13 +135,13 @@ def test_expiring_keeps_the_pin_and_virtual_is_active_at_once(
         await activate_card(h.pool, r.new_card_id, TODAY)
         c = h.client
         assert r.pan is not None
-        assert (await c.request(message(c, r.pan, 700, **{"52": pin_block(r.pan)})))["39"] == "00"
-        assert (await c.request(message(c, pan, 100, **{"52": pin_block(pan)})))["39"] == "14"
+        assert (await c.request(_pin_buy(c, r.pan, 700)))["39"] == "00"
+        assert (await c.request(_pin_buy(c, pan, 100)))["39"] == "14"
 
         await _sql(h, "UPDATE cards SET form = 'virtual' WHERE id = $1", vold)
         v = await _replace(h, vold, "expiring", tmp_path)
         assert v.form == "virtual" and v.new_state == "active" and v.mailer is None and v.pan
-        assert (await c.request(message(c, v.pan, 100, **{"52": pin_block(v.pan)})))["39"] == "00"
+        assert (await c.request(_pin_buy(c, v.pan, 100)))["39"] == "00"
 
         # a card issued before pin_lmk was kept: a new PIN, and the result says so
         _, _, third = await programme(h, "RPLEXQ", load=0, bin_prefix="621305")
