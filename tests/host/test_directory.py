@@ -182,6 +182,17 @@ def test_card_labels_reach_every_card_command(env: dict[str, str], programme: di
     assert ok(env, "card", "reset-pin-tries", "lalice")["card_id"] == a[0]["card_id"]
     assert ok(env, "card", "load", "lalice", "--amount", "1.00")["card_id"] == a[0]["card_id"]
     assert isinstance(ok(env, "card", "history", "lalice"), (list, dict))
+    # only a named card can be reported lost or stolen (PBOC, host.catalog.set_card_state): owners by SQL
+    for i, card in enumerate(a[1:3]):
+        query(
+            env["PAYSWITCH_DATABASE_URL"],
+            """WITH h AS (INSERT INTO cardholders (name, name_key, id_type, id_number_enc, id_number_hash,
+                                                  kyc_level)
+                          VALUES ('Dir Holder', 'dir holder', 'other', 'enc', $2, 'named') RETURNING id)
+               UPDATE cards SET cardholder_id = (SELECT id FROM h) WHERE id = $1""",
+            card["card_id"],
+            f"dir-holder-{i}",
+        )
     assert ok(env, "card", "lost", "lbob")["to"] == "lost"
     assert ok(env, "card", "stolen", "lcarol")["to"] == "stolen"
     assert ok(env, "card", "activate", "lgift")["to"] == "active"
