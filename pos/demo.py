@@ -118,7 +118,7 @@ def _shown(args: tuple[str, ...]) -> list[str]:
     out, hide = [], False
     for a in args:
         out.append("***" if hide else a)
-        hide = a in ("--tmk", "--pin", "--component")
+        hide = a in ("--tmk", "--pin", "--component", "--id-number", "--phone", "--email")
     return out
 
 
@@ -506,6 +506,7 @@ def _demo_cards(admin: Admin) -> list[dict[str, Any]]:
         if known and [c["name"] for c in known] == list(CARD_NAMES) and admin.known_card(known[0]["pan"]):
             for c in known:  # a seed of before card labels: every card command takes the names from now on
                 _label_card(admin, str(c["pan"]), str(c["name"]))
+            _demo_owners(admin)
             return known
     except KeyError:
         pass
@@ -525,7 +526,43 @@ def _demo_cards(admin: Admin) -> list[dict[str, Any]]:
         admin.run("card", "load", card["card_id"], "--amount", "500.00", "--reference", f"demo-seed-{name}")
         _label_card(admin, str(card["card_id"]), name)
         cards.append({"name": name, "pan": card["pan"], "expiry": card["expiry"], "pin": DEMO_PIN})
+    _demo_owners(admin)
     return cards
+
+
+# Synthetic cardholders (issue 16) who own alice's and bob's cards, so the tour shows owned, named cards;
+# carol's stays anonymous, like a gift card. Test data: no real person's ID, phone or e-mail.
+DEMO_CARDHOLDERS = {
+    "alice": ("Alice Demo", "110101199001010018", "13800000001", "alice@example.com"),
+    "bob": ("Bob Demo", "110101199202020029", "13800000002", "bob@example.com"),
+}
+
+
+def _demo_owners(admin: Admin) -> None:
+    """Give alice's and bob's cards their cardholders (named: an ID is given), once."""
+    if not admin.available("cardholder"):
+        return
+    for card, (name, id_number, phone, email) in DEMO_CARDHOLDERS.items():
+        if admin.run("card", "show", card).get("cardholder_id") is not None:
+            continue
+        added = admin.run(
+            "cardholder",
+            "add",
+            name,
+            "--id-type",
+            "resident_id",
+            "--id-number",
+            id_number,
+            "--phone",
+            phone,
+            "--email",
+            email,
+            ok_if=("already",),
+        )
+        if added is None:  # registered by an earlier seed whose card was issued again
+            found = admin.run("cardholder", "list", "--id-number", id_number, "--state", "active")
+            (added,) = found["cardholders"]
+        admin.run("card", "assign", card, str(added["cardholder_id"]))
 
 
 def _label_card(admin: Admin, card: str, name: str) -> None:
