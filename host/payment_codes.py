@@ -51,10 +51,8 @@ from host.keys import IssuerCrypto
 from host.model import Request, Txn
 from host.rules import yymm
 from ops.files import write_bytes_atomic
-from ops.logs import get_logger, mask_pan
+from ops.logs import mask_pan
 from specs.catalogue import PAYMENT_CODE_LENGTH, QR_ENTRY_MODE
-
-log = get_logger(__name__)
 
 CODE_LENGTH = PAYMENT_CODE_LENGTH  # 18
 ENTRY_MODE = QR_ENTRY_MODE  # POS / H2H DE22 positions 1-2: QR (project convention, pos-dialect.md)
@@ -133,7 +131,6 @@ async def make_code(
         h = await crypto.pan_hash(code, cache=False)
         row = await pool.run(_insert, h, mask_pan(code), card_id, seconds, max_amount, actor)
         if row is not None:
-            log.info("payment code made", card_id=card_id, code=mask_pan(code), seconds=seconds)
             return NewCode(
                 code, row["id"], card_id, mask_pan(code), row["created_at"], row["expires_at"], max_amount,
                 card["currency"],
