@@ -31,7 +31,8 @@ def app_block(public_key: str, pan: str, new_pin: str, stamp: float | None = Non
     plain = pinblock.encode(new_pin, account_from_pan(pan)) + int(stamp or time.time()).to_bytes(8, "big")
     g = CryptSM2(private_key=None, public_key="", mode=1)
     g.public_key = public_key[2:].lower()  # x ‖ y (set directly: the constructor's lstrip("04") quirk)
-    return b"\x04" + g.encrypt(plain)
+    ct: bytes = g.encrypt(plain)
+    return b"\x04" + ct
 
 
 def clear_pin_under_test_lmk(pin_lmk: str) -> str:
@@ -42,7 +43,8 @@ def clear_pin_under_test_lmk(pin_lmk: str) -> str:
 
 async def _rc(h: Harness, pan: str, pin_digits: str) -> str:
     c = h.client
-    return str((await c.request(message(c, pan, 100, **{"52": pin_block(pan, pin_digits)})))["39"])
+    fields: dict[str, Any] = {"52": pin_block(pan, pin_digits)}
+    return str((await c.request(message(c, pan, 100, **fields)))["39"])
 
 
 async def _pin_data_forgotten() -> None:
