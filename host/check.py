@@ -47,6 +47,13 @@ All run in one REPEATABLE READ snapshot, so the check can run while the host is 
   card's account to the account of the card its replaced_by names, same product and cardholder, for
   exactly the old card's posted balance just before it (the sum of the account's earlier postings),
   once per card; and a card that names a replacement is not live (lost, stolen or closed).
+- ``pin_change_moves_nothing``: a PIN change at a terminal (``pin_change``, specs/README.md) has no
+  amount, is never posted, and no transfer carries its key or names it as an original (its reversal
+  undoes nothing); an approved one names its card.
+- ``payment_code_paid_once``: every used payment code (host.payment_codes) was used by one approved,
+  posted purchase or pre-auth of its own card (its used_key is that request's key; a unique index
+  makes it one), within the code's cap and before it expired (used_at, the batch's time, before
+  expires_at).
 """
 
 from __future__ import annotations
@@ -238,6 +245,19 @@ CHECKS: dict[str, str] = {
         SELECT 'card:' || id FROM cards
         WHERE replaced_by IS NOT NULL AND state NOT IN ('lost', 'stolen', 'closed')
         ORDER BY 1 LIMIT 1000""",
+    "pin_change_moves_nothing": """
+        SELECT r.key FROM auth_requests r
+        WHERE r.txn = 'pin_change'
+          AND (r.posted OR r.amount <> 0 OR (r.card_id IS NULL AND r.response_code = '00')
+               OR EXISTS (SELECT 1 FROM transfers t WHERE t.key = r.key OR t.original_key = r.key))
+        ORDER BY 1 LIMIT 1000""",
+    "payment_code_paid_once": """
+        SELECT 'code:' || pc.id FROM payment_codes pc LEFT JOIN auth_requests r ON r.key = pc.used_key
+        WHERE pc.used_key IS NOT NULL
+          AND (r.key IS NULL OR r.response_code <> '00' OR NOT r.posted OR r.card_id <> pc.card_id
+               OR r.txn NOT IN ('purchase', 'preauth') OR r.amount > coalesce(pc.max_amount, r.amount)
+               OR pc.used_at >= pc.expires_at)
+        ORDER BY pc.id LIMIT 1000""",
 }
 
 

@@ -42,6 +42,7 @@ from host.model import (
     CardState,
     Decision,
     Merchant,
+    Pin,
     Product,
     Rc,
     Request,
@@ -136,6 +137,8 @@ class _Batch:
     # card_events of the state changes written in this transaction (host.card_events): (card id, from,
     # to, action, actor, reason).
     card_events: list[tuple[int, str, str, str, str, str]] = field(default_factory=list)
+    # PIN changes approved: card id -> (new PVV, new PIN under LMK), the last one of the batch.
+    pin_changes: dict[int, tuple[str, str]] = field(default_factory=dict)
 
 
 def _fingerprint(r: Request) -> tuple[int | None, int, str]:
@@ -561,6 +564,8 @@ class Ledger:
             reason = rules.check_pin(card, r, self.pin_tries)
         if reason is not None:
             return _declined(reason)
+        if r.txn is Txn.PIN_CHANGE:
+            return await self._pin_change(conn, b, r, card)
         if r.txn is Txn.BALANCE:
             return Decision(Rc.APPROVED, _auth_id(), rules.balance_field(card))
         reason = rules.check_amount(card, r)
@@ -643,6 +648,24 @@ class Ledger:
             pending=hold,
             original_key=original.key,
         )
+
+    async def _pin_change(self, conn: Any, b: _Batch, r: Request, card: CardState) -> Decision:
+        """A PIN change whose old PIN the HSM verified (card state and try counter already checked, the
+        counter cleared by check_pin): the new PVV and PIN under LMK are written with the batch, nothing
+        else (no transfer, nothing posted). Only while the card still has the PVV the old PIN was
+        verified against: another change decided in between (this batch or one before) makes the old
+        PIN wrong, 55 without counting a try."""
+        if r.pin is not Pin.OK or r.new_pvv is None or r.new_pin_lmk is None:
+            return _declined("pin_missing")
+        changed = b.pin_changes.get(card.card_id)
+        if changed is not None:
+            current = changed[0]
+        else:  # the card's row: its accounts row is locked, so no other batch changes it meanwhile
+            current = await conn.fetchval("SELECT pvv FROM cards WHERE id = $1", card.card_id)
+        if current != r.verified_pvv:
+            return _declined("pin_changed_meanwhile")
+        b.pin_changes[card.card_id] = (r.new_pvv, r.new_pin_lmk)
+        return Decision(Rc.APPROVED, _auth_id())
 
     def _reverse(self, b: _Batch, r: Request) -> Decision:
         """Undo the original once. Unknown original: answer 00 and leave a tombstone under its key."""
@@ -1064,7 +1087,16 @@ class Ledger:
                 raise RuntimeError("a replaced card changed state while being replaced")
         if b.card_events:
             await conn.execute(_CARD_EVENTS_SQL, *[[e[i] for e in b.card_events] for i in range(6)])
+        if b.pin_changes:  # PIN changes (rare: own statement), in the transaction that answers them
+            changed, values = list(b.pin_changes), list(b.pin_changes.values())
+            await conn.execute(_PIN_CHANGE_SQL, changed, [v[0] for v in values], [v[1] for v in values])
 
+
+_PIN_CHANGE_SQL = """
+UPDATE cards c SET pvv = d.pvv, pin_lmk = d.pin_lmk, updated_at = now()
+FROM unnest($1::bigint[], $2::text[], $3::text[]) AS d(id, pvv, pin_lmk)
+WHERE c.id = d.id
+"""
 
 _READ_SQL = """
 SELECT

@@ -29,6 +29,7 @@ class Txn(StrEnum):
     ADMIN_UNLOAD = "admin_unload"  # `payswitch card unload`: card -> cash-out payable
     FORFEIT = "forfeit"  # `payswitch card close --forfeit`: card -> breakage income, card closed
     REPLACEMENT = "replacement"  # `payswitch card replace`: old card -> new card (host.replace)
+    PIN_CHANGE = "pin_change"  # at a terminal (specs/README.md "PIN change"): no money moves
 
 
 # Transactions that must create exactly one transfer when approved.
@@ -115,6 +116,12 @@ class Request:
     replacing: Replacing | None = None  # Txn.REPLACEMENT: the new card and what becomes of the old one
     # DE22 03x: DE2 was a payment code, this its keyed hash (host.payment_codes); card_id is its card.
     payment_code: str | None = None
+    # Txn.PIN_CHANGE, filled by host.service from the HSM's WC when the old PIN verified (pin OK): the
+    # new PIN's PVV and the new PIN under the LMK, and the PVV the old PIN was verified against (the
+    # batch approves only while the card still has that one: a change in between makes it wrong).
+    new_pvv: str | None = None
+    new_pin_lmk: str | None = None
+    verified_pvv: str | None = None
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ REASONS: dict[str, Reason] = {
     "pin_wrong": Reason(Rc.BAD_PIN, "wrong PIN"),
     "pin_tries_exceeded": Reason(Rc.PIN_TRIES, "PIN tries exceeded"),
     "pin_unverified": Reason(Rc.SYSTEM_ERROR, "the PIN could not be verified (HSM)"),
+    "pin_changed_meanwhile": Reason(Rc.BAD_PIN, "the PIN was changed while this PIN change was verified"),
     "currency_mismatch": Reason(Rc.INVALID_AMOUNT, "currency is not the card's"),
     "amount_not_positive": Reason(Rc.INVALID_AMOUNT, "amount is zero"),
     "mcc_not_allowed": Reason(Rc.NOT_PERMITTED_CARD, "merchant category not allowed for the card's product"),

@@ -292,8 +292,9 @@ class HostService:
             return
         req = parsed.request
         assert req is not None
-        if (link[1] or {}).get("zak") or parsed.by_code:
-            # MACed: DE128 first; a payment code: its hash and card are read first (never cached)
+        if (link[1] or {}).get("zak") or parsed.by_code or req.txn is Txn.PIN_CHANGE:
+            # MACed: DE128 first; a payment code: its hash and card are read first (never cached); a
+            # PIN change: its card's PVV as stored now, and the HSM's WC (_change_pin)
             nursery.start_soon(self._slow, body, msg, parsed, conn, started)
             return
         if parsed.pan:
@@ -364,12 +365,64 @@ class HostService:
                 log.error("HSM unavailable for the PAN hash", error=repr(exc))
                 self._answer(conn, msg, Decision(Rc.SYSTEM_ERROR), started, zak)
                 return
-            if parsed.pin_block is not None:
+            if req.txn is Txn.PIN_CHANGE:
+                req.pin = await self._change_pin(parsed, req)
+            elif parsed.pin_block is not None:
                 req.pin = await self._verify_pin(parsed, req.pan_hash)
             part = self.engine.partition_of(req.pan_hash)
         else:
             part = self.engine.partition_for_key(req.original_key or req.key)
+        if req.txn is Txn.PIN_CHANGE and req.pan_hash:
+            self.engine.submit(req, part, self._after_pin_change(req.pan_hash, conn, msg, started, zak))
+            return
         self.engine.submit(req, part, lambda d: self._answer(conn, msg, d, started, zak))
+
+    async def _change_pin(self, parsed: h2h.Parsed, req: Request) -> Pin:
+        """A PIN change (specs/README.md "PIN change"): the HSM's WC verifies the old PIN (DE52) against
+        the card's PVV as stored now (not the cached one) and, when it matches, gives the new PIN's PVV
+        and the new PIN under the LMK (DE48's block) for the batch to store. NONE without both blocks
+        (declined 55 ``pin_missing``) or for an unknown card (14); BAD: the old PIN is wrong (a try)."""
+        assert req.pan_hash is not None and parsed.pan is not None
+        if parsed.pin_block is None or parsed.new_pin_block is None:
+            return Pin.NONE
+        self._pin_data.pop(req.pan_hash, None)
+        data = await self.pool.run(_pin_data, req.pan_hash)
+        if data is None:
+            return Pin.NONE
+        _card_id, pvv, pvki = data
+        link = await self._link(parsed.link_id)
+        if link is None or not link.get("zpk"):
+            log.warning("no ZPK for link; PIN cannot be changed", link=parsed.link_id)
+            return Pin.ERROR
+        try:
+            change = await self.crypto.hsm.change_pin(
+                link["zpk"],
+                self.crypto.keys.pvk,
+                parsed.pin_block.hex().upper(),
+                parsed.new_pin_block.hex().upper(),
+                account_from_pan(parsed.pan),
+                str(pvki),
+                pvv,
+            )
+        except HsmError as exc:
+            log.info("PIN not changed: the HSM could not verify it", error=repr(exc))
+            return Pin.ERROR
+        if change is None:
+            return Pin.BAD
+        req.new_pvv, req.new_pin_lmk, req.verified_pvv = change.pvv, change.pin_under_lmk, pvv
+        return Pin.OK
+
+    def _after_pin_change(
+        self, pan_hash: str, conn: _Conn, msg: dict[str, Any], started: float, zak: str | None
+    ) -> Callable[[Decision], None]:
+        """The answer to a PIN change, once its batch committed: the card's cached PIN data goes first
+        (a purchase verified against the old PVV while the change was decided may have cached it)."""
+
+        def answer(d: Decision) -> None:
+            self._pin_data.pop(pan_hash, None)
+            self._answer(conn, msg, d, started, zak)
+
+        return answer
 
     async def _payment_code(self, req: Request, code: str) -> int:
         """Entry mode 03x: DE2 is a payment code. Its keyed hash (as a PAN's, uncached) and its card,

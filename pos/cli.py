@@ -460,6 +460,33 @@ _card_command(
 )
 
 
+@pos.command("pin-change")
+@click.argument("card")
+@click.option("--expiry", metavar="YYMM", help="Expiry of a keyed card number (a demo name has its own).")
+@click.option("--old", "old_pin", metavar="PIN", help="The current PIN (asked without echo when left out).")
+@click.option("--new", "new_pin", metavar="PIN", help="The new PIN (asked twice without echo when left out).")
+@terminal_options
+@pass_app
+def pin_change(
+    app: AppContext, /, card: str, expiry: str | None, old_pin: str | None, new_pin: str | None, **opts: Any
+) -> None:
+    """Change CARD's PIN (0200, 96): CARD is a card number (with --expiry) or a demo card name.
+
+    The old and the new PIN travel only as PIN blocks under the terminal's PIK. Not reversed when
+    unanswered: sent once more with the same trace number, which gets the first answer.
+    """
+    the_card = _card(card, expiry, None)
+    old = _checked_pin(old_pin if old_pin is not None else click.prompt("Old PIN", hide_input=True, err=True))
+    if new_pin is None:
+        new_pin = click.prompt("New PIN", hide_input=True, confirmation_prompt=True, err=True)
+    new = _checked_pin(new_pin)
+
+    async def action(session: Session) -> terminal.Receipt:
+        return await terminal.pin_change(session, the_card, old, new)
+
+    _run(app, opts, action)
+
+
 def _reference_command(name: str, help_text: str, kinds: tuple[str, ...], *, amount: bool) -> None:
     @click.option("--pin", metavar="PIN", help="PIN, if the card programme asks for one.")
     @click.option("--stan", required=True, metavar="TRACE", help="Trace number (STAN) of the original.")

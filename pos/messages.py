@@ -58,6 +58,7 @@ KINDS: dict[str, Kind] = {
         _kind("preauth", TxnType.PRE_AUTH, True, "PRE-AUTHORIZATION"),
         _kind("preauth_void", TxnType.PRE_AUTH_VOID, True, "PRE-AUTH VOID"),
         _kind("completion", TxnType.PRE_AUTH_COMPLETION, True, "PRE-AUTH COMPLETION"),
+        _kind("pin_change", TxnType.PIN_CHANGE, False, "PIN CHANGE"),
     )
 }
 
@@ -163,6 +164,36 @@ def financial_request(
         with_date = kind.name in ("refund", "completion")
         msg["61"] = str(De61(original["batch"], original["stan"], original["date"] if with_date else ""))
     msg["64"] = MAC_PLACEHOLDER
+    return msg
+
+
+def pin_change_request(
+    *,
+    stan: str,
+    batch: str,
+    terminal_id: str,
+    merchant_id: str,
+    scheme: Scheme,
+    card: Card,
+    old_pin: str,
+    new_pin: str,
+    pik: KeyCipher,
+) -> Message:
+    """A PIN change [project convention, specs/README.md "PIN change"]: a 0200 without amount, the old
+    PIN block in DE52 and the new one, formed the same way under the same PIK, in DE62."""
+    msg = financial_request(
+        KINDS["pin_change"],
+        stan=stan,
+        batch=batch,
+        terminal_id=terminal_id,
+        merchant_id=merchant_id,
+        scheme=scheme,
+        card=card,
+        amount=None,
+        pin=old_pin,
+        pik=pik,
+    )
+    msg["62"] = pin_block(pik, new_pin, card.pan)
     return msg
 
 

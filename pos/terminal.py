@@ -30,6 +30,8 @@ from specs.catalogue import (
 )
 from specs.framing import REQUIREMENT_SIGN_ON
 
+PIN_CHANGE_ATTEMPTS = 2  # a PIN change unanswered is sent once more, same STAN (not reversed)
+
 RESPONSE_TEXT = {
     "00": "APPROVED",
     "03": "INVALID MERCHANT",
@@ -282,6 +284,50 @@ async def financial(
     r = _receipt(session, kind.label, req, answer, answer.code)
     if answer.approved and answer.mac_ok is not False and kind.financial:
         _journal(session, kind_name, card, req, answer, original)
+    return r
+
+
+async def pin_change(session: Session, card: Card, old_pin: str, new_pin: str) -> Receipt:
+    """Change the card's PIN (0200, 96): the old and the new PIN block under the PIK. Not reversed when
+    unanswered: a PIN change moves no money, so the terminal sends the same request again (same STAN),
+    which the switch answers with the first answer (specs/README.md, "PIN change")."""
+    state = session.state
+    state.working_keys()  # raises StateError when not signed on
+    await session.flush_reversal()
+    if state.pending_reversal is not None:
+        stan = state.pending_reversal.get("11", "")
+        raise ReversalPending(
+            f"the reversal of trace {stan} is still unanswered: nothing else is sent until it is (try again)"
+        )
+    req = messages.pin_change_request(
+        stan=state.next_stan(),
+        batch=state.batch,
+        terminal_id=state.terminal_id,
+        merchant_id=state.merchant_id,
+        scheme=state.scheme,
+        card=card,
+        old_pin=old_pin,
+        new_pin=new_pin,
+        pik=session.pik,
+    )
+    kind = KINDS["pin_change"]
+    answer: Answer | None = None
+    attempts = 0
+    while answer is None and attempts < PIN_CHANGE_ATTEMPTS:
+        attempts += 1
+        try:
+            answer = await session.exchange(req)
+        except NoAnswer:
+            continue
+    if answer is None:
+        r = _receipt(session, kind.label, req, None, "98")
+        r.notes.append("no answer: the PIN may or may not have changed (a purchase with either PIN tells)")
+        return r
+    r = _receipt(session, kind.label, req, answer, answer.code)
+    if attempts > 1:
+        r.notes.append("answered when sent again (same trace number)")
+    if answer.approved and answer.mac_ok is False:
+        r.notes.append("the answer's MAC is wrong: the PIN may have changed all the same")
     return r
 
 

@@ -40,6 +40,7 @@ class TxnType(StrEnum):
     REVERSAL = "reversal"
     BATCH_SETTLEMENT = "batch_settlement"
     BATCH_UPLOAD = "batch_upload"
+    PIN_CHANGE = "pin_change"  # [project convention] specs/README.md, "PIN change"
 
 
 class ProcessingCode(StrEnum):
@@ -50,6 +51,8 @@ class ProcessingCode(StrEnum):
     RETURN = "200000"  # void, refund, pre-auth void
     DEPOSIT = "210000"  # top-up (cash load)
     BALANCE_INQUIRY = "310000"
+    # [project convention] ISO 8583:1987 keeps transaction codes 90-99 for private use; 96 is ours.
+    PIN_CHANGE = "960000"
 
 
 class ConditionCode(StrEnum):
@@ -91,6 +94,7 @@ POS_TRANSACTIONS: dict[TxnType, PosTxn] = {row.type: row for row in (
     PosTxn(TxnType.PRE_AUTH_COMPLETION, "0200", PC.GOODS, CC.PRE_AUTH, "20"),
     PosTxn(TxnType.BATCH_SETTLEMENT, "0500", None, None, "00", ("201",)),
     PosTxn(TxnType.BATCH_UPLOAD, "0320", None, None, "00", ("201", "202")),  # 202 = end of upload
+    PosTxn(TxnType.PIN_CHANGE, "0200", PC.PIN_CHANGE, CC.NORMAL, "96"),  # [project convention]
 )}
 """TxnType -> how a terminal sends it. A reversal (0400) copies the original's DE3/DE25/DE60."""
 
@@ -111,7 +115,11 @@ H2H_TRANSACTIONS: dict[tuple[str, str, str], TxnType] = {
     ("0200", PC.GOODS, CC.PRE_AUTH): TxnType.PRE_AUTH_COMPLETION,
     ("0220", PC.RETURN, CC.NORMAL): TxnType.REFUND,
     ("0220", PC.GOODS, CC.PRE_AUTH): TxnType.PRE_AUTH_COMPLETION,  # completion advice (SAF)
+    ("0200", PC.PIN_CHANGE, CC.NORMAL): TxnType.PIN_CHANGE,  # [project convention]
 }
+# PIN change [project convention, specs/README.md "PIN change"]: the old PIN block is DE52 in both
+# dialects; the new one is POS DE62 (b, as DE52 is) and H2H DE48 (its hex, as H2H DE52 is).
+PIN_CHANGE_NEW_BLOCK = {"pos": "62", "h2h": "48"}
 H2H_NETWORK: dict[str, TxnType] = {
     "001": TxnType.SIGN_ON, "002": TxnType.SIGN_OFF, "101": TxnType.KEY_CHANGE, "301": TxnType.ECHO,
 }
@@ -553,6 +561,7 @@ _PRESENCE_ROWS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("64",), "MMMM"),  # responses: except those answering A0 or 30
 )
 POS_PRESENCE: dict[str, str] = {de: marks for des, marks in _PRESENCE_ROWS for de in des}
+_NO_AMOUNT = frozenset({ProcessingCode.BALANCE_INQUIRY, ProcessingCode.PIN_CHANGE})  # requests without DE4
 _PRESENCE_COLUMN = {"0100": 0, "0200": 0, "0220": 0, "0110": 1, "0210": 1, "0230": 1, "0400": 2, "0410": 3}
 
 
@@ -569,7 +578,7 @@ def pos_presence_problems(msg: dict[str, Any], request: dict[str, Any] | None = 
         mark = marks[column]
         present = msg.get(de) is not None
         if mark == "M" and not present:
-            if de == "4" and column == 0 and msg.get("3") == ProcessingCode.BALANCE_INQUIRY:
+            if de == "4" and column == 0 and msg.get("3") in _NO_AMOUNT:
                 continue
             if de == "64" and column in (1, 3) and code in (RC.MAC_FAILURE, RC.FORMAT_ERROR):
                 continue

@@ -134,6 +134,8 @@ def _txn_type(mti: str, pc: str, cond: str, network: str) -> str:
             return "top-up"
         if pc == "20":
             return "void"
+        if pc == "96":
+            return "pin-change"  # [project convention] specs/README.md, "PIN change"
         if pc == "00":
             return "completion" if cond == "06" else "purchase"
     return "other"
@@ -230,11 +232,13 @@ def pos_to_h2h(
     rrn_value: str,
     acquirer_id: str,
     pin_block: bytes | None,
+    new_pin_block: bytes | None = None,
     mcc: str | None = None,
     merchant_name: str | None = None,
     now: float | None = None,
 ) -> Message:
-    """The upstream request for a POS financial request (0100/0200/0220)."""
+    """The upstream request for a POS financial request (0100/0200/0220). ``new_pin_block``: a PIN
+    change's new PIN block, already under the link's ZPK, sent as H2H DE48 in hex (specs/README.md)."""
     out: Message = {"t": req["t"]}
     pan = pan_of(req)
     if pan:
@@ -255,6 +259,8 @@ def pos_to_h2h(
         out["43"] = merchant_name[:40]
     if pin_block is not None:
         out["52"] = pin_block
+    if new_pin_block is not None:
+        out["48"] = new_pin_block.hex().upper()
     if "60" in req:
         out["60"] = str(req["60"])
     if "61" in req:

@@ -588,6 +588,9 @@ class PosService:
             return Reply(answer, mac=mak, reason="reversed_first"), None
         if pan is None:
             return Reply(pos_response(msg, code="30"), reason="no_card_number"), None
+        new_block = msg.get("62") if entry.kind == "pin-change" else None
+        if entry.kind == "pin-change" and not (isinstance(pin_block, bytes) and isinstance(new_block, bytes)):
+            return Reply(pos_response(msg, code="30"), mac=mak, reason="pin_change_blocks"), None
         if link is None:
             # 91, not 14: the card number may be valid, the switch has no issuer for its BIN (and a route
             # may be added while it runs); the contract has neither 15 nor 92 (switch/reasons.py)
@@ -607,6 +610,21 @@ class PosService:
         if isinstance(pin_block, bytes) and translated is None:  # never a PIN request without its PIN
             log.error("PIN not translated; not sent", terminal=terminal.terminal_id, stan=entry.stan)
             return Reply(pos_response(msg, code="96"), mac=mak, reason="pin_not_translated"), None
+        new_translated: bytes | None = None
+        if isinstance(new_block, bytes):
+            # A PIN change's new block goes to the same link ZPK as its old one (DE52), before anything
+            # is durable: a block the HSM refuses is answered here and nothing goes upstream.
+            translated_new = await self._translate_new_pin(session.pik, link, zpk, new_block, pan, timing)
+            if isinstance(translated_new, HsmRefused):
+                code = translated_new.code
+                log.warning("new PIN translation refused", terminal=terminal.terminal_id, code=code)
+                bad_format = code in ("20", "23", "24")
+                return Reply(
+                    pos_response(msg, code="99" if bad_format else "96"),
+                    mac=mak,
+                    reason="pin_format" if bad_format else "pin_translation_failed",
+                ), None
+            new_translated = translated_new
         link_stan = link.next_stan()
         ref = rrn(link_stan)
         now = time.time()  # DE7 and DE12/13 one instant: a reversal derives the latter from the former
@@ -618,6 +636,7 @@ class PosService:
             rrn_value=ref,
             acquirer_id=self.acquirer_id,
             pin_block=translated,
+            new_pin_block=new_translated,
             mcc=terminal.record.mcc,
             merchant_name=terminal.record.merchant_name,
         )
@@ -640,6 +659,18 @@ class PosService:
                 pin_block,
                 account12(pan),
             )
+            if isinstance(new_block, bytes):  # both blocks of a PIN change under the key it goes out under
+                request["48"] = (
+                    await self.hsm.translate_pin(
+                        self.profile,
+                        "002",
+                        session.pik,
+                        link.config.scheme,
+                        link.config.zpk,
+                        new_block,
+                        account12(pan),
+                    )
+                ).hex().upper()
         outcome = await self.upstream.send(link, request)
         timing.host = outcome.host_seconds
         if outcome.local_code is not None:
@@ -675,6 +706,23 @@ class PosService:
             if original is not None:
                 original.voided = True
         return Reply(reply, mac=mak, reason="issuer_answer_invalid" if invalid else None), request
+
+    async def _translate_new_pin(
+        self, pik: str, link: OutboundLink, zpk: str, block: bytes, pan: str, timing: Timing
+    ) -> bytes | HsmRefused:
+        """A PIN change's new PIN block (POS DE62) from the terminal's PIK to the link ``zpk``, as DE52
+        is translated; the HSM's refusal is returned, not raised."""
+        t = trio.current_time()
+        try:
+            return await self.hsm.translate_pin(
+                self.profile, "002", pik, link.config.scheme, zpk, block, account12(pan)
+            )
+        except HsmRefused as exc:
+            return exc
+        finally:
+            elapsed = trio.current_time() - t
+            timing.hsm += elapsed
+            metrics.LATENCY_HSM.observe(elapsed)
 
     async def _undo_approval(self, msg: Message, entry: Entry, link: OutboundLink, request: Message) -> None:
         """The issuer approved, but the terminal gets 96 (the answer's MAC could not be made): a terminal

@@ -28,6 +28,7 @@ SWITCH_REASONS: dict[str, str] = {
     "pin_format": "the HSM refused the PIN block's format",
     "pin_translation_failed": "the PIN could not be translated (HSM)",
     "pin_not_translated": "the PIN was not translated: not sent",
+    "pin_change_blocks": "a PIN change needs the old (DE52) and the new (DE62) PIN block",
     "hsm_unavailable": "the switch's HSM is unavailable",
     "answer_mac_failed": "the answer could not be MACed (approval reversed)",
     "internal_error": "the switch failed on the request",
