@@ -88,6 +88,10 @@ async def _setup(url: str, hsm_port: int, cards: int) -> list[str]:
                 daily_amount_limit=limit,
                 daily_count_limit=1_000_000,
                 pin_required=False,
+                # bench cards are anonymous and loaded with 1,000,000.00 each: above the PBOC tier caps
+                max_balance_anonymous=limit,
+                max_balance_named=limit,
+                max_balance_verified=limit,
             )
             await pool.run(catalog.add_product, spec, BIN, 19)
             await pool.run(catalog.add_merchant, MERCHANT, "Hot canteen", "5812", None, ACQ)

@@ -123,7 +123,7 @@ async def _seed_host_payables(conn: Any) -> None:
     big = 10**12
     await add_product(conn, ProductSpec("BENCH", "reloadable", max_balance=big, per_txn_limit=big,
                                         daily_amount_limit=big, daily_count_limit=MERCHANTS + 1,
-                                        pin_required=False), "699999", 16)
+                                        pin_required=False, max_balance_anonymous=big), "699999", 16)
     (card,) = await insert_cards(conn, "BENCH", [NewCard("bench", "enc", "699999******0000", "1234", 0)],
                                  state="active")
     ledger = Ledger()

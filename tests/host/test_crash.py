@@ -37,6 +37,7 @@ async def _set_up(db_url: str, hsm_server: Any) -> list[str]:
                 load=1_000_000,
                 bin_prefix="621244",  # type: ignore[arg-type]
                 max_balance=10_000_000,
+                max_balance_anonymous=10_000_000,  # 10,000.00 on anonymous cards: above the PBOC default
                 daily_count_limit=10_000,
                 daily_amount_limit=10**9,
             )

@@ -24,7 +24,7 @@ async def seed_payables(conn: Any, amounts: Mapping[str, int], *, parts: tuple[i
     product = f"SEED{n}"
     await add_product(conn, ProductSpec(product, "reloadable", max_balance=BIG, per_txn_limit=BIG,
                                         daily_amount_limit=BIG, daily_count_limit=100_000,
-                                        pin_required=False), bin_, 16)
+                                        pin_required=False, max_balance_anonymous=BIG), bin_, 16)
     cards = await insert_cards(
         conn, product,
         [NewCard(f"seed{n}:{p}", "enc", f"{bin_}******{p:04d}", "1234", p) for p in parts],
