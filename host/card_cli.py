@@ -27,6 +27,7 @@ from host.cli import (
     _run,
     _table,
 )
+from host.controls_cli import card_limits
 from host.keys import IssuerCrypto
 from ops.cli import AppContext, pass_app
 from ops.localtime import format_local, iso_local
@@ -861,3 +862,6 @@ def card_code(app: AppContext, card_ref: str, max_amount: int | None, png: Path 
         f" {format_local(made.expires_at, tz)}{cap}"
         + (f"\nQR code written to {png}" if png is not None else ""),
     )
+
+
+card.add_command(card_limits)  # `card limits`: host/controls_cli.py (spend controls)

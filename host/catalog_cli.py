@@ -19,6 +19,7 @@ from host.cli import (
     _run,
     _table,
 )
+from host.controls_cli import product_controls
 from host.keys import IssuerCrypto
 from ops.cli import AppContext, pass_app
 from ops.localtime import format_local, iso_local
@@ -859,3 +860,6 @@ def acquirer_add(app: AppContext, institution_id: str, name: str) -> None:
         {"institution_id": institution_id, "name": name, "new": new},
         f"acquirer {institution_id} ({name}) {'added' if new else 'renamed'}",
     )
+
+
+product.add_command(product_controls)  # `product controls`: host/controls_cli.py (spend controls)

@@ -610,8 +610,9 @@ async def set_card_limits(conn: Any, card_id: int, changes: Changes, today: dt.d
                     )
         await _check_groups(conn, changes.groups)
         new = changes.applied_to(parse(row["controls"]))
-        await conn.execute("UPDATE cards SET controls = $2::jsonb, updated_at = now() WHERE id = $1",
-                           card_id, new.to_json())
+        await conn.execute(
+            "UPDATE cards SET controls = $2::jsonb, updated_at = now() WHERE id = $1", card_id, new.to_json()
+        )
     return await card_limits(conn, card_id, today)
 
 
