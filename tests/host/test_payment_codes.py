@@ -249,3 +249,24 @@ def _all_codes(db_url: str) -> list[dict[str, Any]]:
             await conn.close()
 
     return list(_asyncio_run(main))
+
+
+def test_ledger_check_names_a_code_used_by_no_approval(db_url: str, hsm_server: Any) -> None:
+    async def main() -> None:
+        async with running_host(db_url, hsm_server) as h:
+            (pan,) = await programme(h, "QRF", bin_prefix="621247", cards=1, load=100)
+            made = await _code(h, await _card_id(h, pan))
+            poor = message(h.client, made.code, 500, **QR)
+            assert (await h.client.request(poor))["39"] == "51"
+
+            async def forge(conn: Any) -> None:  # a code marked used by the declined request
+                key = await conn.fetchval("SELECT key FROM auth_requests WHERE stan = $1", poor["11"])
+                await conn.execute(
+                    "UPDATE payment_codes SET used_key = $2, used_at = now() WHERE id = $1", made.id, key
+                )
+
+            await h.pool.run(forge)
+            found = {r.name: r for r in await h.pool.run(run_checks)}["payment_code_paid_once"]
+            assert found.offenders == [f"code:{made.id}"]
+
+    trio.run(main)
