@@ -75,7 +75,7 @@ def _identity_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @cardholder.command("add")
-@click.argument("name")
+@click.option("--name", required=True, help="The cardholder's name (as on the ID).")
 @_identity_options
 @pass_app
 def cardholder_add(
@@ -88,7 +88,7 @@ def cardholder_add(
     birth_date: Any,
     address: str | None,
 ) -> None:
-    """Register a cardholder NAME. With an ID (--id-type and --id-number) they are `named` at once;
+    """Register a cardholder. With an ID (--id-type and --id-number) they are `named` at once;
     every registration is screened against the AML watch lists."""
     new = cardholders.NewCardholder(
         name=name,

@@ -31,6 +31,7 @@ def alice(env: dict[str, str]) -> dict[str, Any]:
         env,
         "cardholder",
         "add",
+        "--name",
         "  Alice   Wang ",
         "--id-type",
         "resident_id",
@@ -85,7 +86,7 @@ def test_registration_seals_id_phone_and_email(
 
 
 def test_without_an_id_a_cardholder_is_anonymous(env: dict[str, str]) -> None:
-    bob = ok(env, "cardholder", "add", "Bob Li", "--phone", "13800000002")
+    bob = ok(env, "cardholder", "add", "--name", "Bob Li", "--phone", "13800000002")
     assert bob["kyc_level"] == "anonymous" and bob["cardholder"]["id_number_masked"] is None
 
 
@@ -94,7 +95,15 @@ def test_a_duplicate_live_id_is_refused_naming_the_cardholder(
 ) -> None:
     # the same document typed differently (lower-case x, spaces) is the same ID
     again = run(
-        env, "cardholder", "add", "A. Wang", "--id-type", "resident_id", "--id-number", "110101 19900307 123x"
+        env,
+        "cardholder",
+        "add",
+        "--name",
+        "A. Wang",
+        "--id-type",
+        "resident_id",
+        "--id-number",
+        "110101 19900307 123x",
     )
     _one_line_refusal(again, f"cardholder {alice['cardholder_id']}")
     assert ALICE_ID not in again.output and "123x" not in again.output
@@ -144,7 +153,9 @@ def test_update_seals_again_and_rescreens_a_name_change(
 
 
 def test_close_is_refused_while_a_card_is_open(env: dict[str, str], db_url: str) -> None:
-    ch = ok(env, "cardholder", "add", "Carol Zhao", "--id-type", "passport", "--id-number", "E12345678")
+    ch = ok(
+        env, "cardholder", "add", "--name", "Carol Zhao", "--id-type", "passport", "--id-number", "E12345678"
+    )
     cid = ch["cardholder_id"]
     ok(env, "product", "add", "CHCLOSE", "--kind", "reloadable", "--bin", "621291", "--no-pin")
     issued = ok(env, "card", "issue", "--product", "CHCLOSE", "--cardholder", str(cid), "--activate")
@@ -158,7 +169,9 @@ def test_close_is_refused_while_a_card_is_open(env: dict[str, str], db_url: str)
     _one_line_refusal(again, "closed already")
     _one_line_refusal(run(env, "cardholder", "update", str(cid), "--address", "x"), "closed")
     # a closed cardholder frees the ID number
-    new = ok(env, "cardholder", "add", "Carol Zhao", "--id-type", "passport", "--id-number", "E12345678")
+    new = ok(
+        env, "cardholder", "add", "--name", "Carol Zhao", "--id-type", "passport", "--id-number", "E12345678"
+    )
     assert new["cardholder_id"] != cid and new["kyc_level"] == "named"
     (ev,) = query(db_url, "SELECT * FROM kyc_events WHERE cardholder_id = $1 AND decision = 'closed'", cid)
     assert ev["reason"] == "moved away" and ev["actor"] == cli_actor()
@@ -167,8 +180,10 @@ def test_close_is_refused_while_a_card_is_open(env: dict[str, str], db_url: str)
 def test_bad_input_is_one_line(env: dict[str, str]) -> None:
     _one_line_refusal(run(env, "cardholder", "show", "nobody"), "cardholder id")
     _one_line_refusal(run(env, "cardholder", "show", "987654"), "no cardholder 987654")
-    _one_line_refusal(run(env, "cardholder", "add", "X", "--id-number", "E7654321"), "--id-type")
-    _one_line_refusal(run(env, "cardholder", "add", "X", "--email", "not-an-address"), "e-mail")
-    _one_line_refusal(run(env, "cardholder", "add", "   "), "name")
-    assert run(env, "cardholder", "add", "X", "--birth-date", "1990-13-01").exit_code == 2
-    _one_line_refusal(run(env, "cardholder", "add", "X", "--birth-date", "2999-01-01"), "date of birth")
+    _one_line_refusal(run(env, "cardholder", "add", "--name", "X", "--id-number", "E7654321"), "--id-type")
+    _one_line_refusal(run(env, "cardholder", "add", "--name", "X", "--email", "not-an-address"), "e-mail")
+    _one_line_refusal(run(env, "cardholder", "add", "--name", "   "), "name")
+    assert run(env, "cardholder", "add", "--name", "X", "--birth-date", "1990-13-01").exit_code == 2
+    _one_line_refusal(
+        run(env, "cardholder", "add", "--name", "X", "--birth-date", "2999-01-01"), "date of birth"
+    )

@@ -54,7 +54,7 @@ def _issue(env: dict[str, str], product: str = "KYCL", *owner: str) -> int:
 
 
 def _named(env: dict[str, str], name: str, id_number: str) -> int:
-    out = ok(env, "cardholder", "add", name, "--id-type", "resident_id", "--id-number", id_number)
+    out = ok(env, "cardholder", "add", "--name", name, "--id-type", "resident_id", "--id-number", id_number)
     assert out["kyc_level"] == "named"
     return int(out["cardholder_id"])
 
@@ -158,7 +158,7 @@ async def _checks(db_url: str) -> list[Any]:
 
 
 def test_kyc_decisions_are_events_with_who_and_why(env: dict[str, str], db_url: str) -> None:
-    anon = ok(env, "cardholder", "add", "Eve Qian")["cardholder_id"]
+    anon = ok(env, "cardholder", "add", "--name", "Eve Qian")["cardholder_id"]
     _refused(run(env, "cardholder", "kyc", str(anon), "--approve", "--reason", "docs"), "no ID number")
     assert run(env, "cardholder", "kyc", str(anon), "--approve").exit_code == 2  # --reason is required
     assert run(env, "cardholder", "kyc", str(anon), "--reason", "x").exit_code == 2  # no decision
@@ -210,7 +210,7 @@ def test_issue_and_assign_check_the_tier(env: dict[str, str], db_url: str) -> No
         "named",
         "--no-pin",
     )
-    anon = str(ok(env, "cardholder", "add", "Hal Wu")["cardholder_id"])
+    anon = str(ok(env, "cardholder", "add", "--name", "Hal Wu")["cardholder_id"])
     named = str(_named(env, "Ivy He", "110101199001010044"))
     refused = run(env, "card", "issue", "--product", "KYCNAMED", "--cardholder", anon)
     _refused(refused, f"cardholder {anon} is anonymous", "KYCNAMED", "named")
