@@ -548,6 +548,7 @@ def _demo_owners(admin: Admin) -> None:
         added = admin.run(
             "cardholder",
             "add",
+            "--name",
             name,
             "--id-type",
             "resident_id",
