@@ -1,7 +1,7 @@
 """The authorization host alone: approved purchases/s through the H2H link into the ledger.
 
     python -m bench.host [--cards 10000] [--duration 10] [--connections 4] [--window 32] [--writers 3]
-                         [--batch-max 500] [--profile]
+                         [--batch-max 500] [--profile] [--controls]
 
 Starts a throwaway PostgreSQL (fsync on, as a ledger runs), the HSM and ``payswitch host serve`` as
 processes; creates one product, ONE merchant (every purchase credits it: the hot merchant) and
@@ -16,6 +16,11 @@ processes; creates one product, ONE merchant (every purchase credits it: the hot
 Prints approved purchases/s, p50/p99/max latency, response codes, the host's batch sizes, CPU seconds of
 the host, of PostgreSQL (every postgres process on the machine) and of the load generator, the host's
 peak RSS, the database ceiling and the ratio to it; then runs ``ledger check`` (exit 1 if it fails).
+
+``--controls`` (issue 16 item 8, host.controls): the measured run three times, without spend controls,
+with the product carrying a week + month + lifetime window, allowed hours (all day, so every purchase
+is approved but each is checked) and a cap at the hot merchant's group (every purchase counts in it),
+and without again; prints the controlled run's approvals/s as a ratio to the mean of the two others.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ from specs.framing import frame, h2h_splitter
 ACQ = "48880000"
 MERCHANT = "898330160120001"
 BIN = "621299"
+GROUP = "canteen"
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
@@ -94,7 +100,8 @@ async def _setup(url: str, hsm_port: int, cards: int) -> list[str]:
                 max_balance_verified=limit,
             )
             await pool.run(catalog.add_product, spec, BIN, 19)
-            await pool.run(catalog.add_merchant, MERCHANT, "Hot canteen", "5812", None, ACQ)
+            # in a group (no effect unless a control caps it: --controls does)
+            await pool.run(catalog.add_merchant, MERCHANT, "Hot canteen", "5812", GROUP, ACQ)
             # the link the load comes in on: no DE128 (the host's fast path), declared, from loopback
             await pool.run(catalog.set_link, ACQ, "3des", None, None, None, None, True)
             parts = await pool.run(catalog.partitions)
@@ -373,6 +380,27 @@ def _proc_stats(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
+async def _set_controls(url: str, *, on: bool) -> None:
+    """The bench product's spend controls: every kind at once (limits high enough to approve all), or none."""
+    from host import controls
+
+    big = 10**15
+    changes = (
+        controls.Changes(
+            {"week_amount": big, "week_count": 10**9, "month_amount": big, "lifetime_amount": big},
+            controls.parse_hours("00:00-24:00"),
+            (controls.GroupCap(GROUP, "day", big, None),),
+        )
+        if on
+        else controls.Changes(clear=frozenset({"all"}))
+    )
+    conn = await asyncpg.connect(url)
+    try:
+        await controls.set_product_controls(conn, "BENCH", changes)
+    finally:
+        await conn.close()
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench host")
     ap.add_argument("--cards", type=int, default=10_000)
@@ -382,6 +410,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--writers", type=int, default=3)
     ap.add_argument("--batch-max", type=int, default=500)
     ap.add_argument("--profile", action="store_true", help="run the host under cProfile; print its top 25")
+    ap.add_argument(
+        "--controls",
+        action="store_true",
+        help="measure without, with and again without spend controls on the product; print the ratio",
+    )
     args = ap.parse_args(argv)
 
     root = Path(tempfile.mkdtemp(prefix="payswitch-bench-host-"))
@@ -452,37 +485,58 @@ def main(argv: list[str]) -> int:
         print(
             f"warm-up: {n} balance inquiries ({dict(codes)}) in {time.perf_counter() - t:.1f} s", flush=True
         )
-        per_lane = int(args.duration * 12_000 / args.connections) + args.window
-        work = [_purchase_frames(pans, per_lane, 1 + i * per_lane) for i in range(args.connections)]
-        cpu0, _ = _proc_stats(host.pid)
-        me0, pg0 = time.process_time(), _pg_cpu()
-        n, elapsed, lat, codes = trio.run(_pipelined, host_port, work, args.window, args.duration)
-        cpu1, rss = _proc_stats(host.pid)
-        me1, pg1 = time.process_time(), _pg_cpu()
-        print(_batch_stats(metrics_port), flush=True)
-        approved = codes.get("00", 0)
-        print(
-            f"purchases: {approved / elapsed:,.0f} approved/s ({n} answered in {elapsed:.1f} s, codes "
-            f"{dict(codes)}); latency p50 {_pct(lat, 50) * 1000:.1f} ms, p99 {_pct(lat, 99) * 1000:.1f} ms, "
-            f"max {max(lat) * 1000:.1f} ms",
-            flush=True,
-        )
-        print(
-            f"host process: {cpu1 - cpu0:.1f} CPU s over {elapsed:.1f} s, peak RSS {rss} MB; "
-            f"{args.connections} connections x {args.window} in flight, {args.writers} writers",
-            flush=True,
-        )
-        print(
-            f"CPU seconds: host {cpu1 - cpu0:.1f}, PostgreSQL {pg1 - pg0:.1f}, "
-            f"load generator {me1 - me0:.1f} "
-            f"(2 cores x {elapsed:.1f} s = {2 * elapsed:.1f})",
-            flush=True,
-        )
-        print(
-            f"ratio to the database ceiling: {approved / elapsed / ceiling:.2f} "
-            f"(purchases/s per single-row UPDATE commit/s)",
-            flush=True,
-        )
+        def measure(label: str) -> tuple[float, float, float]:
+            """One measured run: approvals/s, p50 and p99 in ms (and its report lines)."""
+            per_lane = int(args.duration * 12_000 / args.connections) + args.window
+            work = [_purchase_frames(pans, per_lane, 1 + i * per_lane) for i in range(args.connections)]
+            cpu0, _ = _proc_stats(host.pid)
+            me0, pg0 = time.process_time(), _pg_cpu()
+            n, elapsed, lat, codes = trio.run(_pipelined, host_port, work, args.window, args.duration)
+            cpu1, rss = _proc_stats(host.pid)
+            me1, pg1 = time.process_time(), _pg_cpu()
+            print(_batch_stats(metrics_port), flush=True)
+            approved = codes.get("00", 0)
+            p50, p99 = _pct(lat, 50) * 1000, _pct(lat, 99) * 1000
+            print(
+                f"purchases{label}: {approved / elapsed:,.0f} approved/s ({n} answered in {elapsed:.1f} s, "
+                f"codes {dict(codes)}); latency p50 {p50:.1f} ms, p99 {p99:.1f} ms,"
+                f" max {max(lat) * 1000:.1f} ms",
+                flush=True,
+            )
+            print(
+                f"host process: {cpu1 - cpu0:.1f} CPU s over {elapsed:.1f} s, peak RSS {rss} MB; "
+                f"{args.connections} connections x {args.window} in flight, {args.writers} writers",
+                flush=True,
+            )
+            print(
+                f"CPU seconds: host {cpu1 - cpu0:.1f}, PostgreSQL {pg1 - pg0:.1f}, "
+                f"load generator {me1 - me0:.1f} "
+                f"(2 cores x {elapsed:.1f} s = {2 * elapsed:.1f})",
+                flush=True,
+            )
+            print(
+                f"ratio to the database ceiling: {approved / elapsed / ceiling:.2f} "
+                f"(purchases/s per single-row UPDATE commit/s)",
+                flush=True,
+            )
+            return approved / elapsed, p50, p99
+
+        if not args.controls:
+            measure("")
+        else:
+            plain = measure(" (no controls)")
+            asyncio.run(_set_controls(url, on=True))
+            ruled = measure(" (controls: week + month + lifetime, hours, group cap)")
+            asyncio.run(_set_controls(url, on=False))
+            again = measure(" (no controls, again)")
+            base = (plain[0] + again[0]) / 2
+            print(
+                f"spend controls: {ruled[0]:,.0f} approved/s vs {base:,.0f} without (mean of the runs before"
+                f" and after): ratio {ruled[0] / base:.3f} ({(1 - ruled[0] / base) * 100:.1f} % fewer);"
+                f" p50 {ruled[1]:.1f} vs {plain[1]:.1f}/{again[1]:.1f} ms, p99 {ruled[2]:.1f} vs"
+                f" {plain[2]:.1f}/{again[2]:.1f} ms",
+                flush=True,
+            )
 
         async def check() -> list[Any]:
             conn = await asyncpg.connect(url)

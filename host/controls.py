@@ -108,7 +108,7 @@ class HourRange:
         def hhmm(m: int) -> str:
             return f"{m // 60:02d}:{m % 60:02d}"
 
-        text = f"{hhmm(self.start)}-{hhmm(self.end)}"
+        text = f"{hhmm(self.start)}-{hhmm(self.end) if self.end else '24:00'}"  # stored, parsed again
         if self.days is None:
             return text
         return f"{_days_text(self.days)}@{text}"
@@ -357,20 +357,27 @@ def roll(card: CardState, today: dt.date) -> None:
         card.counters_dirty = True
 
 
+# Where the sum a limit is checked against lives: (on the CardState itself, attribute). Looked up per
+# purchase, so a table rather than building a mapping of every sum each time.
+_SUM_OF = {
+    "day_amount": (True, "day_amount"),
+    "day_count": (True, "day_count"),
+    "week_amount": (False, "week_amount"),
+    "week_count": (False, "week_count"),
+    "month_amount": (False, "month_amount"),
+    "month_count": (False, "month_count"),
+    "lifetime_amount": (False, "life_amount"),
+    "lifetime_count": (False, "life_count"),
+}
+
+
 def _used(card: CardState, key: str) -> int:
-    s = _spend(card)
-    return {
-        "day_amount": card.day_amount,
-        "day_count": card.day_count,
-        "week_amount": s.week_amount,
-        "week_count": s.week_count,
-        "month_amount": s.month_amount,
-        "month_count": s.month_count,
-        "lifetime_amount": s.life_amount,
-        "lifetime_count": s.life_count,
-    }[key]
+    on_card, name = _SUM_OF[key]
+    value: int = getattr(card if on_card else _spend(card), name)
+    return value
 
 
+@functools.lru_cache(maxsize=16)  # a batch asks for its one instant once per purchase
 def local_moment(now: dt.datetime, timezone: str) -> tuple[int, int]:
     """(minute of the day, ISO weekday) of ``now`` on the programme's wall clock."""
     local = now.astimezone(_zone(timezone))

@@ -105,6 +105,14 @@ def test_hours_and_group_caps_parse_and_say_what_is_wrong() -> None:
     assert parse_hours("00:00-24:00")[0].allows(0, 1) and parse_hours("17:00-24:00")[0].allows(
         23 * 60 + 59, 1
     )
+    for text in (
+        "00:00-24:00",
+        "17:00-24:00",
+        "22:00-02:00",
+        "sat+sun@00:00-24:00",
+        "mon-wed+fri@08:00-09:00",
+    ):
+        assert ",".join(str(h) for h in parse_hours(text)) == text  # stored as text, parsed again
     for bad, words in (
         ("6:30-9:00", "is not a time"),
         ("06:30", "is not a range"),
