@@ -1180,10 +1180,10 @@ WITH old AS (
     FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[])
         AS d(old_id, new_id, old_from, old_to, new_to)
     WHERE o.id = d.old_id AND o.state = d.old_from AND o.replaced_by IS NULL
-    RETURNING o.id, o.cardholder_id, o.form, d.new_id, d.new_to
+    RETURNING o.id, o.cardholder_id, o.form, o.controls, d.new_id, d.new_to
 ), new AS (
     UPDATE cards n SET state = old.new_to, cardholder_id = old.cardholder_id, form = old.form,
-        updated_at = now()
+        controls = old.controls, updated_at = now()
     FROM old WHERE n.id = old.new_id
 )
 SELECT count(*) FROM old

@@ -240,6 +240,7 @@ def carry_usage(old: CardState, new: CardState) -> None:
         new.card_dirty = True
     if old.spend is not None and new.spend is not None:  # week, month, lifetime, group sums
         old.spend.carry_to(new.spend)
+    new.controls = old.controls  # and its spend controls (the card's overrides go with it: _REPLACE_SQL)
 
 
 def check_topup(card: CardState, amount: int) -> str | None:

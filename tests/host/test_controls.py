@@ -546,3 +546,46 @@ async def _with_conn(db_url: str, work: Callable[[Any], Awaitable[int]]) -> int:
         return await work(conn)
     finally:
         await conn.close()
+
+
+# -- replacement ------------------------------------------------------------------------------------------
+def test_a_replacement_card_keeps_the_windows_used_and_the_overrides(
+    db_url: str, hsm_server: Any, tmp_path: Any
+) -> None:
+    """`card replace` (host.replace): the new PAN starts with the old card's week / lifetime sums and its
+    group sums, and with its overrides (rules.carry_usage, the replacement's card update)."""
+    from host.replace import replace_card
+    from tests.host.test_replace import _named
+
+    async def main() -> None:
+        async with harness.running_host(db_url, hsm_server) as h:
+            zpk = await h.crypto.hsm.form_key("001", [harness.ZPK_CLEAR, "0" * 32], "U")
+            await h.pool.run(
+                catalog.set_link, harness.ACQ, "3des", None, zpk.under_lmk, zpk.check_value, None, True
+            )
+            (pan,) = await harness.programme(h, "RPLCTL", cards=1, load=10_000, bin_prefix="621289")
+            await h.pool.run(controls.set_product_controls, "RPLCTL", Changes({"week_amount": 5_000}))
+            old = int(await h.pool.run(catalog.card_by_hash, await h.crypto.pan_hash(pan)))
+            await h.pool.run(_named, old)
+            today = BusinessDay.of_config(h.service.config).today(utc_now())
+            await h.pool.run(controls.set_card_limits, old, Changes({"lifetime_amount": 4_000}), today)
+            c = h.client
+            assert (await c.request(harness.message(c, pan, 3_000)))["39"] == "00"
+            r = await replace_card(
+                h.pool,
+                h.crypto,
+                old,
+                "damaged",
+                actor="test:operator",
+                today=today,
+                mailer_dir=tmp_path,
+                timezone=h.service.config.clearing.timezone,
+            )
+            view = await h.pool.run(controls.card_limits, r.new_card_id, today)
+            by = {x["limit"]: x for x in view["limits"]}
+            assert (by["week_amount"]["used"], by["lifetime_amount"]["used"]) == (3_000, 3_000)
+            assert (by["lifetime_amount"]["value"], by["lifetime_amount"]["source"]) == (4_000, "card")
+            failed = [x for x in await h.pool.run(run_checks) if not x.ok]
+            assert not failed, failed
+
+    trio.run(main)
