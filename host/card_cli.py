@@ -798,6 +798,7 @@ def card_pin_reset(
     )
 
 
+card.add_command(card_limits)  # `card limits`: host/controls_cli.py (spend controls)
 
 
 @card.command("code")
@@ -862,6 +863,3 @@ def card_code(app: AppContext, card_ref: str, max_amount: int | None, png: Path 
         f" {format_local(made.expires_at, tz)}{cap}"
         + (f"\nQR code written to {png}" if png is not None else ""),
     )
-
-
-card.add_command(card_limits)  # `card limits`: host/controls_cli.py (spend controls)
