@@ -372,11 +372,11 @@ def test_registration_and_name_change_are_screened(
 ) -> None:
     """Through host.cardholders (`cardholder add` / `update`, real HSM): the hit is in the answer."""
     e = cli_env(tmp_path_factory.mktemp("amlreg"), db_url, hsm_server.env)
-    added = run(e, "--json", "cardholder", "add", "Xiaoming WANG", "--birth-date", "1975-06-01")
+    added = run(e, "--json", "cardholder", "add", "--name", "Xiaoming WANG", "--birth-date", "1975-06-01")
     assert added.exit_code == 0, added.output
     cid = int(json.loads(added.output)["cardholder_id"])
     assert _status(db_url, cid) == "review"
-    clean = run(e, "--json", "cardholder", "add", "Henrietta Plumtree")
+    clean = run(e, "--json", "cardholder", "add", "--name", "Henrietta Plumtree")
     assert clean.exit_code == 0, clean.output
     other = int(json.loads(clean.output)["cardholder_id"])
     assert _status(db_url, other) == "clear"
