@@ -101,7 +101,9 @@ def cardholder_add(
     )
 
     async def work(pool: PgPool, crypto: IssuerCrypto) -> tuple[cardholders.Registered, dict[str, Any]]:
-        done = await cardholders.register(pool, crypto, new, cli_actor())
+        done = await cardholders.register(
+            pool, crypto, new, cli_actor(), aml_threshold=app.config.aml.threshold
+        )
         return done, await pool.run(cardholders.show_cardholder, done.cardholder_id)
 
     done, r = _run(app, work, hsm=True)
@@ -309,7 +311,9 @@ def cardholder_update(
 
     async def work(pool: PgPool, crypto: IssuerCrypto) -> cardholders.Updated:
         cid = await _resolved(pool, ref)
-        return await cardholders.update_cardholder(pool, crypto, cid, changes, cli_actor())
+        return await cardholders.update_cardholder(
+            pool, crypto, cid, changes, cli_actor(), aml_threshold=app.config.aml.threshold
+        )
 
     u = _run(app, work, hsm=True)
     human = (

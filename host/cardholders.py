@@ -166,7 +166,9 @@ class Registered:
     hits: list[Any]  # host.aml hits of the screening
 
 
-async def register(pool: Any, crypto: IssuerCrypto, new: NewCardholder, actor: str) -> Registered:
+async def register(
+    pool: Any, crypto: IssuerCrypto, new: NewCardholder, actor: str, *, aml_threshold: int | None = None
+) -> Registered:
     """Register a cardholder: with an ID (type and number) they are ``named`` at once, else
     ``anonymous``; event ``registered``; refused when a live cardholder holds the ID number already."""
     name = clean_name(new.name)
@@ -207,7 +209,7 @@ async def register(pool: Any, crypto: IssuerCrypto, new: NewCardholder, actor: s
                 raise _duplicate(owner or 0) from None
             reason = "name and ID number given" if id_no is not None else "no ID number given"
             await _event(conn, cid, "anonymous", level, "registered", actor, reason)
-            hits = await aml.screen(conn, cid, name, new.birth_date)
+            hits = await aml.screen(conn, cid, name, new.birth_date, threshold=aml_threshold)
             status = await conn.fetchval("SELECT aml_status FROM cardholders WHERE id = $1", cid)
             return Registered(cid, level, str(status), list(hits))
 
@@ -331,7 +333,13 @@ class Updated:
 
 
 async def update_cardholder(
-    pool: Any, crypto: IssuerCrypto, cardholder_id: int, changes: Changes, actor: str
+    pool: Any,
+    crypto: IssuerCrypto,
+    cardholder_id: int,
+    changes: Changes,
+    actor: str,
+    *,
+    aml_threshold: int | None = None,
 ) -> Updated:
     """Change a live cardholder's name, ID, phone, e-mail, address or date of birth (phone, e-mail and ID
     sealed again). A new ID number makes an anonymous cardholder ``named``, and a verified one ``named``
@@ -407,7 +415,11 @@ async def update_cardholder(
             hits: list[Any] = []
             if screened:
                 born = sets.get("birth_date", row["birth_date"])
-                hits = list(await aml.screen(conn, cardholder_id, sets.get("name", row["name"]), born))
+                hits = list(
+                    await aml.screen(
+                        conn, cardholder_id, sets.get("name", row["name"]), born, threshold=aml_threshold
+                    )
+                )
             status = await conn.fetchval("SELECT aml_status FROM cardholders WHERE id = $1", cardholder_id)
             return Updated(cardholder_id, changed, new_level, str(status), screened, hits)
 
