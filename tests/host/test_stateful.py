@@ -10,16 +10,29 @@ Rules: top-up, purchase, refund (part of a purchase), void, pre-auth, completion
 pre-auth void, reversal of any earlier request (including declined ones and ones already undone),
 a retransmission of any earlier request (same answer, nothing posted), a reversal of a request never
 sent followed by that late request, and several purchases in flight at once on one connection.
+
+Issue 16 adds the card lifecycle: every card is owned by a named cardholder; KYC tier changes (the
+tier's maximum balance decides each top-up from the next request on), operator unloads, card
+replacement (the whole balance and the cardholder move to a new PAN; the old card is blocked, and
+requests that name it are declined by its state while reversals still undo onto it), and purchases by
+one-time payment code (entry mode 03; a code pays once, within its cap). `ledger check` runs after
+every step, not only at the end of an example.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import os
+import shutil
 import socket
+import tempfile
 import threading
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 import trio
@@ -27,8 +40,13 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from host import cardholders, kyc
+from host.admin import admin_unload
+from host.catalog import CatalogError
 from host.check import run_checks
-from host.issue import issue_cards
+from host.issue import activate_card, issue_cards
+from host.payment_codes import make_code
+from host.replace import replace_card
 from specs.codec import codec_for
 from specs.framing import frame, h2h_splitter
 from tests.host.harness import PIN, Harness, message, programme, reversal, running_host
@@ -36,6 +54,13 @@ from tests.host.harness import PIN, Harness, message, programme, reversal, runni
 MAX_BALANCE = 50_000
 TOLERANCE_PCT = 15
 CARDS_NEEDED = 8
+# The product's maximum balance per KYC tier (each capped by MAX_BALANCE), low enough that top-ups hit them.
+TIER_CAPS = {"anonymous": 20_000, "named": 35_000, "verified": MAX_BALANCE}
+# What a replaced card becomes, and what a request naming it is then declined with (host.rules).
+OLD_BECOMES = {"lost": "lost", "stolen": "stolen", "damaged": "closed", "expiring": "closed"}
+STATE_CODES = {"lost": "41", "stolen": "43", "closed": "14"}
+ACTOR = "test:stateful"
+T = TypeVar("T")
 
 
 _STANS = itertools.count(700_000)
@@ -108,6 +133,9 @@ class HostThread:
                 load=0,
                 bin_prefix="621239",
                 max_balance=MAX_BALANCE,
+                max_balance_anonymous=TIER_CAPS["anonymous"],
+                max_balance_named=TIER_CAPS["named"],
+                max_balance_verified=TIER_CAPS["verified"],
                 per_txn_limit=MAX_BALANCE,
                 daily_amount_limit=10**9,
                 daily_count_limit=10**6,
@@ -118,17 +146,47 @@ class HostThread:
             self.ready.set()
             await self._stop.wait()
 
-    def new_cards(self, n: int) -> list[str]:
-        """Fresh active cards with nothing on them, so an example can be replayed exactly."""
+    def call(self, work: Callable[[Any, Any], Awaitable[T]]) -> T:
+        """``work(pool, crypto)`` on the host's trio thread: the host functions the CLI calls."""
 
-        async def issue() -> list[str]:
+        async def run() -> T:
             assert self.harness is not None
-            cards, _ = await issue_cards(
-                self.harness.pool, self.harness.crypto, "STATE", n, pin=PIN, activate=True
-            )
-            return [c.pan for c in cards]
+            return await work(self.harness.pool, self.harness.crypto)
 
-        return trio.from_thread.run(issue, trio_token=self.token)
+        return trio.from_thread.run(run, trio_token=self.token)
+
+    def new_cards(self, n: int) -> list[tuple[int, str, int]]:
+        """Fresh active cards with nothing on them, each owned by its own named cardholder (registered
+        with an ID number, so ``named``), so an example can be replayed exactly: (card id, PAN, holder)."""
+
+        async def issue(pool: Any, crypto: Any) -> list[tuple[int, str, int]]:
+            cards, _ = await issue_cards(pool, crypto, "STATE", n, pin=PIN, activate=True)
+            out = []
+            for c in cards:
+                new = cardholders.NewCardholder(
+                    name="Stateful Holder", id_type="resident_id", id_number=f"SM{uuid.uuid4().hex[:16]}"
+                )
+                holder = await cardholders.register(pool, crypto, new, ACTOR)
+                await pool.run(cardholders.assign_cards, [c.card_id], holder.cardholder_id)
+                out.append((c.card_id, c.pan, holder.cardholder_id))
+            return out
+
+        return self.call(issue)
+
+    def balances(self, card_ids: list[int]) -> dict[int, tuple[int, int]]:
+        """card id -> (ledger balance, held), read from the accounts (any state: a blocked card too)."""
+
+        async def read(pool: Any, _crypto: Any) -> dict[int, tuple[int, int]]:
+            rows = await pool.run(
+                lambda conn: conn.fetch(
+                    "SELECT c.id, a.credits_posted - a.debits_posted AS balance, a.debits_pending AS held"
+                    " FROM cards c JOIN accounts a ON a.id = c.account_id WHERE c.id = ANY($1::bigint[])",
+                    card_ids,
+                )
+            )
+            return {r["id"]: (r["balance"], r["held"]) for r in rows}
+
+        return self.call(read)
 
     def ledger_problems(self) -> list[Any]:
         async def check() -> list[Any]:
@@ -162,8 +220,13 @@ class Sent:
 
 @dataclass
 class CardModel:
+    card_id: int
+    pan: str
+    holder: int  # cardholders.id: a replacement card keeps it, and with it the tier
     balance: int = 0
     held: int = 0
+    tier: str = "named"
+    state: str = "active"  # lost, stolen or closed once replaced
 
     @property
     def available(self) -> int:
@@ -184,14 +247,17 @@ class HostMachine(RuleBasedStateMachine):
         super().__init__()
         world = WORLD["w"]
         self.host = world.host
-        self.pans = self.host.new_cards(2)
         self.client = SyncClient(self.host.port)
-        self.cards = [CardModel(), CardModel()]
+        # Every card the example has used (index = Sent.card); ``live`` names the two in use now: a
+        # replacement puts its new card in the old one's place.
+        self.cards = [CardModel(cid, pan, holder) for cid, pan, holder in self.host.new_cards(2)]
+        self.live = [0, 1]
         self.sent: list[Sent] = []
+        self.mailers = Path(tempfile.mkdtemp(prefix="stateful-mailers-"))
 
     # -- helpers ---------------------------------------------------------------------------------
     def _send(self, kind: str, card: int, amount: int | None, **kw: Any) -> tuple[Sent, dict[str, Any]]:
-        msg = message(self.client, self.pans[card], amount, **kw)  # type: ignore[arg-type]
+        msg = message(self.client, self.cards[card].pan, amount, **kw)  # type: ignore[arg-type]
         answer = self.client.one(msg)
         s = Sent(msg, kind, card, amount or 0, answer["39"], answer.get("38", ""))
         self.sent.append(s)
@@ -201,25 +267,33 @@ class HostMachine(RuleBasedStateMachine):
         """Earlier requests of these kinds, approved or not (the draws must not depend on answers)."""
         return [s for s in self.sent if s.kind in kinds]
 
+    def _blocked(self, card: int) -> str | None:
+        """The code a request naming a replaced card is declined with (its state decides first)."""
+        state = self.cards[card].state
+        return None if state == "active" else STATE_CODES[state]
+
     # -- rules -----------------------------------------------------------------------------------
     @initialize()
     def learn_cards(self) -> None:
         for card in (0, 1):
-            answer = self.client.one(message(self.client, self.pans[card], None, proc="310000"))  # type: ignore[arg-type]
+            answer = self.client.one(message(self.client, self.cards[card].pan, None, proc="310000"))  # type: ignore[arg-type]
             ledger, available = int(answer["54"][8:20]), int(answer["54"][28:40])
-            self.cards[card] = CardModel(balance=ledger, held=ledger - available)
+            self.cards[card].balance, self.cards[card].held = ledger, ledger - available
 
     @rule(card=st.integers(0, 1), amount=st.integers(1, 30_000))
     def top_up(self, card: int, amount: int) -> None:
+        card = self.live[card]
         m = self.cards[card]
         s, _ = self._send("topup", card, amount, proc="210000")
-        expected = "00" if m.balance + amount <= MAX_BALANCE else "61"
+        cap = min(MAX_BALANCE, TIER_CAPS[m.tier])  # the tier as the operator last set it
+        expected = "00" if m.balance + amount <= cap else "61"
         assert s.code == expected
         if s.code == "00":
             m.balance += amount
 
     @rule(card=st.integers(0, 1), amount=st.integers(1, 20_000))
     def purchase(self, card: int, amount: int) -> None:
+        card = self.live[card]
         m = self.cards[card]
         s, _ = self._send("purchase", card, amount)
         assert s.code == ("00" if m.available >= amount else "51")
@@ -233,7 +307,9 @@ class HostMachine(RuleBasedStateMachine):
         amount = data.draw(st.integers(1, p.amount + 10))
         s, _ = self._send("refund", p.card, amount, mti="0220", proc="200000", **{"102": p.msg["37"]})
         s.parent = p
-        if p.code != "00":
+        if (blocked := self._blocked(p.card)) is not None:
+            assert s.code == blocked
+        elif p.code != "00":
             assert s.code == "25"
         elif p.undone:
             assert s.code == "12"
@@ -250,7 +326,9 @@ class HostMachine(RuleBasedStateMachine):
         p = data.draw(st.sampled_from(self._of("purchase")))
         s, _ = self._send("void", p.card, p.amount, proc="200000", **{"102": p.msg["37"]})
         s.parent = p
-        if p.code != "00":
+        if (blocked := self._blocked(p.card)) is not None:
+            assert s.code == blocked
+        elif p.code != "00":
             assert s.code == "25"
         elif p.undone or p.refunded:
             assert s.code == "12"
@@ -261,6 +339,7 @@ class HostMachine(RuleBasedStateMachine):
 
     @rule(card=st.integers(0, 1), amount=st.integers(1, 20_000))
     def preauth(self, card: int, amount: int) -> None:
+        card = self.live[card]
         m = self.cards[card]
         s, _ = self._send("preauth", card, amount, mti="0100", proc="030000", cond="06")
         assert s.code == ("00" if m.available >= amount else "51")
@@ -277,7 +356,9 @@ class HostMachine(RuleBasedStateMachine):
         m = self.cards[h.card]
         s, _ = self._send("completion", h.card, amount, cond="06", **{"102": h.msg["37"]})
         s.parent = h
-        if h.code != "00":
+        if (blocked := self._blocked(h.card)) is not None:
+            assert s.code == blocked
+        elif h.code != "00":
             assert s.code == "25"
         elif not h.hold or h.reversed:
             assert s.code == "12"
@@ -300,7 +381,9 @@ class HostMachine(RuleBasedStateMachine):
         )
         s.parent = h
         s.amount = h.hold
-        if h.code != "00":
+        if (blocked := self._blocked(h.card)) is not None:
+            assert s.code == blocked
+        elif h.code != "00":
             assert s.code == "25"
         elif not h.hold or h.reversed:
             assert s.code == "12"
@@ -380,14 +463,15 @@ class HostMachine(RuleBasedStateMachine):
 
     @rule(card=st.integers(0, 1), amount=st.integers(1, 1000))
     def late_original_after_reversal(self, card: int, amount: int) -> None:
-        late = message(self.client, self.pans[card], amount)  # type: ignore[arg-type]
+        late = message(self.client, self.cards[self.live[card]].pan, amount)  # type: ignore[arg-type]
         assert self.client.one(reversal(self.client, late))["39"] == "00"  # type: ignore[arg-type]
         assert self.client.one(late)["39"] == "05"
 
     @rule(card=st.integers(0, 1), amounts=st.lists(st.integers(1, 5_000), min_size=2, max_size=8))
     def concurrent_purchases(self, card: int, amounts: list[int]) -> None:
+        card = self.live[card]
         m = self.cards[card]
-        msgs = [message(self.client, self.pans[card], a) for a in amounts]  # type: ignore[arg-type]
+        msgs = [message(self.client, m.pan, a) for a in amounts]  # type: ignore[arg-type]
         answers = self.client.exchange(msgs)
         for msg, a, answer in zip(msgs, amounts, answers, strict=True):
             expected = "00" if m.available >= a else "51"
@@ -396,16 +480,125 @@ class HostMachine(RuleBasedStateMachine):
                 m.balance -= a
             self.sent.append(Sent(msg, "purchase", card, a, answer["39"], answer.get("38", "")))
 
+    # -- the card lifecycle (issue 16) -----------------------------------------------------------
+    @rule(card=st.integers(0, 1), level=st.sampled_from(kyc.LEVELS))
+    def kyc_decision(self, card: int, level: str) -> None:
+        """An operator moves the cardholder's tier: up to verified by approval, down by a downgrade."""
+        m = self.cards[self.live[card]]
+        if level == m.tier or (level == "named" and m.tier == "anonymous"):
+            return  # named again needs a new ID document (cardholder update), not a decision
+        decision = "approve" if level == "verified" else "downgrade"
+        to_level = None if level == "verified" else level
+
+        async def decide(pool: Any, _crypto: Any) -> Any:
+            return await pool.run(
+                lambda conn: kyc.decide(
+                    conn, m.holder, decision, reason="stateful test", actor=ACTOR, to_level=to_level
+                )
+            )
+
+        self.host.call(decide)
+        for other in self.cards:  # the tier is the cardholder's: every card they own has it
+            if other.holder == m.holder:
+                other.tier = level
+
+    @rule(card=st.integers(0, 1), amount=st.integers(1, 20_000))
+    def unload(self, card: int, amount: int) -> None:
+        m = self.cards[self.live[card]]
+        reference = f"stateful-{uuid.uuid4().hex}"
+
+        async def work(pool: Any, _crypto: Any) -> Any:
+            return await admin_unload(pool, m.card_id, reference, amount)
+
+        try:
+            self.host.call(work)
+            done = True
+        except CatalogError:
+            done = False
+        assert done == (amount <= m.available), (amount, m)
+        if done:
+            m.balance -= amount
+
+    @rule(card=st.integers(0, 1), reason=st.sampled_from(sorted(OLD_BECOMES)))
+    def replace(self, card: int, reason: str) -> None:
+        slot = card
+        m = self.cards[self.live[slot]]
+        today = dt.datetime.now(dt.UTC).date()  # the harness host's business day is the UTC day
+
+        async def work(pool: Any, crypto: Any) -> Any:
+            done = await replace_card(
+                pool, crypto, m.card_id, reason, actor=ACTOR, today=today, mailer_dir=self.mailers
+            )
+            await activate_card(pool, done.new_card_id, today, actor=ACTOR)  # a physical card: in inventory
+            return done
+
+        try:
+            done = self.host.call(work)
+        except CatalogError:
+            done = None
+        # only named or verified cards, and never while a hold is pending (its completion posts on it)
+        assert (done is not None) == (m.tier != "anonymous" and m.held == 0), (reason, m)
+        if done is None:
+            return
+        assert done.moved == m.balance and not done.duplicate
+        self.cards.append(CardModel(done.new_card_id, done.pan, m.holder, balance=m.balance, tier=m.tier))
+        self.live[slot] = len(self.cards) - 1
+        m.balance, m.state = 0, OLD_BECOMES[reason]
+
+    @rule(
+        card=st.integers(0, 1),
+        amount=st.integers(1, 20_000),
+        cap=st.none() | st.integers(1, 20_000),
+        again=st.integers(1, 20_000) | st.none(),
+    )
+    def pay_by_code(self, card: int, amount: int, cap: int | None, again: int | None) -> None:
+        """A one-time code pays once, within its cap; a declined attempt leaves it usable."""
+        card = self.live[card]
+        m = self.cards[card]
+        today = dt.datetime.now(dt.UTC).date()
+
+        async def work(pool: Any, crypto: Any) -> Any:
+            return await make_code(
+                pool, crypto, m.card_id, seconds=600, today=today, actor=ACTOR, max_amount=cap
+            )
+
+        code = self.host.call(work).code
+        used = False
+        for value in [amount] if again is None else [amount, again]:
+            msg = message(self.client, code, value, **{"22": "032"})  # type: ignore[arg-type]
+            answer = self.client.one(msg)
+            if used:
+                expected = "05"  # payment_code_used
+            elif cap is not None and value > cap:
+                expected = "61"  # payment_code_cap, before the funds are looked at
+            else:
+                expected = "00" if m.available >= value else "51"
+            assert answer["39"] == expected, (value, cap, m, answer["39"])
+            self.sent.append(Sent(msg, "purchase", card, value, answer["39"], answer.get("38", "")))
+            if expected == "00":
+                m.balance -= value
+                used = True
+
     @invariant()
     def balances_match(self) -> None:
-        for card in (0, 1):
-            answer = self.client.one(message(self.client, self.pans[card], None, proc="310000"))  # type: ignore[arg-type]
+        for card in self.live:
             m = self.cards[card]
+            answer = self.client.one(message(self.client, m.pan, None, proc="310000"))  # type: ignore[arg-type]
             assert answer["39"] == "00"
             assert answer["54"] == f"1001156C{m.balance:012d}1002156C{m.available:012d}", (m, answer["54"])
+        blocked = [m for m in self.cards if m.state != "active"]
+        if blocked:  # a replaced card answers no balance inquiry: its account is read instead
+            found = self.host.balances([m.card_id for m in blocked])
+            assert {m.card_id: (m.balance, m.held) for m in blocked} == found
+
+    @invariant()
+    def ledger_clean(self) -> None:
+        problems = self.host.ledger_problems()
+        assert not problems, problems
 
     def teardown(self) -> None:
         self.client.sock.close()
+        shutil.rmtree(self.mailers, ignore_errors=True)
         problems = self.host.ledger_problems()
         assert not problems, problems
 
