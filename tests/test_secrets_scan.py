@@ -4,7 +4,10 @@ One ``pos.system.System`` is seeded with the demo and driven as an operator woul
 again, ``demo tour`` (sign-on, purchases with PIN, void, refund, top-up, pre-auth and completion, a
 wrong PIN, a reversal, terminal settlement on both terminals), single transactions with ``--trace``
 (a PIN purchase, a swiped purchase with track 2, a top-up, a reversal, a balance inquiry), a short
-``load`` run, the day's clearing file and a settlement run. Then it reads:
+``load`` run, the day's clearing file and a settlement run; then the card lifecycle of issue 16: the
+demo's cardholders (registered by ``demo seed`` with a synthetic ID number, phone and e-mail), a bank
+account registered for alice's cardholder and an unload paid into it by a second ``demo payout``, a PIN
+reset with its mailer, and a one-time payment code paid at a terminal. Then it reads:
 
 - the database: ``pg_dump`` of the System's database (binaries found as ``ops.pgembed`` finds them);
 - every file under the scratch folder (service logs, PostgreSQL's server log, ``var/``: terminal
@@ -15,8 +18,12 @@ wrong PIN, a reversal, terminal settlement on both terminals), single transactio
 It fails on any known clear secret: the PANs of the demo and load cards (and any Luhn-valid 13-19
 digit number on the programme's BINs), the demo PINs where a PIN is named, the clear format-0 PIN
 blocks of those cards, the demo's clear keys (``DEMO_ZPK``, the demo and load terminals' TMKs, the
-working keys the terminals hold), and track 2 data (``PAN=YYMM``). Masked PANs (first 6, last 4) are
-fine. The secrets themselves come from the sealed files (``pos.sealed``, the System's own seal key):
+working keys the terminals hold), track 2 data (``PAN=YYMM``), the cardholders' ID numbers, phone
+numbers, e-mail addresses and the bank account number, and the payment code. Masked forms (PAN first 6
+and last 4, phone 138****0001, ...) are fine. The payment code is a bearer credential shown once, by
+``card code`` to the cardholder's screen, and scanned by ``pos purchase --code``: what those two
+commands print is not scanned for it; everything else is. The secrets themselves come from the sealed
+files (``pos.sealed``, the System's own seal key):
 the terminal's secure element holds them, which is the one place they may be.
 """
 
@@ -35,13 +42,14 @@ import pytest
 from hsm_sim import pin as pin_blocks
 from hsm_sim.client import account_from_pan
 from ops.pgembed import find_bindir
-from pos.demo import DEMO_BIN, DEMO_PIN, DEMO_ZPK, LOAD_BIN, TERMINALS, load_tmk
+from pos.demo import DEMO_BIN, DEMO_CARDHOLDERS, DEMO_PIN, DEMO_ZPK, LOAD_BIN, TERMINALS, load_tmk
 from pos.sealed import read_sealed
 from pos.system import System
 
 WRONG_PIN = "999999"  # the tour's wrong PIN (pos/demo.py, _steps)
 BINS = (DEMO_BIN, LOAD_BIN)
 SEED = ("--load-terminals", "2", "--load-cards", "3")
+BANK_ACCOUNT = "6222020200112233445"  # synthetic: alice's cardholder's bank account
 
 
 @dataclass
@@ -58,6 +66,8 @@ class EndToEnd:
     codes: dict[str, int] = field(default_factory=dict)  # command -> exit status
     cards: list[dict[str, str]] = field(default_factory=list)  # pan, expiry, pin
     keys: dict[str, str] = field(default_factory=dict)  # name -> clear hex
+    personal: dict[str, str] = field(default_factory=dict)  # what it is -> the clear value
+    codes_shown: set[str] = field(default_factory=set)  # commands that print the payment code on purpose
 
 
 @pytest.fixture(scope="module")
@@ -76,13 +86,14 @@ def e2e() -> Iterator[EndToEnd]:
 def _drive(run: EndToEnd) -> None:
     system = run.system
 
-    def cli(*args: str, check: bool = True) -> None:
+    def cli(*args: str, check: bool = True) -> str:
         result = system.cli(*args, check=check, timeout=300)
-        # the command as a finding names it: the values of --track2 and --pin left out
-        hidden = ("--track2", "--pin")
+        # the command as a finding names it: the values of --track2, --pin, --account, --code left out
+        hidden = ("--track2", "--pin", "--account", "--code")
         name = " ".join("..." if i and args[i - 1] in hidden else a for i, a in enumerate(args))
         run.outputs.append((name, (result.stdout + result.stderr).encode()))
         run.codes[name] = result.returncode
+        return result.stdout
 
     def pos(*args: str) -> None:
         cli("pos", *args, check=False)  # a decline exits 3: checked in test_the_run_did_what_it_should
@@ -100,6 +111,17 @@ def _drive(run: EndToEnd) -> None:
     pos("balance", "--card", "alice", "--pin", DEMO_PIN, "--trace", "-t", t2)
     pos("purchase", "3.00", "--card", "alice", "--pin", WRONG_PIN, "--trace", "-t", t2)
     cli("load", "--duration", "2", "--quiet", "--no-ledger-check", "--mix", "purchase=80,balance=20")
+    # issue 16: a bank account for alice's cardholder, an unload paid into it, a PIN reset, a payment code
+    holder = str(json.loads(cli("--json", "card", "show", "alice"))["cardholder_id"])
+    cli("cardholder", "bank-account", "set", holder, "--bank", "Demo Bank", "--account", BANK_ACCOUNT)
+    cli("card", "unload", "alice", "--amount", "1.00", "--reference", "scan-unload-1")
+    cli("card", "pin", "reset", "carol", "--mailer-dir", str(system.root / "var/mailers"))
+    shown = "--json card code alice"
+    code = json.loads(cli(*shown.split()))["code"]
+    run.personal["payment code"] = code
+    run.codes_shown |= {shown, f"pos purchase 1.50 --code ... -t {t1}"}
+    pos("purchase", "1.50", "--code", code, "-t", t1)
+    cli("demo", "payout")  # settles the unload too: a cardholder payout line in the payout file
     # Today's business date is still open (cut-over 23:00), so its clearing file cannot be emitted
     # here; the host wrote the files of the closed dates at start, and those are settled.
     files = sorted(str(p) for p in (system.root / "var/clearing").glob("CLR_*"))
@@ -114,6 +136,11 @@ def _collect_secrets(run: EndToEnd) -> None:
     pool = read_sealed(root / "load-pool.json", key)
     run.cards = [{"pan": c["pan"], "expiry": c["expiry"], "pin": c["pin"]} for c in demo + pool["cards"]]
     run.keys["DEMO_ZPK"] = DEMO_ZPK
+    for who, (_name, id_number, phone, email) in DEMO_CARDHOLDERS.items():
+        run.personal[f"ID number of {who}'s cardholder"] = id_number
+        run.personal[f"phone of {who}'s cardholder"] = phone
+        run.personal[f"e-mail of {who}'s cardholder"] = email
+    run.personal["bank account of alice's cardholder"] = BANK_ACCOUNT
     for tid, _scheme, tmk in TERMINALS:
         run.keys[f"TMK of {tid}"] = tmk
     for t in pool["terminals"]:
@@ -143,6 +170,10 @@ def _secrets(run: EndToEnd) -> list[Secret]:
     for name, value in run.keys.items():
         out.append(Secret("key", name, re.compile(re.escape(value.encode()), re.IGNORECASE)))
     out.append(Secret("track", "track 2 (PAN=YYMM)", re.compile(rb"(?<!\d)\d{13,19}=\d{4}")))
+    for name, value in run.personal.items():
+        kind = "code" if name == "payment code" else "personal"
+        exact = rb"(?<![0-9A-Za-z])" + re.escape(value.encode()) + rb"(?![0-9])"
+        out.append(Secret(kind, name, re.compile(exact, re.IGNORECASE)))
     return out
 
 
@@ -197,7 +228,7 @@ def test_the_run_did_what_it_should(e2e: EndToEnd) -> None:
     names = {p.name for p in _written_files(e2e.system)}
     assert {"host.log", "switch.log", "hsm.log", "server.log", "demo-cards.json"} <= names, names
     pos = {c: code for c, code in e2e.codes.items() if c.startswith("pos ")}
-    assert list(pos.values()) == [0, 0, 0, 0, 0, 3], pos  # approved but the wrong PIN (declined: 3)
+    assert list(pos.values()) == [0, 0, 0, 0, 0, 3, 0], pos  # approved but the wrong PIN (declined: 3)
     assert [c for c, code in e2e.codes.items() if code and not c.startswith("pos ")] == [], e2e.codes
     tour = dict(e2e.outputs)["demo tour"]
     assert tour.count(b"APPROVED") >= 5, tour[-800:]
@@ -206,8 +237,9 @@ def test_the_run_did_what_it_should(e2e: EndToEnd) -> None:
     # the scan's own patterns find what they look for
     alice = e2e.cards[0]
     probe = f'pan={alice["pan"]} "pin": "{alice["pin"]}" {alice["pan"]}={alice["expiry"]} {DEMO_ZPK.lower()}'
+    probe += f' phone={DEMO_CARDHOLDERS["bob"][2]} {e2e.personal["payment code"]}'
     kinds = {f.split(": ")[1].split(" ")[0] for f in _findings(probe.encode(), "probe", _secrets(e2e))}
-    assert {"pan", "pin", "track", "key", "a"} <= kinds, kinds
+    assert {"pan", "pin", "track", "key", "a", "personal", "code"} <= kinds, kinds
 
 
 def test_the_scan_finds_the_secure_elements_contents_in_clear(e2e: EndToEnd) -> None:
@@ -238,6 +270,22 @@ def test_no_secret_in_the_logs_and_files(e2e: EndToEnd) -> None:
 def test_no_secret_in_what_the_commands_printed(e2e: EndToEnd) -> None:
     secrets = _secrets(e2e)
     found: list[str] = []
+    code = e2e.personal["payment code"].encode()
     for command, printed in e2e.outputs:
+        if command in e2e.codes_shown:  # shown there on purpose: only the code itself is let through
+            printed = printed.replace(code, b"<the payment code>")
         found += _findings(printed, f"`payswitch {command}`", secrets)
     assert found == []
+
+
+def test_the_lifecycle_went_through(e2e: EndToEnd) -> None:
+    """The personal data and the code went through the system (so their absence means something): the
+    unload was paid to the bank account in the payout file, masked, and the code paid once."""
+    printed = dict(e2e.outputs)
+    registered = next(c for c in printed if c.startswith("cardholder bank-account"))
+    assert b"unloads are paid to" in printed[registered]
+    files = [p for p in _written_files(e2e.system) if p.suffix in (".csv", ".txt", ".json", ".jsonl")]
+    lines = [ln for p in files for ln in p.read_text(errors="replace").splitlines()]
+    bank = [ln for ln in lines if "cardholder_bank_account" in ln]
+    assert bank and all(BANK_ACCOUNT[-4:] in ln and BANK_ACCOUNT not in ln for ln in bank), lines[-5:]
+    assert e2e.codes[f"pos purchase 1.50 --code ... -t {TERMINALS[0][0]}"] == 0
