@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from host import card_events
-from host.kyc import card_tier
+from host.kyc import card_named
 from host.rules import TRANSITIONS, yymm
 from ops.actor import cli_actor
 
@@ -378,8 +378,9 @@ async def set_card_state(
     ``action`` ("activate" or "unfreeze", with the business date ``today``): the operator's command,
     whose preconditions (_MAKES_ACTIVE) are checked under the same row lock. The change is a
     card_events row in the same transaction, by ``actor`` (default: the CLI's) with ``reason``.
-    An anonymous card (host.kyc.card_tier) cannot be reported lost or stolen (PBOC: an unnamed card
-    cannot be reported lost or replaced; nobody can prove it is theirs)."""
+    An unnamed card (host.kyc.card_named: no named or verified cardholder) cannot be reported lost or
+    stolen (PBOC: an unnamed card cannot be reported lost or replaced; nobody can prove it is theirs);
+    a named one can, even while its cardholder is under AML review."""
     async with conn.transaction():
         row = await conn.fetchrow("SELECT state, expiry FROM cards WHERE id = $1 FOR UPDATE", card_id)
         if row is None:
@@ -393,7 +394,7 @@ async def set_card_state(
                 raise CatalogError(f"card {card_id} is past its expiry {row['expiry']}: it cannot {verb}")
         if new_state not in TRANSITIONS[old]:
             raise CatalogError(f"card {card_id} is {old}: cannot become {new_state}")
-        if new_state in ("lost", "stolen") and await card_tier(conn, card_id) == "anonymous":
+        if new_state in ("lost", "stolen") and not await card_named(conn, card_id):
             raise CatalogError(
                 f"card {card_id} is anonymous (no named cardholder): an unnamed card cannot be reported"
                 f" {new_state} or replaced; freeze it instead"

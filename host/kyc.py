@@ -55,6 +55,20 @@ async def card_tier(conn: Any, card_id: int) -> str:
     return str(row["tier"])
 
 
+async def card_named(conn: Any, card_id: int) -> bool:
+    """Whether card ``card_id`` has a named or verified cardholder, whatever AML screening says: the
+    PBOC test for reporting a card lost or stolen (the holder can prove it is theirs). Blocking a card
+    must stay possible while its cardholder is under AML review; replacing it does not (host.replace
+    uses ``card_tier``: a replacement would hand a frozen card's money to a live one)."""
+    return bool(
+        await conn.fetchval(
+            "SELECT h.kyc_level IN ('named', 'verified') FROM cards c JOIN cardholders h"
+            " ON h.id = c.cardholder_id WHERE c.id = $1",
+            card_id,
+        )
+    )
+
+
 async def tier_refusal(conn: Any, card_id: int) -> str:
     """Why a load was declined ``tier_max_balance``, for people: the card's tier and its maximum."""
     row = await conn.fetchrow(

@@ -206,3 +206,25 @@ def test_gift_face_value_is_not_loaded_again(db_url: str, hsm_server: Any) -> No
         await clean(h)
 
     run(db_url, hsm_server, body)
+
+
+def test_under_aml_review_a_named_card_can_be_blocked_but_not_replaced(db_url: str, hsm_server: Any) -> None:
+    """Reporting a card lost is the PBOC named-card test alone (host.kyc.card_named): a cardholder under
+    AML review can still block a card. Replacing it is refused meanwhile (host.kyc.card_tier counts the
+    review as anonymous): a replacement would put a frozen or watched card's money on a live card."""
+
+    async def body(h: Harness) -> None:
+        (pan,) = await programme(h, "RPLAML", cards=1, load=5_000, bin_prefix="621308")
+        card = await _card_id(h, pan)
+        holder = await h.pool.run(_named, card)
+        await _sql(h, "UPDATE cardholders SET aml_status = 'review' WHERE id = $1", holder)
+        with pytest.raises(CatalogError, match="AML review"):
+            await _replace(h, card, "lost")
+        await h.pool.run(lambda conn: catalog.set_card_state(conn, card, "lost", actor="test:operator"))
+        assert (await h.client.request(message(h.client, pan, 100)))["39"] == "41"
+        await _sql(h, "UPDATE cardholders SET aml_status = 'clear' WHERE id = $1", holder)
+        r = await _replace(h, card, "lost")  # cleared: the money moves to the new card
+        assert r.moved == 5_000 and r.old_from == "lost"
+        await clean(h)
+
+    run(db_url, hsm_server, body)
