@@ -215,8 +215,8 @@ async def list_cards(
 
 
 _CARD_SHOW = """
-SELECT c.id, c.label, c.pan_masked, c.expiry, c.state, p.code AS product, p.kind, c.issue_batch, c.part,
-       c.uses_left, c.pin_tries, c.issued_at, c.updated_at, a.id AS account_id, a.currency,
+SELECT c.id, c.label, c.pan_masked, c.expiry, c.state, c.form, p.code AS product, p.kind, c.issue_batch,
+       c.part, c.uses_left, c.pin_tries, c.issued_at, c.updated_at, a.id AS account_id, a.currency,
        a.credits_posted - a.debits_posted AS balance,
        a.credits_posted - a.debits_posted - a.debits_pending AS available, a.debits_pending AS held,
        a.day, a.day_amount, a.day_count,

@@ -191,6 +191,8 @@ def test_card_code_command(db_url: str, hsm_server: Any, tmp_path: Path) -> None
     assert issued["state"] == "active" and issued["form"] == "virtual" and issued["mailer"] is None
     assert not (tmp_path / "mailers").exists() or not list((tmp_path / "mailers").iterdir())
     cid = issued["cards"][0]["card_id"]
+    assert ok(env, "card", "show", str(cid))["form"] == "virtual"
+    assert "form         virtual (pays by payment code)" in run(env, "card", "show", str(cid)).output
     ok(env, "card", "load", str(cid), "--amount", "50.00")
     png = tmp_path / "code.png"
     made = ok(env, "card", "code", str(cid), "--max-amount", "20.00", "--png", str(png))
