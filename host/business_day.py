@@ -98,6 +98,17 @@ async def read_closes(conn: Any, business_day: BusinessDay, now: dt.datetime | N
     return business_day.set_closes({r["business_date"]: r["closed_at"] for r in rows})
 
 
+async def business_date_now(conn: Any, config: Config) -> dt.date:
+    """The business date the ledger counts in now, early closes included (`clearing close-day`): what a
+    command showing a day's use (`card show`, `card limits`) must compare the card's counters with."""
+    business_day = BusinessDay.of_config(config)
+    now = utc_now()
+    await read_closes(conn, business_day, now)
+    return business_day.today(now)
+
+
 def business_today(config: Config) -> dt.date:
-    """The programme's business date now (for commands: ``card expire``, the activation checks)."""
+    """The programme's business date now by the cut-over alone, early closes not read (for commands
+    that need a date, not the day's counters: ``card expire``, the activation and expiry-month checks);
+    ``business_date_now`` is the ledger's, early closes included."""
     return business_date_of(utc_now(), config.clearing.cutover, config.clearing.timezone)

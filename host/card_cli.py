@@ -18,7 +18,7 @@ import click
 from host import cardholders, catalog, directory, kyc, rules
 from host.admin import admin_load, load_refusal
 from host.bank_accounts import Destination, To
-from host.business_day import business_today
+from host.business_day import business_date_now, business_today
 from host.catalog import CatalogError
 from host.cli import (
     _emit_page,
@@ -315,7 +315,8 @@ def card_show(app: AppContext, card_ref: str) -> None:
         from host.replace import links
 
         cid = await directory.resolve_card(pool, crypto, card_ref)
-        return {**await pool.run(directory.show_card, cid), **await pool.run(links, cid)}
+        today = await pool.run(business_date_now, app.config)  # the day the ledger counts in
+        return {**await pool.run(directory.show_card, cid), **await pool.run(links, cid), "today": today}
 
     r = _run(app, work, hsm=directory.needs_hsm(card_ref))
     cur, tz = r["currency"], app.config.clearing.timezone
@@ -359,7 +360,7 @@ def card_show(app: AppContext, card_ref: str) -> None:
     data.update(cardholder_id=r["cardholder_id"], cardholder_name=r["cardholder_name"], tier=r["tier"])
     data.update(money_json("tier_max_balance", cap, cur))
     owner = f"{r['cardholder_id']}  {r['cardholder_name']}" if r["cardholder_id"] else "- (anonymous card)"
-    today = business_today(app.config)
+    today = r["today"]
     data["today_amount_minor"] = r["day_amount"] if r["day"] == today else 0
     data["today_count"] = r["day_count"] if r["day"] == today else 0
     used = (

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from host import controls, directory
-from host.business_day import business_today
+from host.business_day import business_date_now
 from host.cli import _run, _table
 from host.controls import Changes, ControlsError, GroupCap, HourRange
 from host.keys import IssuerCrypto
@@ -249,10 +249,9 @@ def card_limits(
     }
     changes = Changes(limits, hours, group_caps, frozenset({"all"}) if clear else frozenset())
     changing = bool(limits or hours is not None or group_caps or clear)
-    today = business_today(app.config)
-
     async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> dict[str, Any]:
         cid = await directory.resolve_card(pool, crypto, card_ref)
+        today = await pool.run(business_date_now, app.config)  # the day the ledger counts in
         if changing:
             return await pool.run(controls.set_card_limits, cid, changes, today)
         return await pool.run(controls.card_limits, cid, today)

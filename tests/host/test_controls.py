@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from host import catalog, controls, rules
-from host.business_day import BusinessDay, utc_now
+from host.business_day import BusinessDay, read_closes, utc_now
 from host.catalog import CatalogError
 from host.check import run_checks
 from host.controls import Changes, ControlsError, GroupCap, parse_group_cap, parse_hours
@@ -589,3 +589,35 @@ def test_a_replacement_card_keeps_the_windows_used_and_the_overrides(
             assert not failed, failed
 
     trio.run(main)
+
+
+def test_card_show_and_limits_count_the_day_the_ledger_counts_after_an_early_close(
+    db_url: str, hsm_server: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """After `clearing close-day` the ledger counts in the next business date at once; `card show` and
+    `card limits` compare the counters with that date (host.business_day.business_date_now), not with
+    the date the cut-over alone gives, which would show today's use as nothing. Last in this module:
+    the early close stays in its database."""
+    env = cli_env(tmp_path_factory.mktemp("early"), db_url, hsm_server.env)
+
+    async def body(conn: Any) -> int:
+        (pan,) = await product(conn, "EARLY")
+        await Ledger().post_batch(conn, [req(Txn.TOPUP, pan, 10_000)])
+        bd = BusinessDay("23:00", "Asia/Shanghai")  # the configuration's (cli_env's) business day
+        today = bd.today(utc_now())
+        await conn.execute(
+            "INSERT INTO closed_business_dates (business_date, closed_at, closed_by)"
+            " VALUES ($1, now() - interval '1 second', 'test') ON CONFLICT DO NOTHING",
+            today,
+        )
+        await read_closes(conn, bd)
+        assert bd.today(utc_now()) == today + dt.timedelta(days=1)
+        (d,) = await Ledger(business_day=bd).post_batch(conn, [req(Txn.PURCHASE, pan, 1_234)])
+        assert d.code == "00"
+        return await card_id(conn, pan)
+
+    cid = asyncio.run(_with_conn(db_url, body))
+    shown = ok(env, "card", "show", str(cid))
+    assert (shown["today_amount_minor"], shown["today_count"]) == (1_234, 1)
+    by = {r["limit"]: r for r in ok(env, "card", "limits", str(cid))["limits"]}
+    assert (by["day_amount"]["used_minor"], by["day_count"]["used"]) == (1_234, 1)
