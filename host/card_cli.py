@@ -854,8 +854,7 @@ def card_code(app: AppContext, card_ref: str, max_amount: int | None, png: Path 
         "created_at": iso_local(made.created_at, tz),
         "expires_at": iso_local(made.expires_at, tz),
         "seconds": seconds,
-        "max_amount_minor": made.max_amount,
-        "currency": made.currency,
+        **money_json("max_amount", made.max_amount, made.currency),
         "png": str(png) if png is not None else None,
     }
     cap = f", at most {format_money(made.max_amount, made.currency)}" if made.max_amount else ""
