@@ -14,6 +14,7 @@ from host import card_events
 from host.kyc import card_named
 from host.rules import TRANSITIONS, yymm
 from ops.actor import cli_actor
+from ops.money import format_money
 
 
 class CatalogError(Exception):
@@ -69,7 +70,23 @@ def tier_caps(spec: ProductSpec) -> dict[str, int]:
                 " product's max balance"
             )
         out[f"max_balance_{tier}"] = given if given is not None else min(default, spec.max_balance)
+    _check_face_value(spec.code, spec.kind, spec.initial_amount, spec.currency, spec.issue_tier, out)
     return out
+
+
+def _check_face_value(
+    code: str, kind: str, face: int, currency: str, issue_tier: str, caps: dict[str, Any]
+) -> None:
+    """A gift (fixed-amount) card is loaded with its face value at activation, past the top-up rules, so
+    the product itself must keep that value within the maximum of the tier its cards are issued at
+    (PBOC: an unnamed card holds at most 1,000 yuan unless the product says otherwise)."""
+    cap = caps[f"max_balance_{issue_tier}"]
+    if kind == "fixed_amount" and face > cap:
+        raise CatalogError(
+            f"product {code}: the face value {format_money(face, currency)} is above the {issue_tier}"
+            f" maximum balance {format_money(cap, currency)}: give --max-balance-{issue_tier}"
+            " (or a higher --issue-tier)"
+        )
 
 
 async def partitions(conn: Any) -> int:
@@ -602,6 +619,9 @@ def _check_tier_changes(code: str, row: Any, values: dict[str, Any]) -> None:
                 f"product {code}: --{col.replace('_', '-')} must be above 0 and at most the product's"
                 " max balance"
             )
+    after = {col: values.get(col, row[col]) for col in TIER_COLUMNS}
+    tier = values.get("issue_tier", row["issue_tier"])
+    _check_face_value(code, row["kind"], row["initial_amount"], row["currency"], tier, after)
 
 
 # Merchant states: active <-> suspended, either -> closed; a closed merchant never reopens. The host

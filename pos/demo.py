@@ -308,6 +308,8 @@ def _seed(
         LOAD_BALANCE,
         "--max-balance",
         LOAD_BALANCE,
+        "--max-balance-anonymous",  # anonymous cards, above the PBOC 1,000 yuan: a benchmark's own product
+        LOAD_BALANCE,
         "--per-txn-limit",
         LOAD_BALANCE,
         "--daily-amount-limit",

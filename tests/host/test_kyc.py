@@ -8,6 +8,7 @@ KYC decision, an owner given, an AML hit) takes effect on the very next request.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -284,3 +285,17 @@ async def _card_of(conn: Any, pan: str) -> int:
 
 async def _set_aml(conn: Any, cardholder_id: int, status: str) -> None:
     await conn.execute("UPDATE cardholders SET aml_status = $2 WHERE id = $1", cardholder_id, status)
+
+
+def test_a_gift_products_face_value_fits_the_tier_its_cards_are_issued_at() -> None:
+    """A gift card is loaded with its face value at activation, past the top-up rules: the product
+    itself must keep it within the maximum of its issue tier (PBOC: unnamed at most 1,000 yuan)."""
+    from host.catalog import CatalogError, ProductSpec, tier_caps
+
+    gift = ProductSpec(code="GIFT2K", kind="fixed_amount", initial_amount=200_000, max_balance=200_000)
+    with pytest.raises(CatalogError, match=r"face value 2,000.00 CNY is above the anonymous maximum"
+                       r" balance 1,000.00 CNY: give --max-balance-anonymous"):
+        tier_caps(gift)
+    assert tier_caps(replace(gift, max_balance_anonymous=200_000))["max_balance_anonymous"] == 200_000
+    assert tier_caps(replace(gift, issue_tier="named"))["max_balance_named"] == 200_000
+    assert tier_caps(replace(gift, initial_amount=100_000))["max_balance_anonymous"] == 100_000
