@@ -13,6 +13,8 @@ the expiry sweep (host.expiry)  -> expired, action ``expire``, actor ``host:card
 a forfeit (host.ledger)         -> closed, action ``forfeit``
 replacement (host.ledger)       the old card -> lost / stolen / closed and the new card,
                                 action ``replace``, the reason and the other card in ``reason``
+an owner (host.cardholders)     the state unchanged, action ``assign``, ``to cardholder N``
+                                in ``reason``: `card assign`, `card issue --cardholder`
 ==============================  ===========================================================
 """
 

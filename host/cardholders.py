@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from host import aml, kyc, pii
+from host import aml, card_events, kyc, pii
 from host.catalog import CatalogError
 from host.directory import DEFAULT_LIMIT, Page, _int_cursor, _page, _Where
 
@@ -492,10 +492,14 @@ async def check_can_issue(conn: Any, cardholder_id: int, product_code: str) -> N
     await _can_own(conn, cardholder_id, int(pid))
 
 
-async def assign_cards(conn: Any, card_ids: list[int], cardholder_id: int) -> None:
+async def assign_cards(
+    conn: Any, card_ids: list[int], cardholder_id: int, *, actor: str | None = None
+) -> None:
     """Give anonymous cards an owner, in one transaction: refused for a card that has one (another or
     the same), a closed card, or when the cardholder cannot own the card's product (``_can_own``).
-    The cardholder row is locked (FOR SHARE) so a close or KYC change cannot slip in between."""
+    The cardholder row is locked (FOR SHARE) so a close or KYC change cannot slip in between. Each
+    card gets a card_events row (action ``assign``, its state unchanged, the cardholder in ``reason``):
+    who gave a card its owner is part of the card's audit."""
     async with conn.transaction():
         if await conn.fetchval("SELECT 1 FROM cardholders WHERE id = $1 FOR SHARE", cardholder_id) is None:
             raise CardholderError(f"no cardholder {cardholder_id} ({LIST_HINT})")
@@ -521,6 +525,11 @@ async def assign_cards(conn: Any, card_ids: list[int], cardholder_id: int) -> No
             card_ids,
             cardholder_id,
         )
+        for r in rows:
+            await card_events.record(
+                conn, r["id"], r["state"], r["state"], "assign", actor=actor,
+                reason=f"to cardholder {cardholder_id}",
+            )
 
 
 async def issue_to(

@@ -117,6 +117,9 @@ def test_the_tier_caps_card_load_and_a_tier_change_takes_effect_at_once(
     owner = _named(env, "Dan Sun", "110101199001010011")
     assigned = ok(env, "card", "assign", str(card), str(owner))
     assert assigned["tier"] == "named" and assigned["cardholder_id"] == owner
+    event = ok(env, "card", "events", str(card))[0]  # newest first: who gave the card its owner
+    assert (event["action"], event["reason"]) == ("assign", f"to cardholder {owner}")
+    assert event["actor"] == cli_actor()
     shown = ok(env, "card", "show", str(card))
     assert (
         shown["cardholder_id"] == owner and shown["cardholder_name"] == "Dan Sun" and shown["tier"] == "named"
