@@ -13,7 +13,7 @@ wait for), in the run's own transaction:
   ``no_overdraft``: the database itself refuses paying more than was unloaded.
 
 Where it is paid is what the host captured at the unload (``unload_destinations``, host migration
-0021, read by SQL like the rest): the cardholder's bank account as registered then (payee
+0019, read by SQL like the rest): the cardholder's bank account as registered then (payee
 ``bank_account``: a **cardholder payout**: bank name, masked account, holder, and the account number as
 the host stores it, HSM ciphertext under its ``pii_data`` key, which only the bank gateway's HSM
 decrypts), or the programme's desk (payee ``desk``; also every unload made before that migration).

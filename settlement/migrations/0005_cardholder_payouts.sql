@@ -1,6 +1,6 @@
 -- Cash-outs paid to the cardholder's bank account (issue 16 item 5; settlement/cashouts.py): each
 -- settlement_cashouts row records where it was paid, copied from the host's unload_destinations row
--- of its unload (host/migrations/0021): `bank_account` with the cardholder, bank name, the account
+-- of its unload (host/migrations/0019): `bank_account` with the cardholder, bank name, the account
 -- number as the host stores it (HSM ciphertext under the issuer's pii_data key: only the bank
 -- gateway's HSM turns it back; never clear here), its masked form and the holder's name; or `desk`
 -- (paid at the programme's desk: the card had no cardholder or no bank account, or the operator said
