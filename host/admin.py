@@ -76,7 +76,7 @@ class Unload:
     held: int  # still held by pending pre-auths (not unloaded)
     duplicate: bool  # the reference had unloaded already: nothing moved now
     # where settlement pays it, captured at the unload (host.bank_accounts); None: an unload made
-    # before host migration 0021, paid at the desk
+    # before host migration 0019, paid at the desk
     destination: Destination | None = None
 
 

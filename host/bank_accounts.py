@@ -3,7 +3,7 @@
 The account number is personal data: stored only sealed (host.pii: HSM ciphertext under ``pii_data``,
 a keyed hash, the masked last 4) in the cardholder's row (host migration 0013), never in clear; the
 bank name and the account holder's name beside it. Every set and clear is an event with who and why
-(``bank_account_events``, migration 0021).
+(``bank_account_events``, migration 0019).
 
 Rules (the issue is silent; chosen here):
 
@@ -232,7 +232,7 @@ def _destination(row: Any) -> Destination:
 
 
 async def unload_destination(conn: Any, key: str) -> Destination | None:
-    """The destination captured for unload ``key``; None for an unload made before migration 0021
+    """The destination captured for unload ``key``; None for an unload made before migration 0019
     (those are paid at the desk, as they were)."""
     row = await conn.fetchrow("SELECT * FROM unload_destinations WHERE unload_key = $1", key)
     return None if row is None else _destination(row)
@@ -241,7 +241,7 @@ async def unload_destination(conn: Any, key: str) -> Destination | None:
 async def record_destination(conn: Any, key: str, card_id: int, dest: Destination) -> None:
     """Capture ``dest`` for unload ``key`` (before it posts). A row left by an attempt that never
     posted is replaced; once the unload is posted its row stays as it is (and the trigger of
-    migration 0021 refuses changing it)."""
+    migration 0019 refuses changing it)."""
     await conn.execute(
         "INSERT INTO unload_destinations (unload_key, card_id, payee, cardholder_id, bank_name,"
         " account_enc, account_masked, account_holder) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
