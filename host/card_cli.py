@@ -366,7 +366,11 @@ def card_show(app: AppContext, card_ref: str) -> None:
     used = (
         f"{format_money(data['today_amount_minor'], cur)} in {data['today_count']} purchases "
         f"(business day {today.isoformat()}"
-        + (f"; last purchase day {day})" if day is not None and r["day"] != today else ")")
+        + (
+            f"; last purchase day {day}: {format_money(r['day_amount'], cur)} in {r['day_count']})"
+            if day is not None and r["day"] != today
+            else ")"
+        )
     )
     lines = [
         f"card         {r['id']}" + (f"  label {r['label']}" if r["label"] else ""),
