@@ -8,8 +8,6 @@ one line and exit 1.
 
 
 import dataclasses
-import functools
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,38 +95,33 @@ def card_issue(
     if pin is not None and not (pin.isdigit() and 4 <= len(pin) <= 12):
         raise click.ClickException("--pin: 4 to 12 digits")
     folder = mailer_dir or Path(app.config.host.mailer_dir)
-    owner: dict[str, int] = {}
-    form: dict[str, str | None] = {"form": "virtual" if virtual else None}  # else the product's, in work
 
-    async def work(pool: PgPool, crypto: IssuerCrypto) -> tuple[list[Any], Path | None]:
+    async def work(pool: PgPool, crypto: IssuerCrypto) -> tuple[list[Any], Path | None, int | None]:
         export = await _export_for(pool, crypto, producer_name) if producer_name else None
-        issue: Callable[..., Awaitable[tuple[list[Any], Path | None]]] = functools.partial(
-            issue_cards, pool, crypto
-        )
-        form["form"] = form["form"] or (await pool.run(catalog.product, product_code))["form"]
-        if cardholder_ref is not None:  # checked, issued, then given to them (host.cardholders.issue_to)
-            owner["id"] = await pool.run(cardholders.resolve_cardholder, cardholder_ref)
-            issue = functools.partial(cardholders.issue_to, pool, crypto, owner["id"])
-        return await issue(
-            product_code,
-            count,
-            pin=pin,
-            activate=activate,
-            mailer_dir=folder,
-            producer=export,
-            today=business_today(app.config),
-            form=form["form"],
-            owner_known=cardholder_ref is not None,
-        )
+        options: dict[str, Any] = {
+            "pin": pin,
+            "activate": activate,
+            "mailer_dir": folder,
+            "producer": export,
+            "today": business_today(app.config),
+            "form": "virtual" if virtual else None,  # None: the product's (host.issue.issue_cards)
+        }
+        if cardholder_ref is None:
+            return (*await issue_cards(pool, crypto, product_code, count, **options), None)
+        # checked, issued, then given to them (host.cardholders.issue_to)
+        owner = await pool.run(cardholders.resolve_cardholder, cardholder_ref)
+        issued = await cardholders.issue_to(pool, crypto, owner, product_code, count, **options)
+        return (*issued, owner)
 
-    cards, mailer = _run(app, work, hsm=True)
+    cards, mailer, owner = _run(app, work, hsm=True)
+    form = cards[0].form
     data = {
         "cards": [{"card_id": c.card_id, "pan": c.pan, "expiry": c.expiry} for c in cards],
         "mailer": str(mailer) if mailer else None,
-        "state": "active" if activate or form["form"] == "virtual" else "inventory",
-        "form": form["form"],
+        "state": "active" if activate or form == "virtual" else "inventory",
+        "form": form,
         "producer": producer_name,
-        "cardholder_id": owner.get("id"),
+        "cardholder_id": owner,
     }
     # Each full PAN once, for embossing: the database keeps only the PAN under the HSM and its keyed hash.
     human = _table(

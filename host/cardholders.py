@@ -540,6 +540,6 @@ async def issue_to(
     from host.issue import issue_cards
 
     await pool.run(check_can_issue, cardholder_id, product_code)
-    cards, mailer = await issue_cards(pool, crypto, product_code, count, **issue)
+    cards, mailer = await issue_cards(pool, crypto, product_code, count, owner_known=True, **issue)
     await pool.run(assign_cards, [c.card_id for c in cards], cardholder_id)
     return cards, mailer

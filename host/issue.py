@@ -84,6 +84,7 @@ class IssuedCard:
     pan: str
     expiry: str
     masked: str
+    form: str = "physical"  # physical or virtual, as issue_cards decided (the caller's, else the product's)
 
 
 async def issue_cards(
@@ -152,7 +153,8 @@ async def issue_cards(
     )
     expiry = catalog.expiry_for(today, product["validity_months"])  # the one insert_cards stored
     cards = [
-        IssuedCard(cid, pan, expiry, card.pan_masked) for cid, (pan, card, _) in zip(ids, made, strict=True)
+        IssuedCard(cid, pan, expiry, card.pan_masked, form)
+        for cid, (pan, card, _) in zip(ids, made, strict=True)
     ]
     mailer = None
     if mailer_dir is not None and form == "physical":  # a virtual card's PIN is mailed to nobody
