@@ -390,13 +390,12 @@ class HostService:
         if data is None:
             return Pin.NONE
         _card_id, pvv, pvki = data
-        link = await self._link(parsed.link_id)
-        if link is None or not link.get("zpk"):
-            log.warning("no ZPK for link; PIN cannot be changed", link=parsed.link_id)
+        zpk = await self._link_zpk(parsed.link_id, "changed")
+        if zpk is None:
             return Pin.ERROR
         try:
             change = await self.crypto.hsm.change_pin(
-                link["zpk"],
+                zpk,
                 self.crypto.keys.pvk,
                 parsed.pin_block.hex().upper(),
                 parsed.new_pin_block.hex().upper(),
@@ -570,16 +569,25 @@ class HostService:
         if data is None:
             return Pin.NONE  # unknown card: answered 14 by the engine
         _card_id, pvv, pvki = data
-        link = await self._link(parsed.link_id)
-        if link is None or not link.get("zpk"):
-            log.warning("no ZPK for link; PIN cannot be verified", link=parsed.link_id)
+        zpk = await self._link_zpk(parsed.link_id, "verified")
+        if zpk is None:
             return Pin.ERROR
         try:
-            ok = await self.crypto.verify_pin(link["zpk"], parsed.pin_block, parsed.pan, pvki, pvv)
+            ok = await self.crypto.verify_pin(zpk, parsed.pin_block, parsed.pan, pvki, pvv)
         except HsmError as exc:
             log.info("PIN not verified", error=repr(exc))
             return Pin.ERROR
         return Pin.OK if ok else Pin.BAD
+
+    async def _link_zpk(self, link_id: str, doing: str) -> str | None:
+        """The ZPK that protects the link's PIN blocks; None (logged) when it has none: the PIN cannot be
+        ``doing`` (verified, changed) and the request is answered as an HSM failure."""
+        link = await self._link(link_id)
+        if link is None or not link.get("zpk"):
+            log.warning(f"no ZPK for link; PIN cannot be {doing}", link=link_id)
+            return None
+        zpk: str = link["zpk"]
+        return zpk
 
     async def _link(self, link_id: str) -> dict[str, Any] | None:
         """The link's row, cached. A stale entry is still served while one background read refreshes
