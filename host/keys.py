@@ -105,10 +105,11 @@ class IssuerCrypto:
         ct = await self.hsm.encrypt_data(key or self.keys.pan_data, data, iv=iv)
         return f"{iv.hex().upper()}:{ct.hex().upper()}"
 
-    async def decrypt_pan(self, token: str) -> str:
+    async def decrypt_pan(self, token: str, key: str | None = None) -> str:
+        """The clear text of ``encrypt_pan``'s token (under ``key``, default the PAN data key)."""
         iv_hex, ct_hex = token.split(":")
         clear = await self.hsm.decrypt_data(
-            self.keys.pan_data, bytes.fromhex(ct_hex), iv=bytes.fromhex(iv_hex)
+            key or self.keys.pan_data, bytes.fromhex(ct_hex), iv=bytes.fromhex(iv_hex)
         )
         return clear.rstrip(b"\0").decode()
 

@@ -92,8 +92,4 @@ async def seal(crypto: IssuerCrypto, kind: Kind, value: str) -> Sealed:
 
 async def reveal(crypto: IssuerCrypto, enc: str) -> str:
     """The clear value of ``enc`` (M2 through the HSM): for the caller's output only, never logged."""
-    iv_hex, ct_hex = enc.split(":")
-    clear = await crypto.hsm.decrypt_data(
-        crypto.keys.pii_data, bytes.fromhex(ct_hex), iv=bytes.fromhex(iv_hex)
-    )
-    return clear.rstrip(b"\0").decode()
+    return await crypto.decrypt_pan(enc, crypto.keys.pii_data)
