@@ -34,12 +34,14 @@ def tier_rank(level: str) -> int:
 # The SQL of a card's effective tier, shared by card_tier and the ledger's locked read (host.ledger),
 # so the tier that decides a limit is computed one way: `h` is the cardholder row (NULL: no owner).
 TIER_SQL = "CASE WHEN h.id IS NULL OR h.aml_status <> 'clear' THEN 'anonymous' ELSE h.kyc_level END"
-# The columns the ledger's locked read adds per card (`p` the product): the tier and the product's
-# maximum balance for it (the rule takes the lower of that and p.max_balance: host.rules.check_topup).
-TIER_COLUMNS = (
-    f"{TIER_SQL} AS tier, CASE {TIER_SQL} WHEN 'verified' THEN p.max_balance_verified"
-    " WHEN 'named' THEN p.max_balance_named ELSE p.max_balance_anonymous END AS tier_max_balance"
+# The product's (`p`) maximum balance for that tier: what the ledger's locked read takes per card (the
+# rule takes the lower of it and p.max_balance: host.rules.check_topup).
+TIER_CAP_SQL = (
+    f"CASE {TIER_SQL} WHEN 'verified' THEN p.max_balance_verified"
+    " WHEN 'named' THEN p.max_balance_named ELSE p.max_balance_anonymous END"
 )
+# Both, for people (`card show`, a refused load): the tier and its cap.
+TIER_COLUMNS = f"{TIER_SQL} AS tier, {TIER_CAP_SQL} AS tier_max_balance"
 
 
 async def card_tier(conn: Any, card_id: int) -> str:

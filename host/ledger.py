@@ -465,7 +465,6 @@ class Ledger:
                 c["debits_posted"],
                 c["credits_pending"],
                 c["credits_posted"],
-                tier=c["tier"],
                 tier_max_balance=c["tier_max_balance"],
                 controls=controls.effective(c["product_controls"], c["card_controls"]),
                 spend=controls.spend_of(c),
@@ -1114,7 +1113,7 @@ SELECT
                CASE WHEN p.controls ? 'groups' OR c.controls ? 'groups' THEN (
                    SELECT json_agg(json_build_array(u.group_code, u.span, u.period, u.amount, u.count))
                    FROM card_group_usage u WHERE u.account_id = a.id) END AS group_usage,
-               """ + kyc.TIER_COLUMNS + """
+               """ + kyc.TIER_CAP_SQL + """ AS tier_max_balance
         FROM cards c JOIN accounts a ON a.id = c.account_id JOIN products p ON p.id = c.product_id
             LEFT JOIN cardholders h ON h.id = c.cardholder_id
         WHERE c.id = ANY($2::bigint[]) ORDER BY c.id FOR NO KEY UPDATE OF a

@@ -193,10 +193,9 @@ class CardState:
     credits_posted: int
     card_dirty: bool = False  # PIN tries or uses left changed (the cards row)
     counters_dirty: bool = False  # the day's amount or count changed (the account row)
-    # The KYC tier that decides the card's balance cap (host.kyc: its cardholder's kyc_level, anonymous
-    # without one or under AML review) and the product's maximum balance for that tier; None: no tier
-    # cap (a CardState made without one, as rule tests do).
-    tier: str = "anonymous"
+    # The product's maximum balance for the card's KYC tier (host.kyc: its cardholder's kyc_level,
+    # anonymous without one or under AML review); None: no tier cap (a CardState made without one, as
+    # rule tests do).
     tier_max_balance: int | None = None
     # Spend controls (host.controls): the card's and its product's merged (None: none set, the common
     # case), and its week / month / lifetime / merchant-group sums (None: a CardState made without the
