@@ -30,6 +30,7 @@ from host.bank_accounts import (
     unload_lock,
 )
 from host.catalog import CatalogError
+from host.kyc import tier_refusal
 from host.ledger import Ledger
 from host.model import Decision, Rc, Request, Txn
 from host.rules import TRANSITIONS
@@ -62,8 +63,13 @@ async def admin_load(pool: Any, card_id: int, amount: int, reference: str | None
     return decisions[0]
 
 
-def load_refusal(code: str) -> str:
-    return _LOAD_MESSAGES.get(code, f"refused with response code {code}")
+async def load_refusal(pool: Any, card_id: int, d: Decision) -> str:
+    """Why a load was refused, for people: over the KYC tier's maximum names the tier and its cap
+    (host.kyc), the rest by response code."""
+    if d.reason == "tier_max_balance":
+        refusal: str = await pool.run(tier_refusal, card_id)
+        return refusal
+    return _LOAD_MESSAGES.get(d.code, f"refused with response code {d.code}")
 
 
 @dataclass(frozen=True)

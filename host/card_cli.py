@@ -542,13 +542,11 @@ def card_load(app: AppContext, card_ref: str, minor: int, reference: str | None)
     async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> tuple[int, Any, dict[str, Any]]:
         cid = await directory.resolve_card(pool, crypto, card_ref)
         d = await admin_load(pool, cid, minor, reference)
-        if d.reason == "tier_max_balance":  # say which tier and its maximum (host.kyc)
-            raise CatalogError(f"card {cid}: load refused: {await pool.run(kyc.tier_refusal, cid)}")
+        if d.code != "00":
+            raise CatalogError(f"card {cid}: load refused: {await load_refusal(pool, cid, d)}")
         return cid, d, await pool.run(catalog.card_info, cid)
 
     cid, d, info = _run(app, work, hsm=directory.needs_hsm(card_ref))
-    if d.code != "00":
-        raise click.ClickException(f"card {cid}: load refused: {load_refusal(d.code)}")
     cur = info["currency"]
     app.emit(
         {
