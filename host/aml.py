@@ -527,28 +527,22 @@ def match(wl: Watchlist, name: str, birth_date: datetime.date | None, threshold:
 
 
 # -- screening ---------------------------------------------------------------------------------------
-def configured_threshold() -> int:
-    """``aml.threshold`` of the configuration this process loads (file, environment, defaults)."""
-    from ops import config
-
-    return config.load().aml.threshold
-
-
 async def screen(
     conn: Any,
     cardholder_id: int,
     name: str,
     birth_date: datetime.date | None,
     *,
-    threshold: int | None = None,
+    threshold: int,
 ) -> list[Hit]:
     """Screen a cardholder against every watch list and record it (``aml_screenings``); each new hit is
     an ``aml_hits`` row pending a decision and puts the cardholder in ``review`` (a ``confirmed`` one
     stays confirmed). Returns the hits found (also those already pending or cleared before).
 
     Called after every registration and every change of name or date of birth (host.cardholders), in
-    the caller's transaction when it has one. ``threshold``: ``aml.threshold`` when not given."""
-    limit = configured_threshold() if threshold is None else threshold
+    the caller's transaction when it has one. ``threshold``: the configuration's ``aml.threshold``
+    (the caller's: a domain function reads no configuration of its own)."""
+    limit = threshold
     wl = await watchlist(conn)
     hits = match(wl, name, birth_date, limit)
     async with conn.transaction():
@@ -626,9 +620,10 @@ class Rescreened:
     entries: int
 
 
-async def rescreen(conn: Any, *, threshold: int | None = None) -> Rescreened:
-    """Screen every active cardholder again (after a list import): one short transaction each."""
-    limit = configured_threshold() if threshold is None else threshold
+async def rescreen(conn: Any, *, threshold: int) -> Rescreened:
+    """Screen every active cardholder again (after a list import) at ``threshold`` (aml.threshold):
+    one short transaction each."""
+    limit = threshold
     people = await conn.fetch(
         "SELECT id, name, birth_date FROM cardholders WHERE state = 'active' ORDER BY id"
     )

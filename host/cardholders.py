@@ -167,7 +167,7 @@ class Registered:
 
 
 async def register(
-    pool: Any, crypto: IssuerCrypto, new: NewCardholder, actor: str, *, aml_threshold: int | None = None
+    pool: Any, crypto: IssuerCrypto, new: NewCardholder, actor: str, *, aml_threshold: int
 ) -> Registered:
     """Register a cardholder: with an ID (type and number) they are ``named`` at once, else
     ``anonymous``; event ``registered``; refused when a live cardholder holds the ID number already."""
@@ -339,7 +339,7 @@ async def update_cardholder(
     changes: Changes,
     actor: str,
     *,
-    aml_threshold: int | None = None,
+    aml_threshold: int,
 ) -> Updated:
     """Change a live cardholder's name, ID, phone, e-mail, address or date of birth (phone, e-mail and ID
     sealed again). A new ID number makes an anonymous cardholder ``named``, and a verified one ``named``

@@ -262,7 +262,7 @@ def test_the_tier_caps_topups_over_h2h_from_the_next_request(db_url: str, hsm_se
             assert await h.pool.run(_topup_declines) == ["tier_max_balance"]
             assert rules.code_of("tier_max_balance") == "61"
             new = cardholders.NewCardholder("Kai Tang", "resident_id", "110101199001010066")
-            owner = await cardholders.register(h.pool, h.crypto, new, "test:kyc")
+            owner = await cardholders.register(h.pool, h.crypto, new, "test:kyc", aml_threshold=88)
             card_id = await h.pool.run(_card_of, pan)
             await h.pool.run(cardholders.assign_cards, [card_id], owner.cardholder_id)
             assert await topup(400_000) == "00"  # named now: up to 5,000 yuan, from this request on

@@ -166,7 +166,7 @@ class HostThread:
                 new = cardholders.NewCardholder(
                     name="Stateful Holder", id_type="resident_id", id_number=f"SM{uuid.uuid4().hex[:16]}"
                 )
-                holder = await cardholders.register(pool, crypto, new, ACTOR)
+                holder = await cardholders.register(pool, crypto, new, ACTOR, aml_threshold=88)
                 await pool.run(cardholders.assign_cards, [c.card_id], holder.cardholder_id)
                 out.append((c.card_id, c.pan, holder.cardholder_id))
             return out

@@ -67,7 +67,7 @@ def env(db_url: str, hsm_server: Any, tmp_path_factory: pytest.TempPathFactory) 
 
     async def register(pool: PgPool, crypto: IssuerCrypto) -> int:
         new = cardholders.NewCardholder(HOLDER, id_type="resident_id", id_number=ID_NUMBER)
-        return (await cardholders.register(pool, crypto, new, "test:payout")).cardholder_id
+        return (await cardholders.register(pool, crypto, new, "test:payout", aml_threshold=88)).cardholder_id
 
     chid = _hsm(db_url, hsm_server, register)
     return {"env": e, "root": root, "cardholder": chid}
