@@ -45,6 +45,7 @@ COMMANDS: dict[str, str] = {
     "load": "pos.load_cli:load",
     "demo": "pos.demo:demo",
     "iso": "specs.cli:iso",
+    "api": "api.cli:api",
 }
 
 

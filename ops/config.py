@@ -275,6 +275,8 @@ class HostConfig:
     payment_code_seconds: int = setting(
         "how long a payment code (`card code`, host.payment_codes) can pay", min=1, max=3_600
     )
+    balance_low: int = setting("the event card.balance_low is written when a card's available balance "
+                               "falls below this, in minor units (0 = never)", min=0, max=10**12)
 
 
 @dataclass(frozen=True)
@@ -341,6 +343,34 @@ class AmlConfig:
 
 
 @dataclass(frozen=True)
+class ApiConfig:
+    listen: str = setting("address the HTTP API (and the console) binds", rule=ADDRESS)
+    port: int = setting("HTTP API port", min=1, max=65535)
+    metrics_port: int = setting("API /metrics port, 0 = off", min=0, max=65535)
+    metrics_listen: str = setting("address the API /metrics endpoint binds", rule=ADDRESS)
+    institution_id: str = setting("the API's acquiring institution id (DE32 of its H2H link to the switch)",
+                                  rule=INSTITUTION)
+    switch_host: str = setting("address the API reaches the switch's H2H port (switch.h2h_port) at",
+                               rule=ADDRESS)
+    connections: int = setting("H2H connections from the API to the switch", min=1, max=64)
+    request_timeout_ms: int = setting("wait this long for the switch's answer to a payment (more than "
+                                      "switch.request_timeout_ms, so the switch answers 91 first)",
+                                      min=100, max=120_000)
+    reverse_after_s: int = setting("a payment whose answer was never recorded (the API stopped mid-way) "
+                                   "and not retried with its key for this long is reversed", min=1,
+                                   max=86_400)
+    idempotency_hours: int = setting("how long an Idempotency-Key is remembered", min=1, max=720)
+    rate_per_second: int = setting("requests per second per client (a client may have its own)",
+                                   min=1, max=1_000_000)
+    rate_burst: int = setting("requests a client may send at once above its rate", min=1, max=1_000_000)
+    max_body_bytes: int = setting("largest request body accepted (else 413)", min=1_024, max=10_485_760)
+    db_pool_max: int = setting("database connections of the API process", min=1, max=100)
+    webhook_timeout_s: int = setting("a webhook receiver must answer within this", min=1, max=120)
+    webhook_retry_hours: int = setting("retry an undelivered webhook with backoff this long, then park it",
+                                       min=1, max=720)
+
+
+@dataclass(frozen=True)
 class Config:
     database: DatabaseConfig
     log: LogConfig
@@ -350,6 +380,7 @@ class Config:
     clearing: ClearingConfig
     settlement: SettlementConfig
     aml: AmlConfig
+    api: ApiConfig
 
 
 def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -437,6 +468,7 @@ def listeners(config: Config) -> list[Listener]:
         ("host.listen", "host.port"), ("host.metrics_listen", "host.metrics_port"),
         ("switch.listen", "switch.pos_3des_port"), ("switch.listen", "switch.pos_sm4_port"),
         ("switch.listen", "switch.h2h_port"), ("switch.metrics_listen", "switch.metrics_port"),
+        ("api.listen", "api.port"), ("api.metrics_listen", "api.metrics_port"),
     ]
     found = []
     for address_key, port_key in pairs:

@@ -58,6 +58,8 @@ def services(config: Config) -> list[Service]:
         Service("switch", ("switch", "serve"), (
             ("POS 3des", config.switch.pos_3des_port), ("POS sm4", config.switch.pos_sm4_port),
             ("H2H acquirers", config.switch.h2h_port), ("metrics", config.switch.metrics_port))),
+        Service("api", ("api", "serve"), (("HTTP API", config.api.port),
+                                          ("metrics", config.api.metrics_port))),
     ]
     return [s for s in wanted if s.name in COMMANDS]
 
@@ -66,7 +68,7 @@ def services(config: Config) -> list[Service]:
 @click.option("--no-seed", is_flag=True, help="Do not seed the demo programme.")
 @pass_app
 def run(app: AppContext, no_seed: bool) -> None:
-    """Start PostgreSQL, migrate, seed the demo, then run hsm_sim, host and switch until Ctrl-C.
+    """Start PostgreSQL, migrate, seed the demo, then run hsm_sim, host, switch and the API until Ctrl-C.
 
     Refused (one line, exit 1) while another `payswitch run` runs from this folder, or when a port it
     would open is taken."""

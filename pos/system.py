@@ -35,6 +35,8 @@ from ops.pgembed import EmbeddedPostgres, free_port
 from pos import sealed
 
 SERVICES = ("hsm", "host", "switch")
+# The HTTP API too (`start(WITH_API)`): not by default, so a test of the ISO paths pays for no idle API.
+WITH_API = (*SERVICES, "api")
 
 
 class SystemStartError(Exception):
@@ -74,6 +76,10 @@ class System:
         """The services this build has (a component not yet written is simply absent)."""
         return [s for s in SERVICES if s in COMMANDS]
 
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['api']}"
+
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self, services: tuple[str, ...] = SERVICES, *, seed: tuple[str, ...] | None = None) -> System:
         """PostgreSQL, configuration, then ``services`` in order. With ``seed``, ``payswitch demo seed
@@ -83,7 +89,7 @@ class System:
         asyncio.run(ensure_database(status.url("postgres"), "payswitch"))
         self.db_url = status.url("payswitch")
         asyncio.run(migrate_url(self.db_url))
-        self.ports = {k: free_port() for k in ("hsm", "host", "pos_3des", "pos_sm4", "h2h")}
+        self.ports = {k: free_port() for k in ("hsm", "host", "pos_3des", "pos_sm4", "h2h", "api")}
         self.config_path.write_text(self._config())
         for name in services:
             if name in COMMANDS:
@@ -116,6 +122,10 @@ class System:
                 f"h2h_port = {p['h2h']}",
                 "metrics_port = 0",
                 "",
+                "[api]",
+                f"port = {p['api']}",
+                "metrics_port = 0",
+                "",
             ]
         )
 
@@ -132,7 +142,8 @@ class System:
 
     def start_service(self, name: str) -> None:
         """Start one service and wait until its first port listens."""
-        port = {"hsm": self.ports["hsm"], "host": self.ports["host"], "switch": self.ports["pos_3des"]}[name]
+        port = {"hsm": self.ports["hsm"], "host": self.ports["host"], "switch": self.ports["pos_3des"],
+                "api": self.ports["api"]}[name]
         log = self.root / f"{name}.log"
         argv = [sys.executable, *self.wrappers.get(name, []), "-m", "ops", name, "serve"]
         with log.open("wb") as fh:

@@ -74,6 +74,8 @@ def scratch(tmp_path: Path, db_url: str, hsm_server: HsmServer) -> dict[str, str
         "PAYSWITCH_SWITCH_H2H_PORT": str(free_port()),
         "PAYSWITCH_SWITCH_METRICS_PORT": "0",
         "PAYSWITCH_HSM_METRICS_PORT": "0",
+        "PAYSWITCH_API_PORT": str(free_port()),
+        "PAYSWITCH_API_METRICS_PORT": "0",
         "PAYSWITCH_HSM_TEST_LMK": "true",
     }
 

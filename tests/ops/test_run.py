@@ -37,6 +37,8 @@ def run_env(tmp_path: Path, db_url: str) -> dict[str, str]:
         "PAYSWITCH_HSM_METRICS_PORT": "0",
         "PAYSWITCH_HOST_METRICS_PORT": "0",
         "PAYSWITCH_SWITCH_METRICS_PORT": "0",
+        "PAYSWITCH_API_PORT": str(free_port()),
+        "PAYSWITCH_API_METRICS_PORT": "0",
     }
 
 
