@@ -31,3 +31,28 @@ def serve(app: AppContext) -> None:
         main(config)
     except HsmError as exc:
         raise click.ClickException(f"HSM: {exc}") from None
+
+
+# Subcommands kept in their own modules (module:attribute, each a click command or group); a module not
+# yet written is skipped.
+SUBCOMMANDS: tuple[str, ...] = (
+    "api.client_cli:client",  # api client add|list|rotate|revoke
+    "api.link_cli:link",  # api link set|show: the keys of the API's H2H link to the switch
+    "api.events_cli:events",  # api events list|resend
+    "api.webhook_cli:webhook",  # api webhook add|list|remove
+    "api.call_cli:call",  # api call ...: the API from the command line, as a back office uses it
+    "api.openapi_cli:openapi",  # api openapi: print or write the OpenAPI document
+)
+
+
+def _register() -> None:
+    import importlib
+    import importlib.util
+
+    for spec in SUBCOMMANDS:
+        module_name, _, attr = spec.partition(":")
+        if importlib.util.find_spec(module_name) is not None:
+            api.add_command(getattr(importlib.import_module(module_name), attr))
+
+
+_register()
