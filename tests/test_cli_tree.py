@@ -154,7 +154,8 @@ def test_a_wrong_value_for_a_typed_option(payswitch: Invoke, path: tuple[str, ..
 
 
 # Commands that would start something long-running or interactive if their arguments were accepted.
-NEVER_RUN = {("run",), ("host", "serve"), ("switch", "serve"), ("hsm", "serve"), ("load",), ("db", "up"),
+NEVER_RUN = {("run",), ("host", "serve"), ("switch", "serve"), ("hsm", "serve"), ("api", "serve"), ("load",),
+             ("db", "up"),
              ("db", "down"), ("demo", "seed"), ("demo", "tour")}
 # A command that may answer 0 to arguments naming nothing, and why (each one a decision, not an oversight).
 ANSWERS_NOTHING_FOUND = {
