@@ -368,6 +368,9 @@ class ApiConfig:
     webhook_timeout_s: int = setting("a webhook receiver must answer within this", min=1, max=120)
     webhook_retry_hours: int = setting("retry an undelivered webhook with backoff this long, then park it",
                                        min=1, max=720)
+    webhook_backoff_s: int = setting("first retry of a failed webhook after about this long; each next one "
+                                     "waits twice as long (with jitter)", min=1, max=3_600)
+    webhook_backoff_max_s: int = setting("longest wait between two retries of a webhook", min=1, max=86_400)
 
 
 @dataclass(frozen=True)
