@@ -60,4 +60,7 @@ def create_app(state: ApiState | None) -> FastAPI:
             continue
         module: Any = importlib.import_module(name)
         app.include_router(module.router)
+    from api.routes.docs import install_openapi
+
+    install_openapi(app)  # the bearer scheme, Idempotency-Key and problem+json on every operation
     return app
