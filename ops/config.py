@@ -46,6 +46,7 @@ OTHER_ENV: dict[str, str] = {
     "PAYSWITCH_POS_TERMINAL": "the terminal `pos` commands act as (pos --terminal)",
     "PAYSWITCH_FUZZ_EXAMPLES": "examples per listener of the fuzz test (tests/fuzz.py)",
     "PAYSWITCH_CONTRACT_DIR": "the wire contracts' folder for the copy check (tests/test_contracts_copy.py)",
+    "PAYSWITCH_API_KEY": "the API key `payswitch api call` sends (api/call_cli.py)",
 }
 
 # The rules that join keys (checked in _across; `payswitch config keys` lists them).
