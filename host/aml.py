@@ -47,6 +47,7 @@ from anyascii import anyascii
 from rapidfuzz import fuzz, process
 
 from host import catalog
+from host import events as host_events
 
 HEADER = ("name", "aliases", "date_of_birth", "list", "reference")
 MAX_NAME = 200
@@ -527,6 +528,10 @@ def match(wl: Watchlist, name: str, birth_date: datetime.date | None, threshold:
 
 
 # -- screening ---------------------------------------------------------------------------------------
+# Who a screening's own change of AML status names (it runs on behalf of a registration or an update).
+SCREENING_ACTOR = "host:aml-screening"
+
+
 async def screen(
     conn: Any,
     cardholder_id: int,
@@ -585,11 +590,15 @@ async def screen(
             "SELECT EXISTS (SELECT 1 FROM aml_hits WHERE cardholder_id = $1 AND decision = 'pending')",
             cardholder_id,
         ):
-            await conn.execute(
+            moved = await conn.execute(
                 "UPDATE cardholders SET aml_status = 'review', updated_at = now()"
                 " WHERE id = $1 AND aml_status = 'clear'",
                 cardholder_id,
             )
+            if moved.endswith(" 1"):  # clear -> review: the outbox's cardholder.kyc_changed (host.events)
+                await host_events.kyc_changed(
+                    conn, cardholder_id, "aml_review", SCREENING_ACTOR, from_aml="clear"
+                )
     return hits
 
 
@@ -714,6 +723,7 @@ async def clear(conn: Any, cardholder_id: int, *, actor: str, reason: str) -> De
         await conn.execute(
             "UPDATE cardholders SET aml_status = 'clear', updated_at = now() WHERE id = $1", cardholder_id
         )
+        await host_events.kyc_changed(conn, cardholder_id, "aml_cleared", actor, from_aml=status)
     return Decided(cardholder_id, "clear", n, [])
 
 
@@ -730,6 +740,7 @@ async def confirm(conn: Any, cardholder_id: int, *, actor: str, reason: str) -> 
             "UPDATE cardholders SET aml_status = 'confirmed', updated_at = now() WHERE id = $1",
             cardholder_id,
         )
+        await host_events.kyc_changed(conn, cardholder_id, "aml_confirmed", actor, from_aml=status)
         cards = await conn.fetch(
             "SELECT id FROM cards WHERE cardholder_id = $1 AND state = 'active' ORDER BY id", cardholder_id
         )

@@ -16,12 +16,16 @@ replacement (host.ledger)       the old card -> lost / stolen / closed and the n
 an owner (host.cardholders)     the state unchanged, action ``assign``, ``to cardholder N``
                                 in ``reason``: `card assign`, `card issue --cardholder`
 ==============================  ===========================================================
+
+Each row that changes a state (not issuance, not an unchanged state) also writes the outbox event
+``card.state_changed`` (host.events) in the same transaction, for the API's webhooks.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from host import events as host_events
 from ops.actor import cli_actor
 
 # The actor of the card-expiry sweep that `host serve` runs (no operator is behind it).
@@ -43,8 +47,12 @@ async def record(
     actor: str | None = None,
     reason: str = "",
 ) -> None:
-    """One event, on ``conn`` (inside the caller's transaction); ``actor`` defaults to the CLI's."""
-    await conn.execute(INSERT_SQL, card_id, from_state, to_state, action, actor or cli_actor(), reason)
+    """One event, on ``conn`` (inside the caller's transaction); ``actor`` defaults to the CLI's. A
+    change of state also writes its ``card.state_changed`` to the outbox (host.events), in the same
+    transaction."""
+    who = actor or cli_actor()
+    await conn.execute(INSERT_SQL, card_id, from_state, to_state, action, who, reason)
+    await host_events.write_state_changes(conn, [(card_id, from_state, to_state, action, who, reason)])
 
 
 async def events(conn: Any, card_id: int, limit: int = 100) -> list[dict[str, Any]]:

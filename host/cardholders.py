@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from host import aml, card_events, kyc, pii
+from host import events as host_events
 from host.catalog import CatalogError
 from host.directory import DEFAULT_LIMIT, Page, _int_cursor, _page, _Where
 
@@ -155,6 +156,8 @@ async def _event(
         actor,
         reason,
     )
+    if decision != "closed":  # a registration or a new level: the outbox's cardholder.kyc_changed too
+        await host_events.kyc_changed(conn, cardholder_id, decision, actor, from_level=from_level)
 
 
 # -- register ------------------------------------------------------------------------------------------

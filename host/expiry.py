@@ -26,6 +26,7 @@ from typing import Any
 import trio
 from prometheus_client import Counter
 
+from host import events as host_events
 from host.business_day import business_today
 from host.card_events import SWEEP_ACTOR
 from host.rules import TRANSITIONS, yymm
@@ -82,24 +83,32 @@ async def expire_batch(
     conn: Any, expiry_before: str, limit: int, actor: str = SWEEP_ACTOR
 ) -> dict[str, int]:
     """Move at most ``limit`` expired cards to ``expired`` and record each move in card_events, by
-    ``actor`` (one statement: the audit has exactly the moves); returns counts by old state."""
-    rows = await conn.fetch(
-        f"""WITH due AS (
-                SELECT id, state FROM cards WHERE state IN ({_STATES}) AND expiry < $1
-                ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED
-            ), moved AS (
-                UPDATE cards c SET state = 'expired', updated_at = now() FROM due
-                WHERE c.id = due.id RETURNING due.id, due.state
-            ), audit AS (
-                INSERT INTO card_events (card_id, from_state, to_state, action, actor)
-                SELECT id, state, 'expired', 'expire', $3 FROM moved
-            )
-            SELECT state, count(*) AS n FROM moved GROUP BY state""",
-        expiry_before,
-        limit,
-        actor,
-    )
-    return {r["state"]: int(r["n"]) for r in rows}
+    ``actor`` (one statement: the audit has exactly the moves), and its ``card.state_changed`` in the
+    outbox (host.events) in the same transaction; returns counts by old state."""
+    async with conn.transaction():
+        rows = await conn.fetch(
+            f"""WITH due AS (
+                    SELECT id, state FROM cards WHERE state IN ({_STATES}) AND expiry < $1
+                    ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED
+                ), moved AS (
+                    UPDATE cards c SET state = 'expired', updated_at = now() FROM due
+                    WHERE c.id = due.id RETURNING due.id, due.state
+                ), audit AS (
+                    INSERT INTO card_events (card_id, from_state, to_state, action, actor)
+                    SELECT id, state, 'expired', 'expire', $3 FROM moved
+                )
+                SELECT id, state FROM moved ORDER BY id""",
+            expiry_before,
+            limit,
+            actor,
+        )
+        await host_events.write_state_changes(
+            conn, [(r["id"], r["state"], "expired", "expire", actor, "") for r in rows]
+        )
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    return counts
 
 
 async def expire_cards(

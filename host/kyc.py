@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from host import events as host_events
 from ops.money import format_money
 
 LEVELS: tuple[str, ...] = ("anonymous", "named", "verified")
@@ -169,4 +170,5 @@ async def decide(
             actor,
             reason,
         )
+        await host_events.kyc_changed(conn, cardholder_id, recorded, actor, from_level=level)
     return Decided(cardholder_id, int(ev["id"]), recorded, level, new, actor, reason, ev["at"])

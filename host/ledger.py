@@ -34,7 +34,7 @@ from typing import Any
 
 import asyncpg
 
-from host import controls, kyc, payment_codes, rules
+from host import controls, events, kyc, payment_codes, rules
 from host.business_day import BusinessDay, utc_now
 from host.model import (
     FINANCIAL,
@@ -139,6 +139,16 @@ class _Batch:
     card_events: list[tuple[int, str, str, str, str, str]] = field(default_factory=list)
     # PIN changes approved: card id -> (new PVV, new PIN under LMK), the last one of the batch.
     pin_changes: dict[int, tuple[str, str]] = field(default_factory=dict)
+    # The outbox (host.events): each card's masked PAN from the batch's read, and the events decided,
+    # as [type, card id, merchant id, payload] rows for the write statement's JSON parameter.
+    masked: dict[int, str] = field(default_factory=dict)
+    events: list[list[Any]] = field(default_factory=list)
+    stamp: str = ""  # the events' occurred_at (b.now, RFC 3339)
+
+
+# Requests that write no authorization event (host.events): not requests of a card's holder or
+# merchant but the ledger's own housekeeping, or a state change (card.state_changed says it).
+_NO_EVENT = frozenset({Txn.EXPIRY, Txn.REPLACEMENT})
 
 
 def _fingerprint(r: Request) -> tuple[int | None, int, str]:
@@ -156,6 +166,8 @@ class Ledger:
         completion_tolerance_pct: int = 0,
         business_day: BusinessDay | None = None,
         clock: Callable[[], dt.datetime] = utc_now,
+        balance_low: int = 0,
+        write_events: bool = True,
     ) -> None:
         self.pin_tries = pin_tries
         self.hold_days = hold_days
@@ -164,6 +176,10 @@ class Ledger:
         # without one (tests, bench) the business day is the UTC day. ``clock`` is the time of a batch.
         self.business_day = business_day or BusinessDay()
         self.clock = clock
+        # The outbox (host.events): card.balance_low below this (minor units; 0 = never), and whether
+        # the batch writes its events at all (host.events = false only to measure their cost: bench.host).
+        self.balance_low = balance_low
+        self.write_events = write_events
         self._card_ids: dict[str, int] = {}  # pan_hash -> card id (never changes)
         self._merchants: dict[str, tuple[float, Merchant | None]] = {}
         self._funding: dict[tuple[str, int], int] = {}
@@ -223,9 +239,13 @@ class Ledger:
         for r in reqs:
             d = b.done.get(r.key)
             if d is None:
+                card = self._card_of(b, r) if self.write_events else None
+                before = card.available if card is not None else 0
                 d = await self._decide(conn, b, r, merchants.get(r.merchant_id))
                 b.done[r.key] = d
                 b.fingerprints[r.key] = _fingerprint(r)
+                if self.write_events:
+                    self._events_of(b, r, d, self._card_of(b, r) if card is None else card, before)
             elif r.key in b.reversed or b.fingerprints.get(r.key, _fingerprint(r)) != _fingerprint(r):
                 # The key of an answered request with another card, amount or processing code, or of
                 # one reversed since: not a retransmission, and its answer is not this one's (94, not
@@ -236,6 +256,64 @@ class Ledger:
             decisions.append(d)
         await self._write(conn, b)
         return decisions
+
+    def _card_of(self, b: _Batch, r: Request) -> CardState | None:
+        """The card a request concerns: its own, or a reversal's original's."""
+        cid = r.card_id
+        if cid is None and r.txn is Txn.REVERSAL and (o := b.originals.get(r.original_key or "")) is not None:
+            cid = o.card_id
+        return b.cards.get(cid) if cid is not None else None
+
+    def _events_of(self, b: _Batch, r: Request, d: Decision, card: CardState | None, before: int) -> None:
+        """The outbox rows of one request just decided (host.events; written by ``_write``): an
+        authorization.approved / .declined per financial request (reversals included; balance inquiries
+        only when declined, PIN changes both ways; hold expiries, replacements and an operator's refused
+        unload or forfeit none: they are not journaled either), and card.balance_low when it took the
+        available balance from at least host.balance_low to below it."""
+        if r.txn in _NO_EVENT or (r.txn is Txn.BALANCE and d.code == Rc.APPROVED):
+            return
+        if r.txn in (Txn.ADMIN_UNLOAD, Txn.FORFEIT) and not d.posted:
+            return
+        if not b.stamp:
+            b.stamp = events.stamp(b.now)
+        currency = r.currency or (card.product.currency if card is not None else None)
+        cid = card.card_id if card is not None else None
+        masked = b.masked.get(cid) if cid is not None else None
+        e = events.authorization(
+            card_id=cid,
+            pan_masked=masked,
+            txn=str(r.txn),
+            mti=r.mti,
+            amount=r.amount,
+            currency=currency,
+            response_code=d.code,
+            reason=d.reason,
+            merchant_id=r.merchant_id,
+            terminal_id=r.terminal_id,
+            rrn=r.rrn,
+            stan=r.stan,
+            acquirer_id=r.acquirer_id,
+            auth_code=d.auth_id,
+            balance=card.balance if card is not None else None,
+            available=card.available if card is not None else None,
+            business_date=b.today,
+            occurred_at=b.stamp,
+        )
+        b.events.append([e.type, e.card_id, e.merchant_id, e.payload])
+        low = self.balance_low
+        if low and card is not None and r.txn is not Txn.FORFEIT and before >= low > card.available:
+            e = events.balance_low(
+                card_id=card.card_id,
+                pan_masked=masked,
+                available=card.available,
+                threshold=low,
+                currency=card.product.currency,
+                txn=str(r.txn),
+                rrn=r.rrn,
+                merchant_id=r.merchant_id,
+                occurred_at=b.stamp,
+            )
+            b.events.append([e.type, e.card_id, e.merchant_id, e.payload])
 
     async def _load_card_ids(self, conn: Any, pan_hashes: list[str]) -> None:
         missing = [h for h in set(pan_hashes) if h not in self._card_ids]
@@ -436,6 +514,7 @@ class Ledger:
             if reversed_ and code == Rc.APPROVED:  # a reversal of a decline undid nothing
                 b.reversed.add(key)
         for c in json.loads(row["cards"]):
+            b.masked[c["id"]] = c["pan_masked"]
             product = Product(
                 c["product_id"],
                 c["code"],
@@ -1038,7 +1117,17 @@ class Ledger:
             await payment_codes.mark_used(conn, b.codes_used, b.now)
         counted = {c.account_id: c for c in b.cards.values() if c.counters_dirty}
         dirty = [c for c in b.cards.values() if c.card_dirty]
-        if not (b.auth_rows or b.transfers or b.deltas or counted or dirty):
+        if self.write_events and b.card_events:  # card.state_changed beside each change's card_events row
+            if not b.stamp:
+                b.stamp = events.stamp(b.now)
+            for cid, old, new, action, actor, reason in b.card_events:
+                if events.changes_state(old, new):
+                    e = events.state_changed(
+                        card_id=cid, pan_masked=b.masked.get(cid), from_state=old, to_state=new,
+                        action=action, actor=actor, reason=reason, occurred_at=b.stamp,
+                    )
+                    b.events.append([e.type, e.card_id, e.merchant_id, e.payload])
+        if not (b.auth_rows or b.transfers or b.deltas or counted or dirty or b.events):
             return
         ids = sorted(set(b.deltas) | set(counted))
         zero = [0, 0, 0, 0]
@@ -1074,6 +1163,7 @@ class Ledger:
             [c.pin_tries for c in dirty],
             *_window_columns(ids, counted),
             json.dumps(controls.group_rows(counted.values())),
+            json.dumps(b.events, separators=(",", ":")),
         )
         if b.closing:  # a forfeit closes its card in the transaction that empties it (rare: own statement)
             await conn.execute(
@@ -1104,7 +1194,8 @@ SELECT
                     WHERE v.reversal_of = q.key AND v.response_code = '00'))), '[]')
      FROM auth_requests q WHERE q.key = ANY($1::text[])) AS answered,
     (SELECT coalesce(json_agg(l), '[]') FROM (
-        SELECT c.id, c.account_id, c.state, c.expiry, c.part, c.uses_left, c.pin_tries, a.day, a.day_amount,
+        SELECT c.id, c.account_id, c.state, c.expiry, c.part, c.uses_left, c.pin_tries, c.pan_masked,
+               a.day, a.day_amount,
                a.day_count, a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted,
                p.id AS product_id, p.code, p.kind, p.currency, p.max_balance, p.per_txn_limit,
                p.daily_amount_limit, p.daily_count_limit, p.pin_required, p.allowed_mccs, p.allowed_groups,
@@ -1166,6 +1257,11 @@ WITH requests AS (
     FROM json_array_elements($23::json) AS g
     ON CONFLICT (account_id, group_code, span)
         DO UPDATE SET period = EXCLUDED.period, amount = EXCLUDED.amount, count = EXCLUDED.count
+), outbox AS (
+    -- the batch's events (host.events, ops.outbox's table): in decision order, in this transaction
+    INSERT INTO events (type, card_id, merchant_id, payload)
+    SELECT e->>0, (e->>1)::bigint, e->>2, (e->3)::jsonb
+    FROM json_array_elements($24::json) WITH ORDINALITY AS x(e, n) ORDER BY x.n
 )
 SELECT 1
 """

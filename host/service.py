@@ -133,6 +133,8 @@ class HostService:
             hold_days=hc.hold_days,
             completion_tolerance_pct=hc.completion_tolerance_pct,
             business_day=BusinessDay.of_config(config),
+            balance_low=hc.balance_low,
+            write_events=hc.events,
         )
         self.engine = Engine(
             pool, self.ledger, partitions=partitions, writers=hc.writers, batch_max=hc.batch_max

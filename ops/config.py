@@ -278,6 +278,8 @@ class HostConfig:
     )
     balance_low: int = setting("the event card.balance_low is written when a card's available balance "
                                "falls below this, in minor units (0 = never)", min=0, max=10**12)
+    events: bool = setting("the ledger batch writes its events to the outbox (webhooks); false only to "
+                           "measure what they cost (bench.host --events)")
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,16 @@ async def write_run_outputs(
     return written
 
 
+def report_files(run_id: int, merchant_ids: list[str], *, cash_outs: bool) -> list[str]:
+    """The names of a run's files (``write_run_outputs`` writes these, in its folder ``run_<id>``): what
+    the outbox's ``settlement.report_ready`` lists."""
+    names = [f"payouts_{run_id}.csv"] + ([f"cashouts_{run_id}.csv"] if cash_outs else [])
+    names.append(f"stores_{run_id}.csv")
+    for m in sorted(merchant_ids):
+        names += [f"merchant_{safe_name(m)}.csv", f"merchant_{safe_name(m)}.html"]
+    return names
+
+
 def _dates(lines: list[StoreLine]) -> str:
     """The business dates a payout covers (programme's dates: clearing.timezone and cut-over)."""
     dates = sorted({x.business_date for x in lines if x.business_date})

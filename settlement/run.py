@@ -6,21 +6,24 @@ fee becomes one payout (one line of the payout instruction file) with its settle
 host ledger (settlement.postings), and the accruals are stamped with the run. A merchant whose due net
 is zero or negative is carried (its refunds wait for later sales), as are dates not yet due, and so is
 one the host ledger cannot pay: not known there, or a posted payable below the gross. Everything
-happens in one transaction; the reports are written from the database after.
+happens in one transaction, the outbox's ``settlement.report_ready`` included (ops.outbox, api/README.md
+"Events"); the reports are written from the database after (their names are known before: reports).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
-from ops.money import DEFAULT_CURRENCY
+from ops.money import DEFAULT_CURRENCY, currency_alpha
+from ops.outbox import Event, write_events
 from settlement.cashouts import CashOut, pay_cash_outs, unpaid_cash_outs
 from settlement.cycles import Cycle, closed_early_on, settlement_date
 from settlement.importer import _LOCK_ID
 from settlement.postings import AccountCache, Payable, lock_ledger, merchant_payable, post_payout
+from settlement.reports import report_files
 from settlement.schedules import merchant_settings
 
 
@@ -159,4 +162,40 @@ async def run_settlement(conn: Any, as_of: date, default_cycle: Cycle, *, cutove
         await conn.execute(
             "UPDATE settlement_runs SET payout_count = $2, payout_total = $3 WHERE id = $1",
             run_id, len(result.payouts), result.payout_total)
+        await write_events(conn, [report_ready(result)])  # the outbox, in the run's transaction
     return result
+
+
+def _money(minor: int, currency: str) -> dict[str, Any]:
+    return {"amount": minor, "currency": currency_alpha(currency)}
+
+
+def report_ready(result: RunResult) -> Event:
+    """``settlement.report_ready`` (ops.outbox) of a committed run: its business dates, each merchant's
+    payout (gross, fee, net as Money), the totals, and the names of the report files under
+    ``<settlement.output_dir>/run_<id>/`` (settlement.reports). No payout account, bank or cardholder
+    details: who was paid what is in the files, for whoever may read them."""
+    assert result.run_id is not None
+    run_id = result.run_id
+    dates = sorted({d for p in result.payouts for d in p.business_dates})
+    cur = result.currency
+    outs = result.cash_outs
+    payload = {
+        "run_id": run_id,
+        "as_of": result.as_of.isoformat(),
+        "business_dates": [d.isoformat() for d in dates],
+        "merchants": [
+            {"merchant_id": p.merchant_id, "reference": p.reference, "gross": _money(p.gross, p.currency),
+             "fee": _money(p.fee, p.currency), "net": _money(p.net, p.currency),
+             "business_dates": [d.isoformat() for d in p.business_dates]}
+            for p in result.payouts
+        ],
+        "payout_total": _money(result.payout_total, cur),
+        "carried": len(result.carried),
+        "cash_outs": {"count": len(outs), "total": _money(sum(c.amount for c in outs),
+                                                          outs[0].currency if outs else cur)},
+        "folder": f"run_{run_id}",
+        "files": report_files(run_id, [p.merchant_id for p in result.payouts], cash_outs=bool(outs)),
+        "occurred_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+    }
+    return Event("settlement.report_ready", payload)
