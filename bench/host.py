@@ -1,7 +1,7 @@
 """The authorization host alone: approved purchases/s through the H2H link into the ledger.
 
     python -m bench.host [--cards 10000] [--duration 10] [--connections 4] [--window 32] [--writers 3]
-                         [--batch-max 500] [--profile] [--controls]
+                         [--batch-max 500] [--profile] [--controls] [--events]
 
 Starts a throwaway PostgreSQL (fsync on, as a ledger runs), the HSM and ``payswitch host serve`` as
 processes; creates one product, ONE merchant (every purchase credits it: the hot merchant) and
@@ -21,6 +21,11 @@ peak RSS, the database ceiling and the ratio to it; then runs ``ledger check`` (
 with the product carrying a week + month + lifetime window, allowed hours (all day, so every purchase
 is approved but each is checked) and a cap at the hot merchant's group (every purchase counts in it),
 and without again; prints the controlled run's approvals/s as a ratio to the mean of the two others.
+
+``--events`` (issue 17 item 5, host.events): the measured run with the event outbox (every purchase
+writes its authorization.approved in the batch's write statement), with ``host.events = false`` (the
+host restarted and warmed up again), and with it again; prints the ratio of the mean of the runs with
+events to the one without.
 """
 
 from __future__ import annotations
@@ -401,6 +406,14 @@ async def _set_controls(url: str, *, on: bool) -> None:
         await conn.close()
 
 
+async def _count_events(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM events"))
+    finally:
+        await conn.close()
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench host")
     ap.add_argument("--cards", type=int, default=10_000)
@@ -410,6 +423,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--writers", type=int, default=3)
     ap.add_argument("--batch-max", type=int, default=500)
     ap.add_argument("--profile", action="store_true", help="run the host under cProfile; print its top 25")
+    ap.add_argument(
+        "--events",
+        action="store_true",
+        help="measure with, without (host.events = false) and again with the event outbox; print the ratio",
+    )
     ap.add_argument(
         "--controls",
         action="store_true",
@@ -462,29 +480,40 @@ def main(argv: list[str]) -> int:
         )
 
         prof = ["-m", "cProfile", "-o", str(root / "host.prof")] if args.profile else []
-        host = subprocess.Popen(
-            [sys.executable, *prof, "-m", "ops", "host", "serve"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        procs.append(host)
-        _wait_port(host_port, host)
-        t = time.perf_counter()
-        n, _, _, codes = trio.run(
-            lambda: _drive(
-                host_port,
-                pans,
-                connections=args.connections,
-                window=args.window,
-                duration=0,
-                proc="310000",
-                per_card_once=True,
+
+        def start_host(events: bool = True) -> subprocess.Popen[bytes]:
+            """``host serve`` (the outbox on or off: host.events), warmed up with one inquiry per card."""
+            proc = subprocess.Popen(
+                [sys.executable, *prof, "-m", "ops", "host", "serve"],
+                env={**env, "PAYSWITCH_HOST_EVENTS": "true" if events else "false"},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
-        )
-        print(
-            f"warm-up: {n} balance inquiries ({dict(codes)}) in {time.perf_counter() - t:.1f} s", flush=True
-        )
+            procs.append(proc)
+            _wait_port(host_port, proc)
+            t = time.perf_counter()
+            n, _, _, codes = trio.run(
+                lambda: _drive(
+                    host_port,
+                    pans,
+                    connections=args.connections,
+                    window=args.window,
+                    duration=0,
+                    proc="310000",
+                    per_card_once=True,
+                )
+            )
+            print(
+                f"warm-up: {n} balance inquiries ({dict(codes)}) in {time.perf_counter() - t:.1f} s",
+                flush=True,
+            )
+            return proc
+
+        def restart_host(events: bool) -> subprocess.Popen[bytes]:
+            processes.stop(procs.pop())
+            return start_host(events)
+
+        host = start_host()
         def measure(label: str) -> tuple[float, float, float]:
             """One measured run: approvals/s, p50 and p99 in ms (and its report lines)."""
             per_lane = int(args.duration * 12_000 / args.connections) + args.window
@@ -521,7 +550,24 @@ def main(argv: list[str]) -> int:
             )
             return approved / elapsed, p50, p99
 
-        if not args.controls:
+        if args.events:
+            on = measure(" (events on)")
+            host = restart_host(events=False)
+            off = measure(" (events off: host.events = false)")
+            host = restart_host(events=True)
+            again = measure(" (events on, again)")
+            written = asyncio.run(_count_events(url))
+            base = off[0]
+            mean_on = (on[0] + again[0]) / 2
+            print(
+                f"event outbox: {mean_on:,.0f} approved/s with events (mean of the runs before and after) vs"
+                f" {base:,.0f} without: ratio {mean_on / base:.3f}"
+                f" ({(1 - mean_on / base) * 100:.1f} % fewer);"
+                f" p50 {on[1]:.1f}/{again[1]:.1f} vs {off[1]:.1f} ms, p99 {on[2]:.1f}/{again[2]:.1f} vs"
+                f" {off[2]:.1f} ms; {written:,} events written",
+                flush=True,
+            )
+        elif not args.controls:
             measure("")
         else:
             plain = measure(" (no controls)")
