@@ -24,6 +24,7 @@ import datetime as dt
 from typing import Any
 
 from host import rules
+from ops.logs import redact_text
 from ops.money import currency_alpha
 from ops.outbox import Event, write_events
 
@@ -140,7 +141,7 @@ def state_changed(
         "from_state": from_state,
         "to_state": to_state,
         "action": action,
-        "reason": reason or None,
+        "reason": redact_text(reason) or None,  # an operator's words: a PAN typed in them is masked
         "actor": actor,
         "occurred_at": occurred_at,
     }

@@ -179,15 +179,16 @@ def test_card_state_changes_write_card_state_changed(db_url: str) -> None:
         pan, old_pan, _ = await programme(conn, code="EVT4", max_balance=100_000)
         cid = await card_id(conn, pan)
         start = await last_id(conn)
-        await catalog.set_card_state(conn, cid, "frozen", actor="ops:test", reason="customer asked")
+        await catalog.set_card_state(conn, cid, "frozen", actor="ops:test", reason=f"customer asked: {pan}")
         await catalog.set_card_state(conn, cid, "active", action="unfreeze", actor="ops:test")
         got = await events_of(conn, cid, start)
         assert [(t, x["from_state"], x["to_state"], x["action"]) for t, x in got] == [
             ("card.state_changed", "active", "frozen", "freeze"),
             ("card.state_changed", "frozen", "active", "unfreeze"),
         ]
-        assert got[0][1]["actor"] == "ops:test" and got[0][1]["reason"] == "customer asked"
-        assert got[0][1]["pan_masked"] == pan[:6] + "*" * (len(pan) - 10) + pan[-4:]
+        masked = pan[:6] + "*" * (len(pan) - 10) + pan[-4:]
+        assert got[0][1]["pan_masked"] == masked and got[0][1]["actor"] == "ops:test"
+        assert got[0][1]["reason"] == f"customer asked: {masked}"  # a PAN typed in the reason: masked
         # a refused change writes nothing (its transaction rolled back)
         before = await last_id(conn)
         with pytest.raises(catalog.CatalogError):
