@@ -27,6 +27,8 @@ from fastapi import Depends, Request
 
 from api.problems import Problem
 from api.state import ApiState, get_state
+from host import directory
+from host.catalog import CatalogError
 
 SCOPES: dict[str, str] = {
     "cards:read": "read cards, balances, transactions, cardholders; merchants, stores, terminals",
@@ -98,10 +100,13 @@ async def add_client(
         raise ClientError("a client name is 1-64 letters, digits, `.`, `_` or `-`, starting with a letter "
                           "or digit")
     wanted = check_scopes(scopes)
-    if merchant_id is not None and await conn.fetchval(
-        "SELECT 1 FROM merchants WHERE merchant_id = $1", merchant_id
-    ) is None:
-        raise ClientError(f"no merchant {merchant_id}")
+    if rate_per_second is not None and rate_per_second < 1:
+        raise ClientError("a rate is at least 1 request a second")
+    if merchant_id is not None:
+        try:
+            await directory.show_merchant(conn, merchant_id)
+        except CatalogError:
+            raise ClientError(f"no merchant {merchant_id} (`payswitch merchant list` shows them)") from None
     if await conn.fetchval("SELECT 1 FROM api_clients WHERE name = $1", name):
         raise ClientError(f"a client named {name} exists already (rotate its key: `api client rotate`)")
     key, prefix = make_key()
@@ -151,6 +156,7 @@ async def revoke_client(conn: Any, name: str) -> int:
 async def list_clients(conn: Any) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         "SELECT id, name, scopes, merchant_id, key_prefix, state, rate_per_second, created_at, rotated_at,"
+        " CASE WHEN previous_expires_at > now() THEN previous_expires_at END AS previous_expires_at,"
         " revoked_at, actor FROM api_clients ORDER BY id"
     )
     return [dict(r) for r in rows]
@@ -198,12 +204,15 @@ def require(*scopes: str) -> Callable[..., Awaitable[Caller]]:
             raise ValueError(f"unknown scope {s!r}")
 
     async def dependency(request: Request, state: ApiState = Depends(get_state)) -> Caller:
-        caller = await authenticate(state, request.headers.get("authorization"))
+        # The envelope (api.envelope) has authenticated the key and taken its rate-limit token already
+        # when it let the request through with a caller; without the envelope this does both.
+        known: Caller | None = getattr(request.state, "caller", None)
+        caller = known or await authenticate(state, request.headers.get("authorization"))
         missing = [s for s in scopes if s not in caller.scopes]
         if missing:
             raise Problem("scope-missing", f"this needs the scope {', '.join(missing)}")
         request.state.caller = caller
-        if state.limiter is not None:
+        if state.limiter is not None and not getattr(request.state, "rate_checked", False):
             state.limiter.check(caller, state.config.api)
         return caller
 

@@ -19,6 +19,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from api.app import create_app
+from api.ratelimit import Limiter
 from api.state import ApiState
 from ops.config import Config
 from ops.db import database_url
@@ -32,7 +33,7 @@ APP_ROLE = "payswitch_app"
 BACKGROUND: tuple[str, ...] = (
     "api.acquirer:run",
     "api.payments:sweeper",
-    "api.idempotency:purger",
+    "api.envelope:purger",
     "api.webhooks:dispatcher",
 )
 
@@ -65,6 +66,7 @@ async def run_api(config: Config, *, task_status: trio.TaskStatus[None] = trio.T
         async with HsmClient.from_config(config.hsm) as hsm:
             crypto = await open_crypto(pool, hsm)
             state = ApiState(config=config, pool=pool, hsm=hsm, crypto=crypto)
+            state.limiter = Limiter()
             app = create_app(state)
             shutdown = trio.Event()
             async with trio.open_nursery() as nursery:
