@@ -514,8 +514,9 @@ def main(argv: list[str]) -> int:
             return start_host(events)
 
         host = start_host()
-        def measure(label: str) -> tuple[float, float, float]:
-            """One measured run: approvals/s, p50 and p99 in ms (and its report lines)."""
+        def measure(label: str) -> tuple[float, float, float, float]:
+            """One measured run: approvals/s, p50 and p99 in ms, host + PostgreSQL CPU ms per approval
+            (and its report lines)."""
             per_lane = int(args.duration * 12_000 / args.connections) + args.window
             work = [_purchase_frames(pans, per_lane, 1 + i * per_lane) for i in range(args.connections)]
             cpu0, _ = _proc_stats(host.pid)
@@ -548,7 +549,7 @@ def main(argv: list[str]) -> int:
                 f"(purchases/s per single-row UPDATE commit/s)",
                 flush=True,
             )
-            return approved / elapsed, p50, p99
+            return approved / elapsed, p50, p99, ((cpu1 - cpu0) + (pg1 - pg0)) * 1000 / max(approved, 1)
 
         if args.events:
             on = measure(" (events on)")
@@ -564,7 +565,8 @@ def main(argv: list[str]) -> int:
                 f" {base:,.0f} without: ratio {mean_on / base:.3f}"
                 f" ({(1 - mean_on / base) * 100:.1f} % fewer);"
                 f" p50 {on[1]:.1f}/{again[1]:.1f} vs {off[1]:.1f} ms, p99 {on[2]:.1f}/{again[2]:.1f} vs"
-                f" {off[2]:.1f} ms; {written:,} events written",
+                f" {off[2]:.1f} ms; host + PostgreSQL CPU per purchase {on[3]:.2f}/{again[3]:.2f} vs"
+                f" {off[3]:.2f} ms; {written:,} events written",
                 flush=True,
             )
         elif not args.controls:

@@ -72,24 +72,26 @@ def authorization(
     business_date: dt.date,
     occurred_at: str,
 ) -> Event:
-    """``authorization.approved`` (response code 00) or ``authorization.declined``."""
+    """``authorization.approved`` (response code 00) or ``authorization.declined``. (Once per request
+    in the ledger batch: kept to one dict per Money and the currency's code looked up once.)"""
+    cur = currency_alpha(currency or None)
     payload = {
-        "card": card_ref(card_id),
+        "card": None if card_id is None else f"card_{card_id}",
         "pan_masked": pan_masked,
         "txn": txn,
         "mti": mti,
-        "amount": money(amount, currency),
+        "amount": {"amount": amount, "currency": cur},
         "response_code": response_code,
         "reason": reason or None,
-        "reason_text": rules.describe(reason) or None,
+        "reason_text": (rules.describe(reason) or None) if reason else None,
         "merchant_id": merchant_id or None,
         "terminal_id": terminal_id or None,
         "rrn": rrn or None,
         "stan": stan,
         "acquirer_id": acquirer_id,
         "auth_code": auth_code or None,
-        "balance": None if balance is None else money(balance, currency),
-        "available": None if available is None else money(available, currency),
+        "balance": None if balance is None else {"amount": balance, "currency": cur},
+        "available": None if available is None else {"amount": available, "currency": cur},
         "business_date": business_date.isoformat(),
         "occurred_at": occurred_at,
     }

