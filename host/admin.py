@@ -208,7 +208,7 @@ async def admin_unload(
     return Unload(card_id, reference, amount, cur, after["balance"], after["held"], d.duplicate, dest)
 
 
-async def _close_if_empty(conn: Any, card_id: int) -> tuple[str, Any]:
+async def _close_if_empty(conn: Any, card_id: int, actor: str | None = None) -> tuple[str, Any]:
     """Close the card if it holds no money; else change nothing. (old state, its money row)."""
     async with conn.transaction():
         # the card account row first, as every writer of a card locks it (host.ledger), then the card
@@ -220,14 +220,15 @@ async def _close_if_empty(conn: Any, card_id: int) -> tuple[str, Any]:
         if "closed" not in TRANSITIONS[row["state"]]:
             raise CatalogError(f"card {card_id} is closed already")
         await conn.execute("UPDATE cards SET state = 'closed', updated_at = now() WHERE id = $1", card_id)
-        await card_events.record(conn, card_id, row["state"], "closed", "close")
+        await card_events.record(conn, card_id, row["state"], "closed", "close", actor=actor)
         return row["state"], row
 
 
-async def close_card(pool: Any, card_id: int, *, forfeit: bool = False) -> Closed:
+async def close_card(pool: Any, card_id: int, *, forfeit: bool = False, actor: str | None = None) -> Closed:
     """Close a card for good. Refused while it holds money, unless ``forfeit``: then its whole balance
-    goes to breakage income in the transaction that closes it (refused while holds are pending)."""
-    old, money = await pool.run(_close_if_empty, card_id)
+    goes to breakage income in the transaction that closes it (refused while holds are pending).
+    ``actor``: who closes it (the card_events row; default the CLI's)."""
+    old, money = await pool.run(_close_if_empty, card_id, actor)
     cur, balance, held = money["currency"], money["balance"], money["held"]
     if not (balance or held):
         return Closed(card_id, old, 0, cur)
@@ -250,6 +251,7 @@ async def close_card(pool: Any, card_id: int, *, forfeit: bool = False) -> Close
         acquirer_id="admin",
         card_id=card_id,
         amount=balance,
+        actor=actor or "",
     )
     d: Decision = (await pool.run(Ledger().post_batch, [req]))[0]
     if d.code != Rc.APPROVED:

@@ -544,5 +544,6 @@ async def issue_to(
 
     await pool.run(check_can_issue, cardholder_id, product_code)
     cards, mailer = await issue_cards(pool, crypto, product_code, count, owner_known=True, **issue)
-    await pool.run(assign_cards, [c.card_id for c in cards], cardholder_id)
+    await pool.run(lambda conn: assign_cards(conn, [c.card_id for c in cards], cardholder_id,
+                                             actor=issue.get("actor")))
     return cards, mailer

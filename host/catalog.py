@@ -6,7 +6,9 @@ host.keys, so no clear PAN or PIN ever reaches these functions.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -434,24 +436,84 @@ async def reset_pin_tries(conn: Any, card_id: int) -> int:
     return int(old)
 
 
+# A card's history: its requests (auth_requests), the hold expiries and the balance a replacement
+# brought it, newest first. `src` and `key` make the order total (two rows may share a time), so a page
+# ends at a cursor (the last row's time, src and key) and the next starts strictly after it.
+_HISTORY = """
+SELECT r.received_at AS at, r.txn, r.mti, r.amount, r.response_code AS rc, r.auth_id, r.rrn,
+       r.terminal_id, r.merchant_id, t.id AS posting_id, t.phase, r.reason, 0 AS src, r.key
+FROM auth_requests r LEFT JOIN transfers t ON t.key = r.key
+WHERE r.card_id = $1
+UNION ALL
+SELECT t.created_at, t.code, '', t.amount, '00', '', '', '', '', t.id, t.phase, NULL, 1, t.key
+FROM transfers t WHERE t.card_id = $1 AND t.code = 'expiry'
+UNION ALL  -- the new card of a replacement: the balance it received (host.replace)
+SELECT t.created_at, t.code, '', t.amount, '00', '', '', '', '', t.id, t.phase, NULL, 2, t.key
+FROM transfers t JOIN cards n ON n.account_id = t.credit_account_id
+WHERE n.id = $1 AND t.code = 'replacement'
+"""
+
+
+def _history_cursor(row: Any) -> str:
+    raw = json.dumps([row["at"].isoformat(), row["src"], row["key"]], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _history_after(cursor: str) -> tuple[dt.datetime, int, str]:
+    try:
+        at, src, key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return dt.datetime.fromisoformat(at), int(src), str(key)
+    except (ValueError, TypeError) as exc:
+        raise CatalogError("that history cursor is not one a page of this history gave") from exc
+
+
+async def card_history_page(
+    conn: Any,
+    card_id: int,
+    limit: int = 100,
+    *,
+    after: str | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    types: list[str] | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the card's history, newest first: at most ``limit`` rows after the cursor ``after``
+    (a page's next cursor), received at or after ``since`` and before ``until``, of the ``types``
+    (auth_requests.txn, or ``expiry`` / ``replacement``) when given; and the next page's cursor (None:
+    this is the last)."""
+    where: list[str] = ["true"]
+    args: list[Any] = [card_id]
+    if after is not None:
+        at, src, key = _history_after(after)
+        args += [at, src, key]
+        where.append(f"(x.at, x.src, x.key) < (${len(args) - 2}, ${len(args) - 1}, ${len(args)})")
+    if since is not None:
+        args.append(since)
+        where.append(f"x.at >= ${len(args)}")
+    if until is not None:
+        args.append(until)
+        where.append(f"x.at < ${len(args)}")
+    if types:
+        args.append(list(types))
+        where.append(f"x.txn = ANY(${len(args)}::text[])")
+    rows = [
+        dict(r)
+        for r in await conn.fetch(
+            f"SELECT * FROM ({_HISTORY}) x WHERE {' AND '.join(where)}"
+            f" ORDER BY x.at DESC, x.src DESC, x.key DESC LIMIT {int(limit) + 1}",
+            *args,
+        )
+    ]
+    nxt = _history_cursor(rows[limit - 1]) if len(rows) > limit else None
+    for r in rows:
+        del r["src"], r["key"]
+    return rows[:limit], nxt
+
+
 async def card_history(conn: Any, card_id: int, limit: int = 100) -> list[dict[str, Any]]:
-    rows = await conn.fetch(
-        """SELECT r.received_at AS at, r.txn, r.mti, r.amount, r.response_code AS rc, r.auth_id, r.rrn,
-                  r.terminal_id, r.merchant_id, t.id AS posting_id, t.phase, r.reason
-           FROM auth_requests r LEFT JOIN transfers t ON t.key = r.key
-           WHERE r.card_id = $1
-           UNION ALL
-           SELECT t.created_at, t.code, '', t.amount, '00', '', '', '', '', t.id, t.phase, NULL
-           FROM transfers t WHERE t.card_id = $1 AND t.code = 'expiry'
-           UNION ALL  -- the new card of a replacement: the balance it received (host.replace)
-           SELECT t.created_at, t.code, '', t.amount, '00', '', '', '', '', t.id, t.phase, NULL
-           FROM transfers t JOIN cards n ON n.account_id = t.credit_account_id
-           WHERE n.id = $1 AND t.code = 'replacement'
-           ORDER BY 1 DESC LIMIT $2""",
-        card_id,
-        limit,
-    )
-    return [dict(r) for r in rows]
+    """The newest ``limit`` rows of the card's history (`card history`; pages: card_history_page)."""
+    rows, _ = await card_history_page(conn, card_id, limit)
+    return rows
 
 
 async def get_key(conn: Any, name: str) -> tuple[str, str] | None:

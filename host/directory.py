@@ -146,11 +146,12 @@ async def show_product(conn: Any, code: str) -> dict[str, Any]:
 
 # -- cards ---------------------------------------------------------------------------------------------
 _CARDS = """
-SELECT c.id, c.label, c.pan_masked, c.expiry, c.state, p.code AS product, c.issue_batch, c.pan_hash,
+SELECT c.id, c.label, c.pan_masked, c.expiry, c.state, c.form, p.code AS product, c.issue_batch, c.pan_hash,
        a.currency, a.credits_posted - a.debits_posted AS balance,
        a.credits_posted - a.debits_posted - a.debits_pending AS available, a.debits_pending AS held,
-       c.issued_at, c.updated_at, c.cardholder_id
+       c.issued_at, c.updated_at, c.cardholder_id, p.max_balance, """ + kyc.TIER_COLUMNS + """
 FROM cards c JOIN products p ON p.id = c.product_id JOIN accounts a ON a.id = c.account_id
+    LEFT JOIN cardholders h ON h.id = c.cardholder_id
 """
 
 
@@ -167,6 +168,7 @@ class CardFilter:
     batch: str | None = None
     label: str | None = None
     cardholder: int | None = None  # host.cardholders: the cards a cardholder owns
+    form: str | None = None  # physical or virtual
 
 
 def card_filter_for_pan(text: str, pan_hash: str | None = None) -> CardFilter:
@@ -208,6 +210,8 @@ async def list_cards(
         w.add("x.label = {}", f.label)
     if f.cardholder is not None:
         w.add("x.cardholder_id = {}", f.cardholder)
+    if f.form is not None:
+        w.add("x.form = {}", f.form)
     page = await _page(conn, _CARDS, w.clauses, w.args, after=_int_cursor(after), limit=limit)
     for r in page.rows:
         r.pop("pan_hash", None)

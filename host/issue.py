@@ -102,6 +102,7 @@ async def issue_cards(
     today: dt.date | None = None,
     form: str | None = None,
     owner_known: bool = False,
+    actor: str | None = None,
 ) -> tuple[list[IssuedCard], Path | None]:
     """Issue ``count`` cards; returns them (with clear PANs, for the caller's output only) and the mailer.
 
@@ -113,7 +114,8 @@ async def issue_cards(
 
     ``producer``: the mailer key as exported to that producer; the PANs go under that key and the
     export goes into the mailer file's header line. ``today``: the programme's business date (the
-    validity counts from its month; host.business_day.business_today), else the UTC date.
+    validity counts from its month; host.business_day.business_today), else the UTC date. ``actor``:
+    who issues them (their card_events rows; default the CLI's).
     """
     today = today or dt.datetime.now(dt.UTC).date()
     product = await pool.run(catalog.product, product_code)
@@ -148,7 +150,7 @@ async def issue_cards(
             nursery.start_soon(one)
     ids = await pool.run(
         lambda conn: catalog.insert_cards(
-            conn, product_code, [m[1] for m in made], batch, "inventory", today, form=form
+            conn, product_code, [m[1] for m in made], batch, "inventory", today, actor, form=form
         )
     )
     expiry = catalog.expiry_for(today, product["validity_months"])  # the one insert_cards stored
@@ -168,7 +170,7 @@ async def issue_cards(
         )
     if activate or form == "virtual":
         for c in cards:
-            await activate_card(pool, c.card_id)
+            await activate_card(pool, c.card_id, actor=actor)
     return cards, mailer
 
 
