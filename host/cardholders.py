@@ -102,7 +102,7 @@ def _check_id_type(id_type: str | None) -> None:
         raise CardholderError(f"ID type {id_type!r}: one of {', '.join(ID_TYPES)}")
 
 
-def _check_birth_date(birth_date: dt.date | None) -> None:
+def check_birth_date(birth_date: dt.date | None) -> None:
     if birth_date is not None and not dt.date(1900, 1, 1) <= birth_date <= dt.datetime.now(dt.UTC).date():
         raise CardholderError("date of birth: between 1900-01-01 and today")
 
@@ -178,7 +178,7 @@ async def register(
     _check_id_type(new.id_type)
     if (new.id_type is None) != (new.id_number is None):
         raise CardholderError("an ID is its type and its number: give both (--id-type and --id-number)")
-    _check_birth_date(new.birth_date)
+    check_birth_date(new.birth_date)
     id_no = await _seal(crypto, "id_number", new.id_number)
     phone = await _seal(crypto, "phone", new.phone)
     email = await _seal(crypto, "email", new.email)
@@ -353,7 +353,7 @@ async def update_cardholder(
     _check_id_type(changes.id_type)
     if (changes.id_type is None) != (changes.id_number is None):
         raise CardholderError("an ID is its type and its number: give both (--id-type and --id-number)")
-    _check_birth_date(changes.birth_date)
+    check_birth_date(changes.birth_date)
     id_no = await _seal(crypto, "id_number", changes.id_number)
     phone = await _seal(crypto, "phone", changes.phone)
     email = await _seal(crypto, "email", changes.email)
@@ -460,6 +460,101 @@ async def close_cardholder(conn: Any, cardholder_id: int, actor: str, reason: st
         level = str(row["kyc_level"])
         await _event(conn, cardholder_id, level, level, "closed", actor, reason)
     return level
+
+
+# -- KYC submissions -----------------------------------------------------------------------------------
+DOCUMENT_CHECKS = ("passed", "failed")
+
+
+@dataclass(frozen=True)
+class KycSubmission:
+    """A KYC submission (the API's `POST /v1/cardholders/{id}/kyc`): the level asked for and its evidence.
+    ``document_check`` is the programme's check of the identity document (needed for ``verified``);
+    ``id_type`` / ``id_number`` the document itself (clear: sealed by update_cardholder)."""
+
+    level: str
+    reason: str
+    document_check: str | None = None
+    id_type: str | None = None
+    id_number: str | None = None
+
+
+@dataclass(frozen=True)
+class KycOutcome:
+    """What a submission decided: the last KYC event it recorded, and the levels before and after."""
+
+    cardholder_id: int
+    decision: str  # the kyc_events decision: approved / rejected / downgraded / id_changed
+    from_level: str  # before the submission
+    to_level: str  # after it
+    event_id: int
+    at: Any  # datetime
+    actor: str
+    reason: str
+
+
+async def submit_kyc(
+    pool: Any, crypto: IssuerCrypto, cardholder_id: int, sub: KycSubmission, actor: str, *, aml_threshold: int
+) -> KycOutcome:
+    """Decide a KYC submission as host.kyc decides an operator's: an ID given with it is recorded first
+    (update_cardholder: sealed; it makes an anonymous cardholder ``named``). Then ``verified`` is
+    approved (``document_check`` passed) or rejected (failed); ``named`` from ``verified`` and
+    ``anonymous`` are downgrades; ``named`` from ``anonymous`` needs the ID. Refusals are CardholderError."""
+    if sub.level not in kyc.LEVELS:
+        raise CardholderError(f"KYC level {sub.level!r}: one of {', '.join(kyc.LEVELS)}")
+    if (sub.level == "verified") != (sub.document_check is not None):
+        raise CardholderError("a document check result (passed or failed) goes with level verified only")
+    if sub.document_check is not None and sub.document_check not in DOCUMENT_CHECKS:
+        raise CardholderError(f"document check: one of {', '.join(DOCUMENT_CHECKS)}")
+
+    async def current(conn: Any) -> Any:
+        return await conn.fetchrow("SELECT state, kyc_level FROM cardholders WHERE id = $1", cardholder_id)
+
+    async def last_event(conn: Any) -> Any:
+        return await conn.fetchrow(
+            "SELECT id, at, to_level, decision, actor, reason FROM kyc_events WHERE cardholder_id = $1"
+            " ORDER BY id DESC LIMIT 1",
+            cardholder_id,
+        )
+
+    before = await pool.run(current)
+    if before is None:
+        raise CardholderError(f"no cardholder {cardholder_id} ({LIST_HINT})")
+    if before["state"] != "active":
+        raise CardholderError(f"cardholder {cardholder_id} is closed")
+    from_level = str(before["kyc_level"])
+    id_changed = False
+    if sub.id_type is not None or sub.id_number is not None:
+        done = await update_cardholder(
+            pool, crypto, cardholder_id, Changes(id_type=sub.id_type, id_number=sub.id_number), actor,
+            aml_threshold=aml_threshold,
+        )
+        id_changed = "id_number" in done.changed or "id_type" in done.changed
+    level = str((await pool.run(current))["kyc_level"])
+    decision: tuple[str, str | None] | None = None
+    if sub.level == "verified":
+        decision = ("approve" if sub.document_check == "passed" else "reject", None)
+    elif kyc.tier_rank(sub.level) < kyc.tier_rank(level):
+        decision = ("downgrade", sub.level)
+    elif sub.level == level and not id_changed:
+        raise CardholderError(f"cardholder {cardholder_id} is {level} already")
+    elif sub.level != level:  # named asked by an anonymous cardholder without an ID
+        raise CardholderError(f"cardholder {cardholder_id} has no ID: named needs one (id_type, id_number)")
+    if decision is not None:
+        kind, to_level = decision
+        try:
+            await pool.run(
+                lambda conn: kyc.decide(
+                    conn, cardholder_id, kind, reason=sub.reason, actor=actor, to_level=to_level
+                )
+            )
+        except kyc.KycError as exc:
+            raise CardholderError(str(exc)) from None
+    ev = await pool.run(last_event)
+    return KycOutcome(
+        cardholder_id, str(ev["decision"]), from_level, str(ev["to_level"]), int(ev["id"]), ev["at"],
+        str(ev["actor"]), str(ev["reason"]),
+    )
 
 
 # -- cards owned by cardholders --------------------------------------------------------------------

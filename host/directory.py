@@ -314,10 +314,15 @@ async def list_merchants(
     mcc: str | None = None,
     acquirer: str | None = None,
     name: str | None = None,
+    merchant_id: str | None = None,
     after: str | None = None,
     limit: int = DEFAULT_LIMIT,
 ) -> Page:
+    """A keyset page of merchants; ``merchant_id`` (a DE42) keeps that one only (a merchant-bound API
+    key lists its own merchant)."""
     w = _Where()
+    if merchant_id is not None:
+        w.add("x.merchant_id = {}", merchant_id)
     if state is not None:
         w.add("x.state = {}", state)
     if group is not None:
