@@ -9,6 +9,7 @@ document to validator.swagger.io) is off.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,17 @@ def _route_scopes(route: APIRoute) -> tuple[bool, tuple[str, ...]]:
     return found, tuple(sorted(set(scopes)))
 
 
+def _api_routes(routes: Any, prefix: str) -> Iterator[tuple[str, APIRoute]]:
+    """Every APIRoute with its full path, routers included by ``include_router`` too (FastAPI >= 0.16x
+    keeps an included router as one route of its own)."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield prefix + route.path_format, route
+        elif (inner := getattr(route, "original_router", None)) is not None:
+            context = getattr(route, "include_context", None)
+            yield from _api_routes(inner.routes, prefix + str(getattr(context, "prefix", "") or ""))
+
+
 def document(app: FastAPI) -> dict[str, Any]:
     """FastAPI's document for ``app`` with the security scheme, the Idempotency-Key header and the
     problem responses added to every operation; made once per application."""
@@ -155,8 +167,8 @@ def document(app: FastAPI) -> dict[str, Any]:
     components["securitySchemes"] = {"bearer": {
         "type": "http", "scheme": "bearer", "bearerFormat": "psk_<prefix>_<secret>",
         "description": "An API key from `payswitch api client add NAME --scopes ...`."}}
-    auth = {(method.lower(), route.path_format): _route_scopes(route)
-            for route in app.routes if isinstance(route, APIRoute) for method in route.methods or ()}
+    auth = {(method.lower(), path): _route_scopes(route)
+            for path, route in _api_routes(app.routes, "") for method in route.methods or ()}
     for path, item in doc.get("paths", {}).items():
         for method, op in item.items():
             if method not in ("get", "post", "put", "patch", "delete"):
@@ -183,7 +195,9 @@ def document(app: FastAPI) -> dict[str, Any]:
                 if not any(p.get("in") == "header" and p.get("name", "").lower() == "idempotency-key"
                            for p in params):
                     params.insert(0, dict(IDEMPOTENCY_HEADER))
-                wanted += [400, 409, 413, 415, 422]
+                wanted += [400, 409, 422]
+            if method in ("post", "put", "patch"):
+                wanted += [413, 415]  # api.max_body_bytes; a body that is not JSON
             if op.get("parameters") or op.get("requestBody"):
                 wanted += [422]
             if "{" in path:
