@@ -22,7 +22,7 @@ import pytest
 from host import aml, catalog, kyc
 from host.expiry import expire_batch
 from host.ledger import Ledger
-from host.model import Decision, Pin, Request, Txn
+from host.model import Decision, Pin, Replacing, Request, Txn
 from tests.host.helpers import fake_hash, programme, req, reversal_of
 
 
@@ -279,5 +279,41 @@ def test_pin_change_and_wrong_pin_inquiry_are_authorizations(db_url: str) -> Non
         assert [(t, x["txn"], x["reason"]) for t, x in got] == [
             ("authorization.declined", "balance", "pin_wrong")
         ]
+
+    run(db_url, body)
+
+
+def test_a_replacement_writes_a_state_change_per_card(db_url: str) -> None:
+    """The ledger's replacement (host.replace's request): the old card closed and the new one made
+    active in the batch that moves the balance, a card.state_changed for each, no authorization."""
+
+    async def body(conn: Any) -> None:
+        pan, *_ = await programme(conn, code="EVT6", max_balance=100_000)
+        cid = await card_id(conn, pan)
+        ledger = Ledger()
+        await post(conn, ledger, req(Txn.TOPUP, pan, 700))
+        new_pan = pan[:-1] + ("9" if pan[-1] != "9" else "8")
+        parts = await catalog.partitions(conn)
+        [new_id] = await catalog.insert_cards(
+            conn,
+            "EVT6",
+            [catalog.NewCard(fake_hash(new_pan), "ENC", new_pan[:6] + "*" * 9 + new_pan[-4:], "1234",
+                             int(fake_hash(new_pan), 16) % parts)],
+            state="inventory",
+        )
+        before = await last_id(conn)
+        replace = Request(
+            f"replace:{cid}", "0000", Txn.REPLACEMENT, acquirer_id="admin", card_id=cid, amount=700,
+            actor="ops:test",
+            replacing=Replacing(new_id, "closed", "active", "damaged", ("active", "frozen")),
+        )
+        assert (await post(conn, ledger, replace))[0].code == "00"
+        rows = await conn.fetch("SELECT type, card_id, payload FROM events WHERE id > $1 ORDER BY id", before)
+        got = [(r["type"], r["card_id"], json.loads(r["payload"])) for r in rows]
+        assert [(t, c, p["from_state"], p["to_state"], p["action"]) for t, c, p in got] == [
+            ("card.state_changed", cid, "active", "closed", "replace"),
+            ("card.state_changed", new_id, "inventory", "active", "replace"),
+        ]
+        assert got[1][2]["pan_masked"] == new_pan[:6] + "*" * 9 + new_pan[-4:]
 
     run(db_url, body)
