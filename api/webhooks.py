@@ -516,7 +516,7 @@ class _Dispatcher:
                 retry_hours=cfg.webhook_retry_hours,
             ), c.webhook_id, c.event_id)
         except Exception as exc:  # the lease runs out and it is sent again: at least once
-            log.warning("webhook_record_failed", webhook=c.webhook_id, event=c.event_id,
+            log.warning("webhook_record_failed", webhook=c.webhook_id, event_id=c.event_id,
                         error=type(exc).__name__)
             return
         if outcome == "delivered":
@@ -524,12 +524,15 @@ class _Dispatcher:
             labelled(LATENCY, "end_to_end").observe(max(0.0, time.time() - c.occurred_at.timestamp()))
         elif outcome is not None:
             labelled(DELIVERIES, "retry" if outcome == "pending" else "parked").inc()
-            log.info("webhook_failed", webhook=c.webhook_id, event=c.event_id, attempt=c.attempts + 1,
+            log.info("webhook_failed", webhook=c.webhook_id, event_id=c.event_id, attempt=c.attempts + 1,
                      error=error, state=outcome, retry_in_s=round(retry_in, 1))
 
     async def run_one(self, http: httpx.AsyncClient, c: Claimed) -> None:
         try:
             await self.deliver(http, c)
+        except Exception as exc:  # a bug here must not stop the API process; the lease retries it
+            log.error("webhook_deliver_crashed", webhook=c.webhook_id, event_id=c.event_id,
+                      error=type(exc).__name__)
         finally:
             self.in_flight -= 1
 
@@ -564,4 +567,9 @@ class _Dispatcher:
 async def dispatcher(state: Any) -> None:
     """The background task of ``api serve``: fan events out to subscriptions and deliver them, until
     cancelled."""
-    await _Dispatcher(state).run()
+    while True:
+        try:
+            await _Dispatcher(state).run()
+        except Exception as exc:  # never take the API process down with it: start again
+            log.error("webhook_dispatcher_crashed", error=type(exc).__name__)
+            await trio.sleep(1.0)
