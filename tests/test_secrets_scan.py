@@ -9,7 +9,8 @@ demo's cardholders (registered by ``demo seed`` with a synthetic ID number, phon
 account registered for alice's cardholder and an unload paid into it by a second ``demo payout``, a PIN
 reset with its mailer, and a one-time payment code paid at a terminal. Then it reads:
 
-- the database: ``pg_dump`` of the System's database (binaries found as ``ops.pgembed`` finds them);
+- the database: ``pg_dump`` of the System's database (binaries found as ``ops.pgembed`` finds them),
+  the event outbox (``events``: the webhooks' payloads, issue 17) included;
 - every file under the scratch folder (service logs, PostgreSQL's server log, ``var/``: terminal
   state, pool, demo cards, clearing files, settlement reports, PIN mailers, the HSM's files), except
   the PostgreSQL data files (their rows are what the dump shows);
@@ -225,6 +226,9 @@ def test_the_run_did_what_it_should(e2e: EndToEnd) -> None:
     """The scan means something only if the secrets went through the system: the cards were used."""
     dump = _pg_dump(e2e.system)
     assert b"switch_journal" in dump and len(e2e.cards) >= 4 and len(e2e.keys) >= 6
+    # the outbox got the run's events (host.events): their payloads are scanned with the rest
+    for kind in (b"authorization.approved", b"authorization.declined", b"cardholder.kyc_changed"):
+        assert kind in dump, kind
     names = {p.name for p in _written_files(e2e.system)}
     assert {"host.log", "switch.log", "hsm.log", "server.log", "demo-cards.json"} <= names, names
     pos = {c: code for c, code in e2e.codes.items() if c.startswith("pos ")}
