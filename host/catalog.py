@@ -462,8 +462,11 @@ def _history_cursor(row: Any) -> str:
 def _history_after(cursor: str) -> tuple[dt.datetime, int, str]:
     try:
         at, src, key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return dt.datetime.fromisoformat(at), int(src), str(key)
-    except (ValueError, TypeError) as exc:
+        when = dt.datetime.fromisoformat(at)
+        if when.tzinfo is None or src not in (0, 1, 2) or not isinstance(key, str):
+            raise ValueError(cursor)
+        return when, src, key
+    except (ValueError, TypeError, OverflowError) as exc:
         raise CatalogError("that history cursor is not one a page of this history gave") from exc
 
 

@@ -12,6 +12,7 @@ A new card's PAN (issue, replace) is in the first answer only: the stored idempo
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +35,7 @@ from host.kyc import KycError
 from host.model import Txn
 from host.pins import PinError, issuer_key, reset_pin, set_pin_sm2
 from host.replace import replace_card
+from hsm_sim.client import HsmCommandError
 from ops.localtime import iso_local
 from ops.money import MoneyError, currency_alpha, currency_numeric
 
@@ -578,6 +580,16 @@ async def transactions(
     """Newest first: requests (approved and declined, with the decline's reason), postings of the
     host's own (hold expiries, the balance a replacement brought)."""
     cid = await card_number(state, card_id)
+    for name, when in (("since", since), ("until", until)):
+        try:
+            if when is not None and not 1900 <= when.astimezone(dt.UTC).year <= 9000:
+                raise OverflowError(name)
+        except OverflowError:
+            raise Problem(
+                "validation-error",
+                f"{name}: a time between the years 1900 and 9000",
+                errors=[{"field": name, "message": "out of range"}],
+            ) from None
     with host_errors():
         rows, nxt = await state.pool.run(
             lambda conn: catalog.card_history_page(
@@ -867,6 +879,8 @@ async def set_pin(card_id: CardPath, body: PinSet, state: State, caller: Writer)
     except PinError as exc:
         text = str(exc)
         raise Problem("conflict" if "its PIN cannot be" in text else "validation-error", text) from None
+    except HsmCommandError as exc:  # the HSM refused the block for a reason host.pins does not name
+        raise Problem("validation-error", f"the HSM refused the SM2 block (error {exc.code})") from None
     return PinChangedOut(card_id=public_id("card", cid), action="pin_set", state=done.state, pin_tries=0)
 
 

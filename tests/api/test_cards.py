@@ -4,6 +4,7 @@ API and paid at the demo POS terminal. Real processes throughout (tests/api/conf
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import uuid
@@ -152,6 +153,10 @@ def test_balance_history_pages_and_a_decline(live: System, make_client: Any) -> 
     bad = c.get(f"/v1/cards/{card['id']}/transactions", params={"cursor": "not-a-cursor"})
     assert bad.status_code == 422 and bad.headers["content-type"].startswith("application/problem+json")
     assert c.get(f"/v1/cards/{card['id']}/transactions", params={"type": "nonsense"}).status_code == 422
+    forged = base64.urlsafe_b64encode(b'["2026-01-01T00:00:00+00:00", 99999999999, "k"]').decode()
+    naive = "2026-01-01T00:00:00"  # no offset
+    for params in ({"cursor": forged}, {"since": "0001-01-01T00:00:00+14:00"}, {"until": naive}):
+        assert c.get(f"/v1/cards/{card['id']}/transactions", params=params).status_code == 422, params
 
 
 def test_payment_code_made_and_paid_at_the_pos(live: System, make_client: Any) -> None:
