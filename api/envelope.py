@@ -43,7 +43,6 @@ from typing import Any
 import trio
 from fastapi import FastAPI
 from prometheus_client import Counter, Histogram
-from starlette.routing import Match
 
 from api import problems
 from api.auth import Caller, authenticate
@@ -206,19 +205,34 @@ def _is_json(content_type: str | None) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
+def _templates(app: Any) -> list[tuple[re.Pattern[str], str]]:
+    """The app's path templates as patterns, fewest parameters first (``/v1/cards/search`` before
+    ``/v1/cards/{card_id}``); from its OpenAPI document, made once per app."""
+    cached: list[tuple[re.Pattern[str], str]] | None = getattr(app.state, "envelope_templates", None)
+    if cached is not None:
+        return cached
+    try:
+        paths = list(app.openapi().get("paths", {}))
+    except Exception:  # a document that cannot be made: label by "unmatched" rather than fail requests
+        paths = []
+    out = [(re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(p)) + "$"), p)
+           for p in sorted(paths, key=lambda p: (p.count("{"), p))]
+    app.state.envelope_templates = out
+    return out
+
+
 def _route_of(scope: Scope) -> str | None:
     """The matched route's template (``/v1/cards/{card_id}``), found again if the route never ran."""
     route = scope.get("route")
-    if route is not None:
-        return getattr(route, "path", None)
+    if route is not None and getattr(route, "path", None):
+        return str(route.path)
     app = scope.get("app")
-    for candidate in getattr(getattr(app, "router", None), "routes", ()):
-        try:
-            match, _ = candidate.matches(scope)
-        except Exception:  # a route that cannot match this scope
-            continue
-        if match is Match.FULL:
-            return getattr(candidate, "path", None)
+    if app is None:
+        return None
+    path = scope.get("path", "")
+    for pattern, template in _templates(app):
+        if pattern.match(path):
+            return template
     return None
 
 
