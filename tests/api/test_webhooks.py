@@ -115,8 +115,8 @@ def emit(system: System, *events: Event) -> list[int]:
         async with conn.transaction():
             before = await conn.fetchval("SELECT coalesce(max(id), 0) FROM events")
             await write_events(conn, events)
-            rows = await conn.fetch("SELECT id FROM events WHERE id > $1 AND card_id = ANY($2::bigint[])"
-                                    " ORDER BY id", before, [e.card_id for e in events])
+            rows = await conn.fetch("SELECT id FROM events WHERE id > $1 AND payload = ANY($2::jsonb[])"
+                                    " ORDER BY id", before, [json.dumps(e.payload) for e in events])
             return [int(r["id"]) for r in rows]
 
     ids: list[int] = db(system, work)
