@@ -95,8 +95,13 @@ class WebhookError(ValueError):
 def check_url(url: str) -> str:
     """An absolute http or https URL with a host; WebhookError otherwise."""
     url = url.strip()
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > MAX_URL:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a port out of range
+    except ValueError:
+        parts = urlsplit("")
+    printable = all(32 < ord(ch) < 127 for ch in url)  # no spaces, controls or NUL (IDNs as punycode)
+    if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > MAX_URL or not printable:
         raise WebhookError(f"a webhook URL is an absolute http:// or https:// URL of at most {MAX_URL} "
                            "characters", field="url")
     if parts.username or parts.password:

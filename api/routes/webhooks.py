@@ -34,7 +34,7 @@ _TYPES = ", ".join(EVENT_TYPES)
 class WebhookCreate(Model):
     url: str = Field(max_length=webhooks.MAX_URL, description="Where events are POSTed (http or https)",
                      examples=["https://shop.example.com/payswitch/events"])
-    event_types: list[str] = Field(min_length=1, max_length=32,
+    event_types: list[Annotated[str, Field(max_length=64)]] = Field(min_length=1, max_length=32,
                                    description=f"`[\"*\"]` for every type, or some of: {_TYPES}",
                                    examples=[["authorization.approved", "card.state_changed"]])
 
