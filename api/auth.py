@@ -23,10 +23,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Depends, Request
+from fastapi import Request
 
 from api.problems import Problem
-from api.state import ApiState, get_state
+from api.state import ApiState
 from host import directory
 from host.catalog import CatalogError
 
@@ -203,7 +203,10 @@ def require(*scopes: str) -> Callable[..., Awaitable[Caller]]:
         if s not in SCOPES:
             raise ValueError(f"unknown scope {s!r}")
 
-    async def dependency(request: Request, state: ApiState = Depends(get_state)) -> Caller:
+    async def dependency(request: Request) -> Caller:
+        # Not Depends(get_state): FastAPI runs a plain-def dependency in a worker thread (a thread hop
+        # per request on the purchase path).
+        state: ApiState = request.app.state.api
         # The envelope (api.envelope) has authenticated the key and taken its rate-limit token already
         # when it let the request through with a caller; without the envelope this does both.
         known: Caller | None = getattr(request.state, "caller", None)
