@@ -35,7 +35,9 @@ class ApiState:
         return self.config.clearing.timezone
 
 
-def get_state(request: Request) -> ApiState:
+async def get_state(request: Request) -> ApiState:
+    """``async`` on purpose: FastAPI runs a plain ``def`` dependency in a worker thread (a thread hop on
+    every request)."""
     state: ApiState = request.app.state.api
     return state
 
