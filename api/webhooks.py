@@ -394,9 +394,7 @@ async def fan_out(conn: Any, batch: int = FANOUT_BATCH) -> int:
                 missing = range(cursor + 1, int(e["id"]))
                 if any(now - _GAPS.setdefault(g, now) < GAP_SETTLE_S for g in missing):
                     break  # a transaction may still commit that id: scan from here again next time
-                for g in missing:
-                    _GAPS.pop(g, None)
-                cursor = int(e["id"])
+                cursor = int(e["id"])  # (a settled hole stays known, for the other subscriptions)
             if cursor != w["after_event"]:
                 await conn.execute("UPDATE api_webhooks SET after_event = $2 WHERE id = $1", w["id"], cursor)
     if len(_GAPS) > 100_000:
