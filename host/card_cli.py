@@ -583,6 +583,7 @@ def card_history(app: AppContext, card_ref: str, limit: int) -> None:
             "amount": format_money(r["amount"], cur) if r["amount"] or r["txn"] != "balance" else "",
             "reason": rules.describe(r["reason"]),
             "posting_id": "" if r["posting_id"] is None else r["posting_id"],
+            "reference": r.get("reference") or "",  # a programme load's funding reference (the API's)
         }
         for r in rows
     ]
@@ -594,7 +595,8 @@ def card_history(app: AppContext, card_ref: str, limit: int) -> None:
         rows,
         _table(
             shown,
-            ["at", "txn", "mti", "amount", "rc", "reason", "auth_id", "rrn", "terminal_id", "posting_id"],
+            ["at", "txn", "mti", "amount", "rc", "reason", "auth_id", "rrn", "terminal_id", "posting_id",
+             "reference"],
         ),
     )
 

@@ -441,14 +441,15 @@ async def reset_pin_tries(conn: Any, card_id: int) -> int:
 # ends at a cursor (the last row's time, src and key) and the next starts strictly after it.
 _HISTORY = """
 SELECT r.received_at AS at, r.txn, r.mti, r.amount, r.response_code AS rc, r.auth_id, r.rrn,
-       r.terminal_id, r.merchant_id, t.id AS posting_id, t.phase, r.reason, 0 AS src, r.key
+       r.terminal_id, r.merchant_id, t.id AS posting_id, t.phase, r.reason, 0 AS src, r.key,
+       r.reference  -- a programme load's funding reference (the API's loads)
 FROM auth_requests r LEFT JOIN transfers t ON t.key = r.key
 WHERE r.card_id = $1
 UNION ALL
-SELECT t.created_at, t.code, '', t.amount, '00', '', '', '', '', t.id, t.phase, NULL, 1, t.key
+SELECT t.created_at, t.code, '', t.amount, '00', '', '', '', '', t.id, t.phase, NULL, 1, t.key, NULL
 FROM transfers t WHERE t.card_id = $1 AND t.code = 'expiry'
 UNION ALL  -- the new card of a replacement: the balance it received (host.replace)
-SELECT t.created_at, t.code, '', t.amount, '00', '', '', '', '', t.id, t.phase, NULL, 2, t.key
+SELECT t.created_at, t.code, '', t.amount, '00', '', '', '', '', t.id, t.phase, NULL, 2, t.key, NULL
 FROM transfers t JOIN cards n ON n.account_id = t.credit_account_id
 WHERE n.id = $1 AND t.code = 'replacement'
 """

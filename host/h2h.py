@@ -10,7 +10,11 @@ How the host reads a request (h2h-dialect.md, and switch.mapping for what the sw
   completions and pre-auth voids by DE102 when present, else the card's latest pre-auth still on hold
   (from the same terminal when there is one);
 - reversals (0400/0420/0421) name the original by DE90 (MTI, STAN, DE7, acquirer) and the reversal's
-  own DE41; DE95 (first 12 digits) is the actual amount of a partial reversal.
+  own DE41; DE95 (first 12 digits) is the actual amount of a partial reversal;
+- from the programme's own HTTP API (DE32 = ``api.institution_id``, which only the switch's MAC'd ``api``
+  link may send): a top-up (DE3 21) is a programme-funded load (Txn.ADMIN_LOAD, from the funding account,
+  as ``card load``) whose DE102 is its funding reference, and a purchase keyed with entry mode 81x is
+  card-not-present (no PIN asked: the API's client authenticated it). specs/README.md, "API payments".
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ def link_id_of(msg: dict[str, Any]) -> str:
     return str(msg.get("33") or msg.get("32") or "").lstrip("0") or "0"
 
 
-def parse(msg: dict[str, Any]) -> Parsed:
+def parse(msg: dict[str, Any], programme_id: str | None = None) -> Parsed:
     mti = msg["t"]
     try:
         kind = classify_h2h(mti, msg.get("3"), msg.get("25"), msg.get("70"))
@@ -100,6 +104,9 @@ def parse(msg: dict[str, Any]) -> Parsed:
     if isinstance(pin_block, str):
         pin_block = bytes.fromhex(pin_block)
     txn = TXN[kind]
+    programme = programme_id is not None and str(acquirer).lstrip("0") == programme_id.lstrip("0")
+    if programme and txn is Txn.TOPUP:
+        txn = Txn.ADMIN_LOAD
     if txn not in (Txn.BALANCE, Txn.REVERSAL, Txn.PIN_CHANGE) and "4" not in msg:
         raise BadRequest("30", "DE4 missing")
     new_pin_block = new_pin_block_of(msg) if txn is Txn.PIN_CHANGE else None
@@ -123,6 +130,10 @@ def parse(msg: dict[str, Any]) -> Parsed:
         pin=Pin.NONE,
         original_rrn=(str(msg["102"]).strip() or None) if "102" in msg else None,
     )
+    if programme:
+        req.card_not_present = str(msg.get("22", "")).startswith("81")
+        if txn is Txn.ADMIN_LOAD:
+            req.reference, req.original_rrn = req.original_rrn, None
     if txn is Txn.REVERSAL:
         de90 = msg.get("90")
         if de90 is None or len(de90) < 31:

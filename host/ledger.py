@@ -991,6 +991,7 @@ class Ledger:
                 reversal_of,
                 d.posted,
                 d.reason or None,
+                r.reference,  # a programme load's funding reference (host.h2h)
             )
         )
 
@@ -1217,10 +1218,10 @@ _WRITE_SQL = """
 WITH requests AS (
     INSERT INTO auth_requests (key, mti, txn, proc_code, card_id, merchant_ref, acquirer_id, terminal_id,
         merchant_id, stan, transmitted, rrn, local_time, amount, currency, response_code, auth_id,
-        balance_field, original_key, reversal_of, posted, reason)
+        balance_field, original_key, reversal_of, posted, reason, reference)
     SELECT r->>0, r->>1, r->>2, r->>3, (r->>4)::bigint, (r->>5)::bigint, r->>6, r->>7, r->>8, r->>9, r->>10,
         r->>11, r->>12, (r->>13)::bigint, r->>14, r->>15, r->>16, r->>17, r->>18, r->>19, (r->>20)::boolean,
-        r->>21
+        r->>21, r->>22
     FROM json_array_elements($1::json) AS r
 ), postings AS (
     INSERT INTO transfers (key, debit_account_id, credit_account_id, amount, currency, phase, code, card_id,

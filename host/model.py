@@ -122,6 +122,11 @@ class Request:
     new_pvv: str | None = None
     new_pin_lmk: str | None = None
     verified_pvv: str | None = None
+    # From the programme's own API link (DE32 = api.institution_id, h2h.parse ``programme_id``): a load's
+    # funding reference (DE102, kept in auth_requests.reference), and a card-not-present purchase (DE22
+    # 81x) that the API's client authenticated, so no PIN is asked (specs/README.md "API payments and loads").
+    reference: str | None = None
+    card_not_present: bool = False
 
 
 @dataclass(frozen=True)

@@ -159,8 +159,12 @@ def check_pin(card: CardState, req: Request, max_tries: int) -> str | None:
     """Apply the PIN result to the try counter (mutates card) and say whether to decline.
 
     A payment by payment code (entry mode 03x, host.payment_codes) needs no PIN even on a product with
-    ``pin_required``: the cardholder authenticated in the app that made the one-time code."""
+    ``pin_required``: the cardholder authenticated in the app that made the one-time code. Nor does a
+    card-not-present purchase from the programme's own API (``card_not_present``, host.h2h): its client
+    (a merchant-bound key) authenticated it, and the card number and expiry must match the card's."""
     if req.payment_code is not None:
+        return None
+    if req.pin is Pin.NONE and req.card_not_present:  # the programme's API, its client authenticated
         return None
     if req.pin is Pin.NONE:
         if card.product.pin_required and req.txn in DEBITS:

@@ -266,7 +266,7 @@ class HostService:
             BAD_FRAMES.labels("unexpected_response").inc()
             return
         try:
-            parsed = h2h.parse(msg)
+            parsed = h2h.parse(msg, self.config.api.institution_id)  # the programme's API: loads, CNP
         except h2h.BadRequest as exc:
             log.info("request refused", mti=msg["t"], code=exc.code, reason=str(exc))
             self._refuse_request(body, msg, exc.code, conn, nursery, started)

@@ -73,6 +73,9 @@ LOAD_BALANCE = "100000.00"  # yuan per load card
 LINK_NAME = "host"
 DEMO_ZPK = "89ABCDEF01234567FEDCBA9876543210"  # clear demo link PIN key (public test data)
 DEMO_ZAK = "3D5B97F10E68A4C2E0D3B5868679B5D3"  # clear demo link MAC key, odd parity (public test data)
+API_LINK_NAME = "api"  # the HTTP API's acquirer link into the switch (api.institution_id)
+DEMO_API_ZPK = "4A7C1F2F3D5B6879A1B3C2D5E5F70719"  # clear demo keys of that link (public test data)
+DEMO_API_ZAK = "2C4A6B8C0E1F3254769889ABCDEF0123"  # odd parity
 
 
 class DemoError(Exception):
@@ -321,6 +324,7 @@ def _seed(
     admin.run("merchant", "add", MERCHANT_ID, "--name", MERCHANT_NAME, "--mcc", "5814", ok_if=exists)
     admin.run("store", "add", MERCHANT_ID, STORE_CODE, "--name", "North campus", ok_if=exists)
     _link(app, admin, mac=link_mac)
+    _api_link(app, admin)
     for tid, scheme, tmk in TERMINALS:
         admin.run(
             "terminal",
@@ -404,6 +408,26 @@ def _link(app: AppContext, admin: Admin, *, mac: bool = True) -> None:
     )
     for bin_ in (DEMO_BIN, LOAD_BIN):
         admin.run("switch", "route", "add", bin_, "--link", LINK_NAME, ok_if=("already", "overlap"))
+
+
+def _api_link(app: AppContext, admin: Admin) -> None:
+    """The HTTP API's own acquirer link into the switch (issue 17): an ``in`` link ``api`` for DE32
+    ``api.institution_id`` with a demo ZPK and ZAK, and the same keys for the API (`api link set`), so
+    `api serve` signs on at once. Kept when both sides have it already."""
+    links = _as_list(admin.run("switch", "link", "list") or [], "links")
+    have_switch = any(isinstance(x, dict) and x.get("name") == API_LINK_NAME for x in links)
+    have_api = admin.run("api", "link", "show", ok_if=("no api link keys",)) is not None
+    if have_switch and have_api:
+        return
+    profile = app.config.host.profile
+    scheme = "S" if profile == "sm4" else "U"
+    zpk = str(_form_key(admin, "001", DEMO_API_ZPK, scheme)["key_under_lmk"])
+    zak = str(_form_key(admin, "008", DEMO_API_ZAK, scheme)["key_under_lmk"])
+    admin.run(
+        "switch", "link", "add", API_LINK_NAME, "--direction", "in", "--institution-id",
+        app.config.api.institution_id, "--scheme", profile, "--zpk", zpk, "--zak", zak, "--replace", "--yes",
+    )
+    admin.run("api", "link", "set", "--scheme", profile, "--zpk", zpk, "--zak", zak)
 
 
 def _form_key(admin: Admin, key_type: str, clear: str, scheme: str) -> dict[str, Any]:
