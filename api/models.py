@@ -49,6 +49,6 @@ def parse_id(kind: str, text: str) -> int:
     wrong id reads as "no such card", never as a validation error quoting it."""
     prefix = PREFIXES[kind] + "_"
     digits = text[len(prefix):] if text.startswith(prefix) else text
-    if not digits.isdigit() or len(digits) > 18:
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:  # "³" is a digit to isdigit
         raise Problem("not-found", f"no {kind} with that id")
     return int(digits)

@@ -202,7 +202,7 @@ async def list_events(
     card_id: int | None = None
     if card is not None:
         digits = card.removeprefix("card_")
-        if not digits.isdigit() or len(digits) > 18:
+        if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
             raise _invalid("card", "a card id such as card_504")
         card_id = int(digits)
     rows = await state.pool.run(partial(
