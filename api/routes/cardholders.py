@@ -40,6 +40,8 @@ assert get_args(Level) == kyc.LEVELS
 assert get_args(AmlStatus) == cardholders.AML_STATUSES
 assert get_args(CardholderState) == cardholders.STATES
 
+# Text fields: no control characters (a NUL cannot be stored; a tab or newline has no place in a name).
+TEXT = r"^[^\x00-\x1f\x7f]*$"
 CardholderId = Annotated[str, Path(description="The cardholder's id", examples=["ch_12"])]
 Reader = Annotated[Caller, Depends(require("cards:read"))]
 Writer = Annotated[Caller, Depends(require("cardholders:write"))]
@@ -59,16 +61,34 @@ def _pii_valid(kind: pii.Kind, value: str | None) -> str | None:
 class _Identity(Model):
     id_type: IdType | None = Field(None, description="The identity document's type (with `id_number`)")
     id_number: str | None = Field(
-        None, max_length=64, description="The document's number: sealed by the HSM, only its masked form is "
-        "ever shown", examples=["110101199003071234"],
+        None,
+        max_length=64,
+        pattern=TEXT,
+        description="The document's number: sealed by the HSM, only its masked form is ever shown",
+        examples=["110101199003071234"],
     )
-    phone: str | None = Field(None, max_length=32, description="Phone number (sealed; shown as 138****5678)",
-                              examples=["13800138000"])
-    email: str | None = Field(None, max_length=254, description="E-mail address (sealed; shown as "
-                              "a***@example.com)", examples=["alice@example.com"])
+    phone: str | None = Field(
+        None,
+        max_length=32,
+        pattern=TEXT,
+        description="Phone number (sealed; shown as 138****5678)",
+        examples=["13800138000"],
+    )
+    email: str | None = Field(
+        None,
+        max_length=254,
+        pattern=TEXT,
+        description="E-mail address (sealed; shown as a***@example.com)",
+        examples=["alice@example.com"],
+    )
     birth_date: dt.date | None = Field(None, description="Date of birth", examples=["1990-03-07"])
-    address: str | None = Field(None, max_length=500, description="Postal address, one line",
-                                examples=["1 Zhongguancun St, Haidian, Beijing"])
+    address: str | None = Field(
+        None,
+        max_length=500,
+        pattern=TEXT,
+        description="Postal address, one line",
+        examples=["1 Zhongguancun St, Haidian, Beijing"],
+    )
 
     @field_validator("id_number")
     @classmethod
@@ -114,7 +134,9 @@ class CardholderCreate(_Identity):
     """A cardholder to register. With an ID (`id_type` and `id_number`) they are `named` at once, else
     `anonymous`; every registration is screened against the AML watch lists."""
 
-    name: str = Field(max_length=400, description="The name, as on the ID", examples=["Wang Fang"])
+    name: str = Field(
+        max_length=400, pattern=TEXT, description="The name, as on the ID", examples=["Wang Fang"]
+    )
 
     @field_validator("name")
     @classmethod
@@ -127,7 +149,7 @@ class CardholderUpdate(_Identity):
     """The fields to change (at least one); a field left out or null keeps its value. A name or birth
     date change is screened again; a new ID makes an anonymous or verified cardholder `named`."""
 
-    name: str | None = Field(None, max_length=400, description="The name, as on the ID")
+    name: str | None = Field(None, max_length=400, pattern=TEXT, description="The name, as on the ID")
 
     @field_validator("name")
     @classmethod
@@ -191,11 +213,19 @@ class KycSubmissionIn(Model):
 
     level: Level = Field(description="The level asked for", examples=["verified"])
     document_check: Literal["passed", "failed"] | None = Field(
-        None, description="The programme's check of the identity document (with level verified only)")
+        None, description="The programme's check of the identity document (with level verified only)"
+    )
     id_type: IdType | None = Field(None, description="The identity document checked (with `id_number`)")
-    id_number: str | None = Field(None, max_length=64, description="Its number (sealed, never shown)")
-    reason: str = Field(min_length=1, max_length=500, description="Why: kept with the decision",
-                        examples=["passport checked in branch"])
+    id_number: str | None = Field(
+        None, max_length=64, pattern=TEXT, description="Its number (sealed, never shown)"
+    )
+    reason: str = Field(
+        min_length=1,
+        max_length=500,
+        pattern=TEXT,
+        description="Why: kept with the decision",
+        examples=["passport checked in branch"],
+    )
 
     @field_validator("id_number")
     @classmethod
@@ -230,7 +260,7 @@ class KycDecision(Model):
 
 
 class CloseRequest(Model):
-    reason: str = Field("", max_length=500, description="Why (kept with the KYC events)")
+    reason: str = Field("", max_length=500, pattern=TEXT, description="Why (kept with the KYC events)")
 
 
 # -- helpers --------------------------------------------------------------------------------------------
@@ -264,8 +294,21 @@ def _view(state: ApiState, r: dict[str, Any]) -> dict[str, Any]:
     tz = state.timezone
     return {
         "id": public_id("cardholder", int(r["id"])),
-        **{k: r[k] for k in ("name", "id_type", "id_number_masked", "phone_masked", "email_masked",
-                             "birth_date", "kyc_level", "tier", "aml_status", "state")},
+        **{
+            k: r[k]
+            for k in (
+                "name",
+                "id_type",
+                "id_number_masked",
+                "phone_masked",
+                "email_masked",
+                "birth_date",
+                "kyc_level",
+                "tier",
+                "aml_status",
+                "state",
+            )
+        },
         "address": r["address"] or "",
         "card_count": int(r["cards"]),
         "created_at": iso_local(r["created_at"], tz),
@@ -274,17 +317,29 @@ def _view(state: ApiState, r: dict[str, Any]) -> dict[str, Any]:
 
 
 def _event(state: ApiState, e: dict[str, Any]) -> KycEvent:
-    return KycEvent(id=int(e["id"]), at=str(iso_local(e["at"], state.timezone)), decision=e["decision"],
-                    from_level=e["from_level"], to_level=e["to_level"], actor=e["actor"],
-                    reason=e["reason"] or "")
+    return KycEvent(
+        id=int(e["id"]),
+        at=str(iso_local(e["at"], state.timezone)),
+        decision=e["decision"],
+        from_level=e["from_level"],
+        to_level=e["to_level"],
+        actor=e["actor"],
+        reason=e["reason"] or "",
+    )
 
 
 async def _detail_of(state: ApiState, cid: int) -> CardholderDetail:
     r = await state.pool.run(cardholders.show_cardholder, cid)
     cards = [
-        OwnedCard(id=public_id("card", int(c["id"])), label=c["label"], pan_masked=c["pan_masked"],
-                  state=c["state"], form=c["form"], product=c["product"],
-                  balance=Money(amount=int(c["balance"]), currency=currency_alpha(c["currency"])))
+        OwnedCard(
+            id=public_id("card", int(c["id"])),
+            label=c["label"],
+            pan_masked=c["pan_masked"],
+            state=c["state"],
+            form=c["form"],
+            product=c["product"],
+            balance=Money(amount=int(c["balance"]), currency=currency_alpha(c["currency"])),
+        )
         for c in r["owned_cards"]
     ]
     return CardholderDetail(**_view(state, r), cards=cards)
@@ -299,17 +354,28 @@ _ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "No cardholder 
 
 
 # -- routes ---------------------------------------------------------------------------------------------
-@router.post("", status_code=201, response_model=Cardholder, summary="Register a cardholder",
-             responses={409: {"description": "A live cardholder holds that ID number already"}})
+@router.post(
+    "",
+    status_code=201,
+    response_model=Cardholder,
+    summary="Register a cardholder",
+    responses={409: {"description": "A live cardholder holds that ID number already"}},
+)
 async def create_cardholder(body: CardholderCreate, state: State, caller: Writer) -> Cardholder:
     _no_merchant_key(caller)
     new = cardholders.NewCardholder(
-        name=body.name, id_type=body.id_type, id_number=body.id_number, phone=body.phone, email=body.email,
-        birth_date=body.birth_date, address=body.address or "",
+        name=body.name,
+        id_type=body.id_type,
+        id_number=body.id_number,
+        phone=body.phone,
+        email=body.email,
+        birth_date=body.birth_date,
+        address=body.address or "",
     )
     try:
-        done = await cardholders.register(state.pool, state.crypto, new, caller.actor,
-                                          aml_threshold=state.config.aml.threshold)
+        done = await cardholders.register(
+            state.pool, state.crypto, new, caller.actor, aml_threshold=state.config.aml.threshold
+        )
     except CardholderError as exc:
         raise _conflict(exc) from None
     return await _one(state, done.cardholder_id)
@@ -319,31 +385,47 @@ async def create_cardholder(body: CardholderCreate, state: State, caller: Writer
 async def search_cardholders(
     state: State,
     caller: Reader,
-    name: Annotated[str | None, Query(max_length=200, description="Part of the name (any case)")] = None,
-    phone: Annotated[str | None, Query(max_length=32, description="A phone number (exact)")] = None,
-    email: Annotated[str | None, Query(max_length=254, description="An e-mail address (exact)")] = None,
-    id_number: Annotated[str | None, Query(max_length=64, description="An ID number (exact)")] = None,
+    name: Annotated[
+        str | None, Query(max_length=200, pattern=TEXT, description="Part of the name (any case)")
+    ] = None,
+    phone: Annotated[
+        str | None, Query(max_length=32, pattern=TEXT, description="A phone number (exact)")
+    ] = None,
+    email: Annotated[
+        str | None, Query(max_length=254, pattern=TEXT, description="An e-mail address (exact)")
+    ] = None,
+    id_number: Annotated[
+        str | None, Query(max_length=64, pattern=TEXT, description="An ID number (exact)")
+    ] = None,
     kyc_level: Annotated[Level | None, Query(description="KYC level")] = None,
     aml_status: Annotated[AmlStatus | None, Query(description="AML status")] = None,
     state_: Annotated[CardholderState | None, Query(alias="state", description="active or closed")] = None,
-    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$", description="`next_cursor` of the "
-                                        "previous page")] = None,
+    cursor: Annotated[
+        str | None, Query(pattern=r"^[0-9]{1,18}$", description="`next_cursor` of the previous page")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=100, description="Page size")] = 20,
 ) -> Page[Cardholder]:
     """Every filter given must match. Phone, e-mail and ID number are looked up by their keyed hash
     (exact, after normalisation: `+86 138-0013-8000` finds `13800138000`)."""
     _no_merchant_key(caller)
     searched: tuple[tuple[pii.Kind, str | None], ...] = (
-        ("phone", phone), ("email", email), ("id_number", id_number))
+        ("phone", phone),
+        ("email", email),
+        ("id_number", id_number),
+    )
     for field, value in searched:
         try:
             _pii_valid(field, value)
         except ValueError as exc:
-            raise Problem("validation-error", f"{field}: {exc}",
-                          errors=[{"field": field, "message": str(exc)}]) from None
+            raise Problem(
+                "validation-error", f"{field}: {exc}", errors=[{"field": field, "message": str(exc)}]
+            ) from None
     if name is not None and not cardholders.name_key(name):
-        raise Problem("validation-error", "name: give part of the name",
-                      errors=[{"field": "name", "message": "give part of the name"}])
+        raise Problem(
+            "validation-error",
+            "name: give part of the name",
+            errors=[{"field": "name", "message": "give part of the name"}],
+        )
     flt = cardholders.Filter(name, phone, email, id_number, kyc_level, aml_status, state_)
     try:
         page = await cardholders.list_cardholders(state.pool, state.crypto, flt, after=cursor, limit=limit)
@@ -352,54 +434,83 @@ async def search_cardholders(
     return Page[Cardholder](data=[Cardholder(**_view(state, r)) for r in page.rows], next_cursor=page.next)
 
 
-@router.get("/{cardholder_id}", response_model=CardholderDetail, summary="Get a cardholder",
-            responses=_ERRORS)
+@router.get(
+    "/{cardholder_id}", response_model=CardholderDetail, summary="Get a cardholder", responses=_ERRORS
+)
 async def get_cardholder(cardholder_id: CardholderId, state: State, caller: Reader) -> CardholderDetail:
     """The cardholder (personal data masked) and the cards they own."""
     _no_merchant_key(caller)
     return await _detail_of(state, await _existing(state, cardholder_id))
 
 
-@router.patch("/{cardholder_id}", response_model=Cardholder, summary="Update a cardholder",
-              responses={**_ERRORS, 409: {"description": "Closed, or the ID number is another's"}})
+@router.patch(
+    "/{cardholder_id}",
+    response_model=Cardholder,
+    summary="Update a cardholder",
+    responses={**_ERRORS, 409: {"description": "Closed, or the ID number is another's"}},
+)
 async def update_cardholder(
     cardholder_id: CardholderId, body: CardholderUpdate, state: State, caller: Writer
 ) -> Cardholder:
     _no_merchant_key(caller)
     cid = await _existing(state, cardholder_id)
-    changes = cardholders.Changes(body.name, body.id_type, body.id_number, body.phone, body.email,
-                                  body.birth_date, body.address)
+    changes = cardholders.Changes(
+        body.name, body.id_type, body.id_number, body.phone, body.email, body.birth_date, body.address
+    )
     try:
-        await cardholders.update_cardholder(state.pool, state.crypto, cid, changes, caller.actor,
-                                            aml_threshold=state.config.aml.threshold)
+        await cardholders.update_cardholder(
+            state.pool, state.crypto, cid, changes, caller.actor, aml_threshold=state.config.aml.threshold
+        )
     except CardholderError as exc:
         raise _conflict(exc) from None
     return await _one(state, cid)
 
 
-@router.post("/{cardholder_id}/kyc", response_model=KycDecision, summary="Submit KYC",
-             responses={**_ERRORS, 409: {"description": "The cardholder's state or level refuses it"}})
+@router.post(
+    "/{cardholder_id}/kyc",
+    response_model=KycDecision,
+    summary="Submit KYC",
+    responses={**_ERRORS, 409: {"description": "The cardholder's state or level refuses it"}},
+)
 async def submit_kyc(
     cardholder_id: CardholderId, body: KycSubmissionIn, state: State, caller: Writer
 ) -> KycDecision:
     """Decided at once; a card's limits follow from its next request."""
     _no_merchant_key(caller)
     cid = await _existing(state, cardholder_id)
-    sub = cardholders.KycSubmission(level=body.level, reason=body.reason, document_check=body.document_check,
-                                    id_type=body.id_type, id_number=body.id_number)
+    sub = cardholders.KycSubmission(
+        level=body.level,
+        reason=body.reason,
+        document_check=body.document_check,
+        id_type=body.id_type,
+        id_number=body.id_number,
+    )
     try:
-        d = await cardholders.submit_kyc(state.pool, state.crypto, cid, sub, caller.actor,
-                                         aml_threshold=state.config.aml.threshold)
+        d = await cardholders.submit_kyc(
+            state.pool, state.crypto, cid, sub, caller.actor, aml_threshold=state.config.aml.threshold
+        )
     except CardholderError as exc:
         raise _conflict(exc) from None
-    return KycDecision(cardholder_id=public_id("cardholder", cid), decision=d.decision,
-                       from_level=d.from_level, kyc_level=d.to_level,  # type: ignore[arg-type]
-                       event_id=d.event_id, at=str(iso_local(d.at, state.timezone)), actor=d.actor,
-                       reason=d.reason)
+    return KycDecision.model_validate(
+        {
+            "cardholder_id": public_id("cardholder", cid),
+            "decision": d.decision,
+            "from_level": d.from_level,
+            "kyc_level": d.to_level,
+            "event_id": d.event_id,
+            "at": iso_local(d.at, state.timezone),
+            "actor": d.actor,
+            "reason": d.reason,
+        }
+    )
 
 
-@router.get("/{cardholder_id}/kyc", response_model=Page[KycEvent], summary="A cardholder's KYC events",
-            responses=_ERRORS)
+@router.get(
+    "/{cardholder_id}/kyc",
+    response_model=Page[KycEvent],
+    summary="A cardholder's KYC events",
+    responses=_ERRORS,
+)
 async def kyc_events(cardholder_id: CardholderId, state: State, caller: Reader) -> Page[KycEvent]:
     """Every KYC event, oldest first: registration, decisions, ID changes, the closing (one page)."""
     _no_merchant_key(caller)
@@ -407,8 +518,12 @@ async def kyc_events(cardholder_id: CardholderId, state: State, caller: Reader) 
     return Page[KycEvent](data=[_event(state, e) for e in r["kyc_events"]], next_cursor=None)
 
 
-@router.post("/{cardholder_id}/close", response_model=Cardholder, summary="Close a cardholder",
-             responses={**_ERRORS, 409: {"description": "Closed already, or owns cards not closed"}})
+@router.post(
+    "/{cardholder_id}/close",
+    response_model=Cardholder,
+    summary="Close a cardholder",
+    responses={**_ERRORS, 409: {"description": "Closed already, or owns cards not closed"}},
+)
 async def close_cardholder(
     cardholder_id: CardholderId, state: State, caller: Writer, body: CloseRequest | None = None
 ) -> Cardholder:

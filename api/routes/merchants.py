@@ -7,6 +7,7 @@ a key cannot probe which merchants exist. Terminal keys (TMK and its check value
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, Depends, Path, Query
@@ -29,10 +30,12 @@ assert set(get_args(MerchantState)) == set(directory.MERCHANT_STATES)
 assert get_args(TerminalState) == directory.TERMINAL_STATES
 
 Reader = Annotated[Caller, Depends(require("cards:read"))]
-MerchantId = Annotated[str, Path(max_length=15, description="The merchant id (DE42)",
-                                 examples=["898330160120001"])]
-Cursor = Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$",
-                                     description="`next_cursor` of the previous page")]
+MerchantId = Annotated[str, Path(description="The merchant id (DE42)", examples=["898330160120001"])]
+Cursor = Annotated[
+    str | None, Query(pattern=r"^[0-9]{1,18}$", description="`next_cursor` of the previous page")
+]
+TEXT = r"^[^\x00-\x1f\x7f]*$"  # no control characters (a NUL cannot be a query's text)
+DE42 = re.compile(r"[ -~]{1,15}")
 Limit = Annotated[int, Query(ge=1, le=100, description="Page size")]
 _ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "No merchant with that id (for this key)"}}
 
@@ -75,8 +78,11 @@ class Terminal(Model):
 
 
 def _visible(caller: Caller, merchant_id: str) -> None:
-    """A merchant-bound key sees its own merchant only: another is "not found", never "forbidden"."""
-    if caller.merchant_id is not None and caller.merchant_id != merchant_id:
+    """A merchant-bound key sees its own merchant only: another is "not found", never "forbidden" (as a
+    merchant id that cannot be one is)."""
+    if not DE42.fullmatch(merchant_id) or (
+        caller.merchant_id is not None and caller.merchant_id != merchant_id
+    ):
         raise Problem("not-found", "no merchant with that id")
 
 
@@ -91,16 +97,26 @@ async def _merchant(state: ApiState, caller: Caller, merchant_id: str) -> dict[s
 
 def _merchant_view(state: ApiState, r: dict[str, Any]) -> dict[str, Any]:
     return {
-        "merchant_id": r["merchant_id"], "name": r["name"], "mcc": r["mcc"], "group": r["group_code"],
-        "acquirer_id": r["acquirer_id"], "currency": currency_alpha(r["currency"]),
-        "fee_rate_bps": r["fee_rate_bps"], "state": r["state"], "store_count": int(r["stores"]),
-        "terminal_count": int(r["terminals"]), "created_at": iso_local(r["created_at"], state.timezone),
+        "merchant_id": r["merchant_id"],
+        "name": r["name"],
+        "mcc": r["mcc"],
+        "group": r["group_code"],
+        "acquirer_id": r["acquirer_id"],
+        "currency": currency_alpha(r["currency"]),
+        "fee_rate_bps": r["fee_rate_bps"],
+        "state": r["state"],
+        "store_count": int(r["stores"]),
+        "terminal_count": int(r["terminals"]),
+        "created_at": iso_local(r["created_at"], state.timezone),
     }
 
 
 def _bad_cursor(exc: Exception) -> Problem:
-    return Problem("validation-error", "cursor: give the next_cursor of the previous page",
-                   errors=[{"field": "cursor", "message": "give the next_cursor of the previous page"}])
+    return Problem(
+        "validation-error",
+        "cursor: give the next_cursor of the previous page",
+        errors=[{"field": "cursor", "message": "give the next_cursor of the previous page"}],
+    )
 
 
 @router.get("", response_model=Page[Merchant], summary="List merchants")
@@ -109,8 +125,12 @@ async def list_merchants(
     caller: Reader,
     state_: Annotated[MerchantState | None, Query(alias="state", description="Merchant state")] = None,
     mcc: Annotated[str | None, Query(pattern=r"^[0-9]{4}$", description="Merchant category code")] = None,
-    group: Annotated[str | None, Query(max_length=64, description="Merchant group code")] = None,
-    name: Annotated[str | None, Query(max_length=100, description="Part of the name (any case)")] = None,
+    group: Annotated[
+        str | None, Query(max_length=64, pattern=TEXT, description="Merchant group code")
+    ] = None,
+    name: Annotated[
+        str | None, Query(max_length=100, pattern=TEXT, description="Part of the name (any case)")
+    ] = None,
     cursor: Cursor = None,
     limit: Limit = 20,
 ) -> Page[Merchant]:
@@ -118,27 +138,36 @@ async def list_merchants(
     try:
         page = await state.pool.run(
             lambda conn: directory.list_merchants(
-                conn, state=state_, mcc=mcc, group=group, name=name, merchant_id=caller.merchant_id,
-                after=cursor, limit=limit,
+                conn,
+                state=state_,
+                mcc=mcc,
+                group=group,
+                name=name,
+                merchant_id=caller.merchant_id,
+                after=cursor,
+                limit=limit,
             )
         )
     except CatalogError as exc:
         raise _bad_cursor(exc) from None
-    return Page[Merchant](data=[Merchant(**_merchant_view(state, r)) for r in page.rows],
-                          next_cursor=page.next)
+    return Page[Merchant](
+        data=[Merchant(**_merchant_view(state, r)) for r in page.rows], next_cursor=page.next
+    )
 
 
 @router.get("/{merchant_id}", response_model=MerchantDetail, summary="Get a merchant", responses=_ERRORS)
 async def get_merchant(merchant_id: MerchantId, state: State, caller: Reader) -> MerchantDetail:
     r = await _merchant(state, caller, merchant_id)
     return MerchantDetail(
-        **_merchant_view(state, r), store_codes=list(r["store_codes"]),
+        **_merchant_view(state, r),
+        store_codes=list(r["store_codes"]),
         payable=Money(amount=int(r["payable"]), currency=currency_alpha(r["currency"])),
     )
 
 
-@router.get("/{merchant_id}/stores", response_model=Page[Store], summary="A merchant's stores",
-            responses=_ERRORS)
+@router.get(
+    "/{merchant_id}/stores", response_model=Page[Store], summary="A merchant's stores", responses=_ERRORS
+)
 async def list_stores(
     merchant_id: MerchantId, state: State, caller: Reader, cursor: Cursor = None, limit: Limit = 20
 ) -> Page[Store]:
@@ -152,21 +181,31 @@ async def list_stores(
     tz = state.timezone
     return Page[Store](
         data=[
-            Store(merchant_id=r["merchant_id"], code=r["code"], name=r["name"], address=r["address"],
-                  terminal_count=int(r["terminals"]), created_at=str(iso_local(r["created_at"], tz)))
+            Store(
+                merchant_id=r["merchant_id"],
+                code=r["code"],
+                name=r["name"],
+                address=r["address"],
+                terminal_count=int(r["terminals"]),
+                created_at=str(iso_local(r["created_at"], tz)),
+            )
             for r in page.rows
         ],
         next_cursor=page.next,
     )
 
 
-@router.get("/{merchant_id}/terminals", response_model=Page[Terminal], summary="A merchant's terminals",
-            responses=_ERRORS)
+@router.get(
+    "/{merchant_id}/terminals",
+    response_model=Page[Terminal],
+    summary="A merchant's terminals",
+    responses=_ERRORS,
+)
 async def list_terminals(
     merchant_id: MerchantId,
     state: State,
     caller: Reader,
-    store: Annotated[str | None, Query(max_length=32, description="A store's code")] = None,
+    store: Annotated[str | None, Query(max_length=32, pattern=TEXT, description="A store's code")] = None,
     state_: Annotated[TerminalState | None, Query(alias="state", description="Terminal state")] = None,
     cursor: Cursor = None,
     limit: Limit = 20,
@@ -174,16 +213,23 @@ async def list_terminals(
     await _merchant(state, caller, merchant_id)
     try:
         page = await state.pool.run(
-            lambda conn: directory.list_terminals(conn, merchant=merchant_id, store=store, state=state_,
-                                                  after=cursor, limit=limit)
+            lambda conn: directory.list_terminals(
+                conn, merchant=merchant_id, store=store, state=state_, after=cursor, limit=limit
+            )
         )
     except CatalogError as exc:
         raise _bad_cursor(exc) from None
     tz = state.timezone
     return Page[Terminal](
         data=[
-            Terminal(terminal_id=r["terminal_id"], merchant_id=r["merchant_id"], store=r["store"],
-                     scheme=r["scheme"], state=r["state"], created_at=str(iso_local(r["created_at"], tz)))
+            Terminal(
+                terminal_id=r["terminal_id"],
+                merchant_id=r["merchant_id"],
+                store=r["store"],
+                scheme=r["scheme"],
+                state=r["state"],
+                created_at=str(iso_local(r["created_at"], tz)),
+            )
             for r in page.rows
         ],
         next_cursor=page.next,

@@ -44,9 +44,19 @@ def test_cardholder_lifecycle(live: System, make_client: Any) -> None:
     p = person()
     seen: list[str] = []
 
-    r = post(c, "/v1/cardholders", {"name": p["name"], "id_type": "resident_id", "id_number": p["id_number"],
-                                    "phone": p["phone"], "email": p["email"], "birth_date": "1990-03-07",
-                                    "address": "1 Zhongguancun St"})
+    r = post(
+        c,
+        "/v1/cardholders",
+        {
+            "name": p["name"],
+            "id_type": "resident_id",
+            "id_number": p["id_number"],
+            "phone": p["phone"],
+            "email": p["email"],
+            "birth_date": "1990-03-07",
+            "address": "1 Zhongguancun St",
+        },
+    )
     assert r.status_code == 201, r.text
     seen.append(r.text)
     ch = r.json()
@@ -82,8 +92,11 @@ def test_cardholder_lifecycle(live: System, make_client: Any) -> None:
     assert r.status_code == 200, r.text
     assert r.json()["address"] == "2 Chang'an Ave" and r.json()["phone_masked"] == "139****0001"
 
-    r = post(c, f"/v1/cardholders/{cid}/kyc", {"level": "verified", "document_check": "passed",
-                                               "reason": "ID card checked at the counter"})
+    r = post(
+        c,
+        f"/v1/cardholders/{cid}/kyc",
+        {"level": "verified", "document_check": "passed", "reason": "ID card checked at the counter"},
+    )
     assert r.status_code == 200, r.text
     d = r.json()
     assert (d["decision"], d["from_level"], d["kyc_level"]) == ("approved", "named", "verified")
@@ -123,12 +136,18 @@ def test_anonymous_then_named_by_kyc_and_downgrade(make_client: Any) -> None:
     r = post(c, f"/v1/cardholders/{cid}/kyc", {"level": "named", "reason": "no ID"})
     assert r.status_code == 409, r.text
     passport = "E1234" + p["id_number"][-8:]
-    r = post(c, f"/v1/cardholders/{cid}/kyc",
-             {"level": "named", "id_type": "passport", "id_number": passport, "reason": "passport"})
+    r = post(
+        c,
+        f"/v1/cardholders/{cid}/kyc",
+        {"level": "named", "id_type": "passport", "id_number": passport, "reason": "passport"},
+    )
     assert r.status_code == 200, r.text
     assert (r.json()["decision"], r.json()["kyc_level"]) == ("id_changed", "named")
-    r = post(c, f"/v1/cardholders/{cid}/kyc", {"level": "verified", "document_check": "failed",
-                                               "reason": "photo does not match"})
+    r = post(
+        c,
+        f"/v1/cardholders/{cid}/kyc",
+        {"level": "verified", "document_check": "failed", "reason": "photo does not match"},
+    )
     assert (r.json()["decision"], r.json()["kyc_level"]) == ("rejected", "named")
     r = post(c, f"/v1/cardholders/{cid}/kyc", {"level": "anonymous", "reason": "document withdrawn"})
     assert r.status_code == 200, r.text
@@ -140,10 +159,17 @@ def test_anonymous_then_named_by_kyc_and_downgrade(make_client: Any) -> None:
 def test_bad_input_names_the_field_never_the_value(make_client: Any) -> None:
     c = make_client(WRITE)
     p = person()
-    for field, bad in (("phone", "12ab-secret-999"), ("id_number", "!!secret-id-77!!"),
-                       ("email", "secret.no.at.sign"), ("birth_date", "1850-01-01")):
-        r = post(c, "/v1/cardholders", {"name": p["name"], field: bad,
-                                        **({"id_type": "resident_id"} if field == "id_number" else {})})
+    for field, bad in (
+        ("phone", "12ab-secret-999"),
+        ("id_number", "!!secret-id-77!!"),
+        ("email", "secret.no.at.sign"),
+        ("birth_date", "1850-01-01"),
+    ):
+        r = post(
+            c,
+            "/v1/cardholders",
+            {"name": p["name"], field: bad, **({"id_type": "resident_id"} if field == "id_number" else {})},
+        )
         assert r.status_code == 422, r.text
         assert r.headers["content-type"].startswith("application/problem+json")
         assert [e["field"] for e in r.json()["errors"]] == [field]
@@ -157,6 +183,9 @@ def test_bad_input_names_the_field_never_the_value(make_client: Any) -> None:
     assert r.status_code == 422
     r = c.patch("/v1/cardholders/ch_1", json={})
     assert r.status_code == 422
+    assert post(c, "/v1/cardholders", {"name": "Wang\x00Fang"}).status_code == 422  # a NUL is no 500
+    assert post(c, "/v1/cardholders", {"name": "Wang", "email": "a\x00@example.com"}).status_code == 422
+    assert c.get("/v1/cardholders", params={"name": "a\x00"}).status_code == 422
     r = c.get("/v1/cardholders", params={"cursor": "abc"})
     assert r.status_code == 422
 
@@ -170,8 +199,11 @@ def test_duplicate_id_unknown_ids_and_pages(make_client: Any) -> None:
     r = post(c, "/v1/cardholders", {**body, "name": p["name"] + " Jr"})
     assert r.status_code == 409, r.text
     assert p["id_number"] not in r.text
-    for path in ("/v1/cardholders/ch_999999999", "/v1/cardholders/nonsense",
-                 "/v1/cardholders/ch_99999999/kyc"):
+    for path in (
+        "/v1/cardholders/ch_999999999",
+        "/v1/cardholders/nonsense",
+        "/v1/cardholders/ch_99999999/kyc",
+    ):
         r = c.get(path)
         assert r.status_code == 404, (path, r.text)
     assert post(c, "/v1/cardholders/ch_999999999/close").status_code == 404
@@ -181,8 +213,10 @@ def test_duplicate_id_unknown_ids_and_pages(make_client: Any) -> None:
     got: list[str] = []
     cursor = None
     while True:
-        r = c.get("/v1/cardholders", params={"name": f"{base} page", "limit": 2,
-                                             **({"cursor": cursor} if cursor else {})})
+        r = c.get(
+            "/v1/cardholders",
+            params={"name": f"{base} page", "limit": 2, **({"cursor": cursor} if cursor else {})},
+        )
         assert r.status_code == 200, r.text
         got += [h["id"] for h in r.json()["data"]]
         cursor = r.json()["next_cursor"]

@@ -64,6 +64,9 @@ def test_programme_key_reads_merchants_stores_terminals(live: System, make_clien
 
     assert c.get("/v1/merchants/000000000000000").status_code == 404
     assert c.get("/v1/merchants/000000000000000/terminals").status_code == 404
+    assert c.get("/v1/merchants", params={"name": "a\x00"}).status_code == 422  # a NUL is no 500
+    assert c.get("/v1/merchants/%00%01").status_code == 404
+    assert c.get("/v1/merchants/" + "9" * 40).status_code == 404
     assert c.get("/v1/merchants", params={"cursor": "x"}).status_code == 422
     assert c.get("/v1/merchants", params={"limit": 101}).status_code == 422
 
@@ -78,8 +81,11 @@ def test_merchant_bound_key_sees_only_its_own(live: System, make_client: Any) ->
     assert shop.get(f"/v1/merchants/{MERCHANT_ID}").status_code == 200
     assert shop.get(f"/v1/merchants/{MERCHANT_ID}/stores").status_code == 200
     assert shop.get(f"/v1/merchants/{MERCHANT_ID}/terminals").status_code == 200
-    for path in (f"/v1/merchants/{other}", f"/v1/merchants/{other}/stores",
-                 f"/v1/merchants/{other}/terminals"):
+    for path in (
+        f"/v1/merchants/{other}",
+        f"/v1/merchants/{other}/stores",
+        f"/v1/merchants/{other}/terminals",
+    ):
         r = shop.get(path)
         assert r.status_code == 404, (path, r.text)
         assert r.json()["type"].endswith("/not-found") and other not in r.json().get("detail", "")
