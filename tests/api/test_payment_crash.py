@@ -149,3 +149,29 @@ def test_never_retried_is_reversed(system: System) -> None:
     assert [r["state"] for r in rows] == ["reversed"]
     assert available(system, cid) == 10000
     system.cli("ledger", "check")
+
+
+def test_link_down_is_503_and_the_link_comes_back(system: System) -> None:
+    """The switch gone: nothing is sent, 503 switch-unavailable, no payment kept; the link reconnects
+    (with backoff) once the switch is back, and the same key then pays."""
+    client = new_client(system, ["payments:write"])
+    cid = new_card(system)
+    code = json.loads(system.cli("--json", "card", "code", str(cid)).stdout)["code"]
+    body = {"payment_code": code, "amount": {"amount": 700, "currency": "CNY"}, "merchant_id": MERCHANT}
+    key = uuid.uuid4().hex
+    system.kill_service("switch")
+    try:
+        deadline = time.monotonic() + 30
+        while httpx.get(system.api_url + "/readyz", timeout=5).status_code == 200:
+            assert time.monotonic() < deadline, "the API did not notice the switch is gone"
+            time.sleep(0.2)
+        r = client.post("/v1/payments", json=body, headers={"Idempotency-Key": key})
+        assert r.status_code == 503, r.text
+        assert r.json()["type"].endswith("/switch-unavailable") and code not in r.text
+        assert payment_rows(system, client.headers["x-test-client"]) == []
+    finally:
+        system.start_service("switch")
+    wait_ready(system)
+    r = client.post("/v1/payments", json=body, headers={"Idempotency-Key": key})
+    assert r.status_code == 201 and r.json()["status"] == "approved", r.text
+    assert available(system, cid) == 10000 - 700
