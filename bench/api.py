@@ -2,6 +2,7 @@
 
     python -m bench api            # or: python -m bench.api --duration 20 --clients 64
     python -m bench.api --quick    # a smoke run (< 30 s on a quiet machine): it completes and prints
+    BENCH_WRAPPERS='{"api": ["-m", "cProfile", "-o", "api.prof"]}' python -m bench.api --keep
 
 Starts the real processes in a scratch folder (``pos.system.System``: embedded PostgreSQL, hsm_sim,
 host, switch and ``api serve``), seeds the demo programme and its load pool, then in this process:
@@ -209,7 +210,8 @@ def main(argv: list[str]) -> int:
         print(f"bench.api: skipped, this build lacks: {', '.join(missing)}")
         return 0
     codes_needed = args.codes or int(1500 * (args.duration + args.warmup)) + 1000
-    system = System(keep=args.keep, settings={"host.payment_code_seconds": "3600"})
+    system = System(keep=args.keep, settings={"host.payment_code_seconds": "3600"},
+                    wrappers=json.loads(os.environ.get("BENCH_WRAPPERS", "{}")))
     try:
         t0 = time.perf_counter()
         terminals = max(args.terminals, 1)
