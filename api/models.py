@@ -23,6 +23,11 @@ PREFIXES = {"card": "card", "cardholder": "ch", "merchant": "mer", "webhook": "w
             "code": "code", "client": "cli"}
 
 
+# The pattern of any text a request gives the database: no control characters (a NUL cannot be stored,
+# and a tab or newline has no place in a name or a query; a 422, never a database error).
+TEXT = r"^[^\x00-\x1f\x7f]*$"
+
+
 class Model(BaseModel):
     """Every request and response model: unknown members in a request are refused (a typo is a 422,
     not silently ignored)."""

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from pydantic import Field, field_validator, model_validator
 
 from api.auth import Caller, require
-from api.models import Model, Money, Page, parse_id, public_id
+from api.models import TEXT, Model, Money, Page, parse_id, public_id
 from api.problems import Problem
 from api.state import ApiState, State
 from host import cardholders, kyc, pii
@@ -40,8 +40,6 @@ assert get_args(Level) == kyc.LEVELS
 assert get_args(AmlStatus) == cardholders.AML_STATUSES
 assert get_args(CardholderState) == cardholders.STATES
 
-# Text fields: no control characters (a NUL cannot be stored; a tab or newline has no place in a name).
-TEXT = r"^[^\x00-\x1f\x7f]*$"
 CardholderId = Annotated[str, Path(description="The cardholder's id", examples=["ch_12"])]
 Reader = Annotated[Caller, Depends(require("cards:read"))]
 Writer = Annotated[Caller, Depends(require("cardholders:write"))]

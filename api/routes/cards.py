@@ -22,7 +22,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import AwareDatetime, Field
 
 from api.auth import Caller, require
-from api.models import Model, Money, Page, parse_id, public_id
+from api.models import TEXT, Model, Money, Page, parse_id, public_id
 from api.problems import Problem
 from api.state import ApiState, State
 from host import cardholders, catalog, controls, directory, rules
@@ -164,7 +164,8 @@ class CardChanged(Model):
 
 # -- issue, get, list ------------------------------------------------------------------------------
 class CardIssue(Model):
-    product: str = Field(min_length=1, max_length=32, description="the product's code", examples=["CAMPUS"])
+    product: str = Field(min_length=1, max_length=32, pattern=TEXT, description="the product's code",
+                         examples=["CAMPUS"])
     form: Literal["physical", "virtual"] | None = Field(
         default=None, description="default: the product's form; a virtual card needs a cardholder"
     )
@@ -274,10 +275,11 @@ async def list_cards(
         Literal["inventory", "active", "frozen", "lost", "stolen", "expired", "closed"] | None,
         Query(alias="state"),
     ] = None,
-    product: Annotated[str | None, Query(max_length=32, description="the product's code")] = None,
+    product: Annotated[str | None, Query(max_length=32, pattern=TEXT,
+                                         description="the product's code")] = None,
     form: Annotated[Literal["physical", "virtual"] | None, Query()] = None,
     last4: Annotated[str | None, Query(pattern=r"^\d{4}$", description="the PAN's last 4 digits")] = None,
-    label: Annotated[str | None, Query(max_length=32)] = None,
+    label: Annotated[str | None, Query(max_length=32, pattern=TEXT)] = None,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> Page[CardOut]:

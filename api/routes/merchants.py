@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from pydantic import Field
 
 from api.auth import Caller, require
-from api.models import Model, Money, Page
+from api.models import TEXT, Model, Money, Page
 from api.problems import Problem
 from api.state import ApiState, State
 from host import directory
@@ -34,7 +34,6 @@ MerchantId = Annotated[str, Path(description="The merchant id (DE42)", examples=
 Cursor = Annotated[
     str | None, Query(pattern=r"^[0-9]{1,18}$", description="`next_cursor` of the previous page")
 ]
-TEXT = r"^[^\x00-\x1f\x7f]*$"  # no control characters (a NUL cannot be a query's text)
 DE42 = re.compile(r"[ -~]{1,15}")
 Limit = Annotated[int, Query(ge=1, le=100, description="Page size")]
 _ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "No merchant with that id (for this key)"}}
