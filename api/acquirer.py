@@ -64,6 +64,11 @@ async def read_keys(conn: Any) -> LinkKeys | None:
     return None if row is None else LinkKeys(row["scheme"], row["zpk"], row["zak"])
 
 
+async def keys_set_by(conn: Any) -> Any:
+    """When the link's keys were set and by whom (``api link show``); None before they are."""
+    return await conn.fetchrow("SELECT set_at, actor FROM api_link")
+
+
 async def set_keys(conn: Any, scheme: str, zpk: str, zak: str | None, actor: str) -> None:
     """``payswitch api link set``: the one row of ``api_link`` (keys under the LMK)."""
     await conn.execute(

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from api.acquirer import LinkKeys, read_keys, set_keys
+from api.acquirer import LinkKeys, keys_set_by, read_keys, set_keys
 from host.cli import _run
 from ops.actor import cli_actor
 from ops.cli import AppContext, pass_app
@@ -59,7 +59,7 @@ def link_show(app: AppContext) -> None:
         keys: LinkKeys | None = await pool.run(read_keys)
         if keys is None:
             return None
-        row = await pool.run(lambda conn: conn.fetchrow("SELECT set_at, actor FROM api_link"))
+        row = await pool.run(keys_set_by)
         zpk_cv = await crypto.hsm.check_value(keys.zpk, "001")
         zak_cv = await crypto.hsm.check_value(keys.zak, "008") if keys.zak else None
         return {"scheme": keys.scheme, "zpk_check": zpk_cv, "zak_check": zak_cv, "set_at": row["set_at"],
