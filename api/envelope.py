@@ -464,7 +464,8 @@ class Envelope:
             if data and b"json" in content_type:
                 response = data.decode()
         try:
-            await api.pool.run(finish, begun.id, state, status, response)
+            if not st.get("idem_finished"):  # a payment's route commits it with the switch's answer
+                await api.pool.run(finish, begun.id, state, status, response)
         except UNAVAILABLE as exc:
             # The answer goes out; the record stays `started` and a retry after 2 * request_timeout_ms
             # runs the request again (a payment finds its write-ahead row and gets the switch's first answer).

@@ -20,9 +20,12 @@ safe). No answer in time (the outcome is unknown): the API reverses at once, as 
 from __future__ import annotations
 
 import base64
+import collections
 import datetime as dt
 import json
 import secrets
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -47,6 +50,8 @@ CNP_ENTRY_MODE = "812"  # e-commerce (card not present), no PIN entry capability
 PURCHASE_DE3, REFUND_DE3, LOAD_DE3 = "000000", "200000", "210000"
 LOAD_TERMINAL = "APILOAD1"  # DE41 of a programme load (no merchant, so no terminal of one)
 SWEEP_SECONDS = 2.0
+STAN_BLOCK = 100  # STANs drawn from api_stan per round trip
+TERMINAL_SECONDS = 5.0  # a merchant's terminal, as looked up, is used this long (as api.auth's keys)
 # Answers to a reversal that settle it (specs/README.md: 00 done, 25 nothing to undo; 12/94 never acceptable)
 REVERSAL_SETTLED = frozenset({"00", "25", "12", "94"})
 
@@ -184,9 +189,18 @@ _INSERT = """INSERT INTO api_payments (id, client_id, request_id, kind, mti, de7
                      $18::jsonb)"""
 
 
-async def _next_stan(conn: Any) -> str:
-    stan = int(await conn.fetchval("SELECT nextval('api_stan')"))
-    return f"{stan:06d}"
+async def _stans(conn: Any, n: int) -> list[int]:
+    return [int(r[0]) for r in await conn.fetch("SELECT nextval('api_stan') FROM generate_series(1, $1)", n)]
+
+
+async def next_stan(state: ApiState) -> str:
+    """DE11 for the next request, from a block of ``STAN_BLOCK`` drawn from ``api_stan`` at once: a STAN
+    is unique among API processes (the sequence) without a round trip per payment. A block's unused
+    numbers die with the process; the sequence cycles at 999999 anyway."""
+    block: collections.deque[int] = state.extras.setdefault("stans", collections.deque())
+    if not block:
+        block.extend(await state.pool.run(_stans, STAN_BLOCK))
+    return f"{block.popleft():06d}"
 
 
 async def _by_request(conn: Any, request_id: int) -> Any:
@@ -231,6 +245,12 @@ async def _record(conn: Any, payment_id: str, state: str, answer: dict[str, Any]
 class Outcome:
     row: dict[str, Any]
     balance: dict[str, Any] | None = None
+    kept: bool = False  # the Keep ran: the client's answer was committed with the switch's
+
+
+# The caller's answer to its client, written in the transaction that records the switch's answer (the
+# route passes the idempotency record's finish: one round trip and one commit fewer per payment).
+Keep = Callable[[Any, Outcome], Awaitable[None]]
 
 
 def _link(state: ApiState) -> SwitchLink:
@@ -273,7 +293,8 @@ class Ask:
     card_masked: str | None = None
 
 
-async def send(state: ApiState, caller: Caller, ask: Ask, request_id: int | None, resumed: bool) -> Outcome:
+async def send(state: ApiState, caller: Caller, ask: Ask, request_id: int | None, resumed: bool,
+               keep: Keep | None = None) -> Outcome:
     """Write ahead, send, record the answer (or, resumed, send the written-ahead request again)."""
     link = _link(state)
     row: Any = None
@@ -292,7 +313,7 @@ async def send(state: ApiState, caller: Caller, ask: Ask, request_id: int | None
         de7 = now.strftime("%m%d%H%M%S")
 
         # the STAN first, the seal through the HSM (trio), then the row (pool.run runs on the database's loop)
-        stan = await state.pool.run(_next_stan)
+        stan = await next_stan(state)
         rrn = rrn_of(stan, local)
         msg = build_message(mti=ask.mti, de3=ask.de3, pan=ask.pan, amount=ask.amount, currency=numeric,
                             de7=de7, stan=stan, local=local, entry_mode=ask.entry_mode,
@@ -306,11 +327,11 @@ async def send(state: ApiState, caller: Caller, ask: Ask, request_id: int | None
                 ask.mti, de7, stan, ask.terminal_id, ask.merchant_id, rrn, ask.amount, ask.currency,
                 ask.card_id, ask.card_masked, ask.original_id, ask.reference, sealed,
                 json.dumps(ask.metadata or {})))
-    return await _exchange(state, link, dict(row), msg, by_code=ask.by_code)
+    return await _exchange(state, link, dict(row), msg, by_code=ask.by_code, keep=keep)
 
 
 async def _exchange(state: ApiState, link: SwitchLink, row: dict[str, Any], msg: dict[str, Any], *,
-                    by_code: bool) -> Outcome:
+                    by_code: bool, keep: Keep | None) -> Outcome:
     try:
         answer = await link.request(msg)
     except LinkDown:
@@ -327,15 +348,21 @@ async def _exchange(state: ApiState, link: SwitchLink, row: dict[str, Any], msg:
     pan_hash = await state.crypto.pan_hash(str(msg["2"]), cache=not by_code)
     institution_id = state.config.api.institution_id
 
-    async def record(conn: Any) -> Any:
-        card = await _card_of(conn, pan_hash, by_code)
-        reason = None
-        if code != "00" and card is not None:
-            reason = await _host_reason(conn, card["id"], row["rrn"], institution_id, row["mti"])
-        return await _record(conn, row["id"], status, answer, reason, card)
+    balance = balance_of(answer.get("54"), row["currency"])
 
-    done = await state.pool.run(record)
-    return Outcome(dict(done), balance_of(answer.get("54"), row["currency"]))
+    async def record(conn: Any) -> Outcome:
+        async with conn.transaction():
+            card = await _card_of(conn, pan_hash, by_code)
+            reason = None
+            if code != "00" and card is not None:
+                reason = await _host_reason(conn, card["id"], row["rrn"], institution_id, row["mti"])
+            outcome = Outcome(dict(await _record(conn, row["id"], status, answer, reason, card)), balance)
+            if keep is not None:
+                await keep(conn, outcome)
+                outcome.kept = True
+            return outcome
+
+    return await state.pool.run(record)
 
 
 async def reverse_sent(state: ApiState, row: dict[str, Any], msg: dict[str, Any]) -> bool:
@@ -344,7 +371,7 @@ async def reverse_sent(state: ApiState, row: dict[str, Any], msg: dict[str, Any]
     if link is None or not link.up:
         return False
     now = dt.datetime.now(dt.UTC)
-    stan = await state.pool.run(_next_stan)
+    stan = await next_stan(state)
     rev = reversal_message(msg, de7=now.strftime("%m%d%H%M%S"), stan=stan,
                            institution_id=state.config.api.institution_id)
     try:
@@ -362,7 +389,8 @@ async def reverse_sent(state: ApiState, row: dict[str, Any], msg: dict[str, Any]
 # -- the operations ------------------------------------------------------------------------------------
 async def _terminal(state: ApiState, merchant_id: str, terminal_id: str | None) -> str:
     """The merchant's terminal to act as: the one named (it must be the merchant's), else its first active
-    terminal (lowest DE41)."""
+    terminal (lowest DE41). Looked up once per ``TERMINAL_SECONDS``: the switch and the host check the
+    terminal's and the merchant's state with every request anyway."""
 
     async def work(conn: Any) -> Any:
         merchant = await conn.fetchrow("SELECT id, state FROM merchants WHERE merchant_id = $1", merchant_id)
@@ -375,7 +403,15 @@ async def _terminal(state: ApiState, merchant_id: str, terminal_id: str | None) 
             merchant["id"], terminal_id)
         return merchant, t
 
-    merchant, terminal = await state.pool.run(work)
+    cache: dict[tuple[str, str | None], tuple[float, Any, Any]] = state.extras.setdefault("terminals", {})
+    now = time.monotonic()
+    hit = cache.get((merchant_id, terminal_id))
+    if hit is None or hit[0] < now:
+        merchant, terminal = await state.pool.run(work)
+        if len(cache) > 10_000:  # merchant ids the clients make up must not grow it
+            cache.clear()
+        cache[(merchant_id, terminal_id)] = hit = (now + TERMINAL_SECONDS, merchant, terminal)
+    _, merchant, terminal = hit
     if merchant is None:
         raise Problem("not-found", f"no merchant {merchant_id}")
     if terminal is None:
@@ -401,6 +437,7 @@ async def purchase(
     metadata: dict[str, Any] | None,
     request_id: int | None,
     resumed: bool,
+    keep: Keep | None = None,
 ) -> Outcome:
     if (payment_code is None) == (card_number is None):
         raise Problem("validation-error", "give either payment_code or card",
@@ -414,7 +451,7 @@ async def purchase(
               entry_mode=CODE_ENTRY_MODE if payment_code else CNP_ENTRY_MODE, expiry=expiry,
               amount=amount, currency=currency, merchant_id=merchant_id, terminal_id=tid,
               reference=reference, metadata=metadata)
-    return await send(state, caller, ask, request_id, resumed)
+    return await send(state, caller, ask, request_id, resumed, keep)
 
 
 async def get(state: ApiState, caller: Caller, payment_id: str, *, kinds: tuple[str, ...]) -> dict[str, Any]:
@@ -426,7 +463,7 @@ async def get(state: ApiState, caller: Caller, payment_id: str, *, kinds: tuple[
 
 async def refund(state: ApiState, caller: Caller, payment_id: str, *, amount: int | None,
                  currency: str | None, reference: str | None, metadata: dict[str, Any] | None,
-                 request_id: int | None, resumed: bool) -> Outcome:
+                 request_id: int | None, resumed: bool, keep: Keep | None = None) -> Outcome:
     original = await get(state, caller, payment_id, kinds=("purchase",))
     if caller.merchant_id is not None and caller.merchant_id != original["merchant_id"]:
         raise Problem("merchant-mismatch", f"this key is bound to merchant {caller.merchant_id}")
@@ -453,7 +490,7 @@ async def refund(state: ApiState, caller: Caller, payment_id: str, *, amount: in
               terminal_id=original["terminal_id"], original_id=payment_id, original_rrn=original["rrn"],
               reference=reference, metadata=metadata, card_id=original["card_id"],
               card_masked=original["card_masked"])
-    return await send(state, caller, ask, request_id, resumed)
+    return await send(state, caller, ask, request_id, resumed, keep)
 
 
 async def reversal(state: ApiState, caller: Caller, payment_id: str, *, request_id: int | None,
@@ -475,7 +512,7 @@ async def reversal(state: ApiState, caller: Caller, payment_id: str, *, request_
 
 async def load(state: ApiState, caller: Caller, *, card_id: int, amount: int, currency: str,
                funding_reference: str, metadata: dict[str, Any] | None, request_id: int | None,
-               resumed: bool) -> Outcome:
+               resumed: bool, keep: Keep | None = None) -> Outcome:
     """A top-up funded by the programme: 0200 DE3 210000 from DE32 = api.institution_id, which the host
     posts from the programme's funding account as ``card load`` does; the funding reference travels in
     DE102 and is kept in the host's record (``card history``) and the row's ``reference``."""
@@ -488,7 +525,7 @@ async def load(state: ApiState, caller: Caller, *, card_id: int, amount: int, cu
               amount=amount, currency=currency, merchant_id="", terminal_id=LOAD_TERMINAL,
               reference=funding_reference, metadata=metadata, card_id=card["id"],
               card_masked=card["pan_masked"], original_rrn=funding_reference)
-    return await send(state, caller, ask, request_id, resumed)
+    return await send(state, caller, ask, request_id, resumed, keep)
 
 
 # -- lists ---------------------------------------------------------------------------------------------

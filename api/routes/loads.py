@@ -14,7 +14,7 @@ from pydantic import Field
 from api import payments
 from api.auth import Caller, require
 from api.models import Model, Money, parse_id
-from api.routes.payments import Payment, _ids, out
+from api.routes.payments import Payment, _ids, keeper, kept, out
 from api.state import State
 
 router = APIRouter(tags=["loads"])
@@ -41,8 +41,9 @@ async def create_load(body: LoadIn, request: Request, state: State, caller: Load
     rid, resumed = _ids(request)
     outcome = await payments.load(state, caller, card_id=card_id, amount=body.amount.amount,
                                   currency=body.amount.currency, funding_reference=body.funding_reference,
-                                  metadata=body.metadata, request_id=rid, resumed=resumed)
-    return out(state, outcome)
+                                  metadata=body.metadata, request_id=rid, resumed=resumed,
+                                  keep=keeper(request, state))
+    return out(state, kept(request, outcome))
 
 
 @router.get("/v1/loads/{load_id}", response_model=Payment, summary="Get a load")

@@ -6,15 +6,16 @@ Thin callers of api.payments (api/README.md, "Payments, refunds, reversals, load
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import Field
 
-from api import payments
+from api import envelope, payments
 from api.auth import Caller, merchant_allowed, require
 from api.models import Model, Money, Page
-from api.state import State
+from api.state import ApiState, State
 
 router = APIRouter(tags=["payments"])
 
@@ -81,6 +82,26 @@ def _ids(request: Request) -> tuple[int | None, bool]:
     return getattr(st, "idem_request_id", None), bool(getattr(st, "idem_resumed", False))
 
 
+def keeper(request: Request, state: ApiState) -> payments.Keep | None:
+    """The idempotency record's answer (201 and the resource), committed with the switch's answer."""
+    request_id = getattr(request.state, "idem_request_id", None)
+    if request_id is None:
+        return None
+
+    async def keep(conn: Any, outcome: payments.Outcome) -> None:
+        doc = out(state, outcome).model_dump(mode="json")
+        await envelope.finish(conn, request_id, "done", 201, json.dumps(doc))
+
+    return keep
+
+
+def kept(request: Request, outcome: payments.Outcome) -> payments.Outcome:
+    """Tell the envelope its record is finished already (only once committed: else it finishes it)."""
+    if outcome.kept:
+        request.state.idem_finished = True
+    return outcome
+
+
 def out(state: State, outcome: payments.Outcome | dict[str, Any]) -> Payment:
     if isinstance(outcome, payments.Outcome):
         doc = payments.resource(outcome.row, state.timezone)
@@ -102,8 +123,9 @@ async def create_payment(body: PaymentIn, request: Request, state: State, caller
         state, caller, amount=body.amount.amount, currency=body.amount.currency, merchant_id=body.merchant_id,
         terminal_id=body.terminal_id, payment_code=body.payment_code,
         card_number=body.card.number if body.card else None, expiry=body.card.expiry if body.card else None,
-        reference=body.reference, metadata=body.metadata, request_id=rid, resumed=resumed)
-    return out(state, outcome)
+        reference=body.reference, metadata=body.metadata, request_id=rid, resumed=resumed,
+        keep=keeper(request, state))
+    return out(state, kept(request, outcome))
 
 
 @router.get("/v1/payments", response_model=Page[Payment], summary="List your payments")
@@ -130,8 +152,8 @@ async def refund_payment(payment_id: PaymentId, request: Request, state: State, 
     outcome = await payments.refund(
         state, caller, payment_id, amount=body.amount.amount if body.amount else None,
         currency=body.amount.currency if body.amount else None, reference=body.reference,
-        metadata=body.metadata, request_id=rid, resumed=resumed)
-    return out(state, outcome)
+        metadata=body.metadata, request_id=rid, resumed=resumed, keep=keeper(request, state))
+    return out(state, kept(request, outcome))
 
 
 @router.post("/v1/payments/{payment_id}/reversal", status_code=201, response_model=Payment,

@@ -55,6 +55,20 @@ def cny(amount: int) -> dict[str, Any]:
     return {"amount": amount, "currency": "CNY"}
 
 
+def test_a_payment_sent_again_with_its_key_gets_the_first_answer(live: System, make_client: Any) -> None:
+    """The route commits the idempotency record's answer with the switch's (api.payments.Keep): the same
+    key and body get that answer again, replayed, and the card is charged once."""
+    client = make_client(["payments:write"])
+    card = issue_card(live)
+    body = {"payment_code": code_for(live, card["id"]), "amount": cny(250), "merchant_id": MERCHANT}
+    first = post(client, "/v1/payments", body, key="pay-once-" + unique("k"))
+    assert first.status_code == 201 and first.json()["status"] == "approved", first.text
+    again = post(client, "/v1/payments", body, key=first.request.headers["Idempotency-Key"])
+    assert again.status_code == 201 and again.headers.get("Idempotent-Replayed") == "true"
+    assert again.json() == first.json()
+    assert balance(live, card["id"]) == 10000 - 250
+
+
 def test_purchase_by_code_approved_and_code_used_05(live: System, make_client: Any) -> None:
     client = make_client(["payments:write"])
     card = issue_card(live)
