@@ -25,7 +25,7 @@ import datetime as dt
 import json
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -213,31 +213,32 @@ async def _row(conn: Any, payment_id: str) -> Any:
     return await conn.fetchrow("SELECT * FROM api_payments WHERE id = $1", payment_id)
 
 
-async def _card_of(conn: Any, pan_hash: str, by_code: bool) -> Any:
-    if by_code:
-        return await conn.fetchrow(
-            "SELECT c.id, c.pan_masked FROM payment_codes pc JOIN cards c ON c.id = pc.card_id"
-            " WHERE pc.code_hash = $1", pan_hash)
-    return await conn.fetchrow("SELECT id, pan_masked FROM cards WHERE pan_hash = $1", pan_hash)
-
-
-async def _host_reason(conn: Any, card_id: int, rrn: str, institution_id: str, mti: str) -> str | None:
-    """The host's precise reason for its answer (auth_requests.reason), found by card and RRN."""
-    reason: str | None = await conn.fetchval(
-        """SELECT reason FROM auth_requests WHERE card_id = $1 AND rrn = $2 AND acquirer_id = $3
-           AND mti = $4 ORDER BY received_at DESC LIMIT 1""",
-        card_id, rrn, institution_id, mti)
-    return reason
-
-
-async def _record(conn: Any, payment_id: str, state: str, answer: dict[str, Any], reason: str | None,
-                  card: Any) -> Any:
+async def _card_and_reason(conn: Any, pan_hash: str, by_code: bool, rrn: str, institution_id: str, mti: str,
+                           declined: bool) -> Any:
+    """The card (id, masked PAN) of a PAN's or a payment code's keyed hash and, for a decline, the host's
+    precise reason (auth_requests.reason, by card and RRN): one query."""
+    cards = ("SELECT c.id, c.pan_masked FROM payment_codes pc JOIN cards c ON c.id = pc.card_id"
+             " WHERE pc.code_hash = $1" if by_code
+             else "SELECT id, pan_masked FROM cards WHERE pan_hash = $1")
     return await conn.fetchrow(
-        """UPDATE api_payments SET state = $2, response_code = $3, auth_code = $4, reason = $5,
-               card_id = coalesce(card_id, $6), card_masked = coalesce(card_masked, $7), answered_at = now()
-           WHERE id = $1 RETURNING *""",
-        payment_id, state, answer.get("39"), (str(answer.get("38", "")).strip() or None), reason,
-        card["id"] if card is not None else None, card["pan_masked"] if card is not None else None)
+        f"""SELECT k.id, k.pan_masked,
+                   CASE WHEN $5 THEN (
+                       SELECT a.reason FROM auth_requests a WHERE a.card_id = k.id AND a.rrn = $2
+                       AND a.acquirer_id = $3 AND a.mti = $4 ORDER BY a.received_at DESC LIMIT 1)
+                   END AS reason
+            FROM ({cards}) k""",
+        pan_hash, rrn, institution_id, mti, declined)
+
+
+_RECORD = """UPDATE api_payments SET state = $2, response_code = $3, auth_code = $4, reason = $5,
+                 card_id = coalesce(card_id, $6), card_masked = coalesce(card_masked, $7), answered_at = now()
+             WHERE id = $1 RETURNING *"""
+# The same, and the idempotency record (api.envelope's api_requests) finished with the client's answer:
+# one statement, so one round trip and one commit for both.
+_RECORD_AND_KEEP = f"""WITH p AS ({_RECORD}),
+    kept AS (UPDATE api_requests SET state = 'done', status = $9, response = $10::jsonb, finished_at = now()
+             WHERE id = $8)
+SELECT * FROM p"""
 
 
 # -- sending -------------------------------------------------------------------------------------------
@@ -245,12 +246,17 @@ async def _record(conn: Any, payment_id: str, state: str, answer: dict[str, Any]
 class Outcome:
     row: dict[str, Any]
     balance: dict[str, Any] | None = None
-    kept: bool = False  # the Keep ran: the client's answer was committed with the switch's
+    kept: bool = False  # the Keep's answer was committed with the switch's
 
 
-# The caller's answer to its client, written in the transaction that records the switch's answer (the
-# route passes the idempotency record's finish: one round trip and one commit fewer per payment).
-Keep = Callable[[Any, Outcome], Awaitable[None]]
+@dataclass
+class Keep:
+    """The route's answer to its client, committed in the statement that records the switch's answer: the
+    idempotency record ``request_id`` (api.envelope) is finished with ``status`` and ``render(outcome)``."""
+
+    request_id: int
+    status: int
+    render: Callable[[Outcome], str]
 
 
 def _link(state: ApiState) -> SwitchLink:
@@ -350,17 +356,23 @@ async def _exchange(state: ApiState, link: SwitchLink, row: dict[str, Any], msg:
 
     balance = balance_of(answer.get("54"), row["currency"])
 
+    auth_code = str(answer.get("38", "")).strip() or None
+
     async def record(conn: Any) -> Outcome:
-        async with conn.transaction():
-            card = await _card_of(conn, pan_hash, by_code)
-            reason = None
-            if code != "00" and card is not None:
-                reason = await _host_reason(conn, card["id"], row["rrn"], institution_id, row["mti"])
-            outcome = Outcome(dict(await _record(conn, row["id"], status, answer, reason, card)), balance)
-            if keep is not None:
-                await keep(conn, outcome)
-                outcome.kept = True
-            return outcome
+        card = await _card_and_reason(conn, pan_hash, by_code, row["rrn"], institution_id, row["mti"],
+                                      code != "00")
+        card_id, masked = (card["id"], card["pan_masked"]) if card is not None else (None, None)
+        reason = card["reason"] if card is not None else None
+        args = (row["id"], status, answer.get("39"), auth_code, reason, card_id, masked)
+        if keep is None:
+            return Outcome(dict(await conn.fetchrow(_RECORD, *args)), balance)
+        # the answer as the row will be (the UPDATE's coalesce), rendered before the one statement
+        after = {**row, "state": status, "response_code": answer.get("39"), "auth_code": auth_code,
+                 "reason": reason, "card_id": row["card_id"] if row["card_id"] is not None else card_id,
+                 "card_masked": row["card_masked"] if row["card_masked"] is not None else masked}
+        response = keep.render(Outcome(after, balance))
+        done = await conn.fetchrow(_RECORD_AND_KEEP, *args, keep.request_id, keep.status, response)
+        return Outcome(dict(done), balance, kept=True)
 
     return await state.pool.run(record)
 

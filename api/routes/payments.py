@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import Field
 
-from api import envelope, payments
+from api import payments
 from api.auth import Caller, merchant_allowed, require
 from api.models import Model, Money, Page
 from api.state import ApiState, State
@@ -87,12 +87,8 @@ def keeper(request: Request, state: ApiState) -> payments.Keep | None:
     request_id = getattr(request.state, "idem_request_id", None)
     if request_id is None:
         return None
-
-    async def keep(conn: Any, outcome: payments.Outcome) -> None:
-        doc = out(state, outcome).model_dump(mode="json")
-        await envelope.finish(conn, request_id, "done", 201, json.dumps(doc))
-
-    return keep
+    return payments.Keep(request_id, 201,
+                         lambda outcome: json.dumps(out(state, outcome).model_dump(mode="json")))
 
 
 def kept(request: Request, outcome: payments.Outcome) -> payments.Outcome:
