@@ -13,9 +13,11 @@ host, switch and ``api serve``), seeds the demo programme and its load pool, the
    connection, each sending ``POST /v1/payments`` (a code, an amount, the demo merchant; a fresh
    Idempotency-Key) as soon as the previous answer came; every purchase is an ISO 8583 0200 the API
    sends to the switch over its H2H link, decided by the host into the ledger;
-3. measures the POS purchase path in the same run (``pos.load``: ``--terminals`` terminals, PIN + MAC),
+3. measures the HTTP stack's own ceiling with the same clients: ``GET /healthz`` (no database, HSM or
+   switch), the most any API call could reach on this machine;
+4. measures the POS purchase path in the same run (``pos.load``: ``--terminals`` terminals, PIN + MAC),
    for the same duration;
-4. runs ``payswitch ledger check``.
+5. runs ``payswitch ledger check``.
 
 It prints approved purchases/s, latency percentiles, status codes, CPU seconds and CPU ms per purchase
 per process (the API, switch, host, HSM, PostgreSQL, this load generator) and summed, peak memory per
@@ -164,6 +166,27 @@ async def _purchases(url: str, key: str, codes: list[str], clients: int, duratio
             "ran_out_of_codes": len(latencies) >= len(codes)}
 
 
+async def _floor(url: str, clients: int, duration: float) -> dict[str, Any]:
+    """The HTTP stack's own ceiling, with the same clients: ``GET /healthz`` (the envelope, FastAPI on
+    hypercorn, no database, no HSM, no switch) as fast as it answers, for ``duration`` s."""
+    latencies: list[float] = []
+    t0 = time.perf_counter()
+    stop = t0 + duration
+
+    async def client_task() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            while (start := time.perf_counter()) < stop:
+                r = await client.get("/healthz")
+                if r.status_code == 200:
+                    latencies.append(time.perf_counter() - start)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(clients):
+            nursery.start_soon(client_task)
+    elapsed = time.perf_counter() - t0
+    return {"answers_per_s": round(len(latencies) / elapsed, 1), "latency_ms": _percentiles(latencies)}
+
+
 def _cpu_snapshot(system: System) -> dict[str, float]:
     snap = {name: cpu_seconds(svc.proc.pid) for name, svc in system.services.items()}
     pg = system.postmaster_pid()
@@ -235,6 +258,16 @@ def main(argv: list[str]) -> int:
         result["api_cpu_seconds"] = {k: round(v, 2) for k, v in api_cpu.items()}
         result["api_cpu_ms_per_purchase"] = _per_purchase(api_cpu, api_run["approved"])
 
+        before = _cpu_snapshot(system)
+        floor = trio.run(_floor, url, args.clients, args.duration)
+        floor_cpu = _delta(_cpu_snapshot(system), before)
+        floor["cpu_ms_per_answer"] = {k: round(floor_cpu[k] * 1000 / max(floor["answers_per_s"]
+                                                                           * args.duration, 1), 3)
+                                      for k in ("api", "load generator")}
+        result["http_floor"] = floor
+        result["ratio_api_to_floor"] = round(api_run["approved_purchases_per_s"]
+                                             / max(floor["answers_per_s"], 1e-9), 3)
+
         pool = read_pool(system.root / "var/pos/load-pool.json", system.seal_key)
         plan = LoadPlan(pool=pool, terminals=terminals, mix=parse_mix("purchase=100"), duration=args.duration,
                         per_connection=args.per_connection, amount=AMOUNT)
@@ -274,12 +307,17 @@ def main(argv: list[str]) -> int:
     print(f"  latency ms       p50 {la['p50']}  p95 {la['p95']}  p99 {la['p99']}  max {la['max']}")
     print(f"  statuses         {a['statuses']}  errors {a['errors'] or 'none'}")
     print("  CPU ms/purchase  " + "  ".join(f"{k} {v}" for k, v in result["api_cpu_ms_per_purchase"].items()))
+    f = result["http_floor"]
+    print(f"HTTP floor         {f['answers_per_s']}/s GET /healthz, same clients (no database, HSM or switch)"
+          f"; p99 {f['latency_ms']['p99']} ms; CPU ms/answer "
+          + "  ".join(f"{k} {v}" for k, v in f["cpu_ms_per_answer"].items()))
     print(f"POS purchases      {p['approved_purchases_per_s']}/s approved ({p['terminals']} terminals, "
           f"{p['terminals_per_connection']} per connection, PIN + MAC)")
     print(f"  latency ms       p50 {lp['p50']}  p95 {lp['p95']}  p99 {lp['p99']}  max {lp['max']}")
     print(f"  response codes   {p['response_codes']}")
     print("  CPU ms/purchase  " + "  ".join(f"{k} {v}" for k, v in result["pos_cpu_ms_per_purchase"].items()))
-    print(f"ratio API / POS    {result['ratio_api_to_pos']}")
+    print(f"ratio API / POS    {result['ratio_api_to_pos']}   "
+          f"API / HTTP floor {result['ratio_api_to_floor']}")
     print("peak memory MiB    " + "  ".join(f"{k} {v}" for k, v in result["peak_rss_mb"].items()))
     print(f"ledger check       {result['ledger_check']}")
     return 0

@@ -13,7 +13,7 @@ def test_bench_api_quick_prints_figures() -> None:
     out = subprocess.run([sys.executable, "-m", "bench.api", "--quick"], cwd=ROOT, capture_output=True,
                          text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
-    for line in ("payment codes", "API purchases", "POS purchases", "ratio API / POS", "CPU ms/purchase",
-                 "peak memory MiB", "ledger check       clean"):
+    for line in ("payment codes", "API purchases", "HTTP floor", "POS purchases", "ratio API / POS",
+                 "API / HTTP floor", "CPU ms/purchase", "peak memory MiB", "ledger check       clean"):
         assert line in out.stdout, out.stdout
     assert "/s approved" in out.stdout
