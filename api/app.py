@@ -63,4 +63,6 @@ def create_app(state: ApiState | None) -> FastAPI:
     from api.routes.docs import install_openapi
 
     install_openapi(app)  # the bearer scheme, Idempotency-Key and problem+json on every operation
+    if state is not None and importlib.util.find_spec("console.app") is not None:
+        importlib.import_module("console.app").mount(app)  # the operators' console at /console
     return app

@@ -198,6 +198,9 @@ class _Exchange:
         self.replayed = False
 
 
+CONSOLE = "/console"
+
+
 def _is_json(content_type: str | None) -> bool:
     if not content_type:
         return False
@@ -363,6 +366,11 @@ class Envelope:
             return
         method: str = scope["method"]
         path: str = scope["path"]
+        if path == CONSOLE or path.startswith(CONSOLE + "/"):
+            # the operators' console (console/): HTML forms with its own session, CSRF and roles; no API
+            # key, no Idempotency-Key, no JSON-only bodies
+            await self._run_app(scope, receive, send)
+            return
         caller: Caller | None = None
         if path.startswith("/v1/") and b"authorization" in headers:
             try:

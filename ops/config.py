@@ -377,6 +377,24 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class ConsoleConfig:
+    session_idle_minutes: int = setting("an operator's console session ends after this long without a "
+                                        "request", min=1, max=1_440)
+    session_hours: int = setting("an operator's console session ends this long after its login, used or not",
+                                 min=1, max=24)
+    lockout_after: int = setting("failed logins (password or TOTP) in a row that lock an operator out",
+                                 min=1, max=100)
+    lockout_minutes: int = setting("how long a locked-out operator is refused", min=1, max=10_080)
+    secure_cookies: bool = setting("mark the session cookie Secure (set it when the console is served "
+                                   "behind TLS; the X-Forwarded-Proto: https of a proxy sets it per request)")
+    four_eyes_minor: int = setting("a manual load or unload of more than this (minor units) needs a "
+                                   "supervisor's approval", min=0, max=10**15)
+    smtp_host: str = setting("SMTP server for operators' alert e-mails ('' = none)")
+    smtp_port: int = setting("SMTP server port", min=1, max=65535)
+    mail_from: str = setting("the From address of alert e-mails")
+
+
+@dataclass(frozen=True)
 class Config:
     database: DatabaseConfig
     log: LogConfig
@@ -387,6 +405,7 @@ class Config:
     settlement: SettlementConfig
     aml: AmlConfig
     api: ApiConfig
+    console: ConsoleConfig
 
 
 def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:

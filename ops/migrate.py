@@ -16,7 +16,7 @@ from typing import Any
 
 from ops.db import connect
 
-COMPONENTS = ("ops", "host", "switch", "settlement", "api")
+COMPONENTS = ("ops", "host", "switch", "settlement", "api", "console")
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _LOCK_ID = 0x7061_7973  # "pays": one migrator at a time across processes
 

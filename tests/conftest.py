@@ -21,4 +21,4 @@ settings.register_profile(
 )
 settings.load_profile("payswitch")
 
-pytest_plugins = ["tests.fixtures.pg", "tests.fixtures.hsm"]
+pytest_plugins = ["tests.fixtures.pg", "tests.fixtures.hsm", "tests.fixtures.live", "tests.fixtures.console"]

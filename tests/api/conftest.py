@@ -11,15 +11,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 import httpx
-import pytest
 
 from api.auth import add_client
-from pos.system import WITH_API, System
+from pos.system import System
 
 _COUNT = itertools.count(1)
 
@@ -53,24 +52,4 @@ def new_client(system: System, scopes: list[str], *, merchant_id: str | None = N
                         headers={"Authorization": f"Bearer {made.key}", "x-test-client": name})
 
 
-@pytest.fixture(scope="session")
-def live() -> Iterator[System]:
-    system = System().start(WITH_API, seed=())
-    try:
-        yield system
-    finally:
-        system.stop()
-
-
-@pytest.fixture
-def make_client(live: System) -> Generator[Callable[..., httpx.Client], None, None]:
-    opened: list[httpx.Client] = []
-
-    def make(scopes: list[str], **kw: Any) -> httpx.Client:
-        client = new_client(live, scopes, **kw)
-        opened.append(client)
-        return client
-
-    yield make
-    for c in opened:
-        c.close()
+# The fixtures `live` and `make_client` are in tests/fixtures/live.py (shared with the console tests).
