@@ -395,6 +395,32 @@ class ConsoleConfig:
 
 
 @dataclass(frozen=True)
+class RiskConfig:
+    poll_s: int = setting("how often (seconds) the risk monitor reads the new decisions", min=1, max=3600)
+    pin_failures: int = setting("wrong PINs on one card within pin_window_minutes that raise an alert",
+                                min=1, max=1000)
+    pin_window_minutes: int = setting("the window of pin_failures", min=1, max=1440)
+    declines: int = setting("declines (any reason) on one card within decline_window_minutes that raise an "
+                            "alert", min=1, max=10_000)
+    decline_window_minutes: int = setting("the window of declines", min=1, max=1440)
+    cards_per_terminal: int = setting("different cards at one terminal within terminal_window_minutes that "
+                                      "raise an alert", min=2, max=100_000)
+    terminal_window_minutes: int = setting("the window of cards_per_terminal", min=1, max=1440)
+    under_limit_percent: int = setting("a purchase of at least this percent of the product's per-transaction "
+                                       "limit (and not above it) is 'just under the limit'", min=1, max=100)
+    under_limit_count: int = setting("purchases just under the limit on one card within "
+                                     "under_limit_window_minutes that raise an alert", min=1, max=1000)
+    under_limit_window_minutes: int = setting("the window of under_limit_count", min=1, max=1440)
+    dormant_days: int = setting("a card unused this many days (or since issue) whose use raises an alert; "
+                                "0 = off", min=0, max=36_500)
+    distance_minutes: int = setting("a card used at two stores of different merchants (or two stores "
+                                    "with different addresses) within this many minutes raises an alert",
+                                    min=1, max=1440)
+    refunds_min_minor: int = setting("refunds above purchases at a merchant today raise an alert once the "
+                                     "refunds exceed this (minor units)", min=0, max=10**15)
+
+
+@dataclass(frozen=True)
 class Config:
     database: DatabaseConfig
     log: LogConfig
@@ -406,6 +432,7 @@ class Config:
     aml: AmlConfig
     api: ApiConfig
     console: ConsoleConfig
+    risk: RiskConfig
 
 
 def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
