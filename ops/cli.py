@@ -46,6 +46,7 @@ COMMANDS: dict[str, str] = {
     "demo": "pos.demo:demo",
     "iso": "specs.cli:iso",
     "api": "api.cli:api",
+    "operator": "console.operator_cli:operator",
 }
 
 
