@@ -35,6 +35,7 @@ BACKGROUND: tuple[str, ...] = (
     "api.payments:sweeper",
     "api.envelope:purger",
     "api.webhooks:dispatcher",
+    "host.risk:task",
 )
 
 
