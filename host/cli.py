@@ -362,3 +362,32 @@ def ledger_check(app: AppContext) -> None:
         click.echo("\n".join(lines))
     if not data["ok"]:
         raise SystemExit(1)
+
+
+@ledger.command("verify")
+@pass_app
+def ledger_verify(app: AppContext) -> None:
+    """Recompute every posting batch's chained digest (host.chain); exit 1 naming the first broken
+    link (the batch, and the row in it when known), else print OK with each chain's head."""
+    from host.chain import verify
+
+    async def work(pool: PgPool) -> Any:
+        return await pool.run(verify)
+
+    checked, heads, broken = _run(app, work)
+    data = {
+        "ok": broken is None,
+        "batches": checked,
+        "heads": [h.as_dict() for h in heads],
+        "broken": broken.as_dict() if broken is not None else None,
+    }
+    if app.json_output:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    elif broken is not None:
+        click.echo(f"FAILED {broken}" + (f"; {broken.row}" if broken.row else ""))
+    else:
+        click.echo(f"OK {checked} batches")
+        for h in heads:
+            click.echo(f"chain {h.chain}: seq {h.seq} batch {h.batch_id} {h.hash}")
+    if broken is not None:
+        raise SystemExit(1)

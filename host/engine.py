@@ -13,6 +13,7 @@ wait for each other's card rows.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -96,7 +97,7 @@ class Engine:
             batch = queue[: self.batch_max]
             del queue[: self.batch_max]
             started = time.perf_counter()
-            decisions = await self._post(batch)
+            decisions = await self._post(batch, w)
             BATCH_SECONDS.observe(time.perf_counter() - started)
             BATCH_SIZE.observe(len(batch))
             for (req, callback), d in zip(batch, decisions, strict=True):
@@ -106,7 +107,9 @@ class Engine:
                 except Exception as exc:  # a broken connection must not stop the writer
                     log.warning("answer callback failed", error=repr(exc))
 
-    async def _post(self, batch: list[tuple[Request, Callable[[Decision], None]]]) -> list[Decision]:
+    async def _post(
+        self, batch: list[tuple[Request, Callable[[Decision], None]]], writer: int = 0
+    ) -> list[Decision]:
         """The batch's decisions. While the database is unreachable the batch waits and is posted
         again: its outcome may be unknown (a COMMIT whose answer was lost), so a 96 ("nothing was
         posted") could be false, and a posted purchase would stay when the terminal, told 96, does not
@@ -114,10 +117,11 @@ class Engine:
         answered as the duplicate it is; the peer that stopped waiting has reversed it meanwhile, and
         that reversal, or the late original after it (05), is decided as usual."""
         requests = [r for r, _ in batch]
+        post = functools.partial(self.ledger.post_batch, writer=writer)  # the writer's chain (host.chain)
         backoff = 0.05
         while True:
             try:
-                decisions: list[Decision] = await self.pool.run(self.ledger.post_batch, requests)
+                decisions: list[Decision] = await self.pool.run(post, requests)
                 return decisions
             except UNAVAILABLE as exc:
                 log.error("ledger unavailable; the batch waits", error=repr(exc), size=len(batch))

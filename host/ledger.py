@@ -36,6 +36,7 @@ from typing import Any
 
 import asyncpg
 
+from host import chain as ledger_chain
 from host import controls, events, kyc, payment_codes, rules
 from host.business_day import BusinessDay, utc_now
 from host.model import (
@@ -146,6 +147,7 @@ class _Batch:
     masked: dict[int, str] = field(default_factory=dict)
     events: list[list[Any]] = field(default_factory=list)
     stamp: str = ""  # the events' occurred_at (b.now, RFC 3339)
+    chain: int | None = None  # the ledger chain the batch is sealed on (host.chain; None: not chained)
 
 
 # Requests that write no authorization event (host.events): not requests of a card's holder or
@@ -170,6 +172,7 @@ class Ledger:
         clock: Callable[[], dt.datetime] = utc_now,
         balance_low: int = 0,
         write_events: bool = True,
+        chained: bool = True,
     ) -> None:
         self.pin_tries = pin_tries
         self.hold_days = hold_days
@@ -182,6 +185,12 @@ class Ledger:
         # the batch writes its events at all (host.events = false only to measure their cost: bench.host).
         self.balance_low = balance_low
         self.write_events = write_events
+        # The ledger chain (host.chain): each batch sealed by a digest row in its own write statement
+        # (host.ledger_chain = false only to measure its cost: bench.host --chain). Each chain's head
+        # (seq, hash) as committed, kept between batches (read again after a failed one).
+        self.chained = chained
+        self._heads: dict[int, tuple[int, str]] = {}
+        self._sealed: dict[int, tuple[int, str]] = {}
         self._card_ids: dict[str, int] = {}  # pan_hash -> card id (never changes)
         self._merchants: dict[str, tuple[float, Merchant | None]] = {}
         self._funding: dict[tuple[str, int], int] = {}
@@ -189,15 +198,33 @@ class Ledger:
 
     # -- entry point ----------------------------------------------------------------------------
     async def post_batch(
-        self, conn: Any, reqs: list[Request], now: dt.datetime | None = None, *, raced: bool = False
+        self,
+        conn: Any,
+        reqs: list[Request],
+        now: dt.datetime | None = None,
+        *,
+        raced: bool = False,
+        writer: int | None = None,
     ) -> list[Decision]:
+        """``writer``: the engine's writer task posting the batch (its chain, host.chain); None for a
+        batch posted outside the engine (the shared chain, serialized by an advisory lock)."""
         now = now or self.clock()
+        chain = (ledger_chain.SHARED_CHAIN if writer is None else writer) if self.chained else None
+        if chain is not None:
+            self._sealed.pop(chain, None)  # a failed batch's seal never becomes the head
         try:
             async with _batch_transaction(conn):
-                return await self._run_batch(conn, reqs, now)
+                decisions = await self._run_batch(conn, reqs, now, chain)
+            if chain is not None and (sealed := self._sealed.pop(chain, None)) is not None:
+                self._heads[chain] = sealed
+            return decisions
         except UNAVAILABLE:
+            if chain is not None:
+                self._heads.pop(chain, None)
             raise  # maybe committed (its COMMIT's answer lost): the engine decides it again, later
         except Exception as exc:
+            if chain is not None:  # the head is read again: another process may have appended
+                self._heads.pop(chain, None)
             if conn.is_closed():  # whatever was raised, the connection went with it: as above
                 raise DatabaseUnavailable(f"connection lost in a posting batch: {exc!r}") from exc
             if len(reqs) == 1:
@@ -205,13 +232,13 @@ class Ledger:
                     # Another writer committed this key between our read and our write (an original and
                     # its reversal decided on two partitions at once): decide again against what it wrote.
                     log.info("key raced with another writer; deciding again", request=reqs[0].key)
-                    return await self.post_batch(conn, reqs, now, raced=True)
+                    return await self.post_batch(conn, reqs, now, raced=True, writer=writer)
                 log.error("posting failed", request=reqs[0].key, txn=str(reqs[0].txn), error=repr(exc))
                 return [_declined("posting_failed")]
             log.warning("batch failed; retrying one by one", size=len(reqs), error=repr(exc))
             out: list[Decision] = []
             for req in reqs:
-                out.extend(await self.post_batch(conn, [req], now))
+                out.extend(await self.post_batch(conn, [req], now, writer=writer))
             return out
 
     async def card_id_for(self, conn: Any, pan_hash: str) -> int | None:
@@ -220,8 +247,10 @@ class Ledger:
         return self._card_ids.get(pan_hash)
 
     # -- the batch ------------------------------------------------------------------------------
-    async def _run_batch(self, conn: Any, reqs: list[Request], now: dt.datetime) -> list[Decision]:
-        b = _Batch(now=now, today=self.business_day.today(now))
+    async def _run_batch(
+        self, conn: Any, reqs: list[Request], now: dt.datetime, chain: int | None = None
+    ) -> list[Decision]:
+        b = _Batch(now=now, today=self.business_day.today(now), chain=chain)
         await self._load_card_ids(conn, [r.pan_hash for r in reqs if r.card_id is None and r.pan_hash])
         for r in reqs:
             if r.card_id is None and r.pan_hash:
@@ -1151,10 +1180,15 @@ class Ledger:
             )
             for t in b.transfers
         ]
+        # One JSON line per row, joined into the write's parameters (as json.dumps of the list would)
+        # and, sorted by key, the canonical text of the batch's seal (host.chain).
+        auth_lines = [json.dumps(row) for row in sorted(b.auth_rows, key=_first)]
+        transfer_lines = [json.dumps(t) for t in transfers]
+        seal = await self._seal(conn, b, auth_lines, transfer_lines)
         await conn.execute(
             _WRITE_SQL,
-            json.dumps(b.auth_rows),
-            json.dumps(transfers),
+            "[" + ", ".join(auth_lines) + "]",
+            "[" + ", ".join(transfer_lines) + "]",
             ids,
             *[[b.deltas.get(i, zero)[c] for i in ids] for c in range(4)],
             [i in counted for i in ids],
@@ -1167,6 +1201,7 @@ class Ledger:
             *_window_columns(ids, counted),
             json.dumps(controls.group_rows(counted.values())),
             json.dumps(b.events, separators=(",", ":")),
+            *_seal_columns(seal),
         )
         if b.closing:  # a forfeit closes its card in the transaction that empties it (rare: own statement)
             await conn.execute(
@@ -1182,6 +1217,23 @@ class Ledger:
         if b.pin_changes:  # PIN changes (rare: own statement), in the transaction that answers them
             changed, values = list(b.pin_changes), list(b.pin_changes.values())
             await conn.execute(_PIN_CHANGE_SQL, changed, [v[0] for v in values], [v[1] for v in values])
+
+
+    async def _seal(
+        self, conn: Any, b: _Batch, auth_lines: list[str], transfer_lines: list[str]
+    ) -> ledger_chain.Seal | None:
+        """The batch's digest row on its chain (host.chain), or None (not chained, nothing journaled).
+        The head is the one this Ledger committed last on the chain (one writer per chain), read in
+        the transaction when unknown, and always for the shared chain (under its lock)."""
+        if b.chain is None or not (auth_lines or transfer_lines):
+            return None
+        prev = self._heads.get(b.chain) if b.chain != ledger_chain.SHARED_CHAIN else None
+        if prev is None:
+            prev = await ledger_chain.head_of(conn, b.chain)
+        keyed = sorted(zip((t.key for t in b.transfers), transfer_lines, strict=True))
+        seal = ledger_chain.seal(b.chain, prev, b.now, auth_lines, [x[1] for x in keyed])
+        self._sealed[b.chain] = (seal.seq, seal.hash)
+        return seal
 
 
 _PIN_CHANGE_SQL = """
@@ -1215,19 +1267,25 @@ SELECT
 """
 
 _WRITE_SQL = """
-WITH requests AS (
+WITH batch AS (
+    -- the batch's seal (host.chain, migration 0023): none when $25 is NULL
+    INSERT INTO ledger_batches (chain, seq, at, decisions, transfers, row_crc, prev_hash, hash)
+    SELECT $25::int, $26::bigint, $27::timestamptz, $28::int, $29::int, $30::bytea, $31::text, $32::text
+    WHERE $25::int IS NOT NULL
+    RETURNING id
+), requests AS (
     INSERT INTO auth_requests (key, mti, txn, proc_code, card_id, merchant_ref, acquirer_id, terminal_id,
         merchant_id, stan, transmitted, rrn, local_time, amount, currency, response_code, auth_id,
-        balance_field, original_key, reversal_of, posted, reason, reference)
+        balance_field, original_key, reversal_of, posted, reason, reference, batch_id)
     SELECT r->>0, r->>1, r->>2, r->>3, (r->>4)::bigint, (r->>5)::bigint, r->>6, r->>7, r->>8, r->>9, r->>10,
         r->>11, r->>12, (r->>13)::bigint, r->>14, r->>15, r->>16, r->>17, r->>18, r->>19, (r->>20)::boolean,
-        r->>21, r->>22
+        r->>21, r->>22, (SELECT id FROM batch)
     FROM json_array_elements($1::json) AS r
 ), postings AS (
     INSERT INTO transfers (key, debit_account_id, credit_account_id, amount, currency, phase, code, card_id,
-        pending_key, hold_of, original_key, expires_at)
+        pending_key, hold_of, original_key, expires_at, batch_id)
     SELECT r->>0, (r->>1)::bigint, (r->>2)::bigint, (r->>3)::bigint, r->>4, r->>5, r->>6, (r->>7)::bigint,
-        r->>8, r->>9, r->>10, (r->>11)::timestamptz
+        r->>8, r->>9, r->>10, (r->>11)::timestamptz, (SELECT id FROM batch)
     FROM json_array_elements($2::json) AS r
 ), sums AS (
     UPDATE accounts a SET debits_pending = a.debits_pending + d.dpe, debits_posted = a.debits_posted + d.dpo,
@@ -1342,6 +1400,18 @@ def _window_columns(ids: list[int], counted: dict[int, CardState]) -> list[list[
             ("life_count", 0),
         )
     ]
+
+
+def _first(row: tuple[Any, ...]) -> Any:
+    return row[0]
+
+
+def _seal_columns(seal: ledger_chain.Seal | None) -> list[Any]:
+    """_WRITE_SQL's $25-$32: the batch's digest row, or NULLs (no row)."""
+    if seal is None:
+        return [None] * 8
+    return [seal.chain, seal.seq, seal.at, seal.decisions, seal.transfers, seal.row_crc, seal.prev_hash,
+            seal.hash]
 
 
 def _declined(reason: str) -> Decision:

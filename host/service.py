@@ -135,6 +135,7 @@ class HostService:
             business_day=BusinessDay.of_config(config),
             balance_low=hc.balance_low,
             write_events=hc.events,
+            chained=hc.ledger_chain,
         )
         self.engine = Engine(
             pool, self.ledger, partitions=partitions, writers=hc.writers, batch_max=hc.batch_max
