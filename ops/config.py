@@ -280,6 +280,8 @@ class HostConfig:
                                "falls below this, in minor units (0 = never)", min=0, max=10**12)
     events: bool = setting("the ledger batch writes its events to the outbox (webhooks); false only to "
                            "measure what they cost (bench.host --events)")
+    ledger_chain: bool = setting("each ledger batch is sealed by a chained digest row (ledger verify); "
+                                 "false only to measure what it costs (bench.host --chain)")
 
 
 @dataclass(frozen=True)
