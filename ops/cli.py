@@ -46,6 +46,7 @@ COMMANDS: dict[str, str] = {
     "demo": "pos.demo:demo",
     "iso": "specs.cli:iso",
     "api": "api.cli:api",
+    "approval": "host.approval_cli:approval",
     "operator": "console.operator_cli:operator",
 }
 
