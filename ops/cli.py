@@ -48,6 +48,7 @@ COMMANDS: dict[str, str] = {
     "api": "api.cli:api",
     "approval": "host.approval_cli:approval",
     "operator": "console.operator_cli:operator",
+    "audit": "ops.audit_cli:audit",
 }
 
 
@@ -88,6 +89,30 @@ class LazyGroup(click.Group):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta[ARGV_KEY] = list(args)  # the root callback needs to know whether help was asked for
         return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """The command, then its audit row when it changes state (ops.cli_audit: one place for all)."""
+        from ops import cli_audit
+
+        planned = cli_audit.plan(self, ctx, [*ctx._protected_args, *ctx.args]) if ctx.parent is None else None
+        if planned is None:
+            return super().invoke(ctx)
+        try:
+            result = super().invoke(ctx)
+        except click.exceptions.Exit as exc:
+            cli_audit.write(ctx.obj, planned, "done" if exc.exit_code == 0 else "failed",
+                            "" if exc.exit_code == 0 else f"exit status {exc.exit_code}")
+            raise
+        except (click.UsageError, click.exceptions.Abort, KeyboardInterrupt):
+            raise
+        except click.ClickException as exc:
+            cli_audit.write(ctx.obj, planned, "failed", exc.format_message())
+            raise
+        except _ONE_LINE_ERRORS as exc:
+            cli_audit.write(ctx.obj, planned, "failed", str(exc))
+            raise
+        cli_audit.write(ctx.obj, planned, "failed" if isinstance(result, int) and result else "done")
+        return result
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in self.lazy:
