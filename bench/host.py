@@ -1,7 +1,7 @@
 """The authorization host alone: approved purchases/s through the H2H link into the ledger.
 
     python -m bench.host [--cards 10000] [--duration 10] [--connections 4] [--window 32] [--writers 3]
-                         [--batch-max 500] [--profile] [--controls] [--events]
+                         [--batch-max 500] [--profile] [--controls] [--events] [--chain]
 
 Starts a throwaway PostgreSQL (fsync on, as a ledger runs), the HSM and ``payswitch host serve`` as
 processes; creates one product, ONE merchant (every purchase credits it: the hot merchant) and
@@ -26,6 +26,11 @@ and without again; prints the controlled run's approvals/s as a ratio to the mea
 writes its authorization.approved in the batch's write statement), with ``host.events = false`` (the
 host restarted and warmed up again), and with it again; prints the ratio of the mean of the runs with
 events to the one without.
+
+``--chain`` (issue 18 item 4, host.ledger_chain): the measured run with the ledger chain (every batch
+sealed by a chained SM3 digest row, host.chain, written by the batch's own write statement), without
+it (``host.ledger_chain = false``, the host restarted and warmed up again), and with it again; prints
+the ratio of the mean of the runs with the chain to the one without, and the batches sealed.
 """
 
 from __future__ import annotations
@@ -406,6 +411,14 @@ async def _set_controls(url: str, *, on: bool) -> None:
         await conn.close()
 
 
+async def _count_batches(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM ledger_batches"))
+    finally:
+        await conn.close()
+
+
 async def _count_events(url: str) -> int:
     conn = await asyncpg.connect(url)
     try:
@@ -427,6 +440,11 @@ def main(argv: list[str]) -> int:
         "--events",
         action="store_true",
         help="measure with, without (host.events = false) and again with the event outbox; print the ratio",
+    )
+    ap.add_argument(
+        "--chain",
+        action="store_true",
+        help="measure with, without (host.ledger_chain = false) and again with the ledger chain; the ratio",
     )
     ap.add_argument(
         "--controls",
@@ -481,11 +499,13 @@ def main(argv: list[str]) -> int:
 
         prof = ["-m", "cProfile", "-o", str(root / "host.prof")] if args.profile else []
 
-        def start_host(events: bool = True) -> subprocess.Popen[bytes]:
-            """``host serve`` (the outbox on or off: host.events), warmed up with one inquiry per card."""
+        def start_host(events: bool = True, chain: bool = True) -> subprocess.Popen[bytes]:
+            """``host serve`` (the outbox on or off: host.events; the ledger chain: host.ledger_chain),
+            warmed up with one inquiry per card."""
             proc = subprocess.Popen(
                 [sys.executable, *prof, "-m", "ops", "host", "serve"],
-                env={**env, "PAYSWITCH_HOST_EVENTS": "true" if events else "false"},
+                env={**env, "PAYSWITCH_HOST_EVENTS": "true" if events else "false",
+                     "PAYSWITCH_HOST_LEDGER_CHAIN": "true" if chain else "false"},
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -509,9 +529,9 @@ def main(argv: list[str]) -> int:
             )
             return proc
 
-        def restart_host(events: bool) -> subprocess.Popen[bytes]:
+        def restart_host(events: bool, chain: bool = True) -> subprocess.Popen[bytes]:
             processes.stop(procs.pop())
-            return start_host(events)
+            return start_host(events, chain)
 
         host = start_host()
         def measure(label: str) -> tuple[float, float, float, float]:
@@ -567,6 +587,24 @@ def main(argv: list[str]) -> int:
                 f" p50 {on[1]:.1f}/{again[1]:.1f} vs {off[1]:.1f} ms, p99 {on[2]:.1f}/{again[2]:.1f} vs"
                 f" {off[2]:.1f} ms; host + PostgreSQL CPU per purchase {on[3]:.2f}/{again[3]:.2f} vs"
                 f" {off[3]:.2f} ms; {written:,} events written",
+                flush=True,
+            )
+        elif args.chain:
+            on = measure(" (ledger chain on)")
+            host = restart_host(events=True, chain=False)
+            off = measure(" (ledger chain off: host.ledger_chain = false)")
+            host = restart_host(events=True, chain=True)
+            again = measure(" (ledger chain on, again)")
+            sealed = asyncio.run(_count_batches(url))
+            base = off[0]
+            mean_on = (on[0] + again[0]) / 2
+            print(
+                f"ledger chain: {mean_on:,.0f} approved/s with the chain (mean of the runs before and after)"
+                f" vs {base:,.0f} without: ratio {mean_on / base:.3f}"
+                f" ({(1 - mean_on / base) * 100:.1f} % fewer);"
+                f" p50 {on[1]:.1f}/{again[1]:.1f} vs {off[1]:.1f} ms, p99 {on[2]:.1f}/{again[2]:.1f} vs"
+                f" {off[2]:.1f} ms; host + PostgreSQL CPU per purchase {on[3]:.2f}/{again[3]:.2f} vs"
+                f" {off[3]:.2f} ms; {sealed:,} batches sealed",
                 flush=True,
             )
         elif not args.controls:

@@ -146,15 +146,16 @@ WITH RECURSIVE c AS (
     FROM c WHERE c.chain IS NOT NULL
 )
 SELECT h.chain, h.seq, h.hash, h.id, h.at FROM c, LATERAL (
-    SELECT b.chain, b.seq, b.hash, b.id, b.at FROM ledger_batches b WHERE b.chain = c.chain
+    SELECT b.chain, b.seq, b.hash, b.id, b.at FROM ledger_batches b
+    WHERE b.chain = c.chain AND ($1::timestamptz IS NULL OR b.committed_at <= $1::timestamptz)
     ORDER BY b.seq DESC LIMIT 1) h
 WHERE c.chain IS NOT NULL ORDER BY h.chain
 """
 
 
-async def heads(conn: Any) -> list[Head]:
-    """Each chain's last batch, by chain (empty when nothing was posted)."""
-    rows = await conn.fetch(_HEADS_SQL)
+async def heads(conn: Any, until: dt.datetime | None = None) -> list[Head]:
+    """Each chain's last batch (committed by ``until`` if given), by chain; empty when none."""
+    rows = await conn.fetch(_HEADS_SQL, until)
     return [Head(int(r["chain"]), int(r["seq"]), str(r["hash"]), int(r["id"]), r["at"]) for r in rows]
 
 

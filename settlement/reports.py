@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from host import chain as ledger_chain
+from ops.audit import GENESIS
 from ops.files import write_text_atomic
 from ops.localtime import format_local
 from ops.money import format_amount as money  # minor units for people; files keep integers
@@ -98,6 +100,7 @@ async def write_run_outputs(
             "GROUP BY merchant_id, store_id, business_date ORDER BY merchant_id, store_id, business_date",
             run_id)
     ]
+    heads = await chain_heads(conn, run["started_at"])
     folder = Path(output_dir) / f"run_{run_id}"
     folder.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -132,9 +135,23 @@ async def write_run_outputs(
         totals = _totals(p["merchant_id"], "TOTAL", mine)
         write_text_atomic(stem.with_suffix(".csv"), _csv([header] + [_row(x) for x in mine] + [_row(totals)]))
         ran = format_local(run["started_at"], timezone)
-        write_text_atomic(stem.with_suffix(".html"), merchant_html(p, run["as_of"], mine, totals, ran=ran))
+        write_text_atomic(stem.with_suffix(".html"),
+                          merchant_html(p, run["as_of"], mine, totals, ran=ran, heads=heads))
         written += [stem.with_suffix(".csv"), stem.with_suffix(".html")]
     return written
+
+
+async def chain_heads(conn: Any, at: Any) -> list[tuple[str, str]]:
+    """The chain heads as of the run's start (issue 18 item 4): each ledger chain's last batch
+    (host.chain) and the audit chain's last row (ops.audit) committed by then, as (label, hash) lines.
+    Printed in the merchant's report, so a later edit of the ledger or of the audit contradicts a
+    document already sent out; taken as of the run's time, so writing the report again gives the same
+    bytes."""
+    out = [(f"ledger chain {h.chain}, batch {h.seq}", h.hash) for h in await ledger_chain.heads(conn, at)]
+    audit = await conn.fetchrow("SELECT id, hash FROM audit_log WHERE at <= $1 ORDER BY id DESC LIMIT 1", at)
+    out.append((f"audit row {audit['id']}", str(audit["hash"])) if audit is not None
+               else ("audit row 0", GENESIS))
+    return out
 
 
 def report_files(run_id: int, merchant_ids: list[str], *, cash_outs: bool) -> list[str]:
@@ -186,8 +203,10 @@ def bar_chart(values: list[tuple[str, int]], width: int = 480, bar: int = 22) ->
     return "".join(parts)
 
 
-def merchant_html(p: Any, as_of: Any, lines: list[StoreLine], totals: StoreLine, *, ran: str = "") -> str:
-    """``ran``: when the run was made, programme local time with its offset (ops.localtime)."""
+def merchant_html(p: Any, as_of: Any, lines: list[StoreLine], totals: StoreLine, *, ran: str = "",
+                  heads: list[tuple[str, str]] | None = None) -> str:
+    """``ran``: when the run was made, programme local time with its offset (ops.localtime); ``heads``:
+    the chain heads as of the run (``chain_heads``)."""
     store_totals: dict[str, list[StoreLine]] = defaultdict(list)
     for x in lines:
         store_totals[x.store_id].append(x)
@@ -206,6 +225,14 @@ def merchant_html(p: Any, as_of: Any, lines: list[StoreLine], totals: StoreLine,
     )
     chart = bar_chart([(x.store_id, x.net) for x in per_store])
     run_line = f" Settlement run {e(str(p['run_id']))} of {e(ran)}." if ran else ""
+    head_rows = "".join(f"<tr><td>{e(label)}</td><td><code>{e(h)}</code></td></tr>"
+                        for label, h in heads or [])
+    chain = (f"""<h2>Chain heads</h2>
+<p>The ledger's and the audit record's chain heads when this run was made (SM3, hex):
+<code>payswitch ledger verify</code> and <code>payswitch audit verify</code> reproduce them.</p>
+<table class="heads"><tr><th>Chain</th><th>Head</th></tr>
+{head_rows}</table>
+""" if heads else "")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Settlement {e(p['reference'])}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin:1em 0}}
@@ -231,5 +258,5 @@ td:first-child,th:first-child{{text-align:left}}
 <th>Top-ups</th><th>Fee</th><th>Net</th></tr>
 {rows}</table>
 <p>Amounts in the file currency's main unit; the CSV beside this page has them in minor units.</p>
-</body></html>
+{chain}</body></html>
 """

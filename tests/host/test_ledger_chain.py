@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -17,8 +18,16 @@ from gmssl import func, sm3
 from host import chain
 from host.check import run_checks
 from ops.audit import GENESIS
+from settlement.cycles import Cycle
+from settlement.importer import import_file
+from settlement.reports import write_run_outputs
+from settlement.run import run_settlement
+from specs.clearing import write_file
 from tests.host.harness import Harness, message, programme, running_host
 from tests.host.helpers import cli_env, ok, run
+from tests.settlement.db import db
+from tests.settlement.factories import detail, header
+from tests.settlement.test_settle import setup_rates
 
 
 def test_the_worked_example_with_gmssl_as_oracle() -> None:
@@ -59,7 +68,7 @@ def owner(db_url: str, sql: str) -> list[Any]:
 
 
 def test_purchases_verify_then_the_owners_edits_are_named(
-    db_url: str, hsm_server: Any, env: dict[str, str]
+    db_url: str, hsm_server: Any, env: dict[str, str], tmp_path: Path
 ) -> None:
     async def body(h: Harness) -> None:
         pans = await programme(h, "CHAIN", cards=8, load=50_000)  # loads: the shared chain (-1)
@@ -87,6 +96,15 @@ def test_purchases_verify_then_the_owners_edits_are_named(
     assert text.startswith(f"OK {fine['batches']} batches")
     for x in fine["heads"]:
         assert f"chain {x['chain']}: seq {x['seq']} batch {x['batch_id']} {x['hash']}" in text
+
+    # the settlement report prints the chain heads, equal to what verify reports after the run (its
+    # setup loaded the merchants' payables through the ledger: more batches on the shared chain)
+    page = _settlement_report(db_url, tmp_path)
+    after = ok(env, "ledger", "verify")
+    assert after["ok"] and after["batches"] > fine["batches"]
+    for x in after["heads"]:
+        assert f"<td>ledger chain {x['chain']}, batch {x['seq']}</td><td><code>{x['hash']}</code>" in page
+    assert "<td>audit row " in page
 
     # the owner edits a purchase's amount: its batch, and the transfer in it, are named
     victim = owner(db_url, "SELECT id, key, batch_id, amount FROM transfers WHERE code = 'purchase'"
@@ -117,6 +135,24 @@ def test_purchases_verify_then_the_owners_edits_are_named(
     assert result.exit_code == 1
     broken = json.loads(result.output)["broken"]
     assert broken["batch_id"] == gone["id"] and "missing" in broken["reason"]
+
+
+def _settlement_report(db_url: str, tmp_path: Path) -> str:
+    """A settlement run over a clearing file (tests/settlement's factories); its merchant page."""
+    m = "CHN"
+    setup_rates(db_url, m)
+    day1, day2 = dt.date(2026, 11, 24), dt.date(2026, 11, 25)
+    f1, _ = write_file(tmp_path, header(day1, "33330000"),
+                       [detail(1, "PURCHASE", 10000, merchant_id=f"{m}A", store_id="S01")])
+    db(db_url, lambda c: import_file(c, f1))
+    result = db(db_url, lambda c: run_settlement(c, day2, Cycle()))
+    assert result.run_id is not None
+    run_id: int = result.run_id
+    written = db(db_url, lambda c: write_run_outputs(c, run_id, tmp_path / "out"))
+    (page,) = [p for p in written if p.name == f"merchant_{m}A.html"]
+    again = db(db_url, lambda c: write_run_outputs(c, run_id, tmp_path / "again"))
+    assert [p.read_bytes() for p in again] == [p.read_bytes() for p in written]  # the same bytes again
+    return page.read_text()
 
 
 async def _run(db_url: str, hsm_server: Any, body: Any) -> None:
