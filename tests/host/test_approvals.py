@@ -224,3 +224,26 @@ def test_list_filters_and_pages(live: System, product: str) -> None:
     rows3, _ = conn_call(live, approvals.list_, "approved", None, 10, target=f"card:{cid}")
     assert rows3 == []
     assert "1,000.01" in approvals.describe(rows[-1]) or "1,000.02" in approvals.describe(rows[-1])
+
+
+def test_the_cli(live: System, product: str) -> None:
+    cid = new_card(live, product)
+    made = json.loads(live.cli("--json", "approval", "request", "load", str(cid), "--amount", "1200.00",
+                               "--reason", "paid in cash").stdout)
+    assert made["state"] == "requested" and made["requested_by"].startswith("cli:")
+    refused = live.cli("approval", "approve", str(made["id"]), check=False)
+    assert refused.returncode == 1 and "other than the requester" in refused.stderr
+    listed = live.cli("approval", "list", "--state", "requested", "--target", f"card:{cid}").stdout
+    assert "load 1,200.00 CNY onto card" in listed and made["requested_by"] in listed
+
+    other = conn_call(live, approvals.request, "load", f"card:{cid}", {"amount": 130_000}, name("op"),
+                      "operator", "second load")
+    out = json.loads(live.cli("--json", "approval", "approve", str(other["id"])).stdout)
+    assert out["state"] == "approved" and out["decided_by"].startswith("cli:")
+    assert balance(live, cid) == 130_000
+    shown = live.cli("approval", "show", str(other["id"])).stdout
+    assert "approved" in shown and other["requested_by"] in shown and out["decided_by"] in shown
+
+    rejected = live.cli("approval", "reject", str(made["id"]), "--reason", "withdrawn").stdout
+    assert "rejected" in rejected and "withdrawn by the requester" in rejected
+    assert balance(live, cid) == 130_000
