@@ -175,7 +175,7 @@ def login(driver: Any, base_url: str, operator: Any, next_path: str = "/console/
     shot(driver, "login-password")
     click_button(driver, "Next")
     code = wait_for(driver, "input[name='code']")
-    code.send_keys(_fresh_code(operator.totp_secret))
+    code.send_keys(fresh_code(operator.totp_secret))
     shot(driver, "login-totp")
     click_button(driver, "Log in")
     wait_for(driver, "form.who")  # signed in: the header names the operator
@@ -189,7 +189,7 @@ def logout(driver: Any) -> None:
 _last_step: dict[str, int] = {}  # secret -> the step of the code last typed (the server takes each once)
 
 
-def _fresh_code(secret: str) -> str:
+def fresh_code(secret: str) -> str:
     """The current code, unless it expires within 3 s or was used already by this operator (then wait
     for the next one): the server accepts a step's code once, and a code turning over between typing and
     the server's check would fail the login for no reason."""

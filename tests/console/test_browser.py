@@ -9,10 +9,26 @@ the real database, the browser clicking the pages' own forms.
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
+from selenium.webdriver.common.by import By
+
 from pos.system import System
-from tests.console.browser import browser_fixture, login, logout, page_fixture, shot, wait_for, wait_text
+from tests.api.test_payments import issue_card
+from tests.console.browser import (
+    browser_fixture,
+    click_button,
+    fill,
+    fresh_code,
+    login,
+    logout,
+    page_fixture,
+    shot,
+    wait_for,
+    wait_text,
+)
 from tests.fixtures.console import new_operator
 
 __all__ = ["browser_fixture", "page_fixture"]  # the fixtures `browser` and `page`, used by name
@@ -23,7 +39,17 @@ def test_login_with_password_and_totp_then_the_dashboard(live: System, page: Any
     page.get(f"{live.api_url}/console/")
     wait_for(page, "input[name='password']")  # a stranger is sent to the login page
     assert "/console/login" in page.current_url
-    login(page, live.api_url, op)
+    fill(page, "name", op.name)
+    fill(page, "password", op.password)
+    shot(page, "login-password")
+    click_button(page, "Next")
+    # The first login enrols the authenticator: its QR code and secret, shown once.
+    wait_for(page, "input[name='code']")
+    assert page.find_elements(By.CSS_SELECTOR, "figure.qr svg"), "no enrolment QR at the first login"
+    assert wait_for(page, ".totp-secret").text.strip() == op.totp_secret
+    shot(page, "login-enrolment-qr")
+    wait_for(page, "input[name='code']").send_keys(fresh_code(op.totp_secret))
+    click_button(page, "Log in")
     wait_text(page, "Dashboard", css="main")
     assert op.name in wait_for(page, "form.who").text
     shot(page, "dashboard")
@@ -32,10 +58,12 @@ def test_login_with_password_and_totp_then_the_dashboard(live: System, page: Any
     page.get(f"{live.api_url}/console/")
     wait_for(page, "input[name='password']")  # the session ended with the logout
 
+    login(page, live.api_url, op)  # again: no QR, no secret this time
+    assert page.find_elements(By.CSS_SELECTOR, ".totp-secret") == []
+    wait_text(page, "Dashboard", css="main")
+
 
 def test_a_wrong_totp_code_is_refused(live: System, page: Any) -> None:
-    from tests.console.browser import click_button, fill
-
     op = new_operator(live, "viewer")
     page.get(f"{live.api_url}/console/login")
     fill(page, "name", op.name)
@@ -54,3 +82,97 @@ def _is_code(secret: str, code: str) -> bool:
     import pyotp
 
     return bool(pyotp.TOTP(secret).verify(code, valid_window=1))
+
+
+# -- a card: find it, freeze it, the POS declines it ---------------------------------------------
+
+TERMINAL = "T0000001"
+RIGHT_PIN = "123456"   # tests.api.test_payments.issue_card's
+WRONG_PIN = "000000"
+
+
+def pos_purchase(live: System, card: dict[str, Any], pin: str, amount: str = "1.00") -> dict[str, Any]:
+    """A purchase keyed at the demo POS terminal (the real switch, host and HSM): its receipt as JSON."""
+    r = live.cli("--json", "pos", "purchase", amount, "--card", card["pan"], "--expiry", card["expiry"],
+                 "--pin", pin, "-t", TERMINAL, check=False)
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.stdout.strip().startswith("{"), (r.returncode, r.stdout, r.stderr)
+    receipt: dict[str, Any] = json.loads(r.stdout)
+    return receipt
+
+
+def masked(pan: str) -> str:
+    return pan[:6] + "*" * (len(pan) - 10) + pan[-4:]
+
+
+def open_card_by_last4(page: Any, live: System, card: dict[str, Any]) -> None:
+    """The card search as an operator uses it: last 4 digits, then the card's row."""
+    page.get(f"{live.api_url}/console/cards")
+    fill(page, "last4", card["pan"][-4:])
+    shot(page, "card-search")
+    click_button(page, "Search")
+    link = wait_for(page, f"#card-list a[href$='/console/cards/{card['id']}']")
+    row = link.find_element(By.XPATH, "./ancestor::tr")
+    assert masked(card["pan"]) in row.text and card["pan"] not in page.page_source
+    shot(page, "card-found")
+    link.click()
+    wait_for(page, "#card-summary")
+
+
+def test_find_a_card_freeze_it_and_the_pos_declines_it(live: System, page: Any) -> None:
+    card = issue_card(live)
+    assert pos_purchase(live, card, RIGHT_PIN).get("approved"), "the card pays before the freeze"
+    op = new_operator(live, "operator")
+    login(page, live.api_url, op)
+    open_card_by_last4(page, live, card)
+    assert "active" in wait_for(page, "#card-summary").text
+    shot(page, "card-page")
+
+    fill(page, "reason", "browser test: customer reports it missing")  # the first form: Freeze
+    click_button(page, "Freeze", within="#card-actions")
+    done = wait_for(page, "#done")
+    assert "frozen" in done.text
+    assert "frozen" in wait_for(page, "#card-summary").text
+    shot(page, "card-frozen")
+
+    receipt = pos_purchase(live, card, RIGHT_PIN)
+    assert not receipt.get("approved") and receipt.get("code") not in (None, "00"), receipt
+    page.refresh()
+    history = wait_for(page, "#card-history")
+    wait_text(page, str(receipt["code"]), css="#card-history")
+    shot(page, "card-declined-at-the-pos")
+    assert "declined" in history.text.lower() or str(receipt["code"]) in history.text
+
+
+# -- a risk alert from a burst of wrong PINs -------------------------------------------------------
+
+def test_a_burst_of_wrong_pins_raises_an_alert_shown_in_the_console(live: System, page: Any) -> None:
+    card = issue_card(live)
+    for _ in range(3):  # risk.pin_failures = 3 (ops/payswitch.default.toml)
+        receipt = pos_purchase(live, card, WRONG_PIN)
+        assert receipt.get("code") in ("55", "75"), receipt
+    op = new_operator(live, "operator")
+    login(page, live.api_url, op, next_path="/console/risk")
+    wait_for(page, "form.filters")
+    shot(page, "risk-alerts")
+    # The monitor reads the decisions every risk.poll_s (2 s): reload the card's alerts until it is there.
+    deadline = time.monotonic() + 90
+    while True:
+        page.get(f"{live.api_url}/console/risk?card={card['id']}")
+        rows = page.find_elements(By.CSS_SELECTOR, "table.alerts tbody tr.state-open")
+        if rows or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert rows, "no open alert for the card within 90 s"
+    row = rows[0]
+    assert masked(card["pan"]) in row.text and card["pan"] not in page.page_source
+    shot(page, "risk-alert-for-the-card")
+    row.find_element(By.CSS_SELECTOR, "a[href*='/console/risk/']").click()
+    wait_text(page, "Evidence", css="main")
+    shot(page, "risk-alert-page")
+    click_button(page, "Freeze card")
+    wait_for(page, "[role='status']")
+    wait_text(page, "card is frozen", css="main")
+    shot(page, "risk-alert-card-frozen")
+    receipt = pos_purchase(live, card, RIGHT_PIN)
+    assert not receipt.get("approved"), receipt
