@@ -48,7 +48,8 @@ from api import problems
 from api.auth import Caller, authenticate
 from api.problems import Problem
 from api.state import ApiState
-from ops.logs import get_logger
+from ops import audit
+from ops.logs import get_logger, redact_text
 from ops.metrics import labelled
 from ops.pgpool import UNAVAILABLE, PgPool
 
@@ -139,6 +140,36 @@ async def finish(conn: Any, request_id: int, state: str, status: int, response: 
         " WHERE id = $1",
         request_id, state, status, response,
     )
+
+
+AUDITED_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_AUDIT_FAILURES: tuple[type[BaseException], ...] = (*UNAVAILABLE, audit.AuditError)
+_FINISH_THEN = ("UPDATE api_requests SET state = $15, status = $16, response = $17::jsonb,"
+                " finished_at = now() WHERE id = $14")
+
+
+@dataclass(frozen=True, slots=True)
+class Audited:
+    """The audit row of one state-changing request (ops.audit): who, from where, what, how it ended."""
+
+    actor: str
+    source: str
+    action: str
+    target: str
+    status: int
+
+    @property
+    def outcome(self) -> str:
+        return "done" if self.status < 400 else "failed" if self.status >= 500 else "refused"
+
+
+async def record_request(conn: Any, row: Audited, finish_args: tuple[int, str, int, str | None] | None = None,
+                         ) -> None:
+    """The request's audit row; with ``finish_args`` (request id, state, status, response) the
+    idempotency record is closed in the same statement as the row's insert (``finish``)."""
+    await audit.record(conn, actor=row.actor, role="api", source=row.source, action=row.action,
+                       target=row.target, after={"status": row.status}, outcome=row.outcome,
+                       then=_FINISH_THEN if finish_args is not None else "", then_args=finish_args or ())
 
 
 async def purge(conn: Any, hours: int, limit: int = PURGE_BATCH) -> int:
@@ -404,10 +435,29 @@ class Envelope:
                 await self._problem(scope, receive, send,
                                     Problem("unsupported-media-type", "send the body as application/json"))
                 return
-        if method == "POST" and caller is not None:
-            await self._idempotent(scope, receive, send, api, caller, headers, st, ex, body)
+        if caller is not None and method in AUDITED_METHODS and path.startswith("/v1/"):
+            await self._audited(scope, receive, send, api, caller, headers, st, ex, body)
             return
         await self._run_app(scope, receive, send)
+
+    async def _audited(self, scope: Scope, receive: Receive, send: Send, api: ApiState, caller: Caller,
+                       headers: dict[bytes, str], st: dict[str, Any], ex: _Exchange, body: bytes) -> None:
+        """A state-changing request: its audit row, written with the idempotency finish when the route
+        ran (``_idempotent`` sets ``audited``), else right after the answer; a replay writes none."""
+        client = scope.get("client")
+        st["audit_row"] = lambda status: Audited(caller.actor, client[0] if client else "",
+                                                  f"api.{scope['method']} {_route_of(scope) or UNMATCHED}",
+                                                  redact_text(scope["path"]), status)
+        if scope["method"] == "POST":
+            await self._idempotent(scope, receive, send, api, caller, headers, st, ex, body)
+        else:
+            await self._run_app(scope, receive, send)
+        if st.get("audited") or ex.replayed:
+            return
+        try:
+            await api.pool.run(record_request, st["audit_row"](ex.status))
+        except _AUDIT_FAILURES as exc:
+            log.warning("api_audit_failed", path=scope["path"], error=type(exc).__name__)
 
     async def _idempotent(self, scope: Scope, receive: Receive, send: Send, api: ApiState, caller: Caller,
                           headers: dict[bytes, str], st: dict[str, Any], ex: _Exchange, body: bytes) -> None:
@@ -472,8 +522,16 @@ class Envelope:
             if data and b"json" in content_type:
                 response = data.decode()
         try:
+            row: Audited = st["audit_row"](status)
             if not st.get("idem_finished"):  # a payment's route commits it with the switch's answer
-                await api.pool.run(finish, begun.id, state, status, response)
+                await api.pool.run(record_request, row, (begun.id, state, status, response))
+            else:
+                await api.pool.run(record_request, row)
+            st["audited"] = True
+        except audit.AuditError as exc:  # a path that looks like a PAN: the record closed, no row
+            log.warning("api_audit_failed", path=path, error=type(exc).__name__)
+            await api.pool.run(finish, begun.id, state, status, response)
+            st["audited"] = True
         except UNAVAILABLE as exc:
             # The answer goes out; the record stays `started` and a retry after 2 * request_timeout_ms
             # runs the request again (a payment finds its write-ahead row and gets the switch's first answer).
