@@ -39,7 +39,11 @@ def _password(from_stdin: bool) -> str:
             raise click.ClickException("--password-stdin: no password on the first line of stdin")
         password = line
     else:
-        password = str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+        try:
+            password = str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+        except click.Abort:  # no terminal, or stdin closed: one line, not click's bare "Aborted!"
+            raise click.ClickException("no password given (type it at the prompt, or use --password-stdin)"
+                                       ) from None
     try:
         operators.check_password_rule(password)
     except OperatorError as exc:
