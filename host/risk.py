@@ -382,19 +382,35 @@ def max_window(config: RiskConfig) -> dt.timedelta:
 
 
 # -- reading the stream ------------------------------------------------------------------------------------
-def decision_of(row: Any) -> Decision:
-    """A Decision from an ``events`` row of type authorization.*."""
-    p = row["payload"]
-    p = json.loads(p) if isinstance(p, str) else dict(p)
-    amount = p.get("amount") or {}
-    return Decision(
-        event_id=int(row["id"]), at=row["occurred_at"], card_id=row["card_id"], txn=str(p.get("txn") or ""),
-        approved=row["type"] == "authorization.approved", amount=int(amount.get("amount") or 0),
-        currency=amount.get("currency"), reason=p.get("reason"),
-        response_code=str(p.get("response_code") or ""),
-        merchant_id=p.get("merchant_id"), terminal_id=p.get("terminal_id"), pan_masked=p.get("pan_masked"),
-        business_date=str(p.get("business_date") or ""),
-    )
+def decision_of(row: Any) -> Decision | None:
+    """A Decision from an ``events`` row of type authorization.*; None for a payload it cannot read
+    (never an exception: one odd event must not stop the monitor)."""
+    try:
+        p = row["payload"]
+        p = json.loads(p) if isinstance(p, str) else p
+        if not isinstance(p, dict):
+            return None
+        amount = p.get("amount")
+        amount = amount if isinstance(amount, dict) else {}
+
+        def text(key: str) -> str | None:
+            value = p.get(key)
+            return value if isinstance(value, str) else None
+
+        return Decision(
+            event_id=int(row["id"]), at=row["occurred_at"], card_id=row["card_id"], txn=text("txn") or "",
+            approved=row["type"] == "authorization.approved", amount=int(amount.get("amount") or 0),
+            currency=amount.get("currency") if isinstance(amount.get("currency"), str) else None,
+            reason=text("reason"), response_code=text("response_code") or "",
+            merchant_id=text("merchant_id"), terminal_id=text("terminal_id"), pan_masked=text("pan_masked"),
+            business_date=text("business_date") or "",
+        )
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return None
+
+
+def _decisions(rows: Iterable[Any]) -> list[Decision]:
+    return [d for d in (decision_of(r) for r in rows if r["type"] in AUTH_TYPES) if d is not None]
 
 
 _EVENTS_AFTER = ("SELECT id, type, card_id, merchant_id, occurred_at, payload FROM events WHERE id > $1"
@@ -512,7 +528,7 @@ async def _scan(conn: Any, config: RiskConfig, now: float) -> tuple[list[Raised]
             upto = int(r["id"])
         if not taken:
             return [], 0
-        new = [decision_of(r) for r in taken if r["type"] in AUTH_TYPES]
+        new = _decisions(taken)
         raised: list[Raised] = []
         if new:
             first_new = new[0].event_id
@@ -521,7 +537,7 @@ async def _scan(conn: Any, config: RiskConfig, now: float) -> tuple[list[Raised]
                 sorted({d.card_id for d in new if d.card_id is not None}),
                 sorted({d.terminal_id for d in new if d.terminal_id}),
             )
-            window = [decision_of(r) for r in context] + new
+            window = _decisions(context) + new
             facts = await _facts(conn, new, upto)
             raised = await store_alerts(conn, evaluate(window, first_new, config, facts))
         await conn.execute("UPDATE risk_cursor SET last_event = $1, updated_at = now()", upto)

@@ -174,6 +174,14 @@ def test_decision_of_an_event_row() -> None:
                            "623456******0003", "2026-12-02")
 
 
+def test_an_odd_event_is_skipped_not_raised() -> None:
+    for payload in ('{"marker": "x"}', '{"amount": 12, "txn": 3}', "[]", "not json"):
+        row = {"id": 8, "type": "authorization.approved", "card_id": None, "occurred_at": T0,
+               "payload": payload}
+        got = risk.decision_of(row)
+        assert got is None or (got.amount == 0 and got.txn == "")
+
+
 def test_page_cursor() -> None:
     assert risk.parse_cursor("0:12") == (0, 12) and risk.parse_cursor(None) is None
     for bad in ("x", "2:1", "0:", "0:1a", "0:²"):
