@@ -57,6 +57,10 @@ class ApprovalError(CatalogError):
     """A request, approval or rejection that may not be made; str() is the one line for the operator."""
 
 
+class NoApproval(ApprovalError):
+    """No approval has that id."""
+
+
 @dataclass(frozen=True)
 class Who:
     """Who acts: their name (an operator's, ``cli:<user>``), role and client address ('' for the CLI)."""
@@ -225,7 +229,7 @@ async def _claim(conn: Any, approval_id: int, who: Who) -> tuple[str, dict[str, 
     async with conn.transaction():
         r = await conn.fetchrow(f"SELECT {_COLUMNS} FROM approvals WHERE id = $1 FOR UPDATE", approval_id)
         if r is None:
-            raise ApprovalError(f"no approval {approval_id} (`payswitch approval list` shows them)")
+            raise NoApproval(f"no approval {approval_id} (`payswitch approval list` shows them)")
         row = _row(r)
         if row["state"] != "requested":
             return "decided", row
@@ -380,7 +384,7 @@ async def reject(conn: Any, approval_id: int, actor: str, role: str, reason: str
     async with conn.transaction():
         r = await conn.fetchrow(f"SELECT {_COLUMNS} FROM approvals WHERE id = $1 FOR UPDATE", approval_id)
         if r is None:
-            raise ApprovalError(f"no approval {approval_id} (`payswitch approval list` shows them)")
+            raise NoApproval(f"no approval {approval_id} (`payswitch approval list` shows them)")
         before = _row(r)
         if before["state"] != "requested":
             raise ApprovalError(f"approval {approval_id} is {before['state']} already")
@@ -427,7 +431,7 @@ async def expire(conn: Any, older_than: dt.timedelta, actor: str) -> int:
 async def show(conn: Any, approval_id: int) -> dict[str, Any]:
     r = await conn.fetchrow(f"SELECT {_COLUMNS} FROM approvals WHERE id = $1", approval_id)
     if r is None:
-        raise ApprovalError(f"no approval {approval_id} (`payswitch approval list` shows them)")
+        raise NoApproval(f"no approval {approval_id} (`payswitch approval list` shows them)")
     return _row(r)
 
 

@@ -139,7 +139,7 @@ async def make_request(request: Request, acting: Acting = REQUEST) -> Response:
 async def show(request: Request, approval_id: int, session: Session = Viewer) -> HTMLResponse:
     try:
         row = await api_state(request).pool.run(approvals.show, approval_id)
-    except approvals.ApprovalError as exc:
+    except approvals.NoApproval as exc:
         raise ConsoleRefusal(404, str(exc)) from None
     row["what"] = approvals.describe(row)
     may_decide = (row["state"] == "requested" and session.operator.role in ("supervisor", "admin")
@@ -153,6 +153,8 @@ async def approve(request: Request, approval_id: int, acting: Acting = APPROVE) 
     try:
         await approvals.approve(acting.pool, api_state(request).config, approval_id, op.name, op.role,
                                 acting.source, acting.form.get("reason", ""))
+    except approvals.NoApproval as exc:
+        raise ConsoleRefusal(404, str(exc)) from None
     except approvals.ApprovalError as exc:  # the requester, or another approver at work: recorded there
         raise ConsoleRefusal(403, str(exc)) from None
     return RedirectResponse(f"{PREFIX}/approvals/{approval_id}", status_code=303)
@@ -164,6 +166,8 @@ async def reject(request: Request, approval_id: int, acting: Acting = REJECT) ->
     try:
         await acting.pool.run(approvals.reject, approval_id, op.name, op.role, acting.form.get("reason", ""),
                               acting.source)
+    except approvals.NoApproval as exc:
+        raise ConsoleRefusal(404, str(exc)) from None
     except approvals.ApprovalError as exc:
         raise ConsoleRefusal(400, str(exc)) from None
     return RedirectResponse(f"{PREFIX}/approvals/{approval_id}", status_code=303)
