@@ -28,6 +28,7 @@ from tests.console.browser import (
     shot,
     wait_for,
     wait_text,
+    wait_url,
 )
 from tests.fixtures.console import new_operator
 
@@ -125,14 +126,14 @@ def test_find_a_card_freeze_it_and_the_pos_declines_it(live: System, page: Any) 
     op = new_operator(live, "operator")
     login(page, live.api_url, op)
     open_card_by_last4(page, live, card)
-    assert "active" in wait_for(page, "#card-summary").text
+    assert wait_for(page, "h1 .state").text == "active"
     shot(page, "card-page")
 
     fill(page, "reason", "browser test: customer reports it missing")  # the first form: Freeze
     click_button(page, "Freeze", within="#card-actions")
     done = wait_for(page, "#done")
     assert "frozen" in done.text
-    assert "frozen" in wait_for(page, "#card-summary").text
+    assert wait_for(page, "h1 .state").text == "frozen"
     shot(page, "card-frozen")
 
     receipt = pos_purchase(live, card, RIGHT_PIN)
@@ -176,3 +177,80 @@ def test_a_burst_of_wrong_pins_raises_an_alert_shown_in_the_console(live: System
     shot(page, "risk-alert-card-frozen")
     receipt = pos_purchase(live, card, RIGHT_PIN)
     assert not receipt.get("approved"), receipt
+
+
+# -- four eyes: a load requested by an operator, approved by a supervisor ---------------------------
+
+FOUR_EYES_PRODUCT = "FOUREYES"  # anonymous cards up to 5,000.00, as tests/console/test_approvals_page.py
+
+
+def four_eyes_card(live: System) -> int:
+    live.cli("product", "add", FOUR_EYES_PRODUCT, "--kind", "reloadable", "--bin", "621277", "--name",
+             "Four eyes", "--max-balance", "5000.00", "--max-balance-anonymous", "5000.00", check=False)
+    out = json.loads(live.cli("--json", "card", "issue", "--product", FOUR_EYES_PRODUCT, "--activate").stdout)
+    return int(out["cards"][0]["card_id"])
+
+
+def test_a_load_requested_by_an_operator_takes_effect_when_a_supervisor_approves(live: System, page: Any
+                                                                                  ) -> None:
+    cid = four_eyes_card(live)
+    operator, supervisor = new_operator(live, "operator"), new_operator(live, "supervisor")
+    login(page, live.api_url, operator, next_path=f"/console/cards/{cid}")
+    wait_for(page, "#card-actions")
+    shot(page, "card-before-the-load")
+    fill(page, "amount", "1500.00")  # above console.four_eyes_minor (1,000.00)
+    wait_for(page, "#load-reason").send_keys("browser test: a refund paid onto the card")
+    click_button(page, "Load", within="#card-actions")
+    wait_text(page, "approval is needed", css="main")
+    shot(page, "load-needs-approval")
+    click_button(page, "Request approval of this load")
+    wait_url(page, "/console/approvals/")
+    wait_text(page, "requested", css="h1")
+    approval_url = page.current_url
+    assert operator.name in wait_for(page, ".requested-by").text
+    assert page.find_elements(By.XPATH, "//button[normalize-space(.)='Approve']") == [], \
+        "the requester is offered the approval"
+    shot(page, "load-requested")
+    page.get(f"{live.api_url}/console/cards/{cid}")
+    assert "1,500.00" not in wait_for(page, "#card-balance").text  # nothing moved yet
+    logout(page)
+
+    login(page, live.api_url, supervisor, next_path="/console/approvals")
+    link = wait_for(page, f"a[href$='{approval_url.split(live.api_url, 1)[1]}']")
+    shot(page, "approvals-queue")
+    link.click()
+    wait_for(page, "#approve-reason").send_keys("checked the refund slip")
+    shot(page, "approval-to-decide")
+    click_button(page, "Approve")
+    wait_text(page, "approved", css="h1")
+    assert supervisor.name in wait_for(page, ".decided-by").text
+    assert operator.name in wait_for(page, ".requested-by").text
+    wait_text(page, "loaded 1,500.00 CNY", css="main")
+    shot(page, "load-approved")
+    page.get(f"{live.api_url}/console/cards/{cid}")
+    wait_text(page, "1,500.00 CNY", css="#card-balance")
+    shot(page, "card-after-the-load")
+
+
+# -- the audit trail and its chain ---------------------------------------------------------------
+
+def test_the_audit_trail_shows_the_actions_and_its_chain_verifies(live: System, page: Any) -> None:
+    card = issue_card(live, load_yuan=None)
+    op = new_operator(live, "operator")
+    login(page, live.api_url, op, next_path=f"/console/cards/{card['id']}")
+    fill(page, "reason", "browser test: audit")
+    click_button(page, "Freeze", within="#card-actions")
+    wait_for(page, "#done")
+    page.get(f"{live.api_url}/console/audit")
+    fill(page, "actor", op.name)
+    click_button(page, "Filter")
+    wait_text(page, "card.freeze", css="main")
+    body = wait_for(page, "main").text
+    assert card["pan"] not in page.page_source
+    assert op.name in body
+    shot(page, "audit-trail-of-the-operator")
+    click_button(page, "Verify chain")  # htmx swaps the result in; without JavaScript a page of its own
+    result = wait_for(page, "#verify-result p")
+    wait_text(page, "Audit chain OK", css="#verify-result")
+    shot(page, "audit-chain-verified")
+    assert "BROKEN" not in result.text
