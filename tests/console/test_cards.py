@@ -115,6 +115,11 @@ def test_load_unload_and_the_four_eyes_threshold(live: System, console_as: Any) 
     r = op.post_form(f"/console/cards/{cid}/load", {"amount": "1500.00", "reason": "big one"})
     assert r.status_code == 409 and 'action="/console/approvals/request"' in r.text
     assert 'name="target" value="card:' + str(cid) + '"' in r.text
+    fields = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', r.text))
+    assert fields["kind"] == "load" and fields["reason"] == "big one"
+    asked = op.post("/console/approvals/request", data=fields)  # the form's own button
+    assert asked.status_code == 303, asked.text
+    assert asked.headers["location"].startswith("/console/approvals/")
     assert "15.00 CNY" in op.get(f"/console/cards/{cid}").text
     assert op.post_form(f"/console/cards/{cid}/load", {"amount": "abc", "reason": "x"}).status_code == 422
     assert op.post_form(f"/console/cards/{cid}/load", {"amount": "1.00"}).status_code == 422  # no reason
