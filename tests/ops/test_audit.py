@@ -70,7 +70,7 @@ def test_the_worked_example_with_gmssl_as_oracle() -> None:
 _text = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=20)
 _json_value = st.recursive(
     st.none() | st.booleans() | st.integers(-10**12, 10**12) | _text
-    | st.floats(allow_nan=False, allow_infinity=False, width=32),
+    | st.integers(-10**6, 10**6).map(lambda i: i / 8),  # short decimals (a long digit run looks like a PAN)
     lambda children: st.lists(children, max_size=3) | st.dictionaries(_text, children, max_size=3),
     max_leaves=6,
 )
