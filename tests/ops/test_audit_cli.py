@@ -75,7 +75,7 @@ def test_a_failed_command_is_recorded_failed(live: System) -> None:
 
 def test_an_api_client_added_by_the_cli_keeps_no_key(live: System) -> None:
     name = unique("auditcli")
-    out = live.cli("--json", "api", "client", "add", name, "--scope", "cards:read").stdout
+    out = live.cli("--json", "api", "client", "add", name, "--scopes", "cards:read").stdout
     assert "psk_" in out
     rows = _rows(live, action="api.client.add", target=name)
     assert len(rows) == 1 and "psk_" not in json.dumps([rows[0].after, rows[0].reason])
