@@ -415,12 +415,36 @@ def _decisions(rows: Iterable[Any]) -> list[Decision]:
 
 _EVENTS_AFTER = ("SELECT id, type, card_id, merchant_id, occurred_at, payload FROM events WHERE id > $1"
                  " ORDER BY id LIMIT $2")
-_CONTEXT = """
+# The window before the new decisions: the same cards' (index events_card), and the same terminals'
+# among the last TERMINAL_LOOKBACK events (by id: a bounded range of the primary key, not a scan of
+# every event of the window under heavy traffic).
+TERMINAL_LOOKBACK = 20_000
+_CONTEXT_CARDS = """
 SELECT id, type, card_id, merchant_id, occurred_at, payload FROM events
- WHERE type = ANY($1::text[]) AND id < $2 AND occurred_at >= $3
-   AND (card_id = ANY($4::bigint[]) OR (payload->>'terminal_id') = ANY($5::text[]))
- ORDER BY id
+ WHERE card_id = ANY($1::bigint[]) AND id < $2 AND occurred_at >= $3 AND type = ANY($4::text[])
 """
+_CONTEXT_TERMINALS = """
+SELECT id, type, card_id, merchant_id, occurred_at, payload FROM events
+ WHERE id >= $2 - $5::bigint AND id < $2 AND occurred_at >= $3 AND type = ANY($4::text[])
+   AND (payload->>'terminal_id') = ANY($1::text[])
+"""
+
+
+async def _context(conn: Any, new: Sequence[Decision], config: RiskConfig) -> list[Any]:
+    first_new = new[0].event_id
+    since = min(d.at for d in new) - max_window(config)
+    rows: dict[int, Any] = {}
+    cards = sorted({d.card_id for d in new if d.card_id is not None})
+    if cards:
+        for r in await conn.fetch(_CONTEXT_CARDS, cards, first_new, since, list(AUTH_TYPES)):
+            rows[int(r["id"])] = r
+    terminals = sorted({d.terminal_id for d in new if d.terminal_id})
+    if terminals:
+        since_t = min(d.at for d in new) - dt.timedelta(minutes=config.terminal_window_minutes)
+        for r in await conn.fetch(_CONTEXT_TERMINALS, terminals, first_new, since_t, list(AUTH_TYPES),
+                                  TERMINAL_LOOKBACK):
+            rows[int(r["id"])] = r
+    return [rows[k] for k in sorted(rows)]
 
 
 async def _facts(conn: Any, new: Sequence[Decision], upto: int) -> Facts:
@@ -532,12 +556,7 @@ async def _scan(conn: Any, config: RiskConfig, now: float) -> tuple[list[Raised]
         raised: list[Raised] = []
         if new:
             first_new = new[0].event_id
-            context = await conn.fetch(
-                _CONTEXT, list(AUTH_TYPES), first_new, min(d.at for d in new) - max_window(config),
-                sorted({d.card_id for d in new if d.card_id is not None}),
-                sorted({d.terminal_id for d in new if d.terminal_id}),
-            )
-            window = _decisions(context) + new
+            window = _decisions(await _context(conn, new, config)) + new
             facts = await _facts(conn, new, upto)
             raised = await store_alerts(conn, evaluate(window, first_new, config, facts))
         await conn.execute("UPDATE risk_cursor SET last_event = $1, updated_at = now()", upto)

@@ -6,7 +6,9 @@ next POS purchase decline; roles, dismissal, filters and the audit row of the ac
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -225,5 +227,50 @@ def test_one_alert_per_burst_and_dismiss(system: System) -> None:
         assert op.get("/console/risk/999999999").status_code == 404
         # the card was not frozen by a dismissal
         assert json.loads(system.cli("--json", "card", "show", str(card["id"])).stdout)["state"] == "active"
+    finally:
+        op.close()
+
+
+def test_many_cards_at_a_terminal_and_disable_it_in_one_click(system: System) -> None:
+    """Ten cards at T0000002 within minutes (decisions written to the outbox as the ledger batch does,
+    with the demo merchant's ids) raise cards_per_terminal; "disable terminal" from it disables it."""
+    from host import events as host_events
+    from ops.outbox import write_events
+
+    terminal = "T0000002"
+    merchant = db(system, lambda conn: conn.fetchval(
+        "SELECT m.merchant_id FROM terminals t JOIN merchants m ON m.id = t.merchant_id"
+        " WHERE t.terminal_id = $1", terminal))
+    today = dt.date.today()
+    stamp = host_events.stamp()
+    base = 8_000_000_000 + os.getpid() * 100
+    made = [host_events.authorization(
+        card_id=base + i, pan_masked=f"621234*********{i:04d}", txn="purchase", mti="0200", amount=100,
+        currency="156", response_code="51", reason="insufficient_funds", merchant_id=merchant,
+        terminal_id=terminal, rrn=f"{i:012d}", stan=f"{i:06d}", acquirer_id="48880000", auth_code="",
+        balance=0, available=0, business_date=today, occurred_at=stamp) for i in range(10)]
+
+    async def write(conn: Any) -> None:
+        async with conn.transaction():
+            await write_events(conn, made)
+
+    db(system, write)
+    alert = wait_for(lambda: db(system, lambda conn: conn.fetchrow(
+        "SELECT id, detail FROM risk_alerts WHERE rule = 'cards_per_terminal' AND terminal_id = $1"
+        " AND merchant_id = $2", terminal, merchant)), timeout=30, what="the cards_per_terminal alert")
+    assert json.loads(alert["detail"])["cards"] == 10
+    op = logged_in(system, "operator")
+    try:
+        page = op.get(f"/console/risk/{alert['id']}")
+        assert page.status_code == 200 and "many cards at one terminal" in page.text
+        assert f"/console/risk/{alert['id']}/disable-terminal" in page.text
+        assert "freeze-card" not in page.text  # no card to freeze
+        r = op.post_form(f"/console/risk/{alert['id']}/disable-terminal")
+        assert r.status_code == 303, r.text
+        shown = json.loads(system.cli("--json", "terminal", "show", terminal).stdout)
+        assert shown["state"] == "disabled"
+        assert op.post_form(f"/console/risk/{alert['id']}/freeze-card").status_code == 409
+        listed = op.get("/console/risk", params={"terminal": terminal, "rule": "cards_per_terminal"})
+        assert f"ra_{alert['id']}" in listed.text and "acted" in listed.text
     finally:
         op.close()
