@@ -247,3 +247,28 @@ def test_the_cli(live: System, product: str) -> None:
     rejected = live.cli("approval", "reject", str(made["id"]), "--reason", "withdrawn").stdout
     assert "rejected" in rejected and "withdrawn by the requester" in rejected
     assert balance(live, cid) == 130_000
+
+
+def test_two_approvers_at_once_load_once(live: System, product: str) -> None:
+    cid = new_card(live, product)
+    req = conn_call(live, approvals.request, "load", f"card:{cid}", {"amount": 111_111}, name("op"),
+                    "operator", "two approvers")
+    outcomes: list[str] = []
+
+    async def both(pool: PgPool, cfg: config_mod.Config) -> None:
+        async def one(actor: str) -> None:
+            try:
+                out = await approvals.approve(pool, cfg, req["id"], actor, "supervisor")
+                outcomes.append(out["state"])
+            except ApprovalError as exc:
+                assert "being approved" in str(exc)
+                outcomes.append("busy")
+
+        async with trio.open_nursery() as n:
+            for _ in range(3):
+                n.start_soon(one, name("sup"))
+
+    run(live, both)
+    assert "approved" in outcomes and len(outcomes) == 3
+    assert balance(live, cid) == 111_111
+    assert conn_call(live, approvals.show, req["id"])["state"] == "approved"
