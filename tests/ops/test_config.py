@@ -225,7 +225,7 @@ def test_unknown_section_suggests_the_nearest(tmp_path: Path) -> None:
         config.load(f, env={})
     assert [p.split(": ", 1)[1] for p in err.value.problems] == [
         "unknown section [clearng] (did you mean clearing?); allowed: database, log, hsm, host, switch, "
-        "clearing, settlement, aml, api",
+        "clearing, settlement, aml, api, console, risk",
         "unknown key hsm.prot (did you mean hsm.port?)",
     ]
 
