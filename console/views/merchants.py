@@ -106,7 +106,8 @@ async def merchant(request: Request, merchant_id: str, session: Session = Viewer
         raise ConsoleRefusal(400, f"terminal state {terminal_state!r}")
     terminals = await _db(request, directory.list_terminals, merchant=merchant_id,
                           state=_opt(terminal_state), after=_opt(terminals_after), limit=PAGE)
-    fee_link = f"{PREFIX}/approvals/request?" + urlencode({"kind": "merchant_fee", "target": merchant_id})
+    fee_link = f"{PREFIX}/approvals/request?" + urlencode({"kind": "merchant_fee",
+                                                                   "target": f"merchant:{merchant_id}"})
     return render(request, "merchant.html", m=m, stores=stores, terminals=terminals, url=_url(merchant_id),
                   terminal_state=terminal_state, fee_link=fee_link,
                   can_store=_can(session, "store.add"), can_terminal=_can(session, "terminal.add"),
