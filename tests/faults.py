@@ -18,7 +18,7 @@ saw with the ledger:
 - every approval a terminal saw is posted once and not reversed; nothing else of the schedule is
   posted (every unanswered or declined purchase left no money behind);
 - no SAF advice and no unanswered write-ahead row left; no service exited that was not killed;
-- ``payswitch ledger check`` clean.
+- ``payswitch ledger check`` clean, and ``payswitch ledger verify``: every batch sealed in its chain.
 
 ``python -m tests.faults --seeds 1000`` runs seeds 1..1000 and prints how many passed, and each
 failing seed with what broke; ``--seed N`` runs one seed again. tests/test_faults.py runs a few.
@@ -392,6 +392,9 @@ def check(system: System, before: Snapshot, outcome: Outcome) -> None:
     if result.returncode != 0:
         lines = [ln for ln in result.stdout.splitlines() if "FAIL" in ln] or result.stdout.splitlines()[-3:]
         problems.append("ledger check: " + " / ".join(lines)[:400])
+    result = system.cli("ledger", "verify", check=False)  # the chain survived the crashes (host.chain)
+    if result.returncode != 0:
+        problems.append("ledger verify: " + result.stdout.strip()[:400])
 
 
 def _name(seen: Seen) -> str:
