@@ -11,8 +11,9 @@ on a plain asyncpg connection. One batch is one transaction:
    the in-memory balances as it goes, so request n+1 sees request n's effect;
 4. write everything in bulk: auth_requests and transfers with one INSERT ... unnest each, the account
    sums and card counters with one UPDATE ... unnest each, the outbox's events (host.events:
-   authorization.*, card.balance_low, card.state_changed) in the same statement; commit; only then
-   are answers released.
+   authorization.*, card.balance_low, card.state_changed) and the batch's seal (host.chain: one
+   chained SM3 digest row over its decisions and transfers, on the writer's chain) in the same
+   statement; commit; only then are answers released.
 
 If a batch fails (a unique key raced with another writer, a constraint, a lost connection) it is rolled
 back and its requests are retried one per transaction, so one bad request cannot fail the others; a
