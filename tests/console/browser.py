@@ -101,8 +101,27 @@ def page_fixture(browser: Any, request: pytest.FixtureRequest) -> Generator[Any,
         browser.delete_all_cookies()
 
 
+_DIGITS = re.compile(r"(?<![0-9A-Za-z])\d{13,19}(?![0-9A-Za-z])")
+
+
+def luhn_ok(number: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(number)):
+        d = int(ch) * (2 if i % 2 else 1)
+        total += d - 9 if d > 9 else d
+    return total % 10 == 0
+
+
+def full_pans(html: str) -> list[str]:
+    """Card numbers in clear on a page: Luhn-valid 13-19 digit runs on a programme BIN (62...)."""
+    return [m for m in _DIGITS.findall(html) if m.startswith("62") and luhn_ok(m)]
+
+
 def shot(driver: Any, name: str) -> Path:
-    """Save a PNG of the whole page as it is now, named by the step; returns its path."""
+    """Save a PNG of the whole page as it is now, named by the step; returns its path. Every page
+    screenshotted is also checked for a card number in clear (only the masked form may be shown)."""
+    pans = full_pans(driver.page_source)
+    assert not pans, f"{driver.current_url} shows a full card number ({pans[0][:6]}...{pans[0][-4:]})"
     folder = _dirs.get(id(driver)) or output_root() / "unnamed"
     counter = _counters.setdefault(id(driver), itertools.count(1))
     folder.mkdir(parents=True, exist_ok=True)

@@ -140,9 +140,10 @@ def test_find_a_card_freeze_it_and_the_pos_declines_it(live: System, page: Any) 
     assert not receipt.get("approved") and receipt.get("code") not in (None, "00"), receipt
     page.refresh()
     history = wait_for(page, "#card-history")
-    wait_text(page, str(receipt["code"]), css="#card-history")
+    wait_text(page, "card frozen", css="#card-history")  # the decline, with the host's reason
     shot(page, "card-declined-at-the-pos")
-    assert "declined" in history.text.lower() or str(receipt["code"]) in history.text
+    decline = history.find_element(By.XPATH, ".//tr[.//td[contains(., 'card frozen')]]")
+    assert str(receipt["code"]) in decline.text and "purchase" in decline.text
 
 
 # -- a risk alert from a burst of wrong PINs -------------------------------------------------------
@@ -241,6 +242,7 @@ def test_the_audit_trail_shows_the_actions_and_its_chain_verifies(live: System, 
     fill(page, "reason", "browser test: audit")
     click_button(page, "Freeze", within="#card-actions")
     wait_for(page, "#done")
+    shot(page, "card-frozen")
     page.get(f"{live.api_url}/console/audit")
     fill(page, "actor", op.name)
     click_button(page, "Filter")
