@@ -7,6 +7,7 @@ change the way the console's form does; a request's amounts are typed in yuan.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import click
@@ -41,7 +42,8 @@ def _detail(app: AppContext, r: dict[str, Any]) -> str:
         f"  reason        {r['reason']}",
     ]
     if r["decided_at"] is not None:
-        lines.append(f"  decided by    {r['decided_by'] or '(withdrawn by the requester)'}"
+        nobody = "(nobody: expired)" if r["state"] == "expired" else "(withdrawn by the requester)"
+        lines.append(f"  decided by    {r['decided_by'] or nobody}"
                      f" ({r['decided_role'] or ''}) at {_when(app, r['decided_at'])}")
         if r["decision_reason"]:
             lines.append(f"  decision      {r['decision_reason']}")
@@ -121,6 +123,21 @@ def approval_reject(app: AppContext, approval_id: int, reason: str) -> None:
 
     r = _run(app, work)
     app.emit(r, _detail(app, r))
+
+
+@approval.command("expire")
+@click.option("--older-than-hours", type=click.FloatRange(0, 24 * 365), default=72.0, show_default=True,
+              help="Requests waiting longer than this become expired.")
+@pass_app
+def approval_expire(app: AppContext, older_than_hours: float) -> None:
+    """Expire requests nobody decided in time (each gets an audit row); they can no longer be approved."""
+
+    async def work(pool: PgPool) -> int:
+        n: int = await pool.run(approvals.expire, dt.timedelta(hours=older_than_hours), cli_actor())
+        return n
+
+    n = _run(app, work)
+    app.emit({"expired": n}, f"{n} request(s) expired")
 
 
 @approval.command("request")

@@ -272,3 +272,16 @@ def test_two_approvers_at_once_load_once(live: System, product: str) -> None:
     assert "approved" in outcomes and len(outcomes) == 3
     assert balance(live, cid) == 111_111
     assert conn_call(live, approvals.show, req["id"])["state"] == "approved"
+
+
+def test_an_expired_request_cannot_be_approved(live: System, product: str) -> None:
+    cid = new_card(live, product)
+    req = conn_call(live, approvals.request, "load", f"card:{cid}", {"amount": 100_500}, name("op"),
+                    "operator", "left waiting")
+    live.cli("--json", "approval", "expire", "--older-than-hours", "1")
+    assert conn_call(live, approvals.show, req["id"])["state"] == "requested"  # younger than an hour
+    out = json.loads(live.cli("--json", "approval", "expire", "--older-than-hours", "0").stdout)
+    assert out["expired"] >= 1
+    assert approve(live, req["id"], name("sup"))["state"] == "expired"
+    assert balance(live, cid) == 0
+    assert audit_rows(live, f"card:{cid}")[-1]["action"] == "approval.expire"
