@@ -10,7 +10,8 @@ Which commands change state: those of the groups in ``AUDITED`` except the read-
 names and paths: show, list, check, report, ...); a show-or-set command (``SHOW_OR_SET``) only when it
 was given something to set; a ``--dry-run`` never. The row is written after the command, on its own
 connection: a command whose change committed and whose audit row cannot be written says so on stderr
-(exit status unchanged: the change is made).
+(exit status unchanged: the change is made); a failed command's row that cannot be written is dropped
+quietly (its own error is its one line).
 """
 
 from __future__ import annotations
@@ -121,8 +122,9 @@ def write(app: Any, p: Plan, outcome: str, reason: str = "") -> None:
 
     try:
         with_connection(app.config, work)
-    except (DatabaseUnavailable, OSError, audit.AuditError) as exc:
-        click.echo(f"payswitch: warning: the audit record of {p.action} was not written: {exc}", err=True)
-    except Exception as exc:  # asyncpg's errors, a missing table: the command's own result stands
-        click.echo(f"payswitch: warning: the audit record of {p.action} was not written: "
-                   f"{type(exc).__name__}", err=True)
+    except Exception as exc:  # unreachable, asyncpg's errors, a missing table: the command's result stands
+        if outcome == "failed":
+            return  # the command's own error is its one line (often the same unreachable database)
+        known = isinstance(exc, (DatabaseUnavailable, OSError, audit.AuditError))
+        why = str(exc) if known else type(exc).__name__
+        click.echo(f"payswitch: warning: the audit record of {p.action} was not written: {why}", err=True)
