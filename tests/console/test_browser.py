@@ -256,3 +256,27 @@ def test_the_audit_trail_shows_the_actions_and_its_chain_verifies(live: System, 
     wait_text(page, "Audit chain OK", css="#verify-result")
     shot(page, "audit-chain-verified")
     assert "BROKEN" not in result.text
+
+
+# -- without JavaScript ----------------------------------------------------------------------------
+
+def test_without_javascript_the_pages_read_and_the_forms_post(live: System, page: Any) -> None:
+    """Scripts off in the browser (htmx never runs): login, the dashboard, the card search and its
+    card, and "Verify chain" as a plain form post answered by a page of its own."""
+    page.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": True})
+    try:
+        card = issue_card(live, load_yuan="10.00")
+        op = new_operator(live, "viewer")
+        login(page, live.api_url, op)
+        wait_text(page, "Dashboard", css="main")
+        shot(page, "no-js-dashboard")
+        open_card_by_last4(page, live, card)
+        wait_text(page, "10.00 CNY", css="#card-balance")
+        shot(page, "no-js-card")
+        page.get(f"{live.api_url}/console/audit")
+        click_button(page, "Verify chain")
+        wait_text(page, "Audit chain OK", css="#verify-result")
+        assert "/console/audit/verify" in page.current_url  # a full post: htmx did not run
+        shot(page, "no-js-audit-verified")
+    finally:
+        page.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": False})
