@@ -23,6 +23,10 @@ from specs.clearing import business_window
 _SALES = ("purchase", "completion")
 _REFUNDS = ("refund",)
 _UNDOS = ("void", "reversal", "preauth_void")
+# not counted: what no merchant made (administrative loads and unloads, the sweeper...) and what moves
+# no money (balance enquiries, PIN changes)
+_NOT_AT_MERCHANTS = ("balance", "pin_change", "admin_load", "admin_unload", "forfeit", "replacement",
+                     "expiry")
 MAX_DAYS = 3650
 
 
@@ -78,7 +82,8 @@ FROM auth_requests a
 LEFT JOIN merchants m ON m.id = a.merchant_ref
 LEFT JOIN terminals t ON t.merchant_id = a.merchant_ref AND t.terminal_id = a.terminal_id
 LEFT JOIN stores s ON s.id = t.store_id
-WHERE a.received_at >= $1 AND a.received_at < $2 AND a.txn <> 'balance'
+WHERE a.received_at >= $1 AND a.received_at < $2 AND NOT a.txn = ANY($7::text[])
+  AND (a.merchant_ref IS NOT NULL OR a.merchant_id <> '')
   AND ($6::text IS NULL OR coalesce(m.merchant_id, a.merchant_id) = $6)
 GROUP BY 1, 2, 3, 4, 5
 ORDER BY 1, 3, 5
@@ -92,7 +97,8 @@ async def daily_transactions(
     approved sales (purchases and completions) and refunds (count, amount), approved voids and
     reversals, declines, and all requests. ``net_amount`` = sales - refunds."""
     w = window(business_date, business_date, cutover, timezone)
-    rows = await conn.fetch(_DAILY, w.start, w.end, list(_SALES), list(_REFUNDS), list(_UNDOS), merchant)
+    rows = await conn.fetch(_DAILY, w.start, w.end, list(_SALES), list(_REFUNDS), list(_UNDOS), merchant,
+                            list(_NOT_AT_MERCHANTS))
     out = []
     for r in rows:
         d = dict(r)
