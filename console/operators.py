@@ -398,6 +398,10 @@ async def password_step(pool: Any, config: ConsoleConfig, name: str, password: s
     except (VerificationError, InvalidHashError):
         ok = False
     if row is None:
+        # recorded without the name typed (it may be a password typed in the wrong field)
+        await pool.run(lambda conn: audit.record(conn, actor="unknown", role="", source=address,
+                                                 action="login.failed", reason="unknown name",
+                                                 outcome="refused"))
         raise OperatorError("wrong name or password")
     if row["disabled_at"] is not None:
         await pool.run(_login_audit, row, "login.failed", address, "operator disabled")

@@ -96,13 +96,17 @@ def test_a_code_is_accepted_once(live: System) -> None:
     op = new_operator(live, "viewer")
     with browser(live) as b:
         assert login(b, op).status_code == 303
+    step = db(live, lambda c: c.fetchval("SELECT totp_last_step FROM operators WHERE id = $1", op.id))
+    totp = pyotp.TOTP(op.totp_secret)
     with browser(live) as b:
         r = password(b, op)
-        code = pyotp.TOTP(op.totp_secret).now()
-        r = b.post("/console/login/totp", data={"csrf": form_csrf(r.text), "code": code, "next": "/console/"})
-        # the same time step again: refused (unless the clock moved on to a new step meanwhile)
-        if r.status_code == 401:
-            assert "wrong code" in r.text
+        # the very code just accepted (its time step), given again: refused
+        r = b.post("/console/login/totp", data={"csrf": form_csrf(r.text), "code": totp.at(step * 30),
+                                                "next": "/console/"})
+        assert r.status_code == 401 and "wrong code" in r.text
+    rows = audit_rows(live, op.name)
+    assert any(x["action"] == "login.failed" and x["reason"] in ("code used already", "wrong code")
+               for x in rows)
 
 
 def test_wrong_password_then_lockout_is_shown_and_recorded(live: System) -> None:
@@ -149,9 +153,14 @@ def test_wrong_totp_codes_lock_too(live: System) -> None:
 
 def test_unknown_name_and_disabled_operator(live: System) -> None:
     op = new_operator(live, "viewer")
+    unknown = "SELECT count(*) FROM audit_log WHERE actor = 'unknown' AND action = 'login.failed'"
+    before = db(live, lambda c: c.fetchval(unknown))
     with browser(live) as b:
         r = password(b, MadeOperator(0, "nobody-here", "viewer", "x" * 12, ""))
         assert r.status_code == 401 and "wrong name or password" in r.text
+        assert db(live, lambda c: c.fetchval(unknown)) > before
+        assert not db(live, lambda c: c.fetchval("SELECT count(*) FROM audit_log WHERE actor = 'nobody-here'"
+                                                 " OR target LIKE '%nobody-here%'"))
         db(live, lambda c: c.execute("UPDATE operators SET disabled_at = now() WHERE id = $1", op.id))
         r = password(b, op)
         assert r.status_code == 401 and "disabled" in r.text
