@@ -114,7 +114,8 @@ class Location:
 @dataclass
 class Facts:
     """What the rules need beyond the decisions: per card its product's per-transaction limit, when it
-    was issued and last used before the window; per (DE42, DE41) where the terminal stands; per
+    was issued (or last made active: a stock card sold after months is not dormant) and last used
+    before the window; per (DE42, DE41) where the terminal stands; per
     (DE42, business date) the day's approved purchases and refunds (minor units)."""
 
     per_txn_limit: dict[int, int] = field(default_factory=dict)
@@ -452,8 +453,9 @@ async def _facts(conn: Any, new: Sequence[Decision], upto: int) -> Facts:
     cards = sorted({d.card_id for d in new if d.card_id is not None})
     if cards:
         for r in await conn.fetch(
-            "SELECT c.id, p.per_txn_limit, c.issued_at FROM cards c JOIN products p ON p.id = c.product_id"
-            " WHERE c.id = ANY($1::bigint[])", cards,
+            "SELECT c.id, p.per_txn_limit, greatest(c.issued_at, (SELECT max(e.at) FROM card_events e"
+            " WHERE e.card_id = c.id AND e.to_state = 'active')) AS issued_at"
+            " FROM cards c JOIN products p ON p.id = c.product_id WHERE c.id = ANY($1::bigint[])", cards,
         ):
             facts.per_txn_limit[int(r["id"])] = int(r["per_txn_limit"])
             facts.issued_at[int(r["id"])] = r["issued_at"]
