@@ -413,8 +413,8 @@ class RiskConfig:
     under_limit_count: int = setting("purchases just under the limit on one card within "
                                      "under_limit_window_minutes that raise an alert", min=1, max=1000)
     under_limit_window_minutes: int = setting("the window of under_limit_count", min=1, max=1440)
-    dormant_days: int = setting("a card unused this many days (or since issue) whose use raises an alert; "
-                                "0 = off", min=0, max=36_500)
+    dormant_days: int = setting("a card unused this many days (or since its activation) whose use raises "
+                                "an alert; 0 = off", min=0, max=36_500)
     distance_minutes: int = setting("a card used at two stores of different merchants (or two stores "
                                     "with different addresses) within this many minutes raises an alert",
                                     min=1, max=1440)
