@@ -20,6 +20,7 @@ from console.roles import may
 from console.web import PREFIX, render, timezone_of
 from host import risk
 from ops.localtime import format_local
+from ops.logs import redact_text
 
 router = APIRouter()
 NAV = [("Risk", "/console/risk", "viewer")]
@@ -79,7 +80,13 @@ async def alerts(request: Request, state: str = "", rule: str = "", card: str = 
                   can_act=may(session.operator.role, "risk.freeze_card"))
 
 
+def _check_id(alert_id: int) -> None:
+    if not 0 < alert_id < 2**63:
+        raise ConsoleRefusal(404, f"There is no alert ra_{alert_id}.")
+
+
 async def _alert(request: Request, alert_id: int) -> dict[str, Any]:
+    _check_id(alert_id)
     found: dict[str, Any] | None = await api_state(request).pool.run(risk.get_alert, alert_id)
     if found is None:
         raise ConsoleRefusal(404, f"There is no alert ra_{alert_id}.")
@@ -110,7 +117,8 @@ async def alert(request: Request, alert_id: int, done: str = "", session: Sessio
 
 
 async def _act(request: Request, alert_id: int, what: str, acting: Acting) -> RedirectResponse:
-    reason = acting.form.get("reason", "").strip()[:500]
+    _check_id(alert_id)
+    reason = redact_text(acting.form.get("reason", "").strip()[:500])  # a PAN typed in it is masked
 
     async def record(conn: Any, acted: risk.Acted) -> None:
         await acting.record(target=acted.target, before=acted.before | {"alert": f"ra_{alert_id}"},

@@ -225,6 +225,7 @@ def test_one_alert_per_burst_and_dismiss(system: System) -> None:
         assert op.get("/console/risk", params={"state": "nonsense"}).status_code == 400
         assert op.get("/console/risk", params={"cursor": "zz"}).status_code == 400
         assert op.get("/console/risk/999999999").status_code == 404
+        assert op.get("/console/risk/99999999999999999999").status_code == 404  # beyond bigint
         # the card was not frozen by a dismissal
         assert json.loads(system.cli("--json", "card", "show", str(card["id"])).stdout)["state"] == "active"
     finally:
