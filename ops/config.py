@@ -47,6 +47,7 @@ OTHER_ENV: dict[str, str] = {
     "PAYSWITCH_FUZZ_EXAMPLES": "examples per listener of the fuzz test (tests/fuzz.py)",
     "PAYSWITCH_CONTRACT_DIR": "the wire contracts' folder for the copy check (tests/test_contracts_copy.py)",
     "PAYSWITCH_API_KEY": "the API key `payswitch api call` sends (api/call_cli.py)",
+    "PAYSWITCH_TEST_OUTPUT": "where the browser tests write their screenshots (tests/console/browser.py)",
 }
 
 # The rules that join keys (checked in _across; `payswitch config keys` lists them).
