@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
+from console import forms
 from console.auth import Acting, ConsoleRefusal, Viewer, action, api_state
 from console.operators import Session
 from console.web import render, timezone_of
@@ -26,12 +27,7 @@ VERIFY = action("audit.verify", "viewer")
 
 
 def _text(text: str, what: str, longest: int = 200) -> str | None:
-    text = text.strip()
-    if not text:
-        return None
-    if len(text) > longest or not text.isprintable():
-        raise ConsoleRefusal(400, f"The {what} filter is at most {longest} printable characters.")
-    return text
+    return forms.text_filter(text, what, longest)
 
 
 def _when(text: str, what: str, tz: str) -> dt.datetime | None:

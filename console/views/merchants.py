@@ -16,6 +16,7 @@ from urllib.parse import quote, urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
+from console import forms
 from console.auth import Acting, ConsoleRefusal, Viewer, action, api_state
 from console.operators import Session
 from console.roles import may
@@ -50,13 +51,7 @@ def _can(session: Session, name: str) -> bool:
 
 
 async def _db(request: Request, fn: Any, *args: Any, **kw: Any) -> Any:
-    async def work(conn: Any) -> Any:
-        return await fn(conn, *args, **kw)
-
-    try:
-        return await api_state(request).pool.run(work)
-    except CatalogError as exc:
-        raise ConsoleRefusal(400, str(exc)) from None
+    return await forms.run(request, fn, *args, refused=(CatalogError,), **kw)
 
 
 @router.get("/merchants", response_class=HTMLResponse)

@@ -18,6 +18,7 @@ import trio
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
+from console import forms
 from console.auth import ConsoleRefusal, Viewer, api_state
 from console.operators import Session
 from console.web import render
@@ -35,13 +36,7 @@ SHOWN_FIELDS = ("0", "2", "3", "4", "7", "11", "32", "37", "41", "42", "90")
 
 
 async def _db(request: Request, fn: Any, *args: Any, **kw: Any) -> Any:
-    async def work(conn: Any) -> Any:
-        return await fn(conn, *args, **kw)
-
-    try:
-        return await api_state(request).pool.run(work)
-    except SwitchAdminError as exc:
-        raise ConsoleRefusal(400, str(exc)) from None
+    return await forms.run(request, fn, *args, refused=(SwitchAdminError,), **kw)
 
 
 async def _running(request: Request, name: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
+from console import forms
 from console.auth import ConsoleRefusal, Viewer, api_state
 from console.operators import Session
 from console.web import render
@@ -36,13 +37,7 @@ CSV_MAX = 100_000
 
 
 async def _db(request: Request, fn: Any, *args: Any, **kw: Any) -> Any:
-    async def work(conn: Any) -> Any:
-        return await fn(conn, *args, **kw)
-
-    try:
-        return await api_state(request).pool.run(work)
-    except CatalogError as exc:
-        raise ConsoleRefusal(400, str(exc)) from None
+    return await forms.run(request, fn, *args, refused=(CatalogError,), **kw)
 
 
 def _date(text: str, name: str, default: dt.date) -> dt.date:

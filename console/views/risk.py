@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
+from console import forms
 from console.auth import Acting, ConsoleRefusal, Viewer, action, api_state
 from console.operators import Session
 from console.roles import may
@@ -43,12 +44,7 @@ def _card_id(text: str) -> int | None:
 
 
 def _text(text: str, what: str, longest: int = 32) -> str | None:
-    text = text.strip()
-    if not text:
-        return None
-    if len(text) > longest or not text.isprintable():
-        raise ConsoleRefusal(400, f"The {what} filter is at most {longest} printable characters.")
-    return text
+    return forms.text_filter(text, what, longest)
 
 
 @router.get("/risk", response_class=HTMLResponse)

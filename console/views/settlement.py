@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse
 
+from console import forms
 from console.auth import ConsoleRefusal, Viewer, api_state
 from console.operators import Session
 from console.web import render
@@ -31,13 +32,8 @@ TYPES = {".csv": "text/csv; charset=utf-8", ".html": "text/html; charset=utf-8"}
 
 
 async def _db(request: Request, fn: Any, *args: Any, **kw: Any) -> Any:
-    async def work(conn: Any) -> Any:
-        return await fn(conn, *args, **kw)
-
-    try:
-        return await api_state(request).pool.run(work)
-    except SettlementError as exc:
-        raise ConsoleRefusal(404 if "no settlement run" in str(exc) else 400, str(exc)) from None
+    return await forms.run(request, fn, *args, refused=(SettlementError,), not_found="no settlement run",
+                           **kw)
 
 
 def _date(text: str, name: str) -> dt.date | None:
