@@ -41,7 +41,7 @@ from host.payment_codes import well_formed
 from ops.localtime import iso_local
 from ops.logs import get_logger
 from ops.money import MoneyError, currency_alpha, currency_numeric
-from specs.catalogue import RESPONSE_CODES, h2h_de90
+from specs.catalogue import RESPONSE_CODES, h2h_de90, rrn_prefix
 
 log = get_logger(__name__)
 
@@ -59,7 +59,7 @@ REVERSAL_SETTLED = frozenset({"00", "25", "12", "94"})
 # -- the message ---------------------------------------------------------------------------------------
 def rrn_of(stan: str, local: dt.datetime) -> str:
     """DE37, an12: year digit, day of year, hour (local) and the STAN, as the switch makes them."""
-    return f"{local:%y}"[-1] + f"{local.timetuple().tm_yday:03d}{local:%H}{stan}"
+    return rrn_prefix(local.year, local.timetuple().tm_yday, local.hour) + stan
 
 
 def _local_now(state: ApiState) -> tuple[dt.datetime, dt.datetime]:

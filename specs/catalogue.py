@@ -424,6 +424,13 @@ def balance_de54(available_fen: int, currency: str = "156") -> str:
     return f"1002{currency}{sign}{abs(available_fen):012d}"
 
 
+def rrn_prefix(year: int, day_of_year: int, hour: int) -> str:
+    """DE37's first six digits (specs/README.md "Clocks"): the local year's last digit, the day of the
+    year and the hour; the RRN is this followed by the 6-digit STAN, e.g. 2025-11-25 10h + 000778 gives
+    ``533010000778``."""
+    return f"{year % 10}{day_of_year:03d}{hour:02d}"
+
+
 def h2h_de90(mti: str, stan: str, de7: str, acquirer: str, forwarding: str = "") -> str:
     """H2H DE90: original MTI n4, STAN n6, DE7 n10, acquirer id n11, forwarding id n11 (zero-padded)."""
     return f"{mti:0>4}{stan:0>6}{de7:0>10}{acquirer:0>11}{forwarding:0>11}"

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from hsm_sim.client import account_from_pan
 from ops.localtime import year_nearest
-from specs.catalogue import answer_mti
+from specs.catalogue import answer_mti, rrn_prefix
 
 Message = dict[str, Any]
 
@@ -179,7 +179,7 @@ class _Clock:
             self.de7 = time.strftime("%m%d%H%M%S", utc)
             self.de12 = time.strftime("%H%M%S", local)
             self.de13 = time.strftime("%m%d", local)
-            self.rrn_prefix = f"{local.tm_year % 10}{local.tm_yday:03d}{local.tm_hour:02d}"
+            self.rrn_prefix = rrn_prefix(local.tm_year, local.tm_yday, local.tm_hour)
             self._second = second
         return self
 
