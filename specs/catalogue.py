@@ -426,8 +426,8 @@ def balance_de54(available_fen: int, currency: str = "156") -> str:
 
 def rrn_prefix(year: int, day_of_year: int, hour: int) -> str:
     """DE37's first six digits (specs/README.md "Clocks"): the local year's last digit, the day of the
-    year and the hour; the RRN is this followed by the 6-digit STAN, e.g. 2025-11-25 10h + 000778 gives
-    ``533010000778``."""
+    year and the hour; the RRN is this followed by the 6-digit STAN, e.g. 10h on 2025-11-25 (day 329)
+    with STAN 000778 gives ``532910000778``."""
     return f"{year % 10}{day_of_year:03d}{hour:02d}"
 
 
