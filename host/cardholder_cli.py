@@ -135,22 +135,7 @@ def _masked(r: dict[str, Any]) -> str:
 def _view(app: AppContext, r: dict[str, Any]) -> dict[str, Any]:
     """A cardholder for --json: masked forms only, dates ISO, times with the programme's offset."""
     tz = app.config.clearing.timezone
-    out = {
-        k: r[k]
-        for k in (
-            "name",
-            "id_type",
-            "id_number_masked",
-            "phone_masked",
-            "email_masked",
-            "address",
-            "kyc_level",
-            "aml_status",
-            "state",
-            "tier",
-            "cards",
-        )
-    }
+    out = {k: r[k] for k in (*cardholders.SHOWN, "address", "cards")}
     out["cardholder_id"] = r["id"]
     out["birth_date"] = r["birth_date"].isoformat() if r["birth_date"] else None
     out["created_at"] = iso_local(r["created_at"], tz)

@@ -36,6 +36,9 @@ ID_TYPES = ("resident_id", "passport", "hk_macau_permit", "taiwan_permit", "fore
 AML_STATUSES = ("clear", "review", "confirmed")
 STATES = ("active", "closed")
 LIST_HINT = "give a cardholder id; `payswitch cardholder list` finds one"
+# What of a cardholder may be shown (the CLI's --json, the API, the console): masked forms only
+SHOWN = ("name", "id_type", "id_number_masked", "phone_masked", "email_masked", "kyc_level", "tier",
+         "aml_status", "state")
 
 
 class CardholderError(CatalogError):

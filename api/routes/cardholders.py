@@ -292,21 +292,8 @@ def _view(state: ApiState, r: dict[str, Any]) -> dict[str, Any]:
     tz = state.timezone
     return {
         "id": public_id("cardholder", int(r["id"])),
-        **{
-            k: r[k]
-            for k in (
-                "name",
-                "id_type",
-                "id_number_masked",
-                "phone_masked",
-                "email_masked",
-                "birth_date",
-                "kyc_level",
-                "tier",
-                "aml_status",
-                "state",
-            )
-        },
+        **{k: r[k] for k in cardholders.SHOWN},
+        "birth_date": r["birth_date"],
         "address": r["address"] or "",
         "card_count": int(r["cards"]),
         "created_at": iso_local(r["created_at"], tz),
