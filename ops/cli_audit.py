@@ -40,9 +40,9 @@ READ_ONLY_NAMES = frozenset({
 READ_ONLY_PATHS = frozenset({"inventory.report", "aml.list.show", "switch.saf.list"})
 # show without options, set with them
 SHOW_OR_SET = frozenset({"card.limits", "product.controls"})
-SECRET = re.compile(r"pin|pass|secret|key|zpk|zak|zmk|tmk|component|token|otp|id_number|idno|phone|mail",
-                    re.IGNORECASE)
-_DIGITS = re.compile(r"^[0-9]{12,19}$")
+SECRET = re.compile(r"pin|pass|secret|key|zpk|zak|zmk|tmk|component|token|otp|id_number|idno|phone|mail"
+                    r"|account|iban|pan|number|track|cvn|cvv|birth|address", re.IGNORECASE)
+_DIGITS = re.compile(r"^[0-9]{12,34}$")  # a card or bank account number, once spaces and dashes are gone
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,8 @@ def _safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_safe(v) for v in value]
     text = str(value)
-    if _DIGITS.fullmatch(text):
-        return mask_pan(text)
+    if _DIGITS.fullmatch(re.sub(r"[\s-]", "", text)):
+        return mask_pan(re.sub(r"[\s-]", "", text))
     return redact_text(text)[:200]
 
 
