@@ -88,3 +88,26 @@ def test_a_delete_is_recorded(live: System, make_client: MakeClient) -> None:
 
     checked, broken = db(live, verify)
     assert broken is None and checked >= 2
+
+
+def test_a_payment_and_a_payment_code_are_recorded_by_their_own_records(live: System,
+                                                                       make_client: MakeClient) -> None:
+    """No audit row for money or a payment code (api.envelope.RECORDED_ELSEWHERE): the payment's own
+    row names the client; a management request of the same client is audited."""
+    name = unique("audpay")
+    client = make_client(["cards:write", "cards:read", "payments:write"], name=name)
+    card_id = _card(live)
+    live.cli("card", "load", str(card_id), "--amount", "50.00", "--reference", unique("l"))
+    code = client.post(f"/v1/cards/card_{card_id}/payment-codes", json={},
+                       headers={"Idempotency-Key": unique("c")})
+    assert code.status_code == 201, code.text
+    paid = client.post("/v1/payments", headers={"Idempotency-Key": unique("p")},
+                       json={"payment_code": code.json()["code"], "merchant_id": "898330160120001",
+                             "amount": {"amount": 100, "currency": "CNY"}})
+    assert paid.status_code == 201 and paid.json()["status"] == "approved", paid.text
+    assert _rows(live, actor=f"api:{name}") == []
+    got = client.get(f"/v1/payments/{paid.json()['id']}")
+    assert got.status_code == 200 and got.json()["id"] == paid.json()["id"]  # the client's own record
+    assert client.post(f"/v1/cards/card_{card_id}/freeze", headers={"Idempotency-Key": unique("f")}
+                       ).status_code == 200
+    assert [r.action for r in _rows(live, actor=f"api:{name}")] == ["api.POST /v1/cards/{card_id}/freeze"]
