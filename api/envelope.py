@@ -443,9 +443,13 @@ class Envelope:
                 await self._problem(scope, receive, send,
                                     Problem("unsupported-media-type", "send the body as application/json"))
                 return
-        if (caller is not None and method in AUDITED_METHODS and path.startswith("/v1/")
-                and _route_of(scope) not in RECORDED_ELSEWHERE):
-            await self._audited(scope, receive, send, api, caller, headers, st, ex, body)
+        if caller is not None and method in AUDITED_METHODS and path.startswith("/v1/"):
+            if _route_of(scope) not in RECORDED_ELSEWHERE:
+                await self._audited(scope, receive, send, api, caller, headers, st, ex, body)
+            elif method == "POST":  # still idempotent; only the audit row is left to its own record
+                await self._idempotent(scope, receive, send, api, caller, headers, st, ex, body)
+            else:
+                await self._run_app(scope, receive, send)
             return
         await self._run_app(scope, receive, send)
 
@@ -531,12 +535,16 @@ class Envelope:
             if data and b"json" in content_type:
                 response = data.decode()
         try:
-            row: Audited = st["audit_row"](status)
-            if not st.get("idem_finished"):  # a payment's route commits it with the switch's answer
-                await api.pool.run(record_request, row, (begun.id, state, status, response))
+            if "audit_row" not in st:  # recorded elsewhere (RECORDED_ELSEWHERE): the finish alone
+                if not st.get("idem_finished"):  # a payment's route commits it with the switch's answer
+                    await api.pool.run(finish, begun.id, state, status, response)
             else:
-                await api.pool.run(record_request, row)
-            st["audited"] = True
+                row: Audited = st["audit_row"](status)
+                if not st.get("idem_finished"):
+                    await api.pool.run(record_request, row, (begun.id, state, status, response))
+                else:
+                    await api.pool.run(record_request, row)
+                st["audited"] = True
         except audit.AuditError as exc:  # a path that looks like a PAN: the record closed, no row
             log.warning("api_audit_failed", path=path, error=type(exc).__name__)
             await api.pool.run(finish, begun.id, state, status, response)
