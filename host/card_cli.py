@@ -30,7 +30,7 @@ from host.keys import IssuerCrypto
 from ops.cli import AppContext, pass_app
 from ops.localtime import format_local, iso_local
 from ops.logs import mask_pan
-from ops.money import AMOUNT, format_money, money_json
+from ops.money import AMOUNT, format_amount, format_money, money_json
 from ops.pgpool import PgPool
 
 
@@ -197,6 +197,19 @@ def card_close(app: AppContext, card_ref: str, forfeit: bool) -> None:
     )
 
 
+def _four_eyes(app: AppContext, kind: str, card_ref: str, minor: int) -> None:
+    """A manual load or unload above console.four_eyes_minor is not made from the CLI either: it is
+    requested, and another person approves it (host.approvals; the console's Approvals page)."""
+    from host.approvals import needs_approval
+
+    config = app.config.console
+    if needs_approval(kind, minor, config):
+        raise click.ClickException(
+            f"a {kind} of more than {format_money(config.four_eyes_minor)} takes a second person's approval"
+            f" (console.four_eyes_minor): `payswitch approval request {kind} {card_ref} --amount "
+            f"{format_amount(minor)} --reason WHY`, then a supervisor approves it")
+
+
 @card.command("unload")
 @click.argument("card_ref", metavar="CARD")
 @click.option("--amount", type=AMOUNT, default=None, help="Yuan to unload (default: all that is available).")
@@ -217,6 +230,9 @@ def card_unload(app: AppContext, card_ref: str, amount: int | None, reference: s
     cardholder under REFERENCE: to their bank account registered now (`cardholder bank-account set`),
     else at the programme's desk. Held money (pending pre-auths) stays on the card."""
     from host.admin import Unload, admin_unload
+
+    if amount is not None:
+        _four_eyes(app, "unload", card_ref, amount)
 
     async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> Unload:
         cid = await directory.resolve_card(pool, crypto, card_ref)
@@ -537,7 +553,9 @@ def card_assign(app: AppContext, card_ref: str, cardholder_ref: str) -> None:
 @click.option("--reference", default=None, help="Idempotency reference: the same one twice loads once.")
 @pass_app
 def card_load(app: AppContext, card_ref: str, minor: int, reference: str | None) -> None:
-    """Load money onto a card from the issuer's funding account."""
+    """Load money onto a card from the issuer's funding account (more than console.four_eyes_minor: a
+    request for a second person's approval instead, `payswitch approval request load`)."""
+    _four_eyes(app, "load", card_ref, minor)
 
     async def work(pool: PgPool, crypto: IssuerCrypto | None = None) -> tuple[int, Any, dict[str, Any]]:
         cid = await directory.resolve_card(pool, crypto, card_ref)

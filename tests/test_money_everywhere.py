@@ -38,7 +38,8 @@ TOUR: list[str] = []
 
 @pytest.fixture(scope="module")
 def system() -> Iterator[System]:
-    with System() as s:
+    # `card load 1,234.5` shows the grouping: above the four-eyes amount, so that amount is raised here
+    with System(settings={"console.four_eyes_minor": "10000000"}) as s:
         s.start(seed=("--load-terminals", "1", "--load-cards", "1"))
         TOUR.append(s.cli("demo", "tour").stdout)
         yield s

@@ -83,7 +83,8 @@ def test_an_operator_requests_a_load_and_a_supervisor_approves_it(live: System, 
 
 def test_the_requester_may_not_approve_and_a_reject_changes_nothing(live: System, console_as: Any) -> None:
     cid = new_card(live)
-    live.cli("card", "load", str(cid), "--amount", "2000.00", "--reference", unique("l"))
+    for _ in range(2):  # 2,000.00 in two loads at the four-eyes amount (one above it takes approval)
+        live.cli("card", "load", str(cid), "--amount", "1000.00", "--reference", unique("l"))
     sup_a, sup_b = console_as("supervisor"), console_as("supervisor")
     r = sup_a.post_form("/console/approvals/request", {
         "kind": "unload", "target": f"card:{cid}", "amount": "1200.00", "to": "desk", "reason": "leaving"})

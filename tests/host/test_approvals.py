@@ -17,6 +17,7 @@ import trio
 from host import approvals
 from host.approvals import ApprovalError
 from ops import config as config_mod
+from ops.money import format_amount, parse_money
 from ops.pgpool import PgPool
 from pos.system import System
 from tests.api.conftest import db, unique
@@ -48,8 +49,12 @@ def product(live: System) -> str:
 def new_card(live: System, product: str, load: str | None = None) -> int:
     out = json.loads(live.cli("--json", "card", "issue", "--product", product, "--activate").stdout)
     cid = int(out["cards"][0]["card_id"])
-    if load:
-        live.cli("card", "load", str(cid), "--amount", load, "--reference", unique("l"))
+    left = parse_money(load) if load else 0
+    while left > 0:  # in loads of at most the four-eyes amount (one above it takes an approval)
+        part = min(left, 100_000)
+        live.cli("card", "load", str(cid), "--amount", format_amount(part).replace(",", ""),
+                 "--reference", unique("l"))
+        left -= part
     return cid
 
 
@@ -285,3 +290,22 @@ def test_an_expired_request_cannot_be_approved(live: System, product: str) -> No
     assert approve(live, req["id"], name("sup"))["state"] == "expired"
     assert balance(live, cid) == 0
     assert audit_rows(live, f"card:{cid}")[-1]["action"] == "approval.expire"
+
+
+def test_the_cli_does_not_load_or_unload_above_the_four_eyes_amount(live: System, product: str) -> None:
+    """`card load` / `card unload` of more than console.four_eyes_minor are refused in one line naming
+    the request to make; at the amount they are made; the request then approved by another loads."""
+    cid = new_card(live, product)
+    over = live.cli("card", "load", str(cid), "--amount", "1000.01", "--reference", unique("l"), check=False)
+    assert over.returncode == 1 and balance(live, cid) == 0
+    (line,) = over.stderr.strip().splitlines()
+    assert "takes a second person's approval" in line and f"approval request load {cid}" in line
+    live.cli("card", "load", str(cid), "--amount", "1000.00", "--reference", unique("l"))
+    assert balance(live, cid) == 100_000
+    out = live.cli("card", "unload", str(cid), "--amount", "1000.01", "--reference", unique("u"), "--to",
+                   "desk", check=False)
+    assert out.returncode == 1 and "approval request unload" in out.stderr and balance(live, cid) == 100_000
+    made = json.loads(live.cli("--json", "approval", "request", "load", str(cid), "--amount", "1000.01",
+                               "--reason", "top-up above the amount").stdout)
+    approve(live, int(made["id"]), name("supervisor"))
+    assert balance(live, cid) == 200_001

@@ -25,6 +25,8 @@ from tests.host.helpers import cli_env, ok, run
 @pytest.fixture(scope="module")
 def env(db_url: str, hsm_server: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     e = cli_env(tmp_path_factory.mktemp("kyc"), db_url, hsm_server.env)
+    # these tests load up to 4,000.00 CNY at once to reach the tiers' caps: above the four-eyes amount
+    e["PAYSWITCH_CONSOLE_FOUR_EYES_MINOR"] = "1000000"
     ok(
         e,
         "product",
