@@ -311,7 +311,8 @@ def test_no_sql_in_a_cli_module() -> None:
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    modules = sorted(root.glob("*/*cli.py"))
+    # the CLI modules, and the console's views: thin callers of their component's functions
+    modules = sorted([*root.glob("*/*cli.py"), *root.glob("console/views/*.py")])
     assert len(modules) >= 10, modules
     for path in modules:
         assert not re.search(r"\b(SELECT|INSERT INTO|UPDATE \w+ SET|DELETE FROM)\b", path.read_text()), path
