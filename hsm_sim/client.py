@@ -67,6 +67,13 @@ API (all ``async`` unless marked):
   public key to its PVV and the PIN under LMK.
 - ``encrypt_data(key, data, *, iv=None) -> bytes`` M0 / ``decrypt_data(key, data, *, iv=None) -> bytes``
   M2: binary, ECB without ``iv``, CBC with it; ``data`` a whole number of blocks (8 for 3DES, 16 SM4).
+- ``verify_arqc(imk, pan, psn, atc, data, arqc, arc=None) -> bytes | None`` KW [project convention,
+  specs/hsm-conventions.md "Chip cryptograms: KW"]: verify a chip card's ARQC (8 bytes) over ``data``
+  (``specs.tlv.arqc_data``) with the card key derived from the IMK-AC (key type 109, ``U`` 3DES or
+  ``S`` SM4: the algorithm follows the key), PAN, PSN (2 digits) and ATC (2 bytes); with ``arc`` (2
+  bytes, the answer's DE39 in ASCII) also the 8-byte ARPC, else None. A cryptogram that does not
+  verify raises ``HsmRefused`` (code "01"); ``arpc(imk, pan, psn, atc, arqc, arc) -> bytes`` the ARPC
+  alone, no check (an answer to a cryptogram already verified, or a decline of one that failed).
 - ``account_from_pan(pan) -> str`` (plain function).
 """
 
@@ -83,6 +90,7 @@ from typing import Any, Protocol
 import outcome
 import trio
 
+from hsm_sim.emv import pan_psn_block
 from hsm_sim.errors import MEANINGS
 from hsm_sim.pin import account_from_pan
 
@@ -93,6 +101,7 @@ __all__ = [
     "HsmClient",
     "HsmCommandError",
     "HsmError",
+    "HsmRefused",
     "HsmTimeout",
     "HsmUnavailable",
     "Key",
@@ -119,6 +128,13 @@ class HsmCommandError(HsmError):
         self.code = code
         self.meaning = MEANINGS.get(code, "error")
         super().__init__(f"HSM {command} error {code}: {self.meaning}")
+
+
+class HsmRefused(HsmCommandError):
+    """01 from a command whose refusal is its answer (KW: the ARQC does not verify, a cloned card)."""
+
+    def __init__(self, command: str) -> None:
+        super().__init__(command, "01")
 
 
 class HsmTimeout(HsmError):
@@ -214,6 +230,11 @@ def _key_len(token: str) -> int:
 
 def _is_sm4(key: str) -> bool:
     return key[:1] == "S"
+
+
+def _hexu(data: bytes) -> bytes:
+    """Upper-case hex as ASCII bytes (an H field of a request)."""
+    return data.hex().upper().encode("ascii")
 
 
 def _mu_fields(mak: str, data: bytes, key_type: str) -> bytes:
@@ -889,6 +910,48 @@ class HsmClient:
             raise HsmCommandError("WC", reply.error)
         text = reply.fields.decode("ascii")
         return PinChange(text[:4], text[4:])
+
+    # -- chip cryptograms ---------------------------------------------------------------------------
+    @staticmethod
+    def _kw_head(mode: str, imk: str, pan: str, psn: str, atc: bytes) -> bytes:
+        """KW's fields up to the ATC; the scheme follows the key (``S`` SM4, else 3DES)."""
+        if len(atc) != 2:
+            raise ValueError("the ATC is 2 bytes")
+        scheme = "2" if _is_sm4(imk) else "1"
+        y = pan_psn_block(pan, psn).hex()
+        return f"{mode}{scheme}{imk}{y}{atc.hex().upper()}".encode("ascii")
+
+    async def verify_arqc(
+        self,
+        imk: str,
+        pan: str,
+        psn: str,
+        atc: bytes,
+        data: bytes,
+        arqc: bytes,
+        arc: bytes | None = None,
+    ) -> bytes | None:
+        """KW mode 0 (verify) or 1 (verify, then the ARPC answering with ``arc``). ``HsmRefused`` when
+        the ARQC does not verify; the 8-byte ARPC when ``arc`` is given, else None."""
+        if len(arqc) != 8 or (arc is not None and len(arc) != 2):
+            raise ValueError("the ARQC is 8 bytes and the ARC 2")
+        mode = "0" if arc is None else "1"
+        fields = self._kw_head(mode, imk, pan, psn, atc) + b"%04X" % len(data) + data + _hexu(arqc)
+        if arc is not None:
+            fields += _hexu(arc)
+        reply = await self.request("KW", fields)
+        if reply.error == "01":
+            raise HsmRefused("KW")
+        if reply.error != "00":
+            raise HsmCommandError("KW", reply.error)
+        return None if arc is None else bytes.fromhex(reply.fields.decode("ascii"))
+
+    async def arpc(self, imk: str, pan: str, psn: str, atc: bytes, arqc: bytes, arc: bytes) -> bytes:
+        """KW mode 2: the 8-byte ARPC answering ``arqc`` with ``arc``, without verifying the ARQC."""
+        if len(arqc) != 8 or len(arc) != 2:
+            raise ValueError("the ARQC is 8 bytes and the ARC 2")
+        fields = self._kw_head("2", imk, pan, psn, atc) + _hexu(arqc) + _hexu(arc)
+        return bytes.fromhex((await self.call("KW", fields)).decode("ascii"))
 
     async def generate_sm2_key(self) -> Sm2KeyPair:
         """SK: a new SM2 key pair for PIN encryption."""

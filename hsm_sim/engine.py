@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from hsm_sim import cmd_data, cmd_keys, cmd_mac, cmd_pin, cmd_sm2
+from hsm_sim import cmd_data, cmd_emv, cmd_keys, cmd_mac, cmd_pin, cmd_sm2
 from hsm_sim.errors import INVALID_INPUT, OK, UNKNOWN_COMMAND, HsmFault
 from hsm_sim.fields import Reader
 from hsm_sim.keys import KeyStore
@@ -51,6 +51,7 @@ COMMANDS: dict[bytes, Handler] = {
     b"M2": cmd_data.m2,
     b"SK": cmd_sm2.sk,  # [project convention] SM2 key pair for app PIN set: specs/hsm-conventions.md
     b"SP": cmd_sm2.sp,  # [project convention] PIN under SM2 -> PVV and PIN under LMK
+    b"KW": cmd_emv.kw,  # [project convention] verify ARQC / generate ARPC: specs/hsm-conventions.md
 }
 
 RESPONSE_CODES: dict[bytes, bytes] = {c: c[:1] + bytes([c[1] + 1]) for c in COMMANDS}
