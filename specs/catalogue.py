@@ -13,6 +13,9 @@
   :class:`WorkingKeys` (DE62 layouts per profile), :class:`BatchTotals` / :func:`batch_totals_de48`
   / :func:`parse_batch_totals` (0500/0510 DE48), :class:`UploadRecord` / :func:`upload_de48` /
   :func:`parse_upload_de48` (0320 DE48), :func:`h2h_de90`.
+- Offline sales [project convention]: :data:`OFFLINE_TYPE_CODE` (60.1 of the advice),
+  :class:`FloorLimit` / :func:`floor_table_de48` / :func:`parse_floor_table` (0810 DE48),
+  :func:`floor_limit_for` (longest BIN prefix), :func:`is_offline_advice`.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class TxnType(StrEnum):
     BATCH_SETTLEMENT = "batch_settlement"
     BATCH_UPLOAD = "batch_upload"
     PIN_CHANGE = "pin_change"  # [project convention] specs/README.md, "PIN change"
+    OFFLINE_SALE = "offline_sale"  # [project convention] specs/README.md, "Offline sales": the advice
 
 
 class ProcessingCode(StrEnum):
@@ -95,6 +99,7 @@ POS_TRANSACTIONS: dict[TxnType, PosTxn] = {row.type: row for row in (
     PosTxn(TxnType.BATCH_SETTLEMENT, "0500", None, None, "00", ("201",)),
     PosTxn(TxnType.BATCH_UPLOAD, "0320", None, None, "00", ("201", "202")),  # 202 = end of upload
     PosTxn(TxnType.PIN_CHANGE, "0200", PC.PIN_CHANGE, CC.NORMAL, "96"),  # [project convention]
+    PosTxn(TxnType.OFFLINE_SALE, "0220", PC.GOODS, CC.NORMAL, "36"),  # [project convention] advice
 )}
 """TxnType -> how a terminal sends it. A reversal (0400) copies the original's DE3/DE25/DE60."""
 
@@ -116,6 +121,8 @@ H2H_TRANSACTIONS: dict[tuple[str, str, str], TxnType] = {
     ("0220", PC.RETURN, CC.NORMAL): TxnType.REFUND,
     ("0220", PC.GOODS, CC.PRE_AUTH): TxnType.PRE_AUTH_COMPLETION,  # completion advice (SAF)
     ("0200", PC.PIN_CHANGE, CC.NORMAL): TxnType.PIN_CHANGE,  # [project convention]
+    # [project convention] the offline sale's advice; the host also sees 60.1 36 inside H2H DE60
+    ("0220", PC.GOODS, CC.NORMAL): TxnType.OFFLINE_SALE,
 }
 # PIN change [project convention, specs/README.md "PIN change"]: the old PIN block is DE52 in both
 # dialects; the new one is POS DE62 (b, as DE52 is) and H2H DE48 (its hex, as H2H DE52 is).
@@ -377,6 +384,78 @@ def format_error_response(dialect: str, error: DecodeError) -> dict[str, Any] | 
 # (the card's BIN, random digits, a Luhn check digit) made by the issuer for a card, not a card number.
 QR_ENTRY_MODE = "03"
 PAYMENT_CODE_LENGTH = 18
+
+
+# --- offline sales (project convention, specs/README.md "Offline sales") --------------------------------
+
+# 60.1 of an offline advice (POS 0220, DE3 000000, DE25 00): CUP uses 36 for its offline e-cash uploads;
+# the contract has no code meaning "offline", so the advice has its own and is never taken for a refund.
+OFFLINE_TYPE_CODE = "36"
+OFFLINE_DE25 = ConditionCode.NORMAL.value
+# The floor table (POS DE48 of the 0810, n..322 LLL): count n2, then per BIN range 37 digits:
+# BIN length n2 | BIN n11 (zero-padded on the right) | floor limit n12 | no-CVM limit n12 (both fen).
+FLOOR_BIN_DIGITS = 11
+FLOOR_ENTRY_DIGITS = 2 + FLOOR_BIN_DIGITS + 12 + 12
+MAX_FLOOR_ENTRIES = 8  # 2 + 8 * 37 = 298 digits; a ninth (335) would not fit in 322
+
+
+@dataclass(frozen=True, slots=True)
+class FloorLimit:
+    """One BIN range of the floor table: the offline floor limit and the no-CVM limit, in fen."""
+
+    bin: str  # 1 to 11 digits (the host's bin_ranges.bin is 6 to 11)
+    floor_limit: int
+    no_cvm_limit: int
+
+    def __str__(self) -> str:
+        if not (self.bin.isdigit() and 1 <= len(self.bin) <= FLOOR_BIN_DIGITS):
+            raise ValueError(f"a floor table BIN is 1 to {FLOOR_BIN_DIGITS} digits")
+        for amount in (self.floor_limit, self.no_cvm_limit):
+            if not 0 <= amount < 10**12:
+                raise ValueError("a floor table limit is 0 to 12 digits of fen")
+        bin_field = f"{len(self.bin):02d}{self.bin:0<{FLOOR_BIN_DIGITS}}"
+        return f"{bin_field}{self.floor_limit:012d}{self.no_cvm_limit:012d}"
+
+
+def floor_table_de48(entries: list[FloorLimit]) -> str:
+    """The 0810's DE48: the floor table, entries in the order given (the switch sorts them by BIN)."""
+    if len(entries) > MAX_FLOOR_ENTRIES:
+        raise ValueError(f"at most {MAX_FLOOR_ENTRIES} floor table entries fit in DE48")
+    return f"{len(entries):02d}" + "".join(str(e) for e in entries)
+
+
+def parse_floor_table(de48: str) -> list[FloorLimit]:
+    """The floor table of an 0810's DE48; raises ValueError when it is not one (an empty DE48 is none)."""
+    if de48 == "":
+        return []
+    if not de48.isdigit() or len(de48) < 2:
+        raise ValueError("the floor table is digits: a count n2 then 37 digits per BIN range")
+    count = int(de48[:2])
+    if count > MAX_FLOOR_ENTRIES or len(de48) != 2 + FLOOR_ENTRY_DIGITS * count:
+        raise ValueError("the floor table is a count n2 (at most 8) then 37 digits per BIN range")
+    entries = []
+    for i in range(count):
+        e = de48[2 + FLOOR_ENTRY_DIGITS * i : 2 + FLOOR_ENTRY_DIGITS * (i + 1)]
+        length = int(e[:2])
+        if not 1 <= length <= FLOOR_BIN_DIGITS or e[2 + length : 2 + FLOOR_BIN_DIGITS].strip("0"):
+            raise ValueError("a floor table BIN length is 1 to 11 and the padding after the BIN zeros")
+        entries.append(FloorLimit(e[2 : 2 + length], int(e[13:25]), int(e[25:37])))
+    return entries
+
+
+def floor_limit_for(table: list[FloorLimit], pan: str) -> FloorLimit | None:
+    """The entry of the longest BIN that prefixes ``pan`` (None: no entry, so no offline approval)."""
+    best: FloorLimit | None = None
+    for entry in table:
+        if pan.startswith(entry.bin) and (best is None or len(entry.bin) > len(best.bin)):
+            best = entry
+    return best
+
+
+def is_offline_advice(mti: str, de3: str | None, de60: str | None) -> bool:
+    """Whether a POS (or H2H, whose DE60 starts with the POS DE60) 0220 is an offline sale's advice."""
+    goods = de3 == ProcessingCode.GOODS
+    return request_mti(mti) == "0220" and goods and str(de60 or "")[:2] == OFFLINE_TYPE_CODE
 
 
 # --- structured POS sub-fields --------------------------------------------------------------------------
