@@ -5,7 +5,12 @@ low five bits of the first byte all set means another byte follows, and so on wh
 has its high bit set), length (one byte below 128; ``81 xx`` or ``82 xx xx`` above), value. Tags are
 written here as upper-case hex strings ("9F26"). Unknown tags are kept as they came, in order, so a
 message re-encodes byte for byte; a constructed tag's value (bit 6 of its first byte, e.g. ``70``) is
-kept as bytes too. Anything that does not parse raises ``TlvError`` (the caller answers 30).
+kept as bytes too. Anything that does not parse raises ``TlvError`` (the caller answers 30). Lengths are
+written in the shortest form; a longer form received (``81 05``) is read, and re-encodes shorter.
+
+``describe`` / ``views`` render data objects for people (``payswitch iso decode``, ``pos --trace``): the
+tag, its dictionary name and its value by format, with ``SECRET_TAGS`` (track equivalents, names) as a
+length only and the PAN (5A) masked; constructed objects are shown with their contents indented.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
+
+from ops.logs import mask_pan
 
 TagFormat = Literal["n", "b", "an", "cn"]
 
@@ -31,11 +38,19 @@ class TagInfo(NamedTuple):
 TAGS: dict[str, TagInfo] = {
     "4F": TagInfo("Application identifier (AID), card", "b", None),
     "50": TagInfo("Application label", "an", None),
+    "56": TagInfo("Track 1 data (contactless)", "b", None),
     "57": TagInfo("Track 2 equivalent data", "b", None),
     "5A": TagInfo("Application PAN", "cn", None),
+    "5F20": TagInfo("Cardholder name", "an", None),
     "5F24": TagInfo("Application expiration date YYMMDD", "n", 3),
+    "5F25": TagInfo("Application effective date YYMMDD", "n", 3),
+    "5F28": TagInfo("Issuer country code", "n", 2),
     "5F2A": TagInfo("Transaction currency code", "n", 2),
     "5F34": TagInfo("PAN sequence number", "n", 1),
+    "70": TagInfo("Record template", "b", None),
+    "71": TagInfo("Issuer script template 1", "b", None),
+    "72": TagInfo("Issuer script template 2", "b", None),
+    "77": TagInfo("Response message template format 2", "b", None),
     "82": TagInfo("Application interchange profile (AIP)", "b", 2),
     "84": TagInfo("Dedicated file name (AID)", "b", None),
     "8A": TagInfo("Authorisation response code", "an", 2),
@@ -46,10 +61,16 @@ TAGS: dict[str, TagInfo] = {
     "9C": TagInfo("Transaction type", "n", 1),
     "9F02": TagInfo("Amount, authorised", "n", 6),
     "9F03": TagInfo("Amount, other", "n", 6),
+    "9F06": TagInfo("Application identifier (AID), terminal", "b", None),
+    "9F07": TagInfo("Application usage control", "b", 2),
     "9F09": TagInfo("Application version number, terminal", "b", 2),
+    "9F0B": TagInfo("Cardholder name extended", "an", None),
     "9F10": TagInfo("Issuer application data (IAD)", "b", None),
     "9F1A": TagInfo("Terminal country code", "n", 2),
     "9F1E": TagInfo("Interface device serial number", "an", 8),
+    "9F1F": TagInfo("Track 1 discretionary data", "an", None),
+    "9F20": TagInfo("Track 2 discretionary data", "cn", None),
+    "9F21": TagInfo("Transaction time HHMMSS", "n", 3),
     "9F26": TagInfo("Application cryptogram (ARQC / TC / AAC)", "b", 8),
     "9F27": TagInfo("Cryptogram information data (CID)", "b", 1),
     "9F33": TagInfo("Terminal capabilities", "b", 3),
@@ -58,8 +79,14 @@ TAGS: dict[str, TagInfo] = {
     "9F36": TagInfo("Application transaction counter (ATC)", "b", 2),
     "9F37": TagInfo("Unpredictable number", "b", 4),
     "9F41": TagInfo("Transaction sequence counter", "n", None),
+    "9F53": TagInfo("Transaction category code", "an", 1),
+    "9F5D": TagInfo("Available offline spending amount", "n", 6),
     "9F63": TagInfo("Card product identification information", "b", 16),
+    "9F66": TagInfo("Terminal transaction qualifiers (TTQ, contactless)", "b", 4),
+    "9F6B": TagInfo("Track 2 data (contactless)", "b", None),
+    "9F6C": TagInfo("Card transaction qualifiers (CTQ, contactless)", "b", 2),
     "9F74": TagInfo("Electronic cash issuer authorisation code (PBOC)", "an", 6),
+    "9F79": TagInfo("Electronic cash balance (PBOC)", "n", 6),
     "DF31": TagInfo("Issuer script results", "b", None),
 }
 
@@ -87,10 +114,10 @@ def _read_tag(data: bytes, i: int) -> tuple[str, int]:
                 raise TlvError(f"truncated tag at byte {start}")
             b = data[i]
             i += 1
+            if i - start > 3:  # EMV tags are at most 3 bytes; a longer one is not ours to guess at
+                raise TlvError(f"tag longer than 3 bytes at byte {start}")
             if not b & 0x80:
                 break
-            if i - start > 3:
-                raise TlvError(f"tag longer than 3 bytes at byte {start}")
     return data[start:i].hex().upper(), i
 
 
@@ -145,7 +172,8 @@ def encode(items: Iterable[Tlv] | Mapping[str, bytes]) -> bytes:
             raw = bytes.fromhex(tag)
         except ValueError:
             raise TlvError(f"tag {tag!r} is not hex") from None
-        if not raw or _read_tag(raw, 0) != (tag.upper(), len(raw)):
+        if not raw or raw[0] == 0x00 or _read_tag(raw, 0) != (tag.upper(), len(raw)):
+            # 00 is padding to decode, never a tag: encoding it would not read back
             raise TlvError(f"tag {tag!r} is not one BER tag")
         out += raw + _length(len(value)) + value
     return bytes(out)
@@ -165,3 +193,99 @@ def arqc_data(values: Mapping[str, bytes]) -> bytes:
     if missing:
         raise TlvError(f"chip data lacks {', '.join(missing)}")
     return b"".join(values[tag] for tag in ARQC_TAGS)
+
+
+# --- showing chip data to people (iso decode, --trace) ------------------------------------------------
+
+# Tags whose values are card secrets or personal data, and how a tool shows them: a track equivalent or
+# a name as its length only, the PAN masked (first 6, last 4) as everywhere else (ops.logs.mask_pan).
+SECRET_TAGS: dict[str, Literal["pan", "track", "name"]] = {
+    "56": "track",
+    "57": "track",
+    "5A": "pan",
+    "5F20": "name",
+    "9F0B": "name",
+    "9F1F": "track",
+    "9F20": "track",
+    "9F6B": "track",
+}
+
+
+class TagView(NamedTuple):
+    """One data object as a tool shows it: ``depth`` > 0 inside a constructed object."""
+
+    tag: str
+    name: str
+    shown: str
+    depth: int = 0
+
+
+def constructed(tag: str) -> bool:
+    """Bit 6 of the tag's first byte: the value is itself a sequence of data objects (e.g. 70, 71)."""
+    try:
+        return bool(bytes.fromhex(tag[:2])[0] & 0x20)
+    except (ValueError, IndexError):  # not a tag at all: nothing to look inside
+        return False
+
+
+def show(tag: str, value: bytes) -> str:
+    """One primitive value, fit to show: n and cn as digits, an as text, b as hex; secrets hidden."""
+    secret = SECRET_TAGS.get(tag)
+    info = TAGS.get(tag)
+    if secret == "pan":
+        digits = value.hex().upper().rstrip("F")
+        return mask_pan(digits) if digits.isdigit() else f"<{len(value)} bytes, not shown>"
+    if secret is not None:
+        return f"<{secret} data, {len(value)} bytes, not shown>"
+    if info is None:
+        return value.hex().upper()  # the name column already says "unknown tag"
+    text = _formatted(info.format, value)
+    if info.length is not None and len(value) != info.length:
+        text += f" (expected {info.length} bytes, got {len(value)})"
+    return text
+
+
+def _formatted(fmt: TagFormat, value: bytes) -> str:
+    raw = value.hex().upper()
+    if fmt == "n":
+        return raw if raw.isdigit() else f"{raw} (not BCD)"
+    if fmt == "cn":
+        digits = raw.rstrip("F")
+        return digits if digits.isdigit() else f"{raw} (not compressed numeric)"
+    if fmt == "an":
+        if all(0x20 <= c < 0x7F for c in value):
+            return repr(value.decode("ascii"))
+        return f"{raw} (not text)"
+    return raw
+
+
+def views(items: Iterable[Tlv], depth: int = 0) -> list[TagView]:
+    """Every data object in order, constructed ones followed by their contents (one level deeper)."""
+    out: list[TagView] = []
+    for item in items:
+        info = TAGS.get(item.tag)
+        name = info.name if info is not None else "unknown tag"
+        if constructed(item.tag) and item.tag not in SECRET_TAGS:
+            try:
+                inner = decode(item.value)
+            except TlvError:
+                # Not readable as data objects: its bytes could hold anything (a track), so no hex.
+                shown = f"<constructed, {len(item.value)} bytes, not parsed>"
+                out.append(TagView(item.tag, name, shown, depth))
+                continue
+            out.append(TagView(item.tag, name, f"<constructed, {len(item.value)} bytes>", depth))
+            out.extend(views(inner, depth + 1))
+            continue
+        out.append(TagView(item.tag, name, show(item.tag, item.value), depth))
+    return out
+
+
+def describe(items: Iterable[Tlv] | bytes) -> list[str]:
+    """One line per data object: ``9F26 Application cryptogram (ARQC / TC / AAC): 1A2B...``; bytes
+    that are not BER-TLV give one line saying so (never their content)."""
+    if isinstance(items, bytes | bytearray):
+        try:
+            items = decode(bytes(items))
+        except TlvError as exc:
+            return [f"not BER-TLV ({exc}), {len(items)} bytes, not shown"]
+    return [f"{'  ' * v.depth}{v.tag:<4} {v.name}: {v.shown}" for v in views(items)]
