@@ -62,8 +62,9 @@ KINDS: dict[str, Kind] = {
     )
 }
 
-# Fields a reversal must not carry (contract: "no DE35/36/52/53/26").
-REVERSAL_DROPS = ("26", "35", "36", "52", "53", "64")
+# Fields a reversal must not carry (contract: "no DE35/36/52/53/26"); nor the chip data: the ARQC was
+# for the original, and a reversal must never be refused as a replayed ATC.
+REVERSAL_DROPS = ("26", "35", "36", "52", "53", "55", "64")
 
 
 class CardError(ValueError):
@@ -78,6 +79,8 @@ class Card:
     expiry: str = ""  # YYMM, keyed entry
     track2: str = ""  # PAN=YYMM..., swipe
     by_code: bool = False  # ``pan`` is a payment code the customer's app showed (entry mode 03x, no DE14)
+    mode: str = ""  # DE22 positions 1-2 when read by its chip: 05 contact, 07 contactless (pos.chip)
+    psn: str = ""  # PAN sequence number of a chip read, sent as DE23
 
     @staticmethod
     def payment_code(code: str) -> Card:
@@ -104,6 +107,8 @@ class Card:
 
     @property
     def entry_prefix(self) -> str:
+        if self.mode:
+            return self.mode
         return QR_ENTRY_MODE if self.by_code else "02" if self.track2 else "01"
 
 
@@ -134,8 +139,10 @@ def financial_request(
     pik: KeyCipher | None = None,
     pin_block_bytes: bytes | None = None,
     original: dict[str, str] | None = None,
+    de55: bytes | None = None,
 ) -> Message:
-    """A 0100/0200/0220 request. ``original`` holds ``rrn``, ``auth_id``, ``batch``, ``stan``, ``date``."""
+    """A 0100/0200/0220 request. ``original`` holds ``rrn``, ``auth_id``, ``batch``, ``stan``, ``date``;
+    ``de55`` the chip data of a chip read (pos.chip)."""
     msg = base(kind, stan, batch, terminal_id, merchant_id)
     if amount is not None:
         if not 0 < amount <= 999_999_999_999:
@@ -149,6 +156,10 @@ def financial_request(
             msg["14"] = card.expiry
     has_pin = pin is not None or pin_block_bytes is not None
     msg["22"] = card.entry_prefix + ("1" if has_pin else "2")
+    if card.psn:
+        msg["23"] = card.psn.zfill(3)
+    if de55 is not None:
+        msg["55"] = de55
     if has_pin:
         if pin_block_bytes is None:
             assert pin is not None and pik is not None

@@ -8,7 +8,7 @@ prints, safe to show (masked PAN, no keys, no PIN).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -16,6 +16,7 @@ from host.clearing import terminal_local_time
 from ops.logs import mask_pan
 from ops.money import format_money, money_json
 from pos import messages
+from pos.chip import ChipCard, ChipError, ChipRequest, IssuerAuth, build_request, check_issuer, next_atc
 from pos.client import Answer, NoAnswer, ReversalPending, Session, TerminalError
 from pos.crypto import TerminalCryptoError, unwrap_working_keys
 from pos.messages import KINDS, Card, Message
@@ -63,6 +64,9 @@ RESPONSE_TEXT = {
     "A0": "MAC FAILED, SIGN ON AGAIN",
 }
 
+# How the card was read (DE22 positions 1-2), as the receipt prints it.
+ENTRY_MODES = {"01": "keyed", "02": "swipe", "03": "payment code", "05": "chip", "07": "contactless"}
+
 
 @dataclass
 class Receipt:
@@ -86,6 +90,9 @@ class Receipt:
     # the switch's own, else the meaning of the code (all the terminal has on the wire).
     reason: str = ""
     reason_code: str = ""  # its key: host.rules.REASONS or switch/reasons.py
+    entry_mode: str = ""  # ENTRY_MODES' word, then ", PIN" when a PIN was entered
+    # A chip read: whether the card authenticated the issuer by the answer's ARPC (pos.chip.check_issuer).
+    issuer_auth: IssuerAuth | None = None
 
     @property
     def approved(self) -> bool:
@@ -120,6 +127,8 @@ class Receipt:
         lines = [f"--- {self.transaction} ---", f"TERMINAL {self.terminal_id}  MERCHANT {self.merchant_id}"]
         if self.pan:
             lines.append(f"CARD     {self.pan}")
+        if self.entry_mode:
+            lines.append(f"ENTRY    {self.entry_mode.upper()}")
         if self.batch or self.stan:
             lines.append(f"BATCH    {self.batch}  TRACE {self.stan}")
         if self.at:  # 2026-12-02 18:30:05 +08:00
@@ -134,10 +143,25 @@ class Receipt:
         if self.balance is not None:
             lines.append(f"BALANCE  {format_money(self.balance)}")
         lines.append(f"RESULT   {self.code} {self.text}")
+        if self.issuer_auth is not None:
+            lines.append(f"CHIP     {ISSUER_AUTH_TEXT[self.issuer_auth]}")
         lines.extend(f"NOTE     {n}" for n in self.notes)
         if not self.approved:
             lines.append(f"declined {self.code} {self.why}")
         return "\n".join(lines)
+
+
+ISSUER_AUTH_TEXT = {
+    "verified": "ISSUER AUTHENTICATED (ARPC OK)",
+    "failed": "ISSUER NOT AUTHENTICATED (ARPC WRONG)",
+    "absent": "NO ISSUER AUTHENTICATION (NO ARPC)",
+}
+
+
+def entry_mode_text(de22: str) -> str:
+    """``chip, PIN`` for 051: the words of DE22's entry mode and whether a PIN was entered."""
+    word = ENTRY_MODES.get(de22[:2], "")
+    return f"{word}, PIN" if word and de22[2:3] == "1" else word
 
 
 def local_stamp(mmdd: str, hhmmss: str, timezone: str, now: datetime | None = None) -> str:
@@ -173,6 +197,7 @@ def _receipt(session: Session, title: str, request: Message, answer: Answer | No
     r.batch = _batch_of(request)
     pan = str(request.get("2") or str(request.get("35", "")).split("=")[0])
     r.pan = mask_pan(pan) if pan else ""
+    r.entry_mode = entry_mode_text(str(request.get("22", "")))
     if "4" in request:
         r.amount = int(request["4"])
     if answer is not None:
@@ -246,10 +271,26 @@ async def financial(
     amount: int | None,
     pin: str | None,
     original: JournalEntry | None = None,
+    chip: ChipCard | None = None,
 ) -> Receipt:
+    """``chip``: the card was read by its chip (``card.mode`` 05/07): DE55 carries its ARQC over a
+    fresh ATC, and the answer's ARPC is checked (``Receipt.issuer_auth``)."""
     state = session.state
     kind = KINDS[kind_name]
     state.working_keys()  # raises StateError when not signed on
+    chip_req: ChipRequest | None = None
+    if chip is not None:
+        try:
+            chip_req = build_request(
+                chip,
+                atc=next_atc(chip),
+                amount=amount or 0,
+                txn_type=kind.proc[:2],
+                when=date.today(),
+                online_pin=pin is not None,
+            )
+        except ChipError as exc:
+            raise TerminalError(str(exc)) from None
     orig = None
     if original is not None:
         orig = {
@@ -271,6 +312,7 @@ async def financial(
         pin=pin,
         pik=session.pik if pin is not None else None,
         original=orig,
+        de55=chip_req.de55 if chip_req is not None else None,
     )
     try:
         answer = await session.transact(req)
@@ -282,6 +324,14 @@ async def financial(
             r.notes.append("no answer: reversal pending, sent before the next transaction")
         return r
     r = _receipt(session, kind.label, req, answer, answer.code)
+    if chip is not None and chip_req is not None:
+        de55 = answer.msg.get("55")
+        answered = bytes(de55) if isinstance(de55, bytes | bytearray) else None
+        r.issuer_auth, arc = check_issuer(chip, chip_req, answered)
+        if r.issuer_auth == "failed":
+            r.notes.append("the card could not authenticate the issuer: the answer's ARPC is wrong")
+        elif arc and arc != answer.code:
+            r.notes.append(f"the ARPC's response code {arc} differs from the answer's {answer.code}")
     if answer.approved and answer.mac_ok is not False and kind.financial:
         _journal(session, kind_name, card, req, answer, original)
     return r
