@@ -33,6 +33,7 @@ from typing import Any, Literal
 from hsm_sim.crypto import set_odd_parity
 from hsm_sim.emv import ALGORITHMS, Algorithm, arpc, arqc, card_master_key, session_key
 from pos.sealed import SealError, read_sealed, write_sealed
+from specs.catalogue import floor_limit_for, parse_floor_table
 from specs.tlv import ARQC_TAGS, Tlv, TlvError, arqc_data, as_dict, decode, encode
 
 ATC_FILE = Path("var/pos/chip-atc.json")
@@ -231,6 +232,16 @@ def check_issuer(card: ChipCard, request: ChipRequest, de55: bytes | None) -> tu
     arc = arc_bytes.decode("ascii", errors="replace")
     expected = arpc(card.algorithm, card.session_key(request.atc), request.arqc, arc_bytes)
     return ("verified" if hmac.compare_digest(expected, data[:8]) else "failed"), arc
+
+
+def no_cvm_limit(floor_table: str, pan: str) -> int:
+    """The card's contactless no-CVM limit (fen): its BIN's entry in the floor table of the last
+    sign-on (0810 DE48, ``specs.catalogue.parse_floor_table``), else the products' default."""
+    try:
+        entry = floor_limit_for(parse_floor_table(floor_table), pan)
+    except ValueError:
+        entry = None
+    return entry.no_cvm_limit if entry is not None else DEFAULT_NO_CVM_LIMIT
 
 
 # -- the ATC, kept across runs ---------------------------------------------------------------------------

@@ -21,10 +21,12 @@ from ops.cli import AppContext, pass_app
 from ops.money import format_money, money_json, parse_money
 from pos import state as state_mod
 from pos import terminal
+from pos.chip import CONTACT, CONTACTLESS, ChipCard, no_cvm_limit
 from pos.client import Connection, Session, TerminalError
 from pos.crypto import TerminalCryptoError
 from pos.demo import read_demo_cards
 from pos.messages import Card, CardError
+from pos.receipt_image import ReceiptFileError, file_format, write_receipt
 from pos.sealed import SealError
 from pos.state import JournalEntry, StateError, TerminalState
 from pos.trace import render
@@ -33,7 +35,8 @@ from specs.codec import codec_for
 from specs.errors import EncodeError
 
 F = TypeVar("F", bound=Callable[..., Any])
-NOT_TERMINALS = {"demo-cards.json", "load-pool.json", "load-stans.json"}  # other files in var/pos
+# Other files in var/pos (chip-atc.json: the demo chips' counters, pos.chip).
+NOT_TERMINALS = {"demo-cards.json", "load-pool.json", "load-stans.json", "chip-atc.json"}  # other files in var/pos
 DEFAULT_TERMINAL = Path("var/pos/default-terminal")  # id of the terminal used when several exist
 # Exit codes of every pos command: 0 approved, 3 declined (the code and why are printed), 1 an error
 # (no answer, a refusal of pos itself: one line), 2 a usage mistake (click's own).
@@ -41,7 +44,14 @@ EXIT_DECLINED = 3
 
 
 def terminal_options(func: F) -> F:
-    """--terminal, --state, --trace, --timeout on every transaction command."""
+    """--terminal, --state, --trace, --timeout (and --receipt) on every transaction command."""
+    func = click.option(
+        "--receipt",
+        "receipt_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        metavar="FILE.png|FILE.pdf",
+        help="Also render the receipt into FILE, a PNG or a PDF (masked PAN, as printed).",
+    )(func)
     func = click.option(
         "--timeout",
         type=click.FloatRange(0.1, 600),
@@ -68,6 +78,24 @@ def terminal_options(func: F) -> F:
 
 
 def card_options(func: F) -> F:
+    func = click.option(
+        "--cloned",
+        is_flag=True,
+        help="Play a clone of the demo card: its track data copied, never its chip's key (the ARQC is "
+        "wrong, so the issuer declines it); a chip read (--chip unless --contactless).",
+    )(func)
+    func = click.option(
+        "--contactless",
+        is_flag=True,
+        help="Tap the demo card (entry mode 07x, Quick Pay): no PIN at or below its no-CVM limit (the "
+        "sign-on's floor table, else 300.00 CNY), the PIN above it.",
+    )(func)
+    func = click.option(
+        "--chip",
+        is_flag=True,
+        help="Insert the demo card (entry mode 05x): DE23, DE35 and DE55 with its ARQC; the issuer's "
+        "ARPC is checked (the receipt says so).",
+    )(func)
     func = click.option("--no-pin", is_flag=True, help="No PIN entered (entry mode xx2).")(func)
     func = click.option("--pin", metavar="PIN", help="The PIN (asked without echo when left out).")(func)
     func = click.option("--track2", metavar="PAN=YYMM...", help="Swipe: track 2 data instead of --card.")(
@@ -116,6 +144,12 @@ def _run(
     """
     trace: bool = opts["trace"]
     timeout: float = opts["timeout"]
+    receipt_file: Path | None = opts.get("receipt_file")
+    if receipt_file is not None:  # refused before anything is sent
+        try:
+            file_format(receipt_file)
+        except ReceiptFileError as exc:
+            raise click.ClickException(str(exc)) from None
     path = state_path(opts["terminal_id"], opts["state_file"])
     try:
         state = state_mod.load(path)
@@ -162,6 +196,12 @@ def _run(
             app.config, state.terminal_id, state.merchant_id, receipt.batch, receipt.stan
         )
     app.emit(receipt.as_dict(), receipt.render())
+    if receipt_file is not None:
+        try:
+            write_receipt(receipt.render(), receipt_file)
+        except ReceiptFileError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"receipt written to {receipt_file}", err=True)
     if not receipt.approved:
         raise SystemExit(EXIT_DECLINED)
 
@@ -279,6 +319,9 @@ def pos() -> None:
     With the demo seeded (payswitch run does it): terminal T0000001, demo card alice:
     payswitch pos purchase 12.34 --trace
     payswitch pos balance --card bob -t T0000002
+    payswitch pos purchase 12.34 --chip --receipt receipt.png   (alice's chip)
+    payswitch pos purchase 25.00 --contactless --card dave -t T0000002
+    payswitch pos purchase 1.00 --chip --cloned   (declined: the ARQC is wrong)
     payswitch pos settle
     A terminal of your own (its TMK as given to `payswitch terminal add`):
     payswitch pos init -t T0000009 --merchant 898330160120001 --scheme sm4 --tmk HEX
@@ -401,6 +444,12 @@ def _card_command(
         no_pin: bool,
         **opts: Any,
     ) -> None:
+        chip_read, contactless, cloned = (bool(opts.pop(k, False)) for k in ("chip", "contactless", "cloned"))
+        if chip_read and contactless:
+            raise click.UsageError("--chip inserts the card, --contactless taps it: give one")
+        if (chip_read or contactless or cloned) and opts.get("code") is not None:
+            raise click.UsageError("--code is the card: no --chip, --contactless or --cloned with it")
+        chip_card: ChipCard | None = None
         value = None
         if amount:
             given, option = opts.pop("amount"), opts.pop("amount_option")
@@ -415,11 +464,24 @@ def _card_command(
         else:
             if not card and not track2:
                 card = _first_demo_card()
-            the_card = _card(card, expiry, track2)
-            the_pin = _pin(pin, no_pin, card, pin_required)
+            if chip_read or contactless or cloned:
+                chip_card = _chip_card(card, expiry, track2, cloned)
+                the_card = Card(
+                    chip_card.pan,
+                    track2=chip_card.track2,
+                    mode=CONTACTLESS if contactless else CONTACT,
+                    psn=chip_card.psn,
+                )
+                if contactless and pin is None and (value or 0) <= _no_cvm_limit(opts, chip_card.pan):
+                    the_pin = None  # Quick Pay: no CVM at or below the limit
+                else:
+                    the_pin = _pin(pin, no_pin, card, pin_required)
+            else:
+                the_card = _card(card, expiry, track2)
+                the_pin = _pin(pin, no_pin, card, pin_required)
 
         async def action(session: Session) -> terminal.Receipt:
-            return await terminal.financial(session, kind, the_card, value, the_pin)
+            return await terminal.financial(session, kind, the_card, value, the_pin, chip=chip_card)
 
         _run(app, opts, action)
 
@@ -434,6 +496,36 @@ def _card_command(
         command = click.option("--amount", "amount_option", metavar="AMOUNT", help="Same as AMOUNT.")(command)
         command = click.argument("amount", required=False)(command)
     pos.command(name)(command)
+
+
+def _chip_card(name: str | None, expiry: str | None, track2: str | None, cloned: bool) -> ChipCard:
+    """The chip of a demo card (its keys are in the demo card file, as personalised), or its clone."""
+    if track2 or expiry:
+        raise click.UsageError("a chip read takes the card's own data: --card NAME, no --track2 or --expiry")
+    if not name or name.isdigit():
+        raise click.ClickException(
+            "a chip read needs a demo card's name (--card alice): the simulator holds only the demo "
+            "cards' chips"
+        )
+    cards = _demo_cards() or []
+    entry = next((c for c in cards if c.get("name") == name), None)
+    if entry is None:
+        raise click.ClickException(f"no demo card named {name!r}")
+    chip = ChipCard.from_entry(entry)
+    if chip is None:
+        raise click.ClickException(
+            f"demo card {name!r} has no chip yet: `payswitch demo seed` personalises the demo cards' chips"
+        )
+    return chip.cloned() if cloned else chip
+
+
+def _no_cvm_limit(opts: dict[str, Any], pan: str) -> int:
+    """The card's contactless no-CVM limit as the terminal knows it (its last sign-on's floor table)."""
+    try:
+        state = state_mod.load(state_path(opts["terminal_id"], opts["state_file"]))
+    except StateError as exc:
+        raise click.ClickException(str(exc)) from None
+    return no_cvm_limit(str(getattr(state, "floor_table", "")), pan)
 
 
 def _code_card(code: str) -> Card:
