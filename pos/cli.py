@@ -36,7 +36,7 @@ from specs.errors import EncodeError
 
 F = TypeVar("F", bound=Callable[..., Any])
 # Other files in var/pos (chip-atc.json: the demo chips' counters, pos.chip).
-NOT_TERMINALS = {"demo-cards.json", "load-pool.json", "load-stans.json", "chip-atc.json"}  # other files in var/pos
+NOT_TERMINALS = {"demo-cards.json", "load-pool.json", "load-stans.json", "chip-atc.json"}
 DEFAULT_TERMINAL = Path("var/pos/default-terminal")  # id of the terminal used when several exist
 # Exit codes of every pos command: 0 approved, 3 declined (the code and why are printed), 1 an error
 # (no answer, a refusal of pos itself: one line), 2 a usage mistake (click's own).
