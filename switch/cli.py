@@ -488,3 +488,39 @@ def journal_show(
     if rows and len(rows) == limit:
         human += f"\nmore: --after {rows[-1]['id']}"
     app.emit(out, human)
+
+
+# -- batch upload --------------------------------------------------------------------------------------
+@switch.command("batch-report")
+@click.argument("terminal_id")
+@click.option(
+    "--batch", type=click.IntRange(1, 999_999), default=None, help="The batch (default: the latest uploaded)."
+)
+@pass_app
+def batch_report(app: AppContext, terminal_id: str, batch: int | None) -> None:
+    """The reconciliation report of a terminal's batch upload (0320): the counts, the records posted as
+    advices, and the report lines: duplicates, records not posted, approvals the terminal lacks."""
+    from switch.upload import batch_report as report_of
+    from switch.upload import batch_results
+
+    rows = _db(app, lambda conn: batch_results(conn, terminal_id, batch))
+    if not rows:
+        raise click.ClickException(
+            f"no batch upload of terminal {terminal_id}" + ("" if batch is None else f" for batch {batch}")
+        )
+    report = report_of(rows)
+    c = report["counts"]
+    lines = [
+        f"terminal {report['terminal_id']} merchant {report['merchant_id']} batch {report['batch_no']:06d}: "
+        f"{c['records']} records, {c['matched']} matched, {c['posted']} posted, {c['duplicate']} duplicate, "
+        f"{c['not_posted']} not posted, {c['terminal_lacks']} approvals the terminal lacks"
+    ]
+    for kind, entries in (("posted", report["postings"]), ("report", report["lines"])):
+        for r in entries:
+            lines.append(
+                f"{kind:<7} {r['result']:<15} stan {r['stan']} {r['pan_masked'] or '-':<19} "
+                f"{format_money(r['amount']):>12}  {r['text']}"
+            )
+    for part in ("postings", "lines"):
+        report[part] = [{**money_json("amount", r.pop("amount")), **r} for r in report[part]]
+    app.emit(_jsonable(app, report), "\n".join(lines))
