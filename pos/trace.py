@@ -2,7 +2,8 @@
 
 Field names come from the dialect spec (``specs.dialects``, key ``desc``); its ``secret`` key says how
 to show a field: the PAN masked (``ops.logs.mask_pan``), PIN block, track data, keys and chip data as
-their length only. The MAC is shown (it is not secret).
+their length only. The MAC is shown (it is not secret). Chip data (DE55) is then decoded tag by tag
+(``specs.tlv.describe``: its PAN masked, track equivalents and names as a length only).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from ops.logs import mask_pan
 from pos.messages import Message
 from specs.dialects import spec_for
+from specs.tlv import describe
 
 
 @functools.cache
@@ -42,4 +44,6 @@ def render(direction: str, msg: Message, profile: str = "3des") -> str:
     for key in keys:
         desc = spec.get(key, {}).get("desc", "")
         lines.append(f"   DE{key:<3} {desc[:44]:<44} {show_value(key, msg[key], profile)}")
+        if key == "55" and isinstance(msg[key], bytes | bytearray):
+            lines.extend(f"         {line}" for line in describe(bytes(msg[key])))
     return "\n".join(lines)

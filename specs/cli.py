@@ -5,7 +5,8 @@
     payswitch iso encode '{"t": "0800", "11": "000001", ...}'   # binary fields as hex strings
     payswitch --json iso decode ...                  # machine-readable, same masking
 
-PANs are masked; PIN blocks, tracks, keys and chip data are shown as a length only.
+PANs are masked; PIN blocks, tracks and keys are shown as a length only; chip data (POS DE55, H2H DE48
+of a chip request or answer) is decoded tag by tag, its PAN masked and track equivalents as a length.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from specs.framing import (
     h2h_splitter,
     pos_splitter,
 )
-from specs.pretty import render, safe_fields, transaction_name
+from specs.pretty import chip_lines, render, safe_fields, transaction_name
 
 _dialect = click.option("--dialect", type=click.Choice(DIALECTS), default="pos", show_default=True,
                         help="Message dialect.")
@@ -72,6 +73,9 @@ def decode(app: AppContext, hex_text: str, dialect: str, profile: str, framed: b
         raise click.ClickException(f"cannot decode: {exc}") from None
     info.update({"dialect": dialect, "profile": profile, "transaction": transaction_name(codec, msg),
                  "fields": safe_fields(codec, msg)})
+    chip = chip_lines(codec, msg)
+    if chip:  # tag by tag, PAN masked and tracks hidden (specs.tlv.describe)
+        info["chip"] = chip
     app.emit(info, "\n".join([*lines, render(codec, msg)]))
 
 

@@ -15,14 +15,17 @@ from zoneinfo import ZoneInfo
 
 from hsm_sim.client import account_from_pan
 from ops.localtime import year_nearest
+from specs import tlv
 from specs.catalogue import answer_mti, rrn_prefix
 
 Message = dict[str, Any]
 
 # Fields of a POS response that may be kept in the journal and replayed for a duplicate: never the
-# PAN, tracks, PIN block, keys, chip data or MAC.
+# PAN, tracks, PIN block, keys or MAC. DE55 of a response is the issuer's answer (tag 91: ARPC || ARC,
+# no secret): a retransmitted chip request gets it again, so the card can authenticate the issuer.
 REPLAYABLE = frozenset(
     (
+        "55",
         "t",
         "3",
         "4",
@@ -261,6 +264,9 @@ def pos_to_h2h(
         out["52"] = pin_block
     if new_pin_block is not None:
         out["48"] = new_pin_block.hex().upper()
+    elif carries_chip(req):
+        # H2H has no DE55: the terminal's chip data goes up as hex in DE48 (specs/README.md, "Chip data")
+        out["48"] = chip_de48(req["55"])
     if "60" in req:
         out["60"] = str(req["60"])
     if "61" in req:
@@ -272,6 +278,37 @@ def pos_to_h2h(
         # upstream request carries it in DE102, since DE37 is this request's own new RRN.
         out["102"] = str(req["37"]).strip()
     return out
+
+
+# POS DE55 is b..255, so its hex (510 characters) always fits H2H DE48 (ans..999).
+CHIP_MAX_BYTES = 255
+
+
+def carries_chip(req: Message) -> bool:
+    """Whether the upstream request of POS ``req`` carries its DE55 (in H2H DE48): any request with chip
+    data but a PIN change, whose DE48 is the new PIN block (a PIN change carries no chip data up)."""
+    return isinstance(req.get("55"), bytes | bytearray) and not str(req.get("3", "")).startswith("96")
+
+
+def chip_de48(de55: bytes | bytearray) -> str:
+    """H2H DE48 of a chip request or answer: the BER-TLV bytes as upper-case hex [project convention]."""
+    return bytes(de55).hex().upper()
+
+
+def chip_answer(h2h_de48: Any) -> bytes | None:
+    """POS DE55 of the answer from the issuer's H2H DE48 (hex of BER-TLV: tag 91 [and 8A]); None when
+    it is absent or not that (not hex, not TLV, longer than DE55 allows): the terminal is then answered
+    without DE55, as by an issuer that sends no issuer authentication data."""
+    if not isinstance(h2h_de48, str) or not h2h_de48:
+        return None
+    try:
+        data = bytes.fromhex(h2h_de48)
+        tlv.decode(data)
+    except (ValueError, tlv.TlvError):  # TlvError is a ValueError; both named for the reader
+        return None
+    if len(data) > CHIP_MAX_BYTES or len(h2h_de48) != 2 * len(data):
+        return None
+    return data
 
 
 def original_data(mti: str, stan: str, de7: str, acquirer_id: str, forwarding_id: str = "") -> str:

@@ -42,6 +42,8 @@ from switch.mapping import (
     FINANCIAL_MTIS,
     Message,
     account12,
+    carries_chip,
+    chip_answer,
     de60,
     local_time_of,
     pan_of,
@@ -466,6 +468,11 @@ class PosService:
         answer = dict(entry.response or pos_response(msg, code=entry.code or "96"))
         if "2" in msg:
             answer["2"] = msg["2"]
+        if "55" in answer and not isinstance(answer["55"], bytes):
+            # reloaded from the journal's JSON (hex) after a restart: bytes again, or left out
+            chip = chip_answer(answer.pop("55"))
+            if chip is not None:
+                answer["55"] = chip
         return Reply(answer, mac=terminal.session.mak)
 
     async def _financial(self, msg: Message, raw: bytes, timing: Timing) -> Reply:
@@ -701,6 +708,13 @@ class PosService:
             settlement_date=host_answer.get("15"),
             balance=pos_balance(host_answer.get("54")) if entry.kind == "balance" else None,
         )
+        if carries_chip(msg) and "48" in host_answer:
+            # the issuer's chip answer (tag 91 ARPC || ARC) in DE55 (specs/README.md, "Chip data")
+            chip = chip_answer(host_answer.get("48"))
+            if chip is None:
+                log.warning("issuer chip data unreadable; answered without DE55", link=link.name, rrn=ref)
+            else:
+                reply["55"] = chip
         if code == "00" and entry.kind == "void" and entry.original is not None:
             original = terminal.entries.get(tuple(entry.original.split("/", 1)))  # type: ignore[arg-type]
             if original is not None:
