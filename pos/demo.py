@@ -36,6 +36,7 @@ import click
 import trio
 
 from hsm_sim.crypto import set_odd_parity
+from hsm_sim.emv import Algorithm
 from ops import processes
 from ops.cli import COMMANDS, AppContext, pass_app
 from ops.localtime import format_local
@@ -43,6 +44,7 @@ from ops.logs import mask_pan
 from ops.money import format_money
 from pos import state as state_mod
 from pos import terminal
+from pos.chip import CONTACT, CONTACTLESS, ChipCard
 from pos.client import Connection, Session, TerminalError
 from pos.messages import Card
 from pos.sealed import SealError, read_sealed, write_sealed
@@ -67,6 +69,20 @@ DEMO_BIN = "621234"
 LOAD_BIN = "621299"
 CARD_NAMES = ("alice", "bob", "carol")
 DEMO_PIN = "123456"
+# Chip cards (issue 19): CAMPUS's cards carry a 3DES chip (a swipe or keyed sale of one is approved and
+# flagged, so the keyed demo cards keep working), CAMPUSSM4's an SM4 chip (a swipe of one is declined);
+# dave's card is on CAMPUSSM4. Each IMK-AC is formed in the HSM from two published components (XORed,
+# `product chip-key`; public test data, never for real cards); the simulator personalises the demo
+# cards' chips from the same IMK (their MK-AC in demo-cards.json, EMV option A with PSN 01).
+SM4_PRODUCT = "CAMPUSSM4"
+SM4_BIN = "621235"
+SM4_CARD_NAME = "dave"
+CHIP_PSN = "01"
+DEMO_CHIPS: dict[str, tuple[Algorithm, str, tuple[str, str]]] = {
+    # product: chip, chip fallback, IMK-AC components (the 3DES IMK has odd parity, as the HSM needs)
+    DEMO_PRODUCT: ("3des", "flag", ("85404A3B6252F15238988F456E1F137C", "0F1E2D3C4B5A69788796A5B4C3D2E1F0")),
+    SM4_PRODUCT: ("sm4", "decline", ("B1F3315CA33CC17373FBA8E29A15710E", "0F1E2D3C4B5A69788796A5B4C3D2E1F0")),
+}
 LOAD_TERMINALS = 32
 LOAD_CARDS = 500
 LOAD_BALANCE = "100000.00"  # yuan per load card
@@ -276,6 +292,63 @@ def _hsm_running(app: AppContext, admin: Admin) -> Iterator[None]:
         processes.stop(proc, timeout=15)
 
 
+def demo_imk_ac(product: str) -> bytes:
+    """The clear IMK-AC of a demo chip product: the XOR of its published components."""
+    first, second = DEMO_CHIPS[product][2]
+    return bytes(a ^ b for a, b in zip(bytes.fromhex(first), bytes.fromhex(second), strict=True))
+
+
+def personalise(card: dict[str, Any], product: str) -> dict[str, Any]:
+    """A demo card's entry with its chip: algorithm, PSN and the MK-AC derived from the IMK-AC."""
+    algorithm = DEMO_CHIPS[product][0]
+    chip = ChipCard.personalise(
+        algorithm, demo_imk_ac(product), str(card["pan"]), str(card["expiry"]), CHIP_PSN
+    )
+    return {**card, "chip": algorithm, "psn": CHIP_PSN, "mk_ac": chip.mk_ac.hex().upper()}
+
+
+def _chip_products(admin: Admin, exists: tuple[str, ...]) -> None:
+    """The SM4 chip product, and both demo products' chips with their published IMK-AC (every seed:
+    `product chip-key` replaces a key generated earlier by `product update --chip`)."""
+    admin.run(
+        "product",
+        "add",
+        SM4_PRODUCT,
+        "--kind",
+        "reloadable",
+        "--bin",
+        SM4_BIN,
+        "--name",
+        "Campus card (SM4 chip)",
+        "--max-balance",
+        "5000.00",
+        ok_if=exists,
+    )
+    for code, (algorithm, fallback, components) in DEMO_CHIPS.items():
+        admin.run("product", "update", code, "--chip", algorithm, "--chip-fallback", fallback)
+        admin.run("product", "chip-key", code, *(a for c in components for a in ("--component", c)))
+
+
+def _sm4_card(admin: Admin) -> dict[str, Any]:
+    """dave's card on the SM4 chip product: the one of an earlier seed while the host knows it."""
+    try:
+        known = read_demo_cards() or []
+    except SealError:
+        known = []
+    for c in known:
+        if c.get("name") == SM4_CARD_NAME and admin.known_card(str(c["pan"])):
+            return {k: c[k] for k in ("name", "pan", "expiry", "pin")}
+    issued = admin.run(
+        "card", "issue", "--product", SM4_PRODUCT, "--count", "1", "--pin", DEMO_PIN, "--activate"
+    )
+    card = _card_list(issued)[0]
+    admin.run(
+        "card", "load", card["card_id"], "--amount", "500.00", "--reference", f"demo-seed-{SM4_CARD_NAME}"
+    )
+    _label_card(admin, str(card["card_id"]), SM4_CARD_NAME)
+    return {"name": SM4_CARD_NAME, "pan": card["pan"], "expiry": card["expiry"], "pin": DEMO_PIN}
+
+
 def _seed(
     app: AppContext, admin: Admin, load_terminals: int, load_cards: int, link_mac: bool
 ) -> dict[str, Any]:
@@ -321,6 +394,7 @@ def _seed(
         "100000000",
         ok_if=exists,
     )
+    _chip_products(admin, exists)
     admin.run("merchant", "add", MERCHANT_ID, "--name", MERCHANT_NAME, "--mcc", "5814", ok_if=exists)
     admin.run("store", "add", MERCHANT_ID, STORE_CODE, "--name", "North campus", ok_if=exists)
     _link(app, admin, mac=link_mac)
@@ -350,7 +424,8 @@ def _seed(
     if not default.exists():
         default.write_text(TERMINALS[0][0] + "\n")
     pool_terms = _load_terminals(app, admin, load_terminals, exists)
-    cards = _demo_cards(admin)
+    cards = [personalise(c, DEMO_PRODUCT) for c in _demo_cards(admin)]
+    cards.append(personalise(_sm4_card(admin), SM4_PRODUCT))
     load_pool_cards = _load_cards(admin, load_cards)
     _write_if_changed(DEMO_CARDS, {"cards": cards})
     _write_if_changed(LOAD_POOL, {"terminals": pool_terms, "cards": load_pool_cards})
@@ -529,11 +604,12 @@ def _demo_cards(admin: Admin) -> list[dict[str, Any]]:
     except SealError:
         known = None  # another seal key: issued afresh
     try:
+        known = known and known[: len(CARD_NAMES)]  # dave's chip card follows them (_sm4_card)
         if known and [c["name"] for c in known] == list(CARD_NAMES) and admin.known_card(known[0]["pan"]):
             for c in known:  # a seed of before card labels: every card command takes the names from now on
                 _label_card(admin, str(c["pan"]), str(c["name"]))
             _demo_owners(admin)
-            return known
+            return [{k: c[k] for k in ("name", "pan", "expiry", "pin")} for c in known]
     except KeyError:
         pass
     issued = admin.run(
@@ -680,6 +756,7 @@ def tour(app: AppContext, timeout: float, no_payout: bool) -> None:
         except StateError as exc:
             raise click.ClickException(str(exc)) from None
         steps = _steps(alice, bob, pin) if tid == TERMINALS[0][0] else _short_steps(alice, pin)
+        steps = steps[:-1] + _chip_steps(tid, cards, pin) + steps[-1:]  # chip reads before settlement
 
         async def main(state: state_mod.TerminalState = state, steps: list[Step] = steps) -> None:
             conn = await Connection.open(state.host, state.port, timeout=timeout)
@@ -814,6 +891,40 @@ def _steps(alice: Card, bob: Card, pin: str) -> list[Step]:
         ("balance inquiry (alice) after all that", fin("balance", alice, None)),
         ("settlement: 0500 totals (0320 upload if they differ)", terminal.settle),
     ]
+
+
+def _chip_steps(tid: str, cards: list[dict[str, Any]], pin: str) -> list[Step]:
+    """Chip reads (issue 19): alice's 3DES chip and its clone on T0000001, dave's SM4 chip tapped and
+    inserted on T0000002; none when the demo cards have no chips yet (a seed of before)."""
+    chips = {str(c.get("name")): ChipCard.from_entry(c) for c in cards}
+    alice, dave = chips.get(CARD_NAMES[0]), chips.get(SM4_CARD_NAME)
+
+    def read(
+        chip: ChipCard, mode: str, amount: int, with_pin: bool
+    ) -> Callable[[Session], Awaitable[terminal.Receipt]]:
+        card = Card(chip.pan, track2=chip.track2, mode=mode, psn=chip.psn)
+
+        async def run(session: Session) -> terminal.Receipt:
+            return await terminal.financial(
+                session, "purchase", card, amount, pin if with_pin else None, chip=chip
+            )
+
+        return run
+
+    if tid == TERMINALS[0][0] and alice is not None:
+        return [
+            ("chip purchase 6.60 CNY (alice's 3DES chip: ARQC, ARPC)", read(alice, CONTACT, 660, True)),
+            (
+                "a clone of alice's card (track copied, not the chip's key): declined",
+                read(alice.cloned(), CONTACT, 660, True),
+            ),
+        ]
+    if tid == TERMINALS[1][0] and dave is not None:
+        return [
+            ("contactless 15.00 CNY (dave's SM4 chip: no PIN)", read(dave, CONTACTLESS, 1500, False)),
+            ("contactless 320.00 CNY (above the no-CVM limit: PIN)", read(dave, CONTACTLESS, 32000, True)),
+        ]
+    return []
 
 
 def _short_steps(alice: Card, pin: str) -> list[Step]:
