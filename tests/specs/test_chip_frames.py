@@ -304,3 +304,12 @@ def test_iso_decode_shows_chip_data_tag_by_tag_never_the_track() -> None:
     up = h2h.decode(raw)
     assert "48" in chip_lines(h2h, up) and "9F26" in render(h2h, up)
     assert PAN not in render(h2h, up)
+
+
+def test_readme_shows_these_frames() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "specs" / "README.md").read_text()
+    for frames in EXPECTED.values():
+        for frame in frames.values():
+            assert frame in readme
