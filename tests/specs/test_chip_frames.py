@@ -313,3 +313,12 @@ def test_readme_shows_these_frames() -> None:
     for frames in EXPECTED.values():
         for frame in frames.values():
             assert frame in readme
+
+
+def test_pos_trace_shows_chip_data_tag_by_tag_never_the_track() -> None:
+    from pos.trace import render as trace
+
+    msg, _ = _pos_request("sm4")
+    text = trace(">>", msg, "sm4")
+    assert "9F26 Application cryptogram (ARQC / TC / AAC): ECAE59F4336250D5" in text
+    assert PAN not in text and "[track data" in text
