@@ -11,8 +11,10 @@ never shown) on stderr; the root ``--json`` prints the receipt as JSON.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import click
 import trio
@@ -22,15 +24,16 @@ from ops.money import format_money, money_json, parse_money
 from pos import state as state_mod
 from pos import terminal
 from pos.chip import CONTACT, CONTACTLESS, ChipCard, no_cvm_limit
-from pos.client import Connection, Session, TerminalError
+from pos.client import Connection, Session, TerminalError, Unreachable
 from pos.crypto import TerminalCryptoError
 from pos.demo import read_demo_cards
 from pos.messages import Card, CardError
 from pos.receipt_image import ReceiptFileError, file_format, write_receipt
 from pos.sealed import SealError
-from pos.state import JournalEntry, StateError, TerminalState
+from pos.state import JournalEntry, OfflineSale, StateError, TerminalState
 from pos.trace import render
 from pos.why import explain
+from specs.catalogue import parse_floor_table
 from specs.codec import codec_for
 from specs.errors import EncodeError
 
@@ -136,11 +139,15 @@ def _run(
     action: Callable[[Session], Awaitable[terminal.Receipt]],
     *,
     sign_on_first: bool = True,
+    offline_sale: Callable[[TerminalState], terminal.Receipt] | None = None,
+    offline_only: bool = False,
 ) -> None:
     """Load the state, connect, run ``action``, save the state (always), print the receipt.
 
     ``opts`` holds the values of ``terminal_options``. A terminal that is not signed on (never, or the
-    switch asked for it) signs on first, as terminals do at power-up.
+    switch asked for it) signs on first, as terminals do at power-up. ``offline_sale`` (a purchase):
+    what the terminal does without the switch (pos.offline), at once with ``offline_only`` (``--offline``),
+    else when the switch cannot be reached at all (a line on stderr says so).
     """
     trace: bool = opts["trace"]
     timeout: float = opts["timeout"]
@@ -184,7 +191,7 @@ def _run(
             await conn.aclose()
 
     try:
-        receipt = trio.run(main)
+        receipt = _online_or_offline(main, state, offline_sale, offline_only)
     except (TerminalError, StateError, CardError, TerminalCryptoError, EncodeError) as exc:
         raise click.ClickException(str(exc)) from None
     finally:
@@ -204,6 +211,31 @@ def _run(
         click.echo(f"receipt written to {receipt_file}", err=True)
     if not receipt.approved:
         raise SystemExit(EXIT_DECLINED)
+
+
+def _online_or_offline(
+    main: Callable[[], Awaitable[terminal.Receipt]],
+    state: TerminalState,
+    offline_sale: Callable[[TerminalState], terminal.Receipt] | None,
+    offline_only: bool,
+) -> terminal.Receipt:
+    if offline_sale is not None and offline_only:
+        return offline_sale(state)
+    try:
+        return trio.run(main)
+    except Unreachable as exc:
+        # Only a switch that cannot be reached is bypassed: nothing was sent, nothing can be pending.
+        # A switch that answers (or stays silent after the connection) keeps the sale online; a terminal
+        # given no floor limits at its sign-on sells nothing offline, so the connection error stands.
+        if offline_sale is None or not state.floor_table:
+            raise
+        click.echo(f"payswitch: {exc}: the purchase is made offline", err=True)
+        return offline_sale(state)
+
+
+def _local_now(app: AppContext) -> datetime:
+    """The terminal's clock in the programme's zone (``clearing.timezone``, that of the switch's DE12/13)."""
+    return datetime.now(ZoneInfo(app.config.clearing.timezone))
 
 
 def _card(card: str | None, expiry: str | None, track2: str | None) -> Card:
@@ -457,6 +489,9 @@ def _card_command(
                 raise click.ClickException("give the amount once: AMOUNT or --amount AMOUNT")
             value = _amount(given or option)
         code = opts.pop("code", None)
+        go_offline = bool(opts.pop("offline", False))
+        if go_offline:  # no PIN asked: none could be verified, nor sent later (pos.offline)
+            no_pin = True
         if code is not None:  # scanned from the customer's app: entry mode 03x, no PIN (host.rules)
             if card or track2 or expiry or pin:
                 raise click.UsageError("--code is the card: no --card, --track2, --expiry or --pin with it")
@@ -483,9 +518,23 @@ def _card_command(
         async def action(session: Session) -> terminal.Receipt:
             return await terminal.financial(session, kind, the_card, value, the_pin, chip=chip_card)
 
-        _run(app, opts, action)
+        fallback = None
+        if kind == "purchase" and value is not None:
+            amount_fen = value
+
+            def fallback(state: TerminalState) -> terminal.Receipt:
+                return terminal.offline_purchase(state, the_card, amount_fen, _local_now(app))
+
+        _run(app, opts, action, offline_sale=fallback, offline_only=go_offline)
 
     command.__doc__ = help_text
+    if kind == "purchase":
+        command = click.option(
+            "--offline",
+            is_flag=True,
+            help="Approve offline under the floor limit of the card's BIN (as when the switch is "
+            "unreachable); the advice goes before the next online transaction.",
+        )(command)
     if by_code:
         command = click.option(
             "--code",
@@ -655,3 +704,57 @@ def reverse(app: AppContext, /, **opts: Any) -> None:
     pulled out early).
     """
     _run(app, opts, terminal.reverse_last)
+
+
+@pos.command("upload-offline")
+@terminal_options
+@pass_app
+def upload_offline(app: AppContext, /, **opts: Any) -> None:
+    """Send the stored offline sales' advices now (0220, 60.1 36).
+
+    They also go before the next online transaction and before a settlement. Exit 0 when none is left,
+    3 when some are kept for later (the answer that stopped the upload is printed).
+    """
+    _run(app, opts, terminal.upload_offline)
+
+
+@pos.command("offline")
+@terminal_options
+@pass_app
+def offline_list(app: AppContext, /, **opts: Any) -> None:
+    """The floor limits of the last sign-on and the offline sales still to be advised (or refused)."""
+    try:
+        state = state_mod.load(state_path(opts["terminal_id"], opts["state_file"]))
+    except StateError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        table = parse_floor_table(state.floor_table)
+    except ValueError:
+        table = []
+
+    def sale(s: OfflineSale) -> dict[str, Any]:
+        shown = {k: v for k, v in vars(s).items() if k not in ("pan_enc", "amount", "de55")}
+        return shown | money_json("amount", s.amount)
+
+    data = {
+        "floor_limits": [
+            {"bin": e.bin}
+            | money_json("floor_limit", e.floor_limit)
+            | money_json("no_cvm_limit", e.no_cvm_limit)
+            for e in table
+        ],
+        "pending": [sale(s) for s in state.offline],
+        "refused": [sale(s) for s in state.offline_refused],
+    }
+    limits = ", ".join(f"{e.bin} {format_money(e.floor_limit)}" for e in table)
+    lines = [f"floor limits: {limits or 'none'}"]
+    for title, sales in (("to be advised", state.offline), ("refused by the issuer", state.offline_refused)):
+        total = f" ({format_money(sum(s.amount for s in sales))})" if sales else ""
+        lines.append(f"{title}: {len(sales)}{total}")
+        lines.extend(
+            f"  {s.stan} batch {s.batch} {s.pan_masked:<19} {format_money(s.amount):>16} "
+            f"{s.date[:2]}/{s.date[2:]} {s.time[:2]}:{s.time[2:4]}:{s.time[4:]} approval {s.approval}"
+            + (f" sent {s.attempts}x, last {s.last_code}" if s.attempts else "")
+            for s in sales
+        )
+    app.emit(data, "\n".join(lines))

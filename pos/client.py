@@ -41,6 +41,11 @@ class NoAnswer(TerminalError):
     """No answer within the timeout."""
 
 
+class Unreachable(TerminalError):
+    """The switch could not be reached at all (connection refused, no route, connect timed out): nothing
+    was sent, so a purchase may be made offline (pos.offline)."""
+
+
 class ReversalPending(TerminalError):
     """The last transaction's reversal is still unanswered: nothing else may be sent yet."""
 
@@ -78,7 +83,7 @@ class Connection:
             with trio.fail_after(timeout):
                 stream = await trio.open_tcp_stream(host, port)
         except (OSError, trio.TooSlowError) as exc:
-            raise TerminalError(f"cannot connect to the switch at {host}:{port} ({_why(exc)})") from None
+            raise Unreachable(f"cannot connect to the switch at {host}:{port} ({_why(exc)})") from None
         stream.setsockopt(6, 1, 1)  # TCP_NODELAY: one small frame per request
         return cls(stream)
 

@@ -59,6 +59,8 @@ KINDS: dict[str, Kind] = {
         _kind("preauth_void", TxnType.PRE_AUTH_VOID, True, "PRE-AUTH VOID"),
         _kind("completion", TxnType.PRE_AUTH_COMPLETION, True, "PRE-AUTH COMPLETION"),
         _kind("pin_change", TxnType.PIN_CHANGE, False, "PIN CHANGE"),
+        # An offline sale's advice (pos.offline): financial, but built by offline_advice, never reversed
+        _kind("offline", TxnType.OFFLINE_SALE, True, "OFFLINE SALE ADVICE"),
     )
 }
 
@@ -256,4 +258,43 @@ def batch_upload(
     if records:
         msg["48"] = upload_de48(records)
     del msg["63"]
+    return msg
+
+
+def offline_advice(
+    *,
+    stan: str,
+    batch: str,
+    sale_batch: str,
+    terminal_id: str,
+    merchant_id: str,
+    pan: str,
+    expiry: str,
+    entry: str,
+    amount: int,
+    date: str,
+    time: str,
+    approval: str,
+    de55: bytes | None = None,
+) -> Message:
+    """An offline sale's advice [project convention, specs/README.md "Offline sales"]: 0220, DE3
+    000000, DE25 00, 60.1 36 in the current ``batch``; DE61 names the sale itself (its batch, its STAN,
+    its MMDD); DE12/DE13 the sale's local time, DE38 the terminal's approval code. Keyed form (DE2 and
+    DE14: no track data is kept for later), DE22 the sale's entry mode without PIN (none can be sent
+    later); DE11 is the sale's own STAN, so a repeat is a retransmission at the switch."""
+    msg = base(KINDS["offline"], stan, batch, terminal_id, merchant_id)
+    if not 0 < amount <= 999_999_999_999:
+        raise CardError("the amount must be positive and at most 12 digits of minor units")
+    msg["2"] = pan
+    if expiry:
+        msg["14"] = expiry
+    msg["4"] = f"{amount:012d}"
+    msg["12"] = time
+    msg["13"] = date
+    msg["22"] = entry + "2"
+    msg["38"] = approval.ljust(6)
+    if de55 is not None:
+        msg["55"] = de55
+    msg["61"] = str(De61(sale_batch, stan, date))
+    msg["64"] = MAC_PLACEHOLDER
     return msg

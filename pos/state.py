@@ -55,6 +55,26 @@ class JournalEntry:
 
 
 @dataclass
+class OfflineSale:
+    """A sale approved offline under the floor limit (pos.offline), kept until its advice (0220, 60.1
+    36) is answered: then it enters the journal as kind "offline". The PAN is sealed as in the journal;
+    no PIN and no track data are kept (the advice is sent keyed, with the sale's entry mode)."""
+
+    stan: str  # the sale's own STAN: DE11 and DE61 of its advice, every time it is sent
+    batch: str  # the batch it was made in (DE61's batch)
+    amount: int  # minor units
+    pan_masked: str
+    pan_enc: str  # "PAN=YYMM" under the TMK, hex (TerminalState.seal_pan)
+    entry: str  # DE22's first two digits as read: 01 keyed, 02 swipe, 05 chip, 07 contactless
+    date: str  # MMDD, the terminal's local time of the sale (DE13 of the advice)
+    time: str  # hhmmss (DE12)
+    approval: str  # the terminal's offline approval code (DE38, 6 an)
+    de55: str = ""  # chip data of the sale (TC), hex; "" when not chip
+    attempts: int = 0  # advices sent so far
+    last_code: str = ""  # the last answer's DE39 ("" none yet; "no answer")
+
+
+@dataclass
 class TerminalState:
     terminal_id: str
     merchant_id: str
@@ -75,6 +95,11 @@ class TerminalState:
     last_approved: dict[str, Any] | None = None  # reversal form of the last approved financial request
     journal: list[JournalEntry] = field(default_factory=list)
     previous: list[JournalEntry] = field(default_factory=list)  # last closed batch
+    # Offline sales (pos.offline): the floor table of the last sign-on (0810 DE48 digits, "" = none: no
+    # offline sales), the sales whose advice is still to be answered, and those the issuer refused.
+    floor_table: str = ""
+    offline: list[OfflineSale] = field(default_factory=list)
+    offline_refused: list[OfflineSale] = field(default_factory=list)
     path: Path | None = field(default=None, compare=False, repr=False)
 
     def __repr__(self) -> str:
@@ -173,6 +198,7 @@ class TerminalState:
             "stan": f"{self.stan:06d}",
             "journal_entries": len(self.journal),
             "pending_reversal": self.pending_reversal is not None,
+            "offline_pending": len(self.offline),
             "tmk_check_value": check_value(self.scheme, bytes.fromhex(self.tmk)).hex().upper(),
         }
         if self.signed_on:
@@ -224,7 +250,11 @@ def load(path: Path) -> TerminalState:
             raise StateError(f"terminal state {path} has an unknown version")
         journal = [JournalEntry(**e) for e in raw.pop("journal")]
         previous = [JournalEntry(**e) for e in raw.pop("previous")]
-        state = TerminalState(**raw, journal=journal, previous=previous)
+        offline = [OfflineSale(**e) for e in raw.pop("offline", [])]  # absent: a file from before
+        refused = [OfflineSale(**e) for e in raw.pop("offline_refused", [])]
+        state = TerminalState(
+            **raw, journal=journal, previous=previous, offline=offline, offline_refused=refused
+        )
     except (KeyError, TypeError, AttributeError) as exc:
         raise StateError(f"terminal state {path} is damaged ({exc.__class__.__name__})") from None
     if state.scheme not in SCHEMES:

@@ -15,12 +15,12 @@ from zoneinfo import ZoneInfo
 from host.clearing import terminal_local_time
 from ops.logs import mask_pan
 from ops.money import format_money, money_json
-from pos import messages
+from pos import messages, offline
 from pos.chip import ChipCard, ChipError, ChipRequest, IssuerAuth, build_request, check_issuer, next_atc
 from pos.client import Answer, NoAnswer, ReversalPending, Session, TerminalError
 from pos.crypto import TerminalCryptoError, unwrap_working_keys
 from pos.messages import KINDS, Card, Message
-from pos.state import JournalEntry
+from pos.state import JournalEntry, TerminalState
 from specs.catalogue import (
     MAX_UPLOAD_RECORDS,
     BatchTotals,
@@ -93,6 +93,7 @@ class Receipt:
     entry_mode: str = ""  # ENTRY_MODES' word, then ", PIN" when a PIN was entered
     # A chip read: whether the card authenticated the issuer by the answer's ARPC (pos.chip.check_issuer).
     issuer_auth: IssuerAuth | None = None
+    offline: bool = False  # approved (or declined) by the terminal itself, without the switch (pos.offline)
 
     @property
     def approved(self) -> bool:
@@ -110,6 +111,8 @@ class Receipt:
         data = {k: v for k, v in self.__dict__.items() if v not in ("", None, [])}
         data["approved"] = self.approved
         data["result"] = self.text
+        if not self.offline:
+            data.pop("offline", None)
         if not self.approved:
             data["reason"] = self.why
         for name in ("amount", "balance"):  # money in JSON: integer fen as *_minor, with the currency
@@ -236,6 +239,7 @@ async def signon(session: Session) -> Receipt:
         state.set_working_keys(keys, batch)
         session.refresh_keys()
         r.batch = batch
+        r.notes.append(offline.keep_floor_table(state, answer.msg.get("48")))
         r.notes.append(
             "working keys loaded, check values "
             + " ".join(f"{k.upper()} {v}" for k, v in keys.check_values().items())
@@ -278,6 +282,8 @@ async def financial(
     state = session.state
     kind = KINDS[kind_name]
     state.working_keys()  # raises StateError when not signed on
+    # Stored offline sales go first, as a terminal sends its advices when the line is back.
+    uploaded = await offline.upload(session) if state.offline else None
     chip_req: ChipRequest | None = None
     if chip is not None:
         try:
@@ -324,6 +330,8 @@ async def financial(
             r.notes.append("no answer: reversal pending, sent before the next transaction")
         return r
     r = _receipt(session, kind.label, req, answer, answer.code)
+    if uploaded is not None:
+        r.notes.extend(uploaded.notes())
     if chip is not None and chip_req is not None:
         de55 = answer.msg.get("55")
         answered = bytes(de55) if isinstance(de55, bytes | bytearray) else None
@@ -455,7 +463,7 @@ def batch_totals(journal: list[JournalEntry]) -> BatchTotals:
     for e in journal:
         if e.reversed or e.voided:
             continue
-        if e.kind in ("purchase", "completion"):
+        if e.kind in ("purchase", "completion", "offline"):  # offline: an accepted advice (pos.offline)
             da += e.amount
             dc += 1
         elif e.kind == "refund":
@@ -472,6 +480,12 @@ async def settle(session: Session) -> Receipt:
         raise ReversalPending(
             f"the reversal of trace {state.pending_reversal.get('11', '')} is still unanswered: "
             "settle again once it is"
+        )
+    # Stored offline sales too: the switch counts an accepted advice in the batch, so must the terminal.
+    if state.offline and (await offline.upload(session)).kept:
+        raise TerminalError(
+            f"{len(state.offline)} offline sale(s) not yet accepted by the switch "
+            f"({state.offline[0].last_code}): settle again once they are"
         )
     totals = batch_totals(state.journal)
     req = messages.settlement(state.next_stan(), state.batch, state.terminal_id, state.merchant_id, totals)
@@ -517,7 +531,7 @@ async def upload(session: Session) -> tuple[int, str]:
     records = [
         UploadRecord(e.stan, state.open_pan(e.pan_enc), e.amount)
         for e in state.journal
-        if not (e.reversed or e.voided) and e.kind in ("purchase", "completion", "refund")
+        if not (e.reversed or e.voided) and e.kind in ("purchase", "completion", "refund", "offline")
     ]
     # An empty batch still ends its upload: one 0320 with no records and 60.3 = 202.
     n = MAX_UPLOAD_RECORDS
@@ -539,3 +553,42 @@ async def upload(session: Session) -> tuple[int, str]:
         sent += len(chunk)
         next_batch = _batch_of(answer.msg)
     return sent, next_batch
+
+
+# -- offline sales (pos.offline) ---------------------------------------------------------------------
+def offline_purchase(
+    state: TerminalState, card: Card, amount: int, now: datetime, de55: bytes | None = None
+) -> Receipt:
+    """A purchase the terminal decides itself, the switch out of reach: approved under the floor limit
+    of the card's BIN and stored for its advice, or declined (code ``Z3``, why in ``reason``)."""
+    r = Receipt("PURCHASE (OFFLINE)", state.terminal_id, state.merchant_id, offline.APPROVED, offline=True)
+    r.batch = state.batch
+    r.pan, r.amount = mask_pan(card.pan), amount
+    r.entry_mode = entry_mode_text(card.entry_prefix + "2")
+    try:
+        sale = offline.decide(state, card, amount, now, de55)
+    except offline.OfflineDeclined as exc:
+        r.code, r.reason, r.reason_code = offline.DECLINED_OFFLINE, str(exc), "declined_offline"
+        r.date, r.time = now.strftime("%m%d"), now.strftime("%H%M%S")
+        return r
+    r.stan, r.auth_id, r.date, r.time = sale.stan, sale.approval, sale.date, sale.time
+    r.notes.append("OFFLINE: approved by the terminal under the floor limit, advised when the switch is back")
+    return r
+
+
+async def upload_offline(session: Session) -> Receipt:
+    """Send the stored offline advices now (``payswitch pos upload-offline``): code 00 when none is left,
+    else the answer that stopped the upload."""
+    state = session.state
+    state.working_keys()  # raises StateError when not signed on
+    pending = len(state.offline)
+    result = await offline.upload(session)
+    code = offline.APPROVED if not result.kept else (state.offline[0].last_code or "98")
+    if code == offline.NO_ANSWER:
+        code = "98"
+    r = Receipt("OFFLINE UPLOAD", state.terminal_id, state.merchant_id, code, batch=state.batch)
+    r.notes.append(f"{pending} offline sale(s) stored before the upload")
+    r.notes.extend(result.notes())
+    if result.kept:
+        r.reason = f"{result.kept} offline sale(s) kept for later: {result.stopped}"
+    return r

@@ -33,6 +33,7 @@ class FakeSwitch:
     refuse: dict[tuple[str, str], str] = field(default_factory=dict)  # (MTI, STAN) answered once with this
     # code and no MAC, as the switch answers what it could not act on (96: its HSM is away)
     seen: list[dict[str, Any]] = field(default_factory=list)
+    floor_table: str = ""  # DE48 of the 0810 (specs.catalogue.floor_table_de48); "" sends none
     approved_totals: dict[str, int] = field(default_factory=lambda: {"debit": 0, "credit": 0})
     port: int = 0
     _mak: dict[str, KeyCipher] = field(default_factory=dict)
@@ -125,6 +126,8 @@ class FakeSwitch:
             out.update({"39": refused, "60": msg["60"]})
         elif msg["t"] == "0800":
             out.update({"39": "00", "60": self._with_batch(msg["60"]), "62": self._keys(tid)})
+            if self.floor_table:
+                out["48"] = self.floor_table
         elif msg["t"] == "0820":
             out.update({"39": "00", "60": msg["60"]})
         elif msg["t"] == "0320":
@@ -161,6 +164,8 @@ class FakeSwitch:
                     self.approved_totals["debit"] += amount
                 elif kind == ("0200", "200000", "00"):  # a void takes its purchase out of the batch
                     self.approved_totals["debit"] -= amount
+                elif catalogue.is_offline_advice(msg["t"], msg["3"], msg.get("60")):
+                    self.approved_totals["debit"] += amount  # an offline sale's advice: a debit
                 elif kind[0] == "0220":
                     self.approved_totals["credit"] += amount
                 if msg["3"] == "310000":
