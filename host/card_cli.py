@@ -602,6 +602,7 @@ def card_history(app: AppContext, card_ref: str, limit: int) -> None:
             "reason": rules.describe(r["reason"]),
             "posting_id": "" if r["posting_id"] is None else r["posting_id"],
             "reference": r.get("reference") or "",  # a programme load's funding reference (the API's)
+            "flags": ",".join(r.get("flags") or []),  # an approval's flags: chip_fallback (host.chip)
         }
         for r in rows
     ]
@@ -614,7 +615,7 @@ def card_history(app: AppContext, card_ref: str, limit: int) -> None:
         _table(
             shown,
             ["at", "txn", "mti", "amount", "rc", "reason", "auth_id", "rrn", "terminal_id", "posting_id",
-             "reference"],
+             "reference", "flags"],
         ),
     )
 

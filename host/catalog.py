@@ -49,6 +49,15 @@ class ProductSpec:
     # Digital cards (issue 16 item 7): the form of the product's cards, physical or virtual (issued to a
     # cardholder and active at once, no PIN mailer; they pay by payment code, host.payment_codes).
     form: str = "physical"
+    # Chip (issue 19, host.chip, host migration 0026): the chip's algorithm and its IMK-AC under the LMK
+    # (key type 109: U+32H for 3des, S+32H for sm4) with its check value; a swipe or keyed sale of its
+    # cards is declined or flagged; the contactless no-CVM limits (fen).
+    chip: str = "none"
+    imk_ac: str | None = None
+    imk_ac_check: str | None = None
+    chip_fallback: str = "decline"
+    no_cvm_limit: int = 30_000
+    no_cvm_cumulative_limit: int = 100_000
 
 
 # The PBOC prepaid-card rules: an unnamed card holds at most 1,000 yuan, a named one 5,000 yuan.
@@ -127,6 +136,7 @@ async def add_product(conn: Any, spec: ProductSpec, bin_prefix: str, pan_length:
                 pid,
             )
             await _set_tiers(conn, pid, spec)
+            await _set_chip(conn, pid, spec)
             if spec.form != "physical":
                 await conn.execute("UPDATE products SET form = $2 WHERE id = $1", pid, spec.form)
         except CatalogError:
@@ -149,6 +159,57 @@ async def _set_tiers(conn: Any, product_id: int, spec: ProductSpec) -> None:
         caps["max_balance_named"],
         caps["max_balance_verified"],
     )
+
+
+IMK_AC_TYPE = "109"  # payShield's MK-AC (LMK pair 28-29, variant 1): hsm_sim's KW takes this type
+CHIPS = ("none", "3des", "sm4")
+CHIP_FALLBACKS = ("decline", "flag")
+CHIP_COLUMNS = ("chip", "chip_fallback", "no_cvm_limit", "no_cvm_cumulative_limit")
+
+
+def check_chip_key(code: str, chip: str, imk_ac: str | None) -> None:
+    """A chip product's IMK-AC is a key of the chip's algorithm (U for 3des, S for sm4); none without."""
+    if chip not in CHIPS:
+        raise CatalogError(f"product {code}: chip {chip!r}: one of {', '.join(CHIPS)}")
+    if imk_ac is not None and imk_ac[:1] != {"3des": "U", "sm4": "S"}.get(chip):
+        raise CatalogError(f"product {code}: its IMK-AC is not a key for a {chip} chip")
+
+
+async def _set_chip(conn: Any, product_id: int, spec: ProductSpec) -> None:
+    """The new product's chip options (own statement, as the tiers): only when not the defaults."""
+    defaults = ProductSpec(code=spec.code, kind=spec.kind)
+    if all(getattr(spec, k) == getattr(defaults, k) for k in (*CHIP_COLUMNS, "imk_ac")):
+        return
+    check_chip_key(spec.code, spec.chip, spec.imk_ac)
+    if spec.chip_fallback not in CHIP_FALLBACKS:
+        raise CatalogError(f"product {spec.code}: chip fallback: one of {', '.join(CHIP_FALLBACKS)}")
+    await conn.execute(
+        "UPDATE products SET chip = $2, imk_ac = $3, imk_ac_check = $4, chip_fallback = $5,"
+        " no_cvm_limit = $6, no_cvm_cumulative_limit = $7 WHERE id = $1",
+        product_id,
+        spec.chip,
+        spec.imk_ac if spec.chip != "none" else None,
+        spec.imk_ac_check if spec.chip != "none" else None,
+        spec.chip_fallback,
+        spec.no_cvm_limit,
+        spec.no_cvm_cumulative_limit,
+    )
+
+
+async def set_chip_key(conn: Any, code: str, imk_ac: str, check_value: str) -> str:
+    """`product chip-key`: the product's IMK-AC (formed in the HSM from clear components), replacing any
+    before; returns the product's chip algorithm. A product without a chip gets no key."""
+    async with conn.transaction():
+        chip = await conn.fetchval("SELECT chip FROM products WHERE code = $1 FOR UPDATE", code)
+        if chip is None:
+            raise CatalogError(f"no product {code} (`payswitch product list` shows them)")
+        if chip == "none":
+            raise CatalogError(f"product {code} has no chip: give it one first (product update --chip)")
+        check_chip_key(code, chip, imk_ac)
+        await conn.execute(
+            "UPDATE products SET imk_ac = $2, imk_ac_check = $3 WHERE code = $1", code, imk_ac, check_value
+        )
+    return str(chip)
 
 
 async def product(conn: Any, code: str) -> dict[str, Any]:
@@ -442,14 +503,17 @@ async def reset_pin_tries(conn: Any, card_id: int) -> int:
 _HISTORY = """
 SELECT r.received_at AS at, r.txn, r.mti, r.amount, r.response_code AS rc, r.auth_id, r.rrn,
        r.terminal_id, r.merchant_id, t.id AS posting_id, t.phase, r.reason, 0 AS src, r.key,
-       r.reference  -- a programme load's funding reference (the API's loads)
+       r.reference,  -- a programme load's funding reference (the API's loads)
+       (SELECT f.flags FROM auth_flags f WHERE f.key = r.key) AS flags  -- chip_fallback (host.chip)
 FROM auth_requests r LEFT JOIN transfers t ON t.key = r.key
 WHERE r.card_id = $1
 UNION ALL
-SELECT t.created_at, t.code, '', t.amount, '00', '', '', '', '', t.id, t.phase, NULL, 1, t.key, NULL
+SELECT t.created_at, t.code, '', t.amount, '00', '', '', '', '', t.id, t.phase, NULL, 1, t.key, NULL,
+       NULL::text[]
 FROM transfers t WHERE t.card_id = $1 AND t.code = 'expiry'
 UNION ALL  -- the new card of a replacement: the balance it received (host.replace)
-SELECT t.created_at, t.code, '', t.amount, '00', '', '', '', '', t.id, t.phase, NULL, 2, t.key, NULL
+SELECT t.created_at, t.code, '', t.amount, '00', '', '', '', '', t.id, t.phase, NULL, 2, t.key, NULL,
+       NULL::text[]
 FROM transfers t JOIN cards n ON n.account_id = t.credit_account_id
 WHERE n.id = $1 AND t.code = 'replacement'
 """
@@ -638,6 +702,13 @@ PRODUCT_UPDATABLE = (
     "max_balance_named",
     "max_balance_verified",
     "form",  # of the cards issued from now on
+    # chip (host.chip): a new algorithm comes with its new IMK-AC (the CLI generates it in the HSM)
+    "chip",
+    "imk_ac",
+    "imk_ac_check",
+    "chip_fallback",
+    "no_cvm_limit",
+    "no_cvm_cumulative_limit",
 )
 
 
@@ -659,6 +730,10 @@ async def update_product(conn: Any, code: str, changes: dict[str, Any]) -> dict[
         if row is None:
             raise CatalogError(f"no product {code} (`payswitch product list` shows them)")
         _check_tier_changes(code, row, values)
+        if "chip" in values or "imk_ac" in values:
+            check_chip_key(code, values.get("chip", row["chip"]), values.get("imk_ac", row["imk_ac"]))
+        if values.get("chip_fallback", "decline") not in CHIP_FALLBACKS:
+            raise CatalogError(f"product {code}: chip fallback: one of {', '.join(CHIP_FALLBACKS)}")
         changed = {k: (row[k], v) for k, v in values.items() if row[k] != v}
         if not changed:
             return {}

@@ -3,6 +3,7 @@ change). Thin callers of host.catalog and host.directory; lists page with --limi
 """
 
 
+import dataclasses
 import re
 from collections.abc import Callable
 from typing import Any
@@ -57,6 +58,46 @@ def _tier_options(*, adding: bool) -> Callable[[Callable[..., Any]], Callable[..
     return wrap
 
 
+def _chip_options(*, adding: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The chip options of `product add` / `product update` (issue 19, host.chip)."""
+    defaults = {"chip": "none", "chip_fallback": "decline", "no_cvm_limit": "300.00",
+                "no_cvm_cumulative_limit": "1000.00"}
+
+    def default(name: str) -> str | None:
+        return defaults[name] if adding else None
+
+    def wrap(f: Callable[..., Any]) -> Callable[..., Any]:
+        f = click.option(
+            "--no-cvm-cumulative-limit", type=AMOUNT_OR_ZERO, default=default("no_cvm_cumulative_limit"),
+            show_default=adding,
+            help="Contactless: most a card pays without PIN between two PIN-verified transactions, in yuan.",
+        )(f)
+        f = click.option(
+            "--no-cvm-limit", type=AMOUNT_OR_ZERO, default=default("no_cvm_limit"), show_default=adding,
+            help="Contactless: the largest sale without PIN, in yuan (above it the PIN is asked).",
+        )(f)
+        f = click.option(
+            "--chip-fallback", type=click.Choice(catalog.CHIP_FALLBACKS), default=default("chip_fallback"),
+            show_default=adding,
+            help="A swipe or keyed sale of a chip card: declined (57) or approved and flagged.",
+        )(f)
+        return click.option(
+            "--chip", type=click.Choice(catalog.CHIPS), default=default("chip"), show_default=adding,
+            help="The chip of the product's cards; 3des or sm4 generates its IMK-AC in the HSM.",
+        )(f)
+
+    return wrap
+
+
+async def _new_imk(crypto: IssuerCrypto, chip: str) -> tuple[str, str]:
+    """A new IMK-AC (key type 109) of the chip's algorithm, generated in the HSM: under LMK, check value."""
+    if chip == "sm4":
+        key = await crypto.hsm.generate_sm4_key(catalog.IMK_AC_TYPE)
+    else:
+        key = await crypto.hsm.generate_key(catalog.IMK_AC_TYPE, "U")
+    return key.under_lmk, key.check_value
+
+
 @product.command("add")
 @click.argument("code")
 @click.option("--kind", type=click.Choice(["reloadable", "fixed_amount", "usage_limited"]), required=True)
@@ -76,6 +117,7 @@ def _tier_options(*, adding: bool) -> Callable[[Callable[..., Any]], Callable[..
 @click.option("--mcc", "mccs", multiple=True, help="Allowed MCC (repeatable; default any).")
 @click.option("--group", "groups", multiple=True, help="Allowed merchant group (repeatable; default any).")
 @_tier_options(adding=True)
+@_chip_options(adding=True)
 @click.option(
     "--form",
     type=click.Choice(["physical", "virtual"]),
@@ -109,6 +151,10 @@ def product_add(
     max_balance_named: int | None = None,
     max_balance_verified: int | None = None,
     form: str = "physical",
+    chip: str = "none",
+    chip_fallback: str = "decline",
+    no_cvm_limit: int = 30_000,
+    no_cvm_cumulative_limit: int = 100_000,
 ) -> None:
     """Add a card product with its BIN range."""
     if kind == "usage_limited" and uses is None:
@@ -138,6 +184,10 @@ def product_add(
         max_balance_named=max_balance_named,
         max_balance_verified=max_balance_verified,
         form=form,
+        chip=chip,
+        chip_fallback=chip_fallback,
+        no_cvm_limit=no_cvm_limit,
+        no_cvm_cumulative_limit=no_cvm_cumulative_limit,
     )
 
     async def work(pool: PgPool) -> int:
@@ -145,8 +195,21 @@ def product_add(
             raise CatalogError(f"product {code} already exists")
         return await pool.run(catalog.add_product, spec, bin_prefix, pan_length)
 
-    pid = _run(app, work)
-    app.emit({"product": code, "id": pid, "bin": bin_prefix}, f"product {code} ({kind}) on BIN {bin_prefix}")
+    async def work_chip(pool: PgPool, crypto: IssuerCrypto) -> int:
+        nonlocal spec
+        if await pool.run(catalog.product_exists, code):
+            raise CatalogError(f"product {code} already exists")
+        imk, check = await _new_imk(crypto, chip)
+        spec = dataclasses.replace(spec, imk_ac=imk, imk_ac_check=check)
+        return await pool.run(catalog.add_product, spec, bin_prefix, pan_length)
+
+    pid = _run(app, work_chip, hsm=True) if chip != "none" else _run(app, work)
+    data: dict[str, Any] = {"product": code, "id": pid, "bin": bin_prefix}
+    human = f"product {code} ({kind}) on BIN {bin_prefix}"
+    if spec.imk_ac_check:  # only the check value is ever shown
+        data["imk_ac_check_value"] = spec.imk_ac_check[:6]
+        human += f"; {chip} chip, IMK-AC check value {spec.imk_ac_check[:6]}"
+    app.emit(data, human)
 
 
 def _tier_line(r: dict[str, Any]) -> str:
@@ -219,6 +282,7 @@ def product_show(app: AppContext, code: str) -> None:
     lines += [
         f"validity     {r['validity_months']} months",
         f"PIN          {'required' if r['pin_required'] else 'not required'} ({r['pin_scheme']})",
+        f"chip         {_chip_line(r)}",
         f"MCCs         {', '.join(r['allowed_mccs']) if r['allowed_mccs'] else 'any'}",
         f"groups       {', '.join(r['allowed_groups']) if r['allowed_groups'] else 'any'}",
         f"cards        {r['cards']}"
@@ -246,6 +310,7 @@ def product_show(app: AppContext, code: str) -> None:
 )
 @click.option("--any-group", is_flag=True, help="Allow every merchant group again.")
 @_tier_options(adding=False)
+@_chip_options(adding=False)
 @click.option(
     "--form", type=click.Choice(["physical", "virtual"]), default=None, help="For cards issued from now on."
 )
@@ -269,6 +334,10 @@ def product_update(
     max_balance_named: int | None = None,
     max_balance_verified: int | None = None,
     form: str | None = None,
+    chip: str | None = None,
+    chip_fallback: str | None = None,
+    no_cvm_limit: int | None = None,
+    no_cvm_cumulative_limit: int | None = None,
 ) -> None:
     """Change a product's limits or restrictions; a running host applies them from its next request."""
     if mccs and any_mcc:
@@ -292,6 +361,10 @@ def product_update(
             ("max_balance_named", max_balance_named),
             ("max_balance_verified", max_balance_verified),
             ("form", form),
+            ("chip", chip),
+            ("chip_fallback", chip_fallback),
+            ("no_cvm_limit", no_cvm_limit),
+            ("no_cvm_cumulative_limit", no_cvm_cumulative_limit),
         )
         if v is not None
     }
@@ -302,10 +375,24 @@ def product_update(
         changed = await pool.run(catalog.update_product, code, changes)
         return changed, await pool.run(directory.show_product, code)
 
-    changed, r = _run(app, work)
+    async def work_chip(
+        pool: PgPool, crypto: IssuerCrypto | None = None
+    ) -> tuple[dict[str, tuple[Any, Any]], dict[str, Any]]:
+        # a new chip algorithm comes with a new IMK-AC of it (generated in the HSM); "none" drops the key
+        current = (await pool.run(catalog.product, code))["chip"]
+        if chip is not None and chip != current:
+            if crypto is None:
+                changes.update(imk_ac=None, imk_ac_check=None)
+            else:
+                changes["imk_ac"], changes["imk_ac_check"] = await _new_imk(crypto, chip)
+        return await work(pool)
+
+    changed, r = _run(app, work_chip, hsm=chip not in (None, "none"))
+    changed.pop("imk_ac", None)  # never shown: its check value is
 
     def shown(k: str, v: Any) -> str:
-        if k in ("max_balance", "per_txn_limit", "daily_amount_limit", *catalog.TIER_COLUMNS) and v:
+        if k in ("max_balance", "per_txn_limit", "daily_amount_limit", "no_cvm_limit",
+                 "no_cvm_cumulative_limit", *catalog.TIER_COLUMNS) and v:
             return format_money(v, r["currency"])
         if isinstance(v, list):
             return ",".join(v) or "any"
@@ -317,6 +404,58 @@ def product_update(
         else f"product {code}: nothing changed"
     )
     app.emit({"product": _product_view(app, r), "changed": sorted(changed)}, human)
+
+
+def _chip_line(r: dict[str, Any]) -> str:
+    if r["chip"] == "none":
+        return "none"
+    cv = r["imk_ac_check"][:6] if r["imk_ac_check"] else "no key yet (product chip-key)"
+    cur = r["currency"]
+    return (
+        f"{r['chip']} (IMK-AC {cv}), fallback {r['chip_fallback']}, no CVM up to"
+        f" {format_money(r['no_cvm_limit'], cur)} ({format_money(r['no_cvm_cumulative_limit'], cur)} in all)"
+    )
+
+
+@product.command("chip-key")
+@click.argument("code")
+@click.option(
+    "--component", "components", multiple=True, metavar="HEX",
+    help="A clear IMK-AC component (32 hex), one per custodian (repeat; at least 2). Prompted, not"
+    " echoed, when none is given.",
+)
+@click.option("--components", "count", type=click.IntRange(2, 9), default=2, show_default=True,
+              help="How many components to prompt for (without --component).")
+@pass_app
+def product_chip_key(app: AppContext, code: str, components: tuple[str, ...], count: int) -> None:
+    """Form the product's IMK-AC (the issuer key of its chips' cryptograms) in the HSM from clear
+    components held by custodians, replacing the one it had; prints only the key's check value."""
+    given = list(components) if components else _clear_components("IMK-AC", count)
+    if len(given) < 2:
+        raise click.ClickException("give at least two --component (one per custodian)")
+    _check_components("IMK-AC", given)
+
+    async def work(pool: PgPool, crypto: IssuerCrypto) -> tuple[str, str]:
+        chip = (await pool.run(catalog.product, code))["chip"]
+        if chip == "none":
+            raise CatalogError(f"product {code} has no chip: give it one first (product update --chip)")
+        from hsm_sim.client import HsmCommandError
+
+        try:
+            if chip == "sm4":
+                key = await crypto.hsm.form_sm4_key(catalog.IMK_AC_TYPE, given)
+            else:
+                key = await crypto.hsm.form_key(catalog.IMK_AC_TYPE, given, "U")
+        except HsmCommandError as exc:
+            raise CatalogError(f"the HSM refused the IMK-AC ({exc.code}: parity or format)") from None
+        await pool.run(catalog.set_chip_key, code, key.under_lmk, key.check_value)
+        return chip, key.check_value
+
+    chip, cv = _run(app, work, hsm=True)
+    app.emit(
+        {"product": code, "chip": chip, "imk_ac_check_value": cv[:6]},
+        f"product {code}: {chip} IMK-AC formed from {len(given)} components; check value {cv[:6]}",
+    )
 
 
 def _product_view(app: AppContext, r: dict[str, Any]) -> dict[str, Any]:
@@ -344,6 +483,10 @@ def _product_view(app: AppContext, r: dict[str, Any]) -> dict[str, Any]:
         out.update(money_json(k, r[k], cur))
     out["issue_tier"] = r["issue_tier"]
     out["form"] = r["form"]
+    out["chip"], out["chip_fallback"] = r["chip"], r["chip_fallback"]
+    out["imk_ac_check_value"] = r["imk_ac_check"][:6] if r["imk_ac_check"] else None
+    for k in ("no_cvm_limit", "no_cvm_cumulative_limit"):
+        out.update(money_json(k, r[k], cur))
     for k in catalog.TIER_COLUMNS:  # as enforced: each capped by the product's max balance
         out.update(money_json(k, min(r[k], r["max_balance"]), cur))
     out["created_at"] = iso_local(r["created_at"], app.config.clearing.timezone)

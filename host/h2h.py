@@ -15,6 +15,8 @@ How the host reads a request (h2h-dialect.md, and switch.mapping for what the sw
   link may send): a top-up (DE3 21) is a programme-funded load (Txn.ADMIN_LOAD, from the funding account,
   as ``card load``) whose DE102 is its funding reference, and a purchase keyed with entry mode 81x is
   card-not-present (no PIN asked: the API's client authenticated it). specs/README.md, "API payments".
+- chip (host.chip): DE22 is kept with the request; with entry mode 05x/07x, DE48 is the terminal's DE55
+  as upper-case hex (specs/README.md "Chip data on H2H"), decoded as BER-TLV; bad hex or TLV: 30.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from host import chip
 from host.model import Decision, Pin, Request, Txn, normalise_mti, request_key
 from host.payment_codes import is_code_entry
 from specs.catalogue import TxnType, UnknownTransaction, classify_h2h, response_mti
@@ -40,6 +43,8 @@ TXN = {
     TxnType.PIN_CHANGE: Txn.PIN_CHANGE,
 }
 NETWORK = {TxnType.SIGN_ON, TxnType.SIGN_OFF, TxnType.ECHO, TxnType.KEY_CHANGE}
+# Whose DE48 is not chip data: a PIN change's new PIN block; reversals carry no cryptogram to check.
+NO_CHIP_DATA = frozenset({Txn.PIN_CHANGE, Txn.REVERSAL})
 
 # Echoed from request to response: the matching keys (7, 11, 32, 41) and what names the transaction.
 # Not the PAN, tracks or terminal-side data: the peer keeps its request and needs none of them back.
@@ -130,6 +135,12 @@ def parse(msg: dict[str, Any], programme_id: str | None = None) -> Parsed:
         pin=Pin.NONE,
         original_rrn=(str(msg["102"]).strip() or None) if "102" in msg else None,
     )
+    req.entry_mode = str(msg.get("22", ""))
+    if txn not in NO_CHIP_DATA:  # 05x/07x: DE48 is the terminal's DE55 as hex (host.chip)
+        try:
+            req.chip = chip.parse(msg.get("48"), req.entry_mode)
+        except chip.ChipDataError as exc:
+            raise BadRequest("30", str(exc)) from None
     if programme:
         req.card_not_present = str(msg.get("22", "")).startswith("81")
         if txn is Txn.ADMIN_LOAD:

@@ -38,7 +38,7 @@ from typing import Any
 import asyncpg
 
 from host import chain as ledger_chain
-from host import controls, events, kyc, payment_codes, rules
+from host import chip, controls, events, kyc, payment_codes, rules
 from host.business_day import BusinessDay, utc_now
 from host.model import (
     FINANCIAL,
@@ -149,6 +149,7 @@ class _Batch:
     events: list[list[Any]] = field(default_factory=list)
     stamp: str = ""  # the events' occurred_at (b.now, RFC 3339)
     chain: int | None = None  # the ledger chain the batch is sealed on (host.chain; None: not chained)
+    flags: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)  # approved keys' flags (host.chip)
 
 
 # Requests that write no authorization event (host.events): not requests of a card's holder or
@@ -559,6 +560,10 @@ class Ledger:
                 c["pin_required"],
                 tuple(c["allowed_mccs"]) if c["allowed_mccs"] is not None else None,
                 tuple(c["allowed_groups"]) if c["allowed_groups"] is not None else None,
+                chip=c["chip"],
+                chip_fallback=c["chip_fallback"],
+                no_cvm_limit=c["no_cvm_limit"],
+                no_cvm_cumulative_limit=c["no_cvm_cumulative_limit"],
             )
             b.cards[c["id"]] = CardState(
                 c["id"],
@@ -579,6 +584,9 @@ class Ledger:
                 tier_max_balance=c["tier_max_balance"],
                 controls=controls.effective(c["product_controls"], c["card_controls"]),
                 spend=controls.spend_of(c),
+                no_cvm_amount=c["no_cvm_amount"],
+                no_cvm_count=c["no_cvm_count"],
+                last_atc=c["last_atc"],
             )
 
     # -- deciding -------------------------------------------------------------------------------
@@ -597,6 +605,10 @@ class Ledger:
             if r.txn in (Txn.VOID, Txn.REFUND, Txn.COMPLETION, Txn.PREAUTH_VOID):
                 original = self._find_by_rrn(b, r, card.card_id)
             d = await self._decide_card_or_code(conn, b, r, card, merchant, original)
+            if r.pin is Pin.OK or card.product.chip != "none":  # no-CVM counters (host.chip)
+                chip.after_decision(card, r, d)
+            if r.flags and d.code == Rc.APPROVED:
+                b.flags.append((r.key, r.flags))
         self._record(b, r, d, original_key=original.key if original else None, merchant=merchant)
         if r.txn in FINANCIAL or r.txn is Txn.BALANCE:
             self._register(
@@ -670,6 +682,8 @@ class Ledger:
         if r.txn is Txn.REPLACEMENT:
             return self._replace(b, r, card)
         reason = rules.check_card(card, r, b.today)
+        if reason is None and (r.chip is not None or card.product.chip != "none"):
+            reason = chip.check(card, r)  # cryptogram, ATC, fallback (host.chip)
         if reason is None and r.txn is not Txn.ADMIN_LOAD:
             reason = rules.check_pin(card, r, self.pin_tries)
         if reason is not None:
@@ -1215,6 +1229,9 @@ class Ledger:
                 raise RuntimeError("a replaced card changed state while being replaced")
         if b.card_events:
             await conn.execute(_CARD_EVENTS_SQL, *[[e[i] for e in b.card_events] for i in range(6)])
+        chip_cards = [c for c in b.cards.values() if c.chip_dirty]
+        if chip_cards or b.flags:  # chip counters and flags (host.chip): own statements, only when any
+            await chip.write(conn, chip_cards, b.flags)
         if b.pin_changes:  # PIN changes (rare: own statement), in the transaction that answers them
             changed, values = list(b.pin_changes), list(b.pin_changes.values())
             await conn.execute(_PIN_CHANGE_SQL, changed, [v[0] for v in values], [v[1] for v in values])
@@ -1255,6 +1272,8 @@ SELECT
                a.day_count, a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted,
                p.id AS product_id, p.code, p.kind, p.currency, p.max_balance, p.per_txn_limit,
                p.daily_amount_limit, p.daily_count_limit, p.pin_required, p.allowed_mccs, p.allowed_groups,
+               p.chip, p.chip_fallback, p.no_cvm_limit, p.no_cvm_cumulative_limit, c.no_cvm_amount,
+               c.no_cvm_count, c.last_atc,
                a.week, a.week_amount, a.week_count, a.month, a.month_amount, a.month_count, a.life_amount,
                a.life_count, p.controls::text AS product_controls, c.controls::text AS card_controls,
                CASE WHEN p.controls ? 'groups' OR c.controls ? 'groups' THEN (

@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # host.controls imports the catalogue, which imports this module
+    from host.chip import Chip  # host.chip imports this module
     from host.controls import Effective, Spend
 
 
@@ -127,6 +128,11 @@ class Request:
     # 81x) that the API's client authenticated, so no PIN is asked (specs/README.md "API payments and loads").
     reference: str | None = None
     card_not_present: bool = False
+    # Chip and contactless (host.chip): DE22 as it came; the chip data of a 05x/07x request (H2H DE48)
+    # with the HSM's verdict on its ARQC; an approved request's flags (auth_flags: chip_fallback).
+    entry_mode: str = ""
+    chip: Chip | None = None
+    flags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -164,6 +170,12 @@ class Product:
     pin_required: bool
     allowed_mccs: tuple[str, ...] | None
     allowed_groups: tuple[str, ...] | None
+    # Chip (host.chip, host migration 0026): the chip's algorithm ('none', '3des', 'sm4'), a swipe or
+    # keyed sale of its cards ('decline' or 'flag'), the contactless no-CVM limits (fen).
+    chip: str = "none"
+    chip_fallback: str = "decline"
+    no_cvm_limit: int = 30_000
+    no_cvm_cumulative_limit: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -207,6 +219,12 @@ class CardState:
     # batch's read, as rule tests do).
     controls: Effective | None = None
     spend: Spend | None = None
+    # Chip (host.chip): no-CVM sales since the last PIN verified, the last verified ATC (None: none yet);
+    # chip_dirty: one of them changed (written by the batch's own statement, host.chip.write).
+    no_cvm_amount: int = 0
+    no_cvm_count: int = 0
+    last_atc: int | None = None
+    chip_dirty: bool = False
 
     @property
     def balance(self) -> int:

@@ -26,6 +26,10 @@ KYC tier                 top-up or load above the tier's maximum balance (the pr
                          ``tier_max_balance``
 payment code             (host.payment_codes, entry mode 03x; checked first) used 05, expired 54,
                          over its cap 61, unknown 14, balance or top-up by code 12; no PIN needed
+chip                     (host.chip, after the card state, before the PIN) chip entry without chip
+                         data 30, ARQC wrong 05, ATC not increasing 05, not verifiable 96, swipe or
+                         keyed sale of a chip card 57 or flagged; contactless within the no-CVM
+                         limits needs no PIN, beyond them a PIN (55 ``pin_missing``)
 =======================  =====================================================================
 """
 
@@ -34,6 +38,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import NamedTuple
 
+from host import chip
 from host.model import CardState, Merchant, Pin, Rc, Request, Txn
 
 
@@ -100,6 +105,15 @@ REASONS: dict[str, Reason] = {
     "payment_code_expired": Reason(Rc.EXPIRED, "payment code expired"),
     "payment_code_cap": Reason(Rc.AMOUNT_LIMIT, "over the payment code's amount cap"),
     "payment_code_txn": Reason(Rc.INVALID_TXN, "a payment code pays purchases and pre-authorizations only"),
+    # Chip and contactless (host.chip). Missing chip data: 30, the message lacks what its own entry mode
+    # says it carries (the terminal's fault); a fallback declined: 57, not permitted to the cardholder
+    # (the card must be inserted or tapped); the cryptogram wrong or replayed: 05, as a bad card.
+    "chip_data_missing": Reason(Rc.FORMAT_ERROR, "chip entry without complete chip data (ARQC)"),
+    "arqc_failed": Reason(Rc.DO_NOT_HONOUR, "the chip's cryptogram (ARQC) is wrong"),
+    "arqc_amount": Reason(Rc.DO_NOT_HONOUR, "the chip's cryptogram is for another amount"),
+    "atc_replayed": Reason(Rc.DO_NOT_HONOUR, "the chip's transaction counter did not increase (replayed)"),
+    "chip_unverified": Reason(Rc.SYSTEM_ERROR, "the chip's cryptogram could not be verified (HSM)"),
+    "chip_fallback": Reason(Rc.NOT_PERMITTED_CARD, "a chip card swiped or keyed: insert or tap it"),
 }
 
 STATE_REASONS = {
@@ -167,7 +181,11 @@ def check_pin(card: CardState, req: Request, max_tries: int) -> str | None:
     if req.pin is Pin.NONE and req.card_not_present:  # the programme's API, its client authenticated
         return None
     if req.pin is Pin.NONE:
-        if card.product.pin_required and req.txn in DEBITS:
+        # contactless (host.chip): within the no-CVM limits no PIN, beyond them a PIN, whatever the product
+        needed = chip.pin_needed(card, req) if req.chip is not None else None
+        if needed is None:
+            needed = card.product.pin_required and req.txn in DEBITS
+        if needed:
             return "pin_missing"
         return None
     if card.pin_tries >= max_tries:

@@ -32,7 +32,7 @@ from typing import Any
 import trio
 from prometheus_client import Counter, Histogram
 
-from host import clearing_task, expiry, h2h, payment_codes
+from host import chip, clearing_task, expiry, h2h, payment_codes
 from host.business_day import BusinessDay, read_closes
 from host.catalog import catalog_version
 from host.engine import Engine
@@ -142,6 +142,8 @@ class HostService:
         )
         self.codec: Codec = codec_for("h2h", hc.profile)
         self._pin_data: dict[str, tuple[int, str, int] | None] = {}
+        # card hash -> its product's chip algorithm and IMK-AC (None: no chip), for chip requests only
+        self._chip_keys: dict[str, tuple[str, str | None] | None] = {}
         self._links: dict[str, tuple[float, dict[str, Any] | None]] = {}
         self._link_reads: dict[str, trio.Event] = {}  # link id -> its database read under way
         self._link_versions: dict[str, int] = {}  # link id -> bumped by a key change here
@@ -295,9 +297,10 @@ class HostService:
             return
         req = parsed.request
         assert req is not None
-        if (link[1] or {}).get("zak") or parsed.by_code or req.txn is Txn.PIN_CHANGE:
+        if (link[1] or {}).get("zak") or parsed.by_code or req.txn is Txn.PIN_CHANGE or req.chip is not None:
             # MACed: DE128 first; a payment code: its hash and card are read first (never cached); a
-            # PIN change: its card's PVV as stored now, and the HSM's WC (_change_pin)
+            # PIN change: its card's PVV as stored now, and the HSM's WC (_change_pin); chip data: the
+            # ARQC checked in the HSM (_verify_chip)
             nursery.start_soon(self._slow, body, msg, parsed, conn, started)
             return
         if parsed.pan:
@@ -372,6 +375,12 @@ class HostService:
                 req.pin = await self._change_pin(parsed, req)
             elif parsed.pin_block is not None:
                 req.pin = await self._verify_pin(parsed, req.pan_hash)
+            if req.chip is not None:
+                key = await self._verify_chip(parsed.pan, req.pan_hash, req.chip)
+                part = self.engine.partition_of(req.pan_hash)
+                answer = self._after_chip(parsed.pan, key, req.chip, conn, msg, started, zak)
+                self.engine.submit(req, part, answer)
+                return
             part = self.engine.partition_of(req.pan_hash)
         else:
             part = self.engine.partition_for_key(req.original_key or req.key)
@@ -413,6 +422,64 @@ class HostService:
             return Pin.BAD
         req.new_pvv, req.new_pin_lmk, req.verified_pvv = change.pvv, change.pin_under_lmk, pvv
         return Pin.OK
+
+    async def _verify_chip(self, pan: str, pan_hash: str, data: chip.Chip) -> str | None:
+        """The ARQC checked in the HSM before the batch (host.chip.verify), as a PIN is; the card's
+        product's IMK-AC is read once per card (cached until the catalogue changes). Returns the key."""
+        if pan_hash in self._chip_keys:
+            key = self._chip_keys[pan_hash]
+        else:
+            key = self._chip_keys[pan_hash] = await self.pool.run(chip.card_key, pan_hash)
+        if key is None:  # unknown card or no chip on its product: the chip data is not checked
+            return None
+        await chip.verify(self.hsm, key[1], pan, data)
+        return key[1]
+
+    def _after_chip(
+        self,
+        pan: str,
+        imk: str | None,
+        data: chip.Chip,
+        conn: _Conn,
+        msg: dict[str, Any],
+        started: float,
+        zak: str | None,
+    ) -> Callable[[Decision], None]:
+        """The answer to a chip request once its batch committed: H2H DE48 with the ARPC (host.chip):
+        an approval's was made with the ARQC's check; a decline's needs one more HSM exchange."""
+
+        def answer(d: Decision) -> None:
+            if data.result is not chip.Arqc.OK or (d.code == Rc.APPROVED and data.arpc is not None):
+                self._answer(conn, msg, d, started, zak, self._chip_fields(d, data))
+            elif conn.nursery is not None:
+                conn.nursery.start_soon(self._answer_chip_decline, pan, imk, data, conn, msg, d, started, zak)
+            else:
+                self._answer(conn, msg, d, started, zak)
+
+        return answer
+
+    def _chip_fields(self, d: Decision, data: chip.Chip) -> dict[str, Any] | None:
+        if data.result is not chip.Arqc.OK or data.arpc is None or d.code != Rc.APPROVED:
+            return None
+        return {"48": chip.response_tlv(data.arpc, chip.ARC_APPROVED).hex().upper()}
+
+    async def _answer_chip_decline(
+        self,
+        pan: str,
+        imk: str | None,
+        data: chip.Chip,
+        conn: _Conn,
+        msg: dict[str, Any],
+        d: Decision,
+        started: float,
+        zak: str | None,
+    ) -> None:
+        try:
+            extra = await chip.answer_fields(self.hsm, imk, pan, data, d.code)
+        except Exception as exc:  # the decision stands and is answered, without the ARPC
+            log.error("decline's ARPC not made", error=repr(exc))
+            extra = {}
+        self._answer(conn, msg, d, started, zak, extra or None)
 
     def _after_pin_change(
         self, pan_hash: str, conn: _Conn, msg: dict[str, Any], started: float, zak: str | None
@@ -702,9 +769,17 @@ class HostService:
         return Rc.APPROVED
 
     def _answer(
-        self, conn: _Conn, msg: dict[str, Any], d: Decision, started: float, zak: str | None = None
+        self,
+        conn: _Conn,
+        msg: dict[str, Any],
+        d: Decision,
+        started: float,
+        zak: str | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         answer = h2h.response(msg, d, self.ledger.business_day.date_of(self.ledger.clock()))
+        if extra:  # a chip request's DE48 (host.chip)
+            answer.update(extra)
         labelled(REQUESTS, msg["t"], d.code).inc()
         if zak and conn.nursery is not None:
             conn.nursery.start_soon(self._send_signed, conn, answer, zak, started)
@@ -755,6 +830,7 @@ class HostService:
                     self.ledger.forget_merchants()
                     # a PIN set or reset (cards.pvv) moves the version too (host migration 0018)
                     self._pin_data = {}
+                    self._chip_keys = {}  # a product's chip key changed (`product chip-key`)
                     log.info("catalogue changed: merchants read again", version=version)
                 seen = version
             await trio.sleep(CATALOG_POLL_SECONDS)
