@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 from hsm_sim.client import account_from_pan
 from ops.localtime import year_nearest
 from specs import tlv
-from specs.catalogue import answer_mti, rrn_prefix
+from specs.catalogue import OFFLINE_TYPE_CODE, answer_mti, rrn_prefix
 
 Message = dict[str, Any]
 
@@ -111,6 +111,8 @@ def txn_type(msg: Message) -> str:
     """A stable name for metrics and the journal, from MTI, DE3, DE25 and 60.3 (pos-dialect.md)."""
     de60_value = msg.get("60")
     network = de60_value[8:11] if isinstance(de60_value, str) else ""
+    if is_offline(msg):
+        return "offline"
     return _txn_type(str(msg.get("t", "")), str(msg.get("3", ""))[:2], str(msg.get("25", "00")), network)
 
 
@@ -144,8 +146,21 @@ def _txn_type(mti: str, pc: str, cond: str, network: str) -> str:
     return "other"
 
 
+def is_offline(msg: Message) -> bool:
+    """An offline sale's advice: 0220 (or its 0221/0230), DE3 000000, 60.1 36 (specs/README.md,
+    "Offline sales" [project convention])."""
+    de60_value = msg.get("60")
+    return (
+        str(msg.get("t", ""))[:3] == "022"
+        and msg.get("3") == "000000"
+        and isinstance(de60_value, str)
+        and de60_value[:2] == OFFLINE_TYPE_CODE
+    )
+
+
 def is_debit(kind: str) -> bool:
-    return kind in ("purchase", "completion")
+    # an offline sale the terminal approved is a debit of its batch once its advice is approved
+    return kind in ("purchase", "completion", "offline")
 
 
 def is_credit(kind: str) -> bool:
@@ -273,6 +288,13 @@ def pos_to_h2h(
         # Voids, refunds and completions name their original by POS batch + STAN (+ date); the host
         # receives that in DE60 after the terminal's own DE60, separated by '/'.
         out["60"] = f"{req.get('60', '')}/{req['61']}"
+    if is_offline(req):
+        # An offline advice reports a sale made earlier: the sale's own local time (not the switch's
+        # clock) and the approval code the terminal gave it (specs/README.md, "Offline sales").
+        if "12" in req and "13" in req:
+            out["12"], out["13"] = str(req["12"]), str(req["13"])
+        if "38" in req:
+            out["38"] = str(req["38"])
     if "37" in req:
         # A void, refund, pre-auth void or completion names its original by RRN (POS DE37); the
         # upstream request carries it in DE102, since DE37 is this request's own new RRN.

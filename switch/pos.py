@@ -30,11 +30,19 @@ import trio
 
 from hsm_sim.client import HsmError
 from ops.logs import get_logger, mask_pan
-from specs.catalogue import BatchTotals, parse_batch_totals, parse_upload_de48, unhandled_code
+from specs.catalogue import (
+    OFFLINE_TYPE_CODE,
+    BatchTotals,
+    De61,
+    parse_batch_totals,
+    parse_upload_de48,
+    unhandled_code,
+)
 from specs.codec import codec_for
 from specs.errors import DecodeError
 from specs.framing import REQUIREMENT_NONE, REQUIREMENT_SIGN_ON, response_header, swap_tpdu
 from switch import metrics
+from switch.floor import FloorTable
 from switch.hsm import HsmRefused, HsmUnavailable, SwitchHsm, WorkingKey
 from switch.journal import JournalWriter
 from switch.links import OutboundLink
@@ -69,6 +77,9 @@ MACED_MTIS = frozenset({"0100", "0200", "0220", "0400"})
 # Answers decided here without anything going upstream that a retry may legitimately change: they are
 # journaled but not kept for duplicate detection.
 _RETRYABLE = frozenset({"91", "96", "A0"})
+# An offline advice so answered was not taken by the issuer (or not known to be): its retransmission goes
+# upstream again (the host's natural key makes a second posting impossible), not answered from the journal.
+_ADVICE_AGAIN = frozenset({"91", "96", "98", "A0"})
 
 
 @dataclass(slots=True)
@@ -114,6 +125,7 @@ class PosService:
         self.upstream = upstream
         self.acquirer_id = acquirer_id
         self.signon_per_minute = signon_per_minute
+        self.floor = FloorTable(store.floor_limits)  # the sign-on's floor table (switch/floor.py)
 
     # -- framing -----------------------------------------------------------------------------------
     async def handle(self, body: bytes, conn: trio.SocketStream | None = None) -> bytes | None:
@@ -335,6 +347,9 @@ class PosService:
         network = parse_de60(msg.get("60")).network_code
         answer["60"] = de60("00", terminal.batch_no, network)
         answer["62"] = de62
+        floor_table = await self.floor.de48()  # the terminal's offline limits (specs/README.md)
+        if floor_table is not None:
+            answer["48"] = floor_table
         log.info("terminal signed on", terminal=record.terminal_id, batch=terminal.batch_no)
         return Reply(answer)
 
@@ -484,6 +499,8 @@ class PosService:
         mak = terminal.session.mak
         mti, stan = msg["t"], str(msg.get("11", ""))
         existing = terminal.entries.get((mti, stan))
+        if existing is not None and existing.kind == "offline" and existing.code in _ADVICE_AGAIN:
+            existing = None  # an advice is repeated until it is answered (specs/README.md, "Offline sales")
         if existing is not None:
             if not await self._verify_mac(terminal, msg, raw, timing):
                 return Reply(pos_response(msg, code="A0"), resign=True)
@@ -513,6 +530,8 @@ class PosService:
             raise
         code = str(reply.message["39"])
         keep = code not in _RETRYABLE and batch == terminal.batch_no
+        if kind == "offline" and code in _ADVICE_AGAIN:
+            keep = False  # its retransmission goes upstream again, where the natural key dedups it
         entry.rrn = str(reply.message.get("37", "")) or None
         entry.auth_id = str(reply.message.get("38", "")).strip() or None
         if not keep:
@@ -522,7 +541,8 @@ class PosService:
             terminal, msg, entry, reply, timing, link_request, keep=keep
         )
         link = self.upstream.links.get(entry.link or "")
-        if code == "00" and link_request is not None and link is not None:
+        if code == "00" and link_request is not None and link is not None and kind != "offline":
+            # (an advice is never reversed: a terminal that got 96 sends it again)
             reply.undo = functools.partial(self._undo_approval, msg, entry, link, link_request)
         return reply
 
@@ -540,7 +560,8 @@ class PosService:
         assert terminal.session is not None
         session = terminal.session
         link = self.upstream.route(pan) if pan else None
-        pin_block = msg.get("52")
+        # an advice reports a sale already made: a PIN block in it is not verified nor sent on
+        pin_block = None if entry.kind == "offline" else msg.get("52")
         translated: bytes | None = None
         zpk = link.config.zpk if link is not None else ""  # the link key the PIN is translated to
         pin_error: str | None = None
@@ -595,6 +616,11 @@ class PosService:
             return Reply(answer, mac=mak, reason="reversed_first"), None
         if pan is None:
             return Reply(pos_response(msg, code="30"), reason="no_card_number"), None
+        if entry.kind == "offline" and (problem := _advice_problem(msg)) is not None:
+            log.warning(
+                "offline advice refused", terminal=terminal.terminal_id, stan=entry.stan, problem=problem
+            )
+            return Reply(pos_response(msg, code="30"), reason="offline_advice_fields"), None
         new_block = msg.get("62") if entry.kind == "pin-change" else None
         if entry.kind == "pin-change" and not (isinstance(pin_block, bytes) and isinstance(new_block, bytes)):
             return Reply(pos_response(msg, code="30"), mac=mak, reason="pin_change_blocks"), None
@@ -678,7 +704,9 @@ class PosService:
                         account12(pan),
                     )
                 ).hex().upper()
-        outcome = await self.upstream.send(link, request)
+        advice = entry.kind == "offline"
+        # an offline advice is never reversed: unanswered, the terminal sends it again (specs/README.md)
+        outcome = await self.upstream.send(link, request, reverse_on_timeout=not advice)
         timing.host = outcome.host_seconds
         if outcome.local_code is not None:
             return Reply(
@@ -687,11 +715,11 @@ class PosService:
                 reason=outcome.reason,
             ), None
         if outcome.timed_out:
-            entry.saf_queued = True
+            entry.saf_queued = not advice
             return Reply(
                 pos_response(msg, code="98", rrn_value=ref, acquirer_id=self.acquirer_id),
                 mac=mak,
-                reason="upstream_timeout",
+                reason="advice_timeout" if advice else "upstream_timeout",
             ), request
         host_answer = outcome.answer
         assert host_answer is not None
@@ -834,6 +862,11 @@ class PosService:
         stan = str(msg.get("11", ""))
         if not await self._verify_mac(terminal, msg, raw, timing):
             return Reply(pos_response(msg, code="A0"), resign=True)
+        if parse_de60(msg.get("60")).type_code == OFFLINE_TYPE_CODE:
+            # An offline advice is repeated, never reversed (specs/README.md, "Offline sales"): 12, and
+            # nothing is kept, so neither the advice nor its retransmission is taken for reversed.
+            answer = pos_response(msg, code="12", acquirer_id=self.acquirer_id)
+            return Reply(answer, mac=mak, reason="advice_not_reversible")
         existing = terminal.entries.get(("0400", stan))  # after the MAC's wait: a twin may have come
         if existing is not None:
             return await self._duplicate(msg, existing, terminal)
@@ -981,6 +1014,24 @@ class PosService:
 def _dedup_key(terminal: Terminal, entry: Entry) -> str:
     """A terminal request's journal key: a retransmission (same batch, STAN and MTI) has the same one."""
     return f"pos|{terminal.terminal_id}|{terminal.merchant_id}|{terminal.batch_no}|{entry.stan}|{entry.mti}"
+
+
+def _advice_problem(msg: Message) -> str | None:
+    """What an offline advice lacks (specs/README.md, "Offline sales"), or None: DE61 naming the sale
+    (batch + STAN + MMDD), its local time DE12/DE13, the terminal's approval code DE38, an amount."""
+    try:
+        de61 = De61.parse(str(msg.get("61", "")))
+    except ValueError:
+        return "DE61 is not batch + STAN + MMDD"
+    if not de61.date:
+        return "DE61 has no MMDD"
+    if not (str(msg.get("12", "")).isdigit() and str(msg.get("13", "")).isdigit()):
+        return "DE12/DE13 (the sale's local time) missing"
+    if not str(msg.get("38", "")).strip():
+        return "DE38 (the offline approval code) missing"
+    if _amount(msg) <= 0:
+        return "DE4 missing or zero"
+    return None
 
 
 def _response_header(tpdu: bytes, header: bytes, resign: bool) -> bytes:

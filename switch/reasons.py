@@ -33,6 +33,13 @@ SWITCH_REASONS: dict[str, str] = {
     "answer_mac_failed": "the answer could not be MACed (approval reversed)",
     "internal_error": "the switch failed on the request",
     "recovered_after_restart": "unanswered when the switch stopped (reversal queued)",
+    # offline sales (specs/README.md, "Offline sales"): an advice is repeated, never reversed
+    "advice_timeout": "the issuer did not answer the offline advice in time (no reversal: sent again)",
+    "offline_advice_fields": "an offline advice needs DE61 with MMDD, DE12/DE13, DE38 and an amount",
+    "advice_not_reversible": "an offline advice is never reversed (it is sent again)",
+    "advice_recovered_after_restart": "an offline advice unanswered when the switch stopped (no reversal)",
+    # the batch upload that posts (specs/README.md, "Batch upload"): a record posted as an advice
+    "batch_upload": "posted from the terminal's batch upload (0320) as an offline advice",
 }
 
 

@@ -119,6 +119,16 @@ def recovered_journal_row(row: Any) -> tuple[Any, ...]:
     )
 
 
+def recovered_advice_row(row: Any) -> tuple[Any, ...]:
+    """The journal row of an offline advice unanswered when the switch stopped: 98 and no reversal (an
+    advice is repeated, never reversed: specs/README.md, "Offline sales"); its key is not the advice's,
+    so the terminal's retransmission goes upstream again and journals its own answer."""
+    journal = list(recovered_journal_row(row))
+    journal[0] = f"{row['dedup_key']}|98|{time.time_ns()}"
+    journal[-1] = "advice_recovered_after_restart"
+    return tuple(journal)
+
+
 class SafQueue:
     def __init__(
         self,
@@ -156,8 +166,10 @@ class SafQueue:
         ``acquirer_id``: DE32 of an advice whose link is no longer configured."""
         spare = itertools.count(int(time.time() * 1000) % 999_999)  # a link no longer configured
 
-        def recover(row: Any) -> tuple[str, Message, tuple[Any, ...]]:
+        def recover(row: Any) -> tuple[str, Message | None, tuple[Any, ...]]:
             # Runs on the pool's side: only plain objects (a link's STAN counter is an itertools.count).
+            if row["txn_type"] == "offline":
+                return row["link"], None, recovered_advice_row(row)  # never reversed: sent again
             link = self.links.get(row["link"])
             stan = link.next_stan() if link is not None else next(spare) % 999_999 + 1
             advice = _advice(
@@ -169,8 +181,10 @@ class SafQueue:
 
         lost = await self.store.recover_write_ahead(recover)
         for row in lost:
+            offline = row["txn_type"] == "offline"  # an offline advice: the terminal sends it again
             log.warning(
-                "request in flight when the switch stopped: reversal advice queued",
+                "request in flight when the switch stopped: "
+                + ("offline advice, not reversed" if offline else "reversal advice queued"),
                 link=row["link"],
                 mti=row["link_mti"],
                 stan=row["link_stan"],

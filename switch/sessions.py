@@ -19,7 +19,7 @@ from typing import Any
 import trio
 
 from specs.catalogue import UploadRecord
-from switch.mapping import Message
+from switch.mapping import Message, is_credit, is_debit
 from switch.reversals import Fingerprint
 from switch.store import SessionRow, TerminalRecord
 
@@ -134,10 +134,10 @@ class Terminal:
         for entry in self.entries.values():
             if entry.code != "00" or entry.reversed or entry.voided:
                 continue
-            if entry.kind in ("purchase", "completion"):
+            if is_debit(entry.kind):  # offline advices too (specs/README.md, "Offline sales")
                 debit_amount += entry.amount
                 debit_count += 1
-            elif entry.kind == "refund":
+            elif is_credit(entry.kind):
                 credit_amount += entry.amount
                 credit_count += 1
         return debit_amount, debit_count, credit_amount, credit_count

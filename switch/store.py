@@ -164,6 +164,29 @@ WHERE t.terminal_id = ANY($1::text[])
 """
 
 
+# The host's BIN ranges and their products' offline floor limit (host migration 0027) and no-CVM limit
+# (0026), for the sign-on floor table (specs/README.md, "Offline sales"): read-only, as the terminals. A
+# column a database does not have yet (a host not migrated that far) reads as 0: never offline, PIN.
+FLOOR_COLUMNS = ("offline_floor_limit", "no_cvm_limit")
+FLOOR_COLUMNS_SQL = """
+SELECT column_name FROM information_schema.columns
+WHERE table_name = 'products' AND table_schema = ANY(current_schemas(false)) AND column_name = ANY($1::text[])
+"""
+FLOOR_SQL = """
+SELECT b.bin, {floor}::bigint, {no_cvm}::bigint
+FROM bin_ranges b JOIN products p ON p.id = b.product_id
+ORDER BY b.bin
+"""
+
+
+async def _floor_limits(conn: Any) -> list[tuple[str, int, int]]:
+    """(BIN, floor limit, no-CVM limit) of every BIN range of the host, in fen, ordered by BIN."""
+    present = {r[0] for r in await conn.fetch(FLOOR_COLUMNS_SQL, list(FLOOR_COLUMNS))}
+    floor, no_cvm = (f"p.{c}" if c in present else "0" for c in FLOOR_COLUMNS)
+    rows = await conn.fetch(FLOOR_SQL.format(floor=floor, no_cvm=no_cvm))
+    return [(str(r[0]), int(r[1] or 0), int(r[2] or 0)) for r in rows]
+
+
 async def _catalog_version(conn: Any) -> int:
     return int(await conn.fetchval(CATALOG_VERSION_SQL) or 0)
 
@@ -348,7 +371,8 @@ async def _insert_journal_rows(conn: Any, rows: Sequence[tuple[Any, ...]]) -> No
     )
 
 
-Recovered = tuple[str, dict[str, Any], tuple[Any, ...]]  # link, reversal advice, journal row
+# link, reversal advice (None: an offline advice, never reversed), journal row
+Recovered = tuple[str, dict[str, Any] | None, tuple[Any, ...]]
 
 
 async def _recover_write_ahead(conn: Any, recover: Callable[[Any], Recovered]) -> list[Any]:
@@ -362,10 +386,11 @@ async def _recover_write_ahead(conn: Any, recover: Callable[[Any], Recovered]) -
         lost = list(await conn.fetch(_RECOVER_SQL))
         if lost:
             made = [recover(row) for row in lost]
-            await conn.executemany(
-                "INSERT INTO switch_saf (link, message, reason) VALUES ($1, $2::jsonb, $3)",
-                [(link, json.dumps(advice), str(advice.get("39", ""))) for link, advice, _ in made],
-            )
+            saf = [(link, json.dumps(a), str(a.get("39", ""))) for link, a, _ in made if a is not None]
+            if saf:
+                await conn.executemany(
+                    "INSERT INTO switch_saf (link, message, reason) VALUES ($1, $2::jsonb, $3)", saf
+                )
             await _insert_journal_rows(conn, [row for _, _, row in made])
     return lost
 
@@ -477,6 +502,9 @@ class Store:
 
     async def catalog_version(self) -> int:
         return await self.pool.run(_catalog_version)
+
+    async def floor_limits(self) -> list[tuple[str, int, int]]:
+        return await self.pool.run(_floor_limits)
 
     async def terminal_states(self, terminal_ids: list[str]) -> dict[tuple[str, str], bool]:
         return await self.pool.run(_terminal_states, terminal_ids)
