@@ -15,6 +15,11 @@ Normalisation into :class:`settlement.reconcile.Record`:
   it went upstream (the switch queued a reversal advice); an inbound acquirer's reversal answered 00 is
   ``unknown`` (the switch journals no upstream fields for it, so whether it went on is not recorded);
   anything else ``declined <code>``;
+- an offline advice (kind ``offline``, a PURCHASE in the file) that went upstream answered 00 or 98 is
+  ``advice``: the terminal repeats an advice until answered and the batch upload may send one too, each
+  copy its own RRN, and the host posts the sale once by its natural key, under the RRN of the copy it
+  posted; so a copy pairs with the posting of its RRN if there is one and is never an exception itself
+  (a posting no copy names is still ``posted, not in journal``);
 - rows a ``margin`` either side of the window are marked ``edge``: a request posted just before the
   cut-over is journaled just after it.
 """
@@ -25,7 +30,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from settlement.reconcile import APPROVED, TIMED_OUT, UNKNOWN, Record
+from settlement.reconcile import ADVICE, APPROVED, TIMED_OUT, UNKNOWN, Record
 
 TABLE = "switch_journal"
 
@@ -37,6 +42,9 @@ TYPES = {
     "void": "VOID",
     "top-up": "TOPUP",
     "reversal": "REVERSAL",
+    # an offline advice (also one the batch upload posted): the host's transfer code 'offline', in the
+    # clearing file as a PURCHASE (host migration 0027)
+    "offline": "PURCHASE",
 }
 
 JOURNAL_SQL = f"""
@@ -76,7 +84,9 @@ def normalise(row: Any, start: datetime, end: datetime) -> Record | None:
     code = row["response_code"]
     forwarded = row["link"] is not None and row["link_stan"] is not None
     inbound = str(row["channel"]).startswith("h2h")
-    if code == "00":
+    if row["txn_type"] == "offline" and forwarded and code in ("00", "98"):
+        status = ADVICE  # one of the sale's copies: the host's natural key posted at most one of them
+    elif code == "00":
         if forwarded:
             status = APPROVED
         elif kind == "REVERSAL" and inbound:

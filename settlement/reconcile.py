@@ -66,6 +66,10 @@ APPROVED = "approved"
 POSTED = "posted"
 TIMED_OUT = "timed_out"  # the switch answered 98 after sending it upstream and queued a reversal advice
 UNKNOWN = "unknown"  # approved, but the journal does not say whether it went upstream: compared if posted
+# One copy of an offline advice sent upstream (00 or 98): the host posts the sale once by its natural key
+# (DE42, DE41, POS batch, terminal STAN), under the RRN of the copy it took; a copy pairs with the posting
+# of its RRN when there is one, and is never an exception by itself (settlement/journal_source.py).
+ADVICE = "advice"
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +208,12 @@ class Reconciler:
             self.journal_seen += 1
         key = j.switch_key
         lr = self._take(key, j.stan)
+        if j.status == ADVICE:
+            if lr is not None:
+                diff = _differences(j, lr, compare_sign=False)
+                if diff is not None:
+                    self._add(diff[0], j, lr, self._file(lr), f"journal vs ledger: {diff[1]}")
+            return
         if j.status == TIMED_OUT:
             reversal = None
             if key is not None and lr is not None:
