@@ -4,6 +4,7 @@ DE48 and the offline advice, built byte for byte; hypothesis round trips for the
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -207,3 +208,17 @@ def test_h2h_offline_advice_byte_for_byte() -> None:
     assert up["60"] == "36000001000/0000010007901124"
     assert classify_h2h(up["t"], up["3"], up["25"]) is TxnType.OFFLINE_SALE
     assert is_offline_advice(up["t"], up["3"], up["60"])
+
+
+def test_the_readme_shows_these_frames() -> None:
+    """specs/README.md, "Offline sales", prints exactly the frames built above."""
+    readme = (Path(__file__).parents[2] / "specs" / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Offline sales (issue 19)") :]
+    advice = "0070" "6000010000" "603100000000" + ADVICE_BODY
+    for frame in (
+        SIGN_ON_FRAME,
+        advice + ADVICE_MACS["3des"].encode().hex().upper(),
+        advice + ADVICE_MACS["sm4"].encode().hex().upper(),
+        H2H_FRAME,
+    ):
+        assert f"`{frame}`" in section
