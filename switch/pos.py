@@ -34,6 +34,7 @@ from specs.catalogue import (
     OFFLINE_TYPE_CODE,
     BatchTotals,
     De61,
+    UploadRecord,
     parse_batch_totals,
     parse_upload_de48,
     unhandled_code,
@@ -42,6 +43,7 @@ from specs.codec import codec_for
 from specs.errors import DecodeError
 from specs.framing import REQUIREMENT_NONE, REQUIREMENT_SIGN_ON, response_header, swap_tpdu
 from switch import metrics
+from switch import upload as batch_upload
 from switch.floor import FloorTable
 from switch.hsm import HsmRefused, HsmUnavailable, SwitchHsm, WorkingKey
 from switch.journal import JournalWriter
@@ -53,6 +55,7 @@ from switch.mapping import (
     carries_chip,
     chip_answer,
     de60,
+    local_time,
     local_time_of,
     pan_of,
     parse_de60,
@@ -966,6 +969,9 @@ class PosService:
         return Reply(answer)
 
     async def _upload(self, msg: Message) -> Reply:
+        """A 0320: each record judged and, where the switch can justify it, posted as an advice; the
+        0330's DE48 says which per record, and at the end (60.3 202) the upload's counts
+        (switch/upload.py; specs/README.md, "Batch upload")."""
         terminal, refusal = await self._terminal(msg)
         if terminal is None:
             assert refusal is not None
@@ -974,41 +980,230 @@ class PosService:
             return Reply(pos_response(msg, code="A0"), resign=True)
         de60_value = parse_de60(msg.get("60"))
         de48 = str(msg.get("48", ""))
-        if de48:
-            try:
-                terminal.upload.extend(parse_upload_de48(de48))
-            except ValueError:
-                return Reply(pos_response(msg, code="30"))
-        if de60_value.network_code == "202":
-            async with terminal.lock:
-                missing, differing = self._reconcile(terminal)
-                batch = terminal.batch_no
-                summary = f"upload records={len(terminal.upload)} missing={missing} differing={differing}"
-                log.info(
-                    "batch upload reconciled",
-                    terminal=terminal.terminal_id,
-                    batch=batch,
-                    missing=missing,
-                    differing=differing,
-                )
-                next_batch = await self.store.close_batch(
-                    terminal.terminal_id, terminal.merchant_id, batch, 2, summary
-                )
-                terminal.new_batch(next_batch)
+        try:
+            records = parse_upload_de48(de48) if de48 else []
+        except ValueError:
+            return Reply(pos_response(msg, code="30"))
+        final = de60_value.network_code == "202"
+        counts: batch_upload.Counts | None = None
+        async with terminal.lock:
+            if de60_value.batch_no != terminal.batch_no:
+                # The same upload again after its batch closed: answered from what it came to, nothing
+                # posted (a lost 0330 makes a terminal send it again); an unknown batch is 77.
+                replayed = await self._upload_replay(terminal, de60_value.batch_no, records)
+                if replayed is None:
+                    return Reply(pos_response(msg, code="77"), resign=True)
+                results, counts = replayed
+                if not final:
+                    counts = None
+            else:
+                results = await self._reconcile(terminal, records)
+                if final:
+                    counts = await self._close_upload(terminal)
         answer = pos_response(msg, code="00", acquirer_id=self.acquirer_id)
+        answer["48"] = batch_upload.answer_de48(results, counts)
         answer["60"] = de60("00", terminal.batch_no, de60_value.network_code)
         return Reply(answer)
 
-    def _reconcile(self, terminal: Terminal) -> tuple[int, int]:
-        """(records the journal does not have, records whose amount differs)."""
-        missing = differing = 0
-        for record in terminal.upload:
-            entry = terminal.find_original(record.stan)
-            if entry is None or entry.code != "00":
-                missing += 1
-            elif entry.amount != record.amount:
-                differing += 1
-        return missing, differing
+    def _upload_entry(self, terminal: Terminal, stan: str) -> Entry | None:
+        """The journal's request for an uploaded STAN: the sale's approved offline advice first (it may
+        share its STAN with an online attempt that timed out), else the batch's financial request."""
+        advice = terminal.entries.get(("0220", stan))
+        if advice is not None and advice.code == "00" and advice.kind == "offline":
+            return advice
+        return terminal.find_original(stan)
+
+    async def _reconcile(self, terminal: Terminal, records: list[UploadRecord]) -> list[batch_upload.Result]:
+        """Judge (and post) the records of one 0320 under the terminal's lock; every outcome is kept."""
+        run = self.store.pool.run
+        tid, mid, batch = terminal.terminal_id, terminal.merchant_id, terminal.batch_no
+        posted = await run(batch_upload.posted_stans, tid, mid, batch)
+        seen = {r.stan for r in terminal.upload}
+        results: list[batch_upload.Result] = []
+        rows: list[tuple[Any, ...]] = []
+        for record in records:
+            entry = self._upload_entry(terminal, record.stan)
+            repeated, before = record.stan in seen, record.stan in posted
+            seen.add(record.stan)
+            floor: int | None = None
+            if entry is None and not (repeated or before):
+                floor = await run(batch_upload.floor_limit, record.pan)
+            undone = False
+            de90 = batch_upload.reversal_de90(entry) if entry is not None and entry.code == "98" else None
+            if entry is not None and entry.link and de90 is not None:
+                undone = await run(batch_upload.reversal_done, entry.link, de90)
+            verdict = batch_upload.judge(
+                record,
+                entry,
+                repeated=repeated,
+                posted_before=before,
+                floor_limit=floor,
+                reversal_done=undone,
+            )
+            sent: tuple[str | None, str | None, str | None] = (None, None, None)
+            if verdict.advice:
+                verdict, sent = await self._post_record(terminal, record, entry, verdict)
+            results.append(verdict.result)
+            rows.append(
+                (
+                    tid,
+                    mid,
+                    batch,
+                    record.stan,
+                    mask_pan(record.pan) if record.pan else None,
+                    record.amount,
+                    verdict.result.value,
+                    verdict.detail,
+                    *sent,
+                )
+            )
+            log.info(
+                "batch upload record",
+                terminal=tid,
+                batch=batch,
+                stan=record.stan,
+                result=verdict.result.value,
+                detail=verdict.detail,
+            )
+        terminal.upload.extend(records)
+        await run(batch_upload.save_results, rows)
+        return results
+
+    async def _post_record(
+        self, terminal: Terminal, record: UploadRecord, entry: Entry | None, verdict: batch_upload.Verdict
+    ) -> tuple[batch_upload.Verdict, tuple[str | None, str | None, str | None]]:
+        """Send an uploaded record upstream as an offline advice; what the host made of it. Never
+        reversed (an advice is repeated, not reversed): unanswered, it is reported and a later upload
+        may send it again, where the host's natural key posts it at most once."""
+        started = trio.current_time()
+        link = self.upstream.route(record.pan) if record.pan else None
+        if link is None or not link.up:
+            return batch_upload.Verdict(batch_upload.Result.NOT_POSTED, "no_route"), (None, None, None)
+        link_stan = link.next_stan()
+        now = time.time()
+        sale = local_time_of(entry.link_de7) if entry is not None and entry.link_de7 else None
+        request = batch_upload.upload_advice(
+            record,
+            terminal_id=terminal.terminal_id,
+            merchant_id=terminal.merchant_id,
+            batch=terminal.batch_no,
+            stan=link_stan,
+            de7=transmission_time(now),
+            local=sale or local_time(now),
+            rrn_value=rrn(link_stan, now),
+            acquirer_id=self.acquirer_id,
+            mcc=terminal.record.mcc,
+            merchant_name=terminal.record.merchant_name,
+        )
+        sent = (link.name, str(request["11"]), str(request["7"]))
+        outcome = await self.upstream.send(link, request, reverse_on_timeout=False)
+        answer = outcome.answer
+        if answer is None:
+            return batch_upload.Verdict(batch_upload.Result.NOT_POSTED, "advice_unanswered"), sent
+        code = str(answer.get("39", ""))
+        if code != "00":
+            return batch_upload.Verdict(batch_upload.Result.NOT_POSTED, "host_declined"), sent
+        key = batch_upload.advice_key(
+            terminal.merchant_id, terminal.terminal_id, terminal.batch_no, record.stan
+        )
+        if not await self.store.pool.run(batch_upload.posted_by, key, sent[2], sent[1]):
+            return batch_upload.Verdict(batch_upload.Result.DUPLICATE, "host_had_it"), sent
+        # Journaled as the offline advice it is (kind "offline"), so settlement pairs it with the host's
+        # posting; its key is its own (not the terminal's 0220 key, which its own advice may still use).
+        pos_msg: Message = {
+            "t": "0220",
+            "3": "000000",
+            "4": f"{record.amount:012d}",
+            "11": record.stan,
+            "25": "00",
+            "41": terminal.terminal_id,
+            "42": terminal.merchant_id,
+            "49": "156",
+            "60": de60(OFFLINE_TYPE_CODE, terminal.batch_no, "000"),
+        }
+        posted = Entry(
+            mti="0220",
+            stan=record.stan,
+            kind="offline",
+            amount=record.amount,
+            pan_masked=mask_pan(record.pan),
+        )
+        posted.link, posted.link_mti, posted.link_stan = link.name, "0220", sent[1]
+        posted.link_de7, posted.link_de32 = sent[2], str(request["32"])
+        reply = Reply(
+            pos_response(
+                pos_msg,
+                code="00",
+                rrn_value=str(request["37"]),
+                auth_id=str(answer.get("38", "")).strip() or None,
+                acquirer_id=self.acquirer_id,
+            ),
+            reason="batch_upload",
+        )
+        posted.finish("00", replayable(reply.message))
+        timing = Timing(started, host=outcome.host_seconds)
+        await self._journal(terminal, pos_msg, posted, reply, timing, request, keep=False).wait()
+        return verdict, sent
+
+    async def _close_upload(self, terminal: Terminal) -> batch_upload.Counts:
+        """The end of an upload (60.3 202): the journal's approvals the terminal did not upload are
+        reported, the batch closes with the upload's counts."""
+        tid, mid, batch = terminal.terminal_id, terminal.merchant_id, terminal.batch_no
+        uploaded = {r.stan for r in terminal.upload}
+        lacking = batch_upload.terminal_lacks(terminal.entries.values(), uploaded)
+        rows = [
+            (
+                tid,
+                mid,
+                batch,
+                e.stan,
+                e.pan_masked,
+                e.amount,
+                batch_upload.Result.TERMINAL_LACKS.value,
+                "not_uploaded",
+                e.link,
+                e.link_stan,
+                e.link_de7,
+            )
+            for e in lacking
+        ]
+        await self.store.pool.run(batch_upload.save_results, rows)
+        stored = await self.store.pool.run(batch_upload.batch_results, tid, batch)
+        counts = batch_upload.Counts.of(
+            batch_upload.Result(r["result"]) for r in stored if r["merchant_id"] == mid
+        )
+        log.info("batch upload reconciled", terminal=tid, batch=batch, counts=str(counts))
+        next_batch = await self.store.close_batch(tid, mid, batch, 2, f"upload {counts}")
+        terminal.new_batch(next_batch)
+        return counts
+
+    async def _upload_replay(
+        self, terminal: Terminal, batch: int, records: list[UploadRecord]
+    ) -> tuple[list[batch_upload.Result], batch_upload.Counts] | None:
+        """The answer to an upload of a batch already closed, from its stored outcomes (a record it
+        posted is a duplicate now); None when that batch has none."""
+        stored = [
+            r
+            for r in await self.store.pool.run(batch_upload.batch_results, terminal.terminal_id, batch)
+            if r["merchant_id"] == terminal.merchant_id
+        ]
+        if not stored:
+            return None
+        first: dict[str, batch_upload.Result] = {}
+        for r in stored:
+            if r["result"] != batch_upload.Result.DUPLICATE:
+                first.setdefault(r["stan"], batch_upload.Result(r["result"]))
+        seen: set[str] = set()
+        results = []
+        for record in records:
+            was = first.get(record.stan, batch_upload.Result.NOT_POSTED)
+            again = record.stan in seen or was is batch_upload.Result.POSTED
+            results.append(batch_upload.Result.DUPLICATE if again else was)
+            seen.add(record.stan)
+        log.warning(
+            "upload of a closed batch answered from its results", terminal=terminal.terminal_id, batch=batch
+        )
+        return results, batch_upload.Counts.of(batch_upload.Result(r["result"]) for r in stored)
 
 
 def _dedup_key(terminal: Terminal, entry: Entry) -> str:
