@@ -58,6 +58,8 @@ class ProductSpec:
     chip_fallback: str = "decline"
     no_cvm_limit: int = 30_000
     no_cvm_cumulative_limit: int = 100_000
+    # Offline sales (issue 19, host.offline): the most a terminal approves offline, fen (0 = never).
+    offline_floor_limit: int = 0
 
 
 # The PBOC prepaid-card rules: an unnamed card holds at most 1,000 yuan, a named one 5,000 yuan.
@@ -137,6 +139,12 @@ async def add_product(conn: Any, spec: ProductSpec, bin_prefix: str, pan_length:
             )
             await _set_tiers(conn, pid, spec)
             await _set_chip(conn, pid, spec)
+            if spec.offline_floor_limit:  # own statement, as the chip options (host.offline)
+                await conn.execute(
+                    "UPDATE products SET offline_floor_limit = $2 WHERE id = $1",
+                    pid,
+                    spec.offline_floor_limit,
+                )
             if spec.form != "physical":
                 await conn.execute("UPDATE products SET form = $2 WHERE id = $1", pid, spec.form)
         except CatalogError:
@@ -709,6 +717,7 @@ PRODUCT_UPDATABLE = (
     "chip_fallback",
     "no_cvm_limit",
     "no_cvm_cumulative_limit",
+    "offline_floor_limit",  # offline sales (host.offline): the terminals learn it at sign-on
 )
 
 

@@ -119,6 +119,10 @@ async def _new_imk(crypto: IssuerCrypto, chip: str) -> tuple[str, str]:
 @_tier_options(adding=True)
 @_chip_options(adding=True)
 @click.option(
+    "--offline-floor-limit", type=AMOUNT_OR_ZERO, default="0", show_default=True,
+    help="Most a terminal approves offline for a card of the product, in yuan (0: never offline).",
+)
+@click.option(
     "--form",
     type=click.Choice(["physical", "virtual"]),
     default="physical",
@@ -155,6 +159,7 @@ def product_add(
     chip_fallback: str = "decline",
     no_cvm_limit: int = 30_000,
     no_cvm_cumulative_limit: int = 100_000,
+    offline_floor_limit: int = 0,
 ) -> None:
     """Add a card product with its BIN range."""
     if kind == "usage_limited" and uses is None:
@@ -188,6 +193,7 @@ def product_add(
         chip_fallback=chip_fallback,
         no_cvm_limit=no_cvm_limit,
         no_cvm_cumulative_limit=no_cvm_cumulative_limit,
+        offline_floor_limit=offline_floor_limit,
     )
 
     async def work(pool: PgPool) -> int:
@@ -312,6 +318,10 @@ def product_show(app: AppContext, code: str) -> None:
 @_tier_options(adding=False)
 @_chip_options(adding=False)
 @click.option(
+    "--offline-floor-limit", type=AMOUNT_OR_ZERO, default=None,
+    help="Most a terminal approves offline for a card of the product, in yuan (0: never offline).",
+)
+@click.option(
     "--form", type=click.Choice(["physical", "virtual"]), default=None, help="For cards issued from now on."
 )
 @pass_app
@@ -338,6 +348,7 @@ def product_update(
     chip_fallback: str | None = None,
     no_cvm_limit: int | None = None,
     no_cvm_cumulative_limit: int | None = None,
+    offline_floor_limit: int | None = None,
 ) -> None:
     """Change a product's limits or restrictions; a running host applies them from its next request."""
     if mccs and any_mcc:
@@ -365,6 +376,7 @@ def product_update(
             ("chip_fallback", chip_fallback),
             ("no_cvm_limit", no_cvm_limit),
             ("no_cvm_cumulative_limit", no_cvm_cumulative_limit),
+            ("offline_floor_limit", offline_floor_limit),
         )
         if v is not None
     }
@@ -392,7 +404,7 @@ def product_update(
 
     def shown(k: str, v: Any) -> str:
         if k in ("max_balance", "per_txn_limit", "daily_amount_limit", "no_cvm_limit",
-                 "no_cvm_cumulative_limit", *catalog.TIER_COLUMNS) and v:
+                 "no_cvm_cumulative_limit", "offline_floor_limit", *catalog.TIER_COLUMNS) and v:
             return format_money(v, r["currency"])
         if isinstance(v, list):
             return ",".join(v) or "any"
@@ -430,15 +442,20 @@ def _chip_line(r: dict[str, Any]) -> str:
 def product_chip_key(app: AppContext, code: str, components: tuple[str, ...], count: int) -> None:
     """Form the product's IMK-AC (the issuer key of its chips' cryptograms) in the HSM from clear
     components held by custodians, replacing the one it had; prints only the key's check value."""
+
+    async def chip_of(pool: PgPool) -> str:  # said before any custodian types a component
+        chip: str = (await pool.run(catalog.product, code))["chip"]
+        if chip == "none":
+            raise CatalogError(f"product {code} has no chip: give it one first (product update --chip)")
+        return chip
+
+    chip = _run(app, chip_of)
     given = list(components) if components else _clear_components("IMK-AC", count)
     if len(given) < 2:
         raise click.ClickException("give at least two --component (one per custodian)")
     _check_components("IMK-AC", given)
 
     async def work(pool: PgPool, crypto: IssuerCrypto) -> tuple[str, str]:
-        chip = (await pool.run(catalog.product, code))["chip"]
-        if chip == "none":
-            raise CatalogError(f"product {code} has no chip: give it one first (product update --chip)")
         from hsm_sim.client import HsmCommandError
 
         try:
@@ -448,7 +465,9 @@ def product_chip_key(app: AppContext, code: str, components: tuple[str, ...], co
                 key = await crypto.hsm.form_key(catalog.IMK_AC_TYPE, given, "U")
         except HsmCommandError as exc:
             raise CatalogError(f"the HSM refused the IMK-AC ({exc.code}: parity or format)") from None
-        await pool.run(catalog.set_chip_key, code, key.under_lmk, key.check_value)
+        # set_chip_key checks under the row lock that the chip is still the one the key was formed for
+        if await pool.run(catalog.set_chip_key, code, key.under_lmk, key.check_value) != chip:
+            raise CatalogError(f"product {code}: its chip changed meanwhile; form the key again")
         return chip, key.check_value
 
     chip, cv = _run(app, work, hsm=True)

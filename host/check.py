@@ -50,6 +50,10 @@ All run in one REPEATABLE READ snapshot, so the check can run while the host is 
 - ``pin_change_moves_nothing``: a PIN change at a terminal (``pin_change``, specs/README.md) has no
   amount, is never posted, and no transfer carries its key or names it as an original (its reversal
   undoes nothing); an approved one names its card.
+- ``offline_receivables``: every card's offline receivable (host.offline) is its own card's, touched
+  only by that card's shortfalls (with an approved, posted offline advice, at most its amount) and
+  repayments (with an approved, posted top-up or load, at most its amount), and never below zero; the
+  cards owing one are listed after the checks (``receivables``: card id, masked PAN, yuan).
 - ``payment_code_paid_once``: every used payment code (host.payment_codes) was used by one approved,
   posted purchase or pre-auth of its own card (its used_key is that request's key; a unique index
   makes it one), within the code's cap and before it expired (used_at, the batch's time, before
@@ -106,13 +110,13 @@ CHECKS: dict[str, str] = {
         SELECT r.key FROM auth_requests r LEFT JOIN n ON n.key = r.key
         WHERE (r.response_code = '00' AND r.txn IN ('purchase', 'topup', 'void', 'refund', 'preauth',
                                                     'preauth_void', 'completion', 'admin_load',
-                                                    'admin_unload', 'forfeit')
+                                                    'admin_unload', 'forfeit', 'offline')
                AND (NOT r.posted OR coalesce(n.transfers, 0) <> 1))
            OR (r.posted AND (r.response_code <> '00' OR coalesce(n.transfers, 0) <> 1))
            OR (NOT r.posted AND coalesce(n.transfers, 0) <> 0)
         UNION
         SELECT t.key FROM transfers t LEFT JOIN auth_requests r ON r.key = t.key
-        WHERE t.code NOT IN ('expiry', 'settlement', 'cash_out_payout')
+        WHERE t.code NOT IN ('expiry', 'settlement', 'cash_out_payout', 'offline_shortfall', 'offline_repay')
           AND (r.key IS NULL OR NOT r.posted OR r.response_code <> '00')
         ORDER BY 1 LIMIT 1000""",
     "settlement_backed_by_run": """
@@ -258,6 +262,35 @@ CHECKS: dict[str, str] = {
                OR r.txn NOT IN ('purchase', 'preauth') OR r.amount > coalesce(pc.max_amount, r.amount)
                OR pc.used_at >= pc.expires_at)
         ORDER BY pc.id LIMIT 1000""",
+    # Offline advices (host.offline, migration 0027). A receivable (kind offline_receivable) belongs to
+    # one card, which names it; only that card's shortfalls (debits) and repayments (credits) touch it;
+    # a shortfall goes with an approved, posted offline advice of its card and is at most the sale (one
+    # per advice); a repayment goes with an approved, posted top-up or load of its card and is at most
+    # the load; and what is owed (debits minus credits, = shortfalls minus repayments since
+    # accounts_match_entries holds) is never below zero, nothing pending.
+    "offline_receivables": """
+        SELECT 'account:' || a.id FROM accounts a LEFT JOIN cards c ON c.id = a.card_id
+        WHERE a.kind = 'offline_receivable'
+          AND (c.id IS NULL OR c.offline_receivable_id IS DISTINCT FROM a.id
+               OR a.credits_posted > a.debits_posted OR a.debits_pending <> 0 OR a.credits_pending <> 0)
+        UNION
+        SELECT t.key FROM transfers t
+        JOIN accounts a ON a.id IN (t.debit_account_id, t.credit_account_id) AND a.kind = 'offline_receivable'
+        LEFT JOIN cards c ON c.id = t.card_id
+        LEFT JOIN auth_requests r ON r.key = t.original_key
+        WHERE NOT (
+            (t.code = 'offline_shortfall' AND t.debit_account_id = a.id AND t.credit_account_id = c.account_id
+             AND r.txn = 'offline' AND r.amount >= t.amount)
+            OR (t.code = 'offline_repay' AND t.credit_account_id = a.id AND t.debit_account_id = c.account_id
+                AND r.txn IN ('topup', 'admin_load') AND r.amount >= t.amount))
+           OR a.card_id <> t.card_id OR t.phase <> 'single' OR r.key IS NULL OR r.response_code <> '00'
+           OR NOT r.posted OR r.card_id IS DISTINCT FROM t.card_id
+        UNION
+        SELECT t.key FROM transfers t LEFT JOIN accounts d ON d.id = t.debit_account_id
+        LEFT JOIN accounts c ON c.id = t.credit_account_id
+        WHERE t.code IN ('offline_shortfall', 'offline_repay')
+          AND NOT (d.kind = 'offline_receivable' OR c.kind = 'offline_receivable')
+        ORDER BY 1 LIMIT 1000""",
 }
 
 
@@ -278,6 +311,30 @@ async def run_checks(conn: Any) -> list[CheckResult]:
             rows = await conn.fetch(sql)
             results.append(CheckResult(name, [str(r[0]) for r in rows]))
     return results
+
+
+@dataclass(frozen=True)
+class Receivable:
+    """A card owing offline sales (host.offline): `ledger check` names each one."""
+
+    card_id: int
+    pan_masked: str
+    owed: int  # minor units (fen)
+
+    def line(self) -> str:
+        owed = f"{self.owed // 100}.{self.owed % 100:02d}"
+        return f"offline receivable: card {self.card_id} {self.pan_masked} owes {owed} yuan"
+
+
+async def receivables(conn: Any) -> list[Receivable]:
+    """The cards whose offline receivable is outstanding, most owed first."""
+    rows = await conn.fetch(
+        """SELECT c.id, c.pan_masked, a.debits_posted - a.credits_posted AS owed
+           FROM accounts a JOIN cards c ON c.id = a.card_id
+           WHERE a.kind = 'offline_receivable' AND a.debits_posted > a.credits_posted
+           ORDER BY owed DESC, c.id"""
+    )
+    return [Receivable(r["id"], r["pan_masked"], r["owed"]) for r in rows]
 
 
 async def counts(conn: Any) -> dict[str, int]:

@@ -339,16 +339,20 @@ def ledger() -> None:
 @pass_app
 def ledger_check(app: AppContext) -> None:
     """Check the ledger's invariants; exit 1 naming the offending ids if any fails."""
-    from host.check import counts, run_checks
+    from host.check import counts, receivables, run_checks
 
-    async def work(pool: PgPool) -> tuple[list[Any], dict[str, int]]:
-        return await pool.run(run_checks), await pool.run(counts)
+    async def work(pool: PgPool) -> tuple[list[Any], dict[str, int], list[Any]]:
+        return await pool.run(run_checks), await pool.run(counts), await pool.run(receivables)
 
-    results, sizes = _run(app, work)
+    results, sizes, owing = _run(app, work)
     data = {
         "ok": all(r.ok for r in results),
         "counts": sizes,
         "checks": {r.name: {"ok": r.ok, "offenders": r.offenders} for r in results},
+        # cards owing offline sales (host.offline): named, not a failure
+        "offline_receivables": [
+            {"card_id": o.card_id, "pan_masked": o.pan_masked, "owed": o.owed} for o in owing
+        ],
     }
     lines = [
         f"{'OK    ' if r.ok else 'FAILED'} {r.name}"
@@ -356,6 +360,7 @@ def ledger_check(app: AppContext) -> None:
         for r in results
     ]
     lines.append(", ".join(f"{v} {k}" for k, v in sizes.items()))
+    lines += [o.line() for o in owing]  # cards owing offline sales (host.offline), named
     if app.json_output:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
     else:

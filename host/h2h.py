@@ -9,6 +9,8 @@ How the host reads a request (h2h-dialect.md, and switch.mapping for what the sw
 - voids and refunds name the original by its RRN in DE102 (the switch copies the POS DE37 there);
   completions and pre-auth voids by DE102 when present, else the card's latest pre-auth still on hold
   (from the same terminal when there is one);
+- offline advices (0220 000000 00 with 60.1 ``36`` in DE60) are keyed by their natural key, not DE7/DE11
+  (host.offline: DE42, DE41 and the sale's POS batch and STAN from the POS DE61 after the "/" in DE60);
 - reversals (0400/0420/0421) name the original by DE90 (MTI, STAN, DE7, acquirer) and the reversal's
   own DE41; DE95 (first 12 digits) is the actual amount of a partial reversal;
 - from the programme's own HTTP API (DE32 = ``api.institution_id``, which only the switch's MAC'd ``api``
@@ -25,7 +27,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from host import chip
+from host import chip, offline
 from host.model import Decision, Pin, Request, Txn, normalise_mti, request_key
 from host.payment_codes import is_code_entry
 from specs.catalogue import TxnType, UnknownTransaction, classify_h2h, response_mti
@@ -41,10 +43,12 @@ TXN = {
     TxnType.PRE_AUTH_COMPLETION: Txn.COMPLETION,
     TxnType.REVERSAL: Txn.REVERSAL,
     TxnType.PIN_CHANGE: Txn.PIN_CHANGE,
+    TxnType.OFFLINE_SALE: Txn.OFFLINE,
 }
 NETWORK = {TxnType.SIGN_ON, TxnType.SIGN_OFF, TxnType.ECHO, TxnType.KEY_CHANGE}
-# Whose DE48 is not chip data: a PIN change's new PIN block; reversals carry no cryptogram to check.
-NO_CHIP_DATA = frozenset({Txn.PIN_CHANGE, Txn.REVERSAL})
+# Whose DE48 is not chip data: a PIN change's new PIN block; reversals and offline advices carry no
+# cryptogram to check (an advice's TC is the terminal's record of an approval already given).
+NO_CHIP_DATA = frozenset({Txn.PIN_CHANGE, Txn.REVERSAL, Txn.OFFLINE})
 
 # Echoed from request to response: the matching keys (7, 11, 32, 41) and what names the transaction.
 # Not the PAN, tracks or terminal-side data: the peer keeps its request and needs none of them back.
@@ -135,6 +139,8 @@ def parse(msg: dict[str, Any], programme_id: str | None = None) -> Parsed:
         pin=Pin.NONE,
         original_rrn=(str(msg["102"]).strip() or None) if "102" in msg else None,
     )
+    if txn is Txn.OFFLINE and (refusal := offline.parse_advice(msg, req)) is not None:
+        raise BadRequest(*refusal)  # its natural key and the terminal's approval code, else 30 / 12
     req.entry_mode = str(msg.get("22", ""))
     if txn not in NO_CHIP_DATA:  # 05x/07x: DE48 is the terminal's DE55 as hex (host.chip)
         try:
@@ -151,6 +157,8 @@ def parse(msg: dict[str, Any], programme_id: str | None = None) -> Parsed:
             raise BadRequest("30", "DE90 missing")
         req.original_mti = normalise_mti(de90[0:4])
         req.original_key = request_key(de90[20:31], de90[10:20], de90[4:10], terminal, de90[0:4])
+        if offline.reverses_advice(req.original_mti, msg.get("3"), msg.get("25")):
+            req.original_key = None  # an advice is never reversed: answered 00, nothing undone (host.offline)
         de95 = msg.get("95")
         if isinstance(de95, str) and de95[:12].isdigit():
             req.actual_amount = int(de95[:12])

@@ -38,7 +38,7 @@ from typing import Any
 import asyncpg
 
 from host import chain as ledger_chain
-from host import chip, controls, events, kyc, payment_codes, rules
+from host import chip, controls, events, kyc, offline, payment_codes, rules
 from host.business_day import BusinessDay, utc_now
 from host.model import (
     FINANCIAL,
@@ -430,7 +430,7 @@ class Ledger:
                     ORDER BY received_at""",
                 [p[0] for p in rrn_pairs],
                 [p[1] for p in rrn_pairs],
-                [Txn.PURCHASE, Txn.COMPLETION, Txn.PREAUTH],
+                [Txn.PURCHASE, Txn.COMPLETION, Txn.PREAUTH, Txn.OFFLINE],
             )
         if hold_cards:
             rows += await conn.fetch(
@@ -564,6 +564,7 @@ class Ledger:
                 chip_fallback=c["chip_fallback"],
                 no_cvm_limit=c["no_cvm_limit"],
                 no_cvm_cumulative_limit=c["no_cvm_cumulative_limit"],
+                offline_floor_limit=c["offline_floor_limit"],
             )
             b.cards[c["id"]] = CardState(
                 c["id"],
@@ -587,7 +588,9 @@ class Ledger:
                 no_cvm_amount=c["no_cvm_amount"],
                 no_cvm_count=c["no_cvm_count"],
                 last_atc=c["last_atc"],
+                receivable_id=c["offline_receivable_id"],
             )
+        await offline.load_dues(conn, b.cards.values())  # only cards owing offline sales: rare
 
     # -- deciding -------------------------------------------------------------------------------
     async def _decide(self, conn: Any, b: _Batch, r: Request, merchant: Merchant | None) -> Decision:
@@ -659,7 +662,7 @@ class Ledger:
             return held[-1] if held else (mine[-1] if mine else None)
         wanted = {
             Txn.VOID: (Txn.PURCHASE, Txn.COMPLETION),
-            Txn.REFUND: (Txn.PURCHASE, Txn.COMPLETION),
+            Txn.REFUND: (Txn.PURCHASE, Txn.COMPLETION, Txn.OFFLINE),  # an offline sale is refundable
             Txn.COMPLETION: (Txn.PREAUTH,),
             Txn.PREAUTH_VOID: (Txn.PREAUTH,),
         }[r.txn]
@@ -681,6 +684,8 @@ class Ledger:
             return await self._money_out(conn, b, r, card)
         if r.txn is Txn.REPLACEMENT:
             return self._replace(b, r, card)
+        if r.txn is Txn.OFFLINE:  # the sale happened: no state rule but its own, no limits (host.offline)
+            return await offline.post_advice(self, conn, b, r, card, merchant)
         reason = rules.check_card(card, r, b.today)
         if reason is None and (r.chip is not None or card.product.chip != "none"):
             reason = chip.check(card, r)  # cryptogram, ATC, fallback (host.chip)
@@ -702,11 +707,14 @@ class Ledger:
             if macct is None:
                 return _declined("merchant_account_missing")
             if r.txn is Txn.TOPUP:
-                reason = rules.check_topup(card, r.amount)
+                # what repays offline sales owed (host.offline) does not stay on the card
+                reason = rules.check_topup(card, r.amount - offline.repayable(card, r.amount))
                 if reason is not None:
                     return _declined(reason)
+                offline.repay(self, b, r, card)
                 return self._post(b, r, macct, card.account_id, card, "single", Txn.TOPUP)
             reason = rules.check_merchant_allowed(card, merchant)
+            reason = reason or offline.due_reason(card)
             reason = reason or rules.check_limits(card, r.amount, b.today)
             reason = reason or controls.check(
                 card, merchant.group_code, r.amount, b.today, b.now, self.business_day.timezone
@@ -726,10 +734,12 @@ class Ledger:
         if r.txn is Txn.ADMIN_LOAD:
             # a gift card's one load is its face value, at activation; after that it is not reloadable
             first_gift_load = card.product.kind == "fixed_amount" and card.credits_posted == 0
-            reason = None if first_gift_load else rules.check_topup(card, r.amount)
+            kept = r.amount - offline.repayable(card, r.amount)  # the rest repays offline sales owed
+            reason = None if first_gift_load else rules.check_topup(card, kept)
             if reason is not None:
                 return _declined(reason)
             funding = await self._funding_account(conn, card.product.currency, card.part)
+            offline.repay(self, b, r, card)
             return self._post(b, r, funding, card.account_id, card, "single", Txn.ADMIN_LOAD)
         if original is None:
             return _declined("original_not_found")
@@ -979,6 +989,28 @@ class Ledger:
                 self._move(b, card, credit_id, 3, value)
         b.transfers.append(t)
         return Decision(Rc.APPROVED, _auth_id(), posted=True)
+
+    def _leg(
+        self,
+        b: _Batch,
+        key: str,
+        debit: int | CardState,
+        credit: int | CardState,
+        card: CardState,
+        amount: int,
+        code: str,
+        original_key: str,
+    ) -> None:
+        """A single-phase transfer that goes with a request's own (host.offline: an advice's shortfall,
+        a load's repayment), under a key of its own naming the request's in original_key."""
+        debit_id = debit.account_id if isinstance(debit, CardState) else debit
+        credit_id = credit.account_id if isinstance(credit, CardState) else credit
+        b.transfers.append(
+            TransferRow(key, debit_id, credit_id, amount, "single", code, card.card_id, card.product.currency,
+                        original_key=original_key)
+        )
+        self._move(b, card, debit_id, 1, amount)
+        self._move(b, card, credit_id, 3, amount)
 
     def _move(self, b: _Batch, card: CardState, account: int, column: int, value: int) -> None:
         b.deltas.setdefault(account, [0, 0, 0, 0])[column] += value
@@ -1268,6 +1300,7 @@ SELECT
      FROM auth_requests q WHERE q.key = ANY($1::text[])) AS answered,
     (SELECT coalesce(json_agg(l), '[]') FROM (
         SELECT c.id, c.account_id, c.state, c.expiry, c.part, c.uses_left, c.pin_tries, c.pan_masked,
+               c.offline_receivable_id, p.offline_floor_limit,
                a.day, a.day_amount,
                a.day_count, a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted,
                p.id AS product_id, p.code, p.kind, p.currency, p.max_balance, p.per_txn_limit,

@@ -31,6 +31,7 @@ class Txn(StrEnum):
     FORFEIT = "forfeit"  # `payswitch card close --forfeit`: card -> breakage income, card closed
     REPLACEMENT = "replacement"  # `payswitch card replace`: old card -> new card (host.replace)
     PIN_CHANGE = "pin_change"  # at a terminal (specs/README.md "PIN change"): no money moves
+    OFFLINE = "offline"  # an offline sale's advice (host.offline): posted even beyond the balance
 
 
 # Transactions that must create exactly one transfer when approved.
@@ -46,6 +47,7 @@ FINANCIAL = frozenset(
         Txn.ADMIN_LOAD,
         Txn.ADMIN_UNLOAD,
         Txn.FORFEIT,
+        Txn.OFFLINE,
     }
 )
 
@@ -128,6 +130,8 @@ class Request:
     # 81x) that the API's client authenticated, so no PIN is asked (specs/README.md "API payments and loads").
     reference: str | None = None
     card_not_present: bool = False
+    # Txn.OFFLINE (host.offline): the terminal's own approval code (DE38), kept as the auth id.
+    offline_auth_id: str | None = None
     # Chip and contactless (host.chip): DE22 as it came; the chip data of a 05x/07x request (H2H DE48)
     # with the HSM's verdict on its ARQC; an approved request's flags (auth_flags: chip_fallback).
     entry_mode: str = ""
@@ -170,6 +174,7 @@ class Product:
     pin_required: bool
     allowed_mccs: tuple[str, ...] | None
     allowed_groups: tuple[str, ...] | None
+    offline_floor_limit: int = 0  # fen: the most a terminal approves offline (host.offline; 0 = never)
     # Chip (host.chip, host migration 0026): the chip's algorithm ('none', '3des', 'sm4'), a swipe or
     # keyed sale of its cards ('decline' or 'flag'), the contactless no-CVM limits (fen).
     chip: str = "none"
@@ -219,6 +224,10 @@ class CardState:
     # batch's read, as rule tests do).
     controls: Effective | None = None
     spend: Spend | None = None
+    # Offline advices (host.offline): the card's offline_receivable account (None until first needed)
+    # and what it is owed (fen; > 0 blocks online spending until a top-up or load repays it).
+    receivable_id: int | None = None
+    receivable_due: int = 0
     # Chip (host.chip): no-CVM sales since the last PIN verified, the last verified ATC (None: none yet);
     # chip_dirty: one of them changed (written by the batch's own statement, host.chip.write).
     no_cvm_amount: int = 0

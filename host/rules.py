@@ -105,6 +105,9 @@ REASONS: dict[str, Reason] = {
     "payment_code_expired": Reason(Rc.EXPIRED, "payment code expired"),
     "payment_code_cap": Reason(Rc.AMOUNT_LIMIT, "over the payment code's amount cap"),
     "payment_code_txn": Reason(Rc.INVALID_TXN, "a payment code pays purchases and pre-authorizations only"),
+    # Offline sales (host.offline): a card owing offline sales beyond its balance spends online again
+    # once a top-up or load has repaid them.
+    "offline_receivable_due": Reason(Rc.INSUFFICIENT_FUNDS, "offline sales owed: a top-up repays them first"),
     # Chip and contactless (host.chip). Missing chip data: 30, the message lacks what its own entry mode
     # says it carries (the terminal's fault); a fallback declined: 57, not permitted to the cardholder
     # (the card must be inserted or tapped); the cryptogram wrong or replayed: 05, as a bad card.
