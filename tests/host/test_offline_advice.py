@@ -4,6 +4,7 @@ and the host over a real H2H socket."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -284,3 +285,144 @@ def test_advice_parse_never_crashes(de60: str, de38: str) -> None:
         assert exc.code in ("12", "30")
     else:
         assert parsed.request is not None and parsed.request.key.startswith("offline:")
+
+
+def test_ledger_check_names_the_cards_owing_and_the_floor_limit_option(
+    db_url: str, hsm_server: Any, tmp_path: Path
+) -> None:
+    from tests.host.helpers import cli_env, ok
+    from tests.host.helpers import run as cli
+
+    env = cli_env(tmp_path, db_url, hsm_server.env)
+    ok(
+        env,
+        "product",
+        "add",
+        "OFFG",
+        "--kind",
+        "reloadable",
+        "--bin",
+        "621239",
+        "--offline-floor-limit",
+        "50.00",
+    )
+    ok(env, "product", "update", "OFFG", "--offline-floor-limit", "20.00")
+
+    async def floor(conn: Any) -> int:
+        return int(await conn.fetchval("SELECT offline_floor_limit FROM products WHERE code = 'OFFG'"))
+
+    pans: list[str] = []
+
+    async def body(h: Harness) -> None:
+        assert await h.pool.run(floor) == 2_000
+        pans.extend(
+            await programme(h, "OFFH", bin_prefix="621240", cards=1, load=100, offline_floor_limit=2_000)
+        )
+        assert (await h.client.request(advice(h.client, pans[0], 1_350, "000601")))["39"] == "00"
+
+    run(db_url, hsm_server, body)
+    human = cli(env, "ledger", "check")
+    assert human.exit_code == 0, human.output
+    line = f"offline receivable: card {{}} {masked(pans[0])} owes 12.50 yuan"
+    assert any(
+        ln.startswith("offline receivable: card ") and ln.endswith(f"{masked(pans[0])} owes 12.50 yuan")
+        for ln in human.output.splitlines()
+    ), (line, human.output)
+    assert "OK     offline_receivables" in human.output and pans[0] not in human.output
+    data = ok(env, "ledger", "check")
+    assert {(o["pan_masked"], o["owed"]) for o in data["offline_receivables"]} >= {(masked(pans[0]), 1_250)}
+
+
+# -- the ledger's invariants under random sequences (the posting engine on a real PostgreSQL) ---------
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["advice", "advice_again", "purchase", "topup", "refund"]),
+        st.integers(min_value=1, max_value=6_000),
+        st.integers(min_value=0, max_value=2),  # batch size of the step (1-3 requests, some repeated)
+    ),
+    min_size=1,
+    max_size=12,
+)
+_SEQ = iter(range(10**6))
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+@given(ops=_OPS)
+def test_offline_invariants_under_random_sequences(db_url: str, ops: list[tuple[str, int, int]]) -> None:
+    """card balance >= 0, receivable >= 0 and what it owes = shortfalls - repayments, every transfer set
+    sums to zero, each advice posted once, and a purchase is declined exactly while something is owed."""
+    import asyncio
+
+    import asyncpg
+
+    from host.ledger import Ledger
+    from tests.host.helpers import programme as db_programme
+    from tests.host.helpers import req
+
+    n = next(_SEQ)
+
+    async def main() -> None:
+        conn = await asyncpg.connect(db_url)
+        try:
+            code = f"OFFP{n}"
+            (pan,) = await db_programme(conn, cards=1, code=code, max_balance=1_000_000)
+            ledger = Ledger()
+            sent: list[Any] = []
+            balance, owed, posted = 0, 0, 0
+            for op, amount, extra in ops:
+                if op in ("advice", "advice_again"):
+                    if op == "advice_again" and sent:
+                        r = sent[-1]
+                    else:
+                        r = req(Txn.OFFLINE, pan, amount, mti="0220")
+                        r.key = advice_key(MERCHANT, TERMINAL, f"{n % 10**6:06d}", r.stan)
+                        r.offline_auth_id = "OFF001"
+                        sent.append(r)
+                    ds = await ledger.post_batch(conn, [r] * (1 + extra))
+                    assert {d.code for d in ds} == {"00"}
+                    if not ds[0].duplicate:
+                        posted += 1
+                        short = max(0, r.amount - balance)
+                        owed += short
+                        balance = balance + short - r.amount
+                elif op == "topup":
+                    ds = await ledger.post_batch(conn, [req(Txn.TOPUP, pan, amount)])
+                    assert ds[0].code == "00"
+                    repaid = min(owed, amount)
+                    owed -= repaid
+                    balance += amount - repaid
+                elif op == "refund" and sent:
+                    o = sent[0]
+                    ds = await ledger.post_batch(conn, [req(Txn.REFUND, pan, 1, rrn=o.rrn, mti="0220")])
+                    if ds[0].code == "00":
+                        balance += 1
+                else:
+                    ds = await ledger.post_batch(conn, [req(Txn.PURCHASE, pan, amount)])
+                    expect = "51" if owed or amount > balance else "00"
+                    assert ds[0].code == expect, (ds[0], balance, owed)
+                    if expect == "00":
+                        balance -= amount
+                row = await conn.fetchrow(
+                    """SELECT a.credits_posted - a.debits_posted AS balance,
+                              coalesce(r.debits_posted - r.credits_posted, 0) AS owed
+                       FROM cards c JOIN accounts a ON a.id = c.account_id
+                       LEFT JOIN accounts r ON r.id = c.offline_receivable_id
+                       JOIN products p ON p.id = c.product_id WHERE p.code = $1""",
+                    code,
+                )
+                assert (row["balance"], row["owed"]) == (balance, owed)
+                assert balance >= 0 and owed >= 0
+            failed = [x for x in await run_checks(conn) if not x.ok]
+            assert not failed, failed
+            count = await conn.fetchval(
+                "SELECT count(*) FROM transfers t JOIN cards c ON c.id = t.card_id JOIN products p"
+                " ON p.id = c.product_id WHERE p.code = $1 AND t.code = 'offline'",
+                code,
+            )
+            assert count == posted
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
