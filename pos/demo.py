@@ -481,7 +481,7 @@ def _link(app: AppContext, admin: Admin, *, mac: bool = True) -> None:
         "--replace",
         "--yes",  # the host link above was just given the same keys
     )
-    for bin_ in (DEMO_BIN, LOAD_BIN):
+    for bin_ in (DEMO_BIN, LOAD_BIN, SM4_BIN):
         admin.run("switch", "route", "add", bin_, "--link", LINK_NAME, ok_if=("already", "overlap"))
 
 
