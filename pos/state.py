@@ -11,7 +11,8 @@ sign-on (60.2), a pending reversal (the original request of an unanswered transa
 the next transaction as a real terminal does), and the journal of approved transactions of the
 current batch (plus the last closed batch, so a refund can still find its original). Journal PANs are
 stored encrypted under the TMK (``pan_enc``) next to their masked form: the full PAN is needed again
-only for the 0320 batch upload.
+only for the 0320 batch upload. Offline sales (pos.offline): the floor table of the last sign-on and the
+sales approved offline whose advice is still to be answered (``OfflineSale``, PAN sealed the same way).
 """
 
 from __future__ import annotations
