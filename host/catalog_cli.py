@@ -252,11 +252,17 @@ def product_list(
             "daily": format_money(r["daily_amount_limit"], r["currency"]),
             "count/day": r["daily_count_limit"],
             "PIN": "yes" if r["pin_required"] else "no",
+            "chip": r["chip"] if r["chip"] != "none" else "-",
+            # contactless without PIN: per sale / in all until a PIN is entered; offline floor limit
+            "no CVM": format_money(r["no_cvm_limit"], r["currency"]),
+            "no CVM sum": format_money(r["no_cvm_cumulative_limit"], r["currency"]),
+            "floor": _money_or_dash(r["offline_floor_limit"], r["currency"]),
             "cards": r["cards"],
         }
         for r in page.rows
     ]
-    cols = ["code", "kind", "bins", "max balance", "per txn", "daily", "count/day", "PIN", "cards"]
+    cols = ["code", "kind", "bins", "max balance", "per txn", "daily", "count/day", "PIN", "chip", "no CVM",
+            "no CVM sum", "floor", "cards"]
     _emit_page(app, "products", rows, _table(human, cols), page.next)
 
 
@@ -289,6 +295,7 @@ def product_show(app: AppContext, code: str) -> None:
         f"validity     {r['validity_months']} months",
         f"PIN          {'required' if r['pin_required'] else 'not required'} ({r['pin_scheme']})",
         f"chip         {_chip_line(r)}",
+        f"offline      {_offline_line(r)}",
         f"MCCs         {', '.join(r['allowed_mccs']) if r['allowed_mccs'] else 'any'}",
         f"groups       {', '.join(r['allowed_groups']) if r['allowed_groups'] else 'any'}",
         f"cards        {r['cards']}"
@@ -416,6 +423,15 @@ def product_update(
         else f"product {code}: nothing changed"
     )
     app.emit({"product": _product_view(app, r), "changed": sorted(changed)}, human)
+
+
+def _money_or_dash(value: int, currency: str) -> str:
+    return format_money(value, currency) if value else "-"
+
+
+def _offline_line(r: dict[str, Any]) -> str:
+    floor = r["offline_floor_limit"]
+    return f"floor limit {format_money(floor, r['currency'])}" if floor else "no offline sales"
 
 
 def _chip_line(r: dict[str, Any]) -> str:

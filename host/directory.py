@@ -109,6 +109,7 @@ SELECT p.id, p.code, p.name, p.kind, p.currency, p.max_balance, p.initial_amount
        p.pin_scheme, p.allowed_mccs, p.allowed_groups, p.created_at,
        p.issue_tier, p.max_balance_anonymous, p.max_balance_named, p.max_balance_verified, p.form,
        p.chip, p.imk_ac_check, p.chip_fallback, p.no_cvm_limit, p.no_cvm_cumulative_limit,
+       p.offline_floor_limit,
        (SELECT coalesce(array_agg(b.bin ORDER BY b.bin), '{}') FROM bin_ranges b WHERE b.product_id = p.id)
            AS bins,
        (SELECT count(*) FROM cards c WHERE c.product_id = p.id) AS cards

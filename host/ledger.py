@@ -59,6 +59,9 @@ from ops.pgpool import UNAVAILABLE
 
 log = get_logger(__name__)
 
+# Approved requests answered with the card's balances after them (DE54), besides a balance inquiry.
+BALANCE_AFTER = frozenset({Txn.PURCHASE, Txn.PREAUTH, Txn.COMPLETION, Txn.TOPUP, Txn.VOID, Txn.REFUND})
+
 MERCHANT_CACHE_SECONDS = 30.0
 CACHE_LIMIT = 100_000
 
@@ -608,6 +611,9 @@ class Ledger:
             if r.txn in (Txn.VOID, Txn.REFUND, Txn.COMPLETION, Txn.PREAUTH_VOID):
                 original = self._find_by_rrn(b, r, card.card_id)
             d = await self._decide_card_or_code(conn, b, r, card, merchant, original)
+            if d.posted and r.txn in BALANCE_AFTER and not d.balance_field:
+                # the balance after it, for the terminal's receipt (specs/README.md, "Balance after")
+                d.balance_field = rules.balance_field(card)
             if r.pin is Pin.OK or card.product.chip != "none":  # no-CVM counters (host.chip)
                 chip.after_decision(card, r, d)
             if r.flags and d.code == Rc.APPROVED:

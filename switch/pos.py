@@ -80,6 +80,9 @@ MACED_MTIS = frozenset({"0100", "0200", "0220", "0400"})
 # Answers decided here without anything going upstream that a retry may legitimately change: they are
 # journaled but not kept for duplicate detection.
 _RETRYABLE = frozenset({"91", "96", "A0"})
+# Answers that carry the card's available balance (DE54) when approved: a balance inquiry (contract) and
+# the sales and loads whose receipt prints the balance after them (specs/README.md, "Balance after").
+BALANCE_AFTER = frozenset({"balance", "purchase", "completion", "pre-auth", "top-up", "void", "refund"})
 # An offline advice so answered was not taken by the issuer (or not known to be): its retransmission goes
 # upstream again (the host's natural key makes a second posting impossible), not answered from the journal.
 _ADVICE_AGAIN = frozenset({"91", "96", "98", "A0"})
@@ -737,7 +740,7 @@ class PosService:
             auth_id=str(host_answer.get("38", "")).strip() or None,
             acquirer_id=self.acquirer_id,
             settlement_date=host_answer.get("15"),
-            balance=pos_balance(host_answer.get("54")) if entry.kind == "balance" else None,
+            balance=pos_balance(host_answer.get("54")) if entry.kind in BALANCE_AFTER else None,
         )
         if carries_chip(msg) and "48" in host_answer:
             # the issuer's chip answer (tag 91 ARPC || ARC) in DE55 (specs/README.md, "Chip data")

@@ -37,6 +37,7 @@ def test_signon_and_purchase_with_pin_on_both_profiles(system: System) -> None:
         receipt = json.loads(r.stdout)
         assert receipt["approved"] and receipt["amount_minor"] == 1250, r.stdout
         assert len(receipt["rrn"]) == 12 and receipt["auth_id"]
+        assert receipt["balance_minor"] >= 0, r.stdout  # the balance after it, printed on the receipt
         assert "[pin data," in r.stderr and "DE64" in r.stderr
         cards = read_sealed(system.root / "var/pos/demo-cards.json", system.seal_key)["cards"]
         assert cards[0]["pan"] not in r.stdout + r.stderr
