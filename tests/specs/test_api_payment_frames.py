@@ -8,12 +8,11 @@ from __future__ import annotations
 import datetime as dt
 from zoneinfo import ZoneInfo
 
-from Crypto.Cipher import DES
-
 from api.payments import CNP_ENTRY_MODE, LOAD_TERMINAL, build_message, rrn_of
 from host import h2h
 from host.model import Txn
 from specs.codec import codec_for
+from tests.specs.macref import x919_mac
 
 ZAK = "0123456789ABCDEFFEDCBA9876543210"  # h2h-dialect.md worked example link key
 PAN = "6212345678901234567"
@@ -32,20 +31,10 @@ LOAD_FRAME = (  # after the 2-byte length 00B1
 )
 
 
-def _x919(key: str, data: bytes) -> bytes:
-    data += bytes(-len(data) % 8)
-    k1, k2 = DES.new(bytes.fromhex(key[:16]), DES.MODE_ECB), DES.new(bytes.fromhex(key[16:]), DES.MODE_ECB)
-    h = bytes(8)
-    for i in range(0, len(data), 8):
-        h = k1.encrypt(bytes(a ^ b for a, b in zip(h, data[i : i + 8], strict=True)))
-    out: bytes = k1.encrypt(k2.decrypt(h))
-    return out
-
-
 def _signed(msg: dict[str, object]) -> bytes:
     codec = codec_for("h2h", "3des")
     raw = codec.encode({**msg, "128": bytes(8)})
-    return codec.with_mac(raw, _x919(ZAK, codec.mac_block(raw)))
+    return codec.with_mac(raw, x919_mac(bytes.fromhex(ZAK), codec.mac_block(raw)))
 
 
 def test_card_not_present_purchase_byte_for_byte() -> None:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-from Crypto.Cipher import DES
-
 from host import h2h
 from host.issue import luhn_ok
 from pos import messages
@@ -18,6 +16,7 @@ from specs.catalogue import PAYMENT_CODE_LENGTH, pos_presence_problems
 from specs.codec import codec_for
 from specs.framing import pos_frame
 from switch import mapping
+from tests.specs.macref import x919_mac
 
 MAK = "2023456789ABCD02"  # pos-dialect.md worked example, 3des profile
 ZAK = "0123456789ABCDEFFEDCBA9876543210"  # h2h-dialect.md worked example link key
@@ -33,16 +32,6 @@ H2H_FRAME = (  # after the 2-byte length 00B7
     "1125101010" "000779" "181010" "1125" "032" "00" "08" "48880000" "533010000779" "T0000001"
     "898330160120001" "156" "011" "22000001000" "E9F558E9A93C6A89"
 )
-
-
-def _x919(key: str, data: bytes) -> bytes:
-    data += bytes(-len(data) % 8)
-    k1, k2 = DES.new(bytes.fromhex(key[:16]), DES.MODE_ECB), DES.new(bytes.fromhex(key[16:]), DES.MODE_ECB)
-    h = bytes(8)
-    for i in range(0, len(data), 8):
-        h = k1.encrypt(bytes(a ^ b for a, b in zip(h, data[i : i + 8], strict=True)))
-    out: bytes = k1.encrypt(k2.decrypt(h))
-    return out
 
 
 def _pos_request() -> tuple[dict[str, object], bytes]:
@@ -91,7 +80,7 @@ def test_h2h_code_purchase_byte_for_byte() -> None:
         mapping.set_local_zone(None)
     codec = codec_for("h2h", "3des")
     raw = codec.encode({**up, "128": bytes(8)})
-    raw = codec.with_mac(raw, _x919(ZAK, codec.mac_block(raw)))
+    raw = codec.with_mac(raw, x919_mac(bytes.fromhex(ZAK), codec.mac_block(raw)))
     assert raw.decode() == H2H_FRAME and len(raw) == 0xB7
     parsed = h2h.parse(codec.decode(raw))
     assert parsed.by_code and parsed.pan == CODE and parsed.request is not None

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 
-from Crypto.Cipher import DES
-
 from pos import messages
 from specs.catalogue import UploadRecord, is_offline_advice, parse_upload_de48
 from specs.codec import codec_for
 from specs.framing import DEFAULT_HEADER, DEFAULT_TPDU, pos_frame, response_header, swap_tpdu
 from switch import mapping
 from switch.upload import Counts, Result, answer_de48, parse_answer_de48, upload_advice
+from tests.specs.macref import x919_mac
 
 PAN = "6212345678901234567"
 ZAK = "0123456789ABCDEFFEDCBA9876543210"  # h2h-dialect.md worked example link key
@@ -43,16 +42,6 @@ H2H_0220 = (  # after the 2-byte length
 )
 # fmt: on
 NOW = dt.datetime(2025, 11, 25, 10, 10, 10, tzinfo=dt.UTC).timestamp()
-
-
-def _x919(key: str, data: bytes) -> bytes:
-    data += bytes(-len(data) % 8)
-    k1, k2 = DES.new(bytes.fromhex(key[:16]), DES.MODE_ECB), DES.new(bytes.fromhex(key[16:]), DES.MODE_ECB)
-    h = bytes(8)
-    for i in range(0, len(data), 8):
-        h = k1.encrypt(bytes(a ^ b for a, b in zip(h, data[i : i + 8], strict=True)))
-    out: bytes = k1.encrypt(k2.decrypt(h))
-    return out
 
 
 def test_the_terminal_0320_byte_for_byte() -> None:
@@ -99,7 +88,7 @@ def test_the_advice_that_posts_the_lost_approval_byte_for_byte() -> None:
         mapping.set_local_zone(None)
     codec = codec_for("h2h", "3des")
     raw = codec.encode({**advice, "128": bytes(8)})
-    raw = codec.with_mac(raw, _x919(ZAK, codec.mac_block(raw)))
+    raw = codec.with_mac(raw, x919_mac(bytes.fromhex(ZAK), codec.mac_block(raw)))
     assert raw.decode() == H2H_0220
     assert is_offline_advice("0220", advice["3"], advice["60"])
     # the host's natural key: DE42, DE41, and after the "/" the POS batch and the record's STAN
