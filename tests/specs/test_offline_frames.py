@@ -142,13 +142,26 @@ def _advice() -> dict[str, Any]:
     }  # fmt: skip
 
 
-def test_sign_on_floor_table_frame_byte_for_byte() -> None:
-    codec = codec_for("pos", "3des")
+DE62_SM4 = (  # pos-dialect.md worked example, sm4 profile (the same 60 bytes' length)
+    "EC8A8C8CF622941D24CF48811B7520051EA7D5712F63BB8DBFA2492174D5348D1308ABF20A1657D1DC4B670AAAA89ECA"
+    "B5ADC3B31BA7FF1E01B184A8"
+)
+# The sm4 profile's 0810 differs only in its keys (DE62) and 60.3 (005: SM4 sign-on).
+SIGN_ON_FRAMES = {
+    "3des": SIGN_ON_FRAME,
+    "sm4": SIGN_ON_FRAME.replace("0011000000020040", "0011000000020050").replace(DE62_3DES, DE62_SM4),
+}
+
+
+@pytest.mark.parametrize("profile", ["3des", "sm4"])
+def test_sign_on_floor_table_frame_byte_for_byte(profile: str) -> None:
+    codec = codec_for("pos", profile)
+    de62, network = (DE62_3DES, "004") if profile == "3des" else (DE62_SM4, "005")
     msg = {"t": "0810", "11": "000001", "12": "101010", "13": "1125", "32": "48880000",
            "37": "533010000001", "39": "00", "41": "T0000001", "42": "898330160120001",
-           "48": floor_table_de48(TABLE), "60": "00000002004", "62": bytes.fromhex(DE62_3DES)}  # fmt: skip
+           "48": floor_table_de48(TABLE), "60": f"00000002{network}", "62": bytes.fromhex(de62)}  # fmt: skip
     frame = pos_frame(codec.encode(msg))
-    assert frame.hex().upper() == SIGN_ON_FRAME
+    assert frame.hex().upper() == SIGN_ON_FRAMES[profile]
     decoded = codec.decode(frame[13:])
     assert parse_floor_table(decoded["48"]) == TABLE
     assert floor_limit_for(TABLE, "6212345678901234567") == TABLE[0]

@@ -48,6 +48,7 @@ def test_the_terminal_0320_byte_for_byte() -> None:
     msg = messages.batch_upload("000020", "000001", "T0000001", "898330160120001", RECORDS, last=True)
     frame = pos_frame(codec_for("pos", "3des").encode(msg))
     assert frame.hex().upper() == POS_0320
+    assert pos_frame(codec_for("pos", "sm4").encode(msg)) == frame  # no PIN or MAC: both profiles alike
     assert parse_upload_de48(msg["48"]) == RECORDS and msg["60"] == "00000001202"
 
 
@@ -62,6 +63,7 @@ def test_the_switch_0330_byte_for_byte() -> None:
     answer["48"] = answer_de48([Result.MATCHED, Result.POSTED, Result.DUPLICATE], counts)
     answer["60"] = mapping.de60("00", 2, "202")  # the batch closed: the next one is 000002
     body = codec_for("pos", "3des").encode(answer)
+    assert codec_for("pos", "sm4").encode(answer) == body  # both profiles alike
     frame = pos_frame(body, tpdu=swap_tpdu(DEFAULT_TPDU), header=response_header(DEFAULT_HEADER))
     assert frame.hex().upper() == POS_0330
     assert parse_answer_de48(answer["48"]) == (["0", "1", "2"], counts)
