@@ -265,9 +265,10 @@ CHECKS: dict[str, str] = {
     # Offline advices (host.offline, migration 0027). A receivable (kind offline_receivable) belongs to
     # one card, which names it; only that card's shortfalls (debits) and repayments (credits) touch it;
     # a shortfall goes with an approved, posted offline advice of its card and is at most the sale (one
-    # per advice); a repayment goes with an approved, posted top-up or load of its card and is at most
-    # the load; and what is owed (debits minus credits, = shortfalls minus repayments since
-    # accounts_match_entries holds) is never below zero, nothing pending.
+    # per advice), or with the reversal of a load that repaid, giving the debt back; a repayment goes
+    # with an approved, posted top-up or load of its card and is at most the load; and what is owed
+    # (debits minus credits, = shortfalls minus repayments since accounts_match_entries holds) is
+    # never below zero, nothing pending.
     "offline_receivables": """
         SELECT 'account:' || a.id FROM accounts a LEFT JOIN cards c ON c.id = a.card_id
         WHERE a.kind = 'offline_receivable'
@@ -280,7 +281,7 @@ CHECKS: dict[str, str] = {
         LEFT JOIN auth_requests r ON r.key = t.original_key
         WHERE NOT (
             (t.code = 'offline_shortfall' AND t.debit_account_id = a.id AND t.credit_account_id = c.account_id
-             AND r.txn = 'offline' AND r.amount >= t.amount)
+             AND r.txn IN ('offline', 'reversal') AND r.amount >= t.amount)
             OR (t.code = 'offline_repay' AND t.credit_account_id = a.id AND t.debit_account_id = c.account_id
                 AND r.txn IN ('topup', 'admin_load') AND r.amount >= t.amount))
            OR a.card_id <> t.card_id OR t.phase <> 'single' OR r.key IS NULL OR r.response_code <> '00'

@@ -114,6 +114,9 @@ class Original:
     undone: bool = False  # voided or reversed (its transfer undone)
     reversed: bool = False  # an approved reversal names it
     refunded: int = 0
+    # A top-up or load: what of it repaid offline sales owed (host.offline), given back to the
+    # receivable when the load is reversed.
+    repaid: int = 0
     hold: TransferRow | None = None  # pre-auth: its hold while still pending
     hold_state: str = ""  # pre-auth: pending / posted / voided / expired
     day: dt.date | None = None  # the business date it was decided: its use counts against that day's limits
@@ -484,6 +487,8 @@ class Ledger:
                     ref.undone = True
                 elif tr.code == Txn.REFUND:
                     ref.refunded += tr.amount
+                elif tr.code == "offline_repay":
+                    ref.repaid += tr.amount
             if tr.phase == "pending":
                 pending[tr.key] = tr
         refunds = {
@@ -630,6 +635,8 @@ class Ledger:
             if d.posted and b.transfers and b.transfers[-1].key == r.key:
                 o = b.originals[r.key]
                 o.transfer = b.transfers[-1]
+                if len(b.transfers) > 1 and b.transfers[-2].key == r.key + offline.REPAY:
+                    o.repaid = b.transfers[-2].amount
                 if o.transfer.phase == "pending":
                     o.hold, o.hold_state = o.transfer, "pending"
         return d
@@ -849,8 +856,14 @@ class Ledger:
             if amount <= 0:
                 o.reversed = True
                 return Decision(Rc.APPROVED)
-            if t.credit == card.account_id and card.available < amount:
+            # A load that repaid offline sales owed: that part went on to the receivable, and comes
+            # back from it (the debt is owed again), so only the rest must still be on the card.
+            owed_again = min(o.repaid, amount) if card.receivable_id is not None else 0
+            if t.credit == card.account_id and card.available + owed_again < amount:
                 return _declined("credit_already_spent")  # a credit already spent: nothing undone
+            if owed_again:
+                offline.owe_again(self, b, r, card, owed_again)
+                o.repaid -= owed_again
             o.reversed = o.undone = True
             if o.txn in (Txn.PURCHASE, Txn.COMPLETION):
                 self._restore_use(b, card, o, amount, whole=amount == t.amount)

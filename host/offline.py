@@ -28,7 +28,9 @@ for money or limits, only record it.
   is declined 51 ``offline_receivable_due``. A top-up, ``card load`` or API load repays first
   (``repay``: card -> receivable, ``offline_repay``, the same batch as the load); the rest stays on the
   card. Refunds, voids and reversals credit the card as before and repay nothing: each must stay
-  undoable by its own reversal, which takes back exactly what it gave the card.
+  undoable by its own reversal, which takes back exactly what it gave the card. The reversal of a load
+  that repaid gives the debt back (``owe_again``: receivable -> card, ``offline_shortfall`` keyed by
+  the reversal), so the card returns only what it kept.
 - **Never reversed.** A 0420 naming an advice (DE90 MTI 0220, DE3 000000, DE25 00) is answered 00 and
   undoes nothing (``reverses_advice``: host.h2h drops its original): an advice is repeated, not
   reversed.
@@ -160,6 +162,15 @@ def repay(ledger: Ledger, b: _Batch, r: Request, card: CardState) -> int:
     ledger._leg(b, r.key + REPAY, card, card.receivable_id, card, amount, "offline_repay", r.key)
     card.receivable_due -= amount
     return amount
+
+
+def owe_again(ledger: Ledger, b: _Batch, r: Request, card: CardState, amount: int) -> None:
+    """Before a reversal's own transfer undoes a load that repaid ``amount`` of offline sales owed: the
+    receivable lends it to the card again (receivable -> card, ``offline_shortfall`` keyed by the
+    reversal), so the debt is back as it was and the block with it."""
+    assert card.receivable_id is not None
+    ledger._leg(b, r.key + SHORTFALL, card.receivable_id, card, card, amount, "offline_shortfall", r.key)
+    card.receivable_due += amount
 
 
 def repayable(card: CardState, amount: int) -> int:

@@ -154,6 +154,34 @@ def test_shortfall_goes_to_the_receivable_blocks_online_until_topped_up(db_url: 
     run(db_url, hsm_server, body)
 
 
+def test_reversing_a_top_up_that_repaid_owes_the_debt_again(db_url: str, hsm_server: Any) -> None:
+    """A top-up that went to the receivable is reversed (its answer was lost): the card gives back only
+    what it kept, the receivable lends the rest again, so the debt and the block are as before."""
+
+    async def body(h: Harness) -> None:
+        (pan,) = await programme(
+            h, "OFFR", bin_prefix="621251", cards=1, load=1_000, offline_floor_limit=5_000
+        )
+        c = h.client
+        assert (await c.request(advice(c, pan, 3_000, "000451")))["39"] == "00"
+        assert await balance(h, pan) == (0, 2_000)
+        all_repaid = message(c, pan, 1_500, proc="210000")  # all of it repays: the card keeps nothing
+        assert (await c.request(all_repaid))["39"] == "00"
+        assert await balance(h, pan) == (0, 500)
+        assert (await c.request(reversal(c, all_repaid)))["39"] == "00"
+        assert await balance(h, pan) == (0, 2_000)
+        part = message(c, pan, 3_000, proc="210000")  # repays 2,000, the card keeps 1,000
+        assert (await c.request(part))["39"] == "00"
+        assert await balance(h, pan) == (1_000, 0)
+        assert (await c.request(reversal(c, part)))["39"] == "00"
+        assert await balance(h, pan) == (0, 2_000)
+        assert (await c.request(reversal(c, part)))["39"] == "00"  # never undone twice
+        assert await balance(h, pan) == (0, 2_000)
+        assert (await c.request(message(c, pan, 100)))["39"] == "51"  # blocked again
+
+    run(db_url, hsm_server, body)
+
+
 def test_card_load_repays_and_above_floor_limit_still_posts(db_url: str, hsm_server: Any) -> None:
     async def body(h: Harness) -> None:
         (pan,) = await programme(h, "OFFC", bin_prefix="621236", cards=1, load=500, offline_floor_limit=1_000)
