@@ -37,37 +37,32 @@ def _card(live: System) -> dict[str, Any]:
 
 
 def _merchant_with_requests(live: System) -> str:
+    """A merchant of its own whose terminal makes two sales, a refund and a decline through the real
+    switch and host (rows written straight into auth_requests would be approvals without transfers,
+    which the shared system's `ledger check` rightly refuses)."""
     mid = unique("R")[-15:]
     live.cli("merchant", "add", mid, "--name", "Report Shop", "--mcc", "5411")
     live.cli("store", "add", mid, "S9", "--name", "Corner")
     live.cli(
         "terminal", "add", "TR000001", "--merchant", mid, "--store", "S9", "--scheme", "3des", "--tmk", TMK
     )
+    state = str(live.root / f"pos-{mid}.json")
+    live.cli("pos", "init", "-t", "TR000001", "--merchant", mid, "--scheme", "3des", "--tmk", TMK,
+             "--state", state)  # fmt: skip
+    card = _card(live)
+    live.cli("card", "load", str(card["card_id"]), "--amount", "900.00", "--reference", unique("l"))
+    by_card = ("--card", card["pan"], "--expiry", card["expiry"], "--pin", "135790", "--state", state)
 
-    async def add(conn: Any) -> None:
-        ref = await conn.fetchval("SELECT id FROM merchants WHERE merchant_id = $1", mid)
-        for i, (txn, code, amount) in enumerate(
-            [
-                ("purchase", "00", 123450),
-                ("purchase", "00", 50),
-                ("refund", "00", 10000),
-                ("purchase", "51", 999),
-            ]
-        ):
-            await conn.execute(
-                "INSERT INTO auth_requests (key, mti, txn, merchant_ref, acquirer_id, terminal_id,"
-                " merchant_id, stan, transmitted, amount, currency, response_code, posted)"
-                " VALUES ($1, '0200', $2, $3, '1', 'TR000001', $4, $5, '1202101010', $6, '156', $7, false)",
-                f"test:{mid}:{i}",
-                txn,
-                ref,
-                mid,
-                f"{i:06d}",
-                amount,
-                code,
-            )
+    def pos(*args: str) -> dict[str, Any]:
+        receipt: dict[str, Any] = json.loads(live.cli("--json", "pos", *args, check=False).stdout)
+        return receipt
 
-    db(live, add)
+    sale = pos("purchase", "800.00", *by_card)
+    assert sale["approved"], sale
+    assert pos("purchase", "0.50", *by_card)["approved"]
+    refund = pos("refund", "--stan", sale["stan"], "--amount", "100.00", "--pin", "135790", "--state", state)
+    assert refund["approved"], refund
+    assert not pos("purchase", "999.00", *by_card)["approved"]  # 199.50 left: declined 51
     return mid
 
 
@@ -90,11 +85,11 @@ def test_daily_report_host_and_csv(live: System, console_as: Any, clearing: Any)
         r["declines"],
         r["requests"],
         r["net_amount"],
-    ) == (mid, "S9", 2, 123500, 10000, 1, 4, 113500)
+    ) == (mid, "S9", 2, 80050, 10000, 1, 4, 70050)
 
     client = console_as("viewer")
     page = client.get("/console/reports/daily", params={"merchant": mid})
-    assert page.status_code == 200 and "1,235.00 CNY" in page.text and "+" in page.text
+    assert page.status_code == 200 and "800.50 CNY" in page.text and "+" in page.text
     got = client.get("/console/reports/daily", params={"merchant": mid, "format": "csv"})
     assert got.status_code == 200 and got.headers["content-type"].startswith("text/csv")
     assert got.headers["content-disposition"].startswith("attachment")
@@ -118,7 +113,7 @@ def test_daily_report_host_and_csv(live: System, console_as: Any, clearing: Any)
         "last_at",
     ]
     row = dict(zip(table[0], table[1], strict=True))
-    assert row["currency"] == "CNY" and row["sales_amount"] == "1235.00" and row["net_amount"] == "1135.00"
+    assert row["currency"] == "CNY" and row["sales_amount"] == "800.50" and row["net_amount"] == "700.50"
     assert row["refunds_amount"] == "100.00" and row["store"] == "S9"
     assert row["last_at"][-6] in "+-" and row["last_at"][-3] == ":"  # local time with its offset
     assert client.get("/console/reports/daily", params={"date": "yesterday"}).status_code == 400
