@@ -321,6 +321,11 @@ class SwitchConfig:
     allow_remote_no_mac: bool = setting(
         "accept an inbound link declared `--no-mac` from a non-loopback peer (else answered 03)"
     )
+    node_id: str = setting("this switch node's id in switch_nodes and its write-ahead rows; empty = "
+                           "<hostname>:<pid> (switch/README.md \"Several switch nodes\")",
+                           rule=_words_for(r"[A-Za-z0-9._:@-]{0,64}", "up to 64 letters, digits, . _ : @ -"))
+    lease_seconds: int = setting("a switch node's lease, renewed every third of it; a node 3 leases "
+                                 "silent is taken over (its write-ahead recovered)", min=1, max=600)
 
 
 @dataclass(frozen=True)

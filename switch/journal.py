@@ -47,7 +47,7 @@ Row = tuple[Any, ...]
 class Insert(Protocol):
     """Commit journal rows and (when there are any) write-ahead rows; return once both are durable."""
 
-    def __call__(self, rows: Sequence[Row], ahead: Sequence[Row] = (), /) -> Awaitable[None]: ...
+    def __call__(self, rows: Sequence[Row], ahead: Sequence[Row] = (), /) -> Awaitable[Any]: ...
 
 
 MAX_BATCH = 2000
@@ -65,6 +65,17 @@ class JournalWriter:
         self.rows_written = 0
         self.ahead_written = 0
         self.commits = 0
+        # keys of write-ahead rows the database refused: another switch node holds the key (a
+        # retransmission it handled first; switch/README.md "Several switch nodes")
+        self.refused: set[str] = set()
+
+    def ahead_refused(self, key: str) -> bool:
+        """After its event: whether the write-ahead record of ``key`` was refused (then its request must
+        not go upstream)."""
+        if key in self.refused:
+            self.refused.discard(key)
+            return True
+        return False
 
     def submit(self, row: Row) -> trio.Event:
         """Queue ``row``; the returned event is set once it is committed."""
@@ -109,5 +120,9 @@ class JournalWriter:
             self._idle.set()
 
     async def _commit(self, rows: list[Row], ahead: list[Row]) -> None:
-        insert = (lambda: self._insert(rows, ahead)) if ahead else (lambda: self._insert(rows))
+        async def insert() -> None:
+            refused = await (self._insert(rows, ahead) if ahead else self._insert(rows))
+            if refused:
+                self.refused.update(refused)
+
         await durably(insert, "journal write", rows=len(rows), ahead=len(ahead))

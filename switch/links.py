@@ -320,6 +320,7 @@ class OutboundLink:
         mac: MacFn | None = None,
         verify: VerifyFn | None = None,
         stan_from: OutboundLink | None = None,
+        stan_slot: int = 0,
     ) -> None:
         # Replaced (never mutated) by a key change: requests read ``config.zpk`` when they translate.
         self.config = config
@@ -333,6 +334,9 @@ class OutboundLink:
         self._stan: itertools.count[int] = (
             stan_from._stan if stan_from is not None else itertools.count(_initial_stan())
         )
+        # Several switch nodes draw STANs on links to the same host: each its own residue modulo
+        # STAN_SLOTS (switch_nodes.slot), so two nodes never send one DE7 + DE11 (switch/nodes.py).
+        self.stan_slot: int = stan_from.stan_slot if stan_from is not None else stan_slot
         self._conns = [_Connection(self, i) for i in range(config.connections)]
         self._rr = 0
         self.up_event = trio.Event()
@@ -352,7 +356,7 @@ class OutboundLink:
         return sum(len(c.pending) for c in self._conns)
 
     def next_stan(self) -> int:
-        return next(self._stan) % 999_999 + 1
+        return slotted_stan(next(self._stan), self.stan_slot)
 
     def network_message(self, code: str) -> Message:
         return {
@@ -428,6 +432,15 @@ class OutboundLink:
             if conn.up:
                 return conn
         raise LinkDown(f"link {self.name} is down")
+
+
+STAN_SLOTS = 10  # switch nodes on one database at most (switch_nodes.slot 0-9)
+
+
+def slotted_stan(counter: int, slot: int) -> int:
+    """The link STAN (1-999990) of ``counter`` for the node in ``slot``: STAN - 1 is ``slot`` modulo
+    STAN_SLOTS, so nodes never draw the same one; a node draws 99,999 before repeating its own."""
+    return (counter % 99_999) * STAN_SLOTS + slot + 1
 
 
 def _initial_stan() -> int:

@@ -69,7 +69,7 @@ from switch.mapping import (
     txn_type,
 )
 from switch.reversals import Fingerprint, reverse, upstream_reversal
-from switch.sessions import Entry, Registry, Terminal, connection_open
+from switch.sessions import Entry, Registry, Terminal, connection_open, entry_from_row
 from switch.store import SessionRow, Store
 from switch.upstream import Upstream, translate_again
 
@@ -80,6 +80,15 @@ MACED_MTIS = frozenset({"0100", "0200", "0220", "0400"})
 # Answers decided here without anything going upstream that a retry may legitimately change: they are
 # journaled but not kept for duplicate detection.
 _RETRYABLE = frozenset({"91", "96", "A0"})
+# Answers that a stale copy of the terminal (another switch node wrote it since) may explain: the
+# terminal is read again once before they are given.
+_STALE = frozenset({"mac_failed", "batch_differs"})
+# How much longer than an upstream timeout a retransmission waits for another node's first answer.
+FIRST_ANSWER_MARGIN_S = 2.0
+
+
+class AnsweredElsewhere(Exception):
+    """The request's write-ahead key is held by another switch node (a retransmission it took first)."""
 # Answers that carry the card's available balance (DE54) when approved: a balance inquiry (contract) and
 # the sales and loads whose receipt prints the balance after them (specs/README.md, "Balance after").
 BALANCE_AFTER = frozenset({"balance", "purchase", "completion", "pre-auth", "top-up", "void", "refund"})
@@ -407,7 +416,9 @@ class PosService:
         if terminal is None:
             return None, refusal
         if not terminal.signed_on or terminal.session is None or terminal.session.scheme != self.profile:
-            return None, Reply(pos_response(msg, code="A0"), resign=True)
+            await self.registry.refresh(terminal)  # it may have signed on at another switch node since
+            if not terminal.signed_on or terminal.session is None or terminal.session.scheme != self.profile:
+                return None, Reply(pos_response(msg, code="A0"), resign=True)
         conn = timing.conn
         # The hot path is these three comparisons: only while a sign-on's keys are pending does a
         # request on a connection other than the current session's need settling first.
@@ -496,7 +507,7 @@ class PosService:
                 answer["55"] = chip
         return Reply(answer, mac=terminal.session.mak)
 
-    async def _financial(self, msg: Message, raw: bytes, timing: Timing) -> Reply:
+    async def _financial(self, msg: Message, raw: bytes, timing: Timing, *, refreshed: bool = False) -> Reply:
         terminal, refusal = await self._signed_on(msg, raw, timing)
         if terminal is None:
             assert refusal is not None
@@ -530,11 +541,21 @@ class PosService:
             reply, link_request = await self._financial_steps(
                 msg, raw, timing, terminal, entry, pan, batch, mak
             )
+        except AnsweredElsewhere:
+            return await self._first_answer(msg, terminal, entry, mak)
         except BaseException:
             entry.finish("96", None)
             terminal.entries.pop((mti, stan), None)
             raise
         code = str(reply.message["39"])
+        if reply.reason in _STALE and not refreshed:
+            # Another switch node may have signed the terminal on (new keys) or closed its batch since
+            # this node read it: read it again once and decide afresh (switch/README.md, "Several
+            # switch nodes"). Nothing was journaled nor sent for this attempt.
+            entry.finish(code, None)
+            terminal.entries.pop((mti, stan), None)
+            await self.registry.refresh(terminal)
+            return await self._financial(msg, raw, timing, refreshed=True)
         keep = code not in _RETRYABLE and batch == terminal.batch_no
         if kind == "offline" and code in _ADVICE_AGAIN:
             keep = False  # its retransmission goes upstream again, where the natural key dedups it
@@ -687,6 +708,8 @@ class PosService:
                 entry.original = f"{original.mti}/{original.stan}"
         # Durable before it leaves: a crash from here on leaves a record that start-up recovery reverses.
         await self._write_ahead(terminal, msg, entry, request).wait()
+        if self.journal.ahead_refused(_dedup_key(terminal, entry)):
+            raise AnsweredElsewhere  # a retransmission another switch node took first: never sent twice
         if translated is not None and translate_again(self.hsm, link, zpk):
             assert pan is not None and isinstance(pin_block, bytes)
             request["52"] = await self.hsm.translate_pin(
@@ -857,6 +880,27 @@ class PosService:
         )
         return self.journal.submit(row)
 
+    async def _first_answer(self, msg: Message, terminal: Terminal, entry: Entry, mak: str) -> Reply:
+        """A request whose key another switch node holds (its write-ahead insert was refused): the
+        first's answer, from the journal once that node has committed it (at most about one upstream
+        timeout); else 94, nothing journaled, so the terminal may send it again."""
+        key = _dedup_key(terminal, entry)
+        deadline = trio.current_time() + self.upstream.timeout + FIRST_ANSWER_MARGIN_S
+        row = await self.store.journal_entry(key)
+        while row is None and trio.current_time() < deadline:
+            await trio.sleep(0.05)
+            row = await self.store.journal_entry(key)
+        if row is None:
+            terminal.entries.pop((entry.mti, entry.stan), None)
+            entry.finish("94", None)
+            log.warning("retransmission in flight at another switch node", terminal=terminal.terminal_id,
+                        stan=entry.stan)
+            return Reply(pos_response(msg, code="94", acquirer_id=self.acquirer_id), mac=mak)
+        first = entry_from_row(row)
+        terminal.entries[(entry.mti, entry.stan)] = first
+        entry.finish(first.code or "96", first.response)
+        return await self._duplicate(msg, first, terminal)
+
     # -- reversals ---------------------------------------------------------------------------------
     async def _reversal(self, msg: Message, raw: bytes, timing: Timing) -> Reply:
         terminal, refusal = await self._signed_on(msg, raw, timing)
@@ -887,6 +931,9 @@ class PosService:
         # From here on a 0200 with this STAN that comes later is declined 05 (``_financial``).
         terminal.entries[("0400", stan)] = entry
         original = terminal.find_original(stan)
+        if original is None:  # its original may have been made at another switch node
+            await self.registry.refresh(terminal)
+            original = terminal.find_original(stan)
         request: Message | None = None
         rrn_value: str | None = None
         if original is not None:
@@ -938,6 +985,9 @@ class PosService:
         except ValueError:
             return Reply(pos_response(msg, code="30"))
         batch = parse_de60(msg.get("60")).batch_no
+        # The batch's requests may have been made at other switch nodes: its totals come from the
+        # database's journal (one read per settlement), with what is in flight here.
+        await self.registry.refresh(terminal)
         if batch != terminal.batch_no:
             return Reply(pos_response(msg, code="77"), resign=True)
         async with terminal.lock:

@@ -11,7 +11,11 @@ terminal is served: every written-ahead request of an earlier process without a 
 0420 queued here and a journal row (98 to a terminal, 91 to an acquirer, 00 for a reversal: as after a
 timeout), in one transaction that also deletes the write-ahead rows, so recovery run twice queues
 nothing twice. :meth:`SafQueue.run` deletes the write-ahead rows of answered requests every
-``prune_seconds``.
+``prune_seconds`` (kept ``keep_answered_seconds``: another node's retransmission conflicts with them).
+
+Several nodes (switch/nodes.py): recovery at start takes this node's rows, those of nodes dead on this
+host and rows without a node; :meth:`SafQueue.recover_node` those of a node whose lease lapsed. Due
+advices are claimed (``switch_saf.claim_*``) before they are sent, so no two nodes send one at once.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import datetime
 import itertools
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -27,9 +32,9 @@ import trio
 from ops.logs import get_logger
 from switch import metrics
 from switch.journal import durably
-from switch.links import LinkDown, LinkTimeout, OutboundLink
+from switch.links import LinkDown, LinkTimeout, OutboundLink, slotted_stan
 from switch.mapping import Message, local_time_of, original_data, transmission_time
-from switch.store import Store
+from switch.store import Recovered, Store
 
 log = get_logger(__name__)
 
@@ -139,6 +144,7 @@ class SafQueue:
         timeout: float,
         parallel: int = 16,
         prune_seconds: float = 30.0,
+        keep_answered_seconds: float = 0.0,
     ) -> None:
         self.store = store
         self.links = links
@@ -146,6 +152,7 @@ class SafQueue:
         self.timeout = timeout
         self.parallel = parallel
         self.prune_seconds = prune_seconds
+        self.keep_answered_seconds = keep_answered_seconds
         self._prune_since: Any = None  # start of the previous prune pass, minus the overlap
         self._wake = trio.Event()
         self._sending: set[int] = set()
@@ -160,18 +167,15 @@ class SafQueue:
     def wake(self) -> None:
         self._wake.set()
 
-    async def recover(self, acquirer_id: str) -> int:
-        """Queue a 0420 for every request an earlier process wrote ahead and never answered (see the
-        module docstring); returns how many. Call before serving terminals, with the links made.
-        ``acquirer_id``: DE32 of an advice whose link is no longer configured."""
+    def _recoverer(self, acquirer_id: str, stan_slot: int) -> Callable[[Any], Recovered]:
         spare = itertools.count(int(time.time() * 1000) % 999_999)  # a link no longer configured
 
-        def recover(row: Any) -> tuple[str, Message | None, tuple[Any, ...]]:
+        def recover(row: Any) -> Recovered:
             # Runs on the pool's side: only plain objects (a link's STAN counter is an itertools.count).
             if row["txn_type"] == "offline":
                 return row["link"], None, recovered_advice_row(row)  # never reversed: sent again
             link = self.links.get(row["link"])
-            stan = link.next_stan() if link is not None else next(spare) % 999_999 + 1
+            stan = link.next_stan() if link is not None else slotted_stan(next(spare), stan_slot)
             advice = _advice(
                 write_ahead_original(row), stan, link.acquirer_id if link is not None else acquirer_id, "98"
             )
@@ -179,7 +183,34 @@ class SafQueue:
                 advice["90"] = row["reverses"]  # a reversal forwarded upstream: its advice names the original
             return row["link"], advice, recovered_journal_row(row)
 
-        lost = await self.store.recover_write_ahead(recover)
+        return recover
+
+    async def recover(
+        self, acquirer_id: str, dead: Callable[[str], bool] = lambda _: False, stan_slot: int = 0
+    ) -> int:
+        """Queue a 0420 for every request an earlier process wrote ahead and never answered (see the
+        module docstring); returns how many. Call before serving terminals, with the links made.
+        ``acquirer_id``: DE32 of an advice whose link is no longer configured; ``dead``: whether a node
+        id is a process of this host that no longer runs (switch/nodes.py)."""
+        lost = await self.store.recover_write_ahead(self._recoverer(acquirer_id, stan_slot), dead)
+        self._log_recovered(lost)
+        self._prune_since = None
+        return len(lost)
+
+    async def recover_node(
+        self, acquirer_id: str, node_id: str, epoch: int, lapse_seconds: float, stan_slot: int = 0
+    ) -> int | None:
+        """Take over the lapsed node ``node_id`` (lease ``epoch``) and reverse what it left in flight, as
+        start-up recovery does; None when it renewed meanwhile or another node took it over."""
+        lost = await self.store.recover_node(
+            self._recoverer(acquirer_id, stan_slot), node_id, epoch, lapse_seconds
+        )
+        if lost is None:
+            return None
+        self._log_recovered(lost)
+        return len(lost)
+
+    def _log_recovered(self, lost: list[Any]) -> None:
         for row in lost:
             offline = row["txn_type"] == "offline"  # an offline advice: the terminal sends it again
             log.warning(
@@ -194,14 +225,13 @@ class SafQueue:
             )
         if lost:
             self._wake.set()
-        self._prune_since = None
-        return len(lost)
 
     async def prune(self) -> int:
         """Delete the write-ahead rows of answered requests made since the previous pass (minus an
         overlap covering requests that were still in flight then); returns how many."""
-        deleted, now = await self.store.prune_write_ahead(self._prune_since)
-        self._prune_since = now - datetime.timedelta(seconds=PRUNE_OVERLAP_SECONDS)
+        deleted, now = await self.store.prune_write_ahead(self._prune_since, self.keep_answered_seconds)
+        overlap = PRUNE_OVERLAP_SECONDS + self.keep_answered_seconds
+        self._prune_since = now - datetime.timedelta(seconds=overlap)
         return deleted
 
     async def _prune_loop(self) -> None:
@@ -229,7 +259,7 @@ class SafQueue:
                 if not up:
                     continue
                 try:
-                    due = await self.store.saf_due(up, 200)
+                    due = await self.store.saf_due(up, 200, self._claim_seconds)
                 except Exception as exc:
                     log.error("store-and-forward read failed", error=str(exc))
                     continue
@@ -239,6 +269,11 @@ class SafQueue:
                         if row["id"] not in self._sending:
                             self._sending.add(row["id"])
                             batch.start_soon(self._send, row, limiter)
+
+    @property
+    def _claim_seconds(self) -> float:
+        # a claim outlives the rows' sends (at most ``parallel`` at once of 200, each up to ``timeout``)
+        return 200 / self.parallel * self.timeout + 10.0
 
     async def _wake_on_up(self, link: OutboundLink) -> None:
         while True:
@@ -258,12 +293,14 @@ class SafQueue:
                 message["t"] = mti
                 link = self.links[row["link"]]
                 metrics.SAF_SENT.labels(mti=mti).inc()
+                epoch = row["claim_epoch"]
                 try:
                     answer = await link.request(message, self.timeout)
                 except (LinkDown, LinkTimeout):
-                    await self.store.saf_result(saf_id, False, None, self.retry_seconds)
+                    await self.store.saf_result(saf_id, False, None, self.retry_seconds, epoch)
                     return
-                await self.store.saf_result(saf_id, True, str(answer.get("39", "")), self.retry_seconds)
+                code = str(answer.get("39", ""))
+                await self.store.saf_result(saf_id, True, code, self.retry_seconds, epoch)
                 metrics.SAF_DEPTH.dec()
                 log.info(
                     "reversal advice delivered", saf_id=saf_id, link=link.name, mti=mti, code=answer.get("39")

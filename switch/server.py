@@ -10,6 +10,7 @@ exit 0.
 
 from __future__ import annotations
 
+import os
 import signal
 from dataclasses import dataclass, field
 
@@ -28,6 +29,7 @@ from switch.journal import JournalWriter
 from switch.links import LinkConfig, LinkTiming, MacFn, OutboundLink, VerifyFn
 from switch.listener import Limits, Listener
 from switch.mapping import set_local_zone
+from switch.nodes import Node, dead_on_this_host, node_id_of
 from switch.pos import PosService
 from switch.routing import RoutingTable
 from switch.saf import SafQueue
@@ -59,11 +61,21 @@ class Switch:
     async def run(self, *, task_status: trio.TaskStatus[Ports] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config.switch
         set_local_zone(self.config.clearing.timezone)  # DE12/DE13: the programme's wall clock
-        store = Store(self.pool)
+        store = Store(self.pool, node_id_of(cfg.node_id))
         snapshot = await ConfigWatcher.load(self.pool)  # links (with ZMKs) and routes; then polled
         async with HsmClient.from_config(self.config.hsm) as client:
             hsm = KeyChangeGate(ClientHsm(client))
             timing = LinkTiming(echo_interval=float(cfg.link_echo_s))
+            saf = SafQueue(
+                store,
+                self.links,
+                retry_seconds=float(cfg.saf_retry_s),
+                timeout=cfg.request_timeout_ms / 1000,
+                keep_answered_seconds=RETRANSMISSION_WINDOW_S,
+            )
+            # the lease row first: its slot fixes the STANs of the links made below (switch/nodes.py)
+            node = Node(store, saf, lease_seconds=float(cfg.lease_seconds), acquirer_id=cfg.institution_id)
+            stan_slot = await node.register()
 
             def make_link(lc: LinkConfig, previous: OutboundLink | None) -> OutboundLink:
                 return OutboundLink(
@@ -74,12 +86,12 @@ class Switch:
                     mac=_link_mac(hsm, lc),
                     verify=_link_verify(hsm, lc),
                     stan_from=previous,
+                    stan_slot=stan_slot,
                 )
 
             inbound: dict[str, LinkConfig] = {}
             journal = JournalWriter(store.insert_journal)
             timeout = cfg.request_timeout_ms / 1000
-            saf = SafQueue(store, self.links, retry_seconds=float(cfg.saf_retry_s), timeout=timeout)
             upstream = Upstream(
                 self.links, RoutingTable([]), saf, acquirer_id=cfg.institution_id, timeout=timeout
             )
@@ -142,9 +154,11 @@ class Switch:
             metrics.IN_FLIGHT.set_function(lambda: sum(listener.in_flight for listener in self.listeners))
 
             # Crash recovery, before any terminal is served and with the links made: requests an
-            # earlier process wrote ahead and never answered get their 0420 queued (once).
-            await saf.recover(cfg.institution_id)
+            # earlier process wrote ahead and never answered get their 0420 queued (once). Several
+            # nodes: this node's own rows and those of switch processes of this host that are gone.
+            await saf.recover(cfg.institution_id, dead_on_this_host, stan_slot)
             async with trio.open_nursery() as background:
+                background.start_soon(node.run, _fenced)
                 background.start_soon(journal.run)
                 background.start_soon(saf.run)
                 background.start_soon(watcher.run)  # runs the links; takes over config changes
@@ -161,6 +175,8 @@ class Switch:
                         h2h=ports[2],
                         links=sorted(self.links),
                         routes=len(routes),
+                        node=store.node_id,
+                        stan_slot=stan_slot,
                     )
                     task_status.started(Ports(*ports))
                     await self.stopping.wait()
@@ -171,6 +187,17 @@ class Switch:
                 await journal.flush()
                 background.cancel_scope.cancel()
         log.info("switch stopped")
+
+
+# Answered write-ahead rows are kept this long: a retransmission another node handled first conflicts
+# with their unique key instead of going upstream twice (switch/README.md, "Several switch nodes").
+RETRANSMISSION_WINDOW_S = 300.0
+
+
+def _fenced() -> None:
+    # Another node took this one over and reversed its requests in flight: answering any of them now
+    # would tell a terminal "approved" for a reversed purchase. Stop at once, answering nothing.
+    os._exit(75)
 
 
 async def _catalog_poll(store: Store, registry: Registry, seconds: float) -> None:

@@ -1,8 +1,11 @@
 """Terminal sessions: who a terminal is, its working keys, its open batch and what it sent in it.
 
 A terminal's state is loaded from the database on first contact after start (host registry + switch
-session + open batch + that batch's journal) and then kept in memory: this process is the only writer
-of the switch tables, so memory and database agree. The journal entries of the open batch give
+session + open batch + that batch's journal) and then kept in memory. Several switch nodes may share the
+database (switch/README.md, "Several switch nodes"): a terminal that signed on or transacted at another
+node since leaves this node's copy stale, so it is read again (:meth:`Registry.refresh`) when it cannot
+explain a request (a MAC that fails, another batch, not signed on, a reversal's original not found, a
+settlement) -- never per request. The journal entries of the open batch give
 duplicate detection (same MTI + STAN within the batch: the first answer again, nothing upstream twice),
 finding the original of a reversal, and the batch totals for settlement.
 """
@@ -79,6 +82,8 @@ class Terminal:
     pending: SessionRow | None = None
     pending_conn: trio.SocketStream | None = None
     signons: deque[float] = field(default_factory=deque)  # times of the sign-ons of the last minute
+    generation: int = 0  # +1 at every refresh from the database: concurrent refreshes make one read
+    refreshing: trio.Lock = field(default_factory=trio.Lock)
 
     @property
     def terminal_id(self) -> str:
@@ -121,6 +126,22 @@ class Terminal:
             if entry is not None:
                 return entry
         return None
+
+    def refresh(self, session: SessionRow | None, batch_no: int, rows: list[Any]) -> None:
+        """Take what the database holds now (another node may have written it): the session (keys
+        changed elsewhere: no connection here holds them), the open batch and its journal entries.
+        Entries this node holds stay (one in flight here is newer than the database)."""
+        if _keys(session) != _keys(self.session):
+            self.session, self.conn, self.pending_conn = session, None, None
+            self.pending = session.pending if session is not None else None
+        if batch_no != self.batch_no:
+            self.new_batch(batch_no)
+        for row in rows:
+            entry = entry_from_row(row)
+            self.entries.setdefault((entry.mti, entry.stan), entry)
+        for entry in list(self.entries.values()):
+            _apply_links(self, entry)
+        self.generation += 1
 
     def new_batch(self, batch_no: int) -> None:
         self.batch_no = batch_no
@@ -214,6 +235,18 @@ class Registry:
             del self._loading[key]
             event.set()
 
+    async def refresh(self, terminal: Terminal) -> None:
+        """Read ``terminal``'s session, open batch and journal again (see the module docstring); requests
+        that wait while another refreshes it share that read."""
+        seen = terminal.generation
+        async with terminal.refreshing:
+            if terminal.generation != seen:
+                return
+            record, session, batch_no, rows = await self._load(terminal.terminal_id, terminal.merchant_id)
+            if record is not None and record.merchant_id == terminal.merchant_id:
+                terminal.record = record
+                terminal.refresh(session, batch_no, rows)
+
     def forget(self, terminal_id: str, merchant_id: str) -> None:
         self._terminals.pop((terminal_id, merchant_id), None)
 
@@ -231,6 +264,12 @@ class Registry:
                 terminal.record = dataclasses.replace(terminal.record, disabled=now)
                 changed += 1
         return changed
+
+
+def _keys(session: SessionRow | None) -> tuple[str, str, str, str, bool] | None:
+    if session is None:
+        return None
+    return session.scheme, session.pik, session.mak, session.tdk, session.signed_on
 
 
 def _apply_links(terminal: Terminal, entry: Entry) -> None:

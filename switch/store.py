@@ -113,18 +113,40 @@ _ANSWERED = (
 # outcome died with the process) come back to be reversed, once per upstream request (a batch replayed
 # after a commit whose acknowledgement was lost writes its rows twice). now() is this transaction's
 # start.
-_RECOVER_SQL = f"""
-WITH gone AS (DELETE FROM switch_write_ahead WHERE created_at < now() RETURNING *)
+# ``{which}`` (several nodes, switch/nodes.py): at start, this node's own rows of an earlier process, those
+# of nodes dead on this host and rows from before migration 0011 (no node); a lapsed node's rows when a
+# live node takes it over.
+_RECOVER_SQL = """
+WITH gone AS (DELETE FROM switch_write_ahead WHERE {which} RETURNING *)
 SELECT DISTINCT ON (w.link, w.link_de7, w.link_stan) w.* FROM gone w
 WHERE NOT EXISTS (
-    SELECT 1 FROM switch_journal j WHERE {_ANSWERED.format(since="(SELECT min(created_at) FROM gone)")}
+    SELECT 1 FROM switch_journal j WHERE ANSWERED
 )
 ORDER BY w.link, w.link_de7, w.link_stan, w.created_at
+""".replace("ANSWERED", _ANSWERED.format(since="(SELECT min(created_at) FROM gone)"))
+_RECOVER_AT_START = "created_at < now() AND (node_id IS NULL OR node_id = ANY($1::text[]))"
+_RECOVER_NODE = "node_id = $1"
+
+# The write-ahead insert of a key another node (or an earlier attempt) holds: the row is taken over only
+# when it is the same upstream request (a batch written again) or its request was answered under a key
+# of its own (91/96/A0 and an advice's 98 are not kept: the terminal may send it again). Otherwise the
+# key stays the first's, and the request is answered from the first's journal row (switch/pos.py).
+_AHEAD_TAKEOVER = """
+INSERT INTO switch_write_ahead AS w ({cols}) VALUES ({params})
+ON CONFLICT (dedup_key) DO UPDATE SET {sets}
+WHERE (w.link, w.link_de7, w.link_stan) = (EXCLUDED.link, EXCLUDED.link_de7, EXCLUDED.link_stan)
+   OR EXISTS (SELECT 1 FROM switch_journal j WHERE j.link = w.link AND j.link_de7 = w.link_de7
+              AND j.link_stan = w.link_stan AND j.created_at >= w.created_at - interval '5 minutes'
+              AND j.dedup_key <> w.dedup_key)
 """
 
+
+# Answered rows are kept ``$2`` seconds: their unique key is what tells another node a retransmission
+# of them is one (switch/README.md, "Several switch nodes").
 _PRUNE_SQL = f"""
 DELETE FROM switch_write_ahead w USING switch_journal j
-WHERE w.created_at >= $1 AND {_ANSWERED.format(since="$1::timestamptz")}
+WHERE w.created_at >= $1 AND w.created_at < now() - make_interval(secs => $2)
+  AND {_ANSWERED.format(since="$1::timestamptz")}
 """
 
 # The host's terminal registry: the shared-database contract (see the module docstring). A terminal id
@@ -352,15 +374,47 @@ async def _insert_journal(conn: Any, rows: Sequence[tuple[Any, ...]]) -> None:
         await _insert_journal_rows(conn, rows)
 
 
+_AHEAD_COPY_COLUMNS = (*WRITE_AHEAD_COLUMNS, "node_id")
+
+
 async def _insert_journal_and_ahead(
-    conn: Any, rows: Sequence[tuple[Any, ...]], ahead: Sequence[tuple[Any, ...]]
-) -> None:
+    conn: Any, rows: Sequence[tuple[Any, ...]], ahead: Sequence[tuple[Any, ...]], node_id: str | None = None
+) -> set[str]:
     # One COPY per table, each its own commit (an explicit transaction would add two round trips per
-    # batch and nothing needs the two to be atomic): the batch's event is set after both. A retry after
-    # an error may write a write-ahead row twice; recovery takes one per upstream request.
-    await conn.copy_records_to_table("switch_write_ahead", records=ahead, columns=WRITE_AHEAD_COLUMNS)
+    # batch and nothing needs the two to be atomic): the batch's event is set after both. Returns the
+    # keys of write-ahead rows refused because another node (or attempt) holds the key: those requests
+    # must not go upstream (switch/pos.py answers them from the first's journal row).
+    records = [(*row, node_id) for row in ahead]
+    refused: set[str] = set()
+    try:
+        await conn.copy_records_to_table("switch_write_ahead", records=records, columns=_AHEAD_COPY_COLUMNS)
+    except asyncpg.UniqueViolationError:  # rare: a retransmission elsewhere, or this batch written twice
+        refused = await _insert_ahead_rows(conn, records)
     if rows:
         await _insert_journal(conn, rows)
+    return refused
+
+
+async def _insert_ahead_rows(conn: Any, records: Sequence[tuple[Any, ...]]) -> set[str]:
+    cols = _AHEAD_COPY_COLUMNS
+    sql = _AHEAD_TAKEOVER.format(
+        cols=", ".join(cols),
+        params=", ".join(f"${i + 1}" for i in range(len(cols))),
+        sets=", ".join(["created_at = now()", *(f"{c} = EXCLUDED.{c}" for c in cols[1:])]),
+    )
+    await conn.executemany(sql, records)
+    held = await conn.fetch(
+        "SELECT dedup_key, link, link_de7, link_stan FROM switch_write_ahead "
+        "WHERE dedup_key = ANY($1::text[])",
+        [r[0] for r in records],
+    )
+    stored = {r[0]: (r[1], r[2], r[3]) for r in held}
+    at = {c: i for i, c in enumerate(cols)}
+    return {
+        r[0]
+        for r in records
+        if stored.get(r[0]) != (r[at["link"]], r[at["link_de7"]], r[at["link_stan"]])
+    }
 
 
 async def _insert_journal_rows(conn: Any, rows: Sequence[tuple[Any, ...]]) -> None:
@@ -375,33 +429,71 @@ async def _insert_journal_rows(conn: Any, rows: Sequence[tuple[Any, ...]]) -> No
 Recovered = tuple[str, dict[str, Any] | None, tuple[Any, ...]]
 
 
-async def _recover_write_ahead(conn: Any, recover: Callable[[Any], Recovered]) -> list[Any]:
+async def _recover_write_ahead(
+    conn: Any,
+    recover: Callable[[Any], Recovered],
+    node_id: str | None = None,
+    dead: Callable[[str], bool] = lambda _: False,
+) -> list[Any]:
     """Turn every write-ahead row of an earlier process that has no journal row into a reversal advice
     and a journal row, and delete all of them, in one transaction: run twice, it queues nothing twice.
-    ``recover`` builds the advice and the row (plain code: it runs on the pool's side)."""
+    ``recover`` builds the advice and the row (plain code: it runs on the pool's side). The rows are
+    this node's (``node_id``, an earlier process of it), those of nodes ``dead`` says are gone (a
+    process of this host that no longer runs: their lease rows go too) and those without a node."""
     async with conn.transaction():
-        # The CTE's row count is unknown to the planner (it guesses 1): a nested loop would scan the
-        # journal window once per row. A hash anti-join reads it once.
-        await conn.execute("SET LOCAL enable_nestloop = off")
-        lost = list(await conn.fetch(_RECOVER_SQL))
-        if lost:
-            made = [recover(row) for row in lost]
-            saf = [(link, json.dumps(a), str(a.get("39", ""))) for link, a, _ in made if a is not None]
-            if saf:
-                await conn.executemany(
-                    "INSERT INTO switch_saf (link, message, reason) VALUES ($1, $2::jsonb, $3)", saf
-                )
-            await _insert_journal_rows(conn, [row for _, _, row in made])
+        nodes = [r[0] for r in await conn.fetch("SELECT DISTINCT node_id FROM switch_write_ahead")]
+        mine = [n for n in nodes if n is not None and (n == node_id or dead(n))]
+        gone = [n for n in mine if n != node_id]
+        if gone:
+            await conn.execute("DELETE FROM switch_nodes WHERE node_id = ANY($1::text[])", gone)
+        return await _recover_rows(conn, recover, _RECOVER_AT_START, mine)
+
+
+async def _recover_node(
+    conn: Any, recover: Callable[[Any], Recovered], node_id: str, epoch: int, lapse_seconds: float, me: str
+) -> list[Any] | None:
+    """Take over the lapsed node ``node_id`` (its lease ``epoch`` as seen): delete its lease row and
+    recover its write-ahead rows in one transaction, once (None: it renewed, or another node took it)."""
+    async with conn.transaction():
+        taken = await conn.fetchval(
+            "DELETE FROM switch_nodes WHERE node_id = $1 AND epoch = $2 "
+            "AND expires_at < now() - make_interval(secs => $3) "
+            "AND EXISTS (SELECT 1 FROM switch_nodes me WHERE me.node_id = $4 "
+            "AND me.up_since < now() - make_interval(secs => $3)) RETURNING node_id",
+            node_id,
+            epoch,
+            lapse_seconds,
+            me,
+        )
+        if taken is None:
+            return None
+        return await _recover_rows(conn, recover, _RECOVER_NODE, node_id)
+
+
+async def _recover_rows(conn: Any, recover: Callable[[Any], Recovered], which: str, arg: Any) -> list[Any]:
+    # The CTE's row count is unknown to the planner (it guesses 1): a nested loop would scan the
+    # journal window once per row. A hash anti-join reads it once.
+    await conn.execute("SET LOCAL enable_nestloop = off")
+    lost = list(await conn.fetch(_RECOVER_SQL.format(which=which), arg))
+    if lost:
+        made = [recover(row) for row in lost]
+        saf = [(link, json.dumps(a), str(a.get("39", ""))) for link, a, _ in made if a is not None]
+        if saf:
+            await conn.executemany(
+                "INSERT INTO switch_saf (link, message, reason) VALUES ($1, $2::jsonb, $3)", saf
+            )
+        await _insert_journal_rows(conn, [row for _, _, row in made])
     return lost
 
 
-async def _prune_write_ahead(conn: Any, since: Any) -> tuple[int, Any]:
-    """Delete the write-ahead rows made since ``since`` (None: all) whose journal row exists;
-    returns (rows deleted, the database's now() before the delete)."""
+async def _prune_write_ahead(conn: Any, since: Any, keep_seconds: float = 0.0) -> tuple[int, Any]:
+    """Delete the write-ahead rows made since ``since`` (None: all) and more than ``keep_seconds`` ago
+    whose journal row exists; returns (rows deleted, the database's now() before the delete)."""
     now, oldest = await conn.fetchrow("SELECT now(), (SELECT min(created_at) FROM switch_write_ahead)")
     if oldest is None:
         return 0, now
-    status: str = await conn.execute(_PRUNE_SQL, oldest if since is None else max(since, oldest))
+    start = oldest if since is None else max(since, oldest)
+    status: str = await conn.execute(_PRUNE_SQL, start, keep_seconds)
     return int(status.rsplit(" ", 1)[-1]), now
 
 
@@ -453,15 +545,26 @@ async def _saf_add(conn: Any, link: str, message: dict[str, Any], reason: str) -
     return saf_id
 
 
-async def _saf_due(conn: Any, links: list[str], limit: int) -> list[Any]:
-    return list(
-        await conn.fetch(
-            "SELECT id, link, message, attempts FROM switch_saf WHERE done_at IS NULL AND link = ANY($1) "
-            "AND next_attempt_at <= now() ORDER BY id LIMIT $2",
-            links,
-            limit,
-        )
-    )
+# Due advices are claimed, not only read: two nodes never send one at once (switch/README.md, "Several
+# switch nodes"). A claim lasts ``$4`` seconds (longer than a send waits); a lapsed one (its node died)
+# is taken with its epoch + 1, and only the claim's holder writes the result.
+_SAF_CLAIM_SQL = """
+UPDATE switch_saf s SET
+    claim_epoch = CASE WHEN s.claim_owner IS DISTINCT FROM $3 THEN s.claim_epoch + 1 ELSE s.claim_epoch END,
+    claim_owner = $3, claimed_until = now() + make_interval(secs => $4)
+FROM (SELECT id FROM switch_saf WHERE done_at IS NULL AND link = ANY($1) AND next_attempt_at <= now()
+      AND (claimed_until IS NULL OR claimed_until < now() OR claim_owner = $3)
+      ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) due
+WHERE s.id = due.id
+RETURNING s.id, s.link, s.message, s.attempts, s.claim_epoch
+"""
+
+
+async def _saf_due(
+    conn: Any, links: list[str], limit: int, owner: str = "", claim_seconds: float = 60.0
+) -> list[Any]:
+    claimed = await conn.fetch(_SAF_CLAIM_SQL, links, limit, owner, claim_seconds)
+    return sorted(claimed, key=lambda r: r["id"])
 
 
 async def _saf_depth(conn: Any) -> int:
@@ -469,28 +572,116 @@ async def _saf_depth(conn: Any) -> int:
     return depth
 
 
-async def _saf_result(conn: Any, saf_id: int, done: bool, code: str | None, retry_seconds: float) -> None:
+async def _saf_result(
+    conn: Any,
+    saf_id: int,
+    done: bool,
+    code: str | None,
+    retry_seconds: float,
+    owner: str | None = None,
+    epoch: int | None = None,
+) -> None:
+    # ``owner``/``epoch``: written only while the claim is still this node's (the fencing token).
+    guard = "" if owner is None else " AND claim_owner = $3 AND claim_epoch = $4"
+    extra: tuple[Any, ...] = () if owner is None else (owner, epoch)
+    release = ", claimed_until = NULL" if owner is not None else ""
     if done:
         await conn.execute(
-            "UPDATE switch_saf SET attempts = attempts + 1, done_at = now(), response_code = $2 "
-            "WHERE id = $1",
+            "UPDATE switch_saf SET attempts = attempts + 1, done_at = now(), response_code = $2"
+            + release + " WHERE id = $1" + guard,
             saf_id,
             code,
+            *extra,
         )
     else:
         await conn.execute(
             "UPDATE switch_saf SET attempts = attempts + 1, "
-            "next_attempt_at = now() + make_interval(secs => $2) WHERE id = $1",
+            "next_attempt_at = now() + make_interval(secs => $2)" + release + " WHERE id = $1" + guard,
             saf_id,
             retry_seconds,
+            *extra,
         )
+
+
+# -- switch nodes (switch/nodes.py): leases in switch_nodes, migration 0011 --------------------------
+
+
+async def _register_node(
+    conn: Any, node_id: str, lease_seconds: float, lapse_seconds: float
+) -> tuple[int, int]:
+    """This node's lease row: its own slot again when the id is known, else the lowest slot no live
+    node holds (a lapsed one's, once lapsed ``lapse_seconds``); returns (slot, epoch). Serialised by an
+    advisory lock: two nodes starting at once never take one slot."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('switch_nodes'))")
+        row = await conn.fetchrow(
+            "UPDATE switch_nodes SET epoch = epoch + 1, started_at = now(), up_since = now(), "
+            "expires_at = now() + make_interval(secs => $2) WHERE node_id = $1 RETURNING slot, epoch",
+            node_id,
+            lease_seconds,
+        )
+        if row is not None:
+            return int(row[0]), int(row[1])
+        held = {
+            int(r[0])
+            for r in await conn.fetch(
+                "SELECT slot FROM switch_nodes WHERE expires_at >= now() - make_interval(secs => $1)",
+                lapse_seconds,
+            )
+        }
+        free = [slot for slot in range(10) if slot not in held]
+        if not free:
+            raise RuntimeError("ten switch nodes hold a lease already (switch_nodes): no STAN slot is free")
+        slot = free[0]
+        # (a node lapsed that long in this slot keeps its row until its write-ahead is recovered: it sends
+        # nothing any more, its next renewal finds itself taken over)
+        epoch = await conn.fetchval(
+            "INSERT INTO switch_nodes (node_id, slot, expires_at) "
+            "VALUES ($1, $2, now() + make_interval(secs => $3)) RETURNING epoch",
+            node_id,
+            slot,
+            lease_seconds,
+        )
+        return slot, int(epoch)
+
+
+async def _renew_node(conn: Any, node_id: str, epoch: int, lease_seconds: float) -> bool:
+    """Renew this node's lease; False when its row is gone or has another epoch (taken over: fenced)."""
+    renewed = await conn.fetchval(
+        "UPDATE switch_nodes SET up_since = CASE WHEN expires_at < now() THEN now() ELSE up_since END, "
+        "expires_at = now() + make_interval(secs => $3) WHERE node_id = $1 AND epoch = $2 RETURNING 1",
+        node_id,
+        epoch,
+        lease_seconds,
+    )
+    return renewed is not None
+
+
+async def _lapsed_nodes(conn: Any, lapse_seconds: float) -> list[tuple[str, int]]:
+    rows = await conn.fetch(
+        "SELECT node_id, epoch FROM switch_nodes WHERE expires_at < now() - make_interval(secs => $1)",
+        lapse_seconds,
+    )
+    return [(r[0], int(r[1])) for r in rows]
+
+
+_JOURNAL_ENTRY_SQL = (
+    "SELECT mti, stan, txn_type, amount, response_code, response, link, link_mti, link_stan, "
+    "link_de7, link_de32, rrn, auth_id, original, pan_masked, proc_code FROM switch_journal "
+    "WHERE dedup_key = $1"
+)
+
+
+async def _journal_entry(conn: Any, dedup_key: str) -> Any:
+    return await conn.fetchrow(_JOURNAL_ENTRY_SQL, dedup_key)
 
 
 class Store:
     """Trio-side access to the switch's tables through the shared asyncio pool."""
 
-    def __init__(self, pool: PgPool) -> None:
+    def __init__(self, pool: PgPool, node_id: str | None = None) -> None:
         self.pool = pool
+        self.node_id = node_id  # written on every write-ahead row (switch/nodes.py)
 
     async def load_terminal(
         self, terminal_id: str, merchant_id: str
@@ -532,19 +723,44 @@ class Store:
 
     async def insert_journal(
         self, rows: Sequence[tuple[Any, ...]], ahead: Sequence[tuple[Any, ...]] = (), /
-    ) -> None:
+    ) -> set[str]:
         """Journal rows and write-ahead rows (WRITE_AHEAD_COLUMNS); returns once both are committed (one
-        COPY each, not one transaction: see ``_insert_journal_and_ahead``)."""
+        COPY each, not one transaction: see ``_insert_journal_and_ahead``), with the keys of write-ahead
+        rows refused because another node holds them."""
         if ahead:
-            await self.pool.run(_insert_journal_and_ahead, rows, ahead)
-        else:
-            await self.pool.run(_insert_journal, rows)
+            refused: set[str] = await self.pool.run(_insert_journal_and_ahead, rows, ahead, self.node_id)
+            return refused
+        await self.pool.run(_insert_journal, rows)
+        return set()
 
-    async def recover_write_ahead(self, recover: Callable[[Any], Recovered]) -> list[Any]:
-        return await self.pool.run(_recover_write_ahead, recover)
+    async def recover_write_ahead(
+        self, recover: Callable[[Any], Recovered], dead: Callable[[str], bool] = lambda _: False
+    ) -> list[Any]:
+        return await self.pool.run(_recover_write_ahead, recover, self.node_id, dead)
 
-    async def prune_write_ahead(self, since: Any) -> tuple[int, Any]:
-        return await self.pool.run(_prune_write_ahead, since)
+    async def recover_node(
+        self, recover: Callable[[Any], Recovered], node_id: str, epoch: int, lapse_seconds: float
+    ) -> list[Any] | None:
+        assert self.node_id is not None
+        return await self.pool.run(_recover_node, recover, node_id, epoch, lapse_seconds, self.node_id)
+
+    async def prune_write_ahead(self, since: Any, keep_seconds: float = 0.0) -> tuple[int, Any]:
+        return await self.pool.run(_prune_write_ahead, since, keep_seconds)
+
+    async def journal_entry(self, dedup_key: str) -> Any:
+        """The journal row of ``dedup_key`` with the columns a terminal's entry is made of, or None."""
+        return await self.pool.run(_journal_entry, dedup_key)
+
+    async def register_node(self, lease_seconds: float, lapse_seconds: float) -> tuple[int, int]:
+        assert self.node_id is not None
+        return await self.pool.run(_register_node, self.node_id, lease_seconds, lapse_seconds)
+
+    async def renew_node(self, epoch: int, lease_seconds: float) -> bool:
+        assert self.node_id is not None
+        return await self.pool.run(_renew_node, self.node_id, epoch, lease_seconds)
+
+    async def lapsed_nodes(self, lapse_seconds: float) -> list[tuple[str, int]]:
+        return await self.pool.run(_lapsed_nodes, lapse_seconds)
 
     async def journal_by_key(
         self, dedup_key: str, channel: str = "", original: str | None = None
@@ -562,11 +778,15 @@ class Store:
     async def saf_add(self, link: str, message: dict[str, Any], reason: str) -> int:
         return await self.pool.run(_saf_add, link, message, reason)
 
-    async def saf_due(self, links: list[str], limit: int) -> list[Any]:
-        return await self.pool.run(_saf_due, links, limit)
+    async def saf_due(self, links: list[str], limit: int, claim_seconds: float = 60.0) -> list[Any]:
+        """Claim up to ``limit`` due advices of ``links`` for this node (switch_saf.claim_*)."""
+        return await self.pool.run(_saf_due, links, limit, self.node_id or "", claim_seconds)
 
     async def saf_depth(self) -> int:
         return await self.pool.run(_saf_depth)
 
-    async def saf_result(self, saf_id: int, done: bool, code: str | None, retry_seconds: float) -> None:
-        await self.pool.run(_saf_result, saf_id, done, code, retry_seconds)
+    async def saf_result(
+        self, saf_id: int, done: bool, code: str | None, retry_seconds: float, epoch: int | None = None
+    ) -> None:
+        owner = None if epoch is None else self.node_id or ""
+        await self.pool.run(_saf_result, saf_id, done, code, retry_seconds, owner, epoch)

@@ -207,7 +207,7 @@ def test_recovery_run_twice_or_concurrently_queues_one_advice(system: System) ->
             "link_stan, link_de7, link_de32) VALUES "
             "(now() - interval '1 minute', 'pos|TX|MX|1|000777|0200', 'pos-3des', '0200', 'purchase', "
             "'000000', 'TX', 'MX', 1, '000777', 4200, '156', '621234******1234', '512340777777', 'gone', "
-            "'0200', '777777', '1125120000', '48880000')",
+            "'0200', '777777', '1125120000', '48880000') ON CONFLICT (dedup_key) DO NOTHING",
         )
     de90 = original_data("0200", "777777", "1125120000", "48880000")
 
@@ -350,7 +350,8 @@ def test_journal_and_write_ahead_rows_round_trip_and_a_replayed_batch_is_not_an_
         "response": {"39": "00", "43": "食堂 一号窗口"},
     }
     written = query(system.db_url, "SELECT * FROM switch_write_ahead WHERE dedup_key = $1", key)
-    assert len(written) == 2 and all({c: w[c] for c in WRITE_AHEAD_COLUMNS} == ahead for w in written)
+    # one row: the key is unique since migration 0011 (several switch nodes), the replay took it over
+    assert len(written) == 1 and all({c: w[c] for c in WRITE_AHEAD_COLUMNS} == ahead for w in written)
     query(system.db_url, "DELETE FROM switch_write_ahead WHERE dedup_key = $1", key)
 
 
