@@ -153,6 +153,9 @@ class SafQueue:
         self.parallel = parallel
         self.prune_seconds = prune_seconds
         self.keep_answered_seconds = keep_answered_seconds
+        # called with (DE41, DE42) of each terminal request recovered: this node's copy of the terminal
+        # is stale (it would not know the recovered 98), so it is read again at its next request
+        self.forget: Callable[[str, str], None] = lambda _tid, _mid: None
         self._prune_since: Any = None  # start of the previous prune pass, minus the overlap
         self._wake = trio.Event()
         self._sending: set[int] = set()
@@ -212,6 +215,8 @@ class SafQueue:
 
     def _log_recovered(self, lost: list[Any]) -> None:
         for row in lost:
+            if str(row["channel"]).startswith("pos") and row["terminal_id"] and row["merchant_id"]:
+                self.forget(row["terminal_id"], row["merchant_id"])
             offline = row["txn_type"] == "offline"  # an offline advice: the terminal sends it again
             log.warning(
                 "request in flight when the switch stopped: "

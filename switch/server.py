@@ -109,6 +109,7 @@ class Switch:
             watcher.apply(snapshot)
             routes = upstream.routing.routes
             registry = Registry(store.load_terminal)
+            saf.forget = registry.forget  # a node taken over: its terminals' copies here are stale
             pos_limits = Limits(
                 cfg.max_connections,
                 cfg.max_in_flight,
