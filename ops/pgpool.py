@@ -77,7 +77,30 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InternalClientError,  # a connection broken mid-operation ("another operation")
+    # A write on a member still in recovery: behind HAProxy, during a failover, Patroni's /primary says
+    # 200 a moment before the promotion ends. The services only write outside read-only transactions.
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
 )
+
+
+def _lost(conn: Any) -> bool:
+    """Whether ``fn``'s pooled connection is gone: asyncpg detaches the proxy of a connection that
+    dropped (then every call on it raises InterfaceError), or the connection itself says it is closed."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True
+
+
+def _as_unavailable(exc: BaseException, conn: Any) -> BaseException:
+    """An error raised while the connection went away is a lost database whatever its type (a work
+    function's own handler may fail on the dead connection: "released back to the pool"): its outcome
+    is unknown, and the caller must treat it as such (decide again, never answer "nothing posted")."""
+    if isinstance(exc, Exception) and not isinstance(exc, UNAVAILABLE) and _lost(conn):
+        unavailable = DatabaseUnavailable(f"connection lost: {exc!r}")
+        unavailable.__cause__ = exc
+        return unavailable
+    return exc
 
 
 class PgPool:
@@ -246,7 +269,13 @@ class PgPool:
 
     async def _with_conn(self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
         async with self._pool.acquire() as conn:
-            return await fn(conn, *args)
+            try:
+                return await fn(conn, *args)
+            except BaseException as exc:
+                mapped = _as_unavailable(exc, conn)
+                if mapped is exc:
+                    raise
+                raise mapped from exc
 
     async def _execute(self, call: _Call) -> None:
         # The result goes back before the connection is released: a release may cost a round trip
@@ -256,7 +285,7 @@ class PgPool:
                 try:
                     call.result = outcome.Value(await call.fn(conn, *call.args))
                 except BaseException as exc:  # delivered to the trio caller, which re-raises it
-                    call.result = outcome.Error(exc)
+                    call.result = outcome.Error(_as_unavailable(exc, conn))
                 self._post(call)
         except BaseException as exc:
             if call.result is None:  # no connection to be had: that is the caller's answer
