@@ -27,6 +27,7 @@ partition is posted by one writer at a time (host.engine). No row is touched by 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import random
 import time
@@ -38,7 +39,7 @@ from typing import Any
 import asyncpg
 
 from host import chain as ledger_chain
-from host import chip, controls, events, kyc, offline, payment_codes, rules
+from host import chip, controls, events, kyc, leases, offline, payment_codes, rules
 from host.business_day import BusinessDay, utc_now
 from host.model import (
     FINANCIAL,
@@ -53,6 +54,7 @@ from host.model import (
     Txn,
 )
 from ops.actor import cli_actor
+from ops.audit import GENESIS
 from ops.db import DatabaseUnavailable
 from ops.logs import get_logger
 from ops.pgpool import UNAVAILABLE
@@ -155,6 +157,8 @@ class _Batch:
     events: list[list[Any]] = field(default_factory=list)
     stamp: str = ""  # the events' occurred_at (b.now, RFC 3339)
     chain: int | None = None  # the ledger chain the batch is sealed on (host.chain; None: not chained)
+    # the engine chain's head (seq, hash) read by the batch under its writer group's lock (host.leases)
+    head: tuple[int, str] | None = None
     flags: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)  # approved keys' flags (host.chip)
 
 
@@ -194,11 +198,9 @@ class Ledger:
         self.balance_low = balance_low
         self.write_events = write_events
         # The ledger chain (host.chain): each batch sealed by a digest row in its own write statement
-        # (host.ledger_chain = false only to measure its cost: bench.host --chain). Each chain's head
-        # (seq, hash) as committed, kept between batches (read again after a failed one).
+        # (host.ledger_chain = false only to measure its cost: bench.host --chain). The head is read in
+        # each batch, under its writer group's lock: another host may have extended the chain meanwhile.
         self.chained = chained
-        self._heads: dict[int, tuple[int, str]] = {}
-        self._sealed: dict[int, tuple[int, str]] = {}
         self._card_ids: dict[str, int] = {}  # pan_hash -> card id (never changes)
         self._merchants: dict[str, tuple[float, Merchant | None]] = {}
         self._funding: dict[tuple[str, int], int] = {}
@@ -218,21 +220,14 @@ class Ledger:
         batch posted outside the engine (the shared chain, serialized by an advisory lock)."""
         now = now or self.clock()
         chain = (ledger_chain.SHARED_CHAIN if writer is None else writer) if self.chained else None
-        if chain is not None:
-            self._sealed.pop(chain, None)  # a failed batch's seal never becomes the head
         try:
-            async with _batch_transaction(conn):
-                decisions = await self._run_batch(conn, reqs, now, chain)
-            if chain is not None and (sealed := self._sealed.pop(chain, None)) is not None:
-                self._heads[chain] = sealed
-            return decisions
+            # an engine batch leases its writer group for its transaction (host.leases): no other host
+            # posts the group's partitions or extends its chain until it commits or rolls back
+            async with _batch_transaction(conn, writer):
+                return await self._run_batch(conn, reqs, now, chain)
         except UNAVAILABLE:
-            if chain is not None:
-                self._heads.pop(chain, None)
             raise  # maybe committed (its COMMIT's answer lost): the engine decides it again, later
         except Exception as exc:
-            if chain is not None:  # the head is read again: another process may have appended
-                self._heads.pop(chain, None)
             if conn.is_closed():  # whatever was raised, the connection went with it: as above
                 raise DatabaseUnavailable(f"connection lost in a posting batch: {exc!r}") from exc
             if len(reqs) == 1:
@@ -547,6 +542,8 @@ class Ledger:
     async def _answered_and_locked(self, conn: Any, b: _Batch, keys: list[str], card_ids: list[int]) -> None:
         """One round trip: which keys were answered already, and the cards' account rows locked."""
         row = await conn.fetchrow(_READ_SQL, keys, card_ids)
+        if b.chain is not None and b.chain != ledger_chain.SHARED_CHAIN:
+            b.head = leases.parse_head(row["head"]) or (0, GENESIS)
         for key, code, auth_id, balance, txn, card_id, amount, proc, reversed_ in json.loads(row["answered"]):
             b.done[key] = Decision(code, auth_id, balance, duplicate=True)
             if txn == TOMBSTONE:  # a late original named by an early reversal: 05, whatever it carries
@@ -1292,17 +1289,13 @@ class Ledger:
         self, conn: Any, b: _Batch, auth_lines: list[str], transfer_lines: list[str]
     ) -> ledger_chain.Seal | None:
         """The batch's digest row on its chain (host.chain), or None (not chained, nothing journaled).
-        The head is the one this Ledger committed last on the chain (one writer per chain), read in
-        the transaction when unknown, and always for the shared chain (under its lock)."""
+        An engine chain's head is the one the batch's read found under its writer group's lock
+        (host.leases: whichever host committed it); the shared chain's is read here, under its lock."""
         if b.chain is None or not (auth_lines or transfer_lines):
             return None
-        prev = self._heads.get(b.chain) if b.chain != ledger_chain.SHARED_CHAIN else None
-        if prev is None:
-            prev = await ledger_chain.head_of(conn, b.chain)
+        prev = b.head if b.head is not None else await ledger_chain.head_of(conn, b.chain)
         keyed = sorted(zip((t.key for t in b.transfers), transfer_lines, strict=True))
-        seal = ledger_chain.seal(b.chain, prev, b.now, auth_lines, [x[1] for x in keyed])
-        self._sealed[b.chain] = (seal.seq, seal.hash)
-        return seal
+        return ledger_chain.seal(b.chain, prev, b.now, auth_lines, [x[1] for x in keyed])
 
 
 _PIN_CHANGE_SQL = """
@@ -1335,7 +1328,8 @@ SELECT
         FROM cards c JOIN accounts a ON a.id = c.account_id JOIN products p ON p.id = c.product_id
             LEFT JOIN cardholders h ON h.id = c.cardholder_id
         WHERE c.id = ANY($2::bigint[]) ORDER BY c.id FOR NO KEY UPDATE OF a
-    ) l) AS cards
+    ) l) AS cards,
+    """ + leases.HEAD_SQL + """ AS head
 """
 
 _WRITE_SQL = """
@@ -1426,9 +1420,10 @@ SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[
 
 
 @asynccontextmanager
-async def _batch_transaction(conn: Any) -> AsyncIterator[None]:
-    """``conn.transaction()`` with the batch's plan settings sent in the same round trip as BEGIN."""
-    await conn.execute(_BATCH_BEGIN)
+async def _batch_transaction(conn: Any, group: int | None = None) -> AsyncIterator[None]:
+    """``conn.transaction()`` with the batch's plan settings sent in the same round trip as BEGIN, and
+    for an engine batch its writer group's lock (host.leases), in that round trip too."""
+    await conn.execute(_BATCH_BEGIN if group is None else _begin_of(group))
     try:
         yield
     except BaseException:
@@ -1437,6 +1432,11 @@ async def _batch_transaction(conn: Any) -> AsyncIterator[None]:
                 await conn.execute("ROLLBACK")
         raise
     await conn.execute("COMMIT")
+
+
+@functools.cache
+def _begin_of(group: int) -> str:
+    return _BATCH_BEGIN + leases.begin_sql(group)
 
 
 def _transfer_from_row(t: Any) -> TransferRow:

@@ -3,6 +3,8 @@
 A route is ``[bin_low, bin_high] -> link`` where both bounds have the same number of digits; a PAN
 matches when its first ``len(bin_low)`` digits fall inside. When several routes match, the one with the
 longest bounds wins, then the narrowest range, so an operator can carve a sub-range out of a wide one.
+Routes with the same bounds to several links make one group (``links_for``): the switch spreads that
+range's requests round-robin over the group's links that are up (host processes sharing one ledger).
 The table is immutable: reloading builds a new one and swaps it in.
 """
 
@@ -52,6 +54,7 @@ class RoutingTable:
         # and a linear scan of a few prefix comparisons is cheaper than anything cleverer here.
         self._routes = sorted(routes, key=lambda r: (-len(r.bin_low), r.width, r.bin_low))
         self._cache: dict[str, str | None] = {}
+        self._groups: dict[str, tuple[str, ...]] = {}
         self._longest = max((len(r.bin_low) for r in routes), default=0)
 
     def __len__(self) -> int:
@@ -73,6 +76,23 @@ class RoutingTable:
         found = None if route is None else route.link
         if len(self._cache) < 100_000:
             self._cache[key] = found
+        return found
+
+    def links_for(self, pan: str) -> tuple[str, ...]:
+        """Every link serving ``pan``'s route: the links of the routes with the same bounds as the one
+        :meth:`lookup` takes (several host processes behind one BIN range: the switch spreads requests
+        over them, switch.upstream), in route order; empty when no route covers it."""
+        key = pan[: self._longest]
+        try:
+            return self._groups[key]
+        except KeyError:
+            pass
+        route = self.route(pan)
+        found: tuple[str, ...] = () if route is None else tuple(
+            r.link for r in self._routes if r.bin_low == route.bin_low and r.bin_high == route.bin_high
+        )
+        if len(self._groups) < 100_000:
+            self._groups[key] = found
         return found
 
     def route(self, pan: str) -> Route | None:

@@ -60,10 +60,23 @@ class Upstream:
         self.saf = saf
         self.acquirer_id = acquirer_id
         self.timeout = timeout
+        self._turn = 0  # round-robin over a route's links (RoutingTable.links_for)
 
     def route(self, pan: str) -> OutboundLink | None:
-        name = self.routing.lookup(pan)
-        return None if name is None else self.links.get(name)
+        """The link for ``pan``: with several links on its route, the next one that is up in turn (a
+        host killed: its link down, new requests go to the others at once); none up: the first tried, whose
+        request then fails as link down (91) as with a single link."""
+        names = self.routing.links_for(pan)
+        if len(names) <= 1:
+            return self.links.get(names[0]) if names else None
+        self._turn += 1
+        first = None
+        for i in range(len(names)):
+            link = self.links.get(names[(self._turn + i) % len(names)])
+            if link is not None and link.up:
+                return link
+            first = first or link
+        return first
 
     async def send(self, link: OutboundLink, request: Message, *, reverse_on_timeout: bool = True) -> Outcome:
         """Send ``request`` on ``link``. On timeout a 0420 is made durable before returning."""
