@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint fmt bench demo clean help
+.PHONY: run test lint fmt bench demo clean help cluster cluster-down
 
 help:
 	@echo "make run    start PostgreSQL, hsm_sim, host and switch (Ctrl-C stops them)"
@@ -13,6 +13,8 @@ help:
 	@echo "make test   run the whole test suite against a throwaway PostgreSQL"
 	@echo "make lint   ruff + mypy"
 	@echo "make bench  run the benchmarks in bench/ and print their figures"
+	@echo "make cluster  etcd, 3 Patroni PostgreSQL members, HAProxy, HSM, host, switch on loopback in"
+	@echo "              var/cluster (payswitch cluster status; make cluster-down stops it)"
 	@echo "make clean  stop the embedded PostgreSQL and remove .venv and var/"
 
 $(STAMP): pyproject.toml
@@ -26,6 +28,13 @@ run: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/payswitch demo tour
+
+# The whole topology on loopback (ops/cluster.py); HOSTS=N SWITCHES=N for more nodes.
+cluster: $(STAMP)
+	$(VENV)/bin/payswitch cluster up --hosts $(or $(HOSTS),1) --switches $(or $(SWITCHES),1)
+
+cluster-down: $(STAMP)
+	$(VENV)/bin/payswitch cluster down
 
 # Two workers (pytest-xdist): half the suite waits on live processes and sockets, not the CPU; on this
 # 2-core machine the whole suite takes 13 min so, against 27 in one process. PYTEST_ARGS=-n0: one process.

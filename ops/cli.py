@@ -49,6 +49,7 @@ COMMANDS: dict[str, str] = {
     "approval": "host.approval_cli:approval",
     "operator": "console.operator_cli:operator",
     "audit": "ops.audit_cli:audit",
+    "cluster": "ops.cluster_cli:cluster",
 }
 
 

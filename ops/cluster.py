@@ -134,13 +134,13 @@ def up(
     *,
     hosts: int = 1,
     switches: int = 1,
-    seed: tuple[str, ...] = (),
+    seed: tuple[str, ...] | None = (),
     settings: dict[str, str] | None = None,
     progress: Any = None,
 ) -> State:
     """Bring the whole topology up in ``root`` (created; refused if a cluster is there) and return its
-    state. ``seed``: the arguments of `payswitch demo seed`; ``settings``: "section.key" -> value for
-    every payswitch process. On any failure what was started is stopped and the folder removed."""
+    state. ``seed``: the arguments of `payswitch demo seed` (None: no seed); ``settings``: "section.key"
+    -> value for every payswitch process. On any failure what was started is stopped (its logs kept)."""
     say = progress or (lambda _line: None)
     if missing := missing_tools():
         raise ClusterError(
@@ -366,19 +366,13 @@ def _plan_nodes(state: State, hosts: int, switches: int) -> None:
     state.save()
 
 
-def _start_services(state: State, seed: tuple[str, ...], settings: dict[str, str], say: Any) -> None:
-    hsm = state.nodes[0]
-    host_nodes = [n for n in state.nodes if n.kind == "host"]
-    switch_nodes = [n for n in state.nodes if n.kind == "switch"]
-    _write_private(state.config_path, _config_text(state, hsm, host_nodes[0]))  # it holds the DB password
-    common = _dotted_env(settings)
-    proc = _spawn(state, "hsm", _ops("hsm", "serve"), env=state.env(common), cwd=state.root)
-    _await(proc, hsm.ports["hsm"], "hsm", state)
-    say(f"hsm             127.0.0.1:{hsm.ports['hsm']}")
+def _seed(state: State, args: tuple[str, ...], env: dict[str, str]) -> None:
+    """`payswitch demo seed ARGS` (after the HSM, before host and switch: they read links and routes at
+    start), as `make run` does; its terminals dial HAProxy's POS ports."""
     seeded = subprocess.run(
-        _ops("demo", "seed", *seed),
+        _ops("demo", "seed", *args),
         cwd=state.root,
-        env=state.env(common),
+        env=state.env(env),
         capture_output=True,
         text=True,
         timeout=900,
@@ -387,7 +381,20 @@ def _start_services(state: State, seed: tuple[str, ...], settings: dict[str, str
     if seeded.returncode != 0:
         said = (seeded.stderr.strip() or seeded.stdout.strip()).splitlines()
         raise ClusterError(f"demo seed failed: {said[-1] if said else 'no output'}")
-    say("demo seed       done")
+
+
+def _start_services(state: State, seed: tuple[str, ...] | None, settings: dict[str, str], say: Any) -> None:
+    hsm = state.nodes[0]
+    host_nodes = [n for n in state.nodes if n.kind == "host"]
+    switch_nodes = [n for n in state.nodes if n.kind == "switch"]
+    _write_private(state.config_path, _config_text(state, hsm, host_nodes[0]))  # it holds the DB password
+    common = _dotted_env(settings)
+    proc = _spawn(state, "hsm", _ops("hsm", "serve"), env=state.env(common), cwd=state.root)
+    _await(proc, hsm.ports["hsm"], "hsm", state)
+    say(f"hsm             127.0.0.1:{hsm.ports['hsm']}")
+    if seed is not None:
+        _seed(state, seed, common)
+        say("demo seed       done")
     for node in host_nodes:
         env = common | _node_env(
             "host", node.name, {"port": node.ports["h2h"], "metrics_port": node.ports["metrics"]}
