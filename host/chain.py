@@ -3,6 +3,8 @@
 host.ledger seals every posting batch that wrote a decision or a transfer (``seal``: computed in Python
 over the rows the batch already has in memory, written by the batch's own write statement), one chain
 per writer of the posting engine (chain -1 for batches posted outside it: the CLI, host.admin).
+Several host processes share the engine's chains: a batch reads its chain's head under its writer
+group's lease (host.leases), so whichever host appends, the chain never forks.
 ``hash = SM3(prev_hash || canonical batch)``; the canonical text is documented, with a worked example,
 in host/migrations/0023_ledger_chain.sql.
 

@@ -8,7 +8,9 @@ collects, so batches grow with the load and the commit cost is shared.
 
 Partition = the card's partition (cards.part = PAN hash mod partitions); writer = partition mod writers.
 A card's requests are therefore always posted by the same writer, in arrival order, and writers never
-wait for each other's card rows.
+wait for each other's card rows. Several host processes on one database run the same writers: each
+batch leases its writer group for its transaction (host.leases), so a group is posted by one host at a
+time and its chain's head is read under the lease.
 """
 
 from __future__ import annotations
