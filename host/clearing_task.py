@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import trio
+from prometheus_client import Counter, Gauge
 
 from host.clearing import ClearingEmitError, EmitResult, emit_closed
 from ops.config import Config
@@ -32,6 +33,19 @@ log = get_logger(__name__)
 
 GRACE_SECONDS: Final = 60.0
 RECHECK_SECONDS: Final = 3600.0
+
+# For the alert "clearing file missing after cut-over" (deploy/prometheus/alerts.yml): a pass leaves
+# every closed date with its file, so a last success older than a cut-over plus a recheck is a date
+# whose file may be missing; failures count the passes that left one unwritten.
+EMIT_SUCCESS = Gauge(
+    "payswitch_host_clearing_emit_success_timestamp_seconds",
+    "Unix time of the last automatic clearing pass that left every closed business date with its file.",
+)
+EMIT_FAILURES = Counter(
+    "payswitch_host_clearing_emit_failures_total",
+    "Automatic clearing passes that left a closed business date without its file, by reason.",
+    ["reason"],
+)
 
 
 def utc_now() -> datetime:
@@ -72,8 +86,11 @@ async def run(pool: PgPool, config: Config, *, clock: Callable[[], datetime] = u
     while True:
         try:
             await emit_due(pool, config, settled_clock(clock()))
+            EMIT_SUCCESS.set_to_current_time()
         except ClearingEmitError as exc:
+            EMIT_FAILURES.labels(reason="refused").inc()
             log.error("clearing file not written", reason=str(exc))
         except Exception as exc:  # the database may come back; try again on the next wake-up
+            EMIT_FAILURES.labels(reason="failed").inc()
             log.error("clearing emit failed", error=repr(exc))
         await sleep(min(seconds_to_next_emit(clock(), c.cutover, c.timezone), RECHECK_SECONDS))
