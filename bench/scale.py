@@ -327,6 +327,8 @@ def main(argv: list[str]) -> int:
         stans: dict[str, int] = {}  # every run goes on from the last one's STANs (LoadPlan.stans)
         for switches, hosts in configs:
             key = f"{switches}x{hosts}"
+            while key in result["configs"]:  # a configuration measured again (e.g. the baseline last)
+                key += "'"
             try:
                 result["configs"][key] = run_config(system, pool, switches, hosts, host2_port, args, stans)
             except (ConfigError, LoadError) as exc:
@@ -351,8 +353,9 @@ def main(argv: list[str]) -> int:
 
 
 def _print_config(key: str, r: dict[str, Any], every: dict[str, dict[str, Any]]) -> None:
-    switches, hosts = key.split("x")
+    switches, hosts = key.rstrip("'").split("x")
     head = f"{switches} switch{'es' if switches != '1' else ''}, {hosts} host{'s' if hosts != '1' else ''}"
+    head += " again" * key.count("'")
     if "skipped" in r:
         print(f"{head:<20} cannot run: {r['skipped']}")
         return
