@@ -38,9 +38,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
 from ops import config as config_mod
 from ops import processes
-from ops.db import DatabaseUnavailable, ensure_database
+from ops.db import DatabaseUnavailable, connect, ensure_database
 from ops.migrate import migrate_url
 from ops.pgembed import SUPERUSER, _server_user, find_bindir, free_port
 
@@ -485,22 +487,27 @@ def _await(proc: subprocess.Popen[bytes], port: int, what: str, state: State, ti
 
 def _wait_database(url: str, timeout: float) -> None:
     """Until a connection through HAProxy reaches the primary (HAProxy needs a check interval)."""
-    from ops.db import connect
 
-    async def once() -> None:
+    async def once() -> bool:
         conn = await connect(url)
-        await conn.close()
-
-    deadline = time.monotonic() + timeout
-    while True:
         try:
-            asyncio.run(once())
-            return
-        except DatabaseUnavailable as exc:
+            return bool(await conn.fetchval("SELECT NOT pg_is_in_recovery()"))
+        finally:
+            await conn.close()
+
+    # HAProxy takes every server for up at its start until its checks say otherwise (fall x inter):
+    # until then a connection may land on a replica, or be cut when that server is marked down.
+    time.sleep(3 * HEALTH_INTERVAL_MS / 1000)
+    deadline = time.monotonic() + timeout
+    streak, said = 0, "a replica answered"
+    while streak < 3:
+        try:
+            streak = streak + 1 if asyncio.run(once()) else 0
+        except (DatabaseUnavailable, OSError, asyncpg.PostgresError) as exc:
+            streak, said = 0, str(exc)
+        if streak == 0:
             if time.monotonic() > deadline:
-                raise ClusterError(
-                    f"the database did not answer through HAProxy in {timeout:.0f}s: {exc}"
-                ) from None
+                raise ClusterError(f"the primary did not answer through HAProxy in {timeout:.0f}s: {said}")
             time.sleep(0.3)
 
 
