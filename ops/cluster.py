@@ -640,8 +640,8 @@ def children_of(pid: int) -> list[int]:
 
 # -- down ----------------------------------------------------------------------------------------------
 def down(root: Path, *, remove: bool = True) -> list[str]:
-    """Stop every process of the cluster (services first, etcd last) and, with ``remove``, delete its
-    folders. Returns the names of the processes that had to be killed."""
+    """Stop every process of the cluster (services first, etcd last), delete the members' data and,
+    with ``remove``, the folder (else its logs stay). Returns the processes that had to be killed."""
     state = State.load(root.absolute())
     killed = []
     for name in reversed(list(state.pids)):
@@ -656,9 +656,9 @@ def down(root: Path, *, remove: bool = True) -> list[str]:
                 _wait_gone(pg, 10)
         elif not _stop_pid(pid):
             killed.append(name)
+    if state.private:  # the members' data, under /var/tmp (their logs are in DIR/logs)
+        shutil.rmtree(state.private, ignore_errors=True)
     if remove:
-        if state.private:
-            shutil.rmtree(state.private, ignore_errors=True)
         shutil.rmtree(state.root, ignore_errors=True)
     else:
         state.pids = {}

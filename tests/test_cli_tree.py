@@ -155,7 +155,8 @@ def test_a_wrong_value_for_a_typed_option(payswitch: Invoke, path: tuple[str, ..
 
 # Commands that would start something long-running or interactive if their arguments were accepted.
 NEVER_RUN = {("run",), ("host", "serve"), ("switch", "serve"), ("hsm", "serve"), ("api", "serve"), ("load",),
-             ("db", "up"), ("db", "down"), ("demo", "seed"), ("demo", "tour")}
+             ("db", "up"), ("db", "down"), ("demo", "seed"), ("demo", "tour"),
+             ("cluster", "up")}  # cluster up: etcd, three Patroni members, HAProxy and services, detached
 # A command that may answer 0 to arguments naming nothing, and why (each one a decision, not an oversight).
 ANSWERS_NOTHING_FOUND = {
     ("settlement", "fees"): "a query: says the merchant is not in the host and so has no fee",
