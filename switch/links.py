@@ -330,10 +330,10 @@ class OutboundLink:
         self.timing = timing or LinkTiming()
         self.mac = mac  # DE128 on requests (links with a ZAK)
         self.verify = verify  # DE128 checked on answers (links with a ZAK)
-        # A restarted link goes on with its predecessor's STANs (DE7 + DE11 must not repeat).
-        self._stan: itertools.count[int] = (
-            stan_from._stan if stan_from is not None else itertools.count(_initial_stan())
-        )
+        # One STAN counter for every link of this process: two links to hosts on one database (a route
+        # group, host/README.md "Several host processes") must not send the same DE7 + DE11 with this
+        # switch's DE32, which the host would take for one request (a 94, or the first's answer).
+        self._stan: itertools.count[int] = stan_from._stan if stan_from is not None else _PROCESS_STANS
         # Several switch nodes draw STANs on links to the same host: each its own residue modulo
         # STAN_SLOTS (switch_nodes.slot), so two nodes never send one DE7 + DE11 (switch/nodes.py).
         self.stan_slot: int = stan_from.stan_slot if stan_from is not None else stan_slot
@@ -447,3 +447,7 @@ def _initial_stan() -> int:
     # STANs restart after a process restart; starting from the clock keeps DE7 + DE11 from repeating
     # within the same second across a quick restart.
     return int(time.time() * 1000) % 999_999
+
+
+# The process's link STAN counter (see OutboundLink): from the clock, so a restart does not repeat.
+_PROCESS_STANS: itertools.count[int] = itertools.count(_initial_stan())

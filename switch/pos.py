@@ -930,6 +930,18 @@ class PosService:
         )
         # From here on a 0200 with this STAN that comes later is declined 05 (``_financial``).
         terminal.entries[("0400", stan)] = entry
+        try:
+            return await self._reversal_steps(msg, timing, terminal, entry, stan, mak)
+        except BaseException:
+            # The database or the HSM went away (96 from ``handle``): the entry must not stay unfinished,
+            # or every repeat of this 0400 would wait for it forever; the terminal sends it again.
+            entry.finish("96", None)
+            terminal.entries.pop(("0400", stan), None)
+            raise
+
+    async def _reversal_steps(
+        self, msg: Message, timing: Timing, terminal: Terminal, entry: Entry, stan: str, mak: str
+    ) -> Reply:
         original = terminal.find_original(stan)
         if original is None:  # its original may have been made at another switch node
             await self.registry.refresh(terminal)

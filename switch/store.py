@@ -547,13 +547,16 @@ async def _saf_add(conn: Any, link: str, message: dict[str, Any], reason: str) -
 
 # Due advices are claimed, not only read: two nodes never send one at once (switch/README.md, "Several
 # switch nodes"). A claim lasts ``$4`` seconds (longer than a send waits); a lapsed one (its node died)
-# is taken with its epoch + 1, and only the claim's holder writes the result.
+# is taken with its epoch + 1, and only the claim's holder writes the result. A claim whose node has no
+# lease row any more (taken over, or recovered at start as dead on this host: a restart) is free at
+# once: its rows must not wait out the claim (the SAF loop only, never the hot path).
 _SAF_CLAIM_SQL = """
 UPDATE switch_saf s SET
     claim_epoch = CASE WHEN s.claim_owner IS DISTINCT FROM $3 THEN s.claim_epoch + 1 ELSE s.claim_epoch END,
     claim_owner = $3, claimed_until = now() + make_interval(secs => $4)
 FROM (SELECT id FROM switch_saf WHERE done_at IS NULL AND link = ANY($1) AND next_attempt_at <= now()
-      AND (claimed_until IS NULL OR claimed_until < now() OR claim_owner = $3)
+      AND (claimed_until IS NULL OR claimed_until < now() OR claim_owner = $3
+           OR NOT EXISTS (SELECT 1 FROM switch_nodes n WHERE n.node_id = switch_saf.claim_owner))
       ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) due
 WHERE s.id = due.id
 RETURNING s.id, s.link, s.message, s.attempts, s.claim_epoch
