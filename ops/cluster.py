@@ -368,6 +368,51 @@ def _plan_nodes(state: State, hosts: int, switches: int) -> None:
     state.save()
 
 
+SEED_LINK = "host"  # the link `demo seed` makes to the first host (pos.demo's link name)
+
+# The seeded link's keys and routes, to give every further host a link of its own with the same keys
+# (one database: every host knows that acquirer's keys). The operator CLI never shows keys, so the
+# cluster reads them as `demo seed` wrote them; everything else goes through the CLI.
+_SEED_LINK_SQL = "SELECT scheme, zpk, zak, connections FROM switch_links WHERE name = $1"
+_SEED_ROUTES_SQL = "SELECT bin_low, bin_high FROM switch_routes WHERE link = $1 ORDER BY bin_low"
+
+
+def _link_more_hosts(state: State, host_nodes: list[Node], env: dict[str, str]) -> None:
+    """Hosts 2..N as links ``host-N`` of the switches with the seeded link's routes: a route group, over
+    which a switch spreads its requests (host/README.md "Several host processes")."""
+    if len(host_nodes) < 2:
+        return
+
+    async def read() -> tuple[Any, list[Any]]:
+        conn = await connect(state.db_url)
+        try:
+            link = await conn.fetchrow(_SEED_LINK_SQL, SEED_LINK)
+            return link, await conn.fetch(_SEED_ROUTES_SQL, SEED_LINK)
+        finally:
+            await conn.close()
+
+    link, routes = asyncio.run(read())
+    if link is None:
+        raise ClusterError(f"no link {SEED_LINK!r} to copy for the other hosts (was the demo seeded?)")
+    mac = ["--zak", link["zak"]] if link["zak"] else []
+    for node in host_nodes[1:]:
+        _cli(state, env, "switch", "link", "add", node.name, "--host", "127.0.0.1", "--port",
+             str(node.ports["h2h"]), "--scheme", link["scheme"], "--zpk", link["zpk"], *mac,
+             "--connections", str(link["connections"]), "--replace", "--yes")  # fmt: skip
+        for r in routes:
+            _cli(state, env, "switch", "route", "add", r["bin_low"], r["bin_high"], "--link", node.name)
+
+
+def _cli(state: State, env: dict[str, str], *args: str) -> None:
+    done = subprocess.run(
+        _ops(*args), cwd=state.root, env=state.env(env), capture_output=True, text=True, timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        said = (done.stderr.strip() or done.stdout.strip()).splitlines()
+        raise ClusterError(f"payswitch {' '.join(args[:3])} failed: {said[-1] if said else 'no output'}")
+
+
 def _seed(state: State, args: tuple[str, ...], env: dict[str, str]) -> None:
     """`payswitch demo seed ARGS` (after the HSM, before host and switch: they read links and routes at
     start), as `make run` does; its terminals dial HAProxy's POS ports."""
@@ -404,6 +449,8 @@ def _start_services(state: State, seed: tuple[str, ...] | None, settings: dict[s
         proc = _spawn(state, node.name, _ops("host", "serve"), env=state.env(env), cwd=state.root)
         _await(proc, node.ports["h2h"], node.name, state)
         say(f"{node.name:<15} H2H 127.0.0.1:{node.ports['h2h']}")
+    if seed is not None:
+        _link_more_hosts(state, host_nodes, common)
     for node in switch_nodes:
         own = {
             "pos_3des_port": node.ports["pos_3des"],

@@ -121,6 +121,8 @@ def test_primary_killed_under_load(tmp_path: Path) -> None:
     started = time.monotonic()
     state = cluster.up(
         tmp_path / "cluster",
+        hosts=2,  # the topology: two hosts (one route group) and two switches behind HAProxy
+        switches=2,
         seed=("--load-terminals", str(TERMINALS), "--load-cards", "20"),
         settings=dict(faults.SETTINGS),
         progress=print,
