@@ -95,6 +95,16 @@ class RoutingTable:
             self._groups[key] = found
         return found
 
+    def siblings(self, link: str) -> tuple[str, ...]:
+        """The other links of every route group ``link`` belongs to (routes with the same bounds), in
+        route order: where a reversal advice for ``link`` may go while it is down (switch.saf)."""
+        bounds = {(r.bin_low, r.bin_high) for r in self._routes if r.link == link}
+        out: list[str] = []
+        for r in self._routes:
+            if (r.bin_low, r.bin_high) in bounds and r.link != link and r.link not in out:
+                out.append(r.link)
+        return tuple(out)
+
     def route(self, pan: str) -> Route | None:
         """The route ``pan`` takes (the rule of :meth:`lookup`, uncached), or None."""
         return next((route for route in self._routes if route.matches(pan)), None)

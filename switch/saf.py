@@ -156,6 +156,10 @@ class SafQueue:
         # called with (DE41, DE42) of each terminal request recovered: this node's copy of the terminal
         # is stale (it would not know the recovered 98), so it is read again at its next request
         self.forget: Callable[[str, str], None] = lambda _tid, _mid: None
+        # The other links of a link's route groups (switch.server: the current routing table's
+        # ``siblings``): hosts sharing one ledger, so a reversal advice whose own link is down goes over
+        # one of them (any of those hosts can undo the original) instead of waiting for the dead host.
+        self.siblings: Callable[[str], tuple[str, ...]] = lambda _link: ()
         self._prune_since: Any = None  # start of the previous prune pass, minus the overlap
         self._wake = trio.Event()
         self._sending: set[int] = set()
@@ -260,7 +264,7 @@ class SafQueue:
                 with trio.move_on_after(max(self.retry_seconds / 2, 0.2)):
                     await self._wake.wait()
                 self._wake = trio.Event()
-                up = [name for name, link in self.links.items() if link.up]
+                up = [name for name in self.links if self._deliverer(name) is not None]
                 if not up:
                     continue
                 try:
@@ -274,6 +278,18 @@ class SafQueue:
                         if row["id"] not in self._sending:
                             self._sending.add(row["id"])
                             batch.start_soon(self._send, row, limiter)
+
+    def _deliverer(self, name: str) -> OutboundLink | None:
+        """The link a reversal advice queued for ``name`` goes over now: its own when up, else the first
+        up link of its route groups, else None."""
+        own = self.links.get(name)
+        if own is not None and own.up:
+            return own
+        for other in self.siblings(name):
+            link = self.links.get(other)
+            if link is not None and link.up:
+                return link
+        return None
 
     @property
     def _claim_seconds(self) -> float:
@@ -296,7 +312,10 @@ class SafQueue:
                     message = json.loads(message)
                 mti = "0420" if row["attempts"] == 0 else "0421"
                 message["t"] = mti
-                link = self.links[row["link"]]
+                link = self._deliverer(row["link"])
+                if link is None:  # down meanwhile, and no other link of its group is up: later
+                    await self.store.saf_result(saf_id, False, None, self.retry_seconds, row["claim_epoch"])
+                    return
                 metrics.SAF_SENT.labels(mti=mti).inc()
                 epoch = row["claim_epoch"]
                 try:

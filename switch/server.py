@@ -110,6 +110,7 @@ class Switch:
             routes = upstream.routing.routes
             registry = Registry(store.load_terminal)
             saf.forget = registry.forget  # a node taken over: its terminals' copies here are stale
+            saf.siblings = lambda name: upstream.routing.siblings(name)  # the table of the moment
             pos_limits = Limits(
                 cfg.max_connections,
                 cfg.max_in_flight,

@@ -49,3 +49,30 @@ def test_upstream_spreads_over_the_links_that_are_up() -> None:
     links["host-b"].up = False
     assert links["host-b"] not in [up.route(pan) for _ in range(6)]
     assert up.route("5999") is None
+
+
+def test_a_reversal_advice_goes_over_another_link_of_its_group_while_its_own_is_down() -> None:
+    """A host killed: the reversal advices queued for its link go over another up link of the same route
+    group (hosts sharing one ledger: any of them can undo the original), never over an unrelated link;
+    with none up they wait (switch.saf.SafQueue._deliverer)."""
+    from switch.saf import SafQueue
+
+    links = {
+        name: OutboundLink(
+            LinkConfig(name, "out", "127.0.0.1", 1, 1, "48880000", "3des", "Z" * 32, None),
+            codec_for("h2h", "3des"), "48880000",
+        )
+        for name in ("host-a", "host-b", "other")
+    }
+    table = RoutingTable([Route("621255", "621255", "host-a"), Route("621255", "621255", "host-b"),
+                          Route("621299", "621299", "other")])  # fmt: skip
+    assert table.siblings("host-a") == ("host-b",) and table.siblings("other") == ()
+    saf = SafQueue(None, links, retry_seconds=1.0, timeout=1.0)  # type: ignore[arg-type]
+    saf.siblings = table.siblings
+    assert saf._deliverer("host-a") is None  # nothing up: it waits
+    links["other"].up = True
+    assert saf._deliverer("host-a") is None  # not over a link of another range
+    links["host-b"].up = True
+    assert saf._deliverer("host-a") is links["host-b"]  # its own down, its group's other host up
+    links["host-a"].up = True
+    assert saf._deliverer("host-a") is links["host-a"]  # its own link first when up
