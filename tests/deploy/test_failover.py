@@ -6,14 +6,18 @@ reconnect on their own; the terminals keep buying until approvals come back, the
 of what they never saw answered. Afterwards every purchase a terminal saw approved is in the ledger once,
 nothing else of the run is kept, no SAF or write-ahead row is open, `ledger check` and `ledger verify`
 are clean (tests/faults.py's check). Printed: the time without service (RTO: the first purchase that
-failed after the kill to the first approved again) and the approvals lost (asserted 0).
+failed after the kill to the first approved again) and the approvals lost (asserted 0). The same run with
+one of the two hosts killed for good instead of the primary: the other host of the route group takes its
+share and its reversal advices.
 
 Skipped, with one line, only when Debian's patroni, etcd-server or haproxy is not installed.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -118,6 +122,17 @@ class TimedTerminal(FaultTerminal):
 
 
 def test_primary_killed_under_load(tmp_path: Path) -> None:
+    _under_load(tmp_path, "primary")
+
+
+def test_host_killed_under_load(tmp_path: Path) -> None:
+    """One of the two hosts dies for good (SIGKILL, never restarted): the switches send its share to the
+    other host of the route group, and the reversal advices of what it never answered go over the other
+    host's link (switch/README.md "Route groups"), so SAF drains with the dead host still down."""
+    _under_load(tmp_path, "host")
+
+
+def _under_load(tmp_path: Path, victim: str) -> None:
     started = time.monotonic()
     state = cluster.up(
         tmp_path / "cluster",
@@ -129,12 +144,12 @@ def test_primary_killed_under_load(tmp_path: Path) -> None:
     )
     print(f"cluster up in {time.monotonic() - started:.1f}s")
     try:
-        _failover_under_load(state)
+        _failover_under_load(state, victim)
     finally:
         cluster.down(Path(state.root), remove=False)
 
 
-def _failover_under_load(state: cluster.State) -> None:
+def _failover_under_load(state: cluster.State, victim: str) -> None:
     system = ClusterSystem(state)
     before = faults._snapshot(system)  # type: ignore[arg-type]
     outcome = Outcome(seed=0, faults=[], before=before)
@@ -154,10 +169,14 @@ def _failover_under_load(state: cluster.State) -> None:
         async def fault() -> None:
             await trio.sleep(BEFORE_KILL)
             times["kill"] = time.monotonic()
-            await trio.to_thread.run_sync(cluster.kill_member, state, first)
-            names["new"] = await trio.to_thread.run_sync(
-                lambda: cluster.wait_primary(state, OUTAGE_LIMIT, other_than=first)
-            )
+            if victim == "primary":
+                await trio.to_thread.run_sync(cluster.kill_member, state, first)
+                names["new"] = await trio.to_thread.run_sync(
+                    lambda: cluster.wait_primary(state, OUTAGE_LIMIT, other_than=first)
+                )
+            else:  # the first host, whose link is the seeded one ("host"): host-2 is left
+                os.kill(state.pids["host-1"], signal.SIGKILL)
+                names["new"] = "host-2"
             times["promoted"] = time.monotonic()
             while not _approved_since(terminals, times["promoted"]):
                 if time.monotonic() - times["kill"] > OUTAGE_LIMIT:
@@ -218,10 +237,15 @@ def _failover_under_load(state: cluster.State) -> None:
         )
     }
     lost = [s for s in approved if (s.terminal_id, s.rrn) not in posted]
+    killed = f"primary {first}" if victim == "primary" else "host-1"
+    advices = query(
+        state.db_url,
+        "SELECT link, count(*), count(*) FILTER (WHERE done_at IS NOT NULL) FROM switch_saf GROUP BY link",
+    )
     print(
-        f"failover: primary {first} killed, {names['new']} primary after {times['promoted'] - kill:.1f}s; "
+        f"failover: {killed} killed, {names['new']} serving after {times['promoted'] - kill:.1f}s; "
         f"RTO {rto:.1f}s (kill to approved again {back - kill:.1f}s); "
-        f"purchases {counts}; approvals lost {len(lost)}"
+        f"purchases {counts}; approvals lost {len(lost)}; SAF advices (link, queued, done) {advices}"
     )
     assert not lost, f"{len(lost)} approvals the terminals saw are not in the ledger"
     assert not outcome.problems, "\n".join(outcome.problems)
