@@ -55,6 +55,9 @@ def test_lifecycle_freeze_report_replace_unload_close(live: System, make_client:
     too_much = post(c, f"/v1/cards/{new['id']}/unload",
                     {"amount": {"amount": 999_999, "currency": "CNY"}, "reference": uuid.uuid4().hex})
     assert too_much.status_code == 409 and "available" in too_much.json()["detail"]
+    unknown = post(c, f"/v1/cards/{new['id']}/unload",  # a well-formed code of no known currency
+                   {"amount": {"amount": 157, "currency": "RRP"}, "reference": uuid.uuid4().hex})
+    assert unknown.status_code == 422 and "CNY" in unknown.json()["detail"], unknown.text
     ref = f"api-test-{uuid.uuid4().hex[:12]}"
     r = post(c, f"/v1/cards/{new['id']}/unload",
              {"amount": {"amount": 1000, "currency": "CNY"}, "destination": "desk", "reference": ref})
