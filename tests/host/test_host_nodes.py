@@ -93,7 +93,8 @@ async def _load(port: int, s: _Sender, pans: list[str], until: float, rng: rando
                 await slots.acquire()
                 m = message(s.ids, rng.choice(pans), 100 + rng.randrange(50))  # type: ignore[arg-type]
                 s.sent[m["11"]] = m
-                await stream.send_all(frame(codec.encode(m)))
+                with trio.CancelScope(shield=True):  # the deadline never cuts a request half sent
+                    await stream.send_all(frame(codec.encode(m)))
 
     async def receive(scope: trio.CancelScope) -> None:
         while True:
