@@ -1,0 +1,267 @@
+"""Our host against a peer: iso8583sim's MockHost and ``payswitch host serve`` under the same load.
+
+    python -m bench.peer [--count 20000] [--concurrency 64] [--connections 1] [--cards 2000]
+                         [--purchases 0.5] [--rounds 1] [--writers 3]
+
+The peer is iso8583sim (PyPI ``iso8583sim``), an ISO 8583 simulator whose ``MockHost`` answers every
+request 00 from memory (no ledger, no database). It is installed on first use into a venv of its own,
+``var/bench/iso8583sim-venv`` (never a dependency of the project). Its ``ascii-hex`` wire format with
+the ``2b`` length header is our H2H dialect byte for byte (ASCII fields, 16 hex characters of bitmap,
+LL/LLL lengths as ASCII digits, 2-byte binary length): the same bytes go to both hosts.
+
+The load is iso8583sim's own generator (``iso8583sim.net.run_load`` with its ``ISO8583Client``: one
+``write`` per message, ``--concurrency`` requests in flight over ``--connections`` connections,
+responses matched on DE11), run in the peer's venv as a process of its own, with our request builder:
+0200 balance inquiries (DE3 31) and purchases (DE3 00, 0.01-1.00 CNY) on random bench cards, a
+``--purchases`` share of them purchases, DE7 fixed per run and DE11 counting up (every request a new
+duplicate key). The same messages go to both hosts.
+
+Set-up is bench.host's: a throwaway PostgreSQL (fsync on), the HSM, one product, one hot merchant,
+``--cards`` cards loaded through the ledger, the link without DE128 (bench.host's ``_setup``), then
+``host serve`` warmed up with one balance inquiry per card (bench.host's ``_drive``). Each round
+measures MockHost, then our host. Prints per host: responses/s, p50/p99, response codes, CPU ms per
+request (MockHost: its process; ours: the host process plus its own PostgreSQL cluster's processes,
+not every postgres on the machine), and the ratio ours / MockHost of throughput; then ``ledger check``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import trio
+
+from bench.host import _batch_stats, _drive, _proc_stats, _setup, _wait_port
+from host.check import run_checks
+from ops import processes
+from ops.db import ensure_database
+from ops.migrate import migrate_url
+from ops.pgembed import EmbeddedPostgres, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / "var" / "bench" / "iso8583sim-venv"
+PEER = "iso8583sim"
+
+# The load, run by the peer venv's Python: iso8583sim's run_load and client, our request builder.
+# argv: port count concurrency connections purchases pans-file de7; prints one JSON report.
+LOAD = r"""
+import asyncio, json, random, sys
+from iso8583sim.core.types import ISO8583Message
+from iso8583sim.net import ISO8583Client, Framing, run_load
+from iso8583sim.wire import WireFormat
+
+port, count, concurrency, connections = (int(a) for a in sys.argv[1:5])
+purchases, pans, de7 = float(sys.argv[5]), open(sys.argv[6]).read().split(), sys.argv[7]
+rng = random.Random(21)
+fmt, framing = WireFormat.ascii_hex(), Framing(header="2b")
+
+def build(i):
+    stan = f"{i % 999999 + 1:06d}"
+    fields = {2: rng.choice(pans), 3: "310000", 7: de7, 11: stan, 12: "101010", 13: "1125",
+              22: "012", 25: "00", 32: "48880000", 37: f"PEER{stan}00", 41: f"P{i % 997:07d}",
+              42: "898330160120001", 49: "156"}
+    if rng.random() < purchases:
+        fields[3], fields[4] = "000000", f"{rng.randint(1, 100):012d}"
+    return ISO8583Message(mti="0200", fields=fields)
+
+report = asyncio.run(run_load(
+    lambda: ISO8583Client("127.0.0.1", port, wire_format=fmt, framing=framing, timeout=30),
+    count=count, concurrency=concurrency, connections=connections, make_message=build))
+print(json.dumps({"responses": report.responses, "timeouts": report.timeouts, "errors": report.errors,
+                  "seconds": report.duration_s, "p50": report.percentile(50),
+                  "p99": report.percentile(99), "codes": dict(report.response_codes)}))
+"""
+
+
+def _peer_python() -> Path:
+    """The peer venv's Python, the venv made and iso8583sim installed into it on first use."""
+    python = VENV / "bin" / "python"
+    if (
+        python.exists()
+        and subprocess.run([str(python), "-c", "import iso8583sim.net"], capture_output=True).returncode == 0
+    ):
+        return python
+    print(f"installing {PEER} into {VENV.relative_to(ROOT)} (first use)", flush=True)
+    VENV.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", PEER], check=True)
+    return python
+
+
+def _cluster_cpu(data_dir: Path) -> float:
+    """CPU seconds of one PostgreSQL cluster: its postmaster (with its reaped children) and every
+    process it started now running; other clusters on the machine are not counted."""
+    try:
+        postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(pid) == postmaster:
+            total += sum(int(f) for f in fields[11:15]) / tick  # utime stime cutime cstime
+        elif int(fields[1]) == postmaster:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _load(python: Path, port: int, args: argparse.Namespace, pans_file: Path) -> dict[str, Any]:
+    de7 = time.strftime("%m%d%H%M%S", time.gmtime())
+    out = subprocess.run(
+        [
+            str(python),
+            "-c",
+            LOAD,
+            str(port),
+            str(args.count),
+            str(args.concurrency),
+            str(args.connections),
+            str(args.purchases),
+            str(pans_file),
+            de7,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    report: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    time.sleep(1.1)  # the next run's DE7 is another second: its keys are new
+    return report
+
+
+def _line(name: str, r: dict[str, Any], cpu_ms: float, parts: str) -> str:
+    rate = r["responses"] / r["seconds"]
+    return (
+        f"{name}: {rate:,.0f} responses/s ({r['responses']} in {r['seconds']:.1f} s, codes {r['codes']},"
+        f" timeouts {r['timeouts']}, errors {r['errors']}); p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms;"
+        f" CPU {cpu_ms:.3f} ms per request ({parts})"
+    )
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench peer")
+    ap.add_argument("--count", type=int, default=20_000, help="requests per measured run")
+    ap.add_argument("--concurrency", type=int, default=64, help="requests in flight")
+    ap.add_argument("--connections", type=int, default=1)
+    ap.add_argument("--cards", type=int, default=2_000)
+    ap.add_argument("--purchases", type=float, default=0.5, help="share of purchases (rest: balance)")
+    ap.add_argument("--rounds", type=int, default=1, help="MockHost then ours, this many times")
+    ap.add_argument("--writers", type=int, default=3)
+    args = ap.parse_args(argv)
+
+    python = _peer_python()
+    root = Path(tempfile.mkdtemp(prefix="payswitch-bench-peer-"))
+    cluster = EmbeddedPostgres(root / "pg", durable=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        status = cluster.up()
+        asyncio.run(ensure_database(status.url("postgres"), "bench"))
+        url = status.url("bench")
+        asyncio.run(migrate_url(url))
+        hsm_port, host_port, metrics_port, mock_port = free_port(), free_port(), free_port(), free_port()
+        (root / "none.toml").write_text("")
+        env = {
+            **os.environ,
+            "PAYSWITCH_DATABASE_URL": url,
+            "PAYSWITCH_HSM_PORT": str(hsm_port),
+            "PAYSWITCH_HSM_LISTEN": "127.0.0.1",
+            "PAYSWITCH_HSM_HOST": "127.0.0.1",
+            "PAYSWITCH_HSM_TEST_LMK": "true",
+            "PAYSWITCH_HSM_METRICS_PORT": "0",
+            "PAYSWITCH_HOST_PORT": str(host_port),
+            "PAYSWITCH_HOST_METRICS_PORT": str(metrics_port),
+            "PAYSWITCH_HOST_WRITERS": str(args.writers),
+            "PAYSWITCH_LOG_LEVEL": "warning",
+            "PAYSWITCH_CONFIG": str(root / "none.toml"),
+        }
+        null = subprocess.DEVNULL
+        hsm = subprocess.Popen(
+            [sys.executable, "-m", "ops", "hsm", "serve"], env=env, stdout=null, stderr=null
+        )
+        procs.append(hsm)
+        _wait_port(hsm_port, hsm)
+        t = time.perf_counter()
+        pans = trio.run(_setup, url, hsm_port, args.cards)
+        pans_file = root / "pans.txt"
+        pans_file.write_text("\n".join(pans))
+        print(f"set-up: {len(pans)} cards, 1 merchant, in {time.perf_counter() - t:.1f} s", flush=True)
+
+        host = subprocess.Popen(
+            [sys.executable, "-m", "ops", "host", "serve"], env=env, stdout=null, stderr=null
+        )
+        procs.append(host)
+        _wait_port(host_port, host)
+        n, _, _, codes = trio.run(
+            lambda: _drive(
+                host_port, pans, connections=4, window=32, duration=0, proc="310000", per_card_once=True
+            )
+        )
+        print(f"warm-up: {n} balance inquiries ({dict(codes)})", flush=True)
+        mock = subprocess.Popen(
+            [str(VENV / "bin" / "iso8583sim"), "serve", "--port", str(mock_port), "--format", "ascii-hex"],
+            stdout=null,
+            stderr=null,
+        )
+        procs.append(mock)
+        _wait_port(mock_port, mock)
+        print(
+            f"load: iso8583sim run_load, {args.count} requests ({args.purchases:.0%} purchases, the rest"
+            f" balance inquiries), {args.concurrency} in flight over {args.connections} connection(s)",
+            flush=True,
+        )
+        ratios: list[float] = []
+        for rnd in range(args.rounds):
+            m0 = _proc_stats(mock.pid)[0]
+            peer = _load(python, mock_port, args, pans_file)
+            m_cpu = (_proc_stats(mock.pid)[0] - m0) * 1000 / max(peer["responses"], 1)
+            print(_line(f"[{rnd + 1}] iso8583sim MockHost", peer, m_cpu, "its process"), flush=True)
+            h0, p0 = _proc_stats(host.pid)[0], _cluster_cpu(cluster.data_dir)
+            ours = _load(python, host_port, args, pans_file)
+            h_cpu = (_proc_stats(host.pid)[0] - h0) * 1000 / max(ours["responses"], 1)
+            p_cpu = (_cluster_cpu(cluster.data_dir) - p0) * 1000 / max(ours["responses"], 1)
+            parts = f"host {h_cpu:.3f} + its PostgreSQL {p_cpu:.3f}"
+            print(_line(f"[{rnd + 1}] payswitch host", ours, h_cpu + p_cpu, parts), flush=True)
+            ratio = (ours["responses"] / ours["seconds"]) / (peer["responses"] / peer["seconds"])
+            ratios.append(ratio)
+            print(
+                f"[{rnd + 1}] ratio ours / MockHost: {ratio:.2f}x; {_batch_stats(metrics_port)}", flush=True
+            )
+        if len(ratios) > 1:
+            print(f"ratios ours / MockHost: {', '.join(f'{r:.2f}' for r in ratios)}", flush=True)
+
+        async def check() -> list[Any]:
+            conn = await asyncpg.connect(url)
+            try:
+                return await run_checks(conn)
+            finally:
+                await conn.close()
+
+        bad = [r.name for r in asyncio.run(check()) if not r.ok]
+        print("ledger check: " + ("OK" if not bad else f"FAILED {bad}"), flush=True)
+        return 0 if not bad else 1
+    finally:
+        for p in reversed(procs):
+            processes.stop(p)
+        cluster.destroy()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
