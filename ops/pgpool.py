@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
@@ -37,10 +38,12 @@ from typing import Any, TypeVar
 import asyncpg
 import outcome
 import trio
+from prometheus_client.core import REGISTRY, CounterMetricFamily
 
 from ops.db import DatabaseUnavailable
-from ops.logs import asyncio_exception_handler
+from ops.logs import asyncio_exception_handler, get_logger
 
+log = get_logger(__name__)
 T = TypeVar("T")
 Work = Callable[..., Awaitable[Any]]
 
@@ -65,7 +68,6 @@ class _Call:
         self.args = args
         self.task = task
         self.result: outcome.Outcome[Any] | None = None
-
 
 
 # Errors that say the database could not be reached or the connection was lost (class 08, class 57:
@@ -139,6 +141,20 @@ class PgPool:
         self._outbox: deque[_Call] = deque()
         self._outbox_woken = False
         self._token: trio.lowlevel.TrioToken | None = None
+        # What the bridge costs, for bench/pgpool.py and /metrics: calls from trio, and the cross-thread
+        # wake-ups they took each way (a wake-up is a system call and a thread switch; calls are not).
+        self.calls = 0
+        self.wakeups_to_asyncio = 0
+        self.wakeups_to_trio = 0
+        _POOLS.add(self)
+
+    def stats(self) -> dict[str, int]:
+        """Calls from trio so far and the cross-thread wake-ups they cost, each direction."""
+        return {
+            "calls": self.calls,
+            "wakeups_to_asyncio": self.wakeups_to_asyncio,
+            "wakeups_to_trio": self.wakeups_to_trio,
+        }
 
     # -- lifecycle (any thread) -----------------------------------------------------------------
     def start(self) -> PgPool:
@@ -164,6 +180,8 @@ class PgPool:
         thread.join()
         self._loop = None
         self._thread = None
+        if self.calls:
+            log.info("database pool closed", **self.stats())
 
     def __enter__(self) -> PgPool:
         return self.start()
@@ -183,11 +201,13 @@ class PgPool:
         elif self._token is not token:
             raise RuntimeError("a PgPool serves one trio run; start another pool for another trio run")
         call = _Call(fn, args, trio.lowlevel.current_task())
+        self.calls += 1
         with self._lock:
             self._inbox.append(call)
             wake = not self._inbox_woken
             self._inbox_woken = True
         if wake:
+            self.wakeups_to_asyncio += 1
             loop.call_soon_threadsafe(self._drain_inbox)
 
         def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
@@ -304,4 +324,31 @@ class PgPool:
             self._outbox_woken = True
         if wake:
             assert self._token is not None
+            self.wakeups_to_trio += 1
             self._token.run_sync_soon(self._deliver)
+
+
+_POOLS: weakref.WeakSet[PgPool] = weakref.WeakSet()
+
+
+class _BridgeCollector:
+    """payswitch_pgpool_calls_total and payswitch_pgpool_wakeups_total{direction}, summed over the
+    process's pools: read at scrape time from plain counters (a Prometheus counter per call would cost
+    a lock on the hot path)."""
+
+    def collect(self) -> Any:
+        pools = list(_POOLS)
+        calls = CounterMetricFamily("payswitch_pgpool_calls", "Database calls from trio through ops.pgpool.")
+        calls.add_metric([], sum(p.calls for p in pools))
+        yield calls
+        wakeups = CounterMetricFamily(
+            "payswitch_pgpool_wakeups",
+            "Cross-thread wake-ups between the trio loop and the pgpool asyncio loop.",
+            labels=["direction"],
+        )
+        wakeups.add_metric(["to_asyncio"], sum(p.wakeups_to_asyncio for p in pools))
+        wakeups.add_metric(["to_trio"], sum(p.wakeups_to_trio for p in pools))
+        yield wakeups
+
+
+REGISTRY.register(_BridgeCollector())
