@@ -41,9 +41,8 @@ import trio
 from prometheus_client.core import REGISTRY, CounterMetricFamily
 
 from ops.db import DatabaseUnavailable
-from ops.logs import asyncio_exception_handler, get_logger
+from ops.logs import asyncio_exception_handler
 
-log = get_logger(__name__)
 T = TypeVar("T")
 Work = Callable[..., Awaitable[Any]]
 
@@ -180,8 +179,6 @@ class PgPool:
         thread.join()
         self._loop = None
         self._thread = None
-        if self.calls:
-            log.info("database pool closed", **self.stats())
 
     def __enter__(self) -> PgPool:
         return self.start()
