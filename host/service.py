@@ -2,13 +2,16 @@
 
 Per connection, every frame in the receive buffer is handled on each wake-up, and many requests are in
 flight at once; answers go back in completion order (the peer matches them on DE7 + DE11 + DE32 +
-DE41), several per ``send``. A request whose card hash is known and that carries no PIN goes straight
-to its partition's writer. One with a PIN whose link (not MACed, with a ZPK), card hash and PIN data
-are all known joins the pending PIN group: one long-lived task sends everything pending to the HSM in
-one ``request_many`` per wake-up (no task, no coroutine chain and no HSM exchange of its own per
-request), then hands each request to its writer. Any other request that needs an await first (the
-link's MAC, a PAN not yet hashed in this process, PIN data not yet read) gets a task of its own. An
-answer is sent only after its batch committed.
+DE41), several per ``send``. A request whose card hash is known, that carries no PIN and whose link is
+not MACed goes straight to its partition's writer. One whose HSM work is known without an await (the
+DE128 of a MACed link; a PIN whose link ZPK, card hash and PIN data are known) joins the pending
+crypto group: one long-lived task sends everything pending to the HSM in one ``request_many`` per
+wake-up, each request's MAC check beside its PIN check (no task, no coroutine chain and no HSM exchange
+of its own per request), then hands each request whose MAC verified to its writer; one whose MAC fails
+is answered 96 and never reaches a writer. On a MACed link the answers are signed the same way: every
+answer ready in one wake-up of the signing task in one ``request_many``. Any other request that needs an
+await first (a PAN not yet hashed in this process, PIN data not yet read, a link not read yet) gets a
+task of its own. An answer is sent only after its batch committed.
 
 Before any of that, the link must be one that may send (``_link_refusal``, from the cached link row):
 an unknown DE33/DE32, a link with neither a ZAK nor the ``--no-mac`` declaration, or a no-MAC link from
@@ -84,9 +87,13 @@ UNKNOWN_LINKS_MAX = 4096
 CATALOG_POLL_SECONDS = 1.0
 PIN_GROUP_MAX = 512  # PIN verifications per request_many; also kept to half a connection's headers
 
-# A PIN verification waiting for its group: request, message, connection, started, partition, HSM
-# command (EC / WV) and its fields (the PIN block under the ZPK: never logged).
-_PinCheck = tuple[Request, dict[str, Any], "_Conn", float, int, str, str]
+# A request waiting for its crypto group: request, message, connection, started, partition, the HSM
+# command and fields verifying its PIN (EC / WV; the PIN block under the ZPK: never logged) or None,
+# those verifying its DE128 (M8 / WM) or None, and the link's ZAK (None: not a MACed link).
+_Command = tuple[str, str | bytes]
+_PinCheck = tuple[Request, dict[str, Any], "_Conn", float, int, _Command | None, _Command | None, str | None]
+# An answer waiting for its signature: connection, answer, its encoding with a zero DE128, started.
+_Signing = tuple["_Conn", dict[str, Any], bytes, float]
 
 
 @dataclass
@@ -151,12 +158,19 @@ class HostService:
         self._pin_pending: list[_PinCheck] = []
         self._pin_wake = trio.Event()
         self._pin_grouping = False  # the group task runs (serve): only then may _frame queue for it
-        self.pin_groups = 0  # request_many exchanges made for PIN groups (tests, diagnostics)
+        self.pin_groups = 0  # request_many exchanges made for PIN/MAC groups (tests, diagnostics)
+        self._sign_pending: dict[str, list[_Signing]] = {}  # ZAK -> answers to sign with it
+        self._sign_wake = trio.Event()
+        self._signing = False  # the signing task runs (serve): only then may _answer queue for it
+        self.sign_groups = 0  # request_many exchanges made for signing answers (tests, diagnostics)
         self.port = 0
         # Who may stay connected (ops/guard.py): caps, idle and frame deadlines, swept by one task.
-        self.guard = ConnectionGuard("host", GuardLimits(
-            hc.max_connections, hc.max_per_source, float(hc.idle_timeout_s), float(hc.frame_timeout_s)
-        ))
+        self.guard = ConnectionGuard(
+            "host",
+            GuardLimits(
+                hc.max_connections, hc.max_per_source, float(hc.idle_timeout_s), float(hc.frame_timeout_s)
+            ),
+        )
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -165,6 +179,8 @@ class HostService:
             nursery.start_soon(self.engine.run)
             nursery.start_soon(self._pin_groups_task)
             self._pin_grouping = True
+            nursery.start_soon(self._sign_groups_task)
+            self._signing = True
             nursery.start_soon(self._sweeper)
             nursery.start_soon(self._catalog_poll)  # merchant changes reach the merchant cache
             nursery.start_soon(self._closes_poll)  # a date closed early: the day's limits roll there
@@ -297,31 +313,39 @@ class HostService:
             return
         req = parsed.request
         assert req is not None
-        if (link[1] or {}).get("zak") or parsed.by_code or req.txn is Txn.PIN_CHANGE or req.chip is not None:
-            # MACed: DE128 first; a payment code: its hash and card are read first (never cached); a
-            # PIN change: its card's PVV as stored now, and the HSM's WC (_change_pin); chip data: the
-            # ARQC checked in the HSM (_verify_chip)
+        if parsed.by_code or req.txn is Txn.PIN_CHANGE or req.chip is not None:
+            # a payment code: its hash and card are read first (never cached); a PIN change: its card's
+            # PVV as stored now, and the HSM's WC (_change_pin); chip data: the ARQC checked in the HSM
+            # (_verify_chip)
             nursery.start_soon(self._slow, body, msg, parsed, conn, started)
             return
+        zak: str | None = (link[1] or {}).get("zak") or None
+        mac: _Command | None = None
+        if zak:
+            mac = self._mac_command(body, msg, zak) if self._pin_grouping else None
+            if mac is None:  # no DE128 (answered 96 there) or no group task: the slow path decides
+                nursery.start_soon(self._slow, body, msg, parsed, conn, started)
+                return
+        pin: _Command | None = None
         if parsed.pan:
             h = self.crypto.cached_hash(parsed.pan)
             if h is None:
                 nursery.start_soon(self._slow, body, msg, parsed, conn, started)
                 return
             if parsed.pin_block is not None:
-                command = self._pin_command(parsed, h, link[1])
-                if command is None:  # PIN data not read yet, no ZPK ...: the slow path decides
+                pin = self._pin_command(parsed, h, link[1])
+                if pin is None:  # PIN data not read yet, no ZPK ...: the slow path decides
                     nursery.start_soon(self._slow, body, msg, parsed, conn, started)
                     return
-                req.pan_hash = h
-                self._pin_pending.append((req, msg, conn, started, self.engine.partition_of(h), *command))
-                self._pin_wake.set()
-                return
             req.pan_hash = h
             part = self.engine.partition_of(h)
         else:
             part = self.engine.partition_for_key(req.original_key or req.key)
-        self.engine.submit(req, part, lambda d: self._answer(conn, msg, d, started))
+        if pin is not None or mac is not None:
+            self._pin_pending.append((req, msg, conn, started, part, pin, mac, zak))
+            self._pin_wake.set()
+            return
+        self.engine.submit(req, part, self._answerer(conn, msg, started))
 
     async def _slow(
         self, body: bytes, msg: dict[str, Any], parsed: h2h.Parsed, conn: _Conn, started: float
@@ -577,10 +601,12 @@ class HostService:
         return verify_pin_command(zpk, self.crypto.keys.pvk, block, account, str(pvki), pvv)
 
     async def _pin_groups_task(self) -> None:
-        """Per wake-up, every pending PIN verification goes to the HSM in one group (split so that a
-        group never needs more headers than half of what one HSM connection has)."""
+        """Per wake-up, every pending PIN and MAC verification goes to the HSM in one group (split so
+        that a group never needs more headers than half of what one HSM connection has: a request
+        counts two, its MAC and its PIN)."""
         h = self.crypto.hsm.header_length
         size = PIN_GROUP_MAX if h == 0 else max(1, min(PIN_GROUP_MAX, 10 ** min(h, 9) // 2))
+        size = max(1, size // 2)
         while True:
             await self._pin_wake.wait()
             self._pin_wake = trio.Event()
@@ -589,34 +615,65 @@ class HostService:
                 await self._verify_pin_group(pending[i : i + size])
 
     async def _verify_pin_group(self, group: list[_PinCheck]) -> None:
+        """One HSM exchange for the group: each request's DE128 check (M8 / WM) and PIN check (EC / WV),
+        side by side; a request whose MAC fails is answered 96 (signed, as the slow path does) and is
+        never handed to a writer, whatever its PIN check said."""
         self.pin_groups += 1
-        pins: list[Pin]
+        commands: list[_Command] = []
+        for c in group:
+            commands.extend(x for x in (c[6], c[5]) if x is not None)
+        errors: list[str]
         try:
-            replies = await self.crypto.hsm.request_many([(c[5], c[6]) for c in group])
-        except HsmError as exc:  # the whole group, as _verify_pin for one
-            log.info("PIN not verified", error=repr(exc), size=len(group))
-            pins = [Pin.ERROR] * len(group)
-        except Exception as exc:  # a bug: the group task must live on for every later PIN purchase
+            errors = [r.error for r in await self.crypto.hsm.request_many(commands)]
+        except HsmError as exc:  # the whole group, as _verify_pin and _mac_ok for one
+            log.info("PIN or MAC not verified", error=repr(exc), size=len(group))
+            errors = ["HSM"] * len(commands)
+        except Exception as exc:  # a bug: the group task must live on for every later request
             log.exception("PIN group not verified", size=len(group), error=repr(exc))
-            pins = [Pin.ERROR] * len(group)
-        else:
-            pins = []
-            for check, reply in zip(group, replies, strict=True):
-                if reply.error == "00":
-                    pins.append(Pin.OK)
-                elif reply.error == "01":
-                    pins.append(Pin.BAD)
-                else:
-                    log.info("PIN not verified", error=repr(HsmCommandError(check[5], reply.error)))
-                    pins.append(Pin.ERROR)
-        for (req, msg, conn, started, part, _, _), pin in zip(group, pins, strict=True):
+            errors = ["BUG"] * len(commands)
+        at = 0
+        for req, msg, conn, started, part, pin_cmd, mac_cmd, zak in group:
+            mac_error = pin_error = None
+            if mac_cmd is not None:
+                mac_error, at = errors[at], at + 1
+            if pin_cmd is not None:
+                pin_error, at = errors[at], at + 1
             if conn.nursery is not None and conn.nursery.cancel_scope.cancel_called:
                 continue  # its connection was given up (as its task would have been cancelled)
-            req.pin = pin
-            self.engine.submit(req, part, self._answerer(conn, msg, started))
+            if mac_cmd is not None and mac_error != "00":
+                MAC_FAILURES.inc()
+                link_id = h2h.link_id_of(msg)
+                log.warning("H2H MAC verification failed; nothing posted", link=link_id, stan=msg["11"])
+                self._answer(conn, msg, Decision(Rc.SYSTEM_ERROR), started, zak)
+                continue
+            if pin_cmd is not None:
+                if pin_error == "00":
+                    req.pin = Pin.OK
+                elif pin_error == "01":
+                    req.pin = Pin.BAD
+                else:
+                    if pin_error not in ("HSM", "BUG"):
+                        log.info("PIN not verified", error=repr(HsmCommandError(pin_cmd[0], str(pin_error))))
+                    req.pin = Pin.ERROR
+            self.engine.submit(req, part, self._answerer(conn, msg, started, zak))
 
-    def _answerer(self, conn: _Conn, msg: dict[str, Any], started: float) -> Callable[[Decision], None]:
-        return lambda d: self._answer(conn, msg, d, started)
+    def _mac_command(self, body: bytes, msg: dict[str, Any], zak: str) -> _Command | None:
+        """The HSM command and fields verifying the request's DE128 under the link's ZAK, as
+        ``HsmClient.verify_h2h_mac`` sends them (M8 X9.19 for a 3DES ZAK, WM for an ``S`` one); None
+        when the request has no DE128 (the slow path answers it, unverified, 96)."""
+        mac = msg.get("128")
+        if not isinstance(mac, bytes):
+            return None
+        try:
+            data = self.codec.mac_block(body)
+        except ValueError:
+            return None
+        return _mac_fields(zak, data, mac.hex().upper())
+
+    def _answerer(
+        self, conn: _Conn, msg: dict[str, Any], started: float, zak: str | None = None
+    ) -> Callable[[Decision], None]:
+        return lambda d: self._answer(conn, msg, d, started, zak)
 
     async def _mac_ok(self, body: bytes, msg: dict[str, Any], zak: str) -> bool:
         mac = msg.get("128")
@@ -781,11 +838,67 @@ class HostService:
         if extra:  # a chip request's DE48 (host.chip)
             answer.update(extra)
         labelled(REQUESTS, msg["t"], d.code).inc()
-        if zak and conn.nursery is not None:
+        if zak and self._signing:
+            try:
+                raw = self.codec.encode({**answer, "128": bytes(8)})
+            except EncodeError as exc:  # _send answers without the echo, unsigned
+                log.error("answer not signed; sent without DE128", error=repr(exc))
+            else:
+                self._sign_pending.setdefault(zak, []).append((conn, answer, raw, started))
+                self._sign_wake.set()
+                return
+        elif zak and conn.nursery is not None:
             conn.nursery.start_soon(self._send_signed, conn, answer, zak, started)
             return
         self._send(conn, answer, started)
         conn.done_one()
+
+    async def _sign_groups_task(self) -> None:
+        """Per wake-up, every answer waiting for its DE128 goes to the HSM in one group (split as the PIN
+        groups are); each is sent once signed, or unsigned when the HSM cannot sign it (as
+        _send_signed)."""
+        h = self.crypto.hsm.header_length
+        size = PIN_GROUP_MAX if h == 0 else max(1, min(PIN_GROUP_MAX, 10 ** min(h, 9) // 2))
+        while True:
+            await self._sign_wake.wait()
+            self._sign_wake = trio.Event()
+            pending, self._sign_pending = self._sign_pending, {}
+            group: list[tuple[_Signing, _Command]] = []
+            for zak, answers in pending.items():
+                for item in answers:
+                    try:
+                        group.append((item, _mac_fields(zak, self.codec.mac_block(item[2]))))
+                    except ValueError as exc:
+                        log.error("answer not signed; sent without DE128", error=repr(exc))
+                        self._send(item[0], item[1], item[3])
+                        item[0].done_one()
+            for i in range(0, len(group), size):
+                await self._sign_group(group[i : i + size])
+
+    async def _sign_group(self, group: list[tuple[_Signing, _Command]]) -> None:
+        self.sign_groups += 1
+        try:
+            replies = await self.crypto.hsm.request_many([command for _, command in group])
+        except Exception as exc:  # HSM gone (or a bug): the answers go unsigned, the task lives on
+            log.error("answers not signed; sent without DE128", error=repr(exc), size=len(group))
+            replies = None
+        for k, ((conn, answer, raw, started), (command, _)) in enumerate(group):
+            reply = replies[k] if replies is not None else None
+            try:
+                if reply is None:
+                    self._send(conn, answer, started)
+                elif reply.error != "00":
+                    error = repr(HsmCommandError(command, reply.error))
+                    log.error("answer not signed; sent without DE128", error=error)
+                    self._send(conn, answer, started)
+                else:
+                    conn.send(self.codec.with_mac(raw, bytes.fromhex(reply.fields[:16].decode("ascii"))))
+                    LATENCY.observe(time.perf_counter() - started)
+            except ValueError as exc:  # a reply that is not a MAC: unsigned, as _send_signed
+                log.error("answer not signed; sent without DE128", error=repr(exc))
+                self._send(conn, answer, started)
+            finally:
+                conn.done_one()
 
     async def _send_signed(self, conn: _Conn, answer: dict[str, Any], zak: str, started: float) -> None:
         """The answer with DE128 under the link's ZAK (X9.19 for 3DES, SM4 for an S key)."""
@@ -865,6 +978,19 @@ class HostService:
         if rows:
             log.info("holds expired", count=len(rows))
         return len(rows)
+
+
+def _mac_fields(zak: str, data: bytes, mac: str | None = None) -> _Command:
+    """The HSM command making (``mac`` None) or verifying the H2H DE128 over ``data``, byte for byte as
+    ``HsmClient.h2h_mac`` / ``verify_h2h_mac`` send it, for ``request_many``: X9.19 (M6 / M8,
+    16 hex characters) with a 3DES ZAK, SM4 alg 1 (WM mode 1 / 2) with an ``S`` ZAK. A verify's reply
+    error "00" = it matches; a make's fields are the MAC."""
+    size = b"%04X" % len(data)
+    if zak[:1] == "S":
+        return "WM", (b"21" if mac else b"11") + f"008{zak}".encode() + size + data + (mac or "").encode()
+    flag = "1" if mac is None or len(mac) == 16 else "0"
+    head = f"00{flag}31008{zak}".encode()
+    return ("M8" if mac else "M6"), head + size + data + (mac or "").encode()
 
 
 def _loopback(conn: _Conn) -> bool:
