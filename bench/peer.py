@@ -1,7 +1,7 @@
 """Our host against a peer: iso8583sim's MockHost and ``payswitch host serve`` under the same load.
 
-    python -m bench.peer [--count 20000] [--concurrency 64] [--connections 1] [--cards 2000]
-                         [--purchases 0.5] [--rounds 1] [--writers 3]
+    python -m bench.peer [--count 20000] [--concurrency 64] [--connections 1] [--cards 2000] [--tree DIR]
+                         [--purchases 0.5] [--rounds 1] [--writers N]
 
 The peer is iso8583sim (PyPI ``iso8583sim``), an ISO 8583 simulator whose ``MockHost`` answers every
 request 00 from memory (no ledger, no database). It is installed on first use into a venv of its own,
@@ -22,19 +22,27 @@ Set-up is bench.host's: a throwaway PostgreSQL (fsync on), the HSM, one product,
 measures MockHost, then our host. Prints per host: responses/s, p50/p99, response codes, CPU ms per
 request (MockHost: its process; ours: the host process plus its own PostgreSQL cluster's processes,
 not every postgres on the machine), and the ratio ours / MockHost of throughput; then ``ledger check``.
+
+``--tree DIR`` (A/B): a second ``host serve`` on the same database, run from another checkout (a
+worktree of an earlier commit: its packages first on ``PYTHONPATH``), measured after ours in each
+round, each warmed up the same way.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import inspect
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +55,7 @@ from ops import processes
 from ops.db import ensure_database
 from ops.migrate import migrate_url
 from ops.pgembed import EmbeddedPostgres, free_port
+from pos.system import tree_cpu
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / "var" / "bench" / "iso8583sim-venv"
@@ -99,27 +108,13 @@ def _peer_python() -> Path:
 
 
 def _cluster_cpu(data_dir: Path) -> float:
-    """CPU seconds of one PostgreSQL cluster: its postmaster (with its reaped children) and every
-    process it started now running; other clusters on the machine are not counted."""
+    """CPU seconds of one PostgreSQL cluster (its postmaster, reaped and living children): other
+    clusters on the machine are not counted."""
     try:
         postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(pid) == postmaster:
-            total += sum(int(f) for f in fields[11:15]) / tick  # utime stime cutime cstime
-        elif int(fields[1]) == postmaster:
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+    return tree_cpu(postmaster)
 
 
 def _load(python: Path, port: int, args: argparse.Namespace, pans_file: Path) -> dict[str, Any]:
@@ -146,6 +141,27 @@ def _load(python: Path, port: int, args: argparse.Namespace, pans_file: Path) ->
     return report
 
 
+def _spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling ``pid`` (every thread, idle frames left out) into collapsed stacks at ``out``."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    cmd = [spy, "record", "-p", str(pid), "-r", "100", "-f", "raw", "-o", str(out)]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _spy_report(spy: subprocess.Popen[bytes], out: Path, label: str) -> None:
+    """Stop py-spy, then print the 30 functions with the most samples of their own."""
+    spy.send_signal(signal.SIGINT)
+    spy.wait(timeout=30)
+    own: Counter[str] = Counter()
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        own[stack.rsplit(";", 1)[-1]] += int(count)
+    total = sum(own.values()) or 1
+    print(f"{label}: py-spy, {total} samples (own time, non-idle)")
+    for frame, n in own.most_common(30):
+        print(f"  {n / total:6.1%}  {frame}")
+
+
 def _line(name: str, r: dict[str, Any], cpu_ms: float, parts: str) -> str:
     rate = r["responses"] / r["seconds"]
     return (
@@ -163,7 +179,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--cards", type=int, default=2_000)
     ap.add_argument("--purchases", type=float, default=0.5, help="share of purchases (rest: balance)")
     ap.add_argument("--rounds", type=int, default=1, help="MockHost then ours, this many times")
-    ap.add_argument("--writers", type=int, default=3)
+    ap.add_argument("--writers", type=int, default=None, help="host.writers (default: the host's own)")
+    ap.add_argument(
+        "--tree",
+        default=None,
+        help="also measure `host serve` run from this checkout (a worktree of another commit): A/B",
+    )
+    ap.add_argument("--profile", action="store_true", help="py-spy samples of our host in round 1: top 30")
     args = ap.parse_args(argv)
 
     python = _peer_python()
@@ -187,10 +209,11 @@ def main(argv: list[str]) -> int:
             "PAYSWITCH_HSM_METRICS_PORT": "0",
             "PAYSWITCH_HOST_PORT": str(host_port),
             "PAYSWITCH_HOST_METRICS_PORT": str(metrics_port),
-            "PAYSWITCH_HOST_WRITERS": str(args.writers),
             "PAYSWITCH_LOG_LEVEL": "warning",
             "PAYSWITCH_CONFIG": str(root / "none.toml"),
         }
+        if args.writers is not None:
+            env["PAYSWITCH_HOST_WRITERS"] = str(args.writers)
         null = subprocess.DEVNULL
         hsm = subprocess.Popen(
             [sys.executable, "-m", "ops", "hsm", "serve"], env=env, stdout=null, stderr=null
@@ -198,22 +221,40 @@ def main(argv: list[str]) -> int:
         procs.append(hsm)
         _wait_port(hsm_port, hsm)
         t = time.perf_counter()
-        pans = trio.run(_setup, url, hsm_port, args.cards)
+        # bench.host's set-up (its phases' times, when it reports them, are not printed here)
+        took: dict[str, float] = {}
+        setup_args = (url, hsm_port, args.cards, took)
+        setup: Any = _setup
+        pans: list[str] = trio.run(setup, *setup_args[: len(inspect.signature(setup).parameters)])
         pans_file = root / "pans.txt"
         pans_file.write_text("\n".join(pans))
         print(f"set-up: {len(pans)} cards, 1 merchant, in {time.perf_counter() - t:.1f} s", flush=True)
 
-        host = subprocess.Popen(
-            [sys.executable, "-m", "ops", "host", "serve"], env=env, stdout=null, stderr=null
-        )
-        procs.append(host)
-        _wait_port(host_port, host)
-        n, _, _, codes = trio.run(
-            lambda: _drive(
-                host_port, pans, connections=4, window=32, duration=0, proc="310000", per_card_once=True
+        # our hosts: this tree's, and with --tree another checkout's (its packages first on the path)
+        hosts: list[tuple[str, subprocess.Popen[bytes], int, int]] = []
+        for label, tree in [
+            ("payswitch host", None),
+            *([("payswitch host, --tree", args.tree)] if args.tree else []),
+        ]:
+            port, mport = (host_port, metrics_port) if tree is None else (free_port(), free_port())
+            henv = {**env, "PAYSWITCH_HOST_PORT": str(port), "PAYSWITCH_HOST_METRICS_PORT": str(mport)}
+            if tree is not None:
+                henv["PYTHONPATH"] = str(Path(tree).resolve())
+            host = subprocess.Popen(
+                [sys.executable, "-m", "ops", "host", "serve"],
+                env=henv,
+                cwd=tree,  # -m puts the working directory first on the path
+                stdout=null,
+                stderr=null,
             )
-        )
-        print(f"warm-up: {n} balance inquiries ({dict(codes)})", flush=True)
+            procs.append(host)
+            _wait_port(port, host)
+            warm = functools.partial(
+                _drive, port, pans, connections=4, window=32, duration=0, proc="310000", per_card_once=True
+            )
+            n, _, _, codes = trio.run(warm)
+            print(f"{label}: warm-up, {n} balance inquiries ({dict(codes)})", flush=True)
+            hosts.append((label, host, port, mport))
         mock = subprocess.Popen(
             [str(VENV / "bin" / "iso8583sim"), "serve", "--port", str(mock_port), "--format", "ascii-hex"],
             stdout=null,
@@ -232,17 +273,22 @@ def main(argv: list[str]) -> int:
             peer = _load(python, mock_port, args, pans_file)
             m_cpu = (_proc_stats(mock.pid)[0] - m0) * 1000 / max(peer["responses"], 1)
             print(_line(f"[{rnd + 1}] iso8583sim MockHost", peer, m_cpu, "its process"), flush=True)
-            h0, p0 = _proc_stats(host.pid)[0], _cluster_cpu(cluster.data_dir)
-            ours = _load(python, host_port, args, pans_file)
-            h_cpu = (_proc_stats(host.pid)[0] - h0) * 1000 / max(ours["responses"], 1)
-            p_cpu = (_cluster_cpu(cluster.data_dir) - p0) * 1000 / max(ours["responses"], 1)
-            parts = f"host {h_cpu:.3f} + its PostgreSQL {p_cpu:.3f}"
-            print(_line(f"[{rnd + 1}] payswitch host", ours, h_cpu + p_cpu, parts), flush=True)
-            ratio = (ours["responses"] / ours["seconds"]) / (peer["responses"] / peer["seconds"])
-            ratios.append(ratio)
-            print(
-                f"[{rnd + 1}] ratio ours / MockHost: {ratio:.2f}x; {_batch_stats(metrics_port)}", flush=True
-            )
+            for label, host, port, mport in hosts:
+                spy = _spy(host.pid, root / f"host-{port}.txt") if args.profile and rnd == 0 else None
+                h0, p0 = _proc_stats(host.pid)[0], _cluster_cpu(cluster.data_dir)
+                ours = _load(python, port, args, pans_file)
+                if spy is not None:
+                    _spy_report(spy, root / f"host-{port}.txt", label)
+                h_cpu = (_proc_stats(host.pid)[0] - h0) * 1000 / max(ours["responses"], 1)
+                p_cpu = (_cluster_cpu(cluster.data_dir) - p0) * 1000 / max(ours["responses"], 1)
+                parts = f"host {h_cpu:.3f} + its PostgreSQL {p_cpu:.3f}"
+                print(_line(f"[{rnd + 1}] {label}", ours, h_cpu + p_cpu, parts), flush=True)
+                ratio = (ours["responses"] / ours["seconds"]) / (peer["responses"] / peer["seconds"])
+                if host is hosts[0][1]:
+                    ratios.append(ratio)
+                print(
+                    f"[{rnd + 1}] ratio {label} / MockHost: {ratio:.2f}x; {_batch_stats(mport)}", flush=True
+                )
         if len(ratios) > 1:
             print(f"ratios ours / MockHost: {', '.join(f'{r:.2f}' for r in ratios)}", flush=True)
 
