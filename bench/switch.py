@@ -283,16 +283,15 @@ async def _hops(url: str) -> tuple[float, float, float]:
 
 
 def _tree_cpu(cluster: EmbeddedPostgres) -> float:
-    """CPU seconds of every postgres process (the server and its backends)."""
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if Path(entry, "comm").read_text().strip() == "postgres":
-                    total += _proc_stats(int(entry.name))[0]
-            except OSError:
-                continue
-    return total
+    """CPU seconds of this benchmark's PostgreSQL: its postmaster and its children (exited backends
+    through the postmaster's reaped-children times), not every postgres process on the machine."""
+    from pos.system import tree_cpu
+
+    try:
+        postmaster = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return tree_cpu(postmaster)
 
 
 def main(argv: list[str] | None = None) -> int:
