@@ -12,7 +12,8 @@ help:
 	@echo "            closed early, its clearing file written and settled, the merchant report shown"
 	@echo "make test   run the whole test suite against a throwaway PostgreSQL"
 	@echo "make lint   ruff + mypy"
-	@echo "make bench  run the benchmarks in bench/ and print their figures"
+	@echo "make bench  run the benchmarks in bench/ and print their figures (the headline ones: the median of"
+	@echo "            5 runs, the same-run baseline beside; BENCH_ARGS=\"--runs 1 e2e\" for fewer)"
 	@echo "make cluster  etcd, 3 Patroni PostgreSQL members, HAProxy, HSM, host, switch on loopback in"
 	@echo "              var/cluster (payswitch cluster status; make cluster-down stops it)"
 	@echo "make clean  stop the embedded PostgreSQL and remove .venv and var/"
@@ -50,8 +51,10 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# BENCH_ARGS: e.g. "--runs 1 e2e host" (python -m bench's own: runs, module names, -- module options)
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	-[ -x $(VENV)/bin/payswitch ] && $(VENV)/bin/payswitch db down
