@@ -9,7 +9,11 @@ connection broke before the answer, raises ``LinkTimeout``: its outcome upstream
 caller reverses it through store-and-forward.
 
 Frames are read in large chunks and every complete frame in the buffer is handled before the next
-read; writes are coalesced per connection by a writer task.
+read; writes are coalesced per connection by a writer task. On a MACed link with batch MAC functions
+(``macs`` / ``verifies``) the requests queued meanwhile are signed by that writer in one HSM exchange
+before it sends them, and the answers of one read are checked by the reader in one exchange before their
+callers wake: a request waits once, for its checked answer, instead of three times with an HSM exchange
+of its own for each MAC (the link MAC cost about half the switch's throughput).
 """
 
 from __future__ import annotations
@@ -47,6 +51,10 @@ class LinkTimeout(Exception):
 
 MacFn = Callable[[bytes], Awaitable[bytes]]
 VerifyFn = Callable[[bytes, bytes], Awaitable[bool]]
+# The same, for many at once (one HSM exchange): a MAC per data (None: refused), a verdict per (data, mac).
+MacsFn = Callable[[list[bytes]], Awaitable[list[bytes | None]]]
+VerifiesFn = Callable[[list[tuple[bytes, bytes]]], Awaitable[list[bool]]]
+MAC_BATCH_MAX = 256  # MACs per HSM exchange (the HSM client has 10,000 headers per connection)
 
 
 @dataclass(frozen=True)
@@ -119,13 +127,17 @@ def frame(body: bytes) -> bytes:
 
 
 class _Waiter:
-    __slots__ = ("deadline", "event", "raw", "response")
+    __slots__ = ("checked", "deadline", "event", "raw", "refused", "response")
 
     def __init__(self, deadline: float) -> None:
         self.event = trio.Event()
         self.response: Message | None = None
         self.raw = b""
         self.deadline = deadline
+        # Set by the writer's signing or the reader's checking (batch MACs): the request could not be
+        # signed (nothing sent), or the answer's MAC was checked (``response`` None: it failed).
+        self.refused: str | None = None
+        self.checked = False
 
 
 SWEEP_SECONDS = 0.02
@@ -138,6 +150,10 @@ class _Connection:
         self.up = False
         self.pending: dict[MatchKey, _Waiter] = {}
         self._out: list[bytes] = []
+        # Requests encoded with a zero DE128, signed by the writer before it sends them (batch MACs).
+        self._unsigned: list[tuple[MatchKey, _Waiter, bytes]] = []
+        # Answers the reader is checking the MACs of: still in flight for retire() and a key change.
+        self.checking: list[_Waiter] = []
         self._wake = trio.Event()
         self._last_rx = 0.0
 
@@ -175,11 +191,12 @@ class _Connection:
                 self._set_up(False)
                 self._fail_pending()
                 self._out.clear()
+                self._unsigned.clear()  # never sent: their waiters were failed above
             await trio.sleep(backoff)
             backoff = min(backoff * 2, self.link.timing.backoff_max)
 
     def pending_events(self) -> list[trio.Event]:
-        return [waiter.event for waiter in self.pending.values()]
+        return [waiter.event for waiter in (*self.pending.values(), *self.checking)]
 
     def _set_up(self, up: bool) -> None:
         if self.up != up:
@@ -209,21 +226,38 @@ class _Connection:
         # No cancel scope per request (~15 µs each): _sweep wakes waiters whose deadline has passed.
         key = match_key(msg)
         waiter = _Waiter(trio.current_time() + timeout)
-        try:
-            data = frame(await self.link.encode(msg))
-        except (HsmRefused, HsmUnavailable) as exc:  # before anything left: a decline, not a reversal
-            raise NotSigned(f"request not signed on link {self.link.name}: {exc}") from exc
-        self.pending[key] = waiter
-        try:
+        link = self.link
+        network = str(msg.get("t", "")).startswith("08")
+        if link.macs is not None and link.mac is not None and not network:
+            # Signed by the writer with the others queued meanwhile (one HSM exchange), then sent.
+            self.pending[key] = waiter
+            self._unsigned.append((key, waiter, link.codec.encode({**msg, "128": bytes(8)})))
+            self._wake.set()
+        else:
+            try:
+                data = frame(await link.encode(msg))
+            except (HsmRefused, HsmUnavailable) as exc:  # before anything left: a decline, not a reversal
+                raise NotSigned(f"request not signed on link {link.name}: {exc}") from exc
+            self.pending[key] = waiter
             self.send(data)
+        try:
             await waiter.event.wait()
         finally:
             if self.pending.get(key) is waiter:
                 del self.pending[key]
+        if waiter.refused is not None:
+            raise NotSigned(f"request not signed on link {link.name}: {waiter.refused}")
+        if waiter.checked and waiter.response is None:
+            log.warning("answer MAC does not verify", link=link.name, stan=msg.get("11"))
+            raise LinkTimeout(f"answer on link {link.name} failed MAC verification")
         if waiter.response is None:
-            raise LinkTimeout(f"no answer on link {self.link.name} within {timeout:g}s")
+            raise LinkTimeout(f"no answer on link {link.name} within {timeout:g}s")
         verify = self.link.verify
-        if verify is not None and not str(waiter.response.get("t", "")).startswith("08"):
+        if (
+            verify is not None
+            and not waiter.checked
+            and not str(waiter.response.get("t", "")).startswith("08")
+        ):
             mac = waiter.response.get("128")
             codec = self.link.codec
             if not (
@@ -250,10 +284,40 @@ class _Connection:
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
+            if self._unsigned:
+                await self._sign()
             if self._out:
                 data = b"".join(self._out)
                 self._out.clear()
                 await stream.send_all(data)
+
+    async def _sign(self) -> None:
+        """DE128 for the requests queued since the last pass, in one HSM exchange; each one signed is
+        queued to send, unless its caller gave up meanwhile (timed out or cancelled: then it was never
+        sent, and must not be, since its caller may reverse it). A refusal fails that request only, an
+        HSM outage all of them (NotSigned: nothing left, a decline)."""
+        batch, self._unsigned = self._unsigned[:MAC_BATCH_MAX], self._unsigned[MAC_BATCH_MAX:]
+        if self._unsigned:
+            self._wake.set()  # the rest at the next pass
+        link = self.link
+        assert link.macs is not None
+        codec = link.codec
+        try:
+            macs = await link.macs([codec.mac_block(raw) for _, _, raw in batch])
+        except (HsmRefused, HsmUnavailable) as exc:
+            macs = [None] * len(batch)
+            why = str(exc)
+        else:
+            why = "the HSM refused the MAC"
+        for (key, waiter, raw), mac in zip(batch, macs, strict=True):
+            if self.pending.get(key) is not waiter or waiter.event.is_set():
+                continue  # timed out or cancelled while being signed: not sent
+            if mac is None:
+                del self.pending[key]
+                waiter.refused = why
+                waiter.event.set()
+            else:
+                self._out.append(frame(codec.with_mac(raw, mac)))
 
     async def _reader(self, stream: trio.SocketStream) -> None:
         buf = bytearray()
@@ -267,10 +331,47 @@ class _Connection:
                 frames = split_frames(buf, H2H_MAX_FRAME)
             except ValueError as exc:
                 raise trio.BrokenResourceError(str(exc)) from None
+            checks: list[tuple[_Waiter, Message, bytes]] = []
             for body in frames:
-                self._on_frame(body)
+                self._on_frame(body, checks)
+            if checks:
+                await self._check(checks)
 
-    def _on_frame(self, body: bytes) -> None:
+    async def _check(self, checks: list[tuple[_Waiter, Message, bytes]]) -> None:
+        """The DE128 of the answers of one read, in one HSM exchange (in slices of MAC_BATCH_MAX); each
+        caller is woken with its answer, or with none when the MAC fails or cannot be checked (an answer
+        that cannot be trusted is no answer: the outcome is unknown, the caller reverses it)."""
+        link = self.link
+        assert link.verifies is not None
+        codec = link.codec
+        waiters = [waiter for waiter, _, _ in checks]
+        self.checking = waiters
+        try:
+            for start in range(0, len(checks), MAC_BATCH_MAX):
+                part = checks[start : start + MAC_BATCH_MAX]
+                asked = [
+                    (waiter, msg, body)
+                    for waiter, msg, body in part
+                    if isinstance(msg.get("128"), bytes) and codec.has_mac(body)
+                ]
+                try:
+                    oks = await link.verifies([(codec.mac_block(body), msg["128"]) for _, msg, body in asked])
+                except (HsmRefused, HsmUnavailable):
+                    oks = [False] * len(asked)
+                good = {id(waiter) for (waiter, _, _), ok in zip(asked, oks, strict=True) if ok}
+                for waiter, msg, body in part:
+                    waiter.checked = True
+                    if id(waiter) in good:
+                        waiter.response, waiter.raw = msg, body
+                    else:
+                        metrics.LINK_BAD_FRAMES.labels(link=link.name).inc()
+                    waiter.event.set()
+        finally:
+            self.checking = []
+            for waiter in waiters:  # the connection broke while checking: outcome unknown
+                waiter.event.set()
+
+    def _on_frame(self, body: bytes, checks: list[tuple[_Waiter, Message, bytes]]) -> None:
         try:
             msg = self.link.codec.decode(body)
         except Exception as exc:  # a bad answer must not take the connection down
@@ -285,6 +386,9 @@ class _Connection:
                 log.info(
                     "link answer matches nothing (late?)", link=self.link.name, mti=mti, stan=msg.get("11")
                 )
+                return
+            if self.link.verifies is not None and self.link.verify is not None and not mti.startswith("08"):
+                checks.append((waiter, msg, body))  # woken once its MAC is checked, with the others
                 return
             waiter.response = msg
             waiter.raw = body
@@ -319,6 +423,8 @@ class OutboundLink:
         timing: LinkTiming | None = None,
         mac: MacFn | None = None,
         verify: VerifyFn | None = None,
+        macs: MacsFn | None = None,
+        verifies: VerifiesFn | None = None,
         stan_from: OutboundLink | None = None,
         stan_slot: int = 0,
     ) -> None:
@@ -330,6 +436,10 @@ class OutboundLink:
         self.timing = timing or LinkTiming()
         self.mac = mac  # DE128 on requests (links with a ZAK)
         self.verify = verify  # DE128 checked on answers (links with a ZAK)
+        # The same many at once (set by ConfigWatcher for links with a ZAK): used where ``mac`` /
+        # ``verify`` are set, by the connections' writers and readers, one HSM exchange per pass.
+        self.macs = macs
+        self.verifies = verifies
         # One STAN counter for every link of this process: two links to hosts on one database (a route
         # group, host/README.md "Several host processes") must not send the same DE7 + DE11 with this
         # switch's DE32, which the host would take for one request (a 94, or the first's answer).
@@ -353,7 +463,7 @@ class OutboundLink:
 
     @property
     def in_flight(self) -> int:
-        return sum(len(c.pending) for c in self._conns)
+        return sum(len(c.pending) + len(c.checking) for c in self._conns)
 
     def next_stan(self) -> int:
         return slotted_stan(next(self._stan), self.stan_slot)

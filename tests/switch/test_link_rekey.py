@@ -288,6 +288,12 @@ class _SlowHsm:
     async def verify_link_mac(self, zak: str, data: bytes, mac: bytes) -> bool:
         return True
 
+    async def link_macs(self, zak: str, data: list[bytes]) -> list[bytes | None]:
+        return [b"MAC" for _ in data]
+
+    async def verify_link_macs(self, zak: str, items: list[tuple[bytes, bytes]]) -> list[bool]:
+        return [True for _ in items]
+
 
 def test_gate_holds_translations_to_the_key_being_changed_and_sends_them_to_the_new_one() -> None:
     async def main() -> None:
