@@ -14,7 +14,7 @@ settled from another file makes the whole file refused (the primary key on issue
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -24,8 +24,9 @@ import asyncpg
 from ops.money import DEFAULT_CURRENCY
 from settlement.errors import SettlementError
 from settlement.fees import BP, FeeSchedule, applicable_fee, split_exact, transaction_fee
+from settlement.scan import DetailScan
 from settlement.schedules import schedules_in_force
-from specs.clearing import DEBIT_TYPES, ClearingFormatError, ClearingReader
+from specs.clearing import DEBIT_TYPES, ClearingFormatError
 
 BATCH: Final = 20_000
 _LOCK_ID: Final = 0x5345_544C  # "SETL": one settlement writer at a time
@@ -91,7 +92,7 @@ async def import_file(conn: Any, path: str | Path, *, progress: Callable[[int], 
     if done is not None:
         return done
     try:
-        reader = ClearingReader(path)
+        reader = DetailScan(path)
     except ClearingFormatError as exc:
         raise SettlementError(f"refused {exc}") from None
     with reader:
@@ -111,7 +112,7 @@ async def import_file(conn: Any, path: str | Path, *, progress: Callable[[int], 
                 ) from None
 
 
-async def _import(conn: Any, reader: ClearingReader, sha: str, progress: Callable[[int], None] | None,
+async def _import(conn: Any, reader: DetailScan, sha: str, progress: Callable[[int], None] | None,
                   batch: int) -> ImportResult:
     h = reader.header
     file_id: int = await conn.fetchval(
@@ -127,27 +128,30 @@ async def _import(conn: Any, reader: ClearingReader, sha: str, progress: Callabl
     issuer, bdate = h.issuer_id, h.business_date
     totals = {"fee": 0, "reported": 0}
 
-    async def rows() -> AsyncIterator[tuple[Any, ...]]:
-        # One COPY streams the whole file: PostgreSQL ingests while the next records are parsed.
-        for n, d in enumerate(reader.details(), start=1):
-            m = d.merchant_id
+    def rows() -> Iterator[tuple[Any, ...]]:
+        # One COPY streams the whole file: PostgreSQL ingests while the next records are parsed. A plain
+        # generator (asyncpg iterates it in C, awaiting only when its buffer is full) of plain tuples.
+        fee_of = transaction_fee
+        debit_types = DEBIT_TYPES
+        for n, (pid, txn_type, orig, acq, m, store, term, amount, sign, file_fee, file_version, rrn, stan,
+                auth) in enumerate(reader.rows(), start=1):
             price = pricing.get(m)
             if price is None:
                 s = applicable_fee(m, in_force).schedule if m else None
                 price = (s, s.version, s.weights) if s is not None else (
-                    None, "file:" + d.fee_rate_version, FILE_FEE_SHARES)
+                    None, "file:" + file_version, FILE_FEE_SHARES)
                 pricing[m] = price
             schedule, version, weights = price
             if not m:
                 fee, merchant_amount, version = 0, 0, ""
-            elif d.txn_type == "TOPUP":  # cash taken at the merchant: it owes that to the issuer
-                fee, merchant_amount, version = 0, -d.amount, ""
+            elif txn_type == "TOPUP":  # cash taken at the merchant: it owes that to the issuer
+                fee, merchant_amount, version = 0, -amount, ""
             else:
-                merchant_amount = d.amount if d.sign == "D" else -d.amount
+                merchant_amount = amount if sign == "D" else -amount
                 if schedule is not None:
-                    fee = transaction_fee(d.txn_type, d.sign, d.amount, schedule)
+                    fee = fee_of(txn_type, sign, amount, schedule)
                 else:  # the host's flat-rate fee from the file: charged on debits, returned on credits
-                    fee = d.fee if d.txn_type in DEBIT_TYPES or d.sign == "D" else -d.fee
+                    fee = file_fee if txn_type in debit_types or sign == "D" else -file_fee
             if fee:
                 shares = splits.get((fee, weights))
                 if shares is None:
@@ -158,9 +162,8 @@ async def _import(conn: Any, reader: ClearingReader, sha: str, progress: Callabl
             else:
                 i_share = a_share = p_share = 0
             totals["fee"] += fee
-            yield (issuer, d.posting_id, file_id, bdate, d.txn_type, d.original_posting_id, d.acquirer_id,
-                   m, d.store_id, d.terminal_id, d.amount, d.sign, merchant_amount, d.fee, fee, version,
-                   i_share, a_share, p_share, d.rrn, d.stan, d.auth_id)
+            yield (issuer, pid, file_id, bdate, txn_type, orig, acq, m, store, term, amount, sign,
+                   merchant_amount, file_fee, fee, version, i_share, a_share, p_share, rrn, stan, auth)
             if progress is not None and n % batch == 0:
                 progress(reader.bytes_read - totals["reported"])
                 totals["reported"] = reader.bytes_read
@@ -170,7 +173,7 @@ async def _import(conn: Any, reader: ClearingReader, sha: str, progress: Callabl
         progress(reader.bytes_read - totals["reported"])
     merchant_fee = totals["fee"]
     t = reader.trailer
-    assert t is not None  # details() returned normally: the trailer matched
+    assert t is not None  # rows() returned normally: the trailer matched
     merchant_fee += await _exact_returned_fees(conn, file_id)
     accruals = await _accrue(conn, file_id)
     await conn.execute(
