@@ -186,6 +186,9 @@ def main(argv: list[str]) -> int:
         help="also measure `host serve` run from this checkout (a worktree of another commit): A/B",
     )
     ap.add_argument("--profile", action="store_true", help="py-spy samples of our host in round 1: top 30")
+    ap.add_argument(
+        "--cprofile", action="store_true", help="run our host(s) under cProfile: top 25 at the end"
+    )
     args = ap.parse_args(argv)
 
     python = _peer_python()
@@ -241,7 +244,14 @@ def main(argv: list[str]) -> int:
             if tree is not None:
                 henv["PYTHONPATH"] = str(Path(tree).resolve())
             host = subprocess.Popen(
-                [sys.executable, "-m", "ops", "host", "serve"],
+                [
+                    sys.executable,
+                    *(["-m", "cProfile", "-o", str(root / f"host-{port}.prof")] if args.cprofile else []),
+                    "-m",
+                    "ops",
+                    "host",
+                    "serve",
+                ],
                 env=henv,
                 cwd=tree,  # -m puts the working directory first on the path
                 stdout=null,
@@ -301,6 +311,13 @@ def main(argv: list[str]) -> int:
 
         bad = [r.name for r in asyncio.run(check()) if not r.ok]
         print("ledger check: " + ("OK" if not bad else f"FAILED {bad}"), flush=True)
+        if args.cprofile:  # each host stopped (SIGTERM: cProfile writes its file), then its top 25
+            import pstats
+
+            for label, host, port, _ in hosts:
+                processes.stop(host)
+                print(f"{label}: cProfile, top 25 by own time")
+                pstats.Stats(str(root / f"host-{port}.prof")).sort_stats("tottime").print_stats(25)
         return 0 if not bad else 1
     finally:
         for p in reversed(procs):
