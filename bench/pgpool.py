@@ -80,7 +80,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per task count")
     ap.add_argument("--tasks", default="1,16,128", help="comma-separated concurrent callers")
     ap.add_argument("--busy", action="store_true", help="keep the trio loop busy between calls")
+    ap.add_argument(
+        "--switch-interval", type=float, help="sys.setswitchinterval (s), as a service may set it"
+    )
     args = ap.parse_args(argv)
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
     root = Path(tempfile.mkdtemp(prefix="bench-pgpool-"))
     cluster = EmbeddedPostgres(root / "pg", durable=False)
     try:
