@@ -17,7 +17,10 @@ on a plain asyncpg connection. One batch is one transaction:
 
 If a batch fails (a unique key raced with another writer, a constraint, a lost connection) it is rolled
 back and its requests are retried one per transaction, so one bad request cannot fail the others; a
-request that still fails is answered 96 and nothing of it is stored.
+request that still fails is answered 96 and nothing of it is stored. Nothing of a rolled-back batch
+outlives it in memory either: an account a batch creates (funding, cash-out, breakage) is cached in the
+Ledger only once its transaction has committed, so concurrent batches never post to another's
+uncommitted (or rolled-back) account.
 
 Partitions: every card has a partition (cards.part); a purchase credits the merchant's payable
 sub-account of the card's partition, so the hot merchant's rows are spread over all partitions and a
@@ -160,6 +163,11 @@ class _Batch:
     # the engine chain's head (seq, hash) read by the batch under its writer group's lock (host.leases)
     head: tuple[int, str] | None = None
     flags: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)  # approved keys' flags (host.chip)
+    # Funding and issuer account ids this transaction created (or met while creating): its own until it
+    # commits, so they reach the Ledger's caches only then (post_batch). Cached at once, an uncommitted
+    # id was used by a concurrent batch, whose sums UPDATE cannot see the row (its transfers then move
+    # money from an account that never counts them), or, rolled back, named no account at all.
+    accounts: dict[tuple[str, str, int], int] = field(default_factory=dict)  # (kind, currency, part) -> id
 
 
 # Requests that write no authorization event (host.events): not requests of a card's holder or
@@ -220,11 +228,15 @@ class Ledger:
         batch posted outside the engine (the shared chain, serialized by an advisory lock)."""
         now = now or self.clock()
         chain = (ledger_chain.SHARED_CHAIN if writer is None else writer) if self.chained else None
+        created: dict[tuple[str, str, int], int] = {}
         try:
             # an engine batch leases its writer group for its transaction (host.leases): no other host
             # posts the group's partitions or extends its chain until it commits or rolls back
             async with _batch_transaction(conn, writer):
-                return await self._run_batch(conn, reqs, now, chain)
+                decisions = await self._run_batch(conn, reqs, now, chain, created)
+            if created:  # committed: the accounts the batch created are everyone's now
+                self._learn(created)
+            return decisions
         except UNAVAILABLE:
             raise  # maybe committed (its COMMIT's answer lost): the engine decides it again, later
         except Exception as exc:
@@ -250,10 +262,24 @@ class Ledger:
         return self._card_ids.get(pan_hash)
 
     # -- the batch ------------------------------------------------------------------------------
+    def _learn(self, created: dict[tuple[str, str, int], int]) -> None:
+        for (kind, currency, part), acct in created.items():
+            if kind == "funding":
+                self._funding[(currency, part)] = acct
+            else:
+                self._issuer_accounts[(kind, currency)] = acct
+
     async def _run_batch(
-        self, conn: Any, reqs: list[Request], now: dt.datetime, chain: int | None = None
+        self,
+        conn: Any,
+        reqs: list[Request],
+        now: dt.datetime,
+        chain: int | None = None,
+        created: dict[tuple[str, str, int], int] | None = None,
     ) -> list[Decision]:
         b = _Batch(now=now, today=self.business_day.today(now), chain=chain)
+        if created is not None:
+            b.accounts = created  # the caller publishes them once the transaction has committed
         await self._load_card_ids(conn, [r.pan_hash for r in reqs if r.card_id is None and r.pan_hash])
         for r in reqs:
             if r.card_id is None and r.pan_hash:
@@ -748,7 +774,7 @@ class Ledger:
             reason = None if first_gift_load else rules.check_topup(card, kept)
             if reason is not None:
                 return _declined(reason)
-            funding = await self._funding_account(conn, card.product.currency, card.part)
+            funding = await self._funding_account(conn, b, card.product.currency, card.part)
             offline.repay(self, b, r, card)
             return self._post(b, r, funding, card.account_id, card, "single", Txn.ADMIN_LOAD)
         if original is None:
@@ -1103,13 +1129,13 @@ class Ledger:
         if r.txn is Txn.ADMIN_UNLOAD:
             if card.available < r.amount:
                 return Decision(Rc.INSUFFICIENT_FUNDS)
-            cash_out = await self._issuer_account(conn, "cash_out", card.product.currency)
+            cash_out = await self._issuer_account(conn, b, "cash_out", card.product.currency)
             return self._post(b, r, card.account_id, cash_out, card, "single", Txn.ADMIN_UNLOAD)
         if card.debits_pending:
             return Decision(Rc.INSUFFICIENT_FUNDS)
         if r.amount != card.balance:
             return Decision(Rc.INVALID_AMOUNT)
-        breakage = await self._issuer_account(conn, "breakage", card.product.currency)
+        breakage = await self._issuer_account(conn, b, "breakage", card.product.currency)
         b.closing.append(card.card_id)
         b.card_events.append((card.card_id, card.state, "closed", "forfeit", r.actor or cli_actor(), ""))
         card.state = "closed"
@@ -1160,45 +1186,59 @@ class Ledger:
         new.credits_posted += amount  # _post keeps the old card's side; a later request sees the new's
         return d
 
-    async def _issuer_account(self, conn: Any, kind: str, currency: str) -> int:
+    async def _issuer_account(self, conn: Any, b: _Batch, kind: str, currency: str) -> int:
         """The issuer's cash-out payable or breakage income account of a currency (one each), created
-        the first time (no_overdraft on the cash-out payable: never paid out beyond what was unloaded)."""
-        if (kind, currency) not in self._issuer_accounts:
-            index = {"cash_out": "cash_out", "breakage": "breakage"}[kind]  # a literal for ON CONFLICT
-            acct = await conn.fetchval(
-                "SELECT id FROM accounts WHERE kind = $1 AND currency = $2", kind, currency
-            )
-            if acct is None:
-                acct = await conn.fetchval(
-                    f"""INSERT INTO accounts (kind, currency, part, no_overdraft) VALUES ($1, $2, 0, $3)
-                        ON CONFLICT (currency) WHERE kind = '{index}' DO UPDATE SET part = EXCLUDED.part
-                        RETURNING id""",
-                    kind,
-                    currency,
-                    kind == "cash_out",
-                )
+        the first time (no_overdraft on the cash-out payable: never paid out beyond what was unloaded).
+        Only a committed id is cached in the Ledger; one this batch created stays in ``b.accounts``."""
+        if (acct := self._issuer_accounts.get((kind, currency))) is not None:
+            return acct
+        if (acct := b.accounts.get((kind, currency, 0))) is not None:
+            return acct
+        index = {"cash_out": "cash_out", "breakage": "breakage"}[kind]  # a literal for ON CONFLICT
+        acct = await conn.fetchval(
+            "SELECT id FROM accounts WHERE kind = $1 AND currency = $2", kind, currency
+        )
+        if acct is not None:  # committed (a statement's snapshot sees no other transaction's rows)
             self._issuer_accounts[(kind, currency)] = acct
-        return self._issuer_accounts[(kind, currency)]
+            return int(acct)
+        acct = await conn.fetchval(
+            f"""INSERT INTO accounts (kind, currency, part, no_overdraft) VALUES ($1, $2, 0, $3)
+                ON CONFLICT (currency) WHERE kind = '{index}' DO UPDATE SET part = EXCLUDED.part
+                RETURNING id""",
+            kind,
+            currency,
+            kind == "cash_out",
+        )
+        b.accounts[(kind, currency, 0)] = acct
+        return int(acct)
 
-    async def _funding_account(self, conn: Any, currency: str, part: int) -> int:
-        key = (currency, part)
-        if key not in self._funding:
-            acct = await conn.fetchval(
-                "SELECT id FROM accounts WHERE kind = 'funding' AND currency = $1 AND part = $2",
-                currency,
-                part,
-            )
-            if acct is None:
-                acct = await conn.fetchval(
-                    """INSERT INTO accounts (kind, currency, part, no_overdraft)
-                       VALUES ('funding', $1, $2, false)
-                       ON CONFLICT (currency, part) WHERE kind = 'funding' DO UPDATE SET part = EXCLUDED.part
-                       RETURNING id""",
-                    currency,
-                    part,
-                )
-            self._funding[key] = acct
-        return self._funding[key]
+    async def _funding_account(self, conn: Any, b: _Batch, currency: str, part: int) -> int:
+        """The funding account of a currency and partition (admin loads are debited to it). Missing, the
+        currency's funding accounts of every partition are created at once, in partition order: two
+        batches creating them at the same time then wait for each other (a conflicting insert waits
+        for the inserter's end) instead of deadlocking, as one at a time in each batch's order of
+        first use did. Only a committed id is cached in the Ledger; those of this batch's own
+        insert stay in ``b.accounts`` until it commits (post_batch)."""
+        if (acct := self._funding.get((currency, part))) is not None:
+            return acct
+        if (acct := b.accounts.get(("funding", currency, part))) is not None:
+            return acct
+        acct = await conn.fetchval(
+            "SELECT id FROM accounts WHERE kind = 'funding' AND currency = $1 AND part = $2", currency, part
+        )
+        if acct is not None:  # committed (a statement's snapshot sees no other transaction's rows)
+            self._funding[(currency, part)] = acct
+            return int(acct)
+        await conn.execute(_FUNDING_SQL, currency)
+        # a new statement: it sees the rows of the creators this insert waited for, and this one's own
+        for row in await conn.fetch(
+            "SELECT id, part FROM accounts WHERE kind = 'funding' AND currency = $1", currency
+        ):
+            b.accounts[("funding", currency, row["part"])] = row["id"]
+        acct = b.accounts.get(("funding", currency, part))
+        if acct is None:  # a partition beyond ledger_settings.partitions: not a card's (never here)
+            raise RuntimeError(f"no funding account for currency {currency} partition {part}")
+        return int(acct)
 
     # -- writing --------------------------------------------------------------------------------
     async def _write(self, conn: Any, b: _Batch) -> None:
@@ -1297,6 +1337,14 @@ class Ledger:
         keyed = sorted(zip((t.key for t in b.transfers), transfer_lines, strict=True))
         return ledger_chain.seal(b.chain, prev, b.now, auth_lines, [x[1] for x in keyed])
 
+
+# Every partition's funding account of currency $1, in partition order (see _funding_account).
+_FUNDING_SQL = """
+INSERT INTO accounts (kind, currency, part, no_overdraft)
+SELECT 'funding', $1, p, false FROM generate_series(0, (SELECT partitions - 1 FROM ledger_settings)) AS p
+ORDER BY p
+ON CONFLICT (currency, part) WHERE kind = 'funding' DO NOTHING
+"""
 
 _PIN_CHANGE_SQL = """
 UPDATE cards c SET pvv = d.pvv, pin_lmk = d.pin_lmk, updated_at = now()
