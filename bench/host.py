@@ -87,6 +87,25 @@ SETUP_WORKERS = 4  # set-up statements in flight (the pool's connections)
 LOAD_BATCH = 2000  # admin loads per ledger batch during set-up
 
 
+def host_env(root: Path, url: str, hsm_port: int, host_port: int, metrics_port: int) -> dict[str, str]:
+    """The environment of a benchmark's HSM and host processes: its own database and ports, the test
+    LMK, no config file of the machine's (an empty one in ``root``)."""
+    (root / "none.toml").write_text("")
+    return {
+        **os.environ,
+        "PAYSWITCH_DATABASE_URL": url,
+        "PAYSWITCH_HSM_PORT": str(hsm_port),
+        "PAYSWITCH_HSM_LISTEN": "127.0.0.1",
+        "PAYSWITCH_HSM_HOST": "127.0.0.1",
+        "PAYSWITCH_HSM_TEST_LMK": "true",
+        "PAYSWITCH_HSM_METRICS_PORT": "0",
+        "PAYSWITCH_HOST_PORT": str(host_port),
+        "PAYSWITCH_HOST_METRICS_PORT": str(metrics_port),
+        "PAYSWITCH_LOG_LEVEL": "warning",
+        "PAYSWITCH_CONFIG": str(root / "none.toml"),
+    }
+
+
 def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     try:
         processes.wait_listening(port, proc, timeout=timeout)
@@ -522,22 +541,9 @@ def main(argv: list[str]) -> int:
         url = status.url("bench")
         asyncio.run(migrate_url(url))
         hsm_port, host_port, metrics_port = free_port(), free_port(), free_port()
-        env = {
-            **os.environ,
-            "PAYSWITCH_DATABASE_URL": url,
-            "PAYSWITCH_HSM_PORT": str(hsm_port),
-            "PAYSWITCH_HSM_LISTEN": "127.0.0.1",
-            "PAYSWITCH_HSM_HOST": "127.0.0.1",
-            "PAYSWITCH_HSM_TEST_LMK": "true",
-            "PAYSWITCH_HSM_METRICS_PORT": "0",
-            "PAYSWITCH_HOST_PORT": str(host_port),
-            "PAYSWITCH_HOST_METRICS_PORT": str(metrics_port),
-            "PAYSWITCH_HOST_WRITERS": str(args.writers),
-            "PAYSWITCH_HOST_BATCH_MAX": str(args.batch_max),
-            "PAYSWITCH_LOG_LEVEL": "warning",
-            "PAYSWITCH_CONFIG": str(root / "none.toml"),
-        }
-        (root / "none.toml").write_text("")
+        env = host_env(root, url, hsm_port, host_port, metrics_port)
+        env["PAYSWITCH_HOST_WRITERS"] = str(args.writers)
+        env["PAYSWITCH_HOST_BATCH_MAX"] = str(args.batch_max)
         hsm = subprocess.Popen(
             [sys.executable, "-m", "ops", "hsm", "serve"],
             env=env,

@@ -33,9 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import inspect
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -49,7 +47,7 @@ from typing import Any
 import asyncpg
 import trio
 
-from bench.host import _batch_stats, _drive, _proc_stats, _setup, _wait_port
+from bench.host import _batch_stats, _drive, _proc_stats, _setup, _wait_port, host_env
 from host.check import run_checks
 from ops import processes
 from ops.db import ensure_database
@@ -201,20 +199,7 @@ def main(argv: list[str]) -> int:
         url = status.url("bench")
         asyncio.run(migrate_url(url))
         hsm_port, host_port, metrics_port, mock_port = free_port(), free_port(), free_port(), free_port()
-        (root / "none.toml").write_text("")
-        env = {
-            **os.environ,
-            "PAYSWITCH_DATABASE_URL": url,
-            "PAYSWITCH_HSM_PORT": str(hsm_port),
-            "PAYSWITCH_HSM_LISTEN": "127.0.0.1",
-            "PAYSWITCH_HSM_HOST": "127.0.0.1",
-            "PAYSWITCH_HSM_TEST_LMK": "true",
-            "PAYSWITCH_HSM_METRICS_PORT": "0",
-            "PAYSWITCH_HOST_PORT": str(host_port),
-            "PAYSWITCH_HOST_METRICS_PORT": str(metrics_port),
-            "PAYSWITCH_LOG_LEVEL": "warning",
-            "PAYSWITCH_CONFIG": str(root / "none.toml"),
-        }
+        env = host_env(root, url, hsm_port, host_port, metrics_port)
         if args.writers is not None:
             env["PAYSWITCH_HOST_WRITERS"] = str(args.writers)
         null = subprocess.DEVNULL
@@ -226,9 +211,7 @@ def main(argv: list[str]) -> int:
         t = time.perf_counter()
         # bench.host's set-up (its phases' times, when it reports them, are not printed here)
         took: dict[str, float] = {}
-        setup_args = (url, hsm_port, args.cards, took)
-        setup: Any = _setup
-        pans: list[str] = trio.run(setup, *setup_args[: len(inspect.signature(setup).parameters)])
+        pans: list[str] = trio.run(_setup, url, hsm_port, args.cards, took)
         pans_file = root / "pans.txt"
         pans_file.write_text("\n".join(pans))
         print(f"set-up: {len(pans)} cards, 1 merchant, in {time.perf_counter() - t:.1f} s", flush=True)
