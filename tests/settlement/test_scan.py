@@ -14,34 +14,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import settlement.scan as scan
-from settlement.scan import DetailScan, ScanRow
+from settlement.scan import DetailScan, ScanRow, row_of
 from specs.clearing import ClearingFormatError, ClearingReader, Detail, Header, Trailer, write_file
 from tests.settlement.factories import detail, detail_lists, header
-
-
-def _row(d: Detail) -> ScanRow:
-    return (
-        d.posting_id,
-        d.txn_type,
-        d.original_posting_id,
-        d.acquirer_id,
-        d.merchant_id,
-        d.store_id,
-        d.terminal_id,
-        d.amount,
-        d.sign,
-        d.fee,
-        d.fee_rate_version,
-        d.rrn,
-        d.stan,
-        d.auth_id,
-    )
 
 
 def _reference(path: Path) -> tuple[list[ScanRow], Trailer | None, str | None]:
     try:
         with ClearingReader(path) as r:
-            rows = [_row(d) for d in r.details()]
+            rows = [row_of(d) for d in r.details()]
             return rows, r.trailer, None
     except ClearingFormatError as exc:
         return [], None, f"{type(exc).__name__}: {exc}"
