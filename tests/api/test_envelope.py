@@ -185,16 +185,18 @@ def test_concurrent_same_key_is_409_then_replayed(db_url: str) -> None:
         answers: dict[str, httpx.Response] = {}
 
         async def slow() -> None:
-            answers["slow"] = await c.post("/v1/test/echo", json={"sleep": 0.6}, headers=idem(h, key))
+            answers["slow"] = await c.post("/v1/test/echo", json={"sleep": 1.0}, headers=idem(h, key))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(slow)
-            await trio.sleep(0.2)
-            busy = await c.post("/v1/test/echo", json={"sleep": 0.6}, headers=idem(h, key))
+            with trio.fail_after(10):  # the first request holds the key once its route runs, not after a sleep
+                while not CALLS[key]:
+                    await trio.sleep(0.01)
+            busy = await c.post("/v1/test/echo", json={"sleep": 1.0}, headers=idem(h, key))
         assert_problem(busy, "idempotency-in-progress")
         assert int(busy.headers["retry-after"]) >= 1
         assert answers["slow"].status_code == 201
-        again = await c.post("/v1/test/echo", json={"sleep": 0.6}, headers=idem(h, key))
+        again = await c.post("/v1/test/echo", json={"sleep": 1.0}, headers=idem(h, key))
         assert again.json() == answers["slow"].json() and again.headers["idempotent-replayed"] == "true"
         assert CALLS[key] == 1
 
