@@ -407,19 +407,6 @@ class ConfigWatcher:
 
     def _start(self, lc: LinkConfig, previous: OutboundLink | None) -> OutboundLink:
         link = self.make_link(lc, previous)
-        zak = lc.zak
-        if zak and link.mac is not None and link.verify is not None and link.macs is None:
-            # The link's MACs many at a time through the same HSM (and key-change gate): one exchange
-            # per writer or reader pass instead of one per request and answer (switch/links.py).
-            gate = self.gate
-
-            async def macs(data: list[bytes]) -> list[bytes | None]:
-                return await gate.link_macs(zak, data)
-
-            async def verifies(items: list[tuple[bytes, bytes]]) -> list[bool]:
-                return await gate.verify_link_macs(zak, items)
-
-            link.macs, link.verifies = macs, verifies
         if self._nursery is None:
             self._to_start.append(link)
         else:
