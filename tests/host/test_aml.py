@@ -222,6 +222,7 @@ def test_reimport_replaces_the_list_and_is_recorded(env: dict[str, str], db_url:
     f.write_text(
         "name,aliases,date_of_birth,list,reference\nZebedee Thornquist,,,,S-1\nYolanda Brightwater,,,,S-2\n"
     )
+    _cardholder(db_url, "Bystander Quillfeather")  # someone to re-screen, whichever tests ran before
     first = ok(env, "aml", "list", "import", str(f), "--list", "SECOND")
     assert first["imports"][0]["entries"] == 2 and first["imports"][0]["replaced"] == 0
     assert "rescreen" in first and first["rescreen"]["screened"] >= 1
