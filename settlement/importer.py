@@ -23,7 +23,7 @@ import asyncpg
 
 from ops.money import DEFAULT_CURRENCY
 from settlement.errors import SettlementError
-from settlement.fees import BP, FeeSchedule, applicable_fee, split_exact, transaction_fee
+from settlement.fees import BP, FeeSchedule, applicable_fee, fee_function, split_exact
 from settlement.scan import DetailScan
 from settlement.schedules import schedules_in_force
 from specs.clearing import DEBIT_TYPES, ClearingFormatError
@@ -37,6 +37,10 @@ ITEM_COLUMNS: Final = (
     "merchant_id", "store_id", "terminal_id", "amount", "sign", "merchant_amount", "file_fee", "fee",
     "fee_version", "issuer_share", "acquirer_share", "platform_share", "rrn", "stan", "auth_id",
 )
+
+# How one merchant's details are priced: its rate card's fee function (None: the host's fee in the file),
+# the version label stored with each detail, the share weights, and the fee -> shares of those weights
+_Price = tuple[Callable[[str, str, int], int] | None, str, tuple[int, int, int], dict[int, tuple[int, ...]]]
 
 
 @dataclass(frozen=True)
@@ -122,51 +126,58 @@ async def _import(conn: Any, reader: DetailScan, sha: str, progress: Callable[[i
         reader.name, sha, h.issuer_id, h.business_date, h.sequence, h.currency, h.created_at,
     )
     in_force = await schedules_in_force(conn, h.business_date)
-    # merchant -> (schedule or None, version label, share weights); built once per merchant per file
-    pricing: dict[str, tuple[FeeSchedule | None, str, tuple[int, int, int]]] = {}
-    splits: dict[tuple[int, tuple[int, int, int]], list[int]] = {}  # fees repeat: split each once
+    # merchant -> how its details are priced; built once per merchant per file
+    pricing: dict[str, _Price] = {}
+    splits: dict[tuple[int, int, int], dict[int, tuple[int, ...]]] = {}  # fees repeat: split each once
+    functions: dict[FeeSchedule, Callable[[str, str, int], int]] = {}  # one per rate card
     issuer, bdate = h.issuer_id, h.business_date
     totals = {"fee": 0, "reported": 0}
+
+    def price_of(m: str, file_version: str) -> _Price:
+        s = applicable_fee(m, in_force).schedule if m else None
+        if s is None:
+            fee_fn, version, weights = None, "file:" + file_version, FILE_FEE_SHARES
+        else:
+            fee_fn = functions.get(s) or functions.setdefault(s, fee_function(s))
+            version, weights = s.version, s.weights
+        price = pricing[m] = (fee_fn, version, weights, splits.setdefault(weights, {}))
+        return price
 
     def rows() -> Iterator[tuple[Any, ...]]:
         # One COPY streams the whole file: PostgreSQL ingests while the next records are parsed. A plain
         # generator (asyncpg iterates it in C, awaiting only when its buffer is full) of plain tuples.
-        fee_of = transaction_fee
         debit_types = DEBIT_TYPES
+        get_price = pricing.get
+        fee_total = 0
         for n, (pid, txn_type, orig, acq, m, store, term, amount, sign, file_fee, file_version, rrn, stan,
                 auth) in enumerate(reader.rows(), start=1):
-            price = pricing.get(m)
-            if price is None:
-                s = applicable_fee(m, in_force).schedule if m else None
-                price = (s, s.version, s.weights) if s is not None else (
-                    None, "file:" + file_version, FILE_FEE_SHARES)
-                pricing[m] = price
-            schedule, version, weights = price
+            fee_fn, version, weights, shares_of = get_price(m) or price_of(m, file_version)
             if not m:
                 fee, merchant_amount, version = 0, 0, ""
             elif txn_type == "TOPUP":  # cash taken at the merchant: it owes that to the issuer
                 fee, merchant_amount, version = 0, -amount, ""
             else:
                 merchant_amount = amount if sign == "D" else -amount
-                if schedule is not None:
-                    fee = fee_of(txn_type, sign, amount, schedule)
+                if fee_fn is not None:
+                    fee = fee_fn(txn_type, sign, amount)
                 else:  # the host's flat-rate fee from the file: charged on debits, returned on credits
                     fee = file_fee if txn_type in debit_types or sign == "D" else -file_fee
             if fee:
-                shares = splits.get((fee, weights))
+                shares = shares_of.get(fee)
                 if shares is None:
-                    if len(splits) > 100_000:
-                        splits.clear()
-                    shares = splits[(fee, weights)] = split_exact(fee, weights)
+                    if len(shares_of) > 100_000:
+                        shares_of.clear()
+                    shares = shares_of[fee] = tuple(split_exact(fee, weights))
                 i_share, a_share, p_share = shares
+                fee_total += fee
             else:
                 i_share = a_share = p_share = 0
-            totals["fee"] += fee
             yield (issuer, pid, file_id, bdate, txn_type, orig, acq, m, store, term, amount, sign,
                    merchant_amount, file_fee, fee, version, i_share, a_share, p_share, rrn, stan, auth)
             if progress is not None and n % batch == 0:
                 progress(reader.bytes_read - totals["reported"])
                 totals["reported"] = reader.bytes_read
+        totals["fee"] = fee_total
 
     await conn.copy_records_to_table("settlement_items", records=rows(), columns=ITEM_COLUMNS)
     if progress is not None:

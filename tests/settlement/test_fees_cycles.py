@@ -9,7 +9,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from settlement.cycles import Cycle, is_due, settlement_date
-from settlement.fees import FeeSchedule, refund_fee, sale_fee, schedule_for, split_exact, transaction_fee
+from settlement.fees import (
+    REFUND_RULES,
+    FeeSchedule,
+    fee_function,
+    refund_fee,
+    sale_fee,
+    schedule_for,
+    split_exact,
+    transaction_fee,
+)
 
 V1 = FeeSchedule(
     "*",
@@ -64,6 +73,32 @@ def test_sale_fee_bounds(amount: int, bp: int, fixed: int, lo: int, hi: int | No
         assert fee >= lo
     if hi is not None:
         assert fee <= hi
+
+
+TXN_SIGNS = [("PURCHASE", "D"), ("COMPLETION", "D"), ("REFUND", "C"), ("VOID", "C"), ("REVERSAL", "C"),
+             ("REVERSAL", "D"), ("TOPUP", "C")]
+
+
+@given(
+    st.integers(0, 10**15),
+    st.integers(0, 10000),
+    st.integers(0, 1000),
+    st.integers(0, 1000),
+    st.one_of(st.none(), st.integers(0, 5000)),
+    st.sampled_from(REFUND_RULES),
+)
+def test_fee_function_is_transaction_fee(
+    amount: int, bp: int, fixed: int, lo: int, hi: int | None, rule: str
+) -> None:
+    """The importer prices every detail with fee_function(schedule): the very rule of transaction_fee."""
+    if hi is not None and hi < lo:
+        lo, hi = hi, lo
+    s = FeeSchedule("M", "v", date(2026, 1, 1), bp, fixed, lo, hi, rule)
+    fee_of = fee_function(s)
+    for txn_type, sign in TXN_SIGNS:
+        assert fee_of(txn_type, sign, amount) == transaction_fee(txn_type, sign, amount, s), (txn_type, sign)
+    with pytest.raises(ValueError):
+        fee_of("CHARGEBACK", "D", amount)
 
 
 def test_fee_examples_and_refund_rules() -> None:
