@@ -1,8 +1,10 @@
 """TCP listeners for terminals and acquirers: framing, limits, per-connection concurrency, draining.
 
-Each connection has a reader that takes every complete frame out of the receive buffer per wake-up
-and starts one handler task per frame (up to ``max_in_flight`` at once; beyond that it stops reading,
-so a fast sender is slowed down instead of queueing without bound). Answers are coalesced: the first
+Each connection has a reader that waits for its socket, then takes every complete frame out of the
+receive buffer per wake-up and hands each to a handler task (up to ``max_in_flight`` at once; beyond
+that it stops reading, so a fast sender is slowed down instead of queueing without bound): a task that
+answered its frame waits for the connection's next one, so a terminal sending one request at a time
+is served by one task, not a task started per request. Answers are coalesced: the first
 answer queued in a scheduler pass makes its task yield once, and then that task sends every answer
 queued meanwhile on every connection of the listener, one non-blocking ``send`` per connection (a
 send on loopback costs the sender far more than the bytes; one per answer was the switch's largest
@@ -25,7 +27,9 @@ from __future__ import annotations
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
+import outcome
 import trio
 
 from ops.guard import ConnectionGuard, GuardLimits, Slot, source_of
@@ -71,6 +75,17 @@ class _Client:
         self.in_flight = 0
         self.slot = trio.Event()
         self.read_scope = trio.CancelScope()
+        # A handler task that finished its frame and waits for the next one of this connection (the
+        # reader hands it over instead of starting a task per frame); None once reading ended.
+        self.parked: trio.lowlevel.Task | None = None
+        self.reading = True
+
+    def stop_reading(self) -> None:
+        """No more frames: the parked handler task ends."""
+        self.reading = False
+        task, self.parked = self.parked, None
+        if task is not None:
+            trio.lowlevel.reschedule(task, outcome.Value(None))
 
     def fail(self) -> None:
         self.broken = True
@@ -203,6 +218,7 @@ class Listener:
                     client.read_scope.cancel()
                 self._clients.add(client)
                 await self._reader(client, nursery)
+                client.stop_reading()
                 while client.in_flight:  # answer what was read, then close
                     await client.slot.wait()
                     client.slot = trio.Event()
@@ -231,9 +247,19 @@ class Listener:
         with client.read_scope:
             if self._draining:
                 return
+            sock = client.sock
             while True:
                 # No cancel scope per read (~15 µs each): the guard's sweep ends overdue connections.
-                data = await client.stream.receive_some(65536)
+                # Wait first, then read the plain socket: a terminal sends its next request only
+                # after its answer, so a read right after the last one finds nothing (trio's
+                # receive_some tries first: a failed recv, an exception and two context managers per
+                # request); when bytes are already there the wait costs one yield, as a successful
+                # receive_some does too.
+                await trio.lowlevel.wait_readable(sock)
+                try:
+                    data = sock.recv(65536)
+                except BlockingIOError:
+                    continue
                 if not data:
                     return
                 before = len(buf) + len(data)
@@ -259,7 +285,26 @@ class Listener:
                         client.slot = trio.Event()
                     client.in_flight += 1
                     self.in_flight += 1
-                    nursery.start_soon(self._handle, client, body)
+                    worker, client.parked = client.parked, None
+                    if worker is not None:
+                        trio.lowlevel.reschedule(worker, outcome.Value(body))
+                    else:
+                        nursery.start_soon(self._work, client, body)
+
+    async def _work(self, client: _Client, body: bytes | None) -> None:
+        """Handle ``body``, then wait for the connection's next frame (waking a waiting task costs
+        less than starting one per frame), unless another task of this connection already waits."""
+        while body is not None:
+            await self._handle(client, body)
+            if client.parked is not None or not client.reading:
+                return
+            client.parked = trio.lowlevel.current_task()
+
+            def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
+                client.parked = None  # cancelled (the connection broke): the reader starts a task
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            body = await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def _handle(self, client: _Client, body: bytes) -> None:
         try:

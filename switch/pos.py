@@ -89,6 +89,8 @@ FIRST_ANSWER_MARGIN_S = 2.0
 
 class AnsweredElsewhere(Exception):
     """The request's write-ahead key is held by another switch node (a retransmission it took first)."""
+
+
 # Answers that carry the card's available balance (DE54) when approved: a balance inquiry (contract) and
 # the sales and loads whose receipt prints the balance after them (specs/README.md, "Balance after").
 BALANCE_AFTER = frozenset({"balance", "purchase", "completion", "pre-auth", "top-up", "void", "refund"})
@@ -174,7 +176,7 @@ class PosService:
                 await reply.undo()
             reply = Reply(pos_response(msg, code="96"))
             encoded = self.codec.encode(reply.message)
-        if commit is not None:
+        if commit is not None and not commit.is_set():  # (a set Event's wait is still a yield)
             await commit.wait()  # the answer leaves only after its journal row is committed
         metrics.LATENCY_TOTAL.observe(trio.current_time() - t0)
         metrics.count_request(self.channel, txn_type(msg), str(reply.message.get("39", "")))
@@ -723,16 +725,20 @@ class PosService:
             )
             if isinstance(new_block, bytes):  # both blocks of a PIN change under the key it goes out under
                 request["48"] = (
-                    await self.hsm.translate_pin(
-                        self.profile,
-                        "002",
-                        session.pik,
-                        link.config.scheme,
-                        link.config.zpk,
-                        new_block,
-                        account12(pan),
+                    (
+                        await self.hsm.translate_pin(
+                            self.profile,
+                            "002",
+                            session.pik,
+                            link.config.scheme,
+                            link.config.zpk,
+                            new_block,
+                            account12(pan),
+                        )
                     )
-                ).hex().upper()
+                    .hex()
+                    .upper()
+                )
         advice = entry.kind == "offline"
         # an offline advice is never reversed: unanswered, the terminal sends it again (specs/README.md)
         outcome = await self.upstream.send(link, request, reverse_on_timeout=not advice)
@@ -893,8 +899,11 @@ class PosService:
         if row is None:
             terminal.entries.pop((entry.mti, entry.stan), None)
             entry.finish("94", None)
-            log.warning("retransmission in flight at another switch node", terminal=terminal.terminal_id,
-                        stan=entry.stan)
+            log.warning(
+                "retransmission in flight at another switch node",
+                terminal=terminal.terminal_id,
+                stan=entry.stan,
+            )
             return Reply(pos_response(msg, code="94", acquirer_id=self.acquirer_id), mac=mak)
         first = entry_from_row(row)
         terminal.entries[(entry.mti, entry.stan)] = first
