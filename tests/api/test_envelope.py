@@ -189,7 +189,7 @@ def test_concurrent_same_key_is_409_then_replayed(db_url: str) -> None:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(slow)
-            with trio.fail_after(10):  # the first request holds the key once its route runs, not after a sleep
+            with trio.fail_after(10):  # the first request holds the key once its route runs
                 while not CALLS[key]:
                     await trio.sleep(0.01)
             busy = await c.post("/v1/test/echo", json={"sleep": 1.0}, headers=idem(h, key))
