@@ -10,6 +10,7 @@ import struct
 import trio
 
 from specs.framing import frame
+from switch.links import split_frames
 from switch.listener import Limits, Listener
 
 
@@ -42,16 +43,13 @@ class _Echo:
 
 
 async def _read_frames(stream: trio.SocketStream, n: int) -> list[bytes]:
-    buf = b""
+    buf = bytearray()
     out: list[bytes] = []
     while len(out) < n:
         data = await stream.receive_some(65536)
         assert data, "listener closed the connection"
         buf += data
-        while len(buf) >= 2 and len(buf) >= 2 + struct.unpack(">H", buf[:2])[0]:
-            size = struct.unpack(">H", buf[:2])[0]
-            out.append(buf[2 : 2 + size])
-            buf = buf[2 + size :]
+        out += split_frames(buf, 65535)
     return out
 
 
