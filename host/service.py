@@ -42,7 +42,14 @@ from host.engine import Engine
 from host.keys import IssuerCrypto, keys_from
 from host.ledger import Ledger
 from host.model import Decision, Pin, Rc, Request, Txn
-from hsm_sim.client import HsmClient, HsmCommandError, HsmError, account_from_pan, verify_pin_command
+from hsm_sim.client import (
+    HsmClient,
+    HsmCommandError,
+    HsmError,
+    account_from_pan,
+    h2h_mac_command,
+    verify_pin_command,
+)
 from ops.config import Config
 from ops.guard import ConnectionGuard, GuardLimits, source_of
 from ops.listening import cannot_listen
@@ -668,7 +675,7 @@ class HostService:
             data = self.codec.mac_block(body)
         except ValueError:
             return None
-        return _mac_fields(zak, data, mac.hex().upper())
+        return h2h_mac_command(zak, data, mac.hex().upper())
 
     def _answerer(
         self, conn: _Conn, msg: dict[str, Any], started: float, zak: str | None = None
@@ -867,7 +874,7 @@ class HostService:
             for zak, answers in pending.items():
                 for item in answers:
                     try:
-                        group.append((item, _mac_fields(zak, self.codec.mac_block(item[2]))))
+                        group.append((item, h2h_mac_command(zak, self.codec.mac_block(item[2]))))
                     except ValueError as exc:
                         log.error("answer not signed; sent without DE128", error=repr(exc))
                         self._send(item[0], item[1], item[3])
@@ -978,19 +985,6 @@ class HostService:
         if rows:
             log.info("holds expired", count=len(rows))
         return len(rows)
-
-
-def _mac_fields(zak: str, data: bytes, mac: str | None = None) -> _Command:
-    """The HSM command making (``mac`` None) or verifying the H2H DE128 over ``data``, byte for byte as
-    ``HsmClient.h2h_mac`` / ``verify_h2h_mac`` send it, for ``request_many``: X9.19 (M6 / M8,
-    16 hex characters) with a 3DES ZAK, SM4 alg 1 (WM mode 1 / 2) with an ``S`` ZAK. A verify's reply
-    error "00" = it matches; a make's fields are the MAC."""
-    size = b"%04X" % len(data)
-    if zak[:1] == "S":
-        return "WM", (b"21" if mac else b"11") + f"008{zak}".encode() + size + data + (mac or "").encode()
-    flag = "1" if mac is None or len(mac) == 16 else "0"
-    head = f"00{flag}31008{zak}".encode()
-    return ("M8" if mac else "M6"), head + size + data + (mac or "").encode()
 
 
 def _loopback(conn: _Conn) -> bool:

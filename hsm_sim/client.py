@@ -48,7 +48,8 @@ API (all ``async`` unless marked):
   alg 1 = 1; size 8 or 16 hex characters); ``verify_mac(key, data, mac, *, algorithm=3, key_type="008")
   -> bool`` M8; ``sm4_mac(key, data, key_type="008") -> str`` WM (16H); ``verify_sm4_mac(...) -> bool``;
   ``h2h_mac(zak, data) -> str`` / ``verify_h2h_mac(zak, data, mac) -> bool``: X9.19 for a 3DES ZAK, SM4
-  for an ``S`` ZAK (the H2H DE128).
+  for an ``S`` ZAK (the H2H DE128); ``h2h_mac_command(zak, data, mac=None)`` is the command and fields
+  they send, for ``request_many`` (several link MACs in one exchange).
 - ``translate_pin_tpk(tpk, zpk, pin_block, account, *, src_format="01", dst_format="01",
   max_pin_length=12) -> PinBlock`` CA; ``translate_pin_zpk(src_zpk, dst_zpk, ...) -> PinBlock`` CC;
   ``translate_pin(src_key, dst_zpk, pin_block, account, *, src_key_type="002") -> PinBlock`` W8
@@ -240,6 +241,20 @@ def _hexu(data: bytes) -> bytes:
 def _mu_fields(mak: str, data: bytes, key_type: str) -> bytes:
     alg = b"2" if _is_sm4(mak) else b"1"
     return b"%b%b%b%04X%b" % (alg, key_type.encode(), mak.encode(), len(data), data)
+
+
+def h2h_mac_command(zak: str, data: bytes, mac: str | None = None) -> tuple[str, bytes]:
+    """The command and fields making (``mac`` None) or checking (``mac``: its hex) the H2H DE128 MAC over
+    ``data`` under ``zak``: WM (SM4 ISO 9797-1 alg 1, mode 1 make / 2 check) for an ``S`` ZAK, else M6 /
+    M8 (X9.19, 16H; an 8H ``mac`` is checked as 8H). What ``h2h_mac`` / ``verify_h2h_mac`` send, and the
+    one place their fields are built; for ``request_many`` a check answers 00 when the MAC matches, 01
+    when it does not, and a make's fields are the MAC."""
+    length = b"%04X" % len(data)
+    check = b"" if mac is None else mac.encode("ascii")
+    if _is_sm4(zak):
+        return "WM", (b"11" if mac is None else b"21") + b"008" + zak.encode() + length + data + check
+    size = b"0" if mac is not None and len(mac) != 16 else b"1"
+    return ("M6" if mac is None else "M8"), b"00" + size + b"31008" + zak.encode() + length + data + check
 
 
 def verify_pin_command(
@@ -780,14 +795,10 @@ class HsmClient:
 
     async def h2h_mac(self, zak: str, data: bytes) -> str:
         """The H2H DE128 MAC: X9.19 with a 3DES ZAK, SM4 alg 1 (first 8 bytes) with an ``S`` ZAK."""
-        if _is_sm4(zak):
-            return await self.sm4_mac(zak, data)
-        return await self.generate_mac(zak, data)
+        return (await self.call(*h2h_mac_command(zak, data))).decode()
 
     async def verify_h2h_mac(self, zak: str, data: bytes, mac: str) -> bool:
-        if _is_sm4(zak):
-            return await self.verify_sm4_mac(zak, data, mac)
-        return await self.verify_mac(zak, data, mac)
+        return await self._verify(*h2h_mac_command(zak, data, mac))
 
     # -- PIN --------------------------------------------------------------------------------------
     @staticmethod

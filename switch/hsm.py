@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from hsm_sim.client import HsmClient, HsmCommandError, HsmError
+from hsm_sim.client import HsmClient, HsmCommandError, HsmError, h2h_mac_command
 
 
 class HsmRefused(Exception):
@@ -186,25 +186,14 @@ class ClientHsm:
 
     async def link_macs(self, zak: str, data: list[bytes]) -> list[bytes | None]:
         with _client_errors():
-            replies = await self.client.request_many([_h2h_mac_command(zak, d) for d in data])
+            replies = await self.client.request_many([h2h_mac_command(zak, d) for d in data])
         return [bytes.fromhex(r.fields[:16].decode()) if r.error == "00" else None for r in replies]
 
     async def verify_link_macs(self, zak: str, items: list[tuple[bytes, bytes]]) -> list[bool]:
         with _client_errors():
-            replies = await self.client.request_many([_h2h_mac_command(zak, d, m) for d, m in items])
+            commands = [h2h_mac_command(zak, d, m.hex().upper()) for d, m in items]
+            replies = await self.client.request_many(commands)
         return [r.error == "00" for r in replies]
 
     def key_changing(self, zpk: str) -> bool:
         return False  # key changes are KeyChangeGate's (switch.upstream), which wraps this
-
-
-def _h2h_mac_command(zak: str, data: bytes, mac: bytes | None = None) -> tuple[str, bytes]:
-    """The command making (``mac`` None) or checking the H2H DE128 over ``data``, as
-    ``HsmClient.h2h_mac`` / ``verify_h2h_mac`` send it (WM for an SM4 ``S`` ZAK, else M6 / M8 X9.19 with a
-    16H MAC), for ``request_many``: several link MACs in one exchange. A check answers 00 when the MAC
-    matches, 01 when it does not."""
-    length = b"%04X" % len(data)
-    check = b"" if mac is None else mac.hex().upper().encode("ascii")
-    if zak[:1] == "S":
-        return "WM", (b"11" if mac is None else b"21") + b"008" + zak.encode() + length + data + check
-    return ("M6" if mac is None else "M8"), b"00131008" + zak.encode() + length + data + check
