@@ -200,8 +200,9 @@ async def _setup(url: str, hsm_port: int, cards: int, took: dict[str, float]) ->
                 for cid in ids
             ]
             t = time.perf_counter()
-            # one batch at a time: concurrent post_batch calls outside the engine deadlocked on each
-            # other (and left ledger check failing), so the loads stay serial
+            # one batch at a time: concurrent post_batch calls outside the engine are safe since 08c917f,
+            # but each batch of random cards debits (and locks) every partition's funding account, so
+            # concurrent ones would queue on those rows
             for i in range(0, len(loads), LOAD_BATCH):
                 await pool.run(ledger.post_batch, loads[i : i + LOAD_BATCH])
             took["loads"] = time.perf_counter() - t
