@@ -21,6 +21,12 @@ this load generator; "services" sums all but the load generator), peak memory pe
 per-hop time of a purchase from the switch journal, the result of ``payswitch ledger check`` and, with
 ``--profile``, where the switch's and the host's time goes (a second, shorter run with both under a
 stack sampler, bench/_sampler.py: every thread, waiting included).
+
+``--sweep 32,128,256`` measures those terminal counts one after the other in one system (seeded with the
+largest; each its own echo baseline before it; with ``--runs N`` each count N times and the medians) and
+prints each count's approved purchases/s, p99 and services CPU per purchase, and the spread of that CPU
+(``flatness``: the largest over the smallest; issue 21 asks for it flat from 32 to 256 terminals within
+±15 %).
 """
 
 from __future__ import annotations
@@ -167,6 +173,36 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def parse_sweep(text: str) -> list[int]:
+    """``--sweep``'s terminal counts: whole numbers of at least 1, comma-separated, each once."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--sweep wants counts like 32,128,256, not {text!r}") from None
+    if not counts or min(counts) < 1 or len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"--sweep wants distinct counts of at least 1, not {text!r}")
+    return counts
+
+
+def flatness(by_terminals: dict[int, dict[str, Any]]) -> float:
+    """The largest services CPU per purchase of the sweep over the smallest (1.0: perfectly flat)."""
+    cpu = [float(r["cpu_ms_per_purchase"]["services"]) for r in by_terminals.values()]
+    return round(max(cpu) / max(min(cpu), 1e-9), 3)
+
+
+def _sweep_lines(by_terminals: dict[int, dict[str, Any]]) -> list[str]:
+    lines = ["terminals  approved/s   p99 ms  services CPU ms per purchase  echo baseline/s"]
+    for n, r in by_terminals.items():
+        lines.append(
+            f"{n:>9}  {r['e2e']['approved_purchases_per_s']:>10}  {r['e2e']['latency_ms']['p99']:>7}  "
+            f"{r['cpu_ms_per_purchase']['services']:>28}  {r['baseline_echo']['throughput_per_s']:>15}"
+        )
+    lines.append(
+        f"flatness   {flatness(by_terminals)} (largest CPU per purchase over the smallest; target <= 1.15)"
+    )
+    return lines
+
+
 # `python -m bench --runs N` gives this module --runs N (bench/__main__.py)
 RUNS = True
 
@@ -205,6 +241,12 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="the switch-host link without DE128 (declared --no-mac; the demo's link is MACed)",
     )
+    ap.add_argument(
+        "--sweep",
+        type=parse_sweep,
+        metavar="N,N,...",
+        help="terminal counts measured in one system (e.g. 32,128,256): how flat the CPU per purchase is",
+    )
     ap.add_argument("--profile", action="store_true", help="also sample where switch and host spend time")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder (logs, profiles)")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -227,7 +269,8 @@ def main(argv: list[str]) -> int:
     system = System(durable=args.durable, keep=args.keep, settings=settings)
     try:
         t0 = time.perf_counter()
-        seed = ("--load-terminals", str(args.terminals), "--load-cards", str(args.cards))
+        shapes: list[int] = args.sweep or [args.terminals]
+        seed = ("--load-terminals", str(max(shapes)), "--load-cards", str(args.cards))
         system.start(seed=(*seed, "--no-link-mac") if args.no_link_mac else seed)
         result["link_mac"] = not args.no_link_mac
         result["setup_s"] = round(time.perf_counter() - t0, 1)
@@ -250,22 +293,29 @@ def main(argv: list[str]) -> int:
             per_connection=args.per_connection,
             stans=stans,
         )
-        runs: list[dict[str, Any]] = []
+        by_shape: dict[int, list[dict[str, Any]]] = {n: [] for n in shapes}
         for k in range(args.runs):
-            # The baseline before each measured run: each run's ratio is to its own phase of the box.
-            base = _load(system, base_plan).as_dict()
-            if k == 0 and args.warmup > 0:
-                # Each card's first PIN purchase reads its PIN data and hashes its PAN once per host
-                # process: the steady state is what the measured runs report.
-                _load(system, dataclasses.replace(plan, duration=args.warmup))
-            report, cpu, wall = _measure(system, plan)
-            runs.append(_run_result(base, report.as_dict(), cpu, wall))
-            if args.runs > 1 and not args.json:
-                print(f"run {k + 1} of {args.runs}      " + _run_line(runs[-1]), flush=True)
+            for n in shapes:
+                # The baseline before each measured run: each run's ratio is to its own phase of the box.
+                base = _load(system, dataclasses.replace(base_plan, terminals=n)).as_dict()
+                if k == 0 and n == shapes[0] and args.warmup > 0:
+                    # Each card's first PIN purchase reads its PIN data and hashes its PAN once per host
+                    # process: the steady state is what the measured runs report.
+                    _load(system, dataclasses.replace(plan, terminals=max(shapes), duration=args.warmup))
+                report, cpu, wall = _measure(system, dataclasses.replace(plan, terminals=n))
+                by_shape[n].append(_run_result(base, report.as_dict(), cpu, wall))
+                if (args.runs > 1 or args.sweep) and not args.json:
+                    shape = f", {n} terminals" if args.sweep else ""
+                    print(f"run {k + 1} of {args.runs}{shape}      " + _run_line(by_shape[n][-1]), flush=True)
         result["warmup_s"] = args.warmup
-        result.update(runs[-1] if args.runs == 1 else _median_run(runs))
+        summary = {n: rs[-1] if args.runs == 1 else _median_run(rs) for n, rs in by_shape.items()}
+        runs = by_shape[shapes[-1]]
+        result.update(summary[shapes[-1]])  # a sweep's detail below is its last count's
         if args.runs > 1:
             result["runs"] = runs
+        if args.sweep:
+            result["sweep"] = {str(n): r for n, r in summary.items()}
+            result["flatness"] = flatness(summary)
         result["peak_rss_mb"] = {name: peak_rss_mb(svc.proc.pid) for name, svc in system.services.items()}
         result["peak_rss_mb"]["load generator"] = peak_rss_mb(os.getpid())
         result["switch_journal_hops"] = _hops(system.db_url)
@@ -330,6 +380,11 @@ def main(argv: list[str]) -> int:
     elif hops:
         print(f"where time goes    {hops}")
     print(f"ledger check       {result['ledger_check']}")
+    if args.sweep:
+        print(f"sweep ({'median of ' + str(args.runs) + ' runs each' if args.runs > 1 else 'one run each'}; "
+              f"the figures above are the last count's)")
+        for line in _sweep_lines({int(n): r for n, r in result["sweep"].items()}):
+            print("   " + line)
     for name, lines in result.get("profile", {}).items():
         print(f"where {name} spends its time (wall-clock stack samples, waiting included)")
         for line in lines:

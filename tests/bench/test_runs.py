@@ -3,6 +3,7 @@ No benchmark runs here and no speed is asserted."""
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 import pytest
@@ -50,3 +51,19 @@ def test_each_figure_is_its_own_median_and_counts_come_from_the_median_run() -> 
     assert med["e2e"]["terminals"] == 128  # a setting stays what it was
     assert med["e2e"]["response_codes"] == {"00": 2}
     assert med["cpu_ms_per_purchase"]["services"] == 0.4
+
+
+@pytest.mark.parametrize("text", ["", "32,,128", "32,x", "0,128", "-1", "128,128"])
+def test_a_bad_sweep_is_refused(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="--sweep"):
+        bench.e2e.parse_sweep(text)
+
+
+def test_a_sweep_keeps_its_order_and_flatness_is_the_largest_cpu_over_the_smallest() -> None:
+    assert bench.e2e.parse_sweep("256,32,128") == [256, 32, 128]
+    by_terminals = {32: _run(500, 90, {"00": 1}, 1000), 256: _run(1000, 200, {"00": 1}, 1000)}
+    # services CPU per purchase is rate / 5,000 in _run: 0.1 and 0.2 ms
+    assert bench.e2e.flatness(by_terminals) == 2.0
+    lines = bench.e2e._sweep_lines(by_terminals)
+    assert [line.split()[0] for line in lines[1:3]] == ["32", "256"]
+    assert lines[-1].startswith("flatness   2.0 ")
