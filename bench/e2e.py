@@ -383,7 +383,7 @@ def main(argv: list[str]) -> int:
     if args.sweep:
         print(f"sweep ({'median of ' + str(args.runs) + ' runs each' if args.runs > 1 else 'one run each'}; "
               f"the figures above are the last count's)")
-        for line in _sweep_lines({int(n): r for n, r in result["sweep"].items()}):
+        for line in _sweep_lines(summary):
             print("   " + line)
     for name, lines in result.get("profile", {}).items():
         print(f"where {name} spends its time (wall-clock stack samples, waiting included)")
