@@ -49,6 +49,7 @@ from api.auth import Caller, authenticate
 from api.problems import Problem
 from api.state import ApiState
 from ops import audit
+from ops.digits import is_digits
 from ops.logs import get_logger, redact_text
 from ops.metrics import labelled
 from ops.pgpool import UNAVAILABLE, PgPool
@@ -398,9 +399,9 @@ class Envelope:
             return
         limit = api.config.api.max_body_bytes
         length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
+        if length is not None and (not is_digits(length) or int(length) > limit):
             await self._problem(scope, receive, send, Problem(
-                "payload-too-large", f"the body may have at most {limit} bytes") if length.isdigit()
+                "payload-too-large", f"the body may have at most {limit} bytes") if is_digits(length)
                 else Problem("bad-request", "Content-Length is not a number"))
             return
         method: str = scope["method"]

@@ -18,6 +18,7 @@ from api.models import public_id
 from api.webhook_cli import _webhook_number
 from host.cli import _run, _table
 from ops.cli import AppContext, pass_app
+from ops.digits import row_number
 from ops.localtime import format_local, iso_local
 from ops.outbox import EVENT_TYPES
 from ops.pgpool import PgPool
@@ -30,7 +31,7 @@ def events() -> None:
 
 def _event_number(text: str) -> int:
     digits = text.removeprefix("evt_")
-    if not digits.isdigit() or len(digits) > 18:
+    if row_number(digits) is None:
         raise click.ClickException(f"{text!r} is not an event id (evt_1042 or 1042)")
     return int(digits)
 

@@ -16,6 +16,7 @@ from typing import Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.problems import Problem
+from ops.digits import row_number
 
 T = TypeVar("T")
 
@@ -54,6 +55,6 @@ def parse_id(kind: str, text: str) -> int:
     wrong id reads as "no such card", never as a validation error quoting it."""
     prefix = PREFIXES[kind] + "_"
     digits = text[len(prefix):] if text.startswith(prefix) else text
-    if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:  # "³" is a digit to isdigit
+    if row_number(digits) is None:  # "³" is a digit to isdigit
         raise Problem("not-found", f"no {kind} with that id")
     return int(digits)

@@ -38,6 +38,7 @@ from api.problems import Problem
 from api.state import ApiState
 from host import pii, rules
 from host.payment_codes import well_formed
+from ops.digits import is_digits
 from ops.localtime import iso_local
 from ops.logs import get_logger
 from ops.money import MoneyError, currency_alpha, currency_numeric
@@ -175,7 +176,7 @@ def balance_of(de54: str | None, currency: str) -> dict[str, Any] | None:
     for i in range(0, len(de54) - 19, 20):
         part = de54[i:i + 20]
         sign = -1 if part[7] == "D" else 1
-        if part[8:20].isdigit():
+        if is_digits(part[8:20]):
             found[part[2:4]] = sign * int(part[8:20])
     amount = found.get("02", found.get("01"))
     return None if amount is None else {"amount": amount, "currency": currency}

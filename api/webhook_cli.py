@@ -16,13 +16,14 @@ from api.models import public_id
 from host.cli import _run, _table
 from host.keys import IssuerCrypto
 from ops.cli import AppContext, pass_app
+from ops.digits import row_number
 from ops.localtime import format_local, iso_local
 from ops.pgpool import PgPool
 
 
 def _webhook_number(text: str) -> int:
     digits = text.removeprefix("whk_")
-    if not digits.isdigit() or len(digits) > 18:
+    if row_number(digits) is None:
         raise click.ClickException(f"{text!r} is not a webhook id (whk_3 or 3)")
     return int(digits)
 

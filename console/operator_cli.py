@@ -21,6 +21,7 @@ from console.operators import By, OperatorError
 from console.roles import ROLES
 from host.cli import _emit_page, _page_options, _run, _table
 from ops.cli import AppContext, pass_app
+from ops.digits import row_number
 
 T = TypeVar("T")
 
@@ -106,7 +107,7 @@ def operator_add(app: AppContext, name: str, role: str, email: str | None, passw
 def operator_list(app: AppContext, role: str | None, state: str | None, name_part: str | None,
                   after: str | None, limit: int) -> None:
     """The operators, by id (filters: role, state, part of the name)."""
-    if after is not None and not (after.isascii() and after.isdigit()):
+    if after is not None and row_number(after) is None:
         raise click.ClickException("--after: a cursor printed by the page before (digits)")
     start = int(after) if after is not None else None
 

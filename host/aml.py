@@ -182,10 +182,10 @@ def _birth(text: str) -> tuple[int | None, datetime.date | None, str | None]:
     """(year, full date, problem) of a date_of_birth cell."""
     if not text:
         return None, None, None
-    if re.fullmatch(r"\d{4}", text):
+    if re.fullmatch(r"[0-9]{4}", text):
         year = int(text)
         return (year, None, None) if 1850 <= year <= 2200 else (None, None, f"year {text} is not plausible")
-    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+    if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
         try:
             day = datetime.date.fromisoformat(text)
         except ValueError:

@@ -17,6 +17,7 @@ from host.cli import _emit_page, _page_options, _run, _table
 from host.keys import IssuerCrypto
 from ops.actor import cli_actor
 from ops.cli import AppContext, pass_app
+from ops.digits import is_digits
 from ops.localtime import format_local
 from ops.money import AMOUNT
 from ops.pgpool import PgPool
@@ -166,7 +167,7 @@ def approval_request(app: AppContext, kind: str, target_ref: str, reason: str, m
         limits: dict[str, int] = {}
         for item in limit_items:
             key, _, value = item.partition("=")
-            if not value.isdigit():
+            if not is_digits(value):
                 raise click.BadParameter(f"{item!r}: KEY=MINOR", param_hint="--limit")
             limits[key] = int(value)
         params = {"limits": limits, "clear": list(clear_keys)}

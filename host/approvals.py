@@ -37,6 +37,7 @@ from host.business_day import business_date_now
 from host.catalog import CatalogError
 from ops import audit
 from ops.config import Config, ConsoleConfig
+from ops.digits import is_digits, row_number
 from ops.money import format_money
 
 KINDS: tuple[str, ...] = ("load", "unload", "limits", "tier", "forfeit", "merchant_fee")
@@ -92,7 +93,7 @@ def _target_id(kind: str, target: str) -> str:
     prefix, _, ident = target.partition(":")
     if prefix != TARGET_OF[kind] or not ident:
         raise ApprovalError(f"a {kind} request's target is {TARGET_OF[kind]}:<id>, not {target!r}")
-    if prefix != "merchant" and not ident.isdigit():
+    if prefix != "merchant" and not is_digits(ident):
         raise ApprovalError(f"target {target!r}: {prefix}:<number>")
     return ident
 
@@ -444,7 +445,7 @@ async def list_(
         raise ApprovalError(f"state {state!r}: one of {', '.join(STATES)}")
     if kind is not None and kind not in KINDS:
         raise ApprovalError(f"kind {kind!r}: one of {', '.join(KINDS)}")
-    if cursor is not None and not cursor.isdigit():
+    if cursor is not None and row_number(cursor) is None:
         raise ApprovalError("cursor: the number a previous page gave")
     limit = max(1, min(limit, 500))
     rows = await conn.fetch(

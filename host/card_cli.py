@@ -28,6 +28,7 @@ from host.cli import (
 from host.controls_cli import card_limits
 from host.keys import IssuerCrypto
 from ops.cli import AppContext, pass_app
+from ops.digits import is_digits
 from ops.localtime import format_local, iso_local
 from ops.logs import mask_pan
 from ops.money import AMOUNT, format_amount, format_money, money_json
@@ -92,7 +93,7 @@ def card_issue(
     """
     from host.issue import issue_cards
 
-    if pin is not None and not (pin.isdigit() and 4 <= len(pin) <= 12):
+    if pin is not None and not (is_digits(pin) and 4 <= len(pin) <= 12):
         raise click.ClickException("--pin: 4 to 12 digits")
     folder = mailer_dir or Path(app.config.host.mailer_dir)
 

@@ -28,6 +28,7 @@ from host import aml, card_events, kyc, pii
 from host import events as host_events
 from host.catalog import CatalogError
 from host.directory import DEFAULT_LIMIT, Page, _int_cursor, _page, _Where
+from ops.digits import row_number
 
 if TYPE_CHECKING:
     from host.keys import IssuerCrypto
@@ -227,7 +228,7 @@ async def register(
 async def resolve_cardholder(conn: Any, ref: str) -> int:
     """The one resolver of a CARDHOLDER argument: a cardholder id (labels may come later)."""
     t = ref.strip()
-    if t.isdigit() and len(t) <= 18:
+    if row_number(t) is not None:
         if await conn.fetchval("SELECT 1 FROM cardholders WHERE id = $1", int(t)):
             return int(t)
         raise CardholderError(f"no cardholder {t} ({LIST_HINT})")

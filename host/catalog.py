@@ -16,6 +16,7 @@ from host import card_events
 from host.kyc import card_named
 from host.rules import TRANSITIONS, yymm
 from ops.actor import cli_actor
+from ops.digits import is_digits
 from ops.money import format_money
 
 
@@ -732,7 +733,7 @@ async def update_product(conn: Any, code: str, changes: dict[str, Any]) -> dict[
         raise CatalogError(f"product {code}: cannot change {', '.join(unknown)}")
     values = {k: (v or None) if k in ("allowed_mccs", "allowed_groups") else v for k, v in changes.items()}
     for mcc in values.get("allowed_mccs") or []:
-        if not (len(mcc) == 4 and mcc.isdigit()):
+        if not (len(mcc) == 4 and is_digits(mcc)):
             raise CatalogError(f"product {code}: MCC {mcc!r} is 4 digits")
     async with conn.transaction():
         row = await conn.fetchrow("SELECT * FROM products WHERE code = $1 FOR UPDATE", code)

@@ -166,7 +166,7 @@ def product_add(
         raise click.ClickException("a usage_limited product needs --uses")
     if kind == "fixed_amount" and face_value <= 0:
         raise click.ClickException("a fixed_amount product needs --face-value")
-    if not re.fullmatch(r"\d{6,11}", bin_prefix):
+    if not re.fullmatch(r"[0-9]{6,11}", bin_prefix):
         raise click.ClickException("--bin: 6 to 11 digits")
     spec = catalog.ProductSpec(
         code=code,
@@ -554,7 +554,7 @@ def merchant_add(
     fee_bps: int,
 ) -> None:
     """Add a merchant (DE42)."""
-    if not re.fullmatch(r"\d{4}", mcc):
+    if not re.fullmatch(r"[0-9]{4}", mcc):
         raise click.ClickException("--mcc: 4 digits")
 
     async def work(pool: PgPool) -> int:

@@ -174,7 +174,7 @@ def link_set(
 ) -> None:
     """Set the link of a peer institution (the DE33, else DE32, it sends). A new link needs --zak or
     --no-mac: a link without a MAC key is declared, never assumed."""
-    if not re.fullmatch(r"\d{1,11}", institution_id):
+    if not re.fullmatch(r"[0-9]{1,11}", institution_id):
         raise click.ClickException("institution id: 1 to 11 digits")
     for label, key in (("--zpk", zpk), ("--zmk", zmk), ("--zak", zak or None)):
         if key is not None and not _KEY.fullmatch(key):

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from host.catalog import CatalogError
+from ops.digits import is_digits
 from ops.money import format_money
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ LIFETIME = dt.date(2000, 1, 1)  # the one "period" of a lifetime sum
 MAX_HOURS = 24  # ranges in one list: a timetable, not a data set
 MAX_GROUP_CAPS = 32
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_TIME = re.compile(r"([01]\d|2[0-3]):([0-5]\d)|24:00")
+_TIME = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])|24:00")
 
 
 class ControlsError(ValueError):
@@ -193,7 +194,7 @@ def parse_group_cap(text: str, currency: str = "156") -> GroupCap:
         amount = parse_money(amount_text, currency) if amount_text else None
     except MoneyError as exc:
         raise ControlsError(str(exc)) from None
-    if count_text and not (count_text.isdigit() and 0 < int(count_text) <= 1_000_000):
+    if count_text and not (is_digits(count_text) and 0 < int(count_text) <= 1_000_000):
         raise ControlsError(f"{count_text!r} is not a count: a whole number from 1 to 1,000,000")
     count = int(count_text) if count_text else None
     if amount is None and count is None:

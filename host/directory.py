@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from host import kyc
 from host.catalog import MERCHANT_TRANSITIONS, CatalogError
 from host.rules import TRANSITIONS
+from ops.digits import is_digits, row_number
 from ops.logs import mask_pan
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 LABEL = re.compile(r"[A-Za-z0-9_.-]{1,32}")
-MASKED_PAN = re.compile(r"(\d{6})\*+(\d{4})")
+MASKED_PAN = re.compile(r"([0-9]{6})\*+([0-9]{4})")
 CARD_STATES = tuple(TRANSITIONS)  # host.rules: the card state machine
 MERCHANT_STATES = tuple(MERCHANT_TRANSITIONS)
 TERMINAL_STATES = ("active", "disabled")
@@ -48,7 +49,7 @@ def label_problem(label: str) -> str | None:
     """Why ``label`` cannot name a card, or None when it can."""
     if not LABEL.fullmatch(label):
         return f"label {label!r}: 1 to 32 letters, digits, '_', '.' or '-'"
-    if label.isdigit():
+    if is_digits(label):
         return f"label {label!r}: not all digits (that is a card id or a PAN)"
     return None
 
@@ -56,7 +57,7 @@ def label_problem(label: str) -> str | None:
 def _int_cursor(after: str | None) -> int | None:
     if after is None:
         return None
-    if not after.isdigit():
+    if row_number(after) is None:
         raise CatalogError(f"--after {after!r}: give the cursor the previous page printed (a number)")
     return int(after)
 
@@ -178,9 +179,9 @@ def card_filter_for_pan(text: str, pan_hash: str | None = None) -> CardFilter:
     t = text.strip().replace(" ", "")
     if m := MASKED_PAN.fullmatch(t):
         return CardFilter(masked_pan=t, first6=m.group(1), last4=m.group(2))
-    if t.isdigit() and len(t) == 10:
+    if is_digits(t) and len(t) == 10:
         return CardFilter(first6=t[:6], last4=t[6:])
-    if t.isdigit() and 13 <= len(t) <= 19 and pan_hash is not None:
+    if is_digits(t) and 13 <= len(t) <= 19 and pan_hash is not None:
         return CardFilter(pan_hash=pan_hash)
     raise CatalogError(
         "--pan: a masked PAN (621234*********1234), its first 6 + last 4 digits, or the whole PAN"
@@ -193,7 +194,7 @@ async def list_cards(
     f = flt or CardFilter()
     w = _Where()
     if f.last4 is not None:
-        if not re.fullmatch(r"\d{4}", f.last4):
+        if not re.fullmatch(r"[0-9]{4}", f.last4):
             raise CatalogError(f"--last4 {f.last4!r}: the last 4 digits of the PAN")
         w.add("right(x.pan_masked, 4) = {}", f.last4)
     if f.first6 is not None:
@@ -245,10 +246,10 @@ async def show_card(conn: Any, card_id: int) -> dict[str, Any]:
 async def card_by_ref(conn: Any, ref: str, pan_hash: str | None = None) -> int:
     """The card id a reference names: a card id, a PAN (by ``pan_hash``), a masked PAN or a label."""
     t = ref.strip()
-    shown = mask_pan(t) if t.isdigit() and len(t) >= 13 else t
+    shown = mask_pan(t) if is_digits(t) and len(t) >= 13 else t
     if pan_hash is not None:
         cid = await conn.fetchval("SELECT id FROM cards WHERE pan_hash = $1", pan_hash)
-    elif t.isdigit():
+    elif is_digits(t):
         cid = await conn.fetchval("SELECT id FROM cards WHERE id = $1", int(t)) if len(t) <= 18 else None
     elif MASKED_PAN.fullmatch(t):
         ids = [r["id"] for r in await conn.fetch("SELECT id FROM cards WHERE pan_masked = $1 LIMIT 6", t)]
@@ -268,7 +269,7 @@ async def card_by_ref(conn: Any, ref: str, pan_hash: str | None = None) -> int:
 def needs_hsm(ref: str) -> bool:
     """Whether a card reference is a clear PAN (its lookup needs the HSM's keyed hash)."""
     t = ref.strip()
-    return t.isdigit() and len(t) >= 13
+    return is_digits(t) and len(t) >= 13
 
 
 async def resolve_card(pool: PgPool, crypto: IssuerCrypto | None, ref: str) -> int:
@@ -476,7 +477,7 @@ async def show_acquirer(conn: Any, institution_id: str) -> dict[str, Any]:
 
 async def add_acquirer(conn: Any, institution_id: str, name: str) -> bool:
     """Register (or rename) an acquirer; True when it is new."""
-    if not re.fullmatch(r"\d{1,11}", institution_id):
+    if not re.fullmatch(r"[0-9]{1,11}", institution_id):
         raise CatalogError(f"acquirer {institution_id!r}: an institution id is 1 to 11 digits")
     new: bool = await conn.fetchval(
         """INSERT INTO acquirers (institution_id, name) VALUES ($1, $2)

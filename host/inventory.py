@@ -19,6 +19,7 @@ import trio
 from host import issue
 from host.catalog import CatalogError
 from host.keys import IssuerCrypto
+from ops.digits import is_digits
 
 MAX_RANGE = 10_000  # cards (account numbers) in one --range
 CONFIRM_ABOVE = 100  # activating more cards than this needs --yes
@@ -53,7 +54,7 @@ def parse_range(text: str) -> tuple[str, str]:
     """``FIRST_PAN-LAST_PAN``: two PANs of one length and BIN (first 6 digits), first not after last,
     at most MAX_RANGE account numbers; raises CatalogError naming the problem."""
     first, sep, last = text.replace(" ", "").partition("-")
-    if not sep or not (first.isdigit() and last.isdigit()) or not 13 <= len(first) <= 19:
+    if not sep or not (is_digits(first) and is_digits(last)) or not 13 <= len(first) <= 19:
         raise CatalogError("--range: FIRST_PAN-LAST_PAN, two card numbers of 13 to 19 digits")
     if len(first) != len(last) or first[:6] != last[:6]:
         raise CatalogError("--range: both card numbers must have the same length and first 6 digits")

@@ -37,6 +37,7 @@ from host import catalog
 from host.keys import IssuerCrypto
 from host.producers import ExportedMailerKey
 from hsm_sim.client import account_from_pan
+from ops.digits import is_digits
 from ops.logs import mask_pan
 
 # The published payShield test LMK pair 02-03 (hsm-commands.md): the PIN pair, public test data.
@@ -56,7 +57,7 @@ def luhn_digit(partial: str) -> str:
 
 
 def luhn_ok(pan: str) -> bool:
-    return pan.isdigit() and luhn_digit(pan[:-1]) == pan[-1]
+    return is_digits(pan) and luhn_digit(pan[:-1]) == pan[-1]
 
 
 def new_pan(bin_prefix: str, length: int) -> str:
@@ -71,7 +72,7 @@ def pin_under_test_lmk(pin: str) -> str:
     from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
     from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
-    if not (pin.isdigit() and 4 <= len(pin) <= 12):
+    if not (is_digits(pin) and 4 <= len(pin) <= 12):
         raise ValueError("a PIN is 4 to 12 digits")
     block = bytes.fromhex(pin + "F" * (32 - len(pin)))
     enc = Cipher(TripleDES(_TEST_PIN_PAIR + _TEST_PIN_PAIR[:8]), modes.ECB()).encryptor()
@@ -128,7 +129,7 @@ async def issue_cards(
         )
     partitions = await pool.run(catalog.partitions)
     batch = batch or dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S") + f"-{secrets.token_hex(2)}"
-    if pin is not None and not (pin.isdigit() and 4 <= len(pin) <= 12):
+    if pin is not None and not (is_digits(pin) and 4 <= len(pin) <= 12):
         raise ValueError("a PIN is 4 to 12 digits")
     # The LMK PIN form does not bind the account, so one BA serves every card of the batch.
     fixed_pin = await crypto.hsm.encrypt_pin(pin, "0" * 12) if pin is not None else None

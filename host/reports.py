@@ -17,6 +17,7 @@ from typing import Any
 
 from host.catalog import CatalogError
 from host.directory import DEFAULT_LIMIT, MAX_LIMIT, Page
+from ops.digits import row_number
 from specs.clearing import business_window
 
 # auth_requests.txn values counted in each column of the daily report
@@ -58,7 +59,7 @@ def _limit(limit: int) -> None:
 def _after(after: str | None) -> int:
     if after is None or after == "":
         return 0
-    if not after.isdigit():
+    if row_number(after) is None:
         raise CatalogError(f"cursor {after!r}: give the one the previous page gave (a number)")
     return int(after)
 

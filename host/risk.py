@@ -49,6 +49,7 @@ import trio
 
 from host import catalog, directory
 from ops.config import Config, ConsoleConfig, RiskConfig
+from ops.digits import is_digits
 from ops.logs import get_logger
 from ops.outbox import Event, write_events
 
@@ -676,7 +677,7 @@ def parse_cursor(cursor: str | None) -> tuple[int, int] | None:
     if not cursor:
         return None
     rank, _, ident = cursor.partition(":")
-    if rank not in ("0", "1") or not ident.isascii() or not ident.isdigit():
+    if rank not in ("0", "1") or not is_digits(ident):
         raise RiskError("not a page cursor of the alert list")
     return int(rank), int(ident)
 

@@ -34,6 +34,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 
+from ops.digits import row_number
+
 GENESIS = "0" * 64
 OUTCOMES = ("done", "refused", "requested", "approved", "rejected", "failed")
 _LOCK = 0x6175_6474  # "audt": one writer of the chain at a time (transaction-level advisory lock)
@@ -245,7 +247,7 @@ async def list_rows(
 ) -> Page:
     """The trail newest first, filtered: ``actor`` exact, ``action`` and ``target`` by prefix,
     ``outcome`` exact, ``since`` <= at < ``until``; ``cursor`` is a previous page's ``next_cursor``."""
-    if cursor is not None and not cursor.isdigit():
+    if cursor is not None and row_number(cursor) is None:
         raise AuditError("a cursor is a row id (the previous page's next cursor)")
     if outcome is not None and outcome not in OUTCOMES:
         raise AuditError(f"unknown outcome {outcome!r} (one of {', '.join(OUTCOMES)})")

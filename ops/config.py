@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any, get_type_hints
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from ops.digits import is_digits
+
 ENV_PREFIX = "PAYSWITCH_"
 CONFIG_ENV = "PAYSWITCH_CONFIG"
 DEFAULT_FILE = "payswitch.toml"
@@ -126,7 +128,7 @@ def _is_ip(value: str) -> bool:
 
 
 def _port_text(text: str) -> str | None:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
+    if not is_digits(text) or not 1 <= int(text) <= 65535:
         return f"port {text!r} is not a number from 1 to 65535"
     return None
 
@@ -164,8 +166,8 @@ def _database_url(value: str) -> str | None:
     return None
 
 
-CUTOVER = _words_for(r"([01]\d|2[0-3]):[0-5]\d", "a local time HH:MM, 00:00–23:59")
-INSTITUTION = _words_for(r"\d{1,11}", "1 to 11 digits")
+CUTOVER = _words_for(r"([01][0-9]|2[0-3]):[0-5][0-9]", "a local time HH:MM, 00:00–23:59")
+INSTITUTION = _words_for(r"[0-9]{1,11}", "1 to 11 digits")
 DB_NAME = _words_for(r"[a-z_][a-z0-9_]{0,62}",
                      "lowercase letters, digits and _, starting with a letter or _, at most 63")
 ZONE = Rule("an IANA time zone name (Asia/Shanghai, UTC, ...)", _zone)

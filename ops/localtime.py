@@ -10,6 +10,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+from ops.digits import is_digits
+
 
 def format_local(instant: datetime | None, timezone: str, *, seconds: bool = True) -> str:
     """``2026-12-02 18:30:05 +08:00`` for an aware instant (a naive one is taken as UTC); "" for None."""
@@ -37,7 +39,7 @@ def year_nearest(mmddhhmmss: str, near: datetime) -> datetime | None:
     nearest ``near`` (same zone, naive or aware alike); None when it is not such a time (29 February
     of a year without one counts as not). The one rule for the switch's DE7, the clearing file's
     terminal time and the simulator's receipt."""
-    if len(mmddhhmmss) != 10 or not mmddhhmmss.isascii() or not mmddhhmmss.isdigit():
+    if len(mmddhhmmss) != 10 or not is_digits(mmddhhmmss):
         return None
     month, day, hour, minute, second = (int(mmddhhmmss[i : i + 2]) for i in range(0, 10, 2))
     best: datetime | None = None

@@ -79,7 +79,7 @@ def format_money(minor: int, currency: str | None = DEFAULT_CURRENCY) -> str:
     return f"{format_amount(minor, currency)} {currency_alpha(currency or DEFAULT_CURRENCY)}"
 
 
-_AMOUNT = re.compile(r"(?P<whole>\d{1,3}(?:,\d{3})+|\d+)(?:\.(?P<frac>\d+))?")
+_AMOUNT = re.compile(r"(?P<whole>[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.(?P<frac>[0-9]+))?")
 
 
 def parse_money(text: str, currency: str = DEFAULT_CURRENCY, *, allow_zero: bool = False) -> int:

@@ -20,6 +20,7 @@ import click
 import trio
 
 from ops.cli import AppContext, pass_app
+from ops.digits import is_digits
 from ops.money import format_money, money_json, parse_money
 from pos import state as state_mod
 from pos import terminal
@@ -248,7 +249,7 @@ def _card(card: str | None, expiry: str | None, track2: str | None) -> Card:
             card = _first_demo_card()
         if not card:
             raise click.ClickException("give the card with --card PAN --expiry YYMM (or --track2)")
-        if not card.isdigit():
+        if not is_digits(card):
             return _demo_card(card, expiry)
         if not expiry:
             raise click.ClickException("a keyed card needs --expiry YYMM")
@@ -285,7 +286,7 @@ def _demo_card(name: str, expiry: str | None = None) -> Card:
 
 
 def _demo_pin(name: str | None) -> str | None:
-    if not name or name.isdigit():
+    if not name or is_digits(name):
         return None
     for c in _demo_cards() or []:
         if c.get("name") == name and "pin" in c:
@@ -307,7 +308,7 @@ def _pin(pin: str | None, no_pin: bool, card: str | None, required: bool) -> str
 
 def _checked_pin(pin: str) -> str:
     """Checked before the terminal connects (pos.crypto refuses it too, but only once a STAN is spent)."""
-    if not (pin.isdigit() and 4 <= len(pin) <= 12):
+    if not (is_digits(pin) and 4 <= len(pin) <= 12):
         raise click.ClickException("a PIN is 4 to 12 digits")
     return pin
 
@@ -315,7 +316,7 @@ def _checked_pin(pin: str) -> str:
 def _original(
     state: TerminalState, stan: str, kinds: tuple[str, ...], *, current_batch_only: bool = False
 ) -> JournalEntry:
-    if not stan.isdigit() or len(stan) > 6:
+    if not is_digits(stan) or len(stan) > 6:
         raise click.ClickException("--stan is the original's trace number (up to 6 digits)")
     entry = state.find(stan)
     if entry is None:
@@ -551,7 +552,7 @@ def _chip_card(name: str | None, expiry: str | None, track2: str | None, cloned:
     """The chip of a demo card (its keys are in the demo card file, as personalised), or its clone."""
     if track2 or expiry:
         raise click.UsageError("a chip read takes the card's own data: --card NAME, no --track2 or --expiry")
-    if not name or name.isdigit():
+    if not name or is_digits(name):
         raise click.ClickException(
             "a chip read needs a demo card's name (--card alice): the simulator holds only the demo "
             "cards' chips"

@@ -24,6 +24,7 @@ from typing import Literal
 
 from hsm_sim import crypto, mac
 from hsm_sim import pin as pin_blocks
+from ops.digits import is_digits
 from specs import catalogue
 
 Scheme = Literal["3des", "sm4"]
@@ -141,8 +142,8 @@ def pin_block(pik: KeyCipher, pin: str, pan: str) -> bytes:
 
 def _account(pin: str, pan: str) -> str:
     """The PIN block's account number, once the PIN and PAN the terminal was given are checked."""
-    if not (4 <= len(pin) <= 12 and pin.isdigit()):
+    if not (4 <= len(pin) <= 12 and is_digits(pin)):
         raise TerminalCryptoError("a PIN is 4 to 12 digits")
-    if not (pan.isdigit() and 2 <= len(pan) <= 19):
+    if not (is_digits(pan) and 2 <= len(pan) <= 19):
         raise TerminalCryptoError("the PAN must be digits")
     return pin_blocks.account_from_pan(pan)

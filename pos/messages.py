@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ops.digits import is_digits
 from pos.crypto import KeyCipher, Scheme, pin_block
 from specs.catalogue import (
     PAYMENT_CODE_LENGTH,
@@ -87,15 +88,15 @@ class Card:
     @staticmethod
     def payment_code(code: str) -> Card:
         """A payment code scanned from the customer's QR code (specs/README.md "Payment codes")."""
-        if not (code.isdigit() and len(code) == PAYMENT_CODE_LENGTH):
+        if not (is_digits(code) and len(code) == PAYMENT_CODE_LENGTH):
             raise CardError(f"a payment code is {PAYMENT_CODE_LENGTH} digits")
         return Card(code, by_code=True)
 
     @staticmethod
     def keyed(pan: str, expiry: str) -> Card:
-        if not (pan.isdigit() and 12 <= len(pan) <= 19):
+        if not (is_digits(pan) and 12 <= len(pan) <= 19):
             raise CardError("a card number is 12 to 19 digits")
-        if not (expiry.isdigit() and len(expiry) == 4 and 1 <= int(expiry[2:]) <= 12):
+        if not (is_digits(expiry) and len(expiry) == 4 and 1 <= int(expiry[2:]) <= 12):
             raise CardError("an expiry date is YYMM, e.g. 3012")
         return Card(pan, expiry=expiry)
 
@@ -103,7 +104,7 @@ class Card:
     def swiped(track2: str) -> Card:
         t = track2.upper().replace("D", "=")
         pan, sep, rest = t.partition("=")
-        if not sep or not (pan.isdigit() and 12 <= len(pan) <= 19) or not rest.isdigit() or len(t) > 37:
+        if not sep or not (is_digits(pan) and 12 <= len(pan) <= 19) or not is_digits(rest) or len(t) > 37:
             raise CardError("track 2 is PAN=YYMM followed by digits, at most 37 characters")
         return Card(pan, track2=t)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from ops.digits import is_digits
 from ops.logs import mask_pan
 from ops.money import format_money
 from pos import messages
@@ -89,7 +90,7 @@ def decide(
     if amount > limit.floor_limit:
         raise OfflineDeclined(f"above the floor limit of {format_money(limit.floor_limit)} for offline sales")
     expiry = card.expiry or card.track2.partition("=")[2][:4]
-    if expiry.isdigit() and len(expiry) == 4 and expiry < now.strftime("%y%m"):
+    if is_digits(expiry) and len(expiry) == 4 and expiry < now.strftime("%y%m"):
         raise OfflineDeclined("expired card")
     stan = state.next_stan()
     sale = OfflineSale(

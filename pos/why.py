@@ -15,6 +15,7 @@ from host import catalog, rules
 from host.model import request_key
 from ops.config import Config
 from ops.db import connect, database_url
+from ops.digits import is_digits
 from ops.money import format_money
 from switch.journal_view import terminal_answer
 from switch.reasons import describe_switch_reason
@@ -25,7 +26,7 @@ LOOKUP_SECONDS = 3.0
 def explain(config: Config, terminal_id: str, merchant_id: str, batch: str, stan: str) -> tuple[str, str]:
     """(reason key, reason in words) of the terminal's request, or ("", "") when nothing is recorded or
     the database cannot be asked."""
-    if not (batch.isdigit() and stan):
+    if not (is_digits(batch) and stan):
         return "", ""
     try:
         url = database_url(config)

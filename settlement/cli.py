@@ -19,6 +19,7 @@ import click
 from ops.cli import AppContext, pass_app
 from ops.config import Config
 from ops.db import with_connection
+from ops.digits import is_digits
 from ops.files import write_text_atomic
 from ops.localtime import format_local, iso_local
 from ops.money import AMOUNT_OR_ZERO, format_money, money_json
@@ -211,7 +212,7 @@ def fee_add(app: AppContext, merchant_id: str, version: str, effective_from: dat
     A merchant's own rate card in force overrides the default '*' card and the merchant's flat
     --fee-bps in the host: `payswitch settlement fees MERCHANT_ID` shows which applies and why."""
     parts = shares.split("/")
-    if len(parts) != 3 or not all(x.isdigit() for x in parts):
+    if len(parts) != 3 or not all(is_digits(x) for x in parts):
         raise click.ClickException(f"--shares {shares!r}: expected three integers like 2000/3000/5000")
     try:
         schedule = FeeSchedule(merchant_id, version, effective_from.date(), rate_bp, fixed_fee, min_fee,

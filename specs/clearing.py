@@ -39,6 +39,7 @@ from typing import IO, Final
 from zoneinfo import ZoneInfo
 
 from ops import logs
+from ops.digits import is_digits
 from ops.logs import redact_text
 
 FILE_VERSION: Final = "1"
@@ -145,7 +146,7 @@ def file_name(issuer_id: str, business_date: date, sequence: int) -> str:
 
 def mask_pan(pan: str) -> str:
     """First 6 and last 4 digits, one '*' per hidden digit."""
-    if not (13 <= len(pan) <= 19 and pan.isdigit()):
+    if not (13 <= len(pan) <= 19 and is_digits(pan)):
         raise ValueError("a PAN is 13 to 19 digits")
     return logs.mask_pan(pan)
 

@@ -16,6 +16,7 @@ import click
 
 from ops.cli import AppContext, configure_logging, pass_app
 from ops.db import database_url, with_connection
+from ops.digits import is_digits
 from ops.localtime import format_local, iso_local
 from ops.logs import get_logger
 from ops.money import format_money, money_json
@@ -448,7 +449,7 @@ def journal_show(
 ) -> None:
     """The latest journal rows, newest first: code and why (the switch's reason, or "issuer: ..."
     when the issuer decided; its own reason is in `card history`). Masked PANs; total in ms."""
-    if card_last4 is not None and not (card_last4.isdigit() and len(card_last4) == 4):
+    if card_last4 is not None and not (is_digits(card_last4) and len(card_last4) == 4):
         raise click.ClickException(f"--card-last4: the last 4 digits of the card number, not {card_last4!r}")
     if rc is not None and not (len(rc) == 2 and rc.isalnum()):
         raise click.ClickException(f"--rc: a 2-character response code such as 51 or A0, not {rc!r}")

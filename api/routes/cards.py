@@ -36,6 +36,7 @@ from host.model import Txn
 from host.pins import PinError, issuer_key, reset_pin, set_pin_sm2
 from host.replace import replace_card
 from hsm_sim.client import HsmCommandError
+from ops.digits import row_number
 from ops.localtime import iso_local
 from ops.money import MoneyError, currency_alpha, currency_numeric
 
@@ -282,7 +283,7 @@ async def list_cards(
     product: Annotated[str | None, Query(max_length=32, pattern=TEXT,
                                          description="the product's code")] = None,
     form: Annotated[Literal["physical", "virtual"] | None, Query()] = None,
-    last4: Annotated[str | None, Query(pattern=r"^\d{4}$", description="the PAN's last 4 digits")] = None,
+    last4: Annotated[str | None, Query(pattern=r"^[0-9]{4}$", description="the PAN's last 4 digits")] = None,
     label: Annotated[str | None, Query(max_length=32, pattern=TEXT)] = None,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -294,7 +295,7 @@ async def list_cards(
             owner = parse_id("cardholder", cardholder_id)
         except Problem:
             return Page[CardOut](data=[], next_cursor=None)
-    if cursor is not None and not (cursor.isdigit() and len(cursor) <= 18):
+    if cursor is not None and row_number(cursor) is None:
         raise Problem(
             "validation-error",
             "cursor: give the next_cursor a page answered",

@@ -19,6 +19,7 @@ from api.auth import Caller, require
 from api.models import Model, Page, parse_id, public_id
 from api.problems import Problem, not_found
 from api.state import ApiState, State
+from ops.digits import row_number
 from ops.localtime import iso_local
 from ops.outbox import EVENT_TYPES
 
@@ -202,7 +203,7 @@ async def list_events(
     card_id: int | None = None
     if card is not None:
         digits = card.removeprefix("card_")
-        if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
+        if row_number(digits) is None:
             raise _invalid("card", "a card id such as card_504")
         card_id = int(digits)
     rows = await state.pool.run(partial(

@@ -25,6 +25,7 @@ from console.operators import Session
 from console.web import PREFIX, render
 from host import approvals, controls, kyc
 from host.catalog import CatalogError
+from ops.digits import is_digits
 from ops.money import MoneyError, parse_money
 
 router = APIRouter()
@@ -101,7 +102,7 @@ def _params(kind: str, form: dict[str, str]) -> dict[str, Any]:
                 if key not in controls.CARD_KEYS:
                     raise approvals.ApprovalError(f"limit {key!r}: one of {', '.join(controls.CARD_KEYS)}")
                 if key.endswith("count"):
-                    if not value.isdigit():
+                    if not is_digits(value):
                         raise approvals.ApprovalError(f"{controls.LABEL[key]}: a whole number")
                     limits[key] = int(value)
                 else:
@@ -111,7 +112,7 @@ def _params(kind: str, form: dict[str, str]) -> dict[str, Any]:
             return {"decision": form.get("decision") or None, "to_level": form.get("to_level") or None}
         if kind == "merchant_fee":
             bps = form.get("fee_rate_bps", "").strip()
-            if not bps.isdigit():
+            if not is_digits(bps):
                 raise approvals.ApprovalError("fee_rate_bps: a whole number of basis points, 0 to 10000")
             return {"fee_rate_bps": int(bps)}
         return {}

@@ -19,6 +19,7 @@ from console.auth import Acting, ConsoleRefusal, Viewer, action, api_state
 from console.operators import Session
 from console.web import render, timezone_of
 from ops import audit
+from ops.digits import row_number
 
 router = APIRouter()
 NAV = [("Audit", "/console/audit", "viewer")]
@@ -49,7 +50,7 @@ async def trail(request: Request, actor: str = "", action_: str = "", target: st
     action_text = request.query_params.get("action", action_)
     if outcome and outcome not in audit.OUTCOMES:
         raise ConsoleRefusal(400, f"An outcome is one of {', '.join(audit.OUTCOMES)}.")
-    if cursor and not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):
+    if cursor and row_number(cursor) is None:
         raise ConsoleRefusal(400, "A cursor is the next page's link: start again from the first page.")
     tz = timezone_of(request)
     filters = {"actor": actor.strip(), "action": action_text.strip(), "target": target.strip(),

@@ -22,6 +22,7 @@ from console.web import PREFIX, render
 from host import aml, cardholders, kyc
 from host.cardholders import AML_STATUSES, STATES, CardholderError, Filter
 from host.catalog import CatalogError
+from ops.digits import is_digits, row_number
 
 router = APIRouter()
 NAV = [
@@ -51,14 +52,14 @@ def actor(session: Session) -> str:
 
 
 def holder_id_of(text: str) -> int:
-    if not text.isdigit() or len(text) > 18:
+    if row_number(text) is None:
         raise ConsoleRefusal(404, "no such cardholder")
     return int(text)
 
 
 def cursor_of(request: Request) -> str | None:
     cursor = request.query_params.get("cursor") or None
-    if cursor is not None and not (cursor.isdigit() and len(cursor) <= 18):
+    if cursor is not None and row_number(cursor) is None:
         raise ConsoleRefusal(400, "not a cursor of this list")
     return cursor
 
@@ -134,7 +135,7 @@ async def aml_queue(request: Request, session: Session = Viewer) -> HTMLResponse
     """Cardholders in AML review, oldest pending hit first, with their hits; a page at a time."""
     state = api_state(request)
     text = request.query_params.get("page") or "1"
-    if not text.isdigit() or not 1 <= int(text) <= 1000:
+    if not is_digits(text) or not 1 <= int(text) <= 1000:
         raise ConsoleRefusal(400, "page: a page number")
     page = int(text)
     queue = await state.pool.run(aml.review_queue, page * PAGE + 1)

@@ -32,6 +32,7 @@ from host.catalog import CatalogError
 from host.controls import ControlsError
 from host.kyc import KycError
 from host.pins import reset_pin
+from ops.digits import is_digits, row_number
 from ops.money import MoneyError, format_amount, format_money, parse_money
 
 router = APIRouter()
@@ -73,7 +74,7 @@ def refused(exc: Exception) -> ConsoleRefusal:
 
 
 def card_id_of(text: str) -> int:
-    if not text.isdigit() or len(text) > 18:
+    if row_number(text) is None:
         raise ConsoleRefusal(404, "no such card")
     return int(text)
 
@@ -83,11 +84,11 @@ def pan_filter(text: str) -> directory.CardFilter:
     """The PAN box: the first 6 digits, a masked PAN (621234*********1234) or its first 6 + last 4.
     A whole PAN is not taken (it would be in the address and the logs): the last 4 find it."""
     t = text.strip().replace(" ", "")
-    if re.fullmatch(r"\d{6}", t):
+    if re.fullmatch(r"[0-9]{6}", t):
         return directory.CardFilter(first6=t)
-    if re.fullmatch(r"\d{4}", t):
+    if re.fullmatch(r"[0-9]{4}", t):
         return directory.CardFilter(last4=t)
-    if t.isdigit() and len(t) > 10:
+    if is_digits(t) and len(t) > 10:
         raise CatalogError("give the masked PAN or its last 4 digits, not the whole card number")
     return directory.card_filter_for_pan(t)
 
@@ -115,7 +116,7 @@ async def cards(request: Request, session: Session = Viewer) -> HTMLResponse:
         if shown["product"]:
             flt = dataclasses.replace(flt, product=shown["product"])
         if shown["cardholder"]:
-            if not shown["cardholder"].isdigit() or len(shown["cardholder"]) > 18:
+            if row_number(shown["cardholder"]) is None:
                 raise CatalogError("cardholder: a cardholder's id")
             flt = dataclasses.replace(flt, cardholder=int(shown["cardholder"]))
         search = True
@@ -130,7 +131,7 @@ async def cards(request: Request, session: Session = Viewer) -> HTMLResponse:
                 no_holder = not holders
         if search:
             cursor = q.get("cursor") or None
-            if cursor is not None and not (cursor.isdigit() and len(cursor) <= 18):
+            if cursor is not None and row_number(cursor) is None:
                 raise CatalogError("cursor: give the one the previous page's link has")
             chosen = flt
             page = await state.pool.run(

@@ -23,6 +23,7 @@ from console.roles import may
 from console.web import PREFIX, render
 from host import catalog, directory
 from host.catalog import CatalogError
+from ops.digits import is_digits
 
 router = APIRouter()
 NAV = [("Merchants", "/console/merchants", "viewer")]
@@ -74,10 +75,10 @@ async def add_merchant(request: Request, acting: Acting = ADD_MERCHANT) -> Redir
     mcc = f.get("mcc", "").strip()
     if not re.fullmatch(r"[ -~]{1,15}", merchant_id):
         raise ConsoleRefusal(400, "merchant id (DE42): 1 to 15 printable characters")
-    if not re.fullmatch(r"\d{4}", mcc):
+    if not re.fullmatch(r"[0-9]{4}", mcc):
         raise ConsoleRefusal(400, "MCC: 4 digits")
     fee = f.get("fee_bps", "0").strip() or "0"
-    if not fee.isdigit() or not 0 <= int(fee) <= 10000:
+    if not is_digits(fee) or not 0 <= int(fee) <= 10000:
         raise ConsoleRefusal(400, "fee: 0 to 10000 basis points")
     name, group, acquirer = f.get("name", "").strip(), _opt(f.get("group")), f.get("acquirer", "").strip()
     currency = f.get("currency", "156").strip() or "156"

@@ -22,6 +22,7 @@ from console import forms
 from console.auth import ConsoleRefusal, Viewer, api_state
 from console.operators import Session
 from console.web import render
+from ops.digits import row_number
 from ops.logs import mask_pan
 from switch import admin
 from switch.admin import SwitchAdminError
@@ -84,7 +85,7 @@ async def link(request: Request, name: str, session: Session = Viewer) -> HTMLRe
 @router.get("/routes", response_class=HTMLResponse)
 async def routes(request: Request, session: Session = Viewer, link: str = "", bin: str = "",
                  cursor: str = "") -> HTMLResponse:
-    if cursor and not cursor.isdigit():
+    if cursor and row_number(cursor) is None:
         raise ConsoleRefusal(400, "cursor: a route id")
     rows = await _db(request, admin.list_routes, link=link or None, bin_prefix=bin or None, limit=PAGE + 1,
                      after=int(cursor) if cursor and not bin else None)
@@ -127,7 +128,7 @@ async def saf_summary(request: Request) -> tuple[dict[str, dict[str, Any]], bool
 @router.get("/saf", response_class=HTMLResponse)
 async def saf(request: Request, session: Session = Viewer, link: str = "", show: str = "waiting",
               cursor: str = "") -> HTMLResponse:
-    if cursor and not cursor.isdigit():
+    if cursor and row_number(cursor) is None:
         raise ConsoleRefusal(400, "cursor: an advice id")
     if show not in ("waiting", "all"):
         raise ConsoleRefusal(400, "show: waiting or all")

@@ -16,6 +16,7 @@ from console.auth import Acting, ConsoleRefusal, Viewer, action, api_state
 from console.operators import By, OperatorError
 from console.roles import ROLES, rank
 from console.web import PREFIX, render
+from ops.digits import row_number
 
 router = APIRouter()
 NAV = [("Operators", "/console/operators", "admin")]
@@ -46,7 +47,7 @@ async def operator_list(request: Request, role: str = "", state: str = "", name:
                         session: operators.Session = Viewer) -> HTMLResponse:
     if rank(session.operator.role) < rank("admin"):
         raise ConsoleRefusal(403, "Only an admin may see the operators.")
-    after = int(cursor) if cursor.isascii() and cursor.isdigit() and len(cursor) < 19 else None
+    after = row_number(cursor)
     try:
         rows, next_cursor = await operators.list_operators(
             api_state(request).pool, role=role or None, state=state or None, name=name[:32] or None,

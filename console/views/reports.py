@@ -26,6 +26,7 @@ from console.web import render
 from host import reports
 from host.business_day import business_today
 from host.catalog import CatalogError
+from ops.digits import is_digits
 from ops.localtime import format_local
 from ops.money import currency_alpha, format_amount
 
@@ -52,7 +53,7 @@ def _date(text: str, name: str, default: dt.date) -> dt.date:
 def _int(text: str, name: str, default: int) -> int:
     if not text:
         return default
-    if not text.isdigit():
+    if not is_digits(text):
         raise ConsoleRefusal(400, f"{name}: a whole number")
     return int(text)
 

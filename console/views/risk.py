@@ -20,6 +20,7 @@ from console.operators import Session
 from console.roles import may
 from console.web import PREFIX, render, timezone_of
 from host import risk
+from ops.digits import row_number
 from ops.localtime import format_local
 from ops.logs import redact_text
 
@@ -38,7 +39,7 @@ def _card_id(text: str) -> int | None:
     text = text.strip().removeprefix("card_")
     if not text:
         return None
-    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+    if row_number(text) is None:
         raise ConsoleRefusal(400, "A card filter is a card id (card_12 or 12).")
     return int(text)
 

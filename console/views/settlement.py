@@ -20,6 +20,7 @@ from console import forms
 from console.auth import ConsoleRefusal, Viewer, api_state
 from console.operators import Session
 from console.web import render
+from ops.digits import row_number
 from settlement.errors import SettlementError
 from settlement.reports import report_files
 from settlement.runs import RunDetail, list_runs, show_run
@@ -52,7 +53,7 @@ def _output_dir(request: Request) -> Path:
 @router.get("/settlement", response_class=HTMLResponse)
 async def runs(request: Request, session: Session = Viewer, since: str = "", until: str = "",
                cursor: str = "") -> HTMLResponse:
-    if cursor and not cursor.isdigit():
+    if cursor and row_number(cursor) is None:
         raise ConsoleRefusal(400, "cursor: a run id")
     page = await _db(request, list_runs, after=int(cursor) if cursor else None, limit=PAGE,
                      since=_date(since, "since"), until=_date(until, "until"))
